@@ -1,0 +1,267 @@
+//! Controllers: the shared [`Context`], the reconcile [`framework`], leader election ([`leader`]) and one
+//! module per kind. [`run`] starts every implemented controller and returns when they have shut down.
+//!
+//! Each controller watches its kind through a predicate filter (generation, labels, annotations,
+//! finalizers, deletion): status-only writes — including our own — do not trigger a reconcile.
+
+pub mod error;
+pub mod framework;
+pub mod leader;
+pub mod provider_config;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+pub use error::{Error, backoff_delay};
+use framework::{Managed, Reconciler, object_key};
+
+use crate::crd::ProviderConfig;
+use crate::metrics::Metrics;
+use crate::server::Health;
+
+/// Tunables of the controllers.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Default interval between periodic reconciles of a healthy object.
+    pub resync_interval: Duration,
+    /// First retry delay after a transient error.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Only objects matching this label selector are reconciled (sharding, tests). Empty: all.
+    pub label_selector: Option<String>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(600),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            label_selector: None,
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Process metrics.
+    pub metrics: Metrics,
+    /// Event recorder (reporter `quartermaster`).
+    pub recorder: Recorder,
+    /// Tunables.
+    pub config: ControllerConfig,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for the given client; `instance` identifies this replica in Events.
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        config: ControllerConfig,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "quartermaster".into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            config,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn bump_failures(&self, key: &str) -> u32 {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn reset_failures(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// Transient errors: capped exponential backoff with jitter, per object.
+fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[K::KIND, err.category()])
+        .inc();
+    let attempt = ctx.bump_failures(&object_key(&*obj));
+    let delay = backoff_delay(
+        attempt,
+        ctx.config.backoff_base,
+        ctx.config.backoff_cap,
+        rand::random::<f64>(),
+    );
+    tracing::warn!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), category = err.category(), error = %err, attempt, ?delay, "reconcile failed; requeueing");
+    Action::requeue(delay)
+}
+
+/// Hash of what a user (or another controller) changes on an object: a change here triggers a reconcile;
+/// status-only changes do not.
+fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
+    let m = obj.meta();
+    let mut h = DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// A controller for kind `K`, fed by a filtered watch; its store is returned for readiness.
+fn controller_for<K: Managed>(ctx: &Context) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let api = K::api(ctx.client.clone(), None);
+    let mut wc = watcher::Config::default();
+    if let Some(sel) = &ctx.config.label_selector {
+        wc = wc.labels(sel);
+    }
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, wc)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash::<K>, PredicateConfig::default());
+    Controller::for_stream(stream, reader)
+}
+
+/// Drives a built controller to completion with the framework's reconcile and error policy.
+fn drive<K: Managed, R: Reconciler<K>>(
+    controller: Controller<K>,
+    reconciler: R,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> BoxFuture<'static, ()>
+where
+    K::DynamicType: Eq + Hash + Clone + Unpin,
+{
+    let reconciler = Arc::new(reconciler);
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |obj, ctx| framework::reconcile(obj, ctx, reconciler.clone()),
+            error_policy::<K>,
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .boxed()
+}
+
+/// Runs every implemented controller until `shutdown` resolves; marks `health` synced once every
+/// controller's cache is filled.
+/// `shutdown` is cloned into every controller (e.g. a `futures::future::Shared`).
+pub async fn run(
+    ctx: Arc<Context>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    // ProviderConfig, woken also by changes to any Secret it references.
+    let pc = controller_for::<ProviderConfig>(&ctx);
+    let pc_store = pc.store();
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let store_for_map = pc_store.clone();
+    let pc = pc.watches_stream(secrets, move |secret| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        store_for_map
+            .state()
+            .into_iter()
+            .filter(|p| {
+                let r = &p.spec.credentials_secret_ref;
+                r.namespace == ns && r.name == name
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+
+    let stores_ready = {
+        let health = health.clone();
+        async move {
+            if pc_store.wait_until_ready().await.is_ok() {
+                tracing::info!("controller caches synced");
+                health.set_synced(true);
+            }
+        }
+    };
+    let controllers = futures::future::join_all([drive(
+        pc,
+        provider_config::ProviderConfigReconciler,
+        ctx.clone(),
+        shutdown.clone(),
+    )]);
+    tokio::select! {
+        _ = controllers => {}
+        _ = async { stores_ready.await; futures::future::pending::<()>().await } => {}
+    }
+    health.set_synced(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ProviderConfig, ProviderConfigSpec};
+
+    fn pc() -> ProviderConfig {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": "a", "generation": 1},
+            "spec": {"type": "digitalocean", "credentialsSecretRef": {"name": "s", "namespace": "n"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn status_changes_do_not_trigger_but_spec_and_annotations_do() {
+        let a = pc();
+        let mut b = a.clone();
+        b.status = Some(Default::default());
+        assert_eq!(trigger_hash(&a), trigger_hash(&b));
+        let mut c = a.clone();
+        c.metadata.generation = Some(2);
+        assert_ne!(trigger_hash(&a), trigger_hash(&c));
+        let mut d = a.clone();
+        d.metadata.annotations =
+            Some([("quartermaster.dev/paused".to_string(), "true".to_string())].into());
+        assert_ne!(trigger_hash(&a), trigger_hash(&d));
+        let _: &ProviderConfigSpec = &a.spec;
+    }
+}

@@ -1,0 +1,168 @@
+//! ProviderConfig reconciler: dereference the credentials Secret → validate it → report.
+//!
+//! - `spec.suspended` → `Ready=False, reason=Suspended` (not stalled: the user chose it).
+//! - the referenced Secret or key is missing or empty → `Stalled=True, reason=MissingSecret`; the controller
+//!   watches Secrets, so creating or fixing the Secret wakes it without polling.
+//! - otherwise Ready. (The vendor credential check arrives with the vendor clients.)
+//!
+//! Secret values are read only to check they are present; they never reach logs, events or status.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::framework::{Applied, Cleanup, Reconciler};
+use super::{Context, Error};
+use crate::crd::conditions::{Health, reason};
+use crate::crd::provider_config::SecretKeyReference;
+use crate::crd::{ProviderConfig, ProviderConfigStatus};
+
+/// The ProviderConfig reconciler.
+pub struct ProviderConfigReconciler;
+
+/// What the credentials Secret check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecretCheck {
+    /// The key exists and is not empty.
+    Present,
+    /// No such Secret.
+    SecretNotFound,
+    /// The Secret exists but lacks the key (or its value is empty).
+    KeyMissing,
+}
+
+/// Checks a Secret (if found) for a non-empty `key`, in `data` or `stringData`.
+pub fn check_secret(secret: Option<&Secret>, key: &str) -> SecretCheck {
+    let Some(secret) = secret else {
+        return SecretCheck::SecretNotFound;
+    };
+    let in_data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .is_some_and(|v| !v.0.is_empty());
+    let in_string_data = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .is_some_and(|v| !v.is_empty());
+    if in_data || in_string_data {
+        SecretCheck::Present
+    } else {
+        SecretCheck::KeyMissing
+    }
+}
+
+/// The health a credentials check leads to.
+pub fn health_for(spec_suspended: bool, r: &SecretKeyReference, check: SecretCheck) -> Health {
+    if spec_suspended {
+        return Health::not_ready(
+            reason::SUSPENDED,
+            "suspended by spec.suspended: nothing is created or changed through this account",
+        );
+    }
+    match check {
+        SecretCheck::Present => Health::ready(format!(
+            "credentials present in secret {}/{} key {:?}",
+            r.namespace, r.name, r.key
+        )),
+        SecretCheck::SecretNotFound => Health::stalled(
+            reason::MISSING_SECRET,
+            format!("secret {}/{} not found", r.namespace, r.name),
+        ),
+        SecretCheck::KeyMissing => Health::stalled(
+            reason::MISSING_SECRET,
+            format!(
+                "secret {}/{} has no non-empty key {:?}",
+                r.namespace, r.name, r.key
+            ),
+        ),
+    }
+}
+
+impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
+    async fn apply(
+        &self,
+        obj: Arc<ProviderConfig>,
+        ctx: Arc<Context>,
+    ) -> Result<Applied<ProviderConfigStatus>, Error> {
+        let r = &obj.spec.credentials_secret_ref;
+        let check = if obj.spec.suspended {
+            SecretCheck::Present
+        } else {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
+            let secret = secrets
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::kube("reading the credentials secret"))?;
+            check_secret(secret.as_ref(), &r.key)
+        };
+        let previous = obj.status.clone().unwrap_or_default();
+        Ok(Applied {
+            health: health_for(obj.spec.suspended, r, check),
+            status: ProviderConfigStatus {
+                // Kept as last observed; the vendor check (a later issue) sets them.
+                credentials_verified: previous.credentials_verified,
+                last_successful_call_time: previous.last_successful_call_time,
+                ..Default::default()
+            },
+            requeue_after: None,
+        })
+    }
+
+    async fn cleanup(
+        &self,
+        _obj: Arc<ProviderConfig>,
+        _ctx: Arc<Context>,
+    ) -> Result<Cleanup, Error> {
+        // Nothing was created at the vendor for a ProviderConfig itself.
+        Ok(Cleanup::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn sref() -> SecretKeyReference {
+        SecretKeyReference {
+            name: "do".into(),
+            namespace: "qm".into(),
+            key: "token".into(),
+        }
+    }
+
+    #[test]
+    fn secret_checks() {
+        assert_eq!(check_secret(None, "token"), SecretCheck::SecretNotFound);
+        let mut s = Secret::default();
+        assert_eq!(check_secret(Some(&s), "token"), SecretCheck::KeyMissing);
+        s.data = Some(BTreeMap::from([("token".into(), ByteString(vec![]))]));
+        assert_eq!(
+            check_secret(Some(&s), "token"),
+            SecretCheck::KeyMissing,
+            "empty value"
+        );
+        s.data = Some(BTreeMap::from([(
+            "token".into(),
+            ByteString(b"sekrit".to_vec()),
+        )]));
+        assert_eq!(check_secret(Some(&s), "token"), SecretCheck::Present);
+        assert_eq!(check_secret(Some(&s), "other"), SecretCheck::KeyMissing);
+    }
+
+    #[test]
+    fn health_never_contains_secret_values_and_suspended_wins() {
+        let h = health_for(false, &sref(), SecretCheck::Present);
+        assert!(matches!(h, Health::Ready { .. }));
+        let h = health_for(false, &sref(), SecretCheck::SecretNotFound);
+        assert_eq!(h.reason(), reason::MISSING_SECRET);
+        assert!(h.message().contains("qm/do"));
+        let h = health_for(true, &sref(), SecretCheck::SecretNotFound);
+        assert_eq!(h.reason(), reason::SUSPENDED);
+        assert!(matches!(h, Health::NotReady { .. }));
+    }
+}

@@ -1,0 +1,348 @@
+//! kstatus-style conditions shared by every kind: the `Condition` type, the condition types and reasons
+//! (PascalCase constants, all in one place), and the pure helper that merges freshly computed conditions
+//! into the previous ones.
+//!
+//! # Guarantees
+//! - `lastTransitionTime` moves only when a condition's `status` flips, so writing the same desired
+//!   conditions twice yields byte-identical status (and the controller skips the write).
+//! - `Ready`, `Reconciling` and `Stalled` are always present on a reconciled object, each `True` or `False`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the object is fully reconciled and usable.
+pub const READY: &str = "Ready";
+/// Condition type: the controller is working towards the desired state (kstatus "InProgress").
+pub const RECONCILING: &str = "Reconciling";
+/// Condition type: the controller cannot make progress without a change from the user (kstatus "Failed").
+pub const STALLED: &str = "Stalled";
+/// Condition type: reconciliation is paused by the `quartermaster.dev/paused` annotation.
+pub const PAUSED: &str = "Paused";
+
+/// Condition reasons (PascalCase, stable: alerts and scripts match on them).
+pub mod reason {
+    /// Everything declared is in place.
+    pub const RECONCILED: &str = "Reconciled";
+    /// Work is in progress.
+    pub const PROGRESSING: &str = "Progressing";
+    /// A transient error occurred; the controller retries with backoff.
+    pub const RETRYING: &str = "Retrying";
+    /// The referenced credentials Secret or key does not exist.
+    pub const MISSING_SECRET: &str = "MissingSecret";
+    /// The ProviderConfig is suspended by its `spec.suspended` flag.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The spec is invalid in a way the API server could not check.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The `quartermaster.dev/paused` annotation is set.
+    pub const PAUSED: &str = "Paused";
+    /// Not paused.
+    pub const NOT_PAUSED: &str = "NotPaused";
+    /// The object is being deleted.
+    pub const DELETING: &str = "Deleting";
+    /// Placeholder reason for an abnormal-true condition that is currently false.
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// No controller implements this kind yet.
+    pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+}
+
+/// Status of a condition, as in Kubernetes' metav1.Condition.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// The controller cannot tell.
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// `True` for `true`, `False` for `false`.
+    pub fn from_bool(b: bool) -> Self {
+        if b { Self::True } else { Self::False }
+    }
+}
+
+/// One observation of the object's state, in the shape of Kubernetes' metav1.Condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition: `Ready`, `Reconciling`, `Stalled`, `Paused` or a kind-specific type.
+    #[serde(rename = "type")]
+    #[schemars(length(min = 1, max = 316))]
+    pub type_: String,
+    /// Status of the condition: True, False or Unknown.
+    pub status: ConditionStatus,
+    /// Machine-readable reason for the condition's last transition, in PascalCase.
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+    /// Human-readable explanation; never contains secret values.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 32768), transform = remove_default)]
+    pub message: String,
+    /// RFC 3339 time when the condition's status last changed.
+    #[schemars(extend("format" = "date-time"))]
+    pub last_transition_time: String,
+    /// The object's `metadata.generation` this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+// NB: kube-apiserver 1.20 turns an empty string into null, both in a CRD schema's `default` and in a
+// server-side apply body; so an empty message is neither defaulted nor sent.
+fn remove_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
+/// A condition as a reconciler wants it, before timestamps and generation are filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredCondition {
+    /// Condition type.
+    pub type_: &'static str,
+    /// Desired status.
+    pub status: ConditionStatus,
+    /// PascalCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl DesiredCondition {
+    /// A condition with the given type, status, reason and message.
+    pub fn new(
+        type_: &'static str,
+        status: ConditionStatus,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The three kstatus conditions for one overall state of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Converged: Ready=True, Reconciling=False, Stalled=False.
+    Ready { reason: String, message: String },
+    /// Working on it: Ready=False, Reconciling=True, Stalled=False.
+    Progressing { reason: String, message: String },
+    /// Cannot progress until the user changes something: Ready=False, Reconciling=False, Stalled=True.
+    Stalled { reason: String, message: String },
+    /// Deliberately not ready (e.g. suspended): Ready=False, Reconciling=False, Stalled=False.
+    NotReady { reason: String, message: String },
+}
+
+impl Health {
+    /// Ready with the `Reconciled` reason.
+    pub fn ready(message: impl Into<String>) -> Self {
+        Self::Ready {
+            reason: reason::RECONCILED.into(),
+            message: message.into(),
+        }
+    }
+    /// Progressing with the given reason.
+    pub fn progressing(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    /// Stalled with the given reason.
+    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Stalled {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    /// Not ready (and not working on it) with the given reason.
+    pub fn not_ready(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::NotReady {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The reason of the overall state (the reason of the condition that explains it).
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Ready { reason, .. }
+            | Self::Progressing { reason, .. }
+            | Self::Stalled { reason, .. }
+            | Self::NotReady { reason, .. } => reason,
+        }
+    }
+
+    /// The message of the overall state.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Ready { message, .. }
+            | Self::Progressing { message, .. }
+            | Self::Stalled { message, .. }
+            | Self::NotReady { message, .. } => message,
+        }
+    }
+
+    /// `Ready`, `Reconciling` and `Stalled` for this state.
+    pub fn conditions(&self) -> Vec<DesiredCondition> {
+        use ConditionStatus::{False, True};
+        let (r, m) = (self.reason(), self.message());
+        let (ready, reconciling, stalled) = match self {
+            Self::Ready { .. } => (True, False, False),
+            Self::Progressing { .. } => (False, True, False),
+            Self::Stalled { .. } => (False, False, True),
+            Self::NotReady { .. } => (False, False, False),
+        };
+        let quiet = |s: ConditionStatus| {
+            if s == True {
+                (r.to_string(), m.to_string())
+            } else {
+                (reason::AS_EXPECTED.to_string(), String::new())
+            }
+        };
+        let (rr, rm) = quiet(reconciling);
+        let (sr, sm) = quiet(stalled);
+        vec![
+            DesiredCondition::new(READY, ready, r, m),
+            DesiredCondition::new(RECONCILING, reconciling, rr, rm),
+            DesiredCondition::new(STALLED, stalled, sr, sm),
+        ]
+    }
+}
+
+/// Merges `desired` into `previous`: conditions of the desired types are replaced, keeping their
+/// `lastTransitionTime` when the status did not flip; conditions of other types are kept as they were.
+/// The result is ordered: desired ones first (in the given order), then the others.
+pub fn merge_conditions(
+    previous: &[Condition],
+    desired: &[DesiredCondition],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = desired
+        .iter()
+        .map(|d| {
+            let old = previous.iter().find(|c| c.type_ == d.type_);
+            let last_transition_time = match old {
+                Some(o) if o.status == d.status => o.last_transition_time.clone(),
+                _ => now.to_string(),
+            };
+            Condition {
+                type_: d.type_.to_string(),
+                status: d.status,
+                reason: d.reason.clone(),
+                message: truncate(&d.message, 32768),
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    out.extend(
+        previous
+            .iter()
+            .filter(|c| !desired.iter().any(|d| d.type_ == c.type_))
+            .cloned(),
+    );
+    out
+}
+
+/// Finds a condition by type.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_on_flip() {
+        let first = merge_conditions(
+            &[],
+            &Health::progressing("Creating", "x").conditions(),
+            Some(1),
+            "t1",
+        );
+        assert_eq!(find(&first, READY).unwrap().last_transition_time, "t1");
+        // same status, new message: time kept
+        let second = merge_conditions(
+            &first,
+            &Health::progressing("Creating", "y").conditions(),
+            Some(2),
+            "t2",
+        );
+        let ready = find(&second, READY).unwrap();
+        assert_eq!(ready.last_transition_time, "t1");
+        assert_eq!(ready.message, "y");
+        assert_eq!(ready.observed_generation, Some(2));
+        // flip: time moves for Ready and Reconciling, not for Stalled
+        let third = merge_conditions(&second, &Health::ready("ok").conditions(), Some(2), "t3");
+        assert_eq!(find(&third, READY).unwrap().last_transition_time, "t3");
+        assert_eq!(
+            find(&third, RECONCILING).unwrap().last_transition_time,
+            "t3"
+        );
+        assert_eq!(find(&third, STALLED).unwrap().last_transition_time, "t1");
+    }
+
+    #[test]
+    fn idempotent_merge_is_identical() {
+        let d = Health::stalled(reason::MISSING_SECRET, "secret x missing").conditions();
+        let a = merge_conditions(&[], &d, Some(3), "t1");
+        let b = merge_conditions(&a, &d, Some(3), "t2");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn other_types_are_kept() {
+        let paused = DesiredCondition::new(PAUSED, ConditionStatus::True, reason::PAUSED, "");
+        let a = merge_conditions(&[], &[paused], Some(1), "t1");
+        let b = merge_conditions(&a, &Health::ready("").conditions(), Some(1), "t2");
+        assert_eq!(b.len(), 4);
+        assert_eq!(find(&b, PAUSED).unwrap().status, ConditionStatus::True);
+    }
+
+    #[test]
+    fn health_maps_to_kstatus() {
+        let c = Health::stalled("MissingSecret", "m").conditions();
+        let s: Vec<_> = c.iter().map(|c| (c.type_, c.status)).collect();
+        assert_eq!(
+            s,
+            vec![
+                (READY, ConditionStatus::False),
+                (RECONCILING, ConditionStatus::False),
+                (STALLED, ConditionStatus::True)
+            ]
+        );
+        assert_eq!(c[0].reason, "MissingSecret");
+        assert_eq!(c[1].reason, reason::AS_EXPECTED);
+    }
+
+    #[test]
+    fn long_messages_are_truncated_on_char_boundary() {
+        let msg = "é".repeat(20000);
+        let d = vec![DesiredCondition::new(
+            READY,
+            ConditionStatus::False,
+            "X",
+            msg,
+        )];
+        let c = merge_conditions(&[], &d, None, "t");
+        assert!(c[0].message.len() <= 32768);
+    }
+}

@@ -1,0 +1,157 @@
+//! `Project`: a tenant. It groups VirtualMachines and SimCards, owns their spend, and decides what happens
+//! when credit runs out or the project is deleted.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, LocalObjectReference, impl_object_status};
+
+/// A tenant that groups VirtualMachines and SimCards and owns their spend.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "quartermaster.dev",
+    version = "v1alpha1",
+    kind = "Project",
+    namespaced,
+    doc = "A tenant: groups VirtualMachines and SimCards, owns their spend and credit.",
+    status = "ProjectStatus",
+    shortname = "proj",
+    category = "quartermaster",
+    printcolumn(
+        name = "Display Name",
+        type_ = "string",
+        json_path = ".spec.displayName"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "VMs",
+        type_ = "integer",
+        json_path = ".status.members.virtualMachines"
+    ),
+    printcolumn(
+        name = "MTD Cost",
+        type_ = "string",
+        json_path = ".status.monthToDateCost"
+    ),
+    printcolumn(
+        name = "Balance",
+        type_ = "string",
+        json_path = ".status.creditBalance"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectSpec {
+    /// Human-friendly name shown in reports and invoices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+    /// Who is accountable for the spend (an email address or team name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 254))]
+    pub owner: Option<String>,
+    /// Currency of the project's limits, credit and reports (ISO 4217).
+    #[serde(default = "default_currency")]
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: String,
+    /// Limits on what the project may hold and spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ProjectLimits>,
+    /// The Subscription (same namespace) that entitles this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_ref: Option<LocalObjectReference>,
+    /// What happens to the project's VMs when its credit balance reaches zero.
+    #[serde(default)]
+    pub on_credit_exhausted: CreditExhaustedPolicy,
+    /// What deleting the project does while it still has members.
+    #[serde(default)]
+    pub deletion_policy: ProjectDeletionPolicy,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+/// Limits on a project.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectLimits {
+    /// Most VirtualMachines the project may have; VMs beyond it are not created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_virtual_machines: Option<u32>,
+    /// Most the project may spend in a calendar month, as a decimal string (e.g. "500.00").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"))]
+    pub max_monthly_spend: Option<String>,
+}
+
+/// Policy when credit is exhausted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CreditExhaustedPolicy {
+    /// Stop the project's VMs (their declared runStrategy is left as written) until credit is granted.
+    Stop,
+    /// Only set a condition and emit an Event.
+    #[default]
+    Notify,
+}
+
+/// Policy when a project with members is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProjectDeletionPolicy {
+    /// Deletion waits until the project has no members; a condition lists the remaining ones.
+    #[default]
+    Block,
+    /// Members are deleted first, then the project.
+    Cascade,
+}
+
+/// Member counts of a project.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectMembers {
+    /// Number of VirtualMachines in the project.
+    #[serde(default)]
+    pub virtual_machines: u32,
+    /// Number of SimCards in the project.
+    #[serde(default)]
+    pub sim_cards: u32,
+    /// VirtualMachines by phase (e.g. Running: 3).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_phase: std::collections::BTreeMap<String, u32>,
+}
+
+/// Observed state of a Project.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Members of the project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<ProjectMembers>,
+    /// Cost recorded in the ledger since the start of the month (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date_cost: Option<String>,
+    /// Monthly cost if every member keeps running as now (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_monthly_cost: Option<String>,
+    /// Credit granted minus usage (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_balance: Option<String>,
+}
+impl_object_status!(ProjectStatus);

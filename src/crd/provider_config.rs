@@ -1,0 +1,164 @@
+//! `ProviderConfig` (cluster-scoped): one account at one vendor — which vendor, where its credentials are,
+//! which endpoint to call, how fast, and which namespaces may spend it.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, impl_object_status};
+
+/// One account at one vendor. Cluster-scoped: platform admins create it, tenants refer to it by name.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "quartermaster.dev",
+    version = "v1alpha1",
+    kind = "ProviderConfig",
+    doc = "One account at one vendor (cloud, SIM, billing or LLM upstream) and how to reach it.",
+    status = "ProviderConfigStatus",
+    shortname = "qpc",
+    category = "quartermaster",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspended"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderConfigSpec {
+    /// Which vendor this account is at.
+    #[serde(rename = "type")]
+    pub type_: ProviderType,
+    /// The Secret key holding the credentials (an API token; for Contabo and 1NCE a JSON document).
+    pub credentials_secret_ref: SecretKeyReference,
+    /// Base URL override for the vendor API: a regional endpoint, a proxy, or `quartermaster sim`.
+    /// Defaults to the vendor's public API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub endpoint: Option<String>,
+    /// Client-side rate limit for calls to this account. Defaults to the vendor's documented limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// When true, nothing new is created or changed through this account; objects using it wait.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Namespaces whose objects may use this account. Empty means every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub allowed_namespaces: Vec<String>,
+}
+
+/// The vendors Quartermaster talks to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    /// DigitalOcean droplets (also `quartermaster sim`).
+    Digitalocean,
+    /// Linode (Akamai) instances.
+    Linode,
+    /// Vultr instances.
+    Vultr,
+    /// Contabo VPS.
+    Contabo,
+    /// 1NCE IoT SIM cards.
+    Onence,
+    /// Stripe subscriptions.
+    Stripe,
+    /// An OpenAI-compatible LLM upstream.
+    Openai,
+}
+
+impl ProviderType {
+    /// The value as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Digitalocean => "digitalocean",
+            Self::Linode => "linode",
+            Self::Vultr => "vultr",
+            Self::Contabo => "contabo",
+            Self::Onence => "onence",
+            Self::Stripe => "stripe",
+            Self::Openai => "openai",
+        }
+    }
+}
+
+/// A key in a Secret in a named namespace (a ProviderConfig is cluster-scoped, so the namespace is explicit).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Namespace of the Secret.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: String,
+    /// Key within the Secret's data.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "token".into()
+}
+
+/// A token-bucket rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    #[schemars(range(min = 1, max = 10000))]
+    pub requests_per_second: u32,
+    /// Requests that may be sent at once after a quiet period.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// Observed state of a ProviderConfig.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderConfigStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Whether the vendor accepted the credentials on the last check (unset until checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_verified: Option<bool>,
+    /// RFC 3339 time of the last successful authenticated call to the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_call_time: Option<String>,
+}
+impl_object_status!(ProviderConfigStatus);

@@ -1,0 +1,133 @@
+//! `SimCard`: an IoT SIM at 1NCE — whether it is enabled, its label, IMEI lock and quota top-up policy.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_object_status};
+
+/// An IoT SIM card at 1NCE, identified by its ICCID.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "quartermaster.dev",
+    version = "v1alpha1",
+    kind = "SimCard",
+    namespaced,
+    doc = "An IoT SIM card at 1NCE: state, label, IMEI lock, quotas and usage.",
+    status = "SimCardStatus",
+    shortname = "sim",
+    category = "quartermaster",
+    printcolumn(name = "ICCID", type_ = "string", json_path = ".spec.iccid"),
+    printcolumn(name = "Enabled", type_ = "boolean", json_path = ".spec.enabled"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SimCardSpec {
+    /// The SIM's ICCID: 19 or 20 digits, as printed on the card.
+    #[schemars(regex(pattern = r"^[0-9]{19,20}$"))]
+    pub iccid: String,
+    /// The ProviderConfig (type `onence`) of the 1NCE account that owns the SIM.
+    pub provider_config_ref: ProviderConfigReference,
+    /// The Project (same namespace) the SIM's usage is billed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_ref: Option<LocalObjectReference>,
+    /// Whether the SIM may attach to the network and pass traffic.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Free-text label stored at 1NCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub label: Option<String>,
+    /// Lock the SIM to the IMEI of the device it is used in (1NCE IMEI lock).
+    #[serde(default)]
+    pub imei_lock: bool,
+    /// Automatic top-up policy for the data quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota: Option<QuotaPolicy>,
+    /// Automatic top-up policy for the SMS quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_quota: Option<QuotaPolicy>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// When to buy more quota.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaPolicy {
+    /// Buy a top-up automatically when the remaining quota falls to the threshold.
+    #[serde(default)]
+    pub auto_top_up: bool,
+    /// Remaining quota, in percent of the last top-up, at which to top up.
+    #[serde(default = "default_threshold")]
+    #[schemars(range(min = 1, max = 99))]
+    pub threshold_percent: u8,
+    /// Most automatic top-ups per calendar month (a spending guard).
+    #[serde(default = "default_max_top_ups")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_top_ups_per_month: u32,
+}
+
+fn default_threshold() -> u8 {
+    10
+}
+fn default_max_top_ups() -> u32 {
+    1
+}
+
+/// Observed state of a SimCard.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimCardStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// IMSI reported by 1NCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imsi: Option<String>,
+    /// MSISDN (phone number) reported by 1NCE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
+    /// The SIM's IP address in the 1NCE network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// The SIM's state at 1NCE (e.g. Enabled, Disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Remaining data quota in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_remaining_bytes: Option<u64>,
+    /// RFC 3339 expiry of the current data quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_expiry: Option<String>,
+    /// Remaining SMS quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_quota_remaining: Option<u64>,
+    /// Data used since the start of the month, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date_data_bytes: Option<u64>,
+    /// SMS sent since the start of the month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date_sms: Option<u64>,
+    /// Network connectivity as last reported (Online, Offline, Unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connectivity: Option<String>,
+}
+impl_object_status!(SimCardStatus);

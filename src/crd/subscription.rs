@@ -1,0 +1,164 @@
+//! `Subscription`: a Stripe subscription for a customer, on a named plan or an explicit Stripe price.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_object_status};
+
+/// A Stripe subscription.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "quartermaster.dev",
+    version = "v1alpha1",
+    kind = "Subscription",
+    namespaced,
+    doc = "A Stripe subscription for a customer, on a plan or a Stripe price.",
+    status = "SubscriptionStatus",
+    shortname = "qsub",
+    category = "quartermaster",
+    printcolumn(
+        name = "Customer",
+        type_ = "string",
+        json_path = ".spec.customer.email"
+    ),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
+    printcolumn(
+        name = "Stripe Status",
+        type_ = "string",
+        json_path = ".status.stripeStatus"
+    ),
+    printcolumn(
+        name = "Period End",
+        type_ = "string",
+        json_path = ".status.currentPeriodEnd"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(extend("oneOf" = [{"required": ["plan"]}, {"required": ["priceID"]}]))]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionSpec {
+    /// The Stripe customer to subscribe (created if no customer with this email exists).
+    pub customer: Customer,
+    /// Name of a plan known to Quartermaster (exactly one of `plan` and `priceID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub plan: Option<String>,
+    /// A Stripe price ID such as `price_1Nx...` (exactly one of `plan` and `priceID`).
+    #[serde(rename = "priceID", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255), regex(pattern = r"^price_[A-Za-z0-9]+$"))]
+    pub price_id: Option<String>,
+    /// Number of units subscribed.
+    #[serde(default = "default_quantity")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub quantity: u32,
+    /// Cancel at the end of the current period instead of renewing.
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
+    /// Days of free trial before the first charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 730))]
+    pub trial_days: Option<u32>,
+    /// The Project (same namespace) this subscription entitles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_ref: Option<LocalObjectReference>,
+    /// The ProviderConfig (type `stripe`) of the Stripe account.
+    pub provider_config_ref: ProviderConfigReference,
+}
+
+fn default_quantity() -> u32 {
+    1
+}
+
+/// A Stripe customer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Customer {
+    /// Billing email address.
+    #[schemars(
+        length(min = 3, max = 254),
+        regex(pattern = r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    )]
+    pub email: String,
+    /// Customer or company name shown on invoices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub name: Option<String>,
+}
+
+/// The latest invoice of a subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvoiceSummary {
+    /// Stripe invoice ID.
+    #[serde(rename = "id", default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Stripe invoice status (draft, open, paid, uncollectible, void).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Amount due (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_due: Option<String>,
+    /// Currency (ISO 4217).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// URL of Stripe's hosted invoice page.
+    #[serde(
+        rename = "hostedInvoiceURL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hosted_invoice_url: Option<String>,
+}
+
+/// Observed state of a Subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Stripe customer ID (`cus_...`).
+    #[serde(
+        rename = "customerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub customer_id: Option<String>,
+    /// Stripe subscription ID (`sub_...`).
+    #[serde(
+        rename = "subscriptionID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub subscription_id: Option<String>,
+    /// Stripe's status of the subscription (trialing, active, past_due, canceled, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_status: Option<String>,
+    /// RFC 3339 start of the current billing period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_period_start: Option<String>,
+    /// RFC 3339 end of the current billing period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_period_end: Option<String>,
+    /// The latest invoice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_invoice: Option<InvoiceSummary>,
+}
+impl_object_status!(SubscriptionStatus);

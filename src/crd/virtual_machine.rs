@@ -1,0 +1,238 @@
+//! `VirtualMachine`: a VPS at a compute provider, with a declarative power state (`runStrategy`), a size
+//! that can change, and region and image fixed at creation.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Condition, LocalObjectReference, LocalSecretKeyReference, ProviderConfigReference,
+    impl_object_status,
+};
+
+/// A virtual private server at a compute provider.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "quartermaster.dev",
+    version = "v1alpha1",
+    kind = "VirtualMachine",
+    namespaced,
+    doc = "A virtual private server at a compute provider (DigitalOcean, Linode, Vultr, Contabo).",
+    status = "VirtualMachineStatus",
+    shortname = "vm",
+    category = "quartermaster",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Provider",
+        type_ = "string",
+        json_path = ".spec.providerConfigRef.name"
+    ),
+    printcolumn(name = "Size", type_ = "string", json_path = ".spec.size"),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.addresses.publicIPv4"
+    ),
+    printcolumn(name = "Monthly", type_ = "string", json_path = ".status.monthlyPrice"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineSpec {
+    /// The Project (same namespace) this VM belongs to and is billed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_ref: Option<LocalObjectReference>,
+    /// The ProviderConfig whose account the VM is created in.
+    pub provider_config_ref: ProviderConfigReference,
+    /// Vendor region slug (e.g. `fra1`). Immutable after creation.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*$")
+    )]
+    pub region: String,
+    /// Vendor size or plan slug (e.g. `s-1vcpu-1gb`). Changing it resizes the VM.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*$")
+    )]
+    pub size: String,
+    /// Vendor image slug or ID, including marketplace apps (e.g. `debian-12-x64`). Immutable after creation.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.:/]*$")
+    )]
+    pub image: String,
+    /// Declared power state: Always (keep running), Halted (keep stopped), Manual (leave as it is).
+    #[serde(default)]
+    pub run_strategy: RunStrategy,
+    /// SSH public keys or vendor key fingerprints/IDs to install for the default user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
+    pub ssh_keys: Vec<String>,
+    /// A Secret key (same namespace) whose value is passed to the VM as cloud-init user data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_secret_ref: Option<LocalSecretKeyReference>,
+    /// Extra tags set on the vendor object (Quartermaster adds its own ownership tag).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_:.]*$")
+        )
+    )]
+    pub tags: Vec<String>,
+    /// Enable the vendor's automatic backups (billed by the vendor).
+    #[serde(default)]
+    pub backups: bool,
+    /// Assign a public IPv6 address.
+    #[serde(default)]
+    pub ipv6: bool,
+    /// Operating system family of the image; `windows` adds an `.rdp` file to the connection Secret.
+    #[serde(default)]
+    pub os: OperatingSystem,
+    /// What deleting this object does to the vendor's VM.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Whether Quartermaster may change the vendor's VM, or only observe it.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+}
+
+/// Declared power state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RunStrategy {
+    /// Keep the VM running; start it whenever it is found stopped.
+    #[default]
+    Always,
+    /// Keep the VM stopped.
+    Halted,
+    /// Create it running, then never change its power state.
+    Manual,
+}
+
+/// Operating system family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatingSystem {
+    /// Linux or another Unix: SSH access.
+    #[default]
+    Linux,
+    /// Windows: RDP access.
+    Windows,
+}
+
+/// What deletion does to the vendor object.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Destroy the vendor object and wait until the vendor reports it gone.
+    #[default]
+    Delete,
+    /// Leave the vendor object running and forget it.
+    Orphan,
+}
+
+/// How much control Quartermaster takes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, change and delete the vendor object.
+    #[default]
+    Full,
+    /// Only read the vendor object into status; never mutate it.
+    ObserveOnly,
+}
+
+/// Lifecycle phase as reported by the vendor.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum VmPhase {
+    /// Being created.
+    Provisioning,
+    /// Powering on.
+    Starting,
+    /// Running.
+    Running,
+    /// Powering off.
+    Stopping,
+    /// Powered off.
+    Stopped,
+    /// Changing size.
+    Resizing,
+    /// Being destroyed.
+    Terminating,
+    /// The vendor reports an error state.
+    Failed,
+}
+
+/// Network addresses of a VM.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct VmAddresses {
+    /// Public IPv4 address.
+    #[serde(
+        rename = "publicIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv4: Option<String>,
+    /// Public IPv6 address.
+    #[serde(
+        rename = "publicIPv6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_ipv6: Option<String>,
+    /// Private (VPC) IPv4 address.
+    #[serde(
+        rename = "privateIPv4",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private_ipv4: Option<String>,
+}
+
+/// Observed state of a VirtualMachine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStatus {
+    /// The `metadata.generation` the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Lifecycle phase from the vendor's truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<VmPhase>,
+    /// The vendor's ID of the VM.
+    #[serde(
+        rename = "externalID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub external_id: Option<String>,
+    /// Network addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<VmAddresses>,
+    /// Price per hour of the current size (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_price: Option<String>,
+    /// Price per month of the current size (decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_price: Option<String>,
+    /// Currency of the prices (ISO 4217).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Name of the Secret (same namespace) holding addresses, username and credentials for the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret_ref: Option<LocalObjectReference>,
+}
+impl_object_status!(VirtualMachineStatus);

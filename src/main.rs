@@ -1,0 +1,257 @@
+//! The `quartermaster` binary: command-line parsing and wiring only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use futures::FutureExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+
+use quartermaster::controller::leader::{LeaderElector, LeaseTimings};
+use quartermaster::controller::{self, Context, ControllerConfig};
+use quartermaster::crd;
+use quartermaster::metrics::Metrics;
+use quartermaster::server::{self, Health, Role};
+use quartermaster::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "quartermaster",
+    version,
+    about = "Kubernetes operator for metered, billed infrastructure"
+)]
+struct Cli {
+    /// Log format (filter with RUST_LOG, default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "json",
+        env = "QM_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers and the metrics/health HTTP server.
+    Run(RunArgs),
+    /// Print every CRD as multi-document YAML, or write one file per kind with --out.
+    Crds {
+        /// Folder to write `<plural>.quartermaster.dev.yaml` files into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "QM_HTTP_ADDR")]
+    http_addr: SocketAddr,
+    /// Take the leader Lease before reconciling (disable only when exactly one replica runs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "QM_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "QM_LEADER_NAMESPACE")]
+    leader_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "quartermaster-leader", env = "QM_LEADER_NAME")]
+    leader_name: String,
+    /// Identity in the Lease (default: POD_NAME or hostname, plus the process id).
+    #[arg(long, env = "QM_LEADER_IDENTITY")]
+    leader_identity: Option<String>,
+    /// Lease duration, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// Renew deadline, in seconds (less than the lease duration).
+    #[arg(long, default_value_t = 10)]
+    renew_deadline_secs: u64,
+    /// Interval between lease attempts, in seconds.
+    #[arg(long, default_value_t = 2)]
+    retry_period_secs: u64,
+    /// Periodic resync of healthy objects, in seconds.
+    #[arg(long, default_value_t = 600)]
+    resync_secs: u64,
+    /// Reconcile only objects matching this label selector (e.g. for sharding).
+    #[arg(long, env = "QM_LABEL_SELECTOR")]
+    label_selector: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    // NB: exactly one rustls crypto provider is compiled in (ring); install it before any client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Crds { out } => match write_crds(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: failed to start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "quartermaster run failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn write_crds(out: Option<PathBuf>) -> Result<(), String> {
+    let crds = crd::all_crds();
+    match out {
+        None => {
+            for c in &crds {
+                let yaml =
+                    serde_saphyr::to_string(c).map_err(|e| format!("failed to render CRD: {e}"))?;
+                print!("---\n{yaml}");
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+            for c in &crds {
+                let yaml =
+                    serde_saphyr::to_string(c).map_err(|e| format!("failed to render CRD: {e}"))?;
+                let name = c.metadata.name.clone().unwrap_or_default();
+                let path = dir.join(format!("{name}.yaml"));
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("failed to write {}: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("failed to build a Kubernetes client (kubeconfig or in-cluster config): {e}")
+    })?;
+    let metrics = Metrics::new();
+    let health = Arc::new(Health::default());
+    let shutdown = shutdown_signal().shared();
+
+    let http = tokio::spawn(server::serve(
+        args.http_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let identity = args.leader_identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "quartermaster".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        ControllerConfig {
+            resync_interval: Duration::from_secs(args.resync_secs.max(1)),
+            label_selector: args.label_selector.clone(),
+            ..Default::default()
+        },
+        Some(identity.clone()),
+    ));
+
+    let mut elector = None;
+    if args.leader_elect {
+        let ns = args
+            .leader_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        let timings = LeaseTimings {
+            lease_duration: Duration::from_secs(args.lease_duration_secs.max(1)),
+            renew_deadline: Duration::from_secs(args.renew_deadline_secs.max(1)),
+            retry_period: Duration::from_secs(args.retry_period_secs.max(1)),
+        };
+        let mut e = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &ns),
+            &args.leader_name,
+            &identity,
+            timings,
+        );
+        health.set_role(Role::Standby);
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = shutdown.clone() => {
+                tracing::info!("shutdown requested while standby");
+                health.set_role(Role::Stopping);
+                let _ = http.await;
+                return Ok(());
+            }
+        }
+        elector = Some(e);
+    }
+    health.set_role(Role::Leader);
+    metrics.leader.set(1);
+
+    let controllers = controller::run(ctx.clone(), health.clone(), shutdown.clone());
+    let outcome: Result<(), Box<dyn std::error::Error>> = match elector.as_mut() {
+        Some(e) => {
+            tokio::select! {
+                _ = controllers => Ok(()),
+                lost = e.keep_renewing() => Err(Box::new(lost)),
+            }
+        }
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    };
+    health.set_role(Role::Stopping);
+    metrics.leader.set(0);
+    if outcome.is_ok()
+        && let Some(e) = &elector
+        && let Err(err) = e.release().await
+    {
+        tracing::warn!(error = %err, "failed to release the leader lease; a standby takes over once it expires");
+    }
+    if outcome.is_ok() {
+        let _ = http.await;
+    }
+    outcome
+}
