@@ -138,10 +138,7 @@ fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
 }
 
 /// A controller for kind `K`, fed by a filtered watch; its store is returned for readiness.
-fn controller_for<K: Managed>(ctx: &Context) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>,
-{
+fn controller_for<K: Managed>(ctx: &Context) -> Controller<K> {
     let api = K::api(ctx.client.clone(), None);
     let mut wc = watcher::Config::default();
     if let Some(sel) = &ctx.config.label_selector {

@@ -2,6 +2,9 @@
 //! object references, annotations, the [`ObjectStatus`] trait every status implements, and
 //! [`all_crds`], the source of the generated `crds/` folder. Types only: no I/O here.
 
+// NB: clippy reads repeated `printcolumn(type_ = ...)` arguments of `#[kube(...)]` as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod project;
 pub mod provider_config;

@@ -1,0 +1,220 @@
+//! Test harness for tests against a real kube-apiserver.
+//!
+//! - `scripts/test` starts one control plane for the whole run and exports `QM_TEST_KUBECONFIG`; every test
+//!   process (nextest runs one per test) connects to it.
+//! - A test run alone (no `QM_TEST_KUBECONFIG`) starts its own control plane on free ports with
+//!   `scripts/k8s/start.sh`, and a reaper stops it by pid once the test process exits.
+//! - The CRDs are server-side applied once per process (idempotent) and awaited until Established.
+//! - Each test gets its own namespace; cluster-scoped objects carry a unique name.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+static CRDS: OnceCell<()> = OnceCell::const_new();
+
+/// Project root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A short random suffix for unique names.
+pub fn unique(prefix: &str) -> String {
+    let n: u32 = rand::random();
+    format!("{prefix}-{:06x}", n & 0xff_ffff)
+}
+
+/// Path of the kubeconfig of the control plane this test uses (starting one if needed).
+pub fn kubeconfig() -> PathBuf {
+    KUBECONFIG
+        .get_or_init(|| {
+            if let Ok(p) = std::env::var("QM_TEST_KUBECONFIG") {
+                return PathBuf::from(p);
+            }
+            start_private_control_plane()
+        })
+        .clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find_k8s_bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("QM_K8S_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"))
+        .join("quartermaster");
+    std::fs::read_dir(&cache)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("k8s-"))
+                && p.join("kube-apiserver").exists()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no kube-apiserver found: run `scripts/k8s/install.sh` (or ./scripts/test) first"
+            )
+        })
+}
+
+fn start_private_control_plane() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("qm-test-cp"));
+    std::fs::create_dir_all(&dir).unwrap();
+    eprintln!(
+        "QM_TEST_KUBECONFIG not set: starting a private control plane in {}",
+        dir.display()
+    );
+    let status = Command::new(root().join("scripts/k8s/start.sh"))
+        .arg(&dir)
+        .env("QM_K8S_BIN_DIR", find_k8s_bin_dir())
+        .env("API_PORT", free_port().to_string())
+        .env("ETCD_PORT", free_port().to_string())
+        .env("ETCD_PEER_PORT", free_port().to_string())
+        .status()
+        .expect("run scripts/k8s/start.sh");
+    assert!(status.success(), "scripts/k8s/start.sh failed");
+    // Reaper: stops the control plane (by recorded pid) once this test process is gone.
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; '{stop}' '{dir}'; rm -rf '{dir}'",
+        pid = std::process::id(),
+        stop = root().join("scripts/k8s/stop.sh").display(),
+        dir = dir.display()
+    );
+    // The outer shell exits at once (and is waited for); the reaper lives on in its own session.
+    let status = Command::new("bash")
+        .args([
+            "-c",
+            r#"setsid bash -c "$1" </dev/null >/dev/null 2>&1 &"#,
+            "reaper",
+            &script,
+        ])
+        .status()
+        .expect("spawn reaper");
+    assert!(status.success());
+    dir.join("kubeconfig")
+}
+
+/// A client for the test control plane, with the CRDs installed.
+pub async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = kubeconfig();
+    let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    let client = Client::try_from(config).expect("client");
+    CRDS.get_or_init(|| install_crds(client.clone())).await;
+    client
+}
+
+async fn install_crds(client: Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    for crd in quartermaster::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("install CRD {name}: {e}"));
+    }
+    for crd in quartermaster::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let cond = kube::runtime::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(api.clone(), &name, cond),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
+    }
+}
+
+/// Creates a fresh namespace `qm-<prefix>-<random>` and returns its name.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = unique(&format!("qm-{prefix}"));
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("create namespace");
+    name
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every YAML document in `path` as JSON values (empty documents skipped).
+pub fn read_yaml_docs(path: &Path) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// `kubectl` from PATH, if there is one that works.
+pub fn kubectl() -> Option<PathBuf> {
+    let dirs = std::env::var_os("QM_TOOLS_DIR")
+        .into_iter()
+        .chain(std::env::var_os("PATH"));
+    for d in dirs.flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()) {
+        let candidate = d.join("kubectl");
+        if candidate.is_file()
+            && Command::new(&candidate)
+                .args(["version", "--client"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        {
+            return Some(candidate);
+        }
+    }
+    None
+}

@@ -1,0 +1,361 @@
+//! ProviderConfig reconciler on a real kube-apiserver: Ready when its Secret key exists (and `kubectl wait`
+//! sees it), Stalled/MissingSecret when the Secret goes, Ready again when it returns, Suspended,
+//! paused, and finalizer removal on delete. Status is not rewritten when nothing changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use quartermaster::controller::{self, Context, ControllerConfig};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{FINALIZER, ProviderConfig};
+use quartermaster::metrics::Metrics;
+use quartermaster::server::Health;
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the controllers in this process, restricted to objects labelled `qm-test=<id>`.
+fn start_controller(client: kube::Client, id: &str) -> (Metrics, tokio::sync::oneshot::Sender<()>) {
+    let metrics = Metrics::new();
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics.clone(),
+        ControllerConfig {
+            label_selector: Some(format!("qm-test={id}")),
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(2),
+            ..Default::default()
+        },
+        Some(format!("test-{id}")),
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = rx.map(|_| ()).shared();
+    tokio::spawn(controller::run(ctx, Arc::new(Health::default()), shutdown));
+    (metrics, tx)
+}
+
+fn provider_config(name: &str, id: &str, secret_ns: &str, suspended: bool) -> ProviderConfig {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1",
+        "kind": "ProviderConfig",
+        "metadata": {"name": name, "labels": {"qm-test": id}},
+        "spec": {
+            "type": "digitalocean",
+            "credentialsSecretRef": {"name": "do-token", "namespace": secret_ns, "key": "token"},
+            "suspended": suspended
+        }
+    }))
+    .unwrap()
+}
+
+fn secret(value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("do-token".into()),
+            ..Default::default()
+        },
+        string_data: Some([("token".to_string(), value.to_string())].into()),
+        ..Default::default()
+    }
+}
+
+async fn wait_condition(
+    api: &Api<ProviderConfig>,
+    name: &str,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+) -> ProviderConfig {
+    common::eventually(
+        WAIT,
+        &format!("{name} {type_}={status:?} ({reason})"),
+        || async {
+            let pc = api.get(name).await.ok()?;
+            let st = pc.status.as_ref()?;
+            let c = conditions::find(&st.conditions, type_)?;
+            (c.status == status
+                && c.reason == reason
+                && st.observed_generation == pc.metadata.generation)
+                .then_some(pc)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn ready_with_secret_stalled_without_and_back() {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "pc").await;
+    let id = common::unique("pc");
+    let (metrics, _stop) = start_controller(client.clone(), &id);
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let name = id.clone();
+
+    secrets
+        .create(&PostParams::default(), &secret("FAKE-TOKEN-VALUE-123"))
+        .await
+        .unwrap();
+    pcs.create(
+        &PostParams::default(),
+        &provider_config(&name, &id, &ns, false),
+    )
+    .await
+    .unwrap();
+    let pc = wait_condition(
+        &pcs,
+        &name,
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    assert!(
+        pc.metadata
+            .finalizers
+            .as_ref()
+            .unwrap()
+            .contains(&FINALIZER.to_string())
+    );
+    let st = pc.status.unwrap();
+    assert_eq!(
+        conditions::find(&st.conditions, conditions::STALLED)
+            .unwrap()
+            .status,
+        ConditionStatus::False
+    );
+    assert_eq!(
+        conditions::find(&st.conditions, conditions::RECONCILING)
+            .unwrap()
+            .status,
+        ConditionStatus::False
+    );
+    let yaml = serde_json::to_string(&st).unwrap();
+    assert!(
+        !yaml.contains("FAKE-TOKEN-VALUE-123"),
+        "secret value leaked into status"
+    );
+
+    // kubectl wait works on the Ready condition.
+    match common::kubectl() {
+        Some(kubectl) => {
+            let out = std::process::Command::new(kubectl)
+                .env("KUBECONFIG", common::kubeconfig())
+                .args([
+                    "wait",
+                    "--for=condition=Ready",
+                    &format!("providerconfigs.quartermaster.dev/{name}"),
+                    "--timeout=30s",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "kubectl wait failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => eprintln!(
+            "SKIPPED the kubectl wait check: no kubectl on PATH (scripts/test provides one)"
+        ),
+    }
+
+    // A resync with nothing changed writes no status.
+    let writes = metrics
+        .status_writes
+        .with_label_values(&["ProviderConfig"])
+        .get();
+    pcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touch": "1"}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        metrics
+            .status_writes
+            .with_label_values(&["ProviderConfig"])
+            .get(),
+        writes,
+        "unchanged status was rewritten"
+    );
+
+    // Secret deleted → Stalled with reason MissingSecret (the Secret watch wakes the controller).
+    secrets
+        .delete("do-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pc = wait_condition(
+        &pcs,
+        &name,
+        conditions::STALLED,
+        ConditionStatus::True,
+        "MissingSecret",
+    )
+    .await;
+    let ready = conditions::find(&pc.status.as_ref().unwrap().conditions, conditions::READY)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.status, ConditionStatus::False);
+    assert!(
+        ready.message.contains(&format!("{ns}/do-token")),
+        "{}",
+        ready.message
+    );
+
+    // The Secret without the key is still MissingSecret; with it, Ready again.
+    let mut empty = secret("x");
+    empty.string_data = Some([("other".to_string(), "x".to_string())].into());
+    secrets
+        .create(&PostParams::default(), &empty)
+        .await
+        .unwrap();
+    common::eventually(WAIT, "MissingSecret naming the missing key", || async {
+        let pc = pcs.get(&name).await.ok()?;
+        let st = pc.status?;
+        let stalled = conditions::find(&st.conditions, conditions::STALLED)?;
+        (stalled.status == ConditionStatus::True
+            && stalled.message.contains("no non-empty key \"token\""))
+        .then_some(())
+    })
+    .await;
+    secrets
+        .patch(
+            "do-token",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"token": "FAKE"}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(
+        &pcs,
+        &name,
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+
+    // Events were recorded for the transitions.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let reasons = common::eventually(WAIT, "events for the ProviderConfig", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let r: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+            .filter_map(|e| e.reason)
+            .collect();
+        // NB: the recorder folds a repeated Event into a series, so each reason appears once.
+        (r.iter().any(|x| x == "MissingSecret") && r.iter().any(|x| x == "Reconciled")).then_some(r)
+    })
+    .await;
+    assert!(reasons.contains(&"MissingSecret".to_string()));
+
+    // Delete: the finalizer is removed and the object goes away.
+    pcs.delete(&name, &DeleteParams::default()).await.unwrap();
+    common::eventually(WAIT, "ProviderConfig deleted", || async {
+        pcs.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn suspended_is_not_ready_and_paused_is_left_alone() {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "pcs").await;
+    let id = common::unique("pcs");
+    let (_metrics, _stop) = start_controller(client.clone(), &id);
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let name = id.clone();
+
+    // Suspended: Ready=False reason Suspended, not stalled (even without a Secret).
+    pcs.create(
+        &PostParams::default(),
+        &provider_config(&name, &id, &ns, true),
+    )
+    .await
+    .unwrap();
+    let pc = wait_condition(
+        &pcs,
+        &name,
+        conditions::READY,
+        ConditionStatus::False,
+        "Suspended",
+    )
+    .await;
+    assert_eq!(
+        conditions::find(&pc.status.unwrap().conditions, conditions::STALLED)
+            .unwrap()
+            .status,
+        ConditionStatus::False
+    );
+
+    // Paused: a Paused condition, and a spec change is not acted on.
+    pcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "true"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_condition(
+        &pcs,
+        &name,
+        conditions::PAUSED,
+        ConditionStatus::True,
+        "Paused",
+    )
+    .await;
+    pcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspended": false}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pc = pcs.get(&name).await.unwrap();
+    let st = pc.status.unwrap();
+    assert_eq!(
+        conditions::find(&st.conditions, conditions::READY)
+            .unwrap()
+            .reason,
+        "Suspended",
+        "paused object was reconciled"
+    );
+    assert_ne!(st.observed_generation, pc.metadata.generation);
+
+    // Unpaused: the change is picked up (no Secret → MissingSecret).
+    pcs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": null}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let pc = wait_condition(
+        &pcs,
+        &name,
+        conditions::STALLED,
+        ConditionStatus::True,
+        "MissingSecret",
+    )
+    .await;
+    assert_eq!(
+        conditions::find(&pc.status.unwrap().conditions, conditions::PAUSED)
+            .unwrap()
+            .status,
+        ConditionStatus::False
+    );
+}
