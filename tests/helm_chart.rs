@@ -1,0 +1,173 @@
+//! The Helm chart: `helm lint` and `helm template` pass, it installs on a real kube-apiserver, and its RBAC
+//! is enough: a `quartermaster run` impersonating the chart's ServiceAccount takes the Lease, reconciles a
+//! ProviderConfig to Ready and records Events.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use quartermaster::crd::ProviderConfig;
+use quartermaster::crd::conditions::{self, ConditionStatus};
+
+mod common;
+
+fn helm() -> Option<PathBuf> {
+    let kubectl = common::kubectl()?;
+    let h = kubectl.with_file_name("helm");
+    h.is_file().then_some(h)
+}
+
+/// Kills the controller process even when the test panics.
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn chart_crds_match_the_code() {
+    for crd in quartermaster::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap();
+        let want = serde_saphyr::to_string(&crd).unwrap();
+        let path = common::root()
+            .join("charts/quartermaster/crds")
+            .join(format!("{name}.yaml"));
+        let got = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            want == got,
+            "{} is stale; run `cargo run -- crds --out charts/quartermaster/crds`",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
+    let Some(helm) = helm() else {
+        eprintln!("SKIPPED: no helm next to kubectl on PATH (scripts/test installs both)");
+        return;
+    };
+    let chart = common::root().join("charts/quartermaster");
+    run(Command::new(&helm).arg("lint").arg(&chart));
+    let rendered = run(Command::new(&helm).args(["template", "t"]).arg(&chart));
+    for kind in [
+        "Deployment",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+        "Service",
+    ] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "chart renders no {kind}"
+        );
+    }
+
+    let client = common::client().await;
+    let ns = common::namespace(&client, "helm").await;
+    let release = common::unique("qm");
+    run(Command::new(&helm)
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(["install", &release, "--namespace", &ns, "--wait=false"])
+        .arg(&chart));
+
+    // A kubeconfig that acts as the chart's ServiceAccount (impersonation), for a real controller run.
+    let sa = format!("system:serviceaccount:{ns}:{release}-quartermaster");
+    let mut kc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = sa.clone().into();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kc_path = dir.path().join("kubeconfig");
+    std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
+
+    let id = common::unique("helm");
+    let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        .args([
+            "run",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--leader-namespace",
+            &ns,
+        ])
+        .args(["--label-selector", &format!("qm-test={id}")])
+        .env("KUBECONFIG", &kc_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("token".into()),
+                    ..Default::default()
+                },
+                string_data: Some([("token".to_string(), "FAKE".to_string())].into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let pc: ProviderConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": id, "labels": {"qm-test": id}},
+        "spec": {"type": "vultr", "credentialsSecretRef": {"name": "token", "namespace": ns}}
+    }))
+    .unwrap();
+    pcs.create(&PostParams::default(), &pc).await.unwrap();
+    let ready = common::eventually(
+        Duration::from_secs(30),
+        "ProviderConfig Ready under the chart's RBAC",
+        || async {
+            let st = pcs.get(&id).await.ok()?.status?;
+            let c = conditions::find(&st.conditions, conditions::READY)?;
+            (c.status == ConditionStatus::True).then_some(())
+        },
+    )
+    .await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        leases
+            .get_opt("quartermaster-leader")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    drop(child);
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "the controller hit RBAC denials:\n{log}"
+    );
+    ready
+}
