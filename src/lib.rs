@@ -2,8 +2,17 @@
 //!
 //! Layers point one way: [`controller`] → vendor clients → [`crd`]. The binary (`src/main.rs`) is wiring.
 
+pub mod cloud;
 pub mod controller;
 pub mod crd;
+pub mod http;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+
+/// Installs the process-wide rustls crypto provider (ring), once. Safe to call many times.
+///
+/// NB: with more than one provider compiled in, rustls cannot pick one and panics when a client is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     // NB: exactly one rustls crypto provider is compiled in (ring); install it before any client exists.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    quartermaster::install_crypto_provider();
     match cli.command {
         Command::Crds { out } => match write_crds(out) {
             Ok(()) => ExitCode::SUCCESS,

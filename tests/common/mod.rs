@@ -8,6 +8,8 @@
 //! - Each test gets its own namespace; cluster-scoped objects carry a unique name.
 #![allow(dead_code)]
 
+pub mod prism;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -1,0 +1,369 @@
+//! DigitalOcean droplets (API v2, bearer token). Also what `quartermaster sim` speaks.
+//! Vendor DTOs stay in this file.
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
+    decimal_from_f64,
+};
+use crate::http::{HttpClient, HttpError};
+
+/// The public API.
+pub const DEFAULT_ENDPOINT: &str = "https://api.digitalocean.com";
+
+/// A DigitalOcean account.
+pub struct DigitalOcean {
+    http: HttpClient,
+    base: String,
+    token: String,
+}
+
+impl DigitalOcean {
+    /// A client for `endpoint` (default: the public API) with a bearer token.
+    pub fn new(http: HttpClient, endpoint: Option<String>, token: &str) -> Self {
+        Self {
+            http,
+            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            token: token.trim().to_string(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, &format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn action(&self, id: &str, body: serde_json::Value) -> Result<(), CloudError> {
+        let r = self
+            .req(Method::POST, &format!("/v2/droplets/{id}/actions"))
+            .json(&body);
+        self.http.send(r, false).await?;
+        Ok(())
+    }
+
+    /// Every page of a list endpoint (`key` is the array's name).
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+    ) -> Result<Vec<T>, CloudError> {
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let v: serde_json::Value = self
+                .http
+                .json(
+                    self.req(Method::GET, &format!("{path}{sep}page={page}&per_page=200")),
+                    true,
+                )
+                .await?;
+            let items: Vec<T> =
+                serde_json::from_value(v[key].clone()).map_err(|e| HttpError::Decode {
+                    vendor: "digitalocean",
+                    message: format!("{key}: {e}"),
+                })?;
+            let n = items.len();
+            out.extend(items);
+            let has_next = v["links"]["pages"]["next"].is_string();
+            if n == 0 || !has_next {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct DropletEnvelope {
+    droplet: Droplet,
+}
+
+#[derive(Deserialize)]
+struct Droplet {
+    id: u64,
+    name: String,
+    status: String,
+    #[serde(default)]
+    locked: bool,
+    #[serde(default)]
+    size_slug: Option<String>,
+    #[serde(default)]
+    region: Option<SlugRef>,
+    #[serde(default)]
+    image: Option<ImageRef>,
+    #[serde(default)]
+    networks: Networks,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SlugRef {
+    slug: String,
+}
+
+#[derive(Deserialize)]
+struct ImageRef {
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct Networks {
+    #[serde(default)]
+    v4: Vec<Net>,
+    #[serde(default)]
+    v6: Vec<Net>,
+}
+
+#[derive(Deserialize)]
+struct Net {
+    ip_address: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Serialize)]
+struct CreateDroplet<'a> {
+    name: &'a str,
+    region: &'a str,
+    size: &'a str,
+    image: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    ssh_keys: &'a [String],
+    backups: bool,
+    ipv6: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_data: Option<&'a str>,
+    tags: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct DoSize {
+    slug: String,
+    #[serde(default)]
+    memory: u64,
+    #[serde(default)]
+    vcpus: u32,
+    #[serde(default)]
+    disk: u64,
+    price_monthly: f64,
+    price_hourly: f64,
+    #[serde(default)]
+    regions: Vec<String>,
+    #[serde(default = "yes")]
+    available: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct DoImage {
+    id: u64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DoRegion {
+    slug: String,
+    name: String,
+    #[serde(default)]
+    available: bool,
+}
+
+fn to_server(d: Droplet) -> Server {
+    let pick = |nets: &[Net], kind: &str| {
+        nets.iter()
+            .find(|n| n.kind == kind)
+            .map(|n| n.ip_address.clone())
+    };
+    Server {
+        id: d.id.to_string(),
+        state: match d.status.as_str() {
+            "new" => ServerState::Provisioning,
+            "active" => ServerState::Running,
+            "off" | "archive" => ServerState::Off,
+            _ => ServerState::Failed,
+        },
+        name: d.name,
+        size: d.size_slug.unwrap_or_default(),
+        region: d.region.map(|r| r.slug).unwrap_or_default(),
+        image: d
+            .image
+            .and_then(|i| i.slug.or(i.id.map(|id| id.to_string()))),
+        public_ipv4: pick(&d.networks.v4, "public"),
+        public_ipv6: pick(&d.networks.v6, "public"),
+        private_ipv4: pick(&d.networks.v4, "private"),
+        tags: d.tags,
+        busy: d.locked,
+    }
+}
+
+fn not_found(e: &CloudError) -> bool {
+    matches!(e, CloudError::Http(h) if h.status() == Some(404))
+}
+
+#[async_trait]
+impl ComputeProvider for DigitalOcean {
+    async fn verify(&self) -> Result<(), CloudError> {
+        let _: serde_json::Value = self
+            .http
+            .json(self.req(Method::GET, "/v2/account"), true)
+            .await?;
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ServerSpec) -> Result<Server, CloudError> {
+        let body = CreateDroplet {
+            name: &spec.name,
+            region: &spec.region,
+            size: &spec.size,
+            image: &spec.image,
+            ssh_keys: &spec.ssh_keys,
+            backups: spec.backups,
+            ipv6: spec.ipv6,
+            user_data: spec.user_data.as_deref(),
+            tags: &spec.tags,
+        };
+        let env: DropletEnvelope = self
+            .http
+            .json(self.req(Method::POST, "/v2/droplets").json(&body), false)
+            .await?;
+        Ok(to_server(env.droplet))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
+        match self
+            .http
+            .json::<DropletEnvelope>(self.req(Method::GET, &format!("/v2/droplets/{id}")), true)
+            .await
+        {
+            Ok(env) => Ok(Some(to_server(env.droplet))),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
+        let droplets: Vec<Droplet> = self
+            .list(&format!("/v2/droplets?tag_name={tag}"), "droplets")
+            .await?;
+        Ok(droplets.into_iter().map(to_server).collect())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), CloudError> {
+        match self
+            .http
+            .send(
+                self.req(Method::DELETE, &format!("/v2/droplets/{id}")),
+                true,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = CloudError::from(e);
+                if not_found(&e) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {
+        let kind = match action {
+            PowerAction::On => "power_on",
+            PowerAction::Off => "power_off",
+            PowerAction::Reboot => "reboot",
+        };
+        self.action(id, serde_json::json!({ "type": kind })).await
+    }
+
+    async fn resize(&self, id: &str, size: &str) -> Result<(), CloudError> {
+        // disk=false keeps the resize reversible (CPU/RAM only).
+        self.action(
+            id,
+            serde_json::json!({ "type": "resize", "size": size, "disk": false }),
+        )
+        .await
+    }
+
+    async fn sizes(&self) -> Result<Vec<Size>, CloudError> {
+        let sizes: Vec<DoSize> = self.list("/v2/sizes", "sizes").await?;
+        Ok(sizes
+            .into_iter()
+            .filter(|s| s.available)
+            .map(|s| Size {
+                slug: s.slug,
+                vcpus: s.vcpus,
+                memory_mb: s.memory,
+                disk_gb: s.disk,
+                price_hourly: decimal_from_f64(s.price_hourly),
+                price_monthly: decimal_from_f64(s.price_monthly),
+                currency: "USD".into(),
+                regions: s.regions,
+            })
+            .collect())
+    }
+
+    async fn images(&self) -> Result<Vec<Image>, CloudError> {
+        let mut out = Vec::new();
+        for kind in ["distribution", "application"] {
+            let images: Vec<DoImage> = self
+                .list(&format!("/v2/images?type={kind}"), "images")
+                .await?;
+            out.extend(images.into_iter().map(|i| {
+                Image {
+                    slug: i.slug.unwrap_or_else(|| i.id.to_string()),
+                    name: i.name.unwrap_or_default(),
+                    kind: i
+                        .kind
+                        .map(|k| {
+                            if k == "base" {
+                                "distribution".into()
+                            } else {
+                                k
+                            }
+                        })
+                        .unwrap_or_else(|| kind.into()),
+                }
+            }));
+        }
+        Ok(out)
+    }
+
+    async fn regions(&self) -> Result<Vec<Region>, CloudError> {
+        let regions: Vec<DoRegion> = self.list("/v2/regions", "regions").await?;
+        Ok(regions
+            .into_iter()
+            .map(|r| Region {
+                slug: r.slug,
+                name: r.name,
+                available: r.available,
+            })
+            .collect())
+    }
+
+    fn resize_needs_power_off(&self) -> bool {
+        true
+    }
+
+    fn accepts_root_password(&self) -> bool {
+        false
+    }
+
+    fn vendor(&self) -> &'static str {
+        "digitalocean"
+    }
+}

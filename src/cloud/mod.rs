@@ -1,0 +1,299 @@
+//! Compute providers in Quartermaster's own terms: the [`ComputeProvider`] trait and the types it speaks
+//! (servers, sizes, images, regions, power actions). One implementation per vendor; vendor DTOs never
+//! leave their vendor's module. [`connect`] builds the right one from a ProviderConfig.
+
+pub mod catalog;
+pub mod contabo;
+pub mod digitalocean;
+pub mod linode;
+pub mod vultr;
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+
+use crate::crd::ProviderType;
+use crate::http::{HttpClient, HttpError, HttpMetrics, RetryPolicy};
+
+/// Prefix of the tag that ties a vendor server to the VirtualMachine (`<prefix><uid>`).
+pub const UID_TAG_PREFIX: &str = "quartermaster-uid-";
+
+/// The ownership tag for an object UID.
+pub fn uid_tag(uid: &str) -> String {
+    format!("{UID_TAG_PREFIX}{uid}")
+}
+
+/// Coarse server state, mapped from each vendor's own states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Being created.
+    Provisioning,
+    /// Powering on.
+    Starting,
+    /// Running.
+    Running,
+    /// Powering off.
+    Stopping,
+    /// Powered off.
+    Off,
+    /// Changing size.
+    Resizing,
+    /// Being deleted.
+    Deleting,
+    /// Vendor reports an error.
+    Failed,
+}
+
+/// A server as the vendor reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// The vendor's ID.
+    pub id: String,
+    /// Name / label.
+    pub name: String,
+    /// State.
+    pub state: ServerState,
+    /// Size (plan) slug.
+    pub size: String,
+    /// Region slug.
+    pub region: String,
+    /// Image slug or ID, if reported.
+    pub image: Option<String>,
+    /// Public IPv4.
+    pub public_ipv4: Option<String>,
+    /// Public IPv6.
+    pub public_ipv6: Option<String>,
+    /// Private IPv4.
+    pub private_ipv4: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// True while the vendor runs an action and refuses others.
+    pub busy: bool,
+}
+
+/// What to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Name / label.
+    pub name: String,
+    /// Region slug.
+    pub region: String,
+    /// Size slug.
+    pub size: String,
+    /// Image slug or ID.
+    pub image: String,
+    /// SSH keys: public keys or vendor key IDs/fingerprints.
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data.
+    pub user_data: Option<String>,
+    /// Tags, the ownership tag included.
+    pub tags: Vec<String>,
+    /// Vendor backups.
+    pub backups: bool,
+    /// Public IPv6.
+    pub ipv6: bool,
+    /// Root/administrator password, for vendors that accept one.
+    pub root_password: Option<String>,
+}
+
+/// A size (plan) with its prices.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Size {
+    /// Slug.
+    pub slug: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Disk in GiB.
+    pub disk_gb: u64,
+    /// Price per hour.
+    pub price_hourly: Decimal,
+    /// Price per month.
+    pub price_monthly: Decimal,
+    /// Currency (ISO 4217).
+    pub currency: String,
+    /// Regions where it can be created (empty: unknown / all).
+    pub regions: Vec<String>,
+}
+
+/// An image (OS, marketplace app or snapshot).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Image {
+    /// What a VirtualMachine's `image` field names.
+    pub slug: String,
+    /// Human name.
+    pub name: String,
+    /// `distribution`, `application` or `snapshot`.
+    pub kind: String,
+}
+
+/// A region.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Region {
+    /// Slug.
+    pub slug: String,
+    /// Human name.
+    pub name: String,
+    /// Whether new servers can be created there.
+    pub available: bool,
+}
+
+/// A power action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerAction {
+    /// Power on.
+    On,
+    /// Power off.
+    Off,
+    /// Reboot.
+    Reboot,
+}
+
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// HTTP failure (status, timeout, transport).
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The vendor cannot do this at all (e.g. resize on Contabo).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The credentials Secret content is unusable.
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
+}
+
+impl CloudError {
+    /// Trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Http(e) if e.is_transient())
+    }
+    /// The vendor refused the credentials (401/403).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Http(e) if matches!(e.status(), Some(401 | 403)))
+            || matches!(self, Self::Credentials(_))
+    }
+}
+
+/// A compute vendor, in Quartermaster's terms.
+#[async_trait]
+pub trait ComputeProvider: Send + Sync {
+    /// One cheap authenticated call: proves the endpoint and credentials work.
+    async fn verify(&self) -> Result<(), CloudError>;
+    /// Creates a server. Not idempotent by itself: callers look up by tag first.
+    async fn create(&self, spec: &ServerSpec) -> Result<Server, CloudError>;
+    /// A server by ID; `None` when the vendor says it does not exist.
+    async fn get(&self, id: &str) -> Result<Option<Server>, CloudError>;
+    /// Servers carrying `tag`.
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError>;
+    /// Deletes a server; succeeds when it is already gone.
+    async fn delete(&self, id: &str) -> Result<(), CloudError>;
+    /// Power on/off/reboot.
+    async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError>;
+    /// Changes the size. Callers power off first when [`ComputeProvider::resize_needs_power_off`].
+    async fn resize(&self, id: &str, size: &str) -> Result<(), CloudError>;
+    /// Sizes with prices.
+    async fn sizes(&self) -> Result<Vec<Size>, CloudError>;
+    /// Images, marketplace apps included.
+    async fn images(&self) -> Result<Vec<Image>, CloudError>;
+    /// Regions.
+    async fn regions(&self) -> Result<Vec<Region>, CloudError>;
+    /// Whether the server must be off to resize.
+    fn resize_needs_power_off(&self) -> bool;
+    /// Whether the vendor accepts a root password at create.
+    fn accepts_root_password(&self) -> bool;
+    /// Vendor name.
+    fn vendor(&self) -> &'static str;
+}
+
+/// Everything needed to talk to one vendor account.
+#[derive(Clone, Debug)]
+pub struct Account {
+    /// Vendor.
+    pub provider: ProviderType,
+    /// Base URL override.
+    pub endpoint: Option<String>,
+    /// The credentials Secret value (a token, or JSON for Contabo).
+    pub credentials: String,
+    /// Client-side rate limit (requests per second, burst).
+    pub rate_limit: Option<(u32, u32)>,
+}
+
+/// Builds the provider for an account.
+pub fn connect(
+    account: &Account,
+    policy: RetryPolicy,
+    metrics: Option<HttpMetrics>,
+) -> Result<Box<dyn ComputeProvider>, CloudError> {
+    let vendor = account.provider.as_str();
+    let mut http = HttpClient::new(vendor, policy);
+    if let Some((rps, burst)) = account.rate_limit {
+        http = http.with_rate_limit(rps, burst);
+    }
+    if let Some(m) = metrics {
+        http = http.with_metrics(m);
+    }
+    let endpoint = account
+        .endpoint
+        .as_deref()
+        .map(|e| e.trim_end_matches('/').to_string());
+    Ok(match account.provider {
+        ProviderType::Digitalocean => Box::new(digitalocean::DigitalOcean::new(
+            http,
+            endpoint,
+            &account.credentials,
+        )),
+        ProviderType::Linode => Box::new(linode::Linode::new(http, endpoint, &account.credentials)),
+        ProviderType::Vultr => Box::new(vultr::Vultr::new(http, endpoint, &account.credentials)),
+        ProviderType::Contabo => {
+            Box::new(contabo::Contabo::new(http, endpoint, &account.credentials))
+        }
+        other => {
+            return Err(CloudError::Unsupported(format!(
+                "ProviderConfig type {} is not a compute provider",
+                other.as_str()
+            )));
+        }
+    })
+}
+
+/// A vendor's JSON number as an exact decimal: the shortest decimal that round-trips the float the vendor
+/// sent (0.00893 stays 0.00893), never float arithmetic.
+pub fn decimal_from_f64(v: f64) -> Decimal {
+    Decimal::from_str(&format!("{v}")).unwrap_or_default()
+}
+
+/// A generated root password: 24 characters from an unambiguous alphabet plus the character classes
+/// vendors demand.
+pub fn generate_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    let body: String = (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{body}-Q7x")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(decimal_from_f64(0.00893).to_string(), "0.00893");
+        assert_eq!(decimal_from_f64(6.0).to_string(), "6");
+        assert_eq!(decimal_from_f64(0.0119).to_string(), "0.0119");
+    }
+
+    #[test]
+    fn passwords_are_strong_and_distinct() {
+        let a = generate_password();
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().any(|c| c.is_ascii_uppercase()));
+        assert!(a.chars().any(|c| c.is_ascii_digit()));
+        assert_ne!(a, generate_password());
+    }
+}
