@@ -8,6 +8,7 @@ pub mod crd;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod sim;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider (ring), once. Safe to call many times.

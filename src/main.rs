@@ -48,6 +48,8 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the vendor simulator (DigitalOcean API subset) on a loopback address.
+    Sim(quartermaster::sim::SimConfig),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +81,9 @@ struct RunArgs {
     /// Periodic resync of healthy objects, in seconds.
     #[arg(long, default_value_t = 600)]
     resync_secs: u64,
+    /// How often an object with vendor work in progress is looked at again, in seconds.
+    #[arg(long, default_value_t = 5)]
+    poll_interval_secs: u64,
     /// Reconcile only objects matching this label selector (e.g. for sharding).
     #[arg(long, env = "QM_LABEL_SELECTOR")]
     label_selector: Option<String>,
@@ -97,21 +102,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => {
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: failed to start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "quartermaster run failed");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Run(args) => block_on("run", run(args)),
+        Command::Sim(cfg) => block_on("sim", async move {
+            let sim = quartermaster::sim::Sim::bind(cfg).await?;
+            sim.serve(shutdown_signal()).await?;
+            Ok(())
+        }),
+    }
+}
+
+/// Runs `fut` on a multi-threaded runtime; errors are logged and become a failing exit code.
+fn block_on(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "quartermaster {what} failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -191,6 +208,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         ControllerConfig {
             resync_interval: Duration::from_secs(args.resync_secs.max(1)),
             label_selector: args.label_selector.clone(),
+            poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
             ..Default::default()
         },
         Some(identity.clone()),

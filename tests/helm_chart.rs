@@ -101,6 +101,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
 
     let id = common::unique("helm");
+    let sim = common::start_sim(|_| {}).await;
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -141,7 +142,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     let pc: ProviderConfig = serde_json::from_value(serde_json::json!({
         "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
         "metadata": {"name": id, "labels": {"qm-test": id}},
-        "spec": {"type": "vultr", "credentialsSecretRef": {"name": "token", "namespace": ns}}
+        "spec": {"type": "digitalocean", "endpoint": sim.url, "credentialsSecretRef": {"name": "token", "namespace": ns}}
     }))
     .unwrap();
     pcs.create(&PostParams::default(), &pc).await.unwrap();

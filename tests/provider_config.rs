@@ -2,49 +2,36 @@
 //! sees it), Stalled/MissingSecret when the Secret goes, Ready again when it returns, Suspended,
 //! paused, and finalizer removal on delete. Status is not rewritten when nothing changed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use quartermaster::controller::{self, Context, ControllerConfig};
 use quartermaster::crd::conditions::{self, ConditionStatus};
 use quartermaster::crd::{FINALIZER, ProviderConfig};
 use quartermaster::metrics::Metrics;
-use quartermaster::server::Health;
 
 mod common;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Starts the controllers in this process, restricted to objects labelled `qm-test=<id>`.
 fn start_controller(client: kube::Client, id: &str) -> (Metrics, tokio::sync::oneshot::Sender<()>) {
-    let metrics = Metrics::new();
-    let ctx = Arc::new(Context::new(
-        client,
-        metrics.clone(),
-        ControllerConfig {
-            label_selector: Some(format!("qm-test={id}")),
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(2),
-            ..Default::default()
-        },
-        Some(format!("test-{id}")),
-    ));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = rx.map(|_| ()).shared();
-    tokio::spawn(controller::run(ctx, Arc::new(Health::default()), shutdown));
-    (metrics, tx)
+    common::start_controller(client, id)
 }
 
-fn provider_config(name: &str, id: &str, secret_ns: &str, suspended: bool) -> ProviderConfig {
+fn provider_config(
+    name: &str,
+    id: &str,
+    secret_ns: &str,
+    suspended: bool,
+    endpoint: &str,
+) -> ProviderConfig {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "quartermaster.dev/v1alpha1",
         "kind": "ProviderConfig",
         "metadata": {"name": name, "labels": {"qm-test": id}},
         "spec": {
             "type": "digitalocean",
+            "endpoint": endpoint,
             "credentialsSecretRef": {"name": "do-token", "namespace": secret_ns, "key": "token"},
             "suspended": suspended
         }
@@ -95,6 +82,7 @@ async fn ready_with_secret_stalled_without_and_back() {
     let pcs: Api<ProviderConfig> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let name = id.clone();
+    let sim = common::start_sim(|_| {}).await;
 
     secrets
         .create(&PostParams::default(), &secret("FAKE-TOKEN-VALUE-123"))
@@ -102,7 +90,7 @@ async fn ready_with_secret_stalled_without_and_back() {
         .unwrap();
     pcs.create(
         &PostParams::default(),
-        &provider_config(&name, &id, &ns, false),
+        &provider_config(&name, &id, &ns, false, &sim.url),
     )
     .await
     .unwrap();
@@ -278,7 +266,7 @@ async fn suspended_is_not_ready_and_paused_is_left_alone() {
     // Suspended: Ready=False reason Suspended, not stalled (even without a Secret).
     pcs.create(
         &PostParams::default(),
-        &provider_config(&name, &id, &ns, true),
+        &provider_config(&name, &id, &ns, true, "http://127.0.0.1:9"),
     )
     .await
     .unwrap();
@@ -358,4 +346,85 @@ async fn suspended_is_not_ready_and_paused_is_left_alone() {
             .status,
         ConditionStatus::False
     );
+}
+
+#[tokio::test]
+async fn vendor_check_reports_invalid_credentials_and_unreachable() {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "pcv").await;
+    let id = common::unique("pcv");
+    let (_metrics, _stop) = start_controller(client.clone(), &id);
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sim = common::start_sim(|c| c.token = Some("the-right-token".into())).await;
+    secrets
+        .create(&PostParams::default(), &secret("a-wrong-token"))
+        .await
+        .unwrap();
+
+    let bad = format!("{id}-bad");
+    pcs.create(
+        &PostParams::default(),
+        &provider_config(&bad, &id, &ns, false, &sim.url),
+    )
+    .await
+    .unwrap();
+    let pc = wait_condition(
+        &pcs,
+        &bad,
+        conditions::STALLED,
+        ConditionStatus::True,
+        "InvalidCredentials",
+    )
+    .await;
+    let st = pc.status.unwrap();
+    assert_eq!(st.credentials_verified, Some(false));
+    let msg = &conditions::find(&st.conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("401"), "{msg}");
+    assert!(
+        !msg.contains("a-wrong-token"),
+        "the token leaked into the condition: {msg}"
+    );
+
+    // Fixing the Secret wakes the ProviderConfig (Secret watch) and it becomes Ready.
+    secrets
+        .patch(
+            "do-token",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"token": "the-right-token"}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(
+        &pcs,
+        &bad,
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+
+    // Nothing listens on the endpoint: Unreachable.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gone = format!("{id}-gone");
+    pcs.create(
+        &PostParams::default(),
+        &provider_config(&gone, &id, &ns, false, &format!("http://127.0.0.1:{port}")),
+    )
+    .await
+    .unwrap();
+    wait_condition(
+        &pcs,
+        &gone,
+        conditions::STALLED,
+        ConditionStatus::True,
+        "Unreachable",
+    )
+    .await;
 }

@@ -1,65 +1,540 @@
-//! Linode (work in progress: being replaced by the real client).
+//! Linode (Akamai) instances (API v4, bearer token). Vendor DTOs stay in this file.
+//!
+//! Notes on the vendor:
+//! - Labels must be 3-64 characters of letters, digits, `-`, `_`, `.`, start with a letter and contain no
+//!   `--`, `__` or `..`: [`linode_label`] turns any name into such a label.
+//! - Tags are 3-50 characters, but our ownership tag (`quartermaster-uid-<uid>`) is 54: on the wire it is
+//!   shortened to `qm-uid-<uid>` (see [`to_wire_tag`]) and mapped back when reading, so callers only ever
+//!   see the full form.
+//! - `find_by_tag` lists every instance and filters client-side: the `X-Filter` header the real API offers
+//!   is declared in Linode's OpenAPI document as an object-typed header without a JSON media type, so a
+//!   spec-conforming server (and the Prism mock) rejects any JSON value in it.
+//! - Resizes migrate the instance (Linode powers it down and up again by itself), so callers need not
+//!   power off first.
+
+use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
 
-use super::{CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, Size};
-use crate::http::HttpClient;
+use super::{
+    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
+    UID_TAG_PREFIX, decimal_from_f64, generate_password,
+};
+use crate::http::{HttpClient, HttpError};
+
+/// The public API (paths start with `/v4`).
+pub const DEFAULT_ENDPOINT: &str = "https://api.linode.com";
+
+/// Longest tag Linode accepts.
+const MAX_TAG_LEN: usize = 50;
+/// Wire prefix of the ownership tag (the full prefix does not fit Linode's 50 characters).
+const WIRE_UID_PREFIX: &str = "qm-uid-";
 
 /// A Linode account.
 pub struct Linode {
-    _http: HttpClient,
+    http: HttpClient,
+    base: String,
+    token: String,
 }
 
-impl Linode {
-    /// A client.
-    pub fn new(http: HttpClient, _endpoint: Option<String>, _credentials: &str) -> Self {
-        Self { _http: http }
+impl std::fmt::Debug for Linode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linode")
+            .field("base", &self.base)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
-fn unsupported() -> CloudError {
-    CloudError::Unsupported("linode is not implemented yet".into())
+impl Linode {
+    /// A client for `endpoint` (default: the public API) with a personal access token.
+    pub fn new(http: HttpClient, endpoint: Option<String>, credentials: &str) -> Self {
+        Self {
+            http,
+            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            token: credentials.trim().to_string(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, &format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// A POST action on an instance (boot, shutdown, reboot, resize).
+    async fn action(
+        &self,
+        id: &str,
+        action: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Err(HttpError::Status {
+                vendor: "linode",
+                status: 404,
+                message: format!("{id:?} is not a Linode ID"),
+                retry_after: None,
+            }
+            .into());
+        };
+        let mut r = self.req(Method::POST, &format!("/v4/linode/instances/{id}/{action}"));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        self.http.send(r, false).await?;
+        Ok(())
+    }
+
+    /// Every page of a paginated collection (`data`, `page`, `pages`).
+    async fn list<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, CloudError> {
+        let mut out = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let p: Page<T> = self
+                .http
+                .json(
+                    self.req(Method::GET, &format!("{path}?page={page}&page_size=500")),
+                    true,
+                )
+                .await?;
+            let n = p.data.len();
+            out.extend(p.data);
+            // A hard cap as well, so a misbehaving server cannot keep us paging forever.
+            if n == 0 || page >= p.pages || page >= 100 {
+                break;
+            }
+            page += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// Linode IDs are integers; anything else cannot name an instance (and is kept out of the URL path).
+fn numeric_id(id: &str) -> Option<&str> {
+    let id = id.trim();
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
+}
+
+#[derive(Deserialize)]
+#[serde(bound = "T: Deserialize<'de>")]
+struct Page<T> {
+    #[serde(default = "Vec::new")]
+    data: Vec<T>,
+    #[serde(default)]
+    pages: u32,
+}
+
+#[derive(Deserialize)]
+struct Instance {
+    id: u64,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    ipv4: Vec<String>,
+    #[serde(default)]
+    ipv6: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CreateInstance<'a> {
+    label: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    region: &'a str,
+    image: &'a str,
+    root_pass: String,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    authorized_keys: &'a [String],
+    tags: Vec<String>,
+    backups_enabled: bool,
+    booted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata>,
+}
+
+#[derive(Serialize)]
+struct Metadata {
+    user_data: String,
+}
+
+#[derive(Deserialize)]
+struct LinodeType {
+    id: String,
+    #[serde(default)]
+    vcpus: u32,
+    /// MB.
+    #[serde(default)]
+    memory: u64,
+    /// MB.
+    #[serde(default)]
+    disk: u64,
+    price: Price,
+}
+
+#[derive(Deserialize)]
+struct Price {
+    #[serde(default)]
+    hourly: f64,
+    #[serde(default)]
+    monthly: f64,
+}
+
+#[derive(Deserialize)]
+struct LinodeImage {
+    id: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    is_public: bool,
+}
+
+#[derive(Deserialize)]
+struct LinodeRegion {
+    id: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+/// A label Linode accepts, derived from `name`: invalid characters become `-`, runs of `-`, `_` or `.`
+/// collapse to one, a non-letter start gets a `qm-` prefix, and the result is 3-64 characters.
+pub fn linode_label(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            c
+        } else {
+            '-'
+        };
+        if matches!(c, '-' | '_' | '.') && out.ends_with(c) {
+            continue;
+        }
+        out.push(c);
+    }
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        let rest = out.trim_start_matches(['-', '_', '.']);
+        out = format!("qm-{rest}");
+    }
+    out.truncate(64);
+    while out.len() < 3 {
+        out.push(if out.ends_with('0') { '1' } else { '0' });
+    }
+    out
+}
+
+/// A tag as sent to Linode (3-50 characters): the ownership tag shortened to `qm-uid-<uid>`, other tags
+/// longer than 50 characters truncated.
+fn to_wire_tag(tag: &str) -> String {
+    let mut t = match tag.strip_prefix(UID_TAG_PREFIX) {
+        Some(uid) => format!("{WIRE_UID_PREFIX}{uid}"),
+        None => tag.to_string(),
+    };
+    if t.len() > MAX_TAG_LEN {
+        let mut cut = MAX_TAG_LEN;
+        while !t.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        t.truncate(cut);
+    }
+    t
+}
+
+/// A tag as read from Linode, the ownership tag restored to its full form.
+fn from_wire_tag(tag: String) -> String {
+    match tag.strip_prefix(WIRE_UID_PREFIX) {
+        Some(uid) => format!("{UID_TAG_PREFIX}{uid}"),
+        None => tag,
+    }
+}
+
+fn to_state(status: &str) -> ServerState {
+    match status {
+        "provisioning" | "cloning" | "restoring" | "rebuilding" => ServerState::Provisioning,
+        "booting" | "rebooting" => ServerState::Starting,
+        "running" => ServerState::Running,
+        "shutting_down" => ServerState::Stopping,
+        "offline" | "stopped" => ServerState::Off,
+        "resizing" | "migrating" => ServerState::Resizing,
+        "deleting" => ServerState::Deleting,
+        _ => ServerState::Failed,
+    }
+}
+
+fn to_server(i: Instance) -> Server {
+    let mut public_ipv4 = None;
+    let mut private_ipv4 = None;
+    for ip in &i.ipv4 {
+        match ip.parse::<Ipv4Addr>() {
+            Ok(a) if a.is_private() => {
+                private_ipv4.get_or_insert_with(|| ip.clone());
+            }
+            _ => {
+                public_ipv4.get_or_insert_with(|| ip.clone());
+            }
+        }
+    }
+    let state = to_state(&i.status);
+    Server {
+        id: i.id.to_string(),
+        name: i.label,
+        busy: !matches!(
+            state,
+            ServerState::Running | ServerState::Off | ServerState::Failed
+        ),
+        state,
+        size: i.kind.unwrap_or_default(),
+        region: i.region.unwrap_or_default(),
+        image: i.image,
+        public_ipv4,
+        // Linode reports the SLAAC address with its prefix length (`.../128`).
+        public_ipv6: i
+            .ipv6
+            .map(|v| v.split('/').next().unwrap_or_default().to_string())
+            .filter(|v| !v.is_empty()),
+        private_ipv4,
+        tags: i.tags.into_iter().map(from_wire_tag).collect(),
+    }
+}
+
+fn is_status(e: &HttpError, status: u16) -> bool {
+    e.status() == Some(status)
 }
 
 #[async_trait]
 impl ComputeProvider for Linode {
     async fn verify(&self) -> Result<(), CloudError> {
-        Err(unsupported())
+        let _: serde_json::Value = self
+            .http
+            .json(self.req(Method::GET, "/v4/profile"), true)
+            .await?;
+        Ok(())
     }
-    async fn create(&self, _spec: &ServerSpec) -> Result<Server, CloudError> {
-        Err(unsupported())
+
+    async fn create(&self, spec: &ServerSpec) -> Result<Server, CloudError> {
+        // Linode requires a root password whenever an image is given; without one from the spec a strong
+        // random one is used (and never shown: SSH keys are the way in).
+        let root_pass = spec.root_password.clone().unwrap_or_else(generate_password);
+        let body = CreateInstance {
+            label: linode_label(&spec.name),
+            kind: &spec.size,
+            region: &spec.region,
+            image: &spec.image,
+            root_pass,
+            authorized_keys: &spec.ssh_keys,
+            tags: spec.tags.iter().map(|t| to_wire_tag(t)).collect(),
+            backups_enabled: spec.backups,
+            booted: true,
+            metadata: spec.user_data.as_ref().map(|u| Metadata {
+                user_data: base64::engine::general_purpose::STANDARD.encode(u),
+            }),
+        };
+        // NB: Linode always assigns a public IPv6 (SLAAC); `spec.ipv6` cannot turn it off.
+        let i: Instance = self
+            .http
+            .json(
+                self.req(Method::POST, "/v4/linode/instances").json(&body),
+                false,
+            )
+            .await?;
+        Ok(to_server(i))
     }
-    async fn get(&self, _id: &str) -> Result<Option<Server>, CloudError> {
-        Err(unsupported())
+
+    async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(None);
+        };
+        match self
+            .http
+            .json::<Instance>(
+                self.req(Method::GET, &format!("/v4/linode/instances/{id}")),
+                true,
+            )
+            .await
+        {
+            Ok(i) => Ok(Some(to_server(i))),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
-    async fn find_by_tag(&self, _tag: &str) -> Result<Vec<Server>, CloudError> {
-        Err(unsupported())
+
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
+        let wire = to_wire_tag(tag);
+        let all: Vec<Instance> = self.list("/v4/linode/instances").await?;
+        Ok(all
+            .into_iter()
+            .filter(|i| i.tags.contains(&wire))
+            .map(to_server)
+            .collect())
     }
-    async fn delete(&self, _id: &str) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn delete(&self, id: &str) -> Result<(), CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(());
+        };
+        match self
+            .http
+            .send(
+                self.req(Method::DELETE, &format!("/v4/linode/instances/{id}")),
+                true,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
-    async fn power(&self, _id: &str, _action: PowerAction) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {
+        match action {
+            // boot/reboot take an optional config_id; an empty object means "the last booted config".
+            PowerAction::On => self.action(id, "boot", Some(serde_json::json!({}))).await,
+            PowerAction::Off => self.action(id, "shutdown", None).await,
+            PowerAction::Reboot => self.action(id, "reboot", Some(serde_json::json!({}))).await,
+        }
     }
-    async fn resize(&self, _id: &str, _size: &str) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn resize(&self, id: &str, size: &str) -> Result<(), CloudError> {
+        // Disks grow with the plan (allow_auto_disk_resize defaults to true); a cold migration powers the
+        // Linode off and back on by itself.
+        self.action(id, "resize", Some(serde_json::json!({ "type": size })))
+            .await
     }
+
     async fn sizes(&self) -> Result<Vec<Size>, CloudError> {
-        Err(unsupported())
+        let types: Vec<LinodeType> = self.list("/v4/linode/types").await?;
+        Ok(types
+            .into_iter()
+            .map(|t| Size {
+                slug: t.id,
+                vcpus: t.vcpus,
+                memory_mb: t.memory,
+                disk_gb: t.disk / 1024,
+                // Base prices; a few regions (`region_prices`) cost more.
+                price_hourly: decimal_from_f64(t.price.hourly),
+                price_monthly: decimal_from_f64(t.price.monthly),
+                currency: "USD".into(),
+                regions: Vec::new(),
+            })
+            .collect())
     }
+
     async fn images(&self) -> Result<Vec<Image>, CloudError> {
-        Err(unsupported())
+        let images: Vec<LinodeImage> = self.list("/v4/images").await?;
+        Ok(images
+            .into_iter()
+            .map(|i| Image {
+                name: if i.label.is_empty() {
+                    i.id.clone()
+                } else {
+                    i.label
+                },
+                slug: i.id,
+                kind: if i.is_public {
+                    "distribution".into()
+                } else {
+                    "snapshot".into()
+                },
+            })
+            .collect())
     }
+
     async fn regions(&self) -> Result<Vec<Region>, CloudError> {
-        Err(unsupported())
+        let regions: Vec<LinodeRegion> = self.list("/v4/regions").await?;
+        Ok(regions
+            .into_iter()
+            .map(|r| Region {
+                available: r.status == "ok"
+                    && (r.capabilities.is_empty() || r.capabilities.iter().any(|c| c == "Linodes")),
+                name: if r.label.is_empty() {
+                    r.id.clone()
+                } else {
+                    r.label
+                },
+                slug: r.id,
+            })
+            .collect())
     }
+
     fn resize_needs_power_off(&self) -> bool {
-        true
-    }
-    fn accepts_root_password(&self) -> bool {
         false
     }
+
+    fn accepts_root_password(&self) -> bool {
+        true
+    }
+
     fn vendor(&self) -> &'static str {
         "linode"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid(label: &str) -> bool {
+        let b = label.as_bytes();
+        (3..=64).contains(&b.len())
+            && b[0].is_ascii_alphabetic()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            && !label.contains("--")
+            && !label.contains("__")
+            && !label.contains("..")
+    }
+
+    #[test]
+    fn labels_are_valid() {
+        for name in [
+            "web-1",
+            "1web",
+            "a",
+            "",
+            "--x--y__z..",
+            "my vm (prod)",
+            "é",
+            &"x".repeat(100),
+        ] {
+            let l = linode_label(name);
+            assert!(valid(&l), "{name:?} -> {l:?}");
+        }
+        assert_eq!(linode_label("web-1"), "web-1");
+        assert_eq!(linode_label("my vm"), "my-vm");
+    }
+
+    #[test]
+    fn ownership_tag_round_trips_within_50_chars() {
+        let full = crate::cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+        let wire = to_wire_tag(&full);
+        assert!(wire.len() <= MAX_TAG_LEN, "{wire}");
+        assert_eq!(from_wire_tag(wire), full);
+        assert_eq!(to_wire_tag("web"), "web");
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(to_state("running"), ServerState::Running);
+        assert_eq!(to_state("offline"), ServerState::Off);
+        assert_eq!(to_state("migrating"), ServerState::Resizing);
+        assert_eq!(to_state("rebooting"), ServerState::Starting);
+        assert_eq!(to_state("weird"), ServerState::Failed);
     }
 }

@@ -1,65 +1,560 @@
-//! Vultr (work in progress: being replaced by the real client).
+//! Vultr instances (API v2, bearer token). Vendor DTOs stay in this file.
+//!
+//! Notes on the vendor:
+//! - `image` picks the create field: a number → `os_id`, `app:<id>` → `app_id` (one-click/marketplace
+//!   apps, listed by [`ComputeProvider::images`] with that slug), `snapshot:<id>` → `snapshot_id`, anything
+//!   else → `image_id` (marketplace image slug).
+//! - SSH keys are Vultr SSH key IDs (`sshkey_id`); public keys must be registered with Vultr first.
+//! - Vultr generates the root password and returns it once in the create answer (`default_password`): it
+//!   is not decoded, so it can never reach a log, an error or a status.
+//! - Prices: the plan list has `monthly_cost` only (the API document declares no hourly price). When an
+//!   answer carries `hourly_cost` it is used; otherwise hourly = monthly / 730, rounded to 6 decimal places.
+//! - Lists page with a cursor (`meta.links.next`).
+//! - `find_by_tag` uses the `tag` list filter (deprecated in Vultr's API document, no replacement given)
+//!   and checks the tags of each answer itself.
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
-use super::{CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, Size};
-use crate::http::HttpClient;
+use super::{
+    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
+    decimal_from_f64,
+};
+use crate::http::{HttpClient, HttpError};
+
+/// The public API (paths without the `/v2` prefix are appended to it).
+pub const DEFAULT_ENDPOINT: &str = "https://api.vultr.com/v2";
+
+/// Hours in a billing month, for prices given per month only.
+const HOURS_PER_MONTH: u32 = 730;
 
 /// A Vultr account.
 pub struct Vultr {
-    _http: HttpClient,
+    http: HttpClient,
+    base: String,
+    token: String,
 }
 
-impl Vultr {
-    /// A client.
-    pub fn new(http: HttpClient, _endpoint: Option<String>, _credentials: &str) -> Self {
-        Self { _http: http }
+impl std::fmt::Debug for Vultr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vultr")
+            .field("base", &self.base)
+            .field("token", &"<redacted>")
+            .finish()
     }
 }
 
-fn unsupported() -> CloudError {
-    CloudError::Unsupported("vultr is not implemented yet".into())
+impl Vultr {
+    /// A client for `endpoint` (default: the public API, `https://api.vultr.com/v2`) with an API key.
+    pub fn new(http: HttpClient, endpoint: Option<String>, credentials: &str) -> Self {
+        Self {
+            http,
+            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            token: credentials.trim().to_string(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, &format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    /// Every page of a cursor-paginated list (`key` is the array's name).
+    async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        key: &str,
+    ) -> Result<Vec<T>, CloudError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let mut q: Vec<(&str, &str)> = query.to_vec();
+            q.push(("per_page", "500"));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let v: serde_json::Value = self
+                .http
+                .json(self.req(Method::GET, path).query(&q), true)
+                .await?;
+            let items: Vec<T> =
+                serde_json::from_value(v[key].clone()).map_err(|e| HttpError::Decode {
+                    vendor: "vultr",
+                    message: format!("{key}: {e}"),
+                })?;
+            let n = items.len();
+            out.extend(items);
+            let next = v["meta"]["links"]["next"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            // Stop on the last page, on an empty page, or when the server repeats a cursor.
+            if n == 0 || next.is_none() || next == cursor {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct InstanceEnvelope {
+    instance: Instance,
+}
+
+/// An instance. `default_password` is deliberately absent: serde skips it unread.
+#[derive(Deserialize)]
+struct Instance {
+    id: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    power_status: String,
+    #[serde(default)]
+    server_status: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    os_id: Option<i64>,
+    #[serde(default)]
+    app_id: Option<i64>,
+    #[serde(default)]
+    image_id: Option<String>,
+    #[serde(default)]
+    main_ip: Option<String>,
+    #[serde(default)]
+    internal_ip: Option<String>,
+    /// Older answers.
+    #[serde(default)]
+    v6_main_ip: Option<String>,
+    /// Newer answers.
+    #[serde(default)]
+    v6_networks: Vec<V6Network>,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// The older single tag.
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct V6Network {
+    #[serde(default)]
+    main_ip: Option<String>,
+}
+
+#[derive(Serialize, Default)]
+struct CreateInstance<'a> {
+    region: &'a str,
+    plan: &'a str,
+    label: &'a str,
+    hostname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    os_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snapshot_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    sshkey_id: &'a [String],
+    backups: &'static str,
+    enable_ipv6: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_data: Option<String>,
+    tags: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct Plan {
+    id: String,
+    #[serde(default)]
+    vcpu_count: u32,
+    /// MB.
+    #[serde(default)]
+    ram: u64,
+    /// GB.
+    #[serde(default)]
+    disk: u64,
+    #[serde(default)]
+    monthly_cost: f64,
+    /// Newer API versions only; not in the API document this client was tested against.
+    #[serde(default)]
+    hourly_cost: Option<f64>,
+    #[serde(default)]
+    locations: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Os {
+    id: i64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    family: String,
+}
+
+#[derive(Deserialize)]
+struct App {
+    id: i64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    deploy_name: String,
+}
+
+#[derive(Deserialize)]
+struct VultrRegion {
+    id: String,
+    #[serde(default)]
+    city: String,
+    #[serde(default)]
+    country: String,
+}
+
+/// The image source of a create.
+#[derive(Debug, PartialEq, Eq)]
+enum ImageRef<'a> {
+    Os(i64),
+    App(i64),
+    Snapshot(&'a str),
+    Image(&'a str),
+}
+
+fn image_ref(image: &str) -> ImageRef<'_> {
+    if let Ok(id) = image.parse::<i64>() {
+        return ImageRef::Os(id);
+    }
+    if let Some(id) = image.strip_prefix("app:").and_then(|i| i.parse().ok()) {
+        return ImageRef::App(id);
+    }
+    if let Some(id) = image.strip_prefix("snapshot:") {
+        return ImageRef::Snapshot(id);
+    }
+    ImageRef::Image(image)
+}
+
+/// A hostname from a name: lowercase letters, digits and `-`, at most 63 characters.
+fn hostname(name: &str) -> String {
+    let mut h = String::new();
+    for c in name.chars().map(|c| c.to_ascii_lowercase()) {
+        let c = if c.is_ascii_alphanumeric() { c } else { '-' };
+        if c == '-' && (h.is_empty() || h.ends_with('-')) {
+            continue;
+        }
+        h.push(c);
+    }
+    h.truncate(63);
+    let h = h.trim_end_matches('-').to_string();
+    if h.is_empty() { "vm".into() } else { h }
+}
+
+/// Hourly price from a monthly one: monthly / 730, rounded to 6 decimal places.
+fn hourly_from_monthly(monthly: Decimal) -> Decimal {
+    (monthly / Decimal::from(HOURS_PER_MONTH)).round_dp(6)
+}
+
+/// Vultr's three status fields in our terms.
+fn to_state(status: &str, power: &str, server: &str) -> ServerState {
+    match status {
+        "pending" => ServerState::Provisioning,
+        "resizing" => ServerState::Resizing,
+        "active" => match (power, server) {
+            ("stopped", _) => ServerState::Off,
+            ("running", "ok") => ServerState::Running,
+            ("running", "none" | "installingbooting") => ServerState::Starting,
+            // Locked: an action is running; the machine is up.
+            ("running", _) => ServerState::Running,
+            _ => ServerState::Failed,
+        },
+        // Suspended (billing/abuse) or anything unknown.
+        _ => ServerState::Failed,
+    }
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty() && s != "0.0.0.0" && s != "::")
+}
+
+fn to_server(i: Instance) -> Server {
+    let state = to_state(&i.status, &i.power_status, &i.server_status);
+    let image = match (i.os_id, i.app_id, non_empty(i.image_id)) {
+        (_, _, Some(img)) => Some(img),
+        (_, Some(app), _) if app > 0 => Some(format!("app:{app}")),
+        (Some(os), _, _) if os > 0 => Some(os.to_string()),
+        _ => None,
+    };
+    let public_ipv6 = non_empty(i.v6_main_ip)
+        .or_else(|| non_empty(i.v6_networks.into_iter().find_map(|n| n.main_ip)));
+    Server {
+        id: i.id,
+        name: i.label,
+        busy: i.server_status == "locked"
+            || matches!(state, ServerState::Provisioning | ServerState::Resizing),
+        state,
+        size: i.plan,
+        region: i.region,
+        image,
+        public_ipv4: non_empty(i.main_ip),
+        public_ipv6,
+        private_ipv4: non_empty(i.internal_ip),
+        tags: i.tags,
+    }
 }
 
 #[async_trait]
 impl ComputeProvider for Vultr {
     async fn verify(&self) -> Result<(), CloudError> {
-        Err(unsupported())
+        let _: serde_json::Value = self
+            .http
+            .json(self.req(Method::GET, "/account"), true)
+            .await?;
+        Ok(())
     }
-    async fn create(&self, _spec: &ServerSpec) -> Result<Server, CloudError> {
-        Err(unsupported())
+
+    async fn create(&self, spec: &ServerSpec) -> Result<Server, CloudError> {
+        let mut body = CreateInstance {
+            region: &spec.region,
+            plan: &spec.size,
+            label: &spec.name,
+            hostname: hostname(&spec.name),
+            sshkey_id: &spec.ssh_keys,
+            backups: if spec.backups { "enabled" } else { "disabled" },
+            enable_ipv6: spec.ipv6,
+            user_data: spec
+                .user_data
+                .as_ref()
+                .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
+            tags: &spec.tags,
+            ..Default::default()
+        };
+        match image_ref(&spec.image) {
+            ImageRef::Os(id) => body.os_id = Some(id),
+            ImageRef::App(id) => body.app_id = Some(id),
+            ImageRef::Snapshot(id) => body.snapshot_id = Some(id),
+            ImageRef::Image(id) => body.image_id = Some(id),
+        }
+        let env: InstanceEnvelope = self
+            .http
+            .json(self.req(Method::POST, "/instances").json(&body), false)
+            .await?;
+        Ok(to_server(env.instance))
     }
-    async fn get(&self, _id: &str) -> Result<Option<Server>, CloudError> {
-        Err(unsupported())
+
+    async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
+        match self
+            .http
+            .json::<InstanceEnvelope>(self.req(Method::GET, &format!("/instances/{id}")), true)
+            .await
+        {
+            Ok(env) => Ok(Some(to_server(env.instance))),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
-    async fn find_by_tag(&self, _tag: &str) -> Result<Vec<Server>, CloudError> {
-        Err(unsupported())
+
+    async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
+        // The `tag` filter is marked deprecated in Vultr's API document (with no replacement): the answer
+        // is filtered again here, so a server that stopped honouring it cannot make us adopt strangers.
+        let instances: Vec<Instance> = self
+            .list("/instances", &[("tag", tag)], "instances")
+            .await?;
+        Ok(instances
+            .into_iter()
+            .filter(|i| i.tags.iter().any(|t| t == tag) || i.tag.as_deref() == Some(tag))
+            .map(to_server)
+            .collect())
     }
-    async fn delete(&self, _id: &str) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn delete(&self, id: &str) -> Result<(), CloudError> {
+        match self
+            .http
+            .send(self.req(Method::DELETE, &format!("/instances/{id}")), true)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
-    async fn power(&self, _id: &str, _action: PowerAction) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {
+        let verb = match action {
+            PowerAction::On => "start",
+            PowerAction::Off => "halt",
+            PowerAction::Reboot => "reboot",
+        };
+        self.http
+            .send(
+                self.req(Method::POST, &format!("/instances/{id}/{verb}")),
+                false,
+            )
+            .await?;
+        Ok(())
     }
-    async fn resize(&self, _id: &str, _size: &str) -> Result<(), CloudError> {
-        Err(unsupported())
+
+    async fn resize(&self, id: &str, size: &str) -> Result<(), CloudError> {
+        // Vultr upgrades in place (it restarts the instance itself); plans can only grow.
+        self.http
+            .send(
+                self.req(Method::PATCH, &format!("/instances/{id}"))
+                    .json(&serde_json::json!({ "plan": size })),
+                false,
+            )
+            .await?;
+        Ok(())
     }
+
     async fn sizes(&self) -> Result<Vec<Size>, CloudError> {
-        Err(unsupported())
+        let plans: Vec<Plan> = self.list("/plans", &[], "plans").await?;
+        Ok(plans
+            .into_iter()
+            .map(|p| {
+                let monthly = decimal_from_f64(p.monthly_cost);
+                Size {
+                    slug: p.id,
+                    vcpus: p.vcpu_count,
+                    memory_mb: p.ram,
+                    disk_gb: p.disk,
+                    price_hourly: p
+                        .hourly_cost
+                        .map(decimal_from_f64)
+                        .unwrap_or_else(|| hourly_from_monthly(monthly)),
+                    price_monthly: monthly,
+                    currency: "USD".into(),
+                    regions: p.locations,
+                }
+            })
+            .collect())
     }
+
     async fn images(&self) -> Result<Vec<Image>, CloudError> {
-        Err(unsupported())
+        let os: Vec<Os> = self.list("/os", &[], "os").await?;
+        let apps: Vec<App> = self.list("/applications", &[], "applications").await?;
+        let mut out: Vec<Image> = os
+            .into_iter()
+            // Placeholders for other create modes (custom ISO, snapshot, backup, application).
+            .filter(|o| {
+                !matches!(
+                    o.family.as_str(),
+                    "iso" | "snapshot" | "backup" | "application"
+                )
+            })
+            .map(|o| Image {
+                slug: o.id.to_string(),
+                name: o.name,
+                kind: "distribution".into(),
+            })
+            .collect();
+        out.extend(apps.into_iter().map(|a| Image {
+            slug: format!("app:{}", a.id),
+            name: if a.deploy_name.is_empty() {
+                a.name
+            } else {
+                a.deploy_name
+            },
+            kind: "application".into(),
+        }));
+        Ok(out)
     }
+
     async fn regions(&self) -> Result<Vec<Region>, CloudError> {
-        Err(unsupported())
+        let regions: Vec<VultrRegion> = self.list("/regions", &[], "regions").await?;
+        Ok(regions
+            .into_iter()
+            .map(|r| Region {
+                name: match (r.city.is_empty(), r.country.is_empty()) {
+                    (false, false) => format!("{} ({})", r.city, r.country),
+                    (false, true) => r.city,
+                    _ => r.id.clone(),
+                },
+                slug: r.id,
+                available: true,
+            })
+            .collect())
     }
+
     fn resize_needs_power_off(&self) -> bool {
-        true
+        false
     }
+
     fn accepts_root_password(&self) -> bool {
         false
     }
+
     fn vendor(&self) -> &'static str {
         "vultr"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_refs() {
+        assert_eq!(image_ref("1743"), ImageRef::Os(1743));
+        assert_eq!(image_ref("app:1028"), ImageRef::App(1028));
+        assert_eq!(image_ref("snapshot:abc-1"), ImageRef::Snapshot("abc-1"));
+        assert_eq!(
+            image_ref("openlitespeed-wordpress"),
+            ImageRef::Image("openlitespeed-wordpress")
+        );
+    }
+
+    #[test]
+    fn hourly_is_monthly_over_730() {
+        assert_eq!(
+            hourly_from_monthly(Decimal::from(5)).to_string(),
+            "0.006849"
+        );
+        assert_eq!(hourly_from_monthly(Decimal::from(730)).to_string(), "1");
+    }
+
+    #[test]
+    fn hostnames() {
+        assert_eq!(hostname("Web Server_1"), "web-server-1");
+        assert_eq!(hostname("--"), "vm");
+        assert!(hostname(&"a".repeat(100)).len() <= 63);
+    }
+
+    #[test]
+    fn states() {
+        assert_eq!(to_state("active", "running", "ok"), ServerState::Running);
+        assert_eq!(to_state("active", "stopped", "ok"), ServerState::Off);
+        assert_eq!(
+            to_state("pending", "running", "none"),
+            ServerState::Provisioning
+        );
+        assert_eq!(
+            to_state("active", "running", "installingbooting"),
+            ServerState::Starting
+        );
+        assert_eq!(
+            to_state("resizing", "running", "locked"),
+            ServerState::Resizing
+        );
+        assert_eq!(to_state("suspended", "stopped", "ok"), ServerState::Failed);
+    }
+
+    #[test]
+    fn default_password_is_never_decoded() {
+        let i: Instance = serde_json::from_value(serde_json::json!({
+            "id": "x", "default_password": "s3cret!", "status": "pending"
+        }))
+        .unwrap();
+        let s = to_server(i);
+        assert!(!format!("{s:?}").contains("s3cret"));
     }
 }

@@ -15,6 +15,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A vendor API call failed.
+    #[error("failed to {step}: {source}")]
+    Vendor {
+        /// What the controller was doing, e.g. "create droplet".
+        step: &'static str,
+        /// The vendor error (its message reaches the condition).
+        #[source]
+        source: crate::cloud::CloudError,
+    },
     /// The user must change something before the controller can make progress.
     #[error("{message}")]
     Permanent {
@@ -49,13 +58,43 @@ impl Error {
                 kube::Error::Api(_) => "kube_rejected",
                 _ => "kube_transport",
             },
+            Self::Vendor { source, .. } if source.is_transient() => "vendor_unavailable",
+            Self::Vendor { source, .. } if source.is_auth() => "vendor_auth",
+            Self::Vendor { .. } => "vendor_rejected",
             Self::Permanent { .. } => "permanent",
         }
     }
 
+    /// Wraps a vendor error with the step that failed.
+    pub fn vendor(step: &'static str) -> impl FnOnce(crate::cloud::CloudError) -> Self {
+        move |source| Self::Vendor { step, source }
+    }
+
     /// True when retrying without a change from the user cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Permanent { .. })
+        self.stall().is_some()
+    }
+
+    /// For permanent errors: the Stalled reason and message.
+    pub fn stall(&self) -> Option<(&'static str, String)> {
+        match self {
+            Self::Permanent { reason, message } => Some((reason, message.clone())),
+            Self::Vendor { source, .. } if source.is_auth() => {
+                Some(("InvalidCredentials", self.to_string()))
+            }
+            Self::Vendor { source, .. } if !source.is_transient() => {
+                Some(("VendorRejected", self.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A permanent error with `reason`.
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason,
+            message: message.into(),
+        }
     }
 }
 

@@ -241,10 +241,10 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
             );
             transition(ctx, &*obj, &previous, &applied.health).await;
             write_status(&api, &*obj, &previous, status, ctx).await?;
-            Ok(match applied.health {
+            Ok(match (applied.health, applied.requeue_after) {
                 // Waiting for the user: no polling, a spec (or watched dependency) change wakes us.
-                Health::Stalled { .. } => Action::await_change(),
-                _ => Action::requeue(applied.requeue_after.unwrap_or(ctx.config.resync_interval)),
+                (Health::Stalled { .. }, None) => Action::await_change(),
+                (_, after) => Action::requeue(after.unwrap_or(ctx.config.resync_interval)),
             })
         }
         Err(e) => fail(&api, &*obj, &previous, e, ctx, &not_paused).await,
@@ -335,6 +335,17 @@ pub fn object_key<K: Managed>(obj: &K) -> String {
         obj.namespace().unwrap_or_default(),
         obj.name_any()
     )
+}
+
+/// Writes the whole `status` now (e.g. to record intent before a vendor call), unless it equals `previous`.
+pub async fn persist_status<K: Managed>(
+    ctx: &Context,
+    obj: &K,
+    previous: &K::KindStatus,
+    status: K::KindStatus,
+) -> Result<(), Error> {
+    let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
+    write_status(&api, obj, previous, status, ctx).await
 }
 
 /// Writes `status` by server-side apply unless it equals `previous`.

@@ -7,7 +7,10 @@
 pub mod error;
 pub mod framework;
 pub mod leader;
+pub mod project;
 pub mod provider_config;
+pub mod vendor;
+pub mod virtual_machine;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,7 +30,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 pub use error::{Error, backoff_delay};
 use framework::{Managed, Reconciler, object_key};
 
-use crate::crd::ProviderConfig;
+use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
 use crate::metrics::Metrics;
 use crate::server::Health;
 
@@ -42,6 +45,12 @@ pub struct ControllerConfig {
     pub backoff_cap: Duration,
     /// Only objects matching this label selector are reconciled (sharding, tests). Empty: all.
     pub label_selector: Option<String>,
+    /// How often an object with vendor work in progress is looked at again.
+    pub poll_interval: Duration,
+    /// Per-attempt timeout of vendor calls.
+    pub vendor_timeout: Duration,
+    /// How long a vendor catalog (sizes, images, regions) is cached.
+    pub catalog_ttl: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -51,6 +60,9 @@ impl Default for ControllerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(300),
             label_selector: None,
+            poll_interval: Duration::from_secs(5),
+            vendor_timeout: Duration::from_secs(30),
+            catalog_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -65,6 +77,12 @@ pub struct Context {
     pub recorder: Recorder,
     /// Tunables.
     pub config: ControllerConfig,
+    /// Vendor HTTP metrics (registered in `metrics`).
+    pub http_metrics: crate::http::HttpMetrics,
+    /// Vendor clients per ProviderConfig.
+    pub providers: vendor::Providers,
+    /// Vendor catalogs per ProviderConfig.
+    pub catalogs: crate::cloud::catalog::CatalogCache,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -83,7 +101,10 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            http_metrics: crate::http::HttpMetrics::register(metrics.registry()),
             metrics,
+            providers: vendor::Providers::default(),
+            catalogs: crate::cloud::catalog::CatalogCache::new(config.catalog_ttl),
             config,
             failures: Mutex::default(),
         }
@@ -210,21 +231,99 @@ pub async fn run(
             .collect::<Vec<_>>()
     });
 
+    // VirtualMachine, woken also by its ProviderConfig and Project.
+    let vm = controller_for::<VirtualMachine>(&ctx);
+    let vm_store = vm.store();
+    let by_pc = vm_store.clone();
+    let by_project = vm_store.clone();
+    let vm = vm
+        .watches(
+            Api::<ProviderConfig>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            move |pc| {
+                let name = pc.name_any();
+                by_pc
+                    .state()
+                    .into_iter()
+                    .filter(|v| v.spec.provider_config_ref.name == name)
+                    .map(|v| ObjectRef::from_obj(&*v))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Project>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            move |p| {
+                let (ns, name) = (p.namespace(), p.name_any());
+                by_project
+                    .state()
+                    .into_iter()
+                    .filter(|v| {
+                        v.namespace() == ns
+                            && v.spec.project_ref.as_ref().is_some_and(|r| r.name == name)
+                    })
+                    .map(|v| ObjectRef::from_obj(&*v))
+                    .collect::<Vec<_>>()
+            },
+        );
+
+    // Project, woken by changes to its members.
+    let proj = controller_for::<Project>(&ctx);
+    let proj_store = proj.store();
+    let proj = proj
+        .watches(
+            Api::<VirtualMachine>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            |vm| {
+                let ns = vm.namespace().unwrap_or_default();
+                vm.spec
+                    .project_ref
+                    .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
+            },
+        )
+        .watches(
+            Api::<SimCard>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            |sim| {
+                let ns = sim.namespace().unwrap_or_default();
+                sim.spec
+                    .project_ref
+                    .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
+            },
+        );
+
     let stores_ready = {
         let health = health.clone();
         async move {
-            if pc_store.wait_until_ready().await.is_ok() {
+            if pc_store.wait_until_ready().await.is_ok()
+                && vm_store.wait_until_ready().await.is_ok()
+                && proj_store.wait_until_ready().await.is_ok()
+            {
                 tracing::info!("controller caches synced");
                 health.set_synced(true);
             }
         }
     };
-    let controllers = futures::future::join_all([drive(
-        pc,
-        provider_config::ProviderConfigReconciler,
-        ctx.clone(),
-        shutdown.clone(),
-    )]);
+    let controllers = futures::future::join_all([
+        drive(
+            pc,
+            provider_config::ProviderConfigReconciler,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+        drive(
+            vm,
+            virtual_machine::VirtualMachineReconciler,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+        drive(
+            proj,
+            project::ProjectReconciler,
+            ctx.clone(),
+            shutdown.clone(),
+        ),
+    ]);
     tokio::select! {
         _ = controllers => {}
         _ = async { stores_ready.await; futures::future::pending::<()>().await } => {}

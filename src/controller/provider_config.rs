@@ -3,7 +3,9 @@
 //! - `spec.suspended` → `Ready=False, reason=Suspended` (not stalled: the user chose it).
 //! - the referenced Secret or key is missing or empty → `Stalled=True, reason=MissingSecret`; the controller
 //!   watches Secrets, so creating or fixing the Secret wakes it without polling.
-//! - otherwise Ready. (The vendor credential check arrives with the vendor clients.)
+//! - compute vendors: one cheap authenticated call → Ready (with `lastSuccessfulCallTime`), or Stalled
+//!   `InvalidCredentials` (401/403) or `Unreachable` (looked at again periodically);
+//! - other types: Ready once the credentials are present (their vendor check arrives with their clients).
 //!
 //! Secret values are read only to check they are present; they never reach logs, events or status.
 
@@ -12,11 +14,22 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use super::framework::{Applied, Cleanup, Reconciler};
-use super::{Context, Error};
+use super::framework::{Applied, Cleanup, Reconciler, now};
+use super::{Context, Error, vendor};
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;
-use crate::crd::{ProviderConfig, ProviderConfigStatus};
+use crate::crd::{ProviderConfig, ProviderConfigStatus, ProviderType};
+
+/// Whether the type is a compute vendor (with a client that can verify credentials).
+pub fn is_compute(t: ProviderType) -> bool {
+    matches!(
+        t,
+        ProviderType::Digitalocean
+            | ProviderType::Linode
+            | ProviderType::Vultr
+            | ProviderType::Contabo
+    )
+}
 
 /// The ProviderConfig reconciler.
 pub struct ProviderConfigReconciler;
@@ -99,15 +112,54 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             check_secret(secret.as_ref(), &r.key)
         };
         let previous = obj.status.clone().unwrap_or_default();
+        let mut status = ProviderConfigStatus {
+            credentials_verified: previous.credentials_verified,
+            last_successful_call_time: previous.last_successful_call_time,
+            ..Default::default()
+        };
+        let health = health_for(obj.spec.suspended, r, check);
+        if !matches!(health, Health::Ready { .. }) || !is_compute(obj.spec.type_) {
+            return Ok(Applied {
+                health,
+                status,
+                requeue_after: None,
+            });
+        }
+        // The vendor check: one cheap authenticated call.
+        let Some(resolved) = vendor::account_for(&ctx, (*obj).clone()).await? else {
+            return Ok(Applied {
+                health,
+                status,
+                requeue_after: None,
+            });
+        };
+        let provider = ctx.providers.compute(&ctx, &resolved).await?;
+        let (health, requeue_after) = match provider.verify().await {
+            Ok(()) => {
+                status.credentials_verified = Some(true);
+                status.last_successful_call_time = Some(now());
+                (
+                    Health::ready(format!("credentials verified by {}", provider.vendor())),
+                    None,
+                )
+            }
+            Err(e) if e.is_auth() => {
+                status.credentials_verified = Some(false);
+                (
+                    Health::stalled(reason::INVALID_CREDENTIALS, e.to_string()),
+                    None,
+                )
+            }
+            // Not the user's to fix by editing this object: look again periodically.
+            Err(e) => (
+                Health::stalled(reason::UNREACHABLE, e.to_string()),
+                Some(ctx.config.poll_interval * 6),
+            ),
+        };
         Ok(Applied {
-            health: health_for(obj.spec.suspended, r, check),
-            status: ProviderConfigStatus {
-                // Kept as last observed; the vendor check (a later issue) sets them.
-                credentials_verified: previous.credentials_verified,
-                last_successful_call_time: previous.last_successful_call_time,
-                ..Default::default()
-            },
-            requeue_after: None,
+            health,
+            status,
+            requeue_after,
         })
     }
 

@@ -29,6 +29,10 @@ pub mod reason {
     pub const RETRYING: &str = "Retrying";
     /// The referenced credentials Secret or key does not exist.
     pub const MISSING_SECRET: &str = "MissingSecret";
+    /// The vendor refused the credentials.
+    pub const INVALID_CREDENTIALS: &str = "InvalidCredentials";
+    /// The vendor could not be reached (or answered with a server error).
+    pub const UNREACHABLE: &str = "Unreachable";
     /// The ProviderConfig is suspended by its `spec.suspended` flag.
     pub const SUSPENDED: &str = "Suspended";
     /// The spec is invalid in a way the API server could not check.

@@ -234,5 +234,21 @@ pub struct VirtualMachineStatus {
     /// Name of the Secret (same namespace) holding addresses, username and credentials for the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_secret_ref: Option<LocalObjectReference>,
+    /// Idempotency key (the object's UID), recorded before the vendor's create is called; the vendor
+    /// object is tagged with it, so after a crash it is found instead of created again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_key: Option<String>,
+    /// Size as the vendor reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Region the VM was created in (region is immutable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Image the VM was created from (image is immutable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The last `quartermaster.dev/restart-requested-at` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_request: Option<String>,
 }
 impl_object_status!(VirtualMachineStatus);

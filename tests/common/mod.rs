@@ -220,3 +220,118 @@ pub fn kubectl() -> Option<PathBuf> {
     }
     None
 }
+
+/// Starts the controllers in this process, restricted to objects labelled `qm-test=<id>`, with short
+/// polling and backoff. Dropping the returned sender stops them.
+pub fn start_controller(
+    client: kube::Client,
+    id: &str,
+) -> (
+    quartermaster::metrics::Metrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use futures::FutureExt;
+    use quartermaster::controller::{self, Context, ControllerConfig};
+    let metrics = quartermaster::metrics::Metrics::new();
+    let ctx = std::sync::Arc::new(Context::new(
+        client,
+        metrics.clone(),
+        ControllerConfig {
+            label_selector: Some(format!("qm-test={id}")),
+            backoff_base: Duration::from_millis(200),
+            backoff_cap: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(500),
+            vendor_timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+        Some(format!("test-{id}")),
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = rx.map(|_| ()).shared();
+    tokio::spawn(controller::run(
+        ctx,
+        std::sync::Arc::new(quartermaster::server::Health::default()),
+        shutdown,
+    ));
+    (metrics, tx)
+}
+
+/// A running in-process `quartermaster sim` (fast transitions); its state file lives in `dir`.
+pub struct SimHandle {
+    /// Base URL.
+    pub url: String,
+    /// Holds the state folder.
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a simulator; `tweak` adjusts its settings.
+pub async fn start_sim(tweak: impl FnOnce(&mut quartermaster::sim::SimConfig)) -> SimHandle {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = quartermaster::sim::SimConfig::fast(dir.path().join("sim.json"));
+    tweak(&mut cfg);
+    let sim = quartermaster::sim::Sim::bind(cfg).await.unwrap();
+    let url = format!("http://{}", sim.addr().unwrap());
+    tokio::spawn(sim.serve(futures::future::pending()));
+    SimHandle { url, dir }
+}
+
+impl SimHandle {
+    /// Every droplet the simulator holds, as JSON.
+    pub async fn droplets(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/v2/droplets?per_page=200", self.url))
+            .bearer_auth("test")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["droplets"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Creates (or replaces) a Secret `name` with `key=value` in `ns`.
+pub async fn secret(client: &kube::Client, ns: &str, name: &str, key: &str, value: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "stringData": {key: value}
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&s),
+    )
+    .await
+    .unwrap();
+}
+
+/// Applies a ProviderConfig `name` of type digitalocean at `endpoint`, credentials in `ns`/`do-token`.
+pub async fn do_provider_config(
+    client: &kube::Client,
+    id: &str,
+    name: &str,
+    ns: &str,
+    endpoint: &str,
+    allowed: &[&str],
+) {
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(client.clone());
+    let pc = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": name, "labels": {"qm-test": id}},
+        "spec": {
+            "type": "digitalocean", "endpoint": endpoint,
+            "credentialsSecretRef": {"name": "do-token", "namespace": ns, "key": "token"},
+            "allowedNamespaces": allowed,
+        }
+    });
+    pcs.patch(
+        name,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&pc),
+    )
+    .await
+    .unwrap();
+}

@@ -1,0 +1,222 @@
+//! Project reconciler: count members (VirtualMachines and SimCards whose `spec.projectRef` names the
+//! project) by phase, project the monthly cost from the members' size prices, and on deletion either wait
+//! for the members to go (`Block`, the condition lists them) or delete them first (`Cascade`).
+//!
+//! The per-project VM limit is enforced where VMs are created (the VirtualMachine reconciler), so a VM
+//! beyond the limit is never created.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Resource, ResourceExt};
+use rust_decimal::Decimal;
+
+use super::framework::{Applied, Cleanup, Reconciler};
+use super::{Context, Error};
+use crate::crd::conditions::Health;
+use crate::crd::project::{ProjectDeletionPolicy, ProjectMembers};
+use crate::crd::virtual_machine::VmPhase;
+use crate::crd::{Project, ProjectStatus, SimCard, VirtualMachine};
+
+/// The Project reconciler.
+pub struct ProjectReconciler;
+
+/// Members of a project.
+pub struct Members {
+    /// Its VirtualMachines.
+    pub vms: Vec<VirtualMachine>,
+    /// Its SimCards.
+    pub sims: Vec<SimCard>,
+}
+
+/// Lists the members of `project`.
+pub async fn members(ctx: &Context, project: &Project) -> Result<Members, Error> {
+    let ns = project.namespace().unwrap_or_default();
+    let name = project.name_any();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let sims: Api<SimCard> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default();
+    Ok(Members {
+        vms: vms
+            .list(&lp)
+            .await
+            .map_err(Error::kube("listing virtual machines"))?
+            .items
+            .into_iter()
+            .filter(|v| v.spec.project_ref.as_ref().is_some_and(|r| r.name == name))
+            .collect(),
+        sims: sims
+            .list(&lp)
+            .await
+            .map_err(Error::kube("listing sim cards"))?
+            .items
+            .into_iter()
+            .filter(|s| s.spec.project_ref.as_ref().is_some_and(|r| r.name == name))
+            .collect(),
+    })
+}
+
+/// Member counts and the projected monthly cost. Every VM the vendor holds counts (vendors bill stopped
+/// servers too); VMs not yet created do not.
+pub fn summarize(m: &Members) -> (ProjectMembers, Decimal) {
+    let mut by_phase: BTreeMap<String, u32> = BTreeMap::new();
+    let mut projected = Decimal::ZERO;
+    for vm in &m.vms {
+        let st = vm.status.as_ref();
+        let phase = st
+            .and_then(|s| s.phase)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|| "Pending".into());
+        *by_phase.entry(phase).or_default() += 1;
+        let billed =
+            st.is_some_and(|s| s.external_id.is_some() && s.phase != Some(VmPhase::Terminating));
+        if billed
+            && let Some(price) = st
+                .and_then(|s| s.monthly_price.as_deref())
+                .and_then(|p| Decimal::from_str(p).ok())
+        {
+            projected += price;
+        }
+    }
+    (
+        ProjectMembers {
+            virtual_machines: u32::try_from(m.vms.len()).unwrap_or(u32::MAX),
+            sim_cards: u32::try_from(m.sims.len()).unwrap_or(u32::MAX),
+            by_phase,
+        },
+        projected,
+    )
+}
+
+/// Money as a string with at least two decimals.
+pub fn money(d: Decimal) -> String {
+    let mut d = d.normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    d.to_string()
+}
+
+impl Reconciler<Project> for ProjectReconciler {
+    async fn apply(
+        &self,
+        project: Arc<Project>,
+        ctx: Arc<Context>,
+    ) -> Result<Applied<ProjectStatus>, Error> {
+        let m = members(&ctx, &project).await?;
+        let (counts, projected) = summarize(&m);
+        let previous = project.status.clone().unwrap_or_default();
+        let limit = project
+            .spec
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_virtual_machines);
+        let mut message = format!(
+            "{} virtual machines, {} SIM cards",
+            counts.virtual_machines, counts.sim_cards
+        );
+        if let Some(max) = limit {
+            message.push_str(&format!(" (limit {max} virtual machines)"));
+        }
+        Ok(Applied {
+            health: Health::ready(message),
+            status: ProjectStatus {
+                members: Some(counts),
+                projected_monthly_cost: Some(money(projected)),
+                month_to_date_cost: previous.month_to_date_cost,
+                credit_balance: previous.credit_balance,
+                ..Default::default()
+            },
+            requeue_after: None,
+        })
+    }
+
+    async fn cleanup(&self, project: Arc<Project>, ctx: Arc<Context>) -> Result<Cleanup, Error> {
+        let m = members(&ctx, &project).await?;
+        let mut names: Vec<String> = m
+            .vms
+            .iter()
+            .map(|v| format!("VirtualMachine/{}", v.name_any()))
+            .collect();
+        names.extend(m.sims.iter().map(|s| format!("SimCard/{}", s.name_any())));
+        if names.is_empty() {
+            return Ok(Cleanup::Done);
+        }
+        let ns = project.namespace().unwrap_or_default();
+        match project.spec.deletion_policy {
+            ProjectDeletionPolicy::Block => Ok(Cleanup::Wait {
+                message: format!(
+                    "deletionPolicy Block: waiting until these members are deleted: {}",
+                    names.join(", ")
+                ),
+                requeue_after: ctx.config.resync_interval,
+            }),
+            ProjectDeletionPolicy::Cascade => {
+                let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+                for vm in m
+                    .vms
+                    .iter()
+                    .filter(|v| v.meta().deletion_timestamp.is_none())
+                {
+                    vms.delete(&vm.name_any(), &DeleteParams::default())
+                        .await
+                        .map_err(Error::kube("deleting a member VM"))?;
+                }
+                let sims: Api<SimCard> = Api::namespaced(ctx.client.clone(), &ns);
+                for sim in m
+                    .sims
+                    .iter()
+                    .filter(|s| s.meta().deletion_timestamp.is_none())
+                {
+                    sims.delete(&sim.name_any(), &DeleteParams::default())
+                        .await
+                        .map_err(Error::kube("deleting a member SIM"))?;
+                }
+                Ok(Cleanup::Wait {
+                    message: format!(
+                        "deletionPolicy Cascade: deleting members: {}",
+                        names.join(", ")
+                    ),
+                    requeue_after: ctx.config.poll_interval,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str, phase: Option<&str>, price: Option<&str>, created: bool) -> VirtualMachine {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": "n"},
+            "spec": {"providerConfigRef": {"name": "p"}, "region": "fra1", "size": "s", "image": "i", "projectRef": {"name": "proj"}},
+            "status": {"phase": phase, "monthlyPrice": price, "externalID": if created { Some("1") } else { None }}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_and_exact_projection() {
+        let m = Members {
+            vms: vec![
+                vm("a", Some("Running"), Some("6"), true),
+                vm("b", Some("Stopped"), Some("12.5"), true),
+                vm("c", None, None, false),
+                vm("d", Some("Running"), Some("0.1"), true),
+            ],
+            sims: vec![],
+        };
+        let (c, projected) = summarize(&m);
+        assert_eq!(c.virtual_machines, 4);
+        assert_eq!(c.by_phase["Running"], 2);
+        assert_eq!(c.by_phase["Pending"], 1);
+        assert_eq!(money(projected), "18.60");
+        assert_eq!(money(Decimal::new(6, 0)), "6.00");
+        assert_eq!(money(Decimal::new(893, 5)), "0.00893");
+    }
+}

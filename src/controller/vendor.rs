@@ -1,0 +1,175 @@
+//! Dereferencing a ProviderConfig for an object: existence, `allowedNamespaces`, `suspended`, the
+//! credentials Secret — and a cache of vendor clients per ProviderConfig (so its rate limit and connection
+//! pool are shared by every object using it), rebuilt when the ProviderConfig or its Secret changes.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use tokio::sync::Mutex;
+
+use super::{Context, Error};
+use crate::cloud::{self, Account, ComputeProvider};
+use crate::crd::ProviderConfig;
+use crate::http::RetryPolicy;
+
+/// Reasons used when a ProviderConfig cannot be used.
+pub mod reason {
+    /// The referenced ProviderConfig does not exist.
+    pub const NOT_FOUND: &str = "ProviderConfigNotFound";
+    /// The object's namespace is not in the ProviderConfig's `allowedNamespaces`.
+    pub const NOT_ALLOWED: &str = "ProviderConfigNotAllowed";
+    /// The ProviderConfig is suspended.
+    pub const SUSPENDED: &str = "ProviderConfigSuspended";
+    /// The ProviderConfig's type does not fit this kind.
+    pub const WRONG_TYPE: &str = "ProviderConfigWrongType";
+}
+
+/// Whether `namespace` may use a ProviderConfig with this allow-list (empty: everyone).
+pub fn namespace_allowed(allowed: &[String], namespace: &str) -> bool {
+    allowed.is_empty() || allowed.iter().any(|a| a == namespace)
+}
+
+/// A usable ProviderConfig.
+pub struct Resolved {
+    /// The ProviderConfig.
+    pub config: ProviderConfig,
+    /// Credentials and endpoint.
+    pub account: Account,
+    /// Changes whenever the ProviderConfig's spec or its Secret changes.
+    pub fingerprint: u64,
+}
+
+/// Reads the ProviderConfig `name` for an object in `namespace` and checks it may be used.
+/// `Ok(None)` when it is suspended (the caller waits).
+pub async fn resolve(
+    ctx: &Context,
+    name: &str,
+    namespace: &str,
+) -> Result<Option<Resolved>, Error> {
+    let pcs: Api<ProviderConfig> = Api::all(ctx.client.clone());
+    let Some(pc) = pcs
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading the ProviderConfig"))?
+    else {
+        return Err(Error::permanent(
+            reason::NOT_FOUND,
+            format!("ProviderConfig {name:?} not found"),
+        ));
+    };
+    if !namespace_allowed(&pc.spec.allowed_namespaces, namespace) {
+        return Err(Error::permanent(
+            reason::NOT_ALLOWED,
+            format!(
+                "ProviderConfig {name:?} does not allow namespace {namespace:?} (spec.allowedNamespaces)"
+            ),
+        ));
+    }
+    account_for(ctx, pc).await
+}
+
+/// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.
+pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Resolved>, Error> {
+    let name = pc.name_any();
+    if pc.spec.suspended {
+        return Ok(None);
+    }
+    let r = &pc.spec.credentials_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
+    let secret = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::kube("reading the credentials secret"))?;
+    let value = secret
+        .as_ref()
+        .and_then(|s| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .or_else(|| s.string_data.as_ref().and_then(|d| d.get(&r.key)).cloned())
+        })
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| {
+            Error::permanent(
+                crate::crd::conditions::reason::MISSING_SECRET,
+                format!(
+                    "ProviderConfig {name:?}: secret {}/{} has no non-empty key {:?}",
+                    r.namespace, r.name, r.key
+                ),
+            )
+        })?;
+    let mut h = DefaultHasher::new();
+    pc.metadata.generation.hash(&mut h);
+    secret
+        .as_ref()
+        .and_then(|s| s.resource_version())
+        .hash(&mut h);
+    let account = Account {
+        provider: pc.spec.type_,
+        endpoint: pc.spec.endpoint.clone(),
+        credentials: value,
+        rate_limit: pc
+            .spec
+            .rate_limit
+            .as_ref()
+            .map(|l| (l.requests_per_second, l.burst)),
+    };
+    Ok(Some(Resolved {
+        config: pc,
+        account,
+        fingerprint: h.finish(),
+    }))
+}
+
+/// A cached client and the fingerprint it was built for.
+type Cached = (u64, Arc<dyn ComputeProvider>);
+
+/// Vendor clients per ProviderConfig name.
+#[derive(Default)]
+pub struct Providers {
+    entries: Mutex<HashMap<String, Cached>>,
+}
+
+impl Providers {
+    /// The compute client for a resolved ProviderConfig (built once per fingerprint).
+    pub async fn compute(
+        &self,
+        ctx: &Context,
+        r: &Resolved,
+    ) -> Result<Arc<dyn ComputeProvider>, Error> {
+        let name = r.config.name_any();
+        let mut entries = self.entries.lock().await;
+        if let Some((fp, p)) = entries.get(&name)
+            && *fp == r.fingerprint
+        {
+            return Ok(p.clone());
+        }
+        let policy = RetryPolicy {
+            timeout: ctx.config.vendor_timeout,
+            ..Default::default()
+        };
+        let p: Arc<dyn ComputeProvider> =
+            cloud::connect(&r.account, policy, Some(ctx.http_metrics.clone()))
+                .map_err(|e| Error::permanent(reason::WRONG_TYPE, e.to_string()))?
+                .into();
+        entries.insert(name, (r.fingerprint, p.clone()));
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list() {
+        assert!(namespace_allowed(&[], "anything"));
+        let list = vec!["team-a".to_string(), "team-b".to_string()];
+        assert!(namespace_allowed(&list, "team-b"));
+        assert!(!namespace_allowed(&list, "team-c"));
+    }
+}

@@ -1,0 +1,589 @@
+//! The simulated DigitalOcean API: account, droplets (create/get/list/list-by-tag/delete), droplet actions
+//! (power_on, power_off, reboot, resize), sizes, images and regions.
+//!
+//! State machine (times from [`super::SimConfig`]): create → `new` → `active`; power_off → `off`;
+//! power_on → `active`; reboot → `active` (locked meanwhile); resize (only when `off`) → new size, `off`;
+//! delete → gone. A droplet is `locked` while an action runs, and further actions are refused with 422,
+//! as DigitalOcean does. Transitions are evaluated lazily against wall-clock time, so they continue across
+//! restarts of the simulator.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{SimConfig, error};
+
+/// A pending state change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Pending {
+    at_ms: i64,
+    status: String,
+    size: Option<String>,
+    remove: bool,
+}
+
+/// A simulated droplet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SimDroplet {
+    id: u64,
+    name: String,
+    status: String,
+    size: String,
+    region: String,
+    image: String,
+    tags: Vec<String>,
+    ipv6: bool,
+    backups: bool,
+    created_at: String,
+    pending: Option<Pending>,
+}
+
+/// The simulator's persistent state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Store {
+    next_id: u64,
+    droplets: Vec<SimDroplet>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Store {
+    /// Loads the state file, or starts empty when it does not exist.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let mut s = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice::<Store>(&bytes).map_err(|e| e.to_string())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store {
+                next_id: 100_000_001,
+                ..Default::default()
+            },
+            Err(e) => return Err(e.to_string()),
+        };
+        s.path = path.to_path_buf();
+        Ok(s)
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    fn save(&self) {
+        let tmp = self.path.with_extension("tmp");
+        let write = serde_json::to_vec_pretty(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = write {
+            tracing::error!(path = %self.path.display(), error = %e, "failed to save simulator state");
+        }
+    }
+
+    /// Applies every transition that is due.
+    fn advance(&mut self) {
+        let now = now_ms();
+        let mut changed = false;
+        for d in &mut self.droplets {
+            let due = d
+                .pending
+                .as_ref()
+                .is_some_and(|p| !p.remove && p.at_ms <= now);
+            if due && let Some(p) = d.pending.take() {
+                d.status = p.status;
+                if let Some(size) = p.size {
+                    d.size = size;
+                }
+                changed = true;
+            }
+        }
+        let before = self.droplets.len();
+        self.droplets.retain(|d| {
+            !d.pending
+                .as_ref()
+                .is_some_and(|p| p.remove && p.at_ms <= now)
+        });
+        if changed || before != self.droplets.len() {
+            self.save();
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Store>>;
+
+#[derive(Clone)]
+struct AppState {
+    store: Shared,
+    cfg: Arc<SimConfig>,
+}
+
+/// The router for the DigitalOcean API subset.
+pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
+    Router::new()
+        .route("/v2/account", get(account))
+        .route("/v2/droplets", get(list_droplets).post(create_droplet))
+        .route("/v2/droplets/{id}", get(get_droplet).delete(delete_droplet))
+        .route("/v2/droplets/{id}/actions", post(droplet_action))
+        .route("/v2/sizes", get(sizes))
+        .route("/v2/images", get(images))
+        .route("/v2/regions", get(regions))
+        .with_state(AppState { store, cfg })
+}
+
+/// The 401 answer, when the request does not carry an acceptable bearer token.
+fn unauthorized(headers: &HeaderMap, cfg: &SimConfig) -> Option<Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = !token.is_empty() && cfg.token.as_deref().is_none_or(|t| t == token);
+    (!ok).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unable to authenticate you",
+        )
+    })
+}
+
+/// (slug, vcpus, memory MiB, disk GiB, monthly USD, hourly USD) — DigitalOcean's published basic droplets.
+const SIZES: &[(&str, u32, u64, u64, f64, f64)] = &[
+    ("s-1vcpu-512mb-10gb", 1, 512, 10, 4.0, 0.00595),
+    ("s-1vcpu-1gb", 1, 1024, 25, 6.0, 0.00893),
+    ("s-1vcpu-2gb", 1, 2048, 50, 12.0, 0.01786),
+    ("s-2vcpu-2gb", 2, 2048, 60, 18.0, 0.02679),
+    ("s-2vcpu-4gb", 2, 4096, 80, 24.0, 0.03571),
+    ("s-4vcpu-8gb", 4, 8192, 160, 48.0, 0.07143),
+];
+/// (slug, name, type, distribution)
+const IMAGES: &[(&str, &str, &str, &str)] = &[
+    ("debian-12-x64", "12 x64", "base", "Debian"),
+    ("ubuntu-24-04-x64", "24.04 (LTS) x64", "base", "Ubuntu"),
+    ("ubuntu-22-04-x64", "22.04 (LTS) x64", "base", "Ubuntu"),
+    ("fedora-40-x64", "40 x64", "base", "Fedora"),
+    (
+        "docker-20-04",
+        "Docker on Ubuntu 22.04",
+        "application",
+        "Ubuntu",
+    ),
+    (
+        "wordpress-20-04",
+        "WordPress on Ubuntu 22.04",
+        "application",
+        "Ubuntu",
+    ),
+];
+const REGIONS: &[(&str, &str)] = &[
+    ("fra1", "Frankfurt 1"),
+    ("ams3", "Amsterdam 3"),
+    ("lon1", "London 1"),
+    ("nyc3", "New York 3"),
+    ("sfo3", "San Francisco 3"),
+    ("sgp1", "Singapore 1"),
+];
+
+fn size_json(s: &(&str, u32, u64, u64, f64, f64)) -> serde_json::Value {
+    serde_json::json!({
+        "slug": s.0, "vcpus": s.1, "memory": s.2, "disk": s.3, "transfer": 1.0,
+        "price_monthly": s.4, "price_hourly": s.5, "available": true,
+        "regions": REGIONS.iter().map(|r| r.0).collect::<Vec<_>>(), "description": "Basic"
+    })
+}
+
+fn droplet_json(d: &SimDroplet) -> serde_json::Value {
+    let size = SIZES.iter().find(|s| s.0 == d.size).unwrap_or(&SIZES[1]);
+    let image = IMAGES.iter().find(|i| i.0 == d.image);
+    let n = d.id % 250 + 2;
+    let mut v6 = Vec::new();
+    if d.ipv6 {
+        v6.push(serde_json::json!({"ip_address": format!("2001:db8::{:x}", d.id), "netmask": 64, "gateway": "2001:db8::1", "type": "public"}));
+    }
+    serde_json::json!({
+        "id": d.id, "name": d.name, "memory": size.2, "vcpus": size.1, "disk": size.3,
+        "locked": d.pending.as_ref().is_some_and(|p| !p.status.is_empty() || p.remove),
+        "status": d.status, "created_at": d.created_at,
+        "features": if d.backups { vec!["backups"] } else { vec![] },
+        "backup_ids": [], "snapshot_ids": [], "volume_ids": [],
+        "image": {"id": 1000 + IMAGES.iter().position(|i| i.0 == d.image).unwrap_or(0), "slug": d.image,
+                  "name": image.map(|i| i.1).unwrap_or("custom"), "distribution": image.map(|i| i.3).unwrap_or("Unknown"),
+                  "public": true, "regions": [d.region], "type": image.map(|i| i.2).unwrap_or("base")},
+        "size": size_json(size), "size_slug": d.size,
+        "networks": {
+            "v4": [
+                {"ip_address": format!("203.0.113.{n}"), "netmask": "255.255.255.0", "gateway": "203.0.113.1", "type": "public"},
+                {"ip_address": format!("10.110.0.{n}"), "netmask": "255.255.240.0", "gateway": "10.110.0.1", "type": "private"}
+            ],
+            "v6": v6
+        },
+        "region": {"slug": d.region, "name": REGIONS.iter().find(|r| r.0 == d.region).map(|r| r.1).unwrap_or(""),
+                   "available": true, "features": [], "sizes": []},
+        "tags": d.tags,
+        "vpc_uuid": "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
+    })
+}
+
+async fn account(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    Json(serde_json::json!({"account": {
+        "droplet_limit": 25, "floating_ip_limit": 3, "email": "sim@quartermaster.invalid",
+        "uuid": "00000000000000000000000000000000sim", "email_verified": true, "status": "active", "status_message": ""
+    }}))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    tag_name: Option<String>,
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+async fn list_droplets(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let mut store = s.store.lock().await;
+    store.advance();
+    let all: Vec<&SimDroplet> = store
+        .droplets
+        .iter()
+        .filter(|d| q.tag_name.as_ref().is_none_or(|t| d.tags.contains(t)))
+        .collect();
+    let per_page = q.per_page.unwrap_or(20).clamp(1, 200);
+    let page = q.page.unwrap_or(1).max(1);
+    let items: Vec<_> = all
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|d| droplet_json(d))
+        .collect();
+    let mut links = serde_json::json!({});
+    if page * per_page < all.len() {
+        links = serde_json::json!({"pages": {"next": format!("/v2/droplets?page={}&per_page={per_page}", page + 1)}});
+    }
+    Json(serde_json::json!({"droplets": items, "links": links, "meta": {"total": all.len()}}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: String,
+    region: String,
+    size: String,
+    image: serde_json::Value,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    ipv6: bool,
+    #[serde(default)]
+    backups: bool,
+}
+
+async fn create_droplet(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<CreateBody>>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let Some(Json(b)) = body else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "invalid request body",
+        );
+    };
+    let image = match &b.image {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    if !REGIONS.iter().any(|r| r.0 == b.region) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "You specified an invalid region for Droplet creation.",
+        );
+    }
+    if !SIZES.iter().any(|x| x.0 == b.size) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "You specified an invalid size for Droplet creation.",
+        );
+    }
+    if !IMAGES.iter().any(|i| i.0 == image) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "You specified an invalid image for Droplet creation.",
+        );
+    }
+    let json = {
+        let mut store = s.store.lock().await;
+        store.advance();
+        let id = store.next_id;
+        store.next_id += 1;
+        let d = SimDroplet {
+            id,
+            name: b.name,
+            status: "new".into(),
+            size: b.size,
+            region: b.region,
+            image,
+            tags: b.tags,
+            ipv6: b.ipv6,
+            backups: b.backups,
+            created_at: jiff::Timestamp::now().to_string(),
+            pending: Some(Pending {
+                at_ms: now_ms() + secs_ms(s.cfg.provision_secs),
+                status: "active".into(),
+                ..Default::default()
+            }),
+        };
+        let json = droplet_json(&d);
+        store.droplets.push(d);
+        store.save();
+        json
+    };
+    // NB: the droplet already exists; a caller that gives up now must find it by tag, not create another.
+    if s.cfg.create_latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(s.cfg.create_latency_ms)).await;
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"droplet": json, "links": {"actions": [{"id": 1, "rel": "create", "href": ""}]}})),
+    )
+        .into_response()
+}
+
+fn secs_ms(s: u64) -> i64 {
+    i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "The resource you were accessing could not be found.",
+    )
+}
+
+async fn get_droplet(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let mut store = s.store.lock().await;
+    store.advance();
+    match store.droplets.iter().find(|d| d.id.to_string() == id) {
+        Some(d) => Json(serde_json::json!({"droplet": droplet_json(d)})).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn delete_droplet(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let mut store = s.store.lock().await;
+    store.advance();
+    let at = now_ms() + secs_ms(s.cfg.delete_secs);
+    match store.droplets.iter_mut().find(|d| d.id.to_string() == id) {
+        Some(d) => {
+            // A repeated delete does not postpone the removal already under way.
+            if !d.pending.as_ref().is_some_and(|p| p.remove) {
+                d.pending = Some(Pending {
+                    at_ms: at,
+                    remove: true,
+                    ..Default::default()
+                });
+            }
+            store.save();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => not_found(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ActionBody {
+    #[serde(rename = "type")]
+    kind: String,
+    size: Option<String>,
+}
+
+async fn droplet_action(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Option<Json<ActionBody>>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let Some(Json(b)) = body else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "invalid request body",
+        );
+    };
+    let mut store = s.store.lock().await;
+    store.advance();
+    let cfg = &s.cfg;
+    let Some(d) = store.droplets.iter_mut().find(|d| d.id.to_string() == id) else {
+        return not_found();
+    };
+    if d.pending.is_some() {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "Droplet already has a pending event.",
+        );
+    }
+    let now = now_ms();
+    let pending = |secs, status: &str, size| Pending {
+        at_ms: now + secs_ms(secs),
+        status: status.into(),
+        size,
+        remove: false,
+    };
+    let p = match (b.kind.as_str(), d.status.as_str()) {
+        ("power_on", "off") => pending(cfg.power_secs, "active", None),
+        ("power_on", "active") => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Droplet is already powered on.",
+            );
+        }
+        ("power_off", "active") => pending(cfg.power_secs, "off", None),
+        ("power_off", "off") => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Droplet is already powered off.",
+            );
+        }
+        ("reboot", "active") => pending(cfg.power_secs, "active", None),
+        ("resize", "off") => {
+            let Some(size) = b.size.filter(|sz| SIZES.iter().any(|x| x.0 == sz)) else {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unprocessable_entity",
+                    "You specified an invalid size for Droplet resize.",
+                );
+            };
+            pending(cfg.resize_secs, "off", Some(size))
+        }
+        ("resize", _) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Droplet must be powered off to resize.",
+            );
+        }
+        ("power_on" | "power_off" | "reboot", "new") => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Droplet is still being created.",
+            );
+        }
+        (other, _) if !["power_on", "power_off", "reboot", "resize"].contains(&other) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Unsupported action type.",
+            );
+        }
+        _ => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable_entity",
+                "Action not allowed in the droplet's state.",
+            );
+        }
+    };
+    d.pending = Some(p);
+    store.save();
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({"action": {"id": now, "status": "in-progress", "type": b.kind, "resource_id": id, "resource_type": "droplet"}})),
+    )
+        .into_response()
+}
+
+async fn sizes(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    Json(serde_json::json!({"sizes": SIZES.iter().map(size_json).collect::<Vec<_>>(), "links": {}, "meta": {"total": SIZES.len()}}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ImageQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+async fn images(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ImageQuery>,
+) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let want = q.kind.map(|k| {
+        if k == "distribution" {
+            "base".to_string()
+        } else {
+            k
+        }
+    });
+    let list: Vec<_> = IMAGES
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| want.as_deref().is_none_or(|w| w == i.2))
+        .map(|(n, i)| serde_json::json!({"id": 1000 + n, "slug": i.0, "name": i.1, "type": i.2, "distribution": i.3, "public": true, "regions": REGIONS.iter().map(|r| r.0).collect::<Vec<_>>()}))
+        .collect();
+    Json(serde_json::json!({"images": list, "links": {}, "meta": {"total": list.len()}}))
+        .into_response()
+}
+
+async fn regions(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&headers, &s.cfg) {
+        return r;
+    }
+    let list: Vec<_> = REGIONS
+        .iter()
+        .map(|r| serde_json::json!({"slug": r.0, "name": r.1, "available": true, "features": ["backups", "ipv6"], "sizes": SIZES.iter().map(|s| s.0).collect::<Vec<_>>()}))
+        .collect();
+    Json(serde_json::json!({"regions": list, "links": {}, "meta": {"total": list.len()}}))
+        .into_response()
+}

@@ -1,0 +1,194 @@
+//! `quartermaster sim`: a loopback vendor simulator, our counterpart of Cluster API's in-memory provider.
+//! It speaks the DigitalOcean API subset the DigitalOcean client uses, with a realistic state machine
+//! (new → active, off, resizing...) and delays, state kept in a file (so it survives restarts), and
+//! configurable latency and faults (errors, 429 with Retry-After, slow responses).
+//!
+//! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
+//! that talks to DigitalOcean.
+
+pub mod digitalocean;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+
+/// Simulator settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimConfig {
+    /// Address to listen on (loopback).
+    #[arg(long, default_value = "127.0.0.1:18089")]
+    pub listen: SocketAddr,
+    /// File the simulator keeps its state in (created if missing).
+    #[arg(long, default_value = "quartermaster-sim.json")]
+    pub state: PathBuf,
+    /// Only this bearer token is accepted (default: any non-empty token).
+    #[arg(long, env = "QM_SIM_TOKEN")]
+    pub token: Option<String>,
+    /// Added latency on every API call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// How long a droplet create request is held open after the droplet is recorded, in milliseconds
+    /// (simulates a slow vendor: the droplet exists even if the caller gives up).
+    #[arg(long, default_value_t = 0)]
+    pub create_latency_ms: u64,
+    /// Fraction (0..1) of API calls answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Fraction (0..1) of API calls answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Retry-After seconds sent with 429.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Fraction (0..1) of API calls delayed by --slow-ms.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_rate: f64,
+    /// Delay of a slow call, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub slow_ms: u64,
+    /// Seconds from create to active.
+    #[arg(long, default_value_t = 3)]
+    pub provision_secs: u64,
+    /// Seconds for power on/off and reboot.
+    #[arg(long, default_value_t = 1)]
+    pub power_secs: u64,
+    /// Seconds for a resize.
+    #[arg(long, default_value_t = 2)]
+    pub resize_secs: u64,
+    /// Seconds from delete to gone.
+    #[arg(long, default_value_t = 1)]
+    pub delete_secs: u64,
+}
+
+impl SimConfig {
+    /// Settings for tests: fast transitions, no faults.
+    pub fn fast(state: PathBuf) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            state,
+            token: None,
+            latency_ms: 0,
+            create_latency_ms: 0,
+            error_rate: 0.0,
+            throttle_rate: 0.0,
+            retry_after_secs: 1,
+            slow_rate: 0.0,
+            slow_ms: 5000,
+            provision_secs: 1,
+            power_secs: 1,
+            resize_secs: 1,
+            delete_secs: 1,
+        }
+    }
+}
+
+/// Errors starting the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The state file exists but is unreadable.
+    #[error("cannot load simulator state from {path}: {message}")]
+    State {
+        /// State file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Bind or serve failure.
+    #[error("simulator server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound simulator, ready to serve.
+pub struct Sim {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Sim {
+    /// Loads state and binds the listener.
+    pub async fn bind(config: SimConfig) -> Result<Self, SimError> {
+        let store =
+            digitalocean::Store::load(&config.state).map_err(|message| SimError::State {
+                path: config.state.display().to_string(),
+                message,
+            })?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let config = Arc::new(config);
+        let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
+            .layer(middleware::from_fn_with_state(config, faults));
+        Ok(Self { listener, router })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SimError> {
+        tracing::info!(addr = %self.listener.local_addr()?, "simulator listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Latency and fault injection in front of every API call.
+async fn faults(State(cfg): State<Arc<SimConfig>>, req: Request, next: Next) -> Response {
+    if cfg.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
+    }
+    let (throttle, error, slow) = {
+        let r: f64 = rand::random();
+        (
+            r < cfg.throttle_rate,
+            r >= cfg.throttle_rate && r < cfg.throttle_rate + cfg.error_rate,
+            rand::random::<f64>() < cfg.slow_rate,
+        )
+    };
+    if slow {
+        tokio::time::sleep(Duration::from_millis(cfg.slow_ms)).await;
+    }
+    if throttle {
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({"id": "too_many_requests", "message": "API Rate limit exceeded."})),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&cfg.retry_after_secs.to_string()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        return resp;
+    }
+    if error {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(serde_json::json!({"id": "server_error", "message": "Unexpected server-side error (simulated)"})),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// A JSON error in DigitalOcean's shape.
+pub(crate) fn error(status: StatusCode, id: &str, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::json!({"id": id, "message": message}).to_string(),
+        ))
+        .unwrap_or_else(|_| status.into_response())
+}

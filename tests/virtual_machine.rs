@@ -1,0 +1,673 @@
+//! VirtualMachine and Project end to end, on a real kube-apiserver with `quartermaster sim` as the
+//! DigitalOcean API: create → Running; Halted → Stopped → Always → Running; restart; resize; delete with
+//! Delete and Orphan; adoption; ObserveOnly; allowedNamespaces refusal; immutable region; unknown size;
+//! Project limits, Block and Cascade deletion; and crash safety (exactly one droplet after the controller is
+//! killed between recorded intent and the vendor's answer).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{Project, VirtualMachine};
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Env {
+    client: kube::Client,
+    ns: String,
+    id: String,
+    sim: common::SimHandle,
+    pc: String,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn env(
+    prefix: &str,
+    sim_tweak: impl FnOnce(&mut quartermaster::sim::SimConfig),
+    controller: bool,
+) -> Env {
+    let client = common::client().await;
+    let ns = common::namespace(&client, prefix).await;
+    let id = common::unique(prefix);
+    let sim = common::start_sim(sim_tweak).await;
+    common::secret(&client, &ns, "do-token", "token", "sim-token").await;
+    let pc = format!("{id}-do");
+    common::do_provider_config(&client, &id, &pc, &ns, &sim.url, &[]).await;
+    let stop = controller.then(|| common::start_controller(client.clone(), &id).1);
+    Env {
+        client,
+        ns,
+        id,
+        sim,
+        pc,
+        _stop: stop,
+    }
+}
+
+impl Env {
+    fn vms(&self) -> Api<VirtualMachine> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply_vm(&self, name: &str, extra: serde_json::Value) {
+        let mut spec = serde_json::json!({
+            "providerConfigRef": {"name": self.pc},
+            "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64",
+        });
+        merge(&mut spec, extra.get("spec").cloned().unwrap_or_default());
+        let mut vm = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "labels": {"qm-test": self.id}},
+            "spec": spec,
+        });
+        if let Some(m) = extra.get("metadata") {
+            merge(&mut vm["metadata"], m.clone());
+        }
+        self.vms()
+            .patch(
+                name,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&vm),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn patch_vm(&self, name: &str, patch: serde_json::Value) {
+        self.vms()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the VM's condition `type_` has `status` and `reason`, for the current generation.
+    async fn wait_vm(
+        &self,
+        name: &str,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+    ) -> VirtualMachine {
+        let vms = self.vms();
+        common::eventually(
+            WAIT,
+            &format!("vm {name} {type_}={status:?} ({reason})"),
+            || async {
+                let vm = vms.get(name).await.ok()?;
+                let st = vm.status.as_ref()?;
+                let c = conditions::find(&st.conditions, type_)?;
+                (c.status == status
+                    && c.reason == reason
+                    && st.observed_generation == vm.metadata.generation)
+                    .then_some(vm)
+            },
+        )
+        .await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        let vms = self.vms();
+        common::eventually(WAIT, &format!("vm {name} deleted"), || async {
+            vms.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+
+    async fn droplet(&self, id: &str) -> Option<serde_json::Value> {
+        self.sim
+            .droplets()
+            .await
+            .into_iter()
+            .find(|d| d["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id))
+    }
+
+    async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    match (a, b) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (_, serde_json::Value::Null) => {}
+        (a, b) => *a = b,
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_power_restart_resize_delete() {
+    let e = env("vm", |_| {}, true).await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"ipv6": true, "tags": ["web"]}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let st = vm.status.clone().unwrap();
+    assert_eq!(format!("{:?}", st.phase.unwrap()), "Running");
+    assert_eq!(
+        st.creation_key.as_deref(),
+        vm.metadata.uid.as_deref(),
+        "intent recorded with the UID as key"
+    );
+    assert_eq!(st.monthly_price.as_deref(), Some("6.00"));
+    assert_eq!(st.hourly_price.as_deref(), Some("0.00893"));
+    let ext = st.external_id.clone().unwrap();
+    let droplet = e.droplet(&ext).await.expect("droplet exists at the vendor");
+    let uid = vm.metadata.uid.clone().unwrap();
+    assert!(
+        droplet["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == &format!("quartermaster-uid-{uid}"))
+    );
+    assert!(
+        droplet["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "web")
+    );
+
+    // Connection Secret, owned by the VM.
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    let s = secrets.get("web-connection").await.unwrap();
+    let data = s.data.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&data["ipv4"].0),
+        st.addresses.unwrap().public_ipv4.unwrap()
+    );
+    assert_eq!(String::from_utf8_lossy(&data["username"].0), "root");
+    assert_eq!(s.metadata.owner_references.unwrap()[0].uid, uid);
+
+    // Halted → Stopped (Ready, reason Stopped); runStrategy is never rewritten.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"runStrategy": "Halted"}}),
+    )
+    .await;
+    e.wait_vm("web", conditions::READY, ConditionStatus::True, "Stopped")
+        .await;
+    assert_eq!(e.droplet(&ext).await.unwrap()["status"], "off");
+    // Always → Running.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"runStrategy": "Always"}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    assert_eq!(format!("{:?}", vm.spec.run_strategy), "Always");
+
+    // Restart: one reboot per distinct annotation value.
+    e.patch_vm("web", serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/restart-requested-at": "r1"}}}))
+        .await;
+    let vms = e.vms();
+    common::eventually(WAIT, "restart r1 acknowledged", || async {
+        let vm = vms.get("web").await.ok()?;
+        (vm.status?.last_restart_request.as_deref() == Some("r1")).then_some(())
+    })
+    .await;
+    common::eventually(WAIT, "a Restarting event", || async {
+        e.event_reasons("web")
+            .await
+            .contains(&"Restarting".to_string())
+            .then_some(())
+    })
+    .await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+
+    // Resize: power off, resize, power on; the price follows the size.
+    e.patch_vm("web", serde_json::json!({"spec": {"size": "s-2vcpu-2gb"}}))
+        .await;
+    let vm = common::eventually(WAIT, "resized and running", || async {
+        let vm = vms.get("web").await.ok()?;
+        let st = vm.status.clone()?;
+        let ready =
+            conditions::find(&st.conditions, conditions::READY)?.status == ConditionStatus::True;
+        (ready
+            && st.size.as_deref() == Some("s-2vcpu-2gb")
+            && st.observed_generation == vm.metadata.generation)
+            .then_some(vm)
+    })
+    .await;
+    assert_eq!(vm.status.unwrap().monthly_price.as_deref(), Some("18.00"));
+    assert_eq!(e.droplet(&ext).await.unwrap()["size_slug"], "s-2vcpu-2gb");
+    let reasons = e.event_reasons("web").await;
+    for r in ["Created", "PoweringOff", "Resizing", "PoweringOn"] {
+        assert!(
+            reasons.contains(&r.to_string()),
+            "no {r} event in {reasons:?}"
+        );
+    }
+
+    // Region is immutable.
+    e.patch_vm("web", serde_json::json!({"spec": {"region": "ams3"}}))
+        .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ImmutableFieldChanged",
+        )
+        .await;
+    let msg = conditions::find(&vm.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("fra1") && msg.contains("ams3"), "{msg}");
+    e.patch_vm("web", serde_json::json!({"spec": {"region": "fra1"}}))
+        .await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+
+    // Delete (policy Delete): the droplet goes, then the object.
+    e.vms()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("web").await;
+    assert!(
+        e.droplet(&ext).await.is_none(),
+        "droplet still exists after delete"
+    );
+}
+
+#[tokio::test]
+async fn orphan_adoption_and_observe_only() {
+    let e = env("vmo", |_| {}, true).await;
+    // Orphan: the droplet survives the object.
+    e.apply_vm(
+        "keep",
+        serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "keep",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let ext = vm.status.unwrap().external_id.unwrap();
+    e.vms()
+        .delete("keep", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("keep").await;
+    assert!(
+        e.droplet(&ext).await.is_some(),
+        "an orphaned droplet was deleted"
+    );
+
+    // Adoption of that droplet by annotation, ObserveOnly with runStrategy Halted: observed, never powered off.
+    e.apply_vm(
+        "adopted",
+        serde_json::json!({
+            "metadata": {"annotations": {"quartermaster.dev/external-id": ext}},
+            "spec": {"managementPolicy": "ObserveOnly", "runStrategy": "Halted", "size": "s-4vcpu-8gb"}
+        }),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "adopted",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let st = vm.status.unwrap();
+    assert_eq!(st.external_id.as_deref(), Some(ext.as_str()));
+    assert_eq!(
+        st.size.as_deref(),
+        Some("s-1vcpu-1gb"),
+        "status reports the vendor's truth, not the spec"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = e.droplet(&ext).await.unwrap();
+    assert_eq!(d["status"], "active", "ObserveOnly powered the droplet off");
+    assert_eq!(
+        d["size_slug"], "s-1vcpu-1gb",
+        "ObserveOnly resized the droplet"
+    );
+    assert_eq!(
+        e.sim.droplets().await.len(),
+        1,
+        "ObserveOnly created a droplet"
+    );
+    e.vms()
+        .delete("adopted", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("adopted").await;
+    assert!(
+        e.droplet(&ext).await.is_some(),
+        "ObserveOnly deleted the droplet"
+    );
+
+    // Adopting an ID the vendor does not know: Stalled.
+    e.apply_vm("ghost", serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/external-id": "424242"}}})).await;
+    e.wait_vm(
+        "ghost",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "ExternalNotFound",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refusals_not_allowed_namespace_and_unknown_size() {
+    let e = env("vmr", |_| {}, true).await;
+    // A ProviderConfig that allows only another namespace.
+    let other = format!("{}-other", e.id);
+    common::do_provider_config(
+        &e.client,
+        &e.id,
+        &other,
+        &e.ns,
+        &e.sim.url,
+        &["somebody-else"],
+    )
+    .await;
+    e.apply_vm(
+        "refused",
+        serde_json::json!({"spec": {"providerConfigRef": {"name": other}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "refused",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ProviderConfigNotAllowed",
+        )
+        .await;
+    assert!(vm.status.unwrap().external_id.is_none());
+
+    e.apply_vm("typo", serde_json::json!({"spec": {"size": "s-1vcpu-1g"}}))
+        .await;
+    let vm = e
+        .wait_vm(
+            "typo",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "InvalidSpec",
+        )
+        .await;
+    let msg = conditions::find(&vm.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("did you mean \"s-1vcpu-1gb\""), "{msg}");
+
+    e.apply_vm(
+        "orphan-project",
+        serde_json::json!({"spec": {"projectRef": {"name": "nope"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "orphan-project",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "ProjectNotFound",
+    )
+    .await;
+    assert!(
+        e.sim.droplets().await.is_empty(),
+        "a refused VM was created"
+    );
+}
+
+async fn apply_project(e: &Env, name: &str, spec: serde_json::Value) {
+    let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    let p = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": name, "labels": {"qm-test": e.id}}, "spec": spec,
+    });
+    projects
+        .patch(
+            name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&p),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn project_limits_members_block_and_cascade() {
+    let e = env("proj", |_| {}, true).await;
+    let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    apply_project(
+        &e,
+        "team",
+        serde_json::json!({"limits": {"maxVirtualMachines": 1}, "deletionPolicy": "Block"}),
+    )
+    .await;
+    e.apply_vm(
+        "first",
+        serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "first",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    e.apply_vm(
+        "second",
+        serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "second",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "LimitExceeded",
+    )
+    .await;
+    assert_eq!(
+        e.sim.droplets().await.len(),
+        1,
+        "a VM beyond the limit was created"
+    );
+
+    // Status: members by phase and projected monthly cost.
+    let p = common::eventually(WAIT, "project status", || async {
+        let p = projects.get("team").await.ok()?;
+        let m = p.status.as_ref()?.members.clone()?;
+        (m.virtual_machines == 2 && m.by_phase.get("Running") == Some(&1)).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        p.status.unwrap().projected_monthly_cost.as_deref(),
+        Some("6.00")
+    );
+
+    // Block: deletion waits and names the members.
+    projects
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    let p = common::eventually(WAIT, "Block deletion condition", || async {
+        let p = projects.get("team").await.ok()?;
+        let c = conditions::find(&p.status.as_ref()?.conditions, conditions::RECONCILING)?.clone();
+        (c.reason == "Deleting" && c.message.contains("VirtualMachine/first")).then_some(p)
+    })
+    .await;
+    assert!(p.metadata.deletion_timestamp.is_some());
+    e.vms()
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.vms()
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(
+        WAIT,
+        "blocked project deleted after its members",
+        || async { projects.get_opt("team").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+
+    // Cascade: members are deleted first (their droplets too), then the project.
+    apply_project(&e, "crew", serde_json::json!({"deletionPolicy": "Cascade"})).await;
+    e.apply_vm(
+        "c1",
+        serde_json::json!({"spec": {"projectRef": {"name": "crew"}}}),
+    )
+    .await;
+    e.apply_vm(
+        "c2",
+        serde_json::json!({"spec": {"projectRef": {"name": "crew"}}}),
+    )
+    .await;
+    e.wait_vm("c1", conditions::READY, ConditionStatus::True, "Reconciled")
+        .await;
+    e.wait_vm("c2", conditions::READY, ConditionStatus::True, "Reconciled")
+        .await;
+    projects
+        .delete("crew", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "cascade deletion", || async {
+        projects.get_opt("crew").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(e.vms().get_opt("c1").await.unwrap().is_none());
+    assert!(
+        e.sim.droplets().await.is_empty(),
+        "cascade left droplets behind"
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn controller_process(id: &str) -> KillOnDrop {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("{id}-{port}.log"))).unwrap();
+    KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+            .args([
+                "run",
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--leader-elect=false",
+            ])
+            .args([
+                "--label-selector",
+                &format!("qm-test={id}"),
+                "--poll-interval-secs",
+                "1",
+            ])
+            .env("KUBECONFIG", common::kubeconfig())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
+    // The simulator records the droplet, then holds the create response open for 4 s.
+    let e = env("crash", |c| c.create_latency_ms = 4000, false).await;
+    let first = controller_process(&e.id);
+    e.apply_vm("once", serde_json::json!({})).await;
+    let vms = e.vms();
+    // Intent recorded and the droplet exists at the vendor, but its ID has not come back yet.
+    common::eventually(WAIT, "intent recorded and droplet created", || async {
+        let st = vms.get("once").await.ok()?.status?;
+        let pending = st.creation_key.is_some() && st.external_id.is_none();
+        (pending && !e.sim.droplets().await.is_empty()).then_some(())
+    })
+    .await;
+    drop(first); // SIGKILL mid-call
+    assert!(
+        vms.get("once")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .external_id
+            .is_none()
+    );
+
+    let _second = controller_process(&e.id);
+    let vm = e
+        .wait_vm(
+            "once",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let droplets = e.sim.droplets().await;
+    assert_eq!(
+        droplets.len(),
+        1,
+        "expected exactly one droplet, got {droplets:?}"
+    );
+    assert_eq!(
+        droplets[0]["id"].to_string(),
+        vm.status.unwrap().external_id.unwrap()
+    );
+}
