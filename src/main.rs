@@ -50,6 +50,31 @@ enum Command {
     },
     /// Run the vendor simulator (DigitalOcean API subset) on a loopback address.
     Sim(quartermaster::sim::SimConfig),
+    /// List a compute vendor's sizes (with prices), images or regions through a ProviderConfig.
+    Catalog {
+        /// What to list.
+        #[arg(value_enum)]
+        what: CatalogKind,
+        /// The ProviderConfig whose account to ask.
+        #[arg(long)]
+        provider_config: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CatalogKind {
+    Sizes,
+    Images,
+    Regions,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -103,6 +128,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => block_on("run", run(args)),
+        Command::Catalog {
+            what,
+            provider_config,
+            output,
+        } => block_on("catalog", catalog(what, provider_config, output)),
         Command::Sim(cfg) => block_on("sim", async move {
             let sim = quartermaster::sim::Sim::bind(cfg).await?;
             sim.serve(shutdown_signal()).await?;
@@ -272,4 +302,119 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let _ = http.await;
     }
     outcome
+}
+
+async fn catalog(
+    what: CatalogKind,
+    name: String,
+    output: Output,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use quartermaster::cloud::{self, catalog::Catalog};
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("failed to build a Kubernetes client (kubeconfig or in-cluster config): {e}")
+    })?;
+    let ctx = Context::new(client, Metrics::new(), ControllerConfig::default(), None);
+    let pcs: Api<crd::ProviderConfig> = Api::all(ctx.client.clone());
+    let pc = pcs
+        .get_opt(&name)
+        .await
+        .map_err(|e| format!("failed to read ProviderConfig {name:?}: {e}"))?
+        .ok_or_else(|| format!("ProviderConfig {name:?} not found"))?;
+    let resolved = controller::vendor::account_for(&ctx, pc)
+        .await?
+        .ok_or_else(|| format!("ProviderConfig {name:?} is suspended"))?;
+    let provider = cloud::connect(&resolved.account, Default::default(), None)?;
+    let c = match what {
+        CatalogKind::Sizes => Catalog {
+            sizes: provider.sizes().await?,
+            ..Default::default()
+        },
+        CatalogKind::Images => Catalog {
+            images: provider.images().await?,
+            ..Default::default()
+        },
+        CatalogKind::Regions => Catalog {
+            regions: provider.regions().await?,
+            ..Default::default()
+        },
+    };
+    let json = match what {
+        CatalogKind::Sizes => serde_json::to_string_pretty(&c.sizes)?,
+        CatalogKind::Images => serde_json::to_string_pretty(&c.images)?,
+        CatalogKind::Regions => serde_json::to_string_pretty(&c.regions)?,
+    };
+    if matches!(output, Output::Json) {
+        println!("{json}");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = match what {
+        CatalogKind::Sizes => std::iter::once(
+            [
+                "SLUG",
+                "VCPUS",
+                "MEMORY MB",
+                "DISK GB",
+                "HOURLY",
+                "MONTHLY",
+                "CURRENCY",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .chain(c.sizes.iter().map(|s| {
+            vec![
+                s.slug.clone(),
+                s.vcpus.to_string(),
+                s.memory_mb.to_string(),
+                s.disk_gb.to_string(),
+                s.price_hourly.to_string(),
+                s.price_monthly.to_string(),
+                s.currency.clone(),
+            ]
+        }))
+        .collect(),
+        CatalogKind::Images => std::iter::once(["SLUG", "NAME", "KIND"].map(String::from).to_vec())
+            .chain(
+                c.images
+                    .iter()
+                    .map(|i| vec![i.slug.clone(), i.name.clone(), i.kind.clone()]),
+            )
+            .collect(),
+        CatalogKind::Regions => {
+            std::iter::once(["SLUG", "NAME", "AVAILABLE"].map(String::from).to_vec())
+                .chain(
+                    c.regions
+                        .iter()
+                        .map(|r| vec![r.slug.clone(), r.name.clone(), r.available.to_string()]),
+                )
+                .collect()
+        }
+    };
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+/// Left-aligned columns separated by three spaces, like kubectl.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
 }

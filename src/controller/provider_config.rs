@@ -114,7 +114,7 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         let previous = obj.status.clone().unwrap_or_default();
         let mut status = ProviderConfigStatus {
             credentials_verified: previous.credentials_verified,
-            last_successful_call_time: previous.last_successful_call_time,
+            last_successful_call_time: previous.last_successful_call_time.clone(),
             ..Default::default()
         };
         let health = health_for(obj.spec.suspended, r, check);
@@ -137,7 +137,19 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         let (health, requeue_after) = match provider.verify().await {
             Ok(()) => {
                 status.credentials_verified = Some(true);
-                status.last_successful_call_time = Some(now());
+                // NB: refreshed at most every half resync interval, so events that change nothing (a
+                // label, a Secret touch) do not rewrite status just to move this timestamp.
+                let fresh = previous
+                    .last_successful_call_time
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_some_and(|t| {
+                        jiff::Timestamp::now().duration_since(t).unsigned_abs()
+                            < ctx.config.resync_interval / 2
+                    });
+                if !fresh {
+                    status.last_successful_call_time = Some(now());
+                }
                 (
                     Health::ready(format!("credentials verified by {}", provider.vendor())),
                     None,

@@ -882,13 +882,17 @@ mod tests {
             "spec": {"providerConfigRef": {"name": "p"}, "region": "fra1", "size": "s", "image": "win", "os": "windows"}
         }))
         .unwrap();
-        let d = connection_data(&vm, Some(&server(ServerState::Running, "s")), Some("pw"));
+        let d = connection_data(
+            &vm,
+            Some(&server(ServerState::Running, "s")),
+            Some("S3cret-Pass"),
+        );
         assert_eq!(d["username"], "Administrator");
         let rdp = &d["connection.rdp"];
         assert!(rdp.contains("full address:s:203.0.113.5\r\n"), "{rdp}");
         assert!(rdp.contains("username:s:Administrator\r\n"));
         assert!(
-            !rdp.contains("pw"),
+            !rdp.contains("S3cret-Pass"),
             "the password never goes into the .rdp file"
         );
         vm.spec.os = OperatingSystem::Linux;
