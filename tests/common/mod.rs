@@ -278,6 +278,7 @@ pub async fn start_sim(tweak: impl FnOnce(&mut quartermaster::sim::SimConfig)) -
 impl SimHandle {
     /// Every droplet the simulator holds, as JSON.
     pub async fn droplets(&self) -> Vec<serde_json::Value> {
+        quartermaster::install_crypto_provider();
         let v: serde_json::Value = reqwest::Client::new()
             .get(format!("{}/v2/droplets?per_page=200", self.url))
             .bearer_auth("test")
