@@ -1,0 +1,224 @@
+//! The usage ledger: every billable unit recorded exactly once, credits as ledger entries, and reports.
+//!
+//! PostgreSQL in production, SQLite as the embedded default (no `DATABASE_URL`). Money is exact: amounts
+//! are integer nano-units (1e-9 of the currency) computed from decimal prices with banker's rounding —
+//! never floating point.
+//!
+//! # Guarantees
+//! - An event's idempotency key is deterministic (e.g. `vm/<uid>/<window start>`); inserting it again is a
+//!   no-op (`ON CONFLICT DO NOTHING`), so retries and restarts never count twice.
+//! - The daily roll-up that reports read is updated in the same statement/transaction as the insert, and
+//!   only for rows actually inserted.
+
+pub mod metering;
+pub mod report;
+pub mod store;
+
+use std::str::FromStr;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+pub use store::{Ledger, LedgerError};
+
+/// Nano-units per currency unit.
+pub const NANOS: i64 = 1_000_000_000;
+
+/// What is being metered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Meter {
+    /// Seconds a VM ran.
+    VmSeconds,
+    /// SIM data, bytes.
+    SimDataBytes,
+    /// SIM text messages.
+    SimSms,
+    /// LLM input tokens.
+    LlmInputTokens,
+    /// LLM output tokens.
+    LlmOutputTokens,
+}
+
+impl Meter {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VmSeconds => "vm_seconds",
+            Self::SimDataBytes => "sim_data_bytes",
+            Self::SimSms => "sim_sms",
+            Self::LlmInputTokens => "llm_input_tokens",
+            Self::LlmOutputTokens => "llm_output_tokens",
+        }
+    }
+}
+
+/// One billable window.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UsageEvent {
+    /// Deterministic idempotency key.
+    pub key: String,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Project name ('' when none).
+    pub project: String,
+    /// Object kind.
+    pub object_kind: String,
+    /// Object name.
+    pub object_name: String,
+    /// Object UID.
+    pub object_uid: String,
+    /// Meter.
+    pub meter: Meter,
+    /// Quantity in the meter's unit.
+    pub quantity: i64,
+    /// Price per `price_quantity` units (exact decimal).
+    pub unit_price: Decimal,
+    /// How many units `unit_price` is for (3600 for an hourly price of seconds).
+    pub price_quantity: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Window start, unix seconds.
+    pub window_start: i64,
+    /// Window end, unix seconds.
+    pub window_end: i64,
+    /// Free-form attributes (JSON object), e.g. the size slug.
+    pub attributes: serde_json::Value,
+}
+
+impl UsageEvent {
+    /// quantity × unit_price / price_quantity, in nano-units, rounded half-to-even.
+    pub fn amount_nanos(&self) -> i64 {
+        amount_nanos(self.quantity, self.unit_price, self.price_quantity)
+    }
+}
+
+/// quantity × price / per, in nano-units, rounded half-to-even.
+pub fn amount_nanos(quantity: i64, price: Decimal, per: i64) -> i64 {
+    if per == 0 {
+        return 0;
+    }
+    let exact = Decimal::from(quantity) * price * Decimal::from(NANOS) / Decimal::from(per);
+    exact
+        .round_dp_with_strategy(0, RoundingStrategy::MidpointNearestEven)
+        .try_into()
+        .unwrap_or(i64::MAX)
+}
+
+/// A decimal amount (e.g. "50", "12.345") as nano-units; more than 9 decimals is an error.
+pub fn parse_amount(s: &str) -> Result<i64, String> {
+    let d = Decimal::from_str(s.trim()).map_err(|_| format!("{s:?} is not a decimal amount"))?;
+    if d.scale() > 9 {
+        return Err(format!("{s:?} has more than 9 decimals"));
+    }
+    (d * Decimal::from(NANOS))
+        .try_into()
+        .map_err(|_| format!("{s:?} is too large"))
+}
+
+/// Nano-units as a decimal string with at least two decimals ("12.50", "0.00595").
+pub fn format_amount(nanos: i64) -> String {
+    let mut d = Decimal::from(nanos) / Decimal::from(NANOS);
+    d = d.normalize();
+    if d.scale() < 2 {
+        d.rescale(2);
+    }
+    d.to_string()
+}
+
+/// A calendar month `YYYY-MM` as [start, end) unix seconds (UTC).
+pub fn parse_period(s: &str) -> Result<(i64, i64), String> {
+    let bad = || format!("bad period {s:?}: expected YYYY-MM, e.g. 2026-11");
+    let (y, m) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if y.to_string().len() != 4 || !(1..=12).contains(&m) {
+        return Err(bad());
+    }
+    let start = jiff::civil::date(y, m, 1)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map_err(|_| bad())?;
+    let end = start
+        .checked_add(jiff::Span::new().months(1))
+        .map_err(|_| bad())?;
+    Ok((start.timestamp().as_second(), end.timestamp().as_second()))
+}
+
+/// The month containing `t` (unix seconds), as `YYYY-MM`.
+pub fn period_of(t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|ts| {
+            ts.to_zoned(jiff::tz::TimeZone::UTC)
+                .strftime("%Y-%m")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `NS/NAME` → (namespace, name).
+pub fn parse_project(s: &str) -> Result<(String, String), String> {
+    let (ns, name) = s
+        .split_once('/')
+        .ok_or_else(|| format!("bad project {s:?}: expected NAMESPACE/NAME"))?;
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    };
+    if !ok(ns) || !ok(name) {
+        return Err(format!(
+            "bad project {s:?}: expected NAMESPACE/NAME of lowercase DNS names"
+        ));
+    }
+    Ok((ns.to_string(), name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_exact() {
+        // 30 minutes at 0.0119/h = 0.00595 exactly.
+        assert_eq!(
+            amount_nanos(1800, Decimal::from_str("0.0119").unwrap(), 3600),
+            5_950_000
+        );
+        // One second at 0.00893/h = 0.00000248055…: rounded to the nano, half to even.
+        assert_eq!(
+            amount_nanos(1, Decimal::from_str("0.00893").unwrap(), 3600),
+            2_481
+        );
+        assert_eq!(format_amount(5_950_000), "0.00595");
+        assert_eq!(format_amount(50 * NANOS), "50.00");
+        assert_eq!(format_amount(-1_500_000_000), "-1.50");
+        assert_eq!(parse_amount("50").unwrap(), 50 * NANOS);
+        assert_eq!(parse_amount("0.000000001").unwrap(), 1);
+        assert!(parse_amount("0.0000000001").is_err());
+        assert!(parse_amount("fifty").is_err());
+    }
+
+    #[test]
+    fn periods() {
+        let (s, e) = parse_period("2026-11").unwrap();
+        assert_eq!(s, 1_793_491_200);
+        assert_eq!(e - s, 30 * 86400);
+        assert_eq!(period_of(s), "2026-11");
+        assert_eq!(period_of(e - 1), "2026-11");
+        let (s, e) = parse_period("2026-12").unwrap();
+        assert_eq!(e - s, 31 * 86400);
+        for bad in ["2026", "2026-13", "26-11", "2026-00", "nov"] {
+            assert!(parse_period(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn projects() {
+        assert_eq!(
+            parse_project("demo/acme").unwrap(),
+            ("demo".into(), "acme".into())
+        );
+        for bad in ["demo", "/acme", "demo/", "Demo/acme", "demo/ac me"] {
+            assert!(parse_project(bad).is_err(), "{bad}");
+        }
+    }
+}
