@@ -34,8 +34,39 @@ struct Cli {
         env = "QM_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    db: DbArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the usage ledger lives.
+#[derive(clap::Args)]
+struct DbArgs {
+    /// PostgreSQL (`postgres://…`) or SQLite (`sqlite://…`) URL of the usage ledger; without it, an embedded
+    /// SQLite file (see --ledger-path).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The embedded SQLite ledger file used when no --database-url is given.
+    #[arg(long, global = true, env = "QM_LEDGER_PATH")]
+    ledger_path: Option<PathBuf>,
+}
+
+impl DbArgs {
+    async fn ledger(&self) -> Result<quartermaster::ledger::Ledger, Box<dyn std::error::Error>> {
+        let default = self.ledger_path.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share")
+                });
+            base.join("quartermaster/ledger.db")
+        });
+        let l = quartermaster::ledger::Ledger::connect(self.database_url.as_deref(), &default)
+            .await
+            .map_err(|e| format!("cannot open the usage ledger: {e}"))?;
+        Ok(l)
+    }
 }
 
 #[derive(Subcommand)]
@@ -50,6 +81,35 @@ enum Command {
     },
     /// Run the vendor simulator (DigitalOcean API subset) on a loopback address.
     Sim(quartermaster::sim::SimConfig),
+    /// Apply the usage ledger's database migrations.
+    Migrate,
+    /// Usage of a project for a month, grouped by meter, object or day.
+    Usage {
+        /// The project, as NAMESPACE/NAME.
+        #[arg(long)]
+        project: String,
+        /// The month, YYYY-MM (default: the current month, UTC).
+        #[arg(long)]
+        period: Option<String>,
+        /// Grouping.
+        #[arg(long, value_enum, default_value = "meter")]
+        by: quartermaster::ledger::store::GroupBy,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        output: quartermaster::ledger::report::Format,
+    },
+    /// A draft invoice (JSON) of a project for a month: line items per meter and object, and totals.
+    Invoice {
+        /// The project, as NAMESPACE/NAME.
+        #[arg(long)]
+        project: String,
+        /// The month, YYYY-MM (default: the current month, UTC).
+        #[arg(long)]
+        period: Option<String>,
+    },
+    /// Credit grants and balances.
+    #[command(subcommand)]
+    Credits(Credits),
     /// List a compute vendor's sizes (with prices), images or regions through a ProviderConfig.
     Catalog {
         /// What to list.
@@ -61,6 +121,34 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+enum Credits {
+    /// Grant credit to a project (a ledger entry).
+    Grant {
+        /// The project, as NAMESPACE/NAME.
+        #[arg(long)]
+        project: String,
+        /// Amount, a decimal (e.g. 50 or 12.50).
+        #[arg(long)]
+        amount: String,
+        /// Currency (ISO 4217).
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Why (shown in reports).
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key: the same key twice grants once (default: a new random key).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Credit balance of a project: grants minus usage.
+    Balance {
+        /// The project, as NAMESPACE/NAME.
+        #[arg(long)]
+        project: String,
     },
 }
 
@@ -109,6 +197,9 @@ struct RunArgs {
     /// How often an object with vendor work in progress is looked at again, in seconds.
     #[arg(long, default_value_t = 5)]
     poll_interval_secs: u64,
+    /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
+    #[arg(long)]
+    no_migrate: bool,
     /// Reconcile only objects matching this label selector (e.g. for sharding).
     #[arg(long, env = "QM_LABEL_SELECTOR")]
     label_selector: Option<String>,
@@ -127,7 +218,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => block_on("run", run(args)),
+        Command::Run(args) => block_on("run", run(args, cli.db)),
+        Command::Migrate => block_on("migrate", async move {
+            let l = cli.db.ledger().await?;
+            l.migrate().await?;
+            println!("ledger migrated ({})", l.kind());
+            Ok(())
+        }),
+        Command::Usage {
+            project,
+            period,
+            by,
+            output,
+        } => block_on("usage", async move {
+            let (ns, name, period, from, to) = project_period(&project, period)?;
+            let l = cli.db.ledger().await?;
+            l.migrate().await?;
+            if !l.knows(&ns, &name).await? {
+                return Err(format!(
+                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
+                )
+                .into());
+            }
+            let rows = l.usage(&ns, &name, from, to, by).await?;
+            if rows.is_empty() && matches!(output, quartermaster::ledger::report::Format::Table) {
+                eprintln!("no usage for {ns}/{name} in {period}");
+            }
+            print!("{}", quartermaster::ledger::report::render(&rows, output));
+            Ok(())
+        }),
+        Command::Invoice { project, period } => block_on("invoice", async move {
+            let (ns, name, period, from, to) = project_period(&project, period)?;
+            let l = cli.db.ledger().await?;
+            l.migrate().await?;
+            if !l.knows(&ns, &name).await? {
+                return Err(format!(
+                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
+                )
+                .into());
+            }
+            let rows = l
+                .usage(
+                    &ns,
+                    &name,
+                    from,
+                    to,
+                    quartermaster::ledger::store::GroupBy::Object,
+                )
+                .await?;
+            let inv = quartermaster::ledger::report::invoice(&ns, &name, &period, &rows);
+            println!("{}", serde_json::to_string_pretty(&inv)?);
+            Ok(())
+        }),
+        Command::Credits(c) => block_on("credits", credits(c, cli.db)),
         Command::Catalog {
             what,
             provider_config,
@@ -211,7 +354,81 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+fn project_period(
+    project: &str,
+    period: Option<String>,
+) -> Result<(String, String, String, i64, i64), String> {
+    let (ns, name) = quartermaster::ledger::parse_project(project)?;
+    let period = period
+        .unwrap_or_else(|| quartermaster::ledger::period_of(jiff::Timestamp::now().as_second()));
+    let (from, to) = quartermaster::ledger::parse_period(&period)?;
+    Ok((ns, name, period, from, to))
+}
+
+async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use quartermaster::ledger::{format_amount, parse_amount, parse_project};
+    match c {
+        Credits::Grant {
+            project,
+            amount,
+            currency,
+            reason,
+            key,
+        } => {
+            let (ns, name) = parse_project(&project)?;
+            let nanos = parse_amount(&amount)?;
+            if nanos <= 0 {
+                return Err("--amount must be positive".into());
+            }
+            if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+                return Err(format!(
+                    "bad currency {currency:?}: expected an ISO 4217 code such as USD"
+                )
+                .into());
+            }
+            let key = key.unwrap_or_else(|| format!("grant/{}", uuid::Uuid::new_v4()));
+            let l = db.ledger().await?;
+            l.migrate().await?;
+            let new = l
+                .credit(&key, &ns, &name, nanos, &currency, &reason)
+                .await?;
+            let (granted, used) = l.balance(&ns, &name).await?;
+            if new {
+                println!(
+                    "granted {} {currency} to {ns}/{name}; balance {}",
+                    format_amount(nanos),
+                    format_amount(granted - used)
+                );
+            } else {
+                println!(
+                    "grant {key:?} was already recorded; balance {}",
+                    format_amount(granted - used)
+                );
+            }
+        }
+        Credits::Balance { project } => {
+            let (ns, name) = parse_project(&project)?;
+            let l = db.ledger().await?;
+            l.migrate().await?;
+            if !l.knows(&ns, &name).await? {
+                return Err(format!(
+                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
+                )
+                .into());
+            }
+            let (granted, used) = l.balance(&ns, &name).await?;
+            println!(
+                "project {ns}/{name}: granted {}, used {}, balance {}",
+                format_amount(granted),
+                format_amount(used),
+                format_amount(granted - used)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await.map_err(|e| {
         format!("failed to build a Kubernetes client (kubeconfig or in-cluster config): {e}")
     })?;
@@ -232,17 +449,28 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|_| "quartermaster".into());
         format!("{host}-{}", std::process::id())
     });
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        ControllerConfig {
-            resync_interval: Duration::from_secs(args.resync_secs.max(1)),
-            label_selector: args.label_selector.clone(),
-            poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
-            ..Default::default()
-        },
-        Some(identity.clone()),
-    ));
+    let ledger = db.ledger().await?;
+    if !args.no_migrate {
+        ledger
+            .migrate()
+            .await
+            .map_err(|e| format!("cannot migrate the usage ledger: {e}"))?;
+    }
+    tracing::info!(database = ledger.kind(), "usage ledger ready");
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            ControllerConfig {
+                resync_interval: Duration::from_secs(args.resync_secs.max(1)),
+                label_selector: args.label_selector.clone(),
+                poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
+                ..Default::default()
+            },
+            Some(identity.clone()),
+        )
+        .with_ledger(ledger),
+    );
 
     let mut elector = None;
     if args.leader_elect {

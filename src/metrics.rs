@@ -21,6 +21,12 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
     pub leader: IntGauge,
+    /// Usage events newly recorded in the ledger, by meter.
+    pub usage_events: IntCounterVec,
+    /// Ledger write latency in seconds.
+    pub ledger_write_duration: prometheus::Histogram,
+    /// Usage events waiting for the ledger (computed but not yet accepted).
+    pub ledger_buffer_depth: IntGauge,
 }
 
 impl Default for Metrics {
@@ -73,8 +79,29 @@ impl Metrics {
             "1 while this process holds the leader lease.",
         )
         .expect("valid metric");
+        let usage_events = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_usage_events_recorded_total",
+                "Usage events newly recorded, by meter.",
+            ),
+            &["meter"],
+        )
+        .expect("valid metric");
+        let ledger_write_duration = prometheus::Histogram::with_opts(HistogramOpts::new(
+            "quartermaster_ledger_write_duration_seconds",
+            "Ledger write latency.",
+        ))
+        .expect("valid metric");
+        let ledger_buffer_depth = IntGauge::new(
+            "quartermaster_ledger_buffer_depth",
+            "Usage events computed but not yet accepted by the ledger.",
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(usage_events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ledger_write_duration.clone()),
+            Box::new(ledger_buffer_depth.clone()),
+            Box::new(reconciles.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(status_writes.clone()),
@@ -89,6 +116,9 @@ impl Metrics {
             reconcile_errors,
             status_writes,
             leader,
+            usage_events,
+            ledger_write_duration,
+            ledger_buffer_depth,
         }
     }
 

@@ -117,6 +117,10 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
             &ns,
         ])
         .args(["--label-selector", &format!("qm-test={id}")])
+        .env(
+            "QM_LEDGER_PATH",
+            std::env::temp_dir().join(format!("qm-ledger-{}.db", std::process::id())),
+        )
         .env("KUBECONFIG", &kc_path)
         .stderr(log)
         .spawn()

@@ -58,6 +58,10 @@ fn spawn(identity: &str, ns: &str, lease: &str, selector: &str) -> Replica {
             "1",
         ])
         .args(["--label-selector", selector])
+        .env(
+            "QM_LEDGER_PATH",
+            std::env::temp_dir().join(format!("qm-ledger-{}.db", std::process::id())),
+        )
         .env("KUBECONFIG", common::kubeconfig())
         .stdout(Stdio::null())
         .stderr(log)

@@ -619,6 +619,10 @@ fn controller_process(id: &str) -> KillOnDrop {
                 "--poll-interval-secs",
                 "1",
             ])
+            .env(
+                "QM_LEDGER_PATH",
+                std::env::temp_dir().join(format!("qm-ledger-{}.db", std::process::id())),
+            )
             .env("KUBECONFIG", common::kubeconfig())
             .stderr(log)
             .spawn()

@@ -24,6 +24,9 @@ pub enum Error {
         #[source]
         source: crate::cloud::CloudError,
     },
+    /// The usage ledger refused or could not be reached.
+    #[error("{0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
     /// The user must change something before the controller can make progress.
     #[error("{message}")]
     Permanent {
@@ -61,6 +64,7 @@ impl Error {
             Self::Vendor { source, .. } if source.is_transient() => "vendor_unavailable",
             Self::Vendor { source, .. } if source.is_auth() => "vendor_auth",
             Self::Vendor { .. } => "vendor_rejected",
+            Self::Ledger(_) => "ledger_unavailable",
             Self::Permanent { .. } => "permanent",
         }
     }

@@ -83,6 +83,9 @@ pub struct Context {
     pub providers: vendor::Providers,
     /// Vendor catalogs per ProviderConfig.
     pub catalogs: crate::cloud::catalog::CatalogCache,
+    /// The usage ledger; `None` disables metering and credits.
+    pub ledger: Option<crate::ledger::Ledger>,
+    pending_usage: Mutex<HashMap<String, i64>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -105,9 +108,56 @@ impl Context {
             metrics,
             providers: vendor::Providers::default(),
             catalogs: crate::cloud::catalog::CatalogCache::new(config.catalog_ttl),
+            ledger: None,
+            pending_usage: Mutex::default(),
             config,
             failures: Mutex::default(),
         }
+    }
+
+    /// Adds the usage ledger.
+    pub fn with_ledger(mut self, ledger: crate::ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Records usage events; counts, times and (on failure) buffers them in the metrics.
+    pub async fn record_usage(
+        &self,
+        events: &[crate::ledger::UsageEvent],
+    ) -> Result<(), crate::ledger::LedgerError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let result = ledger.record(events).await;
+        self.metrics
+            .ledger_write_duration
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            for e in events {
+                self.metrics
+                    .usage_events
+                    .with_label_values(&[e.meter.as_str()])
+                    .inc();
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// Records that `n` usage events of object `uid` wait for the ledger (0: none); keeps the buffer gauge.
+    pub fn set_pending_usage(&self, uid: &str, n: usize) {
+        let mut m = self.pending_usage.lock().unwrap_or_else(|p| p.into_inner());
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let old = if n == 0 {
+            m.remove(uid).unwrap_or(0)
+        } else {
+            m.insert(uid.to_string(), n).unwrap_or(0)
+        };
+        self.metrics.ledger_buffer_depth.add(n - old);
     }
 
     fn bump_failures(&self, key: &str) -> u32 {

@@ -16,7 +16,12 @@ use rust_decimal::Decimal;
 use super::framework::{Applied, Cleanup, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
-use crate::crd::project::{ProjectDeletionPolicy, ProjectMembers};
+use crate::crd::project::{CreditExhaustedPolicy, ProjectDeletionPolicy, ProjectMembers};
+use crate::ledger::format_amount;
+use crate::ledger::store::GroupBy;
+
+/// Condition reason: the Project's credit balance is zero or below.
+pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
 use crate::crd::virtual_machine::VmPhase;
 use crate::crd::{Project, ProjectStatus, SimCard, VirtualMachine};
 
@@ -120,16 +125,56 @@ impl Reconciler<Project> for ProjectReconciler {
         if let Some(max) = limit {
             message.push_str(&format!(" (limit {max} virtual machines)"));
         }
+        let mut status = ProjectStatus {
+            members: Some(counts),
+            projected_monthly_cost: Some(money(projected)),
+            month_to_date_cost: previous.month_to_date_cost,
+            credit_balance: previous.credit_balance,
+            ..Default::default()
+        };
+        let mut health = Health::ready(message);
+        let mut requeue_after = None;
+        if let Some(ledger) = &ctx.ledger {
+            let ns = project.namespace().unwrap_or_default();
+            let name = project.name_any();
+            let now = jiff::Timestamp::now().as_second();
+            let (from, to) =
+                crate::ledger::parse_period(&crate::ledger::period_of(now)).unwrap_or((0, now));
+            let mtd: i64 = ledger
+                .usage(&ns, &name, from, to, GroupBy::Meter)
+                .await?
+                .iter()
+                .filter(|r| r.currency == project.spec.currency)
+                .map(|r| r.amount_nanos)
+                .sum();
+            let (granted, used) = ledger.balance(&ns, &name).await?;
+            status.month_to_date_cost = Some(format_amount(mtd));
+            // Credit applies to prepaid projects: those that were ever granted credit.
+            status.credit_balance = (granted > 0).then(|| format_amount(granted - used));
+            if granted > 0 && granted - used <= 0 {
+                let what = match project.spec.on_credit_exhausted {
+                    CreditExhaustedPolicy::Stop => {
+                        "its virtual machines are stopped until credit is granted"
+                    }
+                    CreditExhaustedPolicy::Notify => {
+                        "onCreditExhausted is Notify: nothing is stopped"
+                    }
+                };
+                health = Health::not_ready(
+                    CREDIT_EXHAUSTED,
+                    format!(
+                        "credit exhausted (balance {}); {what}",
+                        format_amount(granted - used)
+                    ),
+                );
+            }
+            // Grants arrive through the ledger, not the API server: look again periodically.
+            requeue_after = Some(ctx.config.poll_interval * 6);
+        }
         Ok(Applied {
-            health: Health::ready(message),
-            status: ProjectStatus {
-                members: Some(counts),
-                projected_monthly_cost: Some(money(projected)),
-                month_to_date_cost: previous.month_to_date_cost,
-                credit_balance: previous.credit_balance,
-                ..Default::default()
-            },
-            requeue_after: None,
+            health,
+            status,
+            requeue_after,
         })
     }
 

@@ -29,6 +29,8 @@ use super::{Context, Error};
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider, PowerAction, Server, ServerSpec, ServerState};
 use crate::crd::conditions::Health;
+use crate::crd::project::CreditExhaustedPolicy;
+use crate::crd::virtual_machine::MeteringWindow;
 use crate::crd::virtual_machine::{
     DeletionPolicy, ManagementPolicy, OperatingSystem, RunStrategy, VirtualMachineStatus,
     VmAddresses, VmPhase,
@@ -37,6 +39,7 @@ use crate::crd::{
     ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference, Project,
     VirtualMachine,
 };
+use crate::ledger::metering;
 
 /// Condition reasons specific to VirtualMachines.
 pub mod reason {
@@ -56,6 +59,8 @@ pub mod reason {
     pub const RUNNING: &str = "Running";
     /// Stopped as declared.
     pub const STOPPED: &str = "Stopped";
+    /// Stopped because the Project has no credit left.
+    pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
 }
 
 /// Annotation overriding the periodic resync of one VM (e.g. `30s`, `5m`, `1h`).
@@ -207,6 +212,98 @@ pub fn connection_data(
         }
     }
     d
+}
+
+fn subject(vm: &VirtualMachine) -> metering::Subject {
+    metering::Subject {
+        namespace: vm_ns(vm),
+        project: vm
+            .spec
+            .project_ref
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        name: vm.name_any(),
+        uid: vm.uid().unwrap_or_default(),
+    }
+}
+
+fn open_window(w: &MeteringWindow) -> Option<metering::OpenWindow> {
+    Some(metering::OpenWindow {
+        since: w.since,
+        size: w.size.clone(),
+        hourly_price: w.hourly_price.parse().ok()?,
+        currency: w.currency.clone(),
+    })
+}
+
+fn stored_window(w: metering::OpenWindow) -> MeteringWindow {
+    MeteringWindow {
+        since: w.since,
+        size: w.size,
+        hourly_price: w.hourly_price.to_string(),
+        currency: w.currency,
+    }
+}
+
+/// Advances metering: closed windows go to the ledger first; the window in status moves only once the
+/// ledger accepted them (so an outage or crash loses nothing and counts nothing twice).
+async fn meter(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    status: &mut VirtualMachineStatus,
+    obs: &metering::Observation,
+    closing: bool,
+) -> Result<(), Error> {
+    if ctx.ledger.is_none() {
+        return Ok(());
+    }
+    let open = status.metering.as_ref().and_then(open_window);
+    let step = metering::step(
+        &subject(vm),
+        open.as_ref(),
+        obs,
+        jiff::Timestamp::now().as_second(),
+        closing,
+    );
+    let uid = vm.uid().unwrap_or_default();
+    match ctx.record_usage(&step.events).await {
+        Ok(()) => {
+            ctx.set_pending_usage(&uid, 0);
+            status.metering = step.open.map(stored_window);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.set_pending_usage(&uid, step.events.len());
+            Err(e.into())
+        }
+    }
+}
+
+/// Whether the VM's Project has run out of credit and says to stop its VMs.
+async fn credit_exhausted(ctx: &Context, vm: &VirtualMachine) -> Result<Option<String>, Error> {
+    let Some(p) = &vm.spec.project_ref else {
+        return Ok(None);
+    };
+    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &vm_ns(vm));
+    let Some(project) = projects
+        .get_opt(&p.name)
+        .await
+        .map_err(Error::kube("reading the project"))?
+    else {
+        return Ok(None);
+    };
+    if project.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
+        return Ok(None);
+    }
+    let balance = project
+        .status
+        .as_ref()
+        .and_then(|s| s.credit_balance.as_deref())
+        .and_then(|b| b.parse::<rust_decimal::Decimal>().ok());
+    Ok(balance.filter(|b| *b <= rust_decimal::Decimal::ZERO).map(|b| {
+        format!("stopped: Project {:?} has no credit left (balance {b}, onCreditExhausted: Stop); grant credit to resume", p.name)
+    }))
 }
 
 fn vm_ns(vm: &VirtualMachine) -> String {
@@ -598,6 +695,24 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         }
         let catalog = Self::catalog(&ctx, &r, &*p).await.ok();
         observed(&mut status, &server, catalog.as_deref());
+        let obs = metering::Observation {
+            running: server.state == ServerState::Running,
+            size: server.size.clone(),
+            price: catalog
+                .as_deref()
+                .and_then(|c| c.size(&server.size))
+                .map(|s| (s.price_hourly, s.currency.clone())),
+        };
+        if let Err(e) = meter(&ctx, &vm, &mut status, &obs, false).await {
+            // The window stays open in status; the next reconcile records it. Power and size go on.
+            tracing::warn!(vm = %vm.name_any(), error = %e, "usage not recorded yet; will retry");
+        }
+        let exhausted = credit_exhausted(&ctx, &vm).await?;
+        let run_strategy = if exhausted.is_some() {
+            RunStrategy::Halted
+        } else {
+            vm.spec.run_strategy
+        };
 
         // Connection details.
         let existing = read_connection_secret(&ctx, &vm).await?;
@@ -623,7 +738,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
             Step::Nothing
         } else {
             next_step(
-                vm.spec.run_strategy,
+                run_strategy,
                 &vm.spec.size,
                 &server,
                 restart_pending,
@@ -702,13 +817,31 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
                 status.last_restart_request = restart.clone();
             }
         }
-        let health = health_for(&vm, &server, &step);
+        let mut health = health_for(&vm, &server, &step);
+        if let Some(why) = &exhausted {
+            // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
+            health = match (&step, server.state) {
+                (Step::Nothing, ServerState::Off) => {
+                    Health::not_ready(reason::CREDIT_EXHAUSTED, why.clone())
+                }
+                _ => Health::progressing(reason::CREDIT_EXHAUSTED, why.clone()),
+            };
+        }
+        let metering_due = status.metering.is_some();
         let requeue = match health {
-            Health::Ready { .. } => vm
+            Health::Ready { .. } | Health::NotReady { .. } => vm
                 .annotations()
                 .get(ANNOTATION_RESYNC)
                 .and_then(|v| parse_interval(v))
-                .or(Some(ctx.config.resync_interval)),
+                .or(Some(ctx.config.resync_interval))
+                // An open metering window is closed hour by hour: look at least every 10 minutes.
+                .map(|d| {
+                    if metering_due {
+                        d.min(Duration::from_secs(600))
+                    } else {
+                        d
+                    }
+                }),
             _ => Some(ctx.config.poll_interval),
         };
         Ok(Applied {
@@ -719,6 +852,18 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     }
 
     async fn cleanup(&self, vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Cleanup, Error> {
+        let mut status = vm.status.clone().unwrap_or_default();
+        if status.metering.is_some() {
+            // Billing ends with the object: record the last partial hour (retried until the ledger takes it).
+            let obs = metering::Observation {
+                running: false,
+                size: status.size.clone().unwrap_or_default(),
+                price: None,
+            };
+            let previous = status.clone();
+            meter(&ctx, &vm, &mut status, &obs, true).await?;
+            persist_status(&ctx, &*vm, &previous, status.clone()).await?;
+        }
         if vm.spec.deletion_policy == DeletionPolicy::Orphan
             || vm.spec.management_policy == ManagementPolicy::ObserveOnly
         {
@@ -732,7 +877,6 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
             .await;
             return Ok(Cleanup::Done);
         }
-        let status = vm.status.clone().unwrap_or_default();
         // Never created, never tried: nothing at the vendor.
         if status.creation_key.is_none()
             && status.external_id.is_none()

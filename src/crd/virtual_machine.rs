@@ -250,5 +250,22 @@ pub struct VirtualMachineStatus {
     /// The last `quartermaster.dev/restart-requested-at` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,
+    /// The running time not yet billed: usage from `since` on is recorded to the ledger hour by hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metering: Option<MeteringWindow>,
+}
+
+/// An open metering window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeteringWindow {
+    /// Start of the unbilled running time, unix seconds.
+    pub since: i64,
+    /// Size billed for this window.
+    pub size: String,
+    /// Hourly price of that size (decimal string).
+    pub hourly_price: String,
+    /// Currency (ISO 4217).
+    pub currency: String,
 }
 impl_object_status!(VirtualMachineStatus);

@@ -230,10 +230,22 @@ pub fn start_controller(
     quartermaster::metrics::Metrics,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    start_controller_with(client, id, None)
+}
+
+/// [`start_controller`] with a usage ledger.
+pub fn start_controller_with(
+    client: kube::Client,
+    id: &str,
+    ledger: Option<quartermaster::ledger::Ledger>,
+) -> (
+    quartermaster::metrics::Metrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
     use futures::FutureExt;
     use quartermaster::controller::{self, Context, ControllerConfig};
     let metrics = quartermaster::metrics::Metrics::new();
-    let ctx = std::sync::Arc::new(Context::new(
+    let mut ctx = Context::new(
         client,
         metrics.clone(),
         ControllerConfig {
@@ -245,7 +257,11 @@ pub fn start_controller(
             ..Default::default()
         },
         Some(format!("test-{id}")),
-    ));
+    );
+    if let Some(l) = ledger {
+        ctx = ctx.with_ledger(l);
+    }
+    let ctx = std::sync::Arc::new(ctx);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
     tokio::spawn(controller::run(

@@ -1,0 +1,393 @@
+//! Billing end to end on the real API server with the simulator: a running VM is metered into the ledger
+//! (closed on deletion), the Project shows month-to-date cost and credit balance, credit exhaustion with
+//! `onCreditExhausted: Stop` stops the Project's VMs (runStrategy left as written) and a grant restarts
+//! them. Plus the `usage`, `invoice` and `credits` commands and their errors.
+
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{Project, VirtualMachine};
+use quartermaster::ledger::store::GroupBy;
+use quartermaster::ledger::{Ledger, Meter, UsageEvent};
+use rust_decimal::Decimal;
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// PostgreSQL when the test script provides one (a fresh database), else SQLite in `dir`.
+async fn ledger(dir: &tempfile::TempDir) -> Ledger {
+    let l = match std::env::var("QM_TEST_DATABASE_URL") {
+        Ok(admin) => {
+            let name = format!("qm_{:08x}", rand::random::<u32>());
+            if let Ledger::Postgres(p) = Ledger::connect(Some(&admin), dir.path()).await.unwrap() {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&p)
+                    .await
+                    .unwrap();
+            }
+            Ledger::connect(
+                Some(&format!("{}/{name}", admin.rsplit_once('/').unwrap().0)),
+                dir.path(),
+            )
+            .await
+            .unwrap()
+        }
+        Err(_) => {
+            eprintln!("*** QM_TEST_DATABASE_URL not set: billing test on SQLite only ***");
+            Ledger::connect(None, &dir.path().join("ledger.db"))
+                .await
+                .unwrap()
+        }
+    };
+    l.migrate().await.unwrap();
+    l
+}
+
+async fn apply(client: &kube::Client, ns: &str, v: serde_json::Value) {
+    let name = v["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(
+                "quartermaster.dev",
+                "v1alpha1",
+                v["kind"].as_str().unwrap(),
+            ),
+            &format!("{}s", v["kind"].as_str().unwrap().to_lowercase()),
+        ),
+    );
+    api.patch(
+        &name,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&v),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger(&dir).await;
+    let client = common::client().await;
+    let ns = common::namespace(&client, "bill").await;
+    let id = common::unique("bill");
+    let sim = common::start_sim(|_| {}).await;
+    common::secret(&client, &ns, "do-token", "token", "t").await;
+    let pc = format!("{id}-do");
+    common::do_provider_config(&client, &id, &pc, &ns, &sim.url, &[]).await;
+    let (metrics, _stop) = common::start_controller_with(client.clone(), &id, Some(l.clone()));
+
+    // A prepaid project with 1.00 of credit, and a VM in it.
+    assert!(
+        l.credit("g1", &ns, "prepaid", 1_000_000_000, "USD", "trial")
+            .await
+            .unwrap()
+    );
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": "prepaid", "labels": {"qm-test": id}},
+            "spec": {"onCreditExhausted": "Stop"}
+        }),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "box", "labels": {"qm-test": id}},
+            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "prepaid"},
+                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+        }),
+    )
+    .await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    let projects: Api<Project> = Api::namespaced(client.clone(), &ns);
+    let vm = common::eventually(WAIT, "VM running with an open metering window", || async {
+        let vm = vms.get("box").await.ok()?;
+        let st = vm.status.clone()?;
+        let ready =
+            conditions::find(&st.conditions, conditions::READY)?.status == ConditionStatus::True;
+        (ready && st.metering.is_some()).then_some(vm)
+    })
+    .await;
+    let w = vm.status.unwrap().metering.unwrap();
+    assert_eq!(
+        (
+            w.size.as_str(),
+            w.hourly_price.as_str(),
+            w.currency.as_str()
+        ),
+        ("s-1vcpu-1gb", "0.00893", "USD")
+    );
+    let p = common::eventually(
+        WAIT,
+        "project shows balance and month-to-date cost",
+        || async {
+            let st = projects.get("prepaid").await.ok()?.status?;
+            (st.credit_balance.as_deref() == Some("1.00")).then_some(st)
+        },
+    )
+    .await;
+    assert_eq!(p.month_to_date_cost.as_deref(), Some("0.00"));
+
+    // Usage beyond the credit (recorded by another meter): the VM is stopped, its runStrategy untouched.
+    l.record(&[UsageEvent {
+        key: format!("test/{id}/big"),
+        namespace: ns.clone(),
+        project: "prepaid".into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: "other".into(),
+        object_uid: "other-uid".into(),
+        meter: Meter::VmSeconds,
+        quantity: 3600,
+        unit_price: Decimal::from_str("1.5").unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: jiff::Timestamp::now().as_second() - 3600,
+        window_end: jiff::Timestamp::now().as_second(),
+        attributes: serde_json::json!({}),
+    }])
+    .await
+    .unwrap();
+    let vm = common::eventually(WAIT, "VM stopped for lack of credit", || async {
+        let vm = vms.get("box").await.ok()?;
+        let st = vm.status.as_ref()?;
+        let c = conditions::find(&st.conditions, conditions::READY)?.clone();
+        let settled = conditions::find(&st.conditions, conditions::RECONCILING)?.status
+            == ConditionStatus::False;
+        (c.reason == "CreditExhausted" && c.status == ConditionStatus::False && settled)
+            .then_some(vm)
+    })
+    .await;
+    assert_eq!(
+        format!("{:?}", vm.spec.run_strategy),
+        "Always",
+        "runStrategy was rewritten"
+    );
+    let ext = vm.status.as_ref().unwrap().external_id.clone().unwrap();
+    let droplet = sim
+        .droplets()
+        .await
+        .into_iter()
+        .find(|d| d["id"].as_u64().map(|n| n.to_string()) == Some(ext.clone()))
+        .unwrap();
+    assert_eq!(droplet["status"], "off");
+    let p = projects.get("prepaid").await.unwrap();
+    let ready = conditions::find(&p.status.as_ref().unwrap().conditions, conditions::READY)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.reason, "CreditExhausted");
+    assert!(p.status.unwrap().credit_balance.unwrap().starts_with('-'));
+
+    // A grant resumes it.
+    l.credit("g2", &ns, "prepaid", 100_000_000_000, "USD", "top-up")
+        .await
+        .unwrap();
+    common::eventually(WAIT, "VM running again after a grant", || async {
+        let vm = vms.get("box").await.ok()?;
+        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+        (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
+    })
+    .await;
+
+    // Deleting the VM closes its metering window: its running time is in the ledger.
+    vms.delete("box", &DeleteParams::default()).await.unwrap();
+    common::eventually(WAIT, "VM deleted", || async {
+        vms.get_opt("box").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let rows = l
+        .usage(&ns, "prepaid", 0, i64::MAX, GroupBy::Object)
+        .await
+        .unwrap();
+    let mine = rows
+        .iter()
+        .find(|r| r.key == "VirtualMachine/box")
+        .expect("the VM's running time was metered");
+    assert!(mine.quantity >= 1 && mine.meter == "vm_seconds", "{mine:?}");
+    assert!(
+        metrics
+            .usage_events
+            .with_label_values(&["vm_seconds"])
+            .get()
+            >= 1
+    );
+}
+
+fn cli(db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        .args(args)
+        .args(["--database-url", db])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn usage_invoice_and_credits_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("l.db").display());
+    let (ok, out, err) = cli(&db, &["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sqlite"));
+    let l = Ledger::connect(Some(&db), dir.path()).await.unwrap();
+    let (nov, _) = quartermaster::ledger::parse_period("2026-11").unwrap();
+    let ev = |k: &str, name: &str, start: i64, price: &str| UsageEvent {
+        key: k.into(),
+        namespace: "demo".into(),
+        project: "acme".into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: name.into(),
+        object_uid: format!("{name}-uid"),
+        meter: Meter::VmSeconds,
+        quantity: 1800,
+        unit_price: Decimal::from_str(price).unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: start,
+        window_end: start + 1800,
+        attributes: serde_json::json!({}),
+    };
+    l.record(&[
+        ev("a", "web", nov, "0.0119"),
+        ev("b", "db", nov + 86400, "0.0238"),
+    ])
+    .await
+    .unwrap();
+
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "credits",
+            "grant",
+            "--project",
+            "demo/acme",
+            "--amount",
+            "50",
+            "--reason",
+            "welcome",
+            "--key",
+            "k1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("balance 49.98215"), "{out}");
+    let (ok, out, _) = cli(
+        &db,
+        &[
+            "credits",
+            "grant",
+            "--project",
+            "demo/acme",
+            "--amount",
+            "50",
+            "--reason",
+            "welcome",
+            "--key",
+            "k1",
+        ],
+    );
+    assert!(ok && out.contains("already recorded"), "{out}");
+    let (ok, out, _) = cli(&db, &["credits", "balance", "--project", "demo/acme"]);
+    assert!(
+        ok && out.contains("granted 50.00, used 0.01785, balance 49.98215"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "usage",
+            "--project",
+            "demo/acme",
+            "--period",
+            "2026-11",
+            "--by",
+            "object",
+            "--output",
+            "csv",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "key,meter,quantity,amount,currency\nVirtualMachine/db,vm_seconds,1800,0.0119,USD\nVirtualMachine/web,vm_seconds,1800,0.00595,USD\n"
+    );
+    let (ok, out, _) = cli(
+        &db,
+        &[
+            "usage",
+            "--project",
+            "demo/acme",
+            "--period",
+            "2026-11",
+            "--by",
+            "day",
+        ],
+    );
+    assert!(
+        ok && out.contains("2026-11-01") && out.contains("2026-11-02") && out.contains("TOTAL"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(
+        &db,
+        &[
+            "usage",
+            "--project",
+            "demo/acme",
+            "--period",
+            "2026-11",
+            "--output",
+            "json",
+        ],
+    );
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && j[0]["amount"] == "0.01785", "{out}");
+    let (ok, out, _) = cli(
+        &db,
+        &["invoice", "--project", "demo/acme", "--period", "2026-11"],
+    );
+    let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok);
+    assert_eq!(inv["totals"]["USD"], "0.01785");
+    assert_eq!(inv["lineItems"].as_array().unwrap().len(), 2);
+
+    // Clear errors.
+    let (ok, _, err) = cli(&db, &["usage", "--project", "demo/nobody"]);
+    assert!(!ok && err.contains("unknown project demo/nobody"), "{err}");
+    let (ok, _, err) = cli(
+        &db,
+        &["usage", "--project", "demo/acme", "--period", "2026-13"],
+    );
+    assert!(!ok && err.contains("bad period \"2026-13\""), "{err}");
+    let (ok, _, err) = cli(&db, &["usage", "--project", "acme"]);
+    assert!(!ok && err.contains("expected NAMESPACE/NAME"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ok, _, err) = cli(
+        &format!("postgres://qm:hunter2@127.0.0.1:{port}/x"),
+        &["usage", "--project", "demo/acme"],
+    );
+    assert!(!ok && err.contains("cannot open the usage ledger"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the database password leaked: {err}"
+    );
+}
