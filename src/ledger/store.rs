@@ -41,6 +41,16 @@ fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
     move |source| LedgerError::Db { step, source }
 }
 
+/// Runs the same statement-building code on either pool (the two arms differ only in the driver type).
+macro_rules! on_pool {
+    ($ledger:expr, $p:ident => $body:expr) => {
+        match $ledger {
+            Ledger::Postgres($p) => $body,
+            Ledger::Sqlite($p) => $body,
+        }
+    };
+}
+
 /// A connected ledger.
 #[derive(Clone, Debug)]
 pub enum Ledger {
@@ -171,32 +181,18 @@ impl Ledger {
         let now = jiff::Timestamp::now().as_second();
         let sql = "INSERT INTO credits (idempotency_key, namespace, project, amount_nanos, currency, reason, created_at) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING";
-        let n = match self {
-            Self::Postgres(p) => sqlx::query(sql)
-                .bind(key)
-                .bind(namespace)
-                .bind(project)
-                .bind(amount_nanos)
-                .bind(currency)
-                .bind(reason)
-                .bind(now)
-                .execute(p)
-                .await
-                .map_err(db("recording a credit"))?
-                .rows_affected(),
-            Self::Sqlite(p) => sqlx::query(sql)
-                .bind(key)
-                .bind(namespace)
-                .bind(project)
-                .bind(amount_nanos)
-                .bind(currency)
-                .bind(reason)
-                .bind(now)
-                .execute(p)
-                .await
-                .map_err(db("recording a credit"))?
-                .rows_affected(),
-        };
+        let n = on_pool!(self, p => sqlx::query(sql)
+            .bind(key)
+            .bind(namespace)
+            .bind(project)
+            .bind(amount_nanos)
+            .bind(currency)
+            .bind(reason)
+            .bind(now)
+            .execute(p)
+            .await
+            .map_err(db("recording a credit"))?
+            .rows_affected());
         Ok(n == 1)
     }
 
@@ -234,20 +230,12 @@ impl Ledger {
     pub async fn knows(&self, namespace: &str, project: &str) -> Result<bool, LedgerError> {
         let sql = "SELECT (SELECT COUNT(*) FROM usage_daily WHERE namespace = $1 AND project = $2) \
                         + (SELECT COUNT(*) FROM credits WHERE namespace = $1 AND project = $2)";
-        let n: i64 = match self {
-            Self::Postgres(p) => sqlx::query_scalar(sql)
-                .bind(namespace)
-                .bind(project)
-                .fetch_one(p)
-                .await
-                .map_err(db("looking up the project"))?,
-            Self::Sqlite(p) => sqlx::query_scalar(sql)
-                .bind(namespace)
-                .bind(project)
-                .fetch_one(p)
-                .await
-                .map_err(db("looking up the project"))?,
-        };
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
+            .bind(namespace)
+            .bind(project)
+            .fetch_one(p)
+            .await
+            .map_err(db("looking up the project"))?);
         Ok(n > 0)
     }
 
@@ -275,46 +263,17 @@ impl Ledger {
              FROM usage_daily WHERE namespace = $1 AND project = $2 AND day >= $3 AND day < $4 \
              GROUP BY {key}, meter, currency ORDER BY 1, 2"
         );
-        let rows = match self {
-            Self::Postgres(p) => sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(namespace)
-                .bind(project)
-                .bind(from)
-                .bind(to)
-                .fetch_all(p)
-                .await
-                .map_err(db("reading usage"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<String, _>(1),
-                        r.get::<i64, _>(2),
-                        r.get::<i64, _>(3),
-                        r.get::<String, _>(4),
-                    )
-                })
-                .collect::<Vec<_>>(),
-            Self::Sqlite(p) => sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(namespace)
-                .bind(project)
-                .bind(from)
-                .bind(to)
-                .fetch_all(p)
-                .await
-                .map_err(db("reading usage"))?
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get::<String, _>(0),
-                        r.get::<String, _>(1),
-                        r.get::<i64, _>(2),
-                        r.get::<i64, _>(3),
-                        r.get::<String, _>(4),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        };
+        let rows: Vec<(String, String, i64, i64, String)> = on_pool!(self, p => sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(namespace)
+            .bind(project)
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await
+            .map_err(db("reading usage"))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect());
         Ok(rows
             .into_iter()
             .map(|(k, meter, quantity, amount_nanos, currency)| UsageRow {
@@ -330,16 +289,9 @@ impl Ledger {
     /// Number of raw usage events (for tests and benchmarks).
     pub async fn event_count(&self) -> Result<i64, LedgerError> {
         let sql = "SELECT COUNT(*) FROM usage_events";
-        Ok(match self {
-            Self::Postgres(p) => sqlx::query_scalar(sql)
-                .fetch_one(p)
-                .await
-                .map_err(db("counting events"))?,
-            Self::Sqlite(p) => sqlx::query_scalar(sql)
-                .fetch_one(p)
-                .await
-                .map_err(db("counting events"))?,
-        })
+        Ok(
+            on_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await.map_err(db("counting events"))?),
+        )
     }
 }
 
@@ -368,8 +320,7 @@ async fn record_pg(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, LedgerEr
       agg AS ( \
         SELECT namespace, project, window_start - (window_start % 86400) AS day, meter, object_uid, currency, \
                MAX(object_kind) AS object_kind, MAX(object_name) AS object_name, \
-               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, COUNT(*) AS events, \
-               (SELECT COUNT(*) FROM ins) AS total \
+               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, COUNT(*) AS events \
         FROM ins GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6), \
       up AS ( \
         INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, events) \
