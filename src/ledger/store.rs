@@ -15,7 +15,7 @@ static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per insert statement.
-pub const BATCH: usize = 5000;
+pub const BATCH: usize = 20000;
 
 /// Why a ledger call failed.
 #[derive(Debug, thiserror::Error)]
