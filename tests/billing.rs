@@ -391,3 +391,80 @@ async fn usage_invoice_and_credits_commands() {
         "the database password leaked: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_ledger_outage_loses_nothing() {
+    let Ok(_) = std::env::var("QM_TEST_DATABASE_URL") else {
+        eprintln!("\n*** SKIPPED: QM_TEST_DATABASE_URL is not set (scripts/test sets it) ***\n");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let l = ledger(&dir).await;
+    let Ledger::Postgres(pool) = &l else {
+        unreachable!("QM_TEST_DATABASE_URL is PostgreSQL")
+    };
+    let client = common::client().await;
+    let ns = common::namespace(&client, "outage").await;
+    let id = common::unique("outage");
+    let sim = common::start_sim(|_| {}).await;
+    common::secret(&client, &ns, "do-token", "token", "t").await;
+    let pc = format!("{id}-do");
+    common::do_provider_config(&client, &id, &pc, &ns, &sim.url, &[]).await;
+    let (metrics, _stop) = common::start_controller_with(client.clone(), &id, Some(l.clone()));
+    apply(&client, &ns, serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "vm", "labels": {"qm-test": id}},
+        "spec": {"providerConfigRef": {"name": pc}, "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+    }))
+    .await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    let since = common::eventually(WAIT, "metering window open", || async {
+        Some(vms.get("vm").await.ok()?.status?.metering?.since)
+    })
+    .await;
+
+    // The ledger goes away; the VM is deleted meanwhile: deletion waits, nothing is dropped.
+    sqlx::query("ALTER TABLE usage_events RENAME TO usage_events_offline")
+        .execute(pool)
+        .await
+        .unwrap();
+    vms.delete("vm", &DeleteParams::default()).await.unwrap();
+    common::eventually(WAIT, "buffered usage reported", || async {
+        (metrics.ledger_buffer_depth.get() >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        vms.get_opt("vm").await.unwrap().is_some(),
+        "the VM went away with unrecorded usage"
+    );
+
+    // The ledger is back: the usage is recorded once, from the start of the window, and the VM goes.
+    sqlx::query("ALTER TABLE usage_events_offline RENAME TO usage_events")
+        .execute(pool)
+        .await
+        .unwrap();
+    common::eventually(WAIT, "VM deleted after the ledger came back", || async {
+        vms.get_opt("vm").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT window_start, window_end FROM usage_events WHERE object_name = 'vm' AND namespace = $1 ORDER BY 1",
+    )
+    .bind(&ns)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    // One window, or two if an hour boundary fell inside: contiguous from the window's start.
+    assert!(!rows.is_empty() && rows.len() <= 2, "{rows:?}");
+    assert_eq!(rows[0].0, since);
+    assert!(
+        rows.windows(2).all(|w| w[0].1 == w[1].0),
+        "gap between windows: {rows:?}"
+    );
+    assert!(
+        rows.last().unwrap().1 - since >= 2,
+        "the outage time was not billed: {rows:?}"
+    );
+    assert_eq!(metrics.ledger_buffer_depth.get(), 0);
+}
