@@ -189,6 +189,64 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     assert_eq!(ready.reason, "CreditExhausted");
     assert!(p.status.unwrap().credit_balance.unwrap().starts_with('-'));
 
+    // Notify on another project: only a condition (and an Event); its VM keeps running.
+    assert!(
+        l.credit("n1", &ns, "notify", 1_000_000, "USD", "tiny")
+            .await
+            .unwrap()
+    );
+    l.record(&[UsageEvent {
+        key: format!("test/{id}/notify"),
+        namespace: ns.clone(),
+        project: "notify".into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: "other".into(),
+        object_uid: "other-uid-2".into(),
+        meter: Meter::VmSeconds,
+        quantity: 3600,
+        unit_price: Decimal::from_str("1").unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: jiff::Timestamp::now().as_second() - 3600,
+        window_end: jiff::Timestamp::now().as_second(),
+        attributes: serde_json::json!({}),
+    }])
+    .await
+    .unwrap();
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": "notify", "labels": {"qm-test": id}},
+            "spec": {"onCreditExhausted": "Notify"}
+        }),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "keeps-running", "labels": {"qm-test": id}},
+            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "notify"},
+                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+        }),
+    )
+    .await;
+    common::eventually(WAIT, "Notify project reports exhaustion", || async {
+        let p = projects.get("notify").await.ok()?;
+        let c = conditions::find(&p.status.as_ref()?.conditions, conditions::READY)?.clone();
+        (c.reason == "CreditExhausted" && c.message.contains("Notify")).then_some(())
+    })
+    .await;
+    common::eventually(WAIT, "its VM runs regardless", || async {
+        let vm = vms.get("keeps-running").await.ok()?;
+        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+        (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
+    })
+    .await;
+
     // A grant resumes it.
     l.credit("g2", &ns, "prepaid", 100_000_000_000, "USD", "top-up")
         .await

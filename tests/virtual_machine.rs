@@ -675,3 +675,62 @@ async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
         vm.status.unwrap().external_id.unwrap()
     );
 }
+
+#[tokio::test]
+async fn project_monthly_spend_limit_refuses_a_vm_that_would_exceed_it() {
+    let e = env("spend", |_| {}, true).await;
+    apply_project(
+        &e,
+        "lean",
+        serde_json::json!({"limits": {"maxMonthlySpend": "10.00"}}),
+    )
+    .await;
+    e.apply_vm(
+        "one",
+        serde_json::json!({"spec": {"projectRef": {"name": "lean"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "one",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    e.apply_vm(
+        "two",
+        serde_json::json!({"spec": {"projectRef": {"name": "lean"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "two",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "LimitExceeded",
+        )
+        .await;
+    let msg = conditions::find(&vm.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("limits monthly spend to 10.00") && msg.contains("would add 6"),
+        "{msg}"
+    );
+    assert_eq!(e.sim.droplets().await.len(), 1);
+    // Raising the limit lets it through (a Project change wakes its VMs).
+    apply_project(
+        &e,
+        "lean",
+        serde_json::json!({"limits": {"maxMonthlySpend": "20.00"}}),
+    )
+    .await;
+    e.wait_vm(
+        "two",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+}

@@ -448,6 +448,69 @@ async fn check_project(ctx: &Context, vm: &VirtualMachine, creating: bool) -> Re
     Ok(())
 }
 
+/// Before a create: the Project's `limits.maxMonthlySpend` must still hold with this VM's monthly price
+/// added to the monthly prices of the members that exist at the vendor.
+async fn check_spend(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    monthly: rust_decimal::Decimal,
+) -> Result<(), Error> {
+    let Some(p) = &vm.spec.project_ref else {
+        return Ok(());
+    };
+    let ns = vm_ns(vm);
+    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(project) = projects
+        .get_opt(&p.name)
+        .await
+        .map_err(Error::kube("reading the project"))?
+    else {
+        return Ok(());
+    };
+    let Some(limit) = project
+        .spec
+        .limits
+        .as_ref()
+        .and_then(|l| l.max_monthly_spend.as_deref())
+        .and_then(|m| m.parse::<rust_decimal::Decimal>().ok())
+    else {
+        return Ok(());
+    };
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing: rust_decimal::Decimal = vms
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube("listing the project's virtual machines"))?
+        .items
+        .iter()
+        .filter(|m| {
+            m.uid() != vm.uid()
+                && m.spec
+                    .project_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == p.name)
+        })
+        .filter_map(|m| {
+            m.status
+                .as_ref()?
+                .monthly_price
+                .as_deref()?
+                .parse::<rust_decimal::Decimal>()
+                .ok()
+        })
+        .sum();
+    if existing + monthly > limit {
+        return Err(Error::permanent(
+            reason::LIMIT_EXCEEDED,
+            format!(
+                "Project {:?} limits monthly spend to {limit}: its VMs cost {existing} a month and this one would add {monthly}",
+                p.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn observed(status: &mut VirtualMachineStatus, server: &Server, catalog: Option<&Catalog>) {
     status.phase = Some(phase_of(server.state));
     status.external_id = Some(server.id.clone());
@@ -571,6 +634,9 @@ impl VirtualMachineReconciler {
         catalog
             .validate(&vm.spec.region, &vm.spec.size, &vm.spec.image)
             .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
+        if let Some(size) = catalog.size(&vm.spec.size) {
+            check_spend(ctx, vm, size.price_monthly).await?;
+        }
 
         // Record intent before the vendor call (and the root password, if the vendor takes one).
         let existing = read_connection_secret(ctx, vm).await?;
