@@ -481,6 +481,8 @@ async fn a_ledger_outage_loses_nothing() {
     })
     .await;
 
+    // Let some billable time accrue (windows are exact to the second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     // The ledger goes away; the VM is deleted meanwhile: deletion waits, nothing is dropped.
     sqlx::query("ALTER TABLE usage_events RENAME TO usage_events_offline")
         .execute(pool)
