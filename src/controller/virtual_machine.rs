@@ -378,9 +378,14 @@ async fn apply_connection_secret(
     Ok(())
 }
 
-/// Checks the Project reference and, before a create, the Project's VM limit. VMs are admitted in
-/// (creationTimestamp, name) order, so concurrent reconciles agree on which ones fit.
-async fn check_project(ctx: &Context, vm: &VirtualMachine, creating: bool) -> Result<(), Error> {
+/// Checks the Project reference and, before a create (`new_monthly` = the new VM's monthly price), the
+/// Project's limits: `maxVirtualMachines` (VMs are admitted in (creationTimestamp, name) order, so concurrent
+/// reconciles agree on which ones fit) and `maxMonthlySpend` (the members' monthly prices plus this one).
+async fn check_project(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    new_monthly: Option<rust_decimal::Decimal>,
+) -> Result<(), Error> {
     let Some(p) = &vm.spec.project_ref else {
         return Ok(());
     };
@@ -396,15 +401,15 @@ async fn check_project(ctx: &Context, vm: &VirtualMachine, creating: bool) -> Re
             format!("Project {:?} not found in namespace {ns:?}", p.name),
         ));
     };
-    let Some(max) = project
-        .spec
-        .limits
-        .as_ref()
-        .and_then(|l| l.max_virtual_machines)
-    else {
+    let Some(monthly) = new_monthly else {
         return Ok(());
     };
-    if !creating {
+    let limits = project.spec.limits.clone().unwrap_or_default();
+    let max_spend = limits
+        .max_monthly_spend
+        .as_deref()
+        .and_then(|m| m.parse::<rust_decimal::Decimal>().ok());
+    if limits.max_virtual_machines.is_none() && max_spend.is_none() {
         return Ok(());
     }
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
@@ -422,91 +427,53 @@ async fn check_project(ctx: &Context, vm: &VirtualMachine, creating: bool) -> Re
                 && m.meta().deletion_timestamp.is_none()
         })
         .collect();
-    members.sort_by(|a, b| {
-        let key = |m: &VirtualMachine| {
-            (
-                m.meta().creation_timestamp.as_ref().map(|t| t.0),
-                m.name_any(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
-    let position = members
-        .iter()
-        .position(|m| m.uid() == vm.uid())
-        .unwrap_or(members.len());
-    if position >= max as usize {
-        return Err(Error::permanent(
-            reason::LIMIT_EXCEEDED,
-            format!(
-                "Project {:?} allows {max} virtual machines (limits.maxVirtualMachines); this one is number {}",
-                p.name,
-                position + 1
-            ),
-        ));
+    if let Some(max) = limits.max_virtual_machines {
+        members.sort_by(|a, b| {
+            let key = |m: &VirtualMachine| {
+                (
+                    m.meta().creation_timestamp.as_ref().map(|t| t.0),
+                    m.name_any(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        let position = members
+            .iter()
+            .position(|m| m.uid() == vm.uid())
+            .unwrap_or(members.len());
+        if position >= max as usize {
+            return Err(Error::permanent(
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "Project {:?} allows {max} virtual machines (limits.maxVirtualMachines); this one is number {}",
+                    p.name,
+                    position + 1
+                ),
+            ));
+        }
     }
-    Ok(())
-}
-
-/// Before a create: the Project's `limits.maxMonthlySpend` must still hold with this VM's monthly price
-/// added to the monthly prices of the members that exist at the vendor.
-async fn check_spend(
-    ctx: &Context,
-    vm: &VirtualMachine,
-    monthly: rust_decimal::Decimal,
-) -> Result<(), Error> {
-    let Some(p) = &vm.spec.project_ref else {
-        return Ok(());
-    };
-    let ns = vm_ns(vm);
-    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(project) = projects
-        .get_opt(&p.name)
-        .await
-        .map_err(Error::kube("reading the project"))?
-    else {
-        return Ok(());
-    };
-    let Some(limit) = project
-        .spec
-        .limits
-        .as_ref()
-        .and_then(|l| l.max_monthly_spend.as_deref())
-        .and_then(|m| m.parse::<rust_decimal::Decimal>().ok())
-    else {
-        return Ok(());
-    };
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing: rust_decimal::Decimal = vms
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("listing the project's virtual machines"))?
-        .items
-        .iter()
-        .filter(|m| {
-            m.uid() != vm.uid()
-                && m.spec
-                    .project_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == p.name)
-        })
-        .filter_map(|m| {
-            m.status
-                .as_ref()?
-                .monthly_price
-                .as_deref()?
-                .parse::<rust_decimal::Decimal>()
-                .ok()
-        })
-        .sum();
-    if existing + monthly > limit {
-        return Err(Error::permanent(
-            reason::LIMIT_EXCEEDED,
-            format!(
-                "Project {:?} limits monthly spend to {limit}: its VMs cost {existing} a month and this one would add {monthly}",
-                p.name
-            ),
-        ));
+    if let Some(limit) = max_spend {
+        let existing: rust_decimal::Decimal = members
+            .iter()
+            .filter(|m| m.uid() != vm.uid())
+            .filter_map(|m| {
+                m.status
+                    .as_ref()?
+                    .monthly_price
+                    .as_deref()?
+                    .parse::<rust_decimal::Decimal>()
+                    .ok()
+            })
+            .sum();
+        if existing + monthly > limit {
+            return Err(Error::permanent(
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "Project {:?} limits monthly spend to {limit}: its VMs cost {existing} a month and this one would add {monthly}",
+                    p.name
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -629,14 +596,15 @@ impl VirtualMachineReconciler {
                 ),
             ));
         }
-        check_project(ctx, vm, true).await?;
         let catalog = Self::catalog(ctx, r, p).await?;
         catalog
             .validate(&vm.spec.region, &vm.spec.size, &vm.spec.image)
             .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
-        if let Some(size) = catalog.size(&vm.spec.size) {
-            check_spend(ctx, vm, size.price_monthly).await?;
-        }
+        let monthly = catalog
+            .size(&vm.spec.size)
+            .map(|s| s.price_monthly)
+            .unwrap_or_default();
+        check_project(ctx, vm, Some(monthly)).await?;
 
         // Record intent before the vendor call (and the root password, if the vendor takes one).
         let existing = read_connection_secret(ctx, vm).await?;
@@ -737,7 +705,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
                 ));
             }
         }
-        check_project(&ctx, &vm, false).await?;
+        check_project(&ctx, &vm, None).await?;
         let Some(r) = vendor::resolve(&ctx, &vm.spec.provider_config_ref.name, &ns).await? else {
             return Ok(Applied {
                 health: Health::not_ready(

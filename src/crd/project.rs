@@ -82,7 +82,7 @@ fn default_currency() -> String {
 }
 
 /// Limits on a project.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectLimits {
     /// Most VirtualMachines the project may have; VMs beyond it are not created.
