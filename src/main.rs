@@ -53,6 +53,23 @@ struct DbArgs {
 }
 
 impl DbArgs {
+    /// The migrated ledger, for a project it has records of (else a clear "unknown project" error).
+    async fn ledger_for(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<quartermaster::ledger::Ledger, Box<dyn std::error::Error>> {
+        let l = self.ledger().await?;
+        l.migrate().await?;
+        if !l.knows(ns, name).await? {
+            return Err(format!(
+                "unknown project {ns}/{name}: the ledger has no usage or credit for it"
+            )
+            .into());
+        }
+        Ok(l)
+    }
+
     async fn ledger(&self) -> Result<quartermaster::ledger::Ledger, Box<dyn std::error::Error>> {
         let default = self.ledger_path.clone().unwrap_or_else(|| {
             let base = std::env::var_os("XDG_DATA_HOME")
@@ -232,14 +249,7 @@ fn main() -> ExitCode {
             output,
         } => block_on("usage", async move {
             let (ns, name, period, from, to) = project_period(&project, period)?;
-            let l = cli.db.ledger().await?;
-            l.migrate().await?;
-            if !l.knows(&ns, &name).await? {
-                return Err(format!(
-                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
-                )
-                .into());
-            }
+            let l = cli.db.ledger_for(&ns, &name).await?;
             let rows = l.usage(&ns, &name, from, to, by).await?;
             if rows.is_empty() && matches!(output, quartermaster::ledger::report::Format::Table) {
                 eprintln!("no usage for {ns}/{name} in {period}");
@@ -249,14 +259,7 @@ fn main() -> ExitCode {
         }),
         Command::Invoice { project, period } => block_on("invoice", async move {
             let (ns, name, period, from, to) = project_period(&project, period)?;
-            let l = cli.db.ledger().await?;
-            l.migrate().await?;
-            if !l.knows(&ns, &name).await? {
-                return Err(format!(
-                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
-                )
-                .into());
-            }
+            let l = cli.db.ledger_for(&ns, &name).await?;
             let rows = l
                 .usage(
                     &ns,
@@ -408,14 +411,7 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
         }
         Credits::Balance { project } => {
             let (ns, name) = parse_project(&project)?;
-            let l = db.ledger().await?;
-            l.migrate().await?;
-            if !l.knows(&ns, &name).await? {
-                return Err(format!(
-                    "unknown project {ns}/{name}: the ledger has no usage or credit for it"
-                )
-                .into());
-            }
+            let l = db.ledger_for(&ns, &name).await?;
             let (granted, used) = l.balance(&ns, &name).await?;
             println!(
                 "project {ns}/{name}: granted {}, used {}, balance {}",

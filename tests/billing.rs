@@ -47,6 +47,27 @@ async fn ledger(dir: &tempfile::TempDir) -> Ledger {
     l
 }
 
+/// One hour of another VM's usage in `project`, ending now, at `hourly` per hour.
+fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> UsageEvent {
+    let now = jiff::Timestamp::now().as_second();
+    UsageEvent {
+        key,
+        namespace: ns.to_string(),
+        project: project.into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: "other".into(),
+        object_uid: uid.into(),
+        meter: Meter::VmSeconds,
+        quantity: 3600,
+        unit_price: Decimal::from_str(hourly).unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: now - 3600,
+        window_end: now,
+        attributes: serde_json::json!({}),
+    }
+}
+
 async fn apply(client: &kube::Client, ns: &str, v: serde_json::Value) {
     let name = v["metadata"]["name"].as_str().unwrap().to_string();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -141,22 +162,13 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     assert_eq!(p.month_to_date_cost.as_deref(), Some("0.00"));
 
     // Usage beyond the credit (recorded by another meter): the VM is stopped, its runStrategy untouched.
-    l.record(&[UsageEvent {
-        key: format!("test/{id}/big"),
-        namespace: ns.clone(),
-        project: "prepaid".into(),
-        object_kind: "VirtualMachine".into(),
-        object_name: "other".into(),
-        object_uid: "other-uid".into(),
-        meter: Meter::VmSeconds,
-        quantity: 3600,
-        unit_price: Decimal::from_str("1.5").unwrap(),
-        price_quantity: 3600,
-        currency: "USD".into(),
-        window_start: jiff::Timestamp::now().as_second() - 3600,
-        window_end: jiff::Timestamp::now().as_second(),
-        attributes: serde_json::json!({}),
-    }])
+    l.record(&[last_hour(
+        format!("test/{id}/big"),
+        &ns,
+        "prepaid",
+        "other-uid",
+        "1.5",
+    )])
     .await
     .unwrap();
     let vm = common::eventually(WAIT, "VM stopped for lack of credit", || async {
@@ -195,22 +207,13 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
             .await
             .unwrap()
     );
-    l.record(&[UsageEvent {
-        key: format!("test/{id}/notify"),
-        namespace: ns.clone(),
-        project: "notify".into(),
-        object_kind: "VirtualMachine".into(),
-        object_name: "other".into(),
-        object_uid: "other-uid-2".into(),
-        meter: Meter::VmSeconds,
-        quantity: 3600,
-        unit_price: Decimal::from_str("1").unwrap(),
-        price_quantity: 3600,
-        currency: "USD".into(),
-        window_start: jiff::Timestamp::now().as_second() - 3600,
-        window_end: jiff::Timestamp::now().as_second(),
-        attributes: serde_json::json!({}),
-    }])
+    l.record(&[last_hour(
+        format!("test/{id}/notify"),
+        &ns,
+        "notify",
+        "other-uid-2",
+        "1",
+    )])
     .await
     .unwrap();
     apply(

@@ -133,7 +133,23 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
+        .route_layer(axum::middleware::from_fn_with_state(
+            cfg.clone(),
+            require_token,
+        ))
         .with_state(AppState { store, cfg })
+}
+
+/// Every route requires an acceptable bearer token, as DigitalOcean does.
+async fn require_token(
+    State(cfg): State<Arc<SimConfig>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match unauthorized(req.headers(), &cfg) {
+        Some(r) => r,
+        None => next.run(req).await,
+    }
 }
 
 /// The 401 answer, when the request does not carry an acceptable bearer token.
@@ -230,10 +246,7 @@ fn droplet_json(d: &SimDroplet) -> serde_json::Value {
     })
 }
 
-async fn account(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn account() -> Response {
     Json(serde_json::json!({"account": {
         "droplet_limit": 25, "floating_ip_limit": 3, "email": "sim@quartermaster.invalid",
         "uuid": "00000000000000000000000000000000sim", "email_verified": true, "status": "active", "status_message": ""
@@ -248,14 +261,7 @@ struct ListQuery {
     per_page: Option<usize>,
 }
 
-async fn list_droplets(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn list_droplets(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
     let all: Vec<&SimDroplet> = store
@@ -293,14 +299,7 @@ struct CreateBody {
     backups: bool,
 }
 
-async fn create_droplet(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Option<Json<CreateBody>>,
-) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>>) -> Response {
     let Some(Json(b)) = body else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -384,14 +383,7 @@ fn not_found() -> Response {
     )
 }
 
-async fn get_droplet(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn get_droplet(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
     match store.droplets.iter().find(|d| d.id.to_string() == id) {
@@ -400,14 +392,7 @@ async fn get_droplet(
     }
 }
 
-async fn delete_droplet(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn delete_droplet(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
     let at = now_ms() + secs_ms(s.cfg.delete_secs);
@@ -437,13 +422,9 @@ struct ActionBody {
 
 async fn droplet_action(
     State(s): State<AppState>,
-    headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
     body: Option<Json<ActionBody>>,
 ) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
     let Some(Json(b)) = body else {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -537,10 +518,7 @@ async fn droplet_action(
         .into_response()
 }
 
-async fn sizes(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn sizes() -> Response {
     Json(serde_json::json!({"sizes": SIZES.iter().map(size_json).collect::<Vec<_>>(), "links": {}, "meta": {"total": SIZES.len()}}))
         .into_response()
 }
@@ -551,14 +529,7 @@ struct ImageQuery {
     kind: Option<String>,
 }
 
-async fn images(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<ImageQuery>,
-) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn images(Query(q): Query<ImageQuery>) -> Response {
     let want = q.kind.map(|k| {
         if k == "distribution" {
             "base".to_string()
@@ -576,10 +547,7 @@ async fn images(
         .into_response()
 }
 
-async fn regions(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&headers, &s.cfg) {
-        return r;
-    }
+async fn regions() -> Response {
     let list: Vec<_> = REGIONS
         .iter()
         .map(|r| serde_json::json!({"slug": r.0, "name": r.1, "available": true, "features": ["backups", "ipv6"], "sizes": SIZES.iter().map(|s| s.0).collect::<Vec<_>>()}))
