@@ -73,7 +73,7 @@ pub fn decide(
     if attempt >= policy.max_attempts {
         return Decision::Stop;
     }
-    let backoff = crate::controller::backoff_delay(attempt, policy.base, policy.cap, jitter);
+    let backoff = backoff_delay(attempt, policy.base, policy.cap, jitter);
     let retryable = match outcome {
         AttemptOutcome::Status(s, _) if (200..400).contains(&s) => false,
         AttemptOutcome::Status(429, _) => true,
@@ -90,6 +90,15 @@ pub fn decide(
         AttemptOutcome::Status(_, Some(after)) => Decision::RetryAfter(after.max(backoff)),
         _ => Decision::RetryAfter(backoff),
     }
+}
+
+/// Backoff before retry number `attempt` (1-based): `base * 2^(attempt-1)` capped at `cap`, then scaled by
+/// a jitter factor in `[0.5, 1.0]` (`jitter` is a uniform sample in `[0, 1)`), so a crowd of failing callers
+/// spreads out instead of retrying in lockstep. Used for vendor retries and for requeues of failed reconciles.
+pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(31);
+    let raw = base.saturating_mul(1u32 << exp).min(cap);
+    raw.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP-date.
@@ -523,6 +532,29 @@ mod tests {
             assert!(
                 close,
                 "attempt {attempt} {outcome:?} idempotent={idem}: got {got:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_table() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(300);
+        let cases = [
+            (1, 0.999_999, 1.0),
+            (2, 0.999_999, 2.0),
+            (3, 0.999_999, 4.0),
+            (9, 0.999_999, 256.0),
+            (10, 0.999_999, 300.0),
+            (1000, 0.999_999, 300.0),
+            (1, 0.0, 0.5),
+            (10, 0.0, 150.0),
+        ];
+        for (attempt, jitter, want) in cases {
+            let got = backoff_delay(attempt, base, cap, jitter).as_secs_f64();
+            assert!(
+                (got - want).abs() < 0.01,
+                "attempt {attempt} jitter {jitter}: got {got}, want {want}"
             );
         }
     }

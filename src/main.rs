@@ -157,8 +157,9 @@ enum Credits {
         /// Why (shown in reports).
         #[arg(long)]
         reason: String,
-        /// Idempotency key: the same key twice grants once (default: a new random key).
-        #[arg(long)]
+        /// Idempotency key: running the command again with the same key grants once, so a script
+        /// retried after a network error cannot grant twice. Without it every run is a new grant.
+        #[arg(long = "idempotency-key", visible_alias = "key")]
         key: Option<String>,
     },
     /// Credit balance of a project: grants minus usage.
@@ -395,7 +396,7 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
             let new = l
                 .credit(&key, &ns, &name, nanos, &currency, &reason)
                 .await?;
-            let (granted, used) = l.balance(&ns, &name).await?;
+            let (granted, used) = l.balance(&ns, &name, &currency).await?;
             if new {
                 println!(
                     "granted {} {currency} to {ns}/{name}; balance {}",
@@ -404,7 +405,7 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
                 );
             } else {
                 println!(
-                    "grant {key:?} was already recorded; balance {}",
+                    "grant {key:?} was already recorded; balance {} {currency}",
                     format_amount(granted - used)
                 );
             }
@@ -412,13 +413,19 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
         Credits::Balance { project } => {
             let (ns, name) = parse_project(&project)?;
             let l = db.ledger_for(&ns, &name).await?;
-            let (granted, used) = l.balance(&ns, &name).await?;
-            println!(
-                "project {ns}/{name}: granted {}, used {}, balance {}",
-                format_amount(granted),
-                format_amount(used),
-                format_amount(granted - used)
-            );
+            let balances = l.balances(&ns, &name).await?;
+            if balances.is_empty() {
+                println!("project {ns}/{name}: no credit or usage recorded");
+            }
+            // One line per currency: amounts in different currencies are never added together.
+            for (currency, granted, used) in balances {
+                println!(
+                    "project {ns}/{name}: granted {}, used {}, balance {} {currency}",
+                    format_amount(granted),
+                    format_amount(used),
+                    format_amount(granted - used)
+                );
+            }
         }
     }
     Ok(())

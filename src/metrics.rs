@@ -17,6 +17,10 @@ pub struct Metrics {
     pub reconcile_duration: HistogramVec,
     /// Reconcile errors, by kind and error category.
     pub reconcile_errors: IntCounterVec,
+    /// Reconciles that panicked (contained to their object), by kind.
+    pub reconcile_panics: IntCounterVec,
+    /// VMs created again because recorded intent found no tagged server after a second look.
+    pub recreates_after_intent: prometheus::IntCounter,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -66,6 +70,19 @@ impl Metrics {
             &["kind", "category"],
         )
         .expect("valid metric");
+        let reconcile_panics = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_reconcile_panics_total",
+                "Reconciles that panicked; the panic was contained to the object, which is Stalled InternalError.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let recreates_after_intent = prometheus::IntCounter::new(
+            "quartermaster_vm_recreates_after_intent_total",
+            "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
+        )
+        .expect("valid metric");
         let status_writes = IntCounterVec::new(
             Opts::new(
                 "quartermaster_status_writes_total",
@@ -104,6 +121,8 @@ impl Metrics {
             Box::new(reconciles.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(reconcile_errors.clone()),
+            Box::new(reconcile_panics.clone()),
+            Box::new(recreates_after_intent.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -114,6 +133,8 @@ impl Metrics {
             reconciles,
             reconcile_duration,
             reconcile_errors,
+            reconcile_panics,
+            recreates_after_intent,
             status_writes,
             leader,
             usage_events,

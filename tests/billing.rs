@@ -358,14 +358,40 @@ async fn usage_invoice_and_credits_commands() {
             "50",
             "--reason",
             "welcome",
-            "--key",
+            "--idempotency-key",
             "k1",
         ],
     );
-    assert!(ok && out.contains("already recorded"), "{out}");
+    assert!(
+        ok && out.contains("already recorded"),
+        "the same --idempotency-key grants once: {out}"
+    );
+    // A grant in another currency is never added to the USD balance.
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "credits",
+            "grant",
+            "--project",
+            "demo/acme",
+            "--amount",
+            "7",
+            "--currency",
+            "EUR",
+            "--reason",
+            "euro credit",
+            "--idempotency-key",
+            "k2",
+        ],
+    );
+    assert!(ok, "{err}");
     let (ok, out, _) = cli(&db, &["credits", "balance", "--project", "demo/acme"]);
     assert!(
-        ok && out.contains("granted 50.00, used 0.01785, balance 49.98215"),
+        ok && out.contains("granted 50.00, used 0.01785, balance 49.98215 USD"),
+        "{out}"
+    );
+    assert!(
+        out.contains("granted 7.00, used 0.00, balance 7.00 EUR"),
         "{out}"
     );
 

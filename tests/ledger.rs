@@ -155,7 +155,7 @@ async fn data_survives_a_reconnect_and_replays_are_ignored() {
             .unwrap();
         l.migrate().await.unwrap();
         assert_eq!(l.record(&events).await.unwrap(), 4);
-        let (_, usage) = l.balance("demo", "acme").await.unwrap();
+        let (_, usage) = l.balance("demo", "acme", "USD").await.unwrap();
         assert_eq!(usage, 10 * 20_000_000);
     })
     .await;
@@ -235,7 +235,7 @@ async fn credits_grants_minus_usage() {
         l.record(&[ev("vm/uid-1/0", "acme", 0, 3600, "12.5")])
             .await
             .unwrap();
-        let (granted, used) = l.balance("demo", "acme").await.unwrap();
+        let (granted, used) = l.balance("demo", "acme", "USD").await.unwrap();
         assert_eq!(format_amount(granted - used), "37.50");
         assert!(l.knows("demo", "acme").await.unwrap());
     })

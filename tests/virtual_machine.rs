@@ -8,148 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::Project;
 use quartermaster::crd::conditions::{self, ConditionStatus};
-use quartermaster::crd::{Project, VirtualMachine};
 
 mod common;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-struct Env {
-    client: kube::Client,
-    ns: String,
-    id: String,
-    sim: common::SimHandle,
-    pc: String,
-    _stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-async fn env(
-    prefix: &str,
-    sim_tweak: impl FnOnce(&mut quartermaster::sim::SimConfig),
-    controller: bool,
-) -> Env {
-    let client = common::client().await;
-    let ns = common::namespace(&client, prefix).await;
-    let id = common::unique(prefix);
-    let sim = common::start_sim(sim_tweak).await;
-    common::secret(&client, &ns, "do-token", "token", "sim-token").await;
-    let pc = format!("{id}-do");
-    common::do_provider_config(&client, &id, &pc, &ns, &sim.url, &[]).await;
-    let stop = controller.then(|| common::start_controller(client.clone(), &id).1);
-    Env {
-        client,
-        ns,
-        id,
-        sim,
-        pc,
-        _stop: stop,
-    }
-}
-
-impl Env {
-    fn vms(&self) -> Api<VirtualMachine> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-
-    async fn apply_vm(&self, name: &str, extra: serde_json::Value) {
-        let mut spec = serde_json::json!({
-            "providerConfigRef": {"name": self.pc},
-            "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64",
-        });
-        merge(&mut spec, extra.get("spec").cloned().unwrap_or_default());
-        let mut vm = serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
-            "metadata": {"name": name, "labels": {"qm-test": self.id}},
-            "spec": spec,
-        });
-        if let Some(m) = extra.get("metadata") {
-            merge(&mut vm["metadata"], m.clone());
-        }
-        self.vms()
-            .patch(
-                name,
-                &PatchParams::apply("quartermaster-tests").force(),
-                &Patch::Apply(&vm),
-            )
-            .await
-            .unwrap();
-    }
-
-    async fn patch_vm(&self, name: &str, patch: serde_json::Value) {
-        self.vms()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-    }
-
-    /// Waits until the VM's condition `type_` has `status` and `reason`, for the current generation.
-    async fn wait_vm(
-        &self,
-        name: &str,
-        type_: &str,
-        status: ConditionStatus,
-        reason: &str,
-    ) -> VirtualMachine {
-        let vms = self.vms();
-        common::eventually(
-            WAIT,
-            &format!("vm {name} {type_}={status:?} ({reason})"),
-            || async {
-                let vm = vms.get(name).await.ok()?;
-                let st = vm.status.as_ref()?;
-                let c = conditions::find(&st.conditions, type_)?;
-                (c.status == status
-                    && c.reason == reason
-                    && st.observed_generation == vm.metadata.generation)
-                    .then_some(vm)
-            },
-        )
-        .await
-    }
-
-    async fn wait_gone(&self, name: &str) {
-        let vms = self.vms();
-        common::eventually(WAIT, &format!("vm {name} deleted"), || async {
-            vms.get_opt(name).await.ok()?.is_none().then_some(())
-        })
-        .await;
-    }
-
-    async fn droplet(&self, id: &str) -> Option<serde_json::Value> {
-        self.sim
-            .droplets()
-            .await
-            .into_iter()
-            .find(|d| d["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id))
-    }
-
-    async fn event_reasons(&self, name: &str) -> Vec<String> {
-        let events: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(self.client.clone(), &self.ns);
-        events
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
-            .collect()
-    }
-}
-
-fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-    match (a, b) {
-        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (_, serde_json::Value::Null) => {}
-        (a, b) => *a = b,
-    }
-}
+use common::env::{Env, WAIT, env};
 
 #[tokio::test]
 async fn lifecycle_power_restart_resize_delete() {
@@ -344,7 +208,33 @@ async fn orphan_adoption_and_observe_only() {
         "an orphaned droplet was deleted"
     );
 
-    // Adoption of that droplet by annotation, ObserveOnly with runStrategy Halted: observed, never powered off.
+    // The orphaned droplet still carries "keep"'s ownership tag: no other object may adopt it, and
+    // deleting the one that tried leaves it alone.
+    e.apply_vm(
+        "reuse",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/external-id": ext}}}),
+    )
+    .await;
+    e.wait_vm(
+        "reuse",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "OwnedByAnother",
+    )
+    .await;
+    e.vms()
+        .delete("reuse", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("reuse").await;
+    assert!(
+        e.droplet(&ext).await.is_some(),
+        "deleted a droplet it never owned"
+    );
+
+    // An untagged droplet (made in the vendor's console) is adopted only where the ProviderConfig allows;
+    // ObserveOnly with runStrategy Halted: observed, never powered off, never tagged.
+    let ext = e.sim.create_droplet("console", &["made-by-hand"]).await;
     e.apply_vm(
         "adopted",
         serde_json::json!({
@@ -353,6 +243,14 @@ async fn orphan_adoption_and_observe_only() {
         }),
     )
     .await;
+    e.wait_vm(
+        "adopted",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "AdoptionNotAllowed",
+    )
+    .await;
+    e.allow_adoption().await;
     let vm = e
         .wait_vm(
             "adopted",
@@ -377,8 +275,13 @@ async fn orphan_adoption_and_observe_only() {
     );
     assert_eq!(
         e.sim.droplets().await.len(),
-        1,
+        2,
         "ObserveOnly created a droplet"
+    );
+    assert_eq!(
+        d["tags"],
+        serde_json::json!(["made-by-hand"]),
+        "ObserveOnly tagged the droplet"
     );
     e.vms()
         .delete("adopted", &DeleteParams::default())

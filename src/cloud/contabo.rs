@@ -554,6 +554,7 @@ fn to_server(i: Instance) -> Server {
         id: i.instance_id.to_string(),
         tags: tags_in(&name),
         name,
+        deletion_scheduled: cancelled,
         busy: matches!(
             status.as_str(),
             "provisioning" | "installing" | "reset_password"

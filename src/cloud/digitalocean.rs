@@ -209,6 +209,7 @@ fn to_server(d: Droplet) -> Server {
         private_ipv4: pick(&d.networks.v4, "private"),
         tags: d.tags,
         busy: d.locked,
+        deletion_scheduled: false,
     }
 }
 
@@ -279,6 +280,27 @@ impl ComputeProvider for DigitalOcean {
                 if not_found(&e) { Ok(()) } else { Err(e) }
             }
         }
+    }
+
+    async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        // Creating an existing tag succeeds; tagging is idempotent.
+        self.http
+            .send(
+                self.req(Method::POST, "/v2/tags")
+                    .json(&serde_json::json!({ "name": tag })),
+                true,
+            )
+            .await?;
+        self.http
+            .send(
+                self.req(Method::POST, &format!("/v2/tags/{tag}/resources"))
+                    .json(&serde_json::json!({
+                        "resources": [{ "resource_id": id, "resource_type": "droplet" }]
+                    })),
+                true,
+            )
+            .await?;
+        Ok(())
     }
 
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {

@@ -294,6 +294,7 @@ fn to_server(i: Instance) -> Server {
     Server {
         id: i.id.to_string(),
         name: i.label,
+        deletion_scheduled: false,
         busy: !matches!(
             state,
             ServerState::Running | ServerState::Off | ServerState::Failed

@@ -70,6 +70,9 @@ pub struct Server {
     pub tags: Vec<String>,
     /// True while the vendor runs an action and refuses others.
     pub busy: bool,
+    /// The vendor accepted its deletion but keeps it until a later date (Contabo: the end of the paid
+    /// period), so there is no point in asking often whether it is gone.
+    pub deletion_scheduled: bool,
 }
 
 /// What to create.
@@ -190,6 +193,15 @@ pub trait ComputeProvider: Send + Sync {
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError>;
     /// Deletes a server; succeeds when it is already gone.
     async fn delete(&self, id: &str) -> Result<(), CloudError>;
+    /// Adds `tag` to a server (to mark an adopted server as owned). Idempotent. Vendors that cannot tag an
+    /// existing server say [`CloudError::Unsupported`].
+    async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        let _ = (id, tag);
+        Err(CloudError::Unsupported(format!(
+            "{} servers cannot be tagged after creation, so they cannot be adopted",
+            self.vendor()
+        )))
+    }
     /// Power on/off/reboot.
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError>;
     /// Changes the size. Callers power off first when [`ComputeProvider::resize_needs_power_off`].

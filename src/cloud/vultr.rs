@@ -300,6 +300,7 @@ fn to_server(i: Instance) -> Server {
     Server {
         id: i.id,
         name: i.label,
+        deletion_scheduled: false,
         busy: i.server_status == "locked"
             || matches!(state, ServerState::Provisioning | ServerState::Resizing),
         state,

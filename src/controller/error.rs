@@ -1,7 +1,7 @@
 //! The controllers' error type and its policy: which errors are transient (requeue with capped
 //! exponential backoff and jitter) and which are permanent (Stalled until the user changes something).
 
-use std::time::Duration;
+use crate::crd::conditions::reason;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,15 @@ pub enum Error {
     /// The usage ledger refused or could not be reached.
     #[error("{0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// Nothing to do until something outside the object changes (e.g. its ProviderConfig is suspended):
+    /// `Ready=False` with this reason, looked at again periodically; not counted as a failure.
+    #[error("{message}")]
+    Waiting {
+        /// PascalCase condition reason.
+        reason: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
     /// The user must change something before the controller can make progress.
     #[error("{message}")]
     Permanent {
@@ -66,6 +75,7 @@ impl Error {
             Self::Vendor { .. } => "vendor_rejected",
             Self::Ledger(_) => "ledger_unavailable",
             Self::Permanent { .. } => "permanent",
+            Self::Waiting { .. } => "waiting",
         }
     }
 
@@ -84,10 +94,10 @@ impl Error {
         match self {
             Self::Permanent { reason, message } => Some((reason, message.clone())),
             Self::Vendor { source, .. } if source.is_auth() => {
-                Some(("InvalidCredentials", self.to_string()))
+                Some((reason::INVALID_CREDENTIALS, self.to_string()))
             }
             Self::Vendor { source, .. } if !source.is_transient() => {
-                Some(("VendorRejected", self.to_string()))
+                Some((reason::VENDOR_REJECTED, self.to_string()))
             }
             _ => None,
         }
@@ -102,41 +112,9 @@ impl Error {
     }
 }
 
-/// Backoff before retry number `attempt` (1-based): `base * 2^(attempt-1)` capped at `cap`, then scaled by
-/// a jitter factor in `[0.5, 1.0]` (`jitter` is a uniform sample in `[0, 1)`), so a crowd of failing objects
-/// spreads out instead of retrying in lockstep.
-pub fn backoff_delay(attempt: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(31);
-    let raw = base.saturating_mul(1u32 << exp).min(cap);
-    raw.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_table() {
-        let base = Duration::from_secs(1);
-        let cap = Duration::from_secs(300);
-        let cases = [
-            (1, 0.999_999, 1.0),
-            (2, 0.999_999, 2.0),
-            (3, 0.999_999, 4.0),
-            (9, 0.999_999, 256.0),
-            (10, 0.999_999, 300.0),
-            (1000, 0.999_999, 300.0),
-            (1, 0.0, 0.5),
-            (10, 0.0, 150.0),
-        ];
-        for (attempt, jitter, want) in cases {
-            let got = backoff_delay(attempt, base, cap, jitter).as_secs_f64();
-            assert!(
-                (got - want).abs() < 0.01,
-                "attempt {attempt} jitter {jitter}: got {got}, want {want}"
-            );
-        }
-    }
 
     #[test]
     fn categories_are_bounded() {

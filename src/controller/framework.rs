@@ -9,14 +9,22 @@
 //! 3. **status** — the reconciler's status plus kstatus conditions and `observedGeneration`, written by
 //!    server-side apply (field manager `quartermaster`) and skipped when nothing changed.
 //! 4. **events** — one Event whenever the overall state (Ready/Reconciling/Stalled and reason) changes.
-//! 5. **errors** — permanent errors become `Stalled=True` and wait for a change; transient errors set
-//!    `Reconciling=True, reason=Retrying` and requeue with capped exponential backoff plus jitter.
+//! 5. **errors** — errors the user must act on (vendor refusals, invalid references) become
+//!    `Stalled=True` with the vendor's words and wait for a change; transient errors (429, 5xx, timeouts,
+//!    API server trouble) set `Reconciling=True, reason=Retrying` and requeue with capped exponential
+//!    backoff plus jitter; a suspended ProviderConfig ([`Error::Waiting`]) is `Ready=False` and polled.
+//!    Either way the status written is the working one ([`Progress`]): an error never rolls status back.
+//! 6. **panics** — contained to the object (`Stalled`, reason `InternalError`), counted, logged.
+//! 7. **resync** — healthy objects are looked at again after `quartermaster.dev/resync-interval` (at least
+//!    30 s; an unusable value gives a Warning Event and the default) or the controller default.
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
@@ -27,9 +35,9 @@ use serde::de::DeserializeOwned;
 
 use super::{Context, Error};
 use crate::crd::conditions::{
-    self, ConditionStatus, DesiredCondition, Health, merge_conditions, reason,
+    self, ConditionStatus, DesiredCondition, Health, event, merge_conditions, reason,
 };
-use crate::crd::{ANNOTATION_PAUSED, FINALIZER, ObjectStatus};
+use crate::crd::{ANNOTATION_PAUSED, ANNOTATION_RESYNC_INTERVAL, FINALIZER, ObjectStatus};
 
 /// The field manager of every write Quartermaster makes.
 pub const FIELD_MANAGER: &str = "quartermaster";
@@ -94,15 +102,69 @@ managed_namespaced!(SimCard, SimCardStatus);
 managed_namespaced!(Subscription, SubscriptionStatus);
 managed_namespaced!(TokenBudget, TokenBudgetStatus);
 
-/// What `apply` concluded.
+/// The status of one reconcile: what is already persisted, and the working copy the reconciler adds
+/// to as it learns (IDs, addresses, metering windows).
+///
+/// # Guarantees
+/// Whatever ends up in `status` is written, on success and on error alike (the error path only adds its
+/// condition to it), and [`persist`] writes it in the middle of a reconcile (e.g. intent before a vendor
+/// call). So an error never rolls status back past what was already persisted or learned.
 #[derive(Debug)]
-pub struct Applied<S> {
+pub struct Progress<S> {
+    persisted: S,
+    /// The working status: starts as the object's status; the reconciler updates it in place.
+    pub status: S,
+}
+
+impl<S: Clone> Progress<S> {
+    /// Starts from the status the object was read with (what the API server holds).
+    pub fn new(current: S) -> Self {
+        Self {
+            persisted: current.clone(),
+            status: current,
+        }
+    }
+
+    /// The status as last written (or as read, before any write).
+    pub fn persisted(&self) -> &S {
+        &self.persisted
+    }
+}
+
+/// What `apply` concluded (the status itself is in the [`Progress`]).
+#[derive(Debug)]
+pub struct Outcome {
     /// Overall state, turned into Ready/Reconciling/Stalled.
     pub health: Health,
-    /// The kind-specific status fields (conditions and observedGeneration are filled in by the framework).
-    pub status: S,
-    /// When to look again; `None` means the context's default resync interval.
+    /// When to look again. `None`: Ready and NotReady objects resync periodically (the
+    /// `quartermaster.dev/resync-interval` annotation, else the controller default), Progressing ones poll,
+    /// Stalled ones wait for a change.
     pub requeue_after: Option<Duration>,
+    /// An upper bound on the periodic resync (e.g. an open metering window must be closed hourly).
+    pub resync_at_most: Option<Duration>,
+}
+
+impl Outcome {
+    /// An outcome with the default requeue for its health.
+    pub fn new(health: Health) -> Self {
+        Self {
+            health,
+            requeue_after: None,
+            resync_at_most: None,
+        }
+    }
+
+    /// Look again after `after`.
+    pub fn requeue_after(mut self, after: Duration) -> Self {
+        self.requeue_after = Some(after);
+        self
+    }
+
+    /// Resync at least this often.
+    pub fn resync_at_most(mut self, at_most: Duration) -> Self {
+        self.resync_at_most = Some(at_most);
+        self
+    }
 }
 
 /// What `cleanup` concluded.
@@ -121,21 +183,27 @@ pub enum Cleanup {
 
 /// A kind's reconcile logic.
 pub trait Reconciler<K: Managed>: Send + Sync + 'static {
-    /// Converge the world towards `obj`'s spec and report the observed state. Must be idempotent.
+    /// Converge the world towards `obj`'s spec, recording what it learns in `progress.status` as it goes.
+    /// Must be idempotent.
     fn apply(
         &self,
         obj: Arc<K>,
         ctx: Arc<Context>,
-    ) -> impl Future<Output = Result<Applied<K::KindStatus>, Error>> + Send;
+        progress: &mut Progress<K::KindStatus>,
+    ) -> impl Future<Output = Result<Outcome, Error>> + Send;
     /// Undo what `apply` did (or nothing, for Orphan). Must be idempotent and tolerate an `apply` that never ran.
     fn cleanup(
         &self,
         obj: Arc<K>,
         ctx: Arc<Context>,
+        progress: &mut Progress<K::KindStatus>,
     ) -> impl Future<Output = Result<Cleanup, Error>> + Send;
 }
 
 /// The generic reconcile entry point handed to kube-runtime's `Controller::run`.
+///
+/// A panic inside one reconcile is contained here: the object goes `Stalled` (reason `InternalError`),
+/// `quartermaster_reconcile_panics_total` counts it, and every other object keeps being reconciled.
 pub async fn reconcile<K: Managed, R: Reconciler<K>>(
     obj: Arc<K>,
     ctx: Arc<Context>,
@@ -143,7 +211,23 @@ pub async fn reconcile<K: Managed, R: Reconciler<K>>(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.with_label_values(&[K::KIND]).inc();
-    let result = reconcile_inner(obj.clone(), &ctx, &*reconciler).await;
+    let mut progress = Progress::new(obj.status().cloned().unwrap_or_default());
+    let outcome = AssertUnwindSafe(reconcile_inner(
+        obj.clone(),
+        &ctx,
+        &*reconciler,
+        &mut progress,
+    ))
+    .catch_unwind()
+    .await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic_message(&*panic);
+            drop(panic);
+            contain_panic(&*obj, &ctx, &mut progress, &what).await
+        }
+    };
     ctx.metrics
         .reconcile_duration
         .with_label_values(&[K::KIND])
@@ -154,15 +238,66 @@ pub async fn reconcile<K: Managed, R: Reconciler<K>>(
     result
 }
 
+/// After a panic: log it, count it, and stall the object (best effort) instead of the process.
+async fn contain_panic<K: Managed>(
+    obj: &K,
+    ctx: &Arc<Context>,
+    progress: &mut Progress<K::KindStatus>,
+    what: &str,
+) -> Result<Action, Error> {
+    tracing::error!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), panic = %what, "reconcile panicked; object stalled");
+    ctx.metrics
+        .reconcile_panics
+        .with_label_values(&[K::KIND])
+        .inc();
+    let health = Health::stalled(
+        reason::INTERNAL_ERROR,
+        "the controller hit an internal error while reconciling this object (details in the controller log); \
+         other objects are unaffected; change the object or restart the controller to try again",
+    );
+    let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
+    let status = with_conditions(
+        obj,
+        progress.persisted(),
+        progress.status.clone(),
+        &health,
+        &not_paused(),
+    );
+    transition(ctx, obj, progress.persisted(), &health).await;
+    if let Err(e) = write_status(&api, obj, progress.persisted(), status, ctx).await {
+        tracing::warn!(error = %e, "could not record the internal error in status");
+    }
+    Ok(Action::await_change())
+}
+
+/// The message of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+fn not_paused() -> DesiredCondition {
+    DesiredCondition::new(
+        conditions::PAUSED,
+        ConditionStatus::False,
+        reason::NOT_PAUSED,
+        "",
+    )
+}
+
 async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
     obj: Arc<K>,
     ctx: &Arc<Context>,
     reconciler: &R,
+    progress: &mut Progress<K::KindStatus>,
 ) -> Result<Action, Error> {
     let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
-    let previous = obj.status().cloned().unwrap_or_default();
 
     if is_paused(&*obj) {
+        let previous = progress.persisted();
         let mut status = previous.clone();
         let paused = DesiredCondition::new(
             conditions::PAUSED,
@@ -176,28 +311,22 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
             obj.meta().generation,
             &now(),
         );
-        write_status(&api, &*obj, &previous, status, ctx).await?;
+        write_status(&api, &*obj, previous, status, ctx).await?;
         return Ok(Action::await_change());
     }
-    let not_paused = DesiredCondition::new(
-        conditions::PAUSED,
-        ConditionStatus::False,
-        reason::NOT_PAUSED,
-        "",
-    );
 
     if obj.meta().deletion_timestamp.is_some() {
         if !obj.finalizers().iter().any(|f| f == FINALIZER) {
             return Ok(Action::await_change());
         }
-        return match reconciler.cleanup(obj.clone(), ctx.clone()).await {
+        return match reconciler.cleanup(obj.clone(), ctx.clone(), progress).await {
             Ok(Cleanup::Done) => {
                 remove_finalizer(&api, &*obj).await?;
                 publish(
                     ctx,
                     &*obj,
                     EventType::Normal,
-                    "Deleted",
+                    event::DELETED,
                     "cleanup finished; finalizer removed",
                 )
                 .await;
@@ -208,13 +337,15 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
                 requeue_after,
             }) => {
                 let health = Health::progressing(reason::DELETING, message);
-                let status =
-                    with_conditions(&*obj, &previous, previous.clone(), &health, &not_paused);
-                transition(ctx, &*obj, &previous, &health).await;
-                write_status(&api, &*obj, &previous, status, ctx).await?;
+                finish(&api, &*obj, progress, &health, ctx).await?;
                 Ok(Action::requeue(requeue_after))
             }
-            Err(e) => fail(&api, &*obj, &previous, e, ctx, &not_paused).await,
+            Err(Error::Waiting { message, .. }) => {
+                let health = Health::progressing(reason::DELETING, message);
+                finish(&api, &*obj, progress, &health, ctx).await?;
+                Ok(Action::requeue(ctx.config.poll_interval * 6))
+            }
+            Err(e) => fail(&api, &*obj, progress, e, ctx).await,
         };
     }
 
@@ -224,52 +355,74 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
         return Ok(Action::await_change());
     }
 
-    match reconciler.apply(obj.clone(), ctx.clone()).await {
-        Ok(applied) => {
-            if let Health::Stalled { .. } = applied.health {
+    match reconciler.apply(obj.clone(), ctx.clone(), progress).await {
+        Ok(outcome) => {
+            if let Health::Stalled { .. } = outcome.health {
                 ctx.metrics
                     .reconcile_errors
                     .with_label_values(&[K::KIND, "permanent"])
                     .inc();
             }
-            let status = with_conditions(
-                &*obj,
-                &previous,
-                applied.status,
-                &applied.health,
-                &not_paused,
-            );
-            transition(ctx, &*obj, &previous, &applied.health).await;
-            write_status(&api, &*obj, &previous, status, ctx).await?;
-            Ok(match (applied.health, applied.requeue_after) {
+            finish(&api, &*obj, progress, &outcome.health, ctx).await?;
+            Ok(match (&outcome.health, outcome.requeue_after) {
+                (_, Some(after)) => Action::requeue(after),
                 // Waiting for the user: no polling, a spec (or watched dependency) change wakes us.
                 (Health::Stalled { .. }, None) => Action::await_change(),
-                (_, after) => Action::requeue(after.unwrap_or(ctx.config.resync_interval)),
+                (Health::Progressing { .. }, None) => Action::requeue(ctx.config.poll_interval),
+                (Health::Ready { .. } | Health::NotReady { .. }, None) => {
+                    let resync = resync_interval(ctx, &*obj).await;
+                    Action::requeue(outcome.resync_at_most.map_or(resync, |m| resync.min(m)))
+                }
             })
         }
-        Err(e) => fail(&api, &*obj, &previous, e, ctx, &not_paused).await,
+        Err(Error::Waiting { reason, message }) => {
+            let health = Health::not_ready(reason, message);
+            finish(&api, &*obj, progress, &health, ctx).await?;
+            Ok(Action::requeue(ctx.config.poll_interval * 6))
+        }
+        Err(e) => fail(&api, &*obj, progress, e, ctx).await,
     }
 }
 
-/// Records an error in status. Permanent: Stalled and wait for a change. Transient: Reconciling=True
-/// (Ready left as it was) and hand the error to the error policy for backoff.
+/// Writes the working status with the conditions of `health` (and an Event when the overall state changes).
+async fn finish<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    progress: &mut Progress<K::KindStatus>,
+    health: &Health,
+    ctx: &Arc<Context>,
+) -> Result<(), Error> {
+    let status = with_conditions(
+        obj,
+        progress.persisted(),
+        progress.status.clone(),
+        health,
+        &not_paused(),
+    );
+    transition(ctx, obj, progress.persisted(), health).await;
+    write_status(api, obj, progress.persisted(), status.clone(), ctx).await?;
+    progress.persisted = status.clone();
+    progress.status = status;
+    Ok(())
+}
+
+/// Records an error in status, on top of everything the reconcile learned before it failed.
+/// Errors the user must act on (see [`Error::stall`]): Stalled, and wait for a change. Transient ones:
+/// Reconciling=True (Ready left as it was), and hand the error to the error policy for backoff.
 async fn fail<K: Managed>(
     api: &Api<K>,
     obj: &K,
-    previous: &K::KindStatus,
+    progress: &mut Progress<K::KindStatus>,
     e: Error,
     ctx: &Arc<Context>,
-    not_paused: &DesiredCondition,
 ) -> Result<Action, Error> {
-    if let Error::Permanent { reason, message } = &e {
+    if let Some((reason, message)) = e.stall() {
         ctx.metrics
             .reconcile_errors
             .with_label_values(&[K::KIND, e.category()])
             .inc();
-        let health = Health::stalled(*reason, message.clone());
-        let status = with_conditions(obj, previous, previous.clone(), &health, not_paused);
-        transition(ctx, obj, previous, &health).await;
-        write_status(api, obj, previous, status, ctx).await?;
+        let health = Health::stalled(reason, message);
+        finish(api, obj, progress, &health, ctx).await?;
         return Ok(Action::await_change());
     }
     let retrying = DesiredCondition::new(
@@ -278,10 +431,11 @@ async fn fail<K: Managed>(
         reason::RETRYING,
         e.to_string(),
     );
-    let mut status = previous.clone();
+    let previous = progress.persisted();
+    let mut status = progress.status.clone();
     *status.conditions_mut() = merge_conditions(
         previous.conditions(),
-        &[retrying, not_paused.clone()],
+        &[retrying, not_paused()],
         obj.meta().generation,
         &now(),
     );
@@ -312,6 +466,74 @@ fn with_conditions<K: Managed>(
     status
 }
 
+/// Shortest periodic resync an object may ask for with `quartermaster.dev/resync-interval`: one tenant's
+/// annotation must not drain a shared vendor account's rate limit.
+pub const MIN_RESYNC: Duration = Duration::from_secs(30);
+
+/// Parses a resync interval: `30s`, `5m`, `2h` or plain seconds. `Err` says why it is unusable (overflow
+/// and zero included); no value can panic or wrap.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1u64),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some(_) => (s, 1),
+        None => return Err("empty".into()),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 1h"))?;
+    let secs = n
+        .checked_mul(mult)
+        .filter(|secs| *secs <= 366 * 24 * 3600)
+        .ok_or_else(|| format!("{s:?} is longer than a year"))?;
+    if secs == 0 {
+        return Err("zero is not an interval".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// The periodic resync of one object: its `quartermaster.dev/resync-interval` annotation (at least
+/// [`MIN_RESYNC`]) or the controller default. An unusable value gives one Warning Event per distinct value.
+async fn resync_interval<K: Managed>(ctx: &Context, obj: &K) -> Duration {
+    let default = ctx.config.resync_interval;
+    let Some(raw) = obj.annotations().get(ANNOTATION_RESYNC_INTERVAL) else {
+        return default;
+    };
+    let (interval, problem) = match parse_interval(raw) {
+        Ok(d) if d < MIN_RESYNC => (
+            MIN_RESYNC,
+            Some(format!(
+                "{ANNOTATION_RESYNC_INTERVAL}: {raw:?} is below the minimum of {}s; using {}s",
+                MIN_RESYNC.as_secs(),
+                MIN_RESYNC.as_secs()
+            )),
+        ),
+        Ok(d) => (d, None),
+        Err(why) => (
+            default,
+            Some(format!(
+                "{ANNOTATION_RESYNC_INTERVAL}: {why}; using the default of {}s",
+                default.as_secs()
+            )),
+        ),
+    };
+    if let Some(note) = problem
+        && ctx.first_warning(&object_key(obj), raw)
+    {
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            event::INVALID_ANNOTATION,
+            &note,
+        )
+        .await;
+    }
+    interval
+}
+
 /// Whether the paused annotation is set (to anything but "false").
 pub fn is_paused<K: Resource>(obj: &K) -> bool {
     obj.annotations()
@@ -337,15 +559,17 @@ pub fn object_key<K: Managed>(obj: &K) -> String {
     )
 }
 
-/// Writes the whole `status` now (e.g. to record intent before a vendor call), unless it equals `previous`.
-pub async fn persist_status<K: Managed>(
+/// Writes the working status now (e.g. to record intent before a vendor call), unless nothing changed
+/// since the last write.
+pub async fn persist<K: Managed>(
     ctx: &Context,
     obj: &K,
-    previous: &K::KindStatus,
-    status: K::KindStatus,
+    progress: &mut Progress<K::KindStatus>,
 ) -> Result<(), Error> {
     let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
-    write_status(&api, obj, previous, status, ctx).await
+    write_status(&api, obj, &progress.persisted, progress.status.clone(), ctx).await?;
+    progress.persisted = progress.status.clone();
+    Ok(())
 }
 
 /// Writes `status` by server-side apply unless it equals `previous`.
@@ -476,13 +700,13 @@ async fn patch_finalizers<K: Managed>(
     let patch = serde_json::json!({
         "metadata": { "finalizers": finalizers, "resourceVersion": obj.resource_version() }
     });
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

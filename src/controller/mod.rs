@@ -7,6 +7,7 @@
 pub mod error;
 pub mod framework;
 pub mod leader;
+pub mod names;
 pub mod project;
 pub mod provider_config;
 pub mod vendor;
@@ -27,7 +28,8 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-pub use error::{Error, backoff_delay};
+pub use crate::http::backoff_delay;
+pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
 use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
@@ -51,6 +53,9 @@ pub struct ControllerConfig {
     pub vendor_timeout: Duration,
     /// How long a vendor catalog (sizes, images, regions) is cached.
     pub catalog_ttl: Duration,
+    /// How long to wait before looking for a tagged server a second time when intent was recorded but
+    /// the first look found nothing (vendor listings can lag a create).
+    pub listing_lag: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -63,6 +68,7 @@ impl Default for ControllerConfig {
             poll_interval: Duration::from_secs(5),
             vendor_timeout: Duration::from_secs(30),
             catalog_ttl: Duration::from_secs(3600),
+            listing_lag: Duration::from_secs(2),
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct Context {
     pub ledger: Option<crate::ledger::Ledger>,
     pending_usage: Mutex<HashMap<String, i64>>,
     failures: Mutex<HashMap<String, u32>>,
+    warned: Mutex<HashMap<String, String>>,
+    rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Context {
@@ -101,6 +110,7 @@ impl Context {
             controller: "quartermaster".into(),
             instance,
         };
+        let (rejected_tx, rejected_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -112,7 +122,24 @@ impl Context {
             pending_usage: Mutex::default(),
             config,
             failures: Mutex::default(),
+            warned: Mutex::default(),
+            rejected_tx,
+            rejected_rx: Mutex::new(Some(rejected_rx)),
         }
+    }
+
+    /// A vendor refused the credentials of ProviderConfig `name` (401/403) on some call: its reconciler
+    /// re-checks them now instead of at its next periodic check, so it (and every object using it) says why.
+    pub fn credentials_rejected(&self, name: &str) {
+        // A closed channel means no ProviderConfig controller runs in this process (e.g. a CLI command).
+        let _ = self.rejected_tx.send(name.to_string());
+    }
+
+    /// True the first time `value` is reported for `key` (and again after the value changed): keeps a
+    /// Warning Event about a bad annotation from repeating on every reconcile.
+    pub fn first_warning(&self, key: &str, value: &str) -> bool {
+        let mut m = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(key.to_string(), value.to_string()).as_deref() != Some(value)
     }
 
     /// Adds the usage ledger.
@@ -250,6 +277,13 @@ where
         .boxed()
 }
 
+/// An mpsc receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Runs every implemented controller until `shutdown` resolves; marks `health` synced once every
 /// controller's cache is filled.
 /// `shutdown` is cloned into every controller (e.g. a `futures::future::Shared`).
@@ -280,6 +314,19 @@ pub async fn run(
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     });
+
+    // ... and at once when any object saw the vendor refuse its credentials.
+    let rejected = ctx
+        .rejected_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let pc = match rejected {
+        Some(rx) => pc.reconcile_on(
+            tokio_stream_from(rx).map(|name| ObjectRef::<ProviderConfig>::new(&name)),
+        ),
+        None => pc,
+    };
 
     // VirtualMachine, woken also by its ProviderConfig and Project.
     let vm = controller_for::<VirtualMachine>(&ctx);

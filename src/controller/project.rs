@@ -13,15 +13,14 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
-use super::framework::{Applied, Cleanup, Reconciler};
+use super::framework::{Cleanup, Outcome, Progress, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
+use crate::crd::conditions::reason;
 use crate::crd::project::{CreditExhaustedPolicy, ProjectDeletionPolicy, ProjectMembers};
-use crate::ledger::format_amount;
 use crate::ledger::store::GroupBy;
+use crate::ledger::{format_amount, format_money};
 
-/// Condition reason: the Project's credit balance is zero or below.
-pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
 use crate::crd::virtual_machine::VmPhase;
 use crate::crd::{Project, ProjectStatus, SimCard, VirtualMachine};
 
@@ -50,7 +49,10 @@ pub async fn members(ctx: &Context, project: &Project) -> Result<Members, Error>
             .map_err(Error::kube("listing virtual machines"))?
             .items
             .into_iter()
-            .filter(|v| v.spec.project_ref.as_ref().is_some_and(|r| r.name == name))
+            .filter(|v| {
+                v.spec.project_ref.as_ref().is_some_and(|r| r.name == name)
+                    || v.status.as_ref().and_then(|s| s.project.as_deref()) == Some(name.as_str())
+            })
             .collect(),
         sims: sims
             .list(&lp)
@@ -63,9 +65,10 @@ pub async fn members(ctx: &Context, project: &Project) -> Result<Members, Error>
     })
 }
 
-/// Member counts and the projected monthly cost. Every VM the vendor holds counts (vendors bill stopped
-/// servers too); VMs not yet created do not.
-pub fn summarize(m: &Members) -> (ProjectMembers, Decimal) {
+/// Member counts and the projected monthly cost in the project's `currency`. Every VM the vendor holds
+/// and that is billed to this project counts (vendors bill stopped servers too); VMs not yet created, or
+/// priced in another currency, do not.
+pub fn summarize(m: &Members, project: &str, currency: &str) -> (ProjectMembers, Decimal) {
     let mut by_phase: BTreeMap<String, u32> = BTreeMap::new();
     let mut projected = Decimal::ZERO;
     for vm in &m.vms {
@@ -75,8 +78,15 @@ pub fn summarize(m: &Members) -> (ProjectMembers, Decimal) {
             .map(|p| format!("{p:?}"))
             .unwrap_or_else(|| "Pending".into());
         *by_phase.entry(phase).or_default() += 1;
-        let billed =
-            st.is_some_and(|s| s.external_id.is_some() && s.phase != Some(VmPhase::Terminating));
+        let billed_here = st
+            .and_then(|s| s.project.as_deref())
+            .is_none_or(|p| p == project);
+        let billed = billed_here
+            && st.is_some_and(|s| {
+                s.external_id.is_some()
+                    && s.phase != Some(VmPhase::Terminating)
+                    && s.currency.as_deref().is_none_or(|c| c == currency)
+            });
         if billed
             && let Some(price) = st
                 .and_then(|s| s.monthly_price.as_deref())
@@ -95,24 +105,16 @@ pub fn summarize(m: &Members) -> (ProjectMembers, Decimal) {
     )
 }
 
-/// Money as a string with at least two decimals.
-pub fn money(d: Decimal) -> String {
-    let mut d = d.normalize();
-    if d.scale() < 2 {
-        d.rescale(2);
-    }
-    d.to_string()
-}
-
 impl Reconciler<Project> for ProjectReconciler {
     async fn apply(
         &self,
         project: Arc<Project>,
         ctx: Arc<Context>,
-    ) -> Result<Applied<ProjectStatus>, Error> {
+        progress: &mut Progress<ProjectStatus>,
+    ) -> Result<Outcome, Error> {
         let m = members(&ctx, &project).await?;
-        let (counts, projected) = summarize(&m);
-        let previous = project.status.clone().unwrap_or_default();
+        let (counts, projected) = summarize(&m, &project.name_any(), &project.spec.currency);
+        let previous = progress.status.clone();
         let limit = project
             .spec
             .limits
@@ -127,7 +129,7 @@ impl Reconciler<Project> for ProjectReconciler {
         }
         let mut status = ProjectStatus {
             members: Some(counts),
-            projected_monthly_cost: Some(money(projected)),
+            projected_monthly_cost: Some(format_money(projected)),
             month_to_date_cost: previous.month_to_date_cost,
             credit_balance: previous.credit_balance,
             ..Default::default()
@@ -147,7 +149,8 @@ impl Reconciler<Project> for ProjectReconciler {
                 .filter(|r| r.currency == project.spec.currency)
                 .map(|r| r.amount_nanos)
                 .sum();
-            let (granted, used) = ledger.balance(&ns, &name).await?;
+            // Only the project's currency: amounts in different currencies are never added together.
+            let (granted, used) = ledger.balance(&ns, &name, &project.spec.currency).await?;
             status.month_to_date_cost = Some(format_amount(mtd));
             // Credit applies to prepaid projects: those that were ever granted credit.
             status.credit_balance = (granted > 0).then(|| format_amount(granted - used));
@@ -161,7 +164,7 @@ impl Reconciler<Project> for ProjectReconciler {
                     }
                 };
                 health = Health::not_ready(
-                    CREDIT_EXHAUSTED,
+                    reason::CREDIT_EXHAUSTED,
                     format!(
                         "credit exhausted (balance {}); {what}",
                         format_amount(granted - used)
@@ -171,14 +174,18 @@ impl Reconciler<Project> for ProjectReconciler {
             // Grants arrive through the ledger, not the API server: look again periodically.
             requeue_after = Some(ctx.config.poll_interval * 6);
         }
-        Ok(Applied {
-            health,
-            status,
-            requeue_after,
-        })
+        progress.status = status;
+        let mut outcome = Outcome::new(health);
+        outcome.requeue_after = requeue_after;
+        Ok(outcome)
     }
 
-    async fn cleanup(&self, project: Arc<Project>, ctx: Arc<Context>) -> Result<Cleanup, Error> {
+    async fn cleanup(
+        &self,
+        project: Arc<Project>,
+        ctx: Arc<Context>,
+        _progress: &mut Progress<ProjectStatus>,
+    ) -> Result<Cleanup, Error> {
         let m = members(&ctx, &project).await?;
         let mut names: Vec<String> = m
             .vms
@@ -256,12 +263,22 @@ mod tests {
             ],
             sims: vec![],
         };
-        let (c, projected) = summarize(&m);
+        let (c, projected) = summarize(&m, "proj", "USD");
         assert_eq!(c.virtual_machines, 4);
         assert_eq!(c.by_phase["Running"], 2);
         assert_eq!(c.by_phase["Pending"], 1);
-        assert_eq!(money(projected), "18.60");
-        assert_eq!(money(Decimal::new(6, 0)), "6.00");
-        assert_eq!(money(Decimal::new(893, 5)), "0.00893");
+        assert_eq!(format_money(projected), "18.60");
+        assert_eq!(format_money(Decimal::new(6, 0)), "6.00");
+        assert_eq!(format_money(Decimal::new(893, 5)), "0.00893");
+        // Billed elsewhere (moved out) or priced in another currency: not in this project's projection.
+        let mut moved = vm("e", Some("Running"), Some("100"), true);
+        moved.status.as_mut().unwrap().project = Some("other".into());
+        let mut euro = vm("f", Some("Running"), Some("100"), true);
+        euro.status.as_mut().unwrap().currency = Some("EUR".into());
+        let m = Members {
+            vms: vec![vm("a", Some("Running"), Some("6"), true), moved, euro],
+            sims: vec![],
+        };
+        assert_eq!(format_money(summarize(&m, "proj", "USD").1), "6.00");
     }
 }

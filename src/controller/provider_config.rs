@@ -14,7 +14,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
-use super::framework::{Applied, Cleanup, Reconciler, now};
+use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
 use super::{Context, Error, vendor};
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;
@@ -99,7 +99,8 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         &self,
         obj: Arc<ProviderConfig>,
         ctx: Arc<Context>,
-    ) -> Result<Applied<ProviderConfigStatus>, Error> {
+        progress: &mut Progress<ProviderConfigStatus>,
+    ) -> Result<Outcome, Error> {
         let r = &obj.spec.credentials_secret_ref;
         let check = if obj.spec.suspended {
             SecretCheck::Present
@@ -111,27 +112,20 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
                 .map_err(Error::kube("reading the credentials secret"))?;
             check_secret(secret.as_ref(), &r.key)
         };
-        let previous = obj.status.clone().unwrap_or_default();
-        let mut status = ProviderConfigStatus {
+        let previous = progress.status.clone();
+        let status = &mut progress.status;
+        *status = ProviderConfigStatus {
             credentials_verified: previous.credentials_verified,
             last_successful_call_time: previous.last_successful_call_time.clone(),
             ..Default::default()
         };
         let health = health_for(obj.spec.suspended, r, check);
         if !matches!(health, Health::Ready { .. }) || !is_compute(obj.spec.type_) {
-            return Ok(Applied {
-                health,
-                status,
-                requeue_after: None,
-            });
+            return Ok(Outcome::new(health));
         }
         // The vendor check: one cheap authenticated call.
         let Some(resolved) = vendor::account_for(&ctx, (*obj).clone()).await? else {
-            return Ok(Applied {
-                health,
-                status,
-                requeue_after: None,
-            });
+            return Ok(Outcome::new(health));
         };
         let provider = ctx.providers.compute(&ctx, &resolved).await?;
         let (health, requeue_after) = match provider.verify().await {
@@ -168,17 +162,16 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
                 Some(ctx.config.poll_interval * 6),
             ),
         };
-        Ok(Applied {
-            health,
-            status,
-            requeue_after,
-        })
+        let mut outcome = Outcome::new(health);
+        outcome.requeue_after = requeue_after;
+        Ok(outcome)
     }
 
     async fn cleanup(
         &self,
         _obj: Arc<ProviderConfig>,
         _ctx: Arc<Context>,
+        _progress: &mut Progress<ProviderConfigStatus>,
     ) -> Result<Cleanup, Error> {
         // Nothing was created at the vendor for a ProviderConfig itself.
         Ok(Cleanup::Done)

@@ -13,23 +13,21 @@ use tokio::sync::Mutex;
 use super::{Context, Error};
 use crate::cloud::{self, Account, ComputeProvider};
 use crate::crd::ProviderConfig;
+use crate::crd::conditions::{self, ConditionStatus, reason};
 use crate::http::RetryPolicy;
-
-/// Reasons used when a ProviderConfig cannot be used.
-pub mod reason {
-    /// The referenced ProviderConfig does not exist.
-    pub const NOT_FOUND: &str = "ProviderConfigNotFound";
-    /// The object's namespace is not in the ProviderConfig's `allowedNamespaces`.
-    pub const NOT_ALLOWED: &str = "ProviderConfigNotAllowed";
-    /// The ProviderConfig is suspended.
-    pub const SUSPENDED: &str = "ProviderConfigSuspended";
-    /// The ProviderConfig's type does not fit this kind.
-    pub const WRONG_TYPE: &str = "ProviderConfigWrongType";
-}
 
 /// Whether `namespace` may use a ProviderConfig with this allow-list (empty: everyone).
 pub fn namespace_allowed(allowed: &[String], namespace: &str) -> bool {
     allowed.is_empty() || allowed.iter().any(|a| a == namespace)
+}
+
+/// Whether objects in `namespace` may adopt untagged vendor objects of this ProviderConfig
+/// (`spec.adoption.allowedNamespaces`; default: none may).
+pub fn adoption_allowed(pc: &ProviderConfig, namespace: &str) -> bool {
+    pc.spec
+        .adoption
+        .as_ref()
+        .is_some_and(|a| a.allowed_namespaces.iter().any(|n| n == namespace))
 }
 
 /// A usable ProviderConfig.
@@ -42,13 +40,10 @@ pub struct Resolved {
     pub fingerprint: u64,
 }
 
-/// Reads the ProviderConfig `name` for an object in `namespace` and checks it may be used.
-/// `Ok(None)` when it is suspended (the caller waits).
-pub async fn resolve(
-    ctx: &Context,
-    name: &str,
-    namespace: &str,
-) -> Result<Option<Resolved>, Error> {
+/// Reads the ProviderConfig `name` for an object in `namespace` and checks it may be used: it exists,
+/// allows the namespace, is not suspended ([`Error::Waiting`]) and its credentials were not refused by the
+/// vendor at its last check (Stalled `InvalidCredentials`, naming the ProviderConfig).
+pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resolved, Error> {
     let pcs: Api<ProviderConfig> = Api::all(ctx.client.clone());
     let Some(pc) = pcs
         .get_opt(name)
@@ -56,19 +51,37 @@ pub async fn resolve(
         .map_err(Error::kube("reading the ProviderConfig"))?
     else {
         return Err(Error::permanent(
-            reason::NOT_FOUND,
+            reason::PROVIDER_CONFIG_NOT_FOUND,
             format!("ProviderConfig {name:?} not found"),
         ));
     };
     if !namespace_allowed(&pc.spec.allowed_namespaces, namespace) {
         return Err(Error::permanent(
-            reason::NOT_ALLOWED,
+            reason::PROVIDER_CONFIG_NOT_ALLOWED,
             format!(
                 "ProviderConfig {name:?} does not allow namespace {namespace:?} (spec.allowedNamespaces)"
             ),
         ));
     }
-    account_for(ctx, pc).await
+    if let Some(c) = pc.status.as_ref().and_then(|s| {
+        conditions::find(&s.conditions, conditions::STALLED).filter(|c| {
+            c.status == ConditionStatus::True
+                && c.reason == reason::INVALID_CREDENTIALS
+                && c.observed_generation == pc.metadata.generation
+        })
+    }) {
+        return Err(Error::permanent(
+            reason::INVALID_CREDENTIALS,
+            format!(
+                "ProviderConfig {name:?}: the vendor refuses its credentials ({}); fix its Secret",
+                c.message
+            ),
+        ));
+    }
+    account_for(ctx, pc).await?.ok_or_else(|| Error::Waiting {
+        reason: reason::PROVIDER_CONFIG_SUSPENDED,
+        message: format!("ProviderConfig {name:?} is suspended (spec.suspended); waiting"),
+    })
 }
 
 /// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.
@@ -95,7 +108,7 @@ pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Res
         .filter(|v| !v.trim().is_empty())
         .ok_or_else(|| {
             Error::permanent(
-                crate::crd::conditions::reason::MISSING_SECRET,
+                reason::MISSING_SECRET,
                 format!(
                     "ProviderConfig {name:?}: secret {}/{} has no non-empty key {:?}",
                     r.namespace, r.name, r.key
@@ -154,7 +167,7 @@ impl Providers {
         };
         let p: Arc<dyn ComputeProvider> =
             cloud::connect(&r.account, policy, Some(ctx.http_metrics.clone()))
-                .map_err(|e| Error::permanent(reason::WRONG_TYPE, e.to_string()))?
+                .map_err(|e| Error::permanent(reason::PROVIDER_CONFIG_WRONG_TYPE, e.to_string()))?
                 .into();
         entries.insert(name, (r.fingerprint, p.clone()));
         Ok(p)

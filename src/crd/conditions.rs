@@ -47,6 +47,84 @@ pub mod reason {
     pub const AS_EXPECTED: &str = "AsExpected";
     /// No controller implements this kind yet.
     pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+    /// The vendor refused a request (a 4xx other than 401/403/429); its message follows.
+    pub const VENDOR_REJECTED: &str = "VendorRejected";
+    /// The vendor reports the object in an error state.
+    pub const VENDOR_FAILED: &str = "VendorFailed";
+    /// The controller hit a bug while reconciling this object (a panic, contained to this object).
+    pub const INTERNAL_ERROR: &str = "InternalError";
+    /// The object itself is malformed (e.g. it has no UID).
+    pub const INVALID_OBJECT: &str = "InvalidObject";
+    /// The referenced ProviderConfig does not exist.
+    pub const PROVIDER_CONFIG_NOT_FOUND: &str = "ProviderConfigNotFound";
+    /// The object's namespace is not in the ProviderConfig's `allowedNamespaces`.
+    pub const PROVIDER_CONFIG_NOT_ALLOWED: &str = "ProviderConfigNotAllowed";
+    /// The referenced ProviderConfig is suspended: the object waits.
+    pub const PROVIDER_CONFIG_SUSPENDED: &str = "ProviderConfigSuspended";
+    /// The referenced ProviderConfig's type does not fit this kind.
+    pub const PROVIDER_CONFIG_WRONG_TYPE: &str = "ProviderConfigWrongType";
+    /// The referenced Project does not exist.
+    pub const PROJECT_NOT_FOUND: &str = "ProjectNotFound";
+    /// A Project limit (`maxVirtualMachines`, `maxMonthlySpend`) would be exceeded.
+    pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
+    /// A price is in another currency than the Project's.
+    pub const CURRENCY_MISMATCH: &str = "CurrencyMismatch";
+    /// A field that is fixed once the vendor object exists was changed.
+    pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
+    /// The adopted or recorded vendor object does not exist.
+    pub const EXTERNAL_NOT_FOUND: &str = "ExternalNotFound";
+    /// The vendor object belongs to another object (it carries another ownership tag).
+    pub const OWNED_BY_ANOTHER: &str = "OwnedByAnother";
+    /// Adopting an untagged vendor object is not allowed for this namespace by the ProviderConfig.
+    pub const ADOPTION_NOT_ALLOWED: &str = "AdoptionNotAllowed";
+    /// The vendor cannot do what the spec asks.
+    pub const UNSUPPORTED: &str = "Unsupported";
+    /// Stopped as declared.
+    pub const STOPPED: &str = "Stopped";
+    /// Stopped (or stopping) because the Project has no credit left.
+    pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
+    /// Powering on.
+    pub const STARTING: &str = "Starting";
+    /// Powering off.
+    pub const STOPPING: &str = "Stopping";
+    /// Rebooting for a restart request.
+    pub const RESTARTING: &str = "Restarting";
+    /// Changing size.
+    pub const RESIZING: &str = "Resizing";
+    /// Waiting for the vendor to finish creating the object.
+    pub const PROVISIONING: &str = "Provisioning";
+}
+
+/// Event reasons (PascalCase) for Events that are not a change of the overall state.
+pub mod event {
+    /// The vendor object was created.
+    pub const CREATED: &str = "Created";
+    /// An untagged vendor object was adopted and tagged as this object's.
+    pub const ADOPTED: &str = "Adopted";
+    /// Power-on requested.
+    pub const POWERING_ON: &str = "PoweringOn";
+    /// Power-off requested.
+    pub const POWERING_OFF: &str = "PoweringOff";
+    /// Reboot requested.
+    pub const RESTARTING: &str = "Restarting";
+    /// Resize requested.
+    pub const RESIZING: &str = "Resizing";
+    /// A restart request arrived while the VM was not running: acknowledged, not queued.
+    pub const RESTART_SKIPPED: &str = "RestartSkipped";
+    /// More than one vendor object carries this object's ownership tag.
+    pub const DUPLICATE_FOUND: &str = "DuplicateFound";
+    /// Intent was recorded but no vendor object was found: creating again.
+    pub const RECREATING: &str = "Recreating";
+    /// The object moved to another Project; usage so far stays with the old one.
+    pub const PROJECT_CHANGED: &str = "ProjectChanged";
+    /// Cleanup finished and the finalizer was removed.
+    pub const DELETED: &str = "Deleted";
+    /// The vendor object was left in place on deletion.
+    pub const ORPHANED: &str = "Orphaned";
+    /// An annotation could not be used (its default applies).
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// A reconcile panicked; the panic was contained to this object.
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 /// Status of a condition, as in Kubernetes' metav1.Condition.

@@ -39,6 +39,8 @@ pub const ANNOTATION_PAUSED: &str = "quartermaster.dev/paused";
 pub const ANNOTATION_EXTERNAL_ID: &str = "quartermaster.dev/external-id";
 /// Annotation: an imperative restart; each distinct value triggers one restart.
 pub const ANNOTATION_RESTART_REQUESTED_AT: &str = "quartermaster.dev/restart-requested-at";
+/// Annotation overriding an object's periodic resync (`30s`, `5m`, `1h`; at least 30 s).
+pub const ANNOTATION_RESYNC_INTERVAL: &str = "quartermaster.dev/resync-interval";
 /// The finalizer every Quartermaster controller puts on the objects it manages.
 pub const FINALIZER: &str = "quartermaster.dev/finalizer";
 

@@ -63,6 +63,12 @@ pub struct ProjectSpec {
     #[serde(default = "default_currency")]
     #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
     pub currency: String,
+    /// Whether members priced in another currency than `currency` are accepted. Amounts in different
+    /// currencies are never added together: such members are billed and reported in their own currency
+    /// and do not count towards `limits.maxMonthlySpend` or the credit balance. Default: refused
+    /// (`CurrencyMismatch`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_other_currencies: bool,
     /// Limits on what the project may hold and spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ProjectLimits>,

@@ -63,6 +63,28 @@ pub struct ProviderConfigSpec {
         )
     )]
     pub allowed_namespaces: Vec<String>,
+    /// Who may adopt existing vendor objects of this account (`quartermaster.dev/external-id`) that no
+    /// Quartermaster object owns yet. Unset: nobody. A vendor object owned by another object (it carries
+    /// another object's ownership tag) is never adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionPolicy>,
+}
+
+/// Which namespaces may adopt untagged vendor objects of an account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionPolicy {
+    /// Namespaces whose objects may adopt an untagged vendor object by its ID; the adopted object is then
+    /// tagged as theirs. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// The vendors Quartermaster talks to.

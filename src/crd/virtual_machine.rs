@@ -81,14 +81,16 @@ pub struct VirtualMachineSpec {
     /// A Secret key (same namespace) whose value is passed to the VM as cloud-init user data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<LocalSecretKeyReference>,
-    /// Extra tags set on the vendor object (Quartermaster adds its own ownership tag).
+    /// Extra tags set on the vendor object. Quartermaster adds its own ownership tag; the prefix
+    /// `quartermaster-` is reserved for it and refused here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
         inner(
             length(min = 1, max = 64),
             regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_:.]*$")
-        )
+        ),
+        transform = reserved_tag_prefix
     )]
     pub tags: Vec<String>,
     /// Enable the vendor's automatic backups (billed by the vendor).
@@ -106,6 +108,20 @@ pub struct VirtualMachineSpec {
     /// Whether Quartermaster may change the vendor's VM, or only observe it.
     #[serde(default)]
     pub management_policy: ManagementPolicy,
+}
+
+/// The tag prefix reserved for Quartermaster's ownership tags (`quartermaster-uid-<uid>`).
+pub const RESERVED_TAG_PREFIX: &str = "quartermaster-";
+
+/// Schema: no tag may start with [`RESERVED_TAG_PREFIX`] (a `not` of a pattern: RE2, which the API server
+/// uses, has no negative look-ahead, and a 1.20 API server has no CEL).
+fn reserved_tag_prefix(schema: &mut schemars::Schema) {
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert(
+            "not".into(),
+            serde_json::json!({ "pattern": format!("^{RESERVED_TAG_PREFIX}") }),
+        );
+    }
 }
 
 /// Declared power state.
@@ -241,6 +257,14 @@ pub struct VirtualMachineStatus {
     /// Size as the vendor reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+    /// The ProviderConfig (account) the server was created in or adopted from; `spec.providerConfigRef`
+    /// may not move away from it while the server exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_config: Option<String>,
+    /// The Project this VM counts towards and is billed to: `spec.projectRef` once that Project admitted
+    /// it (limits and currency checked). Usage before a move stays with the earlier Project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// Region the VM was created in (region is immutable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,

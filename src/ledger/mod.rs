@@ -117,8 +117,13 @@ pub fn parse_amount(s: &str) -> Result<i64, String> {
 
 /// Nano-units as a decimal string with at least two decimals ("12.50", "0.00595").
 pub fn format_amount(nanos: i64) -> String {
-    let mut d = Decimal::from(nanos) / Decimal::from(NANOS);
-    d = d.normalize();
+    format_money(Decimal::from(nanos) / Decimal::from(NANOS))
+}
+
+/// Money as a decimal string with at least two decimals and no trailing zeros beyond them
+/// (`6` → `6.00`, `0.008930` → `0.00893`).
+pub fn format_money(d: Decimal) -> String {
+    let mut d = d.normalize();
     if d.scale() < 2 {
         d.rescale(2);
     }

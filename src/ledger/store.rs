@@ -196,34 +196,45 @@ impl Ledger {
         Ok(n == 1)
     }
 
-    /// (credits granted, usage) of a project, nano-units, all time.
-    pub async fn balance(&self, namespace: &str, project: &str) -> Result<(i64, i64), LedgerError> {
-        let credits = "SELECT COALESCE(SUM(amount_nanos), 0) FROM credits WHERE namespace = $1 AND project = $2";
-        let usage = "SELECT COALESCE(SUM(amount_nanos), 0) FROM usage_daily WHERE namespace = $1 AND project = $2";
-        Ok(match self {
-            Self::Postgres(p) => (
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT COALESCE(SUM(amount_nanos), 0)::BIGINT FROM credits WHERE namespace = $1 AND project = $2",
-                )
-                    .bind(namespace)
-                    .bind(project)
-                    .fetch_one(p)
-                    .await
-                    .map_err(db("summing credits"))?,
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT COALESCE(SUM(amount_nanos), 0)::BIGINT FROM usage_daily WHERE namespace = $1 AND project = $2",
-                )
-                    .bind(namespace)
-                    .bind(project)
-                    .fetch_one(p)
-                    .await
-                    .map_err(db("summing usage"))?,
-            ),
-            Self::Sqlite(p) => (
-                sqlx::query_scalar::<_, i64>(credits).bind(namespace).bind(project).fetch_one(p).await.map_err(db("summing credits"))?,
-                sqlx::query_scalar::<_, i64>(usage).bind(namespace).bind(project).fetch_one(p).await.map_err(db("summing usage"))?,
-            ),
-        })
+    /// (credits granted, usage) of a project in one currency, nano-units, all time. Amounts in other
+    /// currencies are never added in.
+    pub async fn balance(
+        &self,
+        namespace: &str,
+        project: &str,
+        currency: &str,
+    ) -> Result<(i64, i64), LedgerError> {
+        Ok(self
+            .balances(namespace, project)
+            .await?
+            .into_iter()
+            .find(|(c, _, _)| c == currency)
+            .map(|(_, granted, used)| (granted, used))
+            .unwrap_or((0, 0)))
+    }
+
+    /// (currency, credits granted, usage) of a project for every currency it has amounts in, nano-units,
+    /// all time, ordered by currency.
+    pub async fn balances(
+        &self,
+        namespace: &str,
+        project: &str,
+    ) -> Result<Vec<(String, i64, i64)>, LedgerError> {
+        // NB: CAST(... AS BIGINT) keeps PostgreSQL's SUM (NUMERIC) and SQLite's SUM (INTEGER) one type.
+        let sql = "SELECT currency, CAST(SUM(granted) AS BIGINT), CAST(SUM(used) AS BIGINT) FROM ( \
+                     SELECT currency, amount_nanos AS granted, 0 AS used FROM credits \
+                       WHERE namespace = $1 AND project = $2 \
+                     UNION ALL \
+                     SELECT currency, 0 AS granted, amount_nanos AS used FROM usage_daily \
+                       WHERE namespace = $1 AND project = $2 \
+                   ) amounts GROUP BY currency ORDER BY currency";
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(namespace)
+            .bind(project)
+            .fetch_all(p)
+            .await
+            .map_err(db("summing credits and usage"))?);
+        Ok(rows)
     }
 
     /// Whether anything (usage or credit) was ever recorded for the project.

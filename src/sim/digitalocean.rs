@@ -51,6 +51,9 @@ struct SimDroplet {
 pub struct Store {
     next_id: u64,
     droplets: Vec<SimDroplet>,
+    /// Tokens revoked through `POST /_sim/revoke-token` (as when an account owner rotates a token).
+    #[serde(default)]
+    revoked_tokens: Vec<String>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -130,35 +133,71 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/v2/droplets", get(list_droplets).post(create_droplet))
         .route("/v2/droplets/{id}", get(get_droplet).delete(delete_droplet))
         .route("/v2/droplets/{id}/actions", post(droplet_action))
+        .route("/v2/tags", post(create_tag))
+        .route("/v2/tags/{tag}/resources", post(tag_resources))
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
         .route_layer(axum::middleware::from_fn_with_state(
-            cfg.clone(),
+            AppState {
+                store: store.clone(),
+                cfg: cfg.clone(),
+            },
             require_token,
         ))
+        // Simulator control (not part of DigitalOcean's API): revoke a token, as a rotation at the
+        // vendor does; every later call with it is answered 401.
+        .route("/_sim/revoke-token", post(revoke_token))
         .with_state(AppState { store, cfg })
 }
 
 /// Every route requires an acceptable bearer token, as DigitalOcean does.
 async fn require_token(
-    State(cfg): State<Arc<SimConfig>>,
+    State(s): State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match unauthorized(req.headers(), &cfg) {
-        Some(r) => r,
-        None => next.run(req).await,
+    if let Some(r) = unauthorized(req.headers(), &s.cfg) {
+        return r;
     }
+    let revoked = {
+        let store = s.store.lock().await;
+        bearer(req.headers()).is_some_and(|t| store.revoked_tokens.iter().any(|r| r == t))
+    };
+    if revoked {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unable to authenticate you",
+        );
+    }
+    next.run(req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    token: String,
+}
+
+async fn revoke_token(State(s): State<AppState>, Json(b): Json<RevokeBody>) -> Response {
+    let mut store = s.store.lock().await;
+    if !store.revoked_tokens.contains(&b.token) {
+        store.revoked_tokens.push(b.token);
+        store.save();
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// The 401 answer, when the request does not carry an acceptable bearer token.
 fn unauthorized(headers: &HeaderMap, cfg: &SimConfig) -> Option<Response> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let token = bearer(headers).unwrap_or("");
     let ok = !token.is_empty() && cfg.token.as_deref().is_none_or(|t| t == token);
     (!ok).then(|| {
         error(
@@ -312,6 +351,19 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
         serde_json::Value::Number(n) => n.to_string(),
         _ => String::new(),
     };
+    if b.name.is_empty()
+        || b.name.len() > 255
+        || !b
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+    {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)",
+        );
+    }
     if !REGIONS.iter().any(|r| r.0 == b.region) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -369,6 +421,88 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
         Json(serde_json::json!({"droplet": json, "links": {"actions": [{"id": 1, "rel": "create", "href": ""}]}})),
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+struct TagBody {
+    name: String,
+}
+
+/// `POST /v2/tags`: tags exist implicitly in the simulator; creating one (again) succeeds, as it does at
+/// DigitalOcean.
+async fn create_tag(body: Option<Json<TagBody>>) -> Response {
+    match body {
+        Some(Json(b)) if valid_tag(&b.name) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"tag": {"name": b.name, "resources": {"count": 0}}})),
+        )
+            .into_response(),
+        _ => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "tag name must be 1-255 characters of letters, numbers, colons, dashes and underscores",
+        ),
+    }
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 255
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_'))
+}
+
+#[derive(Deserialize)]
+struct TagResources {
+    resources: Vec<TagResource>,
+}
+
+#[derive(Deserialize)]
+struct TagResource {
+    resource_id: String,
+    resource_type: String,
+}
+
+/// `POST /v2/tags/{tag}/resources`: tags droplets (204), 404 when one does not exist.
+async fn tag_resources(
+    State(s): State<AppState>,
+    UrlPath(tag): UrlPath<String>,
+    body: Option<Json<TagResources>>,
+) -> Response {
+    let Some(Json(b)) = body else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "invalid request body",
+        );
+    };
+    if !valid_tag(&tag) {
+        return not_found();
+    }
+    let mut store = s.store.lock().await;
+    store.advance();
+    for r in &b.resources {
+        if r.resource_type != "droplet"
+            || !store
+                .droplets
+                .iter()
+                .any(|d| d.id.to_string() == r.resource_id)
+        {
+            return not_found();
+        }
+    }
+    for r in &b.resources {
+        if let Some(d) = store
+            .droplets
+            .iter_mut()
+            .find(|d| d.id.to_string() == r.resource_id)
+            && !d.tags.contains(&tag)
+        {
+            d.tags.push(tag.clone());
+        }
+    }
+    store.save();
+    StatusCode::NO_CONTENT.into_response()
 }
 
 fn secs_ms(s: u64) -> i64 {

@@ -8,6 +8,7 @@
 //! - Each test gets its own namespace; cluster-scoped objects carry a unique name.
 #![allow(dead_code)]
 
+pub mod env;
 pub mod prism;
 
 use std::path::{Path, PathBuf};
@@ -242,22 +243,33 @@ pub fn start_controller_with(
     quartermaster::metrics::Metrics,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    start_controller_cfg(client, id, ledger, |_| {})
+}
+
+/// [`start_controller_with`] with settings adjusted by `tweak`.
+pub fn start_controller_cfg(
+    client: kube::Client,
+    id: &str,
+    ledger: Option<quartermaster::ledger::Ledger>,
+    tweak: impl FnOnce(&mut quartermaster::controller::ControllerConfig),
+) -> (
+    quartermaster::metrics::Metrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
     use futures::FutureExt;
     use quartermaster::controller::{self, Context, ControllerConfig};
     let metrics = quartermaster::metrics::Metrics::new();
-    let mut ctx = Context::new(
-        client,
-        metrics.clone(),
-        ControllerConfig {
-            label_selector: Some(format!("qm-test={id}")),
-            backoff_base: Duration::from_millis(200),
-            backoff_cap: Duration::from_secs(2),
-            poll_interval: Duration::from_millis(500),
-            vendor_timeout: Duration::from_secs(10),
-            ..Default::default()
-        },
-        Some(format!("test-{id}")),
-    );
+    let mut config = ControllerConfig {
+        label_selector: Some(format!("qm-test={id}")),
+        backoff_base: Duration::from_millis(200),
+        backoff_cap: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(500),
+        vendor_timeout: Duration::from_secs(10),
+        listing_lag: Duration::from_millis(200),
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let mut ctx = Context::new(client, metrics.clone(), config, Some(format!("test-{id}")));
     if let Some(l) = ledger {
         ctx = ctx.with_ledger(l);
     }
@@ -292,6 +304,38 @@ pub async fn start_sim(tweak: impl FnOnce(&mut quartermaster::sim::SimConfig)) -
 }
 
 impl SimHandle {
+    /// Creates a droplet directly at the simulator (as someone using the vendor's console would), with
+    /// `tags`; returns its ID.
+    pub async fn create_droplet(&self, name: &str, tags: &[&str]) -> String {
+        quartermaster::install_crypto_provider();
+        let v: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v2/droplets", self.url))
+            .bearer_auth("test")
+            .json(
+                &serde_json::json!({"name": name, "region": "fra1", "size": "s-1vcpu-1gb",
+                                      "image": "debian-12-x64", "tags": tags}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["droplet"]["id"].as_u64().expect("droplet id").to_string()
+    }
+
+    /// Revokes `token` at the simulator: every later call with it gets 401 (a rotated vendor token).
+    pub async fn revoke_token(&self, token: &str) {
+        quartermaster::install_crypto_provider();
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/revoke-token", self.url))
+            .json(&serde_json::json!({"token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "revoke: {}", r.status());
+    }
+
     /// Every droplet the simulator holds, as JSON.
     pub async fn droplets(&self) -> Vec<serde_json::Value> {
         quartermaster::install_crypto_provider();

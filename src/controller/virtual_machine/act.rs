@@ -1,0 +1,297 @@
+//! The act step: carry out a [`Decision`] — record usage, take the one vendor step (create exactly once,
+//! adopt, power, resize), write the connection Secret — updating the working status as facts arrive.
+//!
+//! # Guarantees
+//! - Intent (`status.creationKey`, region, image, account, Project) is persisted before the vendor's
+//!   create is called, and the ID the vendor answers with goes into the working status at once, so an
+//!   error in any later step still records it.
+//! - `status.metering` advances only once the ledger accepted the closed windows.
+//! - A restart request is acknowledged only when the reboot call succeeded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+
+use super::build;
+use super::decide::{Decision, Lookup, Step};
+use super::read::Observed;
+use crate::cloud::{self, CloudError, PowerAction, Server};
+use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, persist, publish};
+use crate::controller::{Context, Error};
+use crate::crd::conditions::{event, reason};
+use crate::crd::virtual_machine::VirtualMachineStatus;
+use crate::crd::{ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference, VirtualMachine};
+
+/// Carries out `d`; the working status in `progress` ends as the decided status plus what the vendor said.
+pub async fn act(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    obs: &Observed,
+    d: Decision,
+    progress: &mut Progress<VirtualMachineStatus>,
+) -> Result<Outcome, Error> {
+    let before = progress.status.clone();
+    progress.status = d.status.clone();
+    let mut events = d.events.clone();
+    if !d.usage.is_empty() {
+        if let Err(e) = ctx.record_usage(&d.usage).await {
+            // The window stays open in status (and the VM with its former Project); the next reconcile
+            // records it. Power and size go on.
+            ctx.set_pending_usage(uid, d.usage.len());
+            tracing::warn!(vm = %vm.name_any(), error = %e, "usage not recorded yet; will retry");
+            progress.status.metering = before.metering.clone();
+            progress.status.project = before.project.clone();
+            events.retain(|(r, _)| *r != event::PROJECT_CHANGED);
+        } else {
+            ctx.set_pending_usage(uid, 0);
+        }
+    }
+
+    let p = &*obs.provider;
+    let mut server = match &obs.lookup {
+        Lookup::Found(s) => Some(s.clone()),
+        _ => None,
+    };
+    let existing = if d.expose || d.step == Step::Create {
+        read_connection_secret(ctx, vm).await?
+    } else {
+        None
+    };
+    let mut password = secret_value(existing.as_ref(), "password");
+    match &d.step {
+        Step::Create => {
+            if p.accepts_root_password() && password.is_none() {
+                let generated = cloud::generate_password();
+                apply_connection_secret(
+                    ctx,
+                    vm,
+                    existing.as_ref(),
+                    build::connection_data(vm, None, Some(&generated)),
+                )
+                .await?;
+                password = Some(generated);
+            }
+            persist(ctx, vm, progress).await?;
+            if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
+                ctx.metrics.recreates_after_intent.inc();
+                publish(
+                    ctx,
+                    vm,
+                    EventType::Warning,
+                    event::RECREATING,
+                    "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating",
+                )
+                .await;
+            }
+            let user_data = user_data(ctx, vm).await?;
+            let spec = build::server_spec(
+                vm,
+                uid,
+                user_data,
+                password.clone().filter(|_| p.accepts_root_password()),
+            );
+            let created = p
+                .create(&spec)
+                .await
+                .map_err(Error::vendor("create the server"))?;
+            progress.status.external_id = Some(created.id.clone());
+            events.push((
+                event::CREATED,
+                format!(
+                    "created {} server {} ({} in {})",
+                    p.vendor(),
+                    created.id,
+                    spec.size,
+                    spec.region
+                ),
+            ));
+            server = Some(created);
+        }
+        Step::Adopt => {
+            let id = server.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            match p.add_tag(&id, &cloud::uid_tag(uid)).await {
+                Ok(()) => {}
+                Err(CloudError::Unsupported(m)) => {
+                    return Err(Error::permanent(reason::UNSUPPORTED, m));
+                }
+                Err(e) => return Err(Error::vendor("tag the adopted server")(e)),
+            }
+        }
+        Step::PowerOn | Step::PowerOff | Step::Reboot | Step::Resize(_) => {
+            let s = server.as_ref().map(|s| (s.id.clone(), s.size.clone()));
+            let (id, size) = s.unwrap_or_default();
+            let restart = vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT);
+            let (result, reason, note) = match &d.step {
+                Step::PowerOn => (
+                    p.power(&id, PowerAction::On).await,
+                    event::POWERING_ON,
+                    "powering on".to_string(),
+                ),
+                Step::PowerOff => (
+                    p.power(&id, PowerAction::Off).await,
+                    event::POWERING_OFF,
+                    "powering off".to_string(),
+                ),
+                Step::Reboot => (
+                    p.power(&id, PowerAction::Reboot).await,
+                    event::RESTARTING,
+                    format!(
+                        "rebooting for restart request {}",
+                        restart.cloned().unwrap_or_default()
+                    ),
+                ),
+                Step::Resize(s) => (
+                    p.resize(&id, s).await,
+                    event::RESIZING,
+                    format!("resizing from {size} to {s}"),
+                ),
+                _ => unreachable!("matched above"),
+            };
+            match result {
+                Ok(()) => {
+                    events.push((reason, note));
+                    if d.step == Step::Reboot {
+                        progress.status.last_restart_request = restart.cloned();
+                    }
+                }
+                Err(CloudError::Unsupported(m)) => {
+                    return Err(Error::permanent(reason::UNSUPPORTED, m));
+                }
+                // The vendor refuses while a previous action is still running: look again soon.
+                Err(e)
+                    if e.is_transient()
+                        || matches!(&e, CloudError::Http(h) if h.status() == Some(422)) =>
+                {
+                    tracing::info!(vm = %vm.name_any(), error = %e, "vendor action not accepted yet; retrying");
+                }
+                Err(e) => return Err(Error::vendor("change the server's power or size")(e)),
+            }
+        }
+        Step::Wait | Step::Nothing => {}
+    }
+
+    if (d.expose || d.step == Step::Create)
+        && let Some(s) = &server
+    {
+        apply_connection_secret(
+            ctx,
+            vm,
+            existing.as_ref(),
+            build::connection_data(vm, Some(s), password.as_deref()),
+        )
+        .await?;
+        progress.status.connection_secret_ref = Some(LocalObjectReference {
+            name: build::connection_secret_name(vm),
+        });
+    }
+    for (reason, note) in events {
+        let type_ = if reason == event::RECREATING {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, vm, type_, reason, &note).await;
+    }
+    let mut outcome = Outcome::new(d.health);
+    outcome.requeue_after = d.requeue_after;
+    outcome.resync_at_most = d.resync_at_most;
+    Ok(outcome)
+}
+
+async fn user_data(ctx: &Context, vm: &VirtualMachine) -> Result<Option<String>, Error> {
+    let Some(u) = &vm.spec.user_data_secret_ref else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let s = api
+        .get_opt(&u.name)
+        .await
+        .map_err(Error::kube("reading the user data secret"))?;
+    secret_value(s.as_ref(), &u.key).map(Some).ok_or_else(|| {
+        Error::permanent(
+            reason::MISSING_SECRET,
+            format!("user data secret {:?} has no key {:?}", u.name, u.key),
+        )
+    })
+}
+
+async fn read_connection_secret(
+    ctx: &Context,
+    vm: &VirtualMachine,
+) -> Result<Option<Secret>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    api.get_opt(&build::connection_secret_name(vm))
+        .await
+        .map_err(Error::kube("reading the connection secret"))
+}
+
+fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {
+    secret?
+        .data
+        .as_ref()?
+        .get(key)
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+}
+
+/// Writes the connection Secret (owner-referenced to the VM) when its data differs.
+async fn apply_connection_secret(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    existing: Option<&Secret>,
+    data: BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let bytes: BTreeMap<String, ByteString> = data
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect();
+    if existing.and_then(|s| s.data.as_ref()) == Some(&bytes) {
+        return Ok(());
+    }
+    let owner = vm
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))?;
+    let name = build::connection_secret_name(vm);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: vm.namespace(),
+            owner_references: Some(vec![owner]),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "quartermaster".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(bytes),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(&secret)
+        .map_err(|e| Error::permanent(reason::INVALID_OBJECT, e.to_string()))?;
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Secret".into();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&v),
+    )
+    .await
+    .map_err(Error::kube("writing the connection secret"))?;
+    Ok(())
+}
+
+/// The servers carrying this VM's tag among `servers` (cleanup deletes only those).
+pub fn owned<'a>(servers: &'a [Server], uid: &str) -> impl Iterator<Item = &'a Server> {
+    let tag = cloud::uid_tag(uid);
+    servers.iter().filter(move |s| s.tags.contains(&tag))
+}

@@ -1,0 +1,1244 @@
+//! The pure decide step: from the VM, the status it had, what the vendor holds, the catalog and the
+//! Projects' state, decide the next status, the one vendor step to take, the health and when to look again.
+//! No I/O: every branch has a table test.
+//!
+//! # Guarantees
+//! - A vendor server is acted on only when it carries this VM's ownership tag, or when it is untagged and
+//!   the ProviderConfig lets this namespace adopt (then the first step tags it). A server tagged for
+//!   another object is never touched, and nothing about it reaches this VM's status or Secret.
+//! - Region, image, `providerConfigRef` and the adopted ID are fixed once a server exists.
+//! - A `projectRef` change closes the open metering window to the old Project first, and only once the
+//!   new Project admitted the VM (limits, currency); until then usage stays with the old Project.
+//! - `ObserveOnly` never yields a mutating step.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::limits::{self, Candidate, ProjectState};
+use crate::cloud::catalog::Catalog;
+use crate::cloud::{self, Server, ServerState};
+use crate::crd::conditions::{Health, event, reason};
+use crate::crd::virtual_machine::{
+    ManagementPolicy, MeteringWindow, RunStrategy, VirtualMachineStatus, VmAddresses, VmPhase,
+};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, VirtualMachine};
+use crate::ledger::{UsageEvent, format_money, metering};
+
+/// How often a VM with an open metering window is looked at, at least (windows close hourly).
+pub const METERING_RESYNC: Duration = Duration::from_secs(600);
+
+/// What the vendor holds for this VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// No known ID, and no server carries the VM's tag.
+    Absent {
+        /// Intent (`status.creationKey`) was recorded earlier, and a second look found nothing either.
+        after_intent: bool,
+    },
+    /// The known ID (adopted or recorded) does not exist at the vendor.
+    Missing(String),
+    /// The server.
+    Found(Server),
+}
+
+/// A Project reference resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectLookup {
+    /// No Project referenced.
+    Unset,
+    /// The referenced Project does not exist.
+    Missing(String),
+    /// The Project.
+    Found(ProjectState),
+}
+
+impl ProjectLookup {
+    fn name(&self) -> Option<&str> {
+        match self {
+            Self::Unset => None,
+            Self::Missing(n) => Some(n),
+            Self::Found(p) => Some(&p.name),
+        }
+    }
+}
+
+/// Everything decide looks at.
+#[derive(Clone, Debug)]
+pub struct Inputs<'a> {
+    /// The VM.
+    pub vm: &'a VirtualMachine,
+    /// Its UID (the idempotency key).
+    pub uid: &'a str,
+    /// The status it had.
+    pub status: &'a VirtualMachineStatus,
+    /// What the vendor holds.
+    pub lookup: &'a Lookup,
+    /// The vendor's catalog, when it could be read.
+    pub catalog: Option<&'a Catalog>,
+    /// The Project `spec.projectRef` names.
+    pub target: &'a ProjectLookup,
+    /// The Project the VM is admitted to (`status.project`), when that is another one.
+    pub billed: Option<&'a ProjectLookup>,
+    /// Whether the ProviderConfig lets this namespace adopt untagged servers.
+    pub adoption_allowed: bool,
+    /// Whether the vendor needs the server off to resize.
+    pub resize_needs_power_off: bool,
+    /// The vendor's name, for messages.
+    pub vendor: &'a str,
+    /// Whether usage is metered (a ledger is configured).
+    pub metering: bool,
+    /// Now, unix seconds.
+    pub now: i64,
+}
+
+/// The one vendor step to take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The vendor is busy (or the server in transition): look again soon.
+    Wait,
+    /// Create the server (intent is persisted first).
+    Create,
+    /// Tag an untagged server as this VM's (adoption).
+    Adopt,
+    /// Power off (for `Halted`, credit exhaustion, or before a resize).
+    PowerOff,
+    /// Power on.
+    PowerOn,
+    /// Reboot for a restart request.
+    Reboot,
+    /// Change size.
+    Resize(String),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// What decide concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The next status (conditions are the framework's).
+    pub status: VirtualMachineStatus,
+    /// The vendor step.
+    pub step: Step,
+    /// The overall state.
+    pub health: Health,
+    /// Closed metering windows to record before `status.metering` may advance.
+    pub usage: Vec<UsageEvent>,
+    /// Events to publish once the step is taken (reason, message).
+    pub events: Vec<(&'static str, String)>,
+    /// Look again after this long (`None`: the framework's default for the health).
+    pub requeue_after: Option<Duration>,
+    /// Resync at least this often.
+    pub resync_at_most: Option<Duration>,
+    /// The server is this VM's: its addresses go into the connection Secret.
+    pub expose: bool,
+}
+
+impl Decision {
+    fn new(status: VirtualMachineStatus, step: Step, health: Health) -> Self {
+        Self {
+            status,
+            step,
+            health,
+            usage: Vec::new(),
+            events: Vec::new(),
+            requeue_after: None,
+            resync_at_most: None,
+            expose: false,
+        }
+    }
+
+    fn stall(status: VirtualMachineStatus, reason: &'static str, message: String) -> Self {
+        Self::new(status, Step::Nothing, Health::stalled(reason, message))
+    }
+}
+
+/// Fields that may not change once a server exists; `Some(message)` names the first that did.
+pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -> Option<String> {
+    let adopted = vm.annotations().get(ANNOTATION_EXTERNAL_ID);
+    let checks = [
+        ("spec.region", status.region.as_ref(), Some(&vm.spec.region)),
+        ("spec.image", status.image.as_ref(), Some(&vm.spec.image)),
+        (
+            "spec.providerConfigRef.name",
+            status.provider_config.as_ref(),
+            Some(&vm.spec.provider_config_ref.name),
+        ),
+        (
+            // Removing the annotation is fine (the ID is recorded); pointing it elsewhere is not.
+            ANNOTATION_EXTERNAL_ID,
+            status.external_id.as_ref().filter(|_| adopted.is_some()),
+            adopted,
+        ),
+    ];
+    checks.into_iter().find_map(|(field, recorded, wanted)| {
+        let (rec, want) = (recorded?, wanted?);
+        (rec != want).then(|| {
+            format!(
+                "{field} is immutable once the server exists: it was {rec:?}, now {want:?}; restore it, or delete and recreate the VirtualMachine"
+            )
+        })
+    })
+}
+
+/// Whose a server is, by its ownership tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// It carries this VM's tag.
+    Ours,
+    /// It carries another object's tag (and not ours).
+    Foreign,
+    /// It carries no ownership tag.
+    Untagged,
+}
+
+/// Whose `server` is, for the VM with `uid`.
+pub fn ownership(server: &Server, uid: &str) -> Ownership {
+    let ours = cloud::uid_tag(uid);
+    if server.tags.contains(&ours) {
+        Ownership::Ours
+    } else if server
+        .tags
+        .iter()
+        .any(|t| t.starts_with(cloud::UID_TAG_PREFIX))
+    {
+        Ownership::Foreign
+    } else {
+        Ownership::Untagged
+    }
+}
+
+/// Decides. Pure.
+pub fn decide(i: &Inputs) -> Decision {
+    let status = i.status.clone();
+    if let Some(m) = immutable_violation(i.vm, i.status) {
+        return Decision::stall(status, reason::IMMUTABLE_FIELD_CHANGED, m);
+    }
+    if let Some(t) =
+        i.vm.spec
+            .tags
+            .iter()
+            .find(|t| t.starts_with(crate::crd::virtual_machine::RESERVED_TAG_PREFIX))
+    {
+        return Decision::stall(
+            status,
+            reason::INVALID_SPEC,
+            format!("spec.tags: {t:?} uses the reserved prefix \"quartermaster-\""),
+        );
+    }
+    match i.lookup {
+        Lookup::Missing(id) => Decision::stall(
+            status,
+            reason::EXTERNAL_NOT_FOUND,
+            format!("{} reports no server with ID {id:?}", i.vendor),
+        ),
+        Lookup::Absent { .. } => create(i, status),
+        Lookup::Found(server) => {
+            let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
+            match ownership(server, i.uid) {
+                Ownership::Foreign => Decision::stall(
+                    status,
+                    reason::OWNED_BY_ANOTHER,
+                    format!(
+                        "{} server {} belongs to another Quartermaster object (it carries another ownership tag); it is never adopted",
+                        i.vendor, server.id
+                    ),
+                ),
+                Ownership::Untagged if !i.adoption_allowed => Decision::stall(
+                    status,
+                    reason::ADOPTION_NOT_ALLOWED,
+                    format!(
+                        "{} server {} is not owned by this VM, and ProviderConfig {:?} does not let namespace {:?} adopt servers (spec.adoption.allowedNamespaces)",
+                        i.vendor,
+                        server.id,
+                        i.vm.spec.provider_config_ref.name,
+                        i.vm.namespace().unwrap_or_default()
+                    ),
+                ),
+                Ownership::Untagged if !observe_only => {
+                    let mut d = Decision::new(
+                        status,
+                        Step::Adopt,
+                        Health::progressing(
+                            reason::PROGRESSING,
+                            format!("adopting {} server {}", i.vendor, server.id),
+                        ),
+                    );
+                    d.events.push((
+                        event::ADOPTED,
+                        format!(
+                            "adopted {} server {} (tagged as this VM's)",
+                            i.vendor, server.id
+                        ),
+                    ));
+                    d
+                }
+                Ownership::Untagged | Ownership::Ours => converge(i, status, server),
+            }
+        }
+    }
+}
+
+/// No server yet: create one, if the spec, the catalog and the Project allow.
+fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
+    if i.vm.spec.management_policy == ManagementPolicy::ObserveOnly {
+        return Decision::stall(
+            status,
+            reason::EXTERNAL_NOT_FOUND,
+            format!(
+                "managementPolicy ObserveOnly: no server to observe; set the {ANNOTATION_EXTERNAL_ID} annotation"
+            ),
+        );
+    }
+    let Some(catalog) = i.catalog else {
+        return Decision::new(
+            status,
+            Step::Wait,
+            Health::progressing(
+                reason::PROVISIONING,
+                format!("waiting for the {} catalog", i.vendor),
+            ),
+        );
+    };
+    let spec = &i.vm.spec;
+    if let Err(m) = catalog.validate(&spec.region, &spec.size, &spec.image) {
+        return Decision::stall(status, reason::INVALID_SPEC, m);
+    }
+    if let Some(size) = catalog.size(&spec.size) {
+        let me = Candidate {
+            order: order_of(i.vm),
+            monthly: size.price_monthly,
+            currency: size.currency.clone(),
+        };
+        match i.target {
+            ProjectLookup::Unset => {}
+            ProjectLookup::Missing(name) => return project_missing(status, i.vm, name),
+            ProjectLookup::Found(p) => {
+                if let Err((r, m)) = limits::admit(p, &me) {
+                    return Decision::stall(status, r, m);
+                }
+            }
+        }
+    }
+    status.creation_key = Some(i.uid.to_string());
+    status.region = Some(spec.region.clone());
+    status.image = Some(spec.image.clone());
+    status.provider_config = Some(spec.provider_config_ref.name.clone());
+    status.project = i.target.name().map(str::to_string);
+    status.phase = Some(VmPhase::Provisioning);
+    Decision::new(
+        status,
+        Step::Create,
+        Health::progressing(
+            reason::PROVISIONING,
+            format!("creating the {} server", i.vendor),
+        ),
+    )
+}
+
+fn project_missing(status: VirtualMachineStatus, vm: &VirtualMachine, name: &str) -> Decision {
+    Decision::stall(
+        status,
+        reason::PROJECT_NOT_FOUND,
+        format!(
+            "Project {name:?} not found in namespace {:?}",
+            vm.namespace().unwrap_or_default()
+        ),
+    )
+}
+
+/// The admission order of a VM: (creation time, name).
+pub fn order_of(vm: &VirtualMachine) -> limits::AdmissionOrder {
+    (
+        vm.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        vm.name_any(),
+    )
+}
+
+/// Copies the vendor's truth into status.
+pub fn observed(status: &mut VirtualMachineStatus, server: &Server, catalog: Option<&Catalog>) {
+    status.phase = Some(phase_of(server.state));
+    status.external_id = Some(server.id.clone());
+    status.size = Some(server.size.clone());
+    status.addresses = Some(VmAddresses {
+        public_ipv4: server.public_ipv4.clone(),
+        public_ipv6: server.public_ipv6.clone(),
+        private_ipv4: server.private_ipv4.clone(),
+    });
+    if let Some(size) = catalog.and_then(|c| c.size(&server.size)) {
+        status.hourly_price = Some(format_money(size.price_hourly));
+        status.monthly_price = Some(format_money(size.price_monthly));
+        status.currency = Some(size.currency.clone());
+    }
+}
+
+/// The server exists and is this VM's: observe, meter, move between Projects, converge power and size.
+fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> Decision {
+    let vm = i.vm;
+    observed(&mut status, server, i.catalog);
+    status
+        .provider_config
+        .get_or_insert_with(|| vm.spec.provider_config_ref.name.clone());
+    if status.region.is_none() {
+        status.region = Some(server.region.clone())
+            .filter(|s| !s.is_empty())
+            .or(Some(vm.spec.region.clone()));
+    }
+    status.image.get_or_insert_with(|| vm.spec.image.clone());
+    if status.creation_key.is_none() && status.project.is_none() {
+        // Adopted (or created before Quartermaster recorded admission): admitted where it points.
+        status.project = i.target.name().map(str::to_string);
+    }
+
+    let mut events = Vec::new();
+    let mut usage = Vec::new();
+    let obs = metering::Observation {
+        running: server.state == ServerState::Running,
+        size: server.size.clone(),
+        price: i
+            .catalog
+            .and_then(|c| c.size(&server.size))
+            .map(|s| (s.price_hourly, s.currency.clone())),
+    };
+    // Project move: admitted by the new Project first, then the old window closes to the old Project.
+    let mut refusal = None;
+    let mut billed = i.billed.unwrap_or(i.target);
+    if status.project.as_deref() != i.target.name() {
+        let me = Candidate {
+            order: order_of(vm),
+            monthly: status
+                .monthly_price
+                .as_deref()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default(),
+            currency: status.currency.clone().unwrap_or_default(),
+        };
+        let admitted = match i.target {
+            ProjectLookup::Unset => Ok(()),
+            ProjectLookup::Missing(name) => Err((
+                reason::PROJECT_NOT_FOUND,
+                format!(
+                    "Project {name:?} not found in namespace {:?}",
+                    vm.namespace().unwrap_or_default()
+                ),
+            )),
+            ProjectLookup::Found(p) => limits::admit(p, &me),
+        };
+        match admitted {
+            Ok(()) => {
+                if i.metering {
+                    let open = status.metering.as_ref().and_then(open_window);
+                    let closed = metering::step(
+                        &subject(vm, i.uid, status.project.as_deref()),
+                        open.as_ref(),
+                        &obs,
+                        i.now,
+                        true,
+                    );
+                    usage.extend(closed.events);
+                    status.metering = None;
+                }
+                events.push((
+                    event::PROJECT_CHANGED,
+                    format!(
+                        "moved from Project {:?} to {:?}; usage so far stays with the former",
+                        status.project.as_deref().unwrap_or(""),
+                        i.target.name().unwrap_or("")
+                    ),
+                ));
+                status.project = i.target.name().map(str::to_string);
+                billed = i.target;
+            }
+            Err(r) => refusal = Some(r),
+        }
+    }
+    if i.metering {
+        let open = status.metering.as_ref().and_then(open_window);
+        let step = metering::step(
+            &subject(vm, i.uid, status.project.as_deref()),
+            open.as_ref(),
+            &obs,
+            i.now,
+            false,
+        );
+        usage.extend(step.events);
+        status.metering = step.open.map(stored_window);
+    }
+    let resync_at_most = status.metering.is_some().then_some(METERING_RESYNC);
+    let finish = |mut d: Decision| {
+        d.usage = usage;
+        d.events.extend(events);
+        d.resync_at_most = resync_at_most;
+        d.expose = true;
+        d
+    };
+    if let Some((r, m)) = refusal {
+        return finish(Decision::stall(status, r, m));
+    }
+
+    let credit_stop = match billed {
+        ProjectLookup::Found(p) => p.credit_stop.clone(),
+        _ => None,
+    };
+    let run_strategy = if credit_stop.is_some() {
+        RunStrategy::Halted
+    } else {
+        vm.spec.run_strategy
+    };
+    let observe_only = vm.spec.management_policy == ManagementPolicy::ObserveOnly;
+    let restart = vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT);
+    let restart_pending = restart.is_some() && restart != status.last_restart_request.as_ref();
+    let step = if observe_only {
+        Step::Nothing
+    } else {
+        next_step(
+            run_strategy,
+            &vm.spec.size,
+            server,
+            restart_pending,
+            i.resize_needs_power_off,
+        )
+    };
+    let mut own_events = Vec::new();
+    if restart_pending
+        && !observe_only
+        && step == Step::Nothing
+        && server.state != ServerState::Running
+    {
+        // Nothing to reboot: the request is acknowledged, not queued.
+        status.last_restart_request = restart.cloned();
+        own_events.push((
+            event::RESTART_SKIPPED,
+            "restart requested while the VM is not running".to_string(),
+        ));
+    }
+    if let (Step::Resize(size), Some(c)) = (&step, i.catalog)
+        && c.size(size).is_none()
+    {
+        let m = c
+            .validate(&vm.spec.region, size, &vm.spec.image)
+            .err()
+            .unwrap_or_else(|| format!("unknown size {size:?}"));
+        return finish(Decision::stall(status, reason::INVALID_SPEC, m));
+    }
+    let mut health = health_for(vm, server, &step);
+    if let Some(why) = credit_stop {
+        // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
+        health = match (&step, server.state) {
+            (Step::Nothing, ServerState::Off) => Health::not_ready(reason::CREDIT_EXHAUSTED, why),
+            _ => Health::progressing(reason::CREDIT_EXHAUSTED, why),
+        };
+    }
+    let mut d = Decision::new(status, step, health);
+    d.events = own_events;
+    finish(d)
+}
+
+/// Decides the next power/size step. Pure: no I/O.
+pub fn next_step(
+    run_strategy: RunStrategy,
+    desired_size: &str,
+    server: &Server,
+    restart_pending: bool,
+    resize_needs_power_off: bool,
+) -> Step {
+    use ServerState::*;
+    if server.busy
+        || matches!(
+            server.state,
+            Provisioning | Starting | Stopping | Resizing | Deleting
+        )
+    {
+        return Step::Wait;
+    }
+    if server.state == Failed {
+        return Step::Nothing;
+    }
+    if server.size != desired_size {
+        return if resize_needs_power_off && server.state == Running {
+            Step::PowerOff
+        } else {
+            Step::Resize(desired_size.to_string())
+        };
+    }
+    if restart_pending && server.state == Running {
+        return Step::Reboot;
+    }
+    match (run_strategy, server.state) {
+        (RunStrategy::Always, Off) => Step::PowerOn,
+        (RunStrategy::Halted, Running) => Step::PowerOff,
+        _ => Step::Nothing,
+    }
+}
+
+/// The phase shown for a vendor state.
+pub fn phase_of(state: ServerState) -> VmPhase {
+    match state {
+        ServerState::Provisioning => VmPhase::Provisioning,
+        ServerState::Starting => VmPhase::Starting,
+        ServerState::Running => VmPhase::Running,
+        ServerState::Stopping => VmPhase::Stopping,
+        ServerState::Off => VmPhase::Stopped,
+        ServerState::Resizing => VmPhase::Resizing,
+        ServerState::Deleting => VmPhase::Terminating,
+        ServerState::Failed => VmPhase::Failed,
+    }
+}
+
+fn health_for(vm: &VirtualMachine, server: &Server, step: &Step) -> Health {
+    let phase = format!("{:?}", phase_of(server.state));
+    match (step, server.state) {
+        (Step::Nothing, ServerState::Failed) => Health::stalled(
+            reason::VENDOR_FAILED,
+            format!("the vendor reports server {} failed", server.id),
+        ),
+        (Step::Nothing, ServerState::Running) => Health::ready(format!(
+            "running at {}",
+            server.public_ipv4.as_deref().unwrap_or("(no public IPv4)")
+        )),
+        (Step::Nothing, ServerState::Off) => Health::Ready {
+            reason: reason::STOPPED.into(),
+            message: match vm.spec.run_strategy {
+                RunStrategy::Halted => "stopped, as runStrategy Halted declares".into(),
+                _ => "stopped (runStrategy Manual)".into(),
+            },
+        },
+        (Step::Nothing | Step::Create | Step::Adopt, _) => {
+            Health::progressing(phase, "waiting for the vendor")
+        }
+        (Step::Wait, _) => Health::progressing(
+            phase.clone(),
+            format!("server {} is {}", server.id, phase.to_lowercase()),
+        ),
+        (Step::PowerOff, _) => Health::progressing(reason::STOPPING, "powering off"),
+        (Step::PowerOn, _) => Health::progressing(reason::STARTING, "powering on"),
+        (Step::Reboot, _) => Health::progressing(reason::RESTARTING, "rebooting"),
+        (Step::Resize(s), _) => Health::progressing(reason::RESIZING, format!("resizing to {s}")),
+    }
+}
+
+/// Who is billed for this VM's usage: its namespace, the Project it is admitted to, its name and UID.
+pub fn subject(vm: &VirtualMachine, uid: &str, project: Option<&str>) -> metering::Subject {
+    metering::Subject {
+        namespace: vm.namespace().unwrap_or_default(),
+        project: project.unwrap_or_default().to_string(),
+        name: vm.name_any(),
+        uid: uid.to_string(),
+    }
+}
+
+/// The open window in status, as the metering state machine's type.
+pub fn open_window(w: &MeteringWindow) -> Option<metering::OpenWindow> {
+    Some(metering::OpenWindow {
+        since: w.since,
+        size: w.size.clone(),
+        hourly_price: w.hourly_price.parse().ok()?,
+        currency: w.currency.clone(),
+    })
+}
+
+fn stored_window(w: metering::OpenWindow) -> MeteringWindow {
+    MeteringWindow {
+        since: w.since,
+        size: w.size,
+        hourly_price: w.hourly_price.to_string(),
+        currency: w.currency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{Image, Region, Size};
+    use crate::crd::project::ProjectLimits;
+
+    const UID: &str = "0123456789abcdef";
+    const NOW: i64 = 1_800_002_000; // 2000 s into an hour
+
+    fn server(state: ServerState, size: &str, tags: &[&str]) -> Server {
+        Server {
+            id: "42".into(),
+            name: "n".into(),
+            state,
+            size: size.into(),
+            region: "fra1".into(),
+            image: None,
+            public_ipv4: Some("203.0.113.5".into()),
+            public_ipv6: None,
+            private_ipv4: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            busy: false,
+            deletion_scheduled: false,
+        }
+    }
+
+    fn ours(state: ServerState) -> Server {
+        server(
+            state,
+            "s-1vcpu-1gb",
+            &["quartermaster-uid-0123456789abcdef"],
+        )
+    }
+
+    fn catalog() -> Catalog {
+        let size = |slug: &str, h: &str, m: &str, cur: &str| Size {
+            slug: slug.into(),
+            vcpus: 1,
+            memory_mb: 1024,
+            disk_gb: 25,
+            price_hourly: h.parse().unwrap(),
+            price_monthly: m.parse().unwrap(),
+            currency: cur.into(),
+            regions: vec![],
+        };
+        Catalog {
+            sizes: vec![
+                size("s-1vcpu-1gb", "0.00893", "6", "USD"),
+                size("s-2vcpu-2gb", "0.02679", "18", "USD"),
+                size("eur-1", "0.01", "7", "EUR"),
+            ],
+            images: vec![Image {
+                slug: "debian-12-x64".into(),
+                name: "Debian 12".into(),
+                kind: "distribution".into(),
+            }],
+            regions: vec![Region {
+                slug: "fra1".into(),
+                name: "Frankfurt".into(),
+                available: true,
+            }],
+        }
+    }
+
+    fn vm(extra: serde_json::Value, annotations: serde_json::Value) -> VirtualMachine {
+        let mut spec = serde_json::json!({
+            "providerConfigRef": {"name": "pc"}, "region": "fra1", "size": "s-1vcpu-1gb",
+            "image": "debian-12-x64", "projectRef": {"name": "acme"}
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "alice", "uid": UID, "annotations": annotations,
+                         "creationTimestamp": "2026-11-01T00:00:00Z"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn project(name: &str, max: Option<u32>, credit_stop: bool) -> ProjectLookup {
+        ProjectLookup::Found(ProjectState {
+            name: name.into(),
+            currency: "USD".into(),
+            allow_other_currencies: false,
+            limits: ProjectLimits {
+                max_virtual_machines: max,
+                max_monthly_spend: None,
+            },
+            credit_stop: credit_stop.then(|| "no credit".to_string()),
+            members: vec![limits::Member {
+                order: (Some(0), "other".into()),
+                admitted: true,
+                monthly: Some(("6".parse().unwrap(), "USD".into())),
+            }],
+        })
+    }
+
+    fn created() -> VirtualMachineStatus {
+        VirtualMachineStatus {
+            creation_key: Some(UID.into()),
+            external_id: Some("42".into()),
+            region: Some("fra1".into()),
+            image: Some("debian-12-x64".into()),
+            provider_config: Some("pc".into()),
+            project: Some("acme".into()),
+            ..Default::default()
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        vm: VirtualMachine,
+        status: VirtualMachineStatus,
+        lookup: Lookup,
+        target: ProjectLookup,
+        adoption_allowed: bool,
+        want_step: Step,
+        want_reason: &'static str,
+    }
+
+    fn case(
+        name: &'static str,
+        lookup: Lookup,
+        want_step: Step,
+        want_reason: &'static str,
+    ) -> Case {
+        Case {
+            name,
+            vm: vm(serde_json::json!({}), serde_json::json!({})),
+            status: created(),
+            lookup,
+            target: project("acme", None, false),
+            adoption_allowed: false,
+            want_step,
+            want_reason,
+        }
+    }
+
+    fn run(c: &Case) -> Decision {
+        let cat = catalog();
+        decide(&Inputs {
+            vm: &c.vm,
+            uid: UID,
+            status: &c.status,
+            lookup: &c.lookup,
+            catalog: Some(&cat),
+            target: &c.target,
+            billed: None,
+            adoption_allowed: c.adoption_allowed,
+            resize_needs_power_off: true,
+            vendor: "digitalocean",
+            metering: true,
+            now: NOW,
+        })
+    }
+
+    #[test]
+    fn decision_table() {
+        use ServerState::*;
+        let absent = Lookup::Absent {
+            after_intent: false,
+        };
+        let untagged = Lookup::Found(server(Running, "s-1vcpu-1gb", &["web"]));
+        let foreign = Lookup::Found(server(Running, "s-1vcpu-1gb", &["quartermaster-uid-ffff"]));
+        let cases = vec![
+            Case {
+                status: Default::default(),
+                ..case(
+                    "new VM: create",
+                    absent.clone(),
+                    Step::Create,
+                    reason::PROVISIONING,
+                )
+            },
+            Case {
+                status: Default::default(),
+                target: project("acme", Some(1), false),
+                ..case(
+                    "project full: no create",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::LIMIT_EXCEEDED,
+                )
+            },
+            Case {
+                status: Default::default(),
+                target: ProjectLookup::Missing("acme".into()),
+                ..case(
+                    "project missing",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::PROJECT_NOT_FOUND,
+                )
+            },
+            Case {
+                status: Default::default(),
+                vm: vm(serde_json::json!({"size": "nope"}), serde_json::json!({})),
+                ..case(
+                    "unknown size",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::INVALID_SPEC,
+                )
+            },
+            Case {
+                status: Default::default(),
+                vm: vm(serde_json::json!({"size": "eur-1"}), serde_json::json!({})),
+                ..case(
+                    "other currency",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::CURRENCY_MISMATCH,
+                )
+            },
+            Case {
+                status: Default::default(),
+                vm: vm(
+                    serde_json::json!({"managementPolicy": "ObserveOnly"}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "observe only, nothing there",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::EXTERNAL_NOT_FOUND,
+                )
+            },
+            case(
+                "recorded server gone",
+                Lookup::Missing("42".into()),
+                Step::Nothing,
+                reason::EXTERNAL_NOT_FOUND,
+            ),
+            case(
+                "running as declared",
+                Lookup::Found(ours(Running)),
+                Step::Nothing,
+                reason::RECONCILED,
+            ),
+            case(
+                "found off: power on",
+                Lookup::Found(ours(Off)),
+                Step::PowerOn,
+                reason::STARTING,
+            ),
+            case(
+                "busy: wait",
+                Lookup::Found(ours(Provisioning)),
+                Step::Wait,
+                "Provisioning",
+            ),
+            case(
+                "vendor failed",
+                Lookup::Found(ours(Failed)),
+                Step::Nothing,
+                reason::VENDOR_FAILED,
+            ),
+            Case {
+                target: project("acme", None, true),
+                ..case(
+                    "credit exhausted: stop",
+                    Lookup::Found(ours(Running)),
+                    Step::PowerOff,
+                    reason::CREDIT_EXHAUSTED,
+                )
+            },
+            Case {
+                target: project("acme", None, true),
+                ..case(
+                    "credit exhausted, stopped",
+                    Lookup::Found(ours(Off)),
+                    Step::Nothing,
+                    reason::CREDIT_EXHAUSTED,
+                )
+            },
+            Case {
+                vm: vm(serde_json::json!({"region": "ams3"}), serde_json::json!({})),
+                ..case(
+                    "region changed",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::IMMUTABLE_FIELD_CHANGED,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"providerConfigRef": {"name": "other"}}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "account changed",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::IMMUTABLE_FIELD_CHANGED,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({}),
+                    serde_json::json!({ANNOTATION_EXTERNAL_ID: "43"}),
+                ),
+                ..case(
+                    "adopted ID changed",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::IMMUTABLE_FIELD_CHANGED,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"tags": ["quartermaster-uid-ffff"]}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "reserved tag",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::INVALID_SPEC,
+                )
+            },
+            Case {
+                status: Default::default(),
+                ..case(
+                    "another tenant's server",
+                    foreign.clone(),
+                    Step::Nothing,
+                    reason::OWNED_BY_ANOTHER,
+                )
+            },
+            Case {
+                status: Default::default(),
+                adoption_allowed: true,
+                ..case(
+                    "another tenant's server, even when adoption is allowed",
+                    foreign,
+                    Step::Nothing,
+                    reason::OWNED_BY_ANOTHER,
+                )
+            },
+            Case {
+                status: Default::default(),
+                ..case(
+                    "untagged, adoption not allowed",
+                    untagged.clone(),
+                    Step::Nothing,
+                    reason::ADOPTION_NOT_ALLOWED,
+                )
+            },
+            Case {
+                status: Default::default(),
+                adoption_allowed: true,
+                ..case(
+                    "untagged, adoption allowed: tag it",
+                    untagged.clone(),
+                    Step::Adopt,
+                    reason::PROGRESSING,
+                )
+            },
+            Case {
+                status: Default::default(),
+                adoption_allowed: true,
+                vm: vm(
+                    serde_json::json!({"managementPolicy": "ObserveOnly"}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "observe only never tags",
+                    untagged,
+                    Step::Nothing,
+                    reason::RECONCILED,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"projectRef": {"name": "other"}}),
+                    serde_json::json!({}),
+                ),
+                target: project("other", Some(1), false),
+                ..case(
+                    "move refused by the new project",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::LIMIT_EXCEEDED,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"size": "s-2vcpu-2gb"}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "resize: power off first",
+                    Lookup::Found(ours(Running)),
+                    Step::PowerOff,
+                    reason::STOPPING,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"size": "s-2vcpu-2gb"}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "resize when off",
+                    Lookup::Found(ours(Off)),
+                    Step::Resize("s-2vcpu-2gb".into()),
+                    reason::RESIZING,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({}),
+                    serde_json::json!({ANNOTATION_RESTART_REQUESTED_AT: "t1"}),
+                ),
+                ..case(
+                    "restart",
+                    Lookup::Found(ours(Running)),
+                    Step::Reboot,
+                    reason::RESTARTING,
+                )
+            },
+        ];
+        for c in &cases {
+            let d = run(c);
+            assert_eq!(d.step, c.want_step, "{}: step", c.name);
+            assert_eq!(
+                d.health.reason(),
+                c.want_reason,
+                "{}: {:?}",
+                c.name,
+                d.health
+            );
+        }
+    }
+
+    #[test]
+    fn create_records_intent_and_the_account_and_project() {
+        let c = Case {
+            status: Default::default(),
+            ..case("", Lookup::Absent { after_intent: true }, Step::Create, "")
+        };
+        let s = run(&c).status;
+        assert_eq!(s.creation_key.as_deref(), Some(UID));
+        assert_eq!(s.provider_config.as_deref(), Some("pc"));
+        assert_eq!(s.project.as_deref(), Some("acme"));
+        assert_eq!(
+            (s.region.as_deref(), s.image.as_deref()),
+            (Some("fra1"), Some("debian-12-x64"))
+        );
+    }
+
+    #[test]
+    fn nothing_of_a_foreign_server_reaches_status() {
+        let c = Case {
+            status: Default::default(),
+            adoption_allowed: true,
+            ..case(
+                "",
+                Lookup::Found(server(
+                    ServerState::Running,
+                    "s-1vcpu-1gb",
+                    &["quartermaster-uid-ffff"],
+                )),
+                Step::Nothing,
+                "",
+            )
+        };
+        let d = run(&c);
+        assert_eq!(d.status, VirtualMachineStatus::default());
+        assert!(d.usage.is_empty());
+    }
+
+    #[test]
+    fn project_move_closes_the_window_to_the_old_project_first() {
+        let mut status = created();
+        status.metering = Some(MeteringWindow {
+            since: NOW - 1800,
+            size: "s-1vcpu-1gb".into(),
+            hourly_price: "0.00893".into(),
+            currency: "USD".into(),
+        });
+        let c = Case {
+            vm: vm(
+                serde_json::json!({"projectRef": {"name": "beta"}}),
+                serde_json::json!({}),
+            ),
+            status: status.clone(),
+            target: project("beta", None, false),
+            ..case(
+                "",
+                Lookup::Found(ours(ServerState::Running)),
+                Step::Nothing,
+                "",
+            )
+        };
+        let d = run(&c);
+        assert_eq!(d.status.project.as_deref(), Some("beta"));
+        assert!(!d.usage.is_empty());
+        assert!(d.usage.iter().all(|e| e.project == "acme"), "{:?}", d.usage);
+        assert_eq!(d.usage.last().unwrap().window_end, NOW);
+        assert_eq!(
+            d.status.metering.as_ref().unwrap().since,
+            NOW,
+            "new window for beta"
+        );
+        assert!(d.events.iter().any(|(r, _)| *r == event::PROJECT_CHANGED));
+
+        // Refused: the window stays open for the old project and keeps accruing there.
+        let refused = Case {
+            target: project("beta", Some(1), false),
+            ..c
+        };
+        let d = run(&refused);
+        assert_eq!(d.status.project.as_deref(), Some("acme"));
+        assert_eq!(d.status.metering.as_ref().unwrap().since, NOW - 1800);
+    }
+
+    #[test]
+    fn restart_on_a_stopped_vm_is_acknowledged_but_a_reboot_waits_for_the_call() {
+        let mut c = case("", Lookup::Found(ours(ServerState::Off)), Step::Nothing, "");
+        c.vm = vm(
+            serde_json::json!({"runStrategy": "Halted"}),
+            serde_json::json!({ANNOTATION_RESTART_REQUESTED_AT: "t1"}),
+        );
+        let d = run(&c);
+        assert_eq!(d.status.last_restart_request.as_deref(), Some("t1"));
+        c.lookup = Lookup::Found(ours(ServerState::Running));
+        c.vm = vm(
+            serde_json::json!({}),
+            serde_json::json!({ANNOTATION_RESTART_REQUESTED_AT: "t1"}),
+        );
+        let d = run(&c);
+        assert_eq!(d.step, Step::Reboot);
+        assert_eq!(
+            d.status.last_restart_request, None,
+            "acknowledged by act, after the call succeeded"
+        );
+    }
+
+    #[test]
+    fn power_and_resize_decisions() {
+        use RunStrategy::*;
+        use ServerState::*;
+        let s = "s-1vcpu-1gb";
+        let cases: &[(RunStrategy, &str, ServerState, bool, bool, Step)] = &[
+            (Always, s, Running, false, true, Step::Nothing),
+            (Always, s, Off, false, true, Step::PowerOn),
+            (Halted, s, Running, false, true, Step::PowerOff),
+            (Halted, s, Off, false, true, Step::Nothing),
+            (Manual, s, Off, false, true, Step::Nothing),
+            (Manual, s, Running, false, true, Step::Nothing),
+            (Always, s, Provisioning, false, true, Step::Wait),
+            (Always, "s-2vcpu-2gb", Running, false, true, Step::PowerOff),
+            (
+                Always,
+                "s-2vcpu-2gb",
+                Off,
+                false,
+                true,
+                Step::Resize("s-2vcpu-2gb".into()),
+            ),
+            (
+                Always,
+                "s-2vcpu-2gb",
+                Running,
+                false,
+                false,
+                Step::Resize("s-2vcpu-2gb".into()),
+            ),
+            (Always, s, Running, true, true, Step::Reboot),
+            (Halted, s, Off, true, true, Step::Nothing),
+            (Always, s, Failed, false, true, Step::Nothing),
+        ];
+        for (rs, want_size, state, restart, needs_off, want) in cases {
+            let got = next_step(
+                *rs,
+                want_size,
+                &server(*state, s, &[]),
+                *restart,
+                *needs_off,
+            );
+            assert_eq!(
+                &got, want,
+                "{rs:?} size={want_size} state={state:?} restart={restart}"
+            );
+        }
+        let mut busy = server(Running, s, &[]);
+        busy.busy = true;
+        assert_eq!(next_step(Halted, s, &busy, false, true), Step::Wait);
+    }
+}

@@ -1,0 +1,253 @@
+//! Project admission, pure: may this VM count towards (and be billed to) this Project? Checks the
+//! Project's currency, `limits.maxVirtualMachines` and `limits.maxMonthlySpend`.
+//!
+//! # Guarantees
+//! - A VM is *admitted* to a Project once its `status.project` names it; it holds a slot until it leaves.
+//! - Pending VMs (whose `spec.projectRef` names the Project but that are not admitted yet) are admitted
+//!   in (creationTimestamp, name) order, so two reconciles running at once agree on which ones fit.
+//! - Amounts in different currencies are never added: only members priced in the Project's currency count
+//!   towards `maxMonthlySpend`.
+
+use rust_decimal::Decimal;
+
+use crate::crd::conditions::reason;
+use crate::crd::project::ProjectLimits;
+
+/// Order of admission: creation time (unix seconds), then name.
+pub type AdmissionOrder = (Option<i64>, String);
+
+/// Another VM of the Project (never the one being admitted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its admission order.
+    pub order: AdmissionOrder,
+    /// Whether it already holds a slot (its `status.project` names the Project).
+    pub admitted: bool,
+    /// Its monthly price and currency, when known.
+    pub monthly: Option<(Decimal, String)>,
+}
+
+/// What admission needs to know about a Project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectState {
+    /// The Project's name.
+    pub name: String,
+    /// Its currency.
+    pub currency: String,
+    /// Whether members priced in other currencies are accepted.
+    pub allow_other_currencies: bool,
+    /// Its limits.
+    pub limits: ProjectLimits,
+    /// Why its VMs must stop (credit exhausted with `onCreditExhausted: Stop`), if they must.
+    pub credit_stop: Option<String>,
+    /// Its other VMs (admitted or pending).
+    pub members: Vec<Member>,
+}
+
+/// The VM asking to be admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its admission order.
+    pub order: AdmissionOrder,
+    /// Its monthly price.
+    pub monthly: Decimal,
+    /// The currency of that price.
+    pub currency: String,
+}
+
+/// A refusal: the Stalled reason and message.
+pub type Refusal = (&'static str, String);
+
+/// Whether `p` admits `c`.
+pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
+    if c.currency != p.currency && !p.allow_other_currencies {
+        return Err((
+            reason::CURRENCY_MISMATCH,
+            format!(
+                "this VM is priced in {} but Project {:?} bills in {}; amounts in different currencies are never added together (set the Project's spec.allowOtherCurrencies to accept it)",
+                c.currency, p.name, p.currency
+            ),
+        ));
+    }
+    if let Some(max) = p.limits.max_virtual_machines {
+        let held = p.members.iter().filter(|m| m.admitted).count();
+        let ahead = p
+            .members
+            .iter()
+            .filter(|m| !m.admitted && m.order < c.order)
+            .count();
+        if held + ahead + 1 > max as usize {
+            return Err((
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "Project {:?} allows {max} virtual machines (limits.maxVirtualMachines): {held} exist and {ahead} earlier one(s) wait, so this one does not fit",
+                    p.name
+                ),
+            ));
+        }
+    }
+    let limit = p
+        .limits
+        .max_monthly_spend
+        .as_deref()
+        .and_then(|m| m.parse::<Decimal>().ok());
+    if let Some(limit) = limit
+        && c.currency == p.currency
+    {
+        let existing: Decimal = p
+            .members
+            .iter()
+            .filter(|m| m.admitted)
+            .filter_map(|m| m.monthly.as_ref())
+            .filter(|(_, cur)| *cur == p.currency)
+            .map(|(price, _)| *price)
+            .sum();
+        if existing + c.monthly > limit {
+            return Err((
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "Project {:?} limits monthly spend to {limit} {}: its VMs cost {existing} a month and this one would add {}",
+                    p.name, p.currency, c.monthly
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(t: i64, admitted: bool, price: Option<(&str, &str)>) -> Member {
+        Member {
+            order: (Some(t), format!("m{t}")),
+            admitted,
+            monthly: price.map(|(p, c)| (p.parse().unwrap(), c.to_string())),
+        }
+    }
+
+    fn project(max: Option<u32>, spend: Option<&str>, members: Vec<Member>) -> ProjectState {
+        ProjectState {
+            name: "acme".into(),
+            currency: "USD".into(),
+            allow_other_currencies: false,
+            limits: ProjectLimits {
+                max_virtual_machines: max,
+                max_monthly_spend: spend.map(str::to_string),
+            },
+            credit_stop: None,
+            members,
+        }
+    }
+
+    fn candidate(t: i64, price: &str, currency: &str) -> Candidate {
+        Candidate {
+            order: (Some(t), "me".into()),
+            monthly: price.parse().unwrap(),
+            currency: currency.into(),
+        }
+    }
+
+    #[test]
+    fn admission_table() {
+        let usd = |p| Some((p, "USD"));
+        let cases: Vec<(&str, ProjectState, Candidate, Option<&str>)> = vec![
+            (
+                "no limits",
+                project(None, None, vec![]),
+                candidate(5, "6", "USD"),
+                None,
+            ),
+            (
+                "room for one more",
+                project(Some(2), None, vec![member(1, true, usd("6"))]),
+                candidate(5, "6", "USD"),
+                None,
+            ),
+            (
+                "full",
+                project(Some(1), None, vec![member(1, true, usd("6"))]),
+                candidate(5, "6", "USD"),
+                Some(reason::LIMIT_EXCEEDED),
+            ),
+            (
+                "an earlier pending VM takes the last slot",
+                project(
+                    Some(2),
+                    None,
+                    vec![member(1, true, None), member(3, false, None)],
+                ),
+                candidate(5, "6", "USD"),
+                Some(reason::LIMIT_EXCEEDED),
+            ),
+            (
+                "a later pending VM does not",
+                project(
+                    Some(2),
+                    None,
+                    vec![member(1, true, None), member(9, false, None)],
+                ),
+                candidate(5, "6", "USD"),
+                None,
+            ),
+            (
+                "an old VM moving in still needs a free slot",
+                project(Some(1), None, vec![member(9, true, usd("6"))]),
+                candidate(0, "6", "USD"),
+                Some(reason::LIMIT_EXCEEDED),
+            ),
+            (
+                "spend within the limit",
+                project(None, Some("12"), vec![member(1, true, usd("6"))]),
+                candidate(5, "6", "USD"),
+                None,
+            ),
+            (
+                "spend over the limit",
+                project(None, Some("11.99"), vec![member(1, true, usd("6"))]),
+                candidate(5, "6", "USD"),
+                Some(reason::LIMIT_EXCEEDED),
+            ),
+            (
+                "pending members' prices do not count",
+                project(
+                    None,
+                    Some("12"),
+                    vec![member(1, true, usd("6")), member(2, false, usd("6"))],
+                ),
+                candidate(5, "6", "USD"),
+                None,
+            ),
+            (
+                "another currency is refused by default",
+                project(None, None, vec![]),
+                candidate(5, "6", "EUR"),
+                Some(reason::CURRENCY_MISMATCH),
+            ),
+        ];
+        for (name, p, c, want) in cases {
+            let got = admit(&p, &c).err().map(|(r, _)| r);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn other_currencies_never_add_to_the_spend_limit() {
+        let mut p = project(
+            None,
+            Some("10"),
+            vec![
+                member(1, true, Some(("9", "EUR"))),
+                member(2, true, Some(("4", "USD"))),
+            ],
+        );
+        p.allow_other_currencies = true;
+        // 4 USD + 6 USD = 10 USD: fits; the 9 EUR member is not added in.
+        assert_eq!(admit(&p, &candidate(5, "6", "USD")), Ok(()));
+        // An allowed EUR VM does not count towards a USD limit.
+        assert_eq!(admit(&p, &candidate(5, "100", "EUR")), Ok(()));
+        let (_, msg) = admit(&p, &candidate(5, "6.01", "USD")).unwrap_err();
+        assert!(msg.contains("cost 4 a month"), "{msg}");
+    }
+}

@@ -1,0 +1,215 @@
+//! VirtualMachine reconciler, a pipeline: [`read`] (ProviderConfig, vendor server, catalog, Projects) →
+//! [`decide`] (pure: next status, one vendor step, health) → [`act`] (usage, the vendor step, the
+//! connection Secret). [`build`] and [`limits`] are the pure pieces decide and act use.
+//!
+//! # Guarantees
+//! - **Create exactly once.** Before the vendor's create is called, `status.creationKey` (the object's UID)
+//!   is persisted, and the vendor object is tagged `quartermaster-uid-<uid>`. Every reconcile without a
+//!   recorded `externalID` first looks the tag up (twice, a moment apart, when intent exists); so a crash
+//!   anywhere finds the server instead of creating a second one. Status is never rolled back (see the
+//!   framework), so recorded intent survives any later error.
+//! - **Ownership.** Only servers carrying this VM's tag are acted on, or untagged ones the ProviderConfig
+//!   lets this namespace adopt (they are tagged first). Another object's server is never touched.
+//! - `runStrategy` is only read, never rewritten. `ObserveOnly` never calls a mutating vendor API.
+//! - One reboot per distinct `quartermaster.dev/restart-requested-at` value.
+//! - Deletion (policy Delete) deletes every vendor server carrying the UID tag — in the account the
+//!   server was created in — and waits until the vendor reports them gone; Orphan and ObserveOnly leave
+//!   them. A VM that may ever have reached the create call is always looked up by tag before cleanup
+//!   concludes there is nothing to delete.
+
+pub mod act;
+pub mod build;
+pub mod decide;
+pub mod limits;
+pub mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
+use super::{Context, Error, vendor};
+use crate::cloud;
+use crate::crd::conditions::{Health, event, reason};
+use crate::crd::virtual_machine::{DeletionPolicy, ManagementPolicy, VirtualMachineStatus};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, VirtualMachine};
+use crate::ledger::metering;
+
+pub use build::connection_secret_name;
+pub use decide::{Decision, Inputs, Step, decide};
+
+/// How often deletion looks again while the vendor keeps a cancelled server until a later date
+/// (Contabo: the end of the paid period).
+pub const SCHEDULED_DELETION_POLL: Duration = Duration::from_secs(3600);
+
+/// The VirtualMachine reconciler.
+pub struct VirtualMachineReconciler;
+
+fn uid_of(vm: &VirtualMachine) -> Result<String, Error> {
+    vm.uid()
+        .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))
+}
+
+/// A vendor refusing the credentials makes the ProviderConfig re-check them now.
+fn note_auth_failure(ctx: &Context, pc: &str, e: &Error) {
+    if let Error::Vendor { source, .. } = e
+        && source.is_auth()
+    {
+        ctx.credentials_rejected(pc);
+    }
+}
+
+impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
+    async fn apply(
+        &self,
+        vm: Arc<VirtualMachine>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineStatus>,
+    ) -> Result<Outcome, Error> {
+        let uid = uid_of(&vm)?;
+        // Checked before anything is read: a moved providerConfigRef must not reach the other account.
+        if let Some(m) = decide::immutable_violation(&vm, &progress.status) {
+            return Ok(Outcome::new(Health::stalled(
+                reason::IMMUTABLE_FIELD_CHANGED,
+                m,
+            )));
+        }
+        let pc = vm.spec.provider_config_ref.name.clone();
+        let obs = read::read(&ctx, &vm, &uid, &progress.status)
+            .await
+            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
+        let d = decide(&Inputs {
+            vm: &vm,
+            uid: &uid,
+            status: &progress.status,
+            lookup: &obs.lookup,
+            catalog: obs.catalog.as_deref(),
+            target: &obs.target,
+            billed: obs.billed.as_ref(),
+            adoption_allowed: obs.adoption_allowed,
+            resize_needs_power_off: obs.provider.resize_needs_power_off(),
+            vendor: obs.provider.vendor(),
+            metering: ctx.ledger.is_some(),
+            now: jiff::Timestamp::now().as_second(),
+        });
+        act::act(&ctx, &vm, &uid, &obs, d, progress)
+            .await
+            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))
+    }
+
+    async fn cleanup(
+        &self,
+        vm: Arc<VirtualMachine>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineStatus>,
+    ) -> Result<Cleanup, Error> {
+        let uid = uid_of(&vm)?;
+        if ctx.ledger.is_some()
+            && let Some(open) = progress
+                .status
+                .metering
+                .as_ref()
+                .and_then(decide::open_window)
+        {
+            // Billing ends with the object: record the last partial hour (retried until the ledger takes it).
+            let obs = metering::Observation {
+                running: false,
+                size: open.size.clone(),
+                price: None,
+            };
+            let subject = decide::subject(&vm, &uid, progress.status.project.as_deref());
+            let now = jiff::Timestamp::now().as_second();
+            let step = metering::step(&subject, Some(&open), &obs, now, true);
+            if let Err(e) = ctx.record_usage(&step.events).await {
+                ctx.set_pending_usage(&uid, step.events.len());
+                return Err(e.into());
+            }
+            ctx.set_pending_usage(&uid, 0);
+            progress.status.metering = None;
+            persist(&ctx, &*vm, progress).await?;
+        }
+        if vm.spec.deletion_policy == DeletionPolicy::Orphan
+            || vm.spec.management_policy == ManagementPolicy::ObserveOnly
+        {
+            publish(
+                &ctx,
+                &*vm,
+                EventType::Normal,
+                event::ORPHANED,
+                "the vendor server is left in place",
+            )
+            .await;
+            return Ok(Cleanup::Done);
+        }
+        let status = &progress.status;
+        // Never created, never tried: nothing at the vendor.
+        if status.creation_key.is_none()
+            && status.external_id.is_none()
+            && !vm.annotations().contains_key(ANNOTATION_EXTERNAL_ID)
+        {
+            return Ok(Cleanup::Done);
+        }
+        // The account the server is in, even if spec.providerConfigRef was edited since.
+        let pc = status
+            .provider_config
+            .clone()
+            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
+        let ns = vm.namespace().unwrap_or_default();
+        let r = vendor::resolve(&ctx, &pc, &ns).await?;
+        let p = ctx.providers.compute(&ctx, &r).await?;
+        let mut servers = p
+            .find_by_tag(&cloud::uid_tag(&uid))
+            .await
+            .map_err(Error::vendor("look up servers by tag"))
+            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
+        for id in status
+            .external_id
+            .iter()
+            .chain(vm.annotations().get(ANNOTATION_EXTERNAL_ID))
+        {
+            if !servers.iter().any(|s| &s.id == id)
+                && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?
+            {
+                servers.push(s);
+            }
+        }
+        let mut waiting = Vec::new();
+        let mut scheduled = Vec::new();
+        // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
+        // object's server (e.g. named by an annotation) is never deleted.
+        for s in act::owned(&servers, &uid) {
+            if s.deletion_scheduled {
+                scheduled.push(s.id.clone());
+                continue;
+            }
+            p.delete(&s.id)
+                .await
+                .map_err(Error::vendor("delete the server"))?;
+            waiting.push(s.id.clone());
+        }
+        if waiting.is_empty() && scheduled.is_empty() {
+            return Ok(Cleanup::Done);
+        }
+        if waiting.is_empty() {
+            return Ok(Cleanup::Wait {
+                message: format!(
+                    "{} keeps server(s) {} until their cancellation date; looking again hourly",
+                    p.vendor(),
+                    scheduled.join(", ")
+                ),
+                requeue_after: SCHEDULED_DELETION_POLL,
+            });
+        }
+        waiting.extend(scheduled);
+        Ok(Cleanup::Wait {
+            message: format!(
+                "waiting for {} to delete server(s) {}",
+                p.vendor(),
+                waiting.join(", ")
+            ),
+            requeue_after: ctx.config.poll_interval,
+        })
+    }
+}

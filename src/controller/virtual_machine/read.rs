@@ -1,0 +1,242 @@
+//! The read step: everything decide looks at — the ProviderConfig and its client, what the vendor holds
+//! for this VM, the catalog, and the Projects involved.
+
+use std::sync::Arc;
+
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use rust_decimal::Decimal;
+
+use super::decide::{Lookup, ProjectLookup};
+use super::limits::{Member, ProjectState};
+use crate::cloud::catalog::Catalog;
+use crate::cloud::{self, ComputeProvider};
+use crate::controller::framework::publish;
+use crate::controller::vendor::{self, Resolved};
+use crate::controller::{Context, Error};
+use crate::crd::conditions::event;
+use crate::crd::project::CreditExhaustedPolicy;
+use crate::crd::virtual_machine::{ManagementPolicy, VirtualMachineStatus};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, Project, VirtualMachine};
+
+/// What the read step found.
+pub struct Observed {
+    /// The ProviderConfig.
+    pub resolved: Resolved,
+    /// Its vendor client.
+    pub provider: Arc<dyn ComputeProvider>,
+    /// What the vendor holds for this VM.
+    pub lookup: Lookup,
+    /// The vendor's catalog (required before a create; best effort otherwise).
+    pub catalog: Option<Arc<Catalog>>,
+    /// The Project `spec.projectRef` names.
+    pub target: ProjectLookup,
+    /// The Project the VM is admitted to, when that is another one.
+    pub billed: Option<ProjectLookup>,
+    /// Whether this namespace may adopt untagged servers of the account.
+    pub adoption_allowed: bool,
+}
+
+/// Reads what decide needs.
+pub async fn read(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    status: &VirtualMachineStatus,
+) -> Result<Observed, Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let resolved = vendor::resolve(ctx, &vm.spec.provider_config_ref.name, &ns).await?;
+    let provider = ctx.providers.compute(ctx, &resolved).await?;
+    let adoption_allowed = vendor::adoption_allowed(&resolved.config, &ns);
+    let lookup = lookup(ctx, vm, uid, status, &*provider).await?;
+    let absent = matches!(lookup, Lookup::Absent { .. });
+    let catalog = match catalog(ctx, &resolved, &*provider).await {
+        Ok(c) => Some(c),
+        // Needed to validate a create; otherwise prices wait for the next reconcile.
+        Err(e) if absent => return Err(e),
+        Err(_) => None,
+    };
+    let target_name = vm.spec.project_ref.as_ref().map(|p| p.name.as_str());
+    let creating = absent && vm.spec.management_policy == ManagementPolicy::Full;
+    let moving = !absent && status.project.is_some() && status.project.as_deref() != target_name;
+    let target = project(ctx, vm, target_name, creating || moving).await?;
+    let billed = match status.project.as_deref() {
+        Some(b) if Some(b) != target_name => Some(project(ctx, vm, Some(b), false).await?),
+        _ => None,
+    };
+    Ok(Observed {
+        resolved,
+        provider,
+        lookup,
+        catalog,
+        target,
+        billed,
+        adoption_allowed,
+    })
+}
+
+/// The vendor catalog of a ProviderConfig (cached per ProviderConfig and credentials).
+pub async fn catalog(
+    ctx: &Context,
+    r: &Resolved,
+    p: &dyn ComputeProvider,
+) -> Result<Arc<Catalog>, Error> {
+    let key = format!("{}/{}", r.config.name_any(), r.fingerprint);
+    ctx.catalogs
+        .get(&key, p)
+        .await
+        .map_err(Error::vendor("read the vendor catalog"))
+}
+
+/// Finds the server: by the adopted or recorded ID, else by the ownership tag. When intent was recorded
+/// but the tag finds nothing, looks again after `listing_lag` (vendor listings can lag a create).
+async fn lookup(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    status: &VirtualMachineStatus,
+    p: &dyn ComputeProvider,
+) -> Result<Lookup, Error> {
+    let known = vm
+        .annotations()
+        .get(ANNOTATION_EXTERNAL_ID)
+        .cloned()
+        .or_else(|| status.external_id.clone());
+    if let Some(id) = known {
+        return Ok(
+            match p.get(&id).await.map_err(Error::vendor("read the server"))? {
+                Some(s) => Lookup::Found(s),
+                None => Lookup::Missing(id),
+            },
+        );
+    }
+    let tag = cloud::uid_tag(uid);
+    let find = || async {
+        p.find_by_tag(&tag)
+            .await
+            .map_err(Error::vendor("look up servers by tag"))
+    };
+    let mut tagged = find().await?;
+    let mut after_intent = false;
+    if tagged.is_empty() && status.creation_key.is_some() {
+        tokio::time::sleep(ctx.config.listing_lag).await;
+        tagged = find().await?;
+        after_intent = true;
+    }
+    if tagged.is_empty() {
+        return Ok(Lookup::Absent { after_intent });
+    }
+    tagged.sort_by(|a, b| a.id.cmp(&b.id));
+    if tagged.len() > 1 {
+        publish(
+            ctx,
+            vm,
+            EventType::Warning,
+            event::DUPLICATE_FOUND,
+            &format!(
+                "{} servers carry this object's tag; using {}",
+                tagged.len(),
+                tagged[0].id
+            ),
+        )
+        .await;
+    }
+    Ok(Lookup::Found(tagged.remove(0)))
+}
+
+/// Reads Project `name` (in the VM's namespace) and, when `with_members`, its other VMs.
+async fn project(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    name: Option<&str>,
+    with_members: bool,
+) -> Result<ProjectLookup, Error> {
+    let Some(name) = name else {
+        return Ok(ProjectLookup::Unset);
+    };
+    let ns = vm.namespace().unwrap_or_default();
+    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(p) = projects
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("reading the project"))?
+    else {
+        return Ok(ProjectLookup::Missing(name.to_string()));
+    };
+    let mut members = Vec::new();
+    if with_members && p.spec.limits.is_some() {
+        let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+        members = vms
+            .list(&Default::default())
+            .await
+            .map_err(Error::kube("listing the project's virtual machines"))?
+            .items
+            .iter()
+            .filter(|m| m.uid() != vm.uid())
+            .filter_map(|m| member_of(m, name))
+            .collect();
+    }
+    Ok(ProjectLookup::Found(project_state(&p, members)))
+}
+
+/// What admission needs of a Project.
+pub fn project_state(p: &Project, members: Vec<Member>) -> ProjectState {
+    ProjectState {
+        name: p.name_any(),
+        currency: p.spec.currency.clone(),
+        allow_other_currencies: p.spec.allow_other_currencies,
+        limits: p.spec.limits.clone().unwrap_or_default(),
+        credit_stop: credit_stop(p),
+        members,
+    }
+}
+
+/// Why a Project's VMs must stop: its credit is exhausted and `onCreditExhausted` is `Stop`.
+pub fn credit_stop(p: &Project) -> Option<String> {
+    if p.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
+        return None;
+    }
+    let balance = p
+        .status
+        .as_ref()?
+        .credit_balance
+        .as_deref()?
+        .parse::<Decimal>()
+        .ok()?;
+    (balance <= Decimal::ZERO).then(|| {
+        format!(
+            "stopped: Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
+            p.name_any(),
+            p.spec.currency
+        )
+    })
+}
+
+/// `vm` as a member of Project `project`, if it is one (admitted there, or asking to be). VMs being
+/// deleted free their slot.
+pub fn member_of(vm: &VirtualMachine, project: &str) -> Option<Member> {
+    if vm.meta().deletion_timestamp.is_some() {
+        return None;
+    }
+    let st = vm.status.as_ref();
+    let points_here = vm
+        .spec
+        .project_ref
+        .as_ref()
+        .is_some_and(|r| r.name == project);
+    let admitted = match st.and_then(|s| s.project.as_deref()) {
+        Some(p) => p == project,
+        // Created before admission was recorded: it holds a slot where it points.
+        None => points_here && st.is_some_and(|s| s.external_id.is_some()),
+    };
+    (admitted || points_here).then(|| Member {
+        order: super::decide::order_of(vm),
+        admitted,
+        monthly: st.and_then(|s| {
+            Some((
+                s.monthly_price.as_deref()?.parse().ok()?,
+                s.currency.clone()?,
+            ))
+        }),
+    })
+}

@@ -1,0 +1,606 @@
+//! The VirtualMachine slice's hardening, end to end on a real kube-apiserver with `quartermaster sim`:
+//! progress is never rolled back by an error, long names fit, adoption never crosses tenants, vendor
+//! refusals stall (and a rejected token marks the ProviderConfig at once), references that must not move do
+//! not, a project move bills the old project first, recorded intent is read back, and one tenant's
+//! annotation cannot hurt the controller.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{Project, ProviderConfig, VirtualMachine};
+
+mod common;
+
+use common::env::{Env, WAIT, env, env_with};
+
+async fn delete_vm(e: &Env, name: &str) {
+    e.vms()
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone(name).await;
+}
+
+/// Droplets still at the vendor (not being deleted) that carry `uid`'s tag.
+async fn tagged_droplets(e: &Env, uid: &str) -> usize {
+    let tag = format!("quartermaster-uid-{uid}");
+    e.sim
+        .droplets()
+        .await
+        .iter()
+        .filter(|d| {
+            d["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == &tag))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_248_character_name_gets_ready_and_deletion_leaves_no_droplet() {
+    let e = env("vmlong", |_| {}, true).await;
+    let name = format!("a{}", "b".repeat(247));
+    e.apply_vm(&name, serde_json::json!({})).await;
+    let vm = e
+        .wait_vm(
+            &name,
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let st = vm.status.unwrap();
+    let secret = st
+        .connection_secret_ref
+        .expect("connection secret recorded")
+        .name;
+    assert!(
+        secret.len() <= 253 && secret.ends_with("-connection"),
+        "{secret}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    assert!(secrets.get_opt(&secret).await.unwrap().is_some());
+    assert!(st.metering.is_none() || st.creation_key.is_some());
+    let uid = vm.metadata.uid.unwrap();
+    assert_eq!(tagged_droplets(&e, &uid).await, 1);
+    delete_vm(&e, &name).await;
+    assert_eq!(
+        tagged_droplets(&e, &uid).await,
+        0,
+        "deletion left the droplet"
+    );
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_keeps_its_intent_and_deletion_finds_the_droplet() {
+    // The vendor holds the create answer 3 s; the controller gives up after 1 s (a POST is not retried).
+    let e = env_with("vmtimeout", |c| c.create_latency_ms = 3000)
+        .await
+        .with_controller(None, |c| c.vendor_timeout = Duration::from_secs(1));
+    e.apply_vm("slow", serde_json::json!({})).await;
+    let vms = e.vms();
+    let vm = common::eventually(WAIT, "intent recorded and the droplet made", || async {
+        let vm = vms.get("slow").await.ok()?;
+        let uid = vm.metadata.uid.clone()?;
+        (vm.status.as_ref()?.creation_key.is_some() && tagged_droplets(&e, &uid).await == 1)
+            .then_some(vm)
+    })
+    .await;
+    let uid = vm.metadata.uid.unwrap();
+    // Delete before the controller learned the ID: cleanup finds the droplet by its tag.
+    delete_vm(&e, "slow").await;
+    assert_eq!(
+        tagged_droplets(&e, &uid).await,
+        0,
+        "a droplet survived its VM"
+    );
+}
+
+#[tokio::test]
+async fn adoption_never_crosses_tenants_and_is_opt_in() {
+    let alice = env("alice", |_| {}, true).await;
+    alice
+        .apply_vm("web", serde_json::json!({"spec": {"tags": ["alice"]}}))
+        .await;
+    let vm = alice
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let alice_id = vm.status.unwrap().external_id.unwrap();
+
+    // Mallory, in another namespace on the same ProviderConfig, names alice's server — with adoption
+    // allowed for her namespace, even.
+    let mallory_ns = common::namespace(&alice.client, "mallory").await;
+    let pcs: Api<ProviderConfig> = Api::all(alice.client.clone());
+    pcs.patch(
+        &alice.pc,
+        &PatchParams::default(),
+        &Patch::Merge(
+            &serde_json::json!({"spec": {"adoption": {"allowedNamespaces": [mallory_ns]}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let mallory = Env {
+        client: alice.client.clone(),
+        ns: mallory_ns.clone(),
+        id: alice.id.clone(),
+        sim: common::start_sim(|_| {}).await,
+        pc: alice.pc.clone(),
+        _stop: None,
+        metrics: None,
+    };
+    mallory
+        .apply_vm(
+            "grab",
+            serde_json::json!({
+                "metadata": {"annotations": {"quartermaster.dev/external-id": alice_id}},
+                "spec": {"runStrategy": "Halted"}
+            }),
+        )
+        .await;
+    let vm = mallory
+        .wait_vm(
+            "grab",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "OwnedByAnother",
+        )
+        .await;
+    let st = vm.status.unwrap_or_default();
+    assert_eq!(
+        st.external_id, None,
+        "another tenant's server ID reached status"
+    );
+    assert_eq!(
+        st.addresses, None,
+        "another tenant's addresses reached status"
+    );
+    let secrets: Api<Secret> = Api::namespaced(alice.client.clone(), &mallory_ns);
+    assert!(
+        secrets.get_opt("grab-connection").await.unwrap().is_none(),
+        "another tenant's addresses reached a Secret"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = alice.droplet(&alice_id).await.unwrap();
+    assert_eq!(d["status"], "active", "mallory powered alice's server off");
+    delete_vm(&mallory, "grab").await;
+    assert!(
+        alice.droplet(&alice_id).await.is_some(),
+        "deleting mallory's VM destroyed alice's server"
+    );
+
+    // The reserved tag prefix is refused by the schema.
+    let bad: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "spoof"},
+        "spec": {"providerConfigRef": {"name": alice.pc}, "region": "fra1", "size": "s-1vcpu-1gb",
+                 "image": "debian-12-x64", "tags": [format!("quartermaster-uid-{}", vm.metadata.uid.unwrap())]}
+    }))
+    .unwrap();
+    let err = alice
+        .vms()
+        .create(&Default::default(), &bad)
+        .await
+        .expect_err("a reserved tag was accepted");
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422);
+            assert!(s.message.contains("spec.tags"), "{}", s.message);
+        }
+        other => panic!("unexpected error {other}"),
+    }
+
+    // An untagged server, adopted where allowed, is tagged as the adopter's.
+    let console = alice.sim.create_droplet("console", &[]).await;
+    alice
+        .apply_vm(
+            "adopt",
+            serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/external-id": console}}}),
+        )
+        .await;
+    alice
+        .wait_vm(
+            "adopt",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "AdoptionNotAllowed",
+        )
+        .await;
+    alice.allow_adoption().await;
+    let vm = alice
+        .wait_vm(
+            "adopt",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let tag = format!("quartermaster-uid-{}", vm.metadata.uid.unwrap());
+    let d = alice.droplet(&console).await.unwrap();
+    assert!(
+        d["tags"].as_array().unwrap().iter().any(|t| t == &tag),
+        "adopted server not tagged: {d}"
+    );
+    assert!(
+        alice
+            .event_reasons("adopt")
+            .await
+            .iter()
+            .any(|r| r == "Adopted"),
+        "no Adopted event"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_stalls_the_vm_and_marks_the_provider_config_at_once() {
+    let e = env("vmauth", |_| {}, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    e.sim.revoke_token("sim-token").await;
+    // Any reconcile now meets a 401: a restart request makes one happen right away.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/restart-requested-at": "r1"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "InvalidCredentials",
+        )
+        .await;
+    let ready =
+        conditions::find(&vm.status.as_ref().unwrap().conditions, conditions::READY).unwrap();
+    assert_eq!(
+        ready.status,
+        ConditionStatus::False,
+        "Ready stayed True after a refusal"
+    );
+    let reconciling = conditions::find(
+        &vm.status.as_ref().unwrap().conditions,
+        conditions::RECONCILING,
+    )
+    .unwrap();
+    assert_eq!(
+        reconciling.status,
+        ConditionStatus::False,
+        "still 'Retrying' a refusal"
+    );
+    // The ProviderConfig says so promptly (its own periodic check is 10 minutes away).
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    common::eventually(
+        Duration::from_secs(15),
+        "ProviderConfig InvalidCredentials",
+        || async {
+            let pc = pcs.get(&e.pc).await.ok()?;
+            let c = conditions::find(&pc.status?.conditions, conditions::STALLED)?.clone();
+            (c.status == ConditionStatus::True && c.reason == "InvalidCredentials").then_some(())
+        },
+    )
+    .await;
+    // A VM that arrives now says why, naming the ProviderConfig.
+    e.apply_vm("late", serde_json::json!({})).await;
+    let vm = e
+        .wait_vm(
+            "late",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "InvalidCredentials",
+        )
+        .await;
+    let stalled = conditions::find(&vm.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .clone();
+    assert!(stalled.message.contains(&e.pc), "{}", stalled.message);
+    assert!(
+        !stalled.message.contains("sim-token"),
+        "a secret reached status"
+    );
+}
+
+#[tokio::test]
+async fn provider_config_ref_is_fixed_and_deletion_cleans_up_in_the_original_account() {
+    let e = env("vmpcref", |_| {}, true).await;
+    let other_sim = common::start_sim(|_| {}).await;
+    let other = format!("{}-other", e.id);
+    common::do_provider_config(&e.client, &e.id, &other, &e.ns, &other_sim.url, &[]).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    let uid = vm.metadata.uid.unwrap();
+    assert_eq!(
+        vm.status.unwrap().provider_config.as_deref(),
+        Some(e.pc.as_str())
+    );
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"providerConfigRef": {"name": other}}}),
+    )
+    .await;
+    e.wait_vm(
+        "web",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "ImmutableFieldChanged",
+    )
+    .await;
+    assert!(
+        other_sim.droplets().await.is_empty(),
+        "a server was created in the other account"
+    );
+    delete_vm(&e, "web").await;
+    assert_eq!(
+        tagged_droplets(&e, &uid).await,
+        0,
+        "the server in the first account survived"
+    );
+}
+
+async fn project(e: &Env, name: &str, spec: serde_json::Value) {
+    let api: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    let p = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": name, "labels": {"qm-test": e.id}}, "spec": spec,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&p),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = quartermaster::ledger::Ledger::connect(None, &dir.path().join("l.db"))
+        .await
+        .unwrap();
+    ledger.migrate().await.unwrap();
+    let e = env_with("vmmove", |_| {})
+        .await
+        .with_controller(Some(ledger.clone()), |_| {});
+    project(&e, "alpha", serde_json::json!({})).await;
+    project(&e, "beta", serde_json::json!({})).await;
+    project(
+        &e,
+        "full",
+        serde_json::json!({"limits": {"maxVirtualMachines": 0}}),
+    )
+    .await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "alpha"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    assert_eq!(vm.status.unwrap().project.as_deref(), Some("alpha"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Into a full project: refused, and the VM stays alpha's.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "full"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "LimitExceeded",
+        )
+        .await;
+    assert_eq!(vm.status.unwrap().project.as_deref(), Some("alpha"));
+
+    // Into beta: alpha's window is closed first; from then on beta is billed.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "beta"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::READY,
+            ConditionStatus::True,
+            "Reconciled",
+        )
+        .await;
+    assert_eq!(vm.status.unwrap().project.as_deref(), Some("beta"));
+    let now = jiff::Timestamp::now().as_second();
+    let alpha = ledger
+        .usage(
+            &e.ns,
+            "alpha",
+            0,
+            now + 86400,
+            quartermaster::ledger::store::GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    assert!(
+        alpha.iter().map(|r| r.quantity).sum::<i64>() >= 2,
+        "alpha's running time was not billed to alpha: {alpha:?}"
+    );
+    delete_vm(&e, "web").await;
+    let beta = ledger
+        .usage(
+            &e.ns,
+            "beta",
+            0,
+            now + 86400,
+            quartermaster::ledger::store::GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    let alpha_after = ledger
+        .usage(
+            &e.ns,
+            "alpha",
+            0,
+            now + 86400,
+            quartermaster::ledger::store::GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    assert_eq!(alpha, alpha_after, "usage after the move went to alpha");
+    assert!(!beta.is_empty(), "beta billed nothing after the move");
+}
+
+#[tokio::test]
+async fn recorded_intent_is_read_back_before_creating_again() {
+    let e = env("vmintent", |_| {}, true).await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "true"}}}),
+    )
+    .await;
+    let vms = e.vms();
+    let vm = common::eventually(WAIT, "vm web paused", || async {
+        let vm = vms.get("web").await.ok()?;
+        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::PAUSED)?;
+        (c.status == ConditionStatus::True).then_some(vm)
+    })
+    .await;
+    // Intent recorded by an earlier attempt whose create never reached the vendor.
+    let uid = vm.metadata.uid.clone().unwrap();
+    e.vms()
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"status": {"creationKey": uid}})),
+        )
+        .await
+        .unwrap();
+    e.patch_vm(
+        "web",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "false"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    assert_eq!(tagged_droplets(&e, &uid).await, 1);
+    let metrics = e.metrics.as_ref().unwrap().render();
+    assert!(
+        metrics.contains("quartermaster_vm_recreates_after_intent_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        e.event_reasons("web")
+            .await
+            .iter()
+            .any(|r| r == "Recreating")
+    );
+}
+
+#[tokio::test]
+async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
+    let e = env("vmresync", |_| {}, true).await;
+    e.apply_vm(
+        "fast",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/resync-interval": "1s"}}}),
+    )
+    .await;
+    e.apply_vm(
+        "huge",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/resync-interval": "1152921504606846976h"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "fast",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    e.wait_vm(
+        "huge",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    let vendor_calls = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("quartermaster_vendor_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = e.metrics.clone().unwrap();
+    let before = vendor_calls(&metrics.render());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = vendor_calls(&metrics.render());
+    assert!(
+        after - before <= 2.0,
+        "two idle VMs made {} vendor calls in 8 s",
+        after - before
+    );
+    // The controller is alive for everyone: a new VM still gets Ready.
+    e.apply_vm("other", serde_json::json!({})).await;
+    e.wait_vm(
+        "other",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    let reasons = e.event_reasons("huge").await;
+    assert!(
+        reasons.iter().any(|r| r == "InvalidAnnotation"),
+        "{reasons:?}"
+    );
+    let reasons = e.event_reasons("fast").await;
+    assert!(
+        reasons.iter().any(|r| r == "InvalidAnnotation"),
+        "{reasons:?}"
+    );
+    // The finalizer is ours by name in managedFields (not "unknown").
+    let vm = e.vms().get("other").await.unwrap();
+    let managers: Vec<String> = vm
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "quartermaster"),
+        "{managers:?}"
+    );
+    assert!(!managers.iter().any(|m| m == "unknown"), "{managers:?}");
+}
