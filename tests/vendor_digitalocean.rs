@@ -55,6 +55,12 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
             .await
             .unwrap_or_else(|e| panic!("power {a:?}: {e}"));
     }
+    p.add_tag(
+        &created.id,
+        &cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa"),
+    )
+    .await
+    .expect("POST /v2/tags and /v2/tags/{tag}/resources (adoption)");
     p.resize(&created.id, "s-2vcpu-2gb")
         .await
         .expect("resize action");

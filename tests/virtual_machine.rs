@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use quartermaster::crd::Project;
 use quartermaster::crd::conditions::{self, ConditionStatus};
 
 mod common;
 
-use common::env::{Env, WAIT, env};
+use common::env::{WAIT, env};
 
 #[tokio::test]
 async fn lifecycle_power_restart_resize_delete() {
@@ -367,28 +367,11 @@ async fn refusals_not_allowed_namespace_and_unknown_size() {
     );
 }
 
-async fn apply_project(e: &Env, name: &str, spec: serde_json::Value) {
-    let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
-    let p = serde_json::json!({
-        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-        "metadata": {"name": name, "labels": {"qm-test": e.id}}, "spec": spec,
-    });
-    projects
-        .patch(
-            name,
-            &PatchParams::apply("quartermaster-tests").force(),
-            &Patch::Apply(&p),
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn project_limits_members_block_and_cascade() {
     let e = env("proj", |_| {}, true).await;
     let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
-    apply_project(
-        &e,
+    e.apply_project(
         "team",
         serde_json::json!({"limits": {"maxVirtualMachines": 1}, "deletionPolicy": "Block"}),
     )
@@ -463,7 +446,8 @@ async fn project_limits_members_block_and_cascade() {
     .await;
 
     // Cascade: members are deleted first (their droplets too), then the project.
-    apply_project(&e, "crew", serde_json::json!({"deletionPolicy": "Cascade"})).await;
+    e.apply_project("crew", serde_json::json!({"deletionPolicy": "Cascade"}))
+        .await;
     e.apply_vm(
         "c1",
         serde_json::json!({"spec": {"projectRef": {"name": "crew"}}}),
@@ -582,8 +566,7 @@ async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
 #[tokio::test]
 async fn project_monthly_spend_limit_refuses_a_vm_that_would_exceed_it() {
     let e = env("spend", |_| {}, true).await;
-    apply_project(
-        &e,
+    e.apply_project(
         "lean",
         serde_json::json!({"limits": {"maxMonthlySpend": "10.00"}}),
     )
@@ -623,8 +606,7 @@ async fn project_monthly_spend_limit_refuses_a_vm_that_would_exceed_it() {
     );
     assert_eq!(e.sim.droplets().await.len(), 1);
     // Raising the limit lets it through (a Project change wakes its VMs).
-    apply_project(
-        &e,
+    e.apply_project(
         "lean",
         serde_json::json!({"limits": {"maxMonthlySpend": "20.00"}}),
     )

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use quartermaster::crd::conditions::{self, ConditionStatus};
-use quartermaster::crd::{Project, ProviderConfig, VirtualMachine};
+use quartermaster::crd::{ProviderConfig, VirtualMachine};
 
 mod common;
 
@@ -357,21 +357,6 @@ async fn provider_config_ref_is_fixed_and_deletion_cleans_up_in_the_original_acc
     );
 }
 
-async fn project(e: &Env, name: &str, spec: serde_json::Value) {
-    let api: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
-    let p = serde_json::json!({
-        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-        "metadata": {"name": name, "labels": {"qm-test": e.id}}, "spec": spec,
-    });
-    api.patch(
-        name,
-        &PatchParams::apply("quartermaster-tests").force(),
-        &Patch::Apply(&p),
-    )
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,10 +367,9 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
     let e = env_with("vmmove", |_| {})
         .await
         .with_controller(Some(ledger.clone()), |_| {});
-    project(&e, "alpha", serde_json::json!({})).await;
-    project(&e, "beta", serde_json::json!({})).await;
-    project(
-        &e,
+    e.apply_project("alpha", serde_json::json!({})).await;
+    e.apply_project("beta", serde_json::json!({})).await;
+    e.apply_project(
         "full",
         serde_json::json!({"limits": {"maxVirtualMachines": 0}}),
     )
@@ -437,6 +421,8 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
         )
         .await;
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("beta"));
+    // Let beta accrue billable seconds before the VM goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let now = jiff::Timestamp::now().as_second();
     let alpha = ledger
         .usage(

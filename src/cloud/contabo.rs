@@ -892,6 +892,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_instance_reads_as_deletion_scheduled() {
+        let i = |cancel: serde_json::Value| -> Instance {
+            serde_json::from_value(serde_json::json!({
+                "instanceId": 7, "displayName": "web", "status": "running", "cancelDate": cancel
+            }))
+            .unwrap()
+        };
+        let s = to_server(i(serde_json::json!("2026-12-31")));
+        assert_eq!(s.state, ServerState::Deleting);
+        assert!(
+            s.deletion_scheduled,
+            "cleanup would poll every few seconds for a month"
+        );
+        let s = to_server(i(serde_json::json!("")));
+        assert!(!s.deletion_scheduled);
+        assert_eq!(s.state, ServerState::Running);
+    }
+
+    #[test]
     fn product_table_is_sane() {
         for p in PRODUCTS {
             let m: Decimal = p.monthly.parse().unwrap();

@@ -117,6 +117,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vendor_refusals_stall_and_outages_retry() {
+        use crate::cloud::CloudError;
+        use crate::http::HttpError;
+        let status = |code| Error::Vendor {
+            step: "create the server",
+            source: CloudError::Http(HttpError::Status {
+                vendor: "digitalocean",
+                status: code,
+                message: "the vendor's words".into(),
+                retry_after: None,
+            }),
+        };
+        let cases: [(Error, Option<&str>); 8] = [
+            (status(401), Some(reason::INVALID_CREDENTIALS)),
+            (status(403), Some(reason::INVALID_CREDENTIALS)),
+            (status(400), Some(reason::VENDOR_REJECTED)),
+            (status(404), Some(reason::VENDOR_REJECTED)),
+            (status(422), Some(reason::VENDOR_REJECTED)),
+            (status(429), None),
+            (status(503), None),
+            (
+                Error::Vendor {
+                    step: "read the server",
+                    source: CloudError::Http(HttpError::Timeout {
+                        vendor: "digitalocean",
+                        timeout: std::time::Duration::from_secs(1),
+                    }),
+                },
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            let got = e.stall();
+            assert_eq!(got.as_ref().map(|(r, _)| *r), want, "{e}");
+            if let Some((_, message)) = got {
+                assert!(message.contains("the vendor's words"), "{message}");
+            }
+        }
+    }
+
+    #[test]
     fn categories_are_bounded() {
         let e = Error::Permanent {
             reason: "X",

@@ -47,6 +47,12 @@ pub enum LeaderError {
         /// The new holder.
         holder: Option<String>,
     },
+    /// A renew call was still unanswered when the renew deadline passed.
+    #[error("renewing lease {lease} did not complete within the renew deadline")]
+    RenewTimedOut {
+        /// Lease name.
+        lease: String,
+    },
     /// Renewal kept failing until the renew deadline passed.
     #[error("failed to renew lease {lease} within the renew deadline: {source}")]
     RenewDeadline {
@@ -126,7 +132,19 @@ impl LeaderElector {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.timings.retry_period).await;
-            match self.try_acquire_or_renew().await {
+            // NB: the renew call gets only what is left of the renew deadline: a hung API connection must
+            // not keep a leader that can no longer prove its lease acting past it.
+            let left = self
+                .timings
+                .renew_deadline
+                .saturating_sub(last_ok.elapsed())
+                .max(Duration::from_millis(1));
+            let Ok(attempt) = tokio::time::timeout(left, self.try_acquire_or_renew()).await else {
+                return LeaderError::RenewTimedOut {
+                    lease: self.name.clone(),
+                };
+            };
+            match attempt {
                 Ok(Attempt::Leader) => last_ok = Instant::now(),
                 Ok(Attempt::Standby(holder)) => {
                     return LeaderError::Lost {

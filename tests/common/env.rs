@@ -78,6 +78,24 @@ impl Env {
         self
     }
 
+    /// Applies a Project `name` with `spec` in this environment's namespace.
+    pub async fn apply_project(&self, name: &str, spec: serde_json::Value) {
+        let projects: Api<quartermaster::crd::Project> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let p = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": name, "labels": {"qm-test": self.id}}, "spec": spec,
+        });
+        projects
+            .patch(
+                name,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&p),
+            )
+            .await
+            .unwrap();
+    }
+
     /// Lets this environment's namespace adopt untagged servers of its ProviderConfig.
     pub async fn allow_adoption(&self) {
         let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(self.client.clone());

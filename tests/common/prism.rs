@@ -14,6 +14,11 @@ pub fn specs_dir() -> Option<PathBuf> {
         .unwrap_or_else(|| super::root().join("../shared/specs"));
     if dir.is_dir() {
         Some(dir)
+    } else if std::env::var_os("CI").is_some() {
+        panic!(
+            "vendor OpenAPI specs not found at {} and CI is set: CI always has ../shared/specs",
+            dir.display()
+        );
     } else {
         eprintln!(
             "\n*** SKIPPED: vendor OpenAPI specs not found at {} (set QM_SPECS_DIR); CI always has them ***\n",

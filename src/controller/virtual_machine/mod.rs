@@ -189,27 +189,75 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
                 .map_err(Error::vendor("delete the server"))?;
             waiting.push(s.id.clone());
         }
-        if waiting.is_empty() && scheduled.is_empty() {
-            return Ok(Cleanup::Done);
-        }
-        if waiting.is_empty() {
-            return Ok(Cleanup::Wait {
-                message: format!(
-                    "{} keeps server(s) {} until their cancellation date; looking again hourly",
-                    p.vendor(),
-                    scheduled.join(", ")
-                ),
-                requeue_after: SCHEDULED_DELETION_POLL,
-            });
-        }
-        waiting.extend(scheduled);
-        Ok(Cleanup::Wait {
+        Ok(deletion_wait(
+            p.vendor(),
+            waiting,
+            scheduled,
+            ctx.config.poll_interval,
+        ))
+    }
+}
+
+/// What cleanup waits for: servers whose deletion is under way are polled every `poll`; when every
+/// remaining server is only scheduled for deletion at a later date, hourly.
+pub fn deletion_wait(
+    vendor: &str,
+    waiting: Vec<String>,
+    scheduled: Vec<String>,
+    poll: Duration,
+) -> Cleanup {
+    match (waiting.is_empty(), scheduled.is_empty()) {
+        (true, true) => Cleanup::Done,
+        (true, false) => Cleanup::Wait {
             message: format!(
-                "waiting for {} to delete server(s) {}",
-                p.vendor(),
-                waiting.join(", ")
+                "{vendor} keeps server(s) {} until their cancellation date; looking again hourly",
+                scheduled.join(", ")
             ),
-            requeue_after: ctx.config.poll_interval,
-        })
+            requeue_after: SCHEDULED_DELETION_POLL,
+        },
+        (false, _) => Cleanup::Wait {
+            message: format!(
+                "waiting for {vendor} to delete server(s) {}",
+                [waiting, scheduled].concat().join(", ")
+            ),
+            requeue_after: poll,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_waits_hourly_only_for_scheduled_cancellations() {
+        let poll = Duration::from_secs(5);
+        let after = |c: Cleanup| match c {
+            Cleanup::Done => None,
+            Cleanup::Wait { requeue_after, .. } => Some(requeue_after),
+        };
+        assert_eq!(after(deletion_wait("contabo", vec![], vec![], poll)), None);
+        assert_eq!(
+            after(deletion_wait("contabo", vec![], vec!["7".into()], poll)),
+            Some(SCHEDULED_DELETION_POLL)
+        );
+        assert_eq!(
+            after(deletion_wait(
+                "digitalocean",
+                vec!["1".into()],
+                vec![],
+                poll
+            )),
+            Some(poll)
+        );
+        assert_eq!(
+            after(deletion_wait(
+                "contabo",
+                vec!["1".into()],
+                vec!["7".into()],
+                poll
+            )),
+            Some(poll)
+        );
     }
 }
