@@ -357,6 +357,25 @@ async fn provider_config_ref_is_fixed_and_deletion_cleans_up_in_the_original_acc
     );
 }
 
+/// Everything the ledger holds for `project` up to a day from now, by meter.
+async fn billed(
+    ledger: &quartermaster::ledger::Ledger,
+    ns: &str,
+    project: &str,
+) -> Vec<quartermaster::ledger::store::UsageRow> {
+    let until = jiff::Timestamp::now().as_second() + 86400;
+    ledger
+        .usage(
+            ns,
+            project,
+            0,
+            until,
+            quartermaster::ledger::store::GroupBy::Meter,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,42 +442,14 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("beta"));
     // Let beta accrue billable seconds before the VM goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let now = jiff::Timestamp::now().as_second();
-    let alpha = ledger
-        .usage(
-            &e.ns,
-            "alpha",
-            0,
-            now + 86400,
-            quartermaster::ledger::store::GroupBy::Meter,
-        )
-        .await
-        .unwrap();
+    let alpha = billed(&ledger, &e.ns, "alpha").await;
     assert!(
         alpha.iter().map(|r| r.quantity).sum::<i64>() >= 2,
         "alpha's running time was not billed to alpha: {alpha:?}"
     );
     delete_vm(&e, "web").await;
-    let beta = ledger
-        .usage(
-            &e.ns,
-            "beta",
-            0,
-            now + 86400,
-            quartermaster::ledger::store::GroupBy::Meter,
-        )
-        .await
-        .unwrap();
-    let alpha_after = ledger
-        .usage(
-            &e.ns,
-            "alpha",
-            0,
-            now + 86400,
-            quartermaster::ledger::store::GroupBy::Meter,
-        )
-        .await
-        .unwrap();
+    let beta = billed(&ledger, &e.ns, "beta").await;
+    let alpha_after = billed(&ledger, &e.ns, "alpha").await;
     assert_eq!(alpha, alpha_after, "usage after the move went to alpha");
     assert!(!beta.is_empty(), "beta billed nothing after the move");
 }
