@@ -4,19 +4,22 @@
 //! Each controller watches its kind through a predicate filter (generation, labels, annotations,
 //! finalizers, deletion): status-only writes — including our own — do not trigger a reconcile.
 
+pub mod cache;
 pub mod error;
 pub mod framework;
 pub mod leader;
+pub mod members;
 pub mod names;
 pub mod project;
 pub mod provider_config;
 pub mod vendor;
 pub mod virtual_machine;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
@@ -24,15 +27,16 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
 
 pub use crate::http::backoff_delay;
 pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
-use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
+use crate::crd::conditions::reason;
+use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::metrics::Metrics;
 use crate::server::Health;
 
@@ -56,6 +60,32 @@ pub struct ControllerConfig {
     /// How long to wait before looking for a tagged server a second time when intent was recorded but
     /// the first look found nothing (vendor listings can lag a create).
     pub listing_lag: Duration,
+    /// How many reconciles of each kind run at once.
+    pub concurrency: Concurrency,
+    /// A Project's reconcile waits this long after the last change of its members (coalescing a burst
+    /// of member changes into one recount).
+    pub project_debounce: Duration,
+}
+
+/// Reconciles that may run at once, per kind (0: unbounded).
+#[derive(Clone, Copy, Debug)]
+pub struct Concurrency {
+    /// ProviderConfigs.
+    pub provider_config: u16,
+    /// Projects.
+    pub project: u16,
+    /// VirtualMachines.
+    pub virtual_machine: u16,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self {
+            provider_config: 4,
+            project: 4,
+            virtual_machine: 64,
+        }
+    }
 }
 
 impl Default for ControllerConfig {
@@ -69,6 +99,8 @@ impl Default for ControllerConfig {
             vendor_timeout: Duration::from_secs(30),
             catalog_ttl: Duration::from_secs(3600),
             listing_lag: Duration::from_secs(2),
+            concurrency: Concurrency::default(),
+            project_debounce: Duration::from_millis(500),
         }
     }
 }
@@ -91,6 +123,7 @@ pub struct Context {
     pub catalogs: crate::cloud::catalog::CatalogCache,
     /// The usage ledger; `None` disables metering and credits.
     pub ledger: Option<crate::ledger::Ledger>,
+    caches: OnceLock<cache::Caches>,
     pending_usage: Mutex<HashMap<String, i64>>,
     failures: Mutex<HashMap<String, u32>>,
     warned: Mutex<HashMap<String, String>>,
@@ -119,6 +152,7 @@ impl Context {
             providers: vendor::Providers::default(),
             catalogs: crate::cloud::catalog::CatalogCache::new(config.catalog_ttl),
             ledger: None,
+            caches: OnceLock::new(),
             pending_usage: Mutex::default(),
             config,
             failures: Mutex::default(),
@@ -126,6 +160,16 @@ impl Context {
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
         }
+    }
+
+    /// The watch caches (set when [`run`] starts the controllers).
+    pub fn caches(&self) -> Result<&cache::Caches, Error> {
+        self.caches.get().ok_or_else(|| {
+            Error::permanent(
+                reason::INTERNAL_ERROR,
+                "the controllers' watch caches are not running",
+            )
+        })
     }
 
     /// A vendor refused the credentials of ProviderConfig `name` (401/403) on some call: its reconciler
@@ -219,38 +263,6 @@ fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Acti
     Action::requeue(delay)
 }
 
-/// Hash of what a user (or another controller) changes on an object: a change here triggers a reconcile;
-/// status-only changes do not.
-fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
-    let m = obj.meta();
-    let mut h = DefaultHasher::new();
-    m.generation.hash(&mut h);
-    m.labels.hash(&mut h);
-    m.annotations.hash(&mut h);
-    m.finalizers.hash(&mut h);
-    m.deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string())
-        .hash(&mut h);
-    Some(h.finish())
-}
-
-/// A controller for kind `K`, fed by a filtered watch; its store is returned for readiness.
-fn controller_for<K: Managed>(ctx: &Context) -> Controller<K> {
-    let api = K::api(ctx.client.clone(), None);
-    let mut wc = watcher::Config::default();
-    if let Some(sel) = &ctx.config.label_selector {
-        wc = wc.labels(sel);
-    }
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, wc)
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(trigger_hash::<K>, PredicateConfig::default());
-    Controller::for_stream(stream, reader)
-}
-
 /// Drives a built controller to completion with the framework's reconcile and error policy.
 fn drive<K: Managed, R: Reconciler<K>>(
     controller: Controller<K>,
@@ -285,27 +297,44 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 /// Runs every implemented controller until `shutdown` resolves; marks `health` synced once every
-/// controller's cache is filled.
+/// cache is filled. Reconciles start only then (see [`cache`]).
 /// `shutdown` is cloned into every controller (e.g. a `futures::future::Shared`).
 pub async fn run(
     ctx: Arc<Context>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
-    // ProviderConfig, woken also by changes to any Secret it references.
-    let pc = controller_for::<ProviderConfig>(&ctx);
-    let pc_store = pc.store();
+    let mut feeds = cache::Feeds::new(&ctx.client, ctx.config.label_selector.as_deref());
+    let vm_deletions = feeds.vm_deletions.take();
+    let caches = feeds.caches.clone();
+    if ctx.caches.set(caches.clone()).is_err() {
+        tracing::warn!("controllers already ran with this context; reusing its caches");
+    }
+    let cfg = &ctx.config;
+
+    // ProviderConfig: its own changes, any Secret it references, and at once when an object saw the
+    // vendor refuse its credentials.
+    let pc = Controller::for_shared_stream(
+        wake::own_changes(
+            feeds.provider_configs.subscribe(),
+            caches.provider_configs.clone(),
+        ),
+        caches.provider_configs.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.provider_config,
+        Duration::ZERO,
+    ));
     let secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .touched_objects();
-    let store_for_map = pc_store.clone();
+    let pcs = caches.provider_configs.clone();
     let pc = pc.watches_stream(secrets, move |secret| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-        store_for_map
-            .state()
+        pcs.state()
             .into_iter()
             .filter(|p| {
                 let r = &p.spec.credentials_secret_ref;
@@ -314,8 +343,6 @@ pub async fn run(
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     });
-
-    // ... and at once when any object saw the vendor refuse its credentials.
     let rejected = ctx
         .rejected_rx
         .lock()
@@ -328,133 +355,114 @@ pub async fn run(
         None => pc,
     };
 
-    // VirtualMachine, woken also by its ProviderConfig and Project.
-    let vm = controller_for::<VirtualMachine>(&ctx);
-    let vm_store = vm.store();
-    let by_pc = vm_store.clone();
-    let by_project = vm_store.clone();
-    let vm = vm
-        .watches(
-            Api::<ProviderConfig>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |pc| {
-                let name = pc.name_any();
-                by_pc
-                    .state()
-                    .into_iter()
-                    .filter(|v| v.spec.provider_config_ref.name == name)
-                    .map(|v| ObjectRef::from_obj(&*v))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Project>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            move |p| {
-                let (ns, name) = (p.namespace(), p.name_any());
-                by_project
-                    .state()
-                    .into_iter()
-                    .filter(|v| {
-                        v.namespace() == ns
-                            && v.spec.project_ref.as_ref().is_some_and(|r| r.name == name)
-                    })
-                    .map(|v| ObjectRef::from_obj(&*v))
-                    .collect::<Vec<_>>()
-            },
-        );
-
-    // Project, woken by changes to its members.
-    let proj = controller_for::<Project>(&ctx);
-    let proj_store = proj.store();
-    let proj = proj
-        .watches(
-            Api::<VirtualMachine>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            |vm| {
-                let ns = vm.namespace().unwrap_or_default();
-                vm.spec
-                    .project_ref
-                    .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
-            },
-        )
-        .watches(
-            Api::<SimCard>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            |sim| {
-                let ns = sim.namespace().unwrap_or_default();
-                sim.spec
-                    .project_ref
-                    .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
-            },
-        );
-
-    let stores_ready = {
-        let health = health.clone();
-        async move {
-            if pc_store.wait_until_ready().await.is_ok()
-                && vm_store.wait_until_ready().await.is_ok()
-                && proj_store.wait_until_ready().await.is_ok()
-            {
-                tracing::info!("controller caches synced");
-                health.set_synced(true);
-            }
+    // VirtualMachine: its own changes, and its ProviderConfig and Project when what it depends on changed.
+    let vm = Controller::for_shared_stream(
+        wake::own_changes(feeds.vms.subscribe(), caches.vms.clone()),
+        caches.vms.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.virtual_machine,
+        Duration::ZERO,
+    ));
+    let (vms, pc_memo) = (caches.vms.clone(), wake::Memo::<ProviderConfig>::default());
+    let vm = vm.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
+        if !pc_memo.changed(&*pc, wake::provider_config_for_users(&pc)) {
+            return Vec::new();
         }
+        let name = pc.name_any();
+        vms.state()
+            .into_iter()
+            .filter(|v| v.spec.provider_config_ref.name == name)
+            .map(|v| ObjectRef::from_obj(&*v))
+            .collect::<Vec<_>>()
+    });
+    let (members, vms) = (caches.members.clone(), caches.vms.clone());
+    let (spec_memo, count_memo) = (
+        wake::Memo::<Project>::default(),
+        wake::Memo::<Project>::default(),
+    );
+    let vm = vm.watches_shared_stream(feeds.projects.subscribe(), move |p| {
+        let all = spec_memo.changed(&*p, wake::project_for_members(&p));
+        let counts = count_memo.changed(&*p, wake::project_counts(&p));
+        if !all && !counts {
+            return Vec::new();
+        }
+        let ns = p.namespace().unwrap_or_default();
+        members
+            .members(&ns, &p.name_any())
+            .into_iter()
+            .filter(|r| all || vms.get(r).is_some_and(|v| wake::waits_for_slot(&v)))
+            .collect::<Vec<_>>()
+    });
+
+    // Project: its own changes, and its members when what its status shows of them changed.
+    let proj = Controller::for_shared_stream(
+        wake::own_changes(feeds.projects.subscribe(), caches.projects.clone()),
+        caches.projects.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.project,
+        cfg.project_debounce,
+    ));
+    let vm_memo = wake::Memo::<VirtualMachine>::default();
+    let proj = proj
+        .watches_shared_stream(feeds.vms.subscribe(), move |vm| {
+            if vm_memo.changed(&*vm, wake::vm_for_project(&vm)) {
+                wake::projects_of(&vm)
+            } else {
+                Vec::new()
+            }
+        })
+        .watches_shared_stream(feeds.sims.subscribe(), |sim| {
+            let ns = sim.namespace().unwrap_or_default();
+            sim.spec
+                .project_ref
+                .as_ref()
+                .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
+        })
+        .reconcile_on(futures::stream::iter(vm_deletions).flat_map(tokio_stream_from));
+
+    let watches = feeds.run();
+    let controllers = async {
+        if !caches.ready().await {
+            return;
+        }
+        tracing::info!("controller caches synced");
+        health.set_synced(true);
+        futures::future::join_all([
+            drive(
+                pc,
+                provider_config::ProviderConfigReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
+            drive(
+                vm,
+                virtual_machine::VirtualMachineReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
+            drive(
+                proj,
+                project::ProjectReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
+        ])
+        .await;
     };
-    let controllers = futures::future::join_all([
-        drive(
-            pc,
-            provider_config::ProviderConfigReconciler,
-            ctx.clone(),
-            shutdown.clone(),
-        ),
-        drive(
-            vm,
-            virtual_machine::VirtualMachineReconciler,
-            ctx.clone(),
-            shutdown.clone(),
-        ),
-        drive(
-            proj,
-            project::ProjectReconciler,
-            ctx.clone(),
-            shutdown.clone(),
-        ),
-    ]);
     tokio::select! {
         _ = controllers => {}
-        _ = async { stores_ready.await; futures::future::pending::<()>().await } => {}
+        _ = watches => {}
+        _ = shutdown.clone() => {}
     }
     health.set_synced(false);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{ProviderConfig, ProviderConfigSpec};
-
-    fn pc() -> ProviderConfig {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
-            "metadata": {"name": "a", "generation": 1},
-            "spec": {"type": "digitalocean", "credentialsSecretRef": {"name": "s", "namespace": "n"}}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn status_changes_do_not_trigger_but_spec_and_annotations_do() {
-        let a = pc();
-        let mut b = a.clone();
-        b.status = Some(Default::default());
-        assert_eq!(trigger_hash(&a), trigger_hash(&b));
-        let mut c = a.clone();
-        c.metadata.generation = Some(2);
-        assert_ne!(trigger_hash(&a), trigger_hash(&c));
-        let mut d = a.clone();
-        d.metadata.annotations =
-            Some([("quartermaster.dev/paused".to_string(), "true".to_string())].into());
-        assert_ne!(trigger_hash(&a), trigger_hash(&d));
-        let _: &ProviderConfigSpec = &a.spec;
-    }
+/// kube-runtime's controller settings: at most `concurrency` reconciles at once (0: unbounded), and
+/// requests for one object coalesced over `debounce`.
+fn runtime_config(concurrency: u16, debounce: Duration) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .concurrency(concurrency)
+        .debounce(debounce)
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
@@ -30,37 +30,28 @@ pub struct ProjectReconciler;
 /// Members of a project.
 pub struct Members {
     /// Its VirtualMachines.
-    pub vms: Vec<VirtualMachine>,
+    pub vms: Vec<Arc<VirtualMachine>>,
     /// Its SimCards.
-    pub sims: Vec<SimCard>,
+    pub sims: Vec<Arc<SimCard>>,
 }
 
-/// Lists the members of `project`.
-pub async fn members(ctx: &Context, project: &Project) -> Result<Members, Error> {
+/// The members of `project`, from the watch caches and membership indexes (no API call).
+pub fn members(ctx: &Context, project: &Project) -> Result<Members, Error> {
     let ns = project.namespace().unwrap_or_default();
     let name = project.name_any();
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-    let sims: Api<SimCard> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default();
+    let caches = ctx.caches()?;
     Ok(Members {
-        vms: vms
-            .list(&lp)
-            .await
-            .map_err(Error::kube("listing virtual machines"))?
-            .items
-            .into_iter()
-            .filter(|v| {
-                v.spec.project_ref.as_ref().is_some_and(|r| r.name == name)
-                    || v.status.as_ref().and_then(|s| s.project.as_deref()) == Some(name.as_str())
-            })
+        vms: caches
+            .members
+            .members(&ns, &name)
+            .iter()
+            .filter_map(|r| caches.vms.get(r))
             .collect(),
-        sims: sims
-            .list(&lp)
-            .await
-            .map_err(Error::kube("listing sim cards"))?
-            .items
-            .into_iter()
-            .filter(|s| s.spec.project_ref.as_ref().is_some_and(|r| r.name == name))
+        sims: caches
+            .sim_members
+            .members(&ns, &name)
+            .iter()
+            .filter_map(|r| caches.sims.get(r))
             .collect(),
     })
 }
@@ -112,7 +103,7 @@ impl Reconciler<Project> for ProjectReconciler {
         ctx: Arc<Context>,
         progress: &mut Progress<ProjectStatus>,
     ) -> Result<Outcome, Error> {
-        let m = members(&ctx, &project).await?;
+        let m = members(&ctx, &project)?;
         let (counts, projected) = summarize(&m, &project.name_any(), &project.spec.currency);
         let previous = progress.status.clone();
         let limit = project
@@ -186,13 +177,14 @@ impl Reconciler<Project> for ProjectReconciler {
         ctx: Arc<Context>,
         _progress: &mut Progress<ProjectStatus>,
     ) -> Result<Cleanup, Error> {
-        let m = members(&ctx, &project).await?;
+        let m = members(&ctx, &project)?;
         let mut names: Vec<String> = m
             .vms
             .iter()
             .map(|v| format!("VirtualMachine/{}", v.name_any()))
             .collect();
         names.extend(m.sims.iter().map(|s| format!("SimCard/{}", s.name_any())));
+        names.sort();
         if names.is_empty() {
             return Ok(Cleanup::Done);
         }
@@ -242,14 +234,19 @@ impl Reconciler<Project> for ProjectReconciler {
 mod tests {
     use super::*;
 
-    fn vm(name: &str, phase: Option<&str>, price: Option<&str>, created: bool) -> VirtualMachine {
-        serde_json::from_value(serde_json::json!({
+    fn vm(
+        name: &str,
+        phase: Option<&str>,
+        price: Option<&str>,
+        created: bool,
+    ) -> Arc<VirtualMachine> {
+        Arc::new(serde_json::from_value(serde_json::json!({
             "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
             "metadata": {"name": name, "namespace": "n"},
             "spec": {"providerConfigRef": {"name": "p"}, "region": "fra1", "size": "s", "image": "i", "projectRef": {"name": "proj"}},
             "status": {"phase": phase, "monthlyPrice": price, "externalID": if created { Some("1") } else { None }}
         }))
-        .unwrap()
+        .unwrap())
     }
 
     #[test]
@@ -272,9 +269,9 @@ mod tests {
         assert_eq!(format_money(Decimal::new(893, 5)), "0.00893");
         // Billed elsewhere (moved out) or priced in another currency: not in this project's projection.
         let mut moved = vm("e", Some("Running"), Some("100"), true);
-        moved.status.as_mut().unwrap().project = Some("other".into());
+        Arc::make_mut(&mut moved).status.as_mut().unwrap().project = Some("other".into());
         let mut euro = vm("f", Some("Running"), Some("100"), true);
-        euro.status.as_mut().unwrap().currency = Some("EUR".into());
+        Arc::make_mut(&mut euro).status.as_mut().unwrap().currency = Some("EUR".into());
         let m = Members {
             vms: vec![vm("a", Some("Running"), Some("6"), true), moved, euro],
             sims: vec![],

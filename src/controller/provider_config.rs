@@ -127,6 +127,7 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         let Some(resolved) = vendor::account_for(&ctx, (*obj).clone()).await? else {
             return Ok(Outcome::new(health));
         };
+        ctx.providers.remember(&resolved);
         let provider = ctx.providers.compute(&ctx, &resolved).await?;
         let (health, requeue_after) = match provider.verify().await {
             Ok(()) => {

@@ -40,15 +40,16 @@ pub struct Resolved {
     pub fingerprint: u64,
 }
 
-/// Reads the ProviderConfig `name` for an object in `namespace` and checks it may be used: it exists,
-/// allows the namespace, is not suspended ([`Error::Waiting`]) and its credentials were not refused by the
-/// vendor at its last check (Stalled `InvalidCredentials`, naming the ProviderConfig).
+/// Looks the ProviderConfig `name` up (in the watch cache) for an object in `namespace` and checks it
+/// may be used: it exists, allows the namespace, is not suspended ([`Error::Waiting`]) and its credentials
+/// were not refused by the vendor at its last check (Stalled `InvalidCredentials`, naming it). Its
+/// credentials come from the [`Providers`] cache: the Secret is read only when the ProviderConfig is
+/// new or changed (its own reconciler refreshes them when the Secret changes).
 pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resolved, Error> {
-    let pcs: Api<ProviderConfig> = Api::all(ctx.client.clone());
-    let Some(pc) = pcs
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("reading the ProviderConfig"))?
+    let Some(pc) = ctx
+        .caches()?
+        .provider_configs
+        .get(&kube::runtime::reflector::ObjectRef::new(name))
     else {
         return Err(Error::permanent(
             reason::PROVIDER_CONFIG_NOT_FOUND,
@@ -78,10 +79,13 @@ pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resol
             ),
         ));
     }
-    account_for(ctx, pc).await?.ok_or_else(|| Error::Waiting {
-        reason: reason::PROVIDER_CONFIG_SUSPENDED,
-        message: format!("ProviderConfig {name:?} is suspended (spec.suspended); waiting"),
-    })
+    ctx.providers
+        .account(ctx, &pc)
+        .await?
+        .ok_or_else(|| Error::Waiting {
+            reason: reason::PROVIDER_CONFIG_SUSPENDED,
+            message: format!("ProviderConfig {name:?} is suspended (spec.suspended); waiting"),
+        })
 }
 
 /// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.
@@ -141,13 +145,66 @@ pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Res
 /// A cached client and the fingerprint it was built for.
 type Cached = (u64, Arc<dyn ComputeProvider>);
 
-/// Vendor clients per ProviderConfig name.
+/// Credentials read for one version of a ProviderConfig: (uid, generation, account, fingerprint).
+type Credentials = (Option<String>, Option<i64>, Account, u64);
+
+/// Vendor clients and credentials per ProviderConfig name.
 #[derive(Default)]
 pub struct Providers {
     entries: Mutex<HashMap<String, Cached>>,
+    accounts: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
 impl Providers {
+    /// The credentials of `pc`: from memory when this version of it was resolved before, else read
+    /// from its Secret (and remembered). `Ok(None)` when it is suspended.
+    pub async fn account(
+        &self,
+        ctx: &Context,
+        pc: &ProviderConfig,
+    ) -> Result<Option<Resolved>, Error> {
+        if pc.spec.suspended {
+            return Ok(None);
+        }
+        let (uid, generation) = (pc.uid(), pc.metadata.generation);
+        let known = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pc.name_any())
+            .filter(|(u, g, _, _)| *u == uid && *g == generation)
+            .map(|(_, _, a, f)| (a.clone(), *f));
+        if let Some((account, fingerprint)) = known {
+            return Ok(Some(Resolved {
+                config: pc.clone(),
+                account,
+                fingerprint,
+            }));
+        }
+        let r = account_for(ctx, pc.clone()).await?;
+        if let Some(r) = &r {
+            self.remember(r);
+        }
+        Ok(r)
+    }
+
+    /// Remembers credentials just read from the Secret (the ProviderConfig reconciler calls this each
+    /// time it reads them, so a rotated Secret reaches every object using the ProviderConfig).
+    pub fn remember(&self, r: &Resolved) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                r.config.name_any(),
+                (
+                    r.config.uid(),
+                    r.config.metadata.generation,
+                    r.account.clone(),
+                    r.fingerprint,
+                ),
+            );
+    }
+
     /// The compute client for a resolved ProviderConfig (built once per fingerprint).
     pub async fn compute(
         &self,

@@ -17,13 +17,15 @@ use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::build;
-use super::decide::{Decision, Lookup, Step};
+use kube::runtime::reflector::ObjectRef;
+
+use super::decide::{Decision, Lookup, ProjectLookup, Step};
 use super::read::Observed;
+use super::{build, limits};
 use crate::cloud::{self, CloudError, PowerAction, Server};
 use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, persist, publish};
 use crate::controller::{Context, Error};
-use crate::crd::conditions::{event, reason};
+use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::VirtualMachineStatus;
 use crate::crd::{ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference, VirtualMachine};
 
@@ -37,6 +39,9 @@ pub async fn act(
     progress: &mut Progress<VirtualMachineStatus>,
 ) -> Result<Outcome, Error> {
     let before = progress.status.clone();
+    if let Some(refused) = reserve(ctx, vm, obs, &d, &before)? {
+        return Ok(Outcome::new(refused));
+    }
     progress.status = d.status.clone();
     let mut events = d.events.clone();
     if !d.usage.is_empty() {
@@ -59,11 +64,11 @@ pub async fn act(
         _ => None,
     };
     let existing = if d.expose || d.step == Step::Create {
-        read_connection_secret(ctx, vm).await?
+        connection_secret(ctx, vm, p.accepts_root_password()).await?
     } else {
         None
     };
-    let mut password = secret_value(existing.as_ref(), "password");
+    let mut password = secret_value(existing.as_deref(), "password");
     match &d.step {
         Step::Create => {
             if p.accepts_root_password() && password.is_none() {
@@ -71,7 +76,7 @@ pub async fn act(
                 apply_connection_secret(
                     ctx,
                     vm,
-                    existing.as_ref(),
+                    existing.as_deref(),
                     build::connection_data(vm, None, Some(&generated)),
                 )
                 .await?;
@@ -182,7 +187,7 @@ pub async fn act(
         apply_connection_secret(
             ctx,
             vm,
-            existing.as_ref(),
+            existing.as_deref(),
             build::connection_data(vm, Some(s), password.as_deref()),
         )
         .await?;
@@ -221,14 +226,64 @@ async fn user_data(ctx: &Context, vm: &VirtualMachine) -> Result<Option<String>,
     })
 }
 
-async fn read_connection_secret(
+/// Reserves the VM's slot in the Project decide admitted it to (re-checking the limit atomically with
+/// every other admission, see [`crate::controller::members`]), before the status naming that Project is
+/// written. `Some(health)` when the slot went to another VM meanwhile.
+fn reserve(
     ctx: &Context,
     vm: &VirtualMachine,
-) -> Result<Option<Secret>, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
-    api.get_opt(&build::connection_secret_name(vm))
+    obs: &Observed,
+    d: &Decision,
+    before: &VirtualMachineStatus,
+) -> Result<Option<Health>, Error> {
+    let (Some((project, me)), ProjectLookup::Found(p)) = (&d.admission, &obs.target) else {
+        return Ok(None);
+    };
+    if before.project.as_deref() == Some(project.as_str()) {
+        return Ok(None);
+    }
+    let ns = vm.namespace().unwrap_or_default();
+    let result = ctx.caches()?.members.reserve(
+        &ns,
+        project,
+        &ObjectRef::from_obj(vm),
+        &me.order,
+        &p.currency,
+        |occupancy| {
+            let mut now = p.clone();
+            now.occupancy = occupancy.clone();
+            limits::admit(&now, me)
+        },
+    );
+    Ok(result.err().map(|(r, m)| Health::stalled(r, m)))
+}
+
+/// The connection Secret, from the watch cache. When the vendor takes a root password (which lives only
+/// in that Secret) and the cache has not seen it, the API server is asked, so a cache that lags our own
+/// write can never make a later write drop the password.
+async fn connection_secret(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    holds_password: bool,
+) -> Result<Option<Arc<Secret>>, Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let name = build::connection_secret_name(vm);
+    if let Some(s) = ctx
+        .caches()?
+        .connection_secrets
+        .get(&ObjectRef::new(&name).within(&ns))
+    {
+        return Ok(Some(s));
+    }
+    if !holds_password {
+        return Ok(None);
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(api
+        .get_opt(&name)
         .await
-        .map_err(Error::kube("reading the connection secret"))
+        .map_err(Error::kube("reading the connection secret"))?
+        .map(Arc::new))
 }
 
 fn secret_value(secret: Option<&Secret>, key: &str) -> Option<String> {

@@ -132,6 +132,9 @@ pub struct Decision {
     pub resync_at_most: Option<Duration>,
     /// The server is this VM's: its addresses go into the connection Secret.
     pub expose: bool,
+    /// The VM is newly admitted to this Project: act reserves the slot (re-checking the limit
+    /// atomically) before the status saying so is written.
+    pub admission: Option<(String, Candidate)>,
 }
 
 impl Decision {
@@ -145,6 +148,7 @@ impl Decision {
             requeue_after: None,
             resync_at_most: None,
             expose: false,
+            admission: None,
         }
     }
 
@@ -304,6 +308,7 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     if let Err(m) = catalog.validate(&spec.region, &spec.size, &spec.image) {
         return Decision::stall(status, reason::INVALID_SPEC, m);
     }
+    let mut admission = None;
     if let Some(size) = catalog.size(&spec.size) {
         let me = Candidate {
             order: order_of(i.vm),
@@ -317,6 +322,7 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
                 if let Err((r, m)) = limits::admit(p, &me) {
                     return Decision::stall(status, r, m);
                 }
+                admission = Some((p.name.clone(), me));
             }
         }
     }
@@ -326,14 +332,16 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     status.provider_config = Some(spec.provider_config_ref.name.clone());
     status.project = i.target.name().map(str::to_string);
     status.phase = Some(VmPhase::Provisioning);
-    Decision::new(
+    let mut d = Decision::new(
         status,
         Step::Create,
         Health::progressing(
             reason::PROVISIONING,
             format!("creating the {} server", i.vendor),
         ),
-    )
+    );
+    d.admission = admission;
+    d
 }
 
 fn project_missing(status: VirtualMachineStatus, vm: &VirtualMachine, name: &str) -> Decision {
@@ -405,6 +413,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     };
     // Project move: admitted by the new Project first, then the old window closes to the old Project.
     let mut refusal = None;
+    let mut admission = None;
     let mut billed = i.billed.unwrap_or(i.target);
     if status.project.as_deref() != i.target.name() {
         let me = Candidate {
@@ -425,7 +434,9 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
                     vm.namespace().unwrap_or_default()
                 ),
             )),
-            ProjectLookup::Found(p) => limits::admit(p, &me),
+            ProjectLookup::Found(p) => {
+                limits::admit(p, &me).inspect(|_| admission = Some((p.name.clone(), me.clone())))
+            }
         };
         match admitted {
             Ok(()) => {
@@ -473,6 +484,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
         d.events.extend(events);
         d.resync_at_most = resync_at_most;
         d.expose = true;
+        d.admission = admission;
         d
     };
     if let Some((r, m)) = refusal {
@@ -740,11 +752,11 @@ mod tests {
                 max_monthly_spend: None,
             },
             credit_stop: credit_stop.then(|| "no credit".to_string()),
-            members: vec![limits::Member {
-                order: (Some(0), "other".into()),
-                admitted: true,
-                monthly: Some(("6".parse().unwrap(), "USD".into())),
-            }],
+            occupancy: limits::Occupancy {
+                held: 1,
+                ahead: 0,
+                spend: "6".parse().unwrap(),
+            },
         })
     }
 

@@ -40,8 +40,40 @@ pub struct ProjectState {
     pub limits: ProjectLimits,
     /// Why its VMs must stop (credit exhausted with `onCreditExhausted: Stop`), if they must.
     pub credit_stop: Option<String>,
-    /// Its other VMs (admitted or pending).
-    pub members: Vec<Member>,
+    /// How full it is, for the VM being admitted.
+    pub occupancy: Occupancy,
+}
+
+/// How full a Project is, as seen by one VM asking to be admitted (never counting that VM itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// VMs holding a slot.
+    pub held: usize,
+    /// VMs waiting for admission that come before the candidate.
+    pub ahead: usize,
+    /// Monthly price of the VMs holding a slot, in the Project's currency only.
+    pub spend: Decimal,
+}
+
+impl Occupancy {
+    /// The reference definition, from the other members: the membership index keeps the same figures
+    /// as running totals.
+    pub fn of(members: &[Member], order: &AdmissionOrder, currency: &str) -> Self {
+        Self {
+            held: members.iter().filter(|m| m.admitted).count(),
+            ahead: members
+                .iter()
+                .filter(|m| !m.admitted && m.order < *order)
+                .count(),
+            spend: members
+                .iter()
+                .filter(|m| m.admitted)
+                .filter_map(|m| m.monthly.as_ref())
+                .filter(|(_, cur)| cur == currency)
+                .map(|(price, _)| *price)
+                .sum(),
+        }
+    }
 }
 
 /// The VM asking to be admitted.
@@ -58,7 +90,7 @@ pub struct Candidate {
 /// A refusal: the Stalled reason and message.
 pub type Refusal = (&'static str, String);
 
-/// Whether `p` admits `c`.
+/// Whether `p` admits `c` (`p.occupancy` as seen by `c`).
 pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
     if c.currency != p.currency && !p.allow_other_currencies {
         return Err((
@@ -70,12 +102,7 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
         ));
     }
     if let Some(max) = p.limits.max_virtual_machines {
-        let held = p.members.iter().filter(|m| m.admitted).count();
-        let ahead = p
-            .members
-            .iter()
-            .filter(|m| !m.admitted && m.order < c.order)
-            .count();
+        let (held, ahead) = (p.occupancy.held, p.occupancy.ahead);
         if held + ahead + 1 > max as usize {
             return Err((
                 reason::LIMIT_EXCEEDED,
@@ -94,14 +121,7 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
     if let Some(limit) = limit
         && c.currency == p.currency
     {
-        let existing: Decimal = p
-            .members
-            .iter()
-            .filter(|m| m.admitted)
-            .filter_map(|m| m.monthly.as_ref())
-            .filter(|(_, cur)| *cur == p.currency)
-            .map(|(price, _)| *price)
-            .sum();
+        let existing = p.occupancy.spend;
         if existing + c.monthly > limit {
             return Err((
                 reason::LIMIT_EXCEEDED,
@@ -127,8 +147,10 @@ mod tests {
         }
     }
 
+    /// A Project with `members`, as seen by a candidate created at time 5.
     fn project(max: Option<u32>, spend: Option<&str>, members: Vec<Member>) -> ProjectState {
         ProjectState {
+            occupancy: Occupancy::of(&members, &(Some(5), "me".into()), "USD"),
             name: "acme".into(),
             currency: "USD".into(),
             allow_other_currencies: false,
@@ -137,7 +159,6 @@ mod tests {
                 max_monthly_spend: spend.map(str::to_string),
             },
             credit_stop: None,
-            members,
         }
     }
 

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
 use rust_decimal::Decimal;
 
 use super::decide::{Lookup, ProjectLookup};
-use super::limits::{Member, ProjectState};
+use super::limits::{Occupancy, ProjectState};
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
 use crate::controller::framework::publish;
@@ -59,9 +60,9 @@ pub async fn read(
     let target_name = vm.spec.project_ref.as_ref().map(|p| p.name.as_str());
     let creating = absent && vm.spec.management_policy == ManagementPolicy::Full;
     let moving = !absent && status.project.is_some() && status.project.as_deref() != target_name;
-    let target = project(ctx, vm, target_name, creating || moving).await?;
+    let target = project(ctx, vm, target_name, creating || moving)?;
     let billed = match status.project.as_deref() {
-        Some(b) if Some(b) != target_name => Some(project(ctx, vm, Some(b), false).await?),
+        Some(b) if Some(b) != target_name => Some(project(ctx, vm, Some(b), false)?),
         _ => None,
     };
     Ok(Observed {
@@ -144,8 +145,9 @@ async fn lookup(
     Ok(Lookup::Found(tagged.remove(0)))
 }
 
-/// Reads Project `name` (in the VM's namespace) and, when `with_members`, its other VMs.
-async fn project(
+/// Looks Project `name` (in the VM's namespace) up in the watch cache and, when `with_members`, how full
+/// it is for this VM (from the membership index).
+fn project(
     ctx: &Context,
     vm: &VirtualMachine,
     name: Option<&str>,
@@ -155,39 +157,33 @@ async fn project(
         return Ok(ProjectLookup::Unset);
     };
     let ns = vm.namespace().unwrap_or_default();
-    let projects: Api<Project> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(p) = projects
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("reading the project"))?
-    else {
+    let caches = ctx.caches()?;
+    let Some(p) = caches.projects.get(&ObjectRef::new(name).within(&ns)) else {
         return Ok(ProjectLookup::Missing(name.to_string()));
     };
-    let mut members = Vec::new();
-    if with_members && p.spec.limits.is_some() {
-        let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-        members = vms
-            .list(&Default::default())
-            .await
-            .map_err(Error::kube("listing the project's virtual machines"))?
-            .items
-            .iter()
-            .filter(|m| m.uid() != vm.uid())
-            .filter_map(|m| member_of(m, name))
-            .collect();
-    }
-    Ok(ProjectLookup::Found(project_state(&p, members)))
+    let occupancy = if with_members && p.spec.limits.is_some() {
+        caches.members.occupancy(
+            &ns,
+            name,
+            &ObjectRef::from_obj(vm),
+            &super::decide::order_of(vm),
+            &p.spec.currency,
+        )
+    } else {
+        Occupancy::default()
+    };
+    Ok(ProjectLookup::Found(project_state(&p, occupancy)))
 }
 
 /// What admission needs of a Project.
-pub fn project_state(p: &Project, members: Vec<Member>) -> ProjectState {
+pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
     ProjectState {
         name: p.name_any(),
         currency: p.spec.currency.clone(),
         allow_other_currencies: p.spec.allow_other_currencies,
         limits: p.spec.limits.clone().unwrap_or_default(),
         credit_stop: credit_stop(p),
-        members,
+        occupancy,
     }
 }
 
@@ -209,34 +205,5 @@ pub fn credit_stop(p: &Project) -> Option<String> {
             p.name_any(),
             p.spec.currency
         )
-    })
-}
-
-/// `vm` as a member of Project `project`, if it is one (admitted there, or asking to be). VMs being
-/// deleted free their slot.
-pub fn member_of(vm: &VirtualMachine, project: &str) -> Option<Member> {
-    if vm.meta().deletion_timestamp.is_some() {
-        return None;
-    }
-    let st = vm.status.as_ref();
-    let points_here = vm
-        .spec
-        .project_ref
-        .as_ref()
-        .is_some_and(|r| r.name == project);
-    let admitted = match st.and_then(|s| s.project.as_deref()) {
-        Some(p) => p == project,
-        // Created before admission was recorded: it holds a slot where it points.
-        None => points_here && st.is_some_and(|s| s.external_id.is_some()),
-    };
-    (admitted || points_here).then(|| Member {
-        order: super::decide::order_of(vm),
-        admitted,
-        monthly: st.and_then(|s| {
-            Some((
-                s.monthly_price.as_deref()?.parse().ok()?,
-                s.currency.clone()?,
-            ))
-        }),
     })
 }
