@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod kube_client;
 pub mod ledger;
 pub mod metrics;
 pub mod server;

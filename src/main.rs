@@ -218,9 +218,26 @@ struct RunArgs {
     /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
     #[arg(long)]
     no_migrate: bool,
-    /// Reconcile only objects matching this label selector (e.g. for sharding).
+    /// Reconcile only objects matching this label selector (e.g. for sharding). Related objects
+    /// (ProviderConfigs, Projects) must match it too.
     #[arg(long, env = "QM_LABEL_SELECTOR")]
     label_selector: Option<String>,
+    /// VirtualMachine reconciles that run at once.
+    #[arg(long, default_value_t = 64, env = "QM_VM_CONCURRENCY")]
+    vm_concurrency: u16,
+    /// Project reconciles that run at once.
+    #[arg(long, default_value_t = 4, env = "QM_PROJECT_CONCURRENCY")]
+    project_concurrency: u16,
+    /// ProviderConfig reconciles that run at once.
+    #[arg(long, default_value_t = 4, env = "QM_PROVIDER_CONFIG_CONCURRENCY")]
+    provider_config_concurrency: u16,
+    /// Client-side limit on Kubernetes API requests per second (0: none), so a large fleet cannot starve
+    /// kubectl and other controllers.
+    #[arg(long, default_value_t = 2000, env = "QM_KUBE_QPS")]
+    kube_qps: u32,
+    /// Kubernetes API requests that may start at once after a quiet period.
+    #[arg(long, default_value_t = 4000, env = "QM_KUBE_BURST")]
+    kube_burst: u32,
 }
 
 fn main() -> ExitCode {
@@ -432,10 +449,21 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
 }
 
 async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        format!("failed to build a Kubernetes client (kubeconfig or in-cluster config): {e}")
-    })?;
     let metrics = Metrics::new();
+    let config = kube::Config::infer().await.map_err(|e| {
+        format!("failed to find a Kubernetes configuration (kubeconfig or in-cluster config): {e}")
+    })?;
+    let client = quartermaster::kube_client::client(
+        config,
+        quartermaster::kube_client::KubeLimits {
+            qps: args.kube_qps,
+            burst: args.kube_burst,
+        },
+        Some(quartermaster::kube_client::KubeMetrics::register(
+            metrics.registry(),
+        )),
+    )
+    .map_err(|e| format!("failed to build a Kubernetes client: {e}"))?;
     let health = Arc::new(Health::default());
     let shutdown = shutdown_signal().shared();
 
@@ -468,6 +496,11 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
                 resync_interval: Duration::from_secs(args.resync_secs.max(1)),
                 label_selector: args.label_selector.clone(),
                 poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
+                concurrency: controller::Concurrency {
+                    provider_config: args.provider_config_concurrency,
+                    project: args.project_concurrency,
+                    virtual_machine: args.vm_concurrency,
+                },
                 ..Default::default()
             },
             Some(identity.clone()),

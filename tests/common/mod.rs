@@ -120,14 +120,18 @@ fn start_private_control_plane() -> PathBuf {
 }
 
 /// A client for the test control plane, with the CRDs installed.
-pub async fn client() -> Client {
+/// The test API server's client configuration.
+pub async fn kube_config() -> Config {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let path = kubeconfig();
     let kc = Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .expect("kubeconfig");
-    let client = Client::try_from(config).expect("client");
+        .expect("kubeconfig")
+}
+
+pub async fn client() -> Client {
+    let client = Client::try_from(kube_config().await).expect("client");
     CRDS.get_or_init(|| install_crds(client.clone())).await;
     client
 }
@@ -269,18 +273,30 @@ pub fn start_controller_cfg(
         ..Default::default()
     };
     tweak(&mut config);
-    let mut ctx = Context::new(client, metrics.clone(), config, Some(format!("test-{id}")));
-    if let Some(l) = ledger {
-        ctx = ctx.with_ledger(l);
-    }
-    let ctx = std::sync::Arc::new(ctx);
+    let kube_metrics = quartermaster::kube_client::KubeMetrics::register(metrics.registry());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = rx.map(|_| ()).shared();
-    tokio::spawn(controller::run(
-        ctx,
-        std::sync::Arc::new(quartermaster::server::Health::default()),
-        shutdown,
-    ));
+    let (m, id) = (metrics.clone(), id.to_string());
+    drop(client);
+    tokio::spawn(async move {
+        // The controller gets its own client (same API server), so its requests are counted by verb.
+        let counted = quartermaster::kube_client::client(
+            kube_config().await,
+            Default::default(),
+            Some(kube_metrics),
+        )
+        .expect("client");
+        let mut ctx = Context::new(counted, m, config, Some(format!("test-{id}")));
+        if let Some(l) = ledger {
+            ctx = ctx.with_ledger(l);
+        }
+        controller::run(
+            std::sync::Arc::new(ctx),
+            std::sync::Arc::new(quartermaster::server::Health::default()),
+            shutdown,
+        )
+        .await
+    });
     (metrics, tx)
 }
 

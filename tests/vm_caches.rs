@@ -1,0 +1,176 @@
+//! Scale behaviour of the VirtualMachine slice, end to end on a real kube-apiserver with `quartermaster
+//! sim`: a reconcile of an unchanged VM reads nothing from the API server (related objects come from
+//! the watch caches), a Project status change wakes its members only when it changes what they depend
+//! on, and two VMs racing for a Project's last slot get exactly one admission.
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use quartermaster::crd::Project;
+use quartermaster::crd::conditions::{self, ConditionStatus};
+
+mod common;
+
+use common::env::{Env, WAIT, env};
+
+/// Requests the controller sent with `verb` for `resource` (from its `quartermaster_kube_requests_total`).
+fn kube_requests(e: &Env, verb: &str, resource: &str) -> u64 {
+    let text = e.metrics.as_ref().expect("controller runs").render();
+    let want =
+        format!("quartermaster_kube_requests_total{{resource=\"{resource}\",verb=\"{verb}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// VirtualMachine reconciles started so far.
+fn vm_reconciles(e: &Env) -> u64 {
+    e.metrics
+        .as_ref()
+        .expect("controller runs")
+        .reconciles
+        .with_label_values(&["VirtualMachine"])
+        .get()
+}
+
+/// Reads of the objects a VM reconcile depends on.
+fn related_reads(e: &Env) -> u64 {
+    ["get", "list"]
+        .iter()
+        .flat_map(|v| {
+            ["projects", "providerconfigs", "virtualmachines", "secrets"]
+                .map(|r| kube_requests(e, v, r))
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_unchanged_vm_is_reconciled_without_reading_the_api_server() {
+    let e = env("vmcache", |_| {}, false)
+        .await
+        .with_controller(None, |_| {});
+    e.apply_project(
+        "team",
+        serde_json::json!({"limits": {"maxVirtualMachines": 5}}),
+    )
+    .await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
+    )
+    .await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    // Each label change is a reconcile of a VM with nothing to do.
+    let (reads, reconciles) = (related_reads(&e), vm_reconciles(&e));
+    for i in 0..5 {
+        e.patch_vm(
+            "web",
+            serde_json::json!({"metadata": {"labels": {"touched": i.to_string()}}}),
+        )
+        .await;
+        let want = reconciles + i + 1;
+        common::eventually(WAIT, "a reconcile per touch", || async {
+            (vm_reconciles(&e) >= want).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        related_reads(&e),
+        reads,
+        "reconciles of an unchanged VM read its Project, ProviderConfig, Secret or members from the API server"
+    );
+}
+
+#[tokio::test]
+async fn a_project_status_change_wakes_members_only_when_it_matters_to_them() {
+    let e = env("vmwake", |_| {}, false)
+        .await
+        .with_controller(None, |_| {});
+    e.apply_project("team", serde_json::json!({})).await;
+    for n in ["a", "b", "c"] {
+        e.apply_vm(
+            n,
+            serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
+        )
+        .await;
+    }
+    for n in ["a", "b", "c"] {
+        e.wait_vm(n, conditions::READY, ConditionStatus::True, "Reconciled")
+            .await;
+    }
+    // Let the Project settle (its recount is debounced).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    let before = vm_reconciles(&e);
+    // A cost figure changes: nothing members depend on.
+    projects
+        .patch_status(
+            "team",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"monthToDateCost": "12.34"}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        vm_reconciles(&e),
+        before,
+        "a cost-only Project status change woke its members"
+    );
+    // A spec change (limits) is what members depend on: each of them is looked at again.
+    e.apply_project(
+        "team",
+        serde_json::json!({"limits": {"maxVirtualMachines": 10}}),
+    )
+    .await;
+    common::eventually(
+        WAIT,
+        "members woken by the Project's spec change",
+        || async { (vm_reconciles(&e) >= before + 3).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_vms_racing_for_the_last_slot_get_one_admission() {
+    let e = env("vmrace", |_| {}, false)
+        .await
+        .with_controller(None, |_| {});
+    e.apply_project(
+        "team",
+        serde_json::json!({"limits": {"maxVirtualMachines": 1}}),
+    )
+    .await;
+    let spec = serde_json::json!({"spec": {"projectRef": {"name": "team"}}});
+    futures::future::join_all(["x1", "x2", "x3", "x4"].map(|n| e.apply_vm(n, spec.clone()))).await;
+    let stalled = common::eventually(WAIT, "one admitted, three waiting", || async {
+        let list = e.vms().list(&Default::default()).await.ok()?;
+        let state = |reason: &str| {
+            list.items
+                .iter()
+                .filter(|v| {
+                    v.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.reason == reason && c.status == ConditionStatus::True)
+                    })
+                })
+                .count()
+        };
+        (state("LimitExceeded") == 3 && state("Reconciled") == 1).then_some(())
+    })
+    .await;
+    let _: () = stalled;
+    assert_eq!(
+        e.sim.droplets().await.len(),
+        1,
+        "more than one VM was admitted to a Project with one slot"
+    );
+}
