@@ -7,7 +7,6 @@
 //! as DigitalOcean does. Transitions are evaluated lazily against wall-clock time, so they continue across
 //! restarts of the simulator.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,107 +15,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::Mutex;
 
+pub use super::state::Store;
+use super::state::{Pending, SimDroplet, now_ms};
 use super::{SimConfig, error};
-
-/// A pending state change.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct Pending {
-    at_ms: i64,
-    status: String,
-    size: Option<String>,
-    remove: bool,
-}
-
-/// A simulated droplet.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct SimDroplet {
-    id: u64,
-    name: String,
-    status: String,
-    size: String,
-    region: String,
-    image: String,
-    tags: Vec<String>,
-    ipv6: bool,
-    backups: bool,
-    created_at: String,
-    pending: Option<Pending>,
-}
-
-/// The simulator's persistent state.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Store {
-    next_id: u64,
-    droplets: Vec<SimDroplet>,
-    /// Tokens revoked through `POST /_sim/revoke-token` (as when an account owner rotates a token).
-    #[serde(default)]
-    revoked_tokens: Vec<String>,
-    #[serde(skip)]
-    path: PathBuf,
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-impl Store {
-    /// Loads the state file, or starts empty when it does not exist.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let mut s = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<Store>(&bytes).map_err(|e| e.to_string())?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Store {
-                next_id: 100_000_001,
-                ..Default::default()
-            },
-            Err(e) => return Err(e.to_string()),
-        };
-        s.path = path.to_path_buf();
-        Ok(s)
-    }
-
-    /// Writes the state atomically (temp file + rename).
-    fn save(&self) {
-        let tmp = self.path.with_extension("tmp");
-        let write = serde_json::to_vec_pretty(self)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = write {
-            tracing::error!(path = %self.path.display(), error = %e, "failed to save simulator state");
-        }
-    }
-
-    /// Applies every transition that is due.
-    fn advance(&mut self) {
-        let now = now_ms();
-        let mut changed = false;
-        for d in &mut self.droplets {
-            let due = d
-                .pending
-                .as_ref()
-                .is_some_and(|p| !p.remove && p.at_ms <= now);
-            if due && let Some(p) = d.pending.take() {
-                d.status = p.status;
-                if let Some(size) = p.size {
-                    d.size = size;
-                }
-                changed = true;
-            }
-        }
-        let before = self.droplets.len();
-        self.droplets.retain(|d| {
-            !d.pending
-                .as_ref()
-                .is_some_and(|p| p.remove && p.at_ms <= now)
-        });
-        if changed || before != self.droplets.len() {
-            self.save();
-        }
-    }
-}
 
 type Shared = Arc<Mutex<Store>>;
 
@@ -162,7 +66,7 @@ async fn require_token(
     }
     let revoked = {
         let store = s.store.lock().await;
-        bearer(req.headers()).is_some_and(|t| store.revoked_tokens.iter().any(|r| r == t))
+        bearer(req.headers()).is_some_and(|t| store.is_revoked(t))
     };
     if revoked {
         return error(
@@ -187,11 +91,7 @@ struct RevokeBody {
 }
 
 async fn revoke_token(State(s): State<AppState>, Json(b): Json<RevokeBody>) -> Response {
-    let mut store = s.store.lock().await;
-    if !store.revoked_tokens.contains(&b.token) {
-        store.revoked_tokens.push(b.token);
-        store.save();
-    }
+    s.store.lock().await.revoke(b.token);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -303,11 +203,7 @@ struct ListQuery {
 async fn list_droplets(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
-    let all: Vec<&SimDroplet> = store
-        .droplets
-        .iter()
-        .filter(|d| q.tag_name.as_ref().is_none_or(|t| d.tags.contains(t)))
-        .collect();
+    let all = store.list(q.tag_name.as_deref());
     let per_page = q.per_page.unwrap_or(20).clamp(1, 200);
     let page = q.page.unwrap_or(1).max(1);
     let items: Vec<_> = all
@@ -388,9 +284,8 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
     let json = {
         let mut store = s.store.lock().await;
         store.advance();
-        let id = store.next_id;
-        store.next_id += 1;
-        let d = SimDroplet {
+        let provision = secs_ms(s.cfg.provision_secs);
+        droplet_json(store.create(|id| SimDroplet {
             id,
             name: b.name,
             status: "new".into(),
@@ -402,15 +297,11 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
             backups: b.backups,
             created_at: jiff::Timestamp::now().to_string(),
             pending: Some(Pending {
-                at_ms: now_ms() + secs_ms(s.cfg.provision_secs),
+                at_ms: now_ms() + provision,
                 status: "active".into(),
                 ..Default::default()
             }),
-        };
-        let json = droplet_json(&d);
-        store.droplets.push(d);
-        store.save();
-        json
+        }))
     };
     // NB: the droplet already exists; a caller that gives up now must find it by tag, not create another.
     if s.cfg.create_latency_ms > 0 {
@@ -482,26 +373,21 @@ async fn tag_resources(
     let mut store = s.store.lock().await;
     store.advance();
     for r in &b.resources {
-        if r.resource_type != "droplet"
-            || !store
-                .droplets
-                .iter()
-                .any(|d| d.id.to_string() == r.resource_id)
-        {
+        if r.resource_type != "droplet" || store.get(&r.resource_id).is_none() {
             return not_found();
         }
     }
     for r in &b.resources {
-        if let Some(d) = store
-            .droplets
-            .iter_mut()
-            .find(|d| d.id.to_string() == r.resource_id)
-            && !d.tags.contains(&tag)
+        if store
+            .get(&r.resource_id)
+            .is_some_and(|d| !d.tags.contains(&tag))
         {
-            d.tags.push(tag.clone());
+            store.update(&r.resource_id, |d| {
+                d.tags.push(tag.clone());
+                Ok::<_, ()>(())
+            });
         }
     }
-    store.save();
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -520,7 +406,7 @@ fn not_found() -> Response {
 async fn get_droplet(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
-    match store.droplets.iter().find(|d| d.id.to_string() == id) {
+    match store.get(&id) {
         Some(d) => Json(serde_json::json!({"droplet": droplet_json(d)})).into_response(),
         None => not_found(),
     }
@@ -530,17 +416,21 @@ async fn delete_droplet(State(s): State<AppState>, UrlPath(id): UrlPath<String>)
     let mut store = s.store.lock().await;
     store.advance();
     let at = now_ms() + secs_ms(s.cfg.delete_secs);
-    match store.droplets.iter_mut().find(|d| d.id.to_string() == id) {
-        Some(d) => {
-            // A repeated delete does not postpone the removal already under way.
-            if !d.pending.as_ref().is_some_and(|p| p.remove) {
+    let deleting = store
+        .get(&id)
+        .map(|d| d.pending.as_ref().is_some_and(|p| p.remove));
+    match deleting {
+        // A repeated delete does not postpone the removal already under way.
+        Some(true) => StatusCode::NO_CONTENT.into_response(),
+        Some(false) => {
+            store.update(&id, |d| {
                 d.pending = Some(Pending {
                     at_ms: at,
                     remove: true,
                     ..Default::default()
                 });
-            }
-            store.save();
+                Ok::<_, ()>(())
+            });
             StatusCode::NO_CONTENT.into_response()
         }
         None => not_found(),
@@ -569,82 +459,61 @@ async fn droplet_action(
     let mut store = s.store.lock().await;
     store.advance();
     let cfg = &s.cfg;
-    let Some(d) = store.droplets.iter_mut().find(|d| d.id.to_string() == id) else {
-        return not_found();
-    };
-    if d.pending.is_some() {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "Droplet already has a pending event.",
-        );
-    }
     let now = now_ms();
-    let pending = |secs, status: &str, size| Pending {
-        at_ms: now + secs_ms(secs),
-        status: status.into(),
-        size,
-        remove: false,
-    };
-    let p = match (b.kind.as_str(), d.status.as_str()) {
-        ("power_on", "off") => pending(cfg.power_secs, "active", None),
-        ("power_on", "active") => {
+    let changed = store.update(&id, |d| {
+        if d.pending.is_some() {
+            return Err("Droplet already has a pending event.");
+        }
+        let pending = |secs, status: &str, size| Pending {
+            at_ms: now + secs_ms(secs),
+            status: status.into(),
+            size,
+            remove: false,
+        };
+        let p = match (b.kind.as_str(), d.status.as_str()) {
+            ("power_on", "off") => pending(cfg.power_secs, "active", None),
+            ("power_on", "active") => {
+                return Err("Droplet is already powered on.");
+            }
+            ("power_off", "active") => pending(cfg.power_secs, "off", None),
+            ("power_off", "off") => {
+                return Err("Droplet is already powered off.");
+            }
+            ("reboot", "active") => pending(cfg.power_secs, "active", None),
+            ("resize", "off") => {
+                let Some(size) = b.size.filter(|sz| SIZES.iter().any(|x| x.0 == sz)) else {
+                    return Err("You specified an invalid size for Droplet resize.");
+                };
+                pending(cfg.resize_secs, "off", Some(size))
+            }
+            ("resize", _) => {
+                return Err("Droplet must be powered off to resize.");
+            }
+            ("power_on" | "power_off" | "reboot", "new") => {
+                return Err("Droplet is still being created.");
+            }
+            (other, _) if !["power_on", "power_off", "reboot", "resize"].contains(&other) => {
+                return Err("Unsupported action type.");
+            }
+            _ => {
+                return Err("Action not allowed in the droplet's state.");
+            }
+        };
+        d.pending = Some(p);
+        Ok(())
+    });
+    drop(store);
+    match changed {
+        None => return not_found(),
+        Some(Err(refused)) => {
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unprocessable_entity",
-                "Droplet is already powered on.",
+                refused,
             );
         }
-        ("power_off", "active") => pending(cfg.power_secs, "off", None),
-        ("power_off", "off") => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "Droplet is already powered off.",
-            );
-        }
-        ("reboot", "active") => pending(cfg.power_secs, "active", None),
-        ("resize", "off") => {
-            let Some(size) = b.size.filter(|sz| SIZES.iter().any(|x| x.0 == sz)) else {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprocessable_entity",
-                    "You specified an invalid size for Droplet resize.",
-                );
-            };
-            pending(cfg.resize_secs, "off", Some(size))
-        }
-        ("resize", _) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "Droplet must be powered off to resize.",
-            );
-        }
-        ("power_on" | "power_off" | "reboot", "new") => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "Droplet is still being created.",
-            );
-        }
-        (other, _) if !["power_on", "power_off", "reboot", "resize"].contains(&other) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "Unsupported action type.",
-            );
-        }
-        _ => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "Action not allowed in the droplet's state.",
-            );
-        }
-    };
-    d.pending = Some(p);
-    store.save();
+        Some(Ok(())) => {}
+    }
     (
         StatusCode::CREATED,
         Json(serde_json::json!({"action": {"id": now, "status": "in-progress", "type": b.kind, "resource_id": id, "resource_type": "droplet"}})),

@@ -1,12 +1,14 @@
 //! `quartermaster sim`: a loopback vendor simulator, our counterpart of Cluster API's in-memory provider.
 //! It speaks the DigitalOcean API subset the DigitalOcean client uses, with a realistic state machine
-//! (new → active, off, resizing...) and delays, state kept in a file (so it survives restarts), and
+//! (new → active, off, resizing...) and delays, state kept in an append-only journal file (so it survives
+//! restarts; see [`state`]), and
 //! configurable latency and faults (errors, 429 with Retry-After, slow responses).
 //!
 //! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
 //! that talks to DigitalOcean.
 
 pub mod digitalocean;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
