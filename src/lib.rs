@@ -2,6 +2,7 @@
 //!
 //! Layers point one way: [`controller`] → vendor clients → [`crd`]. The binary (`src/main.rs`) is wiring.
 
+pub mod bench;
 pub mod cloud;
 pub mod controller;
 pub mod crd;

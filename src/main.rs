@@ -127,6 +127,9 @@ enum Command {
     /// Credit grants and balances.
     #[command(subcommand)]
     Credits(Credits),
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(Bench),
     /// List a compute vendor's sizes (with prices), images or regions through a ProviderConfig.
     Catalog {
         /// What to list.
@@ -139,6 +142,13 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Converge N VirtualMachines on the API server of KUBECONFIG (a throwaway one: see
+    /// `scripts/bench reconcile`), with `quartermaster sim` and the controller started as children.
+    Reconcile(quartermaster::bench::ReconcileBench),
 }
 
 #[derive(Subcommand)]
@@ -292,6 +302,12 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Credits(c) => block_on("credits", credits(c, cli.db)),
+        Command::Bench(Bench::Reconcile(b)) => block_on("bench", async move {
+            let exe = std::env::current_exe()?;
+            quartermaster::bench::reconcile(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
         Command::Catalog {
             what,
             provider_config,

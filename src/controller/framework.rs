@@ -8,7 +8,8 @@
 //!    (optimistic concurrency on `resourceVersion`).
 //! 3. **status** — the reconciler's status plus kstatus conditions and `observedGeneration`, written by
 //!    server-side apply (field manager `quartermaster`) and skipped when nothing changed.
-//! 4. **events** — one Event whenever the overall state (Ready/Reconciling/Stalled and reason) changes.
+//! 4. **events** — one Event whenever the overall state (Ready/Reconciling/Stalled and reason) changes
+//!    (except a new object's first Reconciling state: its step's own Event says what happens).
 //! 5. **errors** — errors the user must act on (vendor refusals, invalid references) become
 //!    `Stalled=True` with the vendor's words and wait for a change; transient errors (429, 5xx, timeouts,
 //!    API server trouble) set `Reconciling=True, reason=Retrying` and requeue with capped exponential
@@ -615,6 +616,11 @@ async fn transition<K: Managed>(ctx: &Context, obj: &K, previous: &K::KindStatus
         .as_ref()
         .is_some_and(|(s, r)| *s == new_state && r == health.reason())
     {
+        return;
+    }
+    // A new object starting work is not news (and at 10,000 objects it is 10,000 writes): the step's own
+    // Event (e.g. Created) says what happens; its first Ready, Stalled or NotReady is published.
+    if old.is_none() && matches!(health, Health::Progressing { .. }) {
         return;
     }
     let type_ = if matches!(health, Health::Stalled { .. }) {

@@ -13,6 +13,7 @@ mod state;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -124,8 +125,15 @@ impl Sim {
             })?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let config = Arc::new(config);
+        let stats = Arc::new(Stats::default());
+        let reader = stats.clone();
         let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
-            .layer(middleware::from_fn_with_state(config, faults));
+            .layer(middleware::from_fn_with_state(config, faults))
+            .route(
+                "/_sim/stats",
+                axum::routing::get(move || async move { axum::Json(reader.snapshot()) }),
+            )
+            .layer(middleware::from_fn_with_state(stats, count));
         Ok(Self { listener, router })
     }
 
@@ -145,6 +153,53 @@ impl Sim {
             .await?;
         Ok(())
     }
+}
+
+/// API calls served since start, by method (simulator control calls under `/_sim` are not counted);
+/// `GET /_sim/stats` reports them (the reconcile benchmark reads vendor calls per VM there).
+#[derive(Debug, Default)]
+pub struct Stats {
+    get: AtomicU64,
+    post: AtomicU64,
+    delete: AtomicU64,
+    other: AtomicU64,
+}
+
+/// What `GET /_sim/stats` answers.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// GET calls (reads).
+    pub get: u64,
+    /// POST calls (creates, actions, tags).
+    pub post: u64,
+    /// DELETE calls.
+    pub delete: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+impl Stats {
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            get: self.get.load(Ordering::Relaxed),
+            post: self.post.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
+    }
+}
+
+async fn count(State(stats): State<Arc<Stats>>, req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/_sim") {
+        let c = match req.method().as_str() {
+            "GET" => &stats.get,
+            "POST" => &stats.post,
+            "DELETE" => &stats.delete,
+            _ => &stats.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    next.run(req).await
 }
 
 /// Latency and fault injection in front of every API call.
