@@ -25,6 +25,9 @@ use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
 /// Label on every Secret Quartermaster writes (the connection Secrets); their cache watches only those.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by=quartermaster";
 
+/// Selects every Secret Quartermaster did not write (credentials Secrets, for the ProviderConfig watch).
+pub const NOT_MANAGED_BY: &str = "app.kubernetes.io/managed-by!=quartermaster";
+
 /// How many change notifications a shared store buffers per subscriber before the watch waits.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
