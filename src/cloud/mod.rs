@@ -220,8 +220,8 @@ pub trait ComputeProvider: Send + Sync {
     fn vendor(&self) -> &'static str;
 }
 
-/// Everything needed to talk to one vendor account.
-#[derive(Clone, Debug)]
+/// Everything needed to talk to one vendor account. Its `Debug` never shows the credentials.
+#[derive(Clone)]
 pub struct Account {
     /// Vendor.
     pub provider: ProviderType,
@@ -231,6 +231,17 @@ pub struct Account {
     pub credentials: String,
     /// Client-side rate limit (requests per second, burst).
     pub rate_limit: Option<(u32, u32)>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("provider", &self.provider)
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &"<redacted>")
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
 }
 
 /// Builds the provider for an account.
@@ -292,6 +303,19 @@ pub fn generate_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_never_prints_its_credentials() {
+        let a = Account {
+            provider: ProviderType::Digitalocean,
+            endpoint: None,
+            credentials: "dop_v1_supersecret".into(),
+            rate_limit: None,
+        };
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn decimals_are_exact() {
