@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use rust_decimal::Decimal;
 
-use super::virtual_machine::limits::{AdmissionOrder, Member, Occupancy, Refusal};
+use super::virtual_machine::limits::{AdmissionOrder, Occupancy, Refusal};
 use crate::crd::{SimCard, VirtualMachine};
 
 /// A Project's key: namespace and name.
@@ -118,32 +118,33 @@ struct Inner {
 }
 
 impl Inner {
+    fn totals(&mut self, ns: &str, project: &str) -> &mut Totals {
+        self.projects
+            .entry((ns.to_string(), project.to_string()))
+            .or_default()
+    }
+
+    /// Adds (`sign > 0`) or removes what `f` contributes to its Projects' totals.
     fn add(&mut self, key: &ObjectRef<VirtualMachine>, f: &Facts, sign: i8) {
-        let ns = &f.ns;
+        let adding = sign > 0;
         for p in f.projects() {
-            let t = self
-                .projects
-                .entry((ns.clone(), p.to_string()))
-                .or_default();
-            if sign > 0 {
+            let t = self.totals(&f.ns, p);
+            if adding {
                 t.members.insert(key.clone());
             } else {
                 t.members.remove(key);
             }
         }
         if let Some(p) = f.holds() {
-            let t = self
-                .projects
-                .entry((ns.clone(), p.to_string()))
-                .or_default();
-            if sign > 0 {
+            let t = self.totals(&f.ns, p);
+            if adding {
                 t.held += 1;
             } else {
                 t.held = t.held.saturating_sub(1);
             }
             if let Some((price, cur)) = &f.monthly {
                 let s = t.spend.entry(cur.clone()).or_default();
-                if sign > 0 {
+                if adding {
                     *s += price;
                 } else {
                     *s -= price;
@@ -151,25 +152,25 @@ impl Inner {
             }
         }
         if let Some(p) = f.waits() {
-            let t = self
-                .projects
-                .entry((ns.clone(), p.to_string()))
-                .or_default();
             let entry = (f.order.clone(), f.uid.clone());
-            if sign > 0 {
+            let t = self.totals(&f.ns, p);
+            if adding {
                 t.waiting.insert(entry);
             } else {
                 t.waiting.remove(&entry);
             }
         }
-        for p in f.projects().chain(f.holds()).chain(f.waits()) {
-            let k = (ns.clone(), p.to_string());
-            if self
-                .projects
-                .get(&k)
-                .is_some_and(|t| t.members.is_empty() && t.held == 0 && t.waiting.is_empty())
-            {
-                self.projects.remove(&k);
+        if !adding {
+            // Forget Projects nothing belongs to any more.
+            for p in f.projects().chain(f.holds()).chain(f.waits()) {
+                let k = (f.ns.clone(), p.to_string());
+                if self
+                    .projects
+                    .get(&k)
+                    .is_some_and(|t| t.members.is_empty() && t.held == 0 && t.waiting.is_empty())
+                {
+                    self.projects.remove(&k);
+                }
             }
         }
     }
@@ -273,29 +274,6 @@ impl MemberIndex {
         }
         Ok(())
     }
-
-    /// The members as [`Member`]s (tests compare the index with [`Occupancy::of`]).
-    pub fn member_list(
-        &self,
-        ns: &str,
-        name: &str,
-        except: &ObjectRef<VirtualMachine>,
-    ) -> Vec<Member> {
-        let inner = self.lock();
-        inner
-            .vms
-            .iter()
-            .filter(|(k, f)| *k != except && f.ns == ns)
-            .filter_map(|(_, f)| {
-                let admitted = f.holds() == Some(name);
-                (admitted || f.waits() == Some(name)).then(|| Member {
-                    order: f.order.clone(),
-                    admitted,
-                    monthly: f.monthly.clone(),
-                })
-            })
-            .collect()
-    }
 }
 
 fn occupancy(
@@ -314,8 +292,7 @@ fn occupancy(
     let mut spend = t.spend.get(currency).copied().unwrap_or_default();
     if let Some(f) = mine.filter(|f| f.holds() == Some(name)) {
         held = held.saturating_sub(1);
-        if let Some((price, cur)) = f.monthly.as_ref().filter(|(_, c)| c == currency) {
-            let _ = cur;
+        if let Some((price, _)) = f.monthly.as_ref().filter(|(_, c)| c == currency) {
             spend -= price;
         }
     }
@@ -388,6 +365,30 @@ impl SimIndex {
 mod tests {
     use super::*;
 
+    use crate::controller::virtual_machine::limits::Member;
+
+    /// The members as [`Member`]s, for comparing the index with [`Occupancy::of`].
+    fn member_list(
+        idx: &MemberIndex,
+        ns: &str,
+        name: &str,
+        except: &ObjectRef<VirtualMachine>,
+    ) -> Vec<Member> {
+        idx.lock()
+            .vms
+            .iter()
+            .filter(|(k, f)| *k != except && f.ns == ns)
+            .filter_map(|(_, f)| {
+                let admitted = f.holds() == Some(name);
+                (admitted || f.waits() == Some(name)).then(|| Member {
+                    order: f.order.clone(),
+                    admitted,
+                    monthly: f.monthly.clone(),
+                })
+            })
+            .collect()
+    }
+
     fn vm(name: &str, t: i64, points: Option<&str>, status: serde_json::Value) -> VirtualMachine {
         let mut spec = serde_json::json!({
             "providerConfigRef": {"name": "pc"}, "region": "fra1", "size": "s", "image": "i"
@@ -430,7 +431,7 @@ mod tests {
         for me in &vms {
             let key = ObjectRef::from_obj(me);
             let order = super::super::virtual_machine::decide::order_of(me);
-            let want = Occupancy::of(&idx.member_list("ns", "p", &key), &order, "USD");
+            let want = Occupancy::of(&member_list(&idx, "ns", "p", &key), &order, "USD");
             assert_eq!(
                 idx.occupancy("ns", "p", &key, &order, "USD"),
                 want,

@@ -236,11 +236,7 @@ struct CreateBody {
 
 async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>>) -> Response {
     let Some(Json(b)) = body else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "invalid request body",
-        );
+        return unprocessable("invalid request body");
     };
     let image = match &b.image {
         serde_json::Value::String(s) => s.clone(),
@@ -254,32 +250,18 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
     {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
+        return unprocessable(
             "Only valid hostname characters are allowed. (a-z, A-Z, 0-9, . and -)",
         );
     }
     if !REGIONS.iter().any(|r| r.0 == b.region) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "You specified an invalid region for Droplet creation.",
-        );
+        return unprocessable("You specified an invalid region for Droplet creation.");
     }
     if !SIZES.iter().any(|x| x.0 == b.size) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "You specified an invalid size for Droplet creation.",
-        );
+        return unprocessable("You specified an invalid size for Droplet creation.");
     }
     if !IMAGES.iter().any(|i| i.0 == image) {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "You specified an invalid image for Droplet creation.",
-        );
+        return unprocessable("You specified an invalid image for Droplet creation.");
     }
     let json = {
         let mut store = s.store.lock().await;
@@ -328,9 +310,7 @@ async fn create_tag(body: Option<Json<TagBody>>) -> Response {
             Json(serde_json::json!({"tag": {"name": b.name, "resources": {"count": 0}}})),
         )
             .into_response(),
-        _ => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
+        _ => unprocessable(
             "tag name must be 1-255 characters of letters, numbers, colons, dashes and underscores",
         ),
     }
@@ -361,11 +341,7 @@ async fn tag_resources(
     body: Option<Json<TagResources>>,
 ) -> Response {
     let Some(Json(b)) = body else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "invalid request body",
-        );
+        return unprocessable("invalid request body");
     };
     if !valid_tag(&tag) {
         return not_found();
@@ -393,6 +369,15 @@ async fn tag_resources(
 
 fn secs_ms(s: u64) -> i64 {
     i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// DigitalOcean's 422 answer.
+fn unprocessable(message: &str) -> Response {
+    error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unprocessable_entity",
+        message,
+    )
 }
 
 fn not_found() -> Response {
@@ -450,11 +435,7 @@ async fn droplet_action(
     body: Option<Json<ActionBody>>,
 ) -> Response {
     let Some(Json(b)) = body else {
-        return error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "invalid request body",
-        );
+        return unprocessable("invalid request body");
     };
     let mut store = s.store.lock().await;
     store.advance();
@@ -506,11 +487,7 @@ async fn droplet_action(
     match changed {
         None => return not_found(),
         Some(Err(refused)) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                refused,
-            );
+            return unprocessable(refused);
         }
         Some(Ok(())) => {}
     }
