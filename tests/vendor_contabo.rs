@@ -139,6 +139,12 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
             .await
             .unwrap_or_else(|e| panic!("power {a:?}: {e}"));
     }
+    // The ownership tag lives in the display name: adding it renames the instance.
+    p.add_tag(&created.id, &uid_tag)
+        .await
+        .expect("GET + PATCH /v1/compute/instances/{id} (adoption)");
+    let err = p.add_tag(&created.id, "blue").await.unwrap_err();
+    assert!(matches!(err, CloudError::Unsupported(_)), "{err}");
     let err = p.resize(&created.id, "V95").await.unwrap_err();
     assert!(matches!(err, CloudError::Unsupported(_)), "{err}");
     p.delete(&created.id)

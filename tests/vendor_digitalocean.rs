@@ -61,6 +61,12 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
     )
     .await
     .expect("POST /v2/tags and /v2/tags/{tag}/resources (adoption)");
+    p.remove_tag(
+        &created.id,
+        &cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa"),
+    )
+    .await
+    .expect("DELETE /v2/tags/{tag}/resources (release)");
     p.resize(&created.id, "s-2vcpu-2gb")
         .await
         .expect("resize action");

@@ -80,6 +80,13 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
             .await
             .unwrap_or_else(|e| panic!("power {a:?}: {e}"));
     }
+    // Tags: the mock's instance has "example tag" and "another example"; each change PUTs the whole list.
+    p.add_tag(&created.id, &uid_tag)
+        .await
+        .expect("GET + PUT /v4/linode/instances/{id} (adoption)");
+    p.remove_tag(&created.id, "example tag")
+        .await
+        .expect("GET + PUT /v4/linode/instances/{id} (release)");
     p.resize(&created.id, "g6-standard-4")
         .await
         .expect("POST /v4/linode/instances/{id}/resize");

@@ -80,6 +80,13 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
             .await
             .unwrap_or_else(|e| panic!("power {a:?}: {e}"));
     }
+    // Tags: the mock's instance has "a tag" and "another"; each change PATCHes the whole list.
+    p.add_tag(&created.id, &uid_tag)
+        .await
+        .expect("GET + PATCH /instances/{id} (adoption)");
+    p.remove_tag(&created.id, "a tag")
+        .await
+        .expect("GET + PATCH /instances/{id} (release)");
     p.resize(&created.id, "vc2-2c-4gb")
         .await
         .expect("PATCH /instances/{id}");

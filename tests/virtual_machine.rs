@@ -197,19 +197,27 @@ async fn orphan_adoption_and_observe_only() {
             "Reconciled",
         )
         .await;
+    let keep_tag = format!("quartermaster-uid-{}", vm.metadata.uid.clone().unwrap());
     let ext = vm.status.unwrap().external_id.unwrap();
     e.vms()
         .delete("keep", &DeleteParams::default())
         .await
         .unwrap();
     e.wait_gone("keep").await;
+    let left = e
+        .droplet(&ext)
+        .await
+        .expect("an orphaned droplet was deleted");
+    // Released: the ownership tag of an object that is gone is removed, so the droplet can be adopted
+    // again, but only where the ProviderConfig allows adoption.
+    let tags: Vec<String> = serde_json::from_value(left["tags"].clone()).unwrap();
+    assert!(!tags.contains(&keep_tag), "{tags:?}");
     assert!(
-        e.droplet(&ext).await.is_some(),
-        "an orphaned droplet was deleted"
+        e.event_reasons("keep")
+            .await
+            .iter()
+            .any(|r| r == "Orphaned")
     );
-
-    // The orphaned droplet still carries "keep"'s ownership tag: no other object may adopt it, and
-    // deleting the one that tried leaves it alone.
     e.apply_vm(
         "reuse",
         serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/external-id": ext}}}),
@@ -219,7 +227,7 @@ async fn orphan_adoption_and_observe_only() {
         "reuse",
         conditions::STALLED,
         ConditionStatus::True,
-        "OwnedByAnother",
+        "AdoptionNotAllowed",
     )
     .await;
     e.vms()

@@ -25,6 +25,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use super::rest::{is_not_found, none_if_not_found, not_an_id, numeric_id, page_items};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
     UID_TAG_PREFIX,
@@ -226,6 +227,54 @@ impl Contabo {
         })
     }
 
+    /// An instance as Contabo sends it; `None` when it does not exist.
+    async fn instance(&self, id: &str) -> Result<Option<Instance>, CloudError> {
+        self.credentials()?;
+        let Some(id) = numeric_id(id) else {
+            return Ok(None);
+        };
+        let url = self.url(&format!("/v1/compute/instances/{id}"));
+        let found = self
+            .call::<DataEnvelope<Instance>, _>(true, || self.http.request(Method::GET, &url))
+            .await;
+        Ok(none_if_not_found(found)?.and_then(|env| env.data.into_iter().next()))
+    }
+
+    /// Adds (`present`) or removes an ownership tag by renaming the instance (the tag lives in its
+    /// display name). Removing from an instance that is gone is done; adding to one is a 404.
+    async fn set_tag(&self, id: &str, tag: &str, present: bool) -> Result<(), CloudError> {
+        if !tag.starts_with(UID_TAG_PREFIX) {
+            return Err(CloudError::Unsupported(
+                "contabo keeps only ownership tags (in the display name)".into(),
+            ));
+        }
+        let Some(i) = self.instance(id).await? else {
+            return if present {
+                Err(not_an_id("contabo", id))
+            } else {
+                Ok(())
+            };
+        };
+        let current = i.display_name.unwrap_or_default();
+        if tags_in(&current).iter().any(|t| t == tag) == present {
+            return Ok(());
+        }
+        let renamed = if present {
+            name_with_tags(&current, &[tag])
+        } else {
+            without_tag(&current, tag, i.instance_id)
+        };
+        let url = self.url(&format!("/v1/compute/instances/{}", i.instance_id));
+        // Renaming to the same name twice is harmless: idempotent.
+        self.send(true, || {
+            self.http
+                .request(Method::PATCH, &url)
+                .json(&serde_json::json!({ "displayName": renamed }))
+        })
+        .await?;
+        Ok(())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -242,11 +291,7 @@ impl Contabo {
                         .query(&[("page", page.to_string()), ("size", PAGE_SIZE.to_string())])
                 })
                 .await?;
-            let items: Vec<T> =
-                serde_json::from_value(v["data"].clone()).map_err(|e| HttpError::Decode {
-                    vendor: "contabo",
-                    message: format!("data: {e}"),
-                })?;
+            let items: Vec<T> = page_items("contabo", &v, "data")?;
             let n = items.len();
             out.extend(items);
             let total_pages = v["_pagination"]["totalPages"].as_f64();
@@ -263,28 +308,12 @@ impl Contabo {
     }
 
     async fn action(&self, id: &str, action: &str) -> Result<(), CloudError> {
-        let id = numeric_id(id).ok_or_else(|| not_an_id(id))?;
+        let id = numeric_id(id).ok_or_else(|| not_an_id("contabo", id))?;
         let url = self.url(&format!("/v1/compute/instances/{id}/actions/{action}"));
         self.send(false, || self.http.request(Method::POST, &url))
             .await?;
         Ok(())
     }
-}
-
-/// Contabo instance IDs are integers; anything else cannot name an instance.
-fn numeric_id(id: &str) -> Option<&str> {
-    let id = id.trim();
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
-}
-
-fn not_an_id(id: &str) -> CloudError {
-    HttpError::Status {
-        vendor: "contabo",
-        status: 404,
-        message: format!("{id:?} is not a Contabo instance ID"),
-        retry_after: None,
-    }
-    .into()
 }
 
 #[derive(Deserialize)]
@@ -486,22 +515,40 @@ const REGIONS: &[(&str, &str)] = &[
     ("IND", "Asia (India)"),
 ];
 
-/// The display name for a spec: the name plus every ownership tag it does not contain yet, at most 255
-/// characters (the name is shortened, never the tags).
+/// The display name for a spec: the name plus every ownership tag it does not contain yet.
 fn display_name(spec: &ServerSpec) -> String {
-    let missing: Vec<&str> = spec
-        .tags
+    let tags: Vec<&str> = spec.tags.iter().map(String::as_str).collect();
+    name_with_tags(&spec.name, &tags)
+}
+
+/// `name` plus every ownership tag among `tags` it does not contain yet, at most 255 characters (the
+/// name is shortened, never the tags).
+fn name_with_tags(name: &str, tags: &[&str]) -> String {
+    let missing: Vec<&str> = tags
         .iter()
-        .filter(|t| t.starts_with(UID_TAG_PREFIX) && !spec.name.contains(t.as_str()))
-        .map(String::as_str)
+        .copied()
+        .filter(|t| t.starts_with(UID_TAG_PREFIX) && !name.contains(t))
         .collect();
     if missing.is_empty() {
-        return spec.name.chars().take(MAX_DISPLAY_NAME).collect();
+        return name.chars().take(MAX_DISPLAY_NAME).collect();
     }
     let suffix: String = missing.iter().map(|t| format!(" {t}")).collect();
     let room = MAX_DISPLAY_NAME.saturating_sub(suffix.chars().count());
-    let name: String = spec.name.chars().take(room).collect();
+    let name: String = name.chars().take(room).collect();
     format!("{name}{suffix}")
+}
+
+/// `display` without the words that are `tag` (bare or bracketed); `instance-<id>` if nothing is left.
+fn without_tag(display: &str, tag: &str, id: i64) -> String {
+    let kept: Vec<&str> = display
+        .split_whitespace()
+        .filter(|w| w.trim_matches(|c| matches!(c, '(' | ')' | '[' | ']' | ',' | ';')) != tag)
+        .collect();
+    if kept.is_empty() {
+        format!("instance-{id}")
+    } else {
+        kept.join(" ")
+    }
 }
 
 /// Ownership tags found in a display name.
@@ -632,19 +679,7 @@ impl ComputeProvider for Contabo {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
-        self.credentials()?;
-        let Some(id) = numeric_id(id) else {
-            return Ok(None);
-        };
-        let url = self.url(&format!("/v1/compute/instances/{id}"));
-        match self
-            .call::<DataEnvelope<Instance>, _>(true, || self.http.request(Method::GET, &url))
-            .await
-        {
-            Ok(env) => Ok(env.data.into_iter().next().map(to_server)),
-            Err(CloudError::Http(e)) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.instance(id).await?.map(to_server))
     }
 
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
@@ -678,7 +713,7 @@ impl ComputeProvider for Contabo {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(CloudError::Http(e)) if e.status() == Some(404) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             // Already cancelled (Contabo refuses a second cancel): that is success too.
             Err(CloudError::Http(e)) if matches!(e.status(), Some(400 | 409 | 422)) => {
                 match self.get(id).await? {
@@ -689,6 +724,14 @@ impl ComputeProvider for Contabo {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, true).await
+    }
+
+    async fn remove_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, false).await
     }
 
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {
@@ -889,6 +932,20 @@ mod tests {
         let d = display_name(&spec);
         assert_eq!(d.chars().count(), MAX_DISPLAY_NAME);
         assert!(d.ends_with(&tag));
+    }
+
+    #[test]
+    fn tags_are_added_to_and_removed_from_display_names() {
+        let tag = crate::cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+        let other = crate::cloud::uid_tag("11111111-1c53-4bd1-9c39-d2e8f8d1b1aa");
+        let tagged = name_with_tags("made by hand", &[&tag]);
+        assert_eq!(tags_in(&tagged), vec![tag.clone()]);
+        assert_eq!(without_tag(&tagged, &tag, 7), "made by hand");
+        let both = format!("web ({tag}) {other}");
+        assert_eq!(without_tag(&both, &tag, 7), format!("web {other}"));
+        assert_eq!(without_tag(&tag, &tag, 7), "instance-7");
+        // Only ownership tags live in the name.
+        assert_eq!(name_with_tags("web", &["blue"]), "web");
     }
 
     #[test]

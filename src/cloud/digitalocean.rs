@@ -5,43 +5,42 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
+use super::rest::{
+    BearerApi, done_if_not_found, none_if_not_found, not_an_id, numeric_id, page_items,
+};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
     decimal_from_f64,
 };
-use crate::http::{HttpClient, HttpError};
+use crate::http::HttpClient;
 
 /// The public API.
 pub const DEFAULT_ENDPOINT: &str = "https://api.digitalocean.com";
 
 /// A DigitalOcean account.
+#[derive(Debug)]
 pub struct DigitalOcean {
-    http: HttpClient,
-    base: String,
-    token: String,
+    api: BearerApi,
 }
 
 impl DigitalOcean {
     /// A client for `endpoint` (default: the public API) with a bearer token.
     pub fn new(http: HttpClient, endpoint: Option<String>, token: &str) -> Self {
         Self {
-            http,
-            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-            token: token.trim().to_string(),
+            api: BearerApi::new(http, endpoint, DEFAULT_ENDPOINT, token),
         }
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, &format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.api.req(method, path)
     }
 
     async fn action(&self, id: &str, body: serde_json::Value) -> Result<(), CloudError> {
+        let id = numeric_id(id).ok_or_else(|| not_an_id("digitalocean", id))?;
         let r = self
             .req(Method::POST, &format!("/v2/droplets/{id}/actions"))
             .json(&body);
-        self.http.send(r, false).await?;
+        self.api.http.send(r, false).await?;
         Ok(())
     }
 
@@ -55,17 +54,14 @@ impl DigitalOcean {
         for page in 1..=50 {
             let sep = if path.contains('?') { '&' } else { '?' };
             let v: serde_json::Value = self
+                .api
                 .http
                 .json(
                     self.req(Method::GET, &format!("{path}{sep}page={page}&per_page=200")),
                     true,
                 )
                 .await?;
-            let items: Vec<T> =
-                serde_json::from_value(v[key].clone()).map_err(|e| HttpError::Decode {
-                    vendor: "digitalocean",
-                    message: format!("{key}: {e}"),
-                })?;
+            let items: Vec<T> = page_items("digitalocean", &v, key)?;
             let n = items.len();
             out.extend(items);
             let has_next = v["links"]["pages"]["next"].is_string();
@@ -213,14 +209,11 @@ fn to_server(d: Droplet) -> Server {
     }
 }
 
-fn not_found(e: &CloudError) -> bool {
-    matches!(e, CloudError::Http(h) if h.status() == Some(404))
-}
-
 #[async_trait]
 impl ComputeProvider for DigitalOcean {
     async fn verify(&self) -> Result<(), CloudError> {
         let _: serde_json::Value = self
+            .api
             .http
             .json(self.req(Method::GET, "/v2/account"), true)
             .await?;
@@ -240,6 +233,7 @@ impl ComputeProvider for DigitalOcean {
             tags: &spec.tags,
         };
         let env: DropletEnvelope = self
+            .api
             .http
             .json(self.req(Method::POST, "/v2/droplets").json(&body), false)
             .await?;
@@ -247,15 +241,15 @@ impl ComputeProvider for DigitalOcean {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
-        match self
+        let Some(id) = numeric_id(id) else {
+            return Ok(None);
+        };
+        let found = self
+            .api
             .http
             .json::<DropletEnvelope>(self.req(Method::GET, &format!("/v2/droplets/{id}")), true)
-            .await
-        {
-            Ok(env) => Ok(Some(to_server(env.droplet))),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+            .await;
+        Ok(none_if_not_found(found)?.map(|env| to_server(env.droplet)))
     }
 
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
@@ -266,32 +260,32 @@ impl ComputeProvider for DigitalOcean {
     }
 
     async fn delete(&self, id: &str) -> Result<(), CloudError> {
-        match self
-            .http
-            .send(
-                self.req(Method::DELETE, &format!("/v2/droplets/{id}")),
-                true,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let e = CloudError::from(e);
-                if not_found(&e) { Ok(()) } else { Err(e) }
-            }
-        }
+        let Some(id) = numeric_id(id) else {
+            return Ok(());
+        };
+        done_if_not_found(
+            self.api
+                .http
+                .send(
+                    self.req(Method::DELETE, &format!("/v2/droplets/{id}")),
+                    true,
+                )
+                .await,
+        )
     }
 
     async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
         // Creating an existing tag succeeds; tagging is idempotent.
-        self.http
+        self.api
+            .http
             .send(
                 self.req(Method::POST, "/v2/tags")
                     .json(&serde_json::json!({ "name": tag })),
                 true,
             )
             .await?;
-        self.http
+        self.api
+            .http
             .send(
                 self.req(Method::POST, &format!("/v2/tags/{tag}/resources"))
                     .json(&serde_json::json!({
@@ -301,6 +295,22 @@ impl ComputeProvider for DigitalOcean {
             )
             .await?;
         Ok(())
+    }
+
+    async fn remove_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        // A tag that does not exist (404) tags nothing: already done.
+        done_if_not_found(
+            self.api
+                .http
+                .send(
+                    self.req(Method::DELETE, &format!("/v2/tags/{tag}/resources"))
+                        .json(&serde_json::json!({
+                            "resources": [{ "resource_id": id, "resource_type": "droplet" }]
+                        })),
+                    true,
+                )
+                .await,
+        )
     }
 
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {

@@ -19,11 +19,12 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
+use super::rest::{BearerApi, done_if_not_found, none_if_not_found, not_an_id, numeric_id, retag};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
     UID_TAG_PREFIX, decimal_from_f64, generate_password,
 };
-use crate::http::{HttpClient, HttpError};
+use crate::http::HttpClient;
 
 /// The public API (paths start with `/v4`).
 pub const DEFAULT_ENDPOINT: &str = "https://api.linode.com";
@@ -34,35 +35,21 @@ const MAX_TAG_LEN: usize = 50;
 const WIRE_UID_PREFIX: &str = "qm-uid-";
 
 /// A Linode account.
+#[derive(Debug)]
 pub struct Linode {
-    http: HttpClient,
-    base: String,
-    token: String,
-}
-
-impl std::fmt::Debug for Linode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Linode")
-            .field("base", &self.base)
-            .field("token", &"<redacted>")
-            .finish()
-    }
+    api: BearerApi,
 }
 
 impl Linode {
     /// A client for `endpoint` (default: the public API) with a personal access token.
     pub fn new(http: HttpClient, endpoint: Option<String>, credentials: &str) -> Self {
         Self {
-            http,
-            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-            token: credentials.trim().to_string(),
+            api: BearerApi::new(http, endpoint, DEFAULT_ENDPOINT, credentials),
         }
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, &format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.api.req(method, path)
     }
 
     /// A POST action on an instance (boot, shutdown, reboot, resize).
@@ -72,20 +59,53 @@ impl Linode {
         action: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(), CloudError> {
-        let Some(id) = numeric_id(id) else {
-            return Err(HttpError::Status {
-                vendor: "linode",
-                status: 404,
-                message: format!("{id:?} is not a Linode ID"),
-                retry_after: None,
-            }
-            .into());
-        };
+        let id = numeric_id(id).ok_or_else(|| not_an_id("linode", id))?;
         let mut r = self.req(Method::POST, &format!("/v4/linode/instances/{id}/{action}"));
         if let Some(b) = body {
             r = r.json(&b);
         }
-        self.http.send(r, false).await?;
+        self.api.http.send(r, false).await?;
+        Ok(())
+    }
+
+    /// An instance as Linode sends it; `None` when it does not exist.
+    async fn instance(&self, id: &str) -> Result<Option<Instance>, CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(None);
+        };
+        none_if_not_found(
+            self.api
+                .http
+                .json::<Instance>(
+                    self.req(Method::GET, &format!("/v4/linode/instances/{id}")),
+                    true,
+                )
+                .await,
+        )
+    }
+
+    /// Adds (`present`) or removes a tag: Linode replaces the whole tag list on `PUT`, so the current
+    /// list is read first. Removing from an instance that is gone is done; adding to one is a 404.
+    async fn set_tag(&self, id: &str, tag: &str, present: bool) -> Result<(), CloudError> {
+        let Some(i) = self.instance(id).await? else {
+            return if present {
+                Err(not_an_id("linode", id))
+            } else {
+                Ok(())
+            };
+        };
+        let Some(tags) = retag(&i.tags, &to_wire_tag(tag), present) else {
+            return Ok(());
+        };
+        // Setting the same list twice is harmless: idempotent.
+        self.api
+            .http
+            .send(
+                self.req(Method::PUT, &format!("/v4/linode/instances/{}", i.id))
+                    .json(&serde_json::json!({ "tags": tags })),
+                true,
+            )
+            .await?;
         Ok(())
     }
 
@@ -95,6 +115,7 @@ impl Linode {
         let mut page = 1u32;
         loop {
             let p: Page<T> = self
+                .api
                 .http
                 .json(
                     self.req(Method::GET, &format!("{path}?page={page}&page_size=500")),
@@ -111,12 +132,6 @@ impl Linode {
         }
         Ok(out)
     }
-}
-
-/// Linode IDs are integers; anything else cannot name an instance (and is kept out of the URL path).
-fn numeric_id(id: &str) -> Option<&str> {
-    let id = id.trim();
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
 }
 
 #[derive(Deserialize)]
@@ -314,14 +329,11 @@ fn to_server(i: Instance) -> Server {
     }
 }
 
-fn is_status(e: &HttpError, status: u16) -> bool {
-    e.status() == Some(status)
-}
-
 #[async_trait]
 impl ComputeProvider for Linode {
     async fn verify(&self) -> Result<(), CloudError> {
         let _: serde_json::Value = self
+            .api
             .http
             .json(self.req(Method::GET, "/v4/profile"), true)
             .await?;
@@ -348,6 +360,7 @@ impl ComputeProvider for Linode {
         };
         // NB: Linode always assigns a public IPv6 (SLAAC); `spec.ipv6` cannot turn it off.
         let i: Instance = self
+            .api
             .http
             .json(
                 self.req(Method::POST, "/v4/linode/instances").json(&body),
@@ -361,18 +374,7 @@ impl ComputeProvider for Linode {
         let Some(id) = numeric_id(id) else {
             return Ok(None);
         };
-        match self
-            .http
-            .json::<Instance>(
-                self.req(Method::GET, &format!("/v4/linode/instances/{id}")),
-                true,
-            )
-            .await
-        {
-            Ok(i) => Ok(Some(to_server(i))),
-            Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.instance(id).await?.map(to_server))
     }
 
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
@@ -389,18 +391,23 @@ impl ComputeProvider for Linode {
         let Some(id) = numeric_id(id) else {
             return Ok(());
         };
-        match self
-            .http
-            .send(
-                self.req(Method::DELETE, &format!("/v4/linode/instances/{id}")),
-                true,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        done_if_not_found(
+            self.api
+                .http
+                .send(
+                    self.req(Method::DELETE, &format!("/v4/linode/instances/{id}")),
+                    true,
+                )
+                .await,
+        )
+    }
+
+    async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, true).await
+    }
+
+    async fn remove_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, false).await
     }
 
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {

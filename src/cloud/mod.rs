@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod contabo;
 pub mod digitalocean;
 pub mod linode;
+pub mod rest;
 pub mod vultr;
 
 use std::str::FromStr;
@@ -199,6 +200,15 @@ pub trait ComputeProvider: Send + Sync {
         let _ = (id, tag);
         Err(CloudError::Unsupported(format!(
             "{} servers cannot be tagged after creation, so they cannot be adopted",
+            self.vendor()
+        )))
+    }
+    /// Removes `tag` from a server (to release an orphaned server). Idempotent; a server that is gone
+    /// counts as done. Vendors that cannot untag say [`CloudError::Unsupported`].
+    async fn remove_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        let _ = (id, tag);
+        Err(CloudError::Unsupported(format!(
+            "{} servers cannot be untagged",
             self.vendor()
         )))
     }

@@ -19,11 +19,14 @@ use reqwest::Method;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use super::rest::{
+    BearerApi, done_if_not_found, none_if_not_found, not_an_id, page_items, retag, segment_id,
+};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
     decimal_from_f64,
 };
-use crate::http::{HttpClient, HttpError};
+use crate::http::HttpClient;
 
 /// The public API (paths without the `/v2` prefix are appended to it).
 pub const DEFAULT_ENDPOINT: &str = "https://api.vultr.com/v2";
@@ -32,35 +35,59 @@ pub const DEFAULT_ENDPOINT: &str = "https://api.vultr.com/v2";
 const HOURS_PER_MONTH: u32 = 730;
 
 /// A Vultr account.
+#[derive(Debug)]
 pub struct Vultr {
-    http: HttpClient,
-    base: String,
-    token: String,
-}
-
-impl std::fmt::Debug for Vultr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vultr")
-            .field("base", &self.base)
-            .field("token", &"<redacted>")
-            .finish()
-    }
+    api: BearerApi,
 }
 
 impl Vultr {
     /// A client for `endpoint` (default: the public API, `https://api.vultr.com/v2`) with an API key.
     pub fn new(http: HttpClient, endpoint: Option<String>, credentials: &str) -> Self {
         Self {
-            http,
-            base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-            token: credentials.trim().to_string(),
+            api: BearerApi::new(http, endpoint, DEFAULT_ENDPOINT, credentials),
         }
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, &format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        self.api.req(method, path)
+    }
+
+    /// An instance as Vultr sends it; `None` when it does not exist.
+    async fn instance(&self, id: &str) -> Result<Option<Instance>, CloudError> {
+        let Some(id) = segment_id(id) else {
+            return Ok(None);
+        };
+        let found = self
+            .api
+            .http
+            .json::<InstanceEnvelope>(self.req(Method::GET, &format!("/instances/{id}")), true)
+            .await;
+        Ok(none_if_not_found(found)?.map(|env| env.instance))
+    }
+
+    /// Adds (`present`) or removes a tag: `PATCH` replaces the whole `tags` list, so the current list is
+    /// read first. Removing from an instance that is gone is done; adding to one is a 404.
+    async fn set_tag(&self, id: &str, tag: &str, present: bool) -> Result<(), CloudError> {
+        let Some(i) = self.instance(id).await? else {
+            return if present {
+                Err(not_an_id("vultr", id))
+            } else {
+                Ok(())
+            };
+        };
+        let Some(tags) = retag(&i.tags, tag, present) else {
+            return Ok(());
+        };
+        // Setting the same list twice is harmless: idempotent.
+        self.api
+            .http
+            .send(
+                self.req(Method::PATCH, &format!("/instances/{}", i.id))
+                    .json(&serde_json::json!({ "tags": tags })),
+                true,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Every page of a cursor-paginated list (`key` is the array's name).
@@ -79,14 +106,11 @@ impl Vultr {
                 q.push(("cursor", c));
             }
             let v: serde_json::Value = self
+                .api
                 .http
                 .json(self.req(Method::GET, path).query(&q), true)
                 .await?;
-            let items: Vec<T> =
-                serde_json::from_value(v[key].clone()).map_err(|e| HttpError::Decode {
-                    vendor: "vultr",
-                    message: format!("{key}: {e}"),
-                })?;
+            let items: Vec<T> = page_items("vultr", &v, key)?;
             let n = items.len();
             out.extend(items);
             let next = v["meta"]["links"]["next"]
@@ -318,6 +342,7 @@ fn to_server(i: Instance) -> Server {
 impl ComputeProvider for Vultr {
     async fn verify(&self) -> Result<(), CloudError> {
         let _: serde_json::Value = self
+            .api
             .http
             .json(self.req(Method::GET, "/account"), true)
             .await?;
@@ -347,6 +372,7 @@ impl ComputeProvider for Vultr {
             ImageRef::Image(id) => body.image_id = Some(id),
         }
         let env: InstanceEnvelope = self
+            .api
             .http
             .json(self.req(Method::POST, "/instances").json(&body), false)
             .await?;
@@ -354,15 +380,7 @@ impl ComputeProvider for Vultr {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {
-        match self
-            .http
-            .json::<InstanceEnvelope>(self.req(Method::GET, &format!("/instances/{id}")), true)
-            .await
-        {
-            Ok(env) => Ok(Some(to_server(env.instance))),
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.instance(id).await?.map(to_server))
     }
 
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError> {
@@ -379,24 +397,34 @@ impl ComputeProvider for Vultr {
     }
 
     async fn delete(&self, id: &str) -> Result<(), CloudError> {
-        match self
-            .http
-            .send(self.req(Method::DELETE, &format!("/instances/{id}")), true)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.status() == Some(404) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        let Some(id) = segment_id(id) else {
+            return Ok(());
+        };
+        done_if_not_found(
+            self.api
+                .http
+                .send(self.req(Method::DELETE, &format!("/instances/{id}")), true)
+                .await,
+        )
+    }
+
+    async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, true).await
+    }
+
+    async fn remove_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
+        self.set_tag(id, tag, false).await
     }
 
     async fn power(&self, id: &str, action: PowerAction) -> Result<(), CloudError> {
+        let id = segment_id(id).ok_or_else(|| not_an_id("vultr", id))?;
         let verb = match action {
             PowerAction::On => "start",
             PowerAction::Off => "halt",
             PowerAction::Reboot => "reboot",
         };
-        self.http
+        self.api
+            .http
             .send(
                 self.req(Method::POST, &format!("/instances/{id}/{verb}")),
                 false,
@@ -406,8 +434,10 @@ impl ComputeProvider for Vultr {
     }
 
     async fn resize(&self, id: &str, size: &str) -> Result<(), CloudError> {
+        let id = segment_id(id).ok_or_else(|| not_an_id("vultr", id))?;
         // Vultr upgrades in place (it restarts the instance itself); plans can only grow.
-        self.http
+        self.api
+            .http
             .send(
                 self.req(Method::PATCH, &format!("/instances/{id}"))
                     .json(&serde_json::json!({ "plan": size })),

@@ -153,7 +153,8 @@ pub enum DeletionPolicy {
     /// Destroy the vendor object and wait until the vendor reports it gone.
     #[default]
     Delete,
-    /// Leave the vendor object running and forget it.
+    /// Leave the vendor object running and release it: its ownership tag is removed, so it can be
+    /// adopted again where a ProviderConfig allows adoption.
     Orphan,
 }
 

@@ -38,7 +38,10 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/v2/droplets/{id}", get(get_droplet).delete(delete_droplet))
         .route("/v2/droplets/{id}/actions", post(droplet_action))
         .route("/v2/tags", post(create_tag))
-        .route("/v2/tags/{tag}/resources", post(tag_resources))
+        .route(
+            "/v2/tags/{tag}/resources",
+            post(tag_resources).delete(untag_resources),
+        )
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
@@ -360,6 +363,34 @@ async fn tag_resources(
         {
             store.update(&r.resource_id, |d| {
                 d.tags.push(tag.clone());
+                Ok::<_, ()>(())
+            });
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /v2/tags/{tag}/resources`: untags droplets (204); droplets that do not exist are skipped.
+async fn untag_resources(
+    State(s): State<AppState>,
+    UrlPath(tag): UrlPath<String>,
+    body: Option<Json<TagResources>>,
+) -> Response {
+    let Some(Json(b)) = body else {
+        return unprocessable("invalid request body");
+    };
+    if !valid_tag(&tag) {
+        return not_found();
+    }
+    let mut store = s.store.lock().await;
+    store.advance();
+    for r in b.resources.iter().filter(|r| r.resource_type == "droplet") {
+        if store
+            .get(&r.resource_id)
+            .is_some_and(|d| d.tags.contains(&tag))
+        {
+            store.update(&r.resource_id, |d| {
+                d.tags.retain(|t| t != &tag);
                 Ok::<_, ()>(())
             });
         }

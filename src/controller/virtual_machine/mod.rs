@@ -13,8 +13,9 @@
 //! - `runStrategy` is only read, never rewritten. `ObserveOnly` never calls a mutating vendor API.
 //! - One reboot per distinct `quartermaster.dev/restart-requested-at` value.
 //! - Deletion (policy Delete) deletes every vendor server carrying the UID tag — in the account the
-//!   server was created in — and waits until the vendor reports them gone; Orphan and ObserveOnly leave
-//!   them. A VM that may ever have reached the create call is always looked up by tag before cleanup
+//!   server was created in — and waits until the vendor reports them gone. Orphan leaves them running
+//!   and removes the UID tag (so they can be adopted again where allowed); ObserveOnly leaves them
+//!   untouched. A VM that may ever have reached the create call is always looked up by tag before cleanup
 //!   concludes there is nothing to delete.
 
 pub mod act;
@@ -130,15 +131,14 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
             progress.status.metering = None;
             persist(&ctx, &*vm, progress).await?;
         }
-        if vm.spec.deletion_policy == DeletionPolicy::Orphan
-            || vm.spec.management_policy == ManagementPolicy::ObserveOnly
-        {
+        if vm.spec.management_policy == ManagementPolicy::ObserveOnly {
+            // Never mutates the vendor, not even to release the server.
             publish(
                 &ctx,
                 &*vm,
                 EventType::Normal,
                 event::ORPHANED,
-                "the vendor server is left in place",
+                "the vendor server is left in place (ObserveOnly)",
             )
             .await;
             return Ok(Cleanup::Done);
@@ -159,8 +159,9 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         let ns = vm.namespace().unwrap_or_default();
         let r = vendor::resolve(&ctx, &pc, &ns).await?;
         let p = ctx.providers.compute(&ctx, &r).await?;
+        let tag = cloud::uid_tag(&uid);
         let mut servers = p
-            .find_by_tag(&cloud::uid_tag(&uid))
+            .find_by_tag(&tag)
             .await
             .map_err(Error::vendor("look up servers by tag"))
             .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
@@ -174,6 +175,34 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
             {
                 servers.push(s);
             }
+        }
+        if vm.spec.deletion_policy == DeletionPolicy::Orphan {
+            // Released, not just left: without this VM's tag the server can be adopted again (where a
+            // ProviderConfig allows adoption) instead of staying owned by an object that is gone.
+            let mut released = Vec::new();
+            for s in act::owned(&servers, &uid) {
+                p.remove_tag(&s.id, &tag)
+                    .await
+                    .map_err(Error::vendor(
+                        "release the server (remove its ownership tag)",
+                    ))
+                    .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
+                released.push(s.id.clone());
+            }
+            if !released.is_empty() {
+                publish(
+                    &ctx,
+                    &*vm,
+                    EventType::Normal,
+                    event::ORPHANED,
+                    &format!(
+                        "server(s) {} left in place and released (ownership tag removed)",
+                        released.join(", ")
+                    ),
+                )
+                .await;
+            }
+            return Ok(Cleanup::Done);
         }
         let mut waiting = Vec::new();
         let mut scheduled = Vec::new();
