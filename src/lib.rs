@@ -10,6 +10,7 @@ pub mod http;
 pub mod kube_client;
 pub mod ledger;
 pub mod metrics;
+pub mod output;
 pub mod server;
 pub mod sim;
 pub mod telemetry;

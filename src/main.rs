@@ -113,7 +113,7 @@ enum Command {
         by: quartermaster::ledger::store::GroupBy,
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
-        output: quartermaster::ledger::report::Format,
+        output: quartermaster::output::Format,
     },
     /// A draft invoice (JSON) of a project for a month: line items per meter and object, and totals.
     Invoice {
@@ -279,10 +279,10 @@ fn main() -> ExitCode {
             let (ns, name, period, from, to) = project_period(&project, period)?;
             let l = cli.db.ledger_for(&ns, &name).await?;
             let rows = l.usage(&ns, &name, from, to, by).await?;
-            if rows.is_empty() && matches!(output, quartermaster::ledger::report::Format::Table) {
+            if rows.is_empty() && matches!(output, quartermaster::output::Format::Table) {
                 eprintln!("no usage for {ns}/{name} in {period}");
             }
-            print!("{}", quartermaster::ledger::report::render(&rows, output));
+            print!("{}", quartermaster::output::render(&rows, output));
             Ok(())
         }),
         Command::Invoice { project, period } => block_on("invoice", async move {
@@ -670,6 +670,6 @@ async fn catalog(
                 .collect()
         }
     };
-    print!("{}", quartermaster::ledger::report::table(&rows));
+    print!("{}", quartermaster::output::table(&rows));
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! `onCreditExhausted: Stop` stops the Project's VMs (runStrategy left as written) and a grant restarts
 //! them. Plus the `usage`, `invoice` and `credits` commands and their errors.
 
-use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,35 +16,6 @@ use rust_decimal::Decimal;
 mod common;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// PostgreSQL when the test script provides one (a fresh database), else SQLite in `dir`.
-async fn ledger(dir: &tempfile::TempDir) -> Ledger {
-    let l = match std::env::var("QM_TEST_DATABASE_URL") {
-        Ok(admin) => {
-            let name = format!("qm_{:08x}", rand::random::<u32>());
-            if let Ledger::Postgres(p) = Ledger::connect(Some(&admin), dir.path()).await.unwrap() {
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&p)
-                    .await
-                    .unwrap();
-            }
-            Ledger::connect(
-                Some(&format!("{}/{name}", admin.rsplit_once('/').unwrap().0)),
-                dir.path(),
-            )
-            .await
-            .unwrap()
-        }
-        Err(_) => {
-            eprintln!("*** QM_TEST_DATABASE_URL not set: billing test on SQLite only ***");
-            Ledger::connect(None, &dir.path().join("ledger.db"))
-                .await
-                .unwrap()
-        }
-    };
-    l.migrate().await.unwrap();
-    l
-}
 
 /// One hour of another VM's usage in `project`, ending now, at `hourly` per hour.
 fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> UsageEvent {
@@ -94,7 +64,7 @@ async fn apply(client: &kube::Client, ns: &str, v: serde_json::Value) {
 #[tokio::test]
 async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let l = ledger(&dir).await;
+    let (l, _) = common::db::fresh_ledger(&dir).await;
     let client = common::client().await;
     let ns = common::namespace(&client, "bill").await;
     let id = common::unique("bill");
@@ -286,7 +256,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
 }
 
 fn cli(db: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+    let out = common::process::quartermaster()
         .args(args)
         .args(["--database-url", db])
         .output()
@@ -486,7 +456,7 @@ async fn a_ledger_outage_loses_nothing() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let l = ledger(&dir).await;
+    let (l, _) = common::db::fresh_ledger(&dir).await;
     let Ledger::Postgres(pool) = &l else {
         unreachable!("QM_TEST_DATABASE_URL is PostgreSQL")
     };

@@ -1,8 +1,6 @@
 //! `quartermaster catalog sizes|images|regions --provider-config NAME [--output table|json]` against the
 //! simulator through a real ProviderConfig and Secret.
 
-use std::process::Command;
-
 mod common;
 
 #[tokio::test]
@@ -15,7 +13,7 @@ async fn catalog_lists_sizes_images_and_regions() {
     common::do_provider_config(&client, &id, &id, &ns, &sim.url, &[]).await;
     let id1 = id.clone();
     let run = move |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        let out = common::process::quartermaster()
             .arg("catalog")
             .args(args)
             .args(["--provider-config", &id1])
@@ -43,7 +41,7 @@ async fn catalog_lists_sizes_images_and_regions() {
 
     let id2 = id.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        common::process::quartermaster()
             .args([
                 "catalog",
                 "images",
@@ -70,7 +68,7 @@ async fn catalog_lists_sizes_images_and_regions() {
         "{kinds:?}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+    let out = common::process::quartermaster()
         .args(["catalog", "regions", "--provider-config", "no-such-config"])
         .env("KUBECONFIG", common::kubeconfig())
         .output()

@@ -2,7 +2,7 @@
 //! other stands by (and is ready); when the leader dies the standby takes over within the lease duration
 //! and reconciles; SIGTERM releases the lease at once.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -16,61 +16,34 @@ mod common;
 const LEASE_SECS: u64 = 4;
 
 struct Replica {
-    child: Child,
+    run: common::process::Controller,
     identity: String,
-    http: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(identity: &str, ns: &str, lease: &str, selector: &str) -> Replica {
-    let http = free_port();
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{identity}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
-        .args(["run", "--http-addr", &format!("127.0.0.1:{http}")])
-        .args([
+    let run = common::process::spawn_run(
+        identity,
+        &common::kubeconfig(),
+        &[
             "--leader-namespace",
             ns,
             "--leader-name",
             lease,
             "--leader-identity",
             identity,
-        ])
-        .args([
             "--lease-duration-secs",
             &LEASE_SECS.to_string(),
             "--renew-deadline-secs",
             "3",
             "--retry-period-secs",
             "1",
-        ])
-        .args(["--label-selector", selector])
-        .env(
-            "QM_LEDGER_PATH",
-            std::env::temp_dir().join(format!("qm-ledger-{}.db", std::process::id())),
-        )
-        .env("KUBECONFIG", common::kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+            "--label-selector",
+            selector,
+        ],
+    );
     Replica {
-        child,
+        run,
         identity: identity.to_string(),
-        http,
     }
 }
 
@@ -121,8 +94,10 @@ async fn standby_takes_over_when_the_leader_dies_and_sigterm_releases() {
     .await;
     let b = spawn(&format!("{id}-b"), &ns, &id, &selector);
     // b is up, ready as a standby, and a still leads.
-    let (code, body) =
-        common::eventually(wait, "replica b /readyz", || http_get(b.http, "/readyz")).await;
+    let (code, body) = common::eventually(wait, "replica b /readyz", || {
+        http_get(b.run.port, "/readyz")
+    })
+    .await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("standby"), "{body}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -130,14 +105,16 @@ async fn standby_takes_over_when_the_leader_dies_and_sigterm_releases() {
         holder(&leases, &id).await.as_deref(),
         Some(a.identity.as_str())
     );
-    let metrics = common::eventually(wait, "replica a /metrics", || http_get(a.http, "/metrics"))
-        .await
-        .1;
+    let metrics = common::eventually(wait, "replica a /metrics", || {
+        http_get(a.run.port, "/metrics")
+    })
+    .await
+    .1;
     assert!(metrics.contains("quartermaster_leader 1"), "{metrics}");
 
     // The leader dies without releasing (SIGKILL): b takes over within the lease duration (+ one retry).
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
+    a.run.proc.0.kill().unwrap();
+    a.run.proc.0.wait().unwrap();
     let died = Instant::now();
     common::eventually(wait, "replica b to take over", || async {
         (holder(&leases, &id).await? == b.identity).then_some(())
@@ -167,13 +144,13 @@ async fn standby_takes_over_when_the_leader_dies_and_sigterm_releases() {
 
     // SIGTERM: b shuts down cleanly and clears the holder so nobody waits for expiry.
     let status = Command::new("kill")
-        .args(["-TERM", &b.child.id().to_string()])
+        .args(["-TERM", &b.run.proc.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let mut b = b;
     let exit = tokio::task::spawn_blocking(move || {
-        let r = b.child.wait();
+        let r = b.run.proc.0.wait();
         (r, b)
     })
     .await

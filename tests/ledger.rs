@@ -9,40 +9,8 @@ use quartermaster::ledger::store::GroupBy;
 use quartermaster::ledger::{Ledger, Meter, UsageEvent, format_amount, parse_period};
 use rust_decimal::Decimal;
 
-/// Each test gets its own database. `None` (after a loud message) when no PostgreSQL was given.
-async fn postgres() -> Option<(Ledger, String)> {
-    let Ok(admin) = std::env::var("QM_TEST_DATABASE_URL") else {
-        eprintln!(
-            "\n*** SKIPPED the PostgreSQL half: QM_TEST_DATABASE_URL is not set (scripts/test sets it) ***\n"
-        );
-        return None;
-    };
-    let name = format!("qm_{:08x}", rand::random::<u32>());
-    let l = Ledger::connect(Some(&admin), std::path::Path::new(""))
-        .await
-        .unwrap();
-    if let Ledger::Postgres(p) = &l {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(p)
-            .await
-            .unwrap();
-    }
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    let l = Ledger::connect(Some(&url), std::path::Path::new(""))
-        .await
-        .unwrap();
-    l.migrate().await.unwrap();
-    Some((l, url))
-}
-
-async fn sqlite(dir: &tempfile::TempDir) -> (Ledger, String) {
-    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let l = Ledger::connect(Some(&url), std::path::Path::new(""))
-        .await
-        .unwrap();
-    l.migrate().await.unwrap();
-    (l, url)
-}
+mod common;
+use common::db::{fresh_postgres, sqlite};
 
 fn ev(key: &str, project: &str, start: i64, quantity: i64, price: &str) -> UsageEvent {
     UsageEvent {
@@ -67,7 +35,7 @@ async fn each_backend(f: impl AsyncFn(Ledger, String)) {
     let dir = tempfile::tempdir().unwrap();
     let (l, url) = sqlite(&dir).await;
     f(l, url).await;
-    if let Some((l, url)) = postgres().await {
+    if let Some((l, url)) = fresh_postgres().await {
         f(l, url).await;
     }
 }

@@ -1,22 +1,15 @@
 //! `quartermaster sim` as a process: its state survives a restart, transitions follow the clock, and it
 //! refuses what DigitalOcean refuses (resize while running, unknown sizes, a missing token).
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
-
-struct Proc(std::process::Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::process::{Proc, free_port, quartermaster};
 
 fn start(state: &std::path::Path, port: u16) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+    Proc::spawn(
+        quartermaster()
             .args([
                 "sim",
                 "--listen",
@@ -27,9 +20,7 @@ fn start(state: &std::path::Path, port: u16) -> Proc {
             .arg("--state")
             .arg(state)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     )
 }
 
@@ -37,11 +28,7 @@ fn start(state: &std::path::Path, port: u16) -> Proc {
 async fn state_survives_restarts_and_the_state_machine_holds() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("sim.json");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     quartermaster::install_crypto_provider();
     let http = reqwest::Client::new();

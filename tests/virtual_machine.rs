@@ -485,43 +485,18 @@ async fn project_limits_members_block_and_cascade() {
     );
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn controller_process(id: &str) -> KillOnDrop {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(std::env::temp_dir().join(format!("{id}-{port}.log"))).unwrap();
-    KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
-            .args([
-                "run",
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--leader-elect=false",
-            ])
-            .args([
-                "--label-selector",
-                &format!("qm-test={id}"),
-                "--poll-interval-secs",
-                "1",
-            ])
-            .env(
-                "QM_LEDGER_PATH",
-                std::env::temp_dir().join(format!("qm-ledger-{}.db", std::process::id())),
-            )
-            .env("KUBECONFIG", common::kubeconfig())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+/// `quartermaster run` as its own process (so it can be killed mid-call), on this test's shard.
+fn controller_process(id: &str) -> common::process::Controller {
+    common::process::spawn_run(
+        id,
+        &common::kubeconfig(),
+        &[
+            "--leader-elect=false",
+            "--label-selector",
+            &format!("qm-test={id}"),
+            "--poll-interval-secs",
+            "1",
+        ],
     )
 }
 

@@ -1,84 +1,10 @@
-//! Rendering usage reports (table, CSV, JSON) and draft invoices.
+//! Usage report arithmetic: totals per currency and draft invoices. Showing rows to a person (tables,
+//! CSV) is the CLI's job, in [`crate::output`].
 
 use std::collections::BTreeMap;
 
 use super::format_amount;
 use super::store::UsageRow;
-
-/// Output format of a report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Aligned columns.
-    Table,
-    /// Comma-separated values with a header.
-    Csv,
-    /// A JSON array.
-    Json,
-}
-
-/// Renders report rows.
-pub fn render(rows: &[UsageRow], format: Format) -> String {
-    match format {
-        Format::Json => {
-            let v: Vec<_> = rows
-                .iter()
-                .map(|r| {
-                    serde_json::json!({"key": r.key, "meter": r.meter, "quantity": r.quantity,
-                                       "amount": format_amount(r.amount_nanos), "currency": r.currency})
-                })
-                .collect();
-            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
-        }
-        Format::Csv => {
-            let mut out = String::from("key,meter,quantity,amount,currency\n");
-            for r in rows {
-                out.push_str(&format!(
-                    "{},{},{},{},{}\n",
-                    csv(&r.key),
-                    r.meter,
-                    r.quantity,
-                    format_amount(r.amount_nanos),
-                    r.currency
-                ));
-            }
-            out
-        }
-        Format::Table => {
-            let mut cells = vec![
-                ["KEY", "METER", "QUANTITY", "AMOUNT", "CURRENCY"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
-            cells.extend(rows.iter().map(|r| {
-                vec![
-                    r.key.clone(),
-                    r.meter.clone(),
-                    r.quantity.to_string(),
-                    format_amount(r.amount_nanos),
-                    r.currency.clone(),
-                ]
-            }));
-            for (currency, total) in totals(rows) {
-                cells.push(vec![
-                    "TOTAL".into(),
-                    String::new(),
-                    String::new(),
-                    format_amount(total),
-                    currency,
-                ]);
-            }
-            table(&cells)
-        }
-    }
-}
-
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
 
 /// Sum per currency.
 pub fn totals(rows: &[UsageRow]) -> BTreeMap<String, i64> {
@@ -114,31 +40,6 @@ pub fn invoice(
     })
 }
 
-/// Left-aligned columns separated by three spaces, like kubectl.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("   ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,25 +55,16 @@ mod tests {
     }
 
     #[test]
-    fn formats() {
-        let rows = vec![
+    fn invoices_total_per_currency() {
+        let mut rows = vec![
             row("VirtualMachine/web", 5_950_000),
             row("VirtualMachine/a,b", 23_800_000),
         ];
-        let t = render(&rows, Format::Table);
-        assert!(
-            t.lines().last().unwrap().starts_with("TOTAL") && t.contains("0.02975"),
-            "{t}"
-        );
-        let c = render(&rows, Format::Csv);
-        assert!(
-            c.contains("\"VirtualMachine/a,b\",vm_seconds,3600,0.0238,USD"),
-            "{c}"
-        );
-        let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
-        assert_eq!(j[0]["amount"], "0.00595");
         let inv = invoice("demo", "acme", "2026-11", &rows);
         assert_eq!(inv["totals"]["USD"], "0.02975");
         assert_eq!(inv["lineItems"].as_array().unwrap().len(), 2);
+        rows[1].currency = "EUR".into();
+        let t = totals(&rows);
+        assert_eq!((t["USD"], t["EUR"]), (5_950_000, 23_800_000));
     }
 }

@@ -8,8 +8,10 @@
 //! - Each test gets its own namespace; cluster-scoped objects carry a unique name.
 #![allow(dead_code)]
 
+pub mod db;
 pub mod env;
 pub mod prism;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,14 +50,6 @@ pub fn kubeconfig() -> PathBuf {
         .clone()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn find_k8s_bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("QM_K8S_BIN_DIR") {
         return PathBuf::from(d);
@@ -92,9 +86,9 @@ fn start_private_control_plane() -> PathBuf {
     let status = Command::new(root().join("scripts/k8s/start.sh"))
         .arg(&dir)
         .env("QM_K8S_BIN_DIR", find_k8s_bin_dir())
-        .env("API_PORT", free_port().to_string())
-        .env("ETCD_PORT", free_port().to_string())
-        .env("ETCD_PEER_PORT", free_port().to_string())
+        .env("API_PORT", process::free_port().to_string())
+        .env("ETCD_PORT", process::free_port().to_string())
+        .env("ETCD_PEER_PORT", process::free_port().to_string())
         .status()
         .expect("run scripts/k8s/start.sh");
     assert!(status.success(), "scripts/k8s/start.sh failed");
