@@ -19,7 +19,9 @@ use base64::Engine as _;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use super::rest::{BearerApi, done_if_not_found, none_if_not_found, not_an_id, numeric_id, retag};
+use super::rest::{
+    BearerApi, done_if_not_found, none_if_not_found, not_an_id, numeric_id, tag_list_to_write,
+};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
     UID_TAG_PREFIX, decimal_from_f64, generate_password,
@@ -87,14 +89,12 @@ impl Linode {
     /// Adds (`present`) or removes a tag: Linode replaces the whole tag list on `PUT`, so the current
     /// list is read first. Removing from an instance that is gone is done; adding to one is a 404.
     async fn set_tag(&self, id: &str, tag: &str, present: bool) -> Result<(), CloudError> {
-        let Some(i) = self.instance(id).await? else {
-            return if present {
-                Err(not_an_id("linode", id))
-            } else {
-                Ok(())
-            };
-        };
-        let Some(tags) = retag(&i.tags, &to_wire_tag(tag), present) else {
+        let found = self.instance(id).await?;
+        let current = found.as_ref().map(|i| i.tags.as_slice());
+        let (Some(i), Some(tags)) = (
+            &found,
+            tag_list_to_write("linode", id, current, &to_wire_tag(tag), present)?,
+        ) else {
             return Ok(());
         };
         // Setting the same list twice is harmless: idempotent.

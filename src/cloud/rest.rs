@@ -126,6 +126,24 @@ pub fn retag(tags: &[String], tag: &str, present: bool) -> Option<Vec<String>> {
     }
 }
 
+/// For vendors whose API replaces a server's whole tag list: the list to write so that `tag` is
+/// (`present`) or is not on the server whose current tags are `current` (`None`: the server does not
+/// exist). `Ok(None)`: nothing to write (already so, or a server that is gone has nothing to release);
+/// adding to a server that does not exist is the vendor's 404.
+pub fn tag_list_to_write(
+    vendor: &'static str,
+    id: &str,
+    current: Option<&[String]>,
+    tag: &str,
+    present: bool,
+) -> Result<Option<Vec<String>>, CloudError> {
+    match current {
+        Some(tags) => Ok(retag(tags, tag, present)),
+        None if present => Err(not_an_id(vendor, id)),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +199,16 @@ mod tests {
         assert_eq!(retag(&t(&["a", "b"]), "b", true), None);
         assert_eq!(retag(&t(&["b", "a", "b"]), "b", false), Some(t(&["a"])));
         assert_eq!(retag(&t(&["a"]), "b", false), None);
+        let gone = tag_list_to_write("vultr", "7", None, "b", true).unwrap_err();
+        assert!(is_not_found(&gone));
+        assert_eq!(
+            tag_list_to_write("vultr", "7", None, "b", false).unwrap(),
+            None
+        );
+        assert_eq!(
+            tag_list_to_write("vultr", "7", Some(&t(&["a"])), "b", true).unwrap(),
+            Some(t(&["a", "b"]))
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::rest::{
-    BearerApi, done_if_not_found, none_if_not_found, not_an_id, page_items, retag, segment_id,
+    BearerApi, done_if_not_found, none_if_not_found, not_an_id, page_items, segment_id,
+    tag_list_to_write,
 };
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
@@ -68,14 +69,12 @@ impl Vultr {
     /// Adds (`present`) or removes a tag: `PATCH` replaces the whole `tags` list, so the current list is
     /// read first. Removing from an instance that is gone is done; adding to one is a 404.
     async fn set_tag(&self, id: &str, tag: &str, present: bool) -> Result<(), CloudError> {
-        let Some(i) = self.instance(id).await? else {
-            return if present {
-                Err(not_an_id("vultr", id))
-            } else {
-                Ok(())
-            };
-        };
-        let Some(tags) = retag(&i.tags, tag, present) else {
+        let found = self.instance(id).await?;
+        let current = found.as_ref().map(|i| i.tags.as_slice());
+        let (Some(i), Some(tags)) = (
+            &found,
+            tag_list_to_write("vultr", id, current, tag, present)?,
+        ) else {
             return Ok(());
         };
         // Setting the same list twice is harmless: idempotent.

@@ -343,31 +343,7 @@ async fn tag_resources(
     UrlPath(tag): UrlPath<String>,
     body: Option<Json<TagResources>>,
 ) -> Response {
-    let Some(Json(b)) = body else {
-        return unprocessable("invalid request body");
-    };
-    if !valid_tag(&tag) {
-        return not_found();
-    }
-    let mut store = s.store.lock().await;
-    store.advance();
-    for r in &b.resources {
-        if r.resource_type != "droplet" || store.get(&r.resource_id).is_none() {
-            return not_found();
-        }
-    }
-    for r in &b.resources {
-        if store
-            .get(&r.resource_id)
-            .is_some_and(|d| !d.tags.contains(&tag))
-        {
-            store.update(&r.resource_id, |d| {
-                d.tags.push(tag.clone());
-                Ok::<_, ()>(())
-            });
-        }
-    }
-    StatusCode::NO_CONTENT.into_response()
+    retag(&s, &tag, body, true).await
 }
 
 /// `DELETE /v2/tags/{tag}/resources`: untags droplets (204); droplets that do not exist are skipped.
@@ -376,21 +352,46 @@ async fn untag_resources(
     UrlPath(tag): UrlPath<String>,
     body: Option<Json<TagResources>>,
 ) -> Response {
+    retag(&s, &tag, body, false).await
+}
+
+/// Adds (`present`) or removes `tag` on the droplets the body names.
+async fn retag(
+    s: &AppState,
+    tag: &str,
+    body: Option<Json<TagResources>>,
+    present: bool,
+) -> Response {
     let Some(Json(b)) = body else {
         return unprocessable("invalid request body");
     };
-    if !valid_tag(&tag) {
+    if !valid_tag(tag) {
         return not_found();
     }
     let mut store = s.store.lock().await;
     store.advance();
-    for r in b.resources.iter().filter(|r| r.resource_type == "droplet") {
+    let droplets: Vec<&str> = b
+        .resources
+        .iter()
+        .filter(|r| r.resource_type == "droplet")
+        .map(|r| r.resource_id.as_str())
+        .collect();
+    if present
+        && (droplets.len() != b.resources.len()
+            || droplets.iter().any(|id| store.get(id).is_none()))
+    {
+        return not_found();
+    }
+    for id in droplets {
         if store
-            .get(&r.resource_id)
-            .is_some_and(|d| d.tags.contains(&tag))
+            .get(id)
+            .is_some_and(|d| d.tags.iter().any(|t| t == tag) != present)
         {
-            store.update(&r.resource_id, |d| {
-                d.tags.retain(|t| t != &tag);
+            store.update(id, |d| {
+                d.tags.retain(|t| t != tag);
+                if present {
+                    d.tags.push(tag.to_string());
+                }
                 Ok::<_, ()>(())
             });
         }
