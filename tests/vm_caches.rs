@@ -1,7 +1,8 @@
 //! Scale behaviour of the VirtualMachine slice, end to end on a real kube-apiserver with `quartermaster
 //! sim`: a reconcile of an unchanged VM reads nothing from the API server (related objects come from
 //! the watch caches), a Project status change wakes its members only when it changes what they depend
-//! on, and two VMs racing for a Project's last slot get exactly one admission.
+//! on, two VMs racing for a Project's last slot get exactly one admission, and a VM on a vendor that
+//! answers at once costs five writes.
 
 use std::time::Duration;
 
@@ -173,4 +174,36 @@ async fn two_vms_racing_for_the_last_slot_get_one_admission() {
         1,
         "more than one VM was admitted to a Project with one slot"
     );
+}
+
+#[tokio::test]
+async fn a_vm_whose_server_runs_at_once_is_ready_after_five_writes() {
+    // The vendor reports a new server running at once (no provisioning delay).
+    let e = env("vmfive", |c| c.provision_secs = 0, false)
+        .await
+        .with_controller(None, |_| {});
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::True,
+        "Reconciled",
+    )
+    .await;
+    // Let anything late arrive (a poll would come after 1 s here).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The finalizer, the intent before the create, and the status once it runs; the connection Secret;
+    // one Event saying it was created and is ready.
+    assert_eq!(
+        kube_requests(&e, "patch", "virtualmachines"),
+        3,
+        "VM writes"
+    );
+    assert_eq!(kube_requests(&e, "patch", "secrets"), 1, "Secret writes");
+    let events = e.events_of("web").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (reason, note) = &events[0];
+    assert_eq!(reason, "Created");
+    assert!(note.contains("ready: running at"), "{note}");
+    assert_eq!(e.sim.droplets().await.len(), 1);
 }

@@ -143,6 +143,9 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
     /// An upper bound on the periodic resync (e.g. an open metering window must be closed hourly).
     pub resync_at_most: Option<Duration>,
+    /// The reconciler's own Event already told of this state change (e.g. `Created` saying the new
+    /// server is ready): the framework publishes no transition Event of its own.
+    pub announced: bool,
 }
 
 impl Outcome {
@@ -152,6 +155,7 @@ impl Outcome {
             health,
             requeue_after: None,
             resync_at_most: None,
+            announced: false,
         }
     }
 
@@ -364,7 +368,15 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
                     .with_label_values(&[K::KIND, "permanent"])
                     .inc();
             }
-            finish(&api, &*obj, progress, &outcome.health, ctx).await?;
+            finish_announced(
+                &api,
+                &*obj,
+                progress,
+                &outcome.health,
+                outcome.announced,
+                ctx,
+            )
+            .await?;
             Ok(match (&outcome.health, outcome.requeue_after) {
                 (_, Some(after)) => Action::requeue(after),
                 // Waiting for the user: no polling, a spec (or watched dependency) change wakes us.
@@ -393,6 +405,18 @@ async fn finish<K: Managed>(
     health: &Health,
     ctx: &Arc<Context>,
 ) -> Result<(), Error> {
+    finish_announced(api, obj, progress, health, false, ctx).await
+}
+
+/// [`finish`], without the transition Event when the reconciler's own Event `announced` it.
+async fn finish_announced<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    progress: &mut Progress<K::KindStatus>,
+    health: &Health,
+    announced: bool,
+    ctx: &Arc<Context>,
+) -> Result<(), Error> {
     let status = with_conditions(
         obj,
         progress.persisted(),
@@ -400,7 +424,9 @@ async fn finish<K: Managed>(
         health,
         &not_paused(),
     );
-    transition(ctx, obj, progress.persisted(), health).await;
+    if !announced {
+        transition(ctx, obj, progress.persisted(), health).await;
+    }
     write_status(api, obj, progress.persisted(), status.clone(), ctx).await?;
     progress.persisted = status.clone();
     progress.status = status;

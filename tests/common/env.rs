@@ -204,6 +204,15 @@ impl Env {
     }
 
     pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        self.events_of(name)
+            .await
+            .into_iter()
+            .map(|e| e.0)
+            .collect()
+    }
+
+    /// The Events about object `name` in this namespace: (reason, note).
+    pub async fn events_of(&self, name: &str) -> Vec<(String, String)> {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(self.client.clone(), &self.ns);
         events
@@ -213,7 +222,7 @@ impl Env {
             .items
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use kube::runtime::reflector::ObjectRef;
@@ -23,13 +22,15 @@ use super::decide::{Decision, Lookup, ProjectLookup, Step};
 use super::read::Observed;
 use super::{build, limits};
 use crate::cloud::{self, CloudError, PowerAction, Server};
-use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, persist, publish};
+use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, persist};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::VirtualMachineStatus;
 use crate::crd::{ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference, VirtualMachine};
 
 /// Carries out `d`; the working status in `progress` ends as the decided status plus what the vendor said.
+/// The Events to publish are added to `events` as they happen, so an error in a later step loses none
+/// (the caller publishes them).
 pub async fn act(
     ctx: &Arc<Context>,
     vm: &VirtualMachine,
@@ -37,13 +38,14 @@ pub async fn act(
     obs: &Observed,
     d: Decision,
     progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
 ) -> Result<Outcome, Error> {
     let before = progress.status.clone();
     if let Some(refused) = reserve(ctx, vm, obs, &d, &before)? {
         return Ok(Outcome::new(refused));
     }
     progress.status = d.status.clone();
-    let mut events = d.events.clone();
+    let mut decided = d.events.clone();
     if !d.usage.is_empty() {
         if let Err(e) = ctx.record_usage(&d.usage).await {
             // The window stays open in status (and the VM with its former Project); the next reconcile
@@ -52,11 +54,12 @@ pub async fn act(
             tracing::warn!(vm = %vm.name_any(), error = %e, "usage not recorded yet; will retry");
             progress.status.metering = before.metering.clone();
             progress.status.project = before.project.clone();
-            events.retain(|(r, _)| *r != event::PROJECT_CHANGED);
+            decided.retain(|(r, _)| *r != event::PROJECT_CHANGED);
         } else {
             ctx.set_pending_usage(uid, 0);
         }
     }
+    events.extend(decided);
 
     let p = &*obs.provider;
     let mut server = match &obs.lookup {
@@ -85,14 +88,10 @@ pub async fn act(
             persist(ctx, vm, progress).await?;
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
                 ctx.metrics.recreates_after_intent.inc();
-                publish(
-                    ctx,
-                    vm,
-                    EventType::Warning,
+                events.push((
                     event::RECREATING,
-                    "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating",
-                )
-                .await;
+                    "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
+                ));
             }
             let user_data = user_data(ctx, vm).await?;
             let spec = build::server_spec(
@@ -194,14 +193,6 @@ pub async fn act(
         progress.status.connection_secret_ref = Some(LocalObjectReference {
             name: build::connection_secret_name(vm),
         });
-    }
-    for (reason, note) in events {
-        let type_ = if reason == event::RECREATING {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(ctx, vm, type_, reason, &note).await;
     }
     let mut outcome = Outcome::new(d.health);
     outcome.requeue_after = d.requeue_after;

@@ -39,7 +39,7 @@ use crate::crd::{ANNOTATION_EXTERNAL_ID, VirtualMachine};
 use crate::ledger::metering;
 
 pub use build::connection_secret_name;
-pub use decide::{Decision, Inputs, Step, decide};
+pub use decide::{Decision, Inputs, Lookup, Step, decide};
 
 /// How often deletion looks again while the vendor keeps a cancelled server until a later date
 /// (Contabo: the end of the paid period).
@@ -62,6 +62,83 @@ fn note_auth_failure(ctx: &Context, pc: &str, e: &Error) {
     }
 }
 
+/// read → decide → act. After a create, the server is read once more at once: many vendors (and the
+/// simulator without delays) report a new server running within the same second, and then the same
+/// reconcile goes on to Ready (connection Secret, metering) instead of waiting for the next poll, which
+/// saves a status write and a poll per VM.
+async fn converge(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
+) -> Result<Outcome, Error> {
+    let mut obs = read::read(ctx, vm, uid, &progress.status).await?;
+    let mut outcome = None;
+    for pass in 0..2 {
+        let d = decide(&Inputs {
+            vm,
+            uid,
+            status: &progress.status,
+            lookup: &obs.lookup,
+            catalog: obs.catalog.as_deref(),
+            target: &obs.target,
+            billed: obs.billed.as_ref(),
+            adoption_allowed: obs.adoption_allowed,
+            resize_needs_power_off: obs.provider.resize_needs_power_off(),
+            vendor: obs.provider.vendor(),
+            metering: ctx.ledger.is_some(),
+            now: jiff::Timestamp::now().as_second(),
+        });
+        let created = d.step == Step::Create;
+        outcome = Some(act::act(ctx, vm, uid, &obs, d, progress, events).await?);
+        let Some(id) = progress
+            .status
+            .external_id
+            .clone()
+            .filter(|_| created && pass == 0)
+        else {
+            break;
+        };
+        match obs.provider.get(&id).await {
+            Ok(Some(s)) if s.state == cloud::ServerState::Running => obs.lookup = Lookup::Found(s),
+            // Not running yet (or not listed yet): the next poll looks again.
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(vm = %vm.name_any(), error = %e, "reading a new server failed; the next poll looks again");
+                break;
+            }
+        }
+    }
+    Ok(outcome.expect("decide ran at least once"))
+}
+
+/// Publishes the Events a reconcile gathered. A server created and already running in the same
+/// reconcile gets one Event, not two: `Created` says that it is Ready too, and the framework publishes
+/// no separate transition Event (at 10,000 VMs that is 10,000 writes fewer).
+async fn announce(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    result: &mut Result<Outcome, Error>,
+    events: Vec<(&'static str, String)>,
+) {
+    for (reason, mut note) in events {
+        if reason == event::CREATED
+            && let Ok(outcome) = result.as_mut()
+            && let Health::Ready { message, .. } = &outcome.health
+        {
+            note = format!("{note}; ready: {message}");
+            outcome.announced = true;
+        }
+        let type_ = if reason == event::RECREATING {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, vm, type_, reason, &note).await;
+    }
+}
+
 impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     async fn apply(
         &self,
@@ -78,26 +155,12 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
             )));
         }
         let pc = vm.spec.provider_config_ref.name.clone();
-        let obs = read::read(&ctx, &vm, &uid, &progress.status)
+        let mut events = Vec::new();
+        let mut result = converge(&ctx, &vm, &uid, progress, &mut events)
             .await
-            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
-        let d = decide(&Inputs {
-            vm: &vm,
-            uid: &uid,
-            status: &progress.status,
-            lookup: &obs.lookup,
-            catalog: obs.catalog.as_deref(),
-            target: &obs.target,
-            billed: obs.billed.as_ref(),
-            adoption_allowed: obs.adoption_allowed,
-            resize_needs_power_off: obs.provider.resize_needs_power_off(),
-            vendor: obs.provider.vendor(),
-            metering: ctx.ledger.is_some(),
-            now: jiff::Timestamp::now().as_second(),
-        });
-        act::act(&ctx, &vm, &uid, &obs, d, progress)
-            .await
-            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))
+            .inspect_err(|e| note_auth_failure(&ctx, &pc, e));
+        announce(&ctx, &vm, &mut result, events).await;
+        result
     }
 
     async fn cleanup(
