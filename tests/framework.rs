@@ -86,3 +86,48 @@ async fn a_panic_in_one_reconcile_stalls_that_object_only() {
     .unwrap();
     pcs.delete(&name, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_repeated_event_is_one_event_with_a_series_count() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::runtime::events::{Event, EventType, Reporter};
+    use quartermaster::controller::events::EventRecorder;
+
+    let client = common::client().await;
+    let ns = common::namespace(&client, "events").await;
+    let recorder = EventRecorder::new(
+        client.clone(),
+        Reporter {
+            controller: "quartermaster".into(),
+            instance: None,
+        },
+    );
+    let regarding = ObjectReference {
+        api_version: Some("quartermaster.dev/v1alpha1".into()),
+        kind: Some("VirtualMachine".into()),
+        namespace: Some(ns.clone()),
+        name: Some("web".into()),
+        uid: Some("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa".into()),
+        ..Default::default()
+    };
+    let ev = |note: &str| Event {
+        type_: EventType::Warning,
+        reason: "VendorRejected".into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    for _ in 0..3 {
+        recorder.publish(&ev("no"), &regarding).await.unwrap();
+    }
+    recorder.publish(&ev("other"), &regarding).await.unwrap();
+    assert_eq!(recorder.remembered(), 2);
+    let events: Api<K8sEvent> = Api::namespaced(client, &ns);
+    let mut list = events.list(&Default::default()).await.unwrap().items;
+    list.sort_by_key(|e| e.note.clone());
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0].note.as_deref(), Some("no"));
+    assert_eq!(list[0].series.as_ref().map(|s| s.count), Some(3));
+    assert!(list[1].series.is_none());
+}

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod events;
 pub mod framework;
 pub mod leader;
 pub mod members;
@@ -26,7 +27,7 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -112,7 +113,7 @@ pub struct Context {
     /// Process metrics.
     pub metrics: Metrics,
     /// Event recorder (reporter `quartermaster`).
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     /// Tunables.
     pub config: ControllerConfig,
     /// Vendor HTTP metrics (registered in `metrics`).
@@ -145,7 +146,7 @@ impl Context {
         };
         let (rejected_tx, rejected_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: events::EventRecorder::new(client.clone(), reporter),
             client,
             http_metrics: crate::http::HttpMetrics::register(metrics.registry()),
             metrics,
