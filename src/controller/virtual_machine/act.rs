@@ -180,7 +180,9 @@ pub async fn act(
         Step::Wait | Step::Nothing => {}
     }
 
-    if (d.expose || d.step == Step::Create)
+    // The server's addresses go out once it runs (`expose`); a password chosen for the create was
+    // written before it.
+    if d.expose
         && let Some(s) = &server
     {
         apply_connection_secret(
