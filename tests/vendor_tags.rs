@@ -34,6 +34,14 @@ fn write_tags(s: &Shared, body: &serde_json::Value) {
     i.writes += 1;
 }
 
+/// An instance tagged `web` that has received no writes.
+fn web_instance() -> Shared {
+    Arc::new(Mutex::new(Instance {
+        tags: vec!["web".into()],
+        writes: 0,
+    }))
+}
+
 fn connect(provider: ProviderType, url: String) -> Box<dyn ComputeProvider> {
     let account = Account {
         provider,
@@ -66,10 +74,7 @@ async fn exercise(p: &dyn ComputeProvider, id: &str, state: &Shared, wire_tag: &
 #[tokio::test]
 async fn linode_tags_change_by_replacing_the_list() {
     quartermaster::install_crypto_provider();
-    let state: Shared = Arc::new(Mutex::new(Instance {
-        tags: vec!["web".into()],
-        writes: 0,
-    }));
+    let state = web_instance();
     let app = axum::Router::new()
         .route(
             "/v4/linode/instances/7",
@@ -101,10 +106,7 @@ async fn linode_tags_change_by_replacing_the_list() {
 #[tokio::test]
 async fn vultr_tags_change_by_replacing_the_list() {
     quartermaster::install_crypto_provider();
-    let state: Shared = Arc::new(Mutex::new(Instance {
-        tags: vec!["web".into()],
-        writes: 0,
-    }));
+    let state = web_instance();
     let app = axum::Router::new()
         .route(
             "/instances/7",

@@ -74,43 +74,59 @@ async fn converge(
     events: &mut Vec<(&'static str, String)>,
 ) -> Result<Outcome, Error> {
     let mut obs = read::read(ctx, vm, uid, &progress.status).await?;
-    let mut outcome = None;
-    for pass in 0..2 {
-        let d = decide(&Inputs {
-            vm,
-            uid,
-            status: &progress.status,
-            lookup: &obs.lookup,
-            catalog: obs.catalog.as_deref(),
-            target: &obs.target,
-            billed: obs.billed.as_ref(),
-            adoption_allowed: obs.adoption_allowed,
-            resize_needs_power_off: obs.provider.resize_needs_power_off(),
-            vendor: obs.provider.vendor(),
-            metering: ctx.ledger.is_some(),
-            now: jiff::Timestamp::now().as_second(),
-        });
-        let created = d.step == Step::Create;
-        outcome = Some(act::act(ctx, vm, uid, &obs, d, progress, events).await?);
-        let Some(id) = progress
-            .status
-            .external_id
-            .clone()
-            .filter(|_| created && pass == 0)
-        else {
-            break;
-        };
-        match obs.provider.get(&id).await {
-            Ok(Some(s)) if s.state == cloud::ServerState::Running => obs.lookup = Lookup::Found(s),
-            // Not running yet (or not listed yet): the next poll looks again.
-            Ok(_) => break,
-            Err(e) => {
-                tracing::debug!(vm = %vm.name_any(), error = %e, "reading a new server failed; the next poll looks again");
-                break;
-            }
+    let (outcome, step) = decide_and_act(ctx, vm, uid, &obs, progress, events).await?;
+    let Some(id) = progress
+        .status
+        .external_id
+        .clone()
+        .filter(|_| step == Step::Create)
+    else {
+        return Ok(outcome);
+    };
+    match obs.provider.get(&id).await {
+        Ok(Some(s)) if s.state == cloud::ServerState::Running => {
+            obs.lookup = Lookup::Found(s);
+            Ok(decide_and_act(ctx, vm, uid, &obs, progress, events)
+                .await?
+                .0)
+        }
+        // Not running yet (or not listed yet): the next poll looks again.
+        Ok(_) => Ok(outcome),
+        Err(e) => {
+            tracing::debug!(vm = %vm.name_any(), error = %e, "reading a new server failed; the next poll looks again");
+            Ok(outcome)
         }
     }
-    Ok(outcome.expect("decide ran at least once"))
+}
+
+/// One decide → act over what was observed; also says which vendor step was taken.
+async fn decide_and_act(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    obs: &read::Observed,
+    progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
+) -> Result<(Outcome, Step), Error> {
+    let d = decide(&Inputs {
+        vm,
+        uid,
+        status: &progress.status,
+        lookup: &obs.lookup,
+        catalog: obs.catalog.as_deref(),
+        target: &obs.target,
+        billed: obs.billed.as_ref(),
+        adoption_allowed: obs.adoption_allowed,
+        resize_needs_power_off: obs.provider.resize_needs_power_off(),
+        vendor: obs.provider.vendor(),
+        metering: ctx.ledger.is_some(),
+        now: jiff::Timestamp::now().as_second(),
+    });
+    let step = d.step.clone();
+    Ok((
+        act::act(ctx, vm, uid, obs, d, progress, events).await?,
+        step,
+    ))
 }
 
 /// Publishes the Events a reconcile gathered. A server created and already running in the same
