@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use quartermaster::crd::Project;
 use quartermaster::crd::conditions::{self, ConditionStatus};
@@ -206,4 +207,15 @@ async fn a_vm_whose_server_runs_at_once_is_ready_after_five_writes() {
     assert_eq!(reason, "Created");
     assert!(note.contains("ready: running at"), "{note}");
     assert_eq!(e.sim.droplets().await.len(), 1);
+    // The status is one atomic field: the API server tracks it as `f:status`, not leaf by leaf.
+    let vm = e.vms().get("web").await.unwrap();
+    let status_entries: Vec<_> = vm
+        .managed_fields()
+        .iter()
+        .filter(|m| {
+            m.manager.as_deref() == Some("quartermaster") && m.operation.as_deref() == Some("Apply")
+        })
+        .map(|m| m.fields_v1.as_ref().map(|f| f.0.clone()))
+        .collect();
+    assert_eq!(status_entries, [Some(serde_json::json!({"f:status": {}}))]);
 }

@@ -5,7 +5,7 @@
 #   writes RUN_DIR/kubeconfig (bearer token; context "test-cert" in RUN_DIR/kubeconfig-cert uses a client
 #   certificate), RUN_DIR/{etcd,apiserver,kcm}.pid and *.log; returns once /readyz is ok.
 # Env: QM_K8S_BIN_DIR (required), ETCD, API_PORT (16443), ETCD_PORT (12379), ETCD_PEER_PORT (12380),
-#      WITH_KCM (1)
+#      WITH_KCM (1), PROFILING (false; true serves the API server's /debug/pprof)
 set -euo pipefail
 RUN_DIR=${1:?usage: start.sh RUN_DIR}
 BIN_DIR=${QM_K8S_BIN_DIR:?run scripts/k8s/install.sh first (it prints QM_K8S_BIN_DIR)}
@@ -44,7 +44,7 @@ echo $! > "$RUN_DIR/etcd.pid"
   --service-cluster-ip-range 10.0.0.0/24 \
   --endpoint-reconciler-type none \
   --disable-admission-plugins ServiceAccount \
-  --profiling=false \
+  --profiling="${PROFILING:-false}" \
   > "$RUN_DIR/apiserver.log" 2>&1 &
 echo $! > "$RUN_DIR/apiserver.pid"
 
