@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use quartermaster::crd::Project;
 use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::virtual_machine::CreationIntent;
 
 mod common;
 
@@ -507,10 +509,19 @@ async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
     let first = controller_process(&e.id);
     e.apply_vm("once", serde_json::json!({})).await;
     let vms = e.vms();
-    // Intent recorded and the droplet exists at the vendor, but its ID has not come back yet.
+    // Intent recorded (with the finalizer, before the create) and the droplet exists at the vendor, but
+    // its ID has not come back yet: no status has been written.
     common::eventually(WAIT, "intent recorded and droplet created", || async {
-        let st = vms.get("once").await.ok()?.status?;
-        let pending = st.creation_key.is_some() && st.external_id.is_none();
+        let vm = vms.get("once").await.ok()?;
+        let intent = CreationIntent::of(&vm)?;
+        assert_eq!(Some(&intent.creation_key), vm.metadata.uid.as_ref());
+        assert_eq!(intent.provider_config, e.pc);
+        assert!(
+            vm.finalizers()
+                .iter()
+                .any(|f| f == "quartermaster.dev/finalizer")
+        );
+        let pending = vm.status.as_ref().is_none_or(|s| s.external_id.is_none());
         (pending && !e.sim.droplets().await.is_empty()).then_some(())
     })
     .await;
@@ -520,9 +531,7 @@ async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
             .await
             .unwrap()
             .status
-            .unwrap()
-            .external_id
-            .is_none()
+            .is_none_or(|s| s.external_id.is_none())
     );
 
     let _second = controller_process(&e.id);

@@ -178,7 +178,7 @@ async fn two_vms_racing_for_the_last_slot_get_one_admission() {
 }
 
 #[tokio::test]
-async fn a_vm_whose_server_runs_at_once_is_ready_after_five_writes() {
+async fn a_vm_whose_server_runs_at_once_is_ready_after_four_writes() {
     // The vendor reports a new server running at once (no provisioning delay).
     let e = env("vmfive", |c| c.provision_secs = 0, false)
         .await
@@ -193,14 +193,16 @@ async fn a_vm_whose_server_runs_at_once_is_ready_after_five_writes() {
     .await;
     // Let anything late arrive (a poll would come after 1 s here).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The finalizer, the intent before the create, and the status once it runs; the connection Secret;
-    // one Event saying it was created and is ready.
+    // The finalizer with the intent before the create (one write), and the status once it runs; the
+    // connection Secret; one Event saying it was created and is ready.
     assert_eq!(
         kube_requests(&e, "patch", "virtualmachines"),
-        3,
+        2,
         "VM writes"
     );
     assert_eq!(kube_requests(&e, "patch", "secrets"), 1, "Secret writes");
+    // One reconcile did it all: neither our own finalizer-and-intent write nor the status wakes it again.
+    assert_eq!(vm_reconciles(&e), 1, "VM reconciles");
     let events = e.events_of("web").await;
     assert_eq!(events.len(), 1, "{events:?}");
     let (reason, note) = &events[0];

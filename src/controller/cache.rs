@@ -51,6 +51,9 @@ pub struct Caches {
     pub members: Arc<MemberIndex>,
     /// Which SimCards belong to which Project.
     pub sim_members: Arc<SimIndex>,
+    /// The VirtualMachine trigger memo: the VM controller's own metadata writes are recorded here so
+    /// they do not wake the object they were made for.
+    pub vm_triggers: Arc<super::wake::Memo<VirtualMachine>>,
 }
 
 /// Drops what no reconcile reads before an object is stored.
@@ -176,6 +179,7 @@ impl Feeds {
             connection_secrets: connection_secrets.store.clone(),
             members,
             sim_members,
+            vm_triggers: Arc::default(),
         };
         Self {
             provider_configs,

@@ -3,8 +3,9 @@
 //!
 //! 1. **paused** — `quartermaster.dev/paused` set: only a `Paused=True` condition is written; nothing else
 //!    happens (deletion included) until the annotation is removed.
-//! 2. **finalizer** — added before the first `apply`; on deletion `cleanup` runs and the finalizer is
-//!    removed only once cleanup reports done. Other controllers' finalizers are never touched
+//! 2. **finalizer** — added before the first `apply` (or, for a reconciler with
+//!    [`Reconciler::ADDS_FINALIZER`], by the reconciler itself with [`mark`] before its first side
+//!    effect); on deletion `cleanup` runs and the finalizer is removed only once cleanup reports done. Other controllers' finalizers are never touched
 //!    (optimistic concurrency on `resourceVersion`).
 //! 3. **status** — the reconciler's status plus kstatus conditions and `observedGeneration`, written by
 //!    server-side apply (field manager `quartermaster`) and skipped when nothing changed.
@@ -34,6 +35,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::wake::Memo;
 use super::{Context, Error};
 use crate::crd::conditions::{
     self, ConditionStatus, DesiredCondition, Health, event, merge_conditions, reason,
@@ -188,6 +190,9 @@ pub enum Cleanup {
 
 /// A kind's reconcile logic.
 pub trait Reconciler<K: Managed>: Send + Sync + 'static {
+    /// The reconciler adds the finalizer itself, with [`mark`], before its first side effect (and may
+    /// record intent in the same write); otherwise the framework adds it before the first `apply`.
+    const ADDS_FINALIZER: bool = false;
     /// Converge the world towards `obj`'s spec, recording what it learns in `progress.status` as it goes.
     /// Must be idempotent.
     fn apply(
@@ -354,7 +359,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
         };
     }
 
-    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+    if !R::ADDS_FINALIZER && !obj.finalizers().iter().any(|f| f == FINALIZER) {
         add_finalizer(&api, &*obj).await?;
         // NB: the finalizer patch is itself a watch event; the next reconcile does the real work.
         return Ok(Action::await_change());
@@ -698,6 +703,54 @@ pub async fn publish<K: Managed>(
     if let Err(e) = result {
         tracing::warn!(kind = K::KIND, name = %obj.name_any(), error = %e, "failed to publish event");
     }
+}
+
+/// Adds our finalizer (when missing) and sets `annotations`, in one write guarded by `resourceVersion`:
+/// a concurrent change, or a cached copy older than the object, makes it fail with a conflict (retried)
+/// instead of acting on stale facts. Writes nothing when both are in place already. `own` (the
+/// controller's trigger memo) learns the result before the write, so the write does not wake the object.
+pub async fn mark<K: Managed>(
+    ctx: &Context,
+    obj: &K,
+    annotations: &[(&str, String)],
+    own: Option<&Memo<K>>,
+) -> Result<(), Error> {
+    let mut next = obj.clone();
+    let meta = next.meta_mut();
+    let finalizers = meta.finalizers.get_or_insert_with(Vec::new);
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let anns = meta.annotations.get_or_insert_with(Default::default);
+    for (k, v) in annotations {
+        anns.insert((*k).to_string(), v.clone());
+    }
+    if next.finalizers() == obj.finalizers() && next.annotations() == obj.annotations() {
+        return Ok(());
+    }
+    if let Some(memo) = own {
+        memo.expect(&next);
+    }
+    let set: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(v.as_str())))
+        .collect();
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": next.finalizers(),
+            "annotations": set,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    K::api(ctx.client.clone(), obj.namespace().as_deref())
+        .patch(&obj.name_any(), &params, &Patch::Merge(&patch))
+        .await
+        .map_err(Error::kube("adding the finalizer"))?;
+    Ok(())
 }
 
 async fn add_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<(), Error> {

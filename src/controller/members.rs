@@ -21,6 +21,7 @@ use kube::{Resource, ResourceExt};
 use rust_decimal::Decimal;
 
 use super::virtual_machine::limits::{AdmissionOrder, Occupancy, Refusal};
+use crate::crd::virtual_machine::CreationIntent;
 use crate::crd::{SimCard, VirtualMachine};
 
 /// A Project's key: namespace and name.
@@ -89,15 +90,19 @@ impl Facts {
     }
 }
 
-/// Where a VM's status says it is admitted: `status.project`; a VM created before admission was
+/// Where a VM is admitted: `status.project`, else the Project of its creation intent (recorded before
+/// the create, so a crash before the status write keeps the slot); a VM created before admission was
 /// recorded holds a slot where it points.
 pub fn admitted_to(vm: &VirtualMachine) -> Option<String> {
-    let st = vm.status.as_ref()?;
-    match &st.project {
-        Some(p) => Some(p.clone()),
-        None if st.external_id.is_some() => vm.spec.project_ref.as_ref().map(|r| r.name.clone()),
-        None => None,
+    let st = vm.status.as_ref();
+    if let Some(p) = st.and_then(|s| s.project.clone()) {
+        return Some(p);
     }
+    if let Some(p) = CreationIntent::of(vm).and_then(|i| i.project) {
+        return Some(p);
+    }
+    st.filter(|s| s.external_id.is_some())
+        .and_then(|_| vm.spec.project_ref.as_ref().map(|r| r.name.clone()))
 }
 
 /// Running totals of one Project.
@@ -415,6 +420,43 @@ mod tests {
             idx.observe(&watcher::Event::Apply(v.clone()));
         }
         idx
+    }
+
+    fn with_intent(mut v: VirtualMachine, creation_key: &str, project: &str) -> VirtualMachine {
+        let intent = CreationIntent {
+            creation_key: creation_key.into(),
+            provider_config: "pc".into(),
+            project: Some(project.into()),
+        };
+        v.metadata.annotations = Some(
+            [(
+                crate::crd::ANNOTATION_CREATION_INTENT.to_string(),
+                intent.to_annotation(),
+            )]
+            .into(),
+        );
+        v
+    }
+
+    #[test]
+    fn a_creation_intent_holds_its_slot_and_a_copied_one_does_not() {
+        // Intent written (with the finalizer), the status not yet: the slot is held.
+        let ours = with_intent(vm("a", 1, Some("p"), serde_json::json!(null)), "uid-a", "p");
+        assert_eq!(admitted_to(&ours).as_deref(), Some("p"));
+        // An annotation copied from another object (another UID) counts for nothing.
+        let copied = with_intent(vm("b", 2, Some("p"), serde_json::json!(null)), "uid-a", "p");
+        assert_eq!(admitted_to(&copied), None);
+        // The status, once written, is what counts.
+        let moved = with_intent(
+            vm("c", 3, Some("q"), admitted("q", "6", "USD")),
+            "uid-c",
+            "p",
+        );
+        assert_eq!(admitted_to(&moved).as_deref(), Some("q"));
+        let idx = index(&[ours, copied]);
+        let b = ObjectRef::new("b").within("ns");
+        let occ = idx.occupancy("ns", "p", &b, &(Some(2), "b".into()), "USD");
+        assert_eq!((occ.held, occ.ahead), (1, 0));
     }
 
     #[test]

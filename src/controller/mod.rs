@@ -319,6 +319,7 @@ pub async fn run(
         wake::own_changes(
             feeds.provider_configs.subscribe(),
             caches.provider_configs.clone(),
+            Arc::default(),
         ),
         caches.provider_configs.clone(),
     )
@@ -360,7 +361,11 @@ pub async fn run(
 
     // VirtualMachine: its own changes, and its ProviderConfig and Project when what it depends on changed.
     let vm = Controller::for_shared_stream(
-        wake::own_changes(feeds.vms.subscribe(), caches.vms.clone()),
+        wake::own_changes(
+            feeds.vms.subscribe(),
+            caches.vms.clone(),
+            caches.vm_triggers.clone(),
+        ),
         caches.vms.clone(),
     )
     .with_config(runtime_config(
@@ -400,7 +405,11 @@ pub async fn run(
 
     // Project: its own changes, and its members when what its status shows of them changed.
     let proj = Controller::for_shared_stream(
-        wake::own_changes(feeds.projects.subscribe(), caches.projects.clone()),
+        wake::own_changes(
+            feeds.projects.subscribe(),
+            caches.projects.clone(),
+            Arc::default(),
+        ),
         caches.projects.clone(),
     )
     .with_config(runtime_config(

@@ -42,6 +42,11 @@ impl<K: Resource<DynamicType = ()>> Memo<K> {
         seen.insert(ObjectRef::from_obj(obj), hash) != Some(hash)
     }
 
+    /// Records the trigger hash `obj` will have after our own write, so that write wakes nothing.
+    pub fn expect(&self, obj: &K) {
+        self.changed(obj, trigger_hash(obj));
+    }
+
     /// Forgets objects that are no longer in `store` (bounded memory under churn).
     pub fn prune(&self, store: &Store<K>)
     where
@@ -75,15 +80,17 @@ pub fn trigger_hash<K: Resource>(obj: &K) -> u64 {
     ))
 }
 
-/// A controller's own triggers: only objects whose [`trigger_hash`] changed.
+/// A controller's own triggers: only objects whose [`trigger_hash`] changed. A reconciler that changes
+/// an object's metadata itself and goes on in the same reconcile records the result in `memo` first
+/// ([`Memo::expect`]), so its own write does not wake the object again.
 pub fn own_changes<K>(
     stream: impl Stream<Item = Arc<K>> + Send + 'static,
     store: Store<K>,
+    memo: Arc<Memo<K>>,
 ) -> impl Stream<Item = Arc<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    let memo = Memo::<K>::default();
     let mut since_prune = 0usize;
     stream.filter(move |o| {
         let changed = memo.changed(&**o, trigger_hash(&**o));
@@ -136,7 +143,7 @@ pub fn vm_for_project(vm: &VirtualMachine) -> u64 {
     hash_of((
         vm.spec.project_ref.as_ref().map(|r| &r.name),
         vm.metadata.deletion_timestamp.is_some(),
-        st.and_then(|s| s.project.as_ref()),
+        super::members::admitted_to(vm),
         st.and_then(|s| s.phase).map(|p| format!("{p:?}")),
         st.and_then(|s| s.monthly_price.as_ref()),
         st.and_then(|s| s.currency.as_ref()),

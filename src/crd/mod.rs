@@ -41,6 +41,9 @@ pub const ANNOTATION_EXTERNAL_ID: &str = "quartermaster.dev/external-id";
 pub const ANNOTATION_RESTART_REQUESTED_AT: &str = "quartermaster.dev/restart-requested-at";
 /// Annotation overriding an object's periodic resync (`30s`, `5m`, `1h`; at least 30 s).
 pub const ANNOTATION_RESYNC_INTERVAL: &str = "quartermaster.dev/resync-interval";
+/// Annotation the controller writes on a VirtualMachine, in the same write as its finalizer, right before
+/// the vendor's create: the creation intent ([`virtual_machine::CreationIntent`], JSON). Not for users.
+pub const ANNOTATION_CREATION_INTENT: &str = "quartermaster.dev/creation-intent";
 /// The finalizer every Quartermaster controller puts on the objects it manages.
 pub const FINALIZER: &str = "quartermaster.dev/finalizer";
 

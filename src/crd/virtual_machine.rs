@@ -299,3 +299,112 @@ pub struct MeteringWindow {
     pub currency: String,
 }
 impl_object_status!(VirtualMachineStatus);
+
+/// What the controller records before a vendor's create, so that after a crash it looks for the server
+/// instead of creating another, in the right account, holding the Project slot it was admitted to.
+///
+/// Stored in the [`ANNOTATION_CREATION_INTENT`](super::ANNOTATION_CREATION_INTENT) annotation, written
+/// together with the finalizer in one write; the status written after the create holds the same facts
+/// (`creationKey`, `providerConfig`, `project`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreationIntent {
+    /// The idempotency key: the object's UID (an annotation copied from another object is ignored).
+    pub creation_key: String,
+    /// The ProviderConfig (vendor account) the server is created in.
+    pub provider_config: String,
+    /// The Project the VM was admitted to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+impl CreationIntent {
+    /// The intent recorded on `vm`, if its annotation parses and belongs to this object (its UID).
+    pub fn of(vm: &VirtualMachine) -> Option<Self> {
+        let raw = vm
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(super::ANNOTATION_CREATION_INTENT)?;
+        let intent: Self = serde_json::from_str(raw).ok()?;
+        (Some(&intent.creation_key) == vm.metadata.uid.as_ref()).then_some(intent)
+    }
+
+    /// The annotation value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Fills the creation facts into `status` when only the annotation holds them (a crash came between
+    /// the annotation write and the status write). Status already holding intent wins.
+    pub fn fill(vm: &VirtualMachine, status: &mut VirtualMachineStatus) {
+        if status.creation_key.is_some() {
+            return;
+        }
+        if let Some(i) = Self::of(vm) {
+            status.creation_key = Some(i.creation_key);
+            status.provider_config.get_or_insert(i.provider_config);
+            if status.project.is_none() {
+                status.project = i.project;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(uid: &str, annotation: Option<&str>, status: serde_json::Value) -> VirtualMachine {
+        let mut meta = serde_json::json!({"name": "v", "namespace": "ns", "uid": uid});
+        if let Some(a) = annotation {
+            meta["annotations"] =
+                serde_json::json!({ super::super::ANNOTATION_CREATION_INTENT: a });
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine", "metadata": meta,
+            "spec": {"providerConfigRef": {"name": "now"}, "region": "fra1", "size": "s", "image": "i"},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn intent_fills_a_status_that_lacks_it_and_only_for_its_own_object() {
+        let intent = CreationIntent {
+            creation_key: "u1".into(),
+            provider_config: "then".into(),
+            project: Some("p".into()),
+        };
+        let a = intent.to_annotation();
+        let v = vm("u1", Some(&a), serde_json::json!(null));
+        assert_eq!(CreationIntent::of(&v), Some(intent.clone()));
+        let mut st = VirtualMachineStatus::default();
+        CreationIntent::fill(&v, &mut st);
+        assert_eq!(st.creation_key.as_deref(), Some("u1"));
+        // The account it was created in, not the one the spec names now.
+        assert_eq!(st.provider_config.as_deref(), Some("then"));
+        assert_eq!(st.project.as_deref(), Some("p"));
+
+        // Copied onto another object, or unreadable: ignored.
+        for other in [
+            vm("u2", Some(&a), serde_json::json!(null)),
+            vm("u1", Some("{"), serde_json::json!(null)),
+        ] {
+            assert_eq!(CreationIntent::of(&other), None);
+            let mut st = VirtualMachineStatus::default();
+            CreationIntent::fill(&other, &mut st);
+            assert_eq!(st, VirtualMachineStatus::default());
+        }
+
+        // Intent already in status wins.
+        let mut st = VirtualMachineStatus {
+            creation_key: Some("u1".into()),
+            provider_config: Some("recorded".into()),
+            ..Default::default()
+        };
+        CreationIntent::fill(&v, &mut st);
+        assert_eq!(st.provider_config.as_deref(), Some("recorded"));
+        assert_eq!(st.project, None);
+    }
+}

@@ -2,8 +2,8 @@
 //! adopt, power, resize), write the connection Secret — updating the working status as facts arrive.
 //!
 //! # Guarantees
-//! - Intent (`status.creationKey`, region, image, account, Project) is persisted before the vendor's
-//!   create is called, and the ID the vendor answers with goes into the working status at once, so an
+//! - Intent (creation key, account, Project: the `quartermaster.dev/creation-intent` annotation, written
+//!   with the finalizer) is persisted before the vendor's create is called, and the ID the vendor answers with goes into the working status at once, so an
 //!   error in any later step still records it.
 //! - `status.metering` advances only once the ledger accepted the closed windows.
 //! - A restart request is acknowledged only when the reboot call succeeded.
@@ -22,11 +22,14 @@ use super::decide::{Decision, Lookup, ProjectLookup, Step};
 use super::read::Observed;
 use super::{build, limits};
 use crate::cloud::{self, CloudError, PowerAction, Server};
-use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, persist};
+use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, mark};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
-use crate::crd::virtual_machine::VirtualMachineStatus;
-use crate::crd::{ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference, VirtualMachine};
+use crate::crd::virtual_machine::{CreationIntent, VirtualMachineStatus};
+use crate::crd::{
+    ANNOTATION_CREATION_INTENT, ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference,
+    VirtualMachine,
+};
 
 /// Carries out `d`; the working status in `progress` ends as the decided status plus what the vendor said.
 /// The Events to publish are added to `events` as they happen, so an error in a later step loses none
@@ -43,6 +46,13 @@ pub async fn act(
     let before = progress.status.clone();
     if let Some(refused) = reserve(ctx, vm, obs, &d, &before)? {
         return Ok(Outcome::new(refused));
+    }
+    // Cleanup must run for anything this reconcile may do at the vendor or bill: the finalizer first
+    // (a create adds it together with its intent, below).
+    let side_effects = matches!(obs.lookup, Lookup::Found(_))
+        || !matches!(d.step, Step::Wait | Step::Nothing | Step::Create);
+    if side_effects {
+        mark(ctx, vm, &[], Some(&ctx.caches()?.vm_triggers)).await?;
     }
     progress.status = d.status.clone();
     let mut decided = d.events.clone();
@@ -85,7 +95,7 @@ pub async fn act(
                 .await?;
                 password = Some(generated);
             }
-            persist(ctx, vm, progress).await?;
+            record_intent(ctx, vm, uid, &progress.status).await?;
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
                 ctx.metrics.recreates_after_intent.inc();
                 events.push((
@@ -249,6 +259,31 @@ fn reserve(
         },
     );
     Ok(result.err().map(|(r, m)| Health::stalled(r, m)))
+}
+
+/// Records the creation intent (and the finalizer) in one write before the vendor's create; nothing is
+/// written when the same intent is already recorded (a retry after the lookup found nothing, twice).
+async fn record_intent(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    status: &VirtualMachineStatus,
+) -> Result<(), Error> {
+    let intent = CreationIntent {
+        creation_key: uid.to_string(),
+        provider_config: status
+            .provider_config
+            .clone()
+            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone()),
+        project: status.project.clone(),
+    };
+    mark(
+        ctx,
+        vm,
+        &[(ANNOTATION_CREATION_INTENT, intent.to_annotation())],
+        Some(&ctx.caches()?.vm_triggers),
+    )
+    .await
 }
 
 /// The connection Secret, from the watch cache. When the vendor takes a root password (which lives only

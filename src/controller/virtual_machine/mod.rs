@@ -3,8 +3,11 @@
 //! connection Secret). [`build`] and [`limits`] are the pure pieces decide and act use.
 //!
 //! # Guarantees
-//! - **Create exactly once.** Before the vendor's create is called, `status.creationKey` (the object's UID)
-//!   is persisted, and the vendor object is tagged `quartermaster-uid-<uid>`. Every reconcile without a
+//! - **Create exactly once.** Before the vendor's create is called, the creation intent (key = the
+//!   object's UID, account, Project) is persisted — in the `quartermaster.dev/creation-intent` annotation,
+//!   in the same write as the finalizer, guarded by `resourceVersion` so a stale cached copy cannot pass —
+//!   and the vendor object is tagged `quartermaster-uid-<uid>`. The status written after the create
+//!   holds the same facts (`status.creationKey`, `providerConfig`, `project`). Every reconcile without a
 //!   recorded `externalID` first looks the tag up (twice, a moment apart, when intent exists); so a crash
 //!   anywhere finds the server instead of creating a second one. Status is never rolled back (see the
 //!   framework), so recorded intent survives any later error.
@@ -27,15 +30,17 @@ pub mod read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::ResourceExt;
 use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 
 use super::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
 use super::{Context, Error, vendor};
 use crate::cloud;
 use crate::crd::conditions::{Health, event, reason};
-use crate::crd::virtual_machine::{DeletionPolicy, ManagementPolicy, VirtualMachineStatus};
-use crate::crd::{ANNOTATION_EXTERNAL_ID, VirtualMachine};
+use crate::crd::virtual_machine::{
+    CreationIntent, DeletionPolicy, ManagementPolicy, VirtualMachineStatus,
+};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, FINALIZER, VirtualMachine};
 use crate::ledger::metering;
 
 pub use build::connection_secret_name;
@@ -86,7 +91,13 @@ async fn converge(
     match obs.provider.get(&id).await {
         Ok(Some(s)) if s.state == cloud::ServerState::Running => {
             obs.lookup = Lookup::Found(s);
-            Ok(decide_and_act(ctx, vm, uid, &obs, progress, events)
+            // The create wrote our finalizer (with the intent); the cached copy does not show it yet.
+            let mut vm = vm.clone();
+            let finalizers = vm.meta_mut().finalizers.get_or_insert_with(Vec::new);
+            if !finalizers.iter().any(|f| f == FINALIZER) {
+                finalizers.push(FINALIZER.to_string());
+            }
+            Ok(decide_and_act(ctx, &vm, uid, &obs, progress, events)
                 .await?
                 .0)
         }
@@ -156,6 +167,10 @@ async fn announce(
 }
 
 impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
+    /// Added in act, in the same write as the creation intent (or alone before any other side effect):
+    /// a new VM costs two writes of its own before the vendor is called, not three.
+    const ADDS_FINALIZER: bool = true;
+
     async fn apply(
         &self,
         vm: Arc<VirtualMachine>,
@@ -163,6 +178,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         progress: &mut Progress<VirtualMachineStatus>,
     ) -> Result<Outcome, Error> {
         let uid = uid_of(&vm)?;
+        CreationIntent::fill(&vm, &mut progress.status);
         // Checked before anything is read: a moved providerConfigRef must not reach the other account.
         if let Some(m) = decide::immutable_violation(&vm, &progress.status) {
             return Ok(Outcome::new(Health::stalled(
@@ -186,6 +202,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         progress: &mut Progress<VirtualMachineStatus>,
     ) -> Result<Cleanup, Error> {
         let uid = uid_of(&vm)?;
+        CreationIntent::fill(&vm, &mut progress.status);
         if ctx.ledger.is_some()
             && let Some(open) = progress
                 .status
