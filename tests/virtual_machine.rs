@@ -25,14 +25,7 @@ async fn lifecycle_power_restart_resize_delete() {
         serde_json::json!({"spec": {"ipv6": true, "tags": ["web"]}}),
     )
     .await;
-    let vm = e
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("web").await;
     let st = vm.status.clone().unwrap();
     assert_eq!(format!("{:?}", st.phase.unwrap()), "Running");
     assert_eq!(
@@ -86,14 +79,7 @@ async fn lifecycle_power_restart_resize_delete() {
         serde_json::json!({"spec": {"runStrategy": "Always"}}),
     )
     .await;
-    let vm = e
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("web").await;
     assert_eq!(format!("{:?}", vm.spec.run_strategy), "Always");
 
     // Restart: one reboot per distinct annotation value.
@@ -112,13 +98,7 @@ async fn lifecycle_power_restart_resize_delete() {
             .then_some(())
     })
     .await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
 
     // Resize: power off, resize, power on; the price follows the size.
     e.patch_vm("web", serde_json::json!({"spec": {"size": "s-2vcpu-2gb"}}))
@@ -162,13 +142,7 @@ async fn lifecycle_power_restart_resize_delete() {
     assert!(msg.contains("fra1") && msg.contains("ams3"), "{msg}");
     e.patch_vm("web", serde_json::json!({"spec": {"region": "fra1"}}))
         .await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
 
     // Delete (policy Delete): the droplet goes, then the object.
     e.vms()
@@ -191,14 +165,7 @@ async fn orphan_adoption_and_observe_only() {
         serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),
     )
     .await;
-    let vm = e
-        .wait_vm(
-            "keep",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("keep").await;
     let keep_tag = format!("quartermaster-uid-{}", vm.metadata.uid.clone().unwrap());
     let ext = vm.status.unwrap().external_id.unwrap();
     e.vms()
@@ -261,14 +228,7 @@ async fn orphan_adoption_and_observe_only() {
     )
     .await;
     e.allow_adoption().await;
-    let vm = e
-        .wait_vm(
-            "adopted",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("adopted").await;
     let st = vm.status.unwrap();
     assert_eq!(st.external_id.as_deref(), Some(ext.as_str()));
     assert_eq!(
@@ -391,13 +351,7 @@ async fn project_limits_members_block_and_cascade() {
         serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
     )
     .await;
-    e.wait_vm(
-        "first",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("first").await;
     e.apply_vm(
         "second",
         serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
@@ -468,10 +422,8 @@ async fn project_limits_members_block_and_cascade() {
         serde_json::json!({"spec": {"projectRef": {"name": "crew"}}}),
     )
     .await;
-    e.wait_vm("c1", conditions::READY, ConditionStatus::True, "Reconciled")
-        .await;
-    e.wait_vm("c2", conditions::READY, ConditionStatus::True, "Reconciled")
-        .await;
+    e.wait_ready("c1").await;
+    e.wait_ready("c2").await;
     projects
         .delete("crew", &DeleteParams::default())
         .await
@@ -535,14 +487,7 @@ async fn crash_between_intent_and_vendor_answer_creates_exactly_one_droplet() {
     );
 
     let _second = controller_process(&e.id);
-    let vm = e
-        .wait_vm(
-            "once",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("once").await;
     let droplets = e.sim.droplets().await;
     assert_eq!(
         droplets.len(),
@@ -568,13 +513,7 @@ async fn project_monthly_spend_limit_refuses_a_vm_that_would_exceed_it() {
         serde_json::json!({"spec": {"projectRef": {"name": "lean"}}}),
     )
     .await;
-    e.wait_vm(
-        "one",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("one").await;
     e.apply_vm(
         "two",
         serde_json::json!({"spec": {"projectRef": {"name": "lean"}}}),
@@ -603,11 +542,5 @@ async fn project_monthly_spend_limit_refuses_a_vm_that_would_exceed_it() {
         serde_json::json!({"limits": {"maxMonthlySpend": "20.00"}}),
     )
     .await;
-    e.wait_vm(
-        "two",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("two").await;
 }

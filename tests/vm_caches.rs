@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use quartermaster::crd::Project;
-use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::conditions::ConditionStatus;
 
 mod common;
 
@@ -62,13 +62,7 @@ async fn an_unchanged_vm_is_reconciled_without_reading_the_api_server() {
         serde_json::json!({"spec": {"projectRef": {"name": "team"}}}),
     )
     .await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
     // Each label change is a reconcile of a VM with nothing to do.
     let (reads, reconciles) = (related_reads(&e), vm_reconciles(&e));
     for i in 0..5 {
@@ -104,8 +98,7 @@ async fn a_project_status_change_wakes_members_only_when_it_matters_to_them() {
         .await;
     }
     for n in ["a", "b", "c"] {
-        e.wait_vm(n, conditions::READY, ConditionStatus::True, "Reconciled")
-            .await;
+        e.wait_ready(n).await;
     }
     // Let the Project settle (its recount is debounced).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -184,13 +177,7 @@ async fn a_vm_whose_server_runs_at_once_is_ready_after_four_writes() {
         .await
         .with_controller(None, |_| {});
     e.apply_vm("web", serde_json::json!({})).await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
     // Let anything late arrive (a poll would come after 1 s here).
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The finalizer with the intent before the create (one write), and the status once it runs; the

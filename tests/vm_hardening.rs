@@ -43,14 +43,7 @@ async fn a_248_character_name_gets_ready_and_deletion_leaves_no_droplet() {
     let e = env("vmlong", |_| {}, true).await;
     let name = format!("a{}", "b".repeat(247));
     e.apply_vm(&name, serde_json::json!({})).await;
-    let vm = e
-        .wait_vm(
-            &name,
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready(&name).await;
     let st = vm.status.unwrap();
     let secret = st
         .connection_secret_ref
@@ -104,14 +97,7 @@ async fn adoption_never_crosses_tenants_and_is_opt_in() {
     alice
         .apply_vm("web", serde_json::json!({"spec": {"tags": ["alice"]}}))
         .await;
-    let vm = alice
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = alice.wait_ready("web").await;
     let alice_id = vm.status.unwrap().external_id.unwrap();
 
     // Mallory, in another namespace on the same ProviderConfig, names alice's server — with adoption
@@ -214,14 +200,7 @@ async fn adoption_never_crosses_tenants_and_is_opt_in() {
         )
         .await;
     alice.allow_adoption().await;
-    let vm = alice
-        .wait_vm(
-            "adopt",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = alice.wait_ready("adopt").await;
     let tag = format!("quartermaster-uid-{}", vm.metadata.uid.unwrap());
     let d = alice.droplet(&console).await.unwrap();
     assert!(
@@ -242,13 +221,7 @@ async fn adoption_never_crosses_tenants_and_is_opt_in() {
 async fn a_revoked_token_stalls_the_vm_and_marks_the_provider_config_at_once() {
     let e = env("vmauth", |_| {}, true).await;
     e.apply_vm("web", serde_json::json!({})).await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
     e.sim.revoke_token("sim-token").await;
     // Any reconcile now meets a 401: a restart request makes one happen right away.
     e.patch_vm(
@@ -320,14 +293,7 @@ async fn provider_config_ref_is_fixed_and_deletion_cleans_up_in_the_original_acc
     let other = format!("{}-other", e.id);
     common::do_provider_config(&e.client, &e.id, &other, &e.ns, &other_sim.url, &[]).await;
     e.apply_vm("web", serde_json::json!({})).await;
-    let vm = e
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("web").await;
     let uid = vm.metadata.uid.unwrap();
     assert_eq!(
         vm.status.unwrap().provider_config.as_deref(),
@@ -398,14 +364,7 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
         serde_json::json!({"spec": {"projectRef": {"name": "alpha"}}}),
     )
     .await;
-    let vm = e
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("web").await;
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("alpha"));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -431,14 +390,7 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
         serde_json::json!({"spec": {"projectRef": {"name": "beta"}}}),
     )
     .await;
-    let vm = e
-        .wait_vm(
-            "web",
-            conditions::READY,
-            ConditionStatus::True,
-            "Reconciled",
-        )
-        .await;
+    let vm = e.wait_ready("web").await;
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("beta"));
     // Let beta accrue billable seconds before the VM goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -484,13 +436,7 @@ async fn recorded_intent_is_read_back_before_creating_again() {
         serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "false"}}}),
     )
     .await;
-    e.wait_vm(
-        "web",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("web").await;
     assert_eq!(tagged_droplets(&e, &uid).await, 1);
     let metrics = e.metrics.as_ref().unwrap().render();
     assert!(
@@ -518,20 +464,8 @@ async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
         serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/resync-interval": "1152921504606846976h"}}}),
     )
     .await;
-    e.wait_vm(
-        "fast",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
-    e.wait_vm(
-        "huge",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("fast").await;
+    e.wait_ready("huge").await;
     let vendor_calls = |m: &str| -> f64 {
         m.lines()
             .filter(|l| l.starts_with("quartermaster_vendor_requests_total{"))
@@ -549,13 +483,7 @@ async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
     );
     // The controller is alive for everyone: a new VM still gets Ready.
     e.apply_vm("other", serde_json::json!({})).await;
-    e.wait_vm(
-        "other",
-        conditions::READY,
-        ConditionStatus::True,
-        "Reconciled",
-    )
-    .await;
+    e.wait_ready("other").await;
     let reasons = e.event_reasons("huge").await;
     assert!(
         reasons.iter().any(|r| r == "InvalidAnnotation"),

@@ -360,7 +360,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
     }
 
     if !R::ADDS_FINALIZER && !obj.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&api, &*obj).await?;
+        mark(ctx, &*obj, &[], None).await?;
         // NB: the finalizer patch is itself a watch event; the next reconcile does the real work.
         return Ok(Action::await_change());
     }
@@ -751,14 +751,6 @@ pub async fn mark<K: Managed>(
         .await
         .map_err(Error::kube("adding the finalizer"))?;
     Ok(())
-}
-
-async fn add_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<(), Error> {
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    patch_finalizers(api, obj, finalizers)
-        .await
-        .map_err(Error::kube("adding the finalizer"))
 }
 
 async fn remove_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<(), Error> {

@@ -117,12 +117,35 @@ impl Env {
         type_: &str,
         status: ConditionStatus,
     ) -> VirtualMachine {
+        self.wait_condition(name, type_, status, None).await
+    }
+
+    /// Waits until VM `name` is `Ready=True` (`Reconciled`) for its current generation.
+    pub async fn wait_ready(&self, name: &str) -> VirtualMachine {
+        self.wait_vm(name, conditions::READY, ConditionStatus::True, "Reconciled")
+            .await
+    }
+
+    async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: ConditionStatus,
+        reason: Option<&str>,
+    ) -> VirtualMachine {
         let vms = self.vms();
-        common::eventually(WAIT, &format!("vm {name} {type_}={status:?}"), || async {
+        let what = format!(
+            "vm {name} {type_}={status:?} ({})",
+            reason.unwrap_or("any reason")
+        );
+        common::eventually(WAIT, &what, || async {
             let vm = vms.get(name).await.ok()?;
             let st = vm.status.as_ref()?;
             let c = conditions::find(&st.conditions, type_)?;
-            (c.status == status && st.observed_generation == vm.metadata.generation).then_some(vm)
+            (c.status == status
+                && reason.is_none_or(|r| c.reason == r)
+                && st.observed_generation == vm.metadata.generation)
+                .then_some(vm)
         })
         .await
     }
@@ -170,21 +193,7 @@ impl Env {
         status: ConditionStatus,
         reason: &str,
     ) -> VirtualMachine {
-        let vms = self.vms();
-        common::eventually(
-            WAIT,
-            &format!("vm {name} {type_}={status:?} ({reason})"),
-            || async {
-                let vm = vms.get(name).await.ok()?;
-                let st = vm.status.as_ref()?;
-                let c = conditions::find(&st.conditions, type_)?;
-                (c.status == status
-                    && c.reason == reason
-                    && st.observed_generation == vm.metadata.generation)
-                    .then_some(vm)
-            },
-        )
-        .await
+        self.wait_condition(name, type_, status, Some(reason)).await
     }
 
     pub async fn wait_gone(&self, name: &str) {
