@@ -49,6 +49,10 @@ pub struct ReconcileBench {
     /// Extra arguments for `quartermaster run` (e.g. `--vm-concurrency=128`), space-separated.
     #[arg(long, default_value = "")]
     pub controller_args: String,
+    /// `MALLOC_ARENA_MAX` for the controller, as the Helm chart sets it (`mallocArenaMax`); empty for
+    /// glibc's default.
+    #[arg(long, default_value = "2")]
+    pub malloc_arena_max: String,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -242,8 +246,8 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     std::fs::create_dir_all(&work)?;
     let n = b.vms;
     println!(
-        "# quartermaster bench reconcile --vms {n} (vendor latency {} ms)",
-        b.vendor_latency_ms
+        "# quartermaster bench reconcile --vms {n} (vendor latency {} ms, controller args {:?}, MALLOC_ARENA_MAX {:?})",
+        b.vendor_latency_ms, b.controller_args, b.malloc_arena_max
     );
     println!("work dir: {}", work.display());
 
@@ -336,15 +340,14 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
         "--leader-elect=false".into(),
     ];
     args.extend(b.controller_args.split_whitespace().map(str::to_string));
-    let controller = spawn(
-        &exe,
-        &args,
-        &work.join("controller.log"),
-        &[(
-            "QM_LEDGER_PATH",
-            work.join("ledger.db").display().to_string(),
-        )],
-    )?;
+    let mut env = vec![(
+        "QM_LEDGER_PATH",
+        work.join("ledger.db").display().to_string(),
+    )];
+    if !b.malloc_arena_max.is_empty() {
+        env.push(("MALLOC_ARENA_MAX", b.malloc_arena_max.clone()));
+    }
+    let controller = spawn(&exe, &args, &work.join("controller.log"), &env)?;
     let pid = controller.0.id();
     wait_for(&metrics_url, &http).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -77,6 +77,11 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
             "chart renders no {kind}"
         );
     }
+    // The allocator setting BENCHMARKS.md measured RSS with (see the chart's values).
+    assert!(
+        rendered.contains("- name: MALLOC_ARENA_MAX\n              value: \"2\"\n"),
+        "chart does not cap malloc arenas:\n{rendered}"
+    );
 
     let client = common::client().await;
     let ns = common::namespace(&client, "helm").await;

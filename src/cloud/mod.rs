@@ -243,6 +243,26 @@ pub struct Account {
     pub rate_limit: Option<(u32, u32)>,
 }
 
+/// The client-side rate limit (requests per second, burst) used for an account whose ProviderConfig sets
+/// none: the vendor's documented per-account limit, for its public API only. With an `endpoint` override
+/// (a proxy, a regional endpoint, `quartermaster sim`) the limit is whatever that endpoint enforces, so
+/// none is assumed; 429 with `Retry-After` is honoured either way.
+///
+/// - DigitalOcean: 5,000 requests an hour and 250 a minute per token (its API reference). One a second
+///   with a burst of 190 stays under both: at most 250 in any minute and 3,790 in any hour.
+/// - Vultr: 30 requests a second (per client address, so accounts on one controller share it).
+/// - Linode and Contabo document no number in their API references: none.
+pub fn documented_rate_limit(provider: ProviderType, endpoint: Option<&str>) -> Option<(u32, u32)> {
+    if endpoint.is_some() {
+        return None;
+    }
+    match provider {
+        ProviderType::Digitalocean => Some((1, 190)),
+        ProviderType::Vultr => Some((30, 30)),
+        _ => None,
+    }
+}
+
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Account")
@@ -325,6 +345,30 @@ mod tests {
         let shown = format!("{a:?}");
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn unset_rate_limits_follow_the_vendors_documents_on_their_public_apis_only() {
+        let (rps, burst) = documented_rate_limit(ProviderType::Digitalocean, None).unwrap();
+        // A token bucket sends at most burst + rate × window in any window.
+        assert!(burst + 60 * rps <= 250, "over DigitalOcean's 250 a minute");
+        assert!(
+            burst + 3600 * rps <= 5000,
+            "over DigitalOcean's 5,000 an hour"
+        );
+        assert_eq!(
+            documented_rate_limit(ProviderType::Vultr, None),
+            Some((30, 30))
+        );
+        assert_eq!(documented_rate_limit(ProviderType::Linode, None), None);
+        assert_eq!(documented_rate_limit(ProviderType::Contabo, None), None);
+        for p in [ProviderType::Digitalocean, ProviderType::Vultr] {
+            assert_eq!(
+                documented_rate_limit(p, Some("http://127.0.0.1:8080")),
+                None,
+                "an endpoint override sets its own limit"
+            );
+        }
     }
 
     #[test]

@@ -133,7 +133,8 @@ pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Res
             .spec
             .rate_limit
             .as_ref()
-            .map(|l| (l.requests_per_second, l.burst)),
+            .map(|l| (l.requests_per_second, l.burst))
+            .or_else(|| cloud::documented_rate_limit(pc.spec.type_, pc.spec.endpoint.as_deref())),
     };
     Ok(Some(Resolved {
         config: pc,
