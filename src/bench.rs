@@ -132,21 +132,30 @@ fn reads_writes(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -
     (r, w)
 }
 
-/// The controller's `quartermaster_kube_requests_total`, by its labels.
-async fn controller_breakdown(
+/// The controller's counters whose lines start with one of `prefixes` (name and labels → value).
+async fn controller_counters(
     http: &reqwest::Client,
     url: &str,
+    prefixes: &[&str],
 ) -> Result<BTreeMap<String, u64>, BoxError> {
     let text = http.get(url).send().await?.text().await?;
     Ok(text
         .lines()
-        .filter_map(|l| l.strip_prefix("quartermaster_kube_requests_total"))
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
         .filter_map(|l| {
             let (labels, v) = l.rsplit_once(' ')?;
             Some((labels.to_string(), v.parse::<f64>().ok()? as u64))
         })
         .collect())
 }
+
+/// The controller's counters the benchmark breaks down: Kubernetes requests by verb and resource, and
+/// reconciles (and their errors) by kind.
+const BREAKDOWN: &[&str] = &[
+    "quartermaster_kube_requests_total{",
+    "quartermaster_reconciles_total{",
+    "quartermaster_reconcile_errors_total{",
+];
 
 /// (reads, writes) the controller reports sending (its `quartermaster_kube_requests_total`).
 async fn controller_requests(http: &reqwest::Client, url: &str) -> Result<(u64, u64), BoxError> {
@@ -357,7 +366,7 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     let api_before = apiserver_requests(&client).await?;
     let own_before = own_requests(&own);
     let ctl_before = controller_requests(&http, &metrics_url).await?;
-    let breakdown_before = controller_breakdown(&http, &metrics_url).await?;
+    let breakdown_before = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
     let sim_before = sim_calls(&http, &sim_url).await?;
     let started = Instant::now();
     let ready = tokio::spawn(wait_ready(vms.clone(), n, started));
@@ -386,7 +395,7 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     let api_after = apiserver_requests(&client).await?;
     let own_after = own_requests(&own);
     let ctl_after = controller_requests(&http, &metrics_url).await?;
-    let breakdown_after = controller_breakdown(&http, &metrics_url).await?;
+    let breakdown_after = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
     let sim_after = sim_calls(&http, &sim_url).await?;
     let (peak_converge, _) = rss_kib(pid);
     let (ctl_cpu, sim_cpu) = (cpu_secs(pid), cpu_secs(_sim.0.id()));
@@ -397,12 +406,12 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     let (_, quiet_api_before) = reads_writes(&BTreeMap::new(), &apiserver_requests(&client).await?);
     let quiet_own_before = own_requests(&own).1;
     let quiet_ctl_before = controller_requests(&http, &metrics_url).await?;
-    let quiet_breakdown_before = controller_breakdown(&http, &metrics_url).await?;
+    let quiet_breakdown_before = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
     tokio::time::sleep(Duration::from_secs(b.quiet_secs)).await;
     let (_, quiet_api_after) = reads_writes(&BTreeMap::new(), &apiserver_requests(&client).await?);
     let quiet_own_after = own_requests(&own).1;
     let quiet_ctl_after = controller_requests(&http, &metrics_url).await?;
-    let quiet_breakdown_after = controller_breakdown(&http, &metrics_url).await?;
+    let quiet_breakdown_after = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
     let (peak, rss) = rss_kib(pid);
     drop(controller);
 
@@ -468,14 +477,14 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
         raw.as_secs_f64()
     );
     println!();
-    println!("Controller requests per VM while converging, by verb and resource:");
+    println!("Controller requests and reconciles per VM while converging:");
     for (labels, v) in &breakdown_after {
         let d = v - breakdown_before.get(labels).copied().unwrap_or(0);
         if d > 0 {
             println!("  {labels}: {:.2}", per(d as f64));
         }
     }
-    println!("Controller requests during the quiet period:");
+    println!("Controller requests and reconciles during the quiet period:");
     for (labels, v) in &quiet_breakdown_after {
         let d = v - quiet_breakdown_before.get(labels).copied().unwrap_or(0);
         if d > 0 {

@@ -198,7 +198,7 @@ impl HttpMetrics {
 }
 
 /// Why a vendor call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HttpError {
     /// The vendor answered with an error status; `message` is the vendor's explanation (never credentials).
     #[error("{vendor} answered {status}: {message}")]

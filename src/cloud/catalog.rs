@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -118,7 +119,23 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// Catalogs cached per ProviderConfig name (and its generation, so a spec change refetches).
 pub struct CatalogCache {
     ttl: Duration,
-    entries: Mutex<HashMap<String, (Instant, Arc<Catalog>)>>,
+    slots: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One key's catalog.
+#[derive(Default)]
+struct Slot {
+    /// Fetches finished so far: a caller notes it before waiting, to tell whether a fetch ended meanwhile.
+    fetches: AtomicU64,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The catalog and when it was fetched.
+    fresh: Option<(Instant, Arc<Catalog>)>,
+    /// The last fetch's error, while it is the newest fetch.
+    failed: Option<CloudError>,
 }
 
 impl CatalogCache {
@@ -126,27 +143,50 @@ impl CatalogCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            entries: Mutex::default(),
+            slots: std::sync::Mutex::default(),
         }
     }
 
     /// The cached catalog for `key`, fetched through `provider` when missing or older than the TTL.
+    ///
+    /// One fetch per key at a time: callers that arrive while it runs wait for it and share its answer —
+    /// its catalog, or its error (they do not each try again) — so a thousand reconciles starting at once
+    /// read the catalog from the vendor once, not a thousand times.
     pub async fn get(
         &self,
         key: &str,
         provider: &dyn ComputeProvider,
     ) -> Result<Arc<Catalog>, CloudError> {
-        if let Some((at, c)) = self.entries.lock().await.get(key)
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let seen = slot.fetches.load(Ordering::Acquire);
+        let mut s = slot.state.lock().await;
+        if let Some((at, c)) = &s.fresh
             && at.elapsed() < self.ttl
         {
             return Ok(c.clone());
         }
-        let fresh = Arc::new(Catalog::fetch(provider).await?);
-        self.entries
-            .lock()
-            .await
-            .insert(key.to_string(), (Instant::now(), fresh.clone()));
-        Ok(fresh)
+        // A fetch ended while this caller waited for it: its answer is this caller's too.
+        if let Some(e) = &s.failed
+            && slot.fetches.load(Ordering::Acquire) != seen
+        {
+            return Err(e.clone());
+        }
+        let fetched = Catalog::fetch(provider).await.map(Arc::new);
+        match &fetched {
+            Ok(c) => {
+                s.fresh = Some((Instant::now(), c.clone()));
+                s.failed = None;
+            }
+            Err(e) => s.failed = Some(e.clone()),
+        }
+        slot.fetches.fetch_add(1, Ordering::Release);
+        fetched
     }
 }
 
@@ -214,5 +254,131 @@ mod tests {
         assert_eq!(levenshtein("kitten", "sitting"), 3);
         assert_eq!(levenshtein("", "abc"), 3);
         assert_eq!(levenshtein("same", "same"), 0);
+    }
+
+    /// A vendor whose catalog calls are counted and slow (so that callers overlap); it fails while
+    /// `failing` is set.
+    #[derive(Default)]
+    struct SlowVendor {
+        catalog_calls: std::sync::atomic::AtomicUsize,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl SlowVendor {
+        async fn answer<T>(&self, v: T) -> Result<T, CloudError> {
+            self.catalog_calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(CloudError::Http(crate::http::HttpError::Status {
+                    vendor: "test",
+                    status: 503,
+                    message: "down for maintenance".into(),
+                    retry_after: None,
+                }));
+            }
+            Ok(v)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ComputeProvider for SlowVendor {
+        async fn verify(&self) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn create(
+            &self,
+            _: &crate::cloud::ServerSpec,
+        ) -> Result<crate::cloud::Server, CloudError> {
+            Err(CloudError::Unsupported("test".into()))
+        }
+        async fn get(&self, _: &str) -> Result<Option<crate::cloud::Server>, CloudError> {
+            Ok(None)
+        }
+        async fn find_by_tag(&self, _: &str) -> Result<Vec<crate::cloud::Server>, CloudError> {
+            Ok(vec![])
+        }
+        async fn delete(&self, _: &str) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn power(&self, _: &str, _: crate::cloud::PowerAction) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn resize(&self, _: &str, _: &str) -> Result<(), CloudError> {
+            Ok(())
+        }
+        async fn sizes(&self) -> Result<Vec<Size>, CloudError> {
+            self.answer(vec![size("s-1vcpu-1gb", &["fra1"])]).await
+        }
+        async fn images(&self) -> Result<Vec<Image>, CloudError> {
+            self.answer(vec![]).await
+        }
+        async fn regions(&self) -> Result<Vec<Region>, CloudError> {
+            self.answer(vec![]).await
+        }
+        fn resize_needs_power_off(&self) -> bool {
+            false
+        }
+        fn accepts_root_password(&self) -> bool {
+            false
+        }
+        fn vendor(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// `n` concurrent gets of one key; their results.
+    async fn concurrent_gets(
+        cache: &Arc<CatalogCache>,
+        vendor: &Arc<SlowVendor>,
+        n: usize,
+    ) -> Vec<Result<Arc<Catalog>, CloudError>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (cache, vendor) = (cache.clone(), vendor.clone());
+                tokio::spawn(async move { cache.get("pc/fingerprint", &*vendor).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| panic!("task: {e}")));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn callers_arriving_together_share_one_fetch_of_its_catalog_or_its_error() {
+        let cache = Arc::new(CatalogCache::new(Duration::from_secs(3600)));
+        let vendor = Arc::new(SlowVendor::default());
+
+        // A vendor outage: 100 callers at once make one fetch (its first call fails) and all see its error.
+        vendor.failing.store(true, Ordering::SeqCst);
+        let failed = concurrent_gets(&cache, &vendor, 100).await;
+        assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 1);
+        assert!(failed.iter().all(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.is_transient() && e.to_string().contains("down for maintenance"))
+        }));
+
+        // Once it is back, the next callers fetch again (an error is not cached): one fetch of 3 calls.
+        vendor.failing.store(false, Ordering::SeqCst);
+        let ok = concurrent_gets(&cache, &vendor, 100).await;
+        assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 1 + 3);
+        assert!(
+            ok.iter()
+                .all(|r| r.as_ref().is_ok_and(|c| c.sizes.len() == 1))
+        );
+
+        // Cached for the TTL: no call at all.
+        concurrent_gets(&cache, &vendor, 10).await;
+        assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn an_expired_catalog_is_fetched_again_once() {
+        let cache = Arc::new(CatalogCache::new(Duration::ZERO));
+        let vendor = Arc::new(SlowVendor::default());
+        concurrent_gets(&cache, &vendor, 1).await;
+        concurrent_gets(&cache, &vendor, 1).await;
+        assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 6);
     }
 }

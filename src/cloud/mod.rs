@@ -156,7 +156,7 @@ pub enum PowerAction {
 }
 
 /// Why a provider call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CloudError {
     /// HTTP failure (status, timeout, transport).
     #[error(transparent)]
