@@ -233,7 +233,7 @@ struct RunArgs {
     #[arg(long, env = "QM_LABEL_SELECTOR")]
     label_selector: Option<String>,
     /// VirtualMachine reconciles that run at once.
-    #[arg(long, default_value_t = 256, env = "QM_VM_CONCURRENCY")]
+    #[arg(long, default_value_t = 128, env = "QM_VM_CONCURRENCY")]
     vm_concurrency: u16,
     /// Project reconciles that run at once.
     #[arg(long, default_value_t = 4, env = "QM_PROJECT_CONCURRENCY")]

@@ -5,9 +5,7 @@
 #   writes RUN_DIR/kubeconfig (bearer token; context "test-cert" in RUN_DIR/kubeconfig-cert uses a client
 #   certificate), RUN_DIR/{etcd,apiserver,kcm}.pid and *.log; returns once /readyz is ok.
 # Env: QM_K8S_BIN_DIR (required), ETCD, API_PORT (16443), ETCD_PORT (12379), ETCD_PEER_PORT (12380),
-#      WITH_KCM (1), PROFILING (false; true serves the API server's /debug/pprof),
-#      APISERVER_GOGC (400: the API server's Go GC target; Go's default, 100, spent about a third of its CPU
-#      collecting garbage under load here — BENCHMARKS.md; memory is plentiful on a loopback test machine)
+#      WITH_KCM (1), PROFILING (false; true serves the API server's /debug/pprof)
 set -euo pipefail
 RUN_DIR=${1:?usage: start.sh RUN_DIR}
 BIN_DIR=${QM_K8S_BIN_DIR:?run scripts/k8s/install.sh first (it prints QM_K8S_BIN_DIR)}
@@ -31,7 +29,7 @@ PKI=$RUN_DIR/pki
   > "$RUN_DIR/etcd.log" 2>&1 &
 echo $! > "$RUN_DIR/etcd.pid"
 
-GOGC=${APISERVER_GOGC:-400} "$BIN_DIR/kube-apiserver" \
+"$BIN_DIR/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
   --secure-port "$API_PORT" --insecure-port 0 \

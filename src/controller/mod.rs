@@ -84,7 +84,7 @@ impl Default for Concurrency {
         Self {
             provider_config: 4,
             project: 4,
-            virtual_machine: 256,
+            virtual_machine: 128,
         }
     }
 }
