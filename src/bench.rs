@@ -46,7 +46,7 @@ pub struct ReconcileBench {
     /// Folder for the simulator state, the ledger and the logs (default: a new temporary folder).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// Extra arguments for `quartermaster run` (e.g. `--vm-concurrency=128`), space-separated.
+    /// Extra arguments for `quartermaster run` (e.g. `--vm-concurrency=256`), space-separated.
     #[arg(long, default_value = "")]
     pub controller_args: String,
     /// `MALLOC_ARENA_MAX` for the controller, as the Helm chart sets it (`mallocArenaMax`); empty for

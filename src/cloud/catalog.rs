@@ -171,11 +171,13 @@ impl CatalogCache {
         {
             return Ok(c.clone());
         }
-        // A fetch ended while this caller waited for it: its answer is this caller's too.
-        if let Some(e) = &s.failed
-            && slot.fetches.load(Ordering::Acquire) != seen
-        {
-            return Err(e.clone());
+        // A fetch ended while this caller waited for it: its answer is this caller's too, whatever the TTL.
+        if slot.fetches.load(Ordering::Acquire) != seen {
+            match (&s.failed, &s.fresh) {
+                (Some(e), _) => return Err(e.clone()),
+                (None, Some((_, c))) => return Ok(c.clone()),
+                (None, None) => {}
+            }
         }
         let fetched = Catalog::fetch(provider).await.map(Arc::new);
         match &fetched {
@@ -374,11 +376,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_expired_catalog_is_fetched_again_once() {
+    async fn an_expired_catalog_is_fetched_again() {
         let cache = Arc::new(CatalogCache::new(Duration::ZERO));
         let vendor = Arc::new(SlowVendor::default());
         concurrent_gets(&cache, &vendor, 1).await;
         concurrent_gets(&cache, &vendor, 1).await;
         assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 6);
+        // Callers that waited for a fetch take its catalog, however short the TTL.
+        let shared = concurrent_gets(&cache, &vendor, 10).await;
+        assert_eq!(vendor.catalog_calls.load(Ordering::SeqCst), 9);
+        assert!(shared.iter().all(|r| r.is_ok()));
     }
 }

@@ -48,8 +48,9 @@ pub struct ProviderConfigSpec {
     #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub endpoint: Option<String>,
     /// Client-side rate limit for calls to this account. Unset: the vendor's documented per-account
-    /// limit when calling its public API (DigitalOcean 1/s with a burst of 190, under its 5,000 an hour
-    /// and 250 a minute; Vultr 30/s; Linode and Contabo document none), and no limit with an `endpoint`
+    /// limit when calling its public API (DigitalOcean 1/s with a burst of 180, under its 5,000 an hour
+    /// and 250 a minute; Vultr 20/s with a burst of 10, under its 30 a second; Linode and Contabo
+    /// document none), and no limit with an `endpoint`
     /// override. A 429 with `Retry-After` is honoured either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
