@@ -1,8 +1,8 @@
 //! The VirtualMachine slice's hardening, end to end on a real kube-apiserver with `quartermaster sim`:
 //! progress is never rolled back by an error, long names fit, adoption never crosses tenants, vendor
 //! refusals stall (and a rejected token marks the ProviderConfig at once), references that must not move do
-//! not, a project move bills the old project first, recorded intent is read back, and one tenant's
-//! annotation cannot hurt the controller.
+//! not, a project move bills the old project first, recorded intent is read back (and an intent write that
+//! conflicts records none), and one tenant's annotation cannot hurt the controller.
 
 use std::time::Duration;
 
@@ -508,4 +508,34 @@ async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
         "{managers:?}"
     );
     assert!(!managers.iter().any(|m| m == "unknown"), "{managers:?}");
+}
+
+#[tokio::test]
+async fn an_intent_write_that_conflicts_leaves_no_creation_key_and_no_recreating_warning() {
+    // Every vendor call takes 1 s, so the first reconcile reads the catalog and looks the tag up for
+    // several seconds before it writes its intent; a label set meanwhile makes that write conflict (409).
+    let e = env("vmconflict", |c| c.latency_ms = 1000, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.patch_vm(
+        "web",
+        serde_json::json!({"metadata": {"labels": {"team": "blue"}}}),
+    )
+    .await;
+    let vm = e.wait_ready("web").await;
+    let uid = vm.metadata.uid.clone().unwrap();
+    assert_eq!(tagged_droplets(&e, &uid).await, 1);
+    let metrics = e.metrics.as_ref().unwrap().render();
+    // The label did make the intent write conflict.
+    assert!(
+        metrics.contains("{category=\"kube_conflict\",kind=\"VirtualMachine\"}"),
+        "{metrics}"
+    );
+    // The failed intent write did not claim a create was under way: no second look, no warning.
+    assert!(
+        metrics.contains("quartermaster_vm_recreates_after_intent_total 0"),
+        "{metrics}"
+    );
+    let reasons = e.event_reasons("web").await;
+    assert!(!reasons.iter().any(|r| r == "Recreating"), "{reasons:?}");
 }

@@ -95,7 +95,18 @@ pub async fn act(
                 .await?;
                 password = Some(generated);
             }
+            // The key says a create may have reached the vendor: it joins the working status only once
+            // the intent is recorded, so an intent write that fails (a 409 after a concurrent edit) does
+            // not make the next reconcile look twice and warn `Recreating`. A key already recorded stays.
+            let held = if before.creation_key.is_none() {
+                progress.status.creation_key.take()
+            } else {
+                None
+            };
             record_intent(ctx, vm, uid, &progress.status).await?;
+            if held.is_some() {
+                progress.status.creation_key = held;
+            }
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
                 ctx.metrics.recreates_after_intent.inc();
                 events.push((
