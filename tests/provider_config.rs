@@ -152,11 +152,29 @@ async fn ready_with_secret_stalled_without_and_back() {
         ),
     }
 
-    // A resync with nothing changed writes no status.
+    // A resync with nothing changed writes no status, and reads the credentials Secret once.
     let writes = metrics
         .status_writes
         .with_label_values(&["ProviderConfig"])
         .get();
+    let reconciles = || {
+        metrics
+            .reconciles
+            .with_label_values(&["ProviderConfig"])
+            .get()
+    };
+    let secret_gets = || {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"quartermaster_kube_requests_total{resource="secrets",verb="get"} "#,
+                )
+            })
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let (reconciles_before, gets_before) = (reconciles(), secret_gets());
     pcs.patch(
         &name,
         &PatchParams::default(),
@@ -172,6 +190,13 @@ async fn ready_with_secret_stalled_without_and_back() {
             .get(),
         writes,
         "unchanged status was rewritten"
+    );
+    let resyncs = reconciles() - reconciles_before;
+    assert!(resyncs >= 1, "the label change woke no reconcile");
+    assert_eq!(
+        secret_gets() - gets_before,
+        resyncs,
+        "the credentials Secret is read once per reconcile"
     );
 
     // Secret deleted → Stalled with reason MissingSecret (the Secret watch wakes the controller).

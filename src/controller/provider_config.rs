@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 
 use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
 use super::{Context, Error, vendor};
@@ -102,14 +101,15 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         progress: &mut Progress<ProviderConfigStatus>,
     ) -> Result<Outcome, Error> {
         let r = &obj.spec.credentials_secret_ref;
+        // Read once: the presence check and the vendor check's account both come from this copy.
+        let secret = if obj.spec.suspended {
+            None
+        } else {
+            vendor::credentials_secret(&ctx, &obj).await?
+        };
         let check = if obj.spec.suspended {
             SecretCheck::Present
         } else {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
-            let secret = secrets
-                .get_opt(&r.name)
-                .await
-                .map_err(Error::kube("reading the credentials secret"))?;
             check_secret(secret.as_ref(), &r.key)
         };
         let previous = progress.status.clone();
@@ -124,7 +124,7 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             return Ok(Outcome::new(health));
         }
         // The vendor check: one cheap authenticated call.
-        let Some(resolved) = vendor::account_for(&ctx, (*obj).clone()).await? else {
+        let Some(resolved) = vendor::account_from((*obj).clone(), secret.as_ref())? else {
             return Ok(Outcome::new(health));
         };
         ctx.providers.remember(&resolved);

@@ -90,18 +90,39 @@ pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resol
 
 /// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.
 pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Resolved>, Error> {
+    if pc.spec.suspended {
+        return Ok(None);
+    }
+    let secret = credentials_secret(ctx, &pc).await?;
+    account_from(pc, secret.as_ref())
+}
+
+/// The credentials Secret a ProviderConfig names, from the API server (Quartermaster keeps no cache of
+/// other people's Secrets); `None` when it does not exist.
+pub async fn credentials_secret(
+    ctx: &Context,
+    pc: &ProviderConfig,
+) -> Result<Option<Secret>, Error> {
+    let r = &pc.spec.credentials_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
+    secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::kube("reading the credentials secret"))
+}
+
+/// The account of a ProviderConfig whose credentials Secret was read as `secret`. `Ok(None)` when it is
+/// suspended.
+pub fn account_from(
+    pc: ProviderConfig,
+    secret: Option<&Secret>,
+) -> Result<Option<Resolved>, Error> {
     let name = pc.name_any();
     if pc.spec.suspended {
         return Ok(None);
     }
     let r = &pc.spec.credentials_secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &r.namespace);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await
-        .map_err(Error::kube("reading the credentials secret"))?;
     let value = secret
-        .as_ref()
         .and_then(|s| {
             s.data
                 .as_ref()
@@ -121,10 +142,7 @@ pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Res
         })?;
     let mut h = DefaultHasher::new();
     pc.metadata.generation.hash(&mut h);
-    secret
-        .as_ref()
-        .and_then(|s| s.resource_version())
-        .hash(&mut h);
+    secret.and_then(|s| s.resource_version()).hash(&mut h);
     let account = Account {
         provider: pc.spec.type_,
         endpoint: pc.spec.endpoint.clone(),
