@@ -171,6 +171,31 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     assert_eq!(ready.reason, "CreditExhausted");
     assert!(p.status.unwrap().credit_balance.unwrap().starts_with('-'));
 
+    // A VM added while the credit is exhausted is not created at all (a server costs from its first hour).
+    let droplets_before = sim.droplets().await.len();
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "late", "labels": {"qm-test": id}},
+            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "prepaid"},
+                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+        }),
+    )
+    .await;
+    common::eventually(WAIT, "new VM waits for credit", || async {
+        let vm = vms.get("late").await.ok()?;
+        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+        (c.reason == "CreditExhausted" && c.message.starts_with("not created")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sim.droplets().await.len(),
+        droplets_before,
+        "a server was created without credit"
+    );
+
     // Notify on another project: only a condition (and an Event); its VM keeps running.
     assert!(
         l.credit("n1", &ns, "notify", 1_000_000, "USD", "tiny")
@@ -224,12 +249,14 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     l.credit("g2", &ns, "prepaid", 100_000_000_000, "USD", "top-up")
         .await
         .unwrap();
-    common::eventually(WAIT, "VM running again after a grant", || async {
-        let vm = vms.get("box").await.ok()?;
-        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
-        (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
-    })
-    .await;
+    for name in ["box", "late"] {
+        common::eventually(WAIT, "VMs running after a grant", || async {
+            let vm = vms.get(name).await.ok()?;
+            let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+            (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
+        })
+        .await;
+    }
 
     // Deleting the VM closes its metering window: its running time is in the ledger.
     vms.delete("box", &DeleteParams::default()).await.unwrap();

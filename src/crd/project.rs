@@ -104,7 +104,8 @@ pub struct ProjectLimits {
 /// Policy when credit is exhausted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum CreditExhaustedPolicy {
-    /// Stop the project's VMs (their declared runStrategy is left as written) until credit is granted.
+    /// Stop the project's VMs (their declared runStrategy is left as written) and create no new ones until
+    /// credit is granted.
     Stop,
     /// Only set a condition and emit an Event.
     #[default]

@@ -319,6 +319,15 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
             ProjectLookup::Unset => {}
             ProjectLookup::Missing(name) => return project_missing(status, i.vm, name),
             ProjectLookup::Found(p) => {
+                // A server costs money from its first hour: none is created while the Project's credit
+                // stops its VMs. A grant wakes this VM (it points at the Project) and it is created then.
+                if let Some(why) = &p.credit_stop {
+                    return Decision::new(
+                        status,
+                        Step::Nothing,
+                        Health::not_ready(reason::CREDIT_EXHAUSTED, format!("not created: {why}")),
+                    );
+                }
                 if let Err((r, m)) = limits::admit(p, &me) {
                     return Decision::stall(status, r, m);
                 }
@@ -540,8 +549,10 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     if let Some(why) = credit_stop {
         // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
         health = match (&step, server.state) {
-            (Step::Nothing, ServerState::Off) => Health::not_ready(reason::CREDIT_EXHAUSTED, why),
-            _ => Health::progressing(reason::CREDIT_EXHAUSTED, why),
+            (Step::Nothing, ServerState::Off) => {
+                Health::not_ready(reason::CREDIT_EXHAUSTED, format!("stopped: {why}"))
+            }
+            _ => Health::progressing(reason::CREDIT_EXHAUSTED, format!("stopping: {why}")),
         };
     }
     let mut d = Decision::new(status, step, health);
@@ -835,6 +846,16 @@ mod tests {
                     absent.clone(),
                     Step::Create,
                     reason::PROVISIONING,
+                )
+            },
+            Case {
+                status: Default::default(),
+                target: project("acme", None, true),
+                ..case(
+                    "no credit (onCreditExhausted: Stop): no create",
+                    absent.clone(),
+                    Step::Nothing,
+                    reason::CREDIT_EXHAUSTED,
                 )
             },
             Case {

@@ -187,7 +187,8 @@ pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
     }
 }
 
-/// Why a Project's VMs must stop: its credit is exhausted and `onCreditExhausted` is `Stop`.
+/// Why a Project's VMs must stop (and new ones wait): its credit is exhausted and `onCreditExhausted` is
+/// `Stop`.
 pub fn credit_stop(p: &Project) -> Option<String> {
     if p.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
         return None;
@@ -201,7 +202,7 @@ pub fn credit_stop(p: &Project) -> Option<String> {
         .ok()?;
     (balance <= Decimal::ZERO).then(|| {
         format!(
-            "stopped: Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
+            "Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
             p.name_any(),
             p.spec.currency
         )
