@@ -511,20 +511,22 @@ async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
 }
 
 #[tokio::test]
-async fn an_intent_write_that_conflicts_leaves_no_creation_key_and_no_recreating_warning() {
+async fn an_intent_write_that_conflicts_records_no_create_and_no_recreating_warning() {
     // Every vendor call takes 1 s, so the first reconcile reads the catalog and looks the tag up for
-    // several seconds before it writes its intent; a label set meanwhile makes that write conflict (409).
+    // several seconds before it writes its intent; an edit meanwhile (another region) makes that write
+    // conflict (409). Nothing was created, so the new region is no immutable-field change.
     let e = env("vmconflict", |c| c.latency_ms = 1000, true).await;
     e.apply_vm("web", serde_json::json!({})).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     e.patch_vm(
         "web",
-        serde_json::json!({"metadata": {"labels": {"team": "blue"}}}),
+        serde_json::json!({"metadata": {"labels": {"team": "blue"}}, "spec": {"region": "ams3"}}),
     )
     .await;
     let vm = e.wait_ready("web").await;
     let uid = vm.metadata.uid.clone().unwrap();
     assert_eq!(tagged_droplets(&e, &uid).await, 1);
+    assert_eq!(vm.status.unwrap().region.as_deref(), Some("ams3"));
     let metrics = e.metrics.as_ref().unwrap().render();
     // The label did make the intent write conflict.
     assert!(

@@ -148,7 +148,7 @@ impl Reconciler<Project> for ProjectReconciler {
             if granted > 0 && granted - used <= 0 {
                 let what = match project.spec.on_credit_exhausted {
                     CreditExhaustedPolicy::Stop => {
-                        "its virtual machines are stopped until credit is granted"
+                        "its virtual machines are stopped, and no new ones are created, until credit is granted"
                     }
                     CreditExhaustedPolicy::Notify => {
                         "onCreditExhausted is Notify: nothing is stopped"

@@ -70,6 +70,12 @@ pub async fn act(
         }
     }
     events.extend(decided);
+    // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
+    // they join the working status only once the intent is recorded: an error before that (an intent
+    // write that conflicts with a concurrent edit, a failed password Secret, a missing user-data key)
+    // records none of them, and the next reconcile neither looks twice nor finds fields "immutable".
+    let mut create_facts =
+        (d.step == Step::Create).then(|| std::mem::replace(&mut progress.status, before.clone()));
 
     let p = &*obs.provider;
     let mut server = match &obs.lookup {
@@ -84,6 +90,9 @@ pub async fn act(
     let mut password = secret_value(existing.as_deref(), "password");
     match &d.step {
         Step::Create => {
+            let facts = create_facts
+                .take()
+                .unwrap_or_else(|| progress.status.clone());
             if p.accepts_root_password() && password.is_none() {
                 let generated = cloud::generate_password();
                 apply_connection_secret(
@@ -95,18 +104,9 @@ pub async fn act(
                 .await?;
                 password = Some(generated);
             }
-            // The key says a create may have reached the vendor: it joins the working status only once
-            // the intent is recorded, so an intent write that fails (a 409 after a concurrent edit) does
-            // not make the next reconcile look twice and warn `Recreating`. A key already recorded stays.
-            let held = if before.creation_key.is_none() {
-                progress.status.creation_key.take()
-            } else {
-                None
-            };
-            record_intent(ctx, vm, uid, &progress.status).await?;
-            if held.is_some() {
-                progress.status.creation_key = held;
-            }
+            let user_data = user_data(ctx, vm).await?;
+            record_intent(ctx, vm, uid, &facts).await?;
+            progress.status = facts;
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
                 ctx.metrics.recreates_after_intent.inc();
                 events.push((
@@ -114,7 +114,6 @@ pub async fn act(
                     "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
                 ));
             }
-            let user_data = user_data(ctx, vm).await?;
             let spec = build::server_spec(
                 vm,
                 uid,
