@@ -38,6 +38,16 @@ fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> U
     }
 }
 
+/// A VirtualMachine `name` in Project `project`, through ProviderConfig `pc`, labelled for test `id`.
+fn vm_in(id: &str, name: &str, pc: &str, project: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": {"qm-test": id}},
+        "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": project},
+                 "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
+    })
+}
+
 async fn apply(client: &kube::Client, ns: &str, v: serde_json::Value) {
     let name = v["metadata"]["name"].as_str().unwrap().to_string();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -90,17 +100,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
         }),
     )
     .await;
-    apply(
-        &client,
-        &ns,
-        serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
-            "metadata": {"name": "box", "labels": {"qm-test": id}},
-            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "prepaid"},
-                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
-        }),
-    )
-    .await;
+    apply(&client, &ns, vm_in(&id, "box", &pc, "prepaid")).await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &ns);
     let vm = common::eventually(WAIT, "VM running with an open metering window", || async {
@@ -173,17 +173,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
 
     // A VM added while the credit is exhausted is not created at all (a server costs from its first hour).
     let droplets_before = sim.droplets().await.len();
-    apply(
-        &client,
-        &ns,
-        serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
-            "metadata": {"name": "late", "labels": {"qm-test": id}},
-            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "prepaid"},
-                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
-        }),
-    )
-    .await;
+    apply(&client, &ns, vm_in(&id, "late", &pc, "prepaid")).await;
     common::eventually(WAIT, "new VM waits for credit", || async {
         let vm = vms.get("late").await.ok()?;
         let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
@@ -221,17 +211,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
         }),
     )
     .await;
-    apply(
-        &client,
-        &ns,
-        serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
-            "metadata": {"name": "keeps-running", "labels": {"qm-test": id}},
-            "spec": {"providerConfigRef": {"name": pc}, "projectRef": {"name": "notify"},
-                     "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"}
-        }),
-    )
-    .await;
+    apply(&client, &ns, vm_in(&id, "keeps-running", &pc, "notify")).await;
     common::eventually(WAIT, "Notify project reports exhaustion", || async {
         let p = projects.get("notify").await.ok()?;
         let c = conditions::find(&p.status.as_ref()?.conditions, conditions::READY)?.clone();
