@@ -157,28 +157,23 @@ const BREAKDOWN: &[&str] = &[
     "quartermaster_reconcile_errors_total{",
 ];
 
-/// (reads, writes) the controller reports sending (its `quartermaster_kube_requests_total`).
-async fn controller_requests(http: &reqwest::Client, url: &str) -> Result<(u64, u64), BoxError> {
-    let text = http.get(url).send().await?.text().await?;
+/// (reads, writes) the controller reports sending, from its counters (`quartermaster_kube_requests_total`).
+fn controller_requests(counters: &BTreeMap<String, u64>) -> (u64, u64) {
     let (mut r, mut w) = (0, 0);
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("quartermaster_kube_requests_total{"))
+    for (labels, v) in counters
+        .iter()
+        .filter(|(l, _)| l.starts_with("quartermaster_kube_requests_total{"))
     {
-        let v: u64 = line
-            .rsplit_once(' ')
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
         if ["verb=\"get\"", "verb=\"list\"", "verb=\"watch\""]
             .iter()
-            .any(|x| line.contains(x))
+            .any(|x| labels.contains(x))
         {
             r += v;
         } else {
             w += v;
         }
     }
-    Ok((r, w))
+    (r, w)
 }
 
 /// The benchmark's own reads and writes so far.
@@ -365,8 +360,8 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     let api_before = apiserver_requests(&client).await?;
     let own_before = own_requests(&own);
-    let ctl_before = controller_requests(&http, &metrics_url).await?;
     let breakdown_before = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
+    let ctl_before = controller_requests(&breakdown_before);
     let sim_before = sim_calls(&http, &sim_url).await?;
     let started = Instant::now();
     let ready = tokio::spawn(wait_ready(vms.clone(), n, started));
@@ -394,8 +389,8 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
         .map_err(|_| format!("not all {n} VMs were Ready after {} s", b.timeout_secs))???;
     let api_after = apiserver_requests(&client).await?;
     let own_after = own_requests(&own);
-    let ctl_after = controller_requests(&http, &metrics_url).await?;
     let breakdown_after = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
+    let ctl_after = controller_requests(&breakdown_after);
     let sim_after = sim_calls(&http, &sim_url).await?;
     let (peak_converge, _) = rss_kib(pid);
     let (ctl_cpu, sim_cpu) = (cpu_secs(pid), cpu_secs(_sim.0.id()));
@@ -405,13 +400,13 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     tokio::time::sleep(SETTLE).await;
     let (_, quiet_api_before) = reads_writes(&BTreeMap::new(), &apiserver_requests(&client).await?);
     let quiet_own_before = own_requests(&own).1;
-    let quiet_ctl_before = controller_requests(&http, &metrics_url).await?;
     let quiet_breakdown_before = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
+    let quiet_ctl_before = controller_requests(&quiet_breakdown_before);
     tokio::time::sleep(Duration::from_secs(b.quiet_secs)).await;
     let (_, quiet_api_after) = reads_writes(&BTreeMap::new(), &apiserver_requests(&client).await?);
     let quiet_own_after = own_requests(&own).1;
-    let quiet_ctl_after = controller_requests(&http, &metrics_url).await?;
     let quiet_breakdown_after = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
+    let quiet_ctl_after = controller_requests(&quiet_breakdown_after);
     let (peak, rss) = rss_kib(pid);
     drop(controller);
 

@@ -38,6 +38,12 @@ fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> U
     }
 }
 
+/// VM `name`'s Ready condition, once it has one.
+async fn ready_of(vms: &Api<VirtualMachine>, name: &str) -> Option<conditions::Condition> {
+    let vm = vms.get(name).await.ok()?;
+    conditions::find(&vm.status.as_ref()?.conditions, conditions::READY).cloned()
+}
+
 /// A VirtualMachine `name` in Project `project`, through ProviderConfig `pc`, labelled for test `id`.
 fn vm_in(id: &str, name: &str, pc: &str, project: &str) -> serde_json::Value {
     serde_json::json!({
@@ -175,8 +181,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     let droplets_before = sim.droplets().await.len();
     apply(&client, &ns, vm_in(&id, "late", &pc, "prepaid")).await;
     common::eventually(WAIT, "new VM waits for credit", || async {
-        let vm = vms.get("late").await.ok()?;
-        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+        let c = ready_of(&vms, "late").await?;
         (c.reason == "CreditExhausted" && c.message.starts_with("not created")).then_some(())
     })
     .await;
@@ -219,8 +224,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     })
     .await;
     common::eventually(WAIT, "its VM runs regardless", || async {
-        let vm = vms.get("keeps-running").await.ok()?;
-        let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+        let c = ready_of(&vms, "keeps-running").await?;
         (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
     })
     .await;
@@ -231,8 +235,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
         .unwrap();
     for name in ["box", "late"] {
         common::eventually(WAIT, "VMs running after a grant", || async {
-            let vm = vms.get(name).await.ok()?;
-            let c = conditions::find(&vm.status.as_ref()?.conditions, conditions::READY)?.clone();
+            let c = ready_of(&vms, name).await?;
             (c.status == ConditionStatus::True && c.reason == "Reconciled").then_some(())
         })
         .await;

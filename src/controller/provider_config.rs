@@ -102,15 +102,12 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
     ) -> Result<Outcome, Error> {
         let r = &obj.spec.credentials_secret_ref;
         // Read once: the presence check and the vendor check's account both come from this copy.
-        let secret = if obj.spec.suspended {
-            None
+        let (secret, check) = if obj.spec.suspended {
+            (None, SecretCheck::Present)
         } else {
-            vendor::credentials_secret(&ctx, &obj).await?
-        };
-        let check = if obj.spec.suspended {
-            SecretCheck::Present
-        } else {
-            check_secret(secret.as_ref(), &r.key)
+            let secret = vendor::credentials_secret(&ctx, &obj).await?;
+            let check = check_secret(secret.as_ref(), &r.key);
+            (secret, check)
         };
         let previous = progress.status.clone();
         let status = &mut progress.status;

@@ -54,7 +54,14 @@ pub async fn act(
     if side_effects {
         mark(ctx, vm, &[], Some(&ctx.caches()?.vm_triggers)).await?;
     }
-    progress.status = d.status.clone();
+    // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
+    // they join the working status only once the intent is recorded (below): an error before that (an
+    // intent write that conflicts with a concurrent edit, a failed password Secret, a missing user-data
+    // key) records none of them, and the next reconcile neither looks twice nor finds fields "immutable".
+    // (A create has no usage to record.)
+    if d.step != Step::Create {
+        progress.status = d.status.clone();
+    }
     let mut decided = d.events.clone();
     if !d.usage.is_empty() {
         if let Err(e) = ctx.record_usage(&d.usage).await {
@@ -70,12 +77,6 @@ pub async fn act(
         }
     }
     events.extend(decided);
-    // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
-    // they join the working status only once the intent is recorded: an error before that (an intent
-    // write that conflicts with a concurrent edit, a failed password Secret, a missing user-data key)
-    // records none of them, and the next reconcile neither looks twice nor finds fields "immutable".
-    let mut create_facts =
-        (d.step == Step::Create).then(|| std::mem::replace(&mut progress.status, before.clone()));
 
     let p = &*obs.provider;
     let mut server = match &obs.lookup {
@@ -90,9 +91,6 @@ pub async fn act(
     let mut password = secret_value(existing.as_deref(), "password");
     match &d.step {
         Step::Create => {
-            let facts = create_facts
-                .take()
-                .unwrap_or_else(|| progress.status.clone());
             if p.accepts_root_password() && password.is_none() {
                 let generated = cloud::generate_password();
                 apply_connection_secret(
@@ -105,8 +103,8 @@ pub async fn act(
                 password = Some(generated);
             }
             let user_data = user_data(ctx, vm).await?;
-            record_intent(ctx, vm, uid, &facts).await?;
-            progress.status = facts;
+            record_intent(ctx, vm, uid, &d.status).await?;
+            progress.status = d.status.clone();
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
                 ctx.metrics.recreates_after_intent.inc();
                 events.push((
