@@ -48,6 +48,60 @@ fn chart_crds_match_the_code() {
     }
 }
 
+/// `helm template` of the chart with `--set` values: `Ok(rendered)` or `Err(stderr)`.
+fn template(helm: &PathBuf, set: &[&str]) -> Result<String, String> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "t"])
+        .arg(common::root().join("charts/quartermaster"));
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn chart_never_runs_several_replicas_on_the_embedded_ledger() {
+    let Some(helm) = helm() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no helm next to kubectl on PATH and CI is set: scripts/test installs both"
+        );
+        eprintln!(
+            "\n*** SKIPPED: no helm next to kubectl on PATH (scripts/test installs both) ***\n"
+        );
+        return;
+    };
+    let replicas = |rendered: &str| {
+        rendered
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("replicas: "))
+            .map(str::to_string)
+    };
+    // Defaults: a trial on SQLite, one replica.
+    let trial = template(&helm, &[]).unwrap();
+    assert_eq!(replicas(&trial).as_deref(), Some("1"), "{trial}");
+    // PostgreSQL from a Secret: two replicas with leader election.
+    let prod = template(&helm, &["ledger.databaseUrlSecret=qm-db"]).unwrap();
+    assert_eq!(replicas(&prod).as_deref(), Some("2"), "{prod}");
+    assert!(prod.contains("- name: DATABASE_URL"), "{prod}");
+    // Two replicas, each with its own SQLite ledger: refused, saying what to set.
+    let err = template(&helm, &["replicaCount=2"]).unwrap_err();
+    assert!(err.contains("ledger.databaseUrlSecret"), "{err}");
+    let scaled = template(&helm, &["replicaCount=3", "ledger.databaseUrlSecret=qm-db"]).unwrap();
+    assert_eq!(replicas(&scaled).as_deref(), Some("3"));
+    let off = template(&helm, &["replicaCount=0"]).unwrap();
+    assert_eq!(
+        replicas(&off).as_deref(),
+        Some("0"),
+        "scaled to zero stays zero"
+    );
+}
+
 #[tokio::test]
 async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     let Some(helm) = helm() else {

@@ -193,8 +193,29 @@ async fn the_simulator_faults_reach_the_client_and_are_survived() {
         cap: Duration::from_millis(50),
         timeout: Duration::from_secs(5),
     };
-    let p = quartermaster::cloud::connect(&account, policy, None).unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = quartermaster::http::HttpMetrics::register(&registry);
+    let p = quartermaster::cloud::connect(&account, policy, Some(metrics)).unwrap();
     for _ in 0..10 {
         p.verify().await.expect("retries absorb simulated 429s");
     }
+    // The faults did happen (the chance that 10 calls saw none at a rate of 0.5 is 1 in 1,024, and
+    // every call retried until it got through): 429s reached the client and were retried.
+    let count = |name: &str, label: &str| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == label))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    };
+    let throttled = count("quartermaster_vendor_requests_total", "429");
+    let retried = count("quartermaster_vendor_retries_total", "throttled");
+    assert!(throttled >= 1.0, "no simulated 429 reached the client");
+    assert_eq!(
+        throttled, retried,
+        "every 429 was retried ({throttled} throttled, {retried} retries)"
+    );
 }

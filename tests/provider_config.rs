@@ -431,7 +431,7 @@ async fn vendor_check_reports_invalid_credentials_and_unreachable() {
     )
     .await;
 
-    // Nothing listens on the endpoint: Unreachable.
+    // Nothing listens on the endpoint: an outage, not the user's to fix — Reconciling, never Stalled.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -444,12 +444,20 @@ async fn vendor_check_reports_invalid_credentials_and_unreachable() {
     )
     .await
     .unwrap();
-    wait_condition(
+    let pc = wait_condition(
         &pcs,
         &gone,
-        conditions::STALLED,
+        conditions::RECONCILING,
         ConditionStatus::True,
         "Unreachable",
     )
     .await;
+    let st = pc.status.unwrap();
+    for (t, want) in [
+        (conditions::READY, ConditionStatus::False),
+        (conditions::STALLED, ConditionStatus::False),
+    ] {
+        let c = conditions::find(&st.conditions, t).unwrap();
+        assert_eq!(c.status, want, "{t}: {c:?}");
+    }
 }

@@ -541,3 +541,42 @@ async fn an_intent_write_that_conflicts_records_no_create_and_no_recreating_warn
     let reasons = e.event_reasons("web").await;
     assert!(!reasons.iter().any(|r| r == "Recreating"), "{reasons:?}");
 }
+
+#[tokio::test]
+async fn user_data_over_the_vendor_limit_is_refused_before_any_create() {
+    let e = env("vmuserdata", |_| {}, true).await;
+    // DigitalOcean takes at most 64 KiB of user data; 1 MiB is refused before the vendor is called.
+    common::secret(
+        &e.client,
+        &e.ns,
+        "big-init",
+        "cloud-init",
+        &"#".repeat(1 << 20),
+    )
+    .await;
+    e.apply_vm(
+        "big",
+        serde_json::json!({"spec": {"userDataSecretRef": {"name": "big-init", "key": "cloud-init"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "big",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "InvalidSpec",
+        )
+        .await;
+    let st = vm.status.unwrap();
+    let msg = &conditions::find(&st.conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("at most 65536 bytes"), "{msg}");
+    assert!(
+        st.creation_key.is_none(),
+        "intent recorded for a create that cannot happen"
+    );
+    let uid = vm.metadata.uid.unwrap();
+    assert_eq!(tagged_droplets(&e, &uid).await, 0);
+    assert_eq!(e.sim.droplets().await.len(), 0, "a droplet was created");
+}

@@ -46,6 +46,21 @@ impl Catalog {
                 self.regions.iter().map(|r| r.slug.as_str()),
             ));
         }
+        self.validate_size(region, size)?;
+        if !self.images.is_empty() && !self.images.iter().any(|i| i.slug == image) {
+            return Err(unknown(
+                "image",
+                image,
+                self.images.iter().map(|i| i.slug.as_str()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Catalog {
+    /// Checks that `size` exists and is offered in `region`; `Err` holds a user-facing message.
+    pub fn validate_size(&self, region: &str, size: &str) -> Result<&Size, String> {
         let Some(s) = self.size(size) else {
             return Err(unknown(
                 "size",
@@ -56,14 +71,7 @@ impl Catalog {
         if !s.regions.is_empty() && !s.regions.iter().any(|r| r == region) {
             return Err(format!("size {size:?} is not offered in region {region:?}"));
         }
-        if !self.images.is_empty() && !self.images.iter().any(|i| i.slug == image) {
-            return Err(unknown(
-                "image",
-                image,
-                self.images.iter().map(|i| i.slug.as_str()),
-            ));
-        }
-        Ok(())
+        Ok(s)
     }
 }
 

@@ -27,8 +27,8 @@ use tokio::sync::Mutex;
 
 use super::rest::{is_not_found, none_if_not_found, not_an_id, numeric_id, page_items};
 use super::{
-    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
-    UID_TAG_PREFIX,
+    CloudError, ComputeProvider, Image, PowerAction, Region, ResizeRule, Server, ServerSpec,
+    ServerState, Size, UID_TAG_PREFIX,
 };
 use crate::http::{HttpClient, HttpError};
 
@@ -827,6 +827,9 @@ impl ComputeProvider for Contabo {
         true
     }
 
+    fn resize_rule(&self) -> ResizeRule {
+        ResizeRule::Unsupported
+    }
     fn accepts_root_password(&self) -> bool {
         // The create call takes the ID of a password secret, not a password.
         false

@@ -391,6 +391,10 @@ impl ComputeProvider for DigitalOcean {
         true
     }
 
+    /// "It must be plain text and may not exceed 64 KiB in size" (DigitalOcean's API reference).
+    fn user_data_limit(&self) -> Option<usize> {
+        Some(64 * 1024)
+    }
     fn accepts_root_password(&self) -> bool {
         false
     }

@@ -485,6 +485,13 @@ impl ComputeProvider for Linode {
         false
     }
 
+    /// "Unencoded data must not exceed 65535 bytes" (Linode's API reference, `metadata.user_data`).
+    fn user_data_limit(&self) -> Option<usize> {
+        Some(65_535)
+    }
+    fn resize_rule(&self) -> crate::cloud::ResizeRule {
+        crate::cloud::ResizeRule::Any
+    }
     fn accepts_root_password(&self) -> bool {
         true
     }

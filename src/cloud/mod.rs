@@ -224,10 +224,32 @@ pub trait ComputeProvider: Send + Sync {
     async fn regions(&self) -> Result<Vec<Region>, CloudError>;
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
+    /// Which sizes the vendor resizes a server to.
+    fn resize_rule(&self) -> ResizeRule {
+        ResizeRule::NoSmallerDisk
+    }
     /// Whether the vendor accepts a root password at create.
     fn accepts_root_password(&self) -> bool;
+    /// The most user data (bytes, before any encoding) the vendor's API reference accepts at create;
+    /// `None` where it documents no limit. Checked before the create is sent.
+    fn user_data_limit(&self) -> Option<usize> {
+        None
+    }
     /// Vendor name.
     fn vendor(&self) -> &'static str;
+}
+
+/// Which sizes a vendor resizes a server to; a resize is admitted against it before any power action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeRule {
+    /// No resize through the API (Contabo): a size change is refused.
+    Unsupported,
+    /// Any size it offers in the server's region whose disk is not smaller than the current one
+    /// (DigitalOcean, Vultr: a disk is never shrunk).
+    NoSmallerDisk,
+    /// Any size it offers in the server's region (Linode resizes the disk down when the data fits, and
+    /// refuses otherwise).
+    Any,
 }
 
 /// Everything needed to talk to one vendor account. Its `Debug` never shows the credentials.

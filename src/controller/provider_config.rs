@@ -3,8 +3,10 @@
 //! - `spec.suspended` → `Ready=False, reason=Suspended` (not stalled: the user chose it).
 //! - the referenced Secret or key is missing or empty → `Stalled=True, reason=MissingSecret`; the controller
 //!   watches Secrets, so creating or fixing the Secret wakes it without polling.
-//! - compute vendors: one cheap authenticated call → Ready (with `lastSuccessfulCallTime`), or Stalled
-//!   `InvalidCredentials` (401/403) or `Unreachable` (looked at again periodically);
+//! - compute vendors: one cheap authenticated call → Ready (with `lastSuccessfulCallTime`); Stalled
+//!   `InvalidCredentials` (401/403) or `VendorRejected` (any other refusal); an outage (connection
+//!   refused, 429, 5xx, timeout) is `Ready=False, Reconciling=True, reason=Unreachable`, looked at again
+//!   periodically;
 //! - other types: Ready once the credentials are present (their vendor check arrives with their clients).
 //!
 //! Secret values are read only to check they are present; they never reach logs, events or status.
@@ -154,10 +156,16 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
                     None,
                 )
             }
-            // Not the user's to fix by editing this object: look again periodically.
-            Err(e) => (
-                Health::stalled(reason::UNREACHABLE, e.to_string()),
+            // An outage (connection refused, 5xx, 429, timeout) is not the user's to fix: Reconciling,
+            // looked at again periodically, never Stalled (GitOps tools read Stalled as failed for good).
+            Err(e) if e.is_transient() => (
+                Health::progressing(reason::UNREACHABLE, e.to_string()),
                 Some(ctx.config.poll_interval * 6),
+            ),
+            // Any other refusal (a wrong endpoint's 404, say) is the user's to fix.
+            Err(e) => (
+                Health::stalled(reason::VENDOR_REJECTED, e.to_string()),
+                None,
             ),
         };
         let mut outcome = Outcome::new(health);

@@ -109,6 +109,8 @@ pub mod event {
     pub const RESTARTING: &str = "Restarting";
     /// Resize requested.
     pub const RESIZING: &str = "Resizing";
+    /// The vendor refused a resize.
+    pub const RESIZE_REFUSED: &str = "ResizeRefused";
     /// A restart request arrived while the VM was not running: acknowledged, not queued.
     pub const RESTART_SKIPPED: &str = "RestartSkipped";
     /// More than one vendor object carries this object's ownership tag.

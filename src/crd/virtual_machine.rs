@@ -81,8 +81,8 @@ pub struct VirtualMachineSpec {
     /// A Secret key (same namespace) whose value is passed to the VM as cloud-init user data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_secret_ref: Option<LocalSecretKeyReference>,
-    /// Extra tags set on the vendor object. Quartermaster adds its own ownership tag; the prefix
-    /// `quartermaster-` is reserved for it and refused here.
+    /// Extra tags set on the vendor object. Quartermaster adds its own ownership tag; the prefixes
+    /// `quartermaster-` and `qm-uid-` (any letter case) are reserved for it and refused here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
@@ -110,17 +110,26 @@ pub struct VirtualMachineSpec {
     pub management_policy: ManagementPolicy,
 }
 
-/// The tag prefix reserved for Quartermaster's ownership tags (`quartermaster-uid-<uid>`).
-pub const RESERVED_TAG_PREFIX: &str = "quartermaster-";
+/// Tag prefixes reserved for ownership marks, compared without regard to letter case: the ownership
+/// tag `quartermaster-uid-<uid>` and its short wire form on Linode, `qm-uid-<uid>` (Linode tags are at
+/// most 50 characters). A tenant's tag that any vendor client could read as an ownership mark would let
+/// one VM claim another's server.
+pub const RESERVED_TAG_PREFIXES: [&str; 2] = ["quartermaster-", "qm-uid-"];
 
-/// Schema: no tag may start with [`RESERVED_TAG_PREFIX`] (a `not` of a pattern: RE2, which the API server
-/// uses, has no negative look-ahead, and a 1.20 API server has no CEL).
+/// The reserved prefix `tag` starts with (any letter case), if any.
+pub fn reserved_prefix(tag: &str) -> Option<&'static str> {
+    let lower = tag.to_ascii_lowercase();
+    RESERVED_TAG_PREFIXES
+        .into_iter()
+        .find(|p| lower.starts_with(p))
+}
+
+/// Schema: no tag may start with a [`RESERVED_TAG_PREFIXES`] entry (a `not` of a pattern: RE2, which the
+/// API server uses, has no negative look-ahead, and a 1.20 API server has no CEL).
 fn reserved_tag_prefix(schema: &mut schemars::Schema) {
     if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
-        items.insert(
-            "not".into(),
-            serde_json::json!({ "pattern": format!("^{RESERVED_TAG_PREFIX}") }),
-        );
+        let pattern = format!("(?i)^({})", RESERVED_TAG_PREFIXES.join("|"));
+        items.insert("not".into(), serde_json::json!({ "pattern": pattern }));
     }
 }
 
@@ -283,6 +292,20 @@ pub struct VirtualMachineStatus {
     /// The running time not yet billed: usage from `since` on is recorded to the ledger hour by hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metering: Option<MeteringWindow>,
+    /// The vendor refused the resize to this size: it is not tried again until `spec.size` names another
+    /// size (the server stays at its size, in the power state `runStrategy` asks for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize_refused: Option<ResizeRefusal>,
+}
+
+/// A resize the vendor refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeRefusal {
+    /// The size the vendor refused.
+    pub size: String,
+    /// The vendor's words.
+    pub message: String,
 }
 
 /// An open metering window.

@@ -494,10 +494,21 @@ async fn droplet_action(
             }
             ("reboot", "active") => pending(cfg.power_secs, "active", None),
             ("resize", "off") => {
-                let Some(size) = b.size.filter(|sz| SIZES.iter().any(|x| x.0 == sz)) else {
+                let Some(to) = b
+                    .size
+                    .as_deref()
+                    .and_then(|sz| SIZES.iter().find(|x| x.0 == sz))
+                else {
                     return Err("You specified an invalid size for Droplet resize.");
                 };
-                pending(cfg.resize_secs, "off", Some(size))
+                let from = SIZES.iter().find(|x| x.0 == d.size);
+                if from.is_some_and(|f| to.3 < f.3) {
+                    return Err("You cannot resize a Droplet to a size with a smaller disk.");
+                }
+                if cfg.refuse_resize_to.iter().any(|r| r == to.0) {
+                    return Err("This size is not available for resizing this Droplet.");
+                }
+                pending(cfg.resize_secs, "off", Some(to.0.to_string()))
             }
             ("resize", _) => {
                 return Err("Droplet must be powered off to resize.");

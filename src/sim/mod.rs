@@ -69,6 +69,9 @@ pub struct SimConfig {
     /// Seconds from delete to gone.
     #[arg(long, default_value_t = 1)]
     pub delete_secs: u64,
+    /// Sizes a resize to is answered 422 (a vendor refusal no catalog check can foresee); repeatable.
+    #[arg(long = "refuse-resize-to")]
+    pub refuse_resize_to: Vec<String>,
 }
 
 impl SimConfig {
@@ -89,6 +92,7 @@ impl SimConfig {
             power_secs: 1,
             resize_secs: 1,
             delete_secs: 1,
+            refuse_resize_to: Vec::new(),
         }
     }
 }

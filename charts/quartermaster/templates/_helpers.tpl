@@ -21,3 +21,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "quartermaster.serviceAccountName" -}}
 {{- default (include "quartermaster.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{- /*
+Controller replicas. Unset: 1 with the embedded SQLite ledger (a trial), 2 with PostgreSQL. More than one
+replica with SQLite is refused: each pod would keep its own ledger on its own emptyDir, so usage would be
+split between pods and credit grants would vanish on failover.
+*/ -}}
+{{- define "quartermaster.replicas" -}}
+{{- $postgres := not (empty .Values.ledger.databaseUrlSecret) -}}
+{{- $n := .Values.replicaCount -}}
+{{- if kindIs "invalid" $n -}}
+{{- $n = ternary 2 1 $postgres -}}
+{{- end -}}
+{{- if and (gt (int $n) 1) (not $postgres) -}}
+{{- fail (printf "replicaCount %d needs a PostgreSQL ledger: set ledger.databaseUrlSecret (with the embedded SQLite ledger each replica keeps its own usage and credits in its own pod, and credit grants vanish on failover)" (int $n)) -}}
+{{- end -}}
+{{- int $n -}}
+{{- end -}}

@@ -25,7 +25,7 @@ use crate::cloud::{self, CloudError, PowerAction, Server};
 use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, mark};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
-use crate::crd::virtual_machine::{CreationIntent, VirtualMachineStatus};
+use crate::crd::virtual_machine::{CreationIntent, ResizeRefusal, VirtualMachineStatus};
 use crate::crd::{
     ANNOTATION_CREATION_INTENT, ANNOTATION_RESTART_REQUESTED_AT, LocalObjectReference,
     VirtualMachine,
@@ -102,7 +102,7 @@ pub async fn act(
                 .await?;
                 password = Some(generated);
             }
-            let user_data = user_data(ctx, vm).await?;
+            let user_data = user_data(ctx, vm, p.user_data_limit(), p.vendor()).await?;
             record_intent(ctx, vm, uid, &d.status).await?;
             progress.status = d.status.clone();
             if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
@@ -146,53 +146,16 @@ pub async fn act(
             }
         }
         Step::PowerOn | Step::PowerOff | Step::Reboot | Step::Resize(_) => {
-            let s = server.as_ref().map(|s| (s.id.clone(), s.size.clone()));
-            let (id, size) = s.unwrap_or_default();
-            let restart = vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT);
-            let (result, reason, note) = match &d.step {
-                Step::PowerOn => (
-                    p.power(&id, PowerAction::On).await,
-                    event::POWERING_ON,
-                    "powering on".to_string(),
-                ),
-                Step::PowerOff => (
-                    p.power(&id, PowerAction::Off).await,
-                    event::POWERING_OFF,
-                    "powering off".to_string(),
-                ),
-                Step::Reboot => (
-                    p.power(&id, PowerAction::Reboot).await,
-                    event::RESTARTING,
-                    format!(
-                        "rebooting for restart request {}",
-                        restart.cloned().unwrap_or_default()
-                    ),
-                ),
-                Step::Resize(s) => (
-                    p.resize(&id, s).await,
-                    event::RESIZING,
-                    format!("resizing from {size} to {s}"),
-                ),
-                _ => unreachable!("matched above"),
-            };
-            match result {
-                Ok(()) => {
-                    events.push((reason, note));
-                    if d.step == Step::Reboot {
-                        progress.status.last_restart_request = restart.cloned();
-                    }
-                }
-                Err(CloudError::Unsupported(m)) => {
-                    return Err(Error::permanent(reason::UNSUPPORTED, m));
-                }
-                // The vendor refuses while a previous action is still running: look again soon.
-                Err(e)
-                    if e.is_transient()
-                        || matches!(&e, CloudError::Http(h) if h.status() == Some(422)) =>
-                {
-                    tracing::info!(vm = %vm.name_any(), error = %e, "vendor action not accepted yet; retrying");
-                }
-                Err(e) => return Err(Error::vendor("change the server's power or size")(e)),
+            let (id, size) = server
+                .as_ref()
+                .map(|s| (s.id.clone(), s.size.clone()))
+                .unwrap_or_default();
+            if let Some(health) =
+                power_or_resize(vm, p, &d.step, &id, &size, progress, events).await?
+            {
+                let mut outcome = Outcome::new(health);
+                outcome.requeue_after = Some(super::decide::RESIZE_REFUSED_POLL);
+                return Ok(outcome);
             }
         }
         Step::Wait | Step::Nothing => {}
@@ -220,7 +183,14 @@ pub async fn act(
     Ok(outcome)
 }
 
-async fn user_data(ctx: &Context, vm: &VirtualMachine) -> Result<Option<String>, Error> {
+/// The VM's user data, refused (Stalled `InvalidSpec`, before any vendor call) when it is larger than
+/// the vendor accepts.
+async fn user_data(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    limit: Option<usize>,
+    vendor: &str,
+) -> Result<Option<String>, Error> {
     let Some(u) = &vm.spec.user_data_secret_ref else {
         return Ok(None);
     };
@@ -229,12 +199,19 @@ async fn user_data(ctx: &Context, vm: &VirtualMachine) -> Result<Option<String>,
         .get_opt(&u.name)
         .await
         .map_err(Error::kube("reading the user data secret"))?;
-    secret_value(s.as_ref(), &u.key).map(Some).ok_or_else(|| {
+    let data = secret_value(s.as_ref(), &u.key).ok_or_else(|| {
         Error::permanent(
             reason::MISSING_SECRET,
             format!("user data secret {:?} has no key {:?}", u.name, u.key),
         )
-    })
+    })?;
+    build::check_user_data(&data, limit, vendor).map_err(|m| {
+        Error::permanent(
+            reason::INVALID_SPEC,
+            format!("user data secret {:?} key {:?}: {m}", u.name, u.key),
+        )
+    })?;
+    Ok(Some(data))
 }
 
 /// Reserves the VM's slot in the Project decide admitted it to (re-checking the limit atomically with
@@ -385,4 +362,99 @@ async fn apply_connection_secret(
 pub fn owned<'a>(servers: &'a [Server], uid: &str) -> impl Iterator<Item = &'a Server> {
     let tag = cloud::uid_tag(uid);
     servers.iter().filter(move |s| s.tags.contains(&tag))
+}
+
+/// Takes a power or resize step on server `id` (now of `size`). `Some(health)` when the vendor refused
+/// the resize itself: the refusal is recorded in status (so it is not tried again for that size) and the
+/// VM stalls with the vendor's words; the next reconcile powers the server back to what `runStrategy`
+/// asks for.
+async fn power_or_resize(
+    vm: &VirtualMachine,
+    p: &dyn cloud::ComputeProvider,
+    step: &Step,
+    id: &str,
+    size: &str,
+    progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
+) -> Result<Option<Health>, Error> {
+    let restart = vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT);
+    let (result, reason, note) = match step {
+        Step::PowerOn => (
+            p.power(id, PowerAction::On).await,
+            event::POWERING_ON,
+            "powering on".to_string(),
+        ),
+        Step::PowerOff => (
+            p.power(id, PowerAction::Off).await,
+            event::POWERING_OFF,
+            "powering off".to_string(),
+        ),
+        Step::Reboot => (
+            p.power(id, PowerAction::Reboot).await,
+            event::RESTARTING,
+            format!(
+                "rebooting for restart request {}",
+                restart.cloned().unwrap_or_default()
+            ),
+        ),
+        Step::Resize(s) => (
+            p.resize(id, s).await,
+            event::RESIZING,
+            format!("resizing from {size} to {s}"),
+        ),
+        Step::Create | Step::Adopt | Step::Wait | Step::Nothing => return Ok(None),
+    };
+    match result {
+        Ok(()) => {
+            events.push((reason, note));
+            if *step == Step::Reboot {
+                progress.status.last_restart_request = restart.cloned();
+            }
+            Ok(None)
+        }
+        Err(CloudError::Unsupported(m)) => Err(Error::permanent(reason::UNSUPPORTED, m)),
+        // The vendor is out, or busy (a previous action still runs, or the state changed under us: a
+        // power step's 422): look again soon.
+        Err(e) if e.is_transient() || is_busy(&e, step) => {
+            tracing::info!(vm = %vm.name_any(), error = %e, "vendor action not accepted yet; retrying");
+            Ok(None)
+        }
+        // Any other refusal of a resize is the vendor's word on that size.
+        Err(CloudError::Http(h))
+            if matches!(step, Step::Resize(_))
+                && matches!(h.status(), Some(s) if s != 401 && s != 403) =>
+        {
+            let Step::Resize(to) = step else {
+                unreachable!("matched above")
+            };
+            let message = h.to_string();
+            progress.status.resize_refused = Some(ResizeRefusal {
+                size: to.clone(),
+                message: message.clone(),
+            });
+            events.push((
+                event::RESIZE_REFUSED,
+                format!("{} refused resizing to {to}: {message}", p.vendor()),
+            ));
+            Ok(Some(Health::stalled(
+                reason::VENDOR_REJECTED,
+                format!(
+                    "{} refused resizing to {to:?}: {message}; spec.size must name another size",
+                    p.vendor()
+                ),
+            )))
+        }
+        Err(e) => Err(Error::vendor("change the server's power or size")(e)),
+    }
+}
+
+/// A 422 that means "not now" rather than "never": any 422 to a power step (the server is already in
+/// that state, or an action is pending), and to a resize only when another action is pending.
+fn is_busy(e: &CloudError, step: &Step) -> bool {
+    let CloudError::Http(h) = e else {
+        return false;
+    };
+    h.status() == Some(422)
+        && (!matches!(step, Step::Resize(_))
+            || h.to_string().to_ascii_lowercase().contains("pending"))
 }

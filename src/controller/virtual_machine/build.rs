@@ -50,6 +50,17 @@ pub fn server_spec(
     }
 }
 
+/// `Err(why)` when user data is larger than the vendor accepts (`limit` bytes, unencoded).
+pub fn check_user_data(data: &str, limit: Option<usize>, vendor: &str) -> Result<(), String> {
+    match limit {
+        Some(max) if data.len() > max => Err(format!(
+            "{} bytes of user data; {vendor} accepts at most {max} bytes",
+            data.len()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The `.rdp` file for a Windows VM: full address, username, and sensible display/redirection defaults.
 pub fn rdp_file(address: &str, username: &str) -> String {
     [
@@ -113,6 +124,16 @@ pub fn connection_data(
 mod tests {
     use super::*;
     use crate::cloud::ServerState;
+
+    #[test]
+    fn user_data_over_the_vendor_limit_is_refused_with_the_limit() {
+        let limit = Some(64 * 1024);
+        assert!(check_user_data(&"x".repeat(64 * 1024), limit, "digitalocean").is_ok());
+        let err = check_user_data(&"x".repeat(1 << 20), limit, "digitalocean").unwrap_err();
+        assert!(err.contains("1048576 bytes"), "{err}");
+        assert!(err.contains("at most 65536 bytes"), "{err}");
+        assert!(check_user_data(&"x".repeat(1 << 20), None, "contabo").is_ok());
+    }
 
     pub(crate) fn vm(name: &str, extra: serde_json::Value) -> VirtualMachine {
         let mut spec = serde_json::json!({

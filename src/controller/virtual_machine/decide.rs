@@ -17,10 +17,11 @@ use kube::ResourceExt;
 
 use super::limits::{self, Candidate, ProjectState};
 use crate::cloud::catalog::Catalog;
-use crate::cloud::{self, Server, ServerState};
+use crate::cloud::{self, ResizeRule, Server, ServerState};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::{
     ManagementPolicy, MeteringWindow, RunStrategy, VirtualMachineStatus, VmAddresses, VmPhase,
+    reserved_prefix,
 };
 use crate::crd::{ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, VirtualMachine};
 use crate::ledger::{UsageEvent, format_money, metering};
@@ -84,6 +85,8 @@ pub struct Inputs<'a> {
     pub adoption_allowed: bool,
     /// Whether the vendor needs the server off to resize.
     pub resize_needs_power_off: bool,
+    /// Which sizes the vendor resizes to.
+    pub resize_rule: ResizeRule,
     /// The vendor's name, for messages.
     pub vendor: &'a str,
     /// Whether usage is metered (a ledger is configured).
@@ -218,16 +221,18 @@ pub fn decide(i: &Inputs) -> Decision {
     if let Some(m) = immutable_violation(i.vm, i.status) {
         return Decision::stall(status, reason::IMMUTABLE_FIELD_CHANGED, m);
     }
-    if let Some(t) =
+    if let Some((t, p)) =
         i.vm.spec
             .tags
             .iter()
-            .find(|t| t.starts_with(crate::crd::virtual_machine::RESERVED_TAG_PREFIX))
+            .find_map(|t| reserved_prefix(t).map(|p| (t, p)))
     {
         return Decision::stall(
             status,
             reason::INVALID_SPEC,
-            format!("spec.tags: {t:?} uses the reserved prefix \"quartermaster-\""),
+            format!(
+                "spec.tags: {t:?} uses the reserved prefix {p:?} (ownership tags are Quartermaster's own)"
+            ),
         );
     }
     match i.lookup {
@@ -512,12 +517,30 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     let observe_only = vm.spec.management_policy == ManagementPolicy::ObserveOnly;
     let restart = vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT);
     let restart_pending = restart.is_some() && restart != status.last_restart_request.as_ref();
+    if status
+        .resize_refused
+        .as_ref()
+        .is_some_and(|r| r.size != vm.spec.size || server.size == vm.spec.size)
+    {
+        status.resize_refused = None;
+    }
+    // A size change is admitted before any power action; until it is, the server keeps its size.
+    let resize = if observe_only || server.size == vm.spec.size {
+        Ok(())
+    } else {
+        admit_resize(i, &status, server, billed)
+    };
+    let desired_size = if resize.is_ok() {
+        vm.spec.size.as_str()
+    } else {
+        server.size.as_str()
+    };
     let step = if observe_only {
         Step::Nothing
     } else {
         next_step(
             run_strategy,
-            &vm.spec.size,
+            desired_size,
             server,
             restart_pending,
             i.resize_needs_power_off,
@@ -536,28 +559,116 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
             "restart requested while the VM is not running".to_string(),
         ));
     }
-    if let (Step::Resize(size), Some(c)) = (&step, i.catalog)
-        && c.size(size).is_none()
-    {
-        let m = c
-            .validate(&vm.spec.region, size, &vm.spec.image)
-            .err()
-            .unwrap_or_else(|| format!("unknown size {size:?}"));
-        return finish(Decision::stall(status, reason::INVALID_SPEC, m));
-    }
     let mut health = health_for(vm, server, &step);
+    match resize {
+        Ok(()) => {}
+        Err(ResizeBlock::Refused(r, m)) => health = Health::stalled(r, m),
+        Err(ResizeBlock::Waiting(m)) => health = Health::progressing(reason::RESIZING, m),
+    }
     if let Some(why) = credit_stop {
         // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
         health = match (&step, server.state) {
             (Step::Nothing, ServerState::Off) => {
                 Health::not_ready(reason::CREDIT_EXHAUSTED, format!("stopped: {why}"))
             }
+            // Nothing Quartermaster will do: not Reconciling (which would read as "still working" for ever).
+            (Step::Nothing, _) if observe_only => Health::not_ready(
+                reason::CREDIT_EXHAUSTED,
+                format!(
+                    "{why}; managementPolicy ObserveOnly: Quartermaster does not stop this server, and its usage is still metered"
+                ),
+            ),
             _ => Health::progressing(reason::CREDIT_EXHAUSTED, format!("stopping: {why}")),
         };
     }
+    let acting = step != Step::Nothing;
     let mut d = Decision::new(status, step, health);
     d.events = own_events;
+    if acting && matches!(d.health, Health::Stalled { .. }) {
+        // Stalled on a refused resize while powering back to what runStrategy asks: look again soon.
+        d.requeue_after = Some(RESIZE_REFUSED_POLL);
+    }
     finish(d)
+}
+
+/// How soon a VM stalled on a refused resize looks again while its power step completes.
+pub const RESIZE_REFUSED_POLL: Duration = Duration::from_secs(10);
+
+/// Why a size change is not made (yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ResizeBlock {
+    /// Refused: the Stalled reason and message; the user must change `spec.size` (or the Project).
+    Refused(&'static str, String),
+    /// Not decidable yet (the catalog could not be read): look again.
+    Waiting(String),
+}
+
+/// Admits a change to `spec.size` as a create is admitted, before any power action: the vendor can
+/// resize at all, the size exists and is offered in the server's region, the vendor's own constraints
+/// (no smaller disk), a resize the vendor refused already, and the Project's currency and
+/// `maxMonthlySpend` at the new price.
+fn admit_resize(
+    i: &Inputs,
+    status: &VirtualMachineStatus,
+    server: &Server,
+    billed: &ProjectLookup,
+) -> Result<(), ResizeBlock> {
+    let want = &i.vm.spec.size;
+    fn refused<T>(r: &'static str, m: String) -> Result<T, ResizeBlock> {
+        Err(ResizeBlock::Refused(r, m))
+    }
+    if i.resize_rule == ResizeRule::Unsupported {
+        return refused(
+            reason::UNSUPPORTED,
+            format!(
+                "{} cannot resize a server through its API: spec.size must stay {:?} (delete and recreate the VirtualMachine for another size)",
+                i.vendor, server.size
+            ),
+        );
+    }
+    if let Some(r) = status.resize_refused.as_ref().filter(|r| &r.size == want) {
+        return refused(
+            reason::VENDOR_REJECTED,
+            format!(
+                "{} refused resizing to {want:?}: {}; spec.size must name another size",
+                i.vendor, r.message
+            ),
+        );
+    }
+    let Some(catalog) = i.catalog else {
+        return Err(ResizeBlock::Waiting(format!(
+            "waiting for the {} catalog to admit the resize to {want:?}",
+            i.vendor
+        )));
+    };
+    let region = status.region.as_deref().unwrap_or(&server.region);
+    let new = catalog
+        .validate_size(region, want)
+        .or_else(|m| refused(reason::INVALID_SPEC, m))?;
+    if i.resize_rule == ResizeRule::NoSmallerDisk
+        && let Some(cur) = catalog.size(&server.size)
+        && new.disk_gb < cur.disk_gb
+    {
+        return refused(
+            reason::INVALID_SPEC,
+            format!(
+                "{} never shrinks a disk: {want:?} has {} GB of disk, the server's {:?} has {} GB",
+                i.vendor, new.disk_gb, cur.slug, cur.disk_gb
+            ),
+        );
+    }
+    if let ProjectLookup::Found(p) = billed {
+        // The VM holds its slot already: only its price (currency, spend) is admitted again.
+        let mut p = p.clone();
+        p.limits.max_virtual_machines = None;
+        let me = Candidate {
+            order: order_of(i.vm),
+            monthly: new.price_monthly,
+            currency: new.currency.clone(),
+        };
+        limits::admit(&p, &me).or_else(|(r, m)| refused(r, format!("resize to {want:?}: {m}")))?;
+    }
+    Ok(())
 }
 
 /// Decides the next power/size step. Pure: no I/O.
@@ -813,17 +924,21 @@ mod tests {
     }
 
     fn run(c: &Case) -> Decision {
-        let cat = catalog();
+        run_with(c, ResizeRule::NoSmallerDisk, &catalog())
+    }
+
+    fn run_with(c: &Case, resize_rule: ResizeRule, cat: &Catalog) -> Decision {
         decide(&Inputs {
             vm: &c.vm,
             uid: UID,
             status: &c.status,
             lookup: &c.lookup,
-            catalog: Some(&cat),
+            catalog: Some(cat),
             target: &c.target,
             billed: None,
             adoption_allowed: c.adoption_allowed,
             resize_needs_power_off: true,
+            resize_rule,
             vendor: "digitalocean",
             metering: true,
             now: NOW,
@@ -1005,6 +1120,30 @@ mod tests {
                 )
             },
             Case {
+                vm: vm(
+                    serde_json::json!({"tags": ["qm-uid-ffff"]}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "Linode's wire form of an ownership tag",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::INVALID_SPEC,
+                )
+            },
+            Case {
+                vm: vm(
+                    serde_json::json!({"tags": ["QM-UID-ffff"]}),
+                    serde_json::json!({}),
+                ),
+                ..case(
+                    "an ownership tag in another letter case",
+                    Lookup::Found(ours(Running)),
+                    Step::Nothing,
+                    reason::INVALID_SPEC,
+                )
+            },
+            Case {
                 status: Default::default(),
                 ..case(
                     "another tenant's server",
@@ -1117,6 +1256,170 @@ mod tests {
                 d.health
             );
         }
+    }
+
+    /// A size change is admitted before any power action: a refused one stalls with the server left in
+    /// (or returned to) the power state runStrategy asks for.
+    #[test]
+    fn resize_is_admitted_before_any_power_action() {
+        use ServerState::*;
+        let mut cat = catalog();
+        let mut small = cat.sizes[0].clone();
+        small.slug = "s-small-disk".into();
+        small.disk_gb = 10;
+        let mut elsewhere = cat.sizes[1].clone();
+        elsewhere.slug = "s-nyc-only".into();
+        elsewhere.regions = vec!["nyc1".into()];
+        cat.sizes.extend([small, elsewhere]);
+        let resize_to = |size: &str, state: ServerState| Case {
+            vm: vm(serde_json::json!({"size": size}), serde_json::json!({})),
+            ..case("", Lookup::Found(ours(state)), Step::Nothing, "")
+        };
+        let spend_limited = |max: &str| {
+            let ProjectLookup::Found(mut p) = project("acme", Some(1), false) else {
+                unreachable!()
+            };
+            p.limits.max_monthly_spend = Some(max.into());
+            ProjectLookup::Found(p)
+        };
+        let refused_before = VirtualMachineStatus {
+            resize_refused: Some(crate::crd::virtual_machine::ResizeRefusal {
+                size: "s-2vcpu-2gb".into(),
+                message: "422: not for this droplet".into(),
+            }),
+            ..created()
+        };
+        let cases: Vec<(&str, Case, ResizeRule, Step, &str)> = vec![
+            (
+                "unknown size",
+                resize_to("s-nope", Running),
+                ResizeRule::NoSmallerDisk,
+                Step::Nothing,
+                reason::INVALID_SPEC,
+            ),
+            (
+                "not offered in the region",
+                resize_to("s-nyc-only", Running),
+                ResizeRule::NoSmallerDisk,
+                Step::Nothing,
+                reason::INVALID_SPEC,
+            ),
+            (
+                "smaller disk",
+                resize_to("s-small-disk", Running),
+                ResizeRule::NoSmallerDisk,
+                Step::Nothing,
+                reason::INVALID_SPEC,
+            ),
+            (
+                "smaller disk where the vendor shrinks disks",
+                resize_to("s-small-disk", Running),
+                ResizeRule::Any,
+                Step::PowerOff,
+                reason::STOPPING,
+            ),
+            (
+                "vendor cannot resize",
+                resize_to("s-2vcpu-2gb", Running),
+                ResizeRule::Unsupported,
+                Step::Nothing,
+                reason::UNSUPPORTED,
+            ),
+            (
+                "another currency",
+                resize_to("eur-1", Running),
+                ResizeRule::NoSmallerDisk,
+                Step::Nothing,
+                reason::CURRENCY_MISMATCH,
+            ),
+            (
+                "over maxMonthlySpend",
+                Case {
+                    target: spend_limited("10"),
+                    ..resize_to("s-2vcpu-2gb", Running)
+                },
+                ResizeRule::NoSmallerDisk,
+                Step::Nothing,
+                reason::LIMIT_EXCEEDED,
+            ),
+            (
+                "within maxMonthlySpend (the slot is held already)",
+                Case {
+                    target: spend_limited("24"),
+                    ..resize_to("s-2vcpu-2gb", Running)
+                },
+                ResizeRule::NoSmallerDisk,
+                Step::PowerOff,
+                reason::STOPPING,
+            ),
+            (
+                "refused while off: powered back on",
+                resize_to("s-nope", Off),
+                ResizeRule::NoSmallerDisk,
+                Step::PowerOn,
+                reason::INVALID_SPEC,
+            ),
+            (
+                "the vendor refused this size before",
+                Case {
+                    status: refused_before.clone(),
+                    ..resize_to("s-2vcpu-2gb", Off)
+                },
+                ResizeRule::NoSmallerDisk,
+                Step::PowerOn,
+                reason::VENDOR_REJECTED,
+            ),
+        ];
+        for (name, c, rule, want_step, want_reason) in cases {
+            let d = run_with(&c, rule, &cat);
+            assert_eq!(d.step, want_step, "{name}: step");
+            assert_eq!(d.health.reason(), want_reason, "{name}: {:?}", d.health);
+            if want_step != Step::PowerOff {
+                assert!(
+                    matches!(d.health, Health::Stalled { .. }),
+                    "{name}: {:?}",
+                    d.health
+                );
+            }
+        }
+        // Another size after a refusal: the refusal is forgotten and the new size admitted.
+        let c = Case {
+            status: refused_before,
+            ..resize_to("s-1vcpu-1gb", Off)
+        };
+        let d = run_with(&c, ResizeRule::NoSmallerDisk, &cat);
+        assert_eq!(d.status.resize_refused, None);
+        assert_eq!(d.step, Step::PowerOn);
+        assert!(
+            matches!(d.health, Health::Progressing { .. }),
+            "{:?}",
+            d.health
+        );
+    }
+
+    #[test]
+    fn observe_only_under_a_credit_stop_says_so_and_is_not_reconciling() {
+        let c = Case {
+            vm: vm(
+                serde_json::json!({"managementPolicy": "ObserveOnly"}),
+                serde_json::json!({}),
+            ),
+            target: project("acme", None, true),
+            ..case(
+                "observe-only, credit exhausted",
+                Lookup::Found(ours(ServerState::Running)),
+                Step::Nothing,
+                reason::CREDIT_EXHAUSTED,
+            )
+        };
+        let d = run(&c);
+        assert_eq!(d.step, Step::Nothing);
+        let Health::NotReady { reason: r, message } = &d.health else {
+            panic!("not NotReady: {:?}", d.health);
+        };
+        assert_eq!(r, reason::CREDIT_EXHAUSTED);
+        assert!(message.contains("ObserveOnly"), "{message}");
+        assert!(!message.contains("stopping"), "{message}");
     }
 
     #[test]

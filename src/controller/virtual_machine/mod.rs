@@ -129,6 +129,7 @@ async fn decide_and_act(
         billed: obs.billed.as_ref(),
         adoption_allowed: obs.adoption_allowed,
         resize_needs_power_off: obs.provider.resize_needs_power_off(),
+        resize_rule: obs.provider.resize_rule(),
         vendor: obs.provider.vendor(),
         metering: ctx.ledger.is_some(),
         now: jiff::Timestamp::now().as_second(),
