@@ -1,14 +1,18 @@
 //! The VirtualMachine slice's money rules, end to end on a real kube-apiserver with `quartermaster sim`:
 //! every price change is admitted before any power action (a refused size never powers a server off), and
-//! a vendor's refusal of the resize itself stalls with its words and powers the server back on.
+//! a vendor's refusal of the resize itself stalls with its words and powers the server back on; metering
+//! follows the vendor whatever the object does (paused, stalled), a server gone at the vendor is billed
+//! until it was last seen, and pause suspends the user's changes, not the Project's money policy.
 
 use kube::api::{Api, DeleteParams};
 use quartermaster::crd::VirtualMachine;
 use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::ledger::store::GroupBy;
+use quartermaster::ledger::{Meter, UsageEvent};
 
 mod common;
 
-use common::env::{Env, WAIT, env};
+use common::env::{Env, WAIT, env, env_with};
 
 /// The VM's Stalled message once it is Stalled for `reason` at its current generation.
 async fn stalled(e: &Env, name: &str, reason: &str) -> (VirtualMachine, String) {
@@ -125,4 +129,203 @@ async fn a_vendor_refusal_of_the_resize_stalls_with_its_words_and_powers_back_on
         ("active".into(), "s-1vcpu-2gb".into())
     );
     assert!(vm.status.unwrap().resize_refused.is_none());
+}
+
+/// Deletes droplet `id` at the simulator, as someone using the vendor's console would.
+async fn delete_droplet(e: &Env, id: &str) {
+    quartermaster::install_crypto_provider();
+    let r = reqwest::Client::new()
+        .delete(format!("{}/v2/droplets/{id}", e.sim.url))
+        .bearer_auth("sim-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "delete droplet: {}", r.status());
+    common::eventually(WAIT, "droplet gone at the vendor", || async {
+        e.droplet(id).await.is_none().then_some(())
+    })
+    .await;
+}
+
+/// Seconds of VM usage recorded for object `name` (no Project) this month and last.
+async fn metered_seconds(l: &quartermaster::ledger::Ledger, ns: &str, name: &str) -> i64 {
+    let now = jiff::Timestamp::now().as_second();
+    l.usage(ns, "", now - 40 * 86_400, now + 86_400, GroupBy::Object)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.key == format!("VirtualMachine/{name}"))
+        .map(|r| r.quantity)
+        .sum()
+}
+
+/// A VM with an open metering window; returns (droplet ID, window start).
+async fn metered_vm(e: &Env, name: &str) -> (String, i64) {
+    e.apply_vm(name, serde_json::json!({})).await;
+    let vms = e.vms();
+    common::eventually(WAIT, "VM running with an open metering window", || async {
+        let st = vms.get(name).await.ok()?.status?;
+        Some((st.external_id?, st.metering?.since))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_gone_at_the_vendor_is_billed_until_last_seen_paused_or_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmgone", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let vms = e.vms();
+
+    // Paused: the VM is still observed. Its droplet is deleted out of band; the window closes at the
+    // last sighting (the observation when it was paused), not days later at the VM's deletion.
+    let (paused_id, since) = metered_vm(&e, "paused").await;
+    e.patch_vm(
+        "paused",
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "true"}}}),
+    )
+    .await;
+    e.wait_vm_status("paused", "Paused", ConditionStatus::True)
+        .await;
+    delete_droplet(&e, &paused_id).await;
+    let gone = jiff::Timestamp::now().as_second();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Any change wakes it (a paused VM also resyncs while its window is open).
+    e.patch_vm(
+        "paused",
+        serde_json::json!({"metadata": {"annotations": {"touch": "1"}}}),
+    )
+    .await;
+    common::eventually(WAIT, "paused VM's window closed", || async {
+        let st = vms.get("paused").await.ok()?.status?;
+        st.metering.is_none().then_some(())
+    })
+    .await;
+    let billed = metered_seconds(&l, &e.ns, "paused").await;
+    assert!(
+        billed <= gone - since,
+        "billed {billed} s: beyond the droplet's deletion ({} s after the window began)",
+        gone - since
+    );
+
+    // Not paused: the VM stalls ExternalNotFound and its window closes at the last sighting too.
+    let (stalled_id, since) = metered_vm(&e, "stalled").await;
+    delete_droplet(&e, &stalled_id).await;
+    let gone = jiff::Timestamp::now().as_second();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    e.patch_vm(
+        "stalled",
+        serde_json::json!({"metadata": {"annotations": {"touch": "1"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "stalled",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ExternalNotFound",
+        )
+        .await;
+    assert!(vm.status.unwrap().metering.is_none(), "window left open");
+    let billed = metered_seconds(&l, &e.ns, "stalled").await;
+    assert!(
+        billed <= gone - since,
+        "billed {billed} s, gone after {} s",
+        gone - since
+    );
+}
+
+#[tokio::test]
+async fn pause_suspends_changes_not_money_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmpause", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    assert!(
+        l.credit("g1", &e.ns, "prepaid", 1_000_000_000, "USD", "trial")
+            .await
+            .unwrap()
+    );
+    e.apply_project("prepaid", serde_json::json!({"onCreditExhausted": "Stop"}))
+        .await;
+    e.apply_vm(
+        "box",
+        serde_json::json!({"spec": {"projectRef": {"name": "prepaid"}}}),
+    )
+    .await;
+    let vm = e.wait_ready("box").await;
+    let id = vm.status.unwrap().external_id.unwrap();
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
+    common::eventually(WAIT, "project shows its credit", || async {
+        let st = projects.get("prepaid").await.ok()?.status?;
+        (st.credit_balance.as_deref() == Some("1.00")).then_some(())
+    })
+    .await;
+
+    // Both paused; a spec change is not acted on.
+    let pause =
+        serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/paused": "true"}}});
+    e.patch_vm("box", pause.clone()).await;
+    projects
+        .patch(
+            "prepaid",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&pause),
+        )
+        .await
+        .unwrap();
+    e.wait_vm_status("box", "Paused", ConditionStatus::True)
+        .await;
+    e.patch_vm(
+        "box",
+        serde_json::json!({"spec": {"runStrategy": "Halted"}}),
+    )
+    .await;
+
+    // The credit runs out: the paused Project's balance follows, and the paused VM is stopped.
+    let now = jiff::Timestamp::now().as_second();
+    l.record(&[UsageEvent {
+        key: format!("other/{}", e.id),
+        namespace: e.ns.clone(),
+        project: "prepaid".into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: "other".into(),
+        object_uid: "other-uid".into(),
+        meter: Meter::VmSeconds,
+        quantity: 3600,
+        unit_price: "5".parse().unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: now - 3600,
+        window_end: now,
+        attributes: serde_json::json!({}),
+    }])
+    .await
+    .unwrap();
+    let p = common::eventually(WAIT, "paused project's balance kept current", || async {
+        let p = projects.get("prepaid").await.ok()?;
+        (p.status.as_ref()?.credit_balance.as_deref() == Some("-4.00")).then_some(p)
+    })
+    .await;
+    let c = conditions::find(&p.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (c.status, c.reason.as_str()),
+        (ConditionStatus::False, "CreditExhausted")
+    );
+    common::eventually(WAIT, "paused VM stopped by the credit stop", || async {
+        (e.droplet(&id).await?["status"] == "off").then_some(())
+    })
+    .await;
+    // Paused all along: the Halted edit was not what stopped it, and it is still not acted on.
+    let vm = e.vms().get("box").await.unwrap();
+    assert_ne!(
+        vm.status.unwrap().observed_generation,
+        vm.metadata.generation,
+        "a paused VM acted on its spec"
+    );
 }

@@ -1,8 +1,10 @@
 //! The reconcile framework every kind uses. A kind supplies a [`Reconciler`] (its `apply` and `cleanup`);
 //! the framework does the rest, in this order:
 //!
-//! 1. **paused** — `quartermaster.dev/paused` set: only a `Paused=True` condition is written; nothing else
-//!    happens (deletion included) until the annotation is removed.
+//! 1. **paused** — `quartermaster.dev/paused` set: the user's changes are not acted on (deletion
+//!    included) until the annotation is removed, and a `Paused=True` condition says so. What costs money
+//!    is still looked after: the reconciler's [`Reconciler::observe`] keeps metering what exists at the
+//!    vendor and applies the Project's money policy (a credit stop), and what it learns is written.
 //! 2. **finalizer** — added before the first `apply` (or, for a reconciler with
 //!    [`Reconciler::ADDS_FINALIZER`], by the reconciler itself with [`mark`] before its first side
 //!    effect); on deletion `cleanup` runs and the finalizer is removed only once cleanup reports done. Other controllers' finalizers are never touched
@@ -188,6 +190,15 @@ pub enum Cleanup {
     },
 }
 
+/// What a paused object's [`Reconciler::observe`] concluded.
+#[derive(Debug, Default)]
+pub struct PausedOutcome {
+    /// The overall state to show beside `Paused=True`; `None` leaves the conditions as they were.
+    pub health: Option<Health>,
+    /// When to look again (e.g. an open metering window closes hourly); `None`: on the next change.
+    pub requeue_after: Option<Duration>,
+}
+
 /// A kind's reconcile logic.
 pub trait Reconciler<K: Managed>: Send + Sync + 'static {
     /// The reconciler adds the finalizer itself, with [`mark`], before its first side effect (and may
@@ -201,6 +212,17 @@ pub trait Reconciler<K: Managed>: Send + Sync + 'static {
         ctx: Arc<Context>,
         progress: &mut Progress<K::KindStatus>,
     ) -> impl Future<Output = Result<Outcome, Error>> + Send;
+    /// While the object is paused: observe and meter what costs money, and apply money policy (never
+    /// the user's spec), recording what it learns in `progress.status`. `Ok(None)`: nothing to observe.
+    fn observe(
+        &self,
+        obj: Arc<K>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<K::KindStatus>,
+    ) -> impl Future<Output = Result<Option<PausedOutcome>, Error>> + Send {
+        let _ = (obj, ctx, progress);
+        async { Ok(None) }
+    }
     /// Undo what `apply` did (or nothing, for Orphan). Must be idempotent and tolerate an `apply` that never ran.
     fn cleanup(
         &self,
@@ -307,22 +329,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
     let api = K::api(ctx.client.clone(), obj.namespace().as_deref());
 
     if is_paused(&*obj) {
-        let previous = progress.persisted();
-        let mut status = previous.clone();
-        let paused = DesiredCondition::new(
-            conditions::PAUSED,
-            ConditionStatus::True,
-            reason::PAUSED,
-            format!("reconciliation is paused by the {ANNOTATION_PAUSED} annotation"),
-        );
-        *status.conditions_mut() = merge_conditions(
-            previous.conditions(),
-            &[paused],
-            obj.meta().generation,
-            &now(),
-        );
-        write_status(&api, &*obj, previous, status, ctx).await?;
-        return Ok(Action::await_change());
+        return paused(&api, obj, ctx, reconciler, progress).await;
     }
 
     if obj.meta().deletion_timestamp.is_some() {
@@ -332,6 +339,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
         return match reconciler.cleanup(obj.clone(), ctx.clone(), progress).await {
             Ok(Cleanup::Done) => {
                 remove_finalizer(&api, &*obj).await?;
+                ctx.forget(&object_key(&*obj), obj.uid().as_deref());
                 publish(
                     ctx,
                     &*obj,
@@ -384,8 +392,11 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
             .await?;
             Ok(match (&outcome.health, outcome.requeue_after) {
                 (_, Some(after)) => Action::requeue(after),
-                // Waiting for the user: no polling, a spec (or watched dependency) change wakes us.
-                (Health::Stalled { .. }, None) => Action::await_change(),
+                // Waiting for the user: no polling, a spec (or watched dependency) change wakes us —
+                // unless something that costs money must still be observed (an open metering window).
+                (Health::Stalled { .. }, None) => outcome
+                    .resync_at_most
+                    .map_or_else(Action::await_change, Action::requeue),
                 (Health::Progressing { .. }, None) => Action::requeue(ctx.config.poll_interval),
                 (Health::Ready { .. } | Health::NotReady { .. }, None) => {
                     let resync = resync_interval(ctx, &*obj).await;
@@ -400,6 +411,53 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
         }
         Err(e) => fail(&api, &*obj, progress, e, ctx).await,
     }
+}
+
+/// A paused object: observe what costs money ([`Reconciler::observe`]), then write what was learned with
+/// `Paused=True` (and the observed health, if any). An error is still returned for backoff, after the
+/// status is written: what was learned before it is kept.
+async fn paused<K: Managed, R: Reconciler<K>>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    ctx: &Arc<Context>,
+    reconciler: &R,
+    progress: &mut Progress<K::KindStatus>,
+) -> Result<Action, Error> {
+    let observed = reconciler.observe(obj.clone(), ctx.clone(), progress).await;
+    let (outcome, error) = match observed {
+        Ok(o) => (o.unwrap_or_default(), None),
+        Err(e) => (PausedOutcome::default(), Some(e)),
+    };
+    let mut desired = outcome
+        .health
+        .as_ref()
+        .map(Health::conditions)
+        .unwrap_or_default();
+    desired.push(DesiredCondition::new(
+        conditions::PAUSED,
+        ConditionStatus::True,
+        reason::PAUSED,
+        format!(
+            "reconciliation is paused by the {ANNOTATION_PAUSED} annotation; usage is still metered"
+        ),
+    ));
+    let previous = progress.persisted();
+    let mut status = progress.status.clone();
+    *status.conditions_mut() = merge_conditions(
+        previous.conditions(),
+        &desired,
+        obj.meta().generation,
+        &now(),
+    );
+    write_status(api, &*obj, previous, status.clone(), ctx).await?;
+    progress.persisted = status.clone();
+    progress.status = status;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    Ok(outcome
+        .requeue_after
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Writes the working status with the conditions of `health` (and an Event when the overall state changes).

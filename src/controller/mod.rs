@@ -128,6 +128,7 @@ pub struct Context {
     pending_usage: Mutex<HashMap<String, i64>>,
     failures: Mutex<HashMap<String, u32>>,
     warned: Mutex<HashMap<String, String>>,
+    last_seen: Mutex<HashMap<String, i64>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
@@ -158,6 +159,7 @@ impl Context {
             config,
             failures: Mutex::default(),
             warned: Mutex::default(),
+            last_seen: Mutex::default(),
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
         }
@@ -185,6 +187,35 @@ impl Context {
     pub fn first_warning(&self, key: &str, value: &str) -> bool {
         let mut m = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         m.insert(key.to_string(), value.to_string()).as_deref() != Some(value)
+    }
+
+    /// Records that the vendor server of object `uid` was seen existing at `at` (unix seconds): if it is
+    /// later found gone, its metering window closes there, not when the loss is noticed.
+    pub fn saw(&self, uid: &str, at: i64) {
+        let mut m = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(uid.to_string(), at);
+    }
+
+    /// When the vendor server of object `uid` was last seen existing (since this process started).
+    pub fn last_seen(&self, uid: &str) -> Option<i64> {
+        let m = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(uid).copied()
+    }
+
+    /// Releases what this process remembers of an object that is gone (`key` as
+    /// [`framework::object_key`], and its UID): warnings, last sightings, backoff.
+    pub fn forget(&self, key: &str, uid: Option<&str>) {
+        self.warned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(uid) = uid {
+            self.last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
+        self.reset_failures(key);
     }
 
     /// Adds the usage ledger.

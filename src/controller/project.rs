@@ -13,7 +13,7 @@ use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler};
+use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
@@ -169,6 +169,22 @@ impl Reconciler<Project> for ProjectReconciler {
         let mut outcome = Outcome::new(health);
         outcome.requeue_after = requeue_after;
         Ok(outcome)
+    }
+
+    /// Paused: pause suspends the user's changes, not the Project's money policy. Its counts, costs and
+    /// credit balance stay current (its VMs read the credit stop from them), with the conditions they
+    /// lead to. Nothing else is acted on (deletion waits).
+    async fn observe(
+        &self,
+        project: Arc<Project>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<ProjectStatus>,
+    ) -> Result<Option<PausedOutcome>, Error> {
+        let outcome = self.apply(project, ctx, progress).await?;
+        Ok(Some(PausedOutcome {
+            health: Some(outcome.health),
+            requeue_after: outcome.requeue_after,
+        }))
     }
 
     async fn cleanup(

@@ -91,6 +91,8 @@ pub struct Inputs<'a> {
     pub vendor: &'a str,
     /// Whether usage is metered (a ledger is configured).
     pub metering: bool,
+    /// When this VM's server was last seen existing (unix seconds), if this process saw it.
+    pub last_seen: Option<i64>,
     /// Now, unix seconds.
     pub now: i64,
 }
@@ -219,7 +221,11 @@ pub fn ownership(server: &Server, uid: &str) -> Ownership {
 pub fn decide(i: &Inputs) -> Decision {
     let status = i.status.clone();
     if let Some(m) = immutable_violation(i.vm, i.status) {
-        return Decision::stall(status, reason::IMMUTABLE_FIELD_CHANGED, m);
+        return held(
+            i,
+            status,
+            Health::stalled(reason::IMMUTABLE_FIELD_CHANGED, m),
+        );
     }
     if let Some((t, p)) =
         i.vm.spec
@@ -227,19 +233,25 @@ pub fn decide(i: &Inputs) -> Decision {
             .iter()
             .find_map(|t| reserved_prefix(t).map(|p| (t, p)))
     {
-        return Decision::stall(
+        return held(
+            i,
             status,
-            reason::INVALID_SPEC,
-            format!(
-                "spec.tags: {t:?} uses the reserved prefix {p:?} (ownership tags are Quartermaster's own)"
+            Health::stalled(
+                reason::INVALID_SPEC,
+                format!(
+                    "spec.tags: {t:?} uses the reserved prefix {p:?} (ownership tags are Quartermaster's own)"
+                ),
             ),
         );
     }
     match i.lookup {
-        Lookup::Missing(id) => Decision::stall(
+        Lookup::Missing(id) => held(
+            i,
             status,
-            reason::EXTERNAL_NOT_FOUND,
-            format!("{} reports no server with ID {id:?}", i.vendor),
+            Health::stalled(
+                reason::EXTERNAL_NOT_FOUND,
+                format!("{} reports no server with ID {id:?}", i.vendor),
+            ),
         ),
         Lookup::Absent { .. } => create(i, status),
         Lookup::Found(server) => {
@@ -285,6 +297,98 @@ pub fn decide(i: &Inputs) -> Decision {
                 Ownership::Untagged | Ownership::Ours => converge(i, status, server),
             }
         }
+    }
+}
+
+/// While the object is paused: no action the user asked for, only what money needs — see [`held`].
+pub fn observe(i: &Inputs) -> Decision {
+    held(
+        i,
+        i.status.clone(),
+        Health::not_ready(reason::PAUSED, "paused"),
+    )
+}
+
+/// A decision that takes no step the user asked for (stalled, paused) but keeps what costs money in
+/// hand: a server that is this VM's is observed and metered, and powered off under its Project's credit
+/// stop (unless `ObserveOnly`); a server found gone closes its window at the time it was last seen.
+fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decision {
+    let server = match i.lookup {
+        Lookup::Found(s) if ownership(s, i.uid) == Ownership::Ours => s,
+        Lookup::Missing(_) => {
+            let usage = close_gone(i, &mut status);
+            let mut d = Decision::new(status, Step::Nothing, health);
+            d.usage = usage;
+            return d;
+        }
+        _ => return Decision::new(status, Step::Nothing, health),
+    };
+    observed(&mut status, server, i.catalog);
+    let mut usage = Vec::new();
+    if i.metering {
+        let open = status.metering.as_ref().and_then(open_window);
+        let step = metering::step(
+            &subject(i.vm, i.uid, status.project.as_deref()),
+            open.as_ref(),
+            &observation(i, server),
+            i.now,
+            false,
+        );
+        usage = step.events;
+        status.metering = step.open.map(stored_window);
+    }
+    let billed = i.billed.unwrap_or(i.target);
+    let stop = matches!(billed, ProjectLookup::Found(p) if p.credit_stop.is_some())
+        && i.vm.spec.management_policy == ManagementPolicy::Full
+        && server.state == ServerState::Running
+        && !server.busy;
+    let resync = status.metering.is_some().then_some(METERING_RESYNC);
+    let mut d = Decision::new(
+        status,
+        if stop { Step::PowerOff } else { Step::Nothing },
+        health,
+    );
+    d.usage = usage;
+    d.resync_at_most = resync;
+    d
+}
+
+/// The server is gone: the open window closes at the time it was last seen existing (never before the
+/// window began, never after now); with no sighting known, at the window's start (nothing unproven is
+/// billed).
+fn close_gone(i: &Inputs, status: &mut VirtualMachineStatus) -> Vec<UsageEvent> {
+    let Some(open) = status.metering.as_ref().and_then(open_window) else {
+        return Vec::new();
+    };
+    if !i.metering {
+        return Vec::new();
+    }
+    let end = i.last_seen.unwrap_or(open.since).clamp(open.since, i.now);
+    let gone = metering::Observation {
+        running: false,
+        size: open.size.clone(),
+        price: None,
+    };
+    let step = metering::step(
+        &subject(i.vm, i.uid, status.project.as_deref()),
+        Some(&open),
+        &gone,
+        end,
+        true,
+    );
+    status.metering = None;
+    step.events
+}
+
+/// What metering sees of a server: running or not, its size, and that size's price.
+fn observation(i: &Inputs, server: &Server) -> metering::Observation {
+    metering::Observation {
+        running: server.state == ServerState::Running,
+        size: server.size.clone(),
+        price: i
+            .catalog
+            .and_then(|c| c.size(&server.size))
+            .map(|s| (s.price_hourly, s.currency.clone())),
     }
 }
 
@@ -417,14 +521,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
 
     let mut events = Vec::new();
     let mut usage = Vec::new();
-    let obs = metering::Observation {
-        running: server.state == ServerState::Running,
-        size: server.size.clone(),
-        price: i
-            .catalog
-            .and_then(|c| c.size(&server.size))
-            .map(|s| (s.price_hourly, s.currency.clone())),
-    };
+    let obs = observation(i, server);
     // Project move: admitted by the new Project first, then the old window closes to the old Project.
     let mut refusal = None;
     let mut admission = None;
@@ -928,7 +1025,11 @@ mod tests {
     }
 
     fn run_with(c: &Case, resize_rule: ResizeRule, cat: &Catalog) -> Decision {
-        decide(&Inputs {
+        decide(&inputs_of(c, resize_rule, cat))
+    }
+
+    fn inputs_of<'a>(c: &'a Case, resize_rule: ResizeRule, cat: &'a Catalog) -> Inputs<'a> {
+        Inputs {
             vm: &c.vm,
             uid: UID,
             status: &c.status,
@@ -941,8 +1042,9 @@ mod tests {
             resize_rule,
             vendor: "digitalocean",
             metering: true,
+            last_seen: None,
             now: NOW,
-        })
+        }
     }
 
     #[test]
@@ -1457,6 +1559,123 @@ mod tests {
         let d = run(&c);
         assert_eq!(d.status, VirtualMachineStatus::default());
         assert!(d.usage.is_empty());
+    }
+
+    /// Stalled or paused, a server that is this VM's is still metered (whole hours close), looked at
+    /// while its window is open, and stopped by its Project's credit stop.
+    #[test]
+    fn stalled_and_paused_vms_are_metered_and_stopped_by_the_credit_stop() {
+        let mut status = created();
+        status.metering = Some(MeteringWindow {
+            since: NOW - 7200,
+            size: "s-1vcpu-1gb".into(),
+            hourly_price: "0.00893".into(),
+            currency: "USD".into(),
+        });
+        let stalled = Case {
+            vm: vm(serde_json::json!({"region": "ams3"}), serde_json::json!({})),
+            status: status.clone(),
+            ..case(
+                "",
+                Lookup::Found(ours(ServerState::Running)),
+                Step::Nothing,
+                "",
+            )
+        };
+        let paused = Case {
+            status: status.clone(),
+            ..case(
+                "",
+                Lookup::Found(ours(ServerState::Running)),
+                Step::Nothing,
+                "",
+            )
+        };
+        for (name, c, d) in [
+            ("stalled", &stalled, run(&stalled)),
+            ("paused", &paused, observe_case(&paused)),
+        ] {
+            assert_eq!(d.usage.len(), 2, "{name}: two whole hours close");
+            assert_eq!(
+                d.status.metering.as_ref().unwrap().since,
+                NOW - 2000,
+                "{name}"
+            );
+            assert_eq!(d.resync_at_most, Some(METERING_RESYNC), "{name}");
+            assert_eq!(d.step, Step::Nothing, "{name}");
+            let broke = Case {
+                target: project("acme", None, true),
+                status: c.status.clone(),
+                vm: c.vm.clone(),
+                ..case("", c.lookup.clone(), Step::Nothing, "")
+            };
+            let d = if name == "paused" {
+                observe_case(&broke)
+            } else {
+                run(&broke)
+            };
+            assert_eq!(d.step, Step::PowerOff, "{name}: the credit stop applies");
+        }
+        assert_eq!(
+            run(&stalled).health.reason(),
+            reason::IMMUTABLE_FIELD_CHANGED
+        );
+        // ObserveOnly is never powered off, paused or not.
+        let watch_only = Case {
+            vm: vm(
+                serde_json::json!({"managementPolicy": "ObserveOnly"}),
+                serde_json::json!({}),
+            ),
+            target: project("acme", None, true),
+            status,
+            ..case(
+                "",
+                Lookup::Found(ours(ServerState::Running)),
+                Step::Nothing,
+                "",
+            )
+        };
+        assert_eq!(observe_case(&watch_only).step, Step::Nothing);
+    }
+
+    /// A server found gone closes the window at its last sighting, never later.
+    #[test]
+    fn a_server_found_gone_is_billed_until_it_was_last_seen() {
+        let mut status = created();
+        status.metering = Some(MeteringWindow {
+            since: NOW - 1800,
+            size: "s-1vcpu-1gb".into(),
+            hourly_price: "0.00893".into(),
+            currency: "USD".into(),
+        });
+        let c = Case {
+            status,
+            ..case("", Lookup::Missing("42".into()), Step::Nothing, "")
+        };
+        let with_sighting = |seen: Option<i64>| {
+            let cat = catalog();
+            decide(&Inputs {
+                last_seen: seen,
+                ..inputs_of(&c, ResizeRule::NoSmallerDisk, &cat)
+            })
+        };
+        let d = with_sighting(Some(NOW - 600));
+        assert_eq!(d.health.reason(), reason::EXTERNAL_NOT_FOUND);
+        assert_eq!(d.status.metering, None);
+        assert_eq!(d.usage.len(), 1);
+        assert_eq!(
+            (d.usage[0].window_start, d.usage[0].window_end),
+            (NOW - 1800, NOW - 600)
+        );
+        // No sighting known (a restart): nothing unproven is billed.
+        let d = with_sighting(None);
+        assert_eq!(d.status.metering, None);
+        assert!(d.usage.is_empty(), "{:?}", d.usage);
+    }
+
+    fn observe_case(c: &Case) -> Decision {
+        let cat = catalog();
+        observe(&inputs_of(c, ResizeRule::NoSmallerDisk, &cat))
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
+use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, persist, publish};
 use super::{Context, Error, vendor};
 use crate::cloud;
 use crate::crd::conditions::{Health, event, reason};
@@ -119,10 +119,30 @@ async fn decide_and_act(
     progress: &mut Progress<VirtualMachineStatus>,
     events: &mut Vec<(&'static str, String)>,
 ) -> Result<(Outcome, Step), Error> {
-    let d = decide(&Inputs {
+    let d = decide(&inputs(ctx, vm, uid, obs, &progress.status));
+    let step = d.step.clone();
+    Ok((
+        act::act(ctx, vm, uid, obs, d, progress, events).await?,
+        step,
+    ))
+}
+
+/// decide's inputs from what was read; notes a sighting of the server.
+fn inputs<'a>(
+    ctx: &Context,
+    vm: &'a VirtualMachine,
+    uid: &'a str,
+    obs: &'a read::Observed,
+    status: &'a VirtualMachineStatus,
+) -> Inputs<'a> {
+    let now = jiff::Timestamp::now().as_second();
+    if let Lookup::Found(_) = obs.lookup {
+        ctx.saw(uid, now);
+    }
+    Inputs {
         vm,
         uid,
-        status: &progress.status,
+        status,
         lookup: &obs.lookup,
         catalog: obs.catalog.as_deref(),
         target: &obs.target,
@@ -132,13 +152,9 @@ async fn decide_and_act(
         resize_rule: obs.provider.resize_rule(),
         vendor: obs.provider.vendor(),
         metering: ctx.ledger.is_some(),
-        now: jiff::Timestamp::now().as_second(),
-    });
-    let step = d.step.clone();
-    Ok((
-        act::act(ctx, vm, uid, obs, d, progress, events).await?,
-        step,
-    ))
+        last_seen: ctx.last_seen(uid),
+        now,
+    }
 }
 
 /// Publishes the Events a reconcile gathered. A server created and already running in the same
@@ -180,20 +196,52 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Outcome, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
-        // Checked before anything is read: a moved providerConfigRef must not reach the other account.
-        if let Some(m) = decide::immutable_violation(&vm, &progress.status) {
-            return Ok(Outcome::new(Health::stalled(
-                reason::IMMUTABLE_FIELD_CHANGED,
-                m,
-            )));
-        }
-        let pc = vm.spec.provider_config_ref.name.clone();
+        // read reaches the recorded account only, whatever spec.providerConfigRef says now.
+        let pc = progress
+            .status
+            .provider_config
+            .clone()
+            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
         let mut events = Vec::new();
         let mut result = converge(&ctx, &vm, &uid, progress, &mut events)
             .await
             .inspect_err(|e| note_auth_failure(&ctx, &pc, e));
         announce(&ctx, &vm, &mut result, events).await;
         result
+    }
+
+    /// Paused: the server is still observed and metered, and stopped under a credit stop; nothing the
+    /// spec asks for is done.
+    async fn observe(
+        &self,
+        vm: Arc<VirtualMachine>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineStatus>,
+    ) -> Result<Option<PausedOutcome>, Error> {
+        let uid = uid_of(&vm)?;
+        CreationIntent::fill(&vm, &mut progress.status);
+        let st = &progress.status;
+        if st.external_id.is_none()
+            && st.creation_key.is_none()
+            && !vm.annotations().contains_key(ANNOTATION_EXTERNAL_ID)
+        {
+            return Ok(None);
+        }
+        let pc = st
+            .provider_config
+            .clone()
+            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
+        let mut events = Vec::new();
+        let obs = read::read(&ctx, &vm, &uid, &progress.status).await?;
+        let d = decide::observe(&inputs(&ctx, &vm, &uid, &obs, &progress.status));
+        let mut result = act::act(&ctx, &vm, &uid, &obs, d, progress, &mut events)
+            .await
+            .inspect_err(|e| note_auth_failure(&ctx, &pc, e));
+        announce(&ctx, &vm, &mut result, events).await;
+        Ok(Some(PausedOutcome {
+            health: None,
+            requeue_after: result?.resync_at_most,
+        }))
     }
 
     async fn cleanup(

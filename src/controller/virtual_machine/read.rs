@@ -46,7 +46,13 @@ pub async fn read(
     status: &VirtualMachineStatus,
 ) -> Result<Observed, Error> {
     let ns = vm.namespace().unwrap_or_default();
-    let resolved = vendor::resolve(ctx, &vm.spec.provider_config_ref.name, &ns).await?;
+    // The account the server is in: once recorded, an edited spec.providerConfigRef never reaches
+    // another account (decide stalls it as immutable, and still meters the server here).
+    let account = status
+        .provider_config
+        .as_deref()
+        .unwrap_or(&vm.spec.provider_config_ref.name);
+    let resolved = vendor::resolve(ctx, account, &ns).await?;
     let provider = ctx.providers.compute(ctx, &resolved).await?;
     let adoption_allowed = vendor::adoption_allowed(&resolved.config, &ns);
     let lookup = lookup(ctx, vm, uid, status, &*provider).await?;
