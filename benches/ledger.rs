@@ -35,6 +35,7 @@ fn event(i: i64, month_start: i64, price: Decimal) -> UsageEvent {
         },
         quantity: 60,
         unit_price: price,
+        vendor_unit_price: price,
         price_quantity: 3600,
         currency: "USD".into(),
         window_start: start,

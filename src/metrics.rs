@@ -27,6 +27,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Usage events newly recorded in the ledger, by meter.
     pub usage_events: IntCounterVec,
+    /// Usage recorded without a price (no price known for the server's size), in the meter's unit.
+    pub unpriced_usage: IntCounterVec,
     /// Ledger write latency in seconds.
     pub ledger_write_duration: prometheus::Histogram,
     /// Usage events waiting for the ledger (computed but not yet accepted).
@@ -104,6 +106,14 @@ impl Metrics {
             &["meter"],
         )
         .expect("valid metric");
+        let unpriced_usage = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_usage_unpriced_total",
+                "Usage recorded with no known price (to be priced later), in the meter's unit, by meter.",
+            ),
+            &["meter"],
+        )
+        .expect("valid metric");
         let ledger_write_duration = prometheus::Histogram::with_opts(HistogramOpts::new(
             "quartermaster_ledger_write_duration_seconds",
             "Ledger write latency.",
@@ -116,6 +126,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(usage_events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(unpriced_usage.clone()),
             Box::new(ledger_write_duration.clone()),
             Box::new(ledger_buffer_depth.clone()),
             Box::new(reconciles.clone()),
@@ -138,6 +149,7 @@ impl Metrics {
             status_writes,
             leader,
             usage_events,
+            unpriced_usage,
             ledger_write_duration,
             ledger_buffer_depth,
         }

@@ -1,5 +1,6 @@
 //! What the CLI prints for people and scripts: aligned tables like kubectl's, CSV and JSON renderings of
-//! usage reports. The ledger computes; this module only lays out.
+//! usage reports. The ledger computes; this module only lays out. Every report shows the tenant's amount,
+//! the vendor's cost behind it and the margin between them.
 
 use crate::ledger::format_amount;
 use crate::ledger::report::totals;
@@ -24,30 +25,36 @@ pub fn render(rows: &[UsageRow], format: Format) -> String {
                 .iter()
                 .map(|r| {
                     serde_json::json!({"key": r.key, "meter": r.meter, "quantity": r.quantity,
-                                       "amount": format_amount(r.amount_nanos), "currency": r.currency})
+                                       "amount": format_amount(r.amount_nanos), "currency": r.currency,
+                                       "cost": format_amount(r.cost_nanos),
+                                       "margin": format_amount(r.amount_nanos - r.cost_nanos)})
                 })
                 .collect();
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
         }
         Format::Csv => {
-            let mut out = String::from("key,meter,quantity,amount,currency\n");
+            let mut out = String::from("key,meter,quantity,amount,currency,cost,margin\n");
             for r in rows {
                 out.push_str(&format!(
-                    "{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{}\n",
                     csv(&r.key),
                     r.meter,
                     r.quantity,
                     format_amount(r.amount_nanos),
-                    r.currency
+                    r.currency,
+                    format_amount(r.cost_nanos),
+                    format_amount(r.amount_nanos - r.cost_nanos)
                 ));
             }
             out
         }
         Format::Table => {
             let mut cells = vec![
-                ["KEY", "METER", "QUANTITY", "AMOUNT", "CURRENCY"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "KEY", "METER", "QUANTITY", "AMOUNT", "CURRENCY", "COST", "MARGIN",
+                ]
+                .map(String::from)
+                .to_vec(),
             ];
             cells.extend(rows.iter().map(|r| {
                 vec![
@@ -56,20 +63,35 @@ pub fn render(rows: &[UsageRow], format: Format) -> String {
                     r.quantity.to_string(),
                     format_amount(r.amount_nanos),
                     r.currency.clone(),
+                    format_amount(r.cost_nanos),
+                    format_amount(r.amount_nanos - r.cost_nanos),
                 ]
             }));
+            let costs = cost_totals(rows);
             for (currency, total) in totals(rows) {
+                let cost = costs.get(&currency).copied().unwrap_or_default();
                 cells.push(vec![
                     "TOTAL".into(),
                     String::new(),
                     String::new(),
                     format_amount(total),
                     currency,
+                    format_amount(cost),
+                    format_amount(total - cost),
                 ]);
             }
             table(&cells)
         }
     }
+}
+
+/// Vendor cost per currency.
+fn cost_totals(rows: &[UsageRow]) -> std::collections::BTreeMap<String, i64> {
+    let mut t = std::collections::BTreeMap::new();
+    for r in rows {
+        *t.entry(r.currency.clone()).or_insert(0) += r.cost_nanos;
+    }
+    t
 }
 
 fn csv(s: &str) -> String {
@@ -115,6 +137,7 @@ mod tests {
             meter: "vm_seconds".into(),
             quantity: 3600,
             amount_nanos: amount,
+            cost_nanos: amount * 4 / 5,
             currency: "USD".into(),
         }
     }
@@ -135,8 +158,15 @@ mod tests {
             c.contains("\"VirtualMachine/a,b\",vm_seconds,3600,0.0238,USD"),
             "{c}"
         );
+        assert!(c.contains(",USD,0.01904,0.00476"), "cost and margin: {c}");
         let j: serde_json::Value = serde_json::from_str(&render(&rows, Format::Json)).unwrap();
         assert_eq!(j[0]["amount"], "0.00595");
+        assert_eq!(
+            (&j[0]["cost"], &j[0]["margin"]),
+            (&"0.00476".into(), &"0.00119".into())
+        );
+        let total: Vec<&str> = t.lines().last().unwrap().split_whitespace().collect();
+        assert_eq!(total[total.len() - 2..], ["0.0238", "0.00595"], "{t}");
     }
 
     #[test]

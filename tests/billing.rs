@@ -30,6 +30,7 @@ fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> U
         meter: Meter::VmSeconds,
         quantity: 3600,
         unit_price: Decimal::from_str(hourly).unwrap(),
+        vendor_unit_price: Decimal::from_str(hourly).unwrap(),
         price_quantity: 3600,
         currency: "USD".into(),
         window_start: now - 3600,
@@ -297,6 +298,7 @@ async fn usage_invoice_and_credits_commands() {
         meter: Meter::VmSeconds,
         quantity: 1800,
         unit_price: Decimal::from_str(price).unwrap(),
+        vendor_unit_price: Decimal::from_str(price).unwrap(),
         price_quantity: 3600,
         currency: "USD".into(),
         window_start: start,
@@ -392,7 +394,7 @@ async fn usage_invoice_and_credits_commands() {
     assert!(ok, "{err}");
     assert_eq!(
         out,
-        "key,meter,quantity,amount,currency\nVirtualMachine/db,vm_seconds,1800,0.0119,USD\nVirtualMachine/web,vm_seconds,1800,0.00595,USD\n"
+        "key,meter,quantity,amount,currency,cost,margin\nVirtualMachine/db,vm_seconds,1800,0.0119,USD,0.0119,0.00\nVirtualMachine/web,vm_seconds,1800,0.00595,USD,0.00595,0.00\n"
     );
     let (ok, out, _) = cli(
         &db,

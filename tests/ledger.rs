@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use quartermaster::ledger::metering::{self, Observation, Subject};
+use quartermaster::ledger::metering::{self, HourlyPrice, Observation, Subject};
 use quartermaster::ledger::store::GroupBy;
 use quartermaster::ledger::{Ledger, Meter, UsageEvent, format_amount, parse_period};
 use rust_decimal::Decimal;
@@ -23,6 +23,7 @@ fn ev(key: &str, project: &str, start: i64, quantity: i64, price: &str) -> Usage
         meter: Meter::VmSeconds,
         quantity,
         unit_price: Decimal::from_str(price).unwrap(),
+        vendor_unit_price: Decimal::from_str(price).unwrap(),
         price_quantity: 3600,
         currency: "USD".into(),
         window_start: start,
@@ -139,10 +140,15 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
             name: "web".into(),
             uid: "uid-9".into(),
         };
-        let obs = |running, size: &str, price: &str| Observation {
-            running,
+        // The vendor's price with a 20 % markup: the tenant pays 1.2 times what the vendor charges.
+        let obs = |billed, size: &str, price: &str| Observation {
+            billed,
             size: size.into(),
-            price: Some((Decimal::from_str(price).unwrap(), "USD".into())),
+            price: Some(HourlyPrice::with_markup(
+                Decimal::from_str(price).unwrap(),
+                "USD",
+                Decimal::from(20),
+            )),
         };
         let t0 = nov + 20 * 60;
         let mut open = metering::step(&s, None, &obs(true, "small", "0.0119"), t0, false).open;
@@ -166,8 +172,11 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].quantity, 5400);
         assert_eq!(
-            format_amount(rows[0].amount_nanos),
-            "0.02975",
+            (
+                format_amount(rows[0].amount_nanos),
+                format_amount(rows[0].cost_nanos)
+            ),
+            ("0.0357".to_string(), "0.02975".to_string()),
             "{}",
             l.kind()
         );

@@ -297,6 +297,7 @@ async fn pause_suspends_changes_not_money_policy() {
         meter: Meter::VmSeconds,
         quantity: 3600,
         unit_price: "5".parse().unwrap(),
+        vendor_unit_price: "5".parse().unwrap(),
         price_quantity: 3600,
         currency: "USD".into(),
         window_start: now - 3600,
@@ -328,4 +329,61 @@ async fn pause_suspends_changes_not_money_policy() {
         vm.metadata.generation,
         "a paused VM acted on its spec"
     );
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_billed_and_the_tenant_pays_the_markup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmmarkup", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(e.client.clone());
+    pcs.patch(
+        &e.pc,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"markupPercent": "50"}})),
+    )
+    .await
+    .unwrap();
+    e.apply_vm(
+        "box",
+        serde_json::json!({"spec": {"runStrategy": "Halted"}}),
+    )
+    .await;
+    // Stopped, as declared, and still metered: DigitalOcean bills a powered-off droplet in full.
+    let vm = common::eventually(WAIT, "stopped with an open window", || async {
+        let vm = e.vms().get("box").await.ok()?;
+        let st = vm.status.as_ref()?;
+        let ready = conditions::find(&st.conditions, conditions::READY)?;
+        (ready.reason == "Stopped" && st.metering.is_some()).then_some(vm)
+    })
+    .await;
+    let st = vm.status.unwrap();
+    let w = st.metering.unwrap();
+    // The tenant's price is the vendor's with the markup; the vendor's is kept beside it.
+    assert_eq!(st.hourly_price.as_deref(), Some("0.013395"));
+    assert_eq!(st.monthly_price.as_deref(), Some("9.00"));
+    assert_eq!(
+        (w.hourly_price.as_str(), w.vendor_hourly_price.as_deref()),
+        ("0.013395", Some("0.00893"))
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    e.vms()
+        .delete("box", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("box").await;
+    let now = jiff::Timestamp::now().as_second();
+    let rows = l
+        .usage(&e.ns, "", now - 40 * 86_400, now + 86_400, GroupBy::Object)
+        .await
+        .unwrap();
+    let r = rows
+        .iter()
+        .find(|r| r.key == "VirtualMachine/box")
+        .expect("usage recorded");
+    assert!(r.quantity >= 2, "{r:?}");
+    // amount = 1.5 × cost, to the nano-unit (rounding aside).
+    assert!((r.amount_nanos * 2 - r.cost_nanos * 3).abs() <= 3, "{r:?}");
 }

@@ -601,6 +601,7 @@ fn to_server(i: Instance) -> Server {
         id: i.instance_id.to_string(),
         tags: tags_in(&name),
         name,
+        price: None,
         deletion_scheduled: cancelled,
         busy: matches!(
             status.as_str(),

@@ -9,8 +9,8 @@ use super::rest::{
     BearerApi, done_if_not_found, none_if_not_found, not_an_id, numeric_id, page_items,
 };
 use super::{
-    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
-    decimal_from_f64,
+    CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerPrice, ServerSpec,
+    ServerState, Size, decimal_from_f64,
 };
 use crate::http::HttpClient;
 
@@ -95,6 +95,17 @@ struct Droplet {
     networks: Networks,
     #[serde(default)]
     tags: Vec<String>,
+    /// The droplet's size object, with its prices.
+    #[serde(default)]
+    size: Option<DropletSize>,
+}
+
+#[derive(Deserialize)]
+struct DropletSize {
+    #[serde(default)]
+    price_hourly: Option<f64>,
+    #[serde(default)]
+    price_monthly: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +217,14 @@ fn to_server(d: Droplet) -> Server {
         tags: d.tags,
         busy: d.locked,
         deletion_scheduled: false,
+        // DigitalOcean prices in US dollars.
+        price: d.size.and_then(|s| {
+            Some(ServerPrice {
+                hourly: decimal_from_f64(s.price_hourly?),
+                monthly: decimal_from_f64(s.price_monthly?),
+                currency: "USD".into(),
+            })
+        }),
     }
 }
 

@@ -309,6 +309,7 @@ fn to_server(i: Instance) -> Server {
     Server {
         id: i.id.to_string(),
         name: i.label,
+        price: None,
         deletion_scheduled: false,
         busy: !matches!(
             state,

@@ -74,6 +74,20 @@ pub struct Server {
     /// The vendor accepted its deletion but keeps it until a later date (Contabo: the end of the paid
     /// period), so there is no point in asking often whether it is gone.
     pub deletion_scheduled: bool,
+    /// The price the vendor reports on the server object itself (DigitalOcean droplets carry their
+    /// size's prices), which wins over the catalog's.
+    pub price: Option<ServerPrice>,
+}
+
+/// A server's price as the vendor reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerPrice {
+    /// Per hour.
+    pub hourly: Decimal,
+    /// Per month.
+    pub monthly: Decimal,
+    /// Currency (ISO 4217).
+    pub currency: String,
 }
 
 /// What to create.

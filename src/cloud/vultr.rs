@@ -323,6 +323,7 @@ fn to_server(i: Instance) -> Server {
     Server {
         id: i.id,
         name: i.label,
+        price: None,
         deletion_scheduled: false,
         busy: i.server_status == "locked"
             || matches!(state, ServerState::Provisioning | ServerState::Resizing),

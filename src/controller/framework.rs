@@ -712,7 +712,7 @@ async fn transition<K: Managed>(ctx: &Context, obj: &K, previous: &K::KindStatus
     if old.is_none() && matches!(health, Health::Progressing { .. }) {
         return;
     }
-    let type_ = if matches!(health, Health::Stalled { .. }) {
+    let type_ = if matches!(health, Health::Stalled { .. }) || health.reason() == reason::UNPRICED {
         EventType::Warning
     } else {
         EventType::Normal

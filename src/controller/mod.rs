@@ -246,6 +246,12 @@ impl Context {
                     .usage_events
                     .with_label_values(&[e.meter.as_str()])
                     .inc();
+                if e.currency.is_empty() {
+                    self.metrics
+                        .unpriced_usage
+                        .with_label_values(&[e.meter.as_str()])
+                        .inc_by(u64::try_from(e.quantity).unwrap_or(0));
+                }
             }
         }
         result.map(|_| ())

@@ -83,6 +83,8 @@ pub mod reason {
     pub const STOPPED: &str = "Stopped";
     /// Stopped (or stopping) because the Project has no credit left.
     pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
+    /// The server runs but no price is known for its size: its time is recorded unpriced.
+    pub const UNPRICED: &str = "Unpriced";
     /// Powering on.
     pub const STARTING: &str = "Starting";
     /// Powering off.

@@ -72,6 +72,22 @@ pub struct ProviderConfigSpec {
     /// another object's ownership tag) is never adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
+    /// Percent added to the vendor's prices for the tenants of this account, as a decimal string (e.g.
+    /// "20" or "7.5"). Unset: none, tenants pay the vendor's price. The ledger records the tenant's price
+    /// and the vendor's cost of every usage row, so reports show both and the margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,4}(\.[0-9]{1,4})?$"))]
+    pub markup_percent: Option<String>,
+}
+
+impl ProviderConfigSpec {
+    /// The markup in percent (0 when unset or unreadable: the schema admits only decimals).
+    pub fn markup(&self) -> rust_decimal::Decimal {
+        self.markup_percent
+            .as_deref()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_default()
+    }
 }
 
 /// Which namespaces may adopt untagged vendor objects of an account.

@@ -312,13 +312,18 @@ pub struct ResizeRefusal {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeteringWindow {
-    /// Start of the unbilled running time, unix seconds.
+    /// Start of the time not yet billed (the server exists at the vendor), unix seconds.
     pub since: i64,
     /// Size billed for this window.
     pub size: String,
-    /// Hourly price of that size (decimal string).
+    /// The tenant's hourly price of that size (decimal string; the vendor's price with the
+    /// ProviderConfig's markup). Empty: no price is known, and the seconds are recorded unpriced.
     pub hourly_price: String,
-    /// Currency (ISO 4217).
+    /// The vendor's hourly price (decimal string). Absent on windows opened before markups existed: the
+    /// tenant's price then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_hourly_price: Option<String>,
+    /// Currency (ISO 4217); empty when unpriced.
     pub currency: String,
 }
 impl_object_status!(VirtualMachineStatus);

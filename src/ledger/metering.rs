@@ -1,9 +1,19 @@
 //! VM-hour metering, as a pure state machine over an open window kept in the VirtualMachine's status.
 //!
-//! A running VM has one open window (`since`, size, hourly price). Each reconcile closes the whole UTC
-//! hours that have passed; a stop, resize or deletion also closes the partial hour at that moment (so a
-//! resize mid-hour splits the hour into two prices, exact to the second). Each closed window becomes one
-//! usage event keyed `vm/<uid>/<window start>`.
+//! A server the vendor bills has one open window (`since`, size, the tenant's hourly price and the
+//! vendor's). Each reconcile closes the whole UTC hours that have passed; the end of billing (the server
+//! gone, released or deleted), a resize, or a price becoming known also closes the partial hour at that
+//! moment (so a resize mid-hour splits the hour into two prices, exact to the second). Each closed window
+//! becomes one usage event keyed `vm/<uid>/<window start>`, with the tenant's amount and the vendor's cost.
+//!
+//! What the vendors bill: DigitalOcean, Linode and Vultr bill a server from its creation to its deletion,
+//! powered off or not (their pricing pages); Contabo bills to the end of the paid period, and keeps a
+//! cancelled server until then (it is still observed, so still metered). So a window is open for every
+//! second a server exists at the vendor, whatever its power state.
+//!
+//! A server whose price is unknown (no price on the server object, none in the catalog, none remembered)
+//! still gets a window: its seconds are recorded with a zero amount, no currency and the attribute
+//! `"unpriced": true`, so they can be priced later; the window closes as soon as a price is known.
 //!
 //! # Guarantees
 //! The caller writes the events first and persists the advanced window only after the ledger accepted
@@ -14,17 +24,43 @@ use rust_decimal::Decimal;
 
 use super::{Meter, UsageEvent};
 
-/// The open (not yet billed) window of a running VM.
+/// A price of one hour: what the tenant pays (the vendor's price with the ProviderConfig's markup) and
+/// what the vendor charges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HourlyPrice {
+    /// The tenant's price per hour.
+    pub tenant: Decimal,
+    /// The vendor's price per hour.
+    pub vendor: Decimal,
+    /// Currency (ISO 4217).
+    pub currency: String,
+}
+
+impl HourlyPrice {
+    /// The vendor's `hourly` price with `markup_percent` added for the tenant.
+    pub fn with_markup(hourly: Decimal, currency: &str, markup_percent: Decimal) -> Self {
+        Self {
+            tenant: marked_up(hourly, markup_percent),
+            vendor: hourly,
+            currency: currency.to_string(),
+        }
+    }
+}
+
+/// `price` with `markup_percent` added (exact decimal arithmetic).
+pub fn marked_up(price: Decimal, markup_percent: Decimal) -> Decimal {
+    (price * (Decimal::ONE_HUNDRED + markup_percent) / Decimal::ONE_HUNDRED).normalize()
+}
+
+/// The open (not yet billed) window of a server the vendor bills.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenWindow {
     /// Start, unix seconds.
     pub since: i64,
     /// Size slug billed for this window.
     pub size: String,
-    /// Hourly price of that size.
-    pub hourly_price: Decimal,
-    /// Currency.
-    pub currency: String,
+    /// Its price; `None`: unknown (the seconds are recorded unpriced).
+    pub price: Option<HourlyPrice>,
 }
 
 /// Who is billed.
@@ -40,15 +76,15 @@ pub struct Subject {
     pub uid: String,
 }
 
-/// What the VM is doing now.
+/// What the vendor holds now.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// The vendor reports it running.
-    pub running: bool,
+    /// The vendor bills the server now (it exists, in any power state).
+    pub billed: bool,
     /// Its current size.
     pub size: String,
-    /// The current size's hourly price and currency, when known.
-    pub price: Option<(Decimal, String)>,
+    /// The current size's price, when known.
+    pub price: Option<HourlyPrice>,
 }
 
 /// Result of one metering step.
@@ -74,7 +110,9 @@ pub fn step(
     let mut next = open.cloned();
     if let Some(w) = open {
         let size_changed = w.size != obs.size;
-        let close_all = closing || !obs.running || size_changed;
+        // A price that becomes known, or changes (a vendor's new price, a new markup), starts a window.
+        let repriced = obs.price.is_some() && w.price != obs.price;
+        let close_all = closing || !obs.billed || size_changed || repriced;
         let mut start = w.since;
         loop {
             let boundary = (start.div_euclid(HOUR) + 1) * HOUR;
@@ -96,22 +134,31 @@ pub fn step(
             ..w.clone()
         });
     }
-    if next.is_none()
-        && obs.running
-        && !closing
-        && let Some((price, currency)) = &obs.price
-    {
+    if next.is_none() && obs.billed && !closing {
         next = Some(OpenWindow {
             since: now,
             size: obs.size.clone(),
-            hourly_price: *price,
-            currency: currency.clone(),
+            price: obs.price.clone(),
         });
     }
     Step { events, open: next }
 }
 
 fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
+    let (unit_price, vendor_unit_price, currency, attributes) = match &w.price {
+        Some(p) => (
+            p.tenant,
+            p.vendor,
+            p.currency.clone(),
+            serde_json::json!({ "size": w.size }),
+        ),
+        None => (
+            Decimal::ZERO,
+            Decimal::ZERO,
+            String::new(),
+            serde_json::json!({ "size": w.size, "unpriced": true }),
+        ),
+    };
     UsageEvent {
         key: format!("vm/{}/{start}", s.uid),
         namespace: s.namespace.clone(),
@@ -121,17 +168,54 @@ fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
         object_uid: s.uid.clone(),
         meter: Meter::VmSeconds,
         quantity: end - start,
-        unit_price: w.hourly_price,
+        unit_price,
+        vendor_unit_price,
         price_quantity: HOUR,
-        currency: w.currency.clone(),
+        currency,
         window_start: start,
         window_end: end,
-        attributes: serde_json::json!({ "size": w.size }),
+        attributes,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_tenant_pays_the_markup_and_the_vendor_cost_is_kept() {
+        let s = subject();
+        let price =
+            HourlyPrice::with_markup(Decimal::from_str("0.01").unwrap(), "USD", Decimal::from(20));
+        assert_eq!(price.tenant, Decimal::from_str("0.012").unwrap());
+        let w = OpenWindow {
+            since: 0,
+            size: "small".into(),
+            price: Some(price.clone()),
+        };
+        let b = Observation {
+            billed: true,
+            size: "small".into(),
+            price: Some(price),
+        };
+        let e = &step(&s, Some(&w), &b, 3600, false).events[0];
+        assert_eq!(e.amount_nanos(), 12_000_000);
+        assert_eq!(e.vendor_amount_nanos(), 10_000_000);
+    }
+
+    /// DigitalOcean, Linode and Vultr bill powered-off servers in full: a stop does not close billing.
+    #[test]
+    fn a_powered_off_server_is_still_billed() {
+        let s = subject();
+        let w = OpenWindow {
+            since: 0,
+            size: "small".into(),
+            price: Some(usd("0.01")),
+        };
+        let off = obs(true, "small", "0.01");
+        let st = step(&s, Some(&w), &off, 5400, false);
+        assert_eq!(st.events.len(), 1);
+        assert_eq!(st.open.unwrap().since, 3600);
+    }
+
     use super::*;
     use std::str::FromStr;
 
@@ -143,11 +227,19 @@ mod tests {
             uid: "u1".into(),
         }
     }
-    fn obs(running: bool, size: &str, price: &str) -> Observation {
+    fn usd(price: &str) -> HourlyPrice {
+        let p = Decimal::from_str(price).unwrap();
+        HourlyPrice {
+            tenant: p,
+            vendor: p,
+            currency: "USD".into(),
+        }
+    }
+    fn obs(billed: bool, size: &str, price: &str) -> Observation {
         Observation {
-            running,
+            billed,
             size: size.into(),
-            price: Some((Decimal::from_str(price).unwrap(), "USD".into())),
+            price: Some(usd(price)),
         }
     }
 
@@ -218,8 +310,7 @@ mod tests {
         let w = OpenWindow {
             since: 7200 + 100,
             size: "small".into(),
-            hourly_price: Decimal::from_str("0.01").unwrap(),
-            currency: "USD".into(),
+            price: Some(usd("0.01")),
         };
         let first = step(
             &s,
@@ -243,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn stopped_vm_opens_nothing_and_unknown_price_waits() {
+    fn nothing_billed_opens_nothing_and_an_unknown_price_is_metered_unpriced() {
         let s = subject();
         assert_eq!(
             step(&s, None, &obs(false, "small", "0.01"), 100, false),
@@ -253,16 +344,27 @@ mod tests {
             }
         );
         let no_price = Observation {
-            running: true,
+            billed: true,
             size: "small".into(),
             price: None,
         };
-        assert!(step(&s, None, &no_price, 100, false).open.is_none());
+        // The seconds are kept: a window opens without a price, and closes unpriced once one is known.
+        let w = step(&s, None, &no_price, 100, false).open.unwrap();
+        assert_eq!((w.since, w.price.as_ref()), (100, None));
+        let priced = step(&s, Some(&w), &obs(true, "small", "0.01"), 700, false);
+        assert_eq!(priced.events.len(), 1);
+        let e = &priced.events[0];
+        assert_eq!(
+            (e.quantity, e.amount_nanos(), e.currency.as_str()),
+            (600, 0, "")
+        );
+        assert_eq!(e.attributes["unpriced"], true);
+        let next = priced.open.unwrap();
+        assert_eq!((next.since, next.price), (700, Some(usd("0.01"))));
         let w = OpenWindow {
             since: 10,
             size: "small".into(),
-            hourly_price: Decimal::ONE,
-            currency: "USD".into(),
+            price: Some(usd("1")),
         };
         let closing = step(&s, Some(&w), &obs(true, "small", "1"), 70, true);
         assert_eq!(closing.events.len(), 1);

@@ -71,8 +71,10 @@ pub struct UsageEvent {
     pub meter: Meter,
     /// Quantity in the meter's unit.
     pub quantity: i64,
-    /// Price per `price_quantity` units (exact decimal).
+    /// The tenant's price per `price_quantity` units (exact decimal).
     pub unit_price: Decimal,
+    /// The vendor's price per `price_quantity` units: the cost behind the tenant's price.
+    pub vendor_unit_price: Decimal,
     /// How many units `unit_price` is for (3600 for an hourly price of seconds).
     pub price_quantity: i64,
     /// ISO 4217 currency.
@@ -89,6 +91,11 @@ impl UsageEvent {
     /// quantity × unit_price / price_quantity, in nano-units, rounded half-to-even.
     pub fn amount_nanos(&self) -> i64 {
         amount_nanos(self.quantity, self.unit_price, self.price_quantity)
+    }
+
+    /// quantity × vendor_unit_price / price_quantity, in nano-units: what the vendor charges.
+    pub fn vendor_amount_nanos(&self) -> i64 {
+        amount_nanos(self.quantity, self.vendor_unit_price, self.price_quantity)
     }
 }
 

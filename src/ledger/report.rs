@@ -50,6 +50,7 @@ mod tests {
             meter: "vm_seconds".into(),
             quantity: 3600,
             amount_nanos: amount,
+            cost_nanos: amount,
             currency: "USD".into(),
         }
     }

@@ -69,8 +69,10 @@ pub struct UsageRow {
     pub meter: String,
     /// Summed quantity.
     pub quantity: i64,
-    /// Summed amount, nano-units.
+    /// Summed amount the tenant pays, nano-units.
     pub amount_nanos: i64,
+    /// Summed vendor cost, nano-units (the margin is the difference).
+    pub cost_nanos: i64,
     /// Currency.
     pub currency: String,
 }
@@ -270,11 +272,12 @@ impl Ledger {
             ""
         };
         let sql = format!(
-            "SELECT {key} AS k, meter, SUM(quantity){cast} AS q, SUM(amount_nanos){cast} AS a, currency \
+            "SELECT {key} AS k, meter, SUM(quantity){cast} AS q, SUM(amount_nanos){cast} AS a, currency, \
+             SUM(vendor_amount_nanos){cast} AS v \
              FROM usage_daily WHERE namespace = $1 AND project = $2 AND day >= $3 AND day < $4 \
              GROUP BY {key}, meter, currency ORDER BY 1, 2"
         );
-        let rows: Vec<(String, String, i64, i64, String)> = on_pool!(self, p => sqlx::query(AssertSqlSafe(sql.clone()))
+        let rows: Vec<(String, String, i64, i64, String, i64)> = on_pool!(self, p => sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(namespace)
             .bind(project)
             .bind(from)
@@ -283,17 +286,20 @@ impl Ledger {
             .await
             .map_err(db("reading usage"))?
             .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
             .collect());
         Ok(rows
             .into_iter()
-            .map(|(k, meter, quantity, amount_nanos, currency)| UsageRow {
-                key: if by == GroupBy::Day { day_label(&k) } else { k },
-                meter,
-                quantity,
-                amount_nanos,
-                currency,
-            })
+            .map(
+                |(k, meter, quantity, amount_nanos, currency, cost_nanos)| UsageRow {
+                    key: if by == GroupBy::Day { day_label(&k) } else { k },
+                    meter,
+                    quantity,
+                    amount_nanos,
+                    cost_nanos,
+                    currency,
+                },
+            )
             .collect())
     }
 
@@ -321,24 +327,31 @@ async fn record_pg(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, LedgerEr
     let num = |f: &dyn Fn(&UsageEvent) -> i64| events.iter().map(f).collect::<Vec<i64>>();
     let sql = "WITH ins AS ( \
         INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, \
-            quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes) \
-        SELECT k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, $15, at \
+            quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes, \
+            vendor_unit_price, vendor_amount_nanos) \
+        SELECT k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, $15, at, vup, va \
         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], \
-                    $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $16::text[]) \
-             AS t(k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, at) \
+                    $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $16::text[], \
+                    $17::text[], $18::bigint[]) \
+             AS t(k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, at, vup, va) \
         ON CONFLICT (idempotency_key) DO NOTHING \
-        RETURNING namespace, project, meter, object_uid, object_kind, object_name, currency, quantity, amount_nanos, window_start), \
+        RETURNING namespace, project, meter, object_uid, object_kind, object_name, currency, quantity, amount_nanos, \
+            vendor_amount_nanos, window_start), \
       agg AS ( \
         SELECT namespace, project, window_start - (window_start % 86400) AS day, meter, object_uid, currency, \
                MAX(object_kind) AS object_kind, MAX(object_name) AS object_name, \
-               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, COUNT(*) AS events \
+               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, \
+               SUM(vendor_amount_nanos)::BIGINT AS vendor_amount_nanos, COUNT(*) AS events \
         FROM ins GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6), \
       up AS ( \
-        INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, events) \
-        SELECT namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, events FROM agg \
+        INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, \
+            amount_nanos, vendor_amount_nanos, events) \
+        SELECT namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, \
+            vendor_amount_nanos, events FROM agg \
         ON CONFLICT (namespace, project, day, meter, object_uid, currency) DO UPDATE SET \
           quantity = usage_daily.quantity + excluded.quantity, \
           amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
+          vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
           events = usage_daily.events + excluded.events) \
       SELECT COUNT(*) FROM ins";
     let mut attempt = 0;
@@ -362,6 +375,8 @@ async fn record_pg(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, LedgerEr
             .bind(num(&|e| e.window_end))
             .bind(now)
             .bind(col(&|e| e.attributes.to_string()))
+            .bind(col(&|e| e.vendor_unit_price.to_string()))
+            .bind(num(&|e| e.vendor_amount_nanos()))
             .fetch_one(pool)
             .await;
         match r {
@@ -386,10 +401,13 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
     let mut inserted = 0;
     for e in events {
         let amount = e.amount_nanos();
+        let cost = e.vendor_amount_nanos();
         let n = sqlx::query(
             "INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, \
-             quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (idempotency_key) DO NOTHING",
+             quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes, \
+             vendor_unit_price, vendor_amount_nanos) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&e.key)
         .bind(&e.namespace)
@@ -407,6 +425,8 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
         .bind(e.window_end)
         .bind(now)
         .bind(e.attributes.to_string())
+        .bind(e.vendor_unit_price.to_string())
+        .bind(cost)
         .execute(&mut *tx)
         .await
         .map_err(db("recording usage"))?
@@ -414,10 +434,12 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
         if n == 1 {
             inserted += 1;
             sqlx::query(
-                "INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, events) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1) \
+                "INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, \
+                 amount_nanos, vendor_amount_nanos, events) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1) \
                  ON CONFLICT (namespace, project, day, meter, object_uid, currency) DO UPDATE SET \
                    quantity = usage_daily.quantity + excluded.quantity, amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
+                   vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
                    events = usage_daily.events + 1",
             )
             .bind(&e.namespace)
@@ -430,6 +452,7 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
             .bind(&e.object_name)
             .bind(e.quantity)
             .bind(amount)
+            .bind(cost)
             .execute(&mut *tx)
             .await
             .map_err(db("updating the daily roll-up"))?;

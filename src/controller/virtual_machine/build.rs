@@ -163,6 +163,7 @@ mod tests {
             private_ipv4: None,
             tags: vec![],
             busy: false,
+            price: None,
             deletion_scheduled: false,
         }
     }

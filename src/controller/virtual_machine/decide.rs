@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
+use rust_decimal::Decimal;
 
 use super::limits::{self, Candidate, ProjectState};
 use crate::cloud::catalog::Catalog;
@@ -30,6 +31,8 @@ use crate::ledger::{UsageEvent, format_money, metering};
 pub const METERING_RESYNC: Duration = Duration::from_secs(600);
 
 /// What the vendor holds for this VM.
+// NB: one value per reconcile, never stored in bulk: boxing the server would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// No known ID, and no server carries the VM's tag.
@@ -93,6 +96,8 @@ pub struct Inputs<'a> {
     pub metering: bool,
     /// When this VM's server was last seen existing (unix seconds), if this process saw it.
     pub last_seen: Option<i64>,
+    /// Percent the ProviderConfig adds to the vendor's prices for the tenant.
+    pub markup_percent: Decimal,
     /// Now, unix seconds.
     pub now: i64,
 }
@@ -323,7 +328,7 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
         }
         _ => return Decision::new(status, Step::Nothing, health),
     };
-    observed(&mut status, server, i.catalog);
+    observed(&mut status, server, i);
     let mut usage = Vec::new();
     if i.metering {
         let open = status.metering.as_ref().and_then(open_window);
@@ -365,7 +370,7 @@ fn close_gone(i: &Inputs, status: &mut VirtualMachineStatus) -> Vec<UsageEvent> 
     }
     let end = i.last_seen.unwrap_or(open.since).clamp(open.since, i.now);
     let gone = metering::Observation {
-        running: false,
+        billed: false,
         size: open.size.clone(),
         price: None,
     };
@@ -380,15 +385,15 @@ fn close_gone(i: &Inputs, status: &mut VirtualMachineStatus) -> Vec<UsageEvent> 
     step.events
 }
 
-/// What metering sees of a server: running or not, its size, and that size's price.
+/// What metering sees of a server: billed while it exists at the vendor, in any power state (the
+/// vendors bill powered-off servers; one being deleted is billed until it is gone), its size, and that
+/// size's price for the tenant and the vendor.
 fn observation(i: &Inputs, server: &Server) -> metering::Observation {
     metering::Observation {
-        running: server.state == ServerState::Running,
+        billed: true,
         size: server.size.clone(),
-        price: i
-            .catalog
-            .and_then(|c| c.size(&server.size))
-            .map(|s| (s.price_hourly, s.currency.clone())),
+        price: vendor_price(i, server)
+            .map(|p| metering::HourlyPrice::with_markup(p.hourly, &p.currency, i.markup_percent)),
     }
 }
 
@@ -421,7 +426,7 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     if let Some(size) = catalog.size(&spec.size) {
         let me = Candidate {
             order: order_of(i.vm),
-            monthly: size.price_monthly,
+            monthly: metering::marked_up(size.price_monthly, i.markup_percent),
             currency: size.currency.clone(),
         };
         match i.target {
@@ -484,8 +489,8 @@ pub fn order_of(vm: &VirtualMachine) -> limits::AdmissionOrder {
     )
 }
 
-/// Copies the vendor's truth into status.
-pub fn observed(status: &mut VirtualMachineStatus, server: &Server, catalog: Option<&Catalog>) {
+/// Copies the vendor's truth into status; prices are the tenant's (with the markup).
+pub fn observed(status: &mut VirtualMachineStatus, server: &Server, i: &Inputs) {
     status.phase = Some(phase_of(server.state));
     status.external_id = Some(server.id.clone());
     status.size = Some(server.size.clone());
@@ -494,17 +499,64 @@ pub fn observed(status: &mut VirtualMachineStatus, server: &Server, catalog: Opt
         public_ipv6: server.public_ipv6.clone(),
         private_ipv4: server.private_ipv4.clone(),
     });
-    if let Some(size) = catalog.and_then(|c| c.size(&server.size)) {
-        status.hourly_price = Some(format_money(size.price_hourly));
-        status.monthly_price = Some(format_money(size.price_monthly));
-        status.currency = Some(size.currency.clone());
+    if let Some(p) = vendor_price(i, server) {
+        status.hourly_price = Some(format_money(metering::marked_up(
+            p.hourly,
+            i.markup_percent,
+        )));
+        if let Some(monthly) = p.monthly {
+            status.monthly_price =
+                Some(format_money(metering::marked_up(monthly, i.markup_percent)));
+        }
+        status.currency = Some(p.currency);
     }
+}
+
+/// A vendor price and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VendorPrice {
+    hourly: Decimal,
+    /// Unknown when only the open window remembered the price.
+    monthly: Option<Decimal>,
+    currency: String,
+}
+
+/// The vendor's price of the server's size: from the server object where the vendor reports one, else
+/// the catalog, else the price the open window remembers for that size; `None` when none of these knows.
+fn vendor_price(i: &Inputs, server: &Server) -> Option<VendorPrice> {
+    let from_server = server.price.as_ref().map(|p| VendorPrice {
+        hourly: p.hourly,
+        monthly: Some(p.monthly),
+        currency: p.currency.clone(),
+    });
+    let from_catalog = || {
+        let s = i.catalog?.size(&server.size)?;
+        Some(VendorPrice {
+            hourly: s.price_hourly,
+            monthly: Some(s.price_monthly),
+            currency: s.currency.clone(),
+        })
+    };
+    let remembered = || {
+        let w = i
+            .status
+            .metering
+            .as_ref()
+            .filter(|w| w.size == server.size)?;
+        let p = open_window(w)?.price?;
+        Some(VendorPrice {
+            hourly: p.vendor,
+            monthly: None,
+            currency: p.currency,
+        })
+    };
+    from_server.or_else(from_catalog).or_else(remembered)
 }
 
 /// The server exists and is this VM's: observe, meter, move between Projects, converge power and size.
 fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> Decision {
     let vm = i.vm;
-    observed(&mut status, server, i.catalog);
+    observed(&mut status, server, i);
     status
         .provider_config
         .get_or_insert_with(|| vm.spec.provider_config_ref.name.clone());
@@ -657,6 +709,17 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
         ));
     }
     let mut health = health_for(vm, server, &step);
+    if i.metering && matches!(health, Health::Ready { .. }) && vendor_price(i, server).is_none() {
+        health = Health::not_ready(
+            reason::UNPRICED,
+            format!(
+                "{}, but no price is known for size {:?} ({} reports none on the server and its catalog does not list it): its time is recorded unpriced, to be priced later",
+                health.message(),
+                server.size,
+                i.vendor
+            ),
+        );
+    }
     match resize {
         Ok(()) => {}
         Err(ResizeBlock::Refused(r, m)) => health = Health::stalled(r, m),
@@ -760,7 +823,7 @@ fn admit_resize(
         p.limits.max_virtual_machines = None;
         let me = Candidate {
             order: order_of(i.vm),
-            monthly: new.price_monthly,
+            monthly: metering::marked_up(new.price_monthly, i.markup_percent),
             currency: new.currency.clone(),
         };
         limits::admit(&p, &me).or_else(|(r, m)| refused(r, format!("resize to {want:?}: {m}")))?;
@@ -861,22 +924,42 @@ pub fn subject(vm: &VirtualMachine, uid: &str, project: Option<&str>) -> meterin
     }
 }
 
-/// The open window in status, as the metering state machine's type.
+/// The open window in status, as the metering state machine's type (`None` when its prices do not
+/// parse).
 pub fn open_window(w: &MeteringWindow) -> Option<metering::OpenWindow> {
+    let price = if w.hourly_price.is_empty() {
+        None
+    } else {
+        let tenant: Decimal = w.hourly_price.parse().ok()?;
+        let vendor = match &w.vendor_hourly_price {
+            Some(v) => v.parse().ok()?,
+            None => tenant,
+        };
+        Some(metering::HourlyPrice {
+            tenant,
+            vendor,
+            currency: w.currency.clone(),
+        })
+    };
     Some(metering::OpenWindow {
         since: w.since,
         size: w.size.clone(),
-        hourly_price: w.hourly_price.parse().ok()?,
-        currency: w.currency.clone(),
+        price,
     })
 }
 
-fn stored_window(w: metering::OpenWindow) -> MeteringWindow {
+/// The metering state machine's window, as status stores it.
+pub fn stored_window(w: metering::OpenWindow) -> MeteringWindow {
+    let (hourly_price, vendor_hourly_price, currency) = match w.price {
+        Some(p) => (p.tenant.to_string(), Some(p.vendor.to_string()), p.currency),
+        None => (String::new(), None, String::new()),
+    };
     MeteringWindow {
         since: w.since,
         size: w.size,
-        hourly_price: w.hourly_price.to_string(),
-        currency: w.currency,
+        hourly_price,
+        vendor_hourly_price,
+        currency,
     }
 }
 
@@ -903,6 +986,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             busy: false,
             deletion_scheduled: false,
+            price: None,
         }
     }
 
@@ -1043,6 +1127,7 @@ mod tests {
             vendor: "digitalocean",
             metering: true,
             last_seen: None,
+            markup_percent: Decimal::ZERO,
             now: NOW,
         }
     }
@@ -1570,6 +1655,7 @@ mod tests {
             since: NOW - 7200,
             size: "s-1vcpu-1gb".into(),
             hourly_price: "0.00893".into(),
+            vendor_hourly_price: None,
             currency: "USD".into(),
         });
         let stalled = Case {
@@ -1646,6 +1732,7 @@ mod tests {
             since: NOW - 1800,
             size: "s-1vcpu-1gb".into(),
             hourly_price: "0.00893".into(),
+            vendor_hourly_price: None,
             currency: "USD".into(),
         });
         let c = Case {
@@ -1673,6 +1760,102 @@ mod tests {
         assert!(d.usage.is_empty(), "{:?}", d.usage);
     }
 
+    /// The price comes from the server object, else the catalog, else the open window; with none, the
+    /// VM says so and its seconds are metered unpriced. The tenant pays the markup; status shows that.
+    #[test]
+    fn prices_come_from_the_vendor_first_and_unknown_ones_are_said_and_metered() {
+        use crate::cloud::ServerPrice;
+        let cat = catalog();
+        let legacy = |price: Option<ServerPrice>, status: VirtualMachineStatus| Case {
+            vm: vm(
+                serde_json::json!({"size": "legacy-1"}),
+                serde_json::json!({}),
+            ),
+            status,
+            lookup: Lookup::Found(Server {
+                price,
+                ..server(
+                    ServerState::Running,
+                    "legacy-1",
+                    &["quartermaster-uid-0123456789abcdef"],
+                )
+            }),
+            ..case(
+                "",
+                Lookup::Absent {
+                    after_intent: false,
+                },
+                Step::Nothing,
+                "",
+            )
+        };
+        // Nothing knows the price: Ready=False Unpriced, and a window without a price keeps the seconds.
+        let d = run(&legacy(None, created()));
+        let Health::NotReady { reason: r, message } = &d.health else {
+            panic!("{:?}", d.health)
+        };
+        assert_eq!(r, reason::UNPRICED);
+        assert!(message.contains("legacy-1"), "{message}");
+        let w = d.status.metering.clone().expect("the seconds are metered");
+        assert_eq!(
+            (w.since, w.hourly_price.as_str(), w.currency.as_str()),
+            (NOW, "", "")
+        );
+        // The server object's price (DigitalOcean's droplets carry one), with a 50 % markup.
+        let on_server = Some(ServerPrice {
+            hourly: "0.02".parse().unwrap(),
+            monthly: "14".parse().unwrap(),
+            currency: "USD".into(),
+        });
+        let c = legacy(on_server, created());
+        let d = decide(&Inputs {
+            markup_percent: Decimal::from(50),
+            ..inputs_of(&c, ResizeRule::NoSmallerDisk, &cat)
+        });
+        assert_eq!(d.health.reason(), reason::RECONCILED);
+        assert_eq!(
+            (
+                d.status.hourly_price.as_deref(),
+                d.status.monthly_price.as_deref()
+            ),
+            (Some("0.03"), Some("21.00"))
+        );
+        let w = d.status.metering.unwrap();
+        assert_eq!(
+            (w.hourly_price.as_str(), w.vendor_hourly_price.as_deref()),
+            ("0.03", Some("0.02"))
+        );
+        // Later the server object has no price and the catalog none either: the window remembers it.
+        let c = legacy(
+            None,
+            VirtualMachineStatus {
+                metering: Some(w.clone()),
+                ..created()
+            },
+        );
+        let d = decide(&Inputs {
+            markup_percent: Decimal::from(50),
+            ..inputs_of(&c, ResizeRule::NoSmallerDisk, &cat)
+        });
+        assert_eq!(d.health.reason(), reason::RECONCILED);
+        assert_eq!(d.status.metering, Some(w));
+    }
+
+    /// Vendors bill powered-off servers: a stopped VM's window stays open.
+    #[test]
+    fn a_stopped_server_keeps_its_window_open() {
+        let c = Case {
+            vm: vm(
+                serde_json::json!({"runStrategy": "Halted"}),
+                serde_json::json!({}),
+            ),
+            ..case("", Lookup::Found(ours(ServerState::Off)), Step::Nothing, "")
+        };
+        let d = run(&c);
+        assert_eq!(d.health.reason(), reason::STOPPED);
+        assert_eq!(d.status.metering.unwrap().since, NOW);
+    }
+
     fn observe_case(c: &Case) -> Decision {
         let cat = catalog();
         observe(&inputs_of(c, ResizeRule::NoSmallerDisk, &cat))
@@ -1685,6 +1868,7 @@ mod tests {
             since: NOW - 1800,
             size: "s-1vcpu-1gb".into(),
             hourly_price: "0.00893".into(),
+            vendor_hourly_price: None,
             currency: "USD".into(),
         });
         let c = Case {

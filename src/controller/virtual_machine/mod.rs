@@ -153,6 +153,7 @@ fn inputs<'a>(
         vendor: obs.provider.vendor(),
         metering: ctx.ledger.is_some(),
         last_seen: ctx.last_seen(uid),
+        markup_percent: obs.resolved.config.spec.markup(),
         now,
     }
 }
@@ -244,6 +245,9 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         }))
     }
 
+    /// Deletes (or releases) the vendor server, then settles metering: billing runs while a server of
+    /// this VM still exists at the vendor (being deleted, or kept until a cancellation date) and ends
+    /// with the last of them.
     async fn cleanup(
         &self,
         vm: Arc<VirtualMachine>,
@@ -252,124 +256,158 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Cleanup, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
-        if ctx.ledger.is_some()
-            && let Some(open) = progress
-                .status
-                .metering
-                .as_ref()
-                .and_then(decide::open_window)
+        let released = release(&ctx, &vm, &uid, &progress.status).await;
+        settle(
+            &ctx,
+            &vm,
+            &uid,
+            progress,
+            matches!(released, Ok(Cleanup::Done)),
+        )
+        .await?;
+        released
+    }
+}
+
+/// Advances the open metering window of a VM being deleted: whole hours while its server exists
+/// (`ended` false), everything up to now once nothing is left to bill. Usage is recorded before the
+/// window advances in status (retried until the ledger takes it).
+async fn settle(
+    ctx: &Arc<Context>,
+    vm: &Arc<VirtualMachine>,
+    uid: &str,
+    progress: &mut Progress<VirtualMachineStatus>,
+    ended: bool,
+) -> Result<(), Error> {
+    let Some(open) = progress
+        .status
+        .metering
+        .as_ref()
+        .and_then(decide::open_window)
+        .filter(|_| ctx.ledger.is_some())
+    else {
+        return Ok(());
+    };
+    let obs = metering::Observation {
+        billed: !ended,
+        size: open.size.clone(),
+        price: open.price.clone(),
+    };
+    let subject = decide::subject(vm, uid, progress.status.project.as_deref());
+    let now = jiff::Timestamp::now().as_second();
+    let step = metering::step(&subject, Some(&open), &obs, now, ended);
+    if step.events.is_empty() && step.open.as_ref() == Some(&open) {
+        return Ok(());
+    }
+    if let Err(e) = ctx.record_usage(&step.events).await {
+        ctx.set_pending_usage(uid, step.events.len());
+        return Err(e.into());
+    }
+    ctx.set_pending_usage(uid, 0);
+    progress.status.metering = step.open.map(decide::stored_window);
+    persist(ctx, &**vm, progress).await
+}
+
+/// The vendor side of deletion: per `managementPolicy` and `deletionPolicy`, leave, release or delete
+/// every server carrying this VM's tag, in the account the server was created in.
+async fn release(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    status: &VirtualMachineStatus,
+) -> Result<Cleanup, Error> {
+    if vm.spec.management_policy == ManagementPolicy::ObserveOnly {
+        // Never mutates the vendor, not even to release the server.
+        publish(
+            ctx,
+            vm,
+            EventType::Normal,
+            event::ORPHANED,
+            "the vendor server is left in place (ObserveOnly)",
+        )
+        .await;
+        return Ok(Cleanup::Done);
+    }
+    // Never created, never tried: nothing at the vendor.
+    if status.creation_key.is_none()
+        && status.external_id.is_none()
+        && !vm.annotations().contains_key(ANNOTATION_EXTERNAL_ID)
+    {
+        return Ok(Cleanup::Done);
+    }
+    // The account the server is in, even if spec.providerConfigRef was edited since.
+    let pc = status
+        .provider_config
+        .clone()
+        .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
+    let ns = vm.namespace().unwrap_or_default();
+    let r = vendor::resolve(ctx, &pc, &ns).await?;
+    let p = ctx.providers.compute(ctx, &r).await?;
+    let tag = cloud::uid_tag(uid);
+    let mut servers = p
+        .find_by_tag(&tag)
+        .await
+        .map_err(Error::vendor("look up servers by tag"))
+        .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
+    for id in status
+        .external_id
+        .iter()
+        .chain(vm.annotations().get(ANNOTATION_EXTERNAL_ID))
+    {
+        if !servers.iter().any(|s| &s.id == id)
+            && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?
         {
-            // Billing ends with the object: record the last partial hour (retried until the ledger takes it).
-            let obs = metering::Observation {
-                running: false,
-                size: open.size.clone(),
-                price: None,
-            };
-            let subject = decide::subject(&vm, &uid, progress.status.project.as_deref());
-            let now = jiff::Timestamp::now().as_second();
-            let step = metering::step(&subject, Some(&open), &obs, now, true);
-            if let Err(e) = ctx.record_usage(&step.events).await {
-                ctx.set_pending_usage(&uid, step.events.len());
-                return Err(e.into());
-            }
-            ctx.set_pending_usage(&uid, 0);
-            progress.status.metering = None;
-            persist(&ctx, &*vm, progress).await?;
+            servers.push(s);
         }
-        if vm.spec.management_policy == ManagementPolicy::ObserveOnly {
-            // Never mutates the vendor, not even to release the server.
+    }
+    if vm.spec.deletion_policy == DeletionPolicy::Orphan {
+        // Released, not just left: without this VM's tag the server can be adopted again (where a
+        // ProviderConfig allows adoption) instead of staying owned by an object that is gone.
+        let mut released = Vec::new();
+        for s in act::owned(&servers, uid) {
+            p.remove_tag(&s.id, &tag)
+                .await
+                .map_err(Error::vendor(
+                    "release the server (remove its ownership tag)",
+                ))
+                .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
+            released.push(s.id.clone());
+        }
+        if !released.is_empty() {
             publish(
-                &ctx,
-                &*vm,
+                ctx,
+                vm,
                 EventType::Normal,
                 event::ORPHANED,
-                "the vendor server is left in place (ObserveOnly)",
+                &format!(
+                    "server(s) {} left in place and released (ownership tag removed)",
+                    released.join(", ")
+                ),
             )
             .await;
-            return Ok(Cleanup::Done);
         }
-        let status = &progress.status;
-        // Never created, never tried: nothing at the vendor.
-        if status.creation_key.is_none()
-            && status.external_id.is_none()
-            && !vm.annotations().contains_key(ANNOTATION_EXTERNAL_ID)
-        {
-            return Ok(Cleanup::Done);
-        }
-        // The account the server is in, even if spec.providerConfigRef was edited since.
-        let pc = status
-            .provider_config
-            .clone()
-            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
-        let ns = vm.namespace().unwrap_or_default();
-        let r = vendor::resolve(&ctx, &pc, &ns).await?;
-        let p = ctx.providers.compute(&ctx, &r).await?;
-        let tag = cloud::uid_tag(&uid);
-        let mut servers = p
-            .find_by_tag(&tag)
-            .await
-            .map_err(Error::vendor("look up servers by tag"))
-            .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
-        for id in status
-            .external_id
-            .iter()
-            .chain(vm.annotations().get(ANNOTATION_EXTERNAL_ID))
-        {
-            if !servers.iter().any(|s| &s.id == id)
-                && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?
-            {
-                servers.push(s);
-            }
-        }
-        if vm.spec.deletion_policy == DeletionPolicy::Orphan {
-            // Released, not just left: without this VM's tag the server can be adopted again (where a
-            // ProviderConfig allows adoption) instead of staying owned by an object that is gone.
-            let mut released = Vec::new();
-            for s in act::owned(&servers, &uid) {
-                p.remove_tag(&s.id, &tag)
-                    .await
-                    .map_err(Error::vendor(
-                        "release the server (remove its ownership tag)",
-                    ))
-                    .inspect_err(|e| note_auth_failure(&ctx, &pc, e))?;
-                released.push(s.id.clone());
-            }
-            if !released.is_empty() {
-                publish(
-                    &ctx,
-                    &*vm,
-                    EventType::Normal,
-                    event::ORPHANED,
-                    &format!(
-                        "server(s) {} left in place and released (ownership tag removed)",
-                        released.join(", ")
-                    ),
-                )
-                .await;
-            }
-            return Ok(Cleanup::Done);
-        }
-        let mut waiting = Vec::new();
-        let mut scheduled = Vec::new();
-        // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
-        // object's server (e.g. named by an annotation) is never deleted.
-        for s in act::owned(&servers, &uid) {
-            if s.deletion_scheduled {
-                scheduled.push(s.id.clone());
-                continue;
-            }
-            p.delete(&s.id)
-                .await
-                .map_err(Error::vendor("delete the server"))?;
-            waiting.push(s.id.clone());
-        }
-        Ok(deletion_wait(
-            p.vendor(),
-            waiting,
-            scheduled,
-            ctx.config.poll_interval,
-        ))
+        return Ok(Cleanup::Done);
     }
+    let mut waiting = Vec::new();
+    let mut scheduled = Vec::new();
+    // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
+    // object's server (e.g. named by an annotation) is never deleted.
+    for s in act::owned(&servers, uid) {
+        if s.deletion_scheduled {
+            scheduled.push(s.id.clone());
+            continue;
+        }
+        p.delete(&s.id)
+            .await
+            .map_err(Error::vendor("delete the server"))?;
+        waiting.push(s.id.clone());
+    }
+    Ok(deletion_wait(
+        p.vendor(),
+        waiting,
+        scheduled,
+        ctx.config.poll_interval,
+    ))
 }
 
 /// What cleanup waits for: servers whose deletion is under way are polled every `poll`; when every
