@@ -25,6 +25,7 @@ fn event(i: i64, month_start: i64, price: Decimal) -> UsageEvent {
         key: format!("bench/{object}/{i}"),
         namespace: "bench".into(),
         project: "big".into(),
+        project_uid: "big-uid".into(),
         object_kind: "VirtualMachine".into(),
         object_name: format!("vm-{object}"),
         object_uid: format!("00000000-0000-0000-0000-{object:012}"),
@@ -170,7 +171,16 @@ async fn main() {
         for _ in 0..21 {
             let t = Instant::now();
             rows = ledger
-                .usage("bench", "big", month, month_end, by)
+                .usage(
+                    &quartermaster::ledger::store::ProjectRef {
+                        namespace: "bench",
+                        name: "big",
+                        uid: "big-uid",
+                    },
+                    month,
+                    month_end,
+                    by,
+                )
                 .await
                 .unwrap()
                 .len();

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use quartermaster::ledger::store::ProjectRef;
 
 use quartermaster::controller::leader::{LeaderElector, LeaseTimings};
 use quartermaster::controller::{self, Context, ControllerConfig};
@@ -53,21 +54,23 @@ struct DbArgs {
 }
 
 impl DbArgs {
-    /// The migrated ledger, for a project it has records of (else a clear "unknown project" error).
+    /// The migrated ledger and the UID of a project it has records of (`uid` if given, else the one it
+    /// recorded most recently for that name; else a clear "unknown project" error).
     async fn ledger_for(
         &self,
         ns: &str,
         name: &str,
-    ) -> Result<quartermaster::ledger::Ledger, Box<dyn std::error::Error>> {
+        uid: Option<String>,
+    ) -> Result<(quartermaster::ledger::Ledger, String), Box<dyn std::error::Error>> {
         let l = self.ledger().await?;
         l.migrate().await?;
-        if !l.knows(ns, name).await? {
-            return Err(format!(
-                "unknown project {ns}/{name}: the ledger has no usage or credit for it"
-            )
-            .into());
-        }
-        Ok(l)
+        let uid = match uid {
+            Some(u) => u,
+            None => l.project_uid_of(ns, name).await?.ok_or_else(|| {
+                format!("unknown project {ns}/{name}: the ledger has no usage or credit for it")
+            })?,
+        };
+        Ok((l, uid))
     }
 
     async fn ledger(&self) -> Result<quartermaster::ledger::Ledger, Box<dyn std::error::Error>> {
@@ -100,11 +103,16 @@ enum Command {
     Sim(quartermaster::sim::SimConfig),
     /// Apply the usage ledger's database migrations.
     Migrate,
-    /// Usage of a project for a month, grouped by meter, object or day.
+    /// Usage of a project for a month, grouped by meter, object or day, with the tenant's amount, the
+    /// vendor's cost and the margin.
     Usage {
         /// The project, as NAMESPACE/NAME.
         #[arg(long)]
         project: String,
+        /// The Project's UID, for a Project deleted and recreated under the same name (default: the
+        /// one the ledger recorded most recently).
+        #[arg(long = "project-uid")]
+        project_uid: Option<String>,
         /// The month, YYYY-MM (default: the current month, UTC).
         #[arg(long)]
         period: Option<String>,
@@ -115,14 +123,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: quartermaster::output::Format,
     },
-    /// A draft invoice (JSON) of a project for a month: line items per meter and object, and totals.
+    /// An invoice (JSON) of a project for a month: line items per meter and object, and totals; a draft
+    /// until `--finalize` closes the month.
     Invoice {
         /// The project, as NAMESPACE/NAME.
         #[arg(long)]
         project: String,
+        /// The Project's UID (default: the one the ledger recorded most recently for that name).
+        #[arg(long = "project-uid")]
+        project_uid: Option<String>,
         /// The month, YYYY-MM (default: the current month, UTC).
         #[arg(long)]
         period: Option<String>,
+        /// Close the month (it must have ended): its totals never change again, and usage that arrives
+        /// later for it is booked on the next open month as an adjustment naming it.
+        #[arg(long)]
+        finalize: bool,
     },
     /// Credit grants and balances.
     #[command(subcommand)]
@@ -153,14 +169,22 @@ enum Bench {
 
 #[derive(Subcommand)]
 enum Credits {
-    /// Grant credit to a project (a ledger entry).
+    /// Record a credit entry of a Project that exists (looked up through KUBECONFIG: credit belongs to
+    /// its UID, so a Project recreated under the same name starts empty).
     Grant {
         /// The project, as NAMESPACE/NAME.
         #[arg(long)]
         project: String,
-        /// Amount, a decimal (e.g. 50 or 12.50).
-        #[arg(long)]
+        /// Amount, a positive decimal (e.g. 50 or 12.50); an adjustment may be negative.
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
+        /// What the entry is: a grant or a payment adds to the balance, a refund takes from it, an
+        /// adjustment does either.
+        #[arg(long = "type", value_enum, default_value = "grant")]
+        kind: quartermaster::ledger::CreditType,
+        /// A reference outside Quartermaster (a payment or invoice ID).
+        #[arg(long = "external-ref", default_value = "")]
+        external_ref: String,
         /// Currency (ISO 4217).
         #[arg(long, default_value = "USD")]
         currency: String,
@@ -172,11 +196,14 @@ enum Credits {
         #[arg(long = "idempotency-key", visible_alias = "key")]
         key: Option<String>,
     },
-    /// Credit balance of a project: grants minus usage.
+    /// Credit balance of a project: credit entries minus usage.
     Balance {
         /// The project, as NAMESPACE/NAME.
         #[arg(long)]
         project: String,
+        /// The Project's UID (default: the one the ledger recorded most recently for that name).
+        #[arg(long = "project-uid")]
+        project_uid: Option<String>,
     },
 }
 
@@ -272,32 +299,49 @@ fn main() -> ExitCode {
         }),
         Command::Usage {
             project,
+            project_uid,
             period,
             by,
             output,
         } => block_on("usage", async move {
             let (ns, name, period, from, to) = project_period(&project, period)?;
-            let l = cli.db.ledger_for(&ns, &name).await?;
-            let rows = l.usage(&ns, &name, from, to, by).await?;
+            let (l, uid) = cli.db.ledger_for(&ns, &name, project_uid).await?;
+            let me = ProjectRef {
+                namespace: &ns,
+                name: &name,
+                uid: &uid,
+            };
+            let rows = l.usage(&me, from, to, by).await?;
             if rows.is_empty() && matches!(output, quartermaster::output::Format::Table) {
                 eprintln!("no usage for {ns}/{name} in {period}");
             }
             print!("{}", quartermaster::output::render(&rows, output));
             Ok(())
         }),
-        Command::Invoice { project, period } => block_on("invoice", async move {
+        Command::Invoice {
+            project,
+            project_uid,
+            period,
+            finalize,
+        } => block_on("invoice", async move {
             let (ns, name, period, from, to) = project_period(&project, period)?;
-            let l = cli.db.ledger_for(&ns, &name).await?;
+            let (l, uid) = cli.db.ledger_for(&ns, &name, project_uid).await?;
+            if finalize {
+                close_month(&l, &ns, &name, &uid, &period, to).await?;
+            }
+            let me = ProjectRef {
+                namespace: &ns,
+                name: &name,
+                uid: &uid,
+            };
             let rows = l
-                .usage(
-                    &ns,
-                    &name,
-                    from,
-                    to,
-                    quartermaster::ledger::store::GroupBy::Object,
-                )
+                .usage(&me, from, to, quartermaster::ledger::store::GroupBy::Object)
                 .await?;
-            let inv = quartermaster::ledger::report::invoice(&ns, &name, &period, &rows);
+            let mut inv = quartermaster::ledger::report::invoice(&ns, &name, &period, &rows);
+            if l.is_closed(&uid, &period).await? {
+                inv["status"] = "final".into();
+            }
+            inv["projectUID"] = uid.into();
             println!("{}", serde_json::to_string_pretty(&inv)?);
             Ok(())
         }),
@@ -391,6 +435,53 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Closes a Project's month for `invoice --finalize`: only a month that has ended (`end`), and only for
+/// a Project the ledger knows by UID.
+async fn close_month(
+    l: &quartermaster::ledger::Ledger,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    period: &str,
+    end: i64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if uid.is_empty() {
+        return Err(format!(
+            "project {ns}/{name} has only rows from before the ledger knew Project UIDs: run the controller once so the Project claims them, then finalize"
+        )
+        .into());
+    }
+    if jiff::Timestamp::now().as_second() < end {
+        return Err(
+            format!("{period} has not ended yet: only a past month can be finalized").into(),
+        );
+    }
+    if l.close_period(uid, period).await? {
+        eprintln!(
+            "closed {period} for {ns}/{name}: later usage for it is booked on the next open month"
+        );
+    }
+    Ok(())
+}
+
+/// The UID of Project `ns/name`, which must exist (read through KUBECONFIG).
+async fn existing_project(ns: &str, name: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("credit belongs to a Project that exists, and looking {ns}/{name} up needs the cluster (KUBECONFIG): {e}")
+    })?;
+    let projects: kube::Api<quartermaster::crd::Project> = kube::Api::namespaced(client, ns);
+    let p = projects
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("failed to look Project {ns}/{name} up: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "Project {ns}/{name} not found: credit is recorded only for a Project that exists"
+            )
+        })?;
+    Ok(kube::ResourceExt::uid(&p).unwrap_or_default())
+}
+
 fn project_period(
     project: &str,
     period: Option<String>,
@@ -403,57 +494,81 @@ fn project_period(
 }
 
 async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {
-    use quartermaster::ledger::{format_amount, parse_amount, parse_project};
+    use quartermaster::ledger::{CreditEntry, format_amount, parse_amount, parse_project};
     match c {
         Credits::Grant {
             project,
             amount,
+            kind,
+            external_ref,
             currency,
             reason,
             key,
         } => {
             let (ns, name) = parse_project(&project)?;
-            let nanos = parse_amount(&amount)?;
-            if nanos <= 0 {
-                return Err("--amount must be positive".into());
-            }
+            let nanos = kind.signed(parse_amount(&amount)?)?;
             if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
                 return Err(format!(
                     "bad currency {currency:?}: expected an ISO 4217 code such as USD"
                 )
                 .into());
             }
-            let key = key.unwrap_or_else(|| format!("grant/{}", uuid::Uuid::new_v4()));
+            quartermaster::install_crypto_provider();
+            let uid = existing_project(&ns, &name).await?;
+            let key = key.unwrap_or_else(|| format!("{}/{}", kind.as_str(), uuid::Uuid::new_v4()));
             let l = db.ledger().await?;
             l.migrate().await?;
-            let new = l
-                .credit(&key, &ns, &name, nanos, &currency, &reason)
-                .await?;
-            let (granted, used) = l.balance(&ns, &name, &currency).await?;
+            let entry = CreditEntry {
+                key: key.clone(),
+                namespace: ns.clone(),
+                project: name.clone(),
+                project_uid: uid.clone(),
+                kind,
+                amount_nanos: nanos,
+                currency: currency.clone(),
+                reason,
+                external_ref,
+            };
+            let new = l.credit(&entry).await?;
+            let me = ProjectRef {
+                namespace: &ns,
+                name: &name,
+                uid: &uid,
+            };
+            let (granted, used) = l.balance(&me, &currency).await?;
             if new {
                 println!(
-                    "granted {} {currency} to {ns}/{name}; balance {}",
+                    "recorded {} {} {currency} for {ns}/{name}; balance {}",
+                    kind.as_str(),
                     format_amount(nanos),
                     format_amount(granted - used)
                 );
             } else {
                 println!(
-                    "grant {key:?} was already recorded; balance {} {currency}",
+                    "entry {key:?} was already recorded; balance {} {currency}",
                     format_amount(granted - used)
                 );
             }
         }
-        Credits::Balance { project } => {
+        Credits::Balance {
+            project,
+            project_uid,
+        } => {
             let (ns, name) = parse_project(&project)?;
-            let l = db.ledger_for(&ns, &name).await?;
-            let balances = l.balances(&ns, &name).await?;
+            let (l, uid) = db.ledger_for(&ns, &name, project_uid).await?;
+            let me = ProjectRef {
+                namespace: &ns,
+                name: &name,
+                uid: &uid,
+            };
+            let balances = l.balances(&me).await?;
             if balances.is_empty() {
                 println!("project {ns}/{name}: no credit or usage recorded");
             }
             // One line per currency: amounts in different currencies are never added together.
             for (currency, granted, used) in balances {
                 println!(
-                    "project {ns}/{name}: granted {}, used {}, balance {} {currency}",
+                    "project {ns}/{name}: credited {}, used {}, balance {} {currency}",
                     format_amount(granted),
                     format_amount(used),
                     format_amount(granted - used)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use quartermaster::crd::conditions::{self, ConditionStatus};
 use quartermaster::crd::{Project, VirtualMachine};
-use quartermaster::ledger::store::GroupBy;
+use quartermaster::ledger::store::{GroupBy, ProjectRef};
 use quartermaster::ledger::{Ledger, Meter, UsageEvent};
 use rust_decimal::Decimal;
 
@@ -17,13 +17,14 @@ mod common;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One hour of another VM's usage in `project`, ending now, at `hourly` per hour.
-fn last_hour(key: String, ns: &str, project: &str, uid: &str, hourly: &str) -> UsageEvent {
+/// One hour of another VM's usage in `project` (`(name, uid)`), ending now, at `hourly` per hour.
+fn last_hour(key: String, ns: &str, project: (&str, &str), uid: &str, hourly: &str) -> UsageEvent {
     let now = jiff::Timestamp::now().as_second();
     UsageEvent {
         key,
         namespace: ns.to_string(),
-        project: project.into(),
+        project: project.0.into(),
+        project_uid: project.1.into(),
         object_kind: "VirtualMachine".into(),
         object_name: "other".into(),
         object_uid: uid.into(),
@@ -92,11 +93,6 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     let (metrics, _stop) = common::start_controller_with(client.clone(), &id, Some(l.clone()));
 
     // A prepaid project with 1.00 of credit, and a VM in it.
-    assert!(
-        l.credit("g1", &ns, "prepaid", 1_000_000_000, "USD", "trial")
-            .await
-            .unwrap()
-    );
     apply(
         &client,
         &ns,
@@ -107,6 +103,18 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
         }),
     )
     .await;
+    let prepaid = common::project_uid(&client, &ns, "prepaid").await;
+    assert!(
+        l.credit(&common::grant(
+            "g1",
+            &ns,
+            "prepaid",
+            &prepaid,
+            1_000_000_000
+        ))
+        .await
+        .unwrap()
+    );
     apply(&client, &ns, vm_in(&id, "box", &pc, "prepaid")).await;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     let projects: Api<Project> = Api::namespaced(client.clone(), &ns);
@@ -142,7 +150,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     l.record(&[last_hour(
         format!("test/{id}/big"),
         &ns,
-        "prepaid",
+        ("prepaid", &prepaid),
         "other-uid",
         "1.5",
     )])
@@ -193,20 +201,6 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     );
 
     // Notify on another project: only a condition (and an Event); its VM keeps running.
-    assert!(
-        l.credit("n1", &ns, "notify", 1_000_000, "USD", "tiny")
-            .await
-            .unwrap()
-    );
-    l.record(&[last_hour(
-        format!("test/{id}/notify"),
-        &ns,
-        "notify",
-        "other-uid-2",
-        "1",
-    )])
-    .await
-    .unwrap();
     apply(
         &client,
         &ns,
@@ -217,6 +211,21 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
         }),
     )
     .await;
+    let notify = common::project_uid(&client, &ns, "notify").await;
+    assert!(
+        l.credit(&common::grant("n1", &ns, "notify", &notify, 1_000_000))
+            .await
+            .unwrap()
+    );
+    l.record(&[last_hour(
+        format!("test/{id}/notify"),
+        &ns,
+        ("notify", &notify),
+        "other-uid-2",
+        "1",
+    )])
+    .await
+    .unwrap();
     apply(&client, &ns, vm_in(&id, "keeps-running", &pc, "notify")).await;
     common::eventually(WAIT, "Notify project reports exhaustion", || async {
         let p = projects.get("notify").await.ok()?;
@@ -231,9 +240,15 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     .await;
 
     // A grant resumes it.
-    l.credit("g2", &ns, "prepaid", 100_000_000_000, "USD", "top-up")
-        .await
-        .unwrap();
+    l.credit(&common::grant(
+        "g2",
+        &ns,
+        "prepaid",
+        &prepaid,
+        100_000_000_000,
+    ))
+    .await
+    .unwrap();
     for name in ["box", "late"] {
         common::eventually(WAIT, "VMs running after a grant", || async {
             let c = ready_of(&vms, name).await?;
@@ -249,7 +264,16 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     })
     .await;
     let rows = l
-        .usage(&ns, "prepaid", 0, i64::MAX, GroupBy::Object)
+        .usage(
+            &ProjectRef {
+                namespace: &ns,
+                name: "prepaid",
+                uid: &prepaid,
+            },
+            0,
+            i64::MAX,
+            GroupBy::Object,
+        )
         .await
         .unwrap();
     let mine = rows
@@ -268,6 +292,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
 
 fn cli(db: &str, args: &[&str]) -> (bool, String, String) {
     let out = common::process::quartermaster()
+        .env("KUBECONFIG", common::kubeconfig())
         .args(args)
         .args(["--database-url", db])
         .output()
@@ -287,11 +312,26 @@ async fn usage_invoice_and_credits_commands() {
     assert!(ok, "{err}");
     assert!(out.contains("sqlite"));
     let l = Ledger::connect(Some(&db), dir.path()).await.unwrap();
-    let (nov, _) = quartermaster::ledger::parse_period("2026-11").unwrap();
+    // Credit is recorded only for a Project that exists (the CLI reads it through KUBECONFIG).
+    let client = common::client().await;
+    let ns = common::namespace(&client, "cli").await;
+    apply(
+        &client,
+        &ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": "acme"}, "spec": {}
+        }),
+    )
+    .await;
+    let acme_uid = common::project_uid(&client, &ns, "acme").await;
+    let acme = format!("{ns}/acme");
+    let (nov, _) = quartermaster::ledger::parse_period("2025-11").unwrap();
     let ev = |k: &str, name: &str, start: i64, price: &str| UsageEvent {
         key: k.into(),
-        namespace: "demo".into(),
+        namespace: ns.clone(),
         project: "acme".into(),
+        project_uid: acme_uid.clone(),
         object_kind: "VirtualMachine".into(),
         object_name: name.into(),
         object_uid: format!("{name}-uid"),
@@ -318,7 +358,7 @@ async fn usage_invoice_and_credits_commands() {
             "credits",
             "grant",
             "--project",
-            "demo/acme",
+            &acme,
             "--amount",
             "50",
             "--reason",
@@ -329,13 +369,28 @@ async fn usage_invoice_and_credits_commands() {
     );
     assert!(ok, "{err}");
     assert!(out.contains("balance 49.98215"), "{out}");
+    // No credit for a Project that does not exist (a typo would otherwise be credit nobody can use).
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "credits",
+            "grant",
+            "--project",
+            &format!("{ns}/acmee"),
+            "--amount",
+            "5",
+            "--reason",
+            "typo",
+        ],
+    );
+    assert!(!ok && err.contains("not found"), "{err}");
     let (ok, out, _) = cli(
         &db,
         &[
             "credits",
             "grant",
             "--project",
-            "demo/acme",
+            &acme,
             "--amount",
             "50",
             "--reason",
@@ -355,7 +410,7 @@ async fn usage_invoice_and_credits_commands() {
             "credits",
             "grant",
             "--project",
-            "demo/acme",
+            &acme,
             "--amount",
             "7",
             "--currency",
@@ -367,13 +422,13 @@ async fn usage_invoice_and_credits_commands() {
         ],
     );
     assert!(ok, "{err}");
-    let (ok, out, _) = cli(&db, &["credits", "balance", "--project", "demo/acme"]);
+    let (ok, out, _) = cli(&db, &["credits", "balance", "--project", &acme]);
     assert!(
-        ok && out.contains("granted 50.00, used 0.01785, balance 49.98215 USD"),
+        ok && out.contains("credited 50.00, used 0.01785, balance 49.98215 USD"),
         "{out}"
     );
     assert!(
-        out.contains("granted 7.00, used 0.00, balance 7.00 EUR"),
+        out.contains("credited 7.00, used 0.00, balance 7.00 EUR"),
         "{out}"
     );
 
@@ -382,9 +437,9 @@ async fn usage_invoice_and_credits_commands() {
         &[
             "usage",
             "--project",
-            "demo/acme",
+            &acme,
             "--period",
-            "2026-11",
+            "2025-11",
             "--by",
             "object",
             "--output",
@@ -401,15 +456,15 @@ async fn usage_invoice_and_credits_commands() {
         &[
             "usage",
             "--project",
-            "demo/acme",
+            &acme,
             "--period",
-            "2026-11",
+            "2025-11",
             "--by",
             "day",
         ],
     );
     assert!(
-        ok && out.contains("2026-11-01") && out.contains("2026-11-02") && out.contains("TOTAL"),
+        ok && out.contains("2025-11-01") && out.contains("2025-11-02") && out.contains("TOTAL"),
         "{out}"
     );
     let (ok, out, _) = cli(
@@ -417,32 +472,105 @@ async fn usage_invoice_and_credits_commands() {
         &[
             "usage",
             "--project",
-            "demo/acme",
+            &acme,
             "--period",
-            "2026-11",
+            "2025-11",
             "--output",
             "json",
         ],
     );
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && j[0]["amount"] == "0.01785", "{out}");
-    let (ok, out, _) = cli(
-        &db,
-        &["invoice", "--project", "demo/acme", "--period", "2026-11"],
-    );
+    let (ok, out, _) = cli(&db, &["invoice", "--project", &acme, "--period", "2025-11"]);
     let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok);
     assert_eq!(inv["totals"]["USD"], "0.01785");
     assert_eq!(inv["lineItems"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (&inv["status"], &inv["projectUID"]),
+        (&"draft".into(), &acme_uid.clone().into())
+    );
+
+    // A refund is taken from the balance, with its external reference.
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "credits",
+            "grant",
+            "--project",
+            &acme,
+            "--type",
+            "refund",
+            "--amount",
+            "10",
+            "--external-ref",
+            "re_1",
+            "--reason",
+            "goodwill back",
+            "--key",
+            "r1",
+        ],
+    );
+    assert!(ok && out.contains("balance 39.98215"), "{out}{err}");
+
+    // Finalized, November never changes: late usage for it goes to December as an adjustment.
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "invoice",
+            "--project",
+            &acme,
+            "--period",
+            "2025-11",
+            "--finalize",
+        ],
+    );
+    assert!(ok, "{err}");
+    let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&inv["status"], &inv["totals"]["USD"]),
+        (&"final".into(), &"0.01785".into())
+    );
+    l.record(&[ev("c", "late", nov + 2 * 86400, "1")])
+        .await
+        .unwrap();
+    let (_, out, _) = cli(&db, &["invoice", "--project", &acme, "--period", "2025-11"]);
+    let inv: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inv["totals"]["USD"], "0.01785", "a closed month changed");
+    let (ok, out, _) = cli(
+        &db,
+        &[
+            "usage",
+            "--project",
+            &acme,
+            "--period",
+            "2025-12",
+            "--by",
+            "object",
+        ],
+    );
+    assert!(
+        ok && out.contains("VirtualMachine/late (adjustment for 2025-11)"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "invoice",
+            "--project",
+            &acme,
+            "--period",
+            "2099-01",
+            "--finalize",
+        ],
+    );
+    assert!(!ok && err.contains("has not ended"), "{err}");
 
     // Clear errors.
     let (ok, _, err) = cli(&db, &["usage", "--project", "demo/nobody"]);
     assert!(!ok && err.contains("unknown project demo/nobody"), "{err}");
-    let (ok, _, err) = cli(
-        &db,
-        &["usage", "--project", "demo/acme", "--period", "2026-13"],
-    );
-    assert!(!ok && err.contains("bad period \"2026-13\""), "{err}");
+    let (ok, _, err) = cli(&db, &["usage", "--project", &acme, "--period", "2025-13"]);
+    assert!(!ok && err.contains("bad period \"2025-13\""), "{err}");
     let (ok, _, err) = cli(&db, &["usage", "--project", "acme"]);
     assert!(!ok && err.contains("expected NAMESPACE/NAME"), "{err}");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -452,7 +580,7 @@ async fn usage_invoice_and_credits_commands() {
         .port();
     let (ok, _, err) = cli(
         &format!("postgres://qm:hunter2@127.0.0.1:{port}/x"),
-        &["usage", "--project", "demo/acme"],
+        &["usage", "--project", &acme],
     );
     assert!(!ok && err.contains("cannot open the usage ledger"), "{err}");
     assert!(

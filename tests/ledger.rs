@@ -5,8 +5,10 @@
 use std::str::FromStr;
 
 use quartermaster::ledger::metering::{self, HourlyPrice, Observation, Subject};
-use quartermaster::ledger::store::GroupBy;
-use quartermaster::ledger::{Ledger, Meter, UsageEvent, format_amount, parse_period};
+use quartermaster::ledger::store::{GroupBy, ProjectRef};
+use quartermaster::ledger::{
+    CreditEntry, CreditType, Ledger, Meter, UsageEvent, format_amount, parse_period,
+};
 use rust_decimal::Decimal;
 
 mod common;
@@ -17,6 +19,7 @@ fn ev(key: &str, project: &str, start: i64, quantity: i64, price: &str) -> Usage
         key: key.into(),
         namespace: "demo".into(),
         project: project.into(),
+        project_uid: format!("{project}-uid"),
         object_kind: "VirtualMachine".into(),
         object_name: "web".into(),
         object_uid: "uid-1".into(),
@@ -29,6 +32,26 @@ fn ev(key: &str, project: &str, start: i64, quantity: i64, price: &str) -> Usage
         window_start: start,
         window_end: start + quantity,
         attributes: serde_json::json!({"size": "s"}),
+    }
+}
+
+const ACME: ProjectRef = ProjectRef {
+    namespace: "demo",
+    name: "acme",
+    uid: "acme-uid",
+};
+
+fn entry(key: &str, p: &ProjectRef, kind: CreditType, amount: i64) -> CreditEntry {
+    CreditEntry {
+        key: key.into(),
+        namespace: p.namespace.into(),
+        project: p.name.into(),
+        project_uid: p.uid.into(),
+        kind,
+        amount_nanos: kind.signed(amount).unwrap(),
+        currency: "USD".into(),
+        reason: "test".into(),
+        external_ref: String::new(),
     }
 }
 
@@ -55,7 +78,7 @@ async fn the_same_event_twice_is_one_row() {
         );
         assert_eq!(l.event_count().await.unwrap(), 1);
         let rows = l
-            .usage("demo", "acme", nov, nov + 30 * 86400, GroupBy::Meter)
+            .usage(&ACME, nov, nov + 30 * 86400, GroupBy::Meter)
             .await
             .unwrap();
         assert_eq!(rows.len(), 1);
@@ -96,10 +119,7 @@ async fn parallel_writers_with_overlapping_events_count_each_once() {
             t.await.unwrap();
         }
         assert_eq!(l.event_count().await.unwrap(), 1100, "{}", l.kind());
-        let rows = l
-            .usage("demo", "acme", 0, i64::MAX, GroupBy::Meter)
-            .await
-            .unwrap();
+        let rows = l.usage(&ACME, 0, i64::MAX, GroupBy::Meter).await.unwrap();
         assert_eq!(rows[0].quantity, 1100 * 3600);
         assert_eq!(
             rows[0].amount_nanos,
@@ -124,7 +144,7 @@ async fn data_survives_a_reconnect_and_replays_are_ignored() {
             .unwrap();
         l.migrate().await.unwrap();
         assert_eq!(l.record(&events).await.unwrap(), 4);
-        let (_, usage) = l.balance("demo", "acme", "USD").await.unwrap();
+        let (_, usage) = l.balance(&ACME, "USD").await.unwrap();
         assert_eq!(usage, 10 * 20_000_000);
     })
     .await;
@@ -137,6 +157,7 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
         let s = Subject {
             namespace: "demo".into(),
             project: "acme".into(),
+            project_uid: "acme-uid".into(),
             name: "web".into(),
             uid: "uid-9".into(),
         };
@@ -165,10 +186,7 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
             all.extend(st.events);
             open = st.open;
         }
-        let rows = l
-            .usage("demo", "acme", nov, end, GroupBy::Meter)
-            .await
-            .unwrap();
+        let rows = l.usage(&ACME, nov, end, GroupBy::Meter).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].quantity, 5400);
         assert_eq!(
@@ -180,15 +198,9 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
             "{}",
             l.kind()
         );
-        let by_day = l
-            .usage("demo", "acme", nov, end, GroupBy::Day)
-            .await
-            .unwrap();
+        let by_day = l.usage(&ACME, nov, end, GroupBy::Day).await.unwrap();
         assert_eq!(by_day[0].key, "2026-11-01");
-        let by_object = l
-            .usage("demo", "acme", nov, end, GroupBy::Object)
-            .await
-            .unwrap();
+        let by_object = l.usage(&ACME, nov, end, GroupBy::Object).await.unwrap();
         assert_eq!(by_object[0].key, "VirtualMachine/web");
     })
     .await;
@@ -197,24 +209,167 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
 #[tokio::test]
 async fn credits_grants_minus_usage() {
     each_backend(async |l: Ledger, _| {
-        assert!(!l.knows("demo", "acme").await.unwrap());
-        assert!(
-            l.credit("grant-1", "demo", "acme", 50_000_000_000, "USD", "welcome")
-                .await
-                .unwrap()
-        );
-        assert!(
-            !l.credit("grant-1", "demo", "acme", 50_000_000_000, "USD", "welcome")
-                .await
-                .unwrap(),
-            "same key twice"
-        );
+        assert_eq!(l.project_uid_of("demo", "acme").await.unwrap(), None);
+        let grant = entry("grant-1", &ACME, CreditType::Grant, 50_000_000_000);
+        assert!(l.credit(&grant).await.unwrap());
+        assert!(!l.credit(&grant).await.unwrap(), "same key twice");
         l.record(&[ev("vm/uid-1/0", "acme", 0, 3600, "12.5")])
             .await
             .unwrap();
-        let (granted, used) = l.balance("demo", "acme", "USD").await.unwrap();
+        let (granted, used) = l.balance(&ACME, "USD").await.unwrap();
         assert_eq!(format_amount(granted - used), "37.50");
-        assert!(l.knows("demo", "acme").await.unwrap());
+        // A payment adds, a refund takes away; every entry keeps its type and external reference.
+        let mut paid = entry("pay-1", &ACME, CreditType::Payment, 10_000_000_000);
+        paid.external_ref = "in_123".into();
+        assert!(l.credit(&paid).await.unwrap());
+        assert!(
+            l.credit(&entry("refund-1", &ACME, CreditType::Refund, 5_000_000_000))
+                .await
+                .unwrap()
+        );
+        let (granted, used) = l.balance(&ACME, "USD").await.unwrap();
+        assert_eq!(format_amount(granted - used), "42.50");
+        assert!(CreditType::Refund.signed(-1).is_err() && CreditType::Grant.signed(0).is_err());
+        assert_eq!(
+            l.project_uid_of("demo", "acme").await.unwrap().as_deref(),
+            Some("acme-uid")
+        );
     })
     .await;
+}
+
+/// Tenants are known by UID: a Project recreated under the same name starts empty.
+#[tokio::test]
+async fn a_recreated_project_starts_empty() {
+    each_backend(async |l: Ledger, _| {
+        assert!(
+            l.credit(&entry("g", &ACME, CreditType::Grant, 5_000_000_000))
+                .await
+                .unwrap()
+        );
+        l.record(&[ev("vm/uid-1/0", "acme", 0, 3600, "1")])
+            .await
+            .unwrap();
+        let again = ProjectRef {
+            uid: "acme-uid-2",
+            ..ACME
+        };
+        assert_eq!(l.balances(&again).await.unwrap(), vec![]);
+        assert!(
+            l.usage(&again, 0, i64::MAX, GroupBy::Meter)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (granted, used) = l.balance(&ACME, "USD").await.unwrap();
+        assert_eq!(format_amount(granted - used), "4.00", "{}", l.kind());
+    })
+    .await;
+}
+
+/// A closed month's totals never change: late usage for it is booked on the next open month as an
+/// adjustment line that names it.
+#[tokio::test]
+async fn a_closed_month_never_changes_and_late_usage_is_an_adjustment() {
+    each_backend(async |l: Ledger, _| {
+        let (oct, oct_end) = parse_period("2026-10").unwrap();
+        let (nov, nov_end) = parse_period("2026-11").unwrap();
+        l.record(&[ev("vm/uid-1/a", "acme", oct + 3600, 3600, "1")])
+            .await
+            .unwrap();
+        assert!(l.close_period("acme-uid", "2026-10").await.unwrap());
+        assert!(
+            !l.close_period("acme-uid", "2026-10").await.unwrap(),
+            "closed once"
+        );
+        let before = l.usage(&ACME, oct, oct_end, GroupBy::Object).await.unwrap();
+        // Usage of October arrives late (a ledger outage, a restart): October stays as it was.
+        l.record(&[ev("vm/uid-1/b", "acme", oct + 7200, 3600, "1")])
+            .await
+            .unwrap();
+        assert_eq!(
+            l.usage(&ACME, oct, oct_end, GroupBy::Object).await.unwrap(),
+            before
+        );
+        let nov_rows = l.usage(&ACME, nov, nov_end, GroupBy::Object).await.unwrap();
+        assert_eq!(nov_rows.len(), 1, "{nov_rows:?}");
+        assert_eq!(
+            nov_rows[0].key,
+            "VirtualMachine/web (adjustment for 2026-10)"
+        );
+        assert_eq!(format_amount(nov_rows[0].amount_nanos), "1.00");
+        let by_day = l.usage(&ACME, nov, nov_end, GroupBy::Day).await.unwrap();
+        assert_eq!(by_day[0].key, "2026-11-01 (adjustment for 2026-10)");
+        // Other tenants' months are their own.
+        let other = ev("vm/uid-9/a", "other", oct + 3600, 3600, "1");
+        l.record(&[other]).await.unwrap();
+        let o = ProjectRef {
+            name: "other",
+            uid: "other-uid",
+            ..ACME
+        };
+        assert_eq!(
+            l.usage(&o, oct, oct_end, GroupBy::Meter)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Everything is still in the balance, once.
+        let (_, used) = l.balance(&ACME, "USD").await.unwrap();
+        assert_eq!(format_amount(used), "2.00");
+    })
+    .await;
+}
+
+/// The upgrade path: a ledger written before UIDs and vendor costs migrates in place; its rows cost
+/// what they were charged, and the Project of that name claims them.
+#[tokio::test]
+async fn a_ledger_from_before_uids_upgrades_and_its_project_claims_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("first-migration-only");
+    std::fs::create_dir(&old).unwrap();
+    let first = "20261121000001_ledger.sql";
+    std::fs::copy(
+        common::root().join("migrations/sqlite").join(first),
+        old.join(first),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let l = Ledger::connect(Some(&url), std::path::Path::new(""))
+        .await
+        .unwrap();
+    let Ledger::Sqlite(pool) = &l else {
+        unreachable!()
+    };
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(pool)
+        .await
+        .unwrap();
+    // What the old code wrote: a day of usage and a grant, keyed by name only.
+    sqlx::query("INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at) VALUES ('vm/u/0', 'demo', 'acme', 'VirtualMachine', 'web', 'u', 'vm_seconds', 3600, '2', 3600, 'USD', 2000000000, 0, 3600, 1)")
+        .execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO usage_daily (namespace, project, meter, object_uid, currency, day, object_kind, object_name, quantity, amount_nanos, events) VALUES ('demo', 'acme', 'vm_seconds', 'u', 'USD', 0, 'VirtualMachine', 'web', 3600, 2000000000, 1)")
+        .execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO credits (idempotency_key, namespace, project, amount_nanos, currency, reason, created_at) VALUES ('g', 'demo', 'acme', 5000000000, 'USD', 'old', 1)")
+        .execute(pool).await.unwrap();
+    l.migrate().await.unwrap();
+    let legacy = ProjectRef { uid: "", ..ACME };
+    let rows = l.usage(&legacy, 0, 86_400, GroupBy::Meter).await.unwrap();
+    assert_eq!(
+        (rows[0].amount_nanos, rows[0].cost_nanos),
+        (2_000_000_000, 2_000_000_000)
+    );
+    assert_eq!(
+        l.project_uid_of("demo", "acme").await.unwrap().as_deref(),
+        Some("")
+    );
+    // The Project of that name claims them (once: a second claim moves nothing).
+    assert_eq!(l.claim_legacy(&ACME).await.unwrap(), 2);
+    assert_eq!(l.claim_legacy(&ACME).await.unwrap(), 0);
+    let (granted, used) = l.balance(&ACME, "USD").await.unwrap();
+    assert_eq!(format_amount(granted - used), "3.00");
+    assert!(l.balances(&legacy).await.unwrap().is_empty());
 }

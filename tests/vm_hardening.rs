@@ -323,21 +323,22 @@ async fn provider_config_ref_is_fixed_and_deletion_cleans_up_in_the_original_acc
     );
 }
 
-/// Everything the ledger holds for `project` up to a day from now, by meter.
+/// Everything the ledger holds for Project `ns/project` (by its UID) up to a day from now, by meter.
 async fn billed(
     ledger: &quartermaster::ledger::Ledger,
+    client: &kube::Client,
     ns: &str,
     project: &str,
 ) -> Vec<quartermaster::ledger::store::UsageRow> {
     let until = jiff::Timestamp::now().as_second() + 86400;
+    let uid = common::project_uid(client, ns, project).await;
+    let me = quartermaster::ledger::store::ProjectRef {
+        namespace: ns,
+        name: project,
+        uid: &uid,
+    };
     ledger
-        .usage(
-            ns,
-            project,
-            0,
-            until,
-            quartermaster::ledger::store::GroupBy::Meter,
-        )
+        .usage(&me, 0, until, quartermaster::ledger::store::GroupBy::Meter)
         .await
         .unwrap()
 }
@@ -394,14 +395,14 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("beta"));
     // Let beta accrue billable seconds before the VM goes.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let alpha = billed(&ledger, &e.ns, "alpha").await;
+    let alpha = billed(&ledger, &e.client, &e.ns, "alpha").await;
     assert!(
         alpha.iter().map(|r| r.quantity).sum::<i64>() >= 2,
         "alpha's running time was not billed to alpha: {alpha:?}"
     );
     delete_vm(&e, "web").await;
-    let beta = billed(&ledger, &e.ns, "beta").await;
-    let alpha_after = billed(&ledger, &e.ns, "alpha").await;
+    let beta = billed(&ledger, &e.client, &e.ns, "beta").await;
+    let alpha_after = billed(&ledger, &e.client, &e.ns, "alpha").await;
     assert_eq!(alpha, alpha_after, "usage after the move went to alpha");
     assert!(!beta.is_empty(), "beta billed nothing after the move");
 }

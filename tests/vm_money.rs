@@ -7,7 +7,7 @@
 use kube::api::{Api, DeleteParams};
 use quartermaster::crd::VirtualMachine;
 use quartermaster::crd::conditions::{self, ConditionStatus};
-use quartermaster::ledger::store::GroupBy;
+use quartermaster::ledger::store::{GroupBy, ProjectRef};
 use quartermaster::ledger::{Meter, UsageEvent};
 
 mod common;
@@ -150,7 +150,12 @@ async fn delete_droplet(e: &Env, id: &str) {
 /// Seconds of VM usage recorded for object `name` (no Project) this month and last.
 async fn metered_seconds(l: &quartermaster::ledger::Ledger, ns: &str, name: &str) -> i64 {
     let now = jiff::Timestamp::now().as_second();
-    l.usage(ns, "", now - 40 * 86_400, now + 86_400, GroupBy::Object)
+    let none = ProjectRef {
+        namespace: ns,
+        name: "",
+        uid: "",
+    };
+    l.usage(&none, now - 40 * 86_400, now + 86_400, GroupBy::Object)
         .await
         .unwrap()
         .iter()
@@ -244,13 +249,11 @@ async fn pause_suspends_changes_not_money_policy() {
     let e = env_with("vmpause", |_| {})
         .await
         .with_controller(Some(l.clone()), |_| {});
-    assert!(
-        l.credit("g1", &e.ns, "prepaid", 1_000_000_000, "USD", "trial")
-            .await
-            .unwrap()
-    );
     e.apply_project("prepaid", serde_json::json!({"onCreditExhausted": "Stop"}))
         .await;
+    let prepaid = common::project_uid(&e.client, &e.ns, "prepaid").await;
+    let credit = common::grant("g1", &e.ns, "prepaid", &prepaid, 1_000_000_000);
+    assert!(l.credit(&credit).await.unwrap());
     e.apply_vm(
         "box",
         serde_json::json!({"spec": {"projectRef": {"name": "prepaid"}}}),
@@ -291,6 +294,7 @@ async fn pause_suspends_changes_not_money_policy() {
         key: format!("other/{}", e.id),
         namespace: e.ns.clone(),
         project: "prepaid".into(),
+        project_uid: prepaid.clone(),
         object_kind: "VirtualMachine".into(),
         object_name: "other".into(),
         object_uid: "other-uid".into(),
@@ -376,7 +380,16 @@ async fn a_stopped_server_is_billed_and_the_tenant_pays_the_markup() {
     e.wait_gone("box").await;
     let now = jiff::Timestamp::now().as_second();
     let rows = l
-        .usage(&e.ns, "", now - 40 * 86_400, now + 86_400, GroupBy::Object)
+        .usage(
+            &ProjectRef {
+                namespace: &e.ns,
+                name: "",
+                uid: "",
+            },
+            now - 40 * 86_400,
+            now + 86_400,
+            GroupBy::Object,
+        )
         .await
         .unwrap();
     let r = rows
@@ -386,4 +399,46 @@ async fn a_stopped_server_is_billed_and_the_tenant_pays_the_markup() {
     assert!(r.quantity >= 2, "{r:?}");
     // amount = 1.5 × cost, to the nano-unit (rounding aside).
     assert!((r.amount_nanos * 2 - r.cost_nanos * 3).abs() <= 3, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_project_recreated_under_the_same_name_starts_with_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("projuid", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
+    let balance = |want: Option<&'static str>| {
+        let projects = projects.clone();
+        async move {
+            common::eventually(WAIT, &format!("project balance {want:?}"), || async {
+                let p = projects.get("acme").await.ok()?;
+                let st = p.status.as_ref()?;
+                (st.observed_generation.is_some() && st.credit_balance.as_deref() == want)
+                    .then_some(p)
+            })
+            .await
+        }
+    };
+    e.apply_project("acme", serde_json::json!({})).await;
+    let first = common::project_uid(&e.client, &e.ns, "acme").await;
+    assert!(
+        l.credit(&common::grant("g", &e.ns, "acme", &first, 7_000_000_000))
+            .await
+            .unwrap()
+    );
+    balance(Some("7.00")).await;
+    projects
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "project deleted", || async {
+        projects.get_opt("acme").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // The same name again is another tenant: the old credit is not its.
+    e.apply_project("acme", serde_json::json!({})).await;
+    let p = balance(None).await;
+    assert_ne!(p.metadata.uid.as_deref(), Some(first.as_str()));
 }

@@ -129,6 +129,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     warned: Mutex<HashMap<String, String>>,
     last_seen: Mutex<HashMap<String, i64>>,
+    sighted: Mutex<std::collections::HashSet<String>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
@@ -160,6 +161,7 @@ impl Context {
             failures: Mutex::default(),
             warned: Mutex::default(),
             last_seen: Mutex::default(),
+            sighted: Mutex::default(),
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
         }
@@ -202,6 +204,13 @@ impl Context {
         m.get(uid).copied()
     }
 
+    /// True the first time this process sees `key` (until it is forgotten): for work done once per object
+    /// and process, such as a Project claiming the ledger rows recorded before UIDs.
+    pub fn first_sighting(&self, key: &str) -> bool {
+        let mut m = self.sighted.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(key.to_string())
+    }
+
     /// Releases what this process remembers of an object that is gone (`key` as
     /// [`framework::object_key`], and its UID): warnings, last sightings, backoff.
     pub fn forget(&self, key: &str, uid: Option<&str>) {
@@ -209,8 +218,16 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.sighted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         if let Some(uid) = uid {
             self.last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+            self.sighted
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(uid);

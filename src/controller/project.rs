@@ -18,7 +18,7 @@ use super::{Context, Error};
 use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
 use crate::crd::project::{CreditExhaustedPolicy, ProjectDeletionPolicy, ProjectMembers};
-use crate::ledger::store::GroupBy;
+use crate::ledger::store::{GroupBy, ProjectRef};
 use crate::ledger::{format_amount, format_money};
 
 use crate::crd::virtual_machine::VmPhase;
@@ -130,18 +130,32 @@ impl Reconciler<Project> for ProjectReconciler {
         if let Some(ledger) = &ctx.ledger {
             let ns = project.namespace().unwrap_or_default();
             let name = project.name_any();
+            let uid = project.uid().unwrap_or_default();
+            let me = ProjectRef {
+                namespace: &ns,
+                name: &name,
+                uid: &uid,
+            };
+            // The Project of this name at the upgrade takes the rows recorded before UIDs (once per
+            // process and Project).
+            if ctx.first_sighting(&uid) {
+                ledger
+                    .claim_legacy(&me)
+                    .await
+                    .inspect_err(|_| ctx.forget(&uid, None))?;
+            }
             let now = jiff::Timestamp::now().as_second();
             let (from, to) =
                 crate::ledger::parse_period(&crate::ledger::period_of(now)).unwrap_or((0, now));
             let mtd: i64 = ledger
-                .usage(&ns, &name, from, to, GroupBy::Meter)
+                .usage(&me, from, to, GroupBy::Meter)
                 .await?
                 .iter()
                 .filter(|r| r.currency == project.spec.currency)
                 .map(|r| r.amount_nanos)
                 .sum();
             // Only the project's currency: amounts in different currencies are never added together.
-            let (granted, used) = ledger.balance(&ns, &name, &project.spec.currency).await?;
+            let (granted, used) = ledger.balance(&me, &project.spec.currency).await?;
             status.month_to_date_cost = Some(format_amount(mtd));
             // Credit applies to prepaid projects: those that were ever granted credit.
             status.credit_balance = (granted > 0).then(|| format_amount(granted - used));

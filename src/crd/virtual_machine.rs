@@ -280,6 +280,14 @@ pub struct VirtualMachineStatus {
     /// it (limits and currency checked). Usage before a move stays with the earlier Project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The UID of that Project: usage is billed to it (a Project deleted and recreated under the same
+    /// name is another tenant).
+    #[serde(
+        rename = "projectUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub project_uid: Option<String>,
     /// Region the VM was created in (region is immutable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,

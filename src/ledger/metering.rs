@@ -70,6 +70,8 @@ pub struct Subject {
     pub namespace: String,
     /// Project ('' when none).
     pub project: String,
+    /// Project UID ('' when none, or not known yet).
+    pub project_uid: String,
     /// VM name.
     pub name: String,
     /// VM UID.
@@ -163,6 +165,7 @@ fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
         key: format!("vm/{}/{start}", s.uid),
         namespace: s.namespace.clone(),
         project: s.project.clone(),
+        project_uid: s.project_uid.clone(),
         object_kind: "VirtualMachine".into(),
         object_name: s.name.clone(),
         object_uid: s.uid.clone(),
@@ -223,6 +226,7 @@ mod tests {
         Subject {
             namespace: "demo".into(),
             project: "acme".into(),
+            project_uid: "p-uid".into(),
             name: "web".into(),
             uid: "u1".into(),
         }

@@ -11,6 +11,7 @@
 //!   only for rows actually inserted.
 
 pub mod metering;
+pub mod periods;
 pub mod report;
 pub mod store;
 
@@ -22,6 +23,69 @@ pub use store::{Ledger, LedgerError};
 
 /// Nano-units per currency unit.
 pub const NANOS: i64 = 1_000_000_000;
+
+/// What a credit entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CreditType {
+    /// Credit given (a trial, a goodwill gesture): adds to the balance.
+    Grant,
+    /// A payment received: adds to the balance.
+    Payment,
+    /// Money paid back to the customer: taken from the balance.
+    Refund,
+    /// A correction, either way.
+    Adjustment,
+}
+
+impl CreditType {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Payment => "payment",
+            Self::Refund => "refund",
+            Self::Adjustment => "adjustment",
+        }
+    }
+
+    /// The signed amount this entry adds to a balance, from the amount given (positive for every type
+    /// but an adjustment); `Err` when the sign cannot be right.
+    pub fn signed(self, amount_nanos: i64) -> Result<i64, String> {
+        match self {
+            Self::Adjustment if amount_nanos != 0 => Ok(amount_nanos),
+            Self::Adjustment => Err("an adjustment of zero changes nothing".into()),
+            _ if amount_nanos <= 0 => Err(format!(
+                "a {} is a positive amount (a refund is taken from the balance by its type)",
+                self.as_str()
+            )),
+            Self::Refund => Ok(-amount_nanos),
+            Self::Grant | Self::Payment => Ok(amount_nanos),
+        }
+    }
+}
+
+/// One credit entry of a Project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditEntry {
+    /// Idempotency key: recording the same key again is a no-op.
+    pub key: String,
+    /// The Project's namespace and name (for reports).
+    pub namespace: String,
+    /// Project name.
+    pub project: String,
+    /// Project UID: the tenant.
+    pub project_uid: String,
+    /// What it is.
+    pub kind: CreditType,
+    /// Signed amount added to the balance, nano-units.
+    pub amount_nanos: i64,
+    /// Currency (ISO 4217).
+    pub currency: String,
+    /// Why (shown in reports).
+    pub reason: String,
+    /// A reference outside Quartermaster (a payment ID, an invoice number); may be empty.
+    pub external_ref: String,
+}
 
 /// What is being metered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -61,6 +125,8 @@ pub struct UsageEvent {
     pub namespace: String,
     /// Project name ('' when none).
     pub project: String,
+    /// Project UID ('' when none): the tenant; balances and closed months are per Project UID.
+    pub project_uid: String,
     /// Object kind.
     pub object_kind: String,
     /// Object name.

@@ -2,6 +2,7 @@
 //! Queries are checked at run time (one code path per dialect) because the same statements must serve
 //! both databases; migrations are embedded in the binary.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -9,7 +10,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 // NB: the only dynamic SQL is `usage`'s grouping expression, picked from a fixed set (never user text).
 use sqlx::{AssertSqlSafe, Row, migrate::Migrator};
 
-use super::UsageEvent;
+use super::periods::{self, Booking};
+use super::{CreditEntry, UsageEvent};
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -75,6 +77,17 @@ pub struct UsageRow {
     pub cost_nanos: i64,
     /// Currency.
     pub currency: String,
+}
+
+/// A Project as the ledger knows it: its UID (the tenant) with its namespace and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProjectRef<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// UID ('' for rows from before the ledger knew UIDs, not claimed yet).
+    pub uid: &'a str,
 }
 
 /// How a report groups.
@@ -169,28 +182,23 @@ impl Ledger {
         Ok(inserted)
     }
 
-    /// Records a credit grant (positive) or deduction (negative). Idempotent on `key`; returns false when
-    /// the key was already recorded.
-    pub async fn credit(
-        &self,
-        key: &str,
-        namespace: &str,
-        project: &str,
-        amount_nanos: i64,
-        currency: &str,
-        reason: &str,
-    ) -> Result<bool, LedgerError> {
+    /// Records a credit entry. Idempotent on its key; returns false when the key was already recorded.
+    pub async fn credit(&self, c: &CreditEntry) -> Result<bool, LedgerError> {
         let now = jiff::Timestamp::now().as_second();
-        let sql = "INSERT INTO credits (idempotency_key, namespace, project, amount_nanos, currency, reason, created_at) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING";
+        let sql = "INSERT INTO credits (idempotency_key, namespace, project, amount_nanos, currency, reason, created_at, \
+                   project_uid, entry_type, external_ref) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (idempotency_key) DO NOTHING";
         let n = on_pool!(self, p => sqlx::query(sql)
-            .bind(key)
-            .bind(namespace)
-            .bind(project)
-            .bind(amount_nanos)
-            .bind(currency)
-            .bind(reason)
+            .bind(&c.key)
+            .bind(&c.namespace)
+            .bind(&c.project)
+            .bind(c.amount_nanos)
+            .bind(&c.currency)
+            .bind(&c.reason)
             .bind(now)
+            .bind(&c.project_uid)
+            .bind(c.kind.as_str())
+            .bind(&c.external_ref)
             .execute(p)
             .await
             .map_err(db("recording a credit"))?
@@ -198,16 +206,16 @@ impl Ledger {
         Ok(n == 1)
     }
 
-    /// (credits granted, usage) of a project in one currency, nano-units, all time. Amounts in other
-    /// currencies are never added in.
+    /// (credits, usage) of a Project in one currency, nano-units, all time. Amounts in other currencies
+    /// are never added in. A Project is its UID (with its namespace and name; an empty UID reads the rows
+    /// recorded before the ledger knew UIDs that no Project claimed yet).
     pub async fn balance(
         &self,
-        namespace: &str,
-        project: &str,
+        project: &ProjectRef<'_>,
         currency: &str,
     ) -> Result<(i64, i64), LedgerError> {
         Ok(self
-            .balances(namespace, project)
+            .balances(project)
             .await?
             .into_iter()
             .find(|(c, _, _)| c == currency)
@@ -215,57 +223,136 @@ impl Ledger {
             .unwrap_or((0, 0)))
     }
 
-    /// (currency, credits granted, usage) of a project for every currency it has amounts in, nano-units,
-    /// all time, ordered by currency.
+    /// (currency, credits, usage) of a Project for every currency it has amounts in, nano-units, all
+    /// time, ordered by currency.
     pub async fn balances(
         &self,
-        namespace: &str,
-        project: &str,
+        project: &ProjectRef<'_>,
     ) -> Result<Vec<(String, i64, i64)>, LedgerError> {
         // NB: CAST(... AS BIGINT) keeps PostgreSQL's SUM (NUMERIC) and SQLite's SUM (INTEGER) one type.
         let sql = "SELECT currency, CAST(SUM(granted) AS BIGINT), CAST(SUM(used) AS BIGINT) FROM ( \
                      SELECT currency, amount_nanos AS granted, 0 AS used FROM credits \
-                       WHERE namespace = $1 AND project = $2 \
+                       WHERE project_uid = $1 AND namespace = $2 AND project = $3 \
                      UNION ALL \
                      SELECT currency, 0 AS granted, amount_nanos AS used FROM usage_daily \
-                       WHERE namespace = $1 AND project = $2 \
+                       WHERE project_uid = $1 AND namespace = $2 AND project = $3 \
                    ) amounts GROUP BY currency ORDER BY currency";
         let rows: Vec<(String, i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
-            .bind(namespace)
-            .bind(project)
+            .bind(project.uid)
+            .bind(project.namespace)
+            .bind(project.name)
             .fetch_all(p)
             .await
             .map_err(db("summing credits and usage"))?);
         Ok(rows)
     }
 
-    /// Whether anything (usage or credit) was ever recorded for the project.
-    pub async fn knows(&self, namespace: &str, project: &str) -> Result<bool, LedgerError> {
-        let sql = "SELECT (SELECT COUNT(*) FROM usage_daily WHERE namespace = $1 AND project = $2) \
-                        + (SELECT COUNT(*) FROM credits WHERE namespace = $1 AND project = $2)";
-        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
-            .bind(namespace)
-            .bind(project)
-            .fetch_one(p)
-            .await
-            .map_err(db("looking up the project"))?);
-        Ok(n > 0)
-    }
-
-    /// Usage of a project in [from, to) (unix seconds; whole days), grouped.
-    pub async fn usage(
+    /// The UID of the Project `namespace/name` the ledger knows most recently (the newest credit or usage
+    /// recorded for that name); `Some("")` when it knows only rows from before it knew UIDs; `None`
+    /// when it knows nothing of that name.
+    pub async fn project_uid_of(
         &self,
         namespace: &str,
         project: &str,
+    ) -> Result<Option<String>, LedgerError> {
+        let sql = "SELECT project_uid FROM ( \
+                     SELECT project_uid, created_at AS t FROM credits WHERE namespace = $1 AND project = $2 \
+                     UNION ALL \
+                     SELECT project_uid, recorded_at AS t FROM usage_events WHERE namespace = $1 AND project = $2 \
+                   ) known ORDER BY (project_uid <> '') DESC, t DESC LIMIT 1";
+        let uid: Option<String> = on_pool!(self, p => sqlx::query_scalar(sql)
+            .bind(namespace)
+            .bind(project)
+            .fetch_optional(p)
+            .await
+            .map_err(db("looking up the project"))?);
+        Ok(uid)
+    }
+
+    /// Gives the rows recorded for `namespace/name` before the ledger knew UIDs to the Project with
+    /// `uid` (the Project of that name at the upgrade). Idempotent; returns how many rows moved.
+    pub async fn claim_legacy(&self, project: &ProjectRef<'_>) -> Result<u64, LedgerError> {
+        if project.uid.is_empty() {
+            return Ok(0);
+        }
+        // NB: `WHERE true` lets SQLite parse an upsert from a SELECT.
+        let fold = "INSERT INTO usage_daily (project_uid, namespace, project, day, meter, object_uid, currency, \
+                    adjustment_for, object_kind, object_name, quantity, amount_nanos, vendor_amount_nanos, events) \
+                    SELECT $1, namespace, project, day, meter, object_uid, currency, adjustment_for, object_kind, \
+                      object_name, quantity, amount_nanos, vendor_amount_nanos, events FROM usage_daily \
+                    WHERE project_uid = '' AND namespace = $2 AND project = $3 AND true \
+                    ON CONFLICT (project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for) \
+                    DO UPDATE SET quantity = usage_daily.quantity + excluded.quantity, \
+                      amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
+                      vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
+                      events = usage_daily.events + excluded.events";
+        let drop =
+            "DELETE FROM usage_daily WHERE project_uid = '' AND namespace = $1 AND project = $2";
+        let credits = "UPDATE credits SET project_uid = $1 WHERE project_uid = '' AND namespace = $2 AND project = $3";
+        let n = on_pool!(self, p => {
+            let mut tx = p.begin().await.map_err(db("starting a transaction"))?;
+            let moved = sqlx::query(fold)
+                .bind(project.uid).bind(project.namespace).bind(project.name)
+                .execute(&mut *tx).await.map_err(db("claiming usage"))?.rows_affected();
+            sqlx::query(drop)
+                .bind(project.namespace).bind(project.name)
+                .execute(&mut *tx).await.map_err(db("claiming usage"))?;
+            let c = sqlx::query(credits)
+                .bind(project.uid).bind(project.namespace).bind(project.name)
+                .execute(&mut *tx).await.map_err(db("claiming credits"))?.rows_affected();
+            tx.commit().await.map_err(db("claiming legacy rows"))?;
+            moved + c
+        });
+        Ok(n)
+    }
+
+    /// Closes a Project's month: usage that arrives later for it is booked on the next open month, as
+    /// an adjustment naming this one. Returns false when it was closed already.
+    pub async fn close_period(&self, project_uid: &str, period: &str) -> Result<bool, LedgerError> {
+        let now = jiff::Timestamp::now().as_second();
+        let sql = "INSERT INTO closed_periods (project_uid, period, closed_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (project_uid, period) DO NOTHING";
+        let n = on_pool!(self, p => sqlx::query(sql)
+            .bind(project_uid)
+            .bind(period)
+            .bind(now)
+            .execute(p)
+            .await
+            .map_err(db("closing a month"))?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Whether a Project's month is closed.
+    pub async fn is_closed(&self, project_uid: &str, period: &str) -> Result<bool, LedgerError> {
+        let sql = "SELECT COUNT(*) FROM closed_periods WHERE project_uid = $1 AND period = $2";
+        let n: i64 = on_pool!(self, p => sqlx::query_scalar(sql)
+            .bind(project_uid)
+            .bind(period)
+            .fetch_one(p)
+            .await
+            .map_err(db("reading closed months"))?);
+        Ok(n > 0)
+    }
+
+    /// Usage of a Project booked in [from, to) (unix seconds; whole days), grouped. Usage of a closed
+    /// month that arrived after it closed is booked in the next open month, on a line of its own whose key
+    /// ends with `(adjustment for YYYY-MM)`.
+    pub async fn usage(
+        &self,
+        project: &ProjectRef<'_>,
         from: i64,
         to: i64,
         by: GroupBy,
     ) -> Result<Vec<UsageRow>, LedgerError> {
-        let key = match by {
+        let base = match by {
             GroupBy::Meter => "meter",
             GroupBy::Object => "object_kind || '/' || object_name",
             GroupBy::Day => "CAST(day AS TEXT)",
         };
+        let key = format!(
+            "{base} || CASE WHEN adjustment_for = '' THEN '' ELSE ' (adjustment for ' || adjustment_for || ')' END"
+        );
         let cast = if matches!(self, Self::Postgres(_)) {
             "::BIGINT"
         } else {
@@ -274,14 +361,15 @@ impl Ledger {
         let sql = format!(
             "SELECT {key} AS k, meter, SUM(quantity){cast} AS q, SUM(amount_nanos){cast} AS a, currency, \
              SUM(vendor_amount_nanos){cast} AS v \
-             FROM usage_daily WHERE namespace = $1 AND project = $2 AND day >= $3 AND day < $4 \
+             FROM usage_daily WHERE project_uid = $5 AND namespace = $1 AND project = $2 AND day >= $3 AND day < $4 \
              GROUP BY {key}, meter, currency ORDER BY 1, 2"
         );
         let rows: Vec<(String, String, i64, i64, String, i64)> = on_pool!(self, p => sqlx::query(AssertSqlSafe(sql.clone()))
-            .bind(namespace)
-            .bind(project)
+            .bind(project.namespace)
+            .bind(project.name)
             .bind(from)
             .bind(to)
+            .bind(project.uid)
             .fetch_all(p)
             .await
             .map_err(db("reading usage"))?
@@ -312,79 +400,62 @@ impl Ledger {
     }
 }
 
-fn day_label(unix: &str) -> String {
-    unix.parse::<i64>()
+/// `<unix day>[ (adjustment for …)]` as `YYYY-MM-DD[ (adjustment for …)]`.
+fn day_label(key: &str) -> String {
+    let (unix, rest) = key.split_once(' ').map_or((key, ""), |(d, r)| (d, r));
+    let day = unix
+        .parse::<i64>()
         .ok()
         .and_then(|s| jiff::Timestamp::from_second(s).ok())
         .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
-        .unwrap_or_else(|| unix.to_string())
+        .unwrap_or_else(|| unix.to_string());
+    if rest.is_empty() {
+        day
+    } else {
+        format!("{day} {rest}")
+    }
 }
 
-/// One statement per batch: insert the new events and fold exactly those into the daily roll-up.
+/// The months closed for each Project UID among `uids`.
+fn closed_map(rows: Vec<(String, String)>) -> HashMap<String, BTreeSet<String>> {
+    let mut m: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (uid, period) in rows {
+        m.entry(uid).or_default().insert(period);
+    }
+    m
+}
+
+/// Where each event is booked (see [`periods`]).
+fn bookings(events: &[UsageEvent], closed: &HashMap<String, BTreeSet<String>>) -> Vec<Booking> {
+    let none = BTreeSet::new();
+    events
+        .iter()
+        .map(|e| {
+            let c = if e.project_uid.is_empty() {
+                &none
+            } else {
+                closed.get(&e.project_uid).unwrap_or(&none)
+            };
+            periods::booking(e.window_start, c)
+        })
+        .collect()
+}
+
+fn uids(events: &[UsageEvent]) -> Vec<String> {
+    let set: BTreeSet<&str> = events.iter().map(|e| e.project_uid.as_str()).collect();
+    set.into_iter().map(str::to_string).collect()
+}
+
+/// One transaction per batch: the batch's Projects' closed months are read under a SHARE lock (a month
+/// cannot close meanwhile: closing takes ROW EXCLUSIVE), then one statement inserts the new events and
+/// folds exactly those into the daily roll-up, each on the day it is booked.
 async fn record_pg(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, LedgerError> {
-    let now = jiff::Timestamp::now().as_second();
-    let col = |f: &dyn Fn(&UsageEvent) -> String| events.iter().map(f).collect::<Vec<String>>();
-    let num = |f: &dyn Fn(&UsageEvent) -> i64| events.iter().map(f).collect::<Vec<i64>>();
-    let sql = "WITH ins AS ( \
-        INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, \
-            quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes, \
-            vendor_unit_price, vendor_amount_nanos) \
-        SELECT k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, $15, at, vup, va \
-        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], \
-                    $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $16::text[], \
-                    $17::text[], $18::bigint[]) \
-             AS t(k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, at, vup, va) \
-        ON CONFLICT (idempotency_key) DO NOTHING \
-        RETURNING namespace, project, meter, object_uid, object_kind, object_name, currency, quantity, amount_nanos, \
-            vendor_amount_nanos, window_start), \
-      agg AS ( \
-        SELECT namespace, project, window_start - (window_start % 86400) AS day, meter, object_uid, currency, \
-               MAX(object_kind) AS object_kind, MAX(object_name) AS object_name, \
-               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, \
-               SUM(vendor_amount_nanos)::BIGINT AS vendor_amount_nanos, COUNT(*) AS events \
-        FROM ins GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6), \
-      up AS ( \
-        INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, \
-            amount_nanos, vendor_amount_nanos, events) \
-        SELECT namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, amount_nanos, \
-            vendor_amount_nanos, events FROM agg \
-        ON CONFLICT (namespace, project, day, meter, object_uid, currency) DO UPDATE SET \
-          quantity = usage_daily.quantity + excluded.quantity, \
-          amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
-          vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
-          events = usage_daily.events + excluded.events) \
-      SELECT COUNT(*) FROM ins";
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let started = Instant::now();
-        let r: Result<i64, sqlx::Error> = sqlx::query_scalar(sql)
-            .bind(col(&|e| e.key.clone()))
-            .bind(col(&|e| e.namespace.clone()))
-            .bind(col(&|e| e.project.clone()))
-            .bind(col(&|e| e.object_kind.clone()))
-            .bind(col(&|e| e.object_name.clone()))
-            .bind(col(&|e| e.object_uid.clone()))
-            .bind(col(&|e| e.meter.as_str().to_string()))
-            .bind(num(&|e| e.quantity))
-            .bind(col(&|e| e.unit_price.to_string()))
-            .bind(num(&|e| e.price_quantity))
-            .bind(col(&|e| e.currency.clone()))
-            .bind(num(&|e| e.amount_nanos()))
-            .bind(num(&|e| e.window_start))
-            .bind(num(&|e| e.window_end))
-            .bind(now)
-            .bind(col(&|e| e.attributes.to_string()))
-            .bind(col(&|e| e.vendor_unit_price.to_string()))
-            .bind(num(&|e| e.vendor_amount_nanos()))
-            .fetch_one(pool)
-            .await;
-        match r {
-            Ok(n) => {
-                tracing::trace!(rows = events.len(), inserted = n, elapsed = ?started.elapsed(), "ledger batch");
-                return Ok(u64::try_from(n).unwrap_or(0));
-            }
-            // Two writers folding into the same roll-up rows in one instant: retry the whole statement.
+        match record_pg_once(pool, events).await {
+            Ok(n) => return Ok(n),
+            // Two writers folding into the same roll-up rows in one instant: retry the whole batch.
             Err(sqlx::Error::Database(e))
                 if attempt < 5 && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
             {
@@ -395,18 +466,117 @@ async fn record_pg(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, LedgerEr
     }
 }
 
+async fn record_pg_once(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
+    let now = jiff::Timestamp::now().as_second();
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE closed_periods IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let closed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT project_uid, period FROM closed_periods WHERE project_uid = ANY($1)",
+    )
+    .bind(uids(events))
+    .fetch_all(&mut *tx)
+    .await?;
+    let booked = bookings(events, &closed_map(closed));
+    let col = |f: &dyn Fn(&UsageEvent) -> String| events.iter().map(f).collect::<Vec<String>>();
+    let num = |f: &dyn Fn(&UsageEvent) -> i64| events.iter().map(f).collect::<Vec<i64>>();
+    let sql = "WITH ins AS ( \
+        INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, \
+            quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes, \
+            vendor_unit_price, vendor_amount_nanos, project_uid, adjustment_for) \
+        SELECT k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, $15, at, vup, va, pu, adj \
+        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], \
+                    $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $16::text[], \
+                    $17::text[], $18::bigint[], $19::text[], $20::text[], $21::bigint[]) \
+             AS t(k, ns, pr, ok, onm, ou, m, q, up, pq, c, a, ws, we, at, vup, va, pu, adj, bd) \
+        ON CONFLICT (idempotency_key) DO NOTHING \
+        RETURNING idempotency_key, namespace, project, project_uid, meter, object_uid, object_kind, object_name, currency, \
+            quantity, amount_nanos, vendor_amount_nanos, adjustment_for), \
+      booked AS ( \
+        SELECT ins.*, t.bd AS day FROM ins JOIN (SELECT DISTINCT ON (k) k, bd FROM UNNEST($1::text[], $21::bigint[]) AS u(k, bd)) t \
+          ON t.k = ins.idempotency_key), \
+      agg AS ( \
+        SELECT project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for, \
+               MAX(object_kind) AS object_kind, MAX(object_name) AS object_name, \
+               SUM(quantity)::BIGINT AS quantity, SUM(amount_nanos)::BIGINT AS amount_nanos, \
+               SUM(vendor_amount_nanos)::BIGINT AS vendor_amount_nanos, COUNT(*) AS events \
+        FROM booked GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8), \
+      up AS ( \
+        INSERT INTO usage_daily (project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for, \
+            object_kind, object_name, quantity, amount_nanos, vendor_amount_nanos, events) \
+        SELECT project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for, object_kind, object_name, \
+            quantity, amount_nanos, vendor_amount_nanos, events FROM agg \
+        ON CONFLICT (project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for) DO UPDATE SET \
+          quantity = usage_daily.quantity + excluded.quantity, \
+          amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
+          vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
+          events = usage_daily.events + excluded.events) \
+      SELECT COUNT(*) FROM ins";
+    let n: i64 = sqlx::query_scalar(sql)
+        .bind(col(&|e| e.key.clone()))
+        .bind(col(&|e| e.namespace.clone()))
+        .bind(col(&|e| e.project.clone()))
+        .bind(col(&|e| e.object_kind.clone()))
+        .bind(col(&|e| e.object_name.clone()))
+        .bind(col(&|e| e.object_uid.clone()))
+        .bind(col(&|e| e.meter.as_str().to_string()))
+        .bind(num(&|e| e.quantity))
+        .bind(col(&|e| e.unit_price.to_string()))
+        .bind(num(&|e| e.price_quantity))
+        .bind(col(&|e| e.currency.clone()))
+        .bind(num(&|e| e.amount_nanos()))
+        .bind(num(&|e| e.window_start))
+        .bind(num(&|e| e.window_end))
+        .bind(now)
+        .bind(col(&|e| e.attributes.to_string()))
+        .bind(col(&|e| e.vendor_unit_price.to_string()))
+        .bind(num(&|e| e.vendor_amount_nanos()))
+        .bind(col(&|e| e.project_uid.clone()))
+        .bind(
+            booked
+                .iter()
+                .map(|b| b.adjustment_for.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(booked.iter().map(|b| b.day).collect::<Vec<_>>())
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::trace!(rows = events.len(), inserted = n, elapsed = ?started.elapsed(), "ledger batch");
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, LedgerError> {
     let now = jiff::Timestamp::now().as_second();
-    let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
+    // NB: SQLite has one writer at a time; the transaction takes the write lock at once (IMMEDIATE,
+    // waiting up to the busy timeout), so reading the closed months in it keeps a close from slipping in
+    // between, and a read lock never has to be upgraded (which SQLite refuses at once under contention).
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db("starting a transaction"))?;
+    let mut closed = Vec::new();
+    for uid in uids(events) {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT project_uid, period FROM closed_periods WHERE project_uid = $1")
+                .bind(uid)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading closed months"))?;
+        closed.extend(rows);
+    }
+    let booked = bookings(events, &closed_map(closed));
     let mut inserted = 0;
-    for e in events {
+    for (e, b) in events.iter().zip(&booked) {
         let amount = e.amount_nanos();
         let cost = e.vendor_amount_nanos();
         let n = sqlx::query(
             "INSERT INTO usage_events (idempotency_key, namespace, project, object_kind, object_name, object_uid, meter, \
              quantity, unit_price, price_quantity, currency, amount_nanos, window_start, window_end, recorded_at, attributes, \
-             vendor_unit_price, vendor_amount_nanos) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             vendor_unit_price, vendor_amount_nanos, project_uid, adjustment_for) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&e.key)
@@ -427,6 +597,8 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
         .bind(e.attributes.to_string())
         .bind(e.vendor_unit_price.to_string())
         .bind(cost)
+        .bind(&e.project_uid)
+        .bind(&b.adjustment_for)
         .execute(&mut *tx)
         .await
         .map_err(db("recording usage"))?
@@ -434,20 +606,22 @@ async fn record_sqlite(pool: &SqlitePool, events: &[UsageEvent]) -> Result<u64, 
         if n == 1 {
             inserted += 1;
             sqlx::query(
-                "INSERT INTO usage_daily (namespace, project, day, meter, object_uid, currency, object_kind, object_name, quantity, \
-                 amount_nanos, vendor_amount_nanos, events) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1) \
-                 ON CONFLICT (namespace, project, day, meter, object_uid, currency) DO UPDATE SET \
+                "INSERT INTO usage_daily (project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for, \
+                 object_kind, object_name, quantity, amount_nanos, vendor_amount_nanos, events) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1) \
+                 ON CONFLICT (project_uid, namespace, project, day, meter, object_uid, currency, adjustment_for) DO UPDATE SET \
                    quantity = usage_daily.quantity + excluded.quantity, amount_nanos = usage_daily.amount_nanos + excluded.amount_nanos, \
                    vendor_amount_nanos = usage_daily.vendor_amount_nanos + excluded.vendor_amount_nanos, \
                    events = usage_daily.events + 1",
             )
+            .bind(&e.project_uid)
             .bind(&e.namespace)
             .bind(&e.project)
-            .bind(e.window_start - e.window_start.rem_euclid(86400))
+            .bind(b.day)
             .bind(e.meter.as_str())
             .bind(&e.object_uid)
             .bind(&e.currency)
+            .bind(&b.adjustment_for)
             .bind(&e.object_kind)
             .bind(&e.object_name)
             .bind(e.quantity)

@@ -406,3 +406,36 @@ pub async fn do_provider_config(
     .await
     .unwrap();
 }
+
+/// The UID of Project `ns/name`, once it exists.
+pub async fn project_uid(client: &kube::Client, ns: &str, name: &str) -> String {
+    let projects: kube::Api<quartermaster::crd::Project> =
+        kube::Api::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(30),
+        &format!("Project {ns}/{name} exists"),
+        || async { projects.get_opt(name).await.ok()??.metadata.uid },
+    )
+    .await
+}
+
+/// A USD credit grant of `nanos` for the Project `ns/name` with `uid`.
+pub fn grant(
+    key: &str,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    nanos: i64,
+) -> quartermaster::ledger::CreditEntry {
+    quartermaster::ledger::CreditEntry {
+        key: key.into(),
+        namespace: ns.into(),
+        project: name.into(),
+        project_uid: uid.into(),
+        kind: quartermaster::ledger::CreditType::Grant,
+        amount_nanos: nanos,
+        currency: "USD".into(),
+        reason: "test".into(),
+        external_ref: String::new(),
+    }
+}

@@ -58,6 +58,14 @@ pub enum ProjectLookup {
 }
 
 impl ProjectLookup {
+    /// The UID of the Project, when it exists.
+    fn uid(&self) -> Option<&str> {
+        match self {
+            Self::Found(p) => Some(&p.uid),
+            Self::Unset | Self::Missing(_) => None,
+        }
+    }
+
     fn name(&self) -> Option<&str> {
         match self {
             Self::Unset => None,
@@ -329,11 +337,12 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
         _ => return Decision::new(status, Step::Nothing, health),
     };
     observed(&mut status, server, i);
+    know_project_uid(i, &mut status);
     let mut usage = Vec::new();
     if i.metering {
         let open = status.metering.as_ref().and_then(open_window);
         let step = metering::step(
-            &subject(i.vm, i.uid, status.project.as_deref()),
+            &subject(i.vm, i.uid, &status),
             open.as_ref(),
             &observation(i, server),
             i.now,
@@ -358,6 +367,18 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
     d
 }
 
+/// A VM admitted before status recorded Project UIDs (or whose intent named only the Project) learns
+/// the UID of the Project it is billed to, from that Project while it exists.
+fn know_project_uid(i: &Inputs, status: &mut VirtualMachineStatus) {
+    if status.project_uid.is_some() {
+        return;
+    }
+    let billed = i.billed.unwrap_or(i.target);
+    if billed.name().is_some() && billed.name() == status.project.as_deref() {
+        status.project_uid = billed.uid().map(str::to_string);
+    }
+}
+
 /// The server is gone: the open window closes at the time it was last seen existing (never before the
 /// window began, never after now); with no sighting known, at the window's start (nothing unproven is
 /// billed).
@@ -374,13 +395,7 @@ fn close_gone(i: &Inputs, status: &mut VirtualMachineStatus) -> Vec<UsageEvent> 
         size: open.size.clone(),
         price: None,
     };
-    let step = metering::step(
-        &subject(i.vm, i.uid, status.project.as_deref()),
-        Some(&open),
-        &gone,
-        end,
-        true,
-    );
+    let step = metering::step(&subject(i.vm, i.uid, status), Some(&open), &gone, end, true);
     status.metering = None;
     step.events
 }
@@ -454,6 +469,7 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     status.image = Some(spec.image.clone());
     status.provider_config = Some(spec.provider_config_ref.name.clone());
     status.project = i.target.name().map(str::to_string);
+    status.project_uid = i.target.uid().map(str::to_string);
     status.phase = Some(VmPhase::Provisioning);
     let mut d = Decision::new(
         status,
@@ -569,7 +585,9 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     if status.creation_key.is_none() && status.project.is_none() {
         // Adopted (or created before Quartermaster recorded admission): admitted where it points.
         status.project = i.target.name().map(str::to_string);
+        status.project_uid = i.target.uid().map(str::to_string);
     }
+    know_project_uid(i, &mut status);
 
     let mut events = Vec::new();
     let mut usage = Vec::new();
@@ -606,7 +624,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
                 if i.metering {
                     let open = status.metering.as_ref().and_then(open_window);
                     let closed = metering::step(
-                        &subject(vm, i.uid, status.project.as_deref()),
+                        &subject(vm, i.uid, &status),
                         open.as_ref(),
                         &obs,
                         i.now,
@@ -624,6 +642,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
                     ),
                 ));
                 status.project = i.target.name().map(str::to_string);
+                status.project_uid = i.target.uid().map(str::to_string);
                 billed = i.target;
             }
             Err(r) => refusal = Some(r),
@@ -632,7 +651,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     if i.metering {
         let open = status.metering.as_ref().and_then(open_window);
         let step = metering::step(
-            &subject(vm, i.uid, status.project.as_deref()),
+            &subject(vm, i.uid, &status),
             open.as_ref(),
             &obs,
             i.now,
@@ -914,11 +933,13 @@ fn health_for(vm: &VirtualMachine, server: &Server, step: &Step) -> Health {
     }
 }
 
-/// Who is billed for this VM's usage: its namespace, the Project it is admitted to, its name and UID.
-pub fn subject(vm: &VirtualMachine, uid: &str, project: Option<&str>) -> metering::Subject {
+/// Who is billed for this VM's usage: its namespace, the Project it is admitted to (name and UID), its
+/// name and UID.
+pub fn subject(vm: &VirtualMachine, uid: &str, status: &VirtualMachineStatus) -> metering::Subject {
     metering::Subject {
         namespace: vm.namespace().unwrap_or_default(),
-        project: project.unwrap_or_default().to_string(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
         name: vm.name_any(),
         uid: uid.to_string(),
     }
@@ -1048,6 +1069,7 @@ mod tests {
     fn project(name: &str, max: Option<u32>, credit_stop: bool) -> ProjectLookup {
         ProjectLookup::Found(ProjectState {
             name: name.into(),
+            uid: format!("uid-of-{name}"),
             currency: "USD".into(),
             allow_other_currencies: false,
             limits: ProjectLimits {

@@ -32,6 +32,8 @@ pub struct Member {
 pub struct ProjectState {
     /// The Project's name.
     pub name: String,
+    /// Its UID.
+    pub uid: String,
     /// Its currency.
     pub currency: String,
     /// Whether members priced in other currencies are accepted.
@@ -152,6 +154,7 @@ mod tests {
         ProjectState {
             occupancy: Occupancy::of(&members, &(Some(5), "me".into()), "USD"),
             name: "acme".into(),
+            uid: "uid-acme".into(),
             currency: "USD".into(),
             allow_other_currencies: false,
             limits: ProjectLimits {

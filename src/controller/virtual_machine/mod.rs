@@ -293,7 +293,7 @@ async fn settle(
         size: open.size.clone(),
         price: open.price.clone(),
     };
-    let subject = decide::subject(vm, uid, progress.status.project.as_deref());
+    let subject = decide::subject(vm, uid, &progress.status);
     let now = jiff::Timestamp::now().as_second();
     let step = metering::step(&subject, Some(&open), &obs, now, ended);
     if step.events.is_empty() && step.open.as_ref() == Some(&open) {

@@ -185,6 +185,7 @@ fn project(
 pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
     ProjectState {
         name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
         currency: p.spec.currency.clone(),
         allow_other_currencies: p.spec.allow_other_currencies,
         limits: p.spec.limits.clone().unwrap_or_default(),
