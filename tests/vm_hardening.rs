@@ -581,3 +581,82 @@ async fn user_data_over_the_vendor_limit_is_refused_before_any_create() {
     assert_eq!(tagged_droplets(&e, &uid).await, 0);
     assert_eq!(e.sim.droplets().await.len(), 0, "a droplet was created");
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_with_its_token_deletes_every_server_even_across_a_restart() {
+    // The token Secret lives in the tenant's namespace, beside the VMs.
+    let mut e = env("nsdel", |_| {}, true).await;
+    for name in ["a", "b"] {
+        e.apply_vm(name, serde_json::json!({})).await;
+    }
+    for name in ["a", "b"] {
+        e.wait_ready(name).await;
+    }
+    assert_eq!(e.sim.droplets().await.len(), 2);
+    // The controller stops (an upgrade, a leader change): no copy of the token is left in memory.
+    drop(e._stop.take());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e.client.clone());
+    namespaces
+        .delete(&e.ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_metrics, _stop) = common::start_controller_cfg(e.client.clone(), &e.id, None, |_| {});
+    common::eventually(Duration::from_secs(90), "every droplet deleted", || async {
+        e.sim.droplets().await.is_empty().then_some(())
+    })
+    .await;
+    common::eventually(Duration::from_secs(90), "namespace gone", || async {
+        namespaces
+            .get_opt(&e.ns)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_provider_config_in_use_waits_for_its_vms_before_it_goes() {
+    let e = env("pcinuse", |_| {}, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    pcs.delete(&e.pc, &DeleteParams::default()).await.unwrap();
+    let pc = common::eventually(WAIT, "ProviderConfig says it is in use", || async {
+        let pc = pcs.get(&e.pc).await.ok()?;
+        let c = conditions::find(&pc.status.as_ref()?.conditions, conditions::RECONCILING)?;
+        (c.status == ConditionStatus::True && c.message.contains("in use")).then_some(pc)
+    })
+    .await;
+    assert!(pc.metadata.deletion_timestamp.is_some());
+    // Its Secret is kept too.
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    let token = secrets.get("do-token").await.unwrap();
+    assert!(
+        token
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "quartermaster.dev/credentials-in-use")
+    );
+    // The VM can still clean up; then the ProviderConfig goes and releases its Secret.
+    delete_vm(&e, "web").await;
+    assert!(e.sim.droplets().await.is_empty());
+    common::eventually(WAIT, "ProviderConfig gone", || async {
+        pcs.get_opt(&e.pc).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    common::eventually(WAIT, "Secret released", || async {
+        let s = secrets.get("do-token").await.ok()?;
+        (!s.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "quartermaster.dev/credentials-in-use"))
+        .then_some(())
+    })
+    .await;
+}

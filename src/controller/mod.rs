@@ -5,6 +5,7 @@
 //! finalizers, deletion): status-only writes — including our own — do not trigger a reconcile.
 
 pub mod cache;
+pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod framework;

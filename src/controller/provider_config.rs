@@ -16,7 +16,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
-use super::{Context, Error, vendor};
+use kube::ResourceExt;
+
+use super::{Context, Error, credentials, vendor};
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{ProviderConfig, ProviderConfigStatus, ProviderType};
@@ -116,9 +118,37 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         *status = ProviderConfigStatus {
             credentials_verified: previous.credentials_verified,
             last_successful_call_time: previous.last_successful_call_time.clone(),
+            protected_secret: previous.protected_secret.clone(),
             ..Default::default()
         };
+        // The Secret stays while anything may need it to clean up (see `credentials`); a Secret this
+        // ProviderConfig no longer names is released.
+        let named = format!("{}/{}", r.namespace, r.name);
+        if let Some(old) = previous.protected_secret.as_deref().filter(|o| *o != named) {
+            credentials::release_named(&ctx, &obj, old).await?;
+            status.protected_secret = None;
+        }
+        let keeping = credentials::protect(&ctx, &obj, secret.as_ref()).await?;
+        if secret
+            .as_ref()
+            .is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+        {
+            status.protected_secret = Some(named);
+        }
         let health = health_for(obj.spec.suspended, r, check);
+        if !keeping.is_empty() {
+            // Being deleted (with its namespace, say): kept for the VMs that still need it; look again.
+            return Ok(Outcome::new(Health::progressing(
+                reason::CREDENTIALS_IN_USE,
+                format!(
+                    "secret {}/{} is being deleted; it is kept until these VirtualMachines no longer need it to clean up: {}",
+                    r.namespace,
+                    r.name,
+                    keeping.join(", ")
+                ),
+            ))
+            .requeue_after(ctx.config.poll_interval));
+        }
         if !matches!(health, Health::Ready { .. }) || !is_compute(obj.spec.type_) {
             return Ok(Outcome::new(health));
         }
@@ -173,13 +203,25 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         Ok(outcome)
     }
 
+    /// Nothing was created at the vendor for a ProviderConfig itself, but it stays (with its credentials
+    /// Secret) while VirtualMachines need it to clean up their servers.
     async fn cleanup(
         &self,
-        _obj: Arc<ProviderConfig>,
-        _ctx: Arc<Context>,
+        obj: Arc<ProviderConfig>,
+        ctx: Arc<Context>,
         _progress: &mut Progress<ProviderConfigStatus>,
     ) -> Result<Cleanup, Error> {
-        // Nothing was created at the vendor for a ProviderConfig itself.
+        let users = credentials::users(&ctx, &obj.name_any())?;
+        if !users.is_empty() {
+            return Ok(Cleanup::Wait {
+                message: format!(
+                    "in use: deletion waits until these VirtualMachines no longer need this account to clean up: {}",
+                    users.join(", ")
+                ),
+                requeue_after: ctx.config.poll_interval,
+            });
+        }
+        credentials::release(&ctx, &obj).await?;
         Ok(Cleanup::Done)
     }
 }

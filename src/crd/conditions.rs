@@ -85,6 +85,8 @@ pub mod reason {
     pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
     /// The server runs but no price is known for its size: its time is recorded unpriced.
     pub const UNPRICED: &str = "Unpriced";
+    /// The credentials Secret is being deleted but kept for the objects that still need it.
+    pub const CREDENTIALS_IN_USE: &str = "CredentialsInUse";
     /// Powering on.
     pub const STARTING: &str = "Starting";
     /// Powering off.

@@ -207,5 +207,9 @@ pub struct ProviderConfigStatus {
     /// RFC 3339 time of the last successful authenticated call to the vendor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_call_time: Option<String>,
+    /// The credentials Secret (`namespace/name`) Quartermaster keeps from deletion while objects need it
+    /// (finalizer `quartermaster.dev/credentials-in-use`); released when the ProviderConfig names another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_secret: Option<String>,
 }
 impl_object_status!(ProviderConfigStatus);
