@@ -358,10 +358,16 @@ async fn apply_connection_secret(
     Ok(())
 }
 
-/// The servers carrying this VM's tag among `servers` (cleanup deletes only those).
-pub fn owned<'a>(servers: &'a [Server], uid: &str) -> impl Iterator<Item = &'a Server> {
-    let tag = cloud::uid_tag(uid);
-    servers.iter().filter(move |s| s.tags.contains(&tag))
+/// The servers that are this VM's among `servers` (its tag and a second fact agree: see
+/// [`super::decide::ownership`]); cleanup deletes or releases only those.
+pub fn owned<'a>(
+    servers: &'a [Server],
+    uid: &'a str,
+    recorded: &'a [&'a str],
+) -> impl Iterator<Item = &'a Server> {
+    servers.iter().filter(move |s| {
+        super::decide::ownership(s, uid, recorded) == super::decide::Ownership::Ours
+    })
 }
 
 /// Takes a power or resize step on server `id` (now of `size`). `Some(health)` when the vendor refused

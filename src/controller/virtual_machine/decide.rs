@@ -203,22 +203,36 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
     })
 }
 
-/// Whose a server is, by its ownership tags.
+/// Whose a server is, by its ownership tags and a second fact.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ownership {
-    /// It carries this VM's tag.
+    /// It carries this VM's tag, and its name carries this VM's creation key or its ID is the one this
+    /// VM recorded (created or adopted).
     Ours,
+    /// It carries this VM's tag but nothing else agrees: not taken as this VM's.
+    Unconfirmed,
     /// It carries another object's tag (and not ours).
     Foreign,
     /// It carries no ownership tag.
     Untagged,
 }
 
-/// Whose `server` is, for the VM with `uid`.
-pub fn ownership(server: &Server, uid: &str) -> Ownership {
+/// The mark a create leaves in the server's name: `-<first 8 characters of the UID>` (see
+/// [`super::build::server_name`]).
+pub fn creation_mark(uid: &str) -> String {
+    format!("-{}", &uid[..8.min(uid.len())])
+}
+
+/// Whose `server` is, for the VM with `uid` that recorded the server IDs `recorded` (its
+/// `status.externalID` and an adopted ID).
+pub fn ownership(server: &Server, uid: &str, recorded: &[&str]) -> Ownership {
     let ours = cloud::uid_tag(uid);
     if server.tags.contains(&ours) {
-        Ownership::Ours
+        if server.name.contains(&creation_mark(uid)) || recorded.contains(&server.id.as_str()) {
+            Ownership::Ours
+        } else {
+            Ownership::Unconfirmed
+        }
     } else if server
         .tags
         .iter()
@@ -228,6 +242,20 @@ pub fn ownership(server: &Server, uid: &str) -> Ownership {
     } else {
         Ownership::Untagged
     }
+}
+
+/// The server IDs this VM recorded: `status.externalID` and the adopted ID.
+fn recorded_ids<'a>(i: &Inputs<'a>) -> Vec<&'a str> {
+    i.status
+        .external_id
+        .as_deref()
+        .into_iter()
+        .chain(
+            i.vm.annotations()
+                .get(ANNOTATION_EXTERNAL_ID)
+                .map(String::as_str),
+        )
+        .collect()
 }
 
 /// Decides. Pure.
@@ -269,7 +297,15 @@ pub fn decide(i: &Inputs) -> Decision {
         Lookup::Absent { .. } => create(i, status),
         Lookup::Found(server) => {
             let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
-            match ownership(server, i.uid) {
+            match ownership(server, i.uid, &recorded_ids(i)) {
+                Ownership::Unconfirmed => Decision::stall(
+                    status,
+                    reason::OWNED_BY_ANOTHER,
+                    format!(
+                        "{} server {} carries this VM's ownership tag, but its name does not carry this VM's creation key and its ID is not the one recorded: it is not taken as this VM's",
+                        i.vendor, server.id
+                    ),
+                ),
                 Ownership::Foreign => Decision::stall(
                     status,
                     reason::OWNED_BY_ANOTHER,
@@ -327,7 +363,7 @@ pub fn observe(i: &Inputs) -> Decision {
 /// stop (unless `ObserveOnly`); a server found gone closes its window at the time it was last seen.
 fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decision {
     let server = match i.lookup {
-        Lookup::Found(s) if ownership(s, i.uid) == Ownership::Ours => s,
+        Lookup::Found(s) if ownership(s, i.uid, &recorded_ids(i)) == Ownership::Ours => s,
         Lookup::Missing(_) => {
             let usage = close_gone(i, &mut status);
             let mut d = Decision::new(status, Step::Nothing, health);
@@ -996,7 +1032,7 @@ mod tests {
     fn server(state: ServerState, size: &str, tags: &[&str]) -> Server {
         Server {
             id: "42".into(),
-            name: "n".into(),
+            name: "web-01234567".into(),
             state,
             size: size.into(),
             region: "fra1".into(),
@@ -1876,6 +1912,42 @@ mod tests {
         let d = run(&c);
         assert_eq!(d.health.reason(), reason::STOPPED);
         assert_eq!(d.status.metering.unwrap().since, NOW);
+    }
+
+    /// The ownership tag alone is not enough: the server's name must carry the creation key, or its ID
+    /// be the one recorded.
+    #[test]
+    fn a_forged_ownership_tag_is_not_taken_as_ours() {
+        let forged = Server {
+            name: "mallorys-box".into(),
+            id: "666".into(),
+            ..ours(ServerState::Running)
+        };
+        let c = Case {
+            status: VirtualMachineStatus {
+                creation_key: Some(UID.into()),
+                ..Default::default()
+            },
+            ..case("", Lookup::Found(forged.clone()), Step::Nothing, "")
+        };
+        let d = run(&c);
+        assert_eq!(d.health.reason(), reason::OWNED_BY_ANOTHER);
+        assert!(
+            d.status.external_id.is_none() && d.status.addresses.is_none(),
+            "{:?}",
+            d.status
+        );
+        assert!(!d.expose);
+        assert_eq!(
+            ownership(&forged, UID, &["666"]),
+            Ownership::Ours,
+            "the recorded ID"
+        );
+        assert_eq!(
+            ownership(&ours(ServerState::Running), UID, &[]),
+            Ownership::Ours,
+            "the name"
+        );
     }
 
     fn observe_case(c: &Case) -> Decision {

@@ -349,12 +349,14 @@ async fn release(
         .await
         .map_err(Error::vendor("look up servers by tag"))
         .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
-    for id in status
+    let recorded: Vec<&str> = status
         .external_id
         .iter()
         .chain(vm.annotations().get(ANNOTATION_EXTERNAL_ID))
-    {
-        if !servers.iter().any(|s| &s.id == id)
+        .map(String::as_str)
+        .collect();
+    for id in &recorded {
+        if !servers.iter().any(|s| s.id == *id)
             && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?
         {
             servers.push(s);
@@ -364,7 +366,7 @@ async fn release(
         // Released, not just left: without this VM's tag the server can be adopted again (where a
         // ProviderConfig allows adoption) instead of staying owned by an object that is gone.
         let mut released = Vec::new();
-        for s in act::owned(&servers, uid) {
+        for s in act::owned(&servers, uid, &recorded) {
             p.remove_tag(&s.id, &tag)
                 .await
                 .map_err(Error::vendor(
@@ -392,7 +394,7 @@ async fn release(
     let mut scheduled = Vec::new();
     // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
     // object's server (e.g. named by an annotation) is never deleted.
-    for s in act::owned(&servers, uid) {
+    for s in act::owned(&servers, uid, &recorded) {
         if s.deletion_scheduled {
             scheduled.push(s.id.clone());
             continue;
