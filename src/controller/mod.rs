@@ -427,9 +427,13 @@ pub async fn run(
         cfg.concurrency.virtual_machine,
         Duration::ZERO,
     ));
-    let (vms, pc_memo) = (caches.vms.clone(), wake::Memo::<ProviderConfig>::default());
+    let (vms, pcs, pc_memo) = (
+        caches.vms.clone(),
+        caches.provider_configs.clone(),
+        wake::Memo::<ProviderConfig>::default(),
+    );
     let vm = vm.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
-        if !pc_memo.changed(&*pc, wake::provider_config_for_users(&pc)) {
+        if !pc_memo.changed_in(&*pc, wake::provider_config_for_users(&pc), &pcs) {
             return Vec::new();
         }
         let name = pc.name_any();
@@ -439,14 +443,18 @@ pub async fn run(
             .map(|v| ObjectRef::from_obj(&*v))
             .collect::<Vec<_>>()
     });
-    let (members, vms) = (caches.members.clone(), caches.vms.clone());
+    let (members, vms, projects) = (
+        caches.members.clone(),
+        caches.vms.clone(),
+        caches.projects.clone(),
+    );
     let (spec_memo, count_memo) = (
         wake::Memo::<Project>::default(),
         wake::Memo::<Project>::default(),
     );
     let vm = vm.watches_shared_stream(feeds.projects.subscribe(), move |p| {
-        let all = spec_memo.changed(&*p, wake::project_for_members(&p));
-        let counts = count_memo.changed(&*p, wake::project_counts(&p));
+        let all = spec_memo.changed_in(&*p, wake::project_for_members(&p), &projects);
+        let counts = count_memo.changed_in(&*p, wake::project_counts(&p), &projects);
         if !all && !counts {
             return Vec::new();
         }
@@ -471,10 +479,10 @@ pub async fn run(
         cfg.concurrency.project,
         cfg.project_debounce,
     ));
-    let vm_memo = wake::Memo::<VirtualMachine>::default();
+    let (vm_memo, all_vms) = (wake::Memo::<VirtualMachine>::default(), caches.vms.clone());
     let proj = proj
         .watches_shared_stream(feeds.vms.subscribe(), move |vm| {
-            if vm_memo.changed(&*vm, wake::vm_for_project(&vm)) {
+            if vm_memo.changed_in(&*vm, wake::vm_for_project(&vm), &all_vms) {
                 wake::projects_of(&vm)
             } else {
                 Vec::new()

@@ -25,12 +25,14 @@ use crate::crd::{Project, ProviderConfig, VirtualMachine};
 /// The last hash seen per object; tells whether the part of an object someone depends on changed.
 pub struct Memo<K: Resource<DynamicType = ()>> {
     seen: Mutex<HashMap<ObjectRef<K>, u64>>,
+    since_prune: std::sync::atomic::AtomicUsize,
 }
 
 impl<K: Resource<DynamicType = ()>> Default for Memo<K> {
     fn default() -> Self {
         Self {
             seen: Mutex::default(),
+            since_prune: Default::default(),
         }
     }
 }
@@ -45,6 +47,21 @@ impl<K: Resource<DynamicType = ()>> Memo<K> {
     /// Records the trigger hash `obj` will have after our own write, so that write wakes nothing.
     pub fn expect(&self, obj: &K) {
         self.changed(obj, trigger_hash(obj));
+    }
+
+    /// [`Memo::changed`], forgetting objects gone from `store` every few thousand calls (and never more
+    /// often than the memo has entries), so the memory of objects that went is released.
+    pub fn changed_in(&self, obj: &K, hash: u64, store: &Store<K>) -> bool
+    where
+        K: Clone,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self.since_prune.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > 4096 && n > self.len() {
+            self.prune(store);
+            self.since_prune.store(0, Ordering::Relaxed);
+        }
+        self.changed(obj, hash)
     }
 
     /// Forgets objects that are no longer in `store` (bounded memory under churn).
@@ -91,16 +108,7 @@ pub fn own_changes<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    let mut since_prune = 0usize;
-    stream.filter(move |o| {
-        let changed = memo.changed(&**o, trigger_hash(&**o));
-        since_prune += 1;
-        if since_prune > 4096 && since_prune > memo.len() {
-            memo.prune(&store);
-            since_prune = 0;
-        }
-        std::future::ready(changed)
-    })
+    stream.filter(move |o| std::future::ready(memo.changed_in(&**o, trigger_hash(&**o), &store)))
 }
 
 /// What a Project's members depend on: its spec, its deletion, and whether its credit stops them.
@@ -214,6 +222,26 @@ mod tests {
         assert!(memo.changed(&p, 1));
         assert!(!memo.changed(&p, 1));
         assert!(memo.changed(&p, 2));
+    }
+
+    /// Objects that went are forgotten: the memo does not grow with churn.
+    #[test]
+    fn memo_releases_objects_gone_from_the_cache() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Project>();
+        let kept = project(None, 0);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(kept.clone()));
+        let memo = Memo::<Project>::default();
+        for i in 0..5000 {
+            let mut gone = kept.clone();
+            gone.metadata.name = Some(format!("gone-{i}"));
+            memo.changed_in(&gone, 1, &store);
+        }
+        memo.changed_in(&kept, 1, &store);
+        assert!(memo.len() < 1000, "{} entries kept", memo.len());
+        assert!(
+            !memo.changed_in(&kept, 1, &store),
+            "a live object is still remembered"
+        );
     }
 
     #[test]
