@@ -167,6 +167,7 @@ async fn metered_seconds(l: &quartermaster::ledger::Ledger, ns: &str, name: &str
 /// A VM with an open metering window; returns (droplet ID, window start).
 async fn metered_vm(e: &Env, name: &str) -> (String, i64) {
     e.apply_vm(name, serde_json::json!({})).await;
+    e.wait_ready(name).await;
     let vms = e.vms();
     common::eventually(WAIT, "VM running with an open metering window", || async {
         let st = vms.get(name).await.ok()?.status?;
@@ -441,4 +442,59 @@ async fn a_project_recreated_under_the_same_name_starts_with_nothing() {
     e.apply_project("acme", serde_json::json!({})).await;
     let p = balance(None).await;
     assert_ne!(p.metadata.uid.as_deref(), Some(first.as_str()));
+}
+
+#[tokio::test]
+async fn a_vm_on_a_suspended_account_is_still_observed_and_metered_but_not_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmsusp", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let (id, since) = metered_vm(&e, "web").await;
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(e.client.clone());
+    pcs.patch(
+        &e.pc,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"spec": {"suspended": true}})),
+    )
+    .await
+    .unwrap();
+    e.patch_vm(
+        "web",
+        serde_json::json!({"spec": {"runStrategy": "Halted"}}),
+    )
+    .await;
+    e.wait_vm(
+        "web",
+        conditions::READY,
+        ConditionStatus::False,
+        "ProviderConfigSuspended",
+    )
+    .await;
+    assert_eq!(
+        e.droplet(&id).await.unwrap()["status"],
+        "active",
+        "a suspended account was changed"
+    );
+    // Deleted at the vendor meanwhile: seen, and billed only until then.
+    delete_droplet(&e, &id).await;
+    let gone = jiff::Timestamp::now().as_second();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    e.patch_vm(
+        "web",
+        serde_json::json!({"metadata": {"annotations": {"touch": "1"}}}),
+    )
+    .await;
+    common::eventually(WAIT, "window closed at the last sighting", || async {
+        let st = e.vms().get("web").await.ok()?.status?;
+        st.metering.is_none().then_some(())
+    })
+    .await;
+    let billed = metered_seconds(&l, &e.ns, "web").await;
+    assert!(
+        billed <= gone - since,
+        "billed {billed} s, gone after {} s",
+        gone - since
+    );
 }

@@ -46,6 +46,19 @@ pub struct Resolved {
 /// credentials come from the [`Providers`] cache: the Secret is read only when the ProviderConfig is
 /// new or changed (its own reconciler refreshes them when the Secret changes).
 pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resolved, Error> {
+    let r = resolve_any(ctx, name, namespace).await?;
+    if r.config.spec.suspended {
+        return Err(Error::Waiting {
+            reason: reason::PROVIDER_CONFIG_SUSPENDED,
+            message: format!("ProviderConfig {name:?} is suspended (spec.suspended); waiting"),
+        });
+    }
+    Ok(r)
+}
+
+/// [`resolve`], also for a suspended ProviderConfig (`config.spec.suspended` says so): what costs money
+/// in its account is still observed and metered; the caller changes nothing through it.
+pub async fn resolve_any(ctx: &Context, name: &str, namespace: &str) -> Result<Resolved, Error> {
     let Some(pc) = ctx
         .caches()?
         .provider_configs
@@ -79,13 +92,21 @@ pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resol
             ),
         ));
     }
-    ctx.providers
-        .account(ctx, &pc)
+    // Read as if not suspended: reading is not changing.
+    let mut readable = (*pc).clone();
+    readable.spec.suspended = false;
+    let mut r = ctx
+        .providers
+        .account(ctx, &readable)
         .await?
-        .ok_or_else(|| Error::Waiting {
-            reason: reason::PROVIDER_CONFIG_SUSPENDED,
-            message: format!("ProviderConfig {name:?} is suspended (spec.suspended); waiting"),
-        })
+        .ok_or_else(|| {
+            Error::permanent(
+                reason::INTERNAL_ERROR,
+                "no account for a live ProviderConfig",
+            )
+        })?;
+    r.config = (*pc).clone();
+    Ok(r)
 }
 
 /// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.

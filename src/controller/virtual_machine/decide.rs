@@ -106,6 +106,9 @@ pub struct Inputs<'a> {
     pub last_seen: Option<i64>,
     /// Percent the ProviderConfig adds to the vendor's prices for the tenant.
     pub markup_percent: Decimal,
+    /// The ProviderConfig is suspended: nothing is created or changed through it (the server is still
+    /// observed and metered).
+    pub suspended: bool,
     /// Now, unix seconds.
     pub now: i64,
 }
@@ -261,6 +264,22 @@ fn recorded_ids<'a>(i: &Inputs<'a>) -> Vec<&'a str> {
 /// Decides. Pure.
 pub fn decide(i: &Inputs) -> Decision {
     let status = i.status.clone();
+    if i.suspended {
+        return held(
+            i,
+            status,
+            Health::not_ready(
+                reason::PROVIDER_CONFIG_SUSPENDED,
+                format!(
+                    "ProviderConfig {:?} is suspended (spec.suspended): nothing is created or changed through it; the server is still observed and metered",
+                    i.status
+                        .provider_config
+                        .as_deref()
+                        .unwrap_or(&i.vm.spec.provider_config_ref.name)
+                ),
+            ),
+        );
+    }
     if let Some(m) = immutable_violation(i.vm, i.status) {
         return held(
             i,
@@ -388,7 +407,9 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
         status.metering = step.open.map(stored_window);
     }
     let billed = i.billed.unwrap_or(i.target);
+    // NB: a suspended account is not changed, not even by the credit stop.
     let stop = matches!(billed, ProjectLookup::Found(p) if p.credit_stop.is_some())
+        && !i.suspended
         && i.vm.spec.management_policy == ManagementPolicy::Full
         && server.state == ServerState::Running
         && !server.busy;
@@ -1186,6 +1207,7 @@ mod tests {
             metering: true,
             last_seen: None,
             markup_percent: Decimal::ZERO,
+            suspended: false,
             now: NOW,
         }
     }

@@ -154,6 +154,7 @@ fn inputs<'a>(
         metering: ctx.ledger.is_some(),
         last_seen: ctx.last_seen(uid),
         markup_percent: obs.resolved.config.spec.markup(),
+        suspended: obs.resolved.config.spec.suspended,
         now,
     }
 }

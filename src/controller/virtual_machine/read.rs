@@ -52,7 +52,8 @@ pub async fn read(
         .provider_config
         .as_deref()
         .unwrap_or(&vm.spec.provider_config_ref.name);
-    let resolved = vendor::resolve(ctx, account, &ns).await?;
+    // Also when suspended: the server is still observed and metered (decide changes nothing then).
+    let resolved = vendor::resolve_any(ctx, account, &ns).await?;
     let provider = ctx.providers.compute(ctx, &resolved).await?;
     let adoption_allowed = vendor::adoption_allowed(&resolved.config, &ns);
     let lookup = lookup(ctx, vm, uid, status, &*provider).await?;
