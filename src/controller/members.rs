@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use rust_decimal::Decimal;
 
-use super::virtual_machine::limits::{AdmissionOrder, Occupancy, Refusal};
+use super::project::policy::{AdmissionOrder, Occupancy, Refusal, order_of};
 use crate::crd::virtual_machine::CreationIntent;
 use crate::crd::{SimCard, VirtualMachine};
 
@@ -54,7 +54,7 @@ impl Facts {
             points,
             reserved: None,
             deleting: vm.meta().deletion_timestamp.is_some(),
-            order: super::virtual_machine::decide::order_of(vm),
+            order: order_of(vm),
             monthly: st.and_then(|s| {
                 Some((
                     s.monthly_price.as_deref()?.parse().ok()?,
@@ -370,7 +370,7 @@ impl SimIndex {
 mod tests {
     use super::*;
 
-    use crate::controller::virtual_machine::limits::Member;
+    use crate::controller::project::policy::Member;
 
     /// The members as [`Member`]s, for comparing the index with [`Occupancy::of`].
     fn member_list(
@@ -472,7 +472,7 @@ mod tests {
         let idx = index(&vms);
         for me in &vms {
             let key = ObjectRef::from_obj(me);
-            let order = super::super::virtual_machine::decide::order_of(me);
+            let order = order_of(me);
             let want = Occupancy::of(&member_list(&idx, "ns", "p", &key), &order, "USD");
             assert_eq!(
                 idx.occupancy("ns", "p", &key, &order, "USD"),

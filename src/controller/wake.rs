@@ -116,7 +116,7 @@ pub fn project_for_members(p: &Project) -> u64 {
     hash_of((
         p.metadata.generation,
         p.metadata.deletion_timestamp.is_some(),
-        super::virtual_machine::read::credit_stop(p).is_some(),
+        super::project::policy::credit_stop(p).is_some(),
     ))
 }
 

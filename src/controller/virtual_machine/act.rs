@@ -18,11 +18,12 @@ use kube::{Api, Resource, ResourceExt};
 
 use kube::runtime::reflector::ObjectRef;
 
+use super::build;
 use super::decide::{Decision, Lookup, ProjectLookup, Step};
 use super::read::Observed;
-use super::{build, limits};
 use crate::cloud::{self, CloudError, PowerAction, Server};
 use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, mark};
+use crate::controller::project::policy as limits;
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::{CreationIntent, ResizeRefusal, VirtualMachineStatus};

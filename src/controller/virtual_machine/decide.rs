@@ -16,9 +16,9 @@ use std::time::Duration;
 use kube::ResourceExt;
 use rust_decimal::Decimal;
 
-use super::limits::{self, Candidate, ProjectState};
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ResizeRule, Server, ServerState};
+use crate::controller::project::policy::{self as limits, Candidate, ProjectState, order_of};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::{
     ManagementPolicy, MeteringWindow, RunStrategy, VirtualMachineStatus, VmAddresses, VmPhase,
@@ -548,17 +548,6 @@ fn project_missing(status: VirtualMachineStatus, vm: &VirtualMachine, name: &str
             "Project {name:?} not found in namespace {:?}",
             vm.namespace().unwrap_or_default()
         ),
-    )
-}
-
-/// The admission order of a VM: (creation time, name).
-pub fn order_of(vm: &VirtualMachine) -> limits::AdmissionOrder {
-    (
-        vm.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second()),
-        vm.name_any(),
     )
 }
 

@@ -1,6 +1,7 @@
 //! VirtualMachine reconciler, a pipeline: [`read`] (ProviderConfig, vendor server, catalog, Projects) →
 //! [`decide`] (pure: next status, one vendor step, health) → [`act`] (usage, the vendor step, the
-//! connection Secret). [`build`] and [`limits`] are the pure pieces decide and act use.
+//! connection Secret). [`build`] is the pure piece decide and act use; what the VM's Project admits
+//! and whether its credit stops the VM, the VM asks the Project ([`crate::controller::project::policy`]).
 //!
 //! # Guarantees
 //! - **Create exactly once.** Before the vendor's create is called, the creation intent (key = the
@@ -24,7 +25,6 @@
 pub mod act;
 pub mod build;
 pub mod decide;
-pub mod limits;
 pub mod read;
 
 use std::sync::Arc;

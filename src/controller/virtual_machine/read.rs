@@ -6,19 +6,17 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use rust_decimal::Decimal;
 
 use super::decide::{Lookup, ProjectLookup};
-use super::limits::{Occupancy, ProjectState};
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
 use crate::controller::framework::publish;
+use crate::controller::project::policy::{self, Occupancy, project_state};
 use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::event;
-use crate::crd::project::CreditExhaustedPolicy;
 use crate::crd::virtual_machine::{ManagementPolicy, VirtualMachineStatus};
-use crate::crd::{ANNOTATION_EXTERNAL_ID, Project, VirtualMachine};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, VirtualMachine};
 
 /// What the read step found.
 pub struct Observed {
@@ -173,46 +171,11 @@ fn project(
             &ns,
             name,
             &ObjectRef::from_obj(vm),
-            &super::decide::order_of(vm),
+            &policy::order_of(vm),
             &p.spec.currency,
         )
     } else {
         Occupancy::default()
     };
     Ok(ProjectLookup::Found(project_state(&p, occupancy)))
-}
-
-/// What admission needs of a Project.
-pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
-    ProjectState {
-        name: p.name_any(),
-        uid: p.uid().unwrap_or_default(),
-        currency: p.spec.currency.clone(),
-        allow_other_currencies: p.spec.allow_other_currencies,
-        limits: p.spec.limits.clone().unwrap_or_default(),
-        credit_stop: credit_stop(p),
-        occupancy,
-    }
-}
-
-/// Why a Project's VMs must stop (and new ones wait): its credit is exhausted and `onCreditExhausted` is
-/// `Stop`.
-pub fn credit_stop(p: &Project) -> Option<String> {
-    if p.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
-        return None;
-    }
-    let balance = p
-        .status
-        .as_ref()?
-        .credit_balance
-        .as_deref()?
-        .parse::<Decimal>()
-        .ok()?;
-    (balance <= Decimal::ZERO).then(|| {
-        format!(
-            "Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
-            p.name_any(),
-            p.spec.currency
-        )
-    })
 }

@@ -1,5 +1,7 @@
-//! Project admission, pure: may this VM count towards (and be billed to) this Project? Checks the
-//! Project's currency, `limits.maxVirtualMachines` and `limits.maxMonthlySpend`.
+//! A Project's money policy, pure, as its members ask it: may this VM count towards (and be billed to)
+//! this Project (its currency, `limits.maxVirtualMachines`, `limits.maxMonthlySpend`), in which order are
+//! waiting members admitted, and does its credit stop its members. The VM reconciler (and the kinds after
+//! it) ask here; the Project owns the answers.
 //!
 //! # Guarantees
 //! - A VM is *admitted* to a Project once its `status.project` names it; it holds a slot until it leaves.
@@ -8,7 +10,11 @@
 //! - Amounts in different currencies are never added: only members priced in the Project's currency count
 //!   towards `maxMonthlySpend`.
 
+use kube::ResourceExt;
 use rust_decimal::Decimal;
+
+use crate::crd::project::CreditExhaustedPolicy;
+use crate::crd::{Project, VirtualMachine};
 
 use crate::crd::conditions::reason;
 use crate::crd::project::ProjectLimits;
@@ -135,6 +141,52 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// What admission needs of a Project.
+pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
+    ProjectState {
+        name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
+        currency: p.spec.currency.clone(),
+        allow_other_currencies: p.spec.allow_other_currencies,
+        limits: p.spec.limits.clone().unwrap_or_default(),
+        credit_stop: credit_stop(p),
+        occupancy,
+    }
+}
+
+/// Why a Project's VMs must stop (and new ones wait): its credit is exhausted and `onCreditExhausted` is
+/// `Stop`.
+pub fn credit_stop(p: &Project) -> Option<String> {
+    if p.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
+        return None;
+    }
+    let balance = p
+        .status
+        .as_ref()?
+        .credit_balance
+        .as_deref()?
+        .parse::<Decimal>()
+        .ok()?;
+    (balance <= Decimal::ZERO).then(|| {
+        format!(
+            "Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
+            p.name_any(),
+            p.spec.currency
+        )
+    })
+}
+
+/// The admission order of a VM: (creation time, name).
+pub fn order_of(vm: &VirtualMachine) -> AdmissionOrder {
+    (
+        vm.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        vm.name_any(),
+    )
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
+pub mod policy;
+
 use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
