@@ -181,13 +181,18 @@ async fn a_vm_whose_server_runs_at_once_is_ready_after_four_writes() {
     // Let anything late arrive (a poll would come after 1 s here).
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The finalizer with the intent before the create (one write), and the status once it runs; the
-    // connection Secret; one Event saying it was created and is ready.
+    // connection Secret (plus, once per ProviderConfig, the finalizer that keeps its credentials Secret
+    // while VMs need it); one Event saying it was created and is ready.
     assert_eq!(
         kube_requests(&e, "patch", "virtualmachines"),
         2,
         "VM writes"
     );
-    assert_eq!(kube_requests(&e, "patch", "secrets"), 1, "Secret writes");
+    assert_eq!(
+        kube_requests(&e, "patch", "secrets"),
+        2,
+        "Secret writes: the connection Secret and the credentials Secret's finalizer"
+    );
     // One reconcile did it all: neither our own finalizer-and-intent write nor the status wakes it again.
     assert_eq!(vm_reconciles(&e), 1, "VM reconciles");
     let events = e.events_of("web").await;

@@ -393,19 +393,7 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
     };
     observed(&mut status, server, i);
     know_project_uid(i, &mut status);
-    let mut usage = Vec::new();
-    if i.metering {
-        let open = status.metering.as_ref().and_then(open_window);
-        let step = metering::step(
-            &subject(i.vm, i.uid, &status),
-            open.as_ref(),
-            &observation(i, server),
-            i.now,
-            false,
-        );
-        usage = step.events;
-        status.metering = step.open.map(stored_window);
-    }
+    let usage = meter(i, &mut status, &observation(i, server));
     let billed = i.billed.unwrap_or(i.target);
     // NB: a suspended account is not changed, not even by the credit stop.
     let stop = matches!(billed, ProjectLookup::Found(p) if p.credit_stop.is_some())
@@ -615,10 +603,31 @@ fn vendor_price(i: &Inputs, server: &Server) -> Option<VendorPrice> {
     from_server.or_else(from_catalog).or_else(remembered)
 }
 
-/// The server exists and is this VM's: observe, meter, move between Projects, converge power and size.
+/// The server exists and is this VM's: observe, move between Projects, meter, converge power and size.
 fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> Decision {
+    record_facts(i, &mut status, server);
+    let obs = observation(i, server);
+    let moved = move_project(i, &mut status, &obs);
+    let mut usage = moved.usage;
+    usage.extend(meter(i, &mut status, &obs));
+    let resync_at_most = status.metering.is_some().then_some(METERING_RESYNC);
+    let mut d = match moved.refusal {
+        Some((r, m)) => Decision::stall(status, r, m),
+        None => power_and_size(i, status, server, moved.billed),
+    };
+    d.usage = usage;
+    d.events.extend(moved.events);
+    d.resync_at_most = resync_at_most;
+    d.expose = true;
+    d.admission = moved.admission;
+    d
+}
+
+/// What the server says goes into status, and what a server found without a recorded create lacks
+/// (account, region, image, the Project it points at).
+fn record_facts(i: &Inputs, status: &mut VirtualMachineStatus, server: &Server) {
     let vm = i.vm;
-    observed(&mut status, server, i);
+    observed(status, server, i);
     status
         .provider_config
         .get_or_insert_with(|| vm.spec.provider_config_ref.name.clone());
@@ -633,92 +642,121 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
         status.project = i.target.name().map(str::to_string);
         status.project_uid = i.target.uid().map(str::to_string);
     }
-    know_project_uid(i, &mut status);
+    know_project_uid(i, status);
+}
 
-    let mut events = Vec::new();
-    let mut usage = Vec::new();
-    let obs = observation(i, server);
-    // Project move: admitted by the new Project first, then the old window closes to the old Project.
-    let mut refusal = None;
-    let mut admission = None;
-    let mut billed = i.billed.unwrap_or(i.target);
-    if status.project.as_deref() != i.target.name() {
-        let me = Candidate {
-            order: order_of(vm),
-            monthly: status
-                .monthly_price
-                .as_deref()
-                .and_then(|p| p.parse().ok())
-                .unwrap_or_default(),
-            currency: status.currency.clone().unwrap_or_default(),
-        };
-        let admitted = match i.target {
-            ProjectLookup::Unset => Ok(()),
-            ProjectLookup::Missing(name) => Err((
-                reason::PROJECT_NOT_FOUND,
-                format!(
-                    "Project {name:?} not found in namespace {:?}",
-                    vm.namespace().unwrap_or_default()
-                ),
-            )),
-            ProjectLookup::Found(p) => {
-                limits::admit(p, &me).inspect(|_| admission = Some((p.name.clone(), me.clone())))
-            }
-        };
-        match admitted {
-            Ok(()) => {
-                if i.metering {
-                    let open = status.metering.as_ref().and_then(open_window);
-                    let closed = metering::step(
-                        &subject(vm, i.uid, &status),
-                        open.as_ref(),
-                        &obs,
-                        i.now,
-                        true,
-                    );
-                    usage.extend(closed.events);
-                    status.metering = None;
-                }
-                events.push((
-                    event::PROJECT_CHANGED,
-                    format!(
-                        "moved from Project {:?} to {:?}; usage so far stays with the former",
-                        status.project.as_deref().unwrap_or(""),
-                        i.target.name().unwrap_or("")
-                    ),
-                ));
-                status.project = i.target.name().map(str::to_string);
-                status.project_uid = i.target.uid().map(str::to_string);
-                billed = i.target;
-            }
-            Err(r) => refusal = Some(r),
+/// What a `projectRef` change led to.
+struct Moved<'a> {
+    /// The window closed to the former Project.
+    usage: Vec<UsageEvent>,
+    events: Vec<(&'static str, String)>,
+    /// The new Project's admission, for act to reserve.
+    admission: Option<(String, Candidate)>,
+    /// Why the new Project refused the VM.
+    refusal: Option<limits::Refusal>,
+    /// The Project the VM is billed to now.
+    billed: &'a ProjectLookup,
+}
+
+/// A `projectRef` change: admitted by the new Project first (limits, currency), then the open window
+/// closes to the old Project and the VM is billed to the new one.
+fn move_project<'a>(
+    i: &Inputs<'a>,
+    status: &mut VirtualMachineStatus,
+    obs: &metering::Observation,
+) -> Moved<'a> {
+    let mut moved = Moved {
+        usage: Vec::new(),
+        events: Vec::new(),
+        admission: None,
+        refusal: None,
+        billed: i.billed.unwrap_or(i.target),
+    };
+    if status.project.as_deref() == i.target.name() {
+        return moved;
+    }
+    let me = Candidate {
+        order: order_of(i.vm),
+        monthly: status
+            .monthly_price
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        currency: status.currency.clone().unwrap_or_default(),
+    };
+    let admitted = match i.target {
+        ProjectLookup::Unset => Ok(()),
+        ProjectLookup::Missing(name) => Err((
+            reason::PROJECT_NOT_FOUND,
+            format!(
+                "Project {name:?} not found in namespace {:?}",
+                i.vm.namespace().unwrap_or_default()
+            ),
+        )),
+        ProjectLookup::Found(p) => {
+            limits::admit(p, &me).inspect(|_| moved.admission = Some((p.name.clone(), me.clone())))
         }
+    };
+    if let Err(r) = admitted {
+        moved.refusal = Some(r);
+        return moved;
     }
     if i.metering {
         let open = status.metering.as_ref().and_then(open_window);
-        let step = metering::step(
-            &subject(vm, i.uid, &status),
+        let closed = metering::step(
+            &subject(i.vm, i.uid, status),
             open.as_ref(),
-            &obs,
+            obs,
             i.now,
-            false,
+            true,
         );
-        usage.extend(step.events);
-        status.metering = step.open.map(stored_window);
+        moved.usage = closed.events;
+        status.metering = None;
     }
-    let resync_at_most = status.metering.is_some().then_some(METERING_RESYNC);
-    let finish = |mut d: Decision| {
-        d.usage = usage;
-        d.events.extend(events);
-        d.resync_at_most = resync_at_most;
-        d.expose = true;
-        d.admission = admission;
-        d
-    };
-    if let Some((r, m)) = refusal {
-        return finish(Decision::stall(status, r, m));
-    }
+    moved.events.push((
+        event::PROJECT_CHANGED,
+        format!(
+            "moved from Project {:?} to {:?}; usage so far stays with the former",
+            status.project.as_deref().unwrap_or(""),
+            i.target.name().unwrap_or("")
+        ),
+    ));
+    status.project = i.target.name().map(str::to_string);
+    status.project_uid = i.target.uid().map(str::to_string);
+    moved.billed = i.target;
+    moved
+}
 
+/// Advances the open metering window to now; returns the closed windows to record.
+fn meter(
+    i: &Inputs,
+    status: &mut VirtualMachineStatus,
+    obs: &metering::Observation,
+) -> Vec<UsageEvent> {
+    if !i.metering {
+        return Vec::new();
+    }
+    let open = status.metering.as_ref().and_then(open_window);
+    let step = metering::step(
+        &subject(i.vm, i.uid, status),
+        open.as_ref(),
+        obs,
+        i.now,
+        false,
+    );
+    status.metering = step.open.map(stored_window);
+    step.events
+}
+
+/// Power and size: the step `runStrategy`, a restart request, a size change (admitted first) and the
+/// Project's credit stop ask for, and the health that follows.
+fn power_and_size(
+    i: &Inputs,
+    mut status: VirtualMachineStatus,
+    server: &Server,
+    billed: &ProjectLookup,
+) -> Decision {
+    let vm = i.vm;
     let credit_stop = match billed {
         ProjectLookup::Found(p) => p.credit_stop.clone(),
         _ => None,
@@ -760,7 +798,7 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
             i.resize_needs_power_off,
         )
     };
-    let mut own_events = Vec::new();
+    let mut events = Vec::new();
     if restart_pending
         && !observe_only
         && step == Step::Nothing
@@ -768,12 +806,32 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     {
         // Nothing to reboot: the request is acknowledged, not queued.
         status.last_restart_request = restart.cloned();
-        own_events.push((
+        events.push((
             event::RESTART_SKIPPED,
             "restart requested while the VM is not running".to_string(),
         ));
     }
-    let mut health = health_for(vm, server, &step);
+    let health = health_of(i, server, &step, resize, credit_stop);
+    let acting = step != Step::Nothing;
+    let mut d = Decision::new(status, step, health);
+    d.events = events;
+    if acting && matches!(d.health, Health::Stalled { .. }) {
+        // Stalled on a refused resize while powering back to what runStrategy asks: look again soon.
+        d.requeue_after = Some(RESIZE_REFUSED_POLL);
+    }
+    d
+}
+
+/// The health of a VM whose server exists: its phase and step, then (in order of precedence) an unknown
+/// price, a resize that is not admitted, and the Project's credit stop.
+fn health_of(
+    i: &Inputs,
+    server: &Server,
+    step: &Step,
+    resize: Result<(), ResizeBlock>,
+    credit_stop: Option<String>,
+) -> Health {
+    let mut health = health_for(i.vm, server, step);
     if i.metering && matches!(health, Health::Ready { .. }) && vendor_price(i, server).is_none() {
         health = Health::not_ready(
             reason::UNPRICED,
@@ -790,30 +848,24 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
         Err(ResizeBlock::Refused(r, m)) => health = Health::stalled(r, m),
         Err(ResizeBlock::Waiting(m)) => health = Health::progressing(reason::RESIZING, m),
     }
-    if let Some(why) = credit_stop {
-        // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
-        health = match (&step, server.state) {
-            (Step::Nothing, ServerState::Off) => {
-                Health::not_ready(reason::CREDIT_EXHAUSTED, format!("stopped: {why}"))
-            }
-            // Nothing Quartermaster will do: not Reconciling (which would read as "still working" for ever).
-            (Step::Nothing, _) if observe_only => Health::not_ready(
-                reason::CREDIT_EXHAUSTED,
-                format!(
-                    "{why}; managementPolicy ObserveOnly: Quartermaster does not stop this server, and its usage is still metered"
-                ),
+    let Some(why) = credit_stop else {
+        return health;
+    };
+    let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
+    // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
+    match (step, server.state) {
+        (Step::Nothing, ServerState::Off) => {
+            Health::not_ready(reason::CREDIT_EXHAUSTED, format!("stopped: {why}"))
+        }
+        // Nothing Quartermaster will do: not Reconciling (which would read as "still working" for ever).
+        (Step::Nothing, _) if observe_only => Health::not_ready(
+            reason::CREDIT_EXHAUSTED,
+            format!(
+                "{why}; managementPolicy ObserveOnly: Quartermaster does not stop this server, and its usage is still metered"
             ),
-            _ => Health::progressing(reason::CREDIT_EXHAUSTED, format!("stopping: {why}")),
-        };
+        ),
+        _ => Health::progressing(reason::CREDIT_EXHAUSTED, format!("stopping: {why}")),
     }
-    let acting = step != Step::Nothing;
-    let mut d = Decision::new(status, step, health);
-    d.events = own_events;
-    if acting && matches!(d.health, Health::Stalled { .. }) {
-        // Stalled on a refused resize while powering back to what runStrategy asks: look again soon.
-        d.requeue_after = Some(RESIZE_REFUSED_POLL);
-    }
-    finish(d)
 }
 
 /// How soon a VM stalled on a refused resize looks again while its power step completes.
