@@ -63,21 +63,7 @@ pub async fn act(
     if d.step != Step::Create {
         progress.status = d.status.clone();
     }
-    let mut decided = d.events.clone();
-    if !d.usage.is_empty() {
-        if let Err(e) = ctx.record_usage(&d.usage).await {
-            // The window stays open in status (and the VM with its former Project); the next reconcile
-            // records it. Power and size go on.
-            ctx.set_pending_usage(uid, d.usage.len());
-            tracing::warn!(vm = %vm.name_any(), error = %e, "usage not recorded yet; will retry");
-            progress.status.metering = before.metering.clone();
-            progress.status.project = before.project.clone();
-            decided.retain(|(r, _)| *r != event::PROJECT_CHANGED);
-        } else {
-            ctx.set_pending_usage(uid, 0);
-        }
-    }
-    events.extend(decided);
+    events.extend(record_usage(ctx, vm, uid, &d, &before, progress).await);
 
     let p = &*obs.provider;
     let mut server = match &obs.lookup {
@@ -103,38 +89,8 @@ pub async fn act(
                 .await?;
                 password = Some(generated);
             }
-            let user_data = user_data(ctx, vm, p.user_data_limit(), p.vendor()).await?;
-            record_intent(ctx, vm, uid, &d.status).await?;
-            progress.status = d.status.clone();
-            if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
-                ctx.metrics.recreates_after_intent.inc();
-                events.push((
-                    event::RECREATING,
-                    "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
-                ));
-            }
-            let spec = build::server_spec(
-                vm,
-                uid,
-                user_data,
-                password.clone().filter(|_| p.accepts_root_password()),
-            );
-            let created = p
-                .create(&spec)
-                .await
-                .map_err(Error::vendor("create the server"))?;
-            progress.status.external_id = Some(created.id.clone());
-            events.push((
-                event::CREATED,
-                format!(
-                    "created {} server {} ({} in {})",
-                    p.vendor(),
-                    created.id,
-                    spec.size,
-                    spec.region
-                ),
-            ));
-            server = Some(created);
+            let with_password = password.clone().filter(|_| p.accepts_root_password());
+            server = Some(create(ctx, vm, uid, obs, &d, with_password, progress, events).await?);
         }
         Step::Adopt => {
             let id = server.as_ref().map(|s| s.id.clone()).unwrap_or_default();
@@ -182,6 +138,78 @@ pub async fn act(
     outcome.requeue_after = d.requeue_after;
     outcome.resync_at_most = d.resync_at_most;
     Ok(outcome)
+}
+
+/// Records the closed metering windows; returns the decision's Events to publish. If the ledger does
+/// not take them, the window stays open in status (and the VM with its former Project, so its move is not
+/// announced yet): the next reconcile records them. Power and size go on either way.
+async fn record_usage(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    d: &Decision,
+    before: &VirtualMachineStatus,
+    progress: &mut Progress<VirtualMachineStatus>,
+) -> Vec<(&'static str, String)> {
+    let mut decided = d.events.clone();
+    if d.usage.is_empty() {
+        return decided;
+    }
+    if let Err(e) = ctx.record_usage(&d.usage).await {
+        ctx.set_pending_usage(uid, d.usage.len());
+        tracing::warn!(vm = %vm.name_any(), error = %e, "usage not recorded yet; will retry");
+        progress.status.metering = before.metering.clone();
+        progress.status.project = before.project.clone();
+        progress.status.project_uid = before.project_uid.clone();
+        decided.retain(|(r, _)| *r != event::PROJECT_CHANGED);
+    } else {
+        ctx.set_pending_usage(uid, 0);
+    }
+    decided
+}
+
+/// Creates the server, exactly once: user data is read (and checked) first, then the intent is
+/// recorded with the finalizer, then the vendor's create is called; the ID it answers with goes into the
+/// working status at once.
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    obs: &Observed,
+    d: &Decision,
+    root_password: Option<String>,
+    progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
+) -> Result<Server, Error> {
+    let p = &*obs.provider;
+    let user_data = user_data(ctx, vm, p.user_data_limit(), p.vendor()).await?;
+    record_intent(ctx, vm, uid, &d.status).await?;
+    progress.status = d.status.clone();
+    if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
+        ctx.metrics.recreates_after_intent.inc();
+        events.push((
+            event::RECREATING,
+            "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
+        ));
+    }
+    let spec = build::server_spec(vm, uid, user_data, root_password);
+    let created = p
+        .create(&spec)
+        .await
+        .map_err(Error::vendor("create the server"))?;
+    progress.status.external_id = Some(created.id.clone());
+    events.push((
+        event::CREATED,
+        format!(
+            "created {} server {} ({} in {})",
+            p.vendor(),
+            created.id,
+            spec.size,
+            spec.region
+        ),
+    ));
+    Ok(created)
 }
 
 /// The VM's user data, refused (Stalled `InvalidSpec`, before any vendor call) when it is larger than
