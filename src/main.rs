@@ -252,6 +252,10 @@ struct RunArgs {
     /// How often an object with vendor work in progress is looked at again, in seconds.
     #[arg(long, default_value_t = 5)]
     poll_interval_secs: u64,
+    /// How often each compute account is listed (paged, one listing for all its VMs) to see drift at
+    /// the vendor: a server gone, powered off or resized wakes its VM within this interval.
+    #[arg(long, default_value_t = 60)]
+    observe_interval_secs: u64,
     /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
     #[arg(long)]
     no_migrate: bool,
@@ -627,6 +631,7 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
                 resync_interval: Duration::from_secs(args.resync_secs.max(1)),
                 label_selector: args.label_selector.clone(),
                 poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
+                observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
                 concurrency: controller::Concurrency {
                     provider_config: args.provider_config_concurrency,
                     project: args.project_concurrency,

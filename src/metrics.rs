@@ -21,6 +21,8 @@ pub struct Metrics {
     pub reconcile_panics: IntCounterVec,
     /// VMs created again because recorded intent found no tagged server after a second look.
     pub recreates_after_intent: prometheus::IntCounter,
+    /// Whole-account server listings (drift observation).
+    pub account_listings: prometheus::IntCounter,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -80,6 +82,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let account_listings = prometheus::IntCounter::new(
+            "quartermaster_account_listings_total",
+            "Whole-account server listings made to see drift at the vendor.",
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -134,6 +141,7 @@ impl Metrics {
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_panics.clone()),
             Box::new(recreates_after_intent.clone()),
+            Box::new(account_listings.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -146,6 +154,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_panics,
             recreates_after_intent,
+            account_listings,
             status_writes,
             leader,
             usage_events,

@@ -454,7 +454,10 @@ async fn recorded_intent_is_read_back_before_creating_again() {
 
 #[tokio::test]
 async fn one_tenants_resync_annotation_cannot_hurt_the_controller() {
-    let e = env("vmresync", |_| {}, true).await;
+    // Per-VM resyncs only: the account listing (one per account, not per VM) is kept out of the count.
+    let e = env_with("vmresync", |_| {})
+        .await
+        .with_controller(None, |c| c.observe_interval = Duration::from_secs(3600));
     e.apply_vm(
         "fast",
         serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/resync-interval": "1s"}}}),

@@ -498,3 +498,58 @@ async fn a_vm_on_a_suspended_account_is_still_observed_and_metered_but_not_chang
         gone - since
     );
 }
+
+/// Powers droplet `id` off at the simulator, as someone using the vendor's console would.
+async fn power_off_droplet(e: &Env, id: &str) {
+    quartermaster::install_crypto_provider();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/droplets/{id}/actions", e.sim.url))
+        .bearer_auth("sim-token")
+        .json(&serde_json::json!({"type": "power_off"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "power off: {}", r.status());
+}
+
+#[tokio::test]
+async fn drift_at_the_vendor_is_seen_without_waiting_for_the_vms_own_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    // Each VM's own resync is 10 minutes away; the account listing runs every second here.
+    let e = env_with("vmdrift", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let (on_id, _) = metered_vm(&e, "on").await;
+    let (gone_id, since) = metered_vm(&e, "gone").await;
+    // Powered off behind Quartermaster's back: runStrategy Always powers it on again.
+    power_off_droplet(&e, &on_id).await;
+    common::eventually(WAIT, "powered back on after drift", || async {
+        e.event_reasons("on")
+            .await
+            .iter()
+            .any(|r| r == "PoweringOn")
+            .then_some(())
+    })
+    .await;
+    // Deleted behind its back: seen, stalled, and billed no further than the deletion.
+    delete_droplet(&e, &gone_id).await;
+    let gone = jiff::Timestamp::now().as_second();
+    let vm = e
+        .wait_vm(
+            "gone",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ExternalNotFound",
+        )
+        .await;
+    assert!(vm.status.unwrap().metering.is_none());
+    let billed = metered_seconds(&l, &e.ns, "gone").await;
+    assert!(
+        billed <= gone + 1 - since,
+        "billed {billed} s, gone after {} s",
+        gone - since
+    );
+    let listings = e.metrics.as_ref().unwrap().account_listings.get();
+    assert!(listings >= 1, "no account listing");
+}

@@ -50,8 +50,18 @@ impl DigitalOcean {
         path: &str,
         key: &str,
     ) -> Result<Vec<T>, CloudError> {
+        self.list_pages(path, key, 50).await
+    }
+
+    /// Up to `max_pages` pages of 200.
+    async fn list_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        key: &str,
+        max_pages: usize,
+    ) -> Result<Vec<T>, CloudError> {
         let mut out = Vec::new();
-        for page in 1..=50 {
+        for page in 1..=max_pages {
             let sep = if path.contains('?') { '&' } else { '?' };
             let v: serde_json::Value = self
                 .api
@@ -276,6 +286,12 @@ impl ComputeProvider for DigitalOcean {
             .list(&format!("/v2/droplets?tag_name={tag}"), "droplets")
             .await?;
         Ok(droplets.into_iter().map(to_server).collect())
+    }
+
+    /// Every droplet, 200 a page (10,000 droplets: 50 requests).
+    async fn list_servers(&self) -> Result<Option<Vec<Server>>, CloudError> {
+        let droplets: Vec<Droplet> = self.list_pages("/v2/droplets", "droplets", 1000).await?;
+        Ok(Some(droplets.into_iter().map(to_server).collect()))
     }
 
     async fn delete(&self, id: &str) -> Result<(), CloudError> {

@@ -206,6 +206,11 @@ pub trait ComputeProvider: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<Server>, CloudError>;
     /// Servers carrying `tag`.
     async fn find_by_tag(&self, tag: &str) -> Result<Vec<Server>, CloudError>;
+    /// Every server of the account, paged: one listing observes every VM of the account. `None` where
+    /// this client cannot list (its VMs are observed one GET each).
+    async fn list_servers(&self) -> Result<Option<Vec<Server>>, CloudError> {
+        Ok(None)
+    }
     /// Deletes a server; succeeds when it is already gone.
     async fn delete(&self, id: &str) -> Result<(), CloudError>;
     /// Adds `tag` to a server (to mark an adopted server as owned). Idempotent. Vendors that cannot tag an

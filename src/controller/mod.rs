@@ -12,6 +12,7 @@ pub mod framework;
 pub mod leader;
 pub mod members;
 pub mod names;
+pub mod observe;
 pub mod project;
 pub mod provider_config;
 pub mod vendor;
@@ -62,6 +63,9 @@ pub struct ControllerConfig {
     /// How long to wait before looking for a tagged server a second time when intent was recorded but
     /// the first look found nothing (vendor listings can lag a create).
     pub listing_lag: Duration,
+    /// How often each compute account is listed to see drift (a server gone, powered off or resized at
+    /// the vendor) and wake the VMs it concerns.
+    pub observe_interval: Duration,
     /// How many reconciles of each kind run at once.
     pub concurrency: Concurrency,
     /// A Project's reconcile waits this long after the last change of its members (coalescing a burst
@@ -101,6 +105,7 @@ impl Default for ControllerConfig {
             vendor_timeout: Duration::from_secs(30),
             catalog_ttl: Duration::from_secs(3600),
             listing_lag: Duration::from_secs(2),
+            observe_interval: Duration::from_secs(60),
             concurrency: Concurrency::default(),
             project_debounce: Duration::from_millis(500),
         }
@@ -427,6 +432,9 @@ pub async fn run(
         cfg.concurrency.virtual_machine,
         Duration::ZERO,
     ));
+    // Drift seen in an account's listing wakes the VMs it concerns (see `observe`).
+    let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel();
+    let vm = vm.reconcile_on(tokio_stream_from(drift_rx));
     let (vms, pcs, pc_memo) = (
         caches.vms.clone(),
         caches.provider_configs.clone(),
@@ -504,7 +512,9 @@ pub async fn run(
         }
         tracing::info!("controller caches synced");
         health.set_synced(true);
+        let observer = observe::run(ctx.clone(), drift_tx).boxed();
         futures::future::join_all([
+            observer,
             drive(
                 pc,
                 provider_config::ProviderConfigReconciler,

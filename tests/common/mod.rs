@@ -264,6 +264,7 @@ pub fn start_controller_cfg(
         poll_interval: Duration::from_millis(500),
         vendor_timeout: Duration::from_secs(10),
         listing_lag: Duration::from_millis(200),
+        observe_interval: Duration::from_secs(1),
         ..Default::default()
     };
     tweak(&mut config);
