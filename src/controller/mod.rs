@@ -136,6 +136,7 @@ pub struct Context {
     warned: Mutex<HashMap<String, String>>,
     last_seen: Mutex<HashMap<String, i64>>,
     sighted: Mutex<std::collections::HashSet<String>>,
+    listings: Mutex<HashMap<String, observe::Listing>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
@@ -168,6 +169,7 @@ impl Context {
             warned: Mutex::default(),
             last_seen: Mutex::default(),
             sighted: Mutex::default(),
+            listings: Mutex::default(),
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
         }
@@ -208,6 +210,18 @@ impl Context {
     pub fn last_seen(&self, uid: &str) -> Option<i64> {
         let m = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         m.get(uid).copied()
+    }
+
+    /// Keeps the latest listing of ProviderConfig `pc`'s account.
+    pub fn set_listing(&self, pc: &str, listing: observe::Listing) {
+        let mut m = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(pc.to_string(), listing);
+    }
+
+    /// The latest listing of ProviderConfig `pc`'s account, if any.
+    pub fn listing(&self, pc: &str) -> Option<observe::Listing> {
+        let m = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(pc).cloned()
     }
 
     /// True the first time this process sees `key` (until it is forgotten): for work done once per object

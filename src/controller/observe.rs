@@ -24,6 +24,15 @@ use crate::crd::VirtualMachine;
 /// What a VM's reconcile depends on of its server: its state and size.
 type Digest = (String, String);
 
+/// One listing of an account: when it was taken (unix seconds) and its servers by ID.
+#[derive(Clone, Debug)]
+pub struct Listing {
+    /// When the listing was taken, unix seconds.
+    pub at: i64,
+    /// The servers, by vendor ID.
+    pub servers: Arc<HashMap<String, Server>>,
+}
+
 /// The servers of one listing by the UID in their ownership tag.
 pub fn by_owner(servers: &[Server]) -> HashMap<String, Digest> {
     let mut m = HashMap::new();
@@ -89,6 +98,7 @@ async fn observe_all(
             continue;
         };
         let provider = ctx.providers.compute(ctx, &account).await?;
+        let started = jiff::Timestamp::now().as_second();
         let listed = match provider.list_servers().await {
             Ok(Some(servers)) => servers,
             Ok(None) => continue,
@@ -99,6 +109,13 @@ async fn observe_all(
         };
         ctx.metrics.account_listings.inc();
         let now = by_owner(&listed);
+        ctx.set_listing(
+            &name,
+            Listing {
+                at: started,
+                servers: Arc::new(listed.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            },
+        );
         if let Some(before) = last.insert(name, now.clone()) {
             let uids = changed(&before, &now);
             if uids.is_empty() {

@@ -11,6 +11,7 @@ use super::decide::{Lookup, ProjectLookup};
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
 use crate::controller::framework::publish;
+use crate::controller::observe::Listing;
 use crate::controller::project::policy::{self, Occupancy, project_state};
 use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};
@@ -54,7 +55,10 @@ pub async fn read(
     let resolved = vendor::resolve_any(ctx, account, &ns).await?;
     let provider = ctx.providers.compute(ctx, &resolved).await?;
     let adoption_allowed = vendor::adoption_allowed(&resolved.config, &ns);
-    let lookup = lookup(ctx, vm, uid, status, &*provider).await?;
+    let lookup = match from_listing(ctx, vm, status, account) {
+        Some(server) => Lookup::Found(server),
+        None => lookup(ctx, vm, uid, status, &*provider).await?,
+    };
     let absent = matches!(lookup, Lookup::Absent { .. });
     let catalog = match catalog(ctx, &resolved, &*provider).await {
         Ok(c) => Some(c),
@@ -92,6 +96,56 @@ pub async fn catalog(
         .get(&key, p)
         .await
         .map_err(Error::vendor("read the vendor catalog"))
+}
+
+/// A VM at rest takes its server from the account's latest listing instead of a GET of its own (one
+/// listing serves every VM of the account): only when the listing is fresh (within two observe
+/// intervals), was taken after the VM last became Ready, the VM has nothing new to act on (its spec is
+/// the one last acted on, no restart pending), and the listing holds its recorded server. Anything else
+/// (a VM just acted on, a server missing from the listing) reads the server itself.
+fn from_listing(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    status: &VirtualMachineStatus,
+    account: &str,
+) -> Option<cloud::Server> {
+    let listing = ctx.listing(account)?;
+    let now = jiff::Timestamp::now().as_second();
+    listing_serves(vm, status, &listing, now, ctx.config.observe_interval)
+}
+
+/// The rule of [`from_listing`], pure.
+pub fn listing_serves(
+    vm: &VirtualMachine,
+    status: &VirtualMachineStatus,
+    listing: &Listing,
+    now: i64,
+    interval: std::time::Duration,
+) -> Option<cloud::Server> {
+    let id = status.external_id.as_deref()?;
+    if vm
+        .annotations()
+        .get(ANNOTATION_EXTERNAL_ID)
+        .is_some_and(|a| a != id)
+        || vm.metadata.generation != status.observed_generation
+        || vm
+            .annotations()
+            .get(crate::crd::ANNOTATION_RESTART_REQUESTED_AT)
+            != status.last_restart_request.as_ref()
+    {
+        return None;
+    }
+    let ready = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY)
+        .filter(|c| c.status == crate::crd::conditions::ConditionStatus::True)?;
+    let ready_since = ready
+        .last_transition_time
+        .parse::<jiff::Timestamp>()
+        .ok()?
+        .as_second();
+    let fresh = now - listing.at <= 2 * i64::try_from(interval.as_secs()).unwrap_or(i64::MAX / 2);
+    (fresh && listing.at > ready_since)
+        .then(|| listing.servers.get(id).cloned())
+        .flatten()
 }
 
 /// Finds the server: by the adopted or recorded ID, else by the ownership tag. When intent was recorded
@@ -178,4 +232,83 @@ fn project(
         Occupancy::default()
     };
     Ok(ProjectLookup::Found(project_state(&p, occupancy)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    fn vm(status: serde_json::Value, annotations: serde_json::Value) -> VirtualMachine {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "a", "generation": 2, "annotations": annotations},
+            "spec": {"providerConfigRef": {"name": "pc"}, "region": "r", "size": "s", "image": "i"},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn at_rest(generation: i64, ready_since: &str) -> serde_json::Value {
+        serde_json::json!({
+            "externalID": "42", "observedGeneration": generation,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
+                            "lastTransitionTime": ready_since, "observedGeneration": generation}]
+        })
+    }
+
+    #[test]
+    fn only_a_vm_at_rest_takes_a_fresh_listing_taken_after_it_got_ready() {
+        let server = cloud::Server {
+            id: "42".into(),
+            name: "web-1".into(),
+            state: cloud::ServerState::Running,
+            size: "s".into(),
+            region: "r".into(),
+            image: None,
+            public_ipv4: None,
+            public_ipv6: None,
+            private_ipv4: None,
+            tags: vec![],
+            busy: false,
+            deletion_scheduled: false,
+            price: None,
+        };
+        let ready = "2026-11-30T00:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
+        let listing = Listing {
+            at: ready + 10,
+            servers: std::sync::Arc::new(HashMap::from([("42".to_string(), server)])),
+        };
+        let minute = Duration::from_secs(60);
+        let serves = |v: &VirtualMachine, now: i64, l: &Listing| {
+            listing_serves(v, v.status.as_ref().unwrap(), l, now, minute).is_some()
+        };
+        let rest = vm(at_rest(2, "2026-11-30T00:00:00Z"), serde_json::json!({}));
+        assert!(serves(&rest, ready + 30, &listing));
+        // Too old a listing, or one taken before the VM got Ready (it may predate the VM's own step).
+        assert!(!serves(&rest, ready + 200, &listing));
+        let older = Listing {
+            at: ready - 1,
+            ..listing.clone()
+        };
+        assert!(!serves(&rest, ready + 30, &older));
+        // A spec not acted on yet, or a restart pending: the VM reads the server itself.
+        let edited = vm(at_rest(1, "2026-11-30T00:00:00Z"), serde_json::json!({}));
+        assert!(!serves(&edited, ready + 30, &listing));
+        let restart = vm(
+            at_rest(2, "2026-11-30T00:00:00Z"),
+            serde_json::json!({"quartermaster.dev/restart-requested-at": "now"}),
+        );
+        assert!(!serves(&restart, ready + 30, &listing));
+        // Not in the listing: read (and confirm it is gone) with a GET.
+        let empty = Listing {
+            servers: std::sync::Arc::new(HashMap::new()),
+            ..listing
+        };
+        assert!(!serves(&rest, ready + 30, &empty));
+    }
 }
