@@ -43,6 +43,11 @@ pub struct ReconcileBench {
     /// Give up waiting for Ready after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_secs: u64,
+    /// After the quiet period, put DigitalOcean's documented rate limit (1 request a second, a burst of
+    /// 180) on the account for this many seconds and print the vendor calls per minute and the oldest
+    /// observation age (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limited_secs: u64,
     /// Folder for the simulator state, the ledger and the logs (default: a new temporary folder).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -407,6 +412,21 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     let quiet_own_after = own_requests(&own).1;
     let quiet_breakdown_after = controller_counters(&http, &metrics_url, BREAKDOWN).await?;
     let quiet_ctl_after = controller_requests(&quiet_breakdown_after);
+    let limited = if b.rate_limited_secs > 0 {
+        Some(
+            rate_limited(
+                &pcs,
+                &pc_name,
+                &http,
+                &sim_url,
+                &metrics_url,
+                b.rate_limited_secs,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let (peak, rss) = rss_kib(pid);
     drop(controller);
 
@@ -471,6 +491,12 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
         b.apply_concurrency,
         raw.as_secs_f64()
     );
+    if let Some(l) = limited {
+        println!(
+            "| with DigitalOcean's documented limit on (1/s, burst 180) for {} s: vendor calls per minute / account listings / oldest observation age at worst | {:.1} / {} / {} s |",
+            b.rate_limited_secs, l.calls_per_minute, l.listings, l.oldest_age_secs
+        );
+    }
     println!();
     println!("Controller requests and reconciles per VM while converging:");
     for (labels, v) in &breakdown_after {
@@ -488,6 +514,66 @@ pub async fn reconcile(b: ReconcileBench, exe: PathBuf) -> Result<(), BoxError> 
     }
     println!("(namespace {ns} is left behind; the API server is throwaway)");
     Ok(())
+}
+
+/// What the rate-limited period showed.
+struct Limited {
+    calls_per_minute: f64,
+    listings: u64,
+    oldest_age_secs: i64,
+}
+
+/// Puts DigitalOcean's documented limit on the account for `secs` and watches the vendor calls and the
+/// age of the oldest observation (from the controller's oldest account listing, sampled every second).
+async fn rate_limited(
+    pcs: &Api<ProviderConfig>,
+    pc_name: &str,
+    http: &reqwest::Client,
+    sim_url: &str,
+    metrics_url: &str,
+    secs: u64,
+) -> Result<Limited, BoxError> {
+    pcs.patch(
+        pc_name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            serde_json::json!({"spec": {"rateLimit": {"requestsPerSecond": 1, "burst": 180}}}),
+        ),
+    )
+    .await?;
+    let total = |s: &crate::sim::StatsSnapshot| s.get + s.post + s.delete + s.other;
+    let listings = |c: &BTreeMap<String, u64>| {
+        c.get("quartermaster_account_listings_total")
+            .copied()
+            .unwrap_or(0)
+    };
+    const GAUGES: &[&str] = &[
+        "quartermaster_account_listings_total",
+        "quartermaster_oldest_account_listing_timestamp_seconds",
+    ];
+    let before = total(&sim_calls(http, sim_url).await?);
+    let listed_before = listings(&controller_counters(http, metrics_url, GAUGES).await?);
+    let started = Instant::now();
+    let mut oldest_age_secs = 0;
+    let mut last = BTreeMap::new();
+    while started.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        last = controller_counters(http, metrics_url, GAUGES).await?;
+        let at = last
+            .get("quartermaster_oldest_account_listing_timestamp_seconds")
+            .copied()
+            .unwrap_or(0);
+        if at > 0 {
+            let age = jiff::Timestamp::now().as_second() - i64::try_from(at).unwrap_or(0);
+            oldest_age_secs = oldest_age_secs.max(age);
+        }
+    }
+    let calls = total(&sim_calls(http, sim_url).await?) - before;
+    Ok(Limited {
+        calls_per_minute: calls as f64 * 60.0 / started.elapsed().as_secs_f64(),
+        listings: listings(&last) - listed_before,
+        oldest_age_secs,
+    })
 }
 
 /// Waits until `url` answers.

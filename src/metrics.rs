@@ -23,6 +23,9 @@ pub struct Metrics {
     pub recreates_after_intent: prometheus::IntCounter,
     /// Whole-account server listings (drift observation).
     pub account_listings: prometheus::IntCounter,
+    /// Start (unix seconds) of the oldest among the accounts' latest listings: now minus this is the age
+    /// of the oldest observation of any listed server.
+    pub oldest_listing: IntGauge,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -87,6 +90,11 @@ impl Metrics {
             "Whole-account server listings made to see drift at the vendor.",
         )
         .expect("valid metric");
+        let oldest_listing = IntGauge::new(
+            "quartermaster_oldest_account_listing_timestamp_seconds",
+            "Start (unix seconds) of the oldest among the accounts' latest server listings.",
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -142,6 +150,7 @@ impl Metrics {
             Box::new(reconcile_panics.clone()),
             Box::new(recreates_after_intent.clone()),
             Box::new(account_listings.clone()),
+            Box::new(oldest_listing.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -155,6 +164,7 @@ impl Metrics {
             reconcile_panics,
             recreates_after_intent,
             account_listings,
+            oldest_listing,
             status_writes,
             leader,
             usage_events,

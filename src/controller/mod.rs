@@ -212,10 +212,13 @@ impl Context {
         m.get(uid).copied()
     }
 
-    /// Keeps the latest listing of ProviderConfig `pc`'s account.
+    /// Keeps the latest listing of ProviderConfig `pc`'s account (and the oldest one's time as a metric).
     pub fn set_listing(&self, pc: &str, listing: observe::Listing) {
         let mut m = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         m.insert(pc.to_string(), listing);
+        if let Some(oldest) = m.values().map(|l| l.at).min() {
+            self.metrics.oldest_listing.set(oldest);
+        }
     }
 
     /// The latest listing of ProviderConfig `pc`'s account, if any.
