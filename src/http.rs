@@ -52,9 +52,9 @@ pub enum AttemptOutcome {
     Transport,
 }
 
-/// The retry decision.
+/// Whether to try a vendor call again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Retry {
     /// Done: hand the outcome to the caller.
     Stop,
     /// Wait this long, then try again.
@@ -69,9 +69,9 @@ pub fn decide(
     outcome: AttemptOutcome,
     idempotent: bool,
     jitter: f64,
-) -> Decision {
+) -> Retry {
     if attempt >= policy.max_attempts {
-        return Decision::Stop;
+        return Retry::Stop;
     }
     let backoff = backoff_delay(attempt, policy.base, policy.cap, jitter);
     let retryable = match outcome {
@@ -83,12 +83,12 @@ pub fn decide(
         AttemptOutcome::Timeout | AttemptOutcome::Transport => idempotent,
     };
     if !retryable {
-        return Decision::Stop;
+        return Retry::Stop;
     }
     match outcome {
-        AttemptOutcome::Status(_, Some(after)) if after > policy.cap => Decision::Stop,
-        AttemptOutcome::Status(_, Some(after)) => Decision::RetryAfter(after.max(backoff)),
-        _ => Decision::RetryAfter(backoff),
+        AttemptOutcome::Status(_, Some(after)) if after > policy.cap => Retry::Stop,
+        AttemptOutcome::Status(_, Some(after)) => Retry::RetryAfter(after.max(backoff)),
+        _ => Retry::RetryAfter(backoff),
     }
 }
 
@@ -397,8 +397,8 @@ impl HttpClient {
                 idempotent,
                 rand::random::<f64>(),
             ) {
-                Decision::Stop => return Err(err),
-                Decision::RetryAfter(d) => {
+                Retry::Stop => return Err(err),
+                Retry::RetryAfter(d) => {
                     if let Some(m) = &self.metrics {
                         let reason = match outcome {
                             AttemptOutcome::Status(429, _) => "throttled",
@@ -502,10 +502,10 @@ mod tests {
     #[test]
     fn retry_decision_table() {
         use AttemptOutcome::*;
-        use Decision::*;
+        use Retry::*;
         let j = 0.999_999;
         let s = |n| Duration::from_secs_f64(n);
-        let cases: &[(u32, AttemptOutcome, bool, Decision)] = &[
+        let cases: &[(u32, AttemptOutcome, bool, Retry)] = &[
             (1, Status(200, None), true, Stop),
             (1, Status(404, None), true, Stop),
             (1, Status(422, None), true, Stop),

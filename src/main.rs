@@ -16,7 +16,7 @@ use quartermaster::controller::leader::{LeaderElector, LeaseTimings};
 use quartermaster::controller::{self, Context, ControllerConfig};
 use quartermaster::crd;
 use quartermaster::metrics::Metrics;
-use quartermaster::server::{self, Health, Role};
+use quartermaster::server::{self, Readiness, Role};
 use quartermaster::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -599,7 +599,7 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
         )),
     )
     .map_err(|e| format!("failed to build a Kubernetes client: {e}"))?;
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Readiness::default());
     let shutdown = shutdown_signal().shared();
 
     let http = tokio::spawn(server::serve(

@@ -23,12 +23,12 @@ pub enum Role {
 
 /// Shared readiness state, updated by leader election and the controllers.
 #[derive(Default)]
-pub struct Health {
+pub struct Readiness {
     role: AtomicU8,
     synced: AtomicBool,
 }
 
-impl Health {
+impl Readiness {
     /// Records this process's role.
     pub fn set_role(&self, role: Role) {
         self.role.store(role as u8, Ordering::SeqCst);
@@ -59,11 +59,11 @@ impl Health {
 #[derive(Clone)]
 struct AppState {
     metrics: Metrics,
-    health: Arc<Health>,
+    health: Arc<Readiness>,
 }
 
 /// The router with every endpoint.
-pub fn router(metrics: Metrics, health: Arc<Health>) -> Router {
+pub fn router(metrics: Metrics, health: Arc<Readiness>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -95,7 +95,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
-    health: Arc<Health>,
+    health: Arc<Readiness>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn readiness_follows_role_and_sync() {
-        let h = Health::default();
+        let h = Readiness::default();
         assert!(h.readiness().0, "a standby is ready to take over");
         h.set_role(Role::Leader);
         assert!(!h.readiness().0);

@@ -41,7 +41,7 @@ use framework::{Managed, Reconciler, object_key};
 use crate::crd::conditions::reason;
 use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::metrics::Metrics;
-use crate::server::Health;
+use crate::server::Readiness;
 
 /// Tunables of the controllers.
 #[derive(Clone, Debug)]
@@ -379,7 +379,7 @@ fn tokio_stream_from<T: Send + 'static>(
 /// `shutdown` is cloned into every controller (e.g. a `futures::future::Shared`).
 pub async fn run(
     ctx: Arc<Context>,
-    health: Arc<Health>,
+    health: Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let mut feeds = cache::Feeds::new(&ctx.client, ctx.config.label_selector.as_deref());

@@ -89,9 +89,9 @@ pub struct Observation {
     pub price: Option<HourlyPrice>,
 }
 
-/// Result of one metering step.
+/// What one metering step advanced: the windows it closed and the one left open.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
+pub struct Advance {
     /// Closed windows to record.
     pub events: Vec<UsageEvent>,
     /// The window to persist afterwards.
@@ -107,7 +107,7 @@ pub fn step(
     obs: &Observation,
     now: i64,
     closing: bool,
-) -> Step {
+) -> Advance {
     let mut events = Vec::new();
     let mut next = open.cloned();
     if let Some(w) = open {
@@ -143,7 +143,7 @@ pub fn step(
             price: obs.price.clone(),
         });
     }
-    Step { events, open: next }
+    Advance { events, open: next }
 }
 
 fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
@@ -342,7 +342,7 @@ mod tests {
         let s = subject();
         assert_eq!(
             step(&s, None, &obs(false, "small", "0.01"), 100, false),
-            Step {
+            Advance {
                 events: vec![],
                 open: None
             }

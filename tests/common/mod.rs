@@ -287,7 +287,7 @@ pub fn start_controller_cfg(
         }
         controller::run(
             std::sync::Arc::new(ctx),
-            std::sync::Arc::new(quartermaster::server::Health::default()),
+            std::sync::Arc::new(quartermaster::server::Readiness::default()),
             shutdown,
         )
         .await
