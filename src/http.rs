@@ -327,68 +327,9 @@ impl HttpClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let this = clone_request(&req).ok_or_else(|| HttpError::Decode {
-                vendor: self.vendor,
-                message: "request body cannot be replayed".into(),
-            })?;
-            if let Some(l) = &self.limiter {
-                l.acquire().await;
-            }
-            let started = Instant::now();
-            let result = self.inner.execute(this).await;
-            if let Some(m) = &self.metrics {
-                m.duration
-                    .with_label_values(&[self.vendor])
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            let (outcome, err) = match result {
-                Ok(resp) => {
-                    let status = resp.status();
-                    self.count(class(status));
-                    if status.is_success() || status.is_redirection() {
-                        return Ok(resp);
-                    }
-                    let retry_after = resp
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
-                    let message = vendor_message(resp).await;
-                    (
-                        AttemptOutcome::Status(status.as_u16(), retry_after),
-                        HttpError::Status {
-                            vendor: self.vendor,
-                            status: status.as_u16(),
-                            message,
-                            retry_after,
-                        },
-                    )
-                }
-                Err(e) if e.is_timeout() => {
-                    self.count("timeout");
-                    (
-                        AttemptOutcome::Timeout,
-                        HttpError::Timeout {
-                            vendor: self.vendor,
-                            timeout: self.policy.timeout,
-                        },
-                    )
-                }
-                Err(e) => {
-                    self.count("error");
-                    let outcome = if e.is_connect() {
-                        AttemptOutcome::Connect
-                    } else {
-                        AttemptOutcome::Transport
-                    };
-                    (
-                        outcome,
-                        HttpError::Unreachable {
-                            vendor: self.vendor,
-                            message: without_url(&e),
-                        },
-                    )
-                }
+            let (outcome, err) = match self.attempt(&req).await? {
+                Ok(resp) => return Ok(resp),
+                Err(failed) => failed,
             };
             match decide(
                 &self.policy,
@@ -399,19 +340,106 @@ impl HttpClient {
             ) {
                 Retry::Stop => return Err(err),
                 Retry::RetryAfter(d) => {
-                    if let Some(m) = &self.metrics {
-                        let reason = match outcome {
-                            AttemptOutcome::Status(429, _) => "throttled",
-                            AttemptOutcome::Status(..) => "server_error",
-                            AttemptOutcome::Timeout => "timeout",
-                            _ => "transport",
-                        };
-                        m.retries.with_label_values(&[self.vendor, reason]).inc();
-                    }
+                    self.count_retry(outcome);
                     tracing::debug!(vendor = self.vendor, attempt, delay = ?d, error = %err, "retrying vendor call");
                     tokio::time::sleep(d).await;
                 }
             }
+        }
+    }
+
+    /// One attempt, through the rate limit, timed and counted: the response when it succeeded, else what
+    /// happened (for the retry policy) and the error to report. `Err` only when the request cannot be
+    /// sent again (its body cannot be replayed).
+    async fn attempt(
+        &self,
+        req: &reqwest::Request,
+    ) -> Result<Result<Response, (AttemptOutcome, HttpError)>, HttpError> {
+        let this = clone_request(req).ok_or_else(|| HttpError::Decode {
+            vendor: self.vendor,
+            message: "request body cannot be replayed".into(),
+        })?;
+        if let Some(l) = &self.limiter {
+            l.acquire().await;
+        }
+        let started = Instant::now();
+        let result = self.inner.execute(this).await;
+        if let Some(m) = &self.metrics {
+            m.duration
+                .with_label_values(&[self.vendor])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(match result {
+            Ok(resp) => {
+                let status = resp.status();
+                self.count(class(status));
+                if status.is_success() || status.is_redirection() {
+                    Ok(resp)
+                } else {
+                    Err(self.refused(resp).await)
+                }
+            }
+            Err(e) => Err(self.failed(&e)),
+        })
+    }
+
+    /// A vendor's non-success answer: its status, `Retry-After` and message.
+    async fn refused(&self, resp: Response) -> (AttemptOutcome, HttpError) {
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+        let message = vendor_message(resp).await;
+        (
+            AttemptOutcome::Status(status, retry_after),
+            HttpError::Status {
+                vendor: self.vendor,
+                status,
+                message,
+                retry_after,
+            },
+        )
+    }
+
+    /// A transport failure: a timeout, or the vendor unreachable (the URL never appears in the error).
+    fn failed(&self, e: &reqwest::Error) -> (AttemptOutcome, HttpError) {
+        if e.is_timeout() {
+            self.count("timeout");
+            return (
+                AttemptOutcome::Timeout,
+                HttpError::Timeout {
+                    vendor: self.vendor,
+                    timeout: self.policy.timeout,
+                },
+            );
+        }
+        self.count("error");
+        let outcome = if e.is_connect() {
+            AttemptOutcome::Connect
+        } else {
+            AttemptOutcome::Transport
+        };
+        (
+            outcome,
+            HttpError::Unreachable {
+                vendor: self.vendor,
+                message: without_url(e),
+            },
+        )
+    }
+
+    /// Counts a retry by its reason.
+    fn count_retry(&self, outcome: AttemptOutcome) {
+        if let Some(m) = &self.metrics {
+            let reason = match outcome {
+                AttemptOutcome::Status(429, _) => "throttled",
+                AttemptOutcome::Status(..) => "server_error",
+                AttemptOutcome::Timeout => "timeout",
+                _ => "transport",
+            };
+            m.retries.with_label_values(&[self.vendor, reason]).inc();
         }
     }
 
