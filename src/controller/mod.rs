@@ -388,139 +388,11 @@ pub async fn run(
     if ctx.caches.set(caches.clone()).is_err() {
         tracing::warn!("controllers already ran with this context; reusing its caches");
     }
-    let cfg = &ctx.config;
-
-    // ProviderConfig: its own changes, any Secret it references, and at once when an object saw the
-    // vendor refuse its credentials.
-    let pc = Controller::for_shared_stream(
-        wake::own_changes(
-            feeds.provider_configs.subscribe(),
-            caches.provider_configs.clone(),
-            Arc::default(),
-        ),
-        caches.provider_configs.clone(),
-    )
-    .with_config(runtime_config(
-        cfg.concurrency.provider_config,
-        Duration::ZERO,
-    ));
-    // NB: the Secrets Quartermaster writes itself (connection Secrets, one per VM) are never credentials:
-    // leaving them out halves the Secret traffic of a large fleet.
-    let secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
-        watcher::Config::default().labels(cache::NOT_MANAGED_BY),
-    )
-    .default_backoff()
-    .touched_objects();
-    let pcs = caches.provider_configs.clone();
-    let pc = pc.watches_stream(secrets, move |secret| {
-        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
-        pcs.state()
-            .into_iter()
-            .filter(|p| {
-                let r = &p.spec.credentials_secret_ref;
-                r.namespace == ns && r.name == name
-            })
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
-    });
-    let rejected = ctx
-        .rejected_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    let pc = match rejected {
-        Some(rx) => pc.reconcile_on(
-            tokio_stream_from(rx).map(|name| ObjectRef::<ProviderConfig>::new(&name)),
-        ),
-        None => pc,
-    };
-
-    // VirtualMachine: its own changes, and its ProviderConfig and Project when what it depends on changed.
-    let vm = Controller::for_shared_stream(
-        wake::own_changes(
-            feeds.vms.subscribe(),
-            caches.vms.clone(),
-            caches.vm_triggers.clone(),
-        ),
-        caches.vms.clone(),
-    )
-    .with_config(runtime_config(
-        cfg.concurrency.virtual_machine,
-        Duration::ZERO,
-    ));
     // Drift seen in an account's listing wakes the VMs it concerns (see `observe`).
     let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel();
-    let vm = vm.reconcile_on(tokio_stream_from(drift_rx));
-    let (vms, pcs, pc_memo) = (
-        caches.vms.clone(),
-        caches.provider_configs.clone(),
-        wake::Memo::<ProviderConfig>::default(),
-    );
-    let vm = vm.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
-        if !pc_memo.changed_in(&*pc, wake::provider_config_for_users(&pc), &pcs) {
-            return Vec::new();
-        }
-        let name = pc.name_any();
-        vms.state()
-            .into_iter()
-            .filter(|v| v.spec.provider_config_ref.name == name)
-            .map(|v| ObjectRef::from_obj(&*v))
-            .collect::<Vec<_>>()
-    });
-    let (members, vms, projects) = (
-        caches.members.clone(),
-        caches.vms.clone(),
-        caches.projects.clone(),
-    );
-    let (spec_memo, count_memo) = (
-        wake::Memo::<Project>::default(),
-        wake::Memo::<Project>::default(),
-    );
-    let vm = vm.watches_shared_stream(feeds.projects.subscribe(), move |p| {
-        let all = spec_memo.changed_in(&*p, wake::project_for_members(&p), &projects);
-        let counts = count_memo.changed_in(&*p, wake::project_counts(&p), &projects);
-        if !all && !counts {
-            return Vec::new();
-        }
-        let ns = p.namespace().unwrap_or_default();
-        members
-            .members(&ns, &p.name_any())
-            .into_iter()
-            .filter(|r| all || vms.get(r).is_some_and(|v| wake::waits_for_slot(&v)))
-            .collect::<Vec<_>>()
-    });
-
-    // Project: its own changes, and its members when what its status shows of them changed.
-    let proj = Controller::for_shared_stream(
-        wake::own_changes(
-            feeds.projects.subscribe(),
-            caches.projects.clone(),
-            Arc::default(),
-        ),
-        caches.projects.clone(),
-    )
-    .with_config(runtime_config(
-        cfg.concurrency.project,
-        cfg.project_debounce,
-    ));
-    let (vm_memo, all_vms) = (wake::Memo::<VirtualMachine>::default(), caches.vms.clone());
-    let proj = proj
-        .watches_shared_stream(feeds.vms.subscribe(), move |vm| {
-            if vm_memo.changed_in(&*vm, wake::vm_for_project(&vm), &all_vms) {
-                wake::projects_of(&vm)
-            } else {
-                Vec::new()
-            }
-        })
-        .watches_shared_stream(feeds.sims.subscribe(), |sim| {
-            let ns = sim.namespace().unwrap_or_default();
-            sim.spec
-                .project_ref
-                .as_ref()
-                .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
-        })
-        .reconcile_on(futures::stream::iter(vm_deletions).flat_map(tokio_stream_from));
+    let pc = provider_config_controller(&ctx, &feeds, &caches);
+    let vm = vm_controller(&ctx, &feeds, &caches, drift_rx);
+    let proj = project_controller(&ctx, &feeds, &caches, vm_deletions);
 
     let watches = feeds.run();
     let controllers = async {
@@ -559,6 +431,161 @@ pub async fn run(
         _ = shutdown.clone() => {}
     }
     health.set_synced(false);
+}
+
+/// ProviderConfig: its own changes, any Secret it references, and at once when an object saw the vendor
+/// refuse its credentials.
+fn provider_config_controller(
+    ctx: &Arc<Context>,
+    feeds: &cache::Feeds,
+    caches: &cache::Caches,
+) -> Controller<ProviderConfig> {
+    let cfg = &ctx.config;
+
+    let pc = Controller::for_shared_stream(
+        wake::own_changes(
+            feeds.provider_configs.subscribe(),
+            caches.provider_configs.clone(),
+            Arc::default(),
+        ),
+        caches.provider_configs.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.provider_config,
+        Duration::ZERO,
+    ));
+    // NB: the Secrets Quartermaster writes itself (connection Secrets, one per VM) are never credentials:
+    // leaving them out halves the Secret traffic of a large fleet.
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
+        watcher::Config::default().labels(cache::NOT_MANAGED_BY),
+    )
+    .default_backoff()
+    .touched_objects();
+    let pcs = caches.provider_configs.clone();
+    let pc = pc.watches_stream(secrets, move |secret| {
+        let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        pcs.state()
+            .into_iter()
+            .filter(|p| {
+                let r = &p.spec.credentials_secret_ref;
+                r.namespace == ns && r.name == name
+            })
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    });
+    let rejected = ctx
+        .rejected_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match rejected {
+        Some(rx) => pc.reconcile_on(
+            tokio_stream_from(rx).map(|name| ObjectRef::<ProviderConfig>::new(&name)),
+        ),
+        None => pc,
+    }
+}
+
+/// VirtualMachine: its own changes, drift seen in its account's listing (`drift`), and its ProviderConfig
+/// and Project when what it depends on changed.
+fn vm_controller(
+    ctx: &Arc<Context>,
+    feeds: &cache::Feeds,
+    caches: &cache::Caches,
+    drift: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<VirtualMachine>>,
+) -> Controller<VirtualMachine> {
+    let cfg = &ctx.config;
+    let vm = Controller::for_shared_stream(
+        wake::own_changes(
+            feeds.vms.subscribe(),
+            caches.vms.clone(),
+            caches.vm_triggers.clone(),
+        ),
+        caches.vms.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.virtual_machine,
+        Duration::ZERO,
+    ));
+    let vm = vm.reconcile_on(tokio_stream_from(drift));
+    let (vms, pcs, pc_memo) = (
+        caches.vms.clone(),
+        caches.provider_configs.clone(),
+        wake::Memo::<ProviderConfig>::default(),
+    );
+    let vm = vm.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
+        if !pc_memo.changed_in(&*pc, wake::provider_config_for_users(&pc), &pcs) {
+            return Vec::new();
+        }
+        let name = pc.name_any();
+        vms.state()
+            .into_iter()
+            .filter(|v| v.spec.provider_config_ref.name == name)
+            .map(|v| ObjectRef::from_obj(&*v))
+            .collect::<Vec<_>>()
+    });
+    let (members, vms, projects) = (
+        caches.members.clone(),
+        caches.vms.clone(),
+        caches.projects.clone(),
+    );
+    let (spec_memo, count_memo) = (
+        wake::Memo::<Project>::default(),
+        wake::Memo::<Project>::default(),
+    );
+    vm.watches_shared_stream(feeds.projects.subscribe(), move |p| {
+        let all = spec_memo.changed_in(&*p, wake::project_for_members(&p), &projects);
+        let counts = count_memo.changed_in(&*p, wake::project_counts(&p), &projects);
+        if !all && !counts {
+            return Vec::new();
+        }
+        let ns = p.namespace().unwrap_or_default();
+        members
+            .members(&ns, &p.name_any())
+            .into_iter()
+            .filter(|r| all || vms.get(r).is_some_and(|v| wake::waits_for_slot(&v)))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Project: its own changes, and its members when what its status shows of them changed (and the
+/// Projects of VMs that disappeared, `vm_deletions`).
+fn project_controller(
+    ctx: &Arc<Context>,
+    feeds: &cache::Feeds,
+    caches: &cache::Caches,
+    vm_deletions: Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<Project>>>,
+) -> Controller<Project> {
+    let cfg = &ctx.config;
+    let proj = Controller::for_shared_stream(
+        wake::own_changes(
+            feeds.projects.subscribe(),
+            caches.projects.clone(),
+            Arc::default(),
+        ),
+        caches.projects.clone(),
+    )
+    .with_config(runtime_config(
+        cfg.concurrency.project,
+        cfg.project_debounce,
+    ));
+    let (vm_memo, all_vms) = (wake::Memo::<VirtualMachine>::default(), caches.vms.clone());
+    proj.watches_shared_stream(feeds.vms.subscribe(), move |vm| {
+        if vm_memo.changed_in(&*vm, wake::vm_for_project(&vm), &all_vms) {
+            wake::projects_of(&vm)
+        } else {
+            Vec::new()
+        }
+    })
+    .watches_shared_stream(feeds.sims.subscribe(), |sim| {
+        let ns = sim.namespace().unwrap_or_default();
+        sim.spec
+            .project_ref
+            .as_ref()
+            .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
+    })
+    .reconcile_on(futures::stream::iter(vm_deletions).flat_map(tokio_stream_from))
 }
 
 /// kube-runtime's controller settings: at most `concurrency` reconciles at once (0: unbounded), and
