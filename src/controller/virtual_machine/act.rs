@@ -123,21 +123,43 @@ pub async fn act(
     if d.expose
         && let Some(s) = &server
     {
-        apply_connection_secret(
+        expose(
             ctx,
             vm,
+            s,
             existing.as_deref(),
-            build::connection_data(vm, Some(s), password.as_deref()),
+            password.as_deref(),
+            progress,
         )
         .await?;
-        progress.status.connection_secret_ref = Some(LocalObjectReference {
-            name: build::connection_secret_name(vm),
-        });
     }
     let mut outcome = Outcome::new(d.health);
     outcome.requeue_after = d.requeue_after;
     outcome.resync_at_most = d.resync_at_most;
     Ok(outcome)
+}
+
+/// Writes the connection Secret with the server's addresses (and the password, if one was chosen) and
+/// records it in status.
+async fn expose(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    server: &Server,
+    existing: Option<&Secret>,
+    password: Option<&str>,
+    progress: &mut Progress<VirtualMachineStatus>,
+) -> Result<(), Error> {
+    apply_connection_secret(
+        ctx,
+        vm,
+        existing,
+        build::connection_data(vm, Some(server), password),
+    )
+    .await?;
+    progress.status.connection_secret_ref = Some(LocalObjectReference {
+        name: build::connection_secret_name(vm),
+    });
+    Ok(())
 }
 
 /// Records the closed metering windows; returns the decision's Events to publish. If the ledger does

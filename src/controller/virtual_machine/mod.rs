@@ -363,39 +363,18 @@ async fn release(
             servers.push(s);
         }
     }
+    let owned: Vec<&cloud::Server> = act::owned(&servers, uid, &recorded).collect();
     if vm.spec.deletion_policy == DeletionPolicy::Orphan {
-        // Released, not just left: without this VM's tag the server can be adopted again (where a
-        // ProviderConfig allows adoption) instead of staying owned by an object that is gone.
-        let mut released = Vec::new();
-        for s in act::owned(&servers, uid, &recorded) {
-            p.remove_tag(&s.id, &tag)
-                .await
-                .map_err(Error::vendor(
-                    "release the server (remove its ownership tag)",
-                ))
-                .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
-            released.push(s.id.clone());
-        }
-        if !released.is_empty() {
-            publish(
-                ctx,
-                vm,
-                EventType::Normal,
-                event::ORPHANED,
-                &format!(
-                    "server(s) {} left in place and released (ownership tag removed)",
-                    released.join(", ")
-                ),
-            )
-            .await;
-        }
+        orphan(ctx, vm, &*p, &owned, &tag)
+            .await
+            .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
         return Ok(Cleanup::Done);
     }
     let mut waiting = Vec::new();
     let mut scheduled = Vec::new();
     // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
     // object's server (e.g. named by an annotation) is never deleted.
-    for s in act::owned(&servers, uid, &recorded) {
+    for s in owned {
         if s.deletion_scheduled {
             scheduled.push(s.id.clone());
             continue;
@@ -411,6 +390,39 @@ async fn release(
         scheduled,
         ctx.config.poll_interval,
     ))
+}
+
+/// Releases the VM's servers (deletionPolicy Orphan): left running, without this VM's tag, so they can
+/// be adopted again (where a ProviderConfig allows adoption) instead of staying owned by an object that
+/// is gone.
+async fn orphan(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    p: &dyn cloud::ComputeProvider,
+    owned: &[&cloud::Server],
+    tag: &str,
+) -> Result<(), Error> {
+    let mut released = Vec::new();
+    for s in owned {
+        p.remove_tag(&s.id, tag).await.map_err(Error::vendor(
+            "release the server (remove its ownership tag)",
+        ))?;
+        released.push(s.id.clone());
+    }
+    if !released.is_empty() {
+        publish(
+            ctx,
+            vm,
+            EventType::Normal,
+            event::ORPHANED,
+            &format!(
+                "server(s) {} left in place and released (ownership tag removed)",
+                released.join(", ")
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// What cleanup waits for: servers whose deletion is under way are polled every `poll`; when every
