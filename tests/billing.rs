@@ -56,6 +56,27 @@ fn vm_in(id: &str, name: &str, pc: &str, project: &str) -> serde_json::Value {
     })
 }
 
+/// Project `name` labelled for test `id` with `onCreditExhausted: policy`; returns its UID.
+async fn prepaid_project(
+    client: &kube::Client,
+    ns: &str,
+    id: &str,
+    name: &str,
+    policy: &str,
+) -> String {
+    apply(
+        client,
+        ns,
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": name, "labels": {"qm-test": id}},
+            "spec": {"onCreditExhausted": policy}
+        }),
+    )
+    .await;
+    common::project_uid(client, ns, name).await
+}
+
 async fn apply(client: &kube::Client, ns: &str, v: serde_json::Value) {
     let name = v["metadata"]["name"].as_str().unwrap().to_string();
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
@@ -93,17 +114,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     let (metrics, _stop) = common::start_controller_with(client.clone(), &id, Some(l.clone()));
 
     // A prepaid project with 1.00 of credit, and a VM in it.
-    apply(
-        &client,
-        &ns,
-        serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-            "metadata": {"name": "prepaid", "labels": {"qm-test": id}},
-            "spec": {"onCreditExhausted": "Stop"}
-        }),
-    )
-    .await;
-    let prepaid = common::project_uid(&client, &ns, "prepaid").await;
+    let prepaid = prepaid_project(&client, &ns, &id, "prepaid", "Stop").await;
     assert!(
         l.credit(&common::grant(
             "g1",
@@ -201,17 +212,7 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     );
 
     // Notify on another project: only a condition (and an Event); its VM keeps running.
-    apply(
-        &client,
-        &ns,
-        serde_json::json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-            "metadata": {"name": "notify", "labels": {"qm-test": id}},
-            "spec": {"onCreditExhausted": "Notify"}
-        }),
-    )
-    .await;
-    let notify = common::project_uid(&client, &ns, "notify").await;
+    let notify = prepaid_project(&client, &ns, &id, "notify", "Notify").await;
     assert!(
         l.credit(&common::grant("n1", &ns, "notify", &notify, 1_000_000))
             .await
