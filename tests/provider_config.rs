@@ -152,7 +152,34 @@ async fn ready_with_secret_stalled_without_and_back() {
         ),
     }
 
-    // A resync with nothing changed writes no status, and reads the credentials Secret once.
+    // A resync with nothing changed writes no status, and reads the credentials Secret once. First let
+    // the reconcile that protecting the credentials Secret (its finalizer patch) triggers settle: it may
+    // start from a cache that has not seen the first status write yet.
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    common::eventually(WAIT, "credentials Secret protected", || async {
+        let s = secrets_api.get("do-token").await.ok()?;
+        s.metadata
+            .finalizers?
+            .iter()
+            .any(|f| f == "quartermaster.dev/credentials-in-use")
+            .then_some(())
+    })
+    .await;
+    let settled = || {
+        metrics
+            .reconciles
+            .with_label_values(&["ProviderConfig"])
+            .get()
+    };
+    let mut last = settled();
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = settled();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let writes = metrics
         .status_writes
         .with_label_values(&["ProviderConfig"])
