@@ -50,6 +50,13 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
     p.find_by_tag(&cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa"))
         .await
         .expect("GET /v2/droplets?tag_name=");
+    // One listing of the whole account (drift observation).
+    let listed = p
+        .list_servers()
+        .await
+        .expect("GET /v2/droplets")
+        .expect("DigitalOcean lists its droplets");
+    assert!(!listed.is_empty());
     for a in [PowerAction::On, PowerAction::Off, PowerAction::Reboot] {
         p.power(&created.id, a)
             .await

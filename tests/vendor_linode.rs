@@ -74,6 +74,13 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
         .await
         .expect("GET /v4/linode/instances");
     assert!(found.iter().all(|s| s.tags.contains(&uid_tag)));
+    // One listing of the whole account (drift observation).
+    let listed = p
+        .list_servers()
+        .await
+        .expect("GET /v4/linode/instances")
+        .expect("Linode lists its instances");
+    assert!(!listed.is_empty());
 
     for a in [PowerAction::On, PowerAction::Off, PowerAction::Reboot] {
         p.power(&created.id, a)

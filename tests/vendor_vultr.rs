@@ -74,6 +74,13 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
     // The mock's instances carry other tags, so nothing matches; the point is that the call validates.
     let found = p.find_by_tag(&uid_tag).await.expect("GET /instances?tag=");
     assert!(found.iter().all(|s| s.tags.contains(&uid_tag)));
+    // One listing of the whole account (drift observation).
+    let listed = p
+        .list_servers()
+        .await
+        .expect("GET /instances")
+        .expect("Vultr lists its instances");
+    assert!(!listed.is_empty());
 
     for a in [PowerAction::On, PowerAction::Off, PowerAction::Reboot] {
         p.power(&created.id, a)

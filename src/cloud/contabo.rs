@@ -698,6 +698,12 @@ impl ComputeProvider for Contabo {
             .collect())
     }
 
+    /// Every instance, paged (ownership tags read from display names).
+    async fn list_servers(&self) -> Result<Option<Vec<Server>>, CloudError> {
+        let all: Vec<Instance> = self.list("/v1/compute/instances").await?;
+        Ok(Some(all.into_iter().map(to_server).collect()))
+    }
+
     async fn delete(&self, id: &str) -> Result<(), CloudError> {
         self.credentials()?;
         let Some(num) = numeric_id(id) else {

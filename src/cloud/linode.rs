@@ -388,6 +388,12 @@ impl ComputeProvider for Linode {
             .collect())
     }
 
+    /// Every instance, 500 a page.
+    async fn list_servers(&self) -> Result<Option<Vec<Server>>, CloudError> {
+        let all: Vec<Instance> = self.list("/v4/linode/instances").await?;
+        Ok(Some(all.into_iter().map(to_server).collect()))
+    }
+
     async fn delete(&self, id: &str) -> Result<(), CloudError> {
         let Some(id) = numeric_id(id) else {
             return Ok(());

@@ -396,6 +396,12 @@ impl ComputeProvider for Vultr {
             .collect())
     }
 
+    /// Every instance, 500 a page (cursor paging).
+    async fn list_servers(&self) -> Result<Option<Vec<Server>>, CloudError> {
+        let all: Vec<Instance> = self.list("/instances", &[], "instances").await?;
+        Ok(Some(all.into_iter().map(to_server).collect()))
+    }
+
     async fn delete(&self, id: &str) -> Result<(), CloudError> {
         let Some(id) = segment_id(id) else {
             return Ok(());

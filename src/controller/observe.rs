@@ -6,8 +6,9 @@
 //! reconciles and are not woken. One listing serves every VM of the account: 10,000 droplets are 50
 //! requests on DigitalOcean.
 //!
-//! Runs only while this replica leads (beside the controllers). Accounts whose client cannot list are
-//! left to the per-VM resync.
+//! Runs only while this replica leads (beside the controllers). Every compute client lists (DigitalOcean
+//! 200 a page, Linode and Vultr 500, Contabo its page size); a client that could not would be left to the
+//! per-VM resync.
 
 use std::collections::HashMap;
 use std::sync::Arc;
