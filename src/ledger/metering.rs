@@ -173,7 +173,7 @@ fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
         quantity: end - start,
         unit_price,
         vendor_unit_price,
-        price_quantity: HOUR,
+        price_quantity: Meter::VmSeconds.info().priced_per,
         currency,
         window_start: start,
         window_end: end,

@@ -103,16 +103,66 @@ pub enum Meter {
     LlmOutputTokens,
 }
 
+/// What the ledger knows of a meter: its stored name, the unit of its quantities, and how many units a
+/// price is quoted for (a VM's price is hourly, a SIM's per megabyte, an LLM's per million tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeterInfo {
+    /// The meter.
+    pub meter: Meter,
+    /// Its stored name.
+    pub name: &'static str,
+    /// The unit of its quantities.
+    pub unit: &'static str,
+    /// How many units a price is for (a usage row's `price_quantity`).
+    pub priced_per: i64,
+}
+
+/// Every meter, in one table: names, units and price quantities live here and nowhere else.
+pub const METERS: [MeterInfo; 5] = [
+    MeterInfo {
+        meter: Meter::VmSeconds,
+        name: "vm_seconds",
+        unit: "second",
+        priced_per: 3600,
+    },
+    MeterInfo {
+        meter: Meter::SimDataBytes,
+        name: "sim_data_bytes",
+        unit: "byte",
+        priced_per: 1_000_000,
+    },
+    MeterInfo {
+        meter: Meter::SimSms,
+        name: "sim_sms",
+        unit: "message",
+        priced_per: 1,
+    },
+    MeterInfo {
+        meter: Meter::LlmInputTokens,
+        name: "llm_input_tokens",
+        unit: "token",
+        priced_per: 1_000_000,
+    },
+    MeterInfo {
+        meter: Meter::LlmOutputTokens,
+        name: "llm_output_tokens",
+        unit: "token",
+        priced_per: 1_000_000,
+    },
+];
+
 impl Meter {
+    /// Its row of [`METERS`].
+    pub fn info(self) -> &'static MeterInfo {
+        METERS
+            .iter()
+            .find(|m| m.meter == self)
+            .unwrap_or(&METERS[0])
+    }
+
     /// The stored name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::VmSeconds => "vm_seconds",
-            Self::SimDataBytes => "sim_data_bytes",
-            Self::SimSms => "sim_sms",
-            Self::LlmInputTokens => "llm_input_tokens",
-            Self::LlmOutputTokens => "llm_output_tokens",
-        }
+        self.info().name
     }
 }
 
@@ -162,6 +212,31 @@ impl UsageEvent {
     /// quantity × vendor_unit_price / price_quantity, in nano-units: what the vendor charges.
     pub fn vendor_amount_nanos(&self) -> i64 {
         amount_nanos(self.quantity, self.vendor_unit_price, self.price_quantity)
+    }
+}
+
+#[cfg(test)]
+mod meter_tests {
+    use super::*;
+
+    #[test]
+    fn every_meter_has_one_row_and_names_match_their_serde_form() {
+        let all = [
+            Meter::VmSeconds,
+            Meter::SimDataBytes,
+            Meter::SimSms,
+            Meter::LlmInputTokens,
+            Meter::LlmOutputTokens,
+        ];
+        for m in all {
+            assert_eq!(METERS.iter().filter(|r| r.meter == m).count(), 1, "{m:?}");
+            assert_eq!(
+                serde_json::to_value(m).unwrap(),
+                serde_json::Value::from(m.as_str())
+            );
+            assert!(m.info().priced_per > 0);
+        }
+        assert_eq!(Meter::VmSeconds.info().priced_per, 3600);
     }
 }
 
