@@ -93,11 +93,7 @@ async fn observe_all(
         }
         let name = pc.name_any();
         // Reading is not changing: a suspended account is observed too.
-        let mut readable = (*pc).clone();
-        readable.spec.suspended = false;
-        let Some(account) = ctx.providers.account(ctx, &readable).await? else {
-            continue;
-        };
+        let account = ctx.providers.account_for_reading(ctx, &pc).await?;
         let provider = ctx.providers.compute(ctx, &account).await?;
         let started = jiff::Timestamp::now().as_second();
         let listed = match provider.list_servers().await {

@@ -92,20 +92,7 @@ pub async fn resolve_any(ctx: &Context, name: &str, namespace: &str) -> Result<R
             ),
         ));
     }
-    // Read as if not suspended: reading is not changing.
-    let mut readable = (*pc).clone();
-    readable.spec.suspended = false;
-    let mut r = ctx
-        .providers
-        .account(ctx, &readable)
-        .await?
-        .ok_or_else(|| {
-            Error::permanent(
-                reason::INTERNAL_ERROR,
-                "no account for a live ProviderConfig",
-            )
-        })?;
-    r.config = (*pc).clone();
+    let r = ctx.providers.account_for_reading(ctx, &pc).await?;
     Ok(r)
 }
 
@@ -225,6 +212,25 @@ impl Providers {
         if let Some(r) = &r {
             self.remember(r);
         }
+        Ok(r)
+    }
+
+    /// The credentials of `pc` even while it is suspended (reading is not changing); the returned
+    /// `config` is `pc` as it is, so callers still see `spec.suspended`.
+    pub async fn account_for_reading(
+        &self,
+        ctx: &Context,
+        pc: &ProviderConfig,
+    ) -> Result<Resolved, Error> {
+        let mut readable = pc.clone();
+        readable.spec.suspended = false;
+        let mut r = self.account(ctx, &readable).await?.ok_or_else(|| {
+            Error::permanent(
+                reason::INTERNAL_ERROR,
+                "no account for a live ProviderConfig",
+            )
+        })?;
+        r.config = pc.clone();
         Ok(r)
     }
 

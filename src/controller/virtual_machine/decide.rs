@@ -247,14 +247,15 @@ pub fn ownership(server: &Server, uid: &str, recorded: &[&str]) -> Ownership {
     }
 }
 
-/// The server IDs this VM recorded: `status.externalID` and the adopted ID.
-fn recorded_ids<'a>(i: &Inputs<'a>) -> Vec<&'a str> {
-    i.status
+/// The server IDs a VM recorded: `status.externalID` and the adopted ID (the second fact of
+/// [`ownership`] besides the name).
+pub fn recorded_ids<'a>(vm: &'a VirtualMachine, status: &'a VirtualMachineStatus) -> Vec<&'a str> {
+    status
         .external_id
         .as_deref()
         .into_iter()
         .chain(
-            i.vm.annotations()
+            vm.annotations()
                 .get(ANNOTATION_EXTERNAL_ID)
                 .map(String::as_str),
         )
@@ -316,7 +317,7 @@ pub fn decide(i: &Inputs) -> Decision {
         Lookup::Absent { .. } => create(i, status),
         Lookup::Found(server) => {
             let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
-            match ownership(server, i.uid, &recorded_ids(i)) {
+            match ownership(server, i.uid, &recorded_ids(i.vm, i.status)) {
                 Ownership::Unconfirmed => Decision::stall(
                     status,
                     reason::OWNED_BY_ANOTHER,
@@ -382,7 +383,11 @@ pub fn observe(i: &Inputs) -> Decision {
 /// stop (unless `ObserveOnly`); a server found gone closes its window at the time it was last seen.
 fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decision {
     let server = match i.lookup {
-        Lookup::Found(s) if ownership(s, i.uid, &recorded_ids(i)) == Ownership::Ours => s,
+        Lookup::Found(s)
+            if ownership(s, i.uid, &recorded_ids(i.vm, i.status)) == Ownership::Ours =>
+        {
+            s
+        }
         Lookup::Missing(_) => {
             let usage = close_gone(i, &mut status);
             let mut d = Decision::new(status, Step::Nothing, health);

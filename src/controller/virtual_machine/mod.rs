@@ -350,12 +350,7 @@ async fn release(
         .await
         .map_err(Error::vendor("look up servers by tag"))
         .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
-    let recorded: Vec<&str> = status
-        .external_id
-        .iter()
-        .chain(vm.annotations().get(ANNOTATION_EXTERNAL_ID))
-        .map(String::as_str)
-        .collect();
+    let recorded = decide::recorded_ids(vm, status);
     for id in &recorded {
         if !servers.iter().any(|s| s.id == *id)
             && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?

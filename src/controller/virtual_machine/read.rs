@@ -15,9 +15,9 @@ use crate::controller::observe::Listing;
 use crate::controller::project::policy::{self, Occupancy, project_state};
 use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};
-use crate::crd::conditions::event;
+use crate::crd::conditions::{self, ConditionStatus, event};
 use crate::crd::virtual_machine::{ManagementPolicy, VirtualMachineStatus};
-use crate::crd::{ANNOTATION_EXTERNAL_ID, VirtualMachine};
+use crate::crd::{ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, VirtualMachine};
 
 /// What the read step found.
 pub struct Observed {
@@ -128,15 +128,13 @@ pub fn listing_serves(
         .get(ANNOTATION_EXTERNAL_ID)
         .is_some_and(|a| a != id)
         || vm.metadata.generation != status.observed_generation
-        || vm
-            .annotations()
-            .get(crate::crd::ANNOTATION_RESTART_REQUESTED_AT)
+        || vm.annotations().get(ANNOTATION_RESTART_REQUESTED_AT)
             != status.last_restart_request.as_ref()
     {
         return None;
     }
-    let ready = crate::crd::conditions::find(&status.conditions, crate::crd::conditions::READY)
-        .filter(|c| c.status == crate::crd::conditions::ConditionStatus::True)?;
+    let ready = conditions::find(&status.conditions, conditions::READY)
+        .filter(|c| c.status == ConditionStatus::True)?;
     let ready_since = ready
         .last_transition_time
         .parse::<jiff::Timestamp>()
