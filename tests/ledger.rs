@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use quartermaster::ledger::metering::{self, HourlyPrice, Observation, Subject};
+use quartermaster::ledger::metering::{self, Observation, Price, Subject, counter, requests};
 use quartermaster::ledger::store::{GroupBy, ProjectRef};
 use quartermaster::ledger::{
     CreditEntry, CreditType, Ledger, Meter, UsageEvent, format_amount, parse_period,
@@ -158,6 +158,7 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
             namespace: "demo".into(),
             project: "acme".into(),
             project_uid: "acme-uid".into(),
+            kind: "VirtualMachine".into(),
             name: "web".into(),
             uid: "uid-9".into(),
         };
@@ -165,7 +166,7 @@ async fn known_scenario_ninety_minutes_with_a_resize_sums_exactly() {
         let obs = |billed, size: &str, price: &str| Observation {
             billed,
             size: size.into(),
-            price: Some(HourlyPrice::with_markup(
+            price: Some(Price::with_markup(
                 Decimal::from_str(price).unwrap(),
                 "USD",
                 Decimal::from(20),
@@ -372,4 +373,121 @@ async fn a_ledger_from_before_uids_upgrades_and_its_project_claims_its_rows() {
     let (granted, used) = l.balance(&ACME, "USD").await.unwrap();
     assert_eq!(format_amount(granted - used), "3.00");
     assert!(l.balances(&legacy).await.unwrap().is_empty());
+}
+
+fn sim_subject() -> Subject {
+    Subject {
+        namespace: "demo".into(),
+        project: "acme".into(),
+        project_uid: "acme-uid".into(),
+        kind: "SimCard".into(),
+        name: "tracker".into(),
+        uid: "sim-uid".into(),
+    }
+}
+
+/// The counter trap: an attempt recorded 1,500 bytes from 1,000 and crashed before its cursor was saved;
+/// the next reading (1,800) has the same key with a larger quantity. Settling bills the held 500 once and
+/// the remaining 300 as the next event: 800 in all, never 500 (lost) or 1,300 (twice).
+#[tokio::test]
+async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothing_twice() {
+    each_backend(async |l: Ledger, _| {
+        let (nov, end) = parse_period("2026-11").unwrap();
+        let s = sim_subject();
+        let price = Price::with_markup(Decimal::from_str("0.05").unwrap(), "EUR", Decimal::ZERO);
+        let cursor = counter::Cursor {
+            epoch: "quota-1".into(),
+            billed: 1000,
+            at: nov,
+        };
+        let read = |value, at| counter::Reading {
+            epoch: "quota-1".into(),
+            value,
+            at,
+        };
+        // The first attempt: recorded, then the process died (its cursor never reached status).
+        let first = counter::step(
+            &s,
+            Meter::SimDataBytes,
+            Some(&cursor),
+            &read(1500, nov + 60),
+            Some(&price),
+        );
+        l.record(&[first.event.unwrap()]).await.unwrap();
+        // The retry starts from the old cursor with a newer reading.
+        let settled = counter::settle(
+            &l,
+            &s,
+            Meter::SimDataBytes,
+            Some(&cursor),
+            &read(1800, nov + 120),
+            Some(&price),
+        )
+        .await
+        .unwrap();
+        assert_eq!(settled.cursor.billed, 1800);
+        assert_eq!(settled.recorded.len(), 1);
+        assert_eq!(settled.recorded[0].quantity, 300);
+        // Settling the same reading again adds nothing.
+        let again = counter::settle(
+            &l,
+            &s,
+            Meter::SimDataBytes,
+            Some(&settled.cursor),
+            &read(1800, nov + 180),
+            Some(&price),
+        )
+        .await
+        .unwrap();
+        assert!(again.recorded.is_empty());
+        // A lagging, lower reading is a correction: nothing billed, the cursor stays.
+        let lower = counter::settle(
+            &l,
+            &s,
+            Meter::SimDataBytes,
+            Some(&settled.cursor),
+            &read(1700, nov + 240),
+            Some(&price),
+        )
+        .await
+        .unwrap();
+        assert_eq!((lower.cursor.billed, lower.below_cursor), (1800, Some(100)));
+        let rows = l.usage(&ACME, nov, end, GroupBy::Meter).await.unwrap();
+        assert_eq!(
+            (rows[0].meter.as_str(), rows[0].quantity),
+            ("sim_data_bytes", 800),
+            "{}",
+            l.kind()
+        );
+        // 800 bytes at 0.05 per MB.
+        assert_eq!(rows[0].amount_nanos, 40_000);
+    })
+    .await;
+}
+
+/// Per-request usage reaches the ledger as one row per group, and a batch written twice (the first
+/// write's answer lost) counts once.
+#[tokio::test]
+async fn aggregated_requests_are_recorded_once_per_batch() {
+    each_backend(async |l: Ledger, _| {
+        let (nov, end) = parse_period("2026-11").unwrap();
+        let mut s = sim_subject();
+        s.kind = "TokenBudget".into();
+        s.uid = "budget-uid".into();
+        let price = Price::with_markup(Decimal::from(3), "USD", Decimal::ZERO);
+        let mut agg = requests::Aggregator::new("gw-test");
+        for i in 0..1000 {
+            agg.add(&s, Meter::LlmInputTokens, 100, Some(&price), nov + i);
+        }
+        let batch = agg.cut().to_vec();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(l.record(&batch).await.unwrap(), 1);
+        assert_eq!(l.record(agg.cut()).await.unwrap(), 0);
+        agg.accepted();
+        let rows = l.usage(&ACME, nov, end, GroupBy::Meter).await.unwrap();
+        assert_eq!(rows[0].quantity, 100_000, "{}", l.kind());
+        // 100,000 tokens at 3 per million.
+        assert_eq!(format_amount(rows[0].amount_nanos), "0.30");
+    })
+    .await;
 }

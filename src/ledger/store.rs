@@ -34,6 +34,9 @@ pub enum LedgerError {
         #[source]
         source: sqlx::Error,
     },
+    /// A meter's state and the ledger's rows did not agree after several attempts.
+    #[error("ledger conflict: {0}")]
+    Conflict(String),
     /// Migrations failed.
     #[error("ledger migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -180,6 +183,18 @@ impl Ledger {
             };
         }
         Ok(inserted)
+    }
+
+    /// What the event recorded under `key` holds: its quantity and window end (`None`: no such event).
+    /// A meter whose replays may carry a larger quantity under the same key asks this after recording.
+    pub async fn held(&self, key: &str) -> Result<Option<(i64, i64)>, LedgerError> {
+        let sql = "SELECT quantity, window_end FROM usage_events WHERE idempotency_key = $1";
+        let row: Option<(i64, i64)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(key)
+            .fetch_optional(p)
+            .await
+            .map_err(db("reading an event"))?);
+        Ok(row)
     }
 
     /// Records a credit entry. Idempotent on its key; returns false when the key was already recorded.

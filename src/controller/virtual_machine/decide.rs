@@ -458,7 +458,7 @@ fn observation(i: &Inputs, server: &Server) -> metering::Observation {
         billed: true,
         size: server.size.clone(),
         price: vendor_price(i, server)
-            .map(|p| metering::HourlyPrice::with_markup(p.hourly, &p.currency, i.markup_percent)),
+            .map(|p| metering::Price::with_markup(p.hourly, &p.currency, i.markup_percent)),
     }
 }
 
@@ -1043,6 +1043,7 @@ pub fn subject(vm: &VirtualMachine, uid: &str, status: &VirtualMachineStatus) ->
         namespace: vm.namespace().unwrap_or_default(),
         project: status.project.clone().unwrap_or_default(),
         project_uid: status.project_uid.clone().unwrap_or_default(),
+        kind: "VirtualMachine".into(),
         name: vm.name_any(),
         uid: uid.to_string(),
     }
@@ -1059,7 +1060,7 @@ pub fn open_window(w: &MeteringWindow) -> Option<metering::OpenWindow> {
             Some(v) => v.parse().ok()?,
             None => tenant,
         };
-        Some(metering::HourlyPrice {
+        Some(metering::Price {
             tenant,
             vendor,
             currency: w.currency.clone(),

@@ -1,4 +1,4 @@
-//! VM-hour metering, as a pure state machine over an open window kept in the VirtualMachine's status.
+//! The time-window meter (VM hours): a pure state machine over an open window kept in the object's status.
 //!
 //! A server the vendor bills has one open window (`since`, size, the tenant's hourly price and the
 //! vendor's). Each reconcile closes the whole UTC hours that have passed; the end of billing (the server
@@ -20,37 +20,8 @@
 //! them. A crash or ledger outage in between leaves the old window in status: the next reconcile emits the
 //! same windows with the same keys (no double count) plus whatever accrued since (nothing lost).
 
-use rust_decimal::Decimal;
-
-use super::{Meter, UsageEvent};
-
-/// A price of one hour: what the tenant pays (the vendor's price with the ProviderConfig's markup) and
-/// what the vendor charges.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HourlyPrice {
-    /// The tenant's price per hour.
-    pub tenant: Decimal,
-    /// The vendor's price per hour.
-    pub vendor: Decimal,
-    /// Currency (ISO 4217).
-    pub currency: String,
-}
-
-impl HourlyPrice {
-    /// The vendor's `hourly` price with `markup_percent` added for the tenant.
-    pub fn with_markup(hourly: Decimal, currency: &str, markup_percent: Decimal) -> Self {
-        Self {
-            tenant: marked_up(hourly, markup_percent),
-            vendor: hourly,
-            currency: currency.to_string(),
-        }
-    }
-}
-
-/// `price` with `markup_percent` added (exact decimal arithmetic).
-pub fn marked_up(price: Decimal, markup_percent: Decimal) -> Decimal {
-    (price * (Decimal::ONE_HUNDRED + markup_percent) / Decimal::ONE_HUNDRED).normalize()
-}
+use super::{Price, Subject, usage_event};
+use crate::ledger::{Meter, UsageEvent};
 
 /// The open (not yet billed) window of a server the vendor bills.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,22 +31,7 @@ pub struct OpenWindow {
     /// Size slug billed for this window.
     pub size: String,
     /// Its price; `None`: unknown (the seconds are recorded unpriced).
-    pub price: Option<HourlyPrice>,
-}
-
-/// Who is billed.
-#[derive(Clone, Debug)]
-pub struct Subject {
-    /// Namespace.
-    pub namespace: String,
-    /// Project ('' when none).
-    pub project: String,
-    /// Project UID ('' when none, or not known yet).
-    pub project_uid: String,
-    /// VM name.
-    pub name: String,
-    /// VM UID.
-    pub uid: String,
+    pub price: Option<Price>,
 }
 
 /// What the vendor holds now.
@@ -86,7 +42,7 @@ pub struct Observation {
     /// Its current size.
     pub size: String,
     /// The current size's price, when known.
-    pub price: Option<HourlyPrice>,
+    pub price: Option<Price>,
 }
 
 /// What one metering step advanced: the windows it closed and the one left open.
@@ -147,38 +103,15 @@ pub fn step(
 }
 
 fn event(s: &Subject, w: &OpenWindow, start: i64, end: i64) -> UsageEvent {
-    let (unit_price, vendor_unit_price, currency, attributes) = match &w.price {
-        Some(p) => (
-            p.tenant,
-            p.vendor,
-            p.currency.clone(),
-            serde_json::json!({ "size": w.size }),
-        ),
-        None => (
-            Decimal::ZERO,
-            Decimal::ZERO,
-            String::new(),
-            serde_json::json!({ "size": w.size, "unpriced": true }),
-        ),
-    };
-    UsageEvent {
-        key: format!("vm/{}/{start}", s.uid),
-        namespace: s.namespace.clone(),
-        project: s.project.clone(),
-        project_uid: s.project_uid.clone(),
-        object_kind: "VirtualMachine".into(),
-        object_name: s.name.clone(),
-        object_uid: s.uid.clone(),
-        meter: Meter::VmSeconds,
-        quantity: end - start,
-        unit_price,
-        vendor_unit_price,
-        price_quantity: Meter::VmSeconds.info().priced_per,
-        currency,
-        window_start: start,
-        window_end: end,
-        attributes,
-    }
+    usage_event(
+        s,
+        format!("vm/{}/{start}", s.uid),
+        Meter::VmSeconds,
+        end - start,
+        w.price.as_ref(),
+        (start, end),
+        serde_json::json!({ "size": w.size }),
+    )
 }
 
 #[cfg(test)]
@@ -187,7 +120,7 @@ mod tests {
     fn the_tenant_pays_the_markup_and_the_vendor_cost_is_kept() {
         let s = subject();
         let price =
-            HourlyPrice::with_markup(Decimal::from_str("0.01").unwrap(), "USD", Decimal::from(20));
+            Price::with_markup(Decimal::from_str("0.01").unwrap(), "USD", Decimal::from(20));
         assert_eq!(price.tenant, Decimal::from_str("0.012").unwrap());
         let w = OpenWindow {
             since: 0,
@@ -220,6 +153,7 @@ mod tests {
     }
 
     use super::*;
+    use rust_decimal::Decimal;
     use std::str::FromStr;
 
     fn subject() -> Subject {
@@ -227,13 +161,14 @@ mod tests {
             namespace: "demo".into(),
             project: "acme".into(),
             project_uid: "p-uid".into(),
+            kind: "VirtualMachine".into(),
             name: "web".into(),
             uid: "u1".into(),
         }
     }
-    fn usd(price: &str) -> HourlyPrice {
+    fn usd(price: &str) -> Price {
         let p = Decimal::from_str(price).unwrap();
-        HourlyPrice {
+        Price {
             tenant: p,
             vendor: p,
             currency: "USD".into(),

@@ -1,0 +1,205 @@
+//! The per-request meter (LLM tokens): each request's usage is added in memory, summed per object,
+//! meter, price and UTC hour, and written to the ledger as one event per group and flush, so a busy
+//! gateway makes one batched write per flush instead of one per request.
+//!
+//! # Guarantees
+//! - A flush cuts a batch with keys `<kind>/<uid>/<meter>/<instance>/<batch>/<hour>.<n>`; until the ledger
+//!   accepts it ([`Aggregator::accepted`]) every later [`Aggregator::cut`] returns the same batch with the
+//!   same keys, so a retried write is counted once. Requests added meanwhile wait for the next batch.
+//! - `instance` is unique per process start: two replicas, or a restart, never reuse a key.
+//! - Groups never span an hour, so every event is booked in the month its requests happened.
+//! - What a process holds in memory when it dies unflushed is lost: at most one flush interval of usage.
+//!   Enforcement (budgets) must not rely on this meter; it records what was billed.
+
+use std::collections::HashMap;
+
+use super::{Price, Subject, usage_event};
+use crate::ledger::{Meter, UsageEvent};
+
+const HOUR: i64 = 3600;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct GroupKey {
+    subject: Subject,
+    meter: Meter,
+    price: Option<Price>,
+    hour: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Group {
+    quantity: i64,
+    requests: i64,
+    first: i64,
+    last: i64,
+}
+
+/// Per-request usage summed in memory until flushed.
+#[derive(Debug)]
+pub struct Aggregator {
+    instance: String,
+    batch: u64,
+    groups: HashMap<GroupKey, Group>,
+    pending: Vec<UsageEvent>,
+}
+
+impl Aggregator {
+    /// An empty aggregator; `instance` must be unique per process start (e.g. pod name + start time).
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            instance: instance.into(),
+            batch: 0,
+            groups: HashMap::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds one request's `quantity` of `meter` at `price`, made at `at` (unix seconds).
+    pub fn add(
+        &mut self,
+        subject: &Subject,
+        meter: Meter,
+        quantity: i64,
+        price: Option<&Price>,
+        at: i64,
+    ) {
+        if quantity <= 0 {
+            return;
+        }
+        let key = GroupKey {
+            subject: subject.clone(),
+            meter,
+            price: price.cloned(),
+            hour: at.div_euclid(HOUR) * HOUR,
+        };
+        let g = self.groups.entry(key).or_insert(Group {
+            quantity: 0,
+            requests: 0,
+            first: at,
+            last: at,
+        });
+        g.quantity += quantity;
+        g.requests += 1;
+        g.first = g.first.min(at);
+        g.last = g.last.max(at);
+    }
+
+    /// Groups waiting for the next batch.
+    pub fn waiting(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The batch to write: the one not yet accepted, else a new one from every waiting group.
+    pub fn cut(&mut self) -> &[UsageEvent] {
+        if self.pending.is_empty() && !self.groups.is_empty() {
+            self.batch += 1;
+            let mut groups: Vec<_> = self.groups.drain().collect();
+            groups.sort_by(|a, b| {
+                (&a.0.subject.uid, a.0.meter.as_str(), a.0.hour).cmp(&(
+                    &b.0.subject.uid,
+                    b.0.meter.as_str(),
+                    b.0.hour,
+                ))
+            });
+            self.pending = groups
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, g))| self.event(i, &k, &g))
+                .collect();
+        }
+        &self.pending
+    }
+
+    /// The ledger accepted the batch returned by [`Aggregator::cut`].
+    pub fn accepted(&mut self) {
+        self.pending.clear();
+    }
+
+    fn event(&self, i: usize, k: &GroupKey, g: &Group) -> UsageEvent {
+        usage_event(
+            &k.subject,
+            format!(
+                "{}/{}/{}/{}/{}/{}.{i}",
+                k.subject.kind.to_ascii_lowercase(),
+                k.subject.uid,
+                k.meter.as_str(),
+                self.instance,
+                self.batch,
+                k.hour,
+            ),
+            k.meter,
+            g.quantity,
+            k.price.as_ref(),
+            (g.first, (g.last + 1).min(k.hour + HOUR)),
+            serde_json::json!({ "requests": g.requests }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn subject(uid: &str) -> Subject {
+        Subject {
+            namespace: "demo".into(),
+            project: "acme".into(),
+            project_uid: "p".into(),
+            kind: "TokenBudget".into(),
+            name: uid.into(),
+            uid: uid.into(),
+        }
+    }
+    fn per_million(p: i64) -> Price {
+        Price::with_markup(Decimal::from(p), "USD", Decimal::ZERO)
+    }
+
+    #[test]
+    fn requests_are_summed_per_object_meter_price_and_hour() {
+        let mut a = Aggregator::new("gw-1");
+        let (b1, b2) = (subject("b1"), subject("b2"));
+        let p = per_million(2);
+        for t in [10, 20, 30] {
+            a.add(&b1, Meter::LlmInputTokens, 1000, Some(&p), t);
+        }
+        a.add(&b1, Meter::LlmOutputTokens, 500, Some(&p), 40);
+        a.add(&b2, Meter::LlmInputTokens, 7, Some(&p), 50);
+        // The next hour is a group of its own.
+        a.add(&b1, Meter::LlmInputTokens, 1, Some(&p), 3600);
+        let batch = a.cut().to_vec();
+        assert_eq!(batch.len(), 4);
+        let first = &batch[0];
+        assert_eq!(
+            (first.quantity, first.window_start, first.window_end),
+            (3000, 10, 31)
+        );
+        assert_eq!(first.attributes["requests"], 3);
+        // 3,000 tokens at 2 per million.
+        assert_eq!(first.amount_nanos(), 6_000_000);
+        assert_eq!(batch.iter().map(|e| e.quantity).sum::<i64>(), 3508);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_keys_until_accepted_and_later_requests_wait() {
+        let mut a = Aggregator::new("gw-1");
+        let b = subject("b1");
+        a.add(&b, Meter::LlmInputTokens, 5, None, 10);
+        let first = a.cut().to_vec();
+        assert_eq!(first[0].attributes["unpriced"], true);
+        a.add(&b, Meter::LlmInputTokens, 9, None, 11);
+        // The write failed: the same batch comes back, unchanged.
+        assert_eq!(a.cut(), first.as_slice());
+        a.accepted();
+        let second = a.cut().to_vec();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].quantity, 9);
+        assert_ne!(second[0].key, first[0].key);
+        a.accepted();
+        assert!(a.cut().is_empty());
+        // Another process never reuses a key.
+        let mut other = Aggregator::new("gw-2");
+        other.add(&b, Meter::LlmInputTokens, 5, None, 10);
+        assert_ne!(other.cut()[0].key, first[0].key);
+    }
+}
