@@ -105,7 +105,7 @@ impl Default for ControllerConfig {
             vendor_timeout: Duration::from_secs(30),
             catalog_ttl: Duration::from_secs(3600),
             listing_lag: Duration::from_secs(2),
-            observe_interval: Duration::from_secs(60),
+            observe_interval: Duration::from_secs(55),
             concurrency: Concurrency::default(),
             project_debounce: Duration::from_millis(500),
         }

@@ -63,8 +63,13 @@ pub fn changed(before: &HashMap<String, Digest>, now: &HashMap<String, Digest>) 
 /// `wake`. Never returns (it ends with the controllers).
 pub async fn run(ctx: Arc<Context>, wake: UnboundedSender<ObjectRef<VirtualMachine>>) {
     let mut last: HashMap<String, HashMap<String, Digest>> = HashMap::new();
+    // Start to start: the listing's own duration does not stretch the interval (a late tick is delayed,
+    // never bunched).
+    let period = ctx.config.observe_interval;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(ctx.config.observe_interval).await;
+        ticks.tick().await;
         if let Err(e) = observe_all(&ctx, &wake, &mut last).await {
             tracing::debug!(error = %e, "observing accounts failed; trying again next interval");
         }
