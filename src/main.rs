@@ -584,6 +584,64 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
+/// The controllers' shared context: the ledger (migrated unless `--no-migrate`) and the settings.
+async fn controller_context(
+    args: &RunArgs,
+    db: DbArgs,
+    client: kube::Client,
+    metrics: Metrics,
+    identity: &str,
+) -> Result<Arc<Context>, Box<dyn std::error::Error>> {
+    let ledger = db.ledger().await?;
+    if !args.no_migrate {
+        ledger
+            .migrate()
+            .await
+            .map_err(|e| format!("cannot migrate the usage ledger: {e}"))?;
+    }
+    tracing::info!(database = ledger.kind(), "usage ledger ready");
+    Ok(Arc::new(
+        Context::new(
+            client,
+            metrics,
+            ControllerConfig {
+                resync_interval: Duration::from_secs(args.resync_secs.max(1)),
+                label_selector: args.label_selector.clone(),
+                poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
+                observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
+                concurrency: controller::Concurrency {
+                    provider_config: args.provider_config_concurrency,
+                    project: args.project_concurrency,
+                    virtual_machine: args.vm_concurrency,
+                },
+                ..Default::default()
+            },
+            Some(identity.to_string()),
+        )
+        .with_ledger(ledger),
+    ))
+}
+
+/// The leader elector for `--leader-elect` (namespace from the flag, else the pod's, else `default`).
+fn leader_elector(args: &RunArgs, client: kube::Client, identity: &str) -> LeaderElector {
+    let ns = args
+        .leader_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let timings = LeaseTimings {
+        lease_duration: Duration::from_secs(args.lease_duration_secs.max(1)),
+        renew_deadline: Duration::from_secs(args.renew_deadline_secs.max(1)),
+        retry_period: Duration::from_secs(args.retry_period_secs.max(1)),
+    };
+    LeaderElector::new(
+        Api::<Lease>::namespaced(client, &ns),
+        &args.leader_name,
+        identity,
+        timings,
+    )
+}
+
 async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::new();
     let config = kube::Config::infer().await.map_err(|e| {
@@ -616,53 +674,11 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
             .unwrap_or_else(|_| "quartermaster".into());
         format!("{host}-{}", std::process::id())
     });
-    let ledger = db.ledger().await?;
-    if !args.no_migrate {
-        ledger
-            .migrate()
-            .await
-            .map_err(|e| format!("cannot migrate the usage ledger: {e}"))?;
-    }
-    tracing::info!(database = ledger.kind(), "usage ledger ready");
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            metrics.clone(),
-            ControllerConfig {
-                resync_interval: Duration::from_secs(args.resync_secs.max(1)),
-                label_selector: args.label_selector.clone(),
-                poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
-                observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
-                concurrency: controller::Concurrency {
-                    provider_config: args.provider_config_concurrency,
-                    project: args.project_concurrency,
-                    virtual_machine: args.vm_concurrency,
-                },
-                ..Default::default()
-            },
-            Some(identity.clone()),
-        )
-        .with_ledger(ledger),
-    );
+    let ctx = controller_context(&args, db, client.clone(), metrics.clone(), &identity).await?;
 
     let mut elector = None;
     if args.leader_elect {
-        let ns = args
-            .leader_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
-        let timings = LeaseTimings {
-            lease_duration: Duration::from_secs(args.lease_duration_secs.max(1)),
-            renew_deadline: Duration::from_secs(args.renew_deadline_secs.max(1)),
-            retry_period: Duration::from_secs(args.retry_period_secs.max(1)),
-        };
-        let mut e = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &ns),
-            &args.leader_name,
-            &identity,
-            timings,
-        );
+        let mut e = leader_elector(&args, client.clone(), &identity);
         health.set_role(Role::Standby);
         tokio::select! {
             _ = e.acquire() => {}

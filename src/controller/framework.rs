@@ -333,38 +333,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
     }
 
     if obj.meta().deletion_timestamp.is_some() {
-        if !obj.finalizers().iter().any(|f| f == FINALIZER) {
-            return Ok(Action::await_change());
-        }
-        return match reconciler.cleanup(obj.clone(), ctx.clone(), progress).await {
-            Ok(Cleanup::Done) => {
-                remove_finalizer(&api, &*obj).await?;
-                ctx.forget(&object_key(&*obj), obj.uid().as_deref());
-                publish(
-                    ctx,
-                    &*obj,
-                    EventType::Normal,
-                    event::DELETED,
-                    "cleanup finished; finalizer removed",
-                )
-                .await;
-                Ok(Action::await_change())
-            }
-            Ok(Cleanup::Wait {
-                message,
-                requeue_after,
-            }) => {
-                let health = Health::progressing(reason::DELETING, message);
-                finish(&api, &*obj, progress, &health, ctx).await?;
-                Ok(Action::requeue(requeue_after))
-            }
-            Err(Error::Waiting { message, .. }) => {
-                let health = Health::progressing(reason::DELETING, message);
-                finish(&api, &*obj, progress, &health, ctx).await?;
-                Ok(Action::requeue(ctx.config.poll_interval * 6))
-            }
-            Err(e) => fail(&api, &*obj, progress, e, ctx).await,
-        };
+        return deleting(&api, obj, ctx, reconciler, progress).await;
     }
 
     if !R::ADDS_FINALIZER && !obj.finalizers().iter().any(|f| f == FINALIZER) {
@@ -374,36 +343,7 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
     }
 
     match reconciler.apply(obj.clone(), ctx.clone(), progress).await {
-        Ok(outcome) => {
-            if let Health::Stalled { .. } = outcome.health {
-                ctx.metrics
-                    .reconcile_errors
-                    .with_label_values(&[K::KIND, "permanent"])
-                    .inc();
-            }
-            finish_announced(
-                &api,
-                &*obj,
-                progress,
-                &outcome.health,
-                outcome.announced,
-                ctx,
-            )
-            .await?;
-            Ok(match (&outcome.health, outcome.requeue_after) {
-                (_, Some(after)) => Action::requeue(after),
-                // Waiting for the user: no polling, a spec (or watched dependency) change wakes us —
-                // unless something that costs money must still be observed (an open metering window).
-                (Health::Stalled { .. }, None) => outcome
-                    .resync_at_most
-                    .map_or_else(Action::await_change, Action::requeue),
-                (Health::Progressing { .. }, None) => Action::requeue(ctx.config.poll_interval),
-                (Health::Ready { .. } | Health::NotReady { .. }, None) => {
-                    let resync = resync_interval(ctx, &*obj).await;
-                    Action::requeue(outcome.resync_at_most.map_or(resync, |m| resync.min(m)))
-                }
-            })
-        }
+        Ok(outcome) => applied(&api, &*obj, ctx, progress, outcome).await,
         Err(Error::Waiting { reason, message }) => {
             let health = Health::not_ready(reason, message);
             finish(&api, &*obj, progress, &health, ctx).await?;
@@ -411,6 +351,79 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
         }
         Err(e) => fail(&api, &*obj, progress, e, ctx).await,
     }
+}
+
+/// An object being deleted: clean up, then remove the finalizer (or say what cleanup waits for).
+async fn deleting<K: Managed, R: Reconciler<K>>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    ctx: &Arc<Context>,
+    reconciler: &R,
+    progress: &mut Progress<K::KindStatus>,
+) -> Result<Action, Error> {
+    if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let (health, requeue_after) = match reconciler.cleanup(obj.clone(), ctx.clone(), progress).await
+    {
+        Ok(Cleanup::Done) => {
+            remove_finalizer(api, &*obj).await?;
+            ctx.forget(&object_key(&*obj), obj.uid().as_deref());
+            publish(
+                ctx,
+                &*obj,
+                EventType::Normal,
+                event::DELETED,
+                "cleanup finished; finalizer removed",
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        Ok(Cleanup::Wait {
+            message,
+            requeue_after,
+        }) => (
+            Health::progressing(reason::DELETING, message),
+            requeue_after,
+        ),
+        Err(Error::Waiting { message, .. }) => (
+            Health::progressing(reason::DELETING, message),
+            ctx.config.poll_interval * 6,
+        ),
+        Err(e) => return fail(api, &*obj, progress, e, ctx).await,
+    };
+    finish(api, &*obj, progress, &health, ctx).await?;
+    Ok(Action::requeue(requeue_after))
+}
+
+/// Writes what an apply decided and picks when to look again.
+async fn applied<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    ctx: &Arc<Context>,
+    progress: &mut Progress<K::KindStatus>,
+    outcome: Outcome,
+) -> Result<Action, Error> {
+    if let Health::Stalled { .. } = outcome.health {
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&[K::KIND, "permanent"])
+            .inc();
+    }
+    finish_announced(api, obj, progress, &outcome.health, outcome.announced, ctx).await?;
+    Ok(match (&outcome.health, outcome.requeue_after) {
+        (_, Some(after)) => Action::requeue(after),
+        // Waiting for the user: no polling, a spec (or watched dependency) change wakes us — unless
+        // something that costs money must still be observed (an open metering window).
+        (Health::Stalled { .. }, None) => outcome
+            .resync_at_most
+            .map_or_else(Action::await_change, Action::requeue),
+        (Health::Progressing { .. }, None) => Action::requeue(ctx.config.poll_interval),
+        (Health::Ready { .. } | Health::NotReady { .. }, None) => {
+            let resync = resync_interval(ctx, obj).await;
+            Action::requeue(outcome.resync_at_most.map_or(resync, |m| resync.min(m)))
+        }
+    })
 }
 
 /// A paused object: observe what costs money ([`Reconciler::observe`]), then write what was learned with

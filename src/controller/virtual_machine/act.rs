@@ -44,27 +44,10 @@ pub async fn act(
     progress: &mut Progress<VirtualMachineStatus>,
     events: &mut Vec<(&'static str, String)>,
 ) -> Result<Outcome, Error> {
-    let before = progress.status.clone();
-    if let Some(refused) = reserve(ctx, vm, obs, &d, &before)? {
+    if let Some(refused) = reserve(ctx, vm, obs, &d, &progress.status)? {
         return Ok(Outcome::new(refused));
     }
-    // Cleanup must run for anything this reconcile may do at the vendor or bill: the finalizer first
-    // (a create adds it together with its intent, below).
-    let side_effects = matches!(obs.lookup, Lookup::Found(_))
-        || !matches!(d.step, Step::Wait | Step::Nothing | Step::Create);
-    if side_effects {
-        mark(ctx, vm, &[], Some(&ctx.caches()?.vm_triggers)).await?;
-    }
-    // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
-    // they join the working status only once the intent is recorded (below): an error before that (an
-    // intent write that conflicts with a concurrent edit, a failed password Secret, a missing user-data
-    // key) records none of them, and the next reconcile neither looks twice nor finds fields "immutable".
-    // (A create has no usage to record.)
-    if d.step != Step::Create {
-        progress.status = d.status.clone();
-    }
-    events.extend(record_usage(ctx, vm, uid, &d, &before, progress).await);
-
+    begin(ctx, vm, uid, obs, &d, progress, events).await?;
     let p = &*obs.provider;
     let mut server = match &obs.lookup {
         Lookup::Found(s) => Some(s.clone()),
@@ -79,28 +62,14 @@ pub async fn act(
     match &d.step {
         Step::Create => {
             if p.accepts_root_password() && password.is_none() {
-                let generated = cloud::generate_password();
-                apply_connection_secret(
-                    ctx,
-                    vm,
-                    existing.as_deref(),
-                    build::connection_data(vm, None, Some(&generated)),
-                )
-                .await?;
-                password = Some(generated);
+                password = Some(new_password(ctx, vm, existing.as_deref()).await?);
             }
             let with_password = password.clone().filter(|_| p.accepts_root_password());
             server = Some(create(ctx, vm, uid, obs, &d, with_password, progress, events).await?);
         }
         Step::Adopt => {
-            let id = server.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-            match p.add_tag(&id, &cloud::uid_tag(uid)).await {
-                Ok(()) => {}
-                Err(CloudError::Unsupported(m)) => {
-                    return Err(Error::permanent(reason::UNSUPPORTED, m));
-                }
-                Err(e) => return Err(Error::vendor("tag the adopted server")(e)),
-            }
+            let id = server.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
+            adopt(p, id, uid).await?;
         }
         Step::PowerOn | Step::PowerOff | Step::Reboot | Step::Resize(_) => {
             let (id, size) = server
@@ -137,6 +106,63 @@ pub async fn act(
     outcome.requeue_after = d.requeue_after;
     outcome.resync_at_most = d.resync_at_most;
     Ok(outcome)
+}
+
+/// What every acting reconcile does first: the finalizer when this reconcile may touch the vendor or
+/// bill, the decided status as the working one, and the usage the decision closed.
+async fn begin(
+    ctx: &Arc<Context>,
+    vm: &VirtualMachine,
+    uid: &str,
+    obs: &Observed,
+    d: &Decision,
+    progress: &mut Progress<VirtualMachineStatus>,
+    events: &mut Vec<(&'static str, String)>,
+) -> Result<(), Error> {
+    let before = progress.status.clone();
+    // Cleanup must run for anything this reconcile may do at the vendor or bill: the finalizer first
+    // (a create adds it together with its intent).
+    let side_effects = matches!(obs.lookup, Lookup::Found(_))
+        || !matches!(d.step, Step::Wait | Step::Nothing | Step::Create);
+    if side_effects {
+        mark(ctx, vm, &[], Some(&ctx.caches()?.vm_triggers)).await?;
+    }
+    // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
+    // they join the working status only once the intent is recorded (in `create`): an error before that
+    // (an intent write that conflicts with a concurrent edit, a failed password Secret, a missing
+    // user-data key) records none of them, and the next reconcile neither looks twice nor finds fields
+    // "immutable". (A create has no usage to record.)
+    if d.step != Step::Create {
+        progress.status = d.status.clone();
+    }
+    events.extend(record_usage(ctx, vm, uid, d, &before, progress).await);
+    Ok(())
+}
+
+/// A root password for a create, written to the connection Secret before the server exists.
+async fn new_password(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    existing: Option<&Secret>,
+) -> Result<String, Error> {
+    let generated = cloud::generate_password();
+    apply_connection_secret(
+        ctx,
+        vm,
+        existing,
+        build::connection_data(vm, None, Some(&generated)),
+    )
+    .await?;
+    Ok(generated)
+}
+
+/// Tags an adopted server with this VM's ownership tag.
+async fn adopt(p: &dyn cloud::ComputeProvider, id: &str, uid: &str) -> Result<(), Error> {
+    match p.add_tag(id, &cloud::uid_tag(uid)).await {
+        Ok(()) => Ok(()),
+        Err(CloudError::Unsupported(m)) => Err(Error::permanent(reason::UNSUPPORTED, m)),
+        Err(e) => Err(Error::vendor("tag the adopted server")(e)),
+    }
 }
 
 /// Writes the connection Secret with the server's addresses (and the password, if one was chosen) and

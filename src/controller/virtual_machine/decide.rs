@@ -265,45 +265,8 @@ pub fn recorded_ids<'a>(vm: &'a VirtualMachine, status: &'a VirtualMachineStatus
 /// Decides. Pure.
 pub fn decide(i: &Inputs) -> Decision {
     let status = i.status.clone();
-    if i.suspended {
-        return held(
-            i,
-            status,
-            Health::not_ready(
-                reason::PROVIDER_CONFIG_SUSPENDED,
-                format!(
-                    "ProviderConfig {:?} is suspended (spec.suspended): nothing is created or changed through it; the server is still observed and metered",
-                    i.status
-                        .provider_config
-                        .as_deref()
-                        .unwrap_or(&i.vm.spec.provider_config_ref.name)
-                ),
-            ),
-        );
-    }
-    if let Some(m) = immutable_violation(i.vm, i.status) {
-        return held(
-            i,
-            status,
-            Health::stalled(reason::IMMUTABLE_FIELD_CHANGED, m),
-        );
-    }
-    if let Some((t, p)) =
-        i.vm.spec
-            .tags
-            .iter()
-            .find_map(|t| reserved_prefix(t).map(|p| (t, p)))
-    {
-        return held(
-            i,
-            status,
-            Health::stalled(
-                reason::INVALID_SPEC,
-                format!(
-                    "spec.tags: {t:?} uses the reserved prefix {p:?} (ownership tags are Quartermaster's own)"
-                ),
-            ),
-        );
+    if let Some(health) = refusal(i) {
+        return held(i, status, health);
     }
     match i.lookup {
         Lookup::Missing(id) => held(
@@ -315,57 +278,91 @@ pub fn decide(i: &Inputs) -> Decision {
             ),
         ),
         Lookup::Absent { .. } => create(i, status),
-        Lookup::Found(server) => {
-            let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
-            match ownership(server, i.uid, &recorded_ids(i.vm, i.status)) {
-                Ownership::Unconfirmed => Decision::stall(
-                    status,
-                    reason::OWNED_BY_ANOTHER,
-                    format!(
-                        "{} server {} carries this VM's ownership tag, but its name does not carry this VM's creation key and its ID is not the one recorded: it is not taken as this VM's",
-                        i.vendor, server.id
-                    ),
+        Lookup::Found(server) => found(i, status, server),
+    }
+}
+
+/// Why nothing the user asked for may be done now, whatever the vendor holds: a suspended
+/// ProviderConfig, an edit of an immutable field, a reserved tag.
+fn refusal(i: &Inputs) -> Option<Health> {
+    if i.suspended {
+        return Some(Health::not_ready(
+            reason::PROVIDER_CONFIG_SUSPENDED,
+            format!(
+                "ProviderConfig {:?} is suspended (spec.suspended): nothing is created or changed through it; the server is still observed and metered",
+                i.status
+                    .provider_config
+                    .as_deref()
+                    .unwrap_or(&i.vm.spec.provider_config_ref.name)
+            ),
+        ));
+    }
+    if let Some(m) = immutable_violation(i.vm, i.status) {
+        return Some(Health::stalled(reason::IMMUTABLE_FIELD_CHANGED, m));
+    }
+    let (t, p) =
+        i.vm.spec
+            .tags
+            .iter()
+            .find_map(|t| reserved_prefix(t).map(|p| (t, p)))?;
+    Some(Health::stalled(
+        reason::INVALID_SPEC,
+        format!(
+            "spec.tags: {t:?} uses the reserved prefix {p:?} (ownership tags are Quartermaster's own)"
+        ),
+    ))
+}
+
+/// A server was found: converge it if it is this VM's, adopt it where allowed, else refuse.
+fn found(i: &Inputs, status: VirtualMachineStatus, server: &Server) -> Decision {
+    let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
+    match ownership(server, i.uid, &recorded_ids(i.vm, i.status)) {
+        Ownership::Unconfirmed => Decision::stall(
+            status,
+            reason::OWNED_BY_ANOTHER,
+            format!(
+                "{} server {} carries this VM's ownership tag, but its name does not carry this VM's creation key and its ID is not the one recorded: it is not taken as this VM's",
+                i.vendor, server.id
+            ),
+        ),
+        Ownership::Foreign => Decision::stall(
+            status,
+            reason::OWNED_BY_ANOTHER,
+            format!(
+                "{} server {} belongs to another Quartermaster object (it carries another ownership tag); it is never adopted",
+                i.vendor, server.id
+            ),
+        ),
+        Ownership::Untagged if !i.adoption_allowed => Decision::stall(
+            status,
+            reason::ADOPTION_NOT_ALLOWED,
+            format!(
+                "{} server {} is not owned by this VM, and ProviderConfig {:?} does not let namespace {:?} adopt servers (spec.adoption.allowedNamespaces)",
+                i.vendor,
+                server.id,
+                i.vm.spec.provider_config_ref.name,
+                i.vm.namespace().unwrap_or_default()
+            ),
+        ),
+        Ownership::Untagged if !observe_only => {
+            let mut d = Decision::new(
+                status,
+                Step::Adopt,
+                Health::progressing(
+                    reason::PROGRESSING,
+                    format!("adopting {} server {}", i.vendor, server.id),
                 ),
-                Ownership::Foreign => Decision::stall(
-                    status,
-                    reason::OWNED_BY_ANOTHER,
-                    format!(
-                        "{} server {} belongs to another Quartermaster object (it carries another ownership tag); it is never adopted",
-                        i.vendor, server.id
-                    ),
+            );
+            d.events.push((
+                event::ADOPTED,
+                format!(
+                    "adopted {} server {} (tagged as this VM's)",
+                    i.vendor, server.id
                 ),
-                Ownership::Untagged if !i.adoption_allowed => Decision::stall(
-                    status,
-                    reason::ADOPTION_NOT_ALLOWED,
-                    format!(
-                        "{} server {} is not owned by this VM, and ProviderConfig {:?} does not let namespace {:?} adopt servers (spec.adoption.allowedNamespaces)",
-                        i.vendor,
-                        server.id,
-                        i.vm.spec.provider_config_ref.name,
-                        i.vm.namespace().unwrap_or_default()
-                    ),
-                ),
-                Ownership::Untagged if !observe_only => {
-                    let mut d = Decision::new(
-                        status,
-                        Step::Adopt,
-                        Health::progressing(
-                            reason::PROGRESSING,
-                            format!("adopting {} server {}", i.vendor, server.id),
-                        ),
-                    );
-                    d.events.push((
-                        event::ADOPTED,
-                        format!(
-                            "adopted {} server {} (tagged as this VM's)",
-                            i.vendor, server.id
-                        ),
-                    ));
-                    d
-                }
-                Ownership::Untagged | Ownership::Ours => converge(i, status, server),
-            }
+            ));
+            d
         }
+        Ownership::Untagged | Ownership::Ours => converge(i, status, server),
     }
 }
 
