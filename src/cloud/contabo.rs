@@ -17,13 +17,13 @@
 //!   are IDs of secrets in Contabo's Secrets API (no plain passwords; public SSH keys are refused), and
 //!   the API has no price list: [`sizes`](ComputeProvider::sizes) is a built-in table.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::oauth::{Fetched, Issued, TokenCache};
 use async_trait::async_trait;
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use super::rest::{is_not_found, none_if_not_found, not_an_id, numeric_id, page_items};
 use super::{
@@ -105,18 +105,12 @@ fn parse_credentials(raw: &str) -> Result<Credentials, String> {
     })
 }
 
-/// A cached access token.
-struct Token {
-    value: String,
-    renew_at: Instant,
-}
-
 /// A Contabo account.
 pub struct Contabo {
     http: HttpClient,
     base: String,
     credentials: Result<Credentials, String>,
-    token: Mutex<Option<Token>>,
+    token: TokenCache,
 }
 
 impl std::fmt::Debug for Contabo {
@@ -136,7 +130,7 @@ impl Contabo {
             http,
             base: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
             credentials: parse_credentials(credentials),
-            token: Mutex::new(None),
+            token: TokenCache::new(),
         }
     }
 
@@ -147,12 +141,12 @@ impl Contabo {
     }
 
     /// A valid access token: the cached one, or a new one from the password grant.
-    async fn token(&self) -> Result<String, CloudError> {
+    async fn token(&self) -> Result<Issued, CloudError> {
         let creds = self.credentials()?;
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
-            return Ok(t.value.clone());
-        }
+        self.token.get(|| self.fetch_token(creds)).await
+    }
+
+    async fn fetch_token(&self, creds: &Credentials) -> Result<Fetched, CloudError> {
         let form = [
             ("grant_type", "password"),
             ("client_id", creds.client_id.as_str()),
@@ -176,18 +170,14 @@ impl Contabo {
                 message: "the token endpoint answered without an access_token".into(),
             })?
             .to_string();
-        let lifetime = v["expires_in"].as_u64().unwrap_or(300);
-        // Renew a little early: 10% of the lifetime, between 5 s and 60 s.
-        let margin = (lifetime / 10).clamp(5, 60);
-        *cached = Some(Token {
-            value: value.clone(),
-            renew_at: Instant::now() + Duration::from_secs(lifetime.saturating_sub(margin)),
-        });
-        Ok(value)
+        Ok(Fetched {
+            value,
+            lifetime: Duration::from_secs(v["expires_in"].as_u64().unwrap_or(300)),
+        })
     }
 
-    /// Sends an API call with a token and a fresh `x-request-id`. A 401 drops the cached token and
-    /// tries once more with a new one (tokens can be revoked before they expire).
+    /// Sends an API call with a token and a fresh `x-request-id`. A 401 drops the token (once, however
+    /// many calls saw it) and tries once more with a new one (tokens can be revoked before they expire).
     async fn send<F>(&self, idempotent: bool, build: F) -> Result<reqwest::Response, CloudError>
     where
         F: Fn() -> reqwest::RequestBuilder + Send + Sync,
@@ -196,12 +186,12 @@ impl Contabo {
         loop {
             let token = self.token().await?;
             let req = build()
-                .bearer_auth(&token)
+                .bearer_auth(&token.value)
                 .header("x-request-id", uuid::Uuid::new_v4().to_string());
             match self.http.send(req, idempotent).await {
                 Err(e) if e.status() == Some(401) && !retried => {
                     retried = true;
-                    *self.token.lock().await = None;
+                    self.token.rejected(token.generation).await;
                 }
                 other => return Ok(other?),
             }

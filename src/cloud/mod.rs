@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod contabo;
 pub mod digitalocean;
 pub mod linode;
+pub mod oauth;
 pub mod rest;
 pub mod vultr;
 
