@@ -367,6 +367,7 @@ async fn a_project_move_bills_the_old_project_first_and_respects_the_new_limits(
     .await;
     let vm = e.wait_ready("web").await;
     assert_eq!(vm.status.unwrap().project.as_deref(), Some("alpha"));
+    // Let alpha accrue billable seconds (windows are exact to the second).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Into a full project: refused, and the VM stays alpha's.
@@ -603,7 +604,16 @@ async fn deleting_a_namespace_with_its_token_deletes_every_server_even_across_a_
         .delete(&e.ns, &DeleteParams::default())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The namespace's deletion reaches the VMs (and the token Secret) while no controller runs.
+    common::eventually(
+        Duration::from_secs(30),
+        "the VMs marked for deletion",
+        || async {
+            let vm = e.vms().get_opt("a").await.ok()??;
+            vm.metadata.deletion_timestamp.map(|_| ())
+        },
+    )
+    .await;
     let (_metrics, _stop) = common::start_controller_cfg(e.client.clone(), &e.id, None, |_| {});
     common::eventually(Duration::from_secs(90), "every droplet deleted", || async {
         e.sim.droplets().await.is_empty().then_some(())

@@ -149,9 +149,22 @@ async fn set_finalizer(ctx: &Context, secret: &Secret, present: bool) -> Result<
     {
         // Gone already: nothing to keep or release.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        r => r
-            .map(|_| ())
-            .map_err(Error::kube("changing the credentials secret's finalizer")),
+        Ok(written) => {
+            if let Some(rv) = written.resource_version() {
+                ctx.wrote_secret(
+                    format!(
+                        "{}/{}",
+                        written.namespace().unwrap_or_default(),
+                        written.name_any()
+                    ),
+                    rv,
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::kube("changing the credentials secret's finalizer")(
+            e,
+        )),
     }
 }
 

@@ -139,6 +139,8 @@ pub struct Context {
     listings: Mutex<HashMap<String, observe::Listing>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made.
+    secret_writes: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -172,7 +174,27 @@ impl Context {
             listings: Mutex::default(),
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
+            secret_writes: Mutex::default(),
         }
+    }
+
+    /// Remembers that this controller's own write made `resource_version` of Secret `key`
+    /// (`namespace/name`), so the watch event it causes wakes nothing.
+    pub fn wrote_secret(&self, key: String, resource_version: String) {
+        self.secret_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resource_version);
+    }
+
+    /// Whether this version of Secret `key` is this controller's own write (forgotten once seen).
+    fn own_secret_write(&self, key: &str, resource_version: Option<&str>) -> bool {
+        let mut writes = self.secret_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let own = writes.get(key).map(String::as_str) == resource_version;
+        if own || resource_version.is_some() {
+            writes.remove(key);
+        }
+        own
     }
 
     /// The watch caches (set when [`run`] starts the controllers).
@@ -463,8 +485,16 @@ fn provider_config_controller(
     .default_backoff()
     .touched_objects();
     let pcs = caches.provider_configs.clone();
+    let own = ctx.clone();
     let pc = pc.watches_stream(secrets, move |secret| {
         let (ns, name) = (secret.namespace().unwrap_or_default(), secret.name_any());
+        // A credentials Secret's finalizer written by the ProviderConfig's own reconcile: nothing new.
+        if own.own_secret_write(
+            &format!("{ns}/{name}"),
+            secret.resource_version().as_deref(),
+        ) {
+            return Vec::new();
+        }
         pcs.state()
             .into_iter()
             .filter(|p| {
