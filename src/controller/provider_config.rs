@@ -12,6 +12,7 @@
 //! Secret values are read only to check they are present; they never reach logs, events or status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -19,6 +20,7 @@ use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
 use kube::ResourceExt;
 
 use super::{Context, Error, credentials, vendor};
+use crate::cloud::CloudError;
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{ProviderConfig, ProviderConfigStatus, ProviderType};
@@ -158,46 +160,9 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         };
         ctx.providers.remember(&resolved);
         let provider = ctx.providers.compute(&ctx, &resolved).await?;
-        let (health, requeue_after) = match provider.verify().await {
-            Ok(()) => {
-                status.credentials_verified = Some(true);
-                // NB: refreshed at most every half resync interval, so events that change nothing (a
-                // label, a Secret touch) do not rewrite status just to move this timestamp.
-                let fresh = previous
-                    .last_successful_call_time
-                    .as_deref()
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .is_some_and(|t| {
-                        jiff::Timestamp::now().duration_since(t).unsigned_abs()
-                            < ctx.config.resync_interval / 2
-                    });
-                if !fresh {
-                    status.last_successful_call_time = Some(now());
-                }
-                (
-                    Health::ready(format!("credentials verified by {}", provider.vendor())),
-                    None,
-                )
-            }
-            Err(e) if e.is_auth() => {
-                status.credentials_verified = Some(false);
-                (
-                    Health::stalled(reason::INVALID_CREDENTIALS, e.to_string()),
-                    None,
-                )
-            }
-            // An outage (connection refused, 5xx, 429, timeout) is not the user's to fix: Reconciling,
-            // looked at again periodically, never Stalled (GitOps tools read Stalled as failed for good).
-            Err(e) if e.is_transient() => (
-                Health::progressing(reason::UNREACHABLE, e.to_string()),
-                Some(ctx.config.poll_interval * 6),
-            ),
-            // Any other refusal (a wrong endpoint's 404, say) is the user's to fix.
-            Err(e) => (
-                Health::stalled(reason::VENDOR_REJECTED, e.to_string()),
-                None,
-            ),
-        };
+        let verified = provider.verify().await;
+        let (health, requeue_after) =
+            vendor_check(&ctx, provider.vendor(), verified, &previous, status);
         let mut outcome = Outcome::new(health);
         outcome.requeue_after = requeue_after;
         Ok(outcome)
@@ -223,6 +188,57 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         }
         credentials::release(&ctx, &obj).await?;
         Ok(Cleanup::Done)
+    }
+}
+
+/// The health a vendor's answer to the credential check gives, recording it in `status`: verified,
+/// refused credentials (Stalled), an outage (Reconciling, looked at again), or another refusal.
+fn vendor_check(
+    ctx: &Context,
+    vendor: &str,
+    verified: Result<(), CloudError>,
+    previous: &ProviderConfigStatus,
+    status: &mut ProviderConfigStatus,
+) -> (Health, Option<Duration>) {
+    match verified {
+        Ok(()) => {
+            status.credentials_verified = Some(true);
+            // NB: refreshed at most every half resync interval, so events that change nothing (a
+            // label, a Secret touch) do not rewrite status just to move this timestamp.
+            let fresh = previous
+                .last_successful_call_time
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| {
+                    jiff::Timestamp::now().duration_since(t).unsigned_abs()
+                        < ctx.config.resync_interval / 2
+                });
+            if !fresh {
+                status.last_successful_call_time = Some(now());
+            }
+            (
+                Health::ready(format!("credentials verified by {vendor}")),
+                None,
+            )
+        }
+        Err(e) if e.is_auth() => {
+            status.credentials_verified = Some(false);
+            (
+                Health::stalled(reason::INVALID_CREDENTIALS, e.to_string()),
+                None,
+            )
+        }
+        // An outage (connection refused, 5xx, 429, timeout) is not the user's to fix: Reconciling,
+        // looked at again periodically, never Stalled (GitOps tools read Stalled as failed for good).
+        Err(e) if e.is_transient() => (
+            Health::progressing(reason::UNREACHABLE, e.to_string()),
+            Some(ctx.config.poll_interval * 6),
+        ),
+        // Any other refusal (a wrong endpoint's 404, say) is the user's to fix.
+        Err(e) => (
+            Health::stalled(reason::VENDOR_REJECTED, e.to_string()),
+            None,
+        ),
     }
 }
 
