@@ -7,6 +7,7 @@ pub mod contabo;
 pub mod digitalocean;
 pub mod linode;
 pub mod oauth;
+pub mod onence;
 pub mod rest;
 pub mod vultr;
 
