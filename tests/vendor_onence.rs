@@ -194,3 +194,80 @@ async fn one_token_refresh_however_many_calls_see_the_401() {
         Change::Pending
     );
 }
+
+/// The client against `quartermaster sim`'s 1NCE subset: a change is queued and shows only after the
+/// simulator applies it, a second change meanwhile is "pending" (409), traffic shows as usage, a top-up
+/// creates one order, and the 10 requests a second are held by 429 and waited out.
+#[tokio::test]
+async fn the_simulator_applies_changes_later_and_meters_traffic() {
+    let sim = common::start_sim(|c| {
+        c.onence_apply_secs = 1;
+        c.onence_rate_limit = 10;
+    })
+    .await;
+    let c = client(Endpoints::at(Some(&sim.url)));
+    let sims = c.list_sims().await.unwrap();
+    assert_eq!(sims.len(), 3);
+    let iccid = sims[0].iccid.clone();
+    assert_eq!(sims[0].iccid_with_luhn.as_deref().map(str::len), Some(20));
+    let off = SimChange {
+        enabled: false,
+        label: Some("meter-1".into()),
+        imei_lock: Some(true),
+    };
+    assert_eq!(c.change(&iccid, &off).await.unwrap(), Change::Queued);
+    assert_eq!(c.change(&iccid, &off).await.unwrap(), Change::Pending);
+    assert_eq!(c.sim(&iccid).await.unwrap().unwrap().status, "Enabled");
+    common::eventually(Duration::from_secs(10), "the change applied", || async {
+        let s = c.sim(&iccid).await.ok()??;
+        (s.status == "Disabled" && s.imei_lock && s.label.as_deref() == Some("meter-1"))
+            .then_some(())
+    })
+    .await;
+    // Traffic at the simulator shows as the day's usage and consumes the quota.
+    let http = reqwest::Client::new();
+    http.post(format!("{}/_sim/1nce/sims/{iccid}/traffic", sim.url))
+        .json(&serde_json::json!({"bytes": 1_234_567, "sms": 2}))
+        .send()
+        .await
+        .unwrap();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    let usage = c.usage(&iccid, &today, &today).await.unwrap();
+    assert_eq!((usage[0].data_bytes, usage[0].sms), (1_234_567, 2));
+    let q = c.quota(&iccid, false).await.unwrap();
+    assert_eq!(q.remaining, 500_000_000 - 1_234_567);
+    assert!(c.top_up(&iccid).await.unwrap().is_some());
+    let orders: Vec<serde_json::Value> = http
+        .get(format!("{}/_sim/1nce/orders", sim.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(orders.len(), 1);
+    // A burst past 10 a second is answered 429 and waited out by the retry policy.
+    let gets = async || -> u64 {
+        let v: serde_json::Value = http
+            .get(format!("{}/_sim/stats", sim.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["get"].as_u64().unwrap()
+    };
+    let before = gets().await;
+    let burst = (0..25).map(|_| c.sim(&iccid));
+    for r in futures::future::join_all(burst).await {
+        assert!(r.unwrap().is_some());
+    }
+    assert!(
+        gets().await - before > 25,
+        "no call of the burst was refused with 429 and retried"
+    );
+}

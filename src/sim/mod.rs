@@ -5,9 +5,10 @@
 //! configurable latency and faults (errors, 429 with Retry-After, slow responses).
 //!
 //! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
-//! that talks to DigitalOcean.
+//! that talks to DigitalOcean; one of type `onence` with the same endpoint, the 1NCE client ([`onence`]).
 
 pub mod digitalocean;
+pub mod onence;
 mod state;
 
 use std::net::SocketAddr;
@@ -72,6 +73,15 @@ pub struct SimConfig {
     /// Sizes a resize to is answered 422 (a vendor refusal no catalog check can foresee); repeatable.
     #[arg(long = "refuse-resize-to")]
     pub refuse_resize_to: Vec<String>,
+    /// 1NCE subset: how many SIMs the account holds (ICCIDs 8988280666000000000 upwards).
+    #[arg(long, default_value_t = 3)]
+    pub onence_sims: u32,
+    /// 1NCE subset: seconds until a SIM change is applied.
+    #[arg(long, default_value_t = 2)]
+    pub onence_apply_secs: u64,
+    /// 1NCE subset: requests a second answered before 429 (1NCE's 10; 0: no limit).
+    #[arg(long, default_value_t = 10)]
+    pub onence_rate_limit: u32,
 }
 
 impl SimConfig {
@@ -93,6 +103,9 @@ impl SimConfig {
             resize_secs: 1,
             delete_secs: 1,
             refuse_resize_to: Vec::new(),
+            onence_sims: 3,
+            onence_apply_secs: 1,
+            onence_rate_limit: 0,
         }
     }
 }
@@ -132,6 +145,7 @@ impl Sim {
         let stats = Arc::new(Stats::default());
         let reader = stats.clone();
         let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
+            .merge(onence::router(config.clone()))
             .layer(middleware::from_fn_with_state(config, faults))
             .route(
                 "/_sim/stats",
