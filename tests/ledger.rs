@@ -404,6 +404,7 @@ async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothi
             epoch: "quota-1".into(),
             value,
             at,
+            epoch_start: nov,
         };
         // The first attempt: recorded, then the process died (its cursor never reached status).
         let first = counter::step(

@@ -299,6 +299,11 @@ pub struct Account {
 ///   any second for one account; several Vultr accounts on one controller are not held to it together.
 /// - Linode and Contabo document no number in their API references: none.
 pub fn documented_rate_limit(provider: ProviderType, endpoint: Option<&str>) -> Option<(u32, u32)> {
+    // 1NCE's 10 requests a second per customer hold at any endpoint (a proxy, the simulator, which
+    // enforces it too).
+    if provider == ProviderType::Onence {
+        return Some((onence::REQUESTS_PER_SECOND, onence::REQUESTS_PER_SECOND));
+    }
     if endpoint.is_some() {
         return None;
     }

@@ -15,6 +15,7 @@ pub mod names;
 pub mod observe;
 pub mod project;
 pub mod provider_config;
+pub mod sim_card;
 pub mod vendor;
 pub mod virtual_machine;
 pub mod wake;
@@ -39,7 +40,7 @@ pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
 use crate::crd::conditions::reason;
-use crate::crd::{Project, ProviderConfig, VirtualMachine};
+use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -415,6 +416,7 @@ pub async fn run(
     let pc = provider_config_controller(&ctx, &feeds, &caches);
     let vm = vm_controller(&ctx, &feeds, &caches, drift_rx);
     let proj = project_controller(&ctx, &feeds, &caches, vm_deletions);
+    let sims = sim_controller(&ctx, &feeds, &caches);
 
     let watches = feeds.run();
     let controllers = async {
@@ -444,6 +446,12 @@ pub async fn run(
                 ctx.clone(),
                 shutdown.clone(),
             ),
+            drive(
+                sims,
+                sim_card::SimCardReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
         ])
         .await;
     };
@@ -453,6 +461,32 @@ pub async fn run(
         _ = shutdown.clone() => {}
     }
     health.set_synced(false);
+}
+
+/// SimCard: its own changes, and the SimCards of a ProviderConfig when it changes (its `simClaims` or
+/// suspension decide what they may do).
+fn sim_controller(
+    ctx: &Arc<Context>,
+    feeds: &cache::Feeds,
+    caches: &cache::Caches,
+) -> Controller<SimCard> {
+    let sims = Controller::for_shared_stream(
+        wake::own_changes(feeds.sims.subscribe(), caches.sims.clone(), Arc::default()),
+        caches.sims.clone(),
+    )
+    .with_config(runtime_config(
+        ctx.config.concurrency.provider_config.max(16),
+        Duration::ZERO,
+    ));
+    let all = caches.sims.clone();
+    sims.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
+        let name = pc.name_any();
+        all.state()
+            .iter()
+            .filter(|s| s.spec.provider_config_ref.name == name)
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// ProviderConfig: its own changes, any Secret it references, and at once when an object saw the vendor

@@ -151,7 +151,8 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             ))
             .requeue_after(ctx.config.poll_interval));
         }
-        if !matches!(health, Health::Ready { .. }) || !is_compute(obj.spec.type_) {
+        let sims = obj.spec.type_ == ProviderType::Onence;
+        if !matches!(health, Health::Ready { .. }) || !(is_compute(obj.spec.type_) || sims) {
             return Ok(Outcome::new(health));
         }
         // The vendor check: one cheap authenticated call.
@@ -159,10 +160,14 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             return Ok(Outcome::new(health));
         };
         ctx.providers.remember(&resolved);
-        let provider = ctx.providers.compute(&ctx, &resolved).await?;
-        let verified = provider.verify().await;
-        let (health, requeue_after) =
-            vendor_check(&ctx, provider.vendor(), verified, &previous, status);
+        let (vendor, verified) = if sims {
+            let client = ctx.providers.onence(&ctx, &resolved).await?;
+            ("1nce", client.verify().await)
+        } else {
+            let provider = ctx.providers.compute(&ctx, &resolved).await?;
+            (provider.vendor(), provider.verify().await)
+        };
+        let (health, requeue_after) = vendor_check(&ctx, vendor, verified, &previous, status);
         let mut outcome = Outcome::new(health);
         outcome.requeue_after = requeue_after;
         Ok(outcome)

@@ -11,6 +11,7 @@ use kube::{Api, ResourceExt};
 use tokio::sync::Mutex;
 
 use super::{Context, Error};
+use crate::cloud::onence::{Endpoints, OneNce};
 use crate::cloud::{self, Account, ComputeProvider};
 use crate::crd::ProviderConfig;
 use crate::crd::conditions::{self, ConditionStatus, reason};
@@ -179,6 +180,7 @@ type Credentials = (Option<String>, Option<i64>, Account, u64);
 #[derive(Default)]
 pub struct Providers {
     entries: Mutex<HashMap<String, Cached>>,
+    sims: Mutex<HashMap<String, (u64, Arc<OneNce>)>>,
     accounts: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
@@ -274,6 +276,46 @@ impl Providers {
                 .into();
         entries.insert(name, (r.fingerprint, p.clone()));
         Ok(p)
+    }
+}
+
+impl Providers {
+    /// The 1NCE client for a resolved ProviderConfig of type `onence` (built once per fingerprint, so
+    /// its token, rate limit and connections are shared by every SimCard of the account).
+    pub async fn onence(&self, ctx: &Context, r: &Resolved) -> Result<Arc<OneNce>, Error> {
+        if r.account.provider != crate::crd::ProviderType::Onence {
+            return Err(Error::permanent(
+                reason::PROVIDER_CONFIG_WRONG_TYPE,
+                format!(
+                    "ProviderConfig {:?} is of type {}, not onence",
+                    r.config.name_any(),
+                    r.account.provider.as_str()
+                ),
+            ));
+        }
+        let name = r.config.name_any();
+        let mut entries = self.sims.lock().await;
+        if let Some((fp, c)) = entries.get(&name)
+            && *fp == r.fingerprint
+        {
+            return Ok(c.clone());
+        }
+        let policy = RetryPolicy {
+            timeout: ctx.config.vendor_timeout,
+            ..Default::default()
+        };
+        let mut http =
+            crate::http::HttpClient::new("1nce", policy).with_metrics(ctx.http_metrics.clone());
+        if let Some((rps, burst)) = r.account.rate_limit {
+            http = http.with_rate_limit(rps, burst);
+        }
+        let c = Arc::new(OneNce::new(
+            http,
+            Endpoints::at(r.account.endpoint.as_deref()),
+            &r.account.credentials,
+        ));
+        entries.insert(name, (r.fingerprint, c.clone()));
+        Ok(c)
     }
 }
 

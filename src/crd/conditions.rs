@@ -97,6 +97,14 @@ pub mod reason {
     pub const RESIZING: &str = "Resizing";
     /// Waiting for the vendor to finish creating the object.
     pub const PROVISIONING: &str = "Provisioning";
+    /// A change was sent to the vendor, which applies it later; waiting to see it applied.
+    pub const CHANGE_PENDING: &str = "ChangePending";
+    /// A change sent to the vendor did not show within the allowed time.
+    pub const CHANGE_NOT_APPLIED: &str = "ChangeNotApplied";
+    /// The ProviderConfig does not let this namespace claim this SIM.
+    pub const SIM_NOT_ALLOWED: &str = "SimNotAllowed";
+    /// Another object claimed the same vendor resource first.
+    pub const CLAIMED_BY_ANOTHER: &str = "ClaimedByAnother";
 }
 
 /// Event reasons (PascalCase) for Events that are not a change of the overall state.
@@ -127,6 +135,10 @@ pub mod event {
     pub const DELETED: &str = "Deleted";
     /// The vendor object was left in place on deletion.
     pub const ORPHANED: &str = "Orphaned";
+    /// A change was sent to the vendor (applied by it later).
+    pub const CHANGE_REQUESTED: &str = "ChangeRequested";
+    /// A SIM was disabled at the vendor on deletion.
+    pub const DISABLED: &str = "Disabled";
     /// An annotation could not be used (its default applies).
     pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
     /// A reconcile panicked; the panic was contained to this object.

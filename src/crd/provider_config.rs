@@ -78,6 +78,46 @@ pub struct ProviderConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,4}(\.[0-9]{1,4})?$"))]
     pub markup_percent: Option<String>,
+    /// 1NCE accounts: which namespaces may claim which SIMs (by ICCID). Unset: a SIM is claimable only
+    /// on a single-tenant account, `allowedNamespaces` naming exactly one namespace; otherwise nothing is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub sim_claims: Vec<SimClaimRule>,
+}
+
+/// Which namespaces may claim which SIMs of a 1NCE account.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimClaimRule {
+    /// The namespaces this rule lets claim the SIMs below.
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub namespaces: Vec<String>,
+    /// ICCIDs (19 digits, or 20 with the Luhn check digit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000), inner(regex(pattern = r"^[0-9]{19,20}$")))]
+    pub iccids: Vec<String>,
+    /// Ranges of ICCIDs, both ends included (19-digit ICCIDs, or 20 with the Luhn digit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub ranges: Vec<IccidRange>,
+}
+
+/// A range of ICCIDs, both ends included.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IccidRange {
+    /// The first ICCID of the range.
+    #[schemars(regex(pattern = r"^[0-9]{19,20}$"))]
+    pub first: String,
+    /// The last ICCID of the range.
+    #[schemars(regex(pattern = r"^[0-9]{19,20}$"))]
+    pub last: String,
 }
 
 impl ProviderConfigSpec {

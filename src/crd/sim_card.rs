@@ -58,6 +58,29 @@ pub struct SimCardSpec {
     /// Automatic top-up policy for the SMS quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sms_quota: Option<QuotaPolicy>,
+    /// What deletion does at 1NCE: `Disable` (default) disables the SIM, `Orphan` leaves it as it is.
+    /// Either way the claim is released.
+    #[serde(default)]
+    pub deletion_policy: SimDeletionPolicy,
+    /// How long 1NCE may take to apply a change before the SimCard stalls `ChangeNotApplied`, in
+    /// seconds (1NCE applies changes asynchronously).
+    #[serde(default = "default_change_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub change_timeout_seconds: u32,
+}
+
+fn default_change_timeout() -> u32 {
+    600
+}
+
+/// What deletion does to the SIM at 1NCE.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SimDeletionPolicy {
+    /// Disable the SIM at 1NCE, and wait until 1NCE reports it disabled.
+    #[default]
+    Disable,
+    /// Leave the SIM as it is.
+    Orphan,
 }
 
 fn default_true() -> bool {
@@ -134,5 +157,63 @@ pub struct SimCardStatus {
     /// Network connectivity as last reported (Online, Offline, Unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity: Option<String>,
+    /// The ICCID this object holds its claim on (set once the claim is established; cleanup acts only
+    /// on a claimed SIM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_iccid: Option<String>,
+    /// The label 1NCE reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Whether 1NCE reports the SIM locked to its device's IMEI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imei_lock: Option<bool>,
+    /// The change sent to 1NCE and not yet seen applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_change: Option<PendingSimChange>,
+    /// Total data quota in bytes (over the SIM's lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_total_bytes: Option<u64>,
+    /// Total SMS quota (over the SIM's lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_quota_total: Option<u64>,
+    /// The Project the usage is billed to, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// That Project's UID: the tenant in the ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "projectUID")]
+    pub project_uid: Option<String>,
+    /// How far usage is metered: one cursor per meter (the day read last and the figure billed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage_cursors: Vec<UsageCursor>,
+}
+
+/// A change sent to 1NCE, applied by it asynchronously.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSimChange {
+    /// When it was sent (RFC 3339).
+    pub requested_at: String,
+    /// Enabled or not.
+    pub enabled: bool,
+    /// The label sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The IMEI lock sent.
+    pub imei_lock: bool,
+}
+
+/// Where metering of one of the vendor's counters stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageCursor {
+    /// The meter (`sim_data_bytes`, `sim_sms`).
+    pub meter: String,
+    /// The counter's epoch: the day (YYYY-MM-DD) the figure belongs to.
+    pub epoch: String,
+    /// The highest figure of that day already billed.
+    pub billed: i64,
+    /// When it was read (unix seconds).
+    pub at: i64,
 }
 impl_object_status!(SimCardStatus);

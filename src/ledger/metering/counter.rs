@@ -36,6 +36,9 @@ pub struct Reading {
     pub value: i64,
     /// When it was read (unix seconds).
     pub at: i64,
+    /// When the epoch began (unix seconds; 0 when unknown): a new epoch's first event starts no
+    /// earlier (a day's usage is booked on that day).
+    pub epoch_start: i64,
 }
 
 /// What one reading advanced.
@@ -74,7 +77,7 @@ pub fn step(
         Some(c) if c.epoch != reading.epoch => Cursor {
             epoch: reading.epoch.clone(),
             billed: 0,
-            at: c.at,
+            at: c.at.max(reading.epoch_start).min(reading.at),
         },
         Some(c) => c.clone(),
     };
@@ -192,6 +195,7 @@ mod tests {
             epoch: epoch.into(),
             value,
             at,
+            epoch_start: 0,
         }
     }
     fn price() -> Price {

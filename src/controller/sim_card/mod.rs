@@ -1,0 +1,464 @@
+//! The SimCard reconciler: claims an existing 1NCE SIM by ICCID (SIMs are bought, not created), keeps
+//! its state, label and IMEI lock as the spec says, reports what 1NCE knows of it, and meters its usage.
+//!
+//! Order of a reconcile: the ICCID's form, the ProviderConfig (type `onence`, the namespace allowed),
+//! the claim ([`claim`]: allowed by `simClaims`, and this object the oldest claim of that SIM) — a
+//! refusal touches nothing at 1NCE. Then the SIM is read, its usage metered ([`usage`]), and a
+//! difference from the spec sent as one change; 1NCE applies changes later, so the SimCard is
+//! `Reconciling` `ChangePending` until the SIM shows it, and `Stalled` `ChangeNotApplied` after
+//! `spec.changeTimeoutSeconds`. A 409 (another change pending at 1NCE) waits; a 422 (an expired SIM)
+//! stalls with 1NCE's words.
+//!
+//! Paused: the SIM is still read and metered, never changed. Deleted: usage is metered a last time,
+//! then `Disable` disables the SIM (and waits until 1NCE shows it) or `Orphan` leaves it; cleanup acts
+//! only on a SIM whose claim this object still holds.
+
+pub mod claim;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish};
+use super::{Context, Error, vendor};
+use crate::cloud::onence::{Change, OneNce, Sim, SimChange};
+use crate::crd::conditions::{Health, event, reason};
+use crate::crd::sim_card::{PendingSimChange, SimDeletionPolicy};
+use crate::crd::{ProviderType, SimCard, SimCardStatus};
+use crate::ledger::metering::Subject;
+
+/// How often a Stalled claim looks again (the winning claim may go away).
+const CLAIM_RECHECK: Duration = Duration::from_secs(60);
+
+/// Reconciles SimCards.
+pub struct SimCardReconciler;
+
+/// A SIM this object may act on.
+struct Claimed {
+    iccid: String,
+    client: Arc<OneNce>,
+    suspended: bool,
+    markup: rust_decimal::Decimal,
+}
+
+/// Why a SimCard may not touch its SIM, or the claim it holds.
+enum Claim {
+    Held(Claimed),
+    Refused(Outcome),
+}
+
+async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let iccid =
+        claim::normalize(&obj.spec.iccid).map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
+    let pc_name = &obj.spec.provider_config_ref.name;
+    let resolved = vendor::resolve_any(ctx, pc_name, &ns).await?;
+    if resolved.config.spec.type_ != ProviderType::Onence {
+        return Err(Error::permanent(
+            reason::PROVIDER_CONFIG_WRONG_TYPE,
+            format!(
+                "ProviderConfig {pc_name:?} is of type {}; a SimCard needs one of type onence",
+                resolved.config.spec.type_.as_str()
+            ),
+        ));
+    }
+    if !claim::allowed(&resolved.config, &ns, &iccid) {
+        return Ok(Claim::Refused(Outcome::new(Health::stalled(
+            reason::SIM_NOT_ALLOWED,
+            format!(
+                "ProviderConfig {pc_name:?} does not let namespace {ns:?} claim SIM {iccid} (spec.simClaims)"
+            ),
+        ))));
+    }
+    let all = ctx.caches()?.sims.state();
+    if let Some(w) = claim::winner(&all, pc_name, &iccid).filter(|w| w.uid() != obj.uid()) {
+        return Ok(Claim::Refused(
+            Outcome::new(Health::stalled(
+                reason::CLAIMED_BY_ANOTHER,
+                format!(
+                    "SIM {iccid} is claimed by an older SimCard ({}); this one touches nothing",
+                    if w.namespace() == obj.namespace() {
+                        w.name_any()
+                    } else {
+                        "in another namespace".to_string()
+                    }
+                ),
+            ))
+            .requeue_after(CLAIM_RECHECK),
+        ));
+    }
+    let client = ctx.providers.onence(ctx, &resolved).await?;
+    Ok(Claim::Held(Claimed {
+        iccid,
+        client,
+        suspended: resolved.config.spec.suspended,
+        markup: resolved.config.spec.markup(),
+    }))
+}
+
+/// What 1NCE reports of the SIM, into status.
+fn observed(status: &mut SimCardStatus, sim: &Sim) {
+    status.imsi = sim.imsi.clone();
+    status.msisdn = sim.msisdn.clone();
+    status.ip_address = sim.ip_address.clone();
+    status.state = Some(sim.status.clone());
+    status.label = sim.label.clone().filter(|l| !l.is_empty());
+    status.imei_lock = Some(sim.imei_lock);
+}
+
+/// Reads the SIM, its quotas and usage into status and meters the usage. `Ok(None)`: 1NCE does not
+/// know the SIM.
+async fn observe(
+    obj: &SimCard,
+    ctx: &Context,
+    c: &Claimed,
+    status: &mut SimCardStatus,
+) -> Result<Option<Sim>, Error> {
+    let Some(sim) = c
+        .client
+        .sim(&c.iccid)
+        .await
+        .map_err(Error::vendor("read the SIM"))?
+    else {
+        return Ok(None);
+    };
+    observed(status, &sim);
+    let data = c
+        .client
+        .quota(&c.iccid, false)
+        .await
+        .map_err(Error::vendor("read the data quota"))?;
+    status.data_quota_remaining_bytes = u64::try_from(data.remaining).ok();
+    status.data_quota_total_bytes = u64::try_from(data.total).ok();
+    status.data_quota_expiry = data.expiry;
+    let sms = c
+        .client
+        .quota(&c.iccid, true)
+        .await
+        .map_err(Error::vendor("read the SMS quota"))?;
+    status.sms_quota_remaining = u64::try_from(sms.remaining).ok();
+    status.sms_quota_total = u64::try_from(sms.total).ok();
+    meter(obj, ctx, c, status).await?;
+    Ok(Some(sim))
+}
+
+/// Meters the SIM's usage since the cursors in status (or from today, the first time).
+async fn meter(
+    obj: &SimCard,
+    ctx: &Context,
+    c: &Claimed,
+    status: &mut SimCardStatus,
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let month = today.strftime("%Y-%m").to_string();
+    let first_of_month = format!("{month}-01");
+    let oldest = status
+        .usage_cursors
+        .iter()
+        .map(|c| c.epoch.clone())
+        .min()
+        .unwrap_or_else(|| first_of_month.clone())
+        .min(first_of_month);
+    // 1NCE keeps six months.
+    let floor = today
+        .checked_sub(jiff::Span::new().days(180))
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let from = oldest.max(floor);
+    let today = today.to_string();
+    let days = c
+        .client
+        .usage(&c.iccid, &from, &today)
+        .await
+        .map_err(Error::vendor("read the SIM's usage"))?;
+    let (bytes, sms) = usage::month_to_date(&days, &month);
+    status.month_to_date_data_bytes = Some(bytes);
+    status.month_to_date_sms = Some(sms);
+    let Some(ledger) = &ctx.ledger else {
+        return Ok(());
+    };
+    let subject = Subject {
+        namespace: obj.namespace().unwrap_or_default(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
+        kind: "SimCard".into(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+    };
+    status.usage_cursors = usage::settle(
+        ledger,
+        &subject,
+        &status.usage_cursors,
+        &days,
+        (&today, now.as_second()),
+        c.markup,
+    )
+    .await
+    .map_err(|e| Error::Waiting {
+        reason: reason::RETRYING,
+        message: format!("recording the SIM's usage: {e}"),
+    })?;
+    Ok(())
+}
+
+/// The Project the usage is billed to (from the cache), into status.
+fn project(obj: &SimCard, ctx: &Context, status: &mut SimCardStatus) -> Result<(), Error> {
+    let Some(r) = &obj.spec.project_ref else {
+        status.project = None;
+        status.project_uid = None;
+        return Ok(());
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let p = ctx
+        .caches()?
+        .projects
+        .get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns))
+        .ok_or_else(|| {
+            Error::permanent(
+                reason::PROJECT_NOT_FOUND,
+                format!("Project {:?} not found in namespace {ns:?}", r.name),
+            )
+        })?;
+    status.project = Some(r.name.clone());
+    status.project_uid = p.uid();
+    Ok(())
+}
+
+fn wanted(obj: &SimCard) -> PendingSimChange {
+    PendingSimChange {
+        requested_at: String::new(),
+        enabled: obj.spec.enabled,
+        label: obj.spec.label.clone(),
+        imei_lock: obj.spec.imei_lock,
+    }
+}
+
+fn matches(sim: &Sim, w: &PendingSimChange) -> bool {
+    (sim.status == "Enabled") == w.enabled
+        && w.label
+            .as_ref()
+            .is_none_or(|l| sim.label.as_deref().unwrap_or_default() == l)
+        && sim.imei_lock == w.imei_lock
+}
+
+fn describe(w: &PendingSimChange) -> String {
+    let mut parts = vec![if w.enabled { "enabled" } else { "disabled" }.to_string()];
+    if let Some(l) = &w.label {
+        parts.push(format!("label {l:?}"));
+    }
+    parts.push(format!(
+        "IMEI lock {}",
+        if w.imei_lock { "on" } else { "off" }
+    ));
+    parts.join(", ")
+}
+
+/// Sends the spec's state to 1NCE when the SIM differs, and says how far it is.
+async fn converge(
+    obj: &SimCard,
+    ctx: &Context,
+    c: &Claimed,
+    sim: &Sim,
+    status: &mut SimCardStatus,
+) -> Result<Outcome, Error> {
+    let want = wanted(obj);
+    if matches(sim, &want) {
+        status.pending_change = None;
+        return Ok(Outcome::new(Health::ready(format!(
+            "SIM {} is {}",
+            c.iccid,
+            describe(&want)
+        ))));
+    }
+    if c.suspended {
+        return Ok(Outcome::new(Health::not_ready(
+            reason::PROVIDER_CONFIG_SUSPENDED,
+            format!(
+                "ProviderConfig {:?} is suspended: the SIM is still read and metered, not changed",
+                obj.spec.provider_config_ref.name
+            ),
+        )));
+    }
+    let poll = ctx.config.poll_interval;
+    let same = |p: &PendingSimChange| {
+        PendingSimChange {
+            requested_at: String::new(),
+            ..p.clone()
+        } == want
+    };
+    if let Some(p) = status.pending_change.as_ref().filter(|p| same(p)) {
+        let sent = p.requested_at.parse::<jiff::Timestamp>().ok();
+        let waited = sent.map_or(0, |t| jiff::Timestamp::now().as_second() - t.as_second());
+        if waited > i64::from(obj.spec.change_timeout_seconds) {
+            return Ok(Outcome::new(Health::stalled(
+                reason::CHANGE_NOT_APPLIED,
+                format!(
+                    "1NCE has not applied the change ({}) sent {waited} s ago (spec.changeTimeoutSeconds: {})",
+                    describe(&want),
+                    obj.spec.change_timeout_seconds
+                ),
+            )));
+        }
+        return Ok(
+            pending(format!("waiting for 1NCE to apply: {}", describe(&want))).requeue_after(poll),
+        );
+    }
+    let change = SimChange {
+        enabled: want.enabled,
+        label: want.label.clone(),
+        imei_lock: Some(want.imei_lock),
+    };
+    match c
+        .client
+        .change(&c.iccid, &change)
+        .await
+        .map_err(Error::vendor("change the SIM"))?
+    {
+        Change::Queued => {
+            status.pending_change = Some(PendingSimChange {
+                requested_at: now(),
+                ..want.clone()
+            });
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                event::CHANGE_REQUESTED,
+                &format!("asked 1NCE to make SIM {} {}", c.iccid, describe(&want)),
+            )
+            .await;
+            Ok(pending(format!("1NCE is applying: {}", describe(&want))).requeue_after(poll))
+        }
+        Change::Pending => Ok(pending(
+            "another change of this SIM is still pending at 1NCE; trying again".into(),
+        )
+        .requeue_after(poll)),
+    }
+}
+
+fn pending(message: String) -> Outcome {
+    Outcome::new(Health::progressing(reason::CHANGE_PENDING, message))
+}
+
+fn not_found(c: &Claimed) -> Error {
+    Error::permanent(
+        reason::EXTERNAL_NOT_FOUND,
+        format!(
+            "1NCE reports no SIM {} in this account (or not this account's)",
+            c.iccid
+        ),
+    )
+}
+
+impl Reconciler<SimCard> for SimCardReconciler {
+    async fn apply(
+        &self,
+        obj: Arc<SimCard>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SimCardStatus>,
+    ) -> Result<Outcome, Error> {
+        let c = match claim(&obj, &ctx).await? {
+            Claim::Held(c) => c,
+            Claim::Refused(outcome) => {
+                progress.status.claimed_iccid = None;
+                return Ok(outcome);
+            }
+        };
+        progress.status.claimed_iccid = Some(c.iccid.clone());
+        project(&obj, &ctx, &mut progress.status)?;
+        let Some(sim) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
+            return Err(not_found(&c));
+        };
+        converge(&obj, &ctx, &c, &sim, &mut progress.status).await
+    }
+
+    async fn observe(
+        &self,
+        obj: Arc<SimCard>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SimCardStatus>,
+    ) -> Result<Option<PausedOutcome>, Error> {
+        let Claim::Held(c) = claim(&obj, &ctx).await? else {
+            return Ok(None);
+        };
+        project(&obj, &ctx, &mut progress.status)?;
+        observe(&obj, &ctx, &c, &mut progress.status).await?;
+        Ok(Some(PausedOutcome {
+            health: None,
+            requeue_after: Some(ctx.config.resync_interval),
+        }))
+    }
+
+    async fn cleanup(
+        &self,
+        obj: Arc<SimCard>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SimCardStatus>,
+    ) -> Result<Cleanup, Error> {
+        if progress.status.claimed_iccid.is_none() {
+            return Ok(Cleanup::Done);
+        }
+        // The claim must still hold (an admin may have withdrawn it): otherwise release, touching nothing.
+        let c = match claim(&obj, &ctx).await {
+            Ok(Claim::Held(c)) => c,
+            Ok(Claim::Refused(_)) | Err(Error::Permanent { .. }) => return Ok(Cleanup::Done),
+            Err(e) => return Err(e),
+        };
+        let Some(sim) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
+            return Ok(Cleanup::Done);
+        };
+        if obj.spec.deletion_policy == SimDeletionPolicy::Orphan {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Normal,
+                event::ORPHANED,
+                &format!("SIM {} left as it is (deletionPolicy Orphan)", c.iccid),
+            )
+            .await;
+            return Ok(Cleanup::Done);
+        }
+        if sim.status == "Disabled" {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Normal,
+                event::DISABLED,
+                &format!("SIM {} is disabled at 1NCE", c.iccid),
+            )
+            .await;
+            return Ok(Cleanup::Done);
+        }
+        if c.suspended {
+            return Err(Error::Waiting {
+                reason: reason::PROVIDER_CONFIG_SUSPENDED,
+                message: "the ProviderConfig is suspended; the SIM is disabled once it is not"
+                    .into(),
+            });
+        }
+        let off = SimChange {
+            enabled: false,
+            label: None,
+            imei_lock: None,
+        };
+        let answer = c
+            .client
+            .change(&c.iccid, &off)
+            .await
+            .map_err(Error::vendor("disable the SIM"))?;
+        Ok(Cleanup::Wait {
+            message: match answer {
+                Change::Queued => format!("1NCE is disabling SIM {}", c.iccid),
+                Change::Pending => format!(
+                    "another change of SIM {} is pending at 1NCE; disabling it afterwards",
+                    c.iccid
+                ),
+            },
+            requeue_after: ctx.config.poll_interval,
+        })
+    }
+}

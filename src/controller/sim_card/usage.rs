@@ -1,0 +1,156 @@
+//! A SimCard's usage into the ledger, through the shared counter meter: 1NCE reports a running figure
+//! per day (bytes, messages); each day is an epoch of the counter, so a past day is billed once and
+//! today's growing figure is billed by increments against the cursor kept in status. A lower figure
+//! later (a correction) bills nothing until the highest billed one is passed.
+//!
+//! The vendor's cost is the day's own cost field per unit; the tenant pays it plus the ProviderConfig's
+//! markup. What 1NCE held before the SimCard's first reading is not the SimCard's usage.
+
+use rust_decimal::Decimal;
+
+use crate::cloud::onence::DailyUsage;
+use crate::crd::sim_card::UsageCursor;
+use crate::ledger::metering::counter::{self, Cursor, Reading};
+use crate::ledger::metering::{Price, Subject};
+use crate::ledger::{Ledger, LedgerError, Meter};
+
+/// The two meters of a SIM, with the figure and cost each takes from a day's record.
+pub const METERS: [Meter; 2] = [Meter::SimDataBytes, Meter::SimSms];
+
+fn figure(meter: Meter, d: &DailyUsage) -> (i64, Decimal) {
+    match meter {
+        Meter::SimSms => (d.sms, d.sms_cost),
+        _ => (d.data_bytes, d.data_cost),
+    }
+}
+
+/// The vendor's price per priced unit on that day (cost ÷ quantity × the meter's price quantity),
+/// marked up for the tenant; `None` without a quantity or a currency.
+pub fn price(meter: Meter, d: &DailyUsage, markup: Decimal) -> Option<Price> {
+    let (quantity, cost) = figure(meter, d);
+    let currency = d.currency.as_deref()?;
+    if quantity <= 0 {
+        return None;
+    }
+    let per = cost * Decimal::from(meter.info().priced_per) / Decimal::from(quantity);
+    Some(Price::with_markup(per.normalize(), currency, markup))
+}
+
+/// Unix seconds of a `YYYY-MM-DD` day's start (UTC).
+pub fn day_start(day: &str) -> i64 {
+    day.parse::<jiff::civil::Date>()
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map_or(0, |z| z.timestamp().as_second())
+}
+
+/// The cursor of `meter` in status.
+pub fn cursor(cursors: &[UsageCursor], meter: Meter) -> Option<Cursor> {
+    cursors
+        .iter()
+        .find(|c| c.meter == meter.as_str())
+        .map(|c| Cursor {
+            epoch: c.epoch.clone(),
+            billed: c.billed,
+            at: c.at,
+        })
+}
+
+/// Records what `days` (sorted, as 1NCE reports them) add past each meter's cursor and returns the
+/// cursors to persist. Without a cursor, metering starts at today's figure.
+pub async fn settle(
+    ledger: &Ledger,
+    subject: &Subject,
+    cursors: &[UsageCursor],
+    days: &[DailyUsage],
+    (today, now): (&str, i64),
+    markup: Decimal,
+) -> Result<Vec<UsageCursor>, LedgerError> {
+    let mut out = Vec::new();
+    for meter in METERS {
+        let mut c = cursor(cursors, meter);
+        if c.is_none() {
+            let value = days
+                .iter()
+                .find(|d| d.date == today)
+                .map_or(0, |d| figure(meter, d).0);
+            c = Some(Cursor {
+                epoch: today.to_string(),
+                billed: value,
+                at: now,
+            });
+        }
+        let first = c.as_ref().map(|c| c.epoch.clone()).unwrap_or_default();
+        for d in days.iter().filter(|d| d.date >= first) {
+            let reading = Reading {
+                epoch: d.date.clone(),
+                value: figure(meter, d).0,
+                at: now.min(day_start(&d.date) + 86_400 - 1),
+                epoch_start: day_start(&d.date),
+            };
+            let price = price(meter, d, markup);
+            let settled =
+                counter::settle(ledger, subject, meter, c.as_ref(), &reading, price.as_ref())
+                    .await?;
+            c = Some(settled.cursor);
+        }
+        if let Some(c) = c {
+            out.push(UsageCursor {
+                meter: meter.as_str().to_string(),
+                epoch: c.epoch,
+                billed: c.billed,
+                at: c.at,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Month-to-date totals (bytes, messages) from the days of the month `month` (`YYYY-MM`).
+pub fn month_to_date(days: &[DailyUsage], month: &str) -> (u64, u64) {
+    days.iter()
+        .filter(|d| d.date.starts_with(month))
+        .fold((0, 0), |(b, m), d| {
+            (
+                b + u64::try_from(d.data_bytes).unwrap_or(0),
+                m + u64::try_from(d.sms).unwrap_or(0),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn a_days_price_is_its_cost_per_unit() {
+        let d = DailyUsage {
+            date: "2026-11-30".into(),
+            data_bytes: 2_000_000,
+            data_cost: Decimal::from_str("0.10").unwrap(),
+            sms: 4,
+            sms_cost: Decimal::from_str("0.36").unwrap(),
+            currency: Some("EUR".into()),
+        };
+        let p = price(Meter::SimDataBytes, &d, Decimal::from(10)).unwrap();
+        // 0.10 for 2 MB: 0.05 a MB, 0.055 for the tenant.
+        assert_eq!(p.vendor, Decimal::from_str("0.05").unwrap());
+        assert_eq!(p.tenant, Decimal::from_str("0.055").unwrap());
+        let sms = price(Meter::SimSms, &d, Decimal::ZERO).unwrap();
+        assert_eq!(sms.vendor, Decimal::from_str("0.09").unwrap());
+        assert!(
+            price(
+                Meter::SimDataBytes,
+                &DailyUsage {
+                    data_bytes: 0,
+                    ..d.clone()
+                },
+                Decimal::ZERO
+            )
+            .is_none()
+        );
+        assert_eq!(day_start("2026-11-01"), 1_793_491_200);
+        assert_eq!(month_to_date(&[d], "2026-11"), (2_000_000, 4));
+    }
+}

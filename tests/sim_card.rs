@@ -1,0 +1,388 @@
+//! SimCards on the real local API server against `quartermaster sim`'s 1NCE subset: the claim rules, the
+//! asynchronous enable/disable round trip with a 409 in between, label and IMEI lock, usage into the
+//! ledger once, and deletion with Disable and Orphan.
+
+mod common;
+
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{ProviderConfig, SimCard};
+use quartermaster::ledger::store::{GroupBy, ProjectRef};
+
+const WAIT: Duration = Duration::from_secs(60);
+const FIRST: u64 = quartermaster::sim::onence::FIRST_ICCID;
+
+struct SimEnv {
+    client: kube::Client,
+    ns: String,
+    id: String,
+    pc: String,
+    sim: common::SimHandle,
+    ledger: quartermaster::ledger::Ledger,
+    _db: tempfile::TempDir,
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+fn iccid(i: u64) -> String {
+    (FIRST + i).to_string()
+}
+
+/// A namespace, the simulator, a `onence` ProviderConfig with `sim_claims`, and a controller with a
+/// SQLite ledger.
+async fn sim_env(prefix: &str, sim_claims: serde_json::Value) -> SimEnv {
+    let client = common::client().await;
+    let ns = common::namespace(&client, prefix).await;
+    let id = common::unique(prefix);
+    let sim = common::start_sim(|c| {
+        c.onence_sims = 5;
+        c.onence_apply_secs = 1;
+    })
+    .await;
+    common::secret(
+        &client,
+        &ns,
+        "onence",
+        "credentials",
+        r#"{"clientId":"12345-api","clientSecret":"s3cr3t"}"#,
+    )
+    .await;
+    let pc = format!("{id}-iot");
+    let claims = sim_claims.to_string().replace("NS", &ns);
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let doc = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": pc, "labels": {"qm-test": id}},
+        "spec": {"type": "onence", "endpoint": sim.url,
+                 "credentialsSecretRef": {"name": "onence", "namespace": ns, "key": "credentials"},
+                 "simClaims": serde_json::from_str::<serde_json::Value>(&claims).unwrap()}
+    });
+    pcs.patch(
+        &pc,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&doc),
+    )
+    .await
+    .unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&db).await;
+    let (_m, stop) = common::start_controller_with(client.clone(), &id, Some(ledger.clone()));
+    SimEnv {
+        client,
+        ns,
+        id,
+        pc,
+        sim,
+        ledger,
+        _db: db,
+        _stop: Some(stop),
+    }
+}
+
+impl SimEnv {
+    fn sims(&self) -> Api<SimCard> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply(&self, name: &str, spec: serde_json::Value) {
+        let mut s = serde_json::json!({"providerConfigRef": {"name": self.pc}});
+        s.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        let doc = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+            "metadata": {"name": name, "labels": {"qm-test": self.id}}, "spec": s});
+        self.sims()
+            .patch(
+                name,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&doc),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn wait(&self, name: &str, type_: &str, reason: &str) -> SimCard {
+        let sims = self.sims();
+        common::eventually(WAIT, &format!("{name} {type_} {reason}"), || async {
+            let s = sims.get(name).await.ok()?;
+            let st = s.status.as_ref()?;
+            let c = conditions::find(&st.conditions, type_)?;
+            (c.status == ConditionStatus::True
+                && c.reason == reason
+                && st.observed_generation == s.metadata.generation)
+                .then_some(s)
+        })
+        .await
+    }
+
+    fn client_1nce(&self) -> quartermaster::cloud::onence::OneNce {
+        quartermaster::cloud::onence::OneNce::new(
+            quartermaster::http::HttpClient::new("1nce", Default::default()),
+            quartermaster::cloud::onence::Endpoints::at(Some(&self.sim.url)),
+            r#"{"clientId":"t","clientSecret":"t"}"#,
+        )
+    }
+
+    /// PUT calls the simulator served so far.
+    async fn puts(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/_sim/stats", self.sim.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["other"].as_u64().unwrap()
+    }
+
+    async fn at_vendor(&self, i: u64) -> serde_json::Value {
+        let s = self.client_1nce().sim(&iccid(i)).await.unwrap().unwrap();
+        serde_json::json!({"status": s.status, "label": s.label, "imei_lock": s.imei_lock})
+    }
+}
+
+#[tokio::test]
+async fn a_sim_is_claimed_changed_asynchronously_and_disabled_on_deletion() {
+    let e = sim_env(
+        "simlife",
+        serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(2)}]}]),
+    )
+    .await;
+    let luhn = format!(
+        "{}{}",
+        iccid(0),
+        quartermaster::controller::sim_card::claim::luhn_digit(&iccid(0))
+    );
+    e.apply(
+        "tracker",
+        serde_json::json!({"iccid": luhn, "label": "truck-1"}),
+    )
+    .await;
+    // The label differs at first: a change is sent, then seen applied.
+    let s = e.wait("tracker", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.claimed_iccid.as_deref(), Some(iccid(0).as_str()));
+    assert_eq!(st.label.as_deref(), Some("truck-1"));
+    assert!(st.imsi.is_some() && st.ip_address.is_some(), "{st:?}");
+    assert_eq!(st.data_quota_remaining_bytes, Some(500_000_000));
+    assert!(st.pending_change.is_none());
+    assert_eq!(e.at_vendor(0).await["label"], "truck-1");
+
+    // Someone changes the SIM in 1NCE's portal; while that is pending, the spec asks to disable it with
+    // the IMEI lock on: the SimCard's request meets a 409, waits (never stalls), and sends its change
+    // once the portal's is applied.
+    let puts_before = e.puts().await;
+    e.client_1nce()
+        .change(
+            &iccid(0),
+            &quartermaster::cloud::onence::SimChange {
+                enabled: true,
+                label: Some("portal".into()),
+                imei_lock: None,
+            },
+        )
+        .await
+        .unwrap();
+    e.apply(
+        "tracker",
+        serde_json::json!({"iccid": luhn, "label": "truck-1", "enabled": false, "imeiLock": true}),
+    )
+    .await;
+    e.wait("tracker", conditions::RECONCILING, "ChangePending")
+        .await;
+    let s = e.wait("tracker", conditions::READY, "Reconciled").await;
+    assert!(
+        e.puts().await - puts_before >= 3,
+        "the SimCard's change never met the portal's pending one (no 409)"
+    );
+    assert_eq!(s.status.unwrap().state.as_deref(), Some("Disabled"));
+    let v = e.at_vendor(0).await;
+    assert_eq!(
+        (v["status"].as_str(), v["imei_lock"].as_bool()),
+        (Some("Disabled"), Some(true))
+    );
+
+    // Enable again, then delete with the default policy: the SIM ends disabled at 1NCE.
+    e.apply(
+        "tracker",
+        serde_json::json!({"iccid": luhn, "label": "truck-1"}),
+    )
+    .await;
+    e.wait("tracker", conditions::READY, "Reconciled").await;
+    assert_eq!(e.at_vendor(0).await["status"], "Enabled");
+    e.sims()
+        .delete("tracker", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "tracker deleted", || async {
+        e.sims()
+            .get_opt("tracker")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(e.at_vendor(0).await["status"], "Disabled");
+
+    // Orphan leaves it as it is.
+    e.apply(
+        "kept",
+        serde_json::json!({"iccid": iccid(1), "deletionPolicy": "Orphan"}),
+    )
+    .await;
+    e.wait("kept", conditions::READY, "Reconciled").await;
+    e.sims()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "kept deleted", || async {
+        e.sims()
+            .get_opt("kept")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(e.at_vendor(1).await["status"], "Enabled");
+}
+
+#[tokio::test]
+async fn claims_outside_the_allowance_or_twice_touch_nothing() {
+    let e = sim_env(
+        "simclaim",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+    )
+    .await;
+    // Not in the allowance: Stalled SimNotAllowed, and nothing changed at 1NCE.
+    e.apply(
+        "grab",
+        serde_json::json!({"iccid": iccid(3), "enabled": false}),
+    )
+    .await;
+    e.wait("grab", conditions::STALLED, "SimNotAllowed").await;
+    assert_eq!(e.at_vendor(3).await["status"], "Enabled");
+    // A bad Luhn digit says what is wrong.
+    e.apply(
+        "typo",
+        serde_json::json!({"iccid": format!("{}{}", iccid(0), 
+        (quartermaster::controller::sim_card::claim::luhn_digit(&iccid(0)) + 1) % 10)}),
+    )
+    .await;
+    let s = e.wait("typo", conditions::STALLED, "InvalidSpec").await;
+    let msg = conditions::find(&s.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("Luhn"), "{msg}");
+    e.sims()
+        .delete("typo", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // Two claims of one SIM: the older wins; the younger touches nothing, also after being re-created.
+    e.apply(
+        "first",
+        serde_json::json!({"iccid": iccid(0), "label": "mine"}),
+    )
+    .await;
+    e.wait("first", conditions::READY, "Reconciled").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later creation second
+    for _ in 0..2 {
+        e.apply(
+            "second",
+            serde_json::json!({"iccid": iccid(0), "enabled": false, "label": "theirs"}),
+        )
+        .await;
+        e.wait("second", conditions::STALLED, "ClaimedByAnother")
+            .await;
+        e.sims()
+            .delete("second", &DeleteParams::default())
+            .await
+            .unwrap();
+        common::eventually(WAIT, "second deleted", || async {
+            e.sims()
+                .get_opt("second")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    let v = e.at_vendor(0).await;
+    assert_eq!(
+        (v["status"].as_str(), v["label"].as_str()),
+        (Some("Enabled"), Some("mine"))
+    );
+}
+
+#[tokio::test]
+async fn usage_reaches_the_ledger_once_with_the_vendors_cost() {
+    let e = sim_env(
+        "simuse",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+    )
+    .await;
+    e.apply("meter", serde_json::json!({"iccid": iccid(0)}))
+        .await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    let http = reqwest::Client::new();
+    let traffic = |bytes: i64, sms: i64| {
+        let (http, url) = (
+            http.clone(),
+            format!("{}/_sim/1nce/sims/{}/traffic", e.sim.url, iccid(0)),
+        );
+        async move {
+            http.post(url)
+                .json(&serde_json::json!({"bytes": bytes, "sms": sms}))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    traffic(1_500_000, 3).await;
+    // Each change of the SimCard reconciles it: the day's growing figure is billed by increments.
+    for (i, (bytes, sms)) in [(0, 0), (2_000_000, 1), (0, 0)].into_iter().enumerate() {
+        traffic(bytes, sms).await;
+        e.apply(
+            "meter",
+            serde_json::json!({"iccid": iccid(0), "label": format!("pass-{i}")}),
+        )
+        .await;
+        e.wait("meter", conditions::READY, "Reconciled").await;
+    }
+    let s = e.sims().get("meter").await.unwrap();
+    let st = s.status.unwrap();
+    assert_eq!(st.month_to_date_data_bytes, Some(3_500_000));
+    assert_eq!(st.month_to_date_sms, Some(4));
+    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+        jiff::Timestamp::now().as_second(),
+    ))
+    .unwrap();
+    let rows = e
+        .ledger
+        .usage(
+            &ProjectRef {
+                namespace: &e.ns,
+                name: "",
+                uid: "",
+            },
+            from,
+            to,
+            GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    let get = |m: &str| rows.iter().find(|r| r.meter == m).map(|r| r.quantity);
+    assert_eq!(get("sim_data_bytes"), Some(3_500_000), "{rows:?}");
+    assert_eq!(get("sim_sms"), Some(4), "{rows:?}");
+    // The simulator prices 1 EUR a MB: 3.5 MB.
+    let data = rows.iter().find(|r| r.meter == "sim_data_bytes").unwrap();
+    assert_eq!(
+        quartermaster::ledger::format_amount(data.amount_nanos),
+        "3.50"
+    );
+}
