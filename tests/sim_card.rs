@@ -32,12 +32,24 @@ fn iccid(i: u64) -> String {
 /// A namespace, the simulator, a `onence` ProviderConfig with `sim_claims`, and a controller with a
 /// SQLite ledger.
 async fn sim_env(prefix: &str, sim_claims: serde_json::Value) -> SimEnv {
+    sim_env_with(prefix, sim_claims, serde_json::json!({}), 0).await
+}
+
+/// [`sim_env`] with more ProviderConfig spec (`extra`) and a simulator that holds each top-up's answer
+/// `top_up_latency_ms` (the controller gives up on vendor calls after 1 s).
+async fn sim_env_with(
+    prefix: &str,
+    sim_claims: serde_json::Value,
+    extra: serde_json::Value,
+    top_up_latency_ms: u64,
+) -> SimEnv {
     let client = common::client().await;
     let ns = common::namespace(&client, prefix).await;
     let id = common::unique(prefix);
     let sim = common::start_sim(|c| {
         c.onence_sims = 5;
         c.onence_apply_secs = 1;
+        c.onence_top_up_latency_ms = top_up_latency_ms;
     })
     .await;
     common::secret(
@@ -51,12 +63,15 @@ async fn sim_env(prefix: &str, sim_claims: serde_json::Value) -> SimEnv {
     let pc = format!("{id}-iot");
     let claims = sim_claims.to_string().replace("NS", &ns);
     let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let mut spec = serde_json::json!({"type": "onence", "endpoint": sim.url,
+             "credentialsSecretRef": {"name": "onence", "namespace": ns, "key": "credentials"},
+             "simClaims": serde_json::from_str::<serde_json::Value>(&claims).unwrap()});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     let doc = serde_json::json!({
         "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
-        "metadata": {"name": pc, "labels": {"qm-test": id}},
-        "spec": {"type": "onence", "endpoint": sim.url,
-                 "credentialsSecretRef": {"name": "onence", "namespace": ns, "key": "credentials"},
-                 "simClaims": serde_json::from_str::<serde_json::Value>(&claims).unwrap()}
+        "metadata": {"name": pc, "labels": {"qm-test": id}}, "spec": spec,
     });
     pcs.patch(
         &pc,
@@ -67,7 +82,9 @@ async fn sim_env(prefix: &str, sim_claims: serde_json::Value) -> SimEnv {
     .unwrap();
     let db = tempfile::tempdir().unwrap();
     let (ledger, _) = common::db::sqlite(&db).await;
-    let (_m, stop) = common::start_controller_with(client.clone(), &id, Some(ledger.clone()));
+    let (_m, stop) = common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
+        c.vendor_timeout = Duration::from_secs(1);
+    });
     SimEnv {
         client,
         ns,
@@ -384,5 +401,98 @@ async fn usage_reaches_the_ledger_once_with_the_vendors_cost() {
     assert_eq!(
         quartermaster::ledger::format_amount(data.amount_nanos),
         "3.50"
+    );
+}
+
+/// Traffic at the simulator on SIM `i`.
+async fn traffic(e: &SimEnv, i: u64, bytes: i64) {
+    reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/sims/{}/traffic", e.sim.url, iccid(i)))
+        .json(&serde_json::json!({"bytes": bytes}))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn orders(e: &SimEnv) -> usize {
+    let v: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/1nce/orders", e.sim.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.len()
+}
+
+/// The quota falls under its threshold: exactly one top-up per crossing, also when the order's answer
+/// is lost (the simulator holds it past the controller's timeout: the order exists, the controller
+/// does not know); billed once at the ProviderConfig's price; the monthly limit holds.
+#[tokio::test]
+async fn auto_top_up_orders_exactly_once_per_crossing() {
+    let e = sim_env_with(
+        "simtopup",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+        serde_json::json!({"topUpPrice": {"amount": "10", "currency": "EUR"}}),
+        2500,
+    )
+    .await;
+    let spec = |pass: u32| {
+        serde_json::json!({"iccid": iccid(0), "label": format!("pass-{pass}"),
+            "dataQuota": {"autoTopUp": true, "thresholdPercent": 20, "maxTopUpsPerMonth": 2}})
+    };
+    e.apply("meter", spec(0)).await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    assert_eq!(orders(&e).await, 0);
+    // 450 of 500 MB used: 10 % left, under 20 %.
+    traffic(&e, 0, 450_000_000).await;
+    e.apply("meter", spec(1)).await;
+    // The order's answer comes after the controller gave up: it waits for the quota, never re-orders.
+    let s = e.wait("meter", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(orders(&e).await, 1);
+    assert_eq!(st.top_ups.len(), 1);
+    assert!(st.top_ups[0].confirmed, "{:?}", st.top_ups);
+    assert_eq!(st.data_quota_remaining_bytes, Some(550_000_000));
+    // More reconciles of the same quota state order nothing.
+    e.apply("meter", spec(2)).await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    assert_eq!(orders(&e).await, 1);
+    // A second crossing: a second order. A third: the monthly limit (2) holds.
+    traffic(&e, 0, 500_000_000).await;
+    e.apply("meter", spec(3)).await;
+    common::eventually(WAIT, "the second top-up confirmed", || async {
+        let s = e.sims().get("meter").await.ok()?;
+        let r = s.status?.top_ups.first()?.clone();
+        (r.confirmed && r.top_ups_this_month == 2).then_some(())
+    })
+    .await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    traffic(&e, 0, 540_000_000).await;
+    e.apply("meter", spec(4)).await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    assert_eq!(orders(&e).await, 2);
+    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+        jiff::Timestamp::now().as_second(),
+    ))
+    .unwrap();
+    let rows = e
+        .ledger
+        .usage(
+            &ProjectRef {
+                namespace: &e.ns,
+                name: "",
+                uid: "",
+            },
+            from,
+            to,
+            GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    let top = rows.iter().find(|r| r.meter == "sim_top_ups").unwrap();
+    assert_eq!(top.quantity, 2);
+    assert_eq!(
+        quartermaster::ledger::format_amount(top.amount_nanos),
+        "20.00"
     );
 }

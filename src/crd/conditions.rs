@@ -105,6 +105,10 @@ pub mod reason {
     pub const SIM_NOT_ALLOWED: &str = "SimNotAllowed";
     /// Another object claimed the same vendor resource first.
     pub const CLAIMED_BY_ANOTHER: &str = "ClaimedByAnother";
+    /// A quota top-up was ordered and the quota does not show it yet.
+    pub const TOP_UP_PENDING: &str = "TopUpPending";
+    /// A quota top-up was ordered and never showed in the quota: check the vendor's orders.
+    pub const TOP_UP_UNCONFIRMED: &str = "TopUpUnconfirmed";
 }
 
 /// Event reasons (PascalCase) for Events that are not a change of the overall state.
@@ -139,6 +143,12 @@ pub mod event {
     pub const CHANGE_REQUESTED: &str = "ChangeRequested";
     /// A SIM was disabled at the vendor on deletion.
     pub const DISABLED: &str = "Disabled";
+    /// A quota top-up was ordered.
+    pub const TOP_UP_ORDERED: &str = "TopUpOrdered";
+    /// An ordered quota top-up shows in the quota (and was billed).
+    pub const TOP_UP_CONFIRMED: &str = "TopUpConfirmed";
+    /// The quota is under its threshold but this month's automatic top-ups are used up.
+    pub const TOP_UP_LIMIT_REACHED: &str = "TopUpLimitReached";
     /// An annotation could not be used (its default applies).
     pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
     /// A reconcile panicked; the panic was contained to this object.

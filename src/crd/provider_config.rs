@@ -83,6 +83,22 @@ pub struct ProviderConfigSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub sim_claims: Vec<SimClaimRule>,
+    /// 1NCE accounts: what one quota top-up costs at 1NCE (the API does not say), for the ledger; the
+    /// tenant pays it plus `markupPercent`. Unset: top-ups are recorded unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_up_price: Option<Money>,
+}
+
+/// An amount of money.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Money {
+    /// The amount, as a decimal string (e.g. "10.00").
+    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"))]
+    pub amount: String,
+    /// Its currency (ISO 4217, e.g. EUR).
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: String,
 }
 
 /// Which namespaces may claim which SIMs of a 1NCE account.

@@ -186,6 +186,32 @@ pub struct SimCardStatus {
     /// How far usage is metered: one cursor per meter (the day read last and the figure billed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage_cursors: Vec<UsageCursor>,
+    /// The latest automatic top-up of each quota: recorded before the order is sent, so an order is
+    /// never sent twice for one crossing of the threshold, whatever crashes in between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_ups: Vec<TopUpRecord>,
+}
+
+/// An automatic top-up of one quota.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopUpRecord {
+    /// Which quota: `data` or `sms`.
+    pub quota: String,
+    /// The quota's state the order was based on (its last change and total): the crossing it answers.
+    pub based_on: String,
+    /// When the order was sent (RFC 3339).
+    pub requested_at: String,
+    /// 1NCE's quota shows the top-up (its state moved on).
+    #[serde(default)]
+    pub confirmed: bool,
+    /// 1NCE refused the order (its words are in the Stalled condition); not sent again for this crossing.
+    #[serde(default)]
+    pub refused: bool,
+    /// The month (YYYY-MM) of `topUpsThisMonth`.
+    pub month: String,
+    /// Automatic top-ups of this quota ordered in that month.
+    pub top_ups_this_month: u32,
 }
 
 /// A change sent to 1NCE, applied by it asynchronously.

@@ -97,6 +97,8 @@ pub enum Meter {
     SimDataBytes,
     /// SIM text messages.
     SimSms,
+    /// SIM quota top-ups ordered.
+    SimTopUps,
     /// LLM input tokens.
     LlmInputTokens,
     /// LLM output tokens.
@@ -118,7 +120,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 5] = [
+pub const METERS: [MeterInfo; 6] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -135,6 +137,12 @@ pub const METERS: [MeterInfo; 5] = [
         meter: Meter::SimSms,
         name: "sim_sms",
         unit: "message",
+        priced_per: 1,
+    },
+    MeterInfo {
+        meter: Meter::SimTopUps,
+        name: "sim_top_ups",
+        unit: "order",
         priced_per: 1,
     },
     MeterInfo {
@@ -225,6 +233,7 @@ mod meter_tests {
             Meter::VmSeconds,
             Meter::SimDataBytes,
             Meter::SimSms,
+            Meter::SimTopUps,
             Meter::LlmInputTokens,
             Meter::LlmOutputTokens,
         ];

@@ -82,6 +82,10 @@ pub struct SimConfig {
     /// 1NCE subset: requests a second answered before 429 (1NCE's 10; 0: no limit).
     #[arg(long, default_value_t = 10)]
     pub onence_rate_limit: u32,
+    /// 1NCE subset: how long a top-up request is held open after the order is made, in milliseconds
+    /// (the order exists even if the caller gives up).
+    #[arg(long, default_value_t = 0)]
+    pub onence_top_up_latency_ms: u64,
 }
 
 impl SimConfig {
@@ -106,6 +110,7 @@ impl SimConfig {
             onence_sims: 3,
             onence_apply_secs: 1,
             onence_rate_limit: 0,
+            onence_top_up_latency_ms: 0,
         }
     }
 }

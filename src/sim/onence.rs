@@ -411,6 +411,10 @@ async fn top_up(State(app): State<App>, Path(iccid): Path<String>) -> Response {
     let id = w.orders.len() + 1;
     w.orders
         .push(serde_json::json!({"id": id, "iccid": iccid, "at": changed}));
+    drop(w);
+    if app.cfg.onence_top_up_latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(app.cfg.onence_top_up_latency_ms)).await;
+    }
     (
         StatusCode::CREATED,
         [(

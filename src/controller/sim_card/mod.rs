@@ -14,7 +14,11 @@
 //! only on a SIM whose claim this object still holds.
 
 pub mod claim;
+mod order;
+pub mod top_up;
 pub mod usage;
+
+use order::top_ups;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +28,11 @@ use kube::runtime::events::EventType;
 
 use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish};
 use super::{Context, Error, vendor};
-use crate::cloud::onence::{Change, OneNce, Sim, SimChange};
+use crate::cloud::onence::{Change, OneNce, Quota, Sim, SimChange};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::sim_card::{PendingSimChange, SimDeletionPolicy};
 use crate::crd::{ProviderType, SimCard, SimCardStatus};
-use crate::ledger::metering::Subject;
+use crate::ledger::metering::{Price, Subject};
 
 /// How often a Stalled claim looks again (the winning claim may go away).
 const CLAIM_RECHECK: Duration = Duration::from_secs(60);
@@ -42,6 +46,15 @@ struct Claimed {
     client: Arc<OneNce>,
     suspended: bool,
     markup: rust_decimal::Decimal,
+    /// One top-up's price (the ProviderConfig's `topUpPrice` with its markup), when declared.
+    top_up_price: Option<Price>,
+}
+
+/// What 1NCE reports of a claimed SIM.
+struct Observed {
+    sim: Sim,
+    data: Quota,
+    sms: Quota,
 }
 
 /// Why a SimCard may not touch its SIM, or the claim it holds.
@@ -91,11 +104,17 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
         ));
     }
     let client = ctx.providers.onence(ctx, &resolved).await?;
+    let markup = resolved.config.spec.markup();
+    let top_up_price = resolved.config.spec.top_up_price.as_ref().and_then(|m| {
+        let amount = m.amount.parse().ok()?;
+        Some(Price::with_markup(amount, &m.currency, markup))
+    });
     Ok(Claim::Held(Claimed {
         iccid,
         client,
         suspended: resolved.config.spec.suspended,
-        markup: resolved.config.spec.markup(),
+        markup,
+        top_up_price,
     }))
 }
 
@@ -116,7 +135,7 @@ async fn observe(
     ctx: &Context,
     c: &Claimed,
     status: &mut SimCardStatus,
-) -> Result<Option<Sim>, Error> {
+) -> Result<Option<Observed>, Error> {
     let Some(sim) = c
         .client
         .sim(&c.iccid)
@@ -133,7 +152,7 @@ async fn observe(
         .map_err(Error::vendor("read the data quota"))?;
     status.data_quota_remaining_bytes = u64::try_from(data.remaining).ok();
     status.data_quota_total_bytes = u64::try_from(data.total).ok();
-    status.data_quota_expiry = data.expiry;
+    status.data_quota_expiry = data.expiry.clone();
     let sms = c
         .client
         .quota(&c.iccid, true)
@@ -142,7 +161,7 @@ async fn observe(
     status.sms_quota_remaining = u64::try_from(sms.remaining).ok();
     status.sms_quota_total = u64::try_from(sms.total).ok();
     meter(obj, ctx, c, status).await?;
-    Ok(Some(sim))
+    Ok(Some(Observed { sim, data, sms }))
 }
 
 /// Meters the SIM's usage since the cursors in status (or from today, the first time).
@@ -181,14 +200,7 @@ async fn meter(
     let Some(ledger) = &ctx.ledger else {
         return Ok(());
     };
-    let subject = Subject {
-        namespace: obj.namespace().unwrap_or_default(),
-        project: status.project.clone().unwrap_or_default(),
-        project_uid: status.project_uid.clone().unwrap_or_default(),
-        kind: "SimCard".into(),
-        name: obj.name_any(),
-        uid: obj.uid().unwrap_or_default(),
-    };
+    let subject = subject(obj, status);
     status.usage_cursors = usage::settle(
         ledger,
         &subject,
@@ -203,6 +215,18 @@ async fn meter(
         message: format!("recording the SIM's usage: {e}"),
     })?;
     Ok(())
+}
+
+/// Who is billed for this SimCard.
+fn subject(obj: &SimCard, status: &SimCardStatus) -> Subject {
+    Subject {
+        namespace: obj.namespace().unwrap_or_default(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
+        kind: "SimCard".into(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+    }
 }
 
 /// The Project the usage is billed to (from the cache), into status.
@@ -370,10 +394,20 @@ impl Reconciler<SimCard> for SimCardReconciler {
         };
         progress.status.claimed_iccid = Some(c.iccid.clone());
         project(&obj, &ctx, &mut progress.status)?;
-        let Some(sim) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
+        let Some(o) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
             return Err(not_found(&c));
         };
-        converge(&obj, &ctx, &c, &sim, &mut progress.status).await
+        let topping = top_ups(&obj, &ctx, &c, &o, progress).await?;
+        let outcome = converge(&obj, &ctx, &c, &o.sim, &mut progress.status).await?;
+        Ok(match topping {
+            Some(h)
+                if matches!(h, Health::Stalled { .. })
+                    || matches!(outcome.health, Health::Ready { .. }) =>
+            {
+                Outcome::new(h).requeue_after(ctx.config.poll_interval)
+            }
+            _ => outcome,
+        })
     }
 
     async fn observe(
@@ -408,7 +442,8 @@ impl Reconciler<SimCard> for SimCardReconciler {
             Ok(Claim::Refused(_)) | Err(Error::Permanent { .. }) => return Ok(Cleanup::Done),
             Err(e) => return Err(e),
         };
-        let Some(sim) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
+        let Some(Observed { sim, .. }) = observe(&obj, &ctx, &c, &mut progress.status).await?
+        else {
             return Ok(Cleanup::Done);
         };
         if obj.spec.deletion_policy == SimDeletionPolicy::Orphan {
