@@ -257,6 +257,10 @@ struct RunArgs {
     /// interval plus the listing's own time (~3 s for 10,000 servers), so under a minute by default.
     #[arg(long, default_value_t = 55)]
     observe_interval_secs: u64,
+    /// How often a SimCard at rest reads its quotas and daily usage SIM by SIM, in seconds; between
+    /// such reads its account's SIM listing serves it, unless the listing shows its quota moved.
+    #[arg(long, default_value_t = 3600)]
+    sim_usage_interval_secs: u64,
     /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
     #[arg(long)]
     no_migrate: bool,
@@ -609,6 +613,7 @@ async fn controller_context(
                 label_selector: args.label_selector.clone(),
                 poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
                 observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
+                sim_usage_interval: Duration::from_secs(args.sim_usage_interval_secs.max(1)),
                 concurrency: controller::Concurrency {
                     provider_config: args.provider_config_concurrency,
                     project: args.project_concurrency,

@@ -21,6 +21,7 @@ struct SimEnv {
     pc: String,
     sim: common::SimHandle,
     ledger: quartermaster::ledger::Ledger,
+    metrics: quartermaster::metrics::Metrics,
     _db: tempfile::TempDir,
     _stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -35,6 +36,9 @@ async fn sim_env(prefix: &str, sim_claims: serde_json::Value) -> SimEnv {
     sim_env_with(prefix, sim_claims, serde_json::json!({}), 0).await
 }
 
+/// Reads quotas and usage SIM by SIM on every reconcile (as after each usage interval).
+const ALWAYS: Duration = Duration::ZERO;
+
 /// [`sim_env`] with more ProviderConfig spec (`extra`) and a simulator that holds each top-up's answer
 /// `top_up_latency_ms` (the controller gives up on vendor calls after 1 s).
 async fn sim_env_with(
@@ -42,6 +46,16 @@ async fn sim_env_with(
     sim_claims: serde_json::Value,
     extra: serde_json::Value,
     top_up_latency_ms: u64,
+) -> SimEnv {
+    sim_env_cfg(prefix, sim_claims, extra, top_up_latency_ms, ALWAYS).await
+}
+
+async fn sim_env_cfg(
+    prefix: &str,
+    sim_claims: serde_json::Value,
+    extra: serde_json::Value,
+    top_up_latency_ms: u64,
+    usage_interval: Duration,
 ) -> SimEnv {
     let client = common::client().await;
     let ns = common::namespace(&client, prefix).await;
@@ -82,9 +96,11 @@ async fn sim_env_with(
     .unwrap();
     let db = tempfile::tempdir().unwrap();
     let (ledger, _) = common::db::sqlite(&db).await;
-    let (_m, stop) = common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
-        c.vendor_timeout = Duration::from_secs(1);
-    });
+    let (metrics, stop) =
+        common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
+            c.vendor_timeout = Duration::from_secs(1);
+            c.sim_usage_interval = usage_interval;
+        });
     SimEnv {
         client,
         ns,
@@ -92,6 +108,7 @@ async fn sim_env_with(
         pc,
         sim,
         ledger,
+        metrics,
         _db: db,
         _stop: Some(stop),
     }
@@ -144,13 +161,25 @@ impl SimEnv {
 
     /// PUT calls the simulator served so far.
     async fn puts(&self) -> u64 {
-        let v: serde_json::Value = reqwest::get(format!("{}/_sim/stats", self.sim.url))
+        self.stats().await["other"].as_u64().unwrap()
+    }
+
+    /// API calls the simulator served so far.
+    async fn calls(&self) -> u64 {
+        let v = self.stats().await;
+        ["get", "post", "delete", "other"]
+            .iter()
+            .map(|k| v[k].as_u64().unwrap())
+            .sum()
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_sim/stats", self.sim.url))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        v["other"].as_u64().unwrap()
+            .unwrap()
     }
 
     async fn at_vendor(&self, i: u64) -> serde_json::Value {
@@ -495,4 +524,57 @@ async fn auto_top_up_orders_exactly_once_per_crossing() {
         quartermaster::ledger::format_amount(top.amount_nanos),
         "20.00"
     );
+}
+
+/// SimCards at rest are served by their account's SIM listing: a resync of every SimCard with nothing
+/// changed costs no vendor call (the listing is kept for half the resync interval) and writes no status.
+#[tokio::test]
+async fn simcards_at_rest_read_the_accounts_listing_and_write_nothing() {
+    let e = sim_env_cfg(
+        "simrest",
+        serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
+        serde_json::json!({}),
+        0,
+        Duration::from_secs(3600),
+    )
+    .await;
+    for i in 0..3 {
+        e.apply(&format!("s{i}"), serde_json::json!({"iccid": iccid(i)}))
+            .await;
+    }
+    for i in 0..3 {
+        e.wait(&format!("s{i}"), conditions::READY, "Reconciled")
+            .await;
+    }
+    let reconciles = || e.metrics.reconciles.with_label_values(&["SimCard"]).get();
+    let writes = || {
+        e.metrics
+            .status_writes
+            .with_label_values(&["SimCard"])
+            .get()
+    };
+    // Let the first reconciles' own status writes settle.
+    common::eventually(WAIT, "the SimCards settled", || async {
+        let before = reconciles();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (reconciles() == before).then_some(())
+    })
+    .await;
+    let (calls, written, before) = (e.calls().await, writes(), reconciles());
+    for i in 0..3 {
+        e.sims()
+            .patch(
+                &format!("s{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+            )
+            .await
+            .unwrap();
+    }
+    common::eventually(WAIT, "three resyncs", || async {
+        (reconciles() >= before + 3).then_some(())
+    })
+    .await;
+    assert_eq!(e.calls().await - calls, 0, "a SimCard at rest called 1NCE");
+    assert_eq!(writes() - written, 0, "a quiet resync wrote status");
 }

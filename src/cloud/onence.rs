@@ -98,6 +98,14 @@ pub struct Sim {
     pub ip_address: Option<String>,
     /// The customer's label.
     pub label: Option<String>,
+    /// The data quota's total, bytes (`current_quota`), when listed.
+    pub data_quota_total: Option<i64>,
+    /// The SMS quota's total (`current_quota_SMS`), when listed.
+    pub sms_quota_total: Option<i64>,
+    /// The data quota's level: 0 more than 20 % left, 1 less, 2 none (`quota_status.id`).
+    pub data_quota_level: Option<i64>,
+    /// The SMS quota's level, as for data.
+    pub sms_quota_level: Option<i64>,
 }
 
 impl Sim {
@@ -208,6 +216,27 @@ struct SimDto {
     ip_address: Option<String>,
     #[serde(default)]
     label: Option<String>,
+    #[serde(default)]
+    current_quota: serde_json::Value,
+    #[serde(default, rename = "current_quota_SMS")]
+    current_quota_sms: serde_json::Value,
+    #[serde(default)]
+    quota_status: Option<LevelDto>,
+    #[serde(default, rename = "quota_status_SMS")]
+    quota_status_sms: Option<LevelDto>,
+}
+
+#[derive(Deserialize)]
+struct LevelDto {
+    #[serde(default)]
+    id: serde_json::Value,
+}
+
+fn level(l: Option<&LevelDto>) -> Option<i64> {
+    let t = number_text(&l?.id)?;
+    Decimal::from_str(&t)
+        .ok()
+        .and_then(|d| i64::try_from(d.trunc()).ok())
 }
 
 impl From<SimDto> for Sim {
@@ -223,6 +252,10 @@ impl From<SimDto> for Sim {
             status: d.status.unwrap_or_default(),
             ip_address: d.ip_address,
             label: d.label,
+            data_quota_total: figure(&d.current_quota, 1_000_000, "").ok().flatten(),
+            sms_quota_total: figure(&d.current_quota_sms, 1, "").ok().flatten(),
+            data_quota_level: level(d.quota_status.as_ref()),
+            sms_quota_level: level(d.quota_status_sms.as_ref()),
         }
     }
 }

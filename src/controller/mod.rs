@@ -67,6 +67,9 @@ pub struct ControllerConfig {
     /// How often each compute account is listed to see drift (a server gone, powered off or resized at
     /// the vendor) and wake the VMs it concerns.
     pub observe_interval: Duration,
+    /// How often a SimCard at rest reads its quotas and usage SIM by SIM (between such reads its
+    /// account's SIM listing serves it, unless the listing shows its quota moved).
+    pub sim_usage_interval: Duration,
     /// How many reconciles of each kind run at once.
     pub concurrency: Concurrency,
     /// A Project's reconcile waits this long after the last change of its members (coalescing a burst
@@ -107,6 +110,7 @@ impl Default for ControllerConfig {
             catalog_ttl: Duration::from_secs(3600),
             listing_lag: Duration::from_secs(2),
             observe_interval: Duration::from_secs(55),
+            sim_usage_interval: Duration::from_secs(3600),
             concurrency: Concurrency::default(),
             project_debounce: Duration::from_millis(500),
         }
@@ -142,6 +146,8 @@ pub struct Context {
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     /// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made.
     secret_writes: Mutex<HashMap<String, String>>,
+    /// The latest SIM listing of each 1NCE account.
+    pub sim_listings: sim_card::listing::SimListings,
 }
 
 impl Context {
@@ -176,6 +182,7 @@ impl Context {
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
             secret_writes: Mutex::default(),
+            sim_listings: Default::default(),
         }
     }
 

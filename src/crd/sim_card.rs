@@ -167,6 +167,10 @@ pub struct SimCardStatus {
     /// Whether 1NCE reports the SIM locked to its device's IMEI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imei_lock: Option<bool>,
+    /// When this object last sent a change or saw one applied (RFC 3339): an account listing older than
+    /// that does not show the SIM as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<String>,
     /// The change sent to 1NCE and not yet seen applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_change: Option<PendingSimChange>,
@@ -186,6 +190,16 @@ pub struct SimCardStatus {
     /// How far usage is metered: one cursor per meter (the day read last and the figure billed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage_cursors: Vec<UsageCursor>,
+    /// 1NCE's level of the data quota: 0 more than 20 % left, 1 less, 2 none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_level: Option<i64>,
+    /// 1NCE's level of the SMS quota, as for data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_quota_level: Option<i64>,
+    /// When quotas and usage were last read SIM by SIM (RFC 3339); between such reads, a SimCard at rest
+    /// is served by its account's SIM listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_read_at: Option<String>,
     /// The latest automatic top-up of each quota: recorded before the order is sent, so an order is
     /// never sent twice for one crossing of the threshold, whatever crashes in between.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -262,9 +262,22 @@ fn sim_json(s: &SimRec) -> serde_json::Value {
         "activation_date": "2026-01-01T00:00:00.000Z",
         "ip_address": format!("10.{}.{}.{}", n.len(), n.as_bytes()[n.len() - 2], n.as_bytes()[n.len() - 1]),
         "label": s.label,
-        "current_quota": s.data.remaining / 1_000_000,
-        "current_quota_SMS": s.sms.remaining,
+        "current_quota": s.data.total / 1_000_000,
+        "current_quota_SMS": s.sms.total,
+        "quota_status": {"id": level(&s.data)},
+        "quota_status_SMS": {"id": level(&s.sms)},
     })
+}
+
+/// 1NCE's quota level: 0 more than 20 % left (of the last top-up), 1 less, 2 none.
+fn level(q: &Quota) -> i64 {
+    if q.remaining <= 0 {
+        2
+    } else if q.remaining * 5 < q.last_added.max(1) {
+        1
+    } else {
+        0
+    }
 }
 
 #[derive(serde::Deserialize)]

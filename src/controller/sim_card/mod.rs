@@ -14,6 +14,7 @@
 //! only on a SIM whose claim this object still holds.
 
 pub mod claim;
+pub mod listing;
 mod order;
 pub mod top_up;
 pub mod usage;
@@ -43,6 +44,9 @@ pub struct SimCardReconciler;
 /// A SIM this object may act on.
 struct Claimed {
     iccid: String,
+    /// The ProviderConfig's name and its client's fingerprint (for the account's SIM listing).
+    pc: String,
+    fingerprint: u64,
     client: Arc<OneNce>,
     suspended: bool,
     markup: rust_decimal::Decimal,
@@ -50,11 +54,12 @@ struct Claimed {
     top_up_price: Option<Price>,
 }
 
-/// What 1NCE reports of a claimed SIM.
+/// What 1NCE reports of a claimed SIM; its quotas (data, SMS) when they were read.
 struct Observed {
     sim: Sim,
-    data: Quota,
-    sms: Quota,
+    quotas: Option<(Quota, Quota)>,
+    /// The SIM came from the account's listing (it may be up to half a resync interval old).
+    listed: bool,
 }
 
 /// Why a SimCard may not touch its SIM, or the claim it holds.
@@ -111,6 +116,8 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
     });
     Ok(Claim::Held(Claimed {
         iccid,
+        pc: pc_name.clone(),
+        fingerprint: resolved.fingerprint,
         client,
         suspended: resolved.config.spec.suspended,
         markup,
@@ -128,23 +135,56 @@ fn observed(status: &mut SimCardStatus, sim: &Sim) {
     status.imei_lock = Some(sim.imei_lock);
 }
 
-/// Reads the SIM, its quotas and usage into status and meters the usage. `Ok(None)`: 1NCE does not
-/// know the SIM.
+/// Reads the SIM into status: from the account's listing when `fresh` is false (else by itself), and
+/// its quotas and usage SIM by SIM when due ([`detail_due`]), metering the usage. `Ok(None)`: 1NCE does
+/// not know the SIM.
 async fn observe(
     obj: &SimCard,
     ctx: &Context,
     c: &Claimed,
     status: &mut SimCardStatus,
+    fresh: bool,
 ) -> Result<Option<Observed>, Error> {
-    let Some(sim) = c
-        .client
-        .sim(&c.iccid)
-        .await
-        .map_err(Error::vendor("read the SIM"))?
-    else {
-        return Ok(None);
+    let changed_at = status
+        .changed_at
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(0, |t| t.as_second());
+    let listed = if fresh {
+        None
+    } else {
+        let max_age = ctx.config.resync_interval / 2;
+        let listing = ctx
+            .sim_listings
+            .get(&c.pc, c.fingerprint, max_age, &c.client)
+            .await
+            .map_err(Error::vendor("list the account's SIMs"))?;
+        // A listing from before this object's own last change does not show the SIM as it is.
+        (listing.at > changed_at)
+            .then(|| listing.sims.get(&c.iccid).cloned())
+            .flatten()
+    };
+    let from_listing = listed.is_some();
+    let sim = match listed {
+        Some(s) => s,
+        None => match c
+            .client
+            .sim(&c.iccid)
+            .await
+            .map_err(Error::vendor("read the SIM"))?
+        {
+            Some(s) => s,
+            None => return Ok(None),
+        },
     };
     observed(status, &sim);
+    if from_listing && !detail_due(obj, status, &sim, ctx.config.sim_usage_interval) {
+        return Ok(Some(Observed {
+            sim,
+            quotas: None,
+            listed: true,
+        }));
+    }
     let data = c
         .client
         .quota(&c.iccid, false)
@@ -160,8 +200,47 @@ async fn observe(
         .map_err(Error::vendor("read the SMS quota"))?;
     status.sms_quota_remaining = u64::try_from(sms.remaining).ok();
     status.sms_quota_total = u64::try_from(sms.total).ok();
+    status.data_quota_level = sim.data_quota_level;
+    status.sms_quota_level = sim.sms_quota_level;
     meter(obj, ctx, c, status).await?;
-    Ok(Some(Observed { sim, data, sms }))
+    status.usage_read_at = Some(now());
+    Ok(Some(Observed {
+        sim,
+        quotas: Some((data, sms)),
+        listed: from_listing,
+    }))
+}
+
+/// Whether quotas and usage must be read SIM by SIM now: never read, read longer than `interval` ago
+/// or in another month, the listing shows the quotas moved (total or level), a top-up is unconfirmed, or
+/// an automatic top-up policy watches a quota that is low.
+fn detail_due(obj: &SimCard, status: &SimCardStatus, sim: &Sim, interval: Duration) -> bool {
+    let read = status
+        .usage_read_at
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let Some(read) = read else { return true };
+    let now = jiff::Timestamp::now();
+    let month = |t: jiff::Timestamp| {
+        t.to_zoned(jiff::tz::TimeZone::UTC)
+            .strftime("%Y-%m")
+            .to_string()
+    };
+    let moved = |listed: Option<i64>, known: Option<i64>| listed.is_some() && listed != known;
+    let as_i64 = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+    let watching = |p: Option<&crate::crd::sim_card::QuotaPolicy>, level: Option<i64>| {
+        p.is_some_and(|p| p.auto_top_up) && level.unwrap_or(0) >= 1
+    };
+    now.duration_since(read).as_secs() >= i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+        || month(now) != month(read)
+        || status.usage_cursors.is_empty()
+        || moved(sim.data_quota_total, as_i64(status.data_quota_total_bytes))
+        || moved(sim.sms_quota_total, as_i64(status.sms_quota_total))
+        || moved(sim.data_quota_level, status.data_quota_level)
+        || moved(sim.sms_quota_level, status.sms_quota_level)
+        || status.top_ups.iter().any(|r| !r.confirmed && !r.refused)
+        || watching(obj.spec.data_quota.as_ref(), sim.data_quota_level)
+        || watching(obj.spec.sms_quota.as_ref(), sim.sms_quota_level)
 }
 
 /// Meters the SIM's usage since the cursors in status (or from today, the first time).
@@ -291,7 +370,9 @@ async fn converge(
 ) -> Result<Outcome, Error> {
     let want = wanted(obj);
     if matches(sim, &want) {
-        status.pending_change = None;
+        if status.pending_change.take().is_some() {
+            status.changed_at = Some(now());
+        }
         return Ok(Outcome::new(Health::ready(format!(
             "SIM {} is {}",
             c.iccid,
@@ -347,6 +428,7 @@ async fn converge(
                 requested_at: now(),
                 ..want.clone()
             });
+            status.changed_at = Some(now());
             publish(
                 ctx,
                 obj,
@@ -394,11 +476,29 @@ impl Reconciler<SimCard> for SimCardReconciler {
         };
         progress.status.claimed_iccid = Some(c.iccid.clone());
         project(&obj, &ctx, &mut progress.status)?;
-        let Some(o) = observe(&obj, &ctx, &c, &mut progress.status).await? else {
+        let fresh = progress.status.pending_change.is_some();
+        let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, fresh).await? else {
             return Err(not_found(&c));
         };
         let topping = top_ups(&obj, &ctx, &c, &o, progress).await?;
-        let outcome = converge(&obj, &ctx, &c, &o.sim, &mut progress.status).await?;
+        // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
+        let sim = if o.listed && !matches(&o.sim, &wanted(&obj)) {
+            match c
+                .client
+                .sim(&c.iccid)
+                .await
+                .map_err(Error::vendor("read the SIM"))?
+            {
+                Some(s) => {
+                    observed(&mut progress.status, &s);
+                    s
+                }
+                None => return Err(not_found(&c)),
+            }
+        } else {
+            o.sim.clone()
+        };
+        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status).await?;
         Ok(match topping {
             Some(h)
                 if matches!(h, Health::Stalled { .. })
@@ -420,7 +520,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
             return Ok(None);
         };
         project(&obj, &ctx, &mut progress.status)?;
-        observe(&obj, &ctx, &c, &mut progress.status).await?;
+        observe(&obj, &ctx, &c, &mut progress.status, false).await?;
         Ok(Some(PausedOutcome {
             health: None,
             requeue_after: Some(ctx.config.resync_interval),
@@ -442,7 +542,8 @@ impl Reconciler<SimCard> for SimCardReconciler {
             Ok(Claim::Refused(_)) | Err(Error::Permanent { .. }) => return Ok(Cleanup::Done),
             Err(e) => return Err(e),
         };
-        let Some(Observed { sim, .. }) = observe(&obj, &ctx, &c, &mut progress.status).await?
+        let Some(Observed { sim, .. }) =
+            observe(&obj, &ctx, &c, &mut progress.status, true).await?
         else {
             return Ok(Cleanup::Done);
         };

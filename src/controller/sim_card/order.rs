@@ -22,10 +22,13 @@ pub(super) async fn top_ups(
     o: &Observed,
     progress: &mut Progress<SimCardStatus>,
 ) -> Result<Option<Health>, Error> {
+    let Some((data, sms)) = &o.quotas else {
+        return Ok(None);
+    };
     let mut health = None;
     for (kind, policy, quota) in [
-        ("data", obj.spec.data_quota.as_ref(), &o.data),
-        ("sms", obj.spec.sms_quota.as_ref(), &o.sms),
+        ("data", obj.spec.data_quota.as_ref(), data),
+        ("sms", obj.spec.sms_quota.as_ref(), sms),
     ] {
         if let Some(h) = one(obj, ctx, c, (kind, policy, quota), progress).await? {
             if matches!(h, Health::Stalled { .. }) {
