@@ -165,6 +165,9 @@ enum Bench {
     /// Converge N VirtualMachines on the API server of KUBECONFIG (a throwaway one: see
     /// `scripts/bench reconcile`), with `quartermaster sim` and the controller started as children.
     Reconcile(quartermaster::bench::ReconcileBench),
+    /// Claim N SimCards on a simulated 1NCE account, then measure a resync of all of them at 1NCE's
+    /// 10 requests a second (see `scripts/bench simcards`).
+    Simcards(quartermaster::bench::simcards::SimBench),
 }
 
 #[derive(Subcommand)]
@@ -358,6 +361,12 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Reconcile(b)) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
             quartermaster::bench::reconcile(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
+        Command::Bench(Bench::Simcards(b)) => block_on("bench", async move {
+            let exe = std::env::current_exe()?;
+            quartermaster::bench::simcards::simcards(b, exe)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),

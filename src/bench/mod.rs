@@ -25,6 +25,8 @@ use crate::crd::conditions::{self, ConditionStatus};
 use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::kube_client::{KubeLimits, KubeMetrics};
 
+pub mod simcards;
+
 /// Benchmark settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ReconcileBench {
