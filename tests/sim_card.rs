@@ -138,12 +138,23 @@ impl SimEnv {
     }
 
     async fn wait(&self, name: &str, type_: &str, reason: &str) -> SimCard {
+        self.wait_for(name, type_, ConditionStatus::True, reason)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        name: &str,
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+    ) -> SimCard {
         let sims = self.sims();
         common::eventually(WAIT, &format!("{name} {type_} {reason}"), || async {
             let s = sims.get(name).await.ok()?;
             let st = s.status.as_ref()?;
             let c = conditions::find(&st.conditions, type_)?;
-            (c.status == ConditionStatus::True
+            (c.status == status
                 && c.reason == reason
                 && st.observed_generation == s.metadata.generation)
                 .then_some(s)
@@ -577,4 +588,107 @@ async fn simcards_at_rest_read_the_accounts_listing_and_write_nothing() {
     .await;
     assert_eq!(e.calls().await - calls, 0, "a SimCard at rest called 1NCE");
     assert_eq!(writes() - written, 0, "a quiet resync wrote status");
+}
+
+/// A Project's money policy reaches its SimCards: `limits.maxSimCards` refuses the youngest (touching
+/// nothing), the credit stop disables the SIMs and lifting it enables them again.
+#[tokio::test]
+async fn the_projects_limit_and_credit_stop_hold_for_sims() {
+    let e = sim_env(
+        "simmoney",
+        serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
+    )
+    .await;
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
+    projects
+        .patch(
+            "prepaid",
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+                "metadata": {"name": "prepaid", "labels": {"qm-test": e.id}},
+                "spec": {"onCreditExhausted": "Stop", "limits": {"maxSimCards": 1}}})),
+        )
+        .await
+        .unwrap();
+    let uid = common::project_uid(&e.client, &e.ns, "prepaid").await;
+    let grant = |key: &str, nanos| common::grant(key, &e.ns, "prepaid", &uid, nanos);
+    assert!(e.ledger.credit(&grant("g1", 1_000_000_000)).await.unwrap());
+    common::eventually(WAIT, "the project shows its credit", || async {
+        let st = projects.get("prepaid").await.ok()?.status?;
+        (st.credit_balance.as_deref() == Some("1.00")).then_some(())
+    })
+    .await;
+    let spec = |i: u64, extra: serde_json::Value| {
+        let mut s = serde_json::json!({"iccid": iccid(i), "projectRef": {"name": "prepaid"}});
+        s.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s
+    };
+    e.apply("a", spec(0, serde_json::json!({}))).await;
+    e.wait("a", conditions::READY, "Reconciled").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later creation second
+    e.apply("b", spec(1, serde_json::json!({"enabled": false})))
+        .await;
+    e.wait("b", conditions::STALLED, "LimitExceeded").await;
+    assert_eq!(e.at_vendor(1).await["status"], "Enabled");
+
+    // The credit runs out: the SIM is disabled (its spec still says enabled).
+    let now = jiff::Timestamp::now().as_second();
+    e.ledger
+        .record(&[quartermaster::ledger::UsageEvent {
+            key: format!("other/{}", e.id),
+            namespace: e.ns.clone(),
+            project: "prepaid".into(),
+            project_uid: uid.clone(),
+            object_kind: "VirtualMachine".into(),
+            object_name: "other".into(),
+            object_uid: "other-uid".into(),
+            meter: quartermaster::ledger::Meter::VmSeconds,
+            quantity: 3600,
+            unit_price: "5".parse().unwrap(),
+            vendor_unit_price: "5".parse().unwrap(),
+            price_quantity: 3600,
+            currency: "USD".into(),
+            window_start: now - 3600,
+            window_end: now,
+            attributes: serde_json::json!({}),
+        }])
+        .await
+        .unwrap();
+    let touch = |n: &str| serde_json::json!({"metadata": {"labels": {"touch": n}}});
+    projects
+        .patch(
+            "prepaid",
+            &PatchParams::default(),
+            &Patch::Merge(touch("1")),
+        )
+        .await
+        .unwrap();
+    e.wait_for(
+        "a",
+        conditions::READY,
+        ConditionStatus::False,
+        "CreditExhausted",
+    )
+    .await;
+    common::eventually(WAIT, "the SIM disabled at 1NCE", || async {
+        (e.at_vendor(0).await["status"] == "Disabled").then_some(())
+    })
+    .await;
+    assert!(e.sims().get("a").await.unwrap().spec.enabled);
+
+    // Credit granted: enabled again.
+    assert!(e.ledger.credit(&grant("g2", 10_000_000_000)).await.unwrap());
+    projects
+        .patch(
+            "prepaid",
+            &PatchParams::default(),
+            &Patch::Merge(touch("2")),
+        )
+        .await
+        .unwrap();
+    e.wait("a", conditions::READY, "Reconciled").await;
+    assert_eq!(e.at_vendor(0).await["status"], "Enabled");
 }

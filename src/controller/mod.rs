@@ -486,6 +486,8 @@ fn sim_controller(
         Duration::ZERO,
     ));
     let all = caches.sims.clone();
+    let (members, projects) = (caches.sim_members.clone(), caches.projects.clone());
+    let memo = wake::Memo::<Project>::default();
     sims.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
         let name = pc.name_any();
         all.state()
@@ -493,6 +495,14 @@ fn sim_controller(
             .filter(|s| s.spec.provider_config_ref.name == name)
             .map(|s| ObjectRef::from_obj(&**s))
             .collect::<Vec<_>>()
+    })
+    // A Project's spec (limits) or credit stop decides what its SimCards may do.
+    .watches_shared_stream(feeds.projects.subscribe(), move |p| {
+        if memo.changed_in(&*p, wake::project_for_members(&p), &projects) {
+            members.members(&p.namespace().unwrap_or_default(), &p.name_any())
+        } else {
+            Vec::new()
+        }
     })
 }
 

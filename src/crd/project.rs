@@ -95,6 +95,11 @@ pub struct ProjectLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_virtual_machines: Option<u32>,
+    /// Most SimCards the project may hold; the youngest beyond it are `Stalled` `LimitExceeded` and
+    /// touch nothing at the vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_sim_cards: Option<u32>,
     /// Most the project may spend in a calendar month, as a decimal string (e.g. "500.00").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"))]
@@ -104,8 +109,8 @@ pub struct ProjectLimits {
 /// Policy when credit is exhausted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum CreditExhaustedPolicy {
-    /// Stop the project's VMs (their declared runStrategy is left as written) and create no new ones until
-    /// credit is granted.
+    /// Stop the project's VMs (their declared runStrategy is left as written) and disable its SIMs (their
+    /// declared `enabled` is left as written), and create no new VMs, until credit is granted.
     Stop,
     /// Only set a condition and emit an Event.
     #[default]

@@ -211,6 +211,7 @@ mod tests {
             allow_other_currencies: false,
             limits: ProjectLimits {
                 max_virtual_machines: max,
+                max_sim_cards: None,
                 max_monthly_spend: spend.map(str::to_string),
             },
             credit_stop: None,

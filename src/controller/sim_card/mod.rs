@@ -308,16 +308,22 @@ fn subject(obj: &SimCard, status: &SimCardStatus) -> Subject {
     }
 }
 
-/// The Project the usage is billed to (from the cache), into status.
-fn project(obj: &SimCard, ctx: &Context, status: &mut SimCardStatus) -> Result<(), Error> {
+/// The Project the usage is billed to (from the cache), into status; `Ok(Some(why))` when its credit
+/// stop disables its SIMs. A SimCard beyond the Project's `limits.maxSimCards` (the youngest are) is
+/// refused.
+fn project(
+    obj: &SimCard,
+    ctx: &Context,
+    status: &mut SimCardStatus,
+) -> Result<Option<String>, Error> {
     let Some(r) = &obj.spec.project_ref else {
         status.project = None;
         status.project_uid = None;
-        return Ok(());
+        return Ok(None);
     };
     let ns = obj.namespace().unwrap_or_default();
-    let p = ctx
-        .caches()?
+    let caches = ctx.caches()?;
+    let p = caches
         .projects
         .get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns))
         .ok_or_else(|| {
@@ -326,15 +332,35 @@ fn project(obj: &SimCard, ctx: &Context, status: &mut SimCardStatus) -> Result<(
                 format!("Project {:?} not found in namespace {ns:?}", r.name),
             )
         })?;
+    if let Some(max) = p.spec.limits.as_ref().and_then(|l| l.max_sim_cards) {
+        let mut members: Vec<_> = caches
+            .sim_members
+            .members(&ns, &r.name)
+            .iter()
+            .filter_map(|m| caches.sims.get(m))
+            .collect();
+        members.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid()));
+        let rank = members.iter().position(|s| s.uid() == obj.uid());
+        if rank.is_none_or(|i| i >= max as usize) {
+            return Err(Error::permanent(
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "Project {:?} holds at most {max} SimCards (limits.maxSimCards) and older ones fill it",
+                    r.name
+                ),
+            ));
+        }
+    }
     status.project = Some(r.name.clone());
     status.project_uid = p.uid();
-    Ok(())
+    Ok(crate::controller::project::policy::credit_stop(&p))
 }
 
-fn wanted(obj: &SimCard) -> PendingSimChange {
+/// The state the SIM should have: the spec's, disabled while the Project's credit stop holds.
+fn wanted(obj: &SimCard, stopped: bool) -> PendingSimChange {
     PendingSimChange {
         requested_at: String::new(),
-        enabled: obj.spec.enabled,
+        enabled: obj.spec.enabled && !stopped,
         label: obj.spec.label.clone(),
         imei_lock: obj.spec.imei_lock,
     }
@@ -367,11 +393,18 @@ async fn converge(
     c: &Claimed,
     sim: &Sim,
     status: &mut SimCardStatus,
+    stop: Option<&str>,
 ) -> Result<Outcome, Error> {
-    let want = wanted(obj);
+    let want = wanted(obj, stop.is_some());
     if matches(sim, &want) {
         if status.pending_change.take().is_some() {
             status.changed_at = Some(now());
+        }
+        if let Some(why) = stop {
+            return Ok(Outcome::new(Health::not_ready(
+                reason::CREDIT_EXHAUSTED,
+                format!("SIM {} is disabled: {why}", c.iccid),
+            )));
         }
         return Ok(Outcome::new(Health::ready(format!(
             "SIM {} is {}",
@@ -475,14 +508,14 @@ impl Reconciler<SimCard> for SimCardReconciler {
             }
         };
         progress.status.claimed_iccid = Some(c.iccid.clone());
-        project(&obj, &ctx, &mut progress.status)?;
+        let stop = project(&obj, &ctx, &mut progress.status)?;
         let fresh = progress.status.pending_change.is_some();
         let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, fresh).await? else {
             return Err(not_found(&c));
         };
         let topping = top_ups(&obj, &ctx, &c, &o, progress).await?;
         // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
-        let sim = if o.listed && !matches(&o.sim, &wanted(&obj)) {
+        let sim = if o.listed && !matches(&o.sim, &wanted(&obj, stop.is_some())) {
             match c
                 .client
                 .sim(&c.iccid)
@@ -498,7 +531,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
         } else {
             o.sim.clone()
         };
-        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status).await?;
+        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status, stop.as_deref()).await?;
         Ok(match topping {
             Some(h)
                 if matches!(h, Health::Stalled { .. })
@@ -519,10 +552,33 @@ impl Reconciler<SimCard> for SimCardReconciler {
         let Claim::Held(c) = claim(&obj, &ctx).await? else {
             return Ok(None);
         };
-        project(&obj, &ctx, &mut progress.status)?;
-        observe(&obj, &ctx, &c, &mut progress.status, false).await?;
+        let stop = project(&obj, &ctx, &mut progress.status)?;
+        let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, false).await? else {
+            return Ok(None);
+        };
+        // Pause suspends the user's changes, not the Project's money policy: the credit stop applies.
+        let health = match stop {
+            Some(why) if o.sim.status == "Enabled" && !c.suspended => {
+                let off = SimChange {
+                    enabled: false,
+                    label: None,
+                    imei_lock: None,
+                };
+                c.client
+                    .change(&c.iccid, &off)
+                    .await
+                    .map_err(Error::vendor("disable the SIM"))?;
+                progress.status.changed_at = Some(now());
+                Some(Health::not_ready(
+                    reason::CREDIT_EXHAUSTED,
+                    format!("disabling SIM {}: {why}", c.iccid),
+                ))
+            }
+            Some(why) => Some(Health::not_ready(reason::CREDIT_EXHAUSTED, why)),
+            None => None,
+        };
         Ok(Some(PausedOutcome {
-            health: None,
+            health,
             requeue_after: Some(ctx.config.resync_interval),
         }))
     }

@@ -1175,6 +1175,7 @@ mod tests {
             allow_other_currencies: false,
             limits: ProjectLimits {
                 max_virtual_machines: max,
+                max_sim_cards: None,
                 max_monthly_spend: None,
             },
             credit_stop: credit_stop.then(|| "no credit".to_string()),
