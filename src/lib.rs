@@ -14,6 +14,7 @@ pub mod output;
 pub mod server;
 pub mod sim;
 pub mod telemetry;
+pub mod webhooks;
 
 /// Installs the process-wide rustls crypto provider (ring), once. Safe to call many times.
 ///

@@ -264,6 +264,10 @@ struct RunArgs {
     /// such reads its account's SIM listing serves it, unless the listing shows its quota moved.
     #[arg(long, default_value_t = 3600)]
     sim_usage_interval_secs: u64,
+    /// Serve `POST /webhooks/onence/usage` for 1NCE's Data Streamer, with HTTP Basic credentials from
+    /// this Secret (`NAMESPACE/NAME`, keys `username` and `password`; read at start).
+    #[arg(long)]
+    onence_streamer_secret: Option<String>,
     /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
     #[arg(long)]
     no_migrate: bool,
@@ -636,6 +640,45 @@ async fn controller_context(
     ))
 }
 
+/// The webhook routes `--onence-streamer-secret` asks for (every replica serves them: they only write
+/// to the shared ledger).
+async fn webhooks(
+    args: &RunArgs,
+    client: &kube::Client,
+    ctx: &Context,
+) -> Result<Option<axum::Router>, Box<dyn std::error::Error>> {
+    let Some(r) = &args.onence_streamer_secret else {
+        return Ok(None);
+    };
+    let (ns, name) = r
+        .split_once('/')
+        .ok_or_else(|| format!("--onence-streamer-secret {r:?}: expected NAMESPACE/NAME"))?;
+    let ledger = ctx
+        .ledger
+        .clone()
+        .ok_or("--onence-streamer-secret needs the usage ledger")?;
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| format!("reading the Data Streamer's Secret {r}: {e}"))?;
+    let field = |k: &str| -> Result<String, String> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("the Data Streamer's Secret {r} has no non-empty key {k:?}"))
+    };
+    let streamer = quartermaster::webhooks::Streamer::new(
+        ledger,
+        &field("username")?,
+        &field("password")?,
+        ctx.metrics.clone(),
+    );
+    Ok(Some(quartermaster::webhooks::router(Arc::new(streamer))))
+}
+
 /// The leader elector for `--leader-elect` (namespace from the flag, else the pod's, else `default`).
 fn leader_elector(args: &RunArgs, client: kube::Client, identity: &str) -> LeaderElector {
     let ns = args
@@ -675,13 +718,6 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
     let health = Arc::new(Readiness::default());
     let shutdown = shutdown_signal().shared();
 
-    let http = tokio::spawn(server::serve(
-        args.http_addr,
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
-
     let identity = args.leader_identity.clone().unwrap_or_else(|| {
         let host = std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
@@ -689,6 +725,14 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
         format!("{host}-{}", std::process::id())
     });
     let ctx = controller_context(&args, db, client.clone(), metrics.clone(), &identity).await?;
+    let hooks = webhooks(&args, &client, &ctx).await?;
+    let http = tokio::spawn(server::serve(
+        args.http_addr,
+        metrics.clone(),
+        health.clone(),
+        hooks,
+        shutdown.clone(),
+    ));
 
     let mut elector = None;
     if args.leader_elect {

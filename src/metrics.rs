@@ -26,6 +26,10 @@ pub struct Metrics {
     /// Start (unix seconds) of the oldest among the accounts' latest listings: now minus this is the age
     /// of the oldest observation of any listed server.
     pub oldest_listing: IntGauge,
+    /// Usage records received from 1NCE's Data Streamer (new ones; re-sent ones are not counted).
+    pub stream_records: prometheus::IntCounter,
+    /// When the Data Streamer last delivered (unix seconds): now minus this is the gap in the stream.
+    pub stream_last: IntGauge,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -95,6 +99,16 @@ impl Metrics {
             "Start (unix seconds) of the oldest among the accounts' latest server listings.",
         )
         .expect("valid metric");
+        let stream_records = prometheus::IntCounter::new(
+            "quartermaster_streamer_records_total",
+            "Usage records received from 1NCE's Data Streamer (each counted once).",
+        )
+        .expect("valid metric");
+        let stream_last = IntGauge::new(
+            "quartermaster_streamer_last_delivery_timestamp_seconds",
+            "When 1NCE's Data Streamer last delivered (unix seconds); a gap in the stream shows as its age.",
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -151,6 +165,8 @@ impl Metrics {
             Box::new(recreates_after_intent.clone()),
             Box::new(account_listings.clone()),
             Box::new(oldest_listing.clone()),
+            Box::new(stream_records.clone()),
+            Box::new(stream_last.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -165,6 +181,8 @@ impl Metrics {
             recreates_after_intent,
             account_listings,
             oldest_listing,
+            stream_records,
+            stream_last,
             status_writes,
             leader,
             usage_events,

@@ -91,16 +91,21 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     (code, format!("{why}\n"))
 }
 
-/// Binds `addr` and serves until `shutdown` resolves. Returns the bound address through `bound`.
+/// Binds `addr` and serves [`router`] (plus `extra`, e.g. the webhooks) until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     health: Arc<Readiness>,
+    extra: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "http server listening");
-    axum::serve(listener, router(metrics, health))
+    let app = match extra {
+        Some(r) => router(metrics, health).merge(r),
+        None => router(metrics, health),
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -692,3 +692,100 @@ async fn the_projects_limit_and_credit_stop_hold_for_sims() {
     e.wait("a", conditions::READY, "Reconciled").await;
     assert_eq!(e.at_vendor(0).await["status"], "Enabled");
 }
+
+/// 1NCE's Data Streamer and polling together never count a byte twice: a day is billed at the larger of
+/// the streamed sum and the polled figure; a re-sent request is kept once; wrong credentials are refused.
+#[tokio::test]
+async fn streamed_and_polled_usage_never_count_a_byte_twice() {
+    let e = sim_env(
+        "simstream",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+    )
+    .await;
+    let hook = quartermaster::webhooks::router(std::sync::Arc::new(
+        quartermaster::webhooks::Streamer::new(
+            e.ledger.clone(),
+            "streamer",
+            "s3cret",
+            quartermaster::metrics::Metrics::new(),
+        ),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/webhooks/onence/usage",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    e.apply("meter", serde_json::json!({"iccid": iccid(0)}))
+        .await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    traffic(&e, 0, 1_000_000).await;
+    let today = jiff::Timestamp::now().to_string();
+    let records = serde_json::json!([
+        {"id": "r1", "start_timestamp": today, "sim": {"iccid": iccid(0)},
+         "traffic_type": {"id": 5}, "volume": {"total": "0.6"}},
+        {"id": "r2", "start_timestamp": today, "sim": {"iccid": iccid(0)},
+         "traffic_type": {"id": 5}, "volume": {"total": "0.7"}}
+    ]);
+    let http = reqwest::Client::new();
+    let post = |user: &str| {
+        http.post(&url)
+            .basic_auth(user, Some("s3cret"))
+            .json(&records)
+            .send()
+    };
+    assert_eq!(post("intruder").await.unwrap().status(), 401);
+    for _ in 0..2 {
+        assert_eq!(post("streamer").await.unwrap().status(), 200);
+    }
+    let bad = http
+        .post(&url)
+        .basic_auth("streamer", Some("s3cret"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let billed = async || {
+        let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+            jiff::Timestamp::now().as_second(),
+        ))
+        .unwrap();
+        let rows = e
+            .ledger
+            .usage(
+                &ProjectRef {
+                    namespace: &e.ns,
+                    name: "",
+                    uid: "",
+                },
+                from,
+                to,
+                GroupBy::Meter,
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .find(|r| r.meter == "sim_data_bytes")
+            .map_or(0, |r| r.quantity)
+    };
+    // The stream (1.3 MB) is ahead of the polled day (1.0 MB): 1.3 MB billed.
+    e.apply(
+        "meter",
+        serde_json::json!({"iccid": iccid(0), "label": "a"}),
+    )
+    .await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    assert_eq!(billed().await, 1_300_000);
+    // Polling catches up and passes it (2.0 MB): 2.0 MB in all, not 3.3.
+    traffic(&e, 0, 1_000_000).await;
+    e.apply(
+        "meter",
+        serde_json::json!({"iccid": iccid(0), "label": "b"}),
+    )
+    .await;
+    e.wait("meter", conditions::READY, "Reconciled").await;
+    assert_eq!(billed().await, 2_000_000);
+}

@@ -646,3 +646,91 @@ mod tests {
         assert!(digits("").is_err());
     }
 }
+
+/// Most records 1NCE's Data Streamer sends in one request.
+pub const STREAM_BATCH: usize = 3000;
+
+/// The usage records of one Data Streamer request (a JSON list of up to [`STREAM_BATCH`]): data
+/// (traffic type 5, volume in MB) and SMS (type 6, a count). Records of other types are skipped; a
+/// record without an ID, an ICCID, a start or a readable volume is an error (1NCE will send it again).
+pub fn parse_stream(body: &[u8]) -> Result<Vec<crate::ledger::store::StreamRecord>, String> {
+    use crate::ledger::Meter;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| format!("not a JSON list of usage records: {e}"))?;
+    if list.len() > STREAM_BATCH {
+        return Err(format!(
+            "{} records; at most {STREAM_BATCH} a request",
+            list.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let bad = |what: &str| format!("record {i}: {what}");
+        let text = |v: &serde_json::Value| number_text(v).filter(|t| !t.is_empty());
+        let id = text(&r["id"]).ok_or_else(|| bad("no id"))?;
+        let iccid = text(&r["sim"]["iccid"])
+            .or_else(|| text(&r["iccid"]))
+            .ok_or_else(|| bad("no sim.iccid"))?;
+        let iccid = match iccid.len() {
+            20 => iccid[..19].to_string(),
+            _ => iccid,
+        };
+        digits(&iccid).map_err(|_| bad("the ICCID is not digits"))?;
+        let start = r["start_timestamp"]
+            .as_str()
+            .and_then(|s| s.get(..10))
+            .ok_or_else(|| bad("no start_timestamp"))?;
+        let kind = text(&r["traffic_type"]["id"]).or_else(|| text(&r["traffic_type_id"]));
+        let meter = match kind.as_deref() {
+            Some("5") => Meter::SimDataBytes,
+            Some("6") => Meter::SimSms,
+            _ => continue,
+        };
+        let volume = text(&r["volume"]["total"])
+            .or_else(|| text(&r["volume_total"]))
+            .ok_or_else(|| bad("no volume.total"))?;
+        let unit = if meter == Meter::SimSms { 1 } else { 1_000_000 };
+        let quantity = figure(&serde_json::Value::String(volume), unit, "volume")
+            .map_err(|e| bad(&e.to_string()))?
+            .unwrap_or(0);
+        out.push(crate::ledger::store::StreamRecord {
+            record_id: format!("1nce/{id}"),
+            iccid,
+            day: start.to_string(),
+            meter,
+            quantity,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn data_streamer_records_are_read_exactly() {
+        let body = serde_json::json!([
+            {"id": "r1", "start_timestamp": "2026-11-30T12:59:05Z", "sim": {"iccid": "89882806660000000001"},
+             "traffic_type": {"id": 5, "description": "Data"}, "volume": {"rx": "0.2", "tx": "0.05", "total": "0.250001"}},
+            {"id": 77, "start_timestamp": "2026-11-30T13:00:00Z", "iccid": "8988280666000000000",
+             "traffic_type_id": 6, "volume_total": "1"},
+            {"id": "r3", "start_timestamp": "2026-11-30T13:00:00Z", "iccid": "8988280666000000000",
+             "traffic_type_id": 9, "volume_total": "1"}
+        ]);
+        let r = parse_stream(body.to_string().as_bytes()).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].iccid.as_str(), r[0].quantity),
+            ("8988280666000000000", 250_001)
+        );
+        assert_eq!((r[1].record_id.as_str(), r[1].quantity), ("1nce/77", 1));
+        assert!(parse_stream(b"{}").is_err());
+        let missing = serde_json::json!([{"id": "x", "traffic_type_id": 5}]);
+        assert!(
+            parse_stream(missing.to_string().as_bytes())
+                .unwrap_err()
+                .contains("sim.iccid")
+        );
+    }
+}

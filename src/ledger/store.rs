@@ -65,6 +65,21 @@ pub enum Ledger {
     Sqlite(SqlitePool),
 }
 
+/// One usage record pushed by a vendor's stream (1NCE's Data Streamer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRecord {
+    /// The vendor's record ID: a record re-sent is kept once.
+    pub record_id: String,
+    /// The SIM (19 digits).
+    pub iccid: String,
+    /// The day it belongs to (`YYYY-MM-DD`, UTC, from its start).
+    pub day: String,
+    /// `sim_data_bytes` or `sim_sms`.
+    pub meter: super::Meter,
+    /// Bytes or messages.
+    pub quantity: i64,
+}
+
 /// One line of an aggregated report.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct UsageRow {
@@ -195,6 +210,52 @@ impl Ledger {
             .await
             .map_err(db("reading an event"))?);
         Ok(row)
+    }
+
+    /// Keeps streamed usage records, each once (by record ID). Returns how many were new.
+    pub async fn record_streamed(&self, records: &[StreamRecord]) -> Result<u64, LedgerError> {
+        let now = jiff::Timestamp::now().as_second();
+        let sql = "INSERT INTO stream_records (record_id, iccid, day, meter, quantity, received_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (record_id) DO NOTHING";
+        let mut n = 0;
+        for r in records {
+            n += on_pool!(self, p => sqlx::query(sql)
+                .bind(&r.record_id)
+                .bind(&r.iccid)
+                .bind(&r.day)
+                .bind(r.meter.as_str())
+                .bind(r.quantity)
+                .bind(now)
+                .execute(p)
+                .await
+                .map_err(db("keeping streamed usage"))?
+                .rows_affected());
+        }
+        Ok(n)
+    }
+
+    /// Streamed usage of SIM `iccid` (19 digits) from day `from` (`YYYY-MM-DD`) on: (day, meter, sum).
+    pub async fn streamed(
+        &self,
+        iccid: &str,
+        from: &str,
+    ) -> Result<Vec<(String, String, i64)>, LedgerError> {
+        let cast = if matches!(self, Self::Postgres(_)) {
+            "::BIGINT"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT day, meter, SUM(quantity){cast} FROM stream_records WHERE iccid = $1 AND day >= $2 \
+             GROUP BY day, meter ORDER BY day, meter"
+        );
+        let rows: Vec<(String, String, i64)> = on_pool!(self, p => sqlx::query_as(AssertSqlSafe(sql.clone()))
+            .bind(iccid)
+            .bind(from)
+            .fetch_all(p)
+            .await
+            .map_err(db("reading streamed usage"))?);
+        Ok(rows)
     }
 
     /// Records a credit entry. Idempotent on its key; returns false when the key was already recorded.

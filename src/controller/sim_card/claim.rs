@@ -86,8 +86,10 @@ pub fn winner<'a>(
 ) -> Option<&'a SimCard> {
     all.iter()
         .map(|s| &**s)
+        // The cheap test first (no allocation): this runs over every SimCard of the cache.
         .filter(|s| {
-            s.spec.provider_config_ref.name == pc
+            s.spec.iccid.get(..19) == Some(iccid)
+                && s.spec.provider_config_ref.name == pc
                 && normalize(&s.spec.iccid).ok().as_deref() == Some(iccid)
         })
         .min_by(|a, b| {

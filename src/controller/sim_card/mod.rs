@@ -178,7 +178,12 @@ async fn observe(
         },
     };
     observed(status, &sim);
-    if from_listing && !detail_due(obj, status, &sim, ctx.config.sim_usage_interval) {
+    let streamed = streamed(ctx, c, status).await?;
+    let stream_ahead = usage::ahead(&status.usage_cursors, &streamed);
+    if from_listing
+        && !stream_ahead
+        && !detail_due(obj, status, &sim, ctx.config.sim_usage_interval)
+    {
         return Ok(Some(Observed {
             sim,
             quotas: None,
@@ -202,7 +207,7 @@ async fn observe(
     status.sms_quota_total = u64::try_from(sms.total).ok();
     status.data_quota_level = sim.data_quota_level;
     status.sms_quota_level = sim.sms_quota_level;
-    meter(obj, ctx, c, status).await?;
+    meter(obj, ctx, c, status, &streamed).await?;
     status.usage_read_at = Some(now());
     Ok(Some(Observed {
         sim,
@@ -249,6 +254,7 @@ async fn meter(
     ctx: &Context,
     c: &Claimed,
     status: &mut SimCardStatus,
+    streamed: &usage::Streamed,
 ) -> Result<(), Error> {
     let now = jiff::Timestamp::now();
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
@@ -268,11 +274,12 @@ async fn meter(
         .unwrap_or_default();
     let from = oldest.max(floor);
     let today = today.to_string();
-    let days = c
+    let polled = c
         .client
         .usage(&c.iccid, &from, &today)
         .await
         .map_err(Error::vendor("read the SIM's usage"))?;
+    let days = usage::merge(&polled, streamed);
     let (bytes, sms) = usage::month_to_date(&days, &month);
     status.month_to_date_data_bytes = Some(bytes);
     status.month_to_date_sms = Some(sms);
@@ -294,6 +301,27 @@ async fn meter(
         message: format!("recording the SIM's usage: {e}"),
     })?;
     Ok(())
+}
+
+/// What 1NCE's Data Streamer delivered for this SIM since the oldest cursor (nothing without a ledger).
+async fn streamed(
+    ctx: &Context,
+    c: &Claimed,
+    status: &SimCardStatus,
+) -> Result<Vec<(String, String, i64)>, Error> {
+    let (Some(ledger), Some(from)) = (
+        &ctx.ledger,
+        status.usage_cursors.iter().map(|c| c.epoch.clone()).min(),
+    ) else {
+        return Ok(Vec::new());
+    };
+    ledger
+        .streamed(&c.iccid, &from)
+        .await
+        .map_err(|e| Error::Waiting {
+            reason: reason::RETRYING,
+            message: format!("reading streamed usage: {e}"),
+        })
 }
 
 /// Who is billed for this SimCard.

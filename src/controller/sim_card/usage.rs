@@ -154,3 +154,103 @@ mod tests {
         assert_eq!(month_to_date(&[d], "2026-11"), (2_000_000, 4));
     }
 }
+
+/// Whether the stream shows more usage than the cursors billed (so quotas and usage are read now).
+pub fn ahead(cursors: &[UsageCursor], streamed: &Streamed) -> bool {
+    streamed.iter().any(|(day, meter, sum)| {
+        cursors
+            .iter()
+            .find(|c| &c.meter == meter)
+            .is_some_and(|c| day > &c.epoch || (day == &c.epoch && *sum > c.billed))
+    })
+}
+
+/// Streamed sums per (day, meter), as the ledger gives them.
+pub type Streamed = [(String, String, i64)];
+
+/// The polled days merged with the streamed sums: each day and meter at the larger of the two (the
+/// same usage seen twice, never added), its cost scaled from the polled cost per unit of that day, else
+/// of the latest polled day; a day with no polled cost at all stays unpriced.
+pub fn merge(polled: &[DailyUsage], streamed: &Streamed) -> Vec<DailyUsage> {
+    let mut days: std::collections::BTreeMap<String, DailyUsage> =
+        polled.iter().map(|d| (d.date.clone(), d.clone())).collect();
+    let reference = |meter: Meter| {
+        polled.iter().rev().find_map(|d| {
+            let (q, cost) = figure(meter, d);
+            (q > 0).then(|| (cost / Decimal::from(q), d.currency.clone()))
+        })
+    };
+    for (day, meter, sum) in streamed {
+        let meter = match meter.as_str() {
+            "sim_sms" => Meter::SimSms,
+            "sim_data_bytes" => Meter::SimDataBytes,
+            _ => continue,
+        };
+        let d = days.entry(day.clone()).or_insert_with(|| DailyUsage {
+            date: day.clone(),
+            data_bytes: 0,
+            data_cost: Decimal::ZERO,
+            sms: 0,
+            sms_cost: Decimal::ZERO,
+            currency: None,
+        });
+        let (q, cost) = figure(meter, d);
+        if *sum <= q {
+            continue;
+        }
+        let (unit, currency) = if q > 0 {
+            (Some(cost / Decimal::from(q)), d.currency.clone())
+        } else {
+            reference(meter).map_or((None, None), |(u, c)| (Some(u), c))
+        };
+        let new_cost = unit.map_or(Decimal::ZERO, |u| (u * Decimal::from(*sum)).normalize());
+        if d.currency.is_none() {
+            d.currency = currency.filter(|_| unit.is_some());
+        }
+        match meter {
+            Meter::SimSms => (d.sms, d.sms_cost) = (*sum, new_cost),
+            _ => (d.data_bytes, d.data_cost) = (*sum, new_cost),
+        }
+    }
+    days.into_values().collect()
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn a_day_counts_the_larger_of_polled_and_streamed_never_their_sum() {
+        let polled = vec![DailyUsage {
+            date: "2026-11-29".into(),
+            data_bytes: 2_000_000,
+            data_cost: Decimal::from_str("2").unwrap(),
+            sms: 3,
+            sms_cost: Decimal::from_str("0.3").unwrap(),
+            currency: Some("EUR".into()),
+        }];
+        let streamed = vec![
+            (
+                "2026-11-29".to_string(),
+                "sim_data_bytes".to_string(),
+                1_500_000,
+            ),
+            ("2026-11-29".to_string(), "sim_sms".to_string(), 5),
+            (
+                "2026-11-30".to_string(),
+                "sim_data_bytes".to_string(),
+                1_000_000,
+            ),
+        ];
+        let m = merge(&polled, &streamed);
+        assert_eq!(m.len(), 2);
+        // Data: polled is ahead, kept; SMS: the stream is ahead, priced at the day's 0.10 each.
+        assert_eq!((m[0].data_bytes, m[0].sms), (2_000_000, 5));
+        assert_eq!(m[0].sms_cost, Decimal::from_str("0.5").unwrap());
+        // Today is only streamed so far: priced at the latest polled price per byte.
+        assert_eq!(m[1].data_bytes, 1_000_000);
+        assert_eq!(m[1].data_cost, Decimal::from(1));
+        assert_eq!(m[1].currency.as_deref(), Some("EUR"));
+    }
+}
