@@ -66,6 +66,7 @@ async fn every_example_is_accepted() {
         "Project",
         "VirtualMachine",
         "SimCard",
+        "SimMessage",
         "Subscription",
         "TokenBudget",
     ] {

@@ -40,7 +40,7 @@ fn crds_folder_matches_the_code() {
 }
 
 #[test]
-fn crds_to_stdout_is_multi_document_yaml_with_six_kinds() {
+fn crds_to_stdout_is_multi_document_yaml_with_seven_kinds() {
     let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
         .arg("crds")
         .output()
@@ -60,6 +60,7 @@ fn crds_to_stdout_is_multi_document_yaml_with_six_kinds() {
             "Project",
             "ProviderConfig",
             "SimCard",
+            "SimMessage",
             "Subscription",
             "TokenBudget",
             "VirtualMachine"

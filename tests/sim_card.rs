@@ -64,6 +64,7 @@ async fn sim_env_cfg(
         c.onence_sims = 5;
         c.onence_apply_secs = 1;
         c.onence_top_up_latency_ms = top_up_latency_ms;
+        c.onence_sms_latency_ms = top_up_latency_ms;
     })
     .await;
     common::secret(
@@ -788,4 +789,65 @@ async fn streamed_and_polled_usage_never_count_a_byte_twice() {
     .await;
     e.wait("meter", conditions::READY, "Reconciled").await;
     assert_eq!(billed().await, 2_000_000);
+}
+
+/// A SimMessage is sent exactly once: the simulator holds the answer past the controller's timeout (the
+/// message exists, the controller does not know), and the controller finds it in 1NCE's list instead of
+/// sending it again; a sent message edited later stalls instead of being sent again.
+#[tokio::test]
+async fn a_sim_message_is_sent_exactly_once_even_when_its_answer_is_lost() {
+    let e = sim_env_with(
+        "simsms",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+        serde_json::json!({}),
+        2500,
+    )
+    .await;
+    e.apply("tracker", serde_json::json!({"iccid": iccid(0)}))
+        .await;
+    e.wait("tracker", conditions::READY, "Reconciled").await;
+    let messages: Api<quartermaster::crd::SimMessage> = Api::namespaced(e.client.clone(), &e.ns);
+    let doc = |payload: &str| {
+        serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimMessage",
+            "metadata": {"name": "wake", "labels": {"qm-test": e.id}},
+            "spec": {"simCardRef": {"name": "tracker"}, "payload": payload}})
+    };
+    let ssa = PatchParams::apply("quartermaster-tests").force();
+    messages
+        .patch("wake", &ssa, &Patch::Apply(doc("WAKEUP")))
+        .await
+        .unwrap();
+    let m = common::eventually(WAIT, "the message sent", || async {
+        let m = messages.get("wake").await.ok()?;
+        let st = m.status.as_ref()?;
+        let c = conditions::find(&st.conditions, conditions::READY)?;
+        (c.status == ConditionStatus::True).then_some(m)
+    })
+    .await;
+    assert_eq!(m.status.unwrap().state.as_deref(), Some("Sent"));
+    let sent = || async {
+        let v: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/1nce/messages", e.sim.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.len()
+    };
+    assert_eq!(sent().await, 1);
+    // An edit after sending is refused, not sent.
+    messages
+        .patch("wake", &ssa, &Patch::Apply(doc("AGAIN")))
+        .await
+        .unwrap();
+    common::eventually(WAIT, "the edit refused", || async {
+        let m = messages.get("wake").await.ok()?;
+        let st = m.status.as_ref()?;
+        let c = conditions::find(&st.conditions, conditions::STALLED)?;
+        (c.status == ConditionStatus::True && st.observed_generation == m.metadata.generation)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(sent().await, 1);
 }

@@ -602,6 +602,37 @@ impl OneNce {
     }
 }
 
+/// An SMS 1NCE holds for a SIM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sms {
+    /// 1NCE's ID.
+    pub id: String,
+    /// When it was submitted (RFC 3339), when given.
+    pub submit_date: Option<String>,
+    /// Its text.
+    pub payload: String,
+}
+
+impl OneNce {
+    /// The SIM's messages as 1NCE lists them (the latest 100).
+    pub async fn list_sms(&self, iccid: &str) -> Result<Vec<Sms>, CloudError> {
+        let iccid = digits(iccid)?;
+        let items: Vec<serde_json::Value> = self
+            .get_json(&self.v1(&format!(
+                "/sims/{iccid}/sms?page=1&pageSize=100&sort=-submit_date"
+            )))
+            .await?;
+        Ok(items
+            .iter()
+            .map(|m| Sms {
+                id: number_text(&m["id"]).unwrap_or_default(),
+                submit_date: m["submit_date"].as_str().map(str::to_string),
+                payload: m["payload"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+}
+
 /// An ICCID as it may appear in a URL path: digits only.
 fn digits(iccid: &str) -> Result<&str, CloudError> {
     let t = iccid.trim();

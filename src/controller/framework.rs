@@ -97,13 +97,14 @@ macro_rules! managed_cluster {
 
 use crate::crd::{
     Project, ProjectStatus, ProviderConfig, ProviderConfigStatus, SimCard, SimCardStatus,
-    Subscription, SubscriptionStatus, TokenBudget, TokenBudgetStatus, VirtualMachine,
-    VirtualMachineStatus,
+    SimMessage, SimMessageStatus, Subscription, SubscriptionStatus, TokenBudget, TokenBudgetStatus,
+    VirtualMachine, VirtualMachineStatus,
 };
 managed_cluster!(ProviderConfig, ProviderConfigStatus);
 managed_namespaced!(Project, ProjectStatus);
 managed_namespaced!(VirtualMachine, VirtualMachineStatus);
 managed_namespaced!(SimCard, SimCardStatus);
+managed_namespaced!(SimMessage, SimMessageStatus);
 managed_namespaced!(Subscription, SubscriptionStatus);
 managed_namespaced!(TokenBudget, TokenBudgetStatus);
 

@@ -16,6 +16,7 @@ pub mod observe;
 pub mod project;
 pub mod provider_config;
 pub mod sim_card;
+pub mod sim_message;
 pub mod vendor;
 pub mod virtual_machine;
 pub mod wake;
@@ -40,7 +41,7 @@ pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
 use crate::crd::conditions::reason;
-use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
+use crate::crd::{Project, ProviderConfig, SimCard, SimMessage, VirtualMachine};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -424,6 +425,7 @@ pub async fn run(
     let vm = vm_controller(&ctx, &feeds, &caches, drift_rx);
     let proj = project_controller(&ctx, &feeds, &caches, vm_deletions);
     let sims = sim_controller(&ctx, &feeds, &caches);
+    let messages = message_controller(&ctx);
 
     let watches = feeds.run();
     let controllers = async {
@@ -459,6 +461,12 @@ pub async fn run(
                 ctx.clone(),
                 shutdown.clone(),
             ),
+            drive(
+                messages,
+                sim_message::SimMessageReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
         ])
         .await;
     };
@@ -468,6 +476,17 @@ pub async fn run(
         _ = shutdown.clone() => {}
     }
     health.set_synced(false);
+}
+
+/// SimMessage: its own watch (a message is sent once; a SimCard's change does not concern it once sent,
+/// and one waiting for its SimCard looks again every 30 s).
+fn message_controller(ctx: &Arc<Context>) -> Controller<SimMessage> {
+    let mut cfg = watcher::Config::default();
+    if let Some(sel) = &ctx.config.label_selector {
+        cfg = cfg.labels(sel);
+    }
+    Controller::new(Api::<SimMessage>::all(ctx.client.clone()), cfg)
+        .with_config(runtime_config(4, Duration::ZERO))
 }
 
 /// SimCard: its own changes, and the SimCards of a ProviderConfig when it changes (its `simClaims` or

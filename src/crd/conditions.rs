@@ -145,6 +145,8 @@ pub mod event {
     pub const DISABLED: &str = "Disabled";
     /// A quota top-up was ordered.
     pub const TOP_UP_ORDERED: &str = "TopUpOrdered";
+    /// An SMS was sent.
+    pub const SMS_SENT: &str = "SmsSent";
     /// An ordered quota top-up shows in the quota (and was billed).
     pub const TOP_UP_CONFIRMED: &str = "TopUpConfirmed";
     /// The quota is under its threshold but this month's automatic top-ups are used up.

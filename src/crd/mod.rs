@@ -1,4 +1,4 @@
-//! The six custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
+//! The seven custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
 //! object references, annotations, the [`ObjectStatus`] trait every status implements, and
 //! [`all_crds`], the source of the generated `crds/` folder. Types only: no I/O here.
 
@@ -9,6 +9,7 @@ pub mod conditions;
 pub mod project;
 pub mod provider_config;
 pub mod sim_card;
+pub mod sim_message;
 pub mod subscription;
 pub mod token_budget;
 pub mod virtual_machine;
@@ -22,6 +23,7 @@ pub use conditions::{Condition, ConditionStatus};
 pub use project::{Project, ProjectSpec, ProjectStatus};
 pub use provider_config::{ProviderConfig, ProviderConfigSpec, ProviderConfigStatus, ProviderType};
 pub use sim_card::{SimCard, SimCardSpec, SimCardStatus};
+pub use sim_message::{SimMessage, SimMessageSpec, SimMessageStatus};
 pub use subscription::{Subscription, SubscriptionSpec, SubscriptionStatus};
 pub use token_budget::{TokenBudget, TokenBudgetSpec, TokenBudgetStatus};
 pub use virtual_machine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
@@ -54,6 +56,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         Project::crd(),
         VirtualMachine::crd(),
         SimCard::crd(),
+        SimMessage::crd(),
         Subscription::crd(),
         TokenBudget::crd(),
     ]

@@ -86,6 +86,9 @@ pub struct SimConfig {
     /// (the order exists even if the caller gives up).
     #[arg(long, default_value_t = 0)]
     pub onence_top_up_latency_ms: u64,
+    /// 1NCE subset: how long an SMS request is held open after the message is stored, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub onence_sms_latency_ms: u64,
 }
 
 impl SimConfig {
@@ -111,6 +114,7 @@ impl SimConfig {
             onence_apply_secs: 1,
             onence_rate_limit: 0,
             onence_top_up_latency_ms: 0,
+            onence_sms_latency_ms: 0,
         }
     }
 }

@@ -144,7 +144,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/v1/sims/{iccid}/quota/{kind}", get(quota))
         .route("/v1/sims/{iccid}/usage", get(usage))
         .route("/v1/sims/{iccid}/topup", post(top_up))
-        .route("/v1/sims/{iccid}/sms", post(send_sms))
+        .route("/v1/sims/{iccid}/sms", post(send_sms).get(list_sms))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), gate));
     Router::new()
         .route("/oauth/token", post(token))
@@ -459,9 +459,29 @@ async fn send_sms(
         let (b, m) = s.usage.get(&today()).copied().unwrap_or_default();
         (b, m + 1)
     };
-    w.messages
-        .push(serde_json::json!({"iccid": iccid, "payload": body["payload"]}));
+    let id = w.messages.len() + 1;
+    w.messages.push(
+        serde_json::json!({"id": id, "iccid": iccid, "payload": body["payload"],
+        "submit_date": now_text(), "status": "DELIVERED"}),
+    );
+    drop(w);
+    if app.cfg.onence_sms_latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(app.cfg.onence_sms_latency_ms)).await;
+    }
     StatusCode::CREATED.into_response()
+}
+
+async fn list_sms(State(app): State<App>, Path(iccid): Path<String>) -> Response {
+    let w = app.world.lock().await;
+    let key = iccid.get(..19).unwrap_or(&iccid);
+    let mut list: Vec<_> = w
+        .messages
+        .iter()
+        .filter(|m| m["iccid"] == key)
+        .cloned()
+        .collect();
+    list.reverse();
+    axum::Json(list).into_response()
 }
 
 #[derive(serde::Deserialize)]

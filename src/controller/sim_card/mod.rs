@@ -125,6 +125,18 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
     }))
 }
 
+/// The SIM a SimCard holds its claim on, with its account's client, for another kind acting on it
+/// (a SimMessage); `None` when the claim does not hold, `Some((iccid, client, suspended))` otherwise.
+pub(crate) async fn claimed(
+    sim: &SimCard,
+    ctx: &Context,
+) -> Result<Option<(String, Arc<OneNce>, bool)>, Error> {
+    Ok(match claim(sim, ctx).await? {
+        Claim::Held(c) => Some((c.iccid, c.client, c.suspended)),
+        Claim::Refused(_) => None,
+    })
+}
+
 /// What 1NCE reports of the SIM, into status.
 fn observed(status: &mut SimCardStatus, sim: &Sim) {
     status.imsi = sim.imsi.clone();

@@ -1,0 +1,154 @@
+//! The SimMessage reconciler: one SMS to the device of a SimCard, exactly once.
+//!
+//! The attempt is recorded in status before the call (`attemptedAt`); the call is never retried by the
+//! client. After a crash or a lost answer, 1NCE's list of the SIM's messages is read first: a message
+//! with the same text submitted since the attempt means it was sent; none after a minute means the
+//! attempt never reached 1NCE, and only then is it sent again. A sent message is never sent again, and
+//! an edit of a sent one stalls (`ImmutableFieldChanged`): create another SimMessage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use super::framework::{Cleanup, Outcome, Progress, Reconciler, now, persist, publish};
+use super::{Context, Error};
+use crate::cloud::onence::OneNce;
+use crate::crd::conditions::{Health, event, reason};
+use crate::crd::{SimMessage, SimMessageStatus};
+
+/// How long an attempt whose answer was lost is given to show in 1NCE's list before it is sent again.
+const ATTEMPT_SETTLES: i64 = 60;
+
+/// Reconciles SimMessages.
+pub struct SimMessageReconciler;
+
+fn seconds_since(t: Option<&str>) -> Option<i64> {
+    let t = t?.parse::<jiff::Timestamp>().ok()?;
+    Some(jiff::Timestamp::now().as_second() - t.as_second())
+}
+
+/// Whether 1NCE lists a message with this text submitted since `attempted_at` (less 5 s of skew).
+async fn listed(
+    client: &OneNce,
+    iccid: &str,
+    payload: &str,
+    attempted_at: &str,
+) -> Result<bool, Error> {
+    let since = attempted_at
+        .parse::<jiff::Timestamp>()
+        .map_or(0, |t| t.as_second() - 5);
+    let sent = client
+        .list_sms(iccid)
+        .await
+        .map_err(Error::vendor("list the SIM's messages"))?;
+    Ok(sent.iter().any(|m| {
+        m.payload == payload
+            && m.submit_date
+                .as_deref()
+                .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|d| d.as_second() >= since)
+    }))
+}
+
+fn sent(status: &mut SimMessageStatus, generation: Option<i64>) -> Outcome {
+    status.state = Some("Sent".into());
+    status.sent_at = Some(now());
+    status.sent_generation = generation;
+    Outcome::new(Health::ready("sent"))
+}
+
+impl Reconciler<SimMessage> for SimMessageReconciler {
+    async fn apply(
+        &self,
+        obj: Arc<SimMessage>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SimMessageStatus>,
+    ) -> Result<Outcome, Error> {
+        let st = &mut progress.status;
+        if let Some(at) = st.sent_at.clone() {
+            if st.sent_generation != obj.metadata.generation {
+                return Ok(Outcome::new(Health::stalled(
+                    reason::IMMUTABLE_FIELD_CHANGED,
+                    format!(
+                        "this message was sent at {at}; a sent message is not sent again: create another SimMessage"
+                    ),
+                )));
+            }
+            return Ok(Outcome::new(Health::ready(format!("sent at {at}"))));
+        }
+        let ns = obj.namespace().unwrap_or_default();
+        let name = &obj.spec.sim_card_ref.name;
+        let Some(card) = ctx.caches()?.sims.get(&ObjectRef::new(name).within(&ns)) else {
+            return Ok(Outcome::new(Health::not_ready(
+                reason::INVALID_SPEC,
+                format!("SimCard {name:?} not found in namespace {ns:?}; waiting for it"),
+            ))
+            .requeue_after(Duration::from_secs(30)));
+        };
+        let Some((iccid, client, suspended)) = super::sim_card::claimed(&card, &ctx).await? else {
+            return Ok(Outcome::new(Health::not_ready(
+                reason::SIM_NOT_ALLOWED,
+                format!("SimCard {name:?} does not hold its SIM; nothing is sent"),
+            ))
+            .requeue_after(Duration::from_secs(30)));
+        };
+        if suspended {
+            return Err(Error::Waiting {
+                reason: reason::PROVIDER_CONFIG_SUSPENDED,
+                message: "the SimCard's ProviderConfig is suspended; waiting".into(),
+            });
+        }
+        st.iccid = Some(iccid.clone());
+        // An earlier attempt: what did it do?
+        if let Some(at) = st.attempted_at.clone() {
+            if listed(&client, &iccid, &obj.spec.payload, &at).await? {
+                return Ok(sent(st, obj.metadata.generation));
+            }
+            if seconds_since(Some(&at)).unwrap_or(i64::MAX) < ATTEMPT_SETTLES {
+                return Ok(Outcome::new(Health::progressing(
+                    reason::PROGRESSING,
+                    "an attempt's answer was lost; checking 1NCE's messages before sending again",
+                ))
+                .requeue_after(ctx.config.poll_interval));
+            }
+        }
+        st.state = Some("Pending".into());
+        st.attempted_at = Some(now());
+        persist(&ctx, &*obj, progress).await?;
+        let st = &mut progress.status;
+        match client.send_sms(&iccid, &obj.spec.payload).await {
+            Ok(()) => {
+                publish(
+                    &ctx,
+                    &*obj,
+                    EventType::Normal,
+                    event::SMS_SENT,
+                    &format!("sent to SIM {iccid}"),
+                )
+                .await;
+                let mut o = sent(st, obj.metadata.generation);
+                o.announced = true;
+                Ok(o)
+            }
+            Err(e) if !e.is_transient() => Err(Error::vendor("send the SMS")(e)),
+            Err(e) => Ok(Outcome::new(Health::progressing(
+                reason::PROGRESSING,
+                format!("the answer was lost ({e}); checking 1NCE's messages before sending again"),
+            ))
+            .requeue_after(ctx.config.poll_interval)),
+        }
+    }
+
+    async fn cleanup(
+        &self,
+        _obj: Arc<SimMessage>,
+        _ctx: Arc<Context>,
+        _progress: &mut Progress<SimMessageStatus>,
+    ) -> Result<Cleanup, Error> {
+        // A sent SMS cannot be taken back; nothing to undo.
+        Ok(Cleanup::Done)
+    }
+}
