@@ -143,6 +143,9 @@ enum Command {
     /// Credit grants and balances.
     #[command(subcommand)]
     Credits(Credits),
+    /// SMS that devices sent (forwarded by 1NCE to `POST /webhooks/onence/sms`).
+    #[command(subcommand)]
+    Sms(Sms),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(Bench),
@@ -168,6 +171,20 @@ enum Bench {
     /// Claim N SimCards on a simulated 1NCE account, then measure a resync of all of them at 1NCE's
     /// 10 requests a second (see `scripts/bench simcards`).
     Simcards(quartermaster::bench::simcards::SimBench),
+}
+
+#[derive(Subcommand)]
+enum Sms {
+    /// The SMS a SimCard's device sent since the SimCard was created (read through KUBECONFIG: the
+    /// SimCard must exist and hold its SIM), oldest first.
+    List {
+        /// The SimCard, as NAMESPACE/NAME.
+        #[arg(long)]
+        simcard: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        output: quartermaster::output::Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +379,9 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Credits(c) => block_on("credits", credits(c, cli.db)),
+        Command::Sms(Sms::List { simcard, output }) => {
+            block_on("sms", sms_list(simcard, output, cli.db))
+        }
         Command::Bench(Bench::Reconcile(b)) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
             quartermaster::bench::reconcile(b, exe)
@@ -482,6 +502,72 @@ async fn close_month(
         eprintln!(
             "closed {period} for {ns}/{name}: later usage for it is booked on the next open month"
         );
+    }
+    Ok(())
+}
+
+/// Prints the SMS a SimCard's device sent: only those of its SIM since the SimCard was created (a SIM
+/// claimed before by another tenant keeps that tenant's messages to itself).
+async fn sms_list(
+    simcard: String,
+    output: quartermaster::output::Format,
+    db: DbArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (ns, name) = quartermaster::ledger::parse_project(&simcard)
+        .map_err(|e| e.replace("project", "SimCard"))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("looking SimCard {ns}/{name} up needs the cluster (KUBECONFIG): {e}")
+    })?;
+    let card = kube::Api::<quartermaster::crd::SimCard>::namespaced(client, &ns)
+        .get_opt(&name)
+        .await
+        .map_err(|e| format!("failed to look SimCard {ns}/{name} up: {e}"))?
+        .ok_or_else(|| format!("SimCard {ns}/{name} not found"))?;
+    let iccid = card
+        .status
+        .as_ref()
+        .and_then(|s| s.claimed_iccid.clone())
+        .ok_or_else(|| format!("SimCard {ns}/{name} holds no SIM (see its conditions)"))?;
+    let since = card
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    let ledger = db.ledger().await?;
+    let messages = ledger.inbound_sms(&iccid, since).await?;
+    match output {
+        quartermaster::output::Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&messages)?)
+        }
+        quartermaster::output::Format::Csv => {
+            let quote = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+            println!("received,submitted,payload");
+            for m in &messages {
+                println!(
+                    "{},{},{}",
+                    m.received_at,
+                    quote(&m.submitted),
+                    quote(&m.payload)
+                );
+            }
+        }
+        quartermaster::output::Format::Table => {
+            let mut rows = vec![vec![
+                "RECEIVED".to_string(),
+                "SUBMITTED".into(),
+                "PAYLOAD".into(),
+            ]];
+            rows.extend(messages.iter().map(|m| {
+                vec![
+                    jiff::Timestamp::from_second(m.received_at)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                    m.submitted.clone(),
+                    m.payload.clone(),
+                ]
+            }));
+            print!("{}", quartermaster::output::table(&rows));
+        }
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! Webhook endpoints vendors push to, served by `quartermaster run` beside `/metrics`:
-//! `POST /webhooks/onence/usage` for 1NCE's Data Streamer (usage records, JSON lists of up to 3,000).
+//! `POST /webhooks/onence/usage` for 1NCE's Data Streamer (usage records, JSON lists of up to 3,000) and
+//! `POST /webhooks/onence/sms` for its SMS forwarder (SMS from devices, re-sent for up to 24 h until
+//! answered 200): each message kept once by its ID, listed by `quartermaster sms list`, and counted as
+//! one streamed SMS of its SIM's day (so it is billed once, never on top of the polled figure).
 //!
 //! 1NCE re-sends a request until it gets 200, so every record is kept once (by its ID) and the answer
 //! comes as soon as the records are stored. Credentials: HTTP Basic, the user and password from a
@@ -45,6 +48,7 @@ impl Streamer {
 pub fn router(streamer: Arc<Streamer>) -> Router {
     Router::new()
         .route("/webhooks/onence/usage", axum::routing::post(usage))
+        .route("/webhooks/onence/sms", axum::routing::post(sms))
         .with_state(streamer)
 }
 
@@ -81,4 +85,45 @@ async fn usage(
             (StatusCode::SERVICE_UNAVAILABLE, "try again\n".into())
         }
     }
+}
+
+async fn sms(
+    State(s): State<Arc<Streamer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let given = headers
+        .get("authorization")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(&s.expected)) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+    }
+    let messages = match crate::cloud::onence::parse_forwarded_sms(&body) {
+        Ok(m) => m,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let mut new = 0;
+    for m in &messages {
+        let day = jiff::Timestamp::from_second(m.received_at)
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+            .unwrap_or_default();
+        let usage = crate::ledger::store::StreamRecord {
+            record_id: format!("sms/{}", m.message_id),
+            iccid: m.iccid.clone(),
+            day,
+            meter: crate::ledger::Meter::SimSms,
+            quantity: 1,
+        };
+        let kept = s.ledger.record_inbound_sms(m).await;
+        let counted = s.ledger.record_streamed(std::slice::from_ref(&usage)).await;
+        match (kept, counted) {
+            (Ok(k), Ok(_)) => new += u64::from(k),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "could not keep a forwarded SMS");
+                return (StatusCode::SERVICE_UNAVAILABLE, "try again\n".into());
+            }
+        }
+    }
+    (StatusCode::OK, format!("{new} new of {}\n", messages.len()))
 }

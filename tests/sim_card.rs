@@ -21,6 +21,7 @@ struct SimEnv {
     pc: String,
     sim: common::SimHandle,
     ledger: quartermaster::ledger::Ledger,
+    ledger_url: String,
     metrics: quartermaster::metrics::Metrics,
     _db: tempfile::TempDir,
     _stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -96,7 +97,7 @@ async fn sim_env_cfg(
     .await
     .unwrap();
     let db = tempfile::tempdir().unwrap();
-    let (ledger, _) = common::db::sqlite(&db).await;
+    let (ledger, ledger_url) = common::db::sqlite(&db).await;
     let (metrics, stop) =
         common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
             c.vendor_timeout = Duration::from_secs(1);
@@ -109,6 +110,7 @@ async fn sim_env_cfg(
         pc,
         sim,
         ledger,
+        ledger_url,
         metrics,
         _db: db,
         _stop: Some(stop),
@@ -850,4 +852,101 @@ async fn a_sim_message_is_sent_exactly_once_even_when_its_answer_is_lost() {
     })
     .await;
     assert_eq!(sent().await, 1);
+}
+
+/// An SMS a device sent, forwarded twice by 1NCE (it re-sends until answered 200): stored once, counted
+/// once in the SIM's usage, and listed by `quartermaster sms list` for the SimCard that holds the SIM.
+#[tokio::test]
+async fn an_inbound_sms_delivered_twice_is_stored_and_counted_once() {
+    let e = sim_env(
+        "siminbox",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+    )
+    .await;
+    let hook = quartermaster::webhooks::router(std::sync::Arc::new(
+        quartermaster::webhooks::Streamer::new(
+            e.ledger.clone(),
+            "forwarder",
+            "pw",
+            quartermaster::metrics::Metrics::new(),
+        ),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/webhooks/onence/sms",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    e.apply("tracker", serde_json::json!({"iccid": iccid(0)}))
+        .await;
+    e.wait("tracker", conditions::READY, "Reconciled").await;
+    let sms = serde_json::json!({"id": 4711, "iccid": format!("{}7", iccid(0)),
+        "submit_date": "2026-11-30T06:00:00Z", "payload": "TEMP=21.5"});
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .post(&url)
+            .basic_auth("forwarder", Some("pw"))
+            .json(&sms)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let kept = e.ledger.inbound_sms(&iccid(0), 0).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].payload, "TEMP=21.5");
+    // Counted once in the SIM's usage.
+    e.apply(
+        "tracker",
+        serde_json::json!({"iccid": iccid(0), "label": "x"}),
+    )
+    .await;
+    e.wait("tracker", conditions::READY, "Reconciled").await;
+    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+        jiff::Timestamp::now().as_second(),
+    ))
+    .unwrap();
+    let rows = e
+        .ledger
+        .usage(
+            &ProjectRef {
+                namespace: &e.ns,
+                name: "",
+                uid: "",
+            },
+            from,
+            to,
+            GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    let sms_rows: i64 = rows
+        .iter()
+        .filter(|r| r.meter == "sim_sms")
+        .map(|r| r.quantity)
+        .sum();
+    assert_eq!(sms_rows, 1, "{rows:?}");
+    // Listed for the SimCard.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+        .args([
+            "sms",
+            "list",
+            "--simcard",
+            &format!("{}/tracker", e.ns),
+            "--output",
+            "json",
+        ])
+        .env("KUBECONFIG", common::kubeconfig())
+        .env("DATABASE_URL", &e.ledger_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["payload"], "TEMP=21.5");
 }

@@ -765,3 +765,36 @@ mod stream_tests {
         );
     }
 }
+
+/// The SMS of one SMS-forwarder request from 1NCE (one message object, or a list of them): its ID, the
+/// SIM (`iccid`, or `sim.iccid`), when it was submitted and its text.
+pub fn parse_forwarded_sms(body: &[u8]) -> Result<Vec<crate::ledger::store::InboundSms>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not a JSON SMS: {e}"))?;
+    let list = match v {
+        serde_json::Value::Array(a) => a,
+        one => vec![one],
+    };
+    let now = jiff::Timestamp::now().as_second();
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let text = |v: &serde_json::Value| number_text(v).filter(|t| !t.is_empty());
+            let id = text(&m["id"])
+                .or_else(|| text(&m["message_id"]))
+                .ok_or_else(|| format!("message {i}: no id"))?;
+            let iccid = text(&m["iccid"])
+                .or_else(|| text(&m["sim"]["iccid"]))
+                .ok_or_else(|| format!("message {i}: no iccid"))?;
+            let iccid = iccid.get(..19).unwrap_or(&iccid).to_string();
+            digits(&iccid).map_err(|_| format!("message {i}: the ICCID is not digits"))?;
+            Ok(crate::ledger::store::InboundSms {
+                message_id: format!("1nce/{id}"),
+                iccid,
+                received_at: now,
+                submitted: m["submit_date"].as_str().unwrap_or_default().to_string(),
+                payload: m["payload"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}

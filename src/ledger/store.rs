@@ -80,6 +80,21 @@ pub struct StreamRecord {
     pub quantity: i64,
 }
 
+/// An SMS a device sent, forwarded by the vendor.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InboundSms {
+    /// The vendor's message ID: a message forwarded again is kept once.
+    pub message_id: String,
+    /// The SIM (19 digits).
+    pub iccid: String,
+    /// When it reached Quartermaster (unix seconds).
+    pub received_at: i64,
+    /// When the device sent it, as the vendor says.
+    pub submitted: String,
+    /// The text.
+    pub payload: String,
+}
+
 /// One line of an aggregated report.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct UsageRow {
@@ -256,6 +271,51 @@ impl Ledger {
             .await
             .map_err(db("reading streamed usage"))?);
         Ok(rows)
+    }
+
+    /// Keeps an SMS a device sent (once by its ID). Returns false when it was kept before.
+    pub async fn record_inbound_sms(&self, m: &InboundSms) -> Result<bool, LedgerError> {
+        let sql = "INSERT INTO inbound_sms (message_id, iccid, received_at, submitted, payload) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (message_id) DO NOTHING";
+        let n = on_pool!(self, p => sqlx::query(sql)
+            .bind(&m.message_id)
+            .bind(&m.iccid)
+            .bind(m.received_at)
+            .bind(&m.submitted)
+            .bind(&m.payload)
+            .execute(p)
+            .await
+            .map_err(db("keeping an inbound SMS"))?
+            .rows_affected());
+        Ok(n > 0)
+    }
+
+    /// The SMS SIM `iccid` sent since `since` (unix seconds), oldest first.
+    pub async fn inbound_sms(
+        &self,
+        iccid: &str,
+        since: i64,
+    ) -> Result<Vec<InboundSms>, LedgerError> {
+        let sql = "SELECT message_id, iccid, received_at, submitted, payload FROM inbound_sms \
+                   WHERE iccid = $1 AND received_at >= $2 ORDER BY received_at, message_id";
+        let rows: Vec<(String, String, i64, String, String)> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(iccid)
+            .bind(since)
+            .fetch_all(p)
+            .await
+            .map_err(db("reading inbound SMS"))?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(message_id, iccid, received_at, submitted, payload)| InboundSms {
+                    message_id,
+                    iccid,
+                    received_at,
+                    submitted,
+                    payload,
+                },
+            )
+            .collect())
     }
 
     /// Records a credit entry. Idempotent on its key; returns false when the key was already recorded.
