@@ -69,6 +69,12 @@ async fn vendor_onence_client_requests_validate_against_the_specs() {
         .expect("GET usage");
     assert!(!usage.is_empty());
     assert!(usage.iter().all(|d| d.date.len() == 10), "{usage:?}");
+    assert!(
+        c.connectivity(&iccid)
+            .await
+            .expect("GET /v1/sims/{iccid}/status")
+            .is_some()
+    );
     c.top_up(&iccid).await.expect("POST /v1/sims/{iccid}/topup");
     c.send_sms(&iccid, "hello device")
         .await
@@ -270,4 +276,61 @@ async fn the_simulator_applies_changes_later_and_meters_traffic() {
         gets().await - before > 25,
         "no call of the burst was refused with 429 and retried"
     );
+}
+
+/// The simulator pushes what 1NCE pushes: Data Streamer usage records and forwarded device SMS, re-sent
+/// until answered 200 — here the receiving server starts only after the first attempts failed.
+#[tokio::test]
+async fn the_simulator_pushes_usage_and_device_sms_until_they_are_taken() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sim = common::start_sim(|c| {
+        c.onence_push_url = Some(format!("http://127.0.0.1:{port}"));
+        c.onence_push_auth = Some("push:pw".into());
+    })
+    .await;
+    let iccid = quartermaster::sim::onence::FIRST_ICCID.to_string();
+    quartermaster::install_crypto_provider();
+    let http = reqwest::Client::new();
+    http.post(format!("{}/_sim/1nce/sims/{iccid}/traffic", sim.url))
+        .json(&serde_json::json!({"bytes": 1_500_000}))
+        .send()
+        .await
+        .unwrap();
+    http.post(format!("{}/_sim/1nce/sims/{iccid}/device-sms", sim.url))
+        .json(&serde_json::json!({"payload": "HELLO"}))
+        .send()
+        .await
+        .unwrap();
+    // Nothing listens yet: the pushes fail and are sent again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&dir).await;
+    let hook = quartermaster::webhooks::router(Arc::new(quartermaster::webhooks::Streamer::new(
+        ledger.clone(),
+        "push",
+        "pw",
+        quartermaster::metrics::Metrics::new(),
+    )));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    common::eventually(Duration::from_secs(20), "both pushes taken", || async {
+        let streamed = ledger.streamed(&iccid, &today).await.ok()?;
+        let sms = ledger.inbound_sms(&iccid, 0).await.ok()?;
+        let data = streamed
+            .iter()
+            .find(|(_, m, _)| m == "sim_data_bytes")
+            .map(|(_, _, q)| *q);
+        (data == Some(1_500_000) && sms.len() == 1 && sms[0].payload == "HELLO").then_some(())
+    })
+    .await;
 }

@@ -614,6 +614,15 @@ pub struct Sms {
 }
 
 impl OneNce {
+    /// The SIM's connectivity as 1NCE reports it (`OFFLINE`, `ONLINE`, `ATTACHED`), when it does.
+    pub async fn connectivity(&self, iccid: &str) -> Result<Option<String>, CloudError> {
+        let iccid = digits(iccid)?;
+        let v: serde_json::Value = self
+            .get_json(&self.v1(&format!("/sims/{iccid}/status")))
+            .await?;
+        Ok(v["status"].as_str().map(str::to_string))
+    }
+
     /// The SIM's messages as 1NCE lists them (the latest 100).
     pub async fn list_sms(&self, iccid: &str) -> Result<Vec<Sms>, CloudError> {
         let iccid = digits(iccid)?;

@@ -154,7 +154,8 @@ pub struct SimCardStatus {
     /// SMS sent since the start of the month.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month_to_date_sms: Option<u64>,
-    /// Network connectivity as last reported (Online, Offline, Unknown).
+    /// Network connectivity as 1NCE last reported it (OFFLINE, ONLINE, ATTACHED), read with the quotas and
+    /// usage (so at most `--sim-usage-interval-secs` old, or since the account's listing showed a change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity: Option<String>,
     /// The ICCID this object holds its claim on (set once the claim is established; cleanup acts only

@@ -89,6 +89,14 @@ pub struct SimConfig {
     /// 1NCE subset: how long an SMS request is held open after the message is stored, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub onence_sms_latency_ms: u64,
+    /// 1NCE subset: push Data Streamer usage records and forwarded device SMS to this base URL
+    /// (`quartermaster run`'s HTTP server: `/webhooks/onence/usage` and `/webhooks/onence/sms`), re-sent
+    /// until answered 200, as 1NCE does.
+    #[arg(long)]
+    pub onence_push_url: Option<String>,
+    /// HTTP Basic user and password for the pushes, `USER:PASSWORD`.
+    #[arg(long, env = "QM_SIM_ONENCE_PUSH_AUTH", hide_env_values = true)]
+    pub onence_push_auth: Option<String>,
 }
 
 impl SimConfig {
@@ -115,6 +123,8 @@ impl SimConfig {
             onence_rate_limit: 0,
             onence_top_up_latency_ms: 0,
             onence_sms_latency_ms: 0,
+            onence_push_url: None,
+            onence_push_auth: None,
         }
     }
 }

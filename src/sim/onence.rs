@@ -142,6 +142,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/v1/sims/{iccid}", get(read))
         .route("/v2/sims/{iccid}", axum::routing::put(change))
         .route("/v1/sims/{iccid}/quota/{kind}", get(quota))
+        .route("/v1/sims/{iccid}/status", get(connectivity))
         .route("/v1/sims/{iccid}/usage", get(usage))
         .route("/v1/sims/{iccid}/topup", post(top_up))
         .route("/v1/sims/{iccid}/sms", post(send_sms).get(list_sms))
@@ -151,6 +152,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .merge(api)
         .route("/_sim/1nce/sims/{iccid}/traffic", post(traffic))
         .route("/_sim/1nce/sims/{iccid}/expire", post(expire))
+        .route("/_sim/1nce/sims/{iccid}/device-sms", post(device_sms))
         .route("/_sim/1nce/orders", get(orders))
         .route("/_sim/1nce/messages", get(messages))
         .with_state(app)
@@ -371,6 +373,19 @@ async fn quota(State(app): State<App>, Path((iccid, kind)): Path<(String, String
     .into_response()
 }
 
+/// An enabled SIM is online; a disabled one offline.
+async fn connectivity(State(app): State<App>, Path(iccid): Path<String>) -> Response {
+    let mut w = app.world.lock().await;
+    match find(&mut w, &iccid) {
+        Some(s) => axum::Json(serde_json::json!({
+            "status": if s.status == "Enabled" { "ONLINE" } else { "OFFLINE" },
+            "services": ["GPRS", "SMS"]
+        }))
+        .into_response(),
+        None => err(StatusCode::NOT_FOUND, "SIM not found"),
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Range {
     start_dt: Option<String>,
@@ -508,7 +523,82 @@ async fn traffic(
     let day = s.usage.entry(today()).or_default();
     day.0 += bytes;
     day.1 += sms;
+    let iccid = s.iccid.clone();
+    drop(w);
+    if bytes > 0 {
+        let mb = (rust_decimal::Decimal::from(bytes) / rust_decimal::Decimal::from(1_000_000))
+            .normalize()
+            .to_string();
+        push(
+            &app.cfg,
+            "usage",
+            serde_json::json!([{
+                "id": uuid::Uuid::new_v4().to_string(), "start_timestamp": now_text(),
+                "sim": {"iccid": iccid}, "traffic_type": {"id": 5, "description": "Data"},
+                "volume": {"total": mb}, "currency": {"code": "EUR"}
+            }]),
+        );
+    }
     axum::Json(serde_json::json!({"bytes": bytes, "sms": sms})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct DeviceSms {
+    payload: String,
+}
+
+/// A device sends an SMS: counted in the day's usage and forwarded (SMS forwarder push).
+async fn device_sms(
+    State(app): State<App>,
+    Path(iccid): Path<String>,
+    axum::Json(m): axum::Json<DeviceSms>,
+) -> Response {
+    let mut w = app.world.lock().await;
+    let Some(s) = find(&mut w, &iccid) else {
+        return err(StatusCode::NOT_FOUND, "SIM not found");
+    };
+    s.usage.entry(today()).or_default().1 += 1;
+    let iccid = s.iccid.clone();
+    drop(w);
+    push(
+        &app.cfg,
+        "sms",
+        serde_json::json!({
+            "id": uuid::Uuid::new_v4().to_string(), "iccid": iccid,
+            "submit_date": now_text(), "payload": m.payload
+        }),
+    );
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// Pushes `body` to the configured webhook `kind` in the background, re-sent until answered 200 (for
+/// up to 24 hours, as 1NCE does), one second apart at first, at most a minute apart.
+fn push(cfg: &SimConfig, kind: &str, body: serde_json::Value) {
+    let Some(base) = cfg.onence_push_url.clone() else {
+        return;
+    };
+    let url = format!("{}/webhooks/onence/{kind}", base.trim_end_matches('/'));
+    let auth = cfg.onence_push_auth.clone().unwrap_or_default();
+    tokio::spawn(async move {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::new();
+        let (user, password) = auth.split_once(':').unwrap_or((auth.as_str(), ""));
+        let started = Instant::now();
+        let mut wait = Duration::from_secs(1);
+        while started.elapsed() < Duration::from_secs(24 * 3600) {
+            let sent = http
+                .post(&url)
+                .basic_auth(user, Some(password))
+                .json(&body)
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().as_u16() == 200) {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 async fn expire(State(app): State<App>, Path(iccid): Path<String>) -> Response {

@@ -219,6 +219,11 @@ async fn observe(
     status.sms_quota_total = u64::try_from(sms.total).ok();
     status.data_quota_level = sim.data_quota_level;
     status.sms_quota_level = sim.sms_quota_level;
+    status.connectivity = c
+        .client
+        .connectivity(&c.iccid)
+        .await
+        .map_err(Error::vendor("read the SIM's connectivity"))?;
     meter(obj, ctx, c, status, &streamed).await?;
     status.usage_read_at = Some(now());
     Ok(Some(Observed {
