@@ -48,7 +48,7 @@ async fn sim_env_with(
     extra: serde_json::Value,
     top_up_latency_ms: u64,
 ) -> SimEnv {
-    sim_env_cfg(prefix, sim_claims, extra, top_up_latency_ms, ALWAYS).await
+    sim_env_cfg(prefix, sim_claims, extra, top_up_latency_ms, ALWAYS, 1).await
 }
 
 async fn sim_env_cfg(
@@ -57,13 +57,14 @@ async fn sim_env_cfg(
     extra: serde_json::Value,
     top_up_latency_ms: u64,
     usage_interval: Duration,
+    apply_secs: u64,
 ) -> SimEnv {
     let client = common::client().await;
     let ns = common::namespace(&client, prefix).await;
     let id = common::unique(prefix);
     let sim = common::start_sim(|c| {
         c.onence_sims = 5;
-        c.onence_apply_secs = 1;
+        c.onence_apply_secs = apply_secs;
         c.onence_top_up_latency_ms = top_up_latency_ms;
         c.onence_sms_latency_ms = top_up_latency_ms;
     })
@@ -551,6 +552,7 @@ async fn simcards_at_rest_read_the_accounts_listing_and_write_nothing() {
         serde_json::json!({}),
         0,
         Duration::from_secs(3600),
+        1,
     )
     .await;
     for i in 0..3 {
@@ -950,4 +952,77 @@ async fn an_inbound_sms_delivered_twice_is_stored_and_counted_once() {
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["payload"], "TEMP=21.5");
+}
+
+/// 1NCE's refusals stall with its words (an expired SIM answers 422), and the account's ProviderConfig
+/// shows its credential check.
+#[tokio::test]
+async fn an_expired_sim_stalls_with_1nces_words_and_the_account_is_verified() {
+    let e = sim_env(
+        "simrefuse",
+        serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
+    )
+    .await;
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    common::eventually(WAIT, "the onence ProviderConfig verified", || async {
+        let st = pcs.get(&e.pc).await.ok()?.status?;
+        let c = conditions::find(&st.conditions, conditions::READY)?;
+        (c.status == ConditionStatus::True && st.credentials_verified == Some(true)).then_some(())
+    })
+    .await;
+    reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/sims/{}/expire", e.sim.url, iccid(2)))
+        .send()
+        .await
+        .unwrap();
+    e.apply(
+        "old",
+        serde_json::json!({"iccid": iccid(2), "enabled": false}),
+    )
+    .await;
+    let s = e.wait("old", conditions::STALLED, "VendorRejected").await;
+    let msg = conditions::find(&s.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("expired"), "{msg}");
+}
+
+/// 1NCE never applies the change (the simulator takes an hour): after `changeTimeoutSeconds` the SimCard
+/// stalls `ChangeNotApplied`, having sent the change once.
+#[tokio::test]
+async fn a_change_never_applied_stalls_after_its_timeout() {
+    let e = sim_env_cfg(
+        "simslow",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+        serde_json::json!({}),
+        0,
+        ALWAYS,
+        3600,
+    )
+    .await;
+    let puts = e.puts().await;
+    e.apply(
+        "slow",
+        serde_json::json!({"iccid": iccid(0), "label": "never", "changeTimeoutSeconds": 10}),
+    )
+    .await;
+    e.wait("slow", conditions::RECONCILING, "ChangePending")
+        .await;
+    let s = common::eventually(
+        Duration::from_secs(40),
+        "slow Stalled ChangeNotApplied",
+        || async {
+            let s = e.sims().get("slow").await.ok()?;
+            let c = conditions::find(&s.status.as_ref()?.conditions, conditions::STALLED)?.clone();
+            (c.status == ConditionStatus::True && c.reason == "ChangeNotApplied").then_some(c)
+        },
+    )
+    .await;
+    assert!(s.message.contains("label"), "{}", s.message);
+    assert_eq!(
+        e.puts().await - puts,
+        1,
+        "the change was sent more than once"
+    );
 }
