@@ -44,6 +44,17 @@ impl Streamer {
     }
 }
 
+impl Streamer {
+    /// Whether the request carries the expected credentials (compared in constant time).
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        bool::from(given.ct_eq(&self.expected))
+    }
+}
+
 /// The webhook routes.
 pub fn router(streamer: Arc<Streamer>) -> Router {
     Router::new()
@@ -57,11 +68,7 @@ async fn usage(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let given = headers
-        .get("authorization")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !bool::from(given.ct_eq(&s.expected)) {
+    if !s.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let records = match crate::cloud::onence::parse_stream(&body) {
@@ -92,11 +99,7 @@ async fn sms(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let given = headers
-        .get("authorization")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !bool::from(given.ct_eq(&s.expected)) {
+    if !s.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let messages = match crate::cloud::onence::parse_forwarded_sms(&body) {

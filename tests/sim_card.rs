@@ -203,6 +203,33 @@ impl SimEnv {
     }
 }
 
+impl SimEnv {
+    /// What the ledger billed this namespace (no Project) this month for `meter`: (quantity, amount).
+    async fn billed(&self, meter: &str) -> (i64, i64) {
+        let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+            jiff::Timestamp::now().as_second(),
+        ))
+        .unwrap();
+        let rows = self
+            .ledger
+            .usage(
+                &ProjectRef {
+                    namespace: &self.ns,
+                    name: "",
+                    uid: "",
+                },
+                from,
+                to,
+                GroupBy::Meter,
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .filter(|r| r.meter == meter)
+            .fold((0, 0), |(q, a), r| (q + r.quantity, a + r.amount_nanos))
+    }
+}
+
 #[tokio::test]
 async fn a_sim_is_claimed_changed_asynchronously_and_disabled_on_deletion() {
     let e = sim_env(
@@ -420,31 +447,11 @@ async fn usage_reaches_the_ledger_once_with_the_vendors_cost() {
     let st = s.status.unwrap();
     assert_eq!(st.month_to_date_data_bytes, Some(3_500_000));
     assert_eq!(st.month_to_date_sms, Some(4));
-    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
-        jiff::Timestamp::now().as_second(),
-    ))
-    .unwrap();
-    let rows = e
-        .ledger
-        .usage(
-            &ProjectRef {
-                namespace: &e.ns,
-                name: "",
-                uid: "",
-            },
-            from,
-            to,
-            GroupBy::Meter,
-        )
-        .await
-        .unwrap();
-    let get = |m: &str| rows.iter().find(|r| r.meter == m).map(|r| r.quantity);
-    assert_eq!(get("sim_data_bytes"), Some(3_500_000), "{rows:?}");
-    assert_eq!(get("sim_sms"), Some(4), "{rows:?}");
+    assert_eq!(e.billed("sim_data_bytes").await.0, 3_500_000);
+    assert_eq!(e.billed("sim_sms").await.0, 4);
     // The simulator prices 1 EUR a MB: 3.5 MB.
-    let data = rows.iter().find(|r| r.meter == "sim_data_bytes").unwrap();
     assert_eq!(
-        quartermaster::ledger::format_amount(data.amount_nanos),
+        quartermaster::ledger::format_amount(e.billed("sim_data_bytes").await.1),
         "3.50"
     );
 }
@@ -516,30 +523,9 @@ async fn auto_top_up_orders_exactly_once_per_crossing() {
     e.apply("meter", spec(4)).await;
     e.wait("meter", conditions::READY, "Reconciled").await;
     assert_eq!(orders(&e).await, 2);
-    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
-        jiff::Timestamp::now().as_second(),
-    ))
-    .unwrap();
-    let rows = e
-        .ledger
-        .usage(
-            &ProjectRef {
-                namespace: &e.ns,
-                name: "",
-                uid: "",
-            },
-            from,
-            to,
-            GroupBy::Meter,
-        )
-        .await
-        .unwrap();
-    let top = rows.iter().find(|r| r.meter == "sim_top_ups").unwrap();
-    assert_eq!(top.quantity, 2);
-    assert_eq!(
-        quartermaster::ledger::format_amount(top.amount_nanos),
-        "20.00"
-    );
+    let (orders, amount) = e.billed("sim_top_ups").await;
+    assert_eq!(orders, 2);
+    assert_eq!(quartermaster::ledger::format_amount(amount), "20.00");
 }
 
 /// SimCards at rest are served by their account's SIM listing: a resync of every SimCard with nothing
@@ -754,29 +740,7 @@ async fn streamed_and_polled_usage_never_count_a_byte_twice() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 
-    let billed = async || {
-        let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
-            jiff::Timestamp::now().as_second(),
-        ))
-        .unwrap();
-        let rows = e
-            .ledger
-            .usage(
-                &ProjectRef {
-                    namespace: &e.ns,
-                    name: "",
-                    uid: "",
-                },
-                from,
-                to,
-                GroupBy::Meter,
-            )
-            .await
-            .unwrap();
-        rows.iter()
-            .find(|r| r.meter == "sim_data_bytes")
-            .map_or(0, |r| r.quantity)
-    };
+    let billed = async || e.billed("sim_data_bytes").await.0;
     // The stream (1.3 MB) is ahead of the polled day (1.0 MB): 1.3 MB billed.
     e.apply(
         "meter",
@@ -906,30 +870,7 @@ async fn an_inbound_sms_delivered_twice_is_stored_and_counted_once() {
     )
     .await;
     e.wait("tracker", conditions::READY, "Reconciled").await;
-    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
-        jiff::Timestamp::now().as_second(),
-    ))
-    .unwrap();
-    let rows = e
-        .ledger
-        .usage(
-            &ProjectRef {
-                namespace: &e.ns,
-                name: "",
-                uid: "",
-            },
-            from,
-            to,
-            GroupBy::Meter,
-        )
-        .await
-        .unwrap();
-    let sms_rows: i64 = rows
-        .iter()
-        .filter(|r| r.meter == "sim_sms")
-        .map(|r| r.quantity)
-        .sum();
-    assert_eq!(sms_rows, 1, "{rows:?}");
+    assert_eq!(e.billed("sim_sms").await.0, 1);
     // Listed for the SimCard.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
         .args([

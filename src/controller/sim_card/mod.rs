@@ -303,6 +303,14 @@ async fn meter(
     let Some(ledger) = &ctx.ledger else {
         return Ok(());
     };
+    if status.usage_cursors.is_empty() {
+        // No cursor starts metering at today's figure: only for a SimCard that truly has none, never
+        // because the cache lags this controller's own last status write (that would drop usage).
+        status.usage_cursors = live_status(obj, ctx)
+            .await?
+            .map(|s| s.usage_cursors)
+            .unwrap_or_default();
+    }
     let subject = subject(obj, status);
     status.usage_cursors = usage::settle(
         ledger,
@@ -339,6 +347,17 @@ async fn streamed(
             reason: reason::RETRYING,
             message: format!("reading streamed usage: {e}"),
         })
+}
+
+/// The SimCard's status as the API server holds it now (the cache may lag this controller's writes).
+async fn live_status(obj: &SimCard, ctx: &Context) -> Result<Option<SimCardStatus>, Error> {
+    let api: kube::Api<SimCard> =
+        kube::Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    Ok(api
+        .get_status(&obj.name_any())
+        .await
+        .map_err(Error::kube("reading the SimCard's status"))?
+        .status)
 }
 
 /// Who is billed for this SimCard.
@@ -473,6 +492,16 @@ async fn converge(
             ..p.clone()
         } == want
     };
+    // The cache may lag this controller's own last status write: before sending, the live object says
+    // whether this change was sent already (a record lost to a stale write would resend it for ever).
+    if !status.pending_change.as_ref().is_some_and(&same)
+        && let Some(p) = live_status(obj, ctx)
+            .await?
+            .and_then(|s| s.pending_change)
+            .filter(|p| same(p))
+    {
+        status.pending_change = Some(p);
+    }
     if let Some(p) = status.pending_change.as_ref().filter(|p| same(p)) {
         let sent = p.requested_at.parse::<jiff::Timestamp>().ok();
         let waited = sent.map_or(0, |t| jiff::Timestamp::now().as_second() - t.as_second());
