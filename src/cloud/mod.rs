@@ -9,6 +9,7 @@ pub mod linode;
 pub mod oauth;
 pub mod onence;
 pub mod rest;
+pub mod stripe;
 pub mod vultr;
 
 use std::str::FromStr;
@@ -303,6 +304,9 @@ pub fn documented_rate_limit(provider: ProviderType, endpoint: Option<&str>) -> 
     // enforces it too).
     if provider == ProviderType::Onence {
         return Some((onence::REQUESTS_PER_SECOND, onence::REQUESTS_PER_SECOND));
+    }
+    if provider == ProviderType::Stripe {
+        return Some((stripe::REQUESTS_PER_SECOND, stripe::REQUESTS_PER_SECOND));
     }
     if endpoint.is_some() {
         return None;
