@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod onence;
 pub mod rest;
 pub mod stripe;
+pub mod stripe_signature;
 pub mod vultr;
 
 use std::str::FromStr;
