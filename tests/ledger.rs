@@ -388,7 +388,8 @@ fn sim_subject() -> Subject {
 
 /// The counter trap: an attempt recorded 1,500 bytes from 1,000 and crashed before its cursor was saved;
 /// the next reading (1,800) has the same key with a larger quantity. Settling bills the held 500 once and
-/// the remaining 300 as the next event: 800 in all, never 500 (lost) or 1,300 (twice).
+/// the remaining 300 as the next event: 800 in all, never 500 (lost) or 1,300 (twice). A correction
+/// downward is an adjustment.
 #[tokio::test]
 async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothing_twice() {
     each_backend(async |l: Ledger, _| {
@@ -399,6 +400,7 @@ async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothi
             epoch: "quota-1".into(),
             billed: 1000,
             at: nov,
+            corrections: 0,
         };
         let read = |value, at| counter::Reading {
             epoch: "quota-1".into(),
@@ -441,7 +443,8 @@ async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothi
         .await
         .unwrap();
         assert!(again.recorded.is_empty());
-        // A lagging, lower reading is a correction: nothing billed, the cursor stays.
+        // The vendor corrects its figure down to 1,700: an adjustment of -100, never a second charge;
+        // replaying the correction changes nothing, and growth past it is billed from 1,700.
         let lower = counter::settle(
             &l,
             &s,
@@ -452,16 +455,39 @@ async fn a_counter_replayed_with_a_larger_reading_loses_nothing_and_counts_nothi
         )
         .await
         .unwrap();
-        assert_eq!((lower.cursor.billed, lower.below_cursor), (1800, Some(100)));
+        assert_eq!((lower.cursor.billed, lower.below_cursor), (1700, Some(100)));
+        assert_eq!(lower.recorded[0].quantity, -100);
+        let again = counter::settle(
+            &l,
+            &s,
+            Meter::SimDataBytes,
+            Some(&settled.cursor),
+            &read(1700, nov + 250),
+            Some(&price),
+        )
+        .await
+        .unwrap();
+        assert!(again.recorded.is_empty(), "{:?}", again.recorded);
+        let up = counter::settle(
+            &l,
+            &s,
+            Meter::SimDataBytes,
+            Some(&lower.cursor),
+            &read(2000, nov + 300),
+            Some(&price),
+        )
+        .await
+        .unwrap();
+        assert_eq!(up.recorded[0].quantity, 300);
         let rows = l.usage(&ACME, nov, end, GroupBy::Meter).await.unwrap();
         assert_eq!(
             (rows[0].meter.as_str(), rows[0].quantity),
-            ("sim_data_bytes", 800),
+            ("sim_data_bytes", 1000),
             "{}",
             l.kind()
         );
-        // 800 bytes at 0.05 per MB.
-        assert_eq!(rows[0].amount_nanos, 40_000);
+        // 1,000 bytes at 0.05 per MB.
+        assert_eq!(rows[0].amount_nanos, 50_000);
     })
     .await;
 }

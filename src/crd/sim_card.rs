@@ -256,5 +256,12 @@ pub struct UsageCursor {
     pub billed: i64,
     /// When it was read (unix seconds).
     pub at: i64,
+    /// Downward corrections of that day's figure so far (recorded as adjustments).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub corrections: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 impl_object_status!(SimCardStatus);

@@ -1,7 +1,7 @@
 //! A SimCard's usage into the ledger, through the shared counter meter: 1NCE reports a running figure
 //! per day (bytes, messages); each day is an epoch of the counter, so a past day is billed once and
 //! today's growing figure is billed by increments against the cursor kept in status. A lower figure
-//! later (a correction) bills nothing until the highest billed one is passed.
+//! later (a correction) is recorded as a negative adjustment, never a second charge.
 //!
 //! The vendor's cost is the day's own cost field per unit; the tenant pays it plus the ProviderConfig's
 //! markup. What 1NCE held before the SimCard's first reading is not the SimCard's usage.
@@ -53,6 +53,7 @@ pub fn cursor(cursors: &[UsageCursor], meter: Meter) -> Option<Cursor> {
             epoch: c.epoch.clone(),
             billed: c.billed,
             at: c.at,
+            corrections: c.corrections,
         })
 }
 
@@ -78,6 +79,7 @@ pub async fn settle(
                 epoch: today.to_string(),
                 billed: value,
                 at: now,
+                corrections: 0,
             });
         }
         let first = c.as_ref().map(|c| c.epoch.clone()).unwrap_or_default();
@@ -100,6 +102,7 @@ pub async fn settle(
                 epoch: c.epoch,
                 billed: c.billed,
                 at: c.at,
+                corrections: c.corrections,
             });
         }
     }

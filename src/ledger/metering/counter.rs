@@ -4,10 +4,12 @@
 //! - **Epochs.** A counter belongs to an epoch the vendor names (a quota, a contract period): a reading
 //!   in a new epoch counts from zero. Usage of the old epoch after its last reading is the caller's to
 //!   read before it moves on (the vendor's final figure for that epoch).
-//! - **Corrections.** A reading below the cursor in the same epoch (the vendor corrected a figure, or
-//!   reports from a lagging replica) bills nothing and keeps the cursor where it was: the counter is
-//!   billed again only once it passes the highest reading already billed, so nothing is charged twice.
-//! - **Replays.** An event's key is `<kind>/<uid>/<meter>/<epoch>/<from>`: the counter's value where the
+//! - **Corrections.** A reading below the cursor in the same epoch (the vendor corrected a figure down)
+//!   is an adjustment: a negative event of the difference, keyed by the epoch's correction number, and
+//!   the cursor moves down to the reading. Nothing is ever charged twice: what was billed and taken
+//!   back is billed again only if the counter passes it again.
+//! - **Replays.** An event's key is `<kind>/<uid>/<meter>/<epoch>/<from>` (after the epoch's `n`-th
+//!   correction, `<epoch>/<n>:<from>`; a correction's, `<epoch>/c<n>`): the counter's value where the
 //!   event starts. After a crash between the ledger write and the status write, the next reading may be
 //!   larger than the first attempt's; its event has the same key but a larger quantity, which the ledger
 //!   would drop. [`settle`] therefore asks the ledger what the key holds and bills the rest as the next
@@ -25,6 +27,8 @@ pub struct Cursor {
     pub billed: i64,
     /// When that value was read (unix seconds): the start of the next event's window.
     pub at: i64,
+    /// Downward corrections made in this epoch so far (they number the keys that follow them).
+    pub corrections: u32,
 }
 
 /// One reading of the vendor's counter.
@@ -48,7 +52,7 @@ pub struct CounterStep {
     pub event: Option<UsageEvent>,
     /// The cursor to persist once the ledger accepted the event.
     pub cursor: Cursor,
-    /// How far the reading was below the cursor (a correction), if it was.
+    /// How far the reading was below the cursor (a correction, recorded as a negative event), if it was.
     pub below_cursor: Option<i64>,
 }
 
@@ -69,6 +73,7 @@ pub fn step(
                     epoch: reading.epoch.clone(),
                     billed: reading.value,
                     at: reading.at,
+                    corrections: 0,
                 },
                 below_cursor: None,
             };
@@ -78,27 +83,54 @@ pub fn step(
             epoch: reading.epoch.clone(),
             billed: 0,
             at: c.at.max(reading.epoch_start).min(reading.at),
+            corrections: 0,
         },
         Some(c) => c.clone(),
     };
-    if reading.value <= start.billed {
-        let below = start.billed - reading.value;
+    let prefix = format!(
+        "{}/{}/{}/{}",
+        subject.kind.to_ascii_lowercase(),
+        subject.uid,
+        meter.as_str(),
+        start.epoch
+    );
+    if reading.value == start.billed {
         return CounterStep {
             event: None,
             cursor: start,
-            below_cursor: (below > 0).then_some(below),
+            below_cursor: None,
         };
     }
+    if reading.value < start.billed {
+        let n = start.corrections + 1;
+        let event = usage_event(
+            subject,
+            format!("{prefix}/c{n}"),
+            meter,
+            reading.value - start.billed,
+            price,
+            (start.at, reading.at.max(start.at)),
+            serde_json::json!({ "epoch": start.epoch, "from": start.billed, "to": reading.value, "correction": true }),
+        );
+        return CounterStep {
+            event: Some(event),
+            cursor: Cursor {
+                epoch: start.epoch.clone(),
+                billed: reading.value,
+                at: reading.at.max(start.at),
+                corrections: n,
+            },
+            below_cursor: Some(start.billed - reading.value),
+        };
+    }
+    let from = if start.corrections == 0 {
+        start.billed.to_string()
+    } else {
+        format!("{}:{}", start.corrections, start.billed)
+    };
     let event = usage_event(
         subject,
-        format!(
-            "{}/{}/{}/{}/{}",
-            subject.kind.to_ascii_lowercase(),
-            subject.uid,
-            meter.as_str(),
-            start.epoch,
-            start.billed
-        ),
+        format!("{prefix}/{from}"),
         meter,
         reading.value - start.billed,
         price,
@@ -111,6 +143,7 @@ pub fn step(
             epoch: reading.epoch.clone(),
             billed: reading.value,
             at: reading.at.max(start.at),
+            corrections: start.corrections,
         },
         below_cursor: None,
     }
@@ -140,6 +173,7 @@ pub async fn settle(
 ) -> Result<Settled, LedgerError> {
     let mut cursor = cursor.cloned();
     let mut recorded = Vec::new();
+    let mut below = None;
     // Each pass ends, or moves the cursor past an earlier attempt's event: a few passes at most.
     for _ in 0..4 {
         let st = step(subject, meter, cursor.as_ref(), reading, price);
@@ -147,10 +181,10 @@ pub async fn settle(
             return Ok(Settled {
                 cursor: st.cursor,
                 recorded,
-                below_cursor: st.below_cursor,
+                below_cursor: below.or(st.below_cursor),
             });
         };
-        ledger.record(std::slice::from_ref(&event)).await?;
+        let inserted = ledger.record(std::slice::from_ref(&event)).await?;
         match ledger.held(&event.key).await? {
             Some((quantity, end)) if quantity != event.quantity => {
                 let from = st.cursor.billed - event.quantity;
@@ -158,10 +192,14 @@ pub async fn settle(
                     epoch: st.cursor.epoch.clone(),
                     billed: from + quantity,
                     at: end,
+                    corrections: st.cursor.corrections,
                 });
             }
             _ => {
-                recorded.push(event);
+                below = below.or(st.below_cursor);
+                if inserted > 0 {
+                    recorded.push(event);
+                }
                 cursor = Some(st.cursor);
             }
         }
@@ -226,12 +264,13 @@ mod tests {
     }
 
     #[test]
-    fn a_correction_downwards_is_not_billed_again_and_a_new_epoch_counts_from_zero() {
+    fn a_correction_downwards_is_an_adjustment_and_a_new_epoch_counts_from_zero() {
         let s = subject();
         let c = Cursor {
             epoch: "q1".into(),
             billed: 1000,
             at: 0,
+            corrections: 0,
         };
         let down = step(
             &s,
@@ -240,9 +279,14 @@ mod tests {
             &reading("q1", 900, 60),
             None,
         );
-        assert_eq!((down.event, down.below_cursor), (None, Some(100)));
-        assert_eq!(down.cursor, c);
-        // Back up to 1100: only the 100 past the highest billed reading is billed.
+        let e = down.event.unwrap();
+        assert_eq!(
+            (e.quantity, e.key.as_str()),
+            (-100, "simcard/s1/sim_data_bytes/q1/c1")
+        );
+        assert_eq!(e.attributes["correction"], true);
+        assert_eq!((down.cursor.billed, down.cursor.corrections), (900, 1));
+        // Back up to 1100: 200 more, under a key that cannot meet the one billed from 900 before.
         let up = step(
             &s,
             Meter::SimDataBytes,
@@ -250,8 +294,12 @@ mod tests {
             &reading("q1", 1100, 120),
             None,
         );
-        assert_eq!(up.event.as_ref().unwrap().quantity, 100);
-        assert_eq!(up.event.unwrap().attributes["unpriced"], true);
+        let e = up.event.unwrap();
+        assert_eq!(
+            (e.quantity, e.key.as_str()),
+            (200, "simcard/s1/sim_data_bytes/q1/1:900")
+        );
+        assert_eq!(e.attributes["unpriced"], true);
         // A new quota: its counter starts at zero.
         let reset = step(
             &s,
@@ -265,7 +313,7 @@ mod tests {
             (e.quantity, e.key.as_str()),
             (40, "simcard/s1/sim_data_bytes/q2/0")
         );
-        assert_eq!(reset.cursor.billed, 40);
+        assert_eq!((reset.cursor.billed, reset.cursor.corrections), (40, 0));
     }
 
     #[test]
@@ -275,6 +323,7 @@ mod tests {
             epoch: "q1".into(),
             billed: 0,
             at: 0,
+            corrections: 0,
         };
         let a = step(&s, Meter::SimSms, Some(&c), &reading("q1", 3, 60), None);
         let b = step(&s, Meter::SimSms, Some(&c), &reading("q1", 5, 90), None);
