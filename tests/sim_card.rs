@@ -255,6 +255,7 @@ async fn a_sim_is_claimed_changed_asynchronously_and_disabled_on_deletion() {
     assert!(st.imsi.is_some() && st.ip_address.is_some(), "{st:?}");
     assert_eq!(st.data_quota_remaining_bytes, Some(500_000_000));
     assert_eq!(st.connectivity.as_deref(), Some("ONLINE"));
+    assert!(st.data_quota_expiry.is_some() && st.sms_quota_expiry.is_some());
     assert!(st.pending_change.is_none());
     assert_eq!(e.at_vendor(0).await["label"], "truck-1");
 

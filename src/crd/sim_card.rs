@@ -148,6 +148,9 @@ pub struct SimCardStatus {
     /// Remaining SMS quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sms_quota_remaining: Option<u64>,
+    /// RFC 3339 expiry of the current SMS quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_quota_expiry: Option<String>,
     /// Data used since the start of the month, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month_to_date_data_bytes: Option<u64>,

@@ -217,6 +217,7 @@ async fn observe(
         .map_err(Error::vendor("read the SMS quota"))?;
     status.sms_quota_remaining = u64::try_from(sms.remaining).ok();
     status.sms_quota_total = u64::try_from(sms.total).ok();
+    status.sms_quota_expiry = sms.expiry.clone();
     status.data_quota_level = sim.data_quota_level;
     status.sms_quota_level = sim.sms_quota_level;
     status.connectivity = c
