@@ -671,6 +671,28 @@ async fn the_projects_limit_and_credit_stop_hold_for_sims() {
     })
     .await;
     assert!(e.sims().get("a").await.unwrap().spec.enabled);
+    // No new billable order while the credit stop holds, even under the top-up threshold.
+    traffic(&e, 0, 480_000_000).await;
+    e.apply(
+        "a",
+        spec(
+            0,
+            serde_json::json!({"dataQuota": {"autoTopUp": true, "thresholdPercent": 20}}),
+        ),
+    )
+    .await;
+    e.wait_for(
+        "a",
+        conditions::READY,
+        ConditionStatus::False,
+        "CreditExhausted",
+    )
+    .await;
+    assert_eq!(
+        orders(&e).await,
+        0,
+        "a top-up was ordered under the credit stop"
+    );
 
     // Credit granted: enabled again.
     assert!(e.ledger.credit(&grant("g2", 10_000_000_000)).await.unwrap());

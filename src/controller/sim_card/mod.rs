@@ -588,7 +588,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
         let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, fresh).await? else {
             return Err(not_found(&c));
         };
-        let topping = top_ups(&obj, &ctx, &c, &o, progress).await?;
+        let topping = top_ups(&obj, &ctx, &c, &o, progress, stop.is_some()).await?;
         // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
         let sim = if o.listed && !matches(&o.sim, &wanted(&obj, stop.is_some())) {
             match c
@@ -607,7 +607,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
             o.sim.clone()
         };
         let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status, stop.as_deref()).await?;
-        Ok(match topping {
+        let mut outcome = match topping {
             Some(h)
                 if matches!(h, Health::Stalled { .. })
                     || matches!(outcome.health, Health::Ready { .. }) =>
@@ -615,7 +615,11 @@ impl Reconciler<SimCard> for SimCardReconciler {
                 Outcome::new(h).requeue_after(ctx.config.poll_interval)
             }
             _ => outcome,
-        })
+        };
+        // A claimed SIM costs money whatever the SimCard's state: a Stalled one is still looked at (and
+        // metered) every resync interval, not only on the user's next change.
+        outcome.resync_at_most = Some(ctx.config.resync_interval);
+        Ok(outcome)
     }
 
     async fn observe(

@@ -14,13 +14,16 @@ use crate::crd::sim_card::{QuotaPolicy, TopUpRecord};
 use crate::crd::{SimCard, SimCardStatus};
 use crate::ledger::{Meter, UsageEvent};
 
-/// Runs the top-up policy of both quotas; `Some` health when a top-up is pending or unconfirmed.
+/// Runs the top-up policy of both quotas; `Some` health when a top-up is pending or unconfirmed. While
+/// the Project's credit stop holds (`stopped`), no new order is sent (an order already sent is still
+/// confirmed and billed).
 pub(super) async fn top_ups(
     obj: &SimCard,
     ctx: &Context,
     c: &Claimed,
     o: &Observed,
     progress: &mut Progress<SimCardStatus>,
+    stopped: bool,
 ) -> Result<Option<Health>, Error> {
     let Some((data, sms)) = &o.quotas else {
         return Ok(None);
@@ -30,6 +33,7 @@ pub(super) async fn top_ups(
         ("data", obj.spec.data_quota.as_ref(), data),
         ("sms", obj.spec.sms_quota.as_ref(), sms),
     ] {
+        let policy = policy.filter(|_| !stopped);
         if let Some(h) = one(obj, ctx, c, (kind, policy, quota), progress).await? {
             if matches!(h, Health::Stalled { .. }) {
                 return Ok(Some(h));
