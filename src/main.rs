@@ -285,6 +285,14 @@ struct RunArgs {
     /// this Secret (`NAMESPACE/NAME`, keys `username` and `password`; read at start).
     #[arg(long)]
     onence_streamer_secret: Option<String>,
+    /// Serve `POST /webhooks/stripe` for Stripe's events, verified with the signing secrets in this
+    /// Secret (`NAMESPACE/NAME`, key `secret`: one `whsec_…`, or several separated by spaces during a
+    /// rotation; read at start).
+    #[arg(long)]
+    stripe_webhook_secret: Option<String>,
+    /// How far a Stripe signature's timestamp may be from now, in seconds.
+    #[arg(long, default_value_t = quartermaster::cloud::stripe_signature::DEFAULT_TOLERANCE)]
+    stripe_webhook_tolerance_secs: i64,
     /// Do not apply ledger migrations at start (run `quartermaster migrate` yourself).
     #[arg(long)]
     no_migrate: bool,
@@ -726,43 +734,87 @@ async fn controller_context(
     ))
 }
 
-/// The webhook routes `--onence-streamer-secret` asks for (every replica serves them: they only write
-/// to the shared ledger).
+/// The webhook routes `--onence-streamer-secret` and `--stripe-webhook-secret` ask for (every replica
+/// serves them; only the leader wakes Subscriptions, see `quartermaster::webhooks`).
 async fn webhooks(
     args: &RunArgs,
     client: &kube::Client,
-    ctx: &Context,
+    ctx: &Arc<Context>,
 ) -> Result<Option<axum::Router>, Box<dyn std::error::Error>> {
-    let Some(r) = &args.onence_streamer_secret else {
-        return Ok(None);
+    let streamer = match &args.onence_streamer_secret {
+        None => None,
+        Some(r) => {
+            let ledger = ctx
+                .ledger
+                .clone()
+                .ok_or("--onence-streamer-secret needs the usage ledger")?;
+            let secret = read_secret(client, r, "--onence-streamer-secret").await?;
+            Some(Arc::new(quartermaster::webhooks::Streamer::new(
+                ledger,
+                &secret_field(&secret, r, "username")?,
+                &secret_field(&secret, r, "password")?,
+                ctx.metrics.clone(),
+            )))
+        }
     };
+    let stripe = match &args.stripe_webhook_secret {
+        None => None,
+        Some(r) => {
+            let ledger = ctx
+                .ledger
+                .clone()
+                .ok_or("--stripe-webhook-secret needs the usage ledger")?;
+            let secret = read_secret(client, r, "--stripe-webhook-secret").await?;
+            // Several secrets (a rotation) separated by whitespace or commas.
+            let secrets: Vec<Vec<u8>> = secret_field(&secret, r, "secret")?
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
+            let waker = ctx.clone();
+            Some(Arc::new(quartermaster::webhooks::StripeHook::new(
+                ledger,
+                secrets,
+                args.stripe_webhook_tolerance_secs,
+                ctx.metrics.clone(),
+                Box::new(move |hint| waker.stripe_event(hint)),
+            )))
+        }
+    };
+    if streamer.is_none() && stripe.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(quartermaster::webhooks::router(streamer, stripe)))
+}
+
+/// The Secret `NAMESPACE/NAME` a flag names.
+async fn read_secret(
+    client: &kube::Client,
+    r: &str,
+    flag: &str,
+) -> Result<k8s_openapi::api::core::v1::Secret, String> {
     let (ns, name) = r
         .split_once('/')
-        .ok_or_else(|| format!("--onence-streamer-secret {r:?}: expected NAMESPACE/NAME"))?;
-    let ledger = ctx
-        .ledger
-        .clone()
-        .ok_or("--onence-streamer-secret needs the usage ledger")?;
-    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .ok_or_else(|| format!("{flag} {r:?}: expected NAMESPACE/NAME"))?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
         .get(name)
         .await
-        .map_err(|e| format!("reading the Data Streamer's Secret {r}: {e}"))?;
-    let field = |k: &str| -> Result<String, String> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("the Data Streamer's Secret {r} has no non-empty key {k:?}"))
-    };
-    let streamer = quartermaster::webhooks::Streamer::new(
-        ledger,
-        &field("username")?,
-        &field("password")?,
-        ctx.metrics.clone(),
-    );
-    Ok(Some(quartermaster::webhooks::router(Arc::new(streamer))))
+        .map_err(|e| format!("reading the Secret {r} ({flag}): {e}"))
+}
+
+/// A non-empty key of a Secret, trimmed.
+fn secret_field(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    r: &str,
+    k: &str,
+) -> Result<String, String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(k))
+        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("the Secret {r} has no non-empty key {k:?}"))
 }
 
 /// The leader elector for `--leader-elect` (namespace from the flag, else the pod's, else `default`).

@@ -30,6 +30,10 @@ pub struct Metrics {
     pub stream_records: prometheus::IntCounter,
     /// When the Data Streamer last delivered (unix seconds): now minus this is the gap in the stream.
     pub stream_last: IntGauge,
+    /// Webhook requests refused for a bad signature or credentials, by vendor.
+    pub webhook_refusals: IntCounterVec,
+    /// Stripe webhook events handled, by type (redeliveries not counted).
+    pub stripe_events: IntCounterVec,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -109,6 +113,22 @@ impl Metrics {
             "When 1NCE's Data Streamer last delivered (unix seconds); a gap in the stream shows as its age.",
         )
         .expect("valid metric");
+        let webhook_refusals = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_webhook_refusals_total",
+                "Webhook requests refused for a bad signature or bad credentials (answered 400 or 401, nothing done).",
+            ),
+            &["vendor"],
+        )
+        .expect("valid metric");
+        let stripe_events = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_stripe_events_total",
+                "Stripe webhook events handled, by type (a redelivered event is counted once).",
+            ),
+            &["type"],
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -167,6 +187,8 @@ impl Metrics {
             Box::new(oldest_listing.clone()),
             Box::new(stream_records.clone()),
             Box::new(stream_last.clone()),
+            Box::new(webhook_refusals.clone()),
+            Box::new(stripe_events.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -183,6 +205,8 @@ impl Metrics {
             oldest_listing,
             stream_records,
             stream_last,
+            webhook_refusals,
+            stripe_events,
             status_writes,
             leader,
             usage_events,

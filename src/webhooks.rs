@@ -9,6 +9,15 @@
 //! Kubernetes Secret (`--onence-streamer-secret NAMESPACE/NAME`, keys `username` and `password`), compared
 //! in constant time. A SIM's day is metered at the larger of the streamed sum and the polled daily figure
 //! (see `controller::sim_card::usage`), so streaming and polling together never count a byte twice.
+//!
+//! `POST /webhooks/stripe` takes Stripe's events ([`StripeHook`]): the `Stripe-Signature` is verified
+//! over the raw body with the endpoint's secrets (several during a rotation) before anything else, and
+//! anything that fails is answered 400 with no side effect. Each event is handled once by its ID (kept in
+//! the ledger database); handling only wakes the Subscription it concerns (found by the UID in the
+//! Stripe object's metadata, or its subscription or customer ID), whose reconcile reads the current state
+//! back from Stripe: neither the event's order nor its copy of the object is trusted. Unknown types are
+//! answered 200 and ignored. Only the leader wakes objects: a standby answers 503 without keeping the
+//! event, so Stripe delivers it again (and the periodic resync reads Stripe anyway).
 
 use std::sync::Arc;
 
@@ -55,12 +64,161 @@ impl Streamer {
     }
 }
 
-/// The webhook routes.
-pub fn router(streamer: Arc<Streamer>) -> Router {
-    Router::new()
-        .route("/webhooks/onence/usage", axum::routing::post(usage))
-        .route("/webhooks/onence/sms", axum::routing::post(sms))
-        .with_state(streamer)
+/// The webhook routes of the endpoints configured.
+pub fn router(streamer: Option<Arc<Streamer>>, stripe: Option<Arc<StripeHook>>) -> Router {
+    let mut r = Router::new();
+    if let Some(s) = streamer {
+        r = r.merge(
+            Router::new()
+                .route("/webhooks/onence/usage", axum::routing::post(usage))
+                .route("/webhooks/onence/sms", axum::routing::post(sms))
+                .with_state(s),
+        );
+    }
+    if let Some(h) = stripe {
+        r = r.merge(
+            Router::new()
+                .route("/webhooks/stripe", axum::routing::post(stripe_event))
+                .with_state(h),
+        );
+    }
+    r
+}
+
+/// Which Subscription a Stripe event concerns: the object's UID from the Stripe object's metadata, its
+/// subscription ID, its customer ID (whatever the event carries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StripeHint {
+    /// `metadata.quartermaster_uid` of the subscription.
+    pub uid: Option<String>,
+    /// `sub_…`.
+    pub subscription: Option<String>,
+    /// `cus_…`.
+    pub customer: Option<String>,
+}
+
+/// The event types that wake a Subscription (others are answered 200 and ignored).
+pub const STRIPE_EVENTS: &[&str] = &[
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "invoice.payment_succeeded",
+    "invoice.finalized",
+];
+
+/// Parses a verified event body: (event ID, type, hint). `Err` for a body that is not an event.
+pub fn parse_stripe_event(body: &[u8]) -> Result<(String, String, StripeHint), &'static str> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "the body is not JSON")?;
+    let id = v["id"]
+        .as_str()
+        .filter(|i| i.starts_with("evt_") && i.len() <= 255);
+    let kind = v["type"]
+        .as_str()
+        .filter(|t| !t.is_empty() && t.len() <= 255);
+    let (Some(id), Some(kind)) = (id, kind) else {
+        return Err("not a Stripe event (no evt_ id or type)");
+    };
+    let o = &v["data"]["object"];
+    let text = |x: &serde_json::Value| {
+        x.as_str()
+            .or_else(|| x["id"].as_str())
+            .filter(|s| s.len() <= 255)
+            .map(str::to_string)
+    };
+    let key = crate::cloud::stripe::UID_KEY;
+    let hint = if kind.starts_with("customer.subscription.") {
+        StripeHint {
+            uid: text(&o["metadata"][key]),
+            subscription: text(&o["id"]),
+            customer: text(&o["customer"]),
+        }
+    } else {
+        StripeHint {
+            uid: text(&o["subscription_details"]["metadata"][key]),
+            subscription: text(&o["subscription"]),
+            customer: text(&o["customer"]),
+        }
+    };
+    Ok((id.to_string(), kind.to_string(), hint))
+}
+
+/// What the Stripe endpoint needs.
+pub struct StripeHook {
+    ledger: Ledger,
+    secrets: Vec<Vec<u8>>,
+    tolerance: i64,
+    metrics: Metrics,
+    /// Wakes the Subscription a hint names; `false` when no controller runs here (a standby).
+    wake: Box<dyn Fn(StripeHint) -> bool + Send + Sync>,
+}
+
+impl StripeHook {
+    /// An endpoint accepting signatures by any of `secrets` within `tolerance` seconds, waking objects
+    /// through `wake`.
+    pub fn new(
+        ledger: Ledger,
+        secrets: Vec<Vec<u8>>,
+        tolerance: i64,
+        metrics: Metrics,
+        wake: Box<dyn Fn(StripeHint) -> bool + Send + Sync>,
+    ) -> Self {
+        Self {
+            ledger,
+            secrets,
+            tolerance,
+            metrics,
+            wake,
+        }
+    }
+}
+
+async fn stripe_event(
+    State(h): State<Arc<StripeHook>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let secrets: Vec<&[u8]> = h.secrets.iter().map(Vec::as_slice).collect();
+    let now = jiff::Timestamp::now().as_second();
+    let header = headers.get("stripe-signature").map(|v| v.as_bytes());
+    if let Err(why) =
+        crate::cloud::stripe_signature::verify(header, &body, &secrets, now, h.tolerance)
+    {
+        h.metrics
+            .webhook_refusals
+            .with_label_values(&["stripe"])
+            .inc();
+        return (StatusCode::BAD_REQUEST, format!("{why}\n"));
+    }
+    let (id, kind, hint) = match parse_stripe_event(&body) {
+        Ok(e) => e,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    if !STRIPE_EVENTS.contains(&kind.as_str()) {
+        return (StatusCode::OK, format!("{kind} ignored\n"));
+    }
+    // A standby keeps nothing: Stripe delivers again, perhaps to the leader.
+    if !(h.wake)(StripeHint::default()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not the leader; try again\n".into(),
+        );
+    }
+    match h.ledger.record_stripe_event(&id, &kind).await {
+        Ok(false) => (StatusCode::OK, format!("{id} already handled\n")),
+        Ok(true) => {
+            h.metrics.stripe_events.with_label_values(&[&kind]).inc();
+            (h.wake)(hint);
+            (StatusCode::OK, format!("{id} handled\n"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not keep a Stripe event");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again\n".into())
+        }
+    }
 }
 
 async fn usage(
@@ -69,6 +227,10 @@ async fn usage(
     body: Bytes,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
+        s.metrics
+            .webhook_refusals
+            .with_label_values(&["1nce"])
+            .inc();
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let records = match crate::cloud::onence::parse_stream(&body) {
@@ -100,6 +262,10 @@ async fn sms(
     body: Bytes,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
+        s.metrics
+            .webhook_refusals
+            .with_label_values(&["1nce"])
+            .inc();
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let messages = match crate::cloud::onence::parse_forwarded_sms(&body) {
@@ -129,4 +295,56 @@ async fn sms(
         }
     }
     (StatusCode::OK, format!("{new} new of {}\n", messages.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_name_their_subscription_and_anything_else_is_refused() {
+        let sub = br#"{"id":"evt_1","type":"customer.subscription.updated","data":{"object":
+            {"id":"sub_1","customer":"cus_1","metadata":{"quartermaster_uid":"u-1"}}}}"#;
+        let (id, kind, h) = parse_stripe_event(sub).unwrap();
+        assert_eq!(
+            (id.as_str(), kind.as_str()),
+            ("evt_1", "customer.subscription.updated")
+        );
+        assert_eq!(h.uid.as_deref(), Some("u-1"));
+        assert_eq!(h.subscription.as_deref(), Some("sub_1"));
+        let inv = br#"{"id":"evt_2","type":"invoice.paid","data":{"object":{"id":"in_1",
+            "subscription":"sub_1","customer":{"id":"cus_1"}}}}"#;
+        let (_, _, h) = parse_stripe_event(inv).unwrap();
+        assert_eq!(
+            (h.subscription.as_deref(), h.customer.as_deref()),
+            (Some("sub_1"), Some("cus_1"))
+        );
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"id":"x","type":"a"}"#,
+            b"[1,2]",
+            b"\xff\xfe",
+        ] {
+            assert!(parse_stripe_event(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn any_body_is_parsed_without_panicking() {
+        let mut seed = 7u64;
+        for n in 0..2000 {
+            let len = n % 300;
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let alphabet = b"{}[]\":,evt_typedaobjc 0123";
+                    alphabet[(seed >> 33) as usize % alphabet.len()]
+                })
+                .collect();
+            let _ = parse_stripe_event(&body);
+        }
+    }
 }

@@ -717,14 +717,15 @@ async fn streamed_and_polled_usage_never_count_a_byte_twice() {
         serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
     )
     .await;
-    let hook = quartermaster::webhooks::router(std::sync::Arc::new(
-        quartermaster::webhooks::Streamer::new(
+    let hook = quartermaster::webhooks::router(
+        Some(std::sync::Arc::new(quartermaster::webhooks::Streamer::new(
             e.ledger.clone(),
             "streamer",
             "s3cret",
             quartermaster::metrics::Metrics::new(),
-        ),
-    ));
+        ))),
+        None,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://{}/webhooks/onence/usage",
@@ -853,14 +854,15 @@ async fn an_inbound_sms_delivered_twice_is_stored_and_counted_once() {
         serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
     )
     .await;
-    let hook = quartermaster::webhooks::router(std::sync::Arc::new(
-        quartermaster::webhooks::Streamer::new(
+    let hook = quartermaster::webhooks::router(
+        Some(std::sync::Arc::new(quartermaster::webhooks::Streamer::new(
             e.ledger.clone(),
             "forwarder",
             "pw",
             quartermaster::metrics::Metrics::new(),
-        ),
-    ));
+        ))),
+        None,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://{}/webhooks/onence/sms",

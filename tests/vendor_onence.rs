@@ -309,12 +309,15 @@ async fn the_simulator_pushes_usage_and_device_sms_until_they_are_taken() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dir = tempfile::tempdir().unwrap();
     let (ledger, _) = common::db::sqlite(&dir).await;
-    let hook = quartermaster::webhooks::router(Arc::new(quartermaster::webhooks::Streamer::new(
-        ledger.clone(),
-        "push",
-        "pw",
-        quartermaster::metrics::Metrics::new(),
-    )));
+    let hook = quartermaster::webhooks::router(
+        Some(Arc::new(quartermaster::webhooks::Streamer::new(
+            ledger.clone(),
+            "push",
+            "pw",
+            quartermaster::metrics::Metrics::new(),
+        ))),
+        None,
+    );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();

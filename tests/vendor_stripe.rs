@@ -30,13 +30,25 @@ async fn vendor_stripe_flat_calls_validate_against_the_spec() {
     let c = client(&prism.url);
     c.verify().await.expect("GET /v1/customers");
     let created = c
-        .create_customer(UID, Some("billing@acme.example"), "acme")
+        .create_customer(UID, "team-a/acme")
         .await
         .expect("POST /v1/customers");
     assert!(!created.id.is_empty(), "{created:?}");
     c.find_customer(UID)
         .await
         .expect("GET /v1/customers/search");
+    c.customer("cus_1").await.expect("GET /v1/customers/{id}");
+    // GET /v1/subscriptions has deepObject query parameters (automatic_tax) Prism wrongly requires:
+    // the subscription tests against `quartermaster sim` list them.
+    // Prism validates this request but cannot build an invoice list ("schema too complex", 500): a 422
+    // would mean the request is wrong.
+    match c.invoices("sub_1", 5).await {
+        Ok(_) => {}
+        Err(e) => assert!(
+            e.to_string().contains("too complex"),
+            "GET /v1/invoices: {e}"
+        ),
+    }
     c.find_subscription(UID)
         .await
         .expect("GET /v1/subscriptions/search");
@@ -118,7 +130,7 @@ async fn nested_creates_are_encoded_and_retried_with_the_same_key() {
     let (url, seen) = nested_mock(&specs).await;
     let c = client(&url);
     let s = c
-        .create_subscription(UID, "cus_1", "price_pro", 3, Some(14))
+        .create_subscription(UID, "cus_1", &[("price_pro".into(), Some(3))], Some(14))
         .await
         .expect("retried after the 500");
     assert!(!s.id.is_empty());
@@ -144,14 +156,14 @@ async fn nested_creates_are_encoded_and_retried_with_the_same_key() {
         }
     }
     // Another price: another key (not one Stripe would refuse for ever for changed parameters).
-    c.create_subscription(UID, "cus_1", "price_max", 3, Some(14))
+    c.create_subscription(UID, "cus_1", &[("price_max".into(), Some(3))], Some(14))
         .await
         .unwrap();
     {
         let seen = seen.lock().unwrap();
         assert_ne!(seen.keys[2], seen.keys[0]);
     }
-    c.cancel_at_period_end(UID, "sub_1", true).await.unwrap();
+    c.cancel_at_period_end(UID, 1, "sub_1", true).await.unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.bodies.last().unwrap(), "cancel_at_period_end=true");
 }

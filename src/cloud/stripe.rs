@@ -12,7 +12,9 @@
 //! - **Rate**: Stripe's 25 requests a second per endpoint is held client-side by the account's limit
 //!   (see [`super::documented_rate_limit`]); 429 goes through the shared retry policy.
 //!
-//! Not yet used by a reconciler: the Subscription kind is not implemented (see the README).
+//! A create's parameters never change for an object (the customer: its UID and name; details such as
+//! the e-mail are set by an update after), so its key is the same on every retry; updates carry the
+//! object's generation in their key, so a change made, undone and made again is sent each time.
 
 use reqwest::Method;
 use serde::Deserialize;
@@ -78,7 +80,51 @@ pub struct Customer {
     /// Its e-mail, when set.
     #[serde(default)]
     pub email: Option<String>,
+    /// Its name, when set.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its metadata.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
+
+impl Customer {
+    /// The object that owns it ([`UID_KEY`] in its metadata), if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.metadata.get(UID_KEY).map(String::as_str)
+    }
+}
+
+/// A Stripe invoice.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Invoice {
+    /// `in_…`.
+    pub id: String,
+    /// draft, open, paid, uncollectible, void.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Amount due, in the currency's minor unit.
+    #[serde(default)]
+    pub amount_due: i64,
+    /// Amount paid, in the currency's minor unit.
+    #[serde(default)]
+    pub amount_paid: i64,
+    /// Lower-case ISO 4217.
+    #[serde(default)]
+    pub currency: String,
+    /// Stripe's hosted page.
+    #[serde(default)]
+    pub hosted_invoice_url: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created: i64,
+    /// The subscription it bills, if any.
+    #[serde(default)]
+    pub subscription: Option<String>,
+}
+
+/// How a price or quantity change is prorated (Stripe's `proration_behavior`).
+pub const PRORATIONS: [&str; 3] = ["create_prorations", "always_invoice", "none"];
 
 /// One item of a subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +154,10 @@ pub struct Subscription {
     pub latest_invoice: Option<String>,
     /// Its items.
     pub items: Vec<Item>,
+    /// The object that owns it ([`UID_KEY`] in its metadata), if any.
+    pub owner: Option<String>,
+    /// When it ended (unix seconds), once canceled.
+    pub ended_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +177,10 @@ struct SubscriptionDto {
     latest_invoice: serde_json::Value,
     #[serde(default)]
     items: ListDto<ItemDto>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    ended_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +230,8 @@ impl From<SubscriptionDto> for Subscription {
                     quantity: i.quantity,
                 })
                 .collect(),
+            owner: d.metadata.get(UID_KEY).cloned(),
+            ended_at: d.ended_at,
         }
     }
 }
@@ -264,17 +320,39 @@ impl Stripe {
         Ok(list.data.into_iter().next())
     }
 
-    /// Creates the customer of object `uid`.
-    pub async fn create_customer(
+    /// Creates the customer of object `uid`, named `name` (the object's `namespace/name`): parameters that
+    /// never change for the object, so every retry carries the same idempotency key.
+    pub async fn create_customer(&self, uid: &str, name: &str) -> Result<Customer, CloudError> {
+        let params = serde_json::json!({ "name": name, "metadata": { UID_KEY: uid } });
+        self.post("/v1/customers", uid, "customer", &params).await
+    }
+
+    /// A customer by ID; `None` when Stripe does not know it.
+    pub async fn customer(&self, id: &str) -> Result<Option<Customer>, CloudError> {
+        if !safe_id(id, "cus_") {
+            return Ok(None);
+        }
+        not_found_is_none(self.get(&format!("/v1/customers/{id}")).await)
+    }
+
+    /// Sets a customer's e-mail and name and tags it as object `uid`'s (at the object's `generation`).
+    pub async fn update_customer(
         &self,
         uid: &str,
+        generation: i64,
+        id: &str,
         email: Option<&str>,
-        name: &str,
+        name: Option<&str>,
     ) -> Result<Customer, CloudError> {
-        let params = serde_json::json!({
-            "email": email, "name": name, "metadata": { UID_KEY: uid },
-        });
-        self.post("/v1/customers", uid, "customer", &params).await
+        let params =
+            serde_json::json!({ "email": email, "name": name, "metadata": { UID_KEY: uid } });
+        self.post(
+            &format!("/v1/customers/{id}"),
+            uid,
+            &format!("customer-g{generation}"),
+            &params,
+        )
+        .await
     }
 
     /// The subscription object `uid` made, if any (by its metadata).
@@ -288,31 +366,44 @@ impl Stripe {
 
     /// A subscription by ID; `None` when Stripe does not know it.
     pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, CloudError> {
-        if !id.starts_with("sub_") || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if !safe_id(id, "sub_") {
             return Ok(None);
         }
-        match self
-            .get::<SubscriptionDto>(&format!("/v1/subscriptions/{id}"))
-            .await
-        {
-            Ok(d) => Ok(Some(d.into())),
-            Err(CloudError::Http(e)) if e.status() == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
+        let d: Option<SubscriptionDto> =
+            not_found_is_none(self.get(&format!("/v1/subscriptions/{id}")).await)?;
+        Ok(d.map(Subscription::from))
     }
 
-    /// Creates object `uid`'s subscription of `customer` to `price`.
+    /// Every subscription of a customer, whatever its status (a list, which unlike search is current
+    /// the moment a create returns).
+    pub async fn subscriptions_of(&self, customer: &str) -> Result<Vec<Subscription>, CloudError> {
+        if !safe_id(customer, "cus_") {
+            return Ok(Vec::new());
+        }
+        let list: ListDto<SubscriptionDto> = self
+            .get(&format!(
+                "/v1/subscriptions?customer={customer}&status=all&limit=100"
+            ))
+            .await?;
+        Ok(list.data.into_iter().map(Subscription::from).collect())
+    }
+
+    /// Creates object `uid`'s subscription of `customer` to `items` (price, quantity; metered prices
+    /// have none).
     pub async fn create_subscription(
         &self,
         uid: &str,
         customer: &str,
-        price: &str,
-        quantity: u32,
+        items: &[(String, Option<u32>)],
         trial_days: Option<u32>,
     ) -> Result<Subscription, CloudError> {
+        let items: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(price, quantity)| serde_json::json!({ "price": price, "quantity": quantity }))
+            .collect();
         let params = serde_json::json!({
             "customer": customer,
-            "items": [{ "price": price, "quantity": quantity }],
+            "items": items,
             "trial_period_days": trial_days,
             "metadata": { UID_KEY: uid },
         });
@@ -322,23 +413,125 @@ impl Stripe {
         Ok(d.into())
     }
 
-    /// Cancels a subscription now (`DELETE`); at the period's end it is `cancel_at_period_end` instead.
+    /// Sets or clears `cancel_at_period_end` (at the object's `generation`).
     pub async fn cancel_at_period_end(
         &self,
         uid: &str,
+        generation: i64,
         id: &str,
         at_end: bool,
     ) -> Result<Subscription, CloudError> {
         let params = serde_json::json!({ "cancel_at_period_end": at_end });
+        let op = format!("cancel-at-period-end-g{generation}");
         let d: SubscriptionDto = self
-            .post(
-                &format!("/v1/subscriptions/{id}"),
-                uid,
-                "cancel-at-period-end",
-                &params,
-            )
+            .post(&format!("/v1/subscriptions/{id}"), uid, &op, &params)
             .await?;
         Ok(d.into())
+    }
+
+    /// Moves a subscription's item to `price` and `quantity`, prorated as `proration` says (one of
+    /// [`PRORATIONS`]), at the object's `generation`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_item(
+        &self,
+        uid: &str,
+        generation: i64,
+        id: &str,
+        item: &str,
+        price: &str,
+        quantity: u32,
+        proration: &str,
+    ) -> Result<Subscription, CloudError> {
+        let params = serde_json::json!({
+            "items": [{ "id": item, "price": price, "quantity": quantity }],
+            "proration_behavior": proration,
+        });
+        let op = format!("update-g{generation}");
+        let d: SubscriptionDto = self
+            .post(&format!("/v1/subscriptions/{id}"), uid, &op, &params)
+            .await?;
+        Ok(d.into())
+    }
+
+    /// Cancels a subscription now (`DELETE`; repeating it is harmless: the caller reads it first).
+    pub async fn cancel_now(&self, id: &str) -> Result<Subscription, CloudError> {
+        if !safe_id(id, "sub_") {
+            return Err(CloudError::Unsupported(format!(
+                "{id:?} is not a subscription ID"
+            )));
+        }
+        let resp = self
+            .http
+            .send(
+                self.req(Method::DELETE, &format!("/v1/subscriptions/{id}")),
+                true,
+            )
+            .await?;
+        let d: SubscriptionDto = Self::decode(resp).await?;
+        Ok(d.into())
+    }
+
+    /// The latest `limit` invoices of a subscription, newest first.
+    pub async fn invoices(
+        &self,
+        subscription: &str,
+        limit: u32,
+    ) -> Result<Vec<Invoice>, CloudError> {
+        if !safe_id(subscription, "sub_") {
+            return Ok(Vec::new());
+        }
+        let list: ListDto<Invoice> = self
+            .get(&format!(
+                "/v1/invoices?subscription={subscription}&limit={}",
+                limit.clamp(1, 100)
+            ))
+            .await?;
+        Ok(list.data)
+    }
+
+    /// An invoice by ID; `None` when Stripe does not know it.
+    pub async fn invoice(&self, id: &str) -> Result<Option<Invoice>, CloudError> {
+        if !safe_id(id, "in_") {
+            return Ok(None);
+        }
+        not_found_is_none(self.get(&format!("/v1/invoices/{id}")).await)
+    }
+
+    /// Reports `value` units of meter event `event_name` for `customer` at `timestamp`, under
+    /// `identifier` (Stripe keeps one event per identifier for at least 24 hours; the caller keeps the
+    /// long-term record). The request's idempotency key is the identifier's.
+    pub async fn meter_event(
+        &self,
+        event_name: &str,
+        customer: &str,
+        value: i64,
+        identifier: &str,
+        timestamp: i64,
+    ) -> Result<(), CloudError> {
+        let params = serde_json::json!({
+            "event_name": event_name, "identifier": identifier, "timestamp": timestamp,
+            "payload": { "stripe_customer_id": customer, "value": value.to_string() },
+        });
+        let req = self
+            .req(Method::POST, "/v1/billing/meter_events")
+            .header("Idempotency-Key", format!("qm-meter-{identifier}"))
+            .form(&form(&params));
+        let _: serde_json::Value = Self::decode(self.http.send(req, true).await?).await?;
+        Ok(())
+    }
+}
+
+/// Whether `id` is a Stripe ID of this prefix (and nothing that could change the path it goes in).
+fn safe_id(id: &str, prefix: &str) -> bool {
+    id.starts_with(prefix) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A read's answer, `None` for a 404.
+fn not_found_is_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(CloudError::Http(e)) if e.status() == Some(404) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -20,7 +20,7 @@ use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
 use super::members::{MemberIndex, SimIndex};
-use crate::crd::{Project, ProviderConfig, SimCard, VirtualMachine};
+use crate::crd::{Project, ProviderConfig, SimCard, Subscription, VirtualMachine};
 
 /// Label on every Secret Quartermaster writes (the connection Secrets); their cache watches only those.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by=quartermaster";
@@ -45,6 +45,8 @@ pub struct Caches {
     pub vms: Store<VirtualMachine>,
     /// SimCards.
     pub sims: Store<SimCard>,
+    /// Subscriptions.
+    pub subscriptions: Store<Subscription>,
     /// The Secrets Quartermaster writes (label [`MANAGED_BY_LABEL`]).
     pub connection_secrets: Store<Secret>,
     /// Which VMs belong to which Project, with admission totals.
@@ -132,6 +134,8 @@ pub struct Feeds {
     pub vms: Feed<VirtualMachine>,
     /// SimCards.
     pub sims: Feed<SimCard>,
+    /// Subscriptions.
+    pub subscriptions: Feed<Subscription>,
     /// Quartermaster's Secrets.
     pub connection_secrets: Feed<Secret>,
     /// The views reconciles read.
@@ -166,6 +170,7 @@ impl Feeds {
             }
         });
         let sims = Feed::new(Api::all(client.clone()), wc(), move |e| s.observe(e));
+        let subscriptions = Feed::new(Api::all(client.clone()), wc(), |_| {});
         let connection_secrets = Feed::new(
             Api::all(client.clone()),
             watcher::Config::default().labels(MANAGED_BY_LABEL),
@@ -176,6 +181,7 @@ impl Feeds {
             projects: projects.store.clone(),
             vms: vms.store.clone(),
             sims: sims.store.clone(),
+            subscriptions: subscriptions.store.clone(),
             connection_secrets: connection_secrets.store.clone(),
             members,
             sim_members,
@@ -186,6 +192,7 @@ impl Feeds {
             projects,
             vms,
             sims,
+            subscriptions,
             connection_secrets,
             caches,
             vm_deletions: Some(vm_deletions),
@@ -199,6 +206,7 @@ impl Feeds {
             self.projects.run(),
             self.vms.run(),
             self.sims.run(),
+            self.subscriptions.run(),
             self.connection_secrets.run(),
         ])
         .map(|_| ())
@@ -213,6 +221,7 @@ impl Caches {
             && self.projects.wait_until_ready().await.is_ok()
             && self.vms.wait_until_ready().await.is_ok()
             && self.sims.wait_until_ready().await.is_ok()
+            && self.subscriptions.wait_until_ready().await.is_ok()
             && self.connection_secrets.wait_until_ready().await.is_ok()
     }
 }

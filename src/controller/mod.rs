@@ -17,6 +17,7 @@ pub mod project;
 pub mod provider_config;
 pub mod sim_card;
 pub mod sim_message;
+pub mod subscription;
 pub mod vendor;
 pub mod virtual_machine;
 pub mod wake;
@@ -41,7 +42,7 @@ pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
 use crate::crd::conditions::reason;
-use crate::crd::{Project, ProviderConfig, SimCard, SimMessage, VirtualMachine};
+use crate::crd::{Project, ProviderConfig, SimCard, SimMessage, Subscription, VirtualMachine};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -145,6 +146,8 @@ pub struct Context {
     listings: Mutex<HashMap<String, observe::Listing>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    stripe_tx: tokio::sync::mpsc::UnboundedSender<crate::webhooks::StripeHint>,
+    stripe_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::webhooks::StripeHint>>>,
     /// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made.
     secret_writes: Mutex<HashMap<String, String>>,
     /// The latest SIM listing of each 1NCE account.
@@ -164,6 +167,7 @@ impl Context {
             instance,
         };
         let (rejected_tx, rejected_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stripe_tx, stripe_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             recorder: events::EventRecorder::new(client.clone(), reporter),
             client,
@@ -182,6 +186,8 @@ impl Context {
             listings: Mutex::default(),
             rejected_tx,
             rejected_rx: Mutex::new(Some(rejected_rx)),
+            stripe_tx,
+            stripe_rx: Mutex::new(Some(stripe_rx)),
             secret_writes: Mutex::default(),
             sim_listings: Default::default(),
         }
@@ -221,6 +227,15 @@ impl Context {
     pub fn credentials_rejected(&self, name: &str) {
         // A closed channel means no ProviderConfig controller runs in this process (e.g. a CLI command).
         let _ = self.rejected_tx.send(name.to_string());
+    }
+
+    /// A Stripe event concerns the Subscription `hint` names: wake it (its reconcile reads Stripe). False
+    /// when no controller runs in this process (a standby, or the controllers have not started).
+    pub fn stripe_event(&self, hint: crate::webhooks::StripeHint) -> bool {
+        if self.caches.get().is_none() {
+            return false;
+        }
+        hint == crate::webhooks::StripeHint::default() || self.stripe_tx.send(hint).is_ok()
     }
 
     /// True the first time `value` is reported for `key` (and again after the value changed): keeps a
@@ -426,6 +441,7 @@ pub async fn run(
     let proj = project_controller(&ctx, &feeds, &caches, vm_deletions);
     let sims = sim_controller(&ctx, &feeds, &caches);
     let messages = message_controller(&ctx);
+    let subscriptions = subscription_controller(&ctx, &feeds, &caches);
 
     let watches = feeds.run();
     let controllers = async {
@@ -467,6 +483,12 @@ pub async fn run(
                 ctx.clone(),
                 shutdown.clone(),
             ),
+            drive(
+                subscriptions,
+                subscription::SubscriptionReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
         ])
         .await;
     };
@@ -476,6 +498,46 @@ pub async fn run(
         _ = shutdown.clone() => {}
     }
     health.set_synced(false);
+}
+
+/// Subscription: its own changes, its ProviderConfig's (plans, suspension), and the Stripe events that
+/// concern it (see `crate::webhooks`).
+fn subscription_controller(
+    ctx: &Arc<Context>,
+    feeds: &cache::Feeds,
+    caches: &cache::Caches,
+) -> Controller<Subscription> {
+    let c = Controller::for_shared_stream(
+        wake::own_changes(
+            feeds.subscriptions.subscribe(),
+            caches.subscriptions.clone(),
+            Arc::default(),
+        ),
+        caches.subscriptions.clone(),
+    )
+    .with_config(runtime_config(16, Duration::ZERO));
+    let all = caches.subscriptions.clone();
+    let c = c.watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
+        let name = pc.name_any();
+        all.state()
+            .iter()
+            .filter(|s| s.spec.provider_config_ref.name == name)
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect::<Vec<_>>()
+    });
+    let hints = ctx
+        .stripe_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(rx) = hints else {
+        return c;
+    };
+    let all = caches.subscriptions.clone();
+    c.reconcile_on(
+        tokio_stream_from(rx)
+            .flat_map(move |h| futures::stream::iter(subscription::concerned(&all, &h))),
+    )
 }
 
 /// SimMessage: its own watch (a message is sent once; a SimCard's change does not concern it once sent,

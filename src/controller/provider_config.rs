@@ -152,7 +152,10 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             .requeue_after(ctx.config.poll_interval));
         }
         let sims = obj.spec.type_ == ProviderType::Onence;
-        if !matches!(health, Health::Ready { .. }) || !(is_compute(obj.spec.type_) || sims) {
+        let stripe = obj.spec.type_ == ProviderType::Stripe;
+        if !matches!(health, Health::Ready { .. })
+            || !(is_compute(obj.spec.type_) || sims || stripe)
+        {
             return Ok(Outcome::new(health));
         }
         // The vendor check: one cheap authenticated call.
@@ -163,6 +166,9 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         let (vendor, verified) = if sims {
             let client = ctx.providers.onence(&ctx, &resolved).await?;
             ("1nce", client.verify().await)
+        } else if stripe {
+            let client = ctx.providers.stripe(&ctx, &resolved).await?;
+            ("stripe", client.verify().await)
         } else {
             let provider = ctx.providers.compute(&ctx, &resolved).await?;
             (provider.vendor(), provider.verify().await)

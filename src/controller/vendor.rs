@@ -181,6 +181,7 @@ type Credentials = (Option<String>, Option<i64>, Account, u64);
 pub struct Providers {
     entries: Mutex<HashMap<String, Cached>>,
     sims: Mutex<HashMap<String, (u64, Arc<OneNce>)>>,
+    stripes: Mutex<HashMap<String, (u64, Arc<crate::cloud::stripe::Stripe>)>>,
     accounts: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
@@ -312,6 +313,50 @@ impl Providers {
         let c = Arc::new(OneNce::new(
             http,
             Endpoints::at(r.account.endpoint.as_deref()),
+            &r.account.credentials,
+        ));
+        entries.insert(name, (r.fingerprint, c.clone()));
+        Ok(c)
+    }
+}
+
+impl Providers {
+    /// The Stripe client for a resolved ProviderConfig of type `stripe` (built once per fingerprint, so
+    /// its rate limit and connections are shared by every Subscription of the account).
+    pub async fn stripe(
+        &self,
+        ctx: &Context,
+        r: &Resolved,
+    ) -> Result<Arc<crate::cloud::stripe::Stripe>, Error> {
+        if r.account.provider != crate::crd::ProviderType::Stripe {
+            return Err(Error::permanent(
+                reason::PROVIDER_CONFIG_WRONG_TYPE,
+                format!(
+                    "ProviderConfig {:?} is of type {}, not stripe",
+                    r.config.name_any(),
+                    r.account.provider.as_str()
+                ),
+            ));
+        }
+        let name = r.config.name_any();
+        let mut entries = self.stripes.lock().await;
+        if let Some((fp, c)) = entries.get(&name)
+            && *fp == r.fingerprint
+        {
+            return Ok(c.clone());
+        }
+        let policy = RetryPolicy {
+            timeout: ctx.config.vendor_timeout,
+            ..Default::default()
+        };
+        let mut http =
+            crate::http::HttpClient::new("stripe", policy).with_metrics(ctx.http_metrics.clone());
+        if let Some((rps, burst)) = r.account.rate_limit {
+            http = http.with_rate_limit(rps, burst);
+        }
+        let c = Arc::new(crate::cloud::stripe::Stripe::new(
+            http,
+            r.account.endpoint.as_deref(),
             &r.account.credentials,
         ));
         entries.insert(name, (r.fingerprint, c.clone()));

@@ -109,6 +109,16 @@ pub mod reason {
     pub const TOP_UP_PENDING: &str = "TopUpPending";
     /// A quota top-up was ordered and never showed in the quota: check the vendor's orders.
     pub const TOP_UP_UNCONFIRMED: &str = "TopUpUnconfirmed";
+    /// A Subscription names a plan its ProviderConfig does not declare.
+    pub const UNKNOWN_PLAN: &str = "UnknownPlan";
+    /// The customer's payment failed or is due (Stripe: incomplete, past_due, unpaid).
+    pub const PAYMENT_FAILED: &str = "PaymentFailed";
+    /// The Stripe subscription is paused.
+    pub const SUBSCRIPTION_PAUSED: &str = "SubscriptionPaused";
+    /// The Stripe subscription ended for good (canceled, incomplete_expired).
+    pub const SUBSCRIPTION_ENDED: &str = "SubscriptionEnded";
+    /// A Project's Subscription does not entitle it (not active, trialing, or past due within grace).
+    pub const SUBSCRIPTION_INACTIVE: &str = "SubscriptionInactive";
 }
 
 /// Event reasons (PascalCase) for Events that are not a change of the overall state.

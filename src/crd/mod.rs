@@ -24,7 +24,10 @@ pub use project::{Project, ProjectSpec, ProjectStatus};
 pub use provider_config::{ProviderConfig, ProviderConfigSpec, ProviderConfigStatus, ProviderType};
 pub use sim_card::{SimCard, SimCardSpec, SimCardStatus};
 pub use sim_message::{SimMessage, SimMessageSpec, SimMessageStatus};
-pub use subscription::{Subscription, SubscriptionSpec, SubscriptionStatus};
+pub use subscription::{
+    ProrationBehavior, Subscription, SubscriptionDeletionPolicy, SubscriptionSpec,
+    SubscriptionStatus,
+};
 pub use token_budget::{TokenBudget, TokenBudgetSpec, TokenBudgetStatus};
 pub use virtual_machine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 

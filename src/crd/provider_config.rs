@@ -87,6 +87,86 @@ pub struct ProviderConfigSpec {
     /// tenant pays it plus `markupPercent`. Unset: top-ups are recorded unpriced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_up_price: Option<Money>,
+    /// Stripe accounts: the plans tenants subscribe to by name (a Subscription's `plan`), each with its
+    /// Stripe price and what it entitles. Kept here because a price belongs to one Stripe account, and
+    /// only platform admins may write a cluster-scoped ProviderConfig.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub plans: Vec<Plan>,
+}
+
+/// A plan: a Stripe price, the usage billed through Stripe, and what a Project on it is entitled to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The name Subscriptions use (`spec.plan`).
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The Stripe price of the plan's recurring fee (`price_…`).
+    #[serde(rename = "priceID")]
+    #[schemars(length(max = 255), regex(pattern = r"^price_[A-Za-z0-9_]+$"))]
+    pub price_id: String,
+    /// Ledger meters billed through Stripe: the Project's usage of each is reported to Stripe as billing
+    /// meter events (the plan's subscription must include the metered price of that meter).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub metered: Vec<MeteredPrice>,
+    /// What a Project on this plan may hold and spend (applied on top of its own limits: the lower wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitlements: Option<PlanEntitlements>,
+}
+
+/// A ledger meter billed through a Stripe metered price.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeteredPrice {
+    /// The ledger meter: vm_seconds, sim_data_bytes, sim_sms, llm_input_tokens or llm_output_tokens.
+    #[schemars(regex(
+        pattern = r"^(vm_seconds|sim_data_bytes|sim_sms|llm_input_tokens|llm_output_tokens)$"
+    ))]
+    pub meter: String,
+    /// The Stripe metered price (`price_…`) added to the plan's subscription.
+    #[serde(rename = "priceID")]
+    #[schemars(length(max = 255), regex(pattern = r"^price_[A-Za-z0-9_]+$"))]
+    pub price_id: String,
+    /// The `event_name` of the Stripe billing meter behind that price.
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    pub event_name: String,
+    /// Ledger units per reported unit (e.g. 3600 to report VM hours from seconds, 1000000 for MB from
+    /// bytes). Default 1.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[schemars(range(min = 1))]
+    pub divisor: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(v: &u64) -> bool {
+    *v == 1
+}
+
+/// What a plan entitles a Project to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanEntitlements {
+    /// LLM tokens per period, for TokenBudgets whose allocation comes from the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_period: Option<u64>,
+    /// Most VirtualMachines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_virtual_machines: Option<u32>,
+    /// Most SimCards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sim_cards: Option<u32>,
+    /// Most spend in a calendar month, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"))]
+    pub max_monthly_spend: Option<String>,
 }
 
 /// An amount of money.

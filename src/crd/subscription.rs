@@ -17,12 +17,7 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
     status = "SubscriptionStatus",
     shortname = "qsub",
     category = "quartermaster",
-    printcolumn(
-        name = "Customer",
-        type_ = "string",
-        json_path = ".spec.customer.email"
-    ),
-    printcolumn(name = "Plan", type_ = "string", json_path = ".spec.plan"),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".status.plan"),
     printcolumn(
         name = "Stripe Status",
         type_ = "string",
@@ -47,9 +42,21 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
 #[schemars(extend("oneOf" = [{"required": ["plan"]}, {"required": ["priceID"]}]))]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionSpec {
-    /// The Stripe customer to subscribe (created if no customer with this email exists).
-    pub customer: Customer,
-    /// Name of a plan known to Quartermaster (exactly one of `plan` and `priceID`).
+    /// The customer's billing details. The Stripe customer belongs to this object: created with its UID
+    /// in the metadata and never looked up by e-mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Customer>,
+    /// An existing Stripe customer (`cus_…`) to subscribe instead of creating one: only where the
+    /// ProviderConfig's `adoption.allowedNamespaces` lists this namespace, and only a customer no other
+    /// object owns.
+    #[serde(
+        rename = "customerID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(max = 255), regex(pattern = r"^cus_[A-Za-z0-9]+$"))]
+    pub customer_id: Option<String>,
+    /// Name of a plan of the ProviderConfig's `plans` (exactly one of `plan` and `priceID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 64),
@@ -58,7 +65,7 @@ pub struct SubscriptionSpec {
     pub plan: Option<String>,
     /// A Stripe price ID such as `price_1Nx...` (exactly one of `plan` and `priceID`).
     #[serde(rename = "priceID", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 255), regex(pattern = r"^price_[A-Za-z0-9]+$"))]
+    #[schemars(length(max = 255), regex(pattern = r"^price_[A-Za-z0-9_]+$"))]
     pub price_id: Option<String>,
     /// Number of units subscribed.
     #[serde(default = "default_quantity")]
@@ -67,10 +74,16 @@ pub struct SubscriptionSpec {
     /// Cancel at the end of the current period instead of renewing.
     #[serde(default)]
     pub cancel_at_period_end: bool,
-    /// Days of free trial before the first charge.
+    /// Days of free trial before the first charge (used when the subscription is created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 730))]
     pub trial_days: Option<u32>,
+    /// How a change of plan, price or quantity is prorated. Default: `CreateProrations`.
+    #[serde(default)]
+    pub proration_behavior: ProrationBehavior,
+    /// What deleting this object does to the Stripe subscription. Default: `Cancel`.
+    #[serde(default)]
+    pub deletion_policy: SubscriptionDeletionPolicy,
     /// The Project (same namespace) this subscription entitles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_ref: Option<LocalObjectReference>,
@@ -78,11 +91,47 @@ pub struct SubscriptionSpec {
     pub provider_config_ref: ProviderConfigReference,
 }
 
+/// How a change is prorated (Stripe's `proration_behavior`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProrationBehavior {
+    /// Credit and charge the difference on the next invoice.
+    #[default]
+    CreateProrations,
+    /// Invoice the difference now.
+    AlwaysInvoice,
+    /// No proration: the new price applies from the next period.
+    None,
+}
+
+impl ProrationBehavior {
+    /// Stripe's value.
+    pub fn as_stripe(self) -> &'static str {
+        match self {
+            Self::CreateProrations => "create_prorations",
+            Self::AlwaysInvoice => "always_invoice",
+            Self::None => "none",
+        }
+    }
+}
+
+/// What deleting a Subscription does at Stripe.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SubscriptionDeletionPolicy {
+    /// Cancel the Stripe subscription now.
+    #[default]
+    Cancel,
+    /// Cancel it at the end of the current period; the object stays (Terminating, `status.endsAt`)
+    /// until then.
+    CancelAtPeriodEnd,
+    /// Leave it running at Stripe.
+    Orphan,
+}
+
 fn default_quantity() -> u32 {
     1
 }
 
-/// A Stripe customer.
+/// A customer's billing details.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
@@ -108,7 +157,7 @@ pub struct InvoiceSummary {
     /// Stripe invoice status (draft, open, paid, uncollectible, void).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Amount due (decimal string).
+    /// Amount due, in the currency's units (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_due: Option<String>,
     /// Currency (ISO 4217).
@@ -165,5 +214,18 @@ pub struct SubscriptionStatus {
     /// The latest invoice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_invoice: Option<InvoiceSummary>,
+    /// The plan (or, for a raw `priceID`, the price) the subscription is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Whether it ends at the period's end.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel_at_period_end: bool,
+    /// RFC 3339 time the subscription ends (canceling at the period's end, or ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// RFC 3339 time it was first seen `past_due` (cleared once paid): the entitlement's grace period
+    /// counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past_due_since: Option<String>,
 }
 impl_object_status!(SubscriptionStatus);

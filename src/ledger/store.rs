@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Row, migrate::Migrator};
 
 use super::periods::{self, Booking};
-use super::{CreditEntry, UsageEvent};
+use super::{CreditEntry, CreditType, UsageEvent};
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -227,6 +227,22 @@ impl Ledger {
         Ok(row)
     }
 
+    /// Keeps Stripe webhook event `id`; false when it was kept before (a redelivery).
+    pub async fn record_stripe_event(&self, id: &str, kind: &str) -> Result<bool, LedgerError> {
+        let now = jiff::Timestamp::now().as_second();
+        let sql = "INSERT INTO stripe_events (event_id, event_type, received_at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (event_id) DO NOTHING";
+        let n = on_pool!(self, p => sqlx::query(sql)
+            .bind(id)
+            .bind(kind)
+            .bind(now)
+            .execute(p)
+            .await
+            .map_err(db("keeping a Stripe event"))?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
     /// Keeps streamed usage records, each once (by record ID). Returns how many were new.
     pub async fn record_streamed(&self, records: &[StreamRecord]) -> Result<u64, LedgerError> {
         let now = jiff::Timestamp::now().as_second();
@@ -340,6 +356,42 @@ impl Ledger {
             .map_err(db("recording a credit"))?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// A Project's credit entries (grants, payments, refunds, adjustments), oldest first.
+    pub async fn credits(&self, project: &ProjectRef<'_>) -> Result<Vec<CreditEntry>, LedgerError> {
+        let sql = "SELECT idempotency_key, amount_nanos, currency, reason, entry_type, external_ref \
+                   FROM credits WHERE project_uid = $1 AND namespace = $2 AND project = $3 \
+                   ORDER BY created_at, idempotency_key";
+        type Row = (String, i64, String, String, String, String);
+        let rows: Vec<Row> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(project.uid)
+            .bind(project.namespace)
+            .bind(project.name)
+            .fetch_all(p)
+            .await
+            .map_err(db("reading credits"))?);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(key, amount_nanos, currency, reason, kind, external_ref)| CreditEntry {
+                    key,
+                    namespace: project.namespace.to_string(),
+                    project: project.name.to_string(),
+                    project_uid: project.uid.to_string(),
+                    kind: match kind.as_str() {
+                        "payment" => CreditType::Payment,
+                        "refund" => CreditType::Refund,
+                        "adjustment" => CreditType::Adjustment,
+                        _ => CreditType::Grant,
+                    },
+                    amount_nanos,
+                    currency,
+                    reason,
+                    external_ref,
+                },
+            )
+            .collect())
     }
 
     /// (credits, usage) of a Project in one currency, nano-units, all time. Amounts in other currencies

@@ -5,11 +5,13 @@
 //! configurable latency and faults (errors, 429 with Retry-After, slow responses).
 //!
 //! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
-//! that talks to DigitalOcean; one of type `onence` with the same endpoint, the 1NCE client ([`onence`]).
+//! that talks to DigitalOcean; one of type `onence` with the same endpoint, the 1NCE client ([`onence`]);
+//! one of type `stripe`, the Stripe client ([`stripe`]).
 
 pub mod digitalocean;
 pub mod onence;
 mod state;
+pub mod stripe;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,6 +99,16 @@ pub struct SimConfig {
     /// HTTP Basic user and password for the pushes, `USER:PASSWORD`.
     #[arg(long, env = "QM_SIM_ONENCE_PUSH_AUTH", hide_env_values = true)]
     pub onence_push_auth: Option<String>,
+    /// Stripe subset: the length of a billing period, seconds (a month of 30 days).
+    #[arg(long, default_value_t = 30 * 86_400)]
+    pub stripe_period_secs: i64,
+    /// Stripe subset: POST every event to this URL (`quartermaster run`'s `/webhooks/stripe`), signed
+    /// with `--stripe-webhook-secret`, re-sent until answered 2xx.
+    #[arg(long)]
+    pub stripe_webhook_url: Option<String>,
+    /// Stripe subset: the webhook signing secret (`whsec_…`).
+    #[arg(long, env = "QM_SIM_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
 }
 
 impl SimConfig {
@@ -125,6 +137,9 @@ impl SimConfig {
             onence_sms_latency_ms: 0,
             onence_push_url: None,
             onence_push_auth: None,
+            stripe_period_secs: 30 * 86_400,
+            stripe_webhook_url: None,
+            stripe_webhook_secret: None,
         }
     }
 }
@@ -165,6 +180,7 @@ impl Sim {
         let reader = stats.clone();
         let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
             .merge(onence::router(config.clone()))
+            .merge(stripe::router(config.clone()))
             .layer(middleware::from_fn_with_state(config, faults))
             .route(
                 "/_sim/stats",

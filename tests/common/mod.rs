@@ -254,6 +254,21 @@ pub fn start_controller_cfg(
     quartermaster::metrics::Metrics,
     tokio::sync::oneshot::Sender<()>,
 ) {
+    start_controller_full(client, id, ledger, tweak, |_| {})
+}
+
+/// [`start_controller_cfg`] that also hands the controller's context to `with_ctx` before it runs (to
+/// serve webhooks that wake its objects, say).
+pub fn start_controller_full(
+    client: kube::Client,
+    id: &str,
+    ledger: Option<quartermaster::ledger::Ledger>,
+    tweak: impl FnOnce(&mut quartermaster::controller::ControllerConfig),
+    with_ctx: impl FnOnce(std::sync::Arc<quartermaster::controller::Context>) + Send + 'static,
+) -> (
+    quartermaster::metrics::Metrics,
+    tokio::sync::oneshot::Sender<()>,
+) {
     use futures::FutureExt;
     use quartermaster::controller::{self, Context, ControllerConfig};
     let metrics = quartermaster::metrics::Metrics::new();
@@ -285,8 +300,10 @@ pub fn start_controller_cfg(
         if let Some(l) = ledger {
             ctx = ctx.with_ledger(l);
         }
+        let ctx = std::sync::Arc::new(ctx);
+        with_ctx(ctx.clone());
         controller::run(
-            std::sync::Arc::new(ctx),
+            ctx,
             std::sync::Arc::new(quartermaster::server::Readiness::default()),
             shutdown,
         )

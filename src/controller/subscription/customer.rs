@@ -1,0 +1,163 @@
+//! The Stripe customer of a Subscription: its own (created with the object's UID in the metadata, found
+//! again by it, never by e-mail), or an existing one attached by ID where the ProviderConfig's
+//! `adoption.allowedNamespaces` lets the namespace, and only while no other object owns it.
+
+use kube::ResourceExt;
+
+use super::super::framework::{Progress, persist};
+use super::super::{Context, Error, vendor};
+use crate::cloud::stripe::{Customer, Stripe};
+use crate::crd::conditions::reason;
+use crate::crd::{ProviderConfig, Subscription, SubscriptionStatus};
+
+/// The customer `obj` bills, created or attached as needed; its ID is persisted in status before
+/// anything else is done with it, and its details follow `spec.customer`.
+pub async fn ensure(
+    obj: &Subscription,
+    ctx: &Context,
+    client: &Stripe,
+    pc: &ProviderConfig,
+    progress: &mut Progress<SubscriptionStatus>,
+) -> Result<Customer, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    let customer = match progress.status.customer_id.clone() {
+        Some(id) => {
+            let c = read(client, &id).await?;
+            owned_by(&c, &uid, true)?;
+            c
+        }
+        None => {
+            let c = match &obj.spec.customer_id {
+                Some(id) => attach(obj, ctx, client, pc, id).await?,
+                None => match client
+                    .find_customer(&uid)
+                    .await
+                    .map_err(Error::vendor("search the Stripe customer"))?
+                {
+                    Some(c) => c,
+                    None => client
+                        .create_customer(
+                            &uid,
+                            &format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
+                        )
+                        .await
+                        .map_err(Error::vendor("create the Stripe customer"))?,
+                },
+            };
+            progress.status.customer_id = Some(c.id.clone());
+            persist(ctx, obj, progress).await?;
+            c
+        }
+    };
+    details(obj, client, customer, &uid).await
+}
+
+async fn read(client: &Stripe, id: &str) -> Result<Customer, Error> {
+    client
+        .customer(id)
+        .await
+        .map_err(Error::vendor("read the Stripe customer"))?
+        .ok_or_else(|| {
+            Error::permanent(
+                reason::EXTERNAL_NOT_FOUND,
+                format!("Stripe customer {id} no longer exists"),
+            )
+        })
+}
+
+/// Refuses a customer another object owns (`tagged_only`: also one that carries no owner).
+fn owned_by(c: &Customer, uid: &str, tagged_only: bool) -> Result<(), Error> {
+    match c.owner() {
+        Some(o) if o == uid => Ok(()),
+        None if !tagged_only => Ok(()),
+        _ => Err(Error::permanent(
+            reason::OWNED_BY_ANOTHER,
+            format!("Stripe customer {} belongs to another object", c.id),
+        )),
+    }
+}
+
+/// An existing customer, attached by ID.
+async fn attach(
+    obj: &Subscription,
+    ctx: &Context,
+    client: &Stripe,
+    pc: &ProviderConfig,
+    id: &str,
+) -> Result<Customer, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    if !vendor::adoption_allowed(pc, &ns) {
+        return Err(Error::permanent(
+            reason::ADOPTION_NOT_ALLOWED,
+            format!(
+                "ProviderConfig {:?} does not let namespace {ns:?} attach existing customers (spec.adoption.allowedNamespaces)",
+                pc.name_any()
+            ),
+        ));
+    }
+    if let Some(other) = claimed_by_older(obj, ctx, id)? {
+        return Err(Error::permanent(
+            reason::CLAIMED_BY_ANOTHER,
+            format!("Stripe customer {id} is already claimed by Subscription {other}"),
+        ));
+    }
+    let c = read(client, id).await?;
+    owned_by(&c, &obj.uid().unwrap_or_default(), false)?;
+    Ok(c)
+}
+
+/// The older Subscription (`namespace/name`) that also names customer `id`, if any: one customer is
+/// claimed by one object at most, the oldest.
+fn claimed_by_older(obj: &Subscription, ctx: &Context, id: &str) -> Result<Option<String>, Error> {
+    let key = |s: &Subscription| {
+        (
+            s.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            s.uid(),
+        )
+    };
+    let mine = key(obj);
+    Ok(ctx
+        .caches()?
+        .subscriptions
+        .state()
+        .iter()
+        .filter(|s| s.uid() != obj.uid())
+        .filter(|s| {
+            s.spec.customer_id.as_deref() == Some(id)
+                || s.status.as_ref().and_then(|st| st.customer_id.as_deref()) == Some(id)
+        })
+        .filter(|s| key(s) < mine)
+        .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
+        .next())
+}
+
+/// Brings the customer's e-mail and name (and the owner tag, for an attached one) to the spec's.
+async fn details(
+    obj: &Subscription,
+    client: &Stripe,
+    c: Customer,
+    uid: &str,
+) -> Result<Customer, Error> {
+    let want = obj.spec.customer.as_ref();
+    let email = want.map(|w| w.email.as_str());
+    let name = want.and_then(|w| w.name.as_deref());
+    let stale = email.is_some_and(|e| c.email.as_deref() != Some(e))
+        || name.is_some_and(|n| c.name.as_deref() != Some(n))
+        || c.owner() != Some(uid);
+    if !stale {
+        return Ok(c);
+    }
+    client
+        .update_customer(
+            uid,
+            obj.metadata.generation.unwrap_or(0),
+            &c.id,
+            email,
+            name,
+        )
+        .await
+        .map_err(Error::vendor("update the Stripe customer"))
+}

@@ -1,0 +1,367 @@
+//! The Subscription reconciler: a Stripe customer and one subscription per object, on the plan (or raw
+//! price) the spec names, kept there.
+//!
+//! - **Exactly one customer and one subscription**, whatever crashes in between: the customer's create
+//!   has parameters that never change for the object (so a retry within Stripe's 24 hours replays the
+//!   first answer) and is preceded by a search by the object's UID (which finds it after that); the
+//!   subscription is looked for in the list of its customer's subscriptions (current the moment a create
+//!   returns) before it is created. Each ID is persisted in status as soon as it is known.
+//! - **Changes**: a plan, price or quantity change updates the subscription's item with the spec's
+//!   `prorationBehavior`; `cancelAtPeriodEnd` follows the spec.
+//! - **Status**: Stripe's status, the current period, the latest invoice. `active` and `trialing` are
+//!   Ready; `incomplete`, `past_due` and `unpaid` are `Ready=False` `PaymentFailed`; `canceled` and
+//!   `incomplete_expired` are terminal, `Stalled`, never recreated (a new subscription charges again:
+//!   create a new object to subscribe again).
+//! - **Revenue**: paid invoices become ledger payments of the Project it entitles ([`revenue`]).
+//! - **Deletion** (`deletionPolicy`): `Cancel` cancels now, `CancelAtPeriodEnd` keeps the object
+//!   Terminating with `status.endsAt` until the period ends, `Orphan` leaves it running.
+//! - Stripe's webhooks (see `crate::webhooks`) only wake the object: state is always read back from Stripe.
+
+pub mod customer;
+pub mod plan;
+pub mod revenue;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::framework::{Cleanup, Outcome, Progress, Reconciler, persist};
+use super::{Context, Error, vendor};
+use crate::cloud::stripe::{Stripe, Subscription as StripeSub};
+use crate::crd::conditions::{Health, reason};
+use crate::crd::subscription::InvoiceSummary;
+use crate::crd::{Project, Subscription, SubscriptionDeletionPolicy, SubscriptionStatus};
+
+/// Reconciles Subscriptions.
+pub struct SubscriptionReconciler;
+
+/// Stripe statuses that end a subscription for good.
+const TERMINAL: [&str; 2] = ["canceled", "incomplete_expired"];
+
+fn rfc3339(t: i64) -> Option<String> {
+    jiff::Timestamp::from_second(t).ok().map(|t| t.to_string())
+}
+
+async fn client_for(
+    obj: &Subscription,
+    ctx: &Context,
+) -> Result<(vendor::Resolved, Arc<Stripe>), Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let r = vendor::resolve(ctx, &obj.spec.provider_config_ref.name, &ns).await?;
+    let c = ctx.providers.stripe(ctx, &r).await?;
+    Ok((r, c))
+}
+
+/// The subscription `obj` made: by its ID in status, else in its customer's list (tagged with its UID),
+/// else created now; the ID is persisted as soon as it is known.
+async fn ensure(
+    obj: &Subscription,
+    ctx: &Context,
+    client: &Stripe,
+    customer: &str,
+    wanted: &plan::Wanted,
+    progress: &mut Progress<SubscriptionStatus>,
+) -> Result<StripeSub, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    if let Some(id) = progress.status.subscription_id.clone() {
+        return client
+            .subscription(&id)
+            .await
+            .map_err(Error::vendor("read the Stripe subscription"))?
+            .ok_or_else(|| {
+                Error::permanent(
+                    reason::EXTERNAL_NOT_FOUND,
+                    format!("Stripe subscription {id} no longer exists"),
+                )
+            });
+    }
+    let earlier = client
+        .subscriptions_of(customer)
+        .await
+        .map_err(Error::vendor("list the customer's subscriptions"))?
+        .into_iter()
+        .find(|s| s.owner.as_deref() == Some(uid.as_str()));
+    let sub = match earlier {
+        Some(s) => s,
+        None => {
+            let mut items = vec![(wanted.price.clone(), Some(obj.spec.quantity))];
+            items.extend(wanted.metered.iter().map(|p| (p.clone(), None)));
+            client
+                .create_subscription(&uid, customer, &items, obj.spec.trial_days)
+                .await
+                .map_err(Error::vendor("create the Stripe subscription"))?
+        }
+    };
+    progress.status.subscription_id = Some(sub.id.clone());
+    persist(ctx, obj, progress).await?;
+    Ok(sub)
+}
+
+/// Brings a live subscription to the spec: the licensed item's price and quantity, then
+/// `cancel_at_period_end`.
+async fn converge(
+    obj: &Subscription,
+    client: &Stripe,
+    wanted: &plan::Wanted,
+    sub: StripeSub,
+) -> Result<StripeSub, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    let generation = obj.metadata.generation.unwrap_or(0);
+    let mut sub = sub;
+    // The licensed item: the one that is not one of the plan's metered prices.
+    let item = sub
+        .items
+        .iter()
+        .find(|i| !wanted.metered.contains(&i.price))
+        .cloned();
+    if let Some(item) = item
+        && (item.price != wanted.price || item.quantity != Some(i64::from(obj.spec.quantity)))
+    {
+        sub = client
+            .update_item(
+                &uid,
+                generation,
+                &sub.id,
+                &item.id,
+                &wanted.price,
+                obj.spec.quantity,
+                obj.spec.proration_behavior.as_stripe(),
+            )
+            .await
+            .map_err(Error::vendor("change the Stripe subscription's plan"))?;
+    }
+    if sub.cancel_at_period_end != obj.spec.cancel_at_period_end {
+        sub = client
+            .cancel_at_period_end(&uid, generation, &sub.id, obj.spec.cancel_at_period_end)
+            .await
+            .map_err(Error::vendor("set the subscription's cancel_at_period_end"))?;
+    }
+    Ok(sub)
+}
+
+/// Records what Stripe says of the subscription in status.
+fn observe(st: &mut SubscriptionStatus, sub: &StripeSub) {
+    st.stripe_status = Some(sub.status.clone());
+    st.current_period_start = rfc3339(sub.current_period.0);
+    st.current_period_end = rfc3339(sub.current_period.1);
+    st.cancel_at_period_end = sub.cancel_at_period_end;
+    st.ends_at = match sub.ended_at {
+        Some(t) => rfc3339(t),
+        None if sub.cancel_at_period_end => rfc3339(sub.current_period.1),
+        None => None,
+    };
+    if sub.status == "past_due" {
+        if st.past_due_since.is_none() {
+            st.past_due_since = Some(super::framework::now());
+        }
+    } else {
+        st.past_due_since = None;
+    }
+}
+
+/// The latest invoice in status, and paid invoices credited to the Project as revenue. Invoices are
+/// read only when the latest one is new or not final yet.
+async fn invoices(
+    obj: &Subscription,
+    ctx: &Context,
+    client: &Stripe,
+    sub: &StripeSub,
+    st: &mut SubscriptionStatus,
+) -> Result<(), Error> {
+    let Some(latest) = &sub.latest_invoice else {
+        return Ok(());
+    };
+    let known = st
+        .latest_invoice
+        .as_ref()
+        .filter(|i| i.id.as_ref() == Some(latest));
+    if known.is_some_and(|i| matches!(i.status.as_deref(), Some("paid" | "void" | "uncollectible")))
+    {
+        return Ok(());
+    }
+    let recent = client
+        .invoices(&sub.id, 10)
+        .await
+        .map_err(Error::vendor("list the subscription's invoices"))?;
+    if let Some(inv) = recent.iter().find(|i| &i.id == latest) {
+        st.latest_invoice = Some(InvoiceSummary {
+            id: Some(inv.id.clone()),
+            status: inv.status.clone(),
+            amount_due: Some(revenue::display_amount(inv.amount_due, &inv.currency)),
+            currency: Some(inv.currency.to_ascii_uppercase()),
+            hosted_invoice_url: inv.hosted_invoice_url.clone(),
+        });
+    }
+    credit_paid(obj, ctx, &recent).await
+}
+
+/// Paid invoices as payments of the entitled Project (once each: keyed by invoice).
+async fn credit_paid(
+    obj: &Subscription,
+    ctx: &Context,
+    recent: &[crate::cloud::stripe::Invoice],
+) -> Result<(), Error> {
+    let (Some(ledger), Some(p)) = (&ctx.ledger, &obj.spec.project_ref) else {
+        return Ok(());
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let Some(project) = ctx
+        .caches()?
+        .projects
+        .get(&ObjectRef::<Project>::new(&p.name).within(&ns))
+    else {
+        return Ok(());
+    };
+    let uid = project.uid().unwrap_or_default();
+    let payer = revenue::Payer {
+        namespace: &ns,
+        project: &p.name,
+        project_uid: &uid,
+    };
+    for c in recent.iter().filter_map(|i| revenue::payment(i, &payer)) {
+        ledger.credit(&c).await?;
+    }
+    Ok(())
+}
+
+/// The object's health from Stripe's status, and when to look again (the period's end at the latest).
+fn health(sub: &StripeSub, label: &str) -> Outcome {
+    let end = rfc3339(sub.current_period.1).unwrap_or_default();
+    let h = match sub.status.as_str() {
+        "active" | "trialing" => Health::ready(format!("{} on {label} until {end}", sub.status)),
+        "incomplete" | "past_due" | "unpaid" => Health::not_ready(
+            reason::PAYMENT_FAILED,
+            format!(
+                "Stripe subscription {} is {}: the customer's payment failed or is due",
+                sub.id, sub.status
+            ),
+        ),
+        "paused" => Health::not_ready(
+            reason::SUBSCRIPTION_PAUSED,
+            format!("Stripe subscription {} is paused", sub.id),
+        ),
+        s if TERMINAL.contains(&s) => Health::stalled(
+            reason::SUBSCRIPTION_ENDED,
+            format!(
+                "Stripe subscription {} is {s} for good; it is not recreated (that would charge again): create a new Subscription to subscribe again",
+                sub.id
+            ),
+        ),
+        other => Health::not_ready(reason::PROGRESSING, format!("Stripe status {other:?}")),
+    };
+    let mut o = Outcome::new(h);
+    let left = sub.current_period.1 - jiff::Timestamp::now().as_second();
+    if left > 0 {
+        o.resync_at_most = Some(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 5));
+    }
+    o
+}
+
+/// The Subscriptions a Stripe event concerns: by the UID in the Stripe object's metadata, else by the
+/// subscription or customer ID they recorded.
+pub fn concerned(
+    all: &kube::runtime::reflector::Store<Subscription>,
+    h: &crate::webhooks::StripeHint,
+) -> Vec<ObjectRef<Subscription>> {
+    all.state()
+        .iter()
+        .filter(|s| {
+            let st = s.status.as_ref();
+            (h.uid.is_some() && s.uid() == h.uid)
+                || (h.subscription.is_some()
+                    && st.and_then(|st| st.subscription_id.as_ref()) == h.subscription.as_ref())
+                || (h.customer.is_some()
+                    && st.and_then(|st| st.customer_id.as_ref()) == h.customer.as_ref())
+        })
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+impl Reconciler<Subscription> for SubscriptionReconciler {
+    async fn apply(
+        &self,
+        obj: Arc<Subscription>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SubscriptionStatus>,
+    ) -> Result<Outcome, Error> {
+        let (r, client) = client_for(&obj, &ctx).await?;
+        let wanted = plan::wanted(&obj.spec, &r.config)
+            .map_err(|m| Error::permanent(reason::UNKNOWN_PLAN, m))?;
+        let customer = customer::ensure(&obj, &ctx, &client, &r.config, progress).await?;
+        let sub = ensure(&obj, &ctx, &client, &customer.id, &wanted, progress).await?;
+        let sub = if TERMINAL.contains(&sub.status.as_str()) {
+            sub
+        } else {
+            converge(&obj, &client, &wanted, sub).await?
+        };
+        let st = &mut progress.status;
+        st.plan = Some(wanted.label.clone());
+        observe(st, &sub);
+        invoices(&obj, &ctx, &client, &sub, st).await?;
+        Ok(health(&sub, &wanted.label))
+    }
+
+    async fn cleanup(
+        &self,
+        obj: Arc<Subscription>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<SubscriptionStatus>,
+    ) -> Result<Cleanup, Error> {
+        let policy = obj.spec.deletion_policy;
+        if policy == SubscriptionDeletionPolicy::Orphan {
+            return Ok(Cleanup::Done);
+        }
+        let Some(customer) = progress.status.customer_id.clone() else {
+            // No customer was ever recorded: nothing was subscribed.
+            return Ok(Cleanup::Done);
+        };
+        let (_, client) = client_for(&obj, &ctx).await?;
+        let uid = obj.uid().unwrap_or_default();
+        // What it made, by ID or (an answer lost before the ID was written) by its tag.
+        let subs: Vec<StripeSub> = client
+            .subscriptions_of(&customer)
+            .await
+            .map_err(Error::vendor("list the customer's subscriptions"))?
+            .into_iter()
+            .filter(|s| s.owner.as_deref() == Some(uid.as_str()))
+            .filter(|s| !TERMINAL.contains(&s.status.as_str()))
+            .collect();
+        let mut wait_until = None;
+        for s in subs {
+            if policy == SubscriptionDeletionPolicy::Cancel {
+                client
+                    .cancel_now(&s.id)
+                    .await
+                    .map_err(Error::vendor("cancel the Stripe subscription"))?;
+                continue;
+            }
+            let s = if s.cancel_at_period_end {
+                s
+            } else {
+                let generation = obj.metadata.generation.unwrap_or(0);
+                client
+                    .cancel_at_period_end(&uid, generation, &s.id, true)
+                    .await
+                    .map_err(Error::vendor("cancel the subscription at its period's end"))?
+            };
+            observe(&mut progress.status, &s);
+            wait_until = Some(s.current_period.1);
+        }
+        match wait_until {
+            None => Ok(Cleanup::Done),
+            Some(end) => {
+                let left = (end - jiff::Timestamp::now().as_second()).max(0);
+                Ok(Cleanup::Wait {
+                    message: format!(
+                        "the Stripe subscription ends at its period's end, {}; the object stays until then",
+                        rfc3339(end).unwrap_or_default()
+                    ),
+                    requeue_after: Duration::from_secs(u64::try_from(left).unwrap_or(0) + 5)
+                        .min(ctx.config.resync_interval),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Subscriptions on the real local API server against `quartermaster sim`'s Stripe subset, with the sim's
+//! signed webhooks going to the controller's `/webhooks/stripe`: create → active with revenue in the
+//! ledger, a plan change with proration, cancel at the period's end, an unknown plan, a failed payment
+//! and its recovery, a crash between Stripe's answer and the status write, deletion policies, and the
+//! webhook endpoint's refusals and deduplication.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{ProviderConfig, Subscription};
+
+const WAIT: Duration = Duration::from_secs(60);
+const SECRET: &str = "whsec_test_secret";
+const MONTH: i64 = 30 * 86_400;
+
+struct StripeEnv {
+    client: kube::Client,
+    ns: String,
+    id: String,
+    pc: String,
+    sim: common::SimHandle,
+    ledger: quartermaster::ledger::Ledger,
+    metrics: quartermaster::metrics::Metrics,
+    hook_url: String,
+    _db: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A namespace, the simulator (webhooks to an endpoint served for the controller), a `stripe`
+/// ProviderConfig with plans basic and pro, a Project, and (when `controller`) the controller.
+async fn stripe_env(prefix: &str, controller: bool) -> StripeEnv {
+    let client = common::client().await;
+    let ns = common::namespace(&client, prefix).await;
+    let id = common::unique(prefix);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/webhooks/stripe", listener.local_addr().unwrap());
+    let url = hook_url.clone();
+    let sim = common::start_sim(move |c| {
+        c.stripe_webhook_url = Some(url);
+        c.stripe_webhook_secret = Some(SECRET.into());
+    })
+    .await;
+    common::secret(&client, &ns, "stripe", "secretKey", "sk_test_123").await;
+    let pc = format!("{id}-stripe");
+    let doc = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": pc, "labels": {"qm-test": id}},
+        "spec": {"type": "stripe", "endpoint": sim.url,
+                 "credentialsSecretRef": {"name": "stripe", "namespace": ns, "key": "secretKey"},
+                 "plans": [{"name": "basic", "priceID": "price_basic"},
+                           {"name": "pro", "priceID": "price_pro",
+                            "metered": [{"meter": "vm_seconds", "priceID": "price_vm_hours",
+                                         "eventName": "vm_hours", "divisor": 3600}]}]},
+    });
+    Api::<ProviderConfig>::all(client.clone())
+        .patch(
+            &pc,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&doc),
+        )
+        .await
+        .unwrap();
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(client.clone(), &ns);
+    let project = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": "acme", "labels": {"qm-test": id}}, "spec": {"currency": "USD"},
+    });
+    projects
+        .patch(
+            "acme",
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&project),
+        )
+        .await
+        .unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&db).await;
+    let mut e = StripeEnv {
+        client,
+        ns,
+        id,
+        pc,
+        sim,
+        ledger,
+        metrics: quartermaster::metrics::Metrics::new(),
+        hook_url,
+        _db: db,
+        stop: None,
+    };
+    if controller {
+        e.start_controller(listener);
+    }
+    e
+}
+
+impl StripeEnv {
+    /// Starts the controller, serving its Stripe webhook endpoint on `listener`.
+    fn start_controller(&mut self, listener: tokio::net::TcpListener) {
+        let ledger = self.ledger.clone();
+        let (metrics, stop) = common::start_controller_full(
+            self.client.clone(),
+            &self.id,
+            Some(self.ledger.clone()),
+            |c| c.vendor_timeout = Duration::from_secs(2),
+            move |ctx| {
+                let waker = ctx.clone();
+                let hook = quartermaster::webhooks::StripeHook::new(
+                    ledger,
+                    vec![SECRET.as_bytes().to_vec()],
+                    300,
+                    ctx.metrics.clone(),
+                    Box::new(move |h| waker.stripe_event(h)),
+                );
+                let router = quartermaster::webhooks::router(None, Some(Arc::new(hook)));
+                tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+            },
+        );
+        self.metrics = metrics;
+        self.stop = Some(stop);
+    }
+
+    fn subs(&self) -> Api<Subscription> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn apply(&self, name: &str, spec: serde_json::Value) {
+        let mut s = serde_json::json!({"providerConfigRef": {"name": self.pc},
+                                        "projectRef": {"name": "acme"}});
+        common::env::merge(&mut s, spec);
+        let doc = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Subscription",
+            "metadata": {"name": name, "labels": {"qm-test": self.id}}, "spec": s});
+        self.subs()
+            .patch(
+                name,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&doc),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn wait(&self, name: &str, type_: &str, reason: &str) -> Subscription {
+        let subs = self.subs();
+        common::eventually(WAIT, &format!("{name} {type_} {reason}"), || async {
+            let s = subs.get(name).await.ok()?;
+            let st = s.status.as_ref()?;
+            let c = conditions::find(&st.conditions, type_)?;
+            (c.status == ConditionStatus::True
+                && c.reason == reason
+                && st.observed_generation == s.metadata.generation)
+                .then_some(s)
+        })
+        .await
+    }
+
+    /// Waits until the object's Stripe status is `status`.
+    async fn wait_stripe(&self, name: &str, status: &str) -> Subscription {
+        let subs = self.subs();
+        common::eventually(WAIT, &format!("{name} Stripe status {status}"), || async {
+            let s = subs.get(name).await.ok()?;
+            (s.status.as_ref()?.stripe_status.as_deref() == Some(status)).then_some(s)
+        })
+        .await
+    }
+
+    async fn state(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_sim/stripe/state", self.sim.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn control(&self, path: &str, body: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/_sim/stripe/{path}", self.sim.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    /// The sim's customers and subscriptions that carry `uid`.
+    async fn owned(&self, uid: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let s = self.state().await;
+        let of = |k: &str| {
+            s[k].as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["metadata"]["quartermaster_uid"] == uid)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        (of("customers"), of("subscriptions"))
+    }
+
+    async fn payments(&self) -> Vec<(String, i64)> {
+        let uid = common::project_uid(&self.client, &self.ns, "acme").await;
+        let p = quartermaster::ledger::store::ProjectRef {
+            namespace: &self.ns,
+            name: "acme",
+            uid: &uid,
+        };
+        self.ledger
+            .credits(&p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.external_ref, c.amount_nanos))
+            .collect()
+    }
+}
+
+/// Create → active (one customer, one subscription, the paid invoice credited once as revenue), a plan
+/// change invoiced with proration, cancel at the period's end, and the period's end seen through the
+/// webhook: canceled, terminal, never recreated.
+#[tokio::test]
+async fn create_change_plan_and_cancel_at_period_end() {
+    let e = stripe_env("stripesub", true).await;
+    // Each apply sends the whole spec (server-side apply drops what the manager leaves out).
+    let spec = |plan: &str, cancel: bool| {
+        serde_json::json!({"plan": plan, "customer": {"email": "billing@acme.example"},
+                           "prorationBehavior": "AlwaysInvoice", "cancelAtPeriodEnd": cancel})
+    };
+    e.apply("team", spec("basic", false)).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let st = s.status.clone().unwrap();
+    assert_eq!(st.stripe_status.as_deref(), Some("active"));
+    assert_eq!(st.plan.as_deref(), Some("basic"));
+    let inv = st.latest_invoice.clone().unwrap();
+    assert_eq!(
+        (inv.status.as_deref(), inv.amount_due.as_deref()),
+        (Some("paid"), Some("10.00"))
+    );
+    let uid = s.metadata.uid.clone().unwrap();
+    let (customers, subs) = e.owned(&uid).await;
+    assert_eq!((customers.len(), subs.len()), (1, 1));
+    assert_eq!(customers[0]["email"], "billing@acme.example");
+    assert_eq!(st.customer_id.as_deref(), customers[0]["id"].as_str());
+    assert_eq!(st.subscription_id.as_deref(), subs[0]["id"].as_str());
+    assert_eq!(
+        e.payments().await,
+        [(inv.id.clone().unwrap(), 10_000_000_000)]
+    );
+
+    // Plan change: the item moves to the pro price, invoiced now with proration.
+    e.apply("team", spec("pro", false)).await;
+    common::eventually(WAIT, "the subscription on price_pro", || async {
+        let (_, subs) = e.owned(&uid).await;
+        (subs[0]["items"]["data"][0]["price"]["id"] == "price_pro").then_some(())
+    })
+    .await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    assert_eq!(s.status.as_ref().unwrap().plan.as_deref(), Some("pro"));
+    let payments = common::eventually(WAIT, "the proration paid and credited", || async {
+        let p = e.payments().await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    assert!(
+        payments[1].1 > 39_000_000_000 && payments[1].1 <= 40_000_000_000,
+        "about 40.00 prorated over the rest of the month: {payments:?}"
+    );
+
+    // Cancel at the period's end: shown, then ended by Stripe when the period ends.
+    e.apply("team", spec("pro", true)).await;
+    let s = common::eventually(WAIT, "cancelAtPeriodEnd in status", || async {
+        let s = e.subs().get("team").await.ok()?;
+        let st = s.status.as_ref()?;
+        (st.cancel_at_period_end && st.ends_at.is_some()).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        s.status.as_ref().unwrap().ends_at,
+        s.status.as_ref().unwrap().current_period_end
+    );
+    e.control("advance", serde_json::json!({"seconds": MONTH + 60}))
+        .await;
+    // The webhook wakes the object long before its resync.
+    e.wait("team", conditions::STALLED, "SubscriptionEnded")
+        .await;
+    let (customers, subs) = e.owned(&uid).await;
+    assert_eq!((customers.len(), subs.len()), (1, 1), "never recreated");
+    assert_eq!(subs[0]["status"], "canceled");
+    let handled = e
+        .metrics
+        .stripe_events
+        .with_label_values(&["customer.subscription.deleted"])
+        .get();
+    assert_eq!(handled, 1);
+}
+
+/// An unknown plan stalls with the plans the ProviderConfig knows, and touches nothing at Stripe.
+#[tokio::test]
+async fn an_unknown_plan_stalls_with_the_known_ones() {
+    let e = stripe_env("stripeplan", true).await;
+    e.apply("gold", serde_json::json!({"plan": "gold"})).await;
+    let s = e.wait("gold", conditions::STALLED, "UnknownPlan").await;
+    let c = conditions::find(&s.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap();
+    assert!(c.message.contains("basic, pro"), "{}", c.message);
+    let state = e.state().await;
+    assert!(state["customers"].as_array().unwrap().is_empty());
+}
+
+/// A failed renewal makes the subscription past_due (Ready=False PaymentFailed, when it became so
+/// recorded); paying recovers it. Both seen through webhooks.
+#[tokio::test]
+async fn a_failed_payment_and_its_recovery() {
+    let e = stripe_env("stripedue", true).await;
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let customer = s.status.unwrap().customer_id.unwrap();
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": true}),
+    )
+    .await;
+    e.control("advance", serde_json::json!({"seconds": MONTH + 60}))
+        .await;
+    let s = e.wait_stripe("team", "past_due").await;
+    let st = s.status.unwrap();
+    assert!(st.past_due_since.is_some());
+    let ready = conditions::find(&st.conditions, conditions::READY).unwrap();
+    assert_eq!(
+        (ready.status, ready.reason.as_str()),
+        (ConditionStatus::False, "PaymentFailed")
+    );
+    assert_eq!(
+        st.latest_invoice.unwrap().status.as_deref(),
+        Some("open"),
+        "the renewal's invoice is open"
+    );
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": false}),
+    )
+    .await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.stripe_status.as_deref(), Some("active"));
+    assert!(st.past_due_since.is_none());
+    // Two paid invoices (creation and the recovered renewal), each credited once.
+    let p = common::eventually(WAIT, "both payments credited", || async {
+        let p = e.payments().await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    assert!(p.iter().all(|(_, n)| *n == 10_000_000_000), "{p:?}");
+}
+
+/// The controller killed between Stripe's answers and the status write: what the earlier attempt made
+/// (a customer and a subscription tagged with the object's UID) is found, not made again.
+#[tokio::test]
+async fn a_crash_before_the_status_write_leaves_one_customer_and_one_subscription() {
+    let mut e = stripe_env("stripecrash", false).await;
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let uid = common::eventually(WAIT, "the object's UID", || async {
+        e.subs().get("team").await.ok()?.metadata.uid
+    })
+    .await;
+    // The earlier attempt, as the controller makes it.
+    let stripe = quartermaster::cloud::stripe::Stripe::new(
+        quartermaster::http::HttpClient::new("stripe", Default::default()),
+        Some(&e.sim.url),
+        "sk_test_123",
+    );
+    let c = stripe
+        .create_customer(&uid, &format!("{}/team", e.ns))
+        .await
+        .unwrap();
+    let sub = stripe
+        .create_subscription(&uid, &c.id, &[("price_basic".into(), Some(1))], None)
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(
+        e.hook_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/webhooks/stripe"),
+    )
+    .await
+    .unwrap();
+    e.start_controller(listener);
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.customer_id.as_deref(), Some(c.id.as_str()));
+    assert_eq!(st.subscription_id.as_deref(), Some(sub.id.as_str()));
+    let (customers, subs) = e.owned(&uid).await;
+    assert_eq!((customers.len(), subs.len()), (1, 1));
+}
+
+/// Deletion: `Cancel` cancels now; `CancelAtPeriodEnd` keeps the object Terminating with its end date
+/// until the period ends.
+#[tokio::test]
+async fn deletion_cancels_now_or_at_the_periods_end() {
+    let e = stripe_env("stripedel", true).await;
+    e.apply("now", serde_json::json!({"plan": "basic"})).await;
+    e.apply(
+        "later",
+        serde_json::json!({"plan": "basic", "deletionPolicy": "CancelAtPeriodEnd"}),
+    )
+    .await;
+    let now = e.wait("now", conditions::READY, "Reconciled").await;
+    let later = e.wait("later", conditions::READY, "Reconciled").await;
+    for n in ["now", "later"] {
+        e.subs().delete(n, &DeleteParams::default()).await.unwrap();
+    }
+    common::eventually(WAIT, "'now' gone", || async {
+        e.subs().get_opt("now").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let (_, subs) = e.owned(now.metadata.uid.as_deref().unwrap()).await;
+    assert_eq!(subs[0]["status"], "canceled");
+    let s = common::eventually(WAIT, "'later' Terminating with its end", || async {
+        let s = e.subs().get_opt("later").await.ok()??;
+        let st = s.status.as_ref()?;
+        (st.cancel_at_period_end && st.ends_at.is_some()).then_some(s)
+    })
+    .await;
+    assert!(s.metadata.deletion_timestamp.is_some());
+    let (_, subs) = e.owned(later.metadata.uid.as_deref().unwrap()).await;
+    assert_eq!(subs[0]["status"], "active", "still running until its end");
+    e.control("advance", serde_json::json!({"seconds": MONTH + 60}))
+        .await;
+    common::eventually(WAIT, "'later' gone after its period", || async {
+        e.subs()
+            .get_opt("later")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// The endpoint: a bad signature, a stale one or an altered body is refused with no side effect; an
+/// event is handled once however often it is delivered; unknown types are accepted and ignored.
+#[tokio::test]
+async fn the_webhook_endpoint_refuses_bad_signatures_and_handles_an_event_once() {
+    let e = stripe_env("stripehook", true).await;
+    e.wait_provider_ready().await;
+    let http = reqwest::Client::new();
+    let send = |body: String, t: i64, secret: &str| {
+        let sig =
+            quartermaster::cloud::stripe_signature::sign(secret.as_bytes(), t, body.as_bytes());
+        http.post(&e.hook_url)
+            .header("stripe-signature", format!("t={t},v1={sig}"))
+            .body(body)
+            .send()
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let event = |id: &str, kind: &str| {
+        serde_json::json!({"id": id, "type": kind,
+            "data": {"object": {"id": "sub_x", "customer": "cus_x", "metadata": {}}}})
+        .to_string()
+    };
+    let body = event("evt_test_1", "customer.subscription.updated");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(send(body.clone(), now, "whsec_wrong").await.unwrap()),
+        400
+    );
+    assert_eq!(
+        status(send(body.clone(), now - 3600, SECRET).await.unwrap()),
+        400
+    );
+    let sig = quartermaster::cloud::stripe_signature::sign(SECRET.as_bytes(), now, body.as_bytes());
+    let altered = body.replace("sub_x", "sub_y");
+    let r = http
+        .post(&e.hook_url)
+        .header("stripe-signature", format!("t={now},v1={sig}"))
+        .body(altered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(&e.hook_url)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "no signature");
+    let refused = e
+        .metrics
+        .webhook_refusals
+        .with_label_values(&["stripe"])
+        .get();
+    assert_eq!(refused, 4);
+    // Valid: handled once, then recognised as a redelivery.
+    for expect in ["handled", "already handled"] {
+        let r = send(body.clone(), now, SECRET).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(expect), "{text}");
+    }
+    let r = send(event("evt_test_2", "charge.refunded"), now, SECRET)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("ignored"));
+    let handled = e
+        .metrics
+        .stripe_events
+        .with_label_values(&["customer.subscription.updated"])
+        .get();
+    assert_eq!(handled, 1);
+}
+
+impl StripeEnv {
+    /// The controller is running (its ProviderConfig verified), so webhooks are handled, not deferred.
+    async fn wait_provider_ready(&self) {
+        let pcs: Api<ProviderConfig> = Api::all(self.client.clone());
+        common::eventually(WAIT, "the Stripe ProviderConfig Ready", || async {
+            let pc = pcs.get(&self.pc).await.ok()?;
+            let st = pc.status?;
+            let c = conditions::find(&st.conditions, conditions::READY)?;
+            (c.status == ConditionStatus::True).then_some(())
+        })
+        .await;
+    }
+}
