@@ -526,3 +526,147 @@ impl StripeEnv {
         .await;
     }
 }
+
+/// The entitlement gate: a payment failure makes the subscription past_due; within the grace period
+/// nothing changes; after it the Project is `SubscriptionInactive` and (`onEntitlementLost: Stop`) its
+/// VM is stopped and its SIM disabled, their specs untouched; the invoice paid, both come back.
+#[tokio::test]
+async fn a_lost_entitlement_stops_the_projects_vm_and_sim_until_paid() {
+    use quartermaster::crd::{Project, SimCard, VirtualMachine};
+    let e = stripe_env("stripegate", true).await;
+    let sim_url = e.sim.url.clone();
+    common::secret(&e.client, &e.ns, "do-token", "token", "t").await;
+    let do_pc = format!("{}-do", e.id);
+    common::do_provider_config(&e.client, &e.id, &do_pc, &e.ns, &sim_url, &[]).await;
+    common::secret(
+        &e.client,
+        &e.ns,
+        "onence",
+        "credentials",
+        r#"{"clientId":"1","clientSecret":"s"}"#,
+    )
+    .await;
+    let iccid = quartermaster::sim::onence::FIRST_ICCID.to_string();
+    let iot_pc = format!("{}-iot", e.id);
+    let doc = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": iot_pc, "labels": {"qm-test": e.id}},
+        "spec": {"type": "onence", "endpoint": sim_url,
+                 "credentialsSecretRef": {"name": "onence", "namespace": e.ns, "key": "credentials"},
+                 "simClaims": [{"namespaces": [e.ns], "iccids": [iccid]}]},
+    });
+    let ssa = PatchParams::apply("quartermaster-tests").force();
+    Api::<ProviderConfig>::all(e.client.clone())
+        .patch(&iot_pc, &ssa, &Patch::Apply(&doc))
+        .await
+        .unwrap();
+    let project = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": "acme", "labels": {"qm-test": e.id}},
+        "spec": {"currency": "USD", "subscriptionRef": {"name": "team"},
+                 "onEntitlementLost": "Stop", "pastDueGraceSeconds": 4},
+    });
+    let projects: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    projects
+        .patch("acme", &ssa, &Patch::Apply(&project))
+        .await
+        .unwrap();
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let customer = s.status.unwrap().customer_id.unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(e.client.clone(), &e.ns);
+    let vm = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "web", "labels": {"qm-test": e.id}},
+        "spec": {"providerConfigRef": {"name": do_pc}, "projectRef": {"name": "acme"},
+                 "region": "fra1", "size": "s-1vcpu-1gb", "image": "debian-12-x64"},
+    });
+    vms.patch("web", &ssa, &Patch::Apply(&vm)).await.unwrap();
+    let sims: Api<SimCard> = Api::namespaced(e.client.clone(), &e.ns);
+    let card = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+        "metadata": {"name": "tracker", "labels": {"qm-test": e.id}},
+        "spec": {"providerConfigRef": {"name": iot_pc}, "projectRef": {"name": "acme"},
+                 "iccid": iccid},
+    });
+    sims.patch("tracker", &ssa, &Patch::Apply(&card))
+        .await
+        .unwrap();
+    let ready = |reason: &'static str, want: ConditionStatus| {
+        let (vms, sims) = (vms.clone(), sims.clone());
+        async move {
+            common::eventually(
+                WAIT,
+                &format!("VM and SIM Ready={want:?} {reason}"),
+                || async {
+                    let v = vms.get("web").await.ok()?;
+                    let s = sims.get("tracker").await.ok()?;
+                    let c1 = conditions::find(&v.status?.conditions, conditions::READY)?.clone();
+                    let c2 = conditions::find(&s.status?.conditions, conditions::READY)?.clone();
+                    (c1.status == want
+                        && c1.reason == reason
+                        && c2.status == want
+                        && c2.reason == reason)
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    ready("Reconciled", ConditionStatus::True).await;
+
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": true}),
+    )
+    .await;
+    e.control("advance", serde_json::json!({"seconds": MONTH + 60}))
+        .await;
+    e.wait_stripe("team", "past_due").await;
+    // Within grace: still entitled.
+    let p = common::eventually(WAIT, "the Project in its grace period", || async {
+        let p = projects.get("acme").await.ok()?;
+        let en = p.status.as_ref()?.entitlement.clone()?;
+        (en.entitled && en.grace_ends_at.is_some()).then_some(p)
+    })
+    .await;
+    assert!(
+        conditions::find(&p.status.unwrap().conditions, conditions::READY)
+            .is_some_and(|c| c.status == ConditionStatus::True)
+    );
+    // Grace over: stopped and disabled, specs as written.
+    ready("SubscriptionInactive", ConditionStatus::False).await;
+    let p = projects.get("acme").await.unwrap();
+    let c = conditions::find(&p.status.as_ref().unwrap().conditions, conditions::READY).unwrap();
+    assert_eq!(c.reason, "SubscriptionInactive");
+    let s = reqwest::get(format!("{sim_url}/_sim/stats")).await.unwrap();
+    assert!(s.status().is_success());
+    let droplets: serde_json::Value = reqwest::Client::new()
+        .get(format!("{sim_url}/v2/droplets"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(droplets["droplets"][0]["status"], "off");
+    let v = vms.get("web").await.unwrap();
+    assert_eq!(
+        v.spec.run_strategy,
+        Default::default(),
+        "runStrategy untouched"
+    );
+    assert!(
+        sims.get("tracker").await.unwrap().spec.enabled,
+        "enabled untouched"
+    );
+
+    // Paid: entitled again, both back.
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": false}),
+    )
+    .await;
+    ready("Reconciled", ConditionStatus::True).await;
+}

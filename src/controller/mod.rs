@@ -740,6 +740,26 @@ fn project_controller(
             Vec::new()
         }
     })
+    // A Subscription's Stripe status decides whether the Projects naming it are entitled.
+    .watches_shared_stream(feeds.subscriptions.subscribe(), {
+        let projects = caches.projects.clone();
+        move |sub| {
+            let ns = sub.namespace().unwrap_or_default();
+            let name = sub.name_any();
+            projects
+                .state()
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|p| {
+                    p.spec
+                        .subscription_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+                })
+                .map(|p| ObjectRef::from_obj(&**p))
+                .collect::<Vec<_>>()
+        }
+    })
     .watches_shared_stream(feeds.sims.subscribe(), |sim| {
         let ns = sim.namespace().unwrap_or_default();
         sim.spec

@@ -117,6 +117,8 @@ pub fn project_for_members(p: &Project) -> u64 {
         p.metadata.generation,
         p.metadata.deletion_timestamp.is_some(),
         super::project::policy::credit_stop(p).is_some(),
+        super::project::policy::new_block(p).is_some(),
+        super::project::policy::effective_limits(p),
     ))
 }
 

@@ -72,9 +72,19 @@ pub struct ProjectSpec {
     /// Limits on what the project may hold and spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ProjectLimits>,
-    /// The Subscription (same namespace) that entitles this project.
+    /// The Subscription (same namespace) that entitles this project. The project is entitled while it
+    /// is active or trialing, or past due within `pastDueGraceSeconds`; otherwise it is
+    /// `Ready=False` `SubscriptionInactive`, nothing new is created, and its members follow
+    /// `onEntitlementLost`. The plan's entitlements cap its limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_ref: Option<LocalObjectReference>,
+    /// What happens to the project's VMs and SIMs when its Subscription stops entitling it.
+    #[serde(default)]
+    pub on_entitlement_lost: EntitlementLostPolicy,
+    /// How long a past-due Subscription still entitles the project, in seconds (default 3 days).
+    #[serde(default = "default_grace")]
+    #[schemars(range(max = 31536000))]
+    pub past_due_grace_seconds: u32,
     /// What happens to the project's VMs when its credit balance reaches zero.
     #[serde(default)]
     pub on_credit_exhausted: CreditExhaustedPolicy,
@@ -83,12 +93,45 @@ pub struct ProjectSpec {
     pub deletion_policy: ProjectDeletionPolicy,
 }
 
+fn default_grace() -> u32 {
+    3 * 86_400
+}
+
+/// Policy when a Project's Subscription stops entitling it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EntitlementLostPolicy {
+    /// Stop the project's VMs and disable its SIMs (their declared runStrategy and `enabled` are left as
+    /// written) until the Subscription entitles it again.
+    Stop,
+    /// Only set a condition and emit an Event (nothing new is created either way).
+    #[default]
+    Notify,
+}
+
+/// Whether a Project's Subscription entitles it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntitlementStatus {
+    /// The Subscription.
+    pub subscription: String,
+    /// Whether it entitles the project now.
+    pub entitled: bool,
+    /// Why (its Stripe status, the grace period).
+    pub message: String,
+    /// RFC 3339 end of the past-due grace period, while in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ends_at: Option<String>,
+    /// The plan's limits (applied on top of `spec.limits`: the lower wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ProjectLimits>,
+}
+
 fn default_currency() -> String {
     "USD".into()
 }
 
 /// Limits on a project.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectLimits {
     /// Most VirtualMachines the project may have; VMs beyond it are not created.
@@ -170,5 +213,8 @@ pub struct ProjectStatus {
     /// Credit granted minus usage (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit_balance: Option<String>,
+    /// Whether `spec.subscriptionRef` entitles the project (unset without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entitlement: Option<EntitlementStatus>,
 }
 impl_object_status!(ProjectStatus);

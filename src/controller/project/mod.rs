@@ -13,13 +13,16 @@ use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
+pub mod entitlement;
 pub mod policy;
 
 use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
-use crate::crd::project::{CreditExhaustedPolicy, ProjectDeletionPolicy, ProjectMembers};
+use crate::crd::project::{
+    CreditExhaustedPolicy, EntitlementLostPolicy, ProjectDeletionPolicy, ProjectMembers,
+};
 use crate::ledger::store::{GroupBy, ProjectRef};
 use crate::ledger::{format_amount, format_money};
 
@@ -181,9 +184,34 @@ impl Reconciler<Project> for ProjectReconciler {
             // Grants arrive through the ledger, not the API server: look again periodically.
             requeue_after = Some(ctx.config.poll_interval * 6);
         }
+        let mut resync_at_most = None;
+        if let Some((e, until)) = entitlement::of(&ctx, &project)? {
+            if !e.entitled {
+                let what = match project.spec.on_entitlement_lost {
+                    EntitlementLostPolicy::Stop => {
+                        "its virtual machines are stopped and its SIMs disabled, and nothing new is created, until it is entitled again"
+                    }
+                    EntitlementLostPolicy::Notify => {
+                        "onEntitlementLost is Notify: nothing is stopped, but nothing new is created"
+                    }
+                };
+                health = Health::not_ready(
+                    reason::SUBSCRIPTION_INACTIVE,
+                    format!(
+                        "not entitled by Subscription {:?}: {}; {what}",
+                        e.subscription, e.message
+                    ),
+                );
+            }
+            let now = jiff::Timestamp::now().as_second();
+            resync_at_most = until
+                .map(|t| std::time::Duration::from_secs(u64::try_from(t - now).unwrap_or(0) + 1));
+            status.entitlement = Some(e);
+        }
         progress.status = status;
         let mut outcome = Outcome::new(health);
         outcome.requeue_after = requeue_after;
+        outcome.resync_at_most = resync_at_most;
         Ok(outcome)
     }
 

@@ -13,7 +13,7 @@
 use kube::ResourceExt;
 use rust_decimal::Decimal;
 
-use crate::crd::project::CreditExhaustedPolicy;
+use crate::crd::project::{CreditExhaustedPolicy, EntitlementLostPolicy};
 use crate::crd::{Project, VirtualMachine};
 
 use crate::crd::conditions::reason;
@@ -46,8 +46,11 @@ pub struct ProjectState {
     pub allow_other_currencies: bool,
     /// Its limits.
     pub limits: ProjectLimits,
-    /// Why its VMs must stop (credit exhausted with `onCreditExhausted: Stop`), if they must.
-    pub credit_stop: Option<String>,
+    /// Why its VMs must stop (credit exhausted with `onCreditExhausted: Stop`, or its Subscription no
+    /// longer entitles it with `onEntitlementLost: Stop`), if they must.
+    pub credit_stop: Option<MoneyStop>,
+    /// Why nothing new may be created (a stop, or a lost entitlement whatever the policy), if so.
+    pub new_block: Option<MoneyStop>,
     /// How full it is, for the VM being admitted.
     pub occupancy: Occupancy,
 }
@@ -143,6 +146,15 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Why a Project's members stop or wait: the condition reason and message they show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoneyStop {
+    /// `CreditExhausted` or `SubscriptionInactive`.
+    pub reason: &'static str,
+    /// Why, for the member's condition.
+    pub message: String,
+}
+
 /// What admission needs of a Project.
 pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
     ProjectState {
@@ -150,15 +162,74 @@ pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
         uid: p.uid().unwrap_or_default(),
         currency: p.spec.currency.clone(),
         allow_other_currencies: p.spec.allow_other_currencies,
-        limits: p.spec.limits.clone().unwrap_or_default(),
+        limits: effective_limits(p),
         credit_stop: credit_stop(p),
+        new_block: new_block(p),
         occupancy,
     }
 }
 
-/// Why a Project's VMs must stop (and new ones wait): its credit is exhausted and `onCreditExhausted` is
+/// The Project's limits: its own, capped by its plan's (the lower of each wins).
+pub fn effective_limits(p: &Project) -> ProjectLimits {
+    let own = p.spec.limits.clone().unwrap_or_default();
+    let plan = p
+        .status
+        .as_ref()
+        .and_then(|s| s.entitlement.as_ref())
+        .and_then(|e| e.limits.clone());
+    let Some(plan) = plan else {
+        return own;
+    };
+    fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    let spend = |s: &Option<String>| s.as_deref().and_then(|m| m.parse::<Decimal>().ok());
+    ProjectLimits {
+        max_virtual_machines: lower(own.max_virtual_machines, plan.max_virtual_machines),
+        max_sim_cards: lower(own.max_sim_cards, plan.max_sim_cards),
+        max_monthly_spend: lower(
+            spend(&own.max_monthly_spend),
+            spend(&plan.max_monthly_spend),
+        )
+        .map(|d| d.to_string()),
+    }
+}
+
+/// Why a Project's Subscription does not entitle it, if it does not.
+fn entitlement_lost(p: &Project) -> Option<MoneyStop> {
+    let e = p.status.as_ref()?.entitlement.as_ref()?;
+    (!e.entitled).then(|| MoneyStop {
+        reason: reason::SUBSCRIPTION_INACTIVE,
+        message: format!(
+            "Project {:?} is not entitled by Subscription {:?}: {}",
+            p.name_any(),
+            e.subscription,
+            e.message
+        ),
+    })
+}
+
+/// Why nothing new may be created for a Project's members: its money stop, or a lost entitlement
+/// (`onEntitlementLost: Notify` keeps what runs, but adds nothing).
+pub fn new_block(p: &Project) -> Option<MoneyStop> {
+    credit_stop(p).or_else(|| entitlement_lost(p))
+}
+
+/// Why a Project's members must stop (and new ones wait): its credit is exhausted and
+/// `onCreditExhausted` is `Stop`, or its Subscription does not entitle it and `onEntitlementLost` is
 /// `Stop`.
-pub fn credit_stop(p: &Project) -> Option<String> {
+pub fn credit_stop(p: &Project) -> Option<MoneyStop> {
+    credit_exhausted(p).or_else(|| {
+        (p.spec.on_entitlement_lost == EntitlementLostPolicy::Stop)
+            .then(|| entitlement_lost(p))
+            .flatten()
+    })
+}
+
+fn credit_exhausted(p: &Project) -> Option<MoneyStop> {
     if p.spec.on_credit_exhausted != CreditExhaustedPolicy::Stop {
         return None;
     }
@@ -169,12 +240,13 @@ pub fn credit_stop(p: &Project) -> Option<String> {
         .as_deref()?
         .parse::<Decimal>()
         .ok()?;
-    (balance <= Decimal::ZERO).then(|| {
-        format!(
+    (balance <= Decimal::ZERO).then(|| MoneyStop {
+        reason: reason::CREDIT_EXHAUSTED,
+        message: format!(
             "Project {:?} has no credit left (balance {balance} {}, onCreditExhausted: Stop); grant credit to resume",
             p.name_any(),
             p.spec.currency
-        )
+        ),
     })
 }
 
@@ -215,6 +287,7 @@ mod tests {
                 max_monthly_spend: spend.map(str::to_string),
             },
             credit_stop: None,
+            new_block: None,
         }
     }
 
@@ -224,6 +297,52 @@ mod tests {
             monthly: price.parse().unwrap(),
             currency: currency.into(),
         }
+    }
+
+    fn crd(spec: serde_json::Value, status: serde_json::Value) -> Project {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": "acme", "namespace": "n"}, "spec": spec, "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_plan_caps_limits_and_a_lost_entitlement_blocks_or_stops() {
+        let spec = serde_json::json!({"limits": {"maxVirtualMachines": 5, "maxMonthlySpend": "100"},
+                                      "subscriptionRef": {"name": "s"}});
+        let entitled = |ok: bool| {
+            serde_json::json!({"entitlement": {"subscription": "s", "entitled": ok, "message": "m",
+                "limits": {"maxVirtualMachines": 2, "maxSimCards": 3, "maxMonthlySpend": "250.5"}}})
+        };
+        let p = crd(spec.clone(), entitled(true));
+        let l = effective_limits(&p);
+        assert_eq!(
+            (
+                l.max_virtual_machines,
+                l.max_sim_cards,
+                l.max_monthly_spend.as_deref()
+            ),
+            (Some(2), Some(3), Some("100"))
+        );
+        assert!(new_block(&p).is_none() && credit_stop(&p).is_none());
+        // Notify: nothing stops, nothing new.
+        let p = crd(spec.clone(), entitled(false));
+        assert_eq!(new_block(&p).unwrap().reason, reason::SUBSCRIPTION_INACTIVE);
+        assert!(credit_stop(&p).is_none());
+        let mut stop = spec;
+        stop["onEntitlementLost"] = "Stop".into();
+        let p = crd(stop, entitled(false));
+        assert_eq!(
+            credit_stop(&p).unwrap().reason,
+            reason::SUBSCRIPTION_INACTIVE
+        );
+        // Without a Subscription, the Project's own limits.
+        let p = crd(
+            serde_json::json!({"limits": {"maxVirtualMachines": 5}}),
+            serde_json::json!({}),
+        );
+        assert_eq!(effective_limits(&p).max_virtual_machines, Some(5));
     }
 
     #[test]

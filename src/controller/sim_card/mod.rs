@@ -380,7 +380,7 @@ fn project(
     obj: &SimCard,
     ctx: &Context,
     status: &mut SimCardStatus,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<crate::controller::project::policy::MoneyStop>, Error> {
     let Some(r) = &obj.spec.project_ref else {
         status.project = None;
         status.project_uid = None;
@@ -397,7 +397,7 @@ fn project(
                 format!("Project {:?} not found in namespace {ns:?}", r.name),
             )
         })?;
-    if let Some(max) = p.spec.limits.as_ref().and_then(|l| l.max_sim_cards) {
+    if let Some(max) = crate::controller::project::policy::effective_limits(&p).max_sim_cards {
         let mut members: Vec<_> = caches
             .sim_members
             .members(&ns, &r.name)
@@ -458,7 +458,7 @@ async fn converge(
     c: &Claimed,
     sim: &Sim,
     status: &mut SimCardStatus,
-    stop: Option<&str>,
+    stop: Option<&crate::controller::project::policy::MoneyStop>,
 ) -> Result<Outcome, Error> {
     let want = wanted(obj, stop.is_some());
     if matches(sim, &want) {
@@ -467,8 +467,8 @@ async fn converge(
         }
         if let Some(why) = stop {
             return Ok(Outcome::new(Health::not_ready(
-                reason::CREDIT_EXHAUSTED,
-                format!("SIM {} is disabled: {why}", c.iccid),
+                why.reason,
+                format!("SIM {} is disabled: {}", c.iccid, why.message),
             )));
         }
         return Ok(Outcome::new(Health::ready(format!(
@@ -606,7 +606,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
         } else {
             o.sim.clone()
         };
-        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status, stop.as_deref()).await?;
+        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status, stop.as_ref()).await?;
         let mut outcome = match topping {
             Some(h)
                 if matches!(h, Health::Stalled { .. })
@@ -649,11 +649,11 @@ impl Reconciler<SimCard> for SimCardReconciler {
                     .map_err(Error::vendor("disable the SIM"))?;
                 progress.status.changed_at = Some(now());
                 Some(Health::not_ready(
-                    reason::CREDIT_EXHAUSTED,
-                    format!("disabling SIM {}: {why}", c.iccid),
+                    why.reason,
+                    format!("disabling SIM {}: {}", c.iccid, why.message),
                 ))
             }
-            Some(why) => Some(Health::not_ready(reason::CREDIT_EXHAUSTED, why)),
+            Some(why) => Some(Health::not_ready(why.reason, why.message)),
             None => None,
         };
         Ok(Some(PausedOutcome {

@@ -47,6 +47,8 @@ pub enum Lookup {
 }
 
 /// A Project reference resolved.
+// NB: one or two per reconcile, short-lived: boxing the state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProjectLookup {
     /// No Project referenced.
@@ -497,11 +499,11 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
             ProjectLookup::Found(p) => {
                 // A server costs money from its first hour: none is created while the Project's credit
                 // stops its VMs. A grant wakes this VM (it points at the Project) and it is created then.
-                if let Some(why) = &p.credit_stop {
+                if let Some(why) = &p.new_block {
                     return Decision::new(
                         status,
                         Step::Nothing,
-                        Health::not_ready(reason::CREDIT_EXHAUSTED, format!("not created: {why}")),
+                        Health::not_ready(why.reason, format!("not created: {}", why.message)),
                     );
                 }
                 if let Err((r, m)) = limits::admit(p, &me) {
@@ -831,7 +833,7 @@ fn health_of(
     server: &Server,
     step: &Step,
     resize: Result<(), ResizeBlock>,
-    credit_stop: Option<String>,
+    credit_stop: Option<crate::controller::project::policy::MoneyStop>,
 ) -> Health {
     let mut health = health_for(i.vm, server, step);
     if i.metering && matches!(health, Health::Ready { .. }) && vendor_price(i, server).is_none() {
@@ -850,23 +852,22 @@ fn health_of(
         Err(ResizeBlock::Refused(r, m)) => health = Health::stalled(r, m),
         Err(ResizeBlock::Waiting(m)) => health = Health::progressing(reason::RESIZING, m),
     }
-    let Some(why) = credit_stop else {
+    let Some(stop) = credit_stop else {
         return health;
     };
+    let (r, why) = (stop.reason, stop.message);
     let observe_only = i.vm.spec.management_policy == ManagementPolicy::ObserveOnly;
     // The effective state: stopped for lack of credit (the declared runStrategy is left as written).
     match (step, server.state) {
-        (Step::Nothing, ServerState::Off) => {
-            Health::not_ready(reason::CREDIT_EXHAUSTED, format!("stopped: {why}"))
-        }
+        (Step::Nothing, ServerState::Off) => Health::not_ready(r, format!("stopped: {why}")),
         // Nothing Quartermaster will do: not Reconciling (which would read as "still working" for ever).
         (Step::Nothing, _) if observe_only => Health::not_ready(
-            reason::CREDIT_EXHAUSTED,
+            r,
             format!(
                 "{why}; managementPolicy ObserveOnly: Quartermaster does not stop this server, and its usage is still metered"
             ),
         ),
-        _ => Health::progressing(reason::CREDIT_EXHAUSTED, format!("stopping: {why}")),
+        _ => Health::progressing(r, format!("stopping: {why}")),
     }
 }
 
@@ -1178,7 +1179,14 @@ mod tests {
                 max_sim_cards: None,
                 max_monthly_spend: None,
             },
-            credit_stop: credit_stop.then(|| "no credit".to_string()),
+            credit_stop: credit_stop.then(|| crate::controller::project::policy::MoneyStop {
+                reason: reason::CREDIT_EXHAUSTED,
+                message: "no credit".into(),
+            }),
+            new_block: credit_stop.then(|| crate::controller::project::policy::MoneyStop {
+                reason: reason::CREDIT_EXHAUSTED,
+                message: "no credit".into(),
+            }),
             occupancy: limits::Occupancy {
                 held: 1,
                 ahead: 0,

@@ -218,7 +218,12 @@ fn project(
     let Some(p) = caches.projects.get(&ObjectRef::new(name).within(&ns)) else {
         return Ok(ProjectLookup::Missing(name.to_string()));
     };
-    let occupancy = if with_members && p.spec.limits.is_some() {
+    let limited = p.spec.limits.is_some()
+        || p.status
+            .as_ref()
+            .and_then(|s| s.entitlement.as_ref())
+            .is_some_and(|e| e.limits.is_some());
+    let occupancy = if with_members && limited {
         caches.members.occupancy(
             &ns,
             name,
