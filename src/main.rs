@@ -149,6 +149,18 @@ enum Command {
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(Bench),
+    /// Recent Stripe invoices of a Subscription (read from Stripe through its ProviderConfig).
+    Invoices {
+        /// The Subscription, as NAMESPACE/NAME.
+        #[arg(long)]
+        subscription: String,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 12)]
+        limit: u32,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// List a compute vendor's sizes (with prices), images or regions through a ProviderConfig.
     Catalog {
         /// What to list.
@@ -382,6 +394,16 @@ fn main() -> ExitCode {
             if l.is_closed(&uid, &period).await? {
                 inv["status"] = "final".into();
             }
+            let revenue = l.payments(&me, from, to).await?;
+            let costs = quartermaster::ledger::report::cost_totals(&rows);
+            inv["revenue"] = quartermaster::ledger::report::revenue(&revenue, &costs);
+            let reported = l.reported_totals(&uid, from, to).await?;
+            if reported.iter().any(|(_, r, _)| *r != 0) {
+                inv["reportedToStripe"] = reported
+                    .iter()
+                    .map(|(m, r, all)| serde_json::json!({"meter": m, "reported": r, "recorded": all}))
+                    .collect();
+            }
             inv["projectUID"] = uid.into();
             println!("{}", serde_json::to_string_pretty(&inv)?);
             Ok(())
@@ -407,6 +429,11 @@ fn main() -> ExitCode {
             provider_config,
             output,
         } => block_on("catalog", catalog(what, provider_config, output)),
+        Command::Invoices {
+            subscription,
+            limit,
+            output,
+        } => block_on("invoices", invoices(subscription, limit, output)),
         Command::Sim(cfg) => block_on("sim", async move {
             let sim = quartermaster::sim::Sim::bind(cfg).await?;
             sim.serve(shutdown_signal()).await?;
@@ -915,6 +942,52 @@ async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>
         let _ = http.await;
     }
     outcome
+}
+
+async fn invoices(
+    subscription: String,
+    limit: u32,
+    output: Output,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (ns, name) = subscription
+        .split_once('/')
+        .ok_or_else(|| format!("--subscription {subscription:?}: expected NAMESPACE/NAME"))?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("failed to build a Kubernetes client (kubeconfig or in-cluster config): {e}")
+    })?;
+    let ctx = Context::new(client, Metrics::new(), ControllerConfig::default(), None);
+    let list = controller::subscription::recent_invoices(&ctx, ns, name, limit).await?;
+    use controller::subscription::revenue::display_amount;
+    if matches!(output, Output::Json) {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|i| {
+                serde_json::json!({"id": i.id, "status": i.status, "created": i.created,
+                "amountDue": display_amount(i.amount_due, &i.currency),
+                "amountPaid": display_amount(i.amount_paid, &i.currency),
+                "currency": i.currency.to_ascii_uppercase(), "hostedInvoiceURL": i.hosted_invoice_url})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let head = ["ID", "CREATED", "STATUS", "DUE", "PAID", "CURRENCY"].map(String::from);
+    let rows: Vec<Vec<String>> = std::iter::once(head.to_vec())
+        .chain(list.iter().map(|i| {
+            vec![
+                i.id.clone(),
+                jiff::Timestamp::from_second(i.created)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                i.status.clone().unwrap_or_default(),
+                display_amount(i.amount_due, &i.currency),
+                display_amount(i.amount_paid, &i.currency),
+                i.currency.to_ascii_uppercase(),
+            ]
+        }))
+        .collect();
+    print!("{}", quartermaster::output::table(&rows));
+    Ok(())
 }
 
 async fn catalog(

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub webhook_refusals: IntCounterVec,
     /// Stripe webhook events handled, by type (redeliveries not counted).
     pub stripe_events: IntCounterVec,
+    /// Ledger units reported to Stripe as billing meter events, by meter.
+    pub stripe_usage_reported: IntCounterVec,
+    /// Usage reports left unconfirmed past Stripe's deduplication window (not sent again).
+    pub stripe_usage_unconfirmed: prometheus::IntCounter,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -129,6 +133,19 @@ impl Metrics {
             &["type"],
         )
         .expect("valid metric");
+        let stripe_usage_reported = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_stripe_usage_reported_total",
+                "Ledger units reported to Stripe as billing meter events (each ledger row once), by meter.",
+            ),
+            &["meter"],
+        )
+        .expect("valid metric");
+        let stripe_usage_unconfirmed = prometheus::IntCounter::new(
+            "quartermaster_stripe_usage_unconfirmed_total",
+            "Usage reports whose answer was lost longer ago than Stripe deduplicates identifiers: not sent again, to be checked by hand.",
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -189,6 +206,8 @@ impl Metrics {
             Box::new(stream_last.clone()),
             Box::new(webhook_refusals.clone()),
             Box::new(stripe_events.clone()),
+            Box::new(stripe_usage_reported.clone()),
+            Box::new(stripe_usage_unconfirmed.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -207,6 +226,8 @@ impl Metrics {
             stream_last,
             webhook_refusals,
             stripe_events,
+            stripe_usage_reported,
+            stripe_usage_unconfirmed,
             status_writes,
             leader,
             usage_events,

@@ -518,3 +518,100 @@ async fn aggregated_requests_are_recorded_once_per_batch() {
     })
     .await;
 }
+
+/// What the Stripe slice keeps in the ledger database, on both backends: webhook events once by ID,
+/// payments per period, credit entries, and usage reports (unreported rows, intent, sent, refused,
+/// totals per meter).
+#[tokio::test]
+async fn stripe_events_payments_and_usage_reports() {
+    use quartermaster::ledger::stripe_usage::UsageReport;
+    each_backend(async |l: Ledger, _| {
+        let k = l.kind();
+        assert!(
+            l.record_stripe_event("evt_1", "invoice.paid")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !l.record_stripe_event("evt_1", "invoice.paid")
+                .await
+                .unwrap(),
+            "{k}"
+        );
+        let mut pay = entry(
+            "stripe-invoice/in_1",
+            &ACME,
+            CreditType::Payment,
+            10_000_000_000,
+        );
+        pay.external_ref = "in_1".into();
+        l.credit(&pay).await.unwrap();
+        l.credit(&entry("g", &ACME, CreditType::Grant, 5))
+            .await
+            .unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        assert_eq!(
+            l.payments(&ACME, now - 60, now + 60).await.unwrap(),
+            [("USD".to_string(), 10_000_000_000)],
+            "{k}"
+        );
+        assert!(l.payments(&ACME, 0, now - 60).await.unwrap().is_empty());
+        let credits = l.credits(&ACME).await.unwrap();
+        assert_eq!(credits.len(), 2);
+        assert!(
+            credits
+                .iter()
+                .any(|c| c.kind == CreditType::Payment && c.external_ref == "in_1")
+        );
+
+        let (nov, _) = parse_period("2026-11").unwrap();
+        l.record(&[
+            ev("a", "acme", nov, 3600, "0.01"),
+            ev("b", "acme", nov + 3600, 1800, "0.01"),
+        ])
+        .await
+        .unwrap();
+        let todo = l.unreported("acme-uid", "vm_seconds", 0, 10).await.unwrap();
+        assert_eq!(todo.len(), 2, "{k}");
+        let report = |key: &str, q: i64| UsageReport {
+            usage_key: key.into(),
+            project_uid: "acme-uid".into(),
+            meter: "vm_seconds".into(),
+            quantity: q,
+            value: "1".into(),
+            customer: "cus_1".into(),
+            event_name: "vm_hours".into(),
+            identifier: format!("id-{key}"),
+            event_time: nov,
+            attempted_at: now,
+        };
+        assert!(l.report_intent(&report("a", 3600)).await.unwrap());
+        assert!(!l.report_intent(&report("a", 3600)).await.unwrap());
+        assert!(l.report_intent(&report("b", 1800)).await.unwrap());
+        assert!(
+            l.unreported("acme-uid", "vm_seconds", 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(l.reports_in_flight("acme-uid").await.unwrap().len(), 2);
+        l.report_sent("a").await.unwrap();
+        l.report_refused("b").await.unwrap();
+        assert!(l.reports_in_flight("acme-uid").await.unwrap().is_empty());
+        assert_eq!(
+            l.unreported("acme-uid", "vm_seconds", 0, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            l.reported_totals("acme-uid", nov, nov + 30 * 86400)
+                .await
+                .unwrap(),
+            [("vm_seconds".to_string(), 3600, 5400)],
+            "{k}"
+        );
+    })
+    .await;
+}

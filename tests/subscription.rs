@@ -24,6 +24,7 @@ struct StripeEnv {
     pc: String,
     sim: common::SimHandle,
     ledger: quartermaster::ledger::Ledger,
+    ledger_url: String,
     metrics: quartermaster::metrics::Metrics,
     hook_url: String,
     _db: tempfile::TempDir,
@@ -78,7 +79,7 @@ async fn stripe_env(prefix: &str, controller: bool) -> StripeEnv {
         .await
         .unwrap();
     let db = tempfile::tempdir().unwrap();
-    let (ledger, _) = common::db::sqlite(&db).await;
+    let (ledger, ledger_url) = common::db::sqlite(&db).await;
     let mut e = StripeEnv {
         client,
         ns,
@@ -86,6 +87,7 @@ async fn stripe_env(prefix: &str, controller: bool) -> StripeEnv {
         pc,
         sim,
         ledger,
+        ledger_url,
         metrics: quartermaster::metrics::Metrics::new(),
         hook_url,
         _db: db,
@@ -105,7 +107,10 @@ impl StripeEnv {
             self.client.clone(),
             &self.id,
             Some(self.ledger.clone()),
-            |c| c.vendor_timeout = Duration::from_secs(2),
+            |c| {
+                c.vendor_timeout = Duration::from_secs(2);
+                c.stripe_usage_interval = Duration::from_secs(1);
+            },
             move |ctx| {
                 let waker = ctx.clone();
                 let hook = quartermaster::webhooks::StripeHook::new(
@@ -199,6 +204,29 @@ impl StripeEnv {
                 .collect::<Vec<_>>()
         };
         (of("customers"), of("subscriptions"))
+    }
+
+    /// `quartermaster ARGS` against this environment's API server and ledger: its stdout as JSON.
+    async fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let url = self.ledger_url.clone();
+        // A blocking child process must not stall the simulator running on this runtime.
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_quartermaster"))
+                .args(&args)
+                .env("KUBECONFIG", common::kubeconfig())
+                .env("DATABASE_URL", url)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     async fn payments(&self) -> Vec<(String, i64)> {
@@ -669,4 +697,128 @@ async fn a_lost_entitlement_stops_the_projects_vm_and_sim_until_paid() {
     )
     .await;
     ready("Reconciled", ConditionStatus::True).await;
+}
+
+/// A VM-seconds usage row of Project `uid`.
+fn usage(key: &str, ns: &str, uid: &str, seconds: i64) -> quartermaster::ledger::UsageEvent {
+    let now = jiff::Timestamp::now().as_second();
+    quartermaster::ledger::UsageEvent {
+        key: key.into(),
+        namespace: ns.into(),
+        project: "acme".into(),
+        project_uid: uid.into(),
+        object_kind: "VirtualMachine".into(),
+        object_name: "web".into(),
+        object_uid: "vm-uid".into(),
+        meter: quartermaster::ledger::Meter::VmSeconds,
+        quantity: seconds,
+        unit_price: "0.01".parse().unwrap(),
+        vendor_unit_price: "0.01".parse().unwrap(),
+        price_quantity: 3600,
+        currency: "USD".into(),
+        window_start: now - seconds,
+        window_end: now,
+        attributes: serde_json::json!({}),
+    }
+}
+
+/// Usage of a plan's metered meters reaches Stripe as meter events, each ledger row once: across a
+/// lost answer (the report left `sending`, Stripe already holding its identifier) and across a
+/// controller restart; the ledger's reported totals match.
+#[tokio::test]
+async fn usage_is_reported_to_stripe_once_across_a_lost_answer_and_a_restart() {
+    let mut e = stripe_env("stripeuse", true).await;
+    e.apply("team", serde_json::json!({"plan": "pro"})).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let customer = s.status.unwrap().customer_id.unwrap();
+    let uid = common::project_uid(&e.client, &e.ns, "acme").await;
+    let rows = [("u1", 3600), ("u2", 1800), ("u3", 5400)];
+    let events: Vec<_> = rows
+        .iter()
+        .map(|(k, q)| usage(k, &e.ns, &uid, *q))
+        .collect();
+    e.ledger.record(&events).await.unwrap();
+    let url = format!("{}/_sim/stripe/meter-events", e.sim.url);
+    let meter_events = || async {
+        let v: Vec<serde_json::Value> = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        v
+    };
+    let got = common::eventually(WAIT, "three meter events", || async {
+        let v = meter_events().await;
+        (v.len() == 3).then_some(v)
+    })
+    .await;
+    for (k, value) in [("u1", "1"), ("u2", "0.5"), ("u3", "1.5")] {
+        let id = quartermaster::controller::subscription::usage::identifier(k);
+        let ev = got
+            .iter()
+            .find(|m| m["identifier"] == id.as_str())
+            .expect(k);
+        assert_eq!(ev["payload"]["value"], value);
+        assert_eq!(ev["payload"]["stripe_customer_id"], customer.as_str());
+        assert_eq!(ev["event_name"], "vm_hours");
+    }
+    // A lost answer: the report recorded, Stripe holding the event, the ledger not told.
+    let lost = usage("u4", &e.ns, &uid, 7200);
+    e.ledger.record(std::slice::from_ref(&lost)).await.unwrap();
+    let id4 = quartermaster::controller::subscription::usage::identifier("u4");
+    let now = jiff::Timestamp::now().as_second();
+    e.ledger
+        .report_intent(&quartermaster::ledger::stripe_usage::UsageReport {
+            usage_key: "u4".into(),
+            project_uid: uid.clone(),
+            meter: "vm_seconds".into(),
+            quantity: 7200,
+            value: "2".into(),
+            customer: customer.clone(),
+            event_name: "vm_hours".into(),
+            identifier: id4.clone(),
+            event_time: now,
+            attempted_at: now,
+        })
+        .await
+        .unwrap();
+    let stripe = quartermaster::cloud::stripe::Stripe::new(
+        quartermaster::http::HttpClient::new("stripe", Default::default()),
+        Some(&e.sim.url),
+        "sk_test_123",
+    );
+    stripe
+        .meter_event("vm_hours", &customer, "2", &id4, now)
+        .await
+        .unwrap();
+    common::eventually(WAIT, "the lost report confirmed", || async {
+        let t = e.ledger.reported_totals(&uid, 0, i64::MAX).await.ok()?;
+        (t == [("vm_seconds".to_string(), 18_000, 18_000)]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        meter_events().await.len(),
+        4,
+        "Stripe keeps one event per identifier"
+    );
+    let inv = e
+        .cli(&["invoice", "--project", &format!("{}/acme", e.ns)])
+        .await;
+    assert_eq!(
+        inv["reportedToStripe"],
+        serde_json::json!([{"meter": "vm_seconds", "reported": 18000, "recorded": 18000}])
+    );
+    assert_eq!(
+        inv["revenue"]["USD"]["payments"], "50.00",
+        "the pro plan's first invoice: {inv}"
+    );
+    // A restart reports nothing again.
+    e.stop.take();
+    let posts = e.state().await["meterEventPosts"].as_u64().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    e.start_controller(listener);
+    // The new controller has looked at the Subscription several times (every usage interval).
+    let m = e.metrics.clone();
+    common::eventually(WAIT, "three reconciles by the new controller", || async {
+        (m.reconciles.with_label_values(&["Subscription"]).get() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(e.state().await["meterEventPosts"].as_u64().unwrap(), posts);
+    assert_eq!(meter_events().await.len(), 4);
 }

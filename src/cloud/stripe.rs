@@ -504,13 +504,13 @@ impl Stripe {
         &self,
         event_name: &str,
         customer: &str,
-        value: i64,
+        value: &str,
         identifier: &str,
         timestamp: i64,
     ) -> Result<(), CloudError> {
         let params = serde_json::json!({
             "event_name": event_name, "identifier": identifier, "timestamp": timestamp,
-            "payload": { "stripe_customer_id": customer, "value": value.to_string() },
+            "payload": { "stripe_customer_id": customer, "value": value },
         });
         let req = self
             .req(Method::POST, "/v1/billing/meter_events")

@@ -72,6 +72,8 @@ pub struct ControllerConfig {
     /// How often a SimCard at rest reads its quotas and usage SIM by SIM (between such reads its
     /// account's SIM listing serves it, unless the listing shows its quota moved).
     pub sim_usage_interval: Duration,
+    /// How often a Subscription whose plan bills usage through Stripe reports its Project's new usage.
+    pub stripe_usage_interval: Duration,
     /// How many reconciles of each kind run at once.
     pub concurrency: Concurrency,
     /// A Project's reconcile waits this long after the last change of its members (coalescing a burst
@@ -113,6 +115,7 @@ impl Default for ControllerConfig {
             listing_lag: Duration::from_secs(2),
             observe_interval: Duration::from_secs(55),
             sim_usage_interval: Duration::from_secs(3600),
+            stripe_usage_interval: Duration::from_secs(300),
             concurrency: Concurrency::default(),
             project_debounce: Duration::from_millis(500),
         }

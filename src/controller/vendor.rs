@@ -97,6 +97,20 @@ pub async fn resolve_any(ctx: &Context, name: &str, namespace: &str) -> Result<R
     Ok(r)
 }
 
+/// Reads the credentials of a ProviderConfig even while it is suspended (for reading, never changing).
+pub async fn account_for_reading(ctx: &Context, pc: ProviderConfig) -> Result<Resolved, Error> {
+    let mut readable = pc.clone();
+    readable.spec.suspended = false;
+    let mut r = account_for(ctx, readable).await?.ok_or_else(|| {
+        Error::permanent(
+            reason::INTERNAL_ERROR,
+            "no account for a live ProviderConfig",
+        )
+    })?;
+    r.config = pc;
+    Ok(r)
+}
+
 /// Reads the credentials of a ProviderConfig. `Ok(None)` when it is suspended.
 pub async fn account_for(ctx: &Context, pc: ProviderConfig) -> Result<Option<Resolved>, Error> {
     if pc.spec.suspended {

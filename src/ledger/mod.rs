@@ -14,6 +14,7 @@ pub mod metering;
 pub mod periods;
 pub mod report;
 pub mod store;
+pub mod stripe_usage;
 
 use std::str::FromStr;
 

@@ -15,6 +15,39 @@ pub fn totals(rows: &[UsageRow]) -> BTreeMap<String, i64> {
     t
 }
 
+/// The vendor's cost per currency.
+pub fn cost_totals(rows: &[UsageRow]) -> BTreeMap<String, i64> {
+    let mut t = BTreeMap::new();
+    for r in rows {
+        *t.entry(r.currency.clone()).or_insert(0) += r.cost_nanos;
+    }
+    t
+}
+
+/// Revenue (payments received) beside the vendor's cost and the margin, per currency.
+pub fn revenue(payments: &[(String, i64)], costs: &BTreeMap<String, i64>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let currencies: std::collections::BTreeSet<&String> = payments
+        .iter()
+        .map(|(c, _)| c)
+        .chain(costs.keys())
+        .collect();
+    for c in currencies {
+        let paid: i64 = payments
+            .iter()
+            .filter(|(pc, _)| pc == c)
+            .map(|(_, n)| n)
+            .sum();
+        let cost = costs.get(c).copied().unwrap_or(0);
+        out.insert(
+            c.clone(),
+            serde_json::json!({"payments": format_amount(paid), "vendorCost": format_amount(cost),
+                               "margin": format_amount(paid - cost)}),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
 /// A draft invoice: line items per meter and object, and totals per currency.
 pub fn invoice(
     namespace: &str,
@@ -67,5 +100,8 @@ mod tests {
         rows[1].currency = "EUR".into();
         let t = totals(&rows);
         assert_eq!((t["USD"], t["EUR"]), (5_950_000, 23_800_000));
+        let r = revenue(&[("USD".into(), 10_000_000_000)], &cost_totals(&rows));
+        assert_eq!(r["USD"]["margin"], "9.99405");
+        assert_eq!(r["EUR"]["payments"], "0.00");
     }
 }

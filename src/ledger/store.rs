@@ -42,7 +42,7 @@ pub enum LedgerError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
+pub(super) fn db(step: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
     move |source| LedgerError::Db { step, source }
 }
 
@@ -55,6 +55,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub(super) use on_pool;
 
 /// A connected ledger.
 #[derive(Clone, Debug)]
@@ -356,6 +357,27 @@ impl Ledger {
             .map_err(db("recording a credit"))?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// Payments (credit entries of type payment) of a Project recorded in `[from, to)`: (currency, sum).
+    pub async fn payments(
+        &self,
+        project: &ProjectRef<'_>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
+        let sql = "SELECT currency, CAST(SUM(amount_nanos) AS BIGINT) FROM credits \
+                   WHERE project_uid = $1 AND namespace = $2 AND project = $3 AND entry_type = 'payment' \
+                   AND created_at >= $4 AND created_at < $5 GROUP BY currency ORDER BY currency";
+        Ok(on_pool!(self, p => sqlx::query_as(sql)
+            .bind(project.uid)
+            .bind(project.namespace)
+            .bind(project.name)
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await
+            .map_err(db("summing payments"))?))
     }
 
     /// A Project's credit entries (grants, payments, refunds, adjustments), oldest first.

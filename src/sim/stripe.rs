@@ -52,6 +52,7 @@ struct World {
     subs: BTreeMap<String, Value>,
     invoices: BTreeMap<String, Value>,
     meter_events: BTreeMap<String, Value>,
+    meter_posts: u64,
     /// Idempotency key → (parameter hash, status, body).
     idem: HashMap<String, (String, u16, String)>,
     events: Vec<Value>,
@@ -747,6 +748,7 @@ async fn read_invoice(State(app): State<App>, Path(id): Path<String>) -> Respons
 
 async fn meter_event(State(app): State<App>, body: Bytes) -> Response {
     let mut w = app.world.lock().await;
+    w.meter_posts += 1;
     let p = params(&body);
     let (Some(name), Some(customer), Some(value)) = (
         p.get("event_name"),
@@ -932,6 +934,7 @@ async fn state(State(app): State<App>) -> Response {
     let w = app.world.lock().await;
     axum::Json(json!({
         "now": w.now(),
+        "meterEventPosts": w.meter_posts,
         "customers": w.customers.values().collect::<Vec<_>>(),
         "subscriptions": w.subs.values().collect::<Vec<_>>(),
         "invoices": w.invoices.values().collect::<Vec<_>>(),

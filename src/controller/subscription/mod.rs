@@ -20,6 +20,7 @@
 pub mod customer;
 pub mod plan;
 pub mod revenue;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,6 +260,40 @@ fn health(sub: &StripeSub, label: &str) -> Outcome {
     o
 }
 
+/// The recent invoices (newest first, at most `limit`) of Subscription `namespace/name`, read from
+/// Stripe through its ProviderConfig (for `quartermaster invoices`).
+pub async fn recent_invoices(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    limit: u32,
+) -> Result<Vec<crate::cloud::stripe::Invoice>, Box<dyn std::error::Error>> {
+    let subs: kube::Api<Subscription> = kube::Api::namespaced(ctx.client.clone(), namespace);
+    let sub = subs
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| format!("Subscription {namespace}/{name} not found"))?;
+    let Some(id) = sub.status.as_ref().and_then(|s| s.subscription_id.clone()) else {
+        return Err(
+            format!("Subscription {namespace}/{name} has no Stripe subscription yet").into(),
+        );
+    };
+    let pcs: kube::Api<crate::crd::ProviderConfig> = kube::Api::all(ctx.client.clone());
+    let pc_name = &sub.spec.provider_config_ref.name;
+    let pc = pcs
+        .get_opt(pc_name)
+        .await?
+        .ok_or_else(|| format!("ProviderConfig {pc_name:?} not found"))?;
+    if !vendor::namespace_allowed(&pc.spec.allowed_namespaces, namespace) {
+        return Err(
+            format!("ProviderConfig {pc_name:?} does not allow namespace {namespace:?}").into(),
+        );
+    }
+    let r = vendor::account_for_reading(ctx, pc).await?;
+    let client = ctx.providers.stripe(ctx, &r).await?;
+    Ok(client.invoices(&id, limit).await?)
+}
+
 /// The Subscriptions a Stripe event concerns: by the UID in the Stripe object's metadata, else by the
 /// subscription or customer ID they recorded.
 pub fn concerned(
@@ -300,7 +335,17 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
         st.plan = Some(wanted.label.clone());
         observe(st, &sub);
         invoices(&obj, &ctx, &client, &sub, st).await?;
-        Ok(health(&sub, &wanted.label))
+        let mut outcome = health(&sub, &wanted.label);
+        let metered = plan::find(&r.config, &wanted.label)
+            .filter(|_| obj.spec.plan.is_some())
+            .map(|p| p.metered.clone())
+            .unwrap_or_default();
+        if !metered.is_empty() && !TERMINAL.contains(&sub.status.as_str()) {
+            usage::report(&ctx, &obj, &client, &customer.id, &metered).await?;
+            let every = ctx.config.stripe_usage_interval;
+            outcome.resync_at_most = Some(outcome.resync_at_most.map_or(every, |d| d.min(every)));
+        }
+        Ok(outcome)
     }
 
     async fn cleanup(
