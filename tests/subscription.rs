@@ -822,3 +822,195 @@ async fn usage_is_reported_to_stripe_once_across_a_lost_answer_and_a_restart() {
     assert_eq!(e.state().await["meterEventPosts"].as_u64().unwrap(), posts);
     assert_eq!(meter_events().await.len(), 4);
 }
+
+/// Attaching an existing customer by ID: refused where the ProviderConfig does not let the namespace;
+/// allowed where it does (the customer is then tagged as this object's); a second object naming the same
+/// customer is refused (one customer, one object: the oldest).
+#[tokio::test]
+async fn an_existing_customer_is_attached_only_where_allowed_and_by_one_object() {
+    let e = stripe_env("stripeattach", true).await;
+    let stripe = quartermaster::cloud::stripe::Stripe::new(
+        quartermaster::http::HttpClient::new("stripe", Default::default()),
+        Some(&e.sim.url),
+        "sk_test_123",
+    );
+    // A customer made outside Quartermaster (no owner tag): the create of another "object".
+    let c = stripe
+        .create_customer("00000000-0000-0000-0000-0000000000aa", "billing-console")
+        .await
+        .unwrap();
+    // Drop its owner tag, as a customer created in Stripe's console would have none.
+    reqwest::Client::new()
+        .post(format!("{}/v1/customers/{}", e.sim.url, c.id))
+        .bearer_auth("sk_test_123")
+        .form(&[("metadata[quartermaster_uid]", "")])
+        .send()
+        .await
+        .unwrap();
+    e.apply(
+        "first",
+        serde_json::json!({"plan": "basic", "customerID": c.id}),
+    )
+    .await;
+    e.wait("first", conditions::STALLED, "AdoptionNotAllowed")
+        .await;
+    // The platform admin allows this namespace to attach customers.
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    pcs.patch(
+        &e.pc,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"adoption": {"allowedNamespaces": [e.ns]}}})),
+    )
+    .await
+    .unwrap();
+    let s = e.wait("first", conditions::READY, "Reconciled").await;
+    assert_eq!(
+        s.status.as_ref().unwrap().customer_id.as_deref(),
+        Some(c.id.as_str())
+    );
+    let uid = s.metadata.uid.clone().unwrap();
+    let state = e.state().await;
+    let tagged = state["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == c.id.as_str())
+        .unwrap()["metadata"]["quartermaster_uid"]
+        .clone();
+    assert_eq!(
+        tagged,
+        uid.as_str(),
+        "the attached customer is now this object's"
+    );
+    e.apply(
+        "second",
+        serde_json::json!({"plan": "basic", "customerID": c.id}),
+    )
+    .await;
+    e.wait("second", conditions::STALLED, "ClaimedByAnother")
+        .await;
+    let (_, subs) = e.owned(&uid).await;
+    assert_eq!(subs.len(), 1);
+}
+
+/// A first payment that fails leaves the subscription `incomplete` (`Ready=False` `PaymentFailed`); 23
+/// hours later Stripe ends it (`incomplete_expired`): terminal, `Stalled`, nothing created again.
+#[tokio::test]
+async fn an_incomplete_subscription_expires_for_good() {
+    let mut e = stripe_env("stripeexpire", false).await;
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let uid = common::eventually(WAIT, "the object's UID", || async {
+        e.subs().get("team").await.ok()?.metadata.uid
+    })
+    .await;
+    // Its customer exists and cannot pay before the subscription is made.
+    let stripe = quartermaster::cloud::stripe::Stripe::new(
+        quartermaster::http::HttpClient::new("stripe", Default::default()),
+        Some(&e.sim.url),
+        "sk_test_123",
+    );
+    let c = stripe
+        .create_customer(&uid, &format!("{}/team", e.ns))
+        .await
+        .unwrap();
+    e.control(
+        &format!("customers/{}/payments", c.id),
+        serde_json::json!({"fail": true}),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind(
+        e.hook_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/webhooks/stripe"),
+    )
+    .await
+    .unwrap();
+    e.start_controller(listener);
+    let s = e.wait_stripe("team", "incomplete").await;
+    let ready = conditions::find(&s.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.reason, "PaymentFailed");
+    e.control("advance", serde_json::json!({"seconds": 24 * 3600}))
+        .await;
+    e.wait("team", conditions::STALLED, "SubscriptionEnded")
+        .await;
+    let (customers, subs) = e.owned(&uid).await;
+    assert_eq!((customers.len(), subs.len()), (1, 1));
+    assert_eq!(subs[0]["status"], "incomplete_expired");
+}
+
+/// Webhooks delivered late, newest first and twice each: every event is handled once, and the object
+/// ends on Stripe's current state (read back), not on the last event's copy.
+#[tokio::test]
+async fn out_of_order_and_duplicate_webhooks_end_on_stripes_state() {
+    let e = stripe_env("stripeorder", true).await;
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let customer = s.status.unwrap().customer_id.unwrap();
+    e.control(
+        "webhooks",
+        serde_json::json!({"hold": true, "duplicate": true}),
+    )
+    .await;
+    // past_due, then paid again: the newest event says active, the oldest past_due.
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": true}),
+    )
+    .await;
+    e.control("advance", serde_json::json!({"seconds": MONTH + 60}))
+        .await;
+    e.control(
+        &format!("customers/{customer}/payments"),
+        serde_json::json!({"fail": false}),
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/_sim/stripe/webhooks/flush?reverse=true",
+            e.sim.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    let held = r.json::<serde_json::Value>().await.unwrap()["delivered"]
+        .as_u64()
+        .unwrap();
+    assert!(held >= 5, "{held} events held");
+    // Every event handled once (each was delivered twice).
+    let m = e.metrics.clone();
+    common::eventually(WAIT, "each held event handled once", || async {
+        let handled: u64 = quartermaster::webhooks::STRIPE_EVENTS
+            .iter()
+            .map(|t| m.stripe_events.with_label_values(&[t]).get())
+            .sum();
+        // The events before the hold were handled as they came: count only the total's growth.
+        (handled >= held).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the duplicates arrive
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    assert_eq!(s.status.unwrap().stripe_status.as_deref(), Some("active"));
+    let events: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/stripe/events", e.sim.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let relevant = events
+        .iter()
+        .filter(|ev| {
+            quartermaster::webhooks::STRIPE_EVENTS
+                .contains(&ev["type"].as_str().unwrap_or_default())
+        })
+        .count() as u64;
+    let handled: u64 = quartermaster::webhooks::STRIPE_EVENTS
+        .iter()
+        .map(|t| m.stripe_events.with_label_values(&[t]).get())
+        .sum();
+    assert_eq!(
+        handled, relevant,
+        "each event once, however often delivered"
+    );
+}

@@ -91,7 +91,10 @@ pub struct Customer {
 impl Customer {
     /// The object that owns it ([`UID_KEY`] in its metadata), if any.
     pub fn owner(&self) -> Option<&str> {
-        self.metadata.get(UID_KEY).map(String::as_str)
+        self.metadata
+            .get(UID_KEY)
+            .map(String::as_str)
+            .filter(|o| !o.is_empty())
     }
 }
 

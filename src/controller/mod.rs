@@ -155,6 +155,8 @@ pub struct Context {
     secret_writes: Mutex<HashMap<String, String>>,
     /// The latest SIM listing of each 1NCE account.
     pub sim_listings: sim_card::listing::SimListings,
+    /// Stripe's per-subscription limits (updates an hour, invoices a minute).
+    pub stripe_windows: subscription::limits::Windows,
 }
 
 impl Context {
@@ -193,6 +195,7 @@ impl Context {
             stripe_rx: Mutex::new(Some(stripe_rx)),
             secret_writes: Mutex::default(),
             sim_listings: Default::default(),
+            stripe_windows: Default::default(),
         }
     }
 

@@ -109,6 +109,8 @@ pub mod reason {
     pub const TOP_UP_PENDING: &str = "TopUpPending";
     /// A quota top-up was ordered and never showed in the quota: check the vendor's orders.
     pub const TOP_UP_UNCONFIRMED: &str = "TopUpUnconfirmed";
+    /// A change waits for a vendor's per-object limit (Stripe: updates an hour, invoices a minute).
+    pub const RATE_LIMITED: &str = "RateLimited";
     /// A Subscription names a plan its ProviderConfig does not declare.
     pub const UNKNOWN_PLAN: &str = "UnknownPlan";
     /// The customer's payment failed or is due (Stripe: incomplete, past_due, unpaid).

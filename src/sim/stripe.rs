@@ -179,6 +179,19 @@ fn metadata(p: &BTreeMap<String, String>) -> Value {
     Value::Object(m)
 }
 
+/// Stripe's metadata update: keys set, a key set to "" removed.
+fn merge_metadata(have: &mut Value, new: Value) {
+    if let (Value::Object(have), Value::Object(new)) = (have, new) {
+        for (k, v) in new {
+            if v == "" {
+                have.remove(&k);
+            } else {
+                have.insert(k, v);
+            }
+        }
+    }
+}
+
 /// A POST's idempotency: the replayed answer when the key was seen with the same parameters, a refusal
 /// when it was seen with others, `None` to go ahead.
 fn replay(w: &World, headers: &HeaderMap, path: &str, body: &Bytes) -> Option<Response> {
@@ -388,9 +401,7 @@ async fn update_customer(
             c[f] = json!(v);
         }
     }
-    if let (Value::Object(have), Value::Object(new)) = (&mut c["metadata"], metadata(&p)) {
-        have.extend(new);
-    }
+    merge_metadata(&mut c["metadata"], metadata(&p));
     let c = c.clone();
     emit(&app, &mut w, "customer.updated", &c);
     answer(&mut w, &headers, &path, &body, StatusCode::OK, c)
@@ -640,9 +651,7 @@ async fn update_subscription(
     if let Some(v) = p.get("cancel_at_period_end") {
         sub["cancel_at_period_end"] = json!(v == "true");
     }
-    if let (Value::Object(have), Value::Object(new)) = (&mut sub["metadata"], metadata(&p)) {
-        have.extend(new);
-    }
+    merge_metadata(&mut sub["metadata"], metadata(&p));
     if let Some(item_id) = p.get("items[0][id]") {
         let price = p.get("items[0][price]").cloned();
         let quantity = p

@@ -18,6 +18,7 @@
 //! - Stripe's webhooks (see `crate::webhooks`) only wake the object: state is always read back from Stripe.
 
 pub mod customer;
+pub mod limits;
 pub mod plan;
 pub mod revenue;
 pub mod usage;
@@ -104,6 +105,7 @@ async fn ensure(
 /// `cancel_at_period_end`.
 async fn converge(
     obj: &Subscription,
+    ctx: &Context,
     client: &Stripe,
     wanted: &plan::Wanted,
     sub: StripeSub,
@@ -120,6 +122,25 @@ async fn converge(
     if let Some(item) = item
         && (item.price != wanted.price || item.quantity != Some(i64::from(obj.spec.quantity)))
     {
+        let change = if obj.spec.proration_behavior == crate::crd::ProrationBehavior::AlwaysInvoice
+        {
+            limits::Change::UpdateAndInvoice
+        } else {
+            limits::Change::Update
+        };
+        let now = jiff::Timestamp::now().as_second();
+        if let Err(at) = ctx.stripe_windows.admit(&sub.id, change, now) {
+            return Err(Error::Waiting {
+                reason: reason::RATE_LIMITED,
+                message: format!(
+                    "Stripe allows {} updates an hour and {} new invoices a minute per subscription; the change waits until {}",
+                    limits::UPDATES_PER_HOUR,
+                    limits::INVOICES_PER_MINUTE,
+                    rfc3339(at).unwrap_or_default()
+                ),
+            });
+        }
+        ctx.stripe_windows.note(&sub.id, change, now);
         sub = client
             .update_item(
                 &uid,
@@ -329,7 +350,7 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
         let sub = if TERMINAL.contains(&sub.status.as_str()) {
             sub
         } else {
-            converge(&obj, &client, &wanted, sub).await?
+            converge(&obj, &ctx, &client, &wanted, sub).await?
         };
         let st = &mut progress.status;
         st.plan = Some(wanted.label.clone());
@@ -395,7 +416,12 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
             wait_until = Some(s.current_period.1);
         }
         match wait_until {
-            None => Ok(Cleanup::Done),
+            None => {
+                if let Some(id) = &progress.status.subscription_id {
+                    ctx.stripe_windows.forget(id);
+                }
+                Ok(Cleanup::Done)
+            }
             Some(end) => {
                 let left = (end - jiff::Timestamp::now().as_second()).max(0);
                 Ok(Cleanup::Wait {
