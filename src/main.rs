@@ -183,6 +183,9 @@ enum Bench {
     /// Claim N SimCards on a simulated 1NCE account, then measure a resync of all of them at 1NCE's
     /// 10 requests a second (see `scripts/bench simcards`).
     Simcards(quartermaster::bench::simcards::SimBench),
+    /// Create N Subscriptions on one Stripe account of the simulator, then measure a resync of all of
+    /// them at Stripe's 25 requests a second (see `scripts/bench subscriptions`).
+    Subscriptions(quartermaster::bench::subscriptions::SubscriptionBench),
 }
 
 #[derive(Subcommand)]
@@ -415,6 +418,12 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Reconcile(b)) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
             quartermaster::bench::reconcile(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
+        Command::Bench(Bench::Subscriptions(b)) => block_on("bench", async move {
+            let exe = std::env::current_exe()?;
+            quartermaster::bench::subscriptions::subscriptions(b, exe)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),

@@ -26,6 +26,7 @@ use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::kube_client::{KubeLimits, KubeMetrics};
 
 pub mod simcards;
+pub mod subscriptions;
 
 /// Benchmark settings.
 #[derive(Clone, Debug, clap::Args)]

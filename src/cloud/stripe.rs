@@ -199,11 +199,16 @@ struct ItemDto {
 struct ListDto<T> {
     #[serde(default = "Vec::new")]
     data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
 }
 
 impl<T> Default for ListDto<T> {
     fn default() -> Self {
-        Self { data: Vec::new() }
+        Self {
+            data: Vec::new(),
+            has_more: false,
+        }
     }
 }
 
@@ -472,6 +477,26 @@ impl Stripe {
             .await?;
         let d: SubscriptionDto = Self::decode(resp).await?;
         Ok(d.into())
+    }
+
+    /// Every subscription of the account, whatever its status, 100 a page (for one listing that serves
+    /// every Subscription of the account at a resync).
+    pub async fn all_subscriptions(&self) -> Result<Vec<Subscription>, CloudError> {
+        let mut out: Vec<Subscription> = Vec::new();
+        loop {
+            let after = out
+                .last()
+                .map(|s| format!("&starting_after={}", s.id))
+                .unwrap_or_default();
+            let page: ListDto<SubscriptionDto> = self
+                .get(&format!("/v1/subscriptions?status=all&limit=100{after}"))
+                .await?;
+            let more = page.has_more && !page.data.is_empty();
+            out.extend(page.data.into_iter().map(Subscription::from));
+            if !more || out.last().is_some_and(|s| !safe_id(&s.id, "sub_")) {
+                return Ok(out);
+            }
+        }
     }
 
     /// The latest `limit` invoices of a subscription, newest first.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod framework;
 pub mod leader;
+pub mod listings;
 pub mod members;
 pub mod names;
 pub mod observe;
@@ -154,7 +155,10 @@ pub struct Context {
     /// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made.
     secret_writes: Mutex<HashMap<String, String>>,
     /// The latest SIM listing of each 1NCE account.
-    pub sim_listings: sim_card::listing::SimListings,
+    pub sim_listings: listings::Listings<crate::cloud::onence::Sim>,
+    /// The latest subscription listing of each Stripe account.
+    pub stripe_listings: listings::Listings<crate::cloud::stripe::Subscription>,
+    stripe_fresh: Mutex<std::collections::HashSet<String>>,
     /// Stripe's per-subscription limits (updates an hour, invoices a minute).
     pub stripe_windows: subscription::limits::Windows,
 }
@@ -195,7 +199,9 @@ impl Context {
             stripe_rx: Mutex::new(Some(stripe_rx)),
             secret_writes: Mutex::default(),
             sim_listings: Default::default(),
+            stripe_listings: Default::default(),
             stripe_windows: Default::default(),
+            stripe_fresh: Mutex::default(),
         }
     }
 
@@ -242,6 +248,23 @@ impl Context {
             return false;
         }
         hint == crate::webhooks::StripeHint::default() || self.stripe_tx.send(hint).is_ok()
+    }
+
+    /// Records that a Stripe event concerns the Subscription of `uid`: its next reconcile reads Stripe,
+    /// not the account's listing.
+    pub fn stripe_event_for(&self, uid: &str) {
+        self.stripe_fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string());
+    }
+
+    /// Whether a Stripe event concerned the Subscription of `uid` since its last reconcile (forgotten).
+    pub fn take_stripe_event(&self, uid: &str) -> bool {
+        self.stripe_fresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid)
     }
 
     /// True the first time `value` is reported for `key` (and again after the value changed): keeps a
@@ -539,10 +562,10 @@ fn subscription_controller(
     let Some(rx) = hints else {
         return c;
     };
-    let all = caches.subscriptions.clone();
+    let (all, own) = (caches.subscriptions.clone(), ctx.clone());
     c.reconcile_on(
         tokio_stream_from(rx)
-            .flat_map(move |h| futures::stream::iter(subscription::concerned(&all, &h))),
+            .flat_map(move |h| futures::stream::iter(subscription::concerned(&all, &own, &h))),
     )
 }
 

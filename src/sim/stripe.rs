@@ -417,17 +417,31 @@ async fn read_price(Path(id): Path<String>) -> Response {
 #[derive(serde::Deserialize)]
 struct SubList {
     customer: Option<String>,
+    limit: Option<usize>,
+    starting_after: Option<String>,
 }
 
 async fn list_subscriptions(State(app): State<App>, Query(q): Query<SubList>) -> Response {
     let w = app.world.lock().await;
-    let data = w
+    let limit = q.limit.unwrap_or(10).clamp(1, 100);
+    // IDs sort in creation order here; Stripe lists newest first, but paging works the same way.
+    let start = match &q.starting_after {
+        Some(after) => std::ops::Bound::Excluded(after.clone()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut data: Vec<Value> = w
         .subs
-        .values()
+        .range((start, std::ops::Bound::Unbounded))
+        .map(|(_, s)| s)
         .filter(|s| q.customer.as_deref().is_none_or(|c| s["customer"] == c))
+        .take(limit + 1)
         .cloned()
         .collect();
-    axum::Json(list(data, "/v1/subscriptions")).into_response()
+    let more = data.len() > limit;
+    data.truncate(limit);
+    let mut l = list(data, "/v1/subscriptions");
+    l["has_more"] = json!(more);
+    axum::Json(l).into_response()
 }
 
 async fn search_subscriptions(State(app): State<App>, Query(q): Query<Search>) -> Response {

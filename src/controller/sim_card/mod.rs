@@ -14,7 +14,6 @@
 //! only on a SIM whose claim this object still holds.
 
 pub mod claim;
-pub mod listing;
 mod order;
 pub mod top_up;
 pub mod usage;
@@ -168,12 +167,19 @@ async fn observe(
         let max_age = ctx.config.resync_interval / 2;
         let listing = ctx
             .sim_listings
-            .get(&c.pc, c.fingerprint, max_age, &c.client)
+            .get(&c.pc, c.fingerprint, max_age, || async {
+                Ok(c.client
+                    .list_sims()
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.iccid.clone(), s))
+                    .collect())
+            })
             .await
             .map_err(Error::vendor("list the account's SIMs"))?;
         // A listing from before this object's own last change does not show the SIM as it is.
         (listing.at > changed_at)
-            .then(|| listing.sims.get(&c.iccid).cloned())
+            .then(|| listing.items.get(&c.iccid).cloned())
             .flatten()
     };
     let from_listing = listed.is_some();

@@ -62,12 +62,16 @@ async fn ensure(
     obj: &Subscription,
     ctx: &Context,
     client: &Stripe,
+    r: &vendor::Resolved,
     customer: &str,
     wanted: &plan::Wanted,
     progress: &mut Progress<SubscriptionStatus>,
 ) -> Result<StripeSub, Error> {
     let uid = obj.uid().unwrap_or_default();
     if let Some(id) = progress.status.subscription_id.clone() {
+        if let Some(s) = listed(obj, ctx, client, r, &id, progress).await? {
+            return Ok(s);
+        }
         return client
             .subscription(&id)
             .await
@@ -99,6 +103,41 @@ async fn ensure(
     progress.status.subscription_id = Some(sub.id.clone());
     persist(ctx, obj, progress).await?;
     Ok(sub)
+}
+
+/// Subscription `id` from the account's listing (one listing serves every Subscription of the account
+/// at a resync), unless this reconcile needs Stripe's current word: the spec changed, or a Stripe event
+/// concerns it (a webhook), or the listing does not hold it.
+async fn listed(
+    obj: &Subscription,
+    ctx: &Context,
+    client: &Stripe,
+    r: &vendor::Resolved,
+    id: &str,
+    progress: &Progress<SubscriptionStatus>,
+) -> Result<Option<StripeSub>, Error> {
+    let woken = ctx.take_stripe_event(&obj.uid().unwrap_or_default());
+    if woken || progress.status.observed_generation != obj.metadata.generation {
+        return Ok(None);
+    }
+    let listing = ctx
+        .stripe_listings
+        .get(
+            &r.config.name_any(),
+            r.fingerprint,
+            ctx.config.resync_interval / 2,
+            || async {
+                Ok(client
+                    .all_subscriptions()
+                    .await?
+                    .into_iter()
+                    .map(|s| (s.id.clone(), s))
+                    .collect())
+            },
+        )
+        .await
+        .map_err(Error::vendor("list the account's subscriptions"))?;
+    Ok(listing.items.get(id).cloned())
 }
 
 /// Brings a live subscription to the spec: the licensed item's price and quantity, then
@@ -319,10 +358,12 @@ pub async fn recent_invoices(
 /// subscription or customer ID they recorded.
 pub fn concerned(
     all: &kube::runtime::reflector::Store<Subscription>,
+    ctx: &Context,
     h: &crate::webhooks::StripeHint,
 ) -> Vec<ObjectRef<Subscription>> {
-    all.state()
-        .iter()
+    let found: Vec<Arc<Subscription>> = all
+        .state()
+        .into_iter()
         .filter(|s| {
             let st = s.status.as_ref();
             (h.uid.is_some() && s.uid() == h.uid)
@@ -331,8 +372,11 @@ pub fn concerned(
                 || (h.customer.is_some()
                     && st.and_then(|st| st.customer_id.as_ref()) == h.customer.as_ref())
         })
-        .map(|s| ObjectRef::from_obj(&**s))
-        .collect()
+        .collect();
+    for s in &found {
+        ctx.stripe_event_for(&s.uid().unwrap_or_default());
+    }
+    found.iter().map(|s| ObjectRef::from_obj(&**s)).collect()
 }
 
 impl Reconciler<Subscription> for SubscriptionReconciler {
@@ -346,7 +390,7 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
         let wanted = plan::wanted(&obj.spec, &r.config)
             .map_err(|m| Error::permanent(reason::UNKNOWN_PLAN, m))?;
         let customer = customer::ensure(&obj, &ctx, &client, &r.config, progress).await?;
-        let sub = ensure(&obj, &ctx, &client, &customer.id, &wanted, progress).await?;
+        let sub = ensure(&obj, &ctx, &client, &r, &customer.id, &wanted, progress).await?;
         let sub = if TERMINAL.contains(&sub.status.as_str()) {
             sub
         } else {
