@@ -372,6 +372,20 @@ fn main() -> ExitCode {
                 eprintln!("no usage for {ns}/{name} in {period}");
             }
             print!("{}", quartermaster::output::render(&rows, output));
+            if matches!(output, quartermaster::output::Format::Table) {
+                // Revenue (payments received in the month) beside the vendor's cost, per currency.
+                let payments = l.payments(&me, from, to).await?;
+                let costs = quartermaster::ledger::report::cost_totals(&rows);
+                let rev = quartermaster::ledger::report::revenue(&payments, &costs);
+                for (c, v) in rev.as_object().into_iter().flatten() {
+                    println!(
+                        "{c}: revenue (payments) {}, vendor cost {}, margin {}",
+                        v["payments"].as_str().unwrap_or_default(),
+                        v["vendorCost"].as_str().unwrap_or_default(),
+                        v["margin"].as_str().unwrap_or_default()
+                    );
+                }
+            }
             Ok(())
         }),
         Command::Invoice {

@@ -208,6 +208,11 @@ impl StripeEnv {
 
     /// `quartermaster ARGS` against this environment's API server and ledger: its stdout as JSON.
     async fn cli(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli_text(args).await).unwrap()
+    }
+
+    /// `quartermaster ARGS`: its stdout.
+    async fn cli_text(&self, args: &[&str]) -> String {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let url = self.ledger_url.clone();
         // A blocking child process must not stall the simulator running on this runtime.
@@ -226,7 +231,7 @@ impl StripeEnv {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        String::from_utf8(out.stdout).unwrap()
     }
 
     async fn payments(&self) -> Vec<(String, i64)> {
@@ -287,6 +292,15 @@ async fn create_change_plan_and_cancel_at_period_end() {
     .await;
     let s = e.wait("team", conditions::READY, "Reconciled").await;
     assert_eq!(s.status.as_ref().unwrap().plan.as_deref(), Some("pro"));
+    // The pro plan's metered price was added beside it.
+    let (_, subs) = e.owned(&uid).await;
+    let prices: Vec<&str> = subs[0]["items"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["price"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(prices, ["price_pro", "price_vm_hours"]);
     let payments = common::eventually(WAIT, "the proration paid and credited", || async {
         let p = e.payments().await;
         (p.len() == 2).then_some(p)

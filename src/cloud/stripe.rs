@@ -461,6 +461,33 @@ impl Stripe {
         Ok(d.into())
     }
 
+    /// Adds items of prices `add` and removes items `remove` (metered prices: no quantity, no
+    /// proration), at the object's `generation`.
+    pub async fn change_items(
+        &self,
+        uid: &str,
+        generation: i64,
+        id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Subscription, CloudError> {
+        let items: Vec<serde_json::Value> = add
+            .iter()
+            .map(|p| serde_json::json!({ "price": p }))
+            .chain(
+                remove
+                    .iter()
+                    .map(|i| serde_json::json!({ "id": i, "deleted": true })),
+            )
+            .collect();
+        let params = serde_json::json!({ "items": items, "proration_behavior": "none" });
+        let op = format!("items-g{generation}");
+        let d: SubscriptionDto = self
+            .post(&format!("/v1/subscriptions/{id}"), uid, &op, &params)
+            .await?;
+        Ok(d.into())
+    }
+
     /// Cancels a subscription now (`DELETE`; repeating it is harmless: the caller reads it first).
     pub async fn cancel_now(&self, id: &str) -> Result<Subscription, CloudError> {
         if !safe_id(id, "sub_") {

@@ -666,7 +666,27 @@ async fn update_subscription(
         sub["cancel_at_period_end"] = json!(v == "true");
     }
     merge_metadata(&mut sub["metadata"], metadata(&p));
-    if let Some(item_id) = p.get("items[0][id]") {
+    // Items added (a price, no ID) or removed (an ID and deleted=true).
+    for i in 0..20 {
+        let id = p.get(&format!("items[{i}][id]"));
+        if let (None, Some(price)) = (id, p.get(&format!("items[{i}][price]"))) {
+            let Some(item) = item_json(&mut w, price, 1) else {
+                return invalid(&format!("No such price: '{price}'"));
+            };
+            if let Some(items) = sub["items"]["data"].as_array_mut() {
+                items.push(item);
+            }
+        }
+        if let (Some(id), Some(_)) = (id, p.get(&format!("items[{i}][deleted]")))
+            && let Some(items) = sub["items"]["data"].as_array_mut()
+        {
+            items.retain(|x| x["id"] != id.as_str());
+        }
+    }
+    if let Some(item_id) = p
+        .get("items[0][id]")
+        .filter(|_| !p.contains_key("items[0][deleted]"))
+    {
         let price = p.get("items[0][price]").cloned();
         let quantity = p
             .get("items[0][quantity]")

@@ -152,12 +152,8 @@ async fn converge(
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or(0);
     let mut sub = sub;
-    // The licensed item: the one that is not one of the plan's metered prices.
-    let item = sub
-        .items
-        .iter()
-        .find(|i| !wanted.metered.contains(&i.price))
-        .cloned();
+    // The licensed item: the one with a quantity (metered items have none).
+    let item = sub.items.iter().find(|i| i.quantity.is_some()).cloned();
     if let Some(item) = item
         && (item.price != wanted.price || item.quantity != Some(i64::from(obj.spec.quantity)))
     {
@@ -192,6 +188,25 @@ async fn converge(
             )
             .await
             .map_err(Error::vendor("change the Stripe subscription's plan"))?;
+    }
+    // The plan's metered prices: added when missing, others removed (a plan change).
+    let add: Vec<String> = wanted
+        .metered
+        .iter()
+        .filter(|p| !sub.items.iter().any(|i| &i.price == *p))
+        .cloned()
+        .collect();
+    let remove: Vec<String> = sub
+        .items
+        .iter()
+        .filter(|i| i.quantity.is_none() && !wanted.metered.contains(&i.price))
+        .map(|i| i.id.clone())
+        .collect();
+    if !add.is_empty() || !remove.is_empty() {
+        sub = client
+            .change_items(&uid, generation, &sub.id, &add, &remove)
+            .await
+            .map_err(Error::vendor("change the subscription's metered prices"))?;
     }
     if sub.cancel_at_period_end != obj.spec.cancel_at_period_end {
         sub = client
