@@ -110,6 +110,51 @@ fn chart_never_runs_several_replicas_on_the_embedded_ledger() {
     );
 }
 
+/// The webhook endpoints: the controller's flags name the Secrets, a Service reaches them, and an optional
+/// Ingress exposes only `/webhooks/`.
+#[test]
+fn chart_wires_the_webhook_endpoints() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let none = template(&helm, &[]).unwrap();
+    assert!(
+        !none.contains("-webhooks") && !none.contains("webhook-secret"),
+        "{none}"
+    );
+    let on = template(
+        &helm,
+        &[
+            "webhooks.stripeSecretName=stripe-hook",
+            "webhooks.onenceSecretName=onence-hook",
+            "webhooks.ingress.enabled=true",
+            "webhooks.ingress.host=hooks.example.com",
+            "webhooks.ingress.tlsSecretName=hooks-tls",
+        ],
+    )
+    .unwrap();
+    for want in [
+        "- --stripe-webhook-secret=default/stripe-hook",
+        "- --onence-streamer-secret=default/onence-hook",
+        "name: t-quartermaster-webhooks",
+        "kind: Ingress",
+        "path: /webhooks/",
+        "host: \"hooks.example.com\"",
+        "secretName: hooks-tls",
+    ] {
+        assert!(on.contains(want), "{want} missing from:\n{on}");
+    }
+    assert!(
+        !on.contains("path: /metrics"),
+        "only the webhooks are exposed"
+    );
+    let no_ingress = template(&helm, &["webhooks.stripeSecretName=s"]).unwrap();
+    assert!(
+        no_ingress.contains("name: t-quartermaster-webhooks")
+            && !no_ingress.contains("kind: Ingress")
+    );
+}
+
 #[tokio::test]
 async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     let Some(helm) = helm_or_skip() else {
