@@ -128,6 +128,24 @@ impl StripeEnv {
         self.stop = Some(stop);
     }
 
+    /// A Stripe client of the simulated account (as an earlier attempt or another tool would use).
+    fn stripe(&self) -> quartermaster::cloud::stripe::Stripe {
+        quartermaster::cloud::stripe::Stripe::new(
+            quartermaster::http::HttpClient::new("stripe", Default::default()),
+            Some(&self.sim.url),
+            "sk_test_123",
+        )
+    }
+
+    /// The webhook endpoint's listener again, for a controller started later.
+    async fn hook_listener(&self) -> tokio::net::TcpListener {
+        let addr = self
+            .hook_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/webhooks/stripe");
+        tokio::net::TcpListener::bind(addr).await.unwrap()
+    }
+
     fn subs(&self) -> Api<Subscription> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -408,11 +426,7 @@ async fn a_crash_before_the_status_write_leaves_one_customer_and_one_subscriptio
     })
     .await;
     // The earlier attempt, as the controller makes it.
-    let stripe = quartermaster::cloud::stripe::Stripe::new(
-        quartermaster::http::HttpClient::new("stripe", Default::default()),
-        Some(&e.sim.url),
-        "sk_test_123",
-    );
+    let stripe = e.stripe();
     let c = stripe
         .create_customer(&uid, &format!("{}/team", e.ns))
         .await
@@ -421,13 +435,7 @@ async fn a_crash_before_the_status_write_leaves_one_customer_and_one_subscriptio
         .create_subscription(&uid, &c.id, &[("price_basic".into(), Some(1))], None)
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind(
-        e.hook_url
-            .trim_start_matches("http://")
-            .trim_end_matches("/webhooks/stripe"),
-    )
-    .await
-    .unwrap();
+    let listener = e.hook_listener().await;
     e.start_controller(listener);
     let s = e.wait("team", conditions::READY, "Reconciled").await;
     let st = s.status.unwrap();
@@ -792,11 +800,7 @@ async fn usage_is_reported_to_stripe_once_across_a_lost_answer_and_a_restart() {
         })
         .await
         .unwrap();
-    let stripe = quartermaster::cloud::stripe::Stripe::new(
-        quartermaster::http::HttpClient::new("stripe", Default::default()),
-        Some(&e.sim.url),
-        "sk_test_123",
-    );
+    let stripe = e.stripe();
     stripe
         .meter_event("vm_hours", &customer, "2", &id4, now)
         .await
@@ -843,11 +847,7 @@ async fn usage_is_reported_to_stripe_once_across_a_lost_answer_and_a_restart() {
 #[tokio::test]
 async fn an_existing_customer_is_attached_only_where_allowed_and_by_one_object() {
     let e = stripe_env("stripeattach", true).await;
-    let stripe = quartermaster::cloud::stripe::Stripe::new(
-        quartermaster::http::HttpClient::new("stripe", Default::default()),
-        Some(&e.sim.url),
-        "sk_test_123",
-    );
+    let stripe = e.stripe();
     // A customer made outside Quartermaster (no owner tag): the create of another "object".
     let c = stripe
         .create_customer("00000000-0000-0000-0000-0000000000aa", "billing-console")
@@ -918,11 +918,7 @@ async fn an_incomplete_subscription_expires_for_good() {
     })
     .await;
     // Its customer exists and cannot pay before the subscription is made.
-    let stripe = quartermaster::cloud::stripe::Stripe::new(
-        quartermaster::http::HttpClient::new("stripe", Default::default()),
-        Some(&e.sim.url),
-        "sk_test_123",
-    );
+    let stripe = e.stripe();
     let c = stripe
         .create_customer(&uid, &format!("{}/team", e.ns))
         .await
@@ -932,13 +928,7 @@ async fn an_incomplete_subscription_expires_for_good() {
         serde_json::json!({"fail": true}),
     )
     .await;
-    let listener = tokio::net::TcpListener::bind(
-        e.hook_url
-            .trim_start_matches("http://")
-            .trim_end_matches("/webhooks/stripe"),
-    )
-    .await
-    .unwrap();
+    let listener = e.hook_listener().await;
     e.start_controller(listener);
     let s = e.wait_stripe("team", "incomplete").await;
     let ready = conditions::find(&s.status.unwrap().conditions, conditions::READY)

@@ -672,3 +672,59 @@ async fn raw_limit(
         .await?;
     Ok(started.elapsed())
 }
+
+/// Every API call the simulator served.
+pub(crate) fn total(s: &crate::sim::StatsSnapshot) -> u64 {
+    s.get + s.post + s.delete + s.other
+}
+
+/// The sum of the counters whose name starts with `prefix`.
+pub(crate) fn count(counters: &std::collections::BTreeMap<String, u64>, prefix: &str) -> u64 {
+    counters
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits until `n` objects of `api` are Ready at their generation (polling a list every 2 s).
+pub(crate) async fn wait_all_ready<K>(
+    api: &kube::Api<K>,
+    n: usize,
+    timeout: Duration,
+) -> Result<Duration, BoxError>
+where
+    K: crate::controller::framework::Managed,
+{
+    use crate::crd::ObjectStatus;
+    let started = std::time::Instant::now();
+    loop {
+        let list = api.list(&Default::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|o| {
+                o.status().is_some_and(|st| {
+                    st.observed_generation() == o.meta().generation
+                        && crate::crd::conditions::find(
+                            st.conditions(),
+                            crate::crd::conditions::READY,
+                        )
+                        .is_some_and(|c| c.status == crate::crd::conditions::ConditionStatus::True)
+                })
+            })
+            .count();
+        if ready >= n {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "{ready} of {n} {} Ready after {} s",
+                K::KIND,
+                timeout.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -17,8 +17,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::{
-    BoxError, apiserver_requests, controller_counters, cpu_secs, free_port, reads_writes, rss_kib,
-    sim_calls, spawn, wait_for,
+    BoxError, apiserver_requests, controller_counters, count, cpu_secs, free_port, reads_writes,
+    rss_kib, sim_calls, spawn, total, wait_all_ready, wait_for,
 };
 use crate::crd::{ProviderConfig, Subscription};
 use crate::kube_client::{KubeLimits, KubeMetrics};
@@ -41,18 +41,6 @@ pub struct SubscriptionBench {
     /// Folder for the simulator, the ledger and the logs (default: a new temporary folder).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-}
-
-fn total(s: &crate::sim::StatsSnapshot) -> u64 {
-    s.get + s.post + s.delete + s.other
-}
-
-fn count(counters: &BTreeMap<String, u64>, prefix: &str) -> u64 {
-    counters
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum()
 }
 
 /// Runs the benchmark and prints its figures; `exe` is the `quartermaster` binary.
@@ -242,41 +230,4 @@ pub async fn subscriptions(b: SubscriptionBench, exe: PathBuf) -> Result<(), Box
         rss / 1024
     );
     Ok(())
-}
-
-/// Waits until `n` Subscriptions are Ready at their generation (polling a list every 2 s).
-async fn wait_all_ready(
-    sims: &Api<Subscription>,
-    n: usize,
-    timeout: Duration,
-) -> Result<Duration, BoxError> {
-    let started = Instant::now();
-    loop {
-        let list = sims.list(&Default::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|s| {
-                s.status.as_ref().is_some_and(|st| {
-                    st.observed_generation == s.metadata.generation
-                        && crate::crd::conditions::find(
-                            &st.conditions,
-                            crate::crd::conditions::READY,
-                        )
-                        .is_some_and(|c| c.status == crate::crd::conditions::ConditionStatus::True)
-                })
-            })
-            .count();
-        if ready >= n {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > timeout {
-            return Err(format!(
-                "{ready} of {n} Subscriptions Ready after {} s",
-                timeout.as_secs()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }

@@ -194,8 +194,8 @@ type Credentials = (Option<String>, Option<i64>, Account, u64);
 #[derive(Default)]
 pub struct Providers {
     entries: Mutex<HashMap<String, Cached>>,
-    sims: Mutex<HashMap<String, (u64, Arc<OneNce>)>>,
-    stripes: Mutex<HashMap<String, (u64, Arc<crate::cloud::stripe::Stripe>)>>,
+    sims: ClientCache<OneNce>,
+    stripes: ClientCache<crate::cloud::stripe::Stripe>,
     accounts: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
@@ -294,87 +294,83 @@ impl Providers {
     }
 }
 
-impl Providers {
-    /// The 1NCE client for a resolved ProviderConfig of type `onence` (built once per fingerprint, so
-    /// its token, rate limit and connections are shared by every SimCard of the account).
-    pub async fn onence(&self, ctx: &Context, r: &Resolved) -> Result<Arc<OneNce>, Error> {
-        if r.account.provider != crate::crd::ProviderType::Onence {
-            return Err(Error::permanent(
-                reason::PROVIDER_CONFIG_WRONG_TYPE,
-                format!(
-                    "ProviderConfig {:?} is of type {}, not onence",
-                    r.config.name_any(),
-                    r.account.provider.as_str()
-                ),
-            ));
-        }
-        let name = r.config.name_any();
-        let mut entries = self.sims.lock().await;
-        if let Some((fp, c)) = entries.get(&name)
-            && *fp == r.fingerprint
-        {
-            return Ok(c.clone());
-        }
-        let policy = RetryPolicy {
-            timeout: ctx.config.vendor_timeout,
-            ..Default::default()
-        };
-        let mut http =
-            crate::http::HttpClient::new("1nce", policy).with_metrics(ctx.http_metrics.clone());
-        if let Some((rps, burst)) = r.account.rate_limit {
-            http = http.with_rate_limit(rps, burst);
-        }
-        let c = Arc::new(OneNce::new(
-            http,
-            Endpoints::at(r.account.endpoint.as_deref()),
-            &r.account.credentials,
+/// A vendor client cached per ProviderConfig name and fingerprint.
+type ClientCache<C> = Mutex<HashMap<String, (u64, Arc<C>)>>;
+
+/// The cached client of `r` in `cache`, or one built now by `build` from an HTTP client with the
+/// account's rate limit (built once per fingerprint, so its token, rate limit and connections are shared
+/// by every object of the account). `Err` when the ProviderConfig is not of type `want`.
+async fn cached<C>(
+    ctx: &Context,
+    r: &Resolved,
+    cache: &ClientCache<C>,
+    want: crate::crd::ProviderType,
+    vendor: &'static str,
+    build: impl FnOnce(crate::http::HttpClient) -> C,
+) -> Result<Arc<C>, Error> {
+    if r.account.provider != want {
+        return Err(Error::permanent(
+            reason::PROVIDER_CONFIG_WRONG_TYPE,
+            format!(
+                "ProviderConfig {:?} is of type {}, not {}",
+                r.config.name_any(),
+                r.account.provider.as_str(),
+                want.as_str()
+            ),
         ));
-        entries.insert(name, (r.fingerprint, c.clone()));
-        Ok(c)
     }
+    let name = r.config.name_any();
+    let mut entries = cache.lock().await;
+    if let Some((fp, c)) = entries.get(&name)
+        && *fp == r.fingerprint
+    {
+        return Ok(c.clone());
+    }
+    let policy = RetryPolicy {
+        timeout: ctx.config.vendor_timeout,
+        ..Default::default()
+    };
+    let mut http =
+        crate::http::HttpClient::new(vendor, policy).with_metrics(ctx.http_metrics.clone());
+    if let Some((rps, burst)) = r.account.rate_limit {
+        http = http.with_rate_limit(rps, burst);
+    }
+    let c = Arc::new(build(http));
+    entries.insert(name, (r.fingerprint, c.clone()));
+    Ok(c)
 }
 
 impl Providers {
-    /// The Stripe client for a resolved ProviderConfig of type `stripe` (built once per fingerprint, so
-    /// its rate limit and connections are shared by every Subscription of the account).
+    /// The 1NCE client for a resolved ProviderConfig of type `onence`.
+    pub async fn onence(&self, ctx: &Context, r: &Resolved) -> Result<Arc<OneNce>, Error> {
+        let (endpoint, credentials) = (r.account.endpoint.as_deref(), &r.account.credentials);
+        cached(
+            ctx,
+            r,
+            &self.sims,
+            crate::crd::ProviderType::Onence,
+            "1nce",
+            |http| OneNce::new(http, Endpoints::at(endpoint), credentials),
+        )
+        .await
+    }
+
+    /// The Stripe client for a resolved ProviderConfig of type `stripe`.
     pub async fn stripe(
         &self,
         ctx: &Context,
         r: &Resolved,
     ) -> Result<Arc<crate::cloud::stripe::Stripe>, Error> {
-        if r.account.provider != crate::crd::ProviderType::Stripe {
-            return Err(Error::permanent(
-                reason::PROVIDER_CONFIG_WRONG_TYPE,
-                format!(
-                    "ProviderConfig {:?} is of type {}, not stripe",
-                    r.config.name_any(),
-                    r.account.provider.as_str()
-                ),
-            ));
-        }
-        let name = r.config.name_any();
-        let mut entries = self.stripes.lock().await;
-        if let Some((fp, c)) = entries.get(&name)
-            && *fp == r.fingerprint
-        {
-            return Ok(c.clone());
-        }
-        let policy = RetryPolicy {
-            timeout: ctx.config.vendor_timeout,
-            ..Default::default()
-        };
-        let mut http =
-            crate::http::HttpClient::new("stripe", policy).with_metrics(ctx.http_metrics.clone());
-        if let Some((rps, burst)) = r.account.rate_limit {
-            http = http.with_rate_limit(rps, burst);
-        }
-        let c = Arc::new(crate::cloud::stripe::Stripe::new(
-            http,
-            r.account.endpoint.as_deref(),
-            &r.account.credentials,
-        ));
-        entries.insert(name, (r.fingerprint, c.clone()));
-        Ok(c)
+        let (endpoint, credentials) = (r.account.endpoint.as_deref(), &r.account.credentials);
+        cached(
+            ctx,
+            r,
+            &self.stripes,
+            crate::crd::ProviderType::Stripe,
+            "stripe",
+            |http| crate::cloud::stripe::Stripe::new(http, endpoint, credentials),
+        )
+        .await
     }
 }
 
