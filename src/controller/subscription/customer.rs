@@ -120,8 +120,9 @@ async fn attach(
     Ok(c)
 }
 
-/// The older Subscription (`namespace/name`) that also names customer `id`, if any: one customer is
-/// claimed by one object at most, the oldest.
+/// The other Subscription (`namespace/name`) that claims customer `id`, if any: one that holds it (its
+/// status names it) whatever its age, else an older one whose spec names it. One customer is claimed by
+/// one object at most.
 fn claimed_by_older(obj: &Subscription, ctx: &Context, id: &str) -> Result<Option<String>, Error> {
     let key = |s: &Subscription| {
         (
@@ -133,19 +134,21 @@ fn claimed_by_older(obj: &Subscription, ctx: &Context, id: &str) -> Result<Optio
         )
     };
     let mine = key(obj);
-    Ok(ctx
+    let others: Vec<_> = ctx
         .caches()?
         .subscriptions
         .state()
-        .iter()
+        .into_iter()
         .filter(|s| s.uid() != obj.uid())
-        .filter(|s| {
-            s.spec.customer_id.as_deref() == Some(id)
-                || s.status.as_ref().and_then(|st| st.customer_id.as_deref()) == Some(id)
-        })
-        .filter(|s| key(s) < mine)
-        .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()))
-        .next())
+        .collect();
+    let holds =
+        |s: &Subscription| s.status.as_ref().and_then(|st| st.customer_id.as_deref()) == Some(id);
+    let names = |s: &Subscription| s.spec.customer_id.as_deref() == Some(id) && key(s) < mine;
+    Ok(others
+        .iter()
+        .find(|s| holds(s))
+        .or_else(|| others.iter().find(|s| names(s)))
+        .map(|s| format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any())))
 }
 
 /// Brings the customer's e-mail and name (and the owner tag, for an attached one) to the spec's.
