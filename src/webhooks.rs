@@ -54,13 +54,21 @@ impl Streamer {
 }
 
 impl Streamer {
-    /// Whether the request carries the expected credentials (compared in constant time).
+    /// Whether the request carries the expected credentials (compared in constant time); a refusal is
+    /// counted.
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let given = headers
             .get("authorization")
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        bool::from(given.ct_eq(&self.expected))
+        let ok = bool::from(given.ct_eq(&self.expected));
+        if !ok {
+            self.metrics
+                .webhook_refusals
+                .with_label_values(&["1nce"])
+                .inc();
+        }
+        ok
     }
 }
 
@@ -227,10 +235,6 @@ async fn usage(
     body: Bytes,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
-        s.metrics
-            .webhook_refusals
-            .with_label_values(&["1nce"])
-            .inc();
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let records = match crate::cloud::onence::parse_stream(&body) {
@@ -262,10 +266,6 @@ async fn sms(
     body: Bytes,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
-        s.metrics
-            .webhook_refusals
-            .with_label_values(&["1nce"])
-            .inc();
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
     let messages = match crate::cloud::onence::parse_forwarded_sms(&body) {
