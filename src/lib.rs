@@ -3,9 +3,11 @@
 //! Layers point one way: [`controller`] → vendor clients → [`crd`]. The binary (`src/main.rs`) is wiring.
 
 pub mod bench;
+pub mod budget;
 pub mod cloud;
 pub mod controller;
 pub mod crd;
+pub mod gateway;
 pub mod http;
 pub mod kube_client;
 pub mod ledger;

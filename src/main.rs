@@ -101,6 +101,9 @@ enum Command {
     },
     /// Run the vendor simulator (DigitalOcean API subset) on a loopback address.
     Sim(quartermaster::sim::SimConfig),
+    /// Run the OpenAI-compatible LLM gateway: TokenBudget keys, budgets held across replicas through
+    /// the ledger (PostgreSQL when more than one replica runs), usage metered to the ledger.
+    Gateway(quartermaster::gateway::GatewayConfig),
     /// Apply the usage ledger's database migrations.
     Migrate,
     /// Usage of a project for a month, grouped by meter, object or day, with the tenant's amount, the
@@ -457,6 +460,7 @@ fn main() -> ExitCode {
             limit,
             output,
         } => block_on("invoices", invoices(subscription, limit, output)),
+        Command::Gateway(cfg) => block_on("gateway", gateway(cfg, cli.db)),
         Command::Sim(cfg) => block_on("sim", async move {
             let sim = quartermaster::sim::Sim::bind(cfg).await?;
             sim.serve(shutdown_signal()).await?;
@@ -885,6 +889,33 @@ fn leader_elector(args: &RunArgs, client: kube::Client, identity: &str) -> Leade
         identity,
         timings,
     )
+}
+
+/// `quartermaster gateway`: watches budgets and upstreams, serves until a shutdown signal, then
+/// flushes usage and gives its budget slices back.
+async fn gateway(
+    cfg: quartermaster::gateway::GatewayConfig,
+    db: DbArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!(
+            "the gateway reads TokenBudgets and ProviderConfigs from the cluster (KUBECONFIG): {e}"
+        )
+    })?;
+    let ledger = db.ledger().await?;
+    ledger.migrate().await?;
+    let instance = format!(
+        "{}-{}",
+        std::env::var("POD_NAME").unwrap_or_else(|_| "gateway".into()),
+        uuid::Uuid::new_v4().simple()
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let gw = quartermaster::gateway::Gateway::new(cfg, ledger, &instance);
+    let feed = tokio::spawn(quartermaster::gateway::watch::run(client, gw.clone()));
+    let served = gw.serve(listener, shutdown_signal()).await;
+    feed.abort();
+    served?;
+    Ok(())
 }
 
 async fn run(args: RunArgs, db: DbArgs) -> Result<(), Box<dyn std::error::Error>> {

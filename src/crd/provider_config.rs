@@ -93,6 +93,41 @@ pub struct ProviderConfigSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub plans: Vec<Plan>,
+    /// OpenAI-compatible upstreams: the models this account serves through the gateway and their prices.
+    /// A model not listed here is refused by the gateway (it is never served unpriced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub models: Vec<ModelPrice>,
+}
+
+/// A model an OpenAI-compatible upstream serves, and what it costs there.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// The model's name as clients ask for it (and as the upstream knows it, unless `upstreamModel`).
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+    )]
+    pub name: String,
+    /// The name sent to the upstream, when it differs (e.g. `openai/gpt-4o-mini` at OpenRouter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub upstream_model: Option<String>,
+    /// The upstream's price of a million input (prompt) tokens, as a decimal string.
+    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"))]
+    pub input_per_million: String,
+    /// The upstream's price of a million output (completion) tokens, as a decimal string.
+    #[schemars(regex(pattern = r"^[0-9]{1,9}(\.[0-9]{1,9})?$"))]
+    pub output_per_million: String,
+    /// The currency of both prices (ISO 4217).
+    #[serde(default = "default_currency")]
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: String,
+}
+
+fn default_currency() -> String {
+    "USD".into()
 }
 
 /// A plan: a Stripe price, the usage billed through Stripe, and what a Project on it is entitled to.

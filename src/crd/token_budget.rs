@@ -18,10 +18,14 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
     status = "TokenBudgetStatus",
     shortname = "tb",
     category = "quartermaster",
-    printcolumn(name = "Tokens", type_ = "integer", json_path = ".spec.tokens"),
-    printcolumn(name = "Period", type_ = "string", json_path = ".spec.period"),
+    printcolumn(
+        name = "Allocation",
+        type_ = "integer",
+        json_path = ".status.allocation"
+    ),
     printcolumn(name = "Consumed", type_ = "integer", json_path = ".status.consumed"),
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
+    printcolumn(name = "Resets", type_ = "date", json_path = ".status.periodEnd"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -40,9 +44,14 @@ pub struct TokenBudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens: Option<u64>,
-    /// The budget period; it resets at each period start (UTC).
+    /// The budget period; it resets at each period start (in `timeZone`).
     #[serde(default)]
     pub period: BudgetPeriod,
+    /// The IANA time zone Daily, Weekly and Monthly periods are aligned to (e.g. `Europe/Berlin`).
+    /// Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+/-]+$"))]
+    pub time_zone: Option<String>,
     /// The Subscription (same namespace) whose billing period and plan drive a SubscriptionPeriod budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_ref: Option<LocalObjectReference>,
@@ -51,21 +60,38 @@ pub struct TokenBudgetSpec {
     pub project_ref: Option<LocalObjectReference>,
     /// The ProviderConfig (type `openai`) of the upstream the gateway forwards to.
     pub provider_config_ref: ProviderConfigReference,
+    /// Further upstreams (ProviderConfigs of type `openai`), tried in order when the one before fails
+    /// (connect error, timeout, 5xx or 429) before any byte reached the client. A request naming
+    /// `<ProviderConfig>/<model>` goes to that upstream only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub fallback_provider_config_refs: Vec<ProviderConfigReference>,
+    /// Output tokens reserved (and asked of the upstream as `max_tokens`) for a request that sets no
+    /// limit of its own. Default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub default_max_tokens: Option<u32>,
     /// Models the keys may use. Empty means every model the upstream serves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128), inner(length(min = 1, max = 128)))]
     pub models: Vec<String>,
-    /// Request and token rate limits per budget.
+    /// Request and token rate limits of each API key (held by each gateway replica).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<BudgetRateLimits>,
     /// What the gateway does once the budget is used up.
     #[serde(default)]
     pub on_exhausted: ExhaustedPolicy,
+    /// With `onExhausted: Throttle`: requests per minute still served (and billed beyond the
+    /// allocation) once the budget is used up. Default 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub throttle_requests_per_minute: Option<u32>,
     /// Percentages of the budget at which a Warning Event is emitted (e.g. 50, 80, 95).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
     pub alert_thresholds: Vec<u8>,
-    /// API keys to generate; each is written to a Secret named `<budget>-<key name>`.
+    /// API keys to generate; each is written to a Secret named `<budget>-<key name>` (key `apiKey`), owned
+    /// by the budget. Deleting that Secret rotates the key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub api_keys: Vec<ApiKeySpec>,
@@ -74,11 +100,11 @@ pub struct TokenBudgetSpec {
 /// Budget period.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum BudgetPeriod {
-    /// Resets every day at 00:00 UTC.
+    /// Resets every day at 00:00 (in `timeZone`).
     Daily,
-    /// Resets every Monday at 00:00 UTC.
+    /// Resets every Monday at 00:00 (in `timeZone`).
     Weekly,
-    /// Resets on the first of each month at 00:00 UTC.
+    /// Resets on the first of each month at 00:00 (in `timeZone`).
     #[default]
     Monthly,
     /// Follows the referenced Subscription's billing period.
@@ -105,7 +131,7 @@ pub enum ExhaustedPolicy {
     /// Refuse requests with 429 and a JSON error naming the budget.
     #[default]
     Block,
-    /// Keep serving at a reduced rate.
+    /// Keep serving at `throttleRequestsPerMinute`, billed beyond the allocation.
     Throttle,
 }
 
@@ -155,8 +181,41 @@ pub struct TokenBudgetStatus {
     /// Cost of the current period's usage (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<String>,
-    /// Names of the Secrets holding the generated API keys.
+    /// The current period's allocation, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<u64>,
+    /// The API keys: their Secrets and the SHA-256 of each key (the key itself is only in its Secret).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub api_key_secrets: Vec<String>,
+    pub api_keys: Vec<ApiKeyStatus>,
+    /// Alert thresholds (percent) already announced in the current period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerted: Vec<u8>,
+    /// The UID of the Project (`spec.projectRef`) the usage is billed to.
+    #[serde(
+        rename = "projectUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub project_uid: Option<String>,
+    /// The only currency the budget's usage may be priced in (its Project's, unless the Project allows
+    /// other currencies); models priced in another are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Why the gateway refuses every request of this budget (its Project's credit stop or lost
+    /// entitlement, an unusable upstream); unset while it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+}
+
+/// A generated API key, as status shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// The key's name (`spec.apiKeys[].name`).
+    pub name: String,
+    /// The Secret holding it (key `apiKey`).
+    pub secret_name: String,
+    /// Hex SHA-256 of the key: what the gateway compares.
+    pub sha256: String,
 }
 impl_object_status!(TokenBudgetStatus);

@@ -10,6 +10,7 @@
 //! - The daily roll-up that reports read is updated in the same statement/transaction as the insert, and
 //!   only for rows actually inserted.
 
+pub mod budgets;
 pub mod metering;
 pub mod periods;
 pub mod report;

@@ -6,10 +6,12 @@
 //!
 //! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
 //! that talks to DigitalOcean; one of type `onence` with the same endpoint, the 1NCE client ([`onence`]);
-//! one of type `stripe`, the Stripe client ([`stripe`]).
+//! one of type `stripe`, the Stripe client ([`stripe`]); one of type `openai` with endpoint
+//! `http://127.0.0.1:PORT/v1`, the gateway's upstream ([`openai`]).
 
 pub mod digitalocean;
 pub mod onence;
+pub mod openai;
 mod state;
 pub mod stripe;
 
@@ -109,6 +111,15 @@ pub struct SimConfig {
     /// Stripe subset: the webhook signing secret (`whsec_…`).
     #[arg(long, env = "QM_SIM_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
     pub stripe_webhook_secret: Option<String>,
+    /// OpenAI subset: added latency of every answer, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub openai_latency_ms: u64,
+    /// OpenAI subset: output tokens of an answer (fewer when the request's limit is lower).
+    #[arg(long, default_value_t = 16)]
+    pub openai_completion_tokens: i64,
+    /// OpenAI subset: delay between two chunks of a stream, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub openai_chunk_delay_ms: u64,
 }
 
 impl SimConfig {
@@ -140,6 +151,9 @@ impl SimConfig {
             stripe_period_secs: 30 * 86_400,
             stripe_webhook_url: None,
             stripe_webhook_secret: None,
+            openai_latency_ms: 0,
+            openai_completion_tokens: 16,
+            openai_chunk_delay_ms: 0,
         }
     }
 }
@@ -181,6 +195,7 @@ impl Sim {
         let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
             .merge(onence::router(config.clone()))
             .merge(stripe::router(config.clone()))
+            .merge(openai::router(config.clone()))
             .layer(middleware::from_fn_with_state(config, faults))
             .route(
                 "/_sim/stats",

@@ -24,6 +24,8 @@ struct GroupKey {
     meter: Meter,
     price: Option<Price>,
     hour: i64,
+    /// A boundary inside the hour (a budget period starting at :30) the group never spans.
+    from: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -63,14 +65,35 @@ impl Aggregator {
         price: Option<&Price>,
         at: i64,
     ) {
+        self.add_since(subject, meter, quantity, price, at, i64::MIN);
+    }
+
+    /// As [`Aggregator::add`], for a request of a period that began at `since` (≤ `at`): its group
+    /// holds only requests made since then, so a period starting inside an hour (a time zone at
+    /// half past) is never mixed with the period before.
+    pub fn add_since(
+        &mut self,
+        subject: &Subject,
+        meter: Meter,
+        quantity: i64,
+        price: Option<&Price>,
+        at: i64,
+        since: i64,
+    ) {
         if quantity <= 0 {
             return;
         }
+        let hour = at.div_euclid(HOUR) * HOUR;
         let key = GroupKey {
             subject: subject.clone(),
             meter,
             price: price.cloned(),
-            hour: at.div_euclid(HOUR) * HOUR,
+            hour,
+            from: if since > hour && since <= at {
+                since
+            } else {
+                hour
+            },
         };
         let g = self.groups.entry(key).or_insert(Group {
             quantity: 0,
@@ -95,10 +118,10 @@ impl Aggregator {
             self.batch += 1;
             let mut groups: Vec<_> = self.groups.drain().collect();
             groups.sort_by(|a, b| {
-                (&a.0.subject.uid, a.0.meter.as_str(), a.0.hour).cmp(&(
+                (&a.0.subject.uid, a.0.meter.as_str(), a.0.from).cmp(&(
                     &b.0.subject.uid,
                     b.0.meter.as_str(),
-                    b.0.hour,
+                    b.0.from,
                 ))
             });
             self.pending = groups
@@ -178,6 +201,28 @@ mod tests {
         // 3,000 tokens at 2 per million.
         assert_eq!(first.amount_nanos(), 6_000_000);
         assert_eq!(batch.iter().map(|e| e.quantity).sum::<i64>(), 3508);
+    }
+
+    #[test]
+    fn a_period_starting_inside_an_hour_is_never_mixed_with_the_one_before() {
+        let mut a = Aggregator::new("gw-1");
+        let b = subject("b1");
+        // A budget period in Asia/Kolkata starts at 18:30 UTC.
+        let (hour, since) = (18 * 3600, 18 * 3600 + 1800);
+        a.add_since(
+            &b,
+            Meter::LlmInputTokens,
+            5,
+            None,
+            hour + 100,
+            hour - 86_400,
+        );
+        a.add_since(&b, Meter::LlmInputTokens, 7, None, since + 10, since);
+        let batch = a.cut().to_vec();
+        assert_eq!(batch.len(), 2);
+        assert_eq!((batch[0].quantity, batch[0].window_start), (5, hour + 100));
+        assert_eq!((batch[1].quantity, batch[1].window_start), (7, since + 10));
+        assert_ne!(batch[0].key, batch[1].key);
     }
 
     #[test]

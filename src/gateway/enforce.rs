@@ -1,0 +1,468 @@
+//! Budget enforcement across replicas: each replica takes slices of a budget period from the ledger
+//! (a guarded update, see [`crate::ledger::budgets`]) and admits a request only when its whole
+//! reservation fits in what it holds, all in memory; a request settles with the upstream's usage (the
+//! reservation when there is none: a stream without usage, a client gone), and its usage goes to the
+//! per-request meter, flushed to the ledger off the hot path.
+//!
+//! # Guarantees
+//! - Over all replicas, tokens served in a period never pass its allocation, as long as upstreams keep
+//!   to the `max_tokens` the gateway sends (a request using more than it reserved is charged what it
+//!   used, and the next slice pays that debt first).
+//! - Enforcement never waits for a background job: a request that does not fit takes a slice itself.
+//! - A request in flight across a period boundary settles in the period it was admitted in.
+//! - Idle slices go back to the ledger after `idle` seconds, and all of them at shutdown; a replica that
+//!   dies keeps its slice granted (never handed out twice): what it served unflushed is within it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::directory::{BudgetView, Model};
+use super::limits::Bucket;
+use super::usage::Usage;
+use crate::budget::period::Window;
+use crate::budget::slice::Slice;
+use crate::ledger::metering::requests::Aggregator;
+use crate::ledger::{Ledger, Meter};
+
+/// Why a request is not admitted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The period's allocation is used up; it resets at `reset` (unix seconds).
+    Exhausted {
+        /// When the next period starts.
+        reset: i64,
+        /// Seconds until a throttled budget may serve again (`None`: Block).
+        retry_after: Option<f64>,
+    },
+    /// A per-key rate limit (`what`: requests or tokens per minute).
+    RateLimited {
+        /// Which limit.
+        what: &'static str,
+        /// Seconds until it allows the request.
+        retry_after: f64,
+    },
+    /// The request alone is larger than the per-key tokens-per-minute limit.
+    TooLarge(i64),
+    /// The budget has no period or allocation yet.
+    NotReady(String),
+    /// The ledger could not be reached to take a slice.
+    Ledger(String),
+}
+
+/// Tokens held for one admitted request.
+#[derive(Debug)]
+pub struct Reservation {
+    /// The budget.
+    pub budget: Arc<BudgetView>,
+    /// The period it was admitted in.
+    pub window: Window,
+    /// Tokens reserved: the prompt estimate plus the output limit.
+    pub amount: i64,
+    /// The prompt estimate (what a request settled at its reservation is charged as input).
+    pub input_estimate: i64,
+    /// When it was admitted (unix seconds): its usage is booked then.
+    pub at: i64,
+    /// The model's prices.
+    pub model: Model,
+}
+
+impl Reservation {
+    /// The usage charged when the upstream reported none: the whole reservation.
+    pub fn as_usage(&self) -> Usage {
+        Usage {
+            input: self.input_estimate,
+            output: self.amount - self.input_estimate,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    current: Option<Slice>,
+    /// Earlier periods with requests still in flight.
+    previous: Vec<Slice>,
+    rpm: HashMap<Arc<str>, Bucket>,
+    tpm: HashMap<Arc<str>, Bucket>,
+    throttle: Option<Bucket>,
+    /// Tokens to give back to the ledger: (period start, tokens).
+    to_release: Vec<(i64, i64)>,
+}
+
+impl Inner {
+    fn roll(&mut self, window: Window) {
+        match &self.current {
+            Some(s) if s.window == window => {}
+            _ => {
+                if let Some(mut old) = self.current.take() {
+                    let n = old.give_back();
+                    self.to_release.push((old.window.start, n));
+                    if old.reserved > 0 {
+                        self.previous.push(old);
+                    }
+                }
+                self.current = Some(Slice::new(window));
+            }
+        }
+    }
+
+    fn slice(&mut self, start: i64) -> Option<&mut Slice> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.window.start == start)
+        {
+            return self.current.as_mut();
+        }
+        self.previous.iter_mut().find(|s| s.window.start == start)
+    }
+
+    /// Takes the per-key rate limits' share of a request of `tokens`.
+    fn rate(
+        &mut self,
+        b: &BudgetView,
+        key: &Arc<str>,
+        tokens: i64,
+        now: f64,
+    ) -> Result<(), Refusal> {
+        if let Some(tpm) = b.tpm {
+            let cap = tpm as f64;
+            if tokens as f64 > cap {
+                return Err(Refusal::TooLarge(tokens));
+            }
+        }
+        if let Some(rpm) = b.rpm {
+            let bucket = bucket(&mut self.rpm, key, f64::from(rpm), now);
+            if let Err(wait) = bucket.take(1.0, now) {
+                return Err(Refusal::RateLimited {
+                    what: "requests per minute",
+                    retry_after: wait,
+                });
+            }
+        }
+        if let Some(tpm) = b.tpm {
+            let bucket = bucket(&mut self.tpm, key, tpm as f64, now);
+            if let Err(wait) = bucket.take(tokens as f64, now) {
+                if let Some(r) = self.rpm.get_mut(key) {
+                    r.give(1.0);
+                }
+                return Err(Refusal::RateLimited {
+                    what: "tokens per minute",
+                    retry_after: wait,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn unrate(&mut self, key: &Arc<str>, tokens: i64) {
+        if let Some(r) = self.rpm.get_mut(key) {
+            r.give(1.0);
+        }
+        if let Some(t) = self.tpm.get_mut(key) {
+            t.give(tokens as f64);
+        }
+    }
+}
+
+fn bucket<'a>(
+    m: &'a mut HashMap<Arc<str>, Bucket>,
+    key: &Arc<str>,
+    cap: f64,
+    now: f64,
+) -> &'a mut Bucket {
+    let b = m
+        .entry(key.clone())
+        .or_insert_with(|| Bucket::new(cap, now));
+    if b.capacity() != cap {
+        *b = Bucket::new(cap, now);
+    }
+    b
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inner: Mutex<Inner>,
+    leasing: tokio::sync::Mutex<()>,
+}
+
+/// Every budget's share held by this replica, and the usage meter.
+pub struct Enforcer {
+    ledger: Ledger,
+    states: RwLock<HashMap<String, Arc<State>>>,
+    meter: Mutex<Aggregator>,
+    flushing: tokio::sync::Mutex<()>,
+    /// A slice takes at most this fraction (1/share) of what is left of a period.
+    share: i64,
+    /// Seconds after which an idle slice is given back.
+    idle: i64,
+}
+
+impl std::fmt::Debug for Enforcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enforcer").finish_non_exhaustive()
+    }
+}
+
+fn now_f() -> f64 {
+    jiff::Timestamp::now().as_microsecond() as f64 / 1e6
+}
+
+impl Enforcer {
+    /// An enforcer over `ledger`; `instance` is unique per process start (usage keys carry it).
+    pub fn new(ledger: Ledger, instance: &str, share: i64, idle: i64) -> Self {
+        Self {
+            ledger,
+            states: RwLock::default(),
+            meter: Mutex::new(Aggregator::new(instance)),
+            flushing: tokio::sync::Mutex::new(()),
+            share: share.max(1),
+            idle,
+        }
+    }
+
+    fn state(&self, uid: &str) -> Arc<State> {
+        if let Some(s) = self
+            .states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+        {
+            return s.clone();
+        }
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(uid.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Admits a request of key `key` needing `amount` tokens (`input_estimate` of them its prompt) at
+    /// `model`'s prices, or says why not.
+    pub async fn reserve(
+        &self,
+        budget: &Arc<BudgetView>,
+        key: &Arc<str>,
+        amount: i64,
+        input_estimate: i64,
+        model: &Model,
+    ) -> Result<Reservation, Refusal> {
+        let now = now_f();
+        let secs = now as i64;
+        let window = budget.window(secs).map_err(Refusal::NotReady)?;
+        let allocation = budget.allocation.ok_or_else(|| {
+            Refusal::NotReady(
+                "its allocation is not known yet (see the TokenBudget's status)".into(),
+            )
+        })?;
+        let state = self.state(&budget.subject.uid);
+        state
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate(budget, key, amount, now)?;
+        let admitted = self
+            .admit(&state, budget, window, allocation, amount, now)
+            .await;
+        if admitted.is_err() {
+            state
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unrate(key, amount);
+        }
+        admitted?;
+        Ok(Reservation {
+            budget: budget.clone(),
+            window,
+            amount,
+            input_estimate,
+            at: secs,
+            model: model.clone(),
+        })
+    }
+
+    async fn admit(
+        &self,
+        state: &State,
+        budget: &BudgetView,
+        window: Window,
+        allocation: i64,
+        amount: i64,
+        now: f64,
+    ) -> Result<(), Refusal> {
+        let secs = now as i64;
+        let fits = |state: &State| {
+            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            i.roll(window);
+            match i.current.as_mut() {
+                Some(s) => s.reserve(amount, secs),
+                None => Err(amount),
+            }
+        };
+        for _ in 0..8 {
+            let Err(_) = fits(state) else { return Ok(()) };
+            // One slice request per budget at a time: a burst waits for it instead of each asking.
+            let _one = state.leasing.lock().await;
+            let deficit = match fits(state) {
+                Ok(()) => return Ok(()),
+                Err(d) => d,
+            };
+            let uid = &budget.subject.uid;
+            let mut got = self
+                .ledger
+                .lease(uid, window.start, allocation, deficit, self.share)
+                .await
+                .map_err(|e| Refusal::Ledger(e.to_string()))?;
+            if got == 0 {
+                let Some(rpm) = budget.throttle_rpm else {
+                    return Err(Refusal::Exhausted {
+                        reset: window.end,
+                        retry_after: None,
+                    });
+                };
+                let wait = {
+                    let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+                    let b = i
+                        .throttle
+                        .get_or_insert_with(|| Bucket::new(f64::from(rpm), now));
+                    b.take(1.0, now).err()
+                };
+                if let Some(wait) = wait {
+                    return Err(Refusal::Exhausted {
+                        reset: window.end,
+                        retry_after: Some(wait),
+                    });
+                }
+                self.ledger
+                    .grant_overage(uid, window.start, allocation, deficit)
+                    .await
+                    .map_err(|e| Refusal::Ledger(e.to_string()))?;
+                got = deficit;
+            }
+            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            match i.current.as_mut() {
+                Some(s) if s.window == window => s.grant(got),
+                _ => i.to_release.push((window.start, got)),
+            }
+        }
+        Err(Refusal::Ledger(
+            "could not take a slice of the budget after 8 attempts".into(),
+        ))
+    }
+
+    /// Settles a request with what it used; its usage goes to the meter.
+    pub fn settle(&self, r: Reservation, used: Usage) {
+        let state = self.state(&r.budget.subject.uid);
+        {
+            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = i.slice(r.window.start) {
+                s.settle(r.amount, used.total());
+            }
+            let done: Vec<Slice> = {
+                let (keep, done) = std::mem::take(&mut i.previous)
+                    .into_iter()
+                    .partition(|s| s.reserved > 0);
+                i.previous = keep;
+                done
+            };
+            for mut s in done {
+                let n = s.give_back();
+                i.to_release.push((s.window.start, n));
+            }
+        }
+        let mut m = self.meter.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &r.budget.subject;
+        m.add_since(
+            s,
+            Meter::LlmInputTokens,
+            used.input,
+            Some(&r.model.input),
+            r.at,
+            r.window.start,
+        );
+        m.add_since(
+            s,
+            Meter::LlmOutputTokens,
+            used.output,
+            Some(&r.model.output),
+            r.at,
+            r.window.start,
+        );
+    }
+
+    /// Releases a reservation whose request the upstream never served (nothing is charged).
+    pub fn cancel(&self, r: Reservation) {
+        let state = self.state(&r.budget.subject.uid);
+        let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = i.slice(r.window.start) {
+            s.settle(r.amount, 0);
+        }
+    }
+
+    /// Writes the metered usage to the ledger (batched writes: the batch a failed write left, then what
+    /// waits); returns the events written. One flush at a time.
+    pub async fn flush(&self) -> Result<usize, crate::ledger::LedgerError> {
+        let _one = self.flushing.lock().await;
+        let mut written = 0;
+        for _ in 0..2 {
+            let batch = {
+                let mut m = self.meter.lock().unwrap_or_else(|p| p.into_inner());
+                m.cut().to_vec()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            self.ledger.record(&batch).await?;
+            self.meter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .accepted();
+            written += batch.len();
+        }
+        Ok(written)
+    }
+
+    /// Gives idle slices (or, with `all`, every slice) back to the ledger.
+    pub async fn give_back(&self, all: bool) -> Result<i64, crate::ledger::LedgerError> {
+        let now = jiff::Timestamp::now().as_second();
+        let states: Vec<(String, Arc<State>)> = self
+            .states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut total = 0;
+        for (uid, st) in states {
+            let releases = {
+                let mut i = st.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let idle = self.idle;
+                if let Some(s) = i.current.as_mut()
+                    && (all || now - s.last_use >= idle)
+                {
+                    let n = s.give_back();
+                    let start = s.window.start;
+                    i.to_release.push((start, n));
+                }
+                std::mem::take(&mut i.to_release)
+            };
+            for (start, n) in releases {
+                if n <= 0 {
+                    continue;
+                }
+                if let Err(e) = self.ledger.release(&uid, start, n).await {
+                    // Kept to try again: a slice not given back only holds tokens, never spends them.
+                    st.inner
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .to_release
+                        .push((start, n));
+                    return Err(e);
+                }
+                total += n;
+            }
+        }
+        Ok(total)
+    }
+}

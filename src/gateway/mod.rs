@@ -1,0 +1,287 @@
+//! `quartermaster gateway`: an OpenAI-compatible proxy that enforces TokenBudgets and meters every
+//! request. Its own process and Deployment, horizontally scalable: budgets hold across replicas through
+//! slices leased from the ledger ([`enforce`]).
+//!
+//! Serving a request makes no Kubernetes call and no database round trip (bar taking a new slice): keys,
+//! budgets and upstreams come from [`directory`], fed by watches ([`watch`]); usage is summed in memory
+//! and flushed to the ledger every `flush_interval`.
+//!
+//! Routes: `POST /v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/v1/embeddings` (JSON, or
+//! `stream: true` as server-sent events), `GET /v1/models`; `/metrics`, `/healthz`, `/readyz`. A route
+//! it does not meter it does not proxy.
+
+pub mod directory;
+pub mod enforce;
+pub mod errors;
+pub mod limits;
+pub mod metrics;
+pub mod proxy;
+pub mod usage;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use directory::Directory;
+use enforce::Enforcer;
+use metrics::GatewayMetrics;
+use proxy::Route;
+
+/// Gateway settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    #[arg(
+        long = "listen",
+        default_value = "0.0.0.0:8090",
+        env = "QM_GATEWAY_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// How long to wait for an upstream's response headers before trying the next upstream.
+    #[arg(long = "upstream-timeout-secs", default_value = "60", value_parser = secs)]
+    pub upstream_timeout: Duration,
+    /// How often metered usage is written to the ledger (one batched write).
+    #[arg(long = "flush-interval-ms", default_value = "1000", value_parser = millis)]
+    pub flush_interval: Duration,
+    /// A slice takes at most 1/N of what is left of a budget's period.
+    #[arg(long = "slice-share", default_value_t = 8)]
+    pub slice_share: i64,
+    /// Seconds after which a replica gives an idle slice back.
+    #[arg(long = "slice-idle-secs", default_value_t = 2)]
+    pub slice_idle_secs: i64,
+    /// Largest request body, bytes.
+    #[arg(long = "max-body-bytes", default_value_t = 16 << 20)]
+    pub max_body_bytes: usize,
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| e.to_string())
+}
+
+fn millis(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            upstream_timeout: Duration::from_secs(60),
+            flush_interval: Duration::from_millis(1000),
+            slice_share: 8,
+            slice_idle_secs: 2,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One gateway process.
+pub struct Gateway {
+    /// Keys, budgets and upstreams.
+    pub directory: Arc<Directory>,
+    /// Budget slices and the usage meter.
+    pub enforcer: Arc<Enforcer>,
+    /// Metrics.
+    pub metrics: GatewayMetrics,
+    /// Settings.
+    pub config: GatewayConfig,
+    client: reqwest::Client,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway over `ledger`; `instance` is unique per process start.
+    pub fn new(config: GatewayConfig, ledger: crate::ledger::Ledger, instance: &str) -> Arc<Self> {
+        crate::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build()
+            .expect("static client settings");
+        Arc::new(Self {
+            directory: Arc::default(),
+            enforcer: Arc::new(Enforcer::new(
+                ledger,
+                instance,
+                config.slice_share,
+                config.slice_idle_secs,
+            )),
+            metrics: GatewayMetrics::new(),
+            config,
+            client,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Marks the directory filled (readiness).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The router with every route.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let route = |r: Route| {
+            post(
+                move |State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes| {
+                    proxy::handle(gw, r, headers, body)
+                },
+            )
+        };
+        Router::new()
+            .route("/v1/chat/completions", route(Route::Chat))
+            .route("/v1/responses", route(Route::Responses))
+            .route("/v1/completions", route(Route::Completions))
+            .route("/v1/embeddings", route(Route::Embeddings))
+            .route("/v1/models", get(models))
+            .route("/metrics", get(render_metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .fallback(not_proxied)
+            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
+            .with_state(self.clone())
+    }
+
+    /// Flushes usage and gives idle slices back, every `flush_interval`, until `shutdown`; then flushes
+    /// and gives every slice back.
+    pub async fn background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.housekeep(false).await,
+                _ = &mut shutdown => break,
+            }
+        }
+        self.housekeep(true).await;
+    }
+
+    /// One round of housekeeping: flush usage, give back idle (or, with `all`, every) slice.
+    pub async fn housekeep(&self, all: bool) {
+        if let Err(e) = self.enforcer.flush().await {
+            self.metrics
+                .ledger_errors
+                .with_label_values(&["flush"])
+                .inc();
+            tracing::warn!(error = %e, "usage flush failed; kept for the next one");
+        }
+        if let Err(e) = self.enforcer.give_back(all).await {
+            self.metrics
+                .ledger_errors
+                .with_label_values(&["release"])
+                .inc();
+            tracing::warn!(error = %e, "returning budget slices failed; kept for the next round");
+        }
+    }
+
+    /// Binds and serves until `shutdown`, then flushes and gives every slice back.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let bg = tokio::spawn(self.clone().background(async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|v| *v).await;
+        }));
+        tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+        use axum::serve::ListenerExt;
+        // No Nagle delay on the client leg (the upstream leg sets it in its client).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = tx.send(true);
+        let _ = bg.await;
+        result
+    }
+}
+
+async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let entry = match headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|k| gw.directory.key(&crate::budget::keys::hash(k.trim())))
+    {
+        Some(e) => e,
+        None => return errors::ApiError::unauthorized().into_response(),
+    };
+    let b = &entry.budget;
+    let mut data = Vec::new();
+    for name in &b.upstreams {
+        let Some(u) = gw.directory.upstream(name) else {
+            continue;
+        };
+        if !u.serves(&b.subject.namespace) {
+            continue;
+        }
+        let mut ids: Vec<&String> = u
+            .models
+            .iter()
+            .filter(|(id, m)| {
+                (b.models.is_empty() || b.models.contains(id))
+                    && b.currency.as_ref().is_none_or(|c| *c == m.input.currency)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        for id in ids {
+            data.push(
+                serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": u.name}),
+            );
+        }
+    }
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+async fn render_metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        gw.metrics.render(),
+    )
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    if gw.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "budgets and upstreams not loaded yet\n",
+        )
+    }
+}
+
+async fn not_proxied() -> Response {
+    errors::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "this gateway proxies only the routes it meters: /v1/chat/completions, /v1/responses, \
+         /v1/completions, /v1/embeddings and /v1/models"
+            .into(),
+    )
+    .into_response()
+}

@@ -1,0 +1,508 @@
+//! The proxied routes: authenticate, route the model, admit against the budget, forward with failover,
+//! and settle with the upstream's usage — streaming responses passed through chunk by chunk.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use futures::Stream;
+use serde_json::{Map, Value};
+
+use super::Gateway;
+use super::directory::{BudgetView, KeyEntry, Model, Upstream};
+use super::enforce::{Enforcer, Refusal, Reservation};
+use super::errors::ApiError;
+use super::usage::{self, SseTap, Usage};
+use crate::budget::{keys, period};
+
+/// A metered route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl Route {
+    /// The path under the upstream's base URL.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/chat/completions",
+            Self::Responses => "/responses",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The request's own output limit, and the field the gateway sets when there is none.
+    fn output_limit(self, req: &Map<String, Value>) -> (Option<i64>, Option<&'static str>) {
+        let get = |f: &str| req.get(f).and_then(Value::as_i64);
+        match self {
+            Self::Chat => (
+                get("max_completion_tokens").or_else(|| get("max_tokens")),
+                Some("max_tokens"),
+            ),
+            Self::Completions => (get("max_tokens"), Some("max_tokens")),
+            Self::Responses => (get("max_output_tokens"), Some("max_output_tokens")),
+            Self::Embeddings => (Some(0), None),
+        }
+    }
+}
+
+/// The key's entry, from the `Authorization: Bearer` header.
+fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    gw.directory
+        .key(&keys::hash(key))
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// An upstream that may serve a request, and the model there.
+type Candidate = (Arc<Upstream>, Model);
+
+/// The upstreams that may serve `model` for `budget`, in order (the first is the primary).
+fn candidates(
+    gw: &Gateway,
+    budget: &BudgetView,
+    asked: &str,
+) -> Result<Vec<Candidate>, ApiError> {
+    let (only, model) = match asked.split_once('/') {
+        Some((pc, m)) if budget.upstreams.iter().any(|u| u == pc) => (Some(pc), m),
+        _ => (None, asked),
+    };
+    if !budget.models.is_empty() && !budget.models.iter().any(|m| m == asked || m == model) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "model_not_allowed",
+            format!(
+                "model {asked:?} is not allowed by TokenBudget {}",
+                budget.id()
+            ),
+        ));
+    }
+    let list: Vec<_> = budget
+        .upstreams
+        .iter()
+        .filter(|u| only.is_none_or(|o| o == u.as_str()))
+        .filter_map(|u| gw.directory.upstream(u))
+        .filter(|u| u.serves(&budget.subject.namespace))
+        .filter_map(|u| {
+            let m = u.models.get(model)?.clone();
+            budget
+                .currency
+                .as_ref()
+                .is_none_or(|c| *c == m.input.currency)
+                .then_some((u, m))
+        })
+        .collect();
+    if list.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!(
+                "model {asked:?} is not offered to TokenBudget {}: no upstream it may use prices it{}",
+                budget.id(),
+                budget
+                    .currency
+                    .as_ref()
+                    .map(|c| format!(" in {c}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(list)
+}
+
+fn refusal(budget: &BudgetView, r: Refusal) -> ApiError {
+    match r {
+        Refusal::Exhausted { reset, retry_after } => {
+            let e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                "budget_exhausted",
+                format!(
+                    "TokenBudget {} is exhausted until {}",
+                    budget.id(),
+                    period::rfc3339(reset)
+                ),
+            );
+            let now = jiff::Timestamp::now().as_second();
+            e.retry_after(retry_after.map_or((reset - now).max(1) as u64, |w| w.ceil() as u64))
+        }
+        Refusal::RateLimited { what, retry_after } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+            format!("rate limit of TokenBudget {} reached ({what})", budget.id()),
+        )
+        .retry_after(retry_after.ceil() as u64),
+        Refusal::TooLarge(n) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "request_too_large",
+            format!(
+                "the request may use {n} tokens, more than TokenBudget {}'s tokens-per-minute limit",
+                budget.id()
+            ),
+        ),
+        Refusal::NotReady(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "budget_not_ready",
+            format!("TokenBudget {} cannot be used yet: {why}", budget.id()),
+        )
+        .retry_after(5),
+        Refusal::Ledger(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "ledger_unavailable",
+            "the budget ledger is unreachable; try again".into(),
+        )
+        .retry_after(1),
+    }
+}
+
+/// Serves one request of `route`.
+pub async fn handle(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    match serve(&gw, route, &headers, body, started).await {
+        Ok(r) => r,
+        Err((e, budget)) => {
+            if let Some((b, model)) = budget {
+                gw.metrics
+                    .requests
+                    .with_label_values(&[
+                        &b.subject.namespace,
+                        &b.subject.name,
+                        &model,
+                        e.status.as_str(),
+                    ])
+                    .inc();
+            }
+            e.into_response()
+        }
+    }
+}
+
+type Failure = (ApiError, Option<(Arc<BudgetView>, String)>);
+
+async fn serve(
+    gw: &Arc<Gateway>,
+    route: Route,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response, Failure> {
+    let entry = authenticate(gw, headers).map_err(|e| (e, None))?;
+    let budget = entry.budget.clone();
+    let mut req: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(m)) => m,
+        _ => {
+            return Err((
+                ApiError::bad_request("the body must be a JSON object"),
+                None,
+            ));
+        }
+    };
+    let asked = match req.get("model").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => return Err((ApiError::bad_request("`model` is required"), None)),
+    };
+    let fail = |e: ApiError| (e, Some((budget.clone(), asked.clone())));
+    if let Some(why) = &budget.blocked {
+        return Err(fail(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "budget_blocked",
+            format!("TokenBudget {} is blocked: {why}", budget.id()),
+        )));
+    }
+    let upstreams = candidates(gw, &budget, &asked).map_err(fail)?;
+    let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
+    let (own, field) = route.output_limit(&req);
+    let output = match (own, field) {
+        (Some(n), _) if n >= 0 => n,
+        (_, Some(f)) => {
+            req.insert(f.into(), budget.default_max_tokens.into());
+            budget.default_max_tokens
+        }
+        _ => 0,
+    };
+    if stream && matches!(route, Route::Chat | Route::Completions) {
+        let opts = req
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(o) = opts.as_object_mut() {
+            o.insert("include_usage".into(), true.into());
+        }
+    }
+    // A token is at least one byte of text: the body's length bounds the prompt's tokens.
+    let input_estimate = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    let amount = input_estimate.saturating_add(output);
+    let mut reservation = gw
+        .enforcer
+        .reserve(
+            &budget,
+            &entry.key_name,
+            amount,
+            input_estimate,
+            &upstreams[0].1,
+        )
+        .await
+        .map_err(|r| fail(refusal(&budget, r)))?;
+    let before = started.elapsed();
+    let (upstream, resp, waited) = match forward(gw, route, &mut req, &upstreams).await {
+        Ok(x) => x,
+        Err(e) => {
+            gw.enforcer.cancel(reservation);
+            return Err(fail(e));
+        }
+    };
+    let after = Instant::now();
+    reservation.model = upstream.1.clone();
+    let status = resp.status();
+    let code = status.as_str().to_string();
+    gw.metrics
+        .requests
+        .with_label_values(&[
+            &budget.subject.namespace,
+            &budget.subject.name,
+            &asked,
+            &code,
+        ])
+        .inc();
+    if !status.is_success() {
+        // Refused by the upstream (a 4xx other than 429): nothing was served.
+        gw.enforcer.cancel(reservation);
+        let headers = resp.headers().clone();
+        let r = passthrough(status, &headers, Body::from_stream(resp.bytes_stream()));
+        gw.metrics
+            .added_latency
+            .observe((before + after.elapsed()).as_secs_f64());
+        return Ok(r);
+    }
+    let charge = Charge {
+        gw: gw.clone(),
+        r: Some(reservation),
+        asked,
+    };
+    let is_sse = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if stream || is_sse {
+        let headers = resp.headers().clone();
+        let body = Metered {
+            inner: Box::pin(resp.bytes_stream()),
+            tap: SseTap::default(),
+            charge: Some(charge),
+        };
+        gw.metrics
+            .added_latency
+            .observe((before + after.elapsed()).as_secs_f64());
+        return Ok(passthrough(status, &headers, Body::from_stream(body)));
+    }
+    let headers = resp.headers().clone();
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(_) => {
+            // The upstream served and the answer was lost: charged at the reservation.
+            drop(charge);
+            return Err((
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_error",
+                    format!("upstream {} broke off its answer", upstream.0.name),
+                ),
+                None,
+            ));
+        }
+    };
+    let read = Instant::now();
+    let used = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .as_ref()
+        .and_then(usage::of_json);
+    charge.finish(used);
+    let r = passthrough(status, &headers, Body::from(bytes));
+    let _ = waited;
+    gw.metrics
+        .added_latency
+        .observe((before + read.elapsed()).as_secs_f64());
+    Ok(r)
+}
+
+type Forwarded = (
+    (Arc<Upstream>, Model),
+    reqwest::Response,
+    std::time::Duration,
+);
+
+/// Sends the request to each upstream in turn until one answers other than with a connect error, a
+/// timeout, a 5xx or a 429 (nothing has reached the client yet, so trying the next is safe).
+async fn forward(
+    gw: &Gateway,
+    route: Route,
+    req: &mut Map<String, Value>,
+    upstreams: &[Candidate],
+) -> Result<Forwarded, ApiError> {
+    let mut last = String::new();
+    for (u, m) in upstreams {
+        req.insert("model".into(), m.upstream_model.clone().into());
+        let body = match serde_json::to_vec(&*req) {
+            Ok(b) => b,
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        };
+        let sent = Instant::now();
+        let call = gw
+            .client
+            .post(format!("{}{}", u.base_url, route.path()))
+            .bearer_auth(&u.api_key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send();
+        let outcome = tokio::time::timeout(gw.config.upstream_timeout, call).await;
+        let waited = sent.elapsed();
+        gw.metrics
+            .upstream_latency
+            .with_label_values(&[&u.name])
+            .observe(waited.as_secs_f64());
+        match outcome {
+            Ok(Ok(resp)) if !(resp.status().is_server_error() || resp.status().as_u16() == 429) => {
+                return Ok(((u.clone(), m.clone()), resp, waited));
+            }
+            Ok(Ok(resp)) => last = format!("upstream {} answered {}", u.name, resp.status()),
+            Ok(Err(e)) if e.is_connect() => {
+                last = format!("upstream {} could not be reached", u.name)
+            }
+            Ok(Err(_)) => last = format!("upstream {} failed before answering", u.name),
+            Err(_) => last = format!("upstream {} timed out", u.name),
+        }
+        gw.metrics.failovers.with_label_values(&[&u.name]).inc();
+        tracing::warn!(upstream = %u.name, why = %last, "upstream failed; trying the next");
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "server_error",
+        "upstream_unavailable",
+        format!("every upstream failed; the last: {last}"),
+    ))
+}
+
+fn passthrough(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: Body,
+) -> Response {
+    let mut r = Response::builder().status(status.as_u16());
+    for name in [
+        "content-type",
+        "cache-control",
+        "openai-processing-ms",
+        "x-request-id",
+    ] {
+        if let Some(v) = headers.get(name) {
+            r = r.header(name, v.as_bytes());
+        }
+    }
+    r.body(body)
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+/// A request's reservation until it is settled: dropped unsettled (a client gone mid-stream, an answer
+/// lost), it is charged the whole reservation — never zero.
+struct Charge {
+    gw: Arc<Gateway>,
+    r: Option<Reservation>,
+    asked: String,
+}
+
+impl Charge {
+    fn finish(mut self, used: Option<Usage>) {
+        if let Some(r) = self.r.take() {
+            settle(&self.gw.enforcer, &self.gw, r, used, &self.asked);
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(r) = self.r.take() {
+            settle(&self.gw.enforcer, &self.gw, r, None, &self.asked);
+        }
+    }
+}
+
+fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model: &str) {
+    let used = used.unwrap_or_else(|| r.as_usage());
+    let s = &r.budget.subject;
+    let t = &gw.metrics.tokens;
+    t.with_label_values(&[&s.namespace, &s.name, model, "input"])
+        .inc_by(u64::try_from(used.input).unwrap_or(0));
+    t.with_label_values(&[&s.namespace, &s.name, model, "output"])
+        .inc_by(u64::try_from(used.output).unwrap_or(0));
+    e.settle(r, used);
+}
+
+/// A streamed answer passed through chunk by chunk, its usage read on the way.
+struct Metered {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    tap: SseTap,
+    charge: Option<Charge>,
+}
+
+impl Stream for Metered {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.tap.feed(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let used = self.tap.usage;
+                if let Some(c) = self.charge.take() {
+                    c.finish(used);
+                }
+                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
+            }
+            Poll::Ready(None) => {
+                let used = self.tap.usage;
+                if let Some(c) = self.charge.take() {
+                    c.finish(used);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The client went away mid-stream: what the upstream reported so far, else the reservation.
+        if let Some(c) = self.charge.take() {
+            c.finish(self.tap.usage);
+        }
+    }
+}

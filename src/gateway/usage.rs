@@ -1,0 +1,155 @@
+//! Token usage as upstreams report it: in a JSON response (`usage.prompt_tokens`/`completion_tokens`
+//! for chat, completions and embeddings; `usage.input_tokens`/`output_tokens` for responses) and in a
+//! server-sent event stream (the final chunk of a chat stream asked for `include_usage`; the
+//! `response.completed` event of a responses stream).
+
+use serde_json::Value;
+
+/// Input and output tokens of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Prompt (input) tokens.
+    pub input: i64,
+    /// Completion (output) tokens.
+    pub output: i64,
+}
+
+impl Usage {
+    /// Both together.
+    pub fn total(&self) -> i64 {
+        self.input + self.output
+    }
+}
+
+/// The usage in a response body or an event's JSON, if it carries one.
+pub fn of_json(v: &Value) -> Option<Usage> {
+    let u = match v.get("usage") {
+        Some(u) if u.is_object() => u,
+        _ => v.get("response")?.get("usage").filter(|u| u.is_object())?,
+    };
+    let n = |a: &str, b: &str| {
+        u.get(a)
+            .or_else(|| u.get(b))
+            .and_then(Value::as_i64)
+            .filter(|n| *n >= 0)
+    };
+    let input = n("prompt_tokens", "input_tokens")?;
+    let output = n("completion_tokens", "output_tokens").unwrap_or(0);
+    Some(Usage { input, output })
+}
+
+/// Reads usage out of an event stream as it passes, chunk by chunk, without holding more than the
+/// current unfinished line.
+#[derive(Debug, Default)]
+pub struct SseTap {
+    partial: Vec<u8>,
+    /// The last usage seen.
+    pub usage: Option<Usage>,
+}
+
+impl SseTap {
+    /// Looks at the next chunk of the stream.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            let (line, tail) = rest.split_at(i);
+            if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+            }
+            rest = &tail[1..];
+        }
+        self.partial.extend_from_slice(rest);
+        // An absurdly long line is not usage: keep memory bounded.
+        if self.partial.len() > 1 << 20 {
+            self.partial.clear();
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        if !contains(data, b"\"usage\"") {
+            return;
+        }
+        if let Ok(v) = serde_json::from_slice::<Value>(data)
+            && let Some(u) = of_json(&v)
+        {
+            self.usage = Some(u);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn usage_is_read_from_every_response_shape() {
+        let chat =
+            json!({"usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}});
+        assert_eq!(
+            of_json(&chat),
+            Some(Usage {
+                input: 12,
+                output: 5
+            })
+        );
+        let emb = json!({"usage": {"prompt_tokens": 8, "total_tokens": 8}});
+        assert_eq!(
+            of_json(&emb),
+            Some(Usage {
+                input: 8,
+                output: 0
+            })
+        );
+        let resp = json!({"usage": {"input_tokens": 3, "output_tokens": 4}});
+        assert_eq!(of_json(&resp).unwrap().total(), 7);
+        let done = json!({"type": "response.completed", "response": {"usage": {"input_tokens": 1, "output_tokens": 2}}});
+        assert_eq!(
+            of_json(&done),
+            Some(Usage {
+                input: 1,
+                output: 2
+            })
+        );
+        assert_eq!(of_json(&json!({"usage": null})), None);
+        assert_eq!(of_json(&json!({"choices": []})), None);
+        assert_eq!(of_json(&json!({"usage": {"prompt_tokens": -1}})), None);
+    }
+
+    #[test]
+    fn the_tap_finds_usage_across_chunk_boundaries() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        for cut in 1..stream.len() {
+            let mut t = SseTap::default();
+            t.feed(&stream[..cut]);
+            t.feed(&stream[cut..]);
+            assert_eq!(
+                t.usage,
+                Some(Usage {
+                    input: 9,
+                    output: 2
+                }),
+                "cut at {cut}"
+            );
+        }
+        let mut t = SseTap::default();
+        t.feed(b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n");
+        assert_eq!(t.usage, None);
+    }
+}

@@ -1,0 +1,709 @@
+//! The LLM gateway against the simulator's OpenAI upstream and a real ledger (PostgreSQL when the test
+//! script provides one, else SQLite): request shapes, streaming, usage settled to the token, budgets that
+//! hold under concurrency across two gateway processes sharing the ledger, failover, and refusals in
+//! OpenAI's error shape. Budgets and upstreams are put into the gateway's directory directly (the watch
+//! that feeds it in production is tested end to end in `tests/token_budget.rs`).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::ObjectMeta;
+use quartermaster::budget::keys;
+use quartermaster::crd::provider_config::{
+    ModelPrice, ProviderConfigSpec, ProviderType, SecretKeyReference,
+};
+use quartermaster::crd::token_budget::{
+    ApiKeySpec, ApiKeyStatus, TokenBudgetSpec, TokenBudgetStatus,
+};
+use quartermaster::crd::{ProviderConfig, ProviderConfigReference, TokenBudget};
+use quartermaster::gateway::directory::Upstream;
+use quartermaster::gateway::{Gateway, GatewayConfig};
+use quartermaster::ledger::Ledger;
+use serde_json::{Value, json};
+
+struct Rig {
+    sim: common::SimHandle,
+    ledger: Ledger,
+    gws: Vec<(Arc<Gateway>, String)>,
+    key: String,
+    budget: TokenBudget,
+    _dir: tempfile::TempDir,
+}
+
+fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
+    let mut pc = ProviderConfig::new(
+        name,
+        ProviderConfigSpec {
+            type_: ProviderType::Openai,
+            credentials_secret_ref: SecretKeyReference {
+                name: "x".into(),
+                namespace: "x".into(),
+                key: "token".into(),
+            },
+            endpoint: Some(endpoint.into()),
+            rate_limit: None,
+            suspended: false,
+            allowed_namespaces: vec![],
+            adoption: None,
+            markup_percent: Some("20".into()),
+            sim_claims: vec![],
+            top_up_price: None,
+            plans: vec![],
+            models: models
+                .iter()
+                .map(|m| ModelPrice {
+                    name: (*m).into(),
+                    upstream_model: None,
+                    input_per_million: "2.5".into(),
+                    output_per_million: "10".into(),
+                    currency: "USD".into(),
+                })
+                .collect(),
+        },
+    );
+    pc.metadata.uid = Some(format!("uid-{name}"));
+    pc
+}
+
+fn budget(tokens: u64, extra: Value) -> (TokenBudget, String) {
+    let key = keys::generate();
+    let mut spec = json!({
+        "tokens": tokens,
+        "period": "Monthly",
+        "providerConfigRef": {"name": "primary"},
+        "apiKeys": [{"name": "prod"}],
+        "defaultMaxTokens": 50,
+    });
+    common::env::merge(&mut spec, extra);
+    let spec: TokenBudgetSpec = serde_json::from_value(spec).unwrap();
+    let mut b = TokenBudget::new("bot", spec);
+    b.metadata = ObjectMeta {
+        name: Some("bot".into()),
+        namespace: Some("demo".into()),
+        uid: Some(format!("budget-{:08x}", rand::random::<u32>())),
+        ..Default::default()
+    };
+    b.status = Some(TokenBudgetStatus {
+        api_keys: vec![ApiKeyStatus {
+            name: "prod".into(),
+            secret_name: "bot-prod".into(),
+            sha256: keys::hash(&key),
+        }],
+        project_uid: Some("project-uid".into()),
+        ..Default::default()
+    });
+    let _ = ApiKeySpec {
+        name: String::new(),
+    };
+    (b, key)
+}
+
+async fn rig(tokens: u64, extra: Value, gateways: usize, postgres: bool) -> Option<Rig> {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = if postgres {
+        common::db::fresh_postgres().await?.0
+    } else {
+        common::db::sqlite(&dir).await.0
+    };
+    let sim = common::start_sim(|_| {}).await;
+    let (b, key) = budget(tokens, extra);
+    let mut gws = Vec::new();
+    for i in 0..gateways {
+        let cfg = GatewayConfig {
+            flush_interval: Duration::from_millis(100),
+            upstream_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let gw = Gateway::new(cfg, ledger.clone(), &format!("gw-{i}"));
+        gw.directory.put_budget(&b);
+        for (name, url) in [
+            ("primary", format!("{}/v1", sim.url)),
+            ("backup", format!("{}/v1", sim.url)),
+        ] {
+            let pc = provider(
+                name,
+                &url,
+                &["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
+            );
+            gw.directory
+                .put_upstream(Upstream::of(&pc, "sk-upstream".into()).unwrap());
+        }
+        gw.set_ready(true);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
+        gws.push((gw, url));
+    }
+    Some(Rig {
+        sim,
+        ledger,
+        gws,
+        key,
+        budget: b,
+        _dir: dir,
+    })
+}
+
+impl Rig {
+    fn uid(&self) -> String {
+        self.budget.metadata.uid.clone().unwrap()
+    }
+
+    async fn post(&self, gw: usize, path: &str, body: Value) -> reqwest::Response {
+        client()
+            .post(format!("{}{path}", self.gws[gw].1))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Flushes every gateway and returns the ledger's tokens for the budget this month.
+    async fn ledger_tokens(&self) -> i64 {
+        for (gw, _) in &self.gws {
+            gw.housekeep(false).await;
+        }
+        let now = jiff::Timestamp::now().as_second();
+        self.ledger
+            .consumed(&self.uid(), now - 40 * 86_400, now + 86_400)
+            .await
+            .unwrap()
+            .tokens
+    }
+
+    async fn sim_state(&self) -> Value {
+        client()
+            .get(format!("{}/_sim/openai/state", self.sim.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn faults(&self, f: Value) {
+        client()
+            .post(format!("{}/_sim/openai/faults", self.sim.url))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+fn client() -> reqwest::Client {
+    quartermaster::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+fn chat(stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": "say four words please"}]})
+}
+
+#[tokio::test]
+async fn every_route_is_proxied_and_charged_what_the_upstream_reported() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    let mut reported = 0;
+    for (path, body) in [
+        ("/v1/chat/completions", chat(false)),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "one two three"}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "one two"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "embed these words"}),
+        ),
+    ] {
+        let resp = r.post(0, path, body).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        let u = &v["usage"];
+        let n = u["total_tokens"].as_i64().unwrap();
+        assert!(n > 0, "{path}: {v}");
+        reported += n;
+    }
+    assert_eq!(
+        r.ledger_tokens().await,
+        reported,
+        "the ledger holds exactly what the upstream reported"
+    );
+    let s = r.sim_state().await;
+    assert_eq!(
+        s["inputTokens"].as_i64().unwrap() + s["outputTokens"].as_i64().unwrap(),
+        reported
+    );
+    // Priced at the upstream's price plus the ProviderConfig's 20 % markup.
+    let now = jiff::Timestamp::now().as_second();
+    let c = r
+        .ledger
+        .consumed(&r.uid(), now - 40 * 86_400, now + 86_400)
+        .await
+        .unwrap();
+    assert_eq!(c.amounts.len(), 1);
+    assert_eq!(c.amounts[0].0, "USD");
+    assert!(c.amounts[0].1 > 0);
+    // The model list shows what the budget may use.
+    let models: Value = client()
+        .get(format!("{}/v1/models", r.gws[0].1))
+        .bearer_auth(&r.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "gpt-4o-mini")
+    );
+    // A route it does not meter it does not proxy.
+    let resp = client()
+        .post(format!("{}/v1/images/generations", r.gws[0].1))
+        .bearer_auth(&r.key)
+        .json(&json!({"model": "dall-e-3", "prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_url"
+    );
+}
+
+#[tokio::test]
+async fn streams_pass_through_chunk_by_chunk_and_are_charged_their_usage() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    let resp = r.post(0, "/v1/chat/completions", chat(true)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = resp.text().await.unwrap();
+    let datas: Vec<&str> = text.lines().filter(|l| l.starts_with("data: ")).collect();
+    assert_eq!(*datas.last().unwrap(), "data: [DONE]");
+    // The gateway asked for usage (include_usage): the last event before [DONE] carries it.
+    let usage: Value = serde_json::from_str(&datas[datas.len() - 2][6..]).unwrap();
+    let reported = usage["usage"]["total_tokens"].as_i64().unwrap();
+    // A responses stream reports usage in response.completed.
+    let resp = r
+        .post(
+            0,
+            "/v1/responses",
+            json!({"model": "gpt-4o", "input": "a b c", "stream": true}),
+        )
+        .await;
+    let text = resp.text().await.unwrap();
+    let done = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["type"] == "response.completed")
+        .unwrap();
+    let reported2 = done["response"]["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(r.ledger_tokens().await, reported + reported2);
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_or_cut_off_is_charged_its_reservation_never_zero() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    let body = chat(true);
+    let reservation = serde_json::to_vec(&body).unwrap().len() as i64 + 50;
+    r.faults(json!({"noUsage": true})).await;
+    let text = r
+        .post(0, "/v1/chat/completions", body.clone())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(r.ledger_tokens().await, reservation);
+    // The upstream breaks the stream off: charged the reservation.
+    r.faults(json!({"cutAfter": 2})).await;
+    let resp = r.post(0, "/v1/chat/completions", body.clone()).await;
+    assert!(
+        resp.text().await.is_err(),
+        "the client sees the stream break off"
+    );
+    assert_eq!(r.ledger_tokens().await, 2 * reservation);
+    r.faults(json!({})).await;
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_charged() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    r.faults(json!({})).await;
+    // A slow stream: the client reads one chunk and goes away.
+    let sim = common::start_sim(|c| {
+        c.openai_chunk_delay_ms = 200;
+    })
+    .await;
+    let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
+    r.gws[0]
+        .0
+        .directory
+        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    let body = chat(true);
+    let reservation = serde_json::to_vec(&body).unwrap().len() as i64 + 50;
+    let resp = r.post(0, "/v1/chat/completions", body).await;
+    let mut chunks = resp.bytes_stream();
+    let first = chunks.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(chunks);
+    let mut charged = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        charged = r.ledger_tokens().await;
+        if charged > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        charged, reservation,
+        "a disconnect is charged the reservation"
+    );
+}
+
+/// N concurrent requests on a budget that fits only M of them, over two gateway processes sharing the
+/// ledger: at most M succeed, and the ledger holds exactly what the upstream reported.
+async fn overspend(stream: bool, postgres: bool) {
+    // Each request reserves its body's bytes plus its max_tokens, and uses 4 + 16 tokens (the
+    // simulator's prompt words and answer): the budget fits `fits` of them.
+    let body = chat(stream);
+    let reserved = serde_json::to_vec(&body).unwrap().len() as u64 + 50;
+    let (used, fits) = (20, 12);
+    let Some(r) = rig(used * fits, json!({}), 2, postgres).await else {
+        return;
+    };
+    assert!(reserved > used && reserved < used * fits);
+    let n = 40;
+    let results = futures::future::join_all((0..n).map(|i| {
+        let r = &r;
+        let body = body.clone();
+        async move {
+            let resp = r.post(i % 2, "/v1/chat/completions", body).await;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (status, text)
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<&String> = results
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|x| &x.1)
+        .collect();
+    assert_eq!(ok + refused.len(), n, "{results:?}");
+    assert!(
+        ok as u64 <= fits,
+        "{ok} requests served on a budget that fits {fits}"
+    );
+    assert!(ok >= 1, "at least one request fits");
+    assert!(
+        refused[0].contains("TokenBudget demo/bot is exhausted until"),
+        "{}",
+        refused[0]
+    );
+    let served = r.sim_state().await;
+    let reported =
+        served["inputTokens"].as_i64().unwrap() + served["outputTokens"].as_i64().unwrap();
+    assert_eq!(served["requests"].as_i64().unwrap(), ok as i64);
+    assert_eq!(
+        r.ledger_tokens().await,
+        reported,
+        "the ledger agrees to the token"
+    );
+    assert!(reported as u64 <= used * fits);
+    // Every slice goes back: the period's granted equals what was used.
+    for (gw, _) in &r.gws {
+        gw.housekeep(true).await;
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let start = quartermaster::budget::period::calendar(
+        quartermaster::crd::token_budget::BudgetPeriod::Monthly,
+        &jiff::tz::TimeZone::UTC,
+        now,
+    )
+    .unwrap()
+    .start;
+    let p = r
+        .ledger
+        .budget_period(&r.uid(), start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.granted, reported);
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overspend_across_two_gateways_sqlite() {
+    overspend(false, false).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_overspend_across_two_gateways_postgres() {
+    overspend(false, true).await;
+}
+
+#[tokio::test]
+async fn concurrent_streams_never_overspend_across_two_gateways_postgres() {
+    overspend(true, true).await;
+}
+
+#[tokio::test]
+async fn a_fresh_key_under_a_burst_takes_few_slices_and_serves_within_its_budget() {
+    let r = rig(10_000_000, json!({}), 1, false).await.unwrap();
+    let results =
+        futures::future::join_all((0..100).map(|_| r.post(0, "/v1/chat/completions", chat(false))))
+            .await;
+    assert!(results.iter().all(|x| x.status() == 200));
+    assert_eq!(r.sim_state().await["requests"], 100);
+    // The burst waited for one slice instead of each request asking the ledger: a slice is an eighth of
+    // what is left, so the replica holds far more than the burst used.
+    let now = jiff::Timestamp::now().as_second();
+    let start = quartermaster::budget::period::calendar(
+        quartermaster::crd::token_budget::BudgetPeriod::Monthly,
+        &jiff::tz::TimeZone::UTC,
+        now,
+    )
+    .unwrap()
+    .start;
+    let p = r.ledger.budget_period(&r.uid(), start).await.unwrap().unwrap();
+    assert_eq!(p.granted, 10_000_000 / 8, "one slice served the whole burst");
+}
+
+#[tokio::test]
+async fn failover_goes_to_the_next_upstream_before_any_byte_reached_the_client() {
+    let r = rig(
+        1_000_000,
+        json!({"fallbackProviderConfigRefs": [{"name": "backup"}]}),
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let (b, _) = (r.budget.clone(), ());
+    let mut b2 = b.clone();
+    b2.spec.fallback_provider_config_refs = vec![ProviderConfigReference {
+        name: "backup".into(),
+    }];
+    r.gws[0].0.directory.put_budget(&b2);
+    // The primary cannot be reached at all: a closed port.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let pc = provider(
+        "primary",
+        &format!("http://127.0.0.1:{closed}/v1"),
+        &["gpt-4o-mini"],
+    );
+    r.gws[0]
+        .0
+        .directory
+        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    let resp = r.post(0, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(resp.status(), 200);
+    // A 500, then a 429: the backup (same simulator, which answers the third call) serves.
+    let pc = provider("primary", &format!("{}/v1", r.sim.url), &["gpt-4o-mini"]);
+    r.gws[0]
+        .0
+        .directory
+        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    r.faults(json!({"status": 500, "count": 1})).await;
+    assert_eq!(
+        r.post(0, "/v1/chat/completions", chat(false))
+            .await
+            .status(),
+        200
+    );
+    r.faults(json!({"status": 429, "count": 1})).await;
+    let resp = r.post(0, "/v1/chat/completions", chat(true)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    // Both fail: 502 in OpenAI's shape, and nothing charged for it.
+    let before = r.ledger_tokens().await;
+    r.faults(json!({"status": 503, "count": 2})).await;
+    let resp = r.post(0, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(resp.status(), 502);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "upstream_unavailable");
+    assert_eq!(r.ledger_tokens().await, before);
+    let m = r.gws[0].0.metrics.render();
+    assert!(
+        m.contains("quartermaster_gateway_failovers_total{upstream=\"primary\"}"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_in_openais_shape() {
+    let r = rig(1_000_000, json!({"models": ["gpt-4o-mini"]}), 1, false)
+        .await
+        .unwrap();
+    let mut b = r.budget.clone();
+    b.spec.models = vec!["gpt-4o-mini".into(), "unpriced-model".into()];
+    r.gws[0].0.directory.put_budget(&b);
+    let call = |key: Option<&str>, body: Value| {
+        let mut req = client()
+            .post(format!("{}/v1/chat/completions", r.gws[0].1))
+            .json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, e) = call(None, chat(false)).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let (s, _) = call(Some("qm-not-a-key"), chat(false)).await;
+    assert_eq!(s, 401);
+    let (s, e) = call(Some(&r.key), json!({"model": "gpt-4o", "messages": []})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (403, Some("model_not_allowed"))
+    );
+    // Allowed, but no upstream prices it: refused, never served free.
+    let (s, e) = call(
+        Some(&r.key),
+        json!({"model": "unpriced-model", "messages": []}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (s, _) = call(Some(&r.key), json!(["not", "an", "object"])).await;
+    assert_eq!(s, 400);
+    // Blocked by its Project (status says why).
+    let mut blocked = b.clone();
+    blocked.status.as_mut().unwrap().blocked = Some("Project \"acme\" has no credit left".into());
+    r.gws[0].0.directory.put_budget(&blocked);
+    let (s, e) = call(Some(&r.key), chat(false)).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (429, Some("budget_blocked"))
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no credit left")
+    );
+    // A key removed from the spec stops working at once.
+    let mut removed = b.clone();
+    removed.spec.api_keys.clear();
+    r.gws[0].0.directory.put_budget(&removed);
+    assert_eq!(call(Some(&r.key), chat(false)).await.0, 401);
+    assert_eq!(r.sim_state().await["requests"], 0);
+}
+
+#[tokio::test]
+async fn rate_limits_per_key_answer_429_with_retry_after() {
+    let r = rig(
+        1_000_000,
+        json!({"rateLimits": {"requestsPerMinute": 3}}),
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let resp = r.post(0, "/v1/chat/completions", chat(false)).await;
+        codes.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            let e: Value = resp.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+        }
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn a_throttled_budget_keeps_serving_slowly_and_bills_the_overage() {
+    let body = chat(false);
+    let per_request = serde_json::to_vec(&body).unwrap().len() as u64 + 50;
+    let r = rig(
+        per_request,
+        json!({"onExhausted": "Throttle", "throttleRequestsPerMinute": 2}),
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        codes.push(
+            r.post(0, "/v1/chat/completions", body.clone())
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    // One within the allocation, two throttled beyond it, then refused until the rate allows.
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+    let reported = {
+        let s = r.sim_state().await;
+        s["inputTokens"].as_i64().unwrap() + s["outputTokens"].as_i64().unwrap()
+    };
+    assert_eq!(r.ledger_tokens().await, reported);
+}
+
+/// The requests the gateway forwards are valid against OpenAI's own API document (Prism refuses what is
+/// not): the model as the upstream knows it, the output limit the gateway adds, and `stream_options` on
+/// a stream. What the upstream refuses reaches the client as it said it, and costs nothing.
+#[tokio::test]
+async fn forwarded_requests_match_openais_api_document() {
+    let Some(specs) = common::prism::specs_dir() else {
+        return;
+    };
+    let prism = common::prism::Prism::start(&specs.join("openai"), "openapi.chat-subset.prism.yaml");
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    let pc = provider("primary", &prism.url, &["gpt-4o-mini", "text-embedding-3-small"]);
+    r.gws[0].0.directory.put_upstream(Upstream::of(&pc, "sk-prism".into()).unwrap());
+    for (path, body) in [
+        ("/v1/chat/completions", chat(false)),
+        ("/v1/chat/completions", chat(true)),
+        ("/v1/chat/completions", json!({"model": "gpt-4o-mini", "max_completion_tokens": 7, "messages": [{"role": "user", "content": "hi"}]})),
+        ("/v1/completions", json!({"model": "gpt-4o-mini", "prompt": "one two three"})),
+        ("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "embed these"})),
+    ] {
+        let resp = r.post(0, path, body.clone()).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{path} {body}: {text}");
+    }
+    let before = r.ledger_tokens().await;
+    assert!(before > 0);
+    // Schema-invalid (messages must be an array): Prism's 4xx is passed through, nothing is charged.
+    let resp = r
+        .post(0, "/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": "not a list"}))
+        .await;
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_eq!(r.ledger_tokens().await, before);
+}
