@@ -299,6 +299,10 @@ struct RunArgs {
     /// such reads its account's SIM listing serves it, unless the listing shows its quota moved.
     #[arg(long, default_value_t = 3600)]
     sim_usage_interval_secs: u64,
+    /// How often a TokenBudget's status (consumed, reserved, remaining, cost) is refreshed from the
+    /// ledger, in seconds. Enforcement does not wait for it: the gateway holds budgets itself.
+    #[arg(long, default_value_t = 30)]
+    budget_status_interval_secs: u64,
     /// Serve `POST /webhooks/onence/usage` for 1NCE's Data Streamer, with HTTP Basic credentials from
     /// this Secret (`NAMESPACE/NAME`, keys `username` and `password`; read at start).
     #[arg(long)]
@@ -775,6 +779,9 @@ async fn controller_context(
                 poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
                 observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
                 sim_usage_interval: Duration::from_secs(args.sim_usage_interval_secs.max(1)),
+                budget_status_interval: Duration::from_secs(
+                    args.budget_status_interval_secs.max(1),
+                ),
                 concurrency: controller::Concurrency {
                     provider_config: args.provider_config_concurrency,
                     project: args.project_concurrency,

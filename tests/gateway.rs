@@ -196,6 +196,11 @@ impl Rig {
     }
 }
 
+/// What the gateway reserves for `body`: its prompt's bound plus the budget's default output limit (50).
+fn reservation_of(body: &Value) -> i64 {
+    quartermaster::gateway::proxy::prompt_bound(body.as_object().unwrap()) + 50
+}
+
 fn client() -> reqwest::Client {
     quartermaster::install_crypto_provider();
     reqwest::Client::new()
@@ -324,7 +329,7 @@ async fn streams_pass_through_chunk_by_chunk_and_are_charged_their_usage() {
 async fn a_stream_without_usage_or_cut_off_is_charged_its_reservation_never_zero() {
     let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
     let body = chat(true);
-    let reservation = serde_json::to_vec(&body).unwrap().len() as i64 + 50;
+    let reservation = reservation_of(&body);
     r.faults(json!({"noUsage": true})).await;
     let text = r
         .post(0, "/v1/chat/completions", body.clone())
@@ -360,7 +365,7 @@ async fn a_client_that_disconnects_mid_stream_is_charged() {
         .directory
         .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
     let body = chat(true);
-    let reservation = serde_json::to_vec(&body).unwrap().len() as i64 + 50;
+    let reservation = reservation_of(&body);
     let resp = r.post(0, "/v1/chat/completions", body).await;
     let mut chunks = resp.bytes_stream();
     let first = chunks.next().await.unwrap().unwrap();
@@ -386,7 +391,7 @@ async fn overspend(stream: bool, postgres: bool) {
     // Each request reserves its body's bytes plus its max_tokens, and uses 4 + 16 tokens (the
     // simulator's prompt words and answer): the budget fits `fits` of them.
     let body = chat(stream);
-    let reserved = serde_json::to_vec(&body).unwrap().len() as u64 + 50;
+    let reserved = reservation_of(&body) as u64;
     let (used, fits) = (20, 12);
     let Some(r) = rig(used * fits, json!({}), 2, postgres).await else {
         return;
@@ -485,8 +490,17 @@ async fn a_fresh_key_under_a_burst_takes_few_slices_and_serves_within_its_budget
     )
     .unwrap()
     .start;
-    let p = r.ledger.budget_period(&r.uid(), start).await.unwrap().unwrap();
-    assert_eq!(p.granted, 10_000_000 / 8, "one slice served the whole burst");
+    let p = r
+        .ledger
+        .budget_period(&r.uid(), start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        p.granted,
+        10_000_000 / 8,
+        "one slice served the whole burst"
+    );
 }
 
 #[tokio::test]
@@ -647,7 +661,7 @@ async fn rate_limits_per_key_answer_429_with_retry_after() {
 #[tokio::test]
 async fn a_throttled_budget_keeps_serving_slowly_and_bills_the_overage() {
     let body = chat(false);
-    let per_request = serde_json::to_vec(&body).unwrap().len() as u64 + 50;
+    let per_request = reservation_of(&body) as u64;
     let r = rig(
         per_request,
         json!({"onExhausted": "Throttle", "throttleRequestsPerMinute": 2}),
@@ -682,16 +696,33 @@ async fn forwarded_requests_match_openais_api_document() {
     let Some(specs) = common::prism::specs_dir() else {
         return;
     };
-    let prism = common::prism::Prism::start(&specs.join("openai"), "openapi.chat-subset.prism.yaml");
+    let prism =
+        common::prism::Prism::start(&specs.join("openai"), "openapi.chat-subset.prism.yaml");
     let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
-    let pc = provider("primary", &prism.url, &["gpt-4o-mini", "text-embedding-3-small"]);
-    r.gws[0].0.directory.put_upstream(Upstream::of(&pc, "sk-prism".into()).unwrap());
+    let pc = provider(
+        "primary",
+        &prism.url,
+        &["gpt-4o-mini", "text-embedding-3-small"],
+    );
+    r.gws[0]
+        .0
+        .directory
+        .put_upstream(Upstream::of(&pc, "sk-prism".into()).unwrap());
     for (path, body) in [
         ("/v1/chat/completions", chat(false)),
         ("/v1/chat/completions", chat(true)),
-        ("/v1/chat/completions", json!({"model": "gpt-4o-mini", "max_completion_tokens": 7, "messages": [{"role": "user", "content": "hi"}]})),
-        ("/v1/completions", json!({"model": "gpt-4o-mini", "prompt": "one two three"})),
-        ("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "embed these"})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "max_completion_tokens": 7, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "one two three"}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "embed these"}),
+        ),
     ] {
         let resp = r.post(0, path, body.clone()).await;
         let status = resp.status();
@@ -702,7 +733,11 @@ async fn forwarded_requests_match_openais_api_document() {
     assert!(before > 0);
     // Schema-invalid (messages must be an array): Prism's 4xx is passed through, nothing is charged.
     let resp = r
-        .post(0, "/v1/chat/completions", json!({"model": "gpt-4o-mini", "messages": "not a list"}))
+        .post(
+            0,
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": "not a list"}),
+        )
         .await;
     assert!(resp.status().is_client_error(), "{}", resp.status());
     assert_eq!(r.ledger_tokens().await, before);

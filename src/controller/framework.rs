@@ -560,12 +560,27 @@ fn with_conditions<K: Managed>(
 ) -> K::KindStatus {
     let mut desired = health.conditions();
     desired.push(not_paused.clone());
-    *status.conditions_mut() = merge_conditions(
+    // Conditions of the kind's own (e.g. a TokenBudget's `Exhausted`) are kept as the reconciler set
+    // them in the working status; the kstatus ones follow `health`.
+    let own: Vec<_> = status
+        .conditions()
+        .iter()
+        .filter(|c| !desired.iter().any(|d| d.type_ == c.type_))
+        .cloned()
+        .collect();
+    let mut merged = merge_conditions(
         previous.conditions(),
         &desired,
         obj.meta().generation,
         &now(),
     );
+    for c in own {
+        match merged.iter_mut().find(|m| m.type_ == c.type_) {
+            Some(m) => *m = c,
+            None => merged.push(c),
+        }
+    }
+    *status.conditions_mut() = merged;
     status.set_observed_generation(obj.meta().generation);
     status
 }

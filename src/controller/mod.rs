@@ -19,6 +19,7 @@ pub mod provider_config;
 pub mod sim_card;
 pub mod sim_message;
 pub mod subscription;
+pub mod token_budget;
 pub mod vendor;
 pub mod virtual_machine;
 pub mod wake;
@@ -43,7 +44,9 @@ pub use error::Error;
 use framework::{Managed, Reconciler, object_key};
 
 use crate::crd::conditions::reason;
-use crate::crd::{Project, ProviderConfig, SimCard, SimMessage, Subscription, VirtualMachine};
+use crate::crd::{
+    Project, ProviderConfig, SimCard, SimMessage, Subscription, TokenBudget, VirtualMachine,
+};
 use crate::metrics::Metrics;
 use crate::server::Readiness;
 
@@ -75,6 +78,8 @@ pub struct ControllerConfig {
     pub sim_usage_interval: Duration,
     /// How often a Subscription whose plan bills usage through Stripe reports its Project's new usage.
     pub stripe_usage_interval: Duration,
+    /// How often a TokenBudget's status is refreshed from the ledger (consumed, reserved, remaining).
+    pub budget_status_interval: Duration,
     /// How many reconciles of each kind run at once.
     pub concurrency: Concurrency,
     /// A Project's reconcile waits this long after the last change of its members (coalescing a burst
@@ -117,6 +122,7 @@ impl Default for ControllerConfig {
             observe_interval: Duration::from_secs(55),
             sim_usage_interval: Duration::from_secs(3600),
             stripe_usage_interval: Duration::from_secs(300),
+            budget_status_interval: Duration::from_secs(30),
             concurrency: Concurrency::default(),
             project_debounce: Duration::from_millis(500),
         }
@@ -471,6 +477,7 @@ pub async fn run(
     let sims = sim_controller(&ctx, &feeds, &caches);
     let messages = message_controller(&ctx);
     let subscriptions = subscription_controller(&ctx, &feeds, &caches);
+    let budgets = budget_controller(&ctx, &feeds);
 
     let watches = feeds.run();
     let controllers = async {
@@ -515,6 +522,12 @@ pub async fn run(
             drive(
                 subscriptions,
                 subscription::SubscriptionReconciler,
+                ctx.clone(),
+                shutdown.clone(),
+            ),
+            drive(
+                budgets,
+                token_budget::TokenBudgetReconciler,
                 ctx.clone(),
                 shutdown.clone(),
             ),
@@ -567,6 +580,67 @@ fn subscription_controller(
         tokio_stream_from(rx)
             .flat_map(move |h| futures::stream::iter(subscription::concerned(&all, &own, &h))),
     )
+}
+
+/// TokenBudget: its own watch; its key Secrets (a deleted one is rotated); and the Projects,
+/// Subscriptions and ProviderConfigs it names (money stops, periods and plans, upstreams).
+fn budget_controller(ctx: &Arc<Context>, feeds: &cache::Feeds) -> Controller<TokenBudget> {
+    let mut cfg = watcher::Config::default();
+    if let Some(sel) = &ctx.config.label_selector {
+        cfg = cfg.labels(sel);
+    }
+    let c = Controller::new(Api::<TokenBudget>::all(ctx.client.clone()), cfg)
+        .with_config(runtime_config(8, Duration::ZERO));
+    let store = c.store();
+    let naming = move |ns: String, pred: Box<dyn Fn(&TokenBudget) -> bool + Send>| {
+        store
+            .state()
+            .iter()
+            .filter(|b| b.namespace().as_deref() == Some(ns.as_str()) && pred(b))
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    };
+    let (by_project, by_sub) = (naming.clone(), naming);
+    let all = c.store();
+    c.watches_shared_stream(feeds.connection_secrets.subscribe(), |s| {
+        let ns = s.namespace().unwrap_or_default();
+        s.owner_references()
+            .iter()
+            .filter(|o| o.kind == "TokenBudget")
+            .map(|o| ObjectRef::<TokenBudget>::new(&o.name).within(&ns))
+            .collect::<Vec<_>>()
+    })
+    .watches_shared_stream(feeds.projects.subscribe(), move |p| {
+        let name = p.name_any();
+        by_project(
+            p.namespace().unwrap_or_default(),
+            Box::new(move |b| b.spec.project_ref.as_ref().is_some_and(|r| r.name == name)),
+        )
+    })
+    .watches_shared_stream(feeds.subscriptions.subscribe(), move |s| {
+        let name = s.name_any();
+        by_sub(
+            s.namespace().unwrap_or_default(),
+            Box::new(move |b| {
+                b.spec
+                    .subscription_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == name)
+            }),
+        )
+    })
+    .watches_shared_stream(feeds.provider_configs.subscribe(), move |pc| {
+        let name = pc.name_any();
+        all.state()
+            .iter()
+            .filter(|b| {
+                std::iter::once(&b.spec.provider_config_ref)
+                    .chain(&b.spec.fallback_provider_config_refs)
+                    .any(|r| r.name == name)
+            })
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// SimMessage: its own watch (a message is sent once; a SimCard's change does not concern it once sent,

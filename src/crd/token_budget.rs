@@ -25,7 +25,7 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
     ),
     printcolumn(name = "Consumed", type_ = "integer", json_path = ".status.consumed"),
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
-    printcolumn(name = "Resets", type_ = "date", json_path = ".status.periodEnd"),
+    printcolumn(name = "Resets", type_ = "string", json_path = ".status.periodEnd"),
     printcolumn(
         name = "Ready",
         type_ = "string",

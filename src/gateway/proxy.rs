@@ -76,11 +76,7 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError>
 type Candidate = (Arc<Upstream>, Model);
 
 /// The upstreams that may serve `model` for `budget`, in order (the first is the primary).
-fn candidates(
-    gw: &Gateway,
-    budget: &BudgetView,
-    asked: &str,
-) -> Result<Vec<Candidate>, ApiError> {
+fn candidates(gw: &Gateway, budget: &BudgetView, asked: &str) -> Result<Vec<Candidate>, ApiError> {
     let (only, model) = match asked.split_once('/') {
         Some((pc, m)) if budget.upstreams.iter().any(|u| u == pc) => (Some(pc), m),
         _ => (None, asked),
@@ -253,8 +249,7 @@ async fn serve(
             o.insert("include_usage".into(), true.into());
         }
     }
-    // A token is at least one byte of text: the body's length bounds the prompt's tokens.
-    let input_estimate = i64::try_from(body.len()).unwrap_or(i64::MAX);
+    let input_estimate = prompt_bound(&req);
     let amount = input_estimate.saturating_add(output);
     let mut reservation = gw
         .enforcer
@@ -349,6 +344,42 @@ async fn serve(
         .added_latency
         .observe((before + read.elapsed()).as_secs_f64());
     Ok(r)
+}
+
+/// Tokens an image in a prompt may cost at most (OpenAI's high-detail tiles stay well below this).
+pub const IMAGE_TOKENS: i64 = 2048;
+
+/// An upper bound of the prompt's tokens: a token is at least one byte of text, so the bytes of every
+/// string the upstream tokenizes (values, and the keys of nested objects such as tool schemas), plus 4
+/// per message or part for the chat template, plus [`IMAGE_TOKENS`] per image. Top-level settings
+/// (`model`, `temperature`, …) are not prompt.
+pub fn prompt_bound(req: &Map<String, Value>) -> i64 {
+    fn bound(v: &Value) -> i64 {
+        match v {
+            Value::String(s) => i64::try_from(s.len()).unwrap_or(i64::MAX),
+            Value::Array(a) => a.iter().map(|x| bound(x).saturating_add(4)).sum(),
+            Value::Object(o) => o
+                .iter()
+                .map(|(k, v)| {
+                    let image = matches!(k.as_str(), "image_url" | "input_image" | "file_data")
+                        || (k == "type" && matches!(v.as_str(), Some("input_image" | "image_url")));
+                    let len = i64::try_from(k.len()).unwrap_or(0);
+                    len.saturating_add(bound(v)).saturating_add(if image {
+                        IMAGE_TOKENS
+                    } else {
+                        0
+                    })
+                })
+                .fold(4i64, i64::saturating_add),
+            Value::Number(n) => i64::try_from(n.to_string().len()).unwrap_or(0),
+            Value::Bool(_) | Value::Null => 1,
+        }
+    }
+    req.iter()
+        .filter(|(k, v)| k.as_str() != "model" && (v.is_string() || v.is_array() || v.is_object()))
+        .filter(|(k, _)| !matches!(k.as_str(), "stream_options" | "metadata" | "user"))
+        .map(|(_, v)| bound(v))
+        .fold(8i64, i64::saturating_add)
 }
 
 type Forwarded = (
@@ -504,5 +535,40 @@ impl Drop for Metered {
         if let Some(c) = self.charge.take() {
             c.finish(self.tap.usage);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bound(v: Value) -> i64 {
+        prompt_bound(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn the_prompt_bound_counts_text_not_settings_and_caps_images() {
+        let plain = bound(
+            json!({"model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "hello there"}]}),
+        );
+        // 8 + (4 + "role" 4 + "user" 4 + "content" 7 + 11 + 4 for the message)
+        assert_eq!(plain, 8 + 4 + 4 + 4 + 7 + 11 + 4);
+        // Never fewer than the bytes of the text (one token is at least one byte).
+        let text = "x".repeat(5000);
+        assert!(bound(json!({"model": "m", "input": text})) >= 5000);
+        // Tool schemas are tokenized too.
+        let tools = bound(
+            json!({"model": "m", "messages": [], "tools": [{"type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object"}}}]}),
+        );
+        assert!(tools > 30, "{tools}");
+        // An image costs up to IMAGE_TOKENS whatever its URL's length.
+        let image = bound(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}),
+        );
+        assert!(image > IMAGE_TOKENS, "{image}");
     }
 }

@@ -187,11 +187,25 @@ impl Ledger {
         Ok(Self::Sqlite(pool))
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. On PostgreSQL concurrent runs (the controller and the gateway
+    /// starting together) take turns on sqlx's advisory lock; SQLite has none, so a run that lost the
+    /// race (its migration failed and rolled back) tries again and finds the work done.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
         match self {
             Self::Postgres(p) => PG_MIGRATIONS.run(p).await?,
-            Self::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await?,
+            Self::Sqlite(p) => {
+                let mut attempt = 0;
+                loop {
+                    match SQLITE_MIGRATIONS.run(p).await {
+                        Ok(()) => break,
+                        Err(e) if attempt >= 10 => return Err(e.into()),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -1,0 +1,331 @@
+//! The TokenBudget reconciler: generates the API keys into Secrets ([`keys`]), works out the current
+//! period and its allocation (`spec.tokens`, or the Subscription's plan), tells the gateway whether the
+//! budget's Project blocks it, and shows in status what the ledger holds: consumed (the budget's usage
+//! rows, so it equals the ledger's), reserved (slices gateway replicas hold), remaining and cost; the
+//! `Exhausted` condition, and an Event per alert threshold crossed, once per period.
+//!
+//! Enforcement is the gateway's and never waits for this reconciler (see `crate::gateway::enforce`):
+//! status is a view, refreshed every `budget_status_interval` and at each period's end.
+
+pub mod keys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use super::framework::{Cleanup, Outcome, Progress, Reconciler, publish};
+use super::project::policy;
+use super::vendor::namespace_allowed;
+use super::{Context, Error};
+use crate::budget::period::{self, Window};
+use crate::crd::conditions::{Condition, ConditionStatus, Health, reason};
+use crate::crd::provider_config::ProviderType;
+use crate::crd::token_budget::BudgetPeriod;
+use crate::crd::{TokenBudget, TokenBudgetStatus};
+use crate::ledger::format_amount;
+
+/// Condition type: the current period's allocation is used up.
+pub const EXHAUSTED: &str = "Exhausted";
+/// Event reason: an alert threshold was crossed.
+pub const THRESHOLD_CROSSED: &str = "BudgetThresholdCrossed";
+
+/// Reconciles TokenBudgets.
+pub struct TokenBudgetReconciler;
+
+/// The period and allocation of a budget now, or why there is none.
+fn period_and_allocation(ctx: &Context, b: &TokenBudget, now: i64) -> Result<(Window, u64), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    if b.spec.period != BudgetPeriod::SubscriptionPeriod {
+        let tz = period::zone(b.spec.time_zone.as_deref())
+            .map_err(|e| Error::permanent(reason::INVALID_SPEC, e))?;
+        let w = period::calendar(b.spec.period, &tz, now)
+            .map_err(|e| Error::permanent(reason::INVALID_SPEC, e))?;
+        let tokens = b.spec.tokens.ok_or_else(|| {
+            Error::permanent(
+                reason::INVALID_SPEC,
+                "spec.tokens is required unless period is SubscriptionPeriod",
+            )
+        })?;
+        return Ok((w, tokens));
+    }
+    let Some(r) = &b.spec.subscription_ref else {
+        return Err(Error::permanent(
+            reason::INVALID_SPEC,
+            "period SubscriptionPeriod needs spec.subscriptionRef",
+        ));
+    };
+    let caches = ctx.caches()?;
+    let Some(sub) = caches
+        .subscriptions
+        .get(&ObjectRef::new(&r.name).within(&ns))
+    else {
+        return Err(Error::Waiting {
+            reason: reason::INVALID_SPEC,
+            message: format!("Subscription {:?} not found; waiting for it", r.name),
+        });
+    };
+    let st = sub.status.clone().unwrap_or_default();
+    let Some(w) = period::subscription(
+        st.current_period_start.as_deref(),
+        st.current_period_end.as_deref(),
+        now,
+    ) else {
+        return Err(Error::Waiting {
+            reason: reason::PROGRESSING,
+            message: format!(
+                "Subscription {:?} has no current billing period yet",
+                r.name
+            ),
+        });
+    };
+    if let Some(t) = b.spec.tokens {
+        return Ok((w, t));
+    }
+    let plan = st.plan.as_deref().unwrap_or_default();
+    let tokens = caches
+        .provider_configs
+        .get(&ObjectRef::new(&sub.spec.provider_config_ref.name))
+        .and_then(|pc| pc.spec.plans.iter().find(|p| p.name == plan).cloned())
+        .and_then(|p| p.entitlements)
+        .and_then(|e| e.tokens_per_period);
+    tokens.map(|t| (w, t)).ok_or_else(|| {
+        Error::permanent(
+            reason::INVALID_SPEC,
+            format!(
+                "spec.tokens is unset and Subscription {:?}'s plan {plan:?} sets no entitlements.tokensPerPeriod",
+                r.name
+            ),
+        )
+    })
+}
+
+/// Every upstream the budget names must be an `openai` ProviderConfig its namespace may use.
+fn check_upstreams(ctx: &Context, b: &TokenBudget) -> Result<(), Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let caches = ctx.caches()?;
+    let names = std::iter::once(&b.spec.provider_config_ref)
+        .chain(&b.spec.fallback_provider_config_refs)
+        .map(|r| r.name.as_str());
+    for name in names {
+        let Some(pc) = caches.provider_configs.get(&ObjectRef::new(name)) else {
+            return Err(Error::permanent(
+                reason::PROVIDER_CONFIG_NOT_FOUND,
+                format!("ProviderConfig {name:?} not found"),
+            ));
+        };
+        if pc.spec.type_ != ProviderType::Openai {
+            return Err(Error::permanent(
+                reason::PROVIDER_CONFIG_WRONG_TYPE,
+                format!(
+                    "ProviderConfig {name:?} is of type {}, not openai",
+                    pc.spec.type_.as_str()
+                ),
+            ));
+        }
+        if !namespace_allowed(&pc.spec.allowed_namespaces, &ns) {
+            return Err(Error::permanent(
+                reason::PROVIDER_CONFIG_NOT_ALLOWED,
+                format!(
+                    "ProviderConfig {name:?} does not allow namespace {ns:?} (spec.allowedNamespaces)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The Project's side: its UID, the currency usage must be priced in, and why it blocks the budget
+/// (returned as the condition reason: `CreditExhausted` or `SubscriptionInactive`).
+fn project_terms(
+    ctx: &Context,
+    b: &TokenBudget,
+    st: &mut TokenBudgetStatus,
+) -> Result<Option<&'static str>, Error> {
+    let Some(r) = &b.spec.project_ref else {
+        st.project_uid = None;
+        st.currency = None;
+        st.blocked = None;
+        return Ok(None);
+    };
+    let ns = b.namespace().unwrap_or_default();
+    let Some(p) = ctx
+        .caches()?
+        .projects
+        .get(&ObjectRef::new(&r.name).within(&ns))
+    else {
+        return Err(Error::permanent(
+            reason::PROJECT_NOT_FOUND,
+            format!("Project {:?} not found in namespace {ns:?}", r.name),
+        ));
+    };
+    st.project_uid = p.uid();
+    st.currency = (!p.spec.allow_other_currencies).then(|| p.spec.currency.clone());
+    let block = policy::new_block(&p);
+    st.blocked = block.as_ref().map(|s| s.message.clone());
+    Ok(block.map(|s| s.reason))
+}
+
+/// Sets condition `type_` in `conds`, keeping its transition time when its status did not change.
+fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) {
+    let now = super::framework::now();
+    let old = conds.iter().position(|c| c.type_ == type_);
+    let last = old
+        .map(|i| &conds[i])
+        .filter(|c| c.status == status)
+        .map_or(now, |c| c.last_transition_time.clone());
+    let c = Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        last_transition_time: last,
+        observed_generation: generation,
+    };
+    match old {
+        Some(i) => conds[i] = c,
+        None => conds.push(c),
+    }
+}
+
+/// Fills consumed, reserved, remaining and cost from the ledger; returns the share used (percent).
+async fn usage(
+    ctx: &Context,
+    b: &TokenBudget,
+    w: Window,
+    allocation: u64,
+    st: &mut TokenBudgetStatus,
+) -> Result<Option<u64>, Error> {
+    let Some(ledger) = &ctx.ledger else {
+        return Ok(None);
+    };
+    let uid = b.uid().unwrap_or_default();
+    let consumed = ledger.consumed(&uid, w.start, w.end).await?;
+    let period = ledger
+        .budget_period(&uid, w.start)
+        .await?
+        .unwrap_or_default();
+    let used = u64::try_from(consumed.tokens).unwrap_or(0);
+    let granted = u64::try_from(period.granted).unwrap_or(0).max(used);
+    st.consumed = Some(used);
+    st.reserved = Some(granted - used);
+    st.remaining = Some(allocation.saturating_sub(granted));
+    st.cost = consumed
+        .amounts
+        .first()
+        .map(|(cur, nanos)| format!("{} {cur}", format_amount(*nanos)));
+    Ok(Some(
+        used.saturating_mul(100)
+            .checked_div(allocation)
+            .unwrap_or(100),
+    ))
+}
+
+impl Reconciler<TokenBudget> for TokenBudgetReconciler {
+    async fn apply(
+        &self,
+        obj: Arc<TokenBudget>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<TokenBudgetStatus>,
+    ) -> Result<Outcome, Error> {
+        let now = jiff::Timestamp::now().as_second();
+        check_upstreams(&ctx, &obj)?;
+        let block = project_terms(&ctx, &obj, &mut progress.status)?;
+        let previous = progress.status.api_keys.clone();
+        progress.status.api_keys = keys::ensure(&ctx, &obj, &previous).await?;
+        let (w, allocation) = period_and_allocation(&ctx, &obj, now)?;
+        let st = &mut progress.status;
+        let start = period::rfc3339(w.start);
+        if st.period_start.as_deref() != Some(start.as_str()) {
+            st.alerted.clear();
+        }
+        st.period_start = Some(start);
+        st.period_end = Some(period::rfc3339(w.end));
+        st.allocation = Some(allocation);
+        let share = usage(&ctx, &obj, w, allocation, st).await?;
+        let exhausted = st.remaining == Some(0) || share.is_some_and(|s| s >= 100);
+        set_condition(
+            &mut st.conditions,
+            EXHAUSTED,
+            if exhausted {
+                ConditionStatus::True
+            } else {
+                ConditionStatus::False
+            },
+            if exhausted {
+                "AllocationUsed"
+            } else {
+                "WithinAllocation"
+            },
+            if exhausted {
+                format!(
+                    "the period's {allocation} tokens are used; they reset at {}",
+                    period::rfc3339(w.end)
+                )
+            } else {
+                format!(
+                    "{} of {allocation} tokens left this period",
+                    st.remaining.unwrap_or(allocation)
+                )
+            },
+            obj.metadata.generation,
+        );
+        let mut crossed: Vec<u8> = obj
+            .spec
+            .alert_thresholds
+            .iter()
+            .copied()
+            .filter(|t| share.is_some_and(|s| s >= u64::from(*t)) && !st.alerted.contains(t))
+            .collect();
+        crossed.sort_unstable();
+        crossed.dedup();
+        let (consumed, id) = (
+            st.consumed.unwrap_or(0),
+            format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
+        );
+        st.alerted.extend(&crossed);
+        st.alerted.sort_unstable();
+        for t in crossed {
+            publish(
+                &ctx,
+                &*obj,
+                EventType::Warning,
+                THRESHOLD_CROSSED,
+                &format!("TokenBudget {id} crossed {t}% of its allocation ({consumed} of {allocation} tokens this period)"),
+            )
+            .await;
+        }
+        let health = match (&progress.status.blocked, block) {
+            (Some(why), Some(reason)) => {
+                Health::not_ready(reason, format!("the gateway refuses its keys: {why}"))
+            }
+            _ => Health::ready(format!(
+                "{} API key(s); period ends {}",
+                obj.spec.api_keys.len(),
+                period::rfc3339(w.end)
+            )),
+        };
+        let until_end = Duration::from_secs(u64::try_from((w.end - now).max(1)).unwrap_or(1));
+        Ok(Outcome::new(health).requeue_after(ctx.config.budget_status_interval.min(until_end)))
+    }
+
+    async fn cleanup(
+        &self,
+        _obj: Arc<TokenBudget>,
+        _ctx: Arc<Context>,
+        _progress: &mut Progress<TokenBudgetStatus>,
+    ) -> Result<Cleanup, Error> {
+        // The key Secrets are owned by the budget (garbage-collected with it); the gateway forgets its
+        // keys when it is deleted; its usage stays in the ledger.
+        Ok(Cleanup::Done)
+    }
+}

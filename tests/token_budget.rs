@@ -1,0 +1,359 @@
+//! TokenBudget end to end on the real local API server: the reconciler generates the keys into Secrets
+//! (only their hashes elsewhere), the gateway — fed by watching the API server — serves them against
+//! the simulator's upstream, status shows consumed (equal to the ledger) and remaining, thresholds
+//! raise one Event each, an exhausted budget answers 429 naming its reset, a deleted Secret rotates the
+//! key, and a Project's credit stop blocks the budget.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use quartermaster::crd::TokenBudget;
+use quartermaster::gateway::{Gateway, GatewayConfig};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(60);
+
+struct Env {
+    client: kube::Client,
+    ns: String,
+    id: String,
+    sim: common::SimHandle,
+    ledger: quartermaster::ledger::Ledger,
+    gateway: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn apply(client: &kube::Client, ns: &str, kind: &str, name: &str, v: Value) {
+    let ar = match kind {
+        "Project" => kube::discovery::ApiResource::erase::<quartermaster::crd::Project>(&()),
+        "TokenBudget" => kube::discovery::ApiResource::erase::<TokenBudget>(&()),
+        _ => unreachable!(),
+    };
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    api.patch(
+        name,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&v),
+    )
+    .await
+    .unwrap();
+}
+
+async fn env(project_spec: Value) -> Env {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "tb").await;
+    let id = common::unique("tb");
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::fresh_ledger(&dir).await;
+    let sim = common::start_sim(|_| {}).await;
+    common::secret(&client, &ns, "llm-token", "token", "sk-upstream-secret").await;
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(client.clone());
+    let pc = format!("{id}-llm");
+    pcs.patch(
+        &pc,
+        &PatchParams::apply("quartermaster-tests").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": pc, "labels": {"qm-test": id}},
+            "spec": {
+                "type": "openai", "endpoint": format!("{}/v1", sim.url),
+                "credentialsSecretRef": {"name": "llm-token", "namespace": ns, "key": "token"},
+                "allowedNamespaces": [ns],
+                "models": [{"name": "gpt-4o-mini", "inputPerMillion": "0.15", "outputPerMillion": "0.60"}],
+            }
+        })),
+    )
+    .await
+    .unwrap();
+    let mut p = json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": "acme", "labels": {"qm-test": id}},
+        "spec": {"currency": "USD"},
+    });
+    common::env::merge(&mut p, json!({"spec": project_spec}));
+    apply(&client, &ns, "Project", "acme", p).await;
+    let (_, stop) = common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
+        c.budget_status_interval = Duration::from_millis(500);
+    });
+    // The gateway: its own process in production; here in-process, fed by the same API server.
+    let gw = Gateway::new(
+        GatewayConfig {
+            flush_interval: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ledger.clone(),
+        &format!("gw-{id}"),
+    );
+    tokio::spawn(quartermaster::gateway::watch::run(
+        client.clone(),
+        gw.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gw.serve(listener, futures::future::pending()));
+    Env {
+        client,
+        ns,
+        id,
+        sim,
+        ledger,
+        gateway,
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    async fn budget(&self, tokens: u64, extra: Value) {
+        let mut spec = json!({
+            "tokens": tokens, "period": "Monthly",
+            "projectRef": {"name": "acme"},
+            "providerConfigRef": {"name": format!("{}-llm", self.id)},
+            "models": ["gpt-4o-mini"],
+            "alertThresholds": [50, 100],
+            "defaultMaxTokens": 16,
+            "apiKeys": [{"name": "prod"}],
+        });
+        common::env::merge(&mut spec, extra);
+        apply(
+            &self.client,
+            &self.ns,
+            "TokenBudget",
+            "bot",
+            json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "TokenBudget",
+                "metadata": {"name": "bot", "labels": {"qm-test": self.id}},
+                "spec": spec,
+            }),
+        )
+        .await;
+    }
+
+    fn budgets(&self) -> Api<TokenBudget> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn wait<F: Fn(&TokenBudget) -> bool>(&self, what: &str, f: F) -> TokenBudget {
+        let api = self.budgets();
+        common::eventually(T, what, || async {
+            api.get_opt("bot").await.ok().flatten().filter(|b| f(b))
+        })
+        .await
+    }
+
+    async fn key(&self) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+        let s = common::eventually(T, "the key Secret", || async {
+            secrets.get_opt("bot-prod").await.ok().flatten()
+        })
+        .await;
+        String::from_utf8(s.data.unwrap()["apiKey"].0.clone()).unwrap()
+    }
+
+    async fn chat(&self, key: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.gateway))
+            .bearer_auth(key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the gateway accepts `key` (its watch saw the budget's status).
+    async fn served(&self, key: &str) -> Value {
+        common::eventually(T, "the gateway serves the key", || async {
+            let (s, v) = self.chat(key).await;
+            (s == 200).then_some(v)
+        })
+        .await
+    }
+
+    async fn events(&self) -> Vec<(String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn ready(b: &TokenBudget) -> bool {
+    b.status.as_ref().is_some_and(|s| {
+        s.observed_generation == b.metadata.generation
+            && s.conditions.iter().any(|c| {
+                c.type_ == "Ready"
+                    && c.status == quartermaster::crd::conditions::ConditionStatus::True
+            })
+    })
+}
+
+#[tokio::test]
+async fn a_budget_serves_its_keys_through_the_gateway_until_exhausted_and_rotates_them() {
+    quartermaster::install_crypto_provider();
+    let e = env(json!({})).await;
+    // Each request uses 2 prompt words + 16 output tokens = 18 tokens and reserves 66 (its prompt's
+    // bound, 50, plus 16): 200 tokens serve several, never more than 200.
+    e.budget(200, json!({})).await;
+    let b = e.wait("Ready", ready).await;
+    let key = e.key().await;
+    let st = b.status.clone().unwrap();
+    assert_eq!(st.api_keys.len(), 1);
+    assert_eq!(
+        st.api_keys[0].sha256,
+        quartermaster::budget::keys::hash(&key)
+    );
+    assert_eq!(st.allocation, Some(200));
+    let status_text = serde_json::to_string(&b).unwrap();
+    assert!(!status_text.contains(&key), "the key is only in its Secret");
+
+    let first = e.served(&key).await;
+    let mut used = first["usage"]["total_tokens"].as_i64().unwrap();
+    let mut refused = None;
+    for _ in 0..20 {
+        let (s, v) = e.chat(&key).await;
+        match s {
+            200 => used += v["usage"]["total_tokens"].as_i64().unwrap(),
+            429 => {
+                refused = Some(v);
+                break;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    let refused = refused.expect("the budget runs out");
+    assert_eq!(refused["error"]["code"], "budget_exhausted");
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("TokenBudget {}/bot is exhausted until", e.ns)),
+        "{msg}"
+    );
+    assert!(used <= 200, "served {used} tokens of 200");
+    assert!(
+        used >= 200 - 66,
+        "served {used} tokens of 200: the last refusal left less than a request"
+    );
+
+    // Status catches up with the ledger: consumed equals it, to the token.
+    let b = e
+        .wait("consumed shows every request", |b| {
+            b.status.as_ref().and_then(|s| s.consumed) == Some(used as u64)
+        })
+        .await;
+    let st = b.status.unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let ledger = e
+        .ledger
+        .consumed(
+            b.metadata.uid.as_deref().unwrap(),
+            now - 40 * 86_400,
+            now + 86_400,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ledger.tokens, used);
+    assert!(
+        st.cost.as_deref().is_some_and(|c| c.ends_with(" USD")),
+        "{:?}",
+        st.cost
+    );
+    assert!(st.period_end.is_some() && st.period_start.is_some());
+    // Exhausted, or within one request of it: the 50 % threshold was crossed and announced once.
+    let events = e.events().await;
+    let crossed: Vec<_> = events
+        .iter()
+        .filter(|(r, _)| r == "BudgetThresholdCrossed")
+        .collect();
+    assert!(
+        crossed.iter().any(|(_, n)| n.contains("crossed 50%")),
+        "{events:?} {st:?}"
+    );
+    assert_eq!(
+        crossed
+            .iter()
+            .filter(|(_, n)| n.contains("crossed 50%"))
+            .count(),
+        1
+    );
+    assert!(!events.iter().any(|(_, n)| n.contains(&key)));
+
+    // Deleting the Secret rotates the key: the old one stops working, a new one is generated.
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    secrets
+        .delete("bot-prod", &DeleteParams::default())
+        .await
+        .unwrap();
+    let rotated = common::eventually(T, "a new key", || async {
+        let s = secrets.get_opt("bot-prod").await.ok().flatten()?;
+        let k = String::from_utf8(s.data?.get("apiKey")?.0.clone()).ok()?;
+        (k != key).then_some(k)
+    })
+    .await;
+    common::eventually(T, "the old key refused", || async {
+        (e.chat(&key).await.0 == 401).then_some(())
+    })
+    .await;
+    // The new key reaches the same (exhausted) budget.
+    common::eventually(T, "the new key reaches the budget", || async {
+        (e.chat(&rotated).await.0 == 429).then_some(())
+    })
+    .await;
+    // Raising the allocation serves it again.
+    e.budget(1000, json!({})).await;
+    e.served(&rotated).await;
+}
+
+#[tokio::test]
+async fn a_project_without_entitlement_blocks_its_budgets() {
+    quartermaster::install_crypto_provider();
+    // The Project's Subscription does not exist: it is not entitled, and nothing new may be spent.
+    let e = env(json!({"subscriptionRef": {"name": "missing"}})).await;
+    e.budget(10_000, json!({})).await;
+    let b = e
+        .wait("blocked by its Project", |b| {
+            b.status.as_ref().is_some_and(|s| s.blocked.is_some())
+        })
+        .await;
+    let st = b.status.unwrap();
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "SubscriptionInactive"),
+        "{:?}",
+        st.conditions
+    );
+    let key = e.key().await;
+    let v = common::eventually(T, "the gateway refuses the blocked budget", || async {
+        let (s, v) = e.chat(&key).await;
+        (s == 429 && v["error"]["code"] == "budget_blocked").then_some(v)
+    })
+    .await;
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("acme"),
+        "{v}"
+    );
+    assert_eq!(
+        reqwest::Client::new()
+            .get(format!("{}/_sim/openai/state", e.sim.url))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["requests"],
+        0,
+        "nothing reached the upstream"
+    );
+}
