@@ -189,6 +189,9 @@ enum Bench {
     /// Create N Subscriptions on one Stripe account of the simulator, then measure a resync of all of
     /// them at Stripe's 25 requests a second (see `scripts/bench subscriptions`).
     Subscriptions(quartermaster::bench::subscriptions::SubscriptionBench),
+    /// The LLM gateway's added latency (p50, p99), CPU per request, highest sustained rate and streaming
+    /// delays, against the simulator's upstream, in this one process (see `scripts/bench gateway`).
+    Gateway(quartermaster::bench::gateway::GatewayBench),
 }
 
 #[derive(Subcommand)]
@@ -445,6 +448,11 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Subscriptions(b)) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
             quartermaster::bench::subscriptions::subscriptions(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
+        Command::Bench(Bench::Gateway(b)) => block_on("bench", async move {
+            quartermaster::bench::gateway::run(b)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),

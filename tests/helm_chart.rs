@@ -266,3 +266,155 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     );
     ready
 }
+
+#[test]
+fn chart_runs_the_gateway_only_on_postgresql() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let none = template(&helm, &[]).unwrap();
+    assert!(!none.contains("quartermaster-gateway"));
+    let err = template(&helm, &["gateway.enabled=true"]).unwrap_err();
+    assert!(
+        err.contains("gateway.enabled needs a PostgreSQL ledger"),
+        "{err}"
+    );
+    let on = template(
+        &helm,
+        &[
+            "gateway.enabled=true",
+            "ledger.databaseUrlSecret=qm-db",
+            "gateway.autoscaling.enabled=true",
+        ],
+    )
+    .unwrap();
+    for kind in ["HorizontalPodAutoscaler", "PodDisruptionBudget"] {
+        assert!(on.contains(&format!("kind: {kind}\n")), "no {kind}:\n{on}");
+    }
+    assert!(on.contains("- gateway\n"), "{on}");
+    assert!(on.contains("name: t-quartermaster-gateway"), "{on}");
+    // With the autoscaler on, the Deployment leaves replicas to it.
+    let gw_deploy = on
+        .split("---")
+        .find(|d| d.contains("kind: Deployment") && d.contains("-gateway"))
+        .unwrap();
+    assert!(!gw_deploy.contains("replicas:"), "{gw_deploy}");
+}
+
+/// The gateway as the chart runs it: with its own ServiceAccount's credentials it loads budgets and
+/// upstreams (their credentials Secret included), and may not list or write Secrets.
+#[tokio::test]
+async fn the_gateways_rbac_suffices_and_is_read_only() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let chart = common::root().join("charts/quartermaster");
+    let client = common::client().await;
+    let ns = common::namespace(&client, "helmgw").await;
+    let release = common::unique("qm");
+    run(Command::new(&helm)
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(["install", &release, "--namespace", &ns, "--wait=false"])
+        .args([
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            "ledger.databaseUrlSecret=qm-db",
+        ])
+        .arg(&chart));
+    let sa = format!("system:serviceaccount:{ns}:{release}-quartermaster-gateway");
+    let mut kc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = sa.clone().into();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kc_path = dir.path().join("kubeconfig");
+    std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
+    let as_gateway = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kc_path).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+
+    let id = common::unique("gw");
+    common::secret(&client, &ns, "llm", "token", "sk-FAKE").await;
+    let pcs: Api<ProviderConfig> = Api::all(client.clone());
+    let pc: ProviderConfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": id},
+        "spec": {"type": "openai", "endpoint": "http://127.0.0.1:1/v1",
+                 "credentialsSecretRef": {"name": "llm", "namespace": ns},
+                 "models": [{"name": "m", "inputPerMillion": "1", "outputPerMillion": "2"}]}
+    }))
+    .unwrap();
+    pcs.create(&PostParams::default(), &pc).await.unwrap();
+    let budgets: Api<quartermaster::crd::TokenBudget> = Api::namespaced(client.clone(), &ns);
+    let b: quartermaster::crd::TokenBudget = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "TokenBudget",
+        "metadata": {"name": "bot"},
+        "spec": {"tokens": 1000, "providerConfigRef": {"name": id}, "apiKeys": [{"name": "k"}]}
+    }))
+    .unwrap();
+    budgets.create(&PostParams::default(), &b).await.unwrap();
+    let key = quartermaster::budget::keys::generate();
+    budgets
+        .patch_status(
+            "bot",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": {"apiKeys": [
+                {"name": "k", "secretName": "bot-k", "sha256": quartermaster::budget::keys::hash(&key)}
+            ]}})),
+        )
+        .await
+        .unwrap();
+
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&ledger_dir).await;
+    let gw = quartermaster::gateway::Gateway::new(Default::default(), ledger, "helm-gw");
+    tokio::spawn(quartermaster::gateway::watch::run(
+        as_gateway.clone(),
+        gw.clone(),
+    ));
+    common::eventually(
+        Duration::from_secs(30),
+        "the gateway loads the budget and its upstream",
+        || async {
+            let upstream = gw.directory.upstream(&id)?;
+            (gw.directory
+                .key(&quartermaster::budget::keys::hash(&key))
+                .is_some()
+                && upstream.api_key == "sk-FAKE")
+                .then_some(())
+        },
+    )
+    .await;
+    // Read-only: no listing of Secrets, no writes.
+    let secrets: Api<Secret> = Api::namespaced(as_gateway.clone(), &ns);
+    assert!(
+        matches!(secrets.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
+    );
+    let denied = secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("x".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(denied, Err(kube::Error::Api(e)) if e.code == 403));
+    let as_gw_budgets: Api<quartermaster::crd::TokenBudget> = Api::namespaced(as_gateway, &ns);
+    assert!(matches!(
+        as_gw_budgets.delete("bot", &Default::default()).await,
+        Err(kube::Error::Api(e)) if e.code == 403
+    ));
+    pcs.delete(&id, &Default::default()).await.unwrap();
+}

@@ -38,3 +38,16 @@ split between pods and credit grants would vanish on failover.
 {{- end -}}
 {{- int $n -}}
 {{- end -}}
+
+{{- /* The gateway's pods: a name of their own, so the controller's selectors never match them. */ -}}
+{{- define "quartermaster.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "quartermaster.gatewayLabels" -}}
+{{ include "quartermaster.gatewaySelectorLabels" . }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
