@@ -742,3 +742,95 @@ async fn forwarded_requests_match_openais_api_document() {
     assert!(resp.status().is_client_error(), "{}", resp.status());
     assert_eq!(r.ledger_tokens().await, before);
 }
+
+/// At a period boundary the new period gets its own allocation, a request admitted before it settles in
+/// the period it was admitted in, and no period is charged more than its allocation.
+#[tokio::test]
+async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
+    use quartermaster::gateway::directory::BudgetView;
+    use quartermaster::gateway::enforce::{Enforcer, Refusal};
+    use quartermaster::gateway::usage::Usage;
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&dir).await;
+    let (mut b, _) = budget(100, json!({"period": "Daily", "timeZone": "Asia/Kolkata"}));
+    b.metadata.uid = Some("daily-budget".into());
+    let view = Arc::new(BudgetView::of(&b));
+    let pc = provider("primary", "http://127.0.0.1:1/v1", &["m"]);
+    let model = Upstream::of(&pc, "k".into()).unwrap().models["m"].clone();
+    let e = Enforcer::new(ledger.clone(), "gw-test", 8, 2);
+    let key: Arc<str> = "prod".into();
+    // Kolkata's day starts at 18:30 UTC: 18:29:50 is the old day, 18:30:10 the new one.
+    let day = jiff::Timestamp::now().as_second() / 86_400 * 86_400;
+    let (before, after) = (
+        (day + 18 * 3600 + 1790) as f64,
+        (day + 18 * 3600 + 1810) as f64,
+    );
+    let first = e
+        .reserve_at(&view, &key, 60, 10, &model, before)
+        .await
+        .unwrap();
+    let refused = e
+        .reserve_at(&view, &key, 60, 10, &model, before + 1.0)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Refusal::Exhausted { reset, .. } if reset == day + 18 * 3600 + 1800));
+    // The new day: a fresh allocation, while the first request is still in flight.
+    let second = e
+        .reserve_at(&view, &key, 60, 10, &model, after)
+        .await
+        .unwrap();
+    assert_ne!(first.window, second.window);
+    e.settle(
+        first,
+        Usage {
+            input: 10,
+            output: 40,
+        },
+    );
+    e.settle(
+        second,
+        Usage {
+            input: 10,
+            output: 20,
+        },
+    );
+    e.flush().await.unwrap();
+    e.give_back(true).await.unwrap();
+    let old = ledger
+        .consumed(
+            "daily-budget",
+            day + 18 * 3600 + 1800 - 86_400,
+            day + 18 * 3600 + 1800,
+        )
+        .await
+        .unwrap();
+    let new = ledger
+        .consumed(
+            "daily-budget",
+            day + 18 * 3600 + 1800,
+            day + 18 * 3600 + 1800 + 86_400,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (old.tokens, new.tokens),
+        (50, 30),
+        "each request in the period it was admitted in"
+    );
+    let p_old = ledger
+        .budget_period("daily-budget", day + 18 * 3600 + 1800 - 86_400)
+        .await
+        .unwrap()
+        .unwrap();
+    let p_new = ledger
+        .budget_period("daily-budget", day + 18 * 3600 + 1800)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p_old.granted, p_new.granted),
+        (50, 30),
+        "unused slices went back to their own period"
+    );
+    assert!(p_old.granted <= 100 && p_new.granted <= 100);
+}

@@ -167,6 +167,8 @@ pub struct Context {
     stripe_fresh: Mutex<std::collections::HashSet<String>>,
     /// Stripe's per-subscription limits (updates an hour, invoices a minute).
     pub stripe_windows: subscription::limits::Windows,
+    /// Which TokenBudgets have new usage in the ledger.
+    pub budget_activity: token_budget::activity::Activity,
 }
 
 impl Context {
@@ -207,6 +209,7 @@ impl Context {
             sim_listings: Default::default(),
             stripe_listings: Default::default(),
             stripe_windows: Default::default(),
+            budget_activity: Default::default(),
             stripe_fresh: Mutex::default(),
         }
     }

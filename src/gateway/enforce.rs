@@ -247,7 +247,20 @@ impl Enforcer {
         input_estimate: i64,
         model: &Model,
     ) -> Result<Reservation, Refusal> {
-        let now = now_f();
+        self.reserve_at(budget, key, amount, input_estimate, model, now_f())
+            .await
+    }
+
+    /// [`Enforcer::reserve`] at time `now` (unix seconds): a period boundary can be crossed in a test.
+    pub async fn reserve_at(
+        &self,
+        budget: &Arc<BudgetView>,
+        key: &Arc<str>,
+        amount: i64,
+        input_estimate: i64,
+        model: &Model,
+        now: f64,
+    ) -> Result<Reservation, Refusal> {
         let secs = now as i64;
         let window = budget.window(secs).map_err(Refusal::NotReady)?;
         let allocation = budget.allocation.ok_or_else(|| {
@@ -414,6 +427,10 @@ impl Enforcer {
                 break;
             }
             self.ledger.record(&batch).await?;
+            let mut uids: Vec<&str> = batch.iter().map(|e| e.object_uid.as_str()).collect();
+            uids.sort_unstable();
+            uids.dedup();
+            self.ledger.touch_budgets(&uids).await?;
             self.meter
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

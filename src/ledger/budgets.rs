@@ -170,6 +170,44 @@ impl Ledger {
         })
     }
 
+    /// Records that usage of budgets `uids` was just written (the gateway, after each flush).
+    pub async fn touch_budgets(&self, uids: &[&str]) -> Result<(), LedgerError> {
+        let now = jiff::Timestamp::now().as_second();
+        for chunk in uids.chunks(500) {
+            let mut sql = String::from("INSERT INTO budget_activity (budget_uid, at) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+            }
+            sql.push_str(" ON CONFLICT (budget_uid) DO UPDATE SET at = excluded.at");
+            on_pool!(self, p => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for uid in chunk {
+                    q = q.bind(*uid).bind(now);
+                }
+                q.execute(p).await.map_err(db("recording budget activity"))?.rows_affected()
+            });
+        }
+        Ok(())
+    }
+
+    /// Budgets whose usage was written or whose slices moved at or after `since` (unix seconds), with
+    /// the latest such time.
+    pub async fn budgets_active_since(
+        &self,
+        since: i64,
+    ) -> Result<Vec<(String, i64)>, LedgerError> {
+        let sql = "SELECT budget_uid, at FROM budget_activity WHERE at >= $1 \
+                   UNION ALL SELECT budget_uid, updated_at FROM budget_periods WHERE updated_at >= $1";
+        Ok(on_pool!(self, p => sqlx::query_as(sql)
+            .bind(since)
+            .fetch_all(p)
+            .await
+            .map_err(db("reading budget activity"))?))
+    }
+
     async fn open_period(
         &self,
         uid: &str,

@@ -7,6 +7,7 @@
 //! Enforcement is the gateway's and never waits for this reconciler (see `crate::gateway::enforce`):
 //! status is a view, refreshed every `budget_status_interval` and at each period's end.
 
+pub mod activity;
 pub mod keys;
 
 use std::sync::Arc;
@@ -243,15 +244,40 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
         let previous = progress.status.api_keys.clone();
         progress.status.api_keys = keys::ensure(&ctx, &obj, &previous).await?;
         let (w, allocation) = period_and_allocation(&ctx, &obj, now)?;
-        let st = &mut progress.status;
         let start = period::rfc3339(w.start);
+        // A budget at rest (same spec, period and allocation as its last status) reads the ledger only
+        // when the gateway recorded activity since its last refresh: one query serves all budgets.
+        let settled = progress.status.consumed.is_some()
+            && progress.status.allocation == Some(allocation)
+            && progress.status.period_start.as_deref() == Some(start.as_str())
+            && progress.persisted().observed_generation == obj.metadata.generation;
+        let uid = obj.uid().unwrap_or_default();
+        let every = i64::try_from(ctx.config.budget_status_interval.as_secs()).unwrap_or(30);
+        let read = match &ctx.ledger {
+            Some(l) => {
+                !settled
+                    || ctx
+                        .budget_activity
+                        .needs_refresh(l, &uid, now, every)
+                        .await?
+            }
+            None => false,
+        };
+        let st = &mut progress.status;
         if st.period_start.as_deref() != Some(start.as_str()) {
             st.alerted.clear();
         }
         st.period_start = Some(start);
         st.period_end = Some(period::rfc3339(w.end));
         st.allocation = Some(allocation);
-        let share = usage(&ctx, &obj, w, allocation, st).await?;
+        let share = if read {
+            let share = usage(&ctx, &obj, w, allocation, st).await?;
+            ctx.budget_activity.refreshed(&uid, now);
+            share
+        } else {
+            st.consumed
+                .map(|c| c.saturating_mul(100).checked_div(allocation).unwrap_or(100))
+        };
         let exhausted = st.remaining == Some(0) || share.is_some_and(|s| s >= 100);
         set_condition(
             &mut st.conditions,
@@ -320,10 +346,11 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
 
     async fn cleanup(
         &self,
-        _obj: Arc<TokenBudget>,
-        _ctx: Arc<Context>,
+        obj: Arc<TokenBudget>,
+        ctx: Arc<Context>,
         _progress: &mut Progress<TokenBudgetStatus>,
     ) -> Result<Cleanup, Error> {
+        ctx.budget_activity.forget(&obj.uid().unwrap_or_default());
         // The key Secrets are owned by the budget (garbage-collected with it); the gateway forgets its
         // keys when it is deleted; its usage stays in the ledger.
         Ok(Cleanup::Done)
