@@ -192,6 +192,9 @@ enum Bench {
     /// The LLM gateway's added latency (p50, p99), CPU per request, highest sustained rate and streaming
     /// delays, against the simulator's upstream, in this one process (see `scripts/bench gateway`).
     Gateway(quartermaster::bench::gateway::GatewayBench),
+    /// Create N TokenBudgets (one API key each), then measure a resync of all of them (see
+    /// `scripts/bench tokenbudgets`).
+    Tokenbudgets(quartermaster::bench::token_budgets::BudgetBench),
 }
 
 #[derive(Subcommand)]
@@ -448,6 +451,12 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Subscriptions(b)) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
             quartermaster::bench::subscriptions::subscriptions(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
+        Command::Bench(Bench::Tokenbudgets(b)) => block_on("bench", async move {
+            let exe = std::env::current_exe()?;
+            quartermaster::bench::token_budgets::token_budgets(b, exe)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub stripe_usage_reported: IntCounterVec,
     /// Usage reports left unconfirmed past Stripe's deduplication window (not sent again).
     pub stripe_usage_unconfirmed: prometheus::IntCounter,
+    /// TokenBudget status refreshes that read the ledger (a budget at rest reads nothing).
+    pub budget_ledger_reads: prometheus::IntCounter,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
@@ -146,6 +148,11 @@ impl Metrics {
             "Usage reports whose answer was lost longer ago than Stripe deduplicates identifiers: not sent again, to be checked by hand.",
         )
         .expect("valid metric");
+        let budget_ledger_reads = prometheus::IntCounter::new(
+            "quartermaster_budget_ledger_reads_total",
+            "TokenBudget status refreshes that read the budget's usage from the ledger.",
+        )
+        .expect("valid metric");
         let recreates_after_intent = prometheus::IntCounter::new(
             "quartermaster_vm_recreates_after_intent_total",
             "VM creates after recorded intent found no tagged server on two looks (the earlier create never reached the vendor).",
@@ -208,6 +215,7 @@ impl Metrics {
             Box::new(stripe_events.clone()),
             Box::new(stripe_usage_reported.clone()),
             Box::new(stripe_usage_unconfirmed.clone()),
+            Box::new(budget_ledger_reads.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
         ] {
@@ -228,6 +236,7 @@ impl Metrics {
             stripe_events,
             stripe_usage_reported,
             stripe_usage_unconfirmed,
+            budget_ledger_reads,
             status_writes,
             leader,
             usage_events,

@@ -23,6 +23,7 @@ struct Env {
     id: String,
     sim: common::SimHandle,
     ledger: quartermaster::ledger::Ledger,
+    ledger_url: String,
     gateway: String,
     _stop: tokio::sync::oneshot::Sender<()>,
     _dir: tempfile::TempDir,
@@ -49,7 +50,7 @@ async fn env(project_spec: Value) -> Env {
     let ns = common::namespace(&client, "tb").await;
     let id = common::unique("tb");
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, _) = common::db::fresh_ledger(&dir).await;
+    let (ledger, ledger_url) = common::db::fresh_ledger(&dir).await;
     let sim = common::start_sim(|_| {}).await;
     common::secret(&client, &ns, "llm-token", "token", "sk-upstream-secret").await;
     let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(client.clone());
@@ -102,6 +103,7 @@ async fn env(project_spec: Value) -> Env {
         id,
         sim,
         ledger,
+        ledger_url,
         gateway,
         _stop: stop,
         _dir: dir,
@@ -356,4 +358,95 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
         0,
         "nothing reached the upstream"
     );
+}
+
+/// Two `quartermaster gateway` processes (as two replicas run) share one budget through PostgreSQL:
+/// concurrent requests to both never spend more than the allocation, status agrees with what the
+/// upstream reported, and the key appears in no log line.
+#[tokio::test]
+async fn two_gateway_processes_never_overspend_a_shared_budget() {
+    quartermaster::install_crypto_provider();
+    let e = env(json!({})).await;
+    if !e.ledger_url.starts_with("postgres") {
+        eprintln!(
+            "\n*** SKIPPED: two gateway processes share a budget only through PostgreSQL (QM_TEST_DATABASE_URL) ***\n"
+        );
+        return;
+    }
+    // Each request uses 18 tokens and reserves 66: 300 tokens serve at most 16 of 40.
+    e.budget(300, json!({})).await;
+    e.wait("Ready", ready).await;
+    let key = e.key().await;
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let port = common::process::free_port();
+        let log = std::env::temp_dir().join(format!("gw-{}-{i}.log", e.id));
+        let proc = common::process::Proc::spawn(
+            common::process::quartermaster()
+                .args([
+                    "gateway",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--flush-interval-ms",
+                    "100",
+                ])
+                .env("DATABASE_URL", &e.ledger_url)
+                .env("KUBECONFIG", common::kubeconfig())
+                .env("RUST_LOG", "debug")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        common::eventually(T, "the gateway process knows the key", || async {
+            let r = reqwest::Client::new()
+                .get(format!("{url}/v1/models"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        })
+        .await;
+        gateways.push((proc, url, log));
+    }
+    let results = futures::future::join_all((0..40).map(|i| {
+        let (url, key) = (gateways[i % 2].1.clone(), key.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    }))
+    .await;
+    let used: i64 = results
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, v)| v["usage"]["total_tokens"].as_i64().unwrap())
+        .sum();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    assert!(
+        results.iter().all(|(s, _)| *s == 200 || *s == 429),
+        "{results:?}"
+    );
+    assert!(ok >= 1 && used <= 300, "{ok} served, {used} tokens of 300");
+    e.wait("consumed equals what the upstream reported", |b| {
+        b.status.as_ref().and_then(|s| s.consumed) == Some(used as u64)
+    })
+    .await;
+    for (proc, _, log) in gateways {
+        drop(proc);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("gateway listening"), "{text}");
+        assert!(!text.contains(&key), "the key is in the gateway's log");
+        assert!(
+            !text.contains("sk-upstream-secret"),
+            "the upstream's key is in the gateway's log"
+        );
+    }
 }

@@ -28,6 +28,7 @@ use crate::kube_client::{KubeLimits, KubeMetrics};
 pub mod gateway;
 pub mod simcards;
 pub mod subscriptions;
+pub mod token_budgets;
 
 /// Benchmark settings.
 #[derive(Clone, Debug, clap::Args)]

@@ -272,6 +272,7 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
         st.allocation = Some(allocation);
         let share = if read {
             let share = usage(&ctx, &obj, w, allocation, st).await?;
+            ctx.metrics.budget_ledger_reads.inc();
             ctx.budget_activity.refreshed(&uid, now);
             share
         } else {
