@@ -257,6 +257,19 @@ async fn every_route_is_proxied_and_charged_what_the_upstream_reported() {
     assert_eq!(c.amounts.len(), 1);
     assert_eq!(c.amounts[0].0, "USD");
     assert!(c.amounts[0].1 > 0);
+    // Each usage row names the model and the upstream that served it.
+    if let Ledger::Sqlite(p) = &r.ledger {
+        let attrs: Vec<(String,)> = sqlx::query_as("SELECT attributes FROM usage_events")
+            .fetch_all(p)
+            .await
+            .unwrap();
+        assert!(!attrs.is_empty());
+        for (a,) in attrs {
+            let v: Value = serde_json::from_str(&a).unwrap();
+            assert_eq!(v["upstream"], "primary", "{v}");
+            assert!(v["model"].is_string(), "{v}");
+        }
+    }
     // The model list shows what the budget may use.
     let models: Value = client()
         .get(format!("{}/v1/models", r.gws[0].1))

@@ -50,6 +50,27 @@ pub struct BudgetView {
     pub blocked: Option<String>,
     /// The only currency usage may be priced in (`None`: any).
     pub currency: Option<String>,
+    last_window: WindowCache,
+}
+
+/// The last calendar window a budget was in (a cache; a copy of a view starts empty).
+#[derive(Debug, Default)]
+struct WindowCache(std::sync::Mutex<Option<period::Window>>);
+
+impl Clone for WindowCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl WindowCache {
+    fn get(&self) -> Option<period::Window> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, w: period::Window) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+    }
 }
 
 impl BudgetView {
@@ -126,6 +147,7 @@ impl BudgetView {
             }),
             blocked: status.blocked.clone(),
             currency: status.currency.clone(),
+            last_window: WindowCache::default(),
         }
     }
 
@@ -134,10 +156,18 @@ impl BudgetView {
         format!("{}/{}", self.subject.namespace, self.subject.name)
     }
 
-    /// The period holding `now`: `Err` says why none is known.
+    /// The period holding `now`: `Err` says why none is known. A calendar period is worked out once
+    /// and reused while it holds `now` (time-zone arithmetic is not free on the hot path).
     pub fn window(&self, now: i64) -> Result<period::Window, String> {
         match &self.period {
-            PeriodRule::Calendar(p, tz) => period::calendar(*p, tz, now),
+            PeriodRule::Calendar(p, tz) => {
+                if let Some(w) = self.last_window.get().filter(|w| w.contains(now)) {
+                    return Ok(w);
+                }
+                let w = period::calendar(*p, tz, now)?;
+                self.last_window.set(w);
+                Ok(w)
+            }
             PeriodRule::Subscription(Some(w)) if w.contains(now) => Ok(*w),
             PeriodRule::Subscription(Some(w)) => Err(format!(
                 "its Subscription's period ended at {}; the next one is not known yet",
@@ -159,6 +189,8 @@ pub struct Model {
     pub input: Price,
     /// Price of output tokens (per million).
     pub output: Price,
+    /// The model's name and the upstream's, for the usage rows.
+    pub origin: crate::ledger::metering::requests::Origin,
 }
 
 /// An OpenAI-compatible upstream.
@@ -218,6 +250,10 @@ impl Upstream {
                             &m.currency,
                             markup,
                         ),
+                        origin: crate::ledger::metering::requests::Origin {
+                            model: m.name.as_str().into(),
+                            upstream: pc.name_any().into(),
+                        },
                     },
                 ))
             })

@@ -386,21 +386,22 @@ impl Enforcer {
         }
         let mut m = self.meter.lock().unwrap_or_else(|p| p.into_inner());
         let s = &r.budget.subject;
-        m.add_since(
+        let (when, origin) = ((r.at, r.window.start), Some(&r.model.origin));
+        m.add_from(
             s,
             Meter::LlmInputTokens,
             used.input,
             Some(&r.model.input),
-            r.at,
-            r.window.start,
+            when,
+            origin,
         );
-        m.add_since(
+        m.add_from(
             s,
             Meter::LlmOutputTokens,
             used.output,
             Some(&r.model.output),
-            r.at,
-            r.window.start,
+            when,
+            origin,
         );
     }
 

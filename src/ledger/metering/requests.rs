@@ -26,6 +26,17 @@ struct GroupKey {
     hour: i64,
     /// A boundary inside the hour (a budget period starting at :30) the group never spans.
     from: i64,
+    origin: Option<Origin>,
+}
+
+/// Where per-request usage came from (LLM requests: the model asked for and the upstream that served
+/// it); recorded in the usage rows' attributes, and rows of different origins are never summed together.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The model, as the client named it.
+    pub model: std::sync::Arc<str>,
+    /// The upstream (ProviderConfig) that served it.
+    pub upstream: std::sync::Arc<str>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +91,19 @@ impl Aggregator {
         at: i64,
         since: i64,
     ) {
+        self.add_from(subject, meter, quantity, price, (at, since), None);
+    }
+
+    /// As [`Aggregator::add_since`] (`when` is `(at, since)`), for a request of `origin`.
+    pub fn add_from(
+        &mut self,
+        subject: &Subject,
+        meter: Meter,
+        quantity: i64,
+        price: Option<&Price>,
+        (at, since): (i64, i64),
+        origin: Option<&Origin>,
+    ) {
         if quantity <= 0 {
             return;
         }
@@ -94,6 +118,7 @@ impl Aggregator {
             } else {
                 hour
             },
+            origin: origin.cloned(),
         };
         let g = self.groups.entry(key).or_insert(Group {
             quantity: 0,
@@ -118,10 +143,16 @@ impl Aggregator {
             self.batch += 1;
             let mut groups: Vec<_> = self.groups.drain().collect();
             groups.sort_by(|a, b| {
-                (&a.0.subject.uid, a.0.meter.as_str(), a.0.from).cmp(&(
+                let o = |k: &GroupKey| {
+                    k.origin
+                        .as_ref()
+                        .map(|o| (o.model.clone(), o.upstream.clone()))
+                };
+                (&a.0.subject.uid, a.0.meter.as_str(), a.0.from, o(&a.0)).cmp(&(
                     &b.0.subject.uid,
                     b.0.meter.as_str(),
                     b.0.from,
+                    o(&b.0),
                 ))
             });
             self.pending = groups
@@ -154,7 +185,14 @@ impl Aggregator {
             g.quantity,
             k.price.as_ref(),
             (g.first, (g.last + 1).min(k.hour + HOUR)),
-            serde_json::json!({ "requests": g.requests }),
+            match &k.origin {
+                Some(o) => serde_json::json!({
+                    "requests": g.requests,
+                    "model": &*o.model,
+                    "upstream": &*o.upstream,
+                }),
+                None => serde_json::json!({ "requests": g.requests }),
+            },
         )
     }
 }
