@@ -44,6 +44,11 @@ pub struct Metrics {
     pub status_writes: IntCounterVec,
     /// 1 while this process holds the leader lease.
     pub leader: IntGauge,
+    /// Objects whose `Stalled` condition is True (the user must act), by kind; counted from the watch
+    /// caches every 30 s by the leader.
+    pub stalled: prometheus::IntGaugeVec,
+    /// ProviderConfigs whose vendor could not be reached at their last check (`Unreachable`).
+    pub unreachable: IntGauge,
     /// Usage events newly recorded in the ledger, by meter.
     pub usage_events: IntCounterVec,
     /// Usage recorded without a price (no price known for the server's size), in the meter's unit.
@@ -166,6 +171,19 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let stalled = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "quartermaster_objects_stalled",
+                "Objects whose Stalled condition is True, by kind (counted every 30 s).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let unreachable = IntGauge::new(
+            "quartermaster_provider_configs_unreachable",
+            "ProviderConfigs whose vendor could not be reached at their last check.",
+        )
+        .expect("valid metric");
         let leader = IntGauge::new(
             "quartermaster_leader",
             "1 while this process holds the leader lease.",
@@ -218,6 +236,8 @@ impl Metrics {
             Box::new(budget_ledger_reads.clone()),
             Box::new(status_writes.clone()),
             Box::new(leader.clone()),
+            Box::new(stalled.clone()),
+            Box::new(unreachable.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -239,6 +259,8 @@ impl Metrics {
             budget_ledger_reads,
             status_writes,
             leader,
+            stalled,
+            unreachable,
             usage_events,
             unpriced_usage,
             ledger_write_duration,

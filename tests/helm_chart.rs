@@ -418,3 +418,93 @@ async fn the_gateways_rbac_suffices_and_is_read_only() {
     ));
     pcs.delete(&id, &Default::default()).await.unwrap();
 }
+
+#[test]
+fn chart_monitoring_and_network_policies_render_and_name_real_metrics() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let all = template(
+        &helm,
+        &[
+            "gateway.enabled=true",
+            "ledger.databaseUrlSecret=qm-db",
+            "monitoring.serviceMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.grafanaDashboard.enabled=true",
+            "networkPolicy.enabled=true",
+        ],
+    )
+    .unwrap();
+    for kind in [
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+    ] {
+        assert!(all.contains(&format!("kind: {kind}\n")), "no {kind}");
+    }
+    for alert in [
+        "QuartermasterReconcileErrors",
+        "QuartermasterObjectsStalled",
+        "QuartermasterProviderConfigUnreachable",
+        "QuartermasterWebhookSignatureFailures",
+        "QuartermasterLedgerWriteFailures",
+        "QuartermasterTokenBudgetsExhausted",
+    ] {
+        assert!(
+            all.contains(&format!("alert: {alert}\n")),
+            "no alert {alert}"
+        );
+    }
+    // Every metric the alerts and the dashboard use is one the code registers.
+    let mut source = String::new();
+    for dir in ["src", "src/gateway", "src/controller", "src/cloud"] {
+        for e in std::fs::read_dir(common::root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "rs") {
+                source.push_str(&std::fs::read_to_string(p).unwrap());
+            }
+        }
+    }
+    let dashboard = std::fs::read_to_string(
+        common::root().join("charts/quartermaster/dashboards/quartermaster.json"),
+    )
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let text = format!("{all}\n{dashboard}");
+    let mut names: Vec<&str> = text
+        .match_indices("quartermaster_")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| {
+            n.ends_with("_total")
+                || n.ends_with("_seconds_bucket")
+                || n.contains("stalled")
+                || n.contains("unreachable")
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 8, "{names:?}");
+    for n in names {
+        let base = n.trim_end_matches("_bucket");
+        assert!(
+            source.contains(&format!("\"{base}\"")),
+            "{n} is not a metric the code registers"
+        );
+    }
+    // Typos and wrong types in values are refused by values.schema.json.
+    let err = template(&helm, &["gatway.enabled=true"]).unwrap_err();
+    assert!(
+        err.contains("additional properties 'gatway' not allowed"),
+        "{err}"
+    );
+    let err = template(&helm, &["gateway.replicas=many"]).unwrap_err();
+    assert!(err.contains("/gateway/replicas"), "{err}");
+}

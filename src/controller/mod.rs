@@ -492,6 +492,7 @@ pub async fn run(
         let observer = observe::run(ctx.clone(), drift_tx).boxed();
         futures::future::join_all([
             observer,
+            health_gauges(ctx.clone(), caches.clone()).boxed(),
             drive(
                 pc,
                 provider_config::ProviderConfigReconciler,
@@ -543,6 +544,65 @@ pub async fn run(
         _ = shutdown.clone() => {}
     }
     health.set_synced(false);
+}
+
+/// Counts Stalled objects per kind and unreachable ProviderConfigs from the caches, every 30 s (for
+/// the chart's alerts).
+async fn health_gauges(ctx: Arc<Context>, caches: cache::Caches) {
+    use crate::crd::conditions::{self, ConditionStatus};
+    fn stalled<K: kube::Resource<DynamicType = ()> + Clone + 'static>(
+        store: &kube::runtime::reflector::Store<K>,
+        conds: impl Fn(&K) -> Option<Vec<crate::crd::conditions::Condition>>,
+    ) -> i64 {
+        store
+            .state()
+            .iter()
+            .filter(|o| {
+                conds(o).is_some_and(|c| {
+                    conditions::find(&c, conditions::STALLED)
+                        .is_some_and(|s| s.status == ConditionStatus::True)
+                })
+            })
+            .count() as i64
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let g = &ctx.metrics.stalled;
+        let c = |s: Option<&Vec<crate::crd::conditions::Condition>>| s.cloned();
+        g.with_label_values(&["ProviderConfig"])
+            .set(stalled(&caches.provider_configs, |o| {
+                c(o.status.as_ref().map(|s| &s.conditions))
+            }));
+        g.with_label_values(&["Project"])
+            .set(stalled(&caches.projects, |o| {
+                c(o.status.as_ref().map(|s| &s.conditions))
+            }));
+        g.with_label_values(&["VirtualMachine"])
+            .set(stalled(&caches.vms, |o| {
+                c(o.status.as_ref().map(|s| &s.conditions))
+            }));
+        g.with_label_values(&["SimCard"])
+            .set(stalled(&caches.sims, |o| {
+                c(o.status.as_ref().map(|s| &s.conditions))
+            }));
+        g.with_label_values(&["Subscription"])
+            .set(stalled(&caches.subscriptions, |o| {
+                c(o.status.as_ref().map(|s| &s.conditions))
+            }));
+        let unreachable = caches
+            .provider_configs
+            .state()
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    conditions::find(&s.conditions, conditions::READY)
+                        .is_some_and(|r| r.reason == reason::UNREACHABLE)
+                })
+            })
+            .count();
+        ctx.metrics.unreachable.set(unreachable as i64);
+    }
 }
 
 /// Subscription: its own changes, its ProviderConfig's (plans, suspension), and the Stripe events that
