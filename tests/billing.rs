@@ -156,6 +156,14 @@ async fn metering_credit_exhaustion_stops_vms_and_a_grant_restarts_them() {
     )
     .await;
     assert_eq!(p.month_to_date_cost.as_deref(), Some("0.00"));
+    assert_eq!(
+        (
+            p.month_to_date_cost_rounded.as_deref(),
+            p.credit_balance_rounded.as_deref()
+        ),
+        (Some("0.00"), Some("1.00")),
+        "the printer columns show the currency's precision"
+    );
 
     // Usage beyond the credit (recorded by another meter): the VM is stopped, its runStrategy untouched.
     l.record(&[last_hour(

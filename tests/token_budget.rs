@@ -272,6 +272,9 @@ async fn a_budget_serves_its_keys_through_the_gateway_until_exhausted_and_rotate
         st.cost
     );
     assert!(st.period_end.is_some() && st.period_start.is_some());
+    // The printer column shows the cost at the currency's precision; status keeps the exact amount.
+    assert_eq!(st.cost_rounded.as_deref(), Some("0.00 USD"));
+    assert_ne!(st.cost, st.cost_rounded);
     // Exhausted, or within one request of it: the 50 % threshold was crossed and announced once.
     let events = e.events().await;
     let crossed: Vec<_> = events

@@ -36,12 +36,12 @@ use super::{Condition, LocalObjectReference, impl_object_status};
     printcolumn(
         name = "MTD Cost",
         type_ = "string",
-        json_path = ".status.monthToDateCost"
+        json_path = ".status.monthToDateCostRounded"
     ),
     printcolumn(
         name = "Balance",
         type_ = "string",
-        json_path = ".status.creditBalance"
+        json_path = ".status.creditBalanceRounded"
     ),
     printcolumn(
         name = "Age",
@@ -207,12 +207,18 @@ pub struct ProjectStatus {
     /// Cost recorded in the ledger since the start of the month (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub month_to_date_cost: Option<String>,
+    /// `monthToDateCost` rounded to the currency's precision (the printer column shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_to_date_cost_rounded: Option<String>,
     /// Monthly cost if every member keeps running as now (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub projected_monthly_cost: Option<String>,
     /// Credit granted minus usage (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit_balance: Option<String>,
+    /// `creditBalance` rounded to the currency's precision (the printer column shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_balance_rounded: Option<String>,
     /// Whether `spec.subscriptionRef` entitles the project (unset without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entitlement: Option<EntitlementStatus>,

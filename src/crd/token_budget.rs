@@ -25,6 +25,7 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
     ),
     printcolumn(name = "Consumed", type_ = "integer", json_path = ".status.consumed"),
     printcolumn(name = "Remaining", type_ = "integer", json_path = ".status.remaining"),
+    printcolumn(name = "Cost", type_ = "string", json_path = ".status.costRounded"),
     printcolumn(name = "Resets", type_ = "string", json_path = ".status.periodEnd"),
     printcolumn(
         name = "Ready",
@@ -178,9 +179,12 @@ pub struct TokenBudgetStatus {
     /// Tokens left in the current period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
-    /// Cost of the current period's usage (decimal string).
+    /// Cost of the current period's usage (exact decimal and currency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<String>,
+    /// `cost` rounded to the currency's precision (the printer column shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_rounded: Option<String>,
     /// The current period's allocation, in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<u64>,

@@ -226,6 +226,21 @@ impl UsageEvent {
 }
 
 #[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_shown_at_their_currencys_precision() {
+        assert_eq!(format_rounded(176_119, "USD"), "0.00");
+        assert_eq!(format_rounded(5_000_000, "USD"), "0.01");
+        assert_eq!(format_rounded(-1_234_567_890, "EUR"), "-1.23");
+        assert_eq!(format_rounded(6_000_000_000, "EUR"), "6.00");
+        assert_eq!(format_rounded(1_500_000_000, "JPY"), "2");
+        assert_eq!(format_rounded(1_234_500_000, "KWD"), "1.235");
+    }
+}
+
+#[cfg(test)]
 mod meter_tests {
     use super::*;
 
@@ -277,6 +292,29 @@ pub fn parse_amount(s: &str) -> Result<i64, String> {
 /// Nano-units as a decimal string with at least two decimals ("12.50", "0.00595").
 pub fn format_amount(nanos: i64) -> String {
     format_money(Decimal::from(nanos) / Decimal::from(NANOS))
+}
+
+/// How many decimals amounts of `currency` (ISO 4217) are shown with: 0 for the currencies without
+/// minor units (JPY, KRW, …), 3 for the dinars and rials that have three, else 2.
+pub fn currency_digits(currency: &str) -> u32 {
+    match currency {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// `nanos` rounded to `currency`'s precision (half away from zero), for display where exact
+/// amounts do not fit (printer columns): `176119` nanos of USD → `0.00`.
+pub fn format_rounded(nanos: i64, currency: &str) -> String {
+    let d = (Decimal::from(nanos) / Decimal::from(NANOS)).round_dp_with_strategy(
+        currency_digits(currency),
+        RoundingStrategy::MidpointAwayFromZero,
+    );
+    let mut d = d;
+    d.rescale(currency_digits(currency));
+    d.to_string()
 }
 
 /// Money as a decimal string with at least two decimals and no trailing zeros beyond them

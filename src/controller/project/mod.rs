@@ -127,7 +127,9 @@ impl Reconciler<Project> for ProjectReconciler {
             members: Some(counts),
             projected_monthly_cost: Some(format_money(projected)),
             month_to_date_cost: previous.month_to_date_cost,
+            month_to_date_cost_rounded: previous.month_to_date_cost_rounded,
             credit_balance: previous.credit_balance,
+            credit_balance_rounded: previous.credit_balance_rounded,
             ..Default::default()
         };
         let mut health = Health::ready(message);
@@ -161,9 +163,13 @@ impl Reconciler<Project> for ProjectReconciler {
                 .sum();
             // Only the project's currency: amounts in different currencies are never added together.
             let (granted, used) = ledger.balance(&me, &project.spec.currency).await?;
+            let cur = &project.spec.currency;
             status.month_to_date_cost = Some(format_amount(mtd));
+            status.month_to_date_cost_rounded = Some(crate::ledger::format_rounded(mtd, cur));
             // Credit applies to prepaid projects: those that were ever granted credit.
             status.credit_balance = (granted > 0).then(|| format_amount(granted - used));
+            status.credit_balance_rounded =
+                (granted > 0).then(|| crate::ledger::format_rounded(granted - used, cur));
             if granted > 0 && granted - used <= 0 {
                 let what = match project.spec.on_credit_exhausted {
                     CreditExhaustedPolicy::Stop => {

@@ -224,6 +224,10 @@ async fn usage(
         .amounts
         .first()
         .map(|(cur, nanos)| format!("{} {cur}", format_amount(*nanos)));
+    st.cost_rounded = consumed
+        .amounts
+        .first()
+        .map(|(cur, nanos)| format!("{} {cur}", crate::ledger::format_rounded(*nanos, cur)));
     Ok(Some(
         used.saturating_mul(100)
             .checked_div(allocation)
