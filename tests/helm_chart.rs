@@ -508,3 +508,89 @@ fn chart_monitoring_and_network_policies_render_and_name_real_metrics() {
     let err = template(&helm, &["gateway.replicas=many"]).unwrap_err();
     assert!(err.contains("/gateway/replicas"), "{err}");
 }
+
+/// An upgrade from the chart as released before the gateway (tests/fixtures/chart-0.1.0) keeps live
+/// objects and the controller's Deployment (its selector is unchanged), adds the gateway, and an
+/// uninstall leaves the users' objects in place.
+#[tokio::test]
+async fn an_upgrade_from_the_previous_chart_loses_nothing() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let old = common::root().join("tests/fixtures/chart-0.1.0");
+    let new = common::root().join("charts/quartermaster");
+    let client = common::client().await;
+    let ns = common::namespace(&client, "upgrade").await;
+    let release = common::unique("qm");
+    let helm_in = |args: &[&str]| {
+        let mut c = Command::new(&helm);
+        c.env("KUBECONFIG", common::kubeconfig())
+            .args(args)
+            .args(["--namespace", &ns]);
+        c
+    };
+    // The old chart ships the CRDs in crds/ (installed already here): skip them as an upgrade would.
+    run(helm_in(&["install", &release, "--wait=false", "--skip-crds"]).arg(&old));
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(client.clone(), &ns);
+    let p: quartermaster::crd::Project = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": "kept"}, "spec": {"currency": "USD"}
+    }))
+    .unwrap();
+    let uid = projects
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    let controller = format!("{release}-quartermaster");
+    let before = deployments.get(&controller).await.unwrap().metadata.uid;
+
+    run(helm_in(&[
+        "upgrade",
+        &release,
+        "--wait=false",
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "ledger.databaseUrlSecret=qm-db",
+    ])
+    .arg(&new));
+    let after = deployments.get(&controller).await.unwrap();
+    assert_eq!(
+        after.metadata.uid, before,
+        "the controller's Deployment was replaced"
+    );
+    assert!(
+        deployments
+            .get_opt(&format!("{controller}-gateway"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(projects.get("kept").await.unwrap().metadata.uid, uid);
+    let history = run(&mut helm_in(&["history", &release, "-o", "json"]));
+    assert!(history.contains("\"revision\":2"), "{history}");
+
+    run(&mut helm_in(&["uninstall", &release]));
+    assert_eq!(
+        projects.get("kept").await.unwrap().metadata.uid,
+        uid,
+        "an uninstall leaves the users' objects"
+    );
+    common::eventually(
+        Duration::from_secs(30),
+        "the chart's Deployments gone",
+        || async {
+            deployments
+                .get_opt(&controller)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}
