@@ -10,6 +10,7 @@
 
 pub mod db;
 pub mod env;
+pub mod examples;
 pub mod prism;
 pub mod process;
 

@@ -1,0 +1,105 @@
+//! The examples as a user applies them, made a test's own: its namespace, unique ProviderConfig names
+//! pointing at its simulator, and its label (the controller under test reconciles only labelled
+//! objects).
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use serde_json::Value;
+
+/// Every kind the controller reconciles.
+pub const KINDS: [&str; 7] = [
+    "ProviderConfig",
+    "Project",
+    "VirtualMachine",
+    "SimCard",
+    "SimMessage",
+    "Subscription",
+    "TokenBudget",
+];
+
+/// The examples (except the Namespace), made this test's.
+pub fn examples(ns: &str, id: &str, sim: &str) -> Vec<Value> {
+    let pcs = ["digitalocean-sim", "onence-sim", "stripe-sim", "openai-sim"];
+    fn walk(v: &mut Value, f: &dyn Fn(&str) -> Option<String>) {
+        match v {
+            Value::String(s) => {
+                if let Some(n) = f(s) {
+                    *s = n;
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, f)),
+            Value::Object(o) => o.values_mut().for_each(|x| walk(x, f)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(super::root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files {
+        for mut d in super::read_yaml_docs(&f) {
+            if d["kind"] == "Namespace" {
+                continue;
+            }
+            walk(&mut d, &|s: &str| {
+                if s == "demo" {
+                    Some(ns.to_string())
+                } else if pcs.contains(&s) {
+                    Some(format!("{s}-{id}"))
+                } else {
+                    s.strip_prefix("http://127.0.0.1:18089")
+                        .map(|rest| format!("{sim}{rest}"))
+                }
+            });
+            d["metadata"]["labels"]["qm-test"] = id.into();
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn resource(d: &Value) -> (ApiResource, bool) {
+    let (group, version) = match d["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), d["apiVersion"].as_str().unwrap().to_string()),
+    };
+    let kind = d["kind"].as_str().unwrap().to_string();
+    let plural = match kind.as_str() {
+        "Secret" => "secrets".to_string(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    let ar = ApiResource {
+        api_version: d["apiVersion"].as_str().unwrap().to_string(),
+        group,
+        version,
+        kind: kind.clone(),
+        plural,
+    };
+    (ar, kind == "ProviderConfig")
+}
+
+pub fn api(client: &kube::Client, d: &Value) -> Api<DynamicObject> {
+    let (ar, cluster) = resource(d);
+    if cluster {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(
+            client.clone(),
+            d["metadata"]["namespace"].as_str().unwrap(),
+            &ar,
+        )
+    }
+}
+
+pub async fn apply_all(client: &kube::Client, docs: &[Value]) {
+    let pp = PatchParams::apply("gitops-test").force();
+    for d in docs {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        api(client, d)
+            .patch(name, &pp, &Patch::Apply(d))
+            .await
+            .unwrap();
+    }
+}
