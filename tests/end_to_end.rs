@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::examples::{KINDS, api, apply_all, examples};
@@ -54,15 +53,33 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
     let client = common::client().await;
     let ns = common::namespace(&client, "e2e").await;
     let id = common::unique("e2e");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/webhooks/stripe", listener.local_addr().unwrap());
+    // The controller and the gateway as the chart runs them: their own processes, logs kept for the
+    // secret scan, one SQLite ledger file shared with this test's checks.
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, ledger_url) = common::db::sqlite(&dir).await;
+    common::secret(&client, &ns, "stripe-webhook", "secret", HOOK_SECRET).await;
+    let controller = common::process::spawn_run(
+        "e2e",
+        &common::kubeconfig(),
+        &[
+            "--leader-namespace",
+            &ns,
+            "--label-selector",
+            &format!("qm-test={id}"),
+            "--database-url",
+            &ledger_url,
+            "--budget-status-interval-secs",
+            "1",
+            "--stripe-webhook-secret",
+            &format!("{ns}/stripe-webhook"),
+        ],
+    );
+    let hook = format!("http://127.0.0.1:{}/webhooks/stripe", controller.port);
     let sim = common::start_sim(move |c| {
         c.stripe_webhook_url = Some(hook);
         c.stripe_webhook_secret = Some(HOOK_SECRET.into());
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let (ledger, _) = common::db::fresh_ledger(&dir).await;
 
     // The examples, with a second VM and the Project deleted by Cascade.
     let mut docs = examples(&ns, &id, &sim.url);
@@ -84,43 +101,25 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
     docs.push(vm2);
     apply_all(&client, &docs).await;
 
-    let hook_ledger = ledger.clone();
-    let (_, _stop) = common::start_controller_full(
-        client.clone(),
-        &id,
-        Some(ledger.clone()),
-        |c| {
-            c.budget_status_interval = Duration::from_millis(500);
-            c.stripe_usage_interval = Duration::from_secs(1);
-        },
-        move |ctx| {
-            let waker = ctx.clone();
-            let hook = quartermaster::webhooks::StripeHook::new(
-                hook_ledger,
-                vec![HOOK_SECRET.as_bytes().to_vec()],
-                300,
-                ctx.metrics.clone(),
-                Box::new(move |h| waker.stripe_event(h)),
-            );
-            let router = quartermaster::webhooks::router(None, Some(Arc::new(hook)));
-            tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        },
+    let gw_port = common::process::free_port();
+    let gw_log = std::env::temp_dir().join(format!("e2e-gateway-{gw_port}.log"));
+    let _gateway_proc = common::process::Proc::spawn(
+        common::process::quartermaster()
+            .args([
+                "gateway",
+                "--listen",
+                &format!("127.0.0.1:{gw_port}"),
+                "--flush-interval-ms",
+                "100",
+            ])
+            .args(["--database-url", &ledger_url])
+            .env("KUBECONFIG", common::kubeconfig())
+            // Debug: the scan covers what an operator turning logging up would see.
+            .env("RUST_LOG", "debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&gw_log).unwrap()),
     );
-    let gw = quartermaster::gateway::Gateway::new(
-        quartermaster::gateway::GatewayConfig {
-            flush_interval: Duration::from_millis(100),
-            ..Default::default()
-        },
-        ledger.clone(),
-        &format!("gw-{id}"),
-    );
-    tokio::spawn(quartermaster::gateway::watch::run(
-        client.clone(),
-        gw.clone(),
-    ));
-    let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = format!("http://{}", gl.local_addr().unwrap());
-    tokio::spawn(gw.clone().serve(gl, futures::future::pending()));
+    let gateway = format!("http://127.0.0.1:{gw_port}");
 
     // Everything Ready.
     let ours: Vec<&Value> = docs
@@ -196,11 +195,24 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
         json!({"seconds": 15 * 86_400}),
     )
     .await;
-    common::eventually(WAIT, "the Subscription past due", || async {
-        let st = subs.get("acme-pro").await.ok()?.status?;
-        (st.stripe_status.as_deref() == Some("past_due")).then_some(())
-    })
-    .await;
+    let mut past_due = false;
+    for _ in 0..240 {
+        let st = subs.get("acme-pro").await.unwrap().status.unwrap();
+        if st.stripe_status.as_deref() == Some("past_due") {
+            past_due = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if !past_due {
+        let events = sim_json(&sim.url, "/_sim/stripe/events").await;
+        let state = sim_json(&sim.url, "/_sim/stripe/state").await;
+        panic!(
+            "the Subscription never showed past_due: {:?}\nevents: {events}\nstate: {}",
+            subs.get("acme-pro").await.unwrap().status,
+            state["subscriptions"]
+        );
+    }
     sim_post(
         &sim.url,
         &format!("/_sim/stripe/customers/{customer}/payments"),
@@ -327,5 +339,29 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
             !seen.contains(secret),
             "a secret appears in an Event or a status"
         );
+    }
+    // Nor in any log line of the controller or the gateway.
+    let logs = [controller.log.clone(), gw_log];
+    drop(controller);
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.lines().count() > 3,
+            "{} is nearly empty:\n{text}",
+            log.display()
+        );
+        for secret in [
+            key.as_str(),
+            HOOK_SECRET,
+            "sk-FAKE_KEY_FOR_EXAMPLES_ONLY",
+            "sk_test_FAKE_KEY_FOR_EXAMPLES_ONLY",
+            "FAKE_PASSWORD_FOR_EXAMPLES_ONLY",
+        ] {
+            assert!(
+                !text.contains(secret),
+                "a secret appears in {}",
+                log.display()
+            );
+        }
     }
 }

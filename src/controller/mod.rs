@@ -165,6 +165,9 @@ pub struct Context {
     /// The latest subscription listing of each Stripe account.
     pub stripe_listings: listings::Listings<crate::cloud::stripe::Subscription>,
     stripe_fresh: Mutex<std::collections::HashSet<String>>,
+    /// When each Subscription (by UID) last read Stripe directly: an account listing older than that
+    /// must not overwrite what the direct read learned.
+    stripe_read: Mutex<HashMap<String, i64>>,
     /// Stripe's per-subscription limits (updates an hour, invoices a minute).
     pub stripe_windows: subscription::limits::Windows,
     /// Which TokenBudgets have new usage in the ledger.
@@ -211,6 +214,7 @@ impl Context {
             stripe_windows: Default::default(),
             budget_activity: Default::default(),
             stripe_fresh: Mutex::default(),
+            stripe_read: Mutex::default(),
         }
     }
 
@@ -266,6 +270,23 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(uid.to_string());
+    }
+
+    /// The Subscription of `uid` read Stripe directly at `at` (unix seconds).
+    pub fn read_stripe_directly(&self, uid: &str, at: i64) {
+        self.stripe_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string(), at);
+    }
+
+    /// When the Subscription of `uid` last read Stripe directly (since this process started).
+    pub fn stripe_read_at(&self, uid: &str) -> Option<i64> {
+        self.stripe_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .copied()
     }
 
     /// Whether a Stripe event concerned the Subscription of `uid` since its last reconcile (forgotten).
@@ -330,6 +351,10 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
         if let Some(uid) = uid {
+            self.stripe_read
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
             self.last_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

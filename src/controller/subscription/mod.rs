@@ -116,8 +116,10 @@ async fn listed(
     id: &str,
     progress: &Progress<SubscriptionStatus>,
 ) -> Result<Option<StripeSub>, Error> {
-    let woken = ctx.take_stripe_event(&obj.uid().unwrap_or_default());
+    let uid = obj.uid().unwrap_or_default();
+    let woken = ctx.take_stripe_event(&uid);
     if woken || progress.status.observed_generation != obj.metadata.generation {
+        ctx.read_stripe_directly(&uid, jiff::Timestamp::now().as_second());
         return Ok(None);
     }
     let listing = ctx
@@ -137,6 +139,15 @@ async fn listed(
         )
         .await
         .map_err(Error::vendor("list the account's subscriptions"))?;
+    // A listing taken before this object's last direct read (a webhook woke it) is older than what
+    // status already shows: read Stripe again rather than write an older state back.
+    if ctx
+        .stripe_read_at(&uid)
+        .is_some_and(|read| listing.at <= read)
+    {
+        ctx.read_stripe_directly(&uid, jiff::Timestamp::now().as_second());
+        return Ok(None);
+    }
     Ok(listing.items.get(id).cloned())
 }
 
