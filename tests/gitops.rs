@@ -96,3 +96,100 @@ async fn every_kind_is_ready_for_kstatus_and_a_reapply_changes_nothing() {
         );
     }
 }
+
+fn condition<'a>(o: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    o.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// A permanent error is `Stalled=True` with a reason (and `Ready=False`), at the object's generation, for
+/// every kind that has one: what Flux and Argo CD read as failed. (A Project and a SimMessage have no
+/// permanent error of their own: they wait, `Ready=False`, for what they name.)
+#[tokio::test]
+async fn permanent_errors_stall_with_a_reason_in_every_kind() {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "stall").await;
+    let id = common::unique("stall");
+    let (_, _stop) = common::start_controller(client.clone(), &id);
+    let missing = format!("{id}-missing");
+    let label = serde_json::json!({"qm-test": id});
+    let docs = vec![
+        (
+            serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+                "metadata": {"name": format!("{id}-pc"), "labels": label},
+                "spec": {"type": "digitalocean",
+                         "credentialsSecretRef": {"name": "absent", "namespace": ns, "key": "token"}}
+            }),
+            "MissingSecret",
+        ),
+        (
+            serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": "vm", "namespace": ns, "labels": label},
+                "spec": {"providerConfigRef": {"name": missing}, "region": "nyc3",
+                         "size": "s-1vcpu-1gb", "image": "ubuntu-24-04-x64"}
+            }),
+            "ProviderConfigNotFound",
+        ),
+        (
+            serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+                "metadata": {"name": "sim", "namespace": ns, "labels": label},
+                "spec": {"providerConfigRef": {"name": missing}, "iccid": "8988280666000000002"}
+            }),
+            "ProviderConfigNotFound",
+        ),
+        (
+            serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Subscription",
+                "metadata": {"name": "sub", "namespace": ns, "labels": label},
+                "spec": {"providerConfigRef": {"name": missing}, "plan": "basic",
+                         "customer": {"email": "a@b.example"}}
+            }),
+            "ProviderConfigNotFound",
+        ),
+        (
+            serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "TokenBudget",
+                "metadata": {"name": "tb", "namespace": ns, "labels": label},
+                "spec": {"tokens": 1000, "providerConfigRef": {"name": missing}}
+            }),
+            "ProviderConfigNotFound",
+        ),
+    ];
+    let all: Vec<Value> = docs.iter().map(|d| d.0.clone()).collect();
+    apply_all(&client, &all).await;
+    for (d, want) in &docs {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let o = common::eventually(
+            Duration::from_secs(60),
+            &format!("{} {name} Stalled", d["kind"]),
+            || async {
+                let o = api(&client, d).get(name).await.ok()?;
+                let stalled = condition(&o, "Stalled")?;
+                (stalled["status"] == "True"
+                    && o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation)
+                    .then_some(o)
+            },
+        )
+        .await;
+        let stalled = condition(&o, "Stalled").unwrap();
+        assert_eq!(stalled["reason"], *want, "{} {name}: {stalled}", d["kind"]);
+        assert!(!stalled["message"].as_str().unwrap_or("").is_empty());
+        assert_eq!(
+            condition(&o, "Ready").unwrap()["status"],
+            "False",
+            "{} {name}",
+            d["kind"]
+        );
+        assert_eq!(
+            condition(&o, "Reconciling").unwrap()["status"],
+            "False",
+            "{} {name}",
+            d["kind"]
+        );
+    }
+}
