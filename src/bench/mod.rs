@@ -103,6 +103,57 @@ fn spawn(
     Ok(Proc(c.spawn()?))
 }
 
+/// Applies every CRD (server-side), then creates the benchmark's namespace `qm-bench-<what>-<pid>` and
+/// returns its name.
+async fn crds_and_namespace(client: &kube::Client, what: &str) -> Result<String, BoxError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let ssa = PatchParams::apply("quartermaster-bench").force();
+    for crd in crate::crd::all_crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &ssa, &Patch::Apply(&crd)).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ns = format!("qm-bench-{what}-{}", std::process::id());
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    Ok(ns)
+}
+
+/// `quartermaster run` on its defaults as a child process (no leader election, its SQLite ledger and
+/// log in `work`, `MALLOC_ARENA_MAX=2` as the chart sets it), once its metrics answer: the process and
+/// its metrics URL.
+async fn spawn_controller(
+    exe: &Path,
+    work: &Path,
+    http: &reqwest::Client,
+) -> Result<(Proc, String), BoxError> {
+    let http_port = free_port()?;
+    let metrics_url = format!("http://127.0.0.1:{http_port}/metrics");
+    let controller = spawn(
+        exe,
+        &[
+            "run".into(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--leader-elect=false".into(),
+        ],
+        &work.join("controller.log"),
+        &[
+            (
+                "QM_LEDGER_PATH",
+                work.join("ledger.db").display().to_string(),
+            ),
+            ("MALLOC_ARENA_MAX", "2".into()),
+        ],
+    )?;
+    wait_for(&metrics_url, http).await?;
+    Ok((controller, metrics_url))
+}
+
 /// Requests the API server counted, by verb (its `apiserver_request_total`).
 async fn apiserver_requests(client: &kube::Client) -> Result<BTreeMap<String, f64>, BoxError> {
     let req = http::Request::get("/metrics").body(Vec::new())?;

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::{
-    BoxError, apiserver_requests, controller_counters, count, cpu_secs, free_port, reads_writes,
-    rss_kib, sim_calls, spawn, total, wait_all_ready, wait_for,
+    BoxError, apiserver_requests, controller_counters, count, cpu_secs, crds_and_namespace,
+    free_port, reads_writes, rss_kib, sim_calls, spawn, spawn_controller, total, wait_all_ready,
+    wait_for,
 };
 use crate::crd::{ProviderConfig, SimCard};
 use crate::kube_client::{KubeLimits, KubeMetrics};
@@ -76,20 +76,8 @@ pub async fn simcards(b: SimBench, exe: PathBuf) -> Result<(), BoxError> {
     let http = reqwest::Client::new();
     wait_for(&format!("{sim_url}/_sim/stats"), &http).await?;
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let ssa = PatchParams::apply("quartermaster-bench").force();
-    for crd in crate::crd::all_crds() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        crds.patch(&name, &ssa, &Patch::Apply(&crd)).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let ns = format!("qm-bench-sims-{}", std::process::id());
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
+    let ns = crds_and_namespace(&client, "sims").await?;
     Api::<Secret>::namespaced(client.clone(), &ns)
         .create(
             &PostParams::default(),
@@ -112,27 +100,8 @@ pub async fn simcards(b: SimBench, exe: PathBuf) -> Result<(), BoxError> {
     pcs.patch(&ns, &ssa, &Patch::Apply(pc(b.claim_rate)))
         .await?;
 
-    let http_port = free_port()?;
-    let metrics_url = format!("http://127.0.0.1:{http_port}/metrics");
-    let controller = spawn(
-        &exe,
-        &[
-            "run".into(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{http_port}"),
-            "--leader-elect=false".into(),
-        ],
-        &work.join("controller.log"),
-        &[
-            (
-                "QM_LEDGER_PATH",
-                work.join("ledger.db").display().to_string(),
-            ),
-            ("MALLOC_ARENA_MAX", "2".into()),
-        ],
-    )?;
+    let (controller, metrics_url) = spawn_controller(&exe, &work, &http).await?;
     let pid = controller.0.id();
-    wait_for(&metrics_url, &http).await?;
 
     // Claim N SIMs.
     let sims: Api<SimCard> = Api::namespaced(client.clone(), &ns);

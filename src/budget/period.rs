@@ -70,14 +70,18 @@ pub fn calendar(period: BudgetPeriod, tz: &TimeZone, now: i64) -> Result<Window,
     })
 }
 
+/// A period recorded in status as RFC 3339 start and end.
+pub fn parse(start: Option<&str>, end: Option<&str>) -> Option<Window> {
+    let second = |s: Option<&str>| s?.parse::<Timestamp>().ok().map(|t| t.as_second());
+    Some(Window {
+        start: second(start)?,
+        end: second(end)?,
+    })
+}
+
 /// A Subscription's current period from its status (RFC 3339 start and end), when it holds `now`.
 pub fn subscription(start: Option<&str>, end: Option<&str>, now: i64) -> Option<Window> {
-    let parse = |s: Option<&str>| s?.parse::<Timestamp>().ok().map(|t| t.as_second());
-    let w = Window {
-        start: parse(start)?,
-        end: parse(end)?,
-    };
-    w.contains(now).then_some(w)
+    parse(start, end).filter(|w| w.contains(now))
 }
 
 /// `t` as RFC 3339 (UTC).

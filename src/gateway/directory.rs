@@ -79,22 +79,11 @@ impl BudgetView {
         let status = b.status.clone().unwrap_or_default();
         let ns = b.namespace().unwrap_or_default();
         let period = match b.spec.period {
-            BudgetPeriod::SubscriptionPeriod => PeriodRule::Subscription(
-                period::subscription(
-                    status.period_start.as_deref(),
-                    status.period_end.as_deref(),
-                    jiff::Timestamp::now().as_second(),
-                )
-                .or_else(|| {
-                    // Parsed without the "holds now" test: the gateway checks the time itself.
-                    let p =
-                        |s: Option<&str>| s?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second());
-                    Some(period::Window {
-                        start: p(status.period_start.as_deref())?,
-                        end: p(status.period_end.as_deref())?,
-                    })
-                }),
-            ),
+            // The gateway checks that the period holds the time of each request itself.
+            BudgetPeriod::SubscriptionPeriod => PeriodRule::Subscription(period::parse(
+                status.period_start.as_deref(),
+                status.period_end.as_deref(),
+            )),
             p => match period::zone(b.spec.time_zone.as_deref()) {
                 Ok(tz) => PeriodRule::Calendar(p, tz),
                 Err(_) => PeriodRule::Subscription(None),
