@@ -16,6 +16,7 @@ use quartermaster::gateway::{Gateway, GatewayConfig};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
+const HOOK_SECRET: &str = "whsec_token_budget_tests";
 
 struct Env {
     client: kube::Client,
@@ -33,6 +34,9 @@ async fn apply(client: &kube::Client, ns: &str, kind: &str, name: &str, v: Value
     let ar = match kind {
         "Project" => kube::discovery::ApiResource::erase::<quartermaster::crd::Project>(&()),
         "TokenBudget" => kube::discovery::ApiResource::erase::<TokenBudget>(&()),
+        "Subscription" => {
+            kube::discovery::ApiResource::erase::<quartermaster::crd::Subscription>(&())
+        }
         _ => unreachable!(),
     };
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
@@ -51,7 +55,15 @@ async fn env(project_spec: Value) -> Env {
     let id = common::unique("tb");
     let dir = tempfile::tempdir().unwrap();
     let (ledger, ledger_url) = common::db::fresh_ledger(&dir).await;
-    let sim = common::start_sim(|_| {}).await;
+    // The sim's Stripe webhooks go to the controller's endpoint (a SubscriptionPeriod budget follows
+    // its Subscription's period as Stripe announces it).
+    let hooks = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/webhooks/stripe", hooks.local_addr().unwrap());
+    let sim = common::start_sim(move |c| {
+        c.stripe_webhook_url = Some(hook_url);
+        c.stripe_webhook_secret = Some(HOOK_SECRET.into());
+    })
+    .await;
     common::secret(&client, &ns, "llm-token", "token", "sk-upstream-secret").await;
     let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(client.clone());
     let pc = format!("{id}-llm");
@@ -78,9 +90,25 @@ async fn env(project_spec: Value) -> Env {
     });
     common::env::merge(&mut p, json!({"spec": project_spec}));
     apply(&client, &ns, "Project", "acme", p).await;
-    let (_, stop) = common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
-        c.budget_status_interval = Duration::from_millis(500);
-    });
+    let hook_ledger = ledger.clone();
+    let (_, stop) = common::start_controller_full(
+        client.clone(),
+        &id,
+        Some(ledger.clone()),
+        |c| c.budget_status_interval = Duration::from_millis(500),
+        move |ctx| {
+            let waker = ctx.clone();
+            let hook = quartermaster::webhooks::StripeHook::new(
+                hook_ledger,
+                vec![HOOK_SECRET.as_bytes().to_vec()],
+                300,
+                ctx.metrics.clone(),
+                Box::new(move |h| waker.stripe_event(h)),
+            );
+            let router = quartermaster::webhooks::router(None, Some(std::sync::Arc::new(hook)));
+            tokio::spawn(async move { axum::serve(hooks, router).await.unwrap() });
+        },
+    );
     // The gateway: its own process in production; here in-process, fed by the same API server.
     let gw = Gateway::new(
         GatewayConfig {
@@ -318,6 +346,130 @@ async fn a_budget_serves_its_keys_through_the_gateway_until_exhausted_and_rotate
     // Raising the allocation serves it again.
     e.budget(1000, json!({})).await;
     e.served(&rotated).await;
+}
+
+#[tokio::test]
+async fn a_subscription_period_budget_takes_its_plans_tokens_and_resets_when_the_period_turns() {
+    quartermaster::install_crypto_provider();
+    let e = env(json!({})).await;
+    // A Stripe account whose plan grants 100 tokens a period, and a Subscription to it.
+    common::secret(&e.client, &e.ns, "stripe", "secretKey", "sk_test_123").await;
+    let stripe_pc = format!("{}-stripe", e.id);
+    Api::<quartermaster::crd::ProviderConfig>::all(e.client.clone())
+        .patch(
+            &stripe_pc,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+                "metadata": {"name": stripe_pc, "labels": {"qm-test": e.id}},
+                "spec": {"type": "stripe", "endpoint": e.sim.url,
+                         "credentialsSecretRef": {"name": "stripe", "namespace": e.ns, "key": "secretKey"},
+                         "plans": [{"name": "llm", "priceID": "price_basic",
+                                    "entitlements": {"tokensPerPeriod": 100}}]},
+            })),
+        )
+        .await
+        .unwrap();
+    apply(
+        &e.client,
+        &e.ns,
+        "Subscription",
+        "llm",
+        json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Subscription",
+            "metadata": {"name": "llm", "labels": {"qm-test": e.id}},
+            "spec": {"plan": "llm", "customer": {"email": "ops@acme.example"},
+                     "projectRef": {"name": "acme"}, "providerConfigRef": {"name": stripe_pc}},
+        }),
+    )
+    .await;
+    apply(
+        &e.client,
+        &e.ns,
+        "TokenBudget",
+        "bot",
+        json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "TokenBudget",
+            "metadata": {"name": "bot", "labels": {"qm-test": e.id}},
+            "spec": {"period": "SubscriptionPeriod", "subscriptionRef": {"name": "llm"},
+                     "projectRef": {"name": "acme"},
+                     "providerConfigRef": {"name": format!("{}-llm", e.id)},
+                     "models": ["gpt-4o-mini"], "defaultMaxTokens": 16,
+                     "apiKeys": [{"name": "prod"}]},
+        }),
+    )
+    .await;
+    let b = e.wait("Ready", ready).await;
+    let first = b.status.unwrap();
+    assert_eq!(first.allocation, Some(100), "the plan's tokensPerPeriod");
+    let subs: Api<quartermaster::crd::Subscription> = Api::namespaced(e.client.clone(), &e.ns);
+    let sub = subs.get("llm").await.unwrap().status.unwrap();
+    assert_eq!(first.period_start, sub.current_period_start);
+    assert_eq!(first.period_end, sub.current_period_end);
+
+    // Spend the period's 100 tokens (18 a request, 66 reserved): then 429 until the period turns.
+    let key = e.key().await;
+    let mut used = e.served(&key).await["usage"]["total_tokens"]
+        .as_i64()
+        .unwrap();
+    loop {
+        let (s, v) = e.chat(&key).await;
+        match s {
+            200 => used += v["usage"]["total_tokens"].as_i64().unwrap(),
+            429 => {
+                assert_eq!(v["error"]["code"], "budget_exhausted", "{v}");
+                break;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+        assert!(used <= 100, "served {used} tokens of 100");
+    }
+
+    // Stripe resets the billing cycle (the period ends now): the webhook wakes the Subscription, the
+    // budget takes the new period, and the gateway serves the key again from a fresh allocation. (The
+    // ledger is by time: the reset comes a second after the last request, as it would in real life,
+    // so the old period's requests are all before the new period's start.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sub_id = sub.subscription_id.clone().unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/subscriptions/{sub_id}", e.sim.url))
+        .bearer_auth("sk_test_123")
+        .form(&[("billing_cycle_anchor", "now")])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let sub_start = sub.current_period_start.clone();
+    common::eventually(T, "the Subscription in its new period", || async {
+        let st = subs.get("llm").await.ok()?.status?;
+        (st.current_period_start != sub_start).then_some(())
+    })
+    .await;
+    let b = e
+        .wait("the budget in the new period", |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.period_start != first.period_start)
+        })
+        .await;
+    let next = b.status.unwrap();
+    assert_eq!(next.allocation, Some(100));
+    assert!(next.period_start > first.period_start);
+    let v = e.served(&key).await;
+    let fresh = v["usage"]["total_tokens"].as_i64().unwrap();
+    // The old period's spend stays in the old period; the new one counts from zero.
+    e.wait("consumed counts the new period only", |b| {
+        b.status.as_ref().and_then(|s| s.consumed) == Some(fresh as u64)
+    })
+    .await;
+    let uid = b.metadata.uid.clone().unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let all = e
+        .ledger
+        .consumed(&uid, now - 86_400, now + 86_400)
+        .await
+        .unwrap();
+    assert_eq!(all.tokens, used + fresh, "every token in the ledger, once");
 }
 
 #[tokio::test]

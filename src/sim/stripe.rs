@@ -8,7 +8,8 @@
 //! invoice: the licensed amount, pending prorations and the period's metered usage), ends
 //! (`cancel_at_period_end`), or goes `past_due` when its customer's payments fail
 //! (`POST /_sim/stripe/customers/{id}/payments` with `{"fail": true}`; `false` pays what is open).
-//! An `incomplete` subscription expires after 23 hours (`incomplete_expired`).
+//! An `incomplete` subscription expires after 23 hours (`incomplete_expired`). An update with
+//! `billing_cycle_anchor=now` ends the current period now and starts the next, as Stripe resets a cycle.
 //!
 //! Webhooks: with `--stripe-webhook-url` every event is POSTed there, signed with
 //! `--stripe-webhook-secret` as Stripe signs (`Stripe-Signature: t=…,v1=…`), re-sent until answered 2xx.
@@ -736,6 +737,11 @@ async fn update_subscription(
             }
             _ => {}
         }
+    }
+    if p.get("billing_cycle_anchor").map(String::as_str) == Some("now") {
+        // Stripe's reset of the billing cycle: the period ends now and the next starts (and is invoiced).
+        w.subs.get_mut(&id).expect("present")["current_period_end"] = json!(now);
+        tick(&app, &mut w);
     }
     let sub = w.subs[&id].clone();
     emit(&app, &mut w, "customer.subscription.updated", &sub);
