@@ -1,7 +1,8 @@
 //! One run across every kind, against the simulator: the examples (a Project with a Subscription, two
 //! VMs, a SimCard, a SimMessage and a TokenBudget used through the gateway); the Subscription's payment
 //! fails and recovers (through signed webhooks); then the Project is deleted with Cascade and its
-//! Subscription and TokenBudget with it. Checked: nothing left running at any simulated vendor, usage
+//! Subscription and TokenBudget with it. Checked: nothing left running at any simulated vendor (no
+//! droplet, no live Stripe subscription, the SIM disabled at 1NCE), usage
 //! recorded once (the gateway's tokens equal the upstream's), revenue and cost in the ledger's report,
 //! and no secret in any Event or status of the run.
 
@@ -306,6 +307,18 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
     })
     .await;
     assert!(droplets.is_empty());
+    // The SIM is disabled at 1NCE (SIMs are never deleted there: the SimCard's default policy).
+    let iccid = docs.iter().find(|d| d["kind"] == "SimCard").unwrap()["spec"]["iccid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let onence = quartermaster::cloud::onence::OneNce::new(
+        quartermaster::http::HttpClient::new("1nce", Default::default()),
+        quartermaster::cloud::onence::Endpoints::at(Some(&sim.url)),
+        r#"{"clientId":"e2e","clientSecret":"e2e"}"#,
+    );
+    let at_1nce = onence.sim(&iccid).await.unwrap().unwrap();
+    assert_eq!(at_1nce.status, "Disabled", "{at_1nce:?}");
     let state = sim_json(&sim.url, "/_sim/stripe/state").await;
     let subs_left = state["subscriptions"].as_array().unwrap();
     assert!(!subs_left.is_empty());
