@@ -193,3 +193,71 @@ async fn permanent_errors_stall_with_a_reason_in_every_kind() {
         );
     }
 }
+
+async fn outage(sim: &str, on: bool) {
+    let r = reqwest::Client::new()
+        .post(format!("{sim}/_sim/outage"))
+        .json(&serde_json::json!({ "on": on }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+fn is(o: &DynamicObject, type_: &str, status: &str) -> bool {
+    condition(o, type_).is_some_and(|c| c["status"] == status)
+        && o.data["status"]["observedGeneration"].as_i64() == o.metadata.generation
+}
+
+/// Converging is `Reconciling=True`, never `Stalled`, in every kind: with every simulated vendor down
+/// (503), each example shows `Reconciling=True`, `Stalled=False` and `Ready=False` at its generation
+/// (Flux and Argo CD read "still progressing"); when the vendors come back each becomes `Ready=True`
+/// with `Reconciling=False` and `Stalled=False`.
+#[tokio::test]
+async fn every_kind_reconciles_through_an_outage_then_becomes_ready() {
+    let client = common::client().await;
+    let ns = common::namespace(&client, "walk").await;
+    let id = common::unique("walk");
+    let sim = common::start_sim(|_| {}).await;
+    outage(&sim.url, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::fresh_ledger(&dir).await;
+    let docs = examples(&ns, &id, &sim.url);
+    apply_all(&client, &docs).await;
+    let (_, _stop) = common::start_controller_with(client.clone(), &id, Some(ledger));
+    let ours: Vec<&Value> = docs
+        .iter()
+        .filter(|d| KINDS.contains(&d["kind"].as_str().unwrap()))
+        .collect();
+    for d in &ours {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let o = common::eventually(
+            Duration::from_secs(60),
+            &format!("{} {name} Reconciling during the outage", d["kind"]),
+            || async {
+                let o = api(&client, d).get(name).await.ok()?;
+                is(&o, "Reconciling", "True").then_some(o)
+            },
+        )
+        .await;
+        let what = format!("{} {name}: {}", d["kind"], o.data["status"]["conditions"]);
+        assert!(is(&o, "Stalled", "False"), "{what}");
+        assert!(is(&o, "Ready", "False"), "{what}");
+    }
+    outage(&sim.url, false).await;
+    for d in &ours {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let o = common::eventually(
+            Duration::from_secs(120),
+            &format!("{} {name} Ready after the outage", d["kind"]),
+            || async {
+                let o = api(&client, d).get(name).await.ok()?;
+                settled(&o).then_some(o)
+            },
+        )
+        .await;
+        let what = format!("{} {name}: {}", d["kind"], o.data["status"]["conditions"]);
+        assert!(is(&o, "Reconciling", "False"), "{what}");
+        assert!(is(&o, "Stalled", "False"), "{what}");
+    }
+}

@@ -8,6 +8,7 @@ pub mod digitalocean;
 pub mod linode;
 pub mod oauth;
 pub mod onence;
+pub mod openai;
 pub mod rest;
 pub mod stripe;
 pub mod stripe_signature;

@@ -512,7 +512,8 @@ async fn finish_announced<K: Managed>(
 
 /// Records an error in status, on top of everything the reconcile learned before it failed.
 /// Errors the user must act on (see [`Error::stall`]): Stalled, and wait for a change. Transient ones:
-/// Reconciling=True (Ready left as it was), and hand the error to the error policy for backoff.
+/// Reconciling=True and Stalled=False (Ready left True only if it was True at this generation, else
+/// False for the same reason), and hand the error to the error policy for backoff.
 async fn fail<K: Managed>(
     api: &Api<K>,
     obj: &K,
@@ -537,12 +538,31 @@ async fn fail<K: Managed>(
     );
     let previous = progress.persisted();
     let mut status = progress.status.clone();
-    *status.conditions_mut() = merge_conditions(
-        previous.conditions(),
-        &[retrying, not_paused()],
-        obj.meta().generation,
-        &now(),
-    );
+    // kstatus: retrying is never Stalled; Ready stays True only if it was True at this generation (an
+    // outage does not undo what converged), else it is False for the same reason.
+    let generation = obj.meta().generation;
+    let was_ready = conditions::find(previous.conditions(), conditions::READY)
+        .is_some_and(|c| c.status == ConditionStatus::True && c.observed_generation == generation);
+    let mut desired = vec![
+        retrying,
+        DesiredCondition::new(
+            conditions::STALLED,
+            ConditionStatus::False,
+            reason::AS_EXPECTED,
+            "",
+        ),
+        not_paused(),
+    ];
+    if !was_ready {
+        desired.push(DesiredCondition::new(
+            conditions::READY,
+            ConditionStatus::False,
+            reason::RETRYING,
+            e.to_string(),
+        ));
+    }
+    *status.conditions_mut() =
+        merge_conditions(previous.conditions(), &desired, generation, &now());
     status.set_observed_generation(obj.meta().generation);
     // Best effort: the API server may be the thing that is failing.
     if let Err(write_err) = write_status(api, obj, previous, status, ctx).await {

@@ -7,7 +7,9 @@
 //!   `InvalidCredentials` (401/403) or `VendorRejected` (any other refusal); an outage (connection
 //!   refused, 429, 5xx, timeout) is `Ready=False, Reconciling=True, reason=Unreachable`, looked at again
 //!   periodically;
-//! - other types: Ready once the credentials are present (their vendor check arrives with their clients).
+//!   the same for 1NCE (an OAuth token and a SIM listing), Stripe (a customer listing) and OpenAI-compatible
+//!   upstreams (`GET {endpoint}/models`);
+//! - other types: Ready once the credentials are present.
 //!
 //! Secret values are read only to check they are present; they never reach logs, events or status.
 
@@ -153,8 +155,9 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         }
         let sims = obj.spec.type_ == ProviderType::Onence;
         let stripe = obj.spec.type_ == ProviderType::Stripe;
+        let openai = obj.spec.type_ == ProviderType::Openai;
         if !matches!(health, Health::Ready { .. })
-            || !(is_compute(obj.spec.type_) || sims || stripe)
+            || !(is_compute(obj.spec.type_) || sims || stripe || openai)
         {
             return Ok(Outcome::new(health));
         }
@@ -169,6 +172,9 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         } else if stripe {
             let client = ctx.providers.stripe(&ctx, &resolved).await?;
             ("stripe", client.verify().await)
+        } else if openai {
+            let client = ctx.providers.openai(&ctx, &resolved).await?;
+            ("openai", client.verify().await)
         } else {
             let provider = ctx.providers.compute(&ctx, &resolved).await?;
             (provider.vendor(), provider.verify().await)

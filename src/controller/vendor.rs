@@ -196,6 +196,7 @@ pub struct Providers {
     entries: Mutex<HashMap<String, Cached>>,
     sims: ClientCache<OneNce>,
     stripes: ClientCache<crate::cloud::stripe::Stripe>,
+    upstreams: ClientCache<crate::cloud::openai::OpenAi>,
     accounts: std::sync::Mutex<HashMap<String, Credentials>>,
 }
 
@@ -369,6 +370,24 @@ impl Providers {
             crate::crd::ProviderType::Stripe,
             "stripe",
             |http| crate::cloud::stripe::Stripe::new(http, endpoint, credentials),
+        )
+        .await
+    }
+
+    /// The client of a resolved ProviderConfig of type `openai` (its check only).
+    pub async fn openai(
+        &self,
+        ctx: &Context,
+        r: &Resolved,
+    ) -> Result<Arc<crate::cloud::openai::OpenAi>, Error> {
+        let (endpoint, credentials) = (r.account.endpoint.as_deref(), &r.account.credentials);
+        cached(
+            ctx,
+            r,
+            &self.upstreams,
+            crate::crd::ProviderType::Openai,
+            "openai",
+            |http| crate::cloud::openai::OpenAi::new(http, endpoint, credentials),
         )
         .await
     }

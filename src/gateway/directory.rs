@@ -209,7 +209,7 @@ impl std::fmt::Debug for Upstream {
 }
 
 /// OpenAI's public API, when a ProviderConfig names no endpoint.
-pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+pub const OPENAI_BASE_URL: &str = crate::cloud::openai::DEFAULT_ENDPOINT;
 
 impl Upstream {
     /// The upstream of ProviderConfig `pc` (type `openai`) with credentials `api_key`; `None` for other

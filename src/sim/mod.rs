@@ -2,7 +2,8 @@
 //! It speaks the DigitalOcean API subset the DigitalOcean client uses, with a realistic state machine
 //! (new → active, off, resizing...) and delays, state kept in an append-only journal file (so it survives
 //! restarts; see [`state`]), and
-//! configurable latency and faults (errors, 429 with Retry-After, slow responses).
+//! configurable latency and faults (errors, 429 with Retry-After, slow responses; `POST /_sim/outage`
+//! with `{"on": true}` answers every vendor call 503 until `{"on": false}`).
 //!
 //! A ProviderConfig of type `digitalocean` with `endpoint: http://127.0.0.1:PORT` exercises the very client
 //! that talks to DigitalOcean; one of type `onence` with the same endpoint, the 1NCE client ([`onence`]);
@@ -18,7 +19,7 @@ pub mod stripe;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -192,11 +193,25 @@ impl Sim {
         let config = Arc::new(config);
         let stats = Arc::new(Stats::default());
         let reader = stats.clone();
+        let outage = Arc::new(AtomicBool::new(false));
         let router = digitalocean::router(Arc::new(tokio::sync::Mutex::new(store)), config.clone())
             .merge(onence::router(config.clone()))
             .merge(stripe::router(config.clone()))
             .merge(openai::router(config.clone()))
-            .layer(middleware::from_fn_with_state(config, faults))
+            .layer(middleware::from_fn_with_state(
+                Faults {
+                    cfg: config,
+                    outage: outage.clone(),
+                },
+                faults,
+            ))
+            .route(
+                "/_sim/outage",
+                axum::routing::post(move |axum::Json(o): axum::Json<Outage>| async move {
+                    outage.store(o.on, Ordering::Relaxed);
+                    StatusCode::NO_CONTENT
+                }),
+            )
             .route(
                 "/_sim/stats",
                 axum::routing::get(move || async move { axum::Json(reader.snapshot()) }),
@@ -270,8 +285,29 @@ async fn count(State(stats): State<Arc<Stats>>, req: Request, next: Next) -> Res
     next.run(req).await
 }
 
-/// Latency and fault injection in front of every API call.
-async fn faults(State(cfg): State<Arc<SimConfig>>, req: Request, next: Next) -> Response {
+/// `POST /_sim/outage` body: `{"on": true}` answers every vendor API call 503 until `{"on": false}`.
+#[derive(serde::Deserialize)]
+struct Outage {
+    on: bool,
+}
+
+#[derive(Clone)]
+struct Faults {
+    cfg: Arc<SimConfig>,
+    outage: Arc<AtomicBool>,
+}
+
+/// Latency and fault injection in front of every API call (the simulator's own `/_sim` controls excepted
+/// from an outage).
+async fn faults(State(f): State<Faults>, req: Request, next: Next) -> Response {
+    if f.outage.load(Ordering::Relaxed) && !req.uri().path().starts_with("/_sim/") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"id": "service_unavailable", "message": "The service is down (simulated outage)"})),
+        )
+            .into_response();
+    }
+    let cfg = f.cfg;
     if cfg.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
     }

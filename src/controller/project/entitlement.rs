@@ -83,8 +83,19 @@ fn plan_limits(ctx: &Context, sub: &Subscription) -> Result<Option<ProjectLimits
     }))
 }
 
-/// The Project's entitlement (`None` without `subscriptionRef`) and until when it holds.
-pub fn of(ctx: &Context, p: &Project) -> Result<Option<(EntitlementStatus, Option<i64>)>, Error> {
+/// A Project's entitlement as [`of`] finds it.
+pub struct Entitlement {
+    /// What status shows.
+    pub status: EntitlementStatus,
+    /// Until when the answer holds (the end of a grace period).
+    pub until: Option<i64>,
+    /// The Subscription exists but has no Stripe status yet: the answer is still coming (the Project is
+    /// converging, not deliberately refused).
+    pub pending: bool,
+}
+
+/// The Project's entitlement (`None` without `subscriptionRef`).
+pub fn of(ctx: &Context, p: &Project) -> Result<Option<Entitlement>, Error> {
     let Some(r) = &p.spec.subscription_ref else {
         return Ok(None);
     };
@@ -98,7 +109,17 @@ pub fn of(ctx: &Context, p: &Project) -> Result<Option<(EntitlementStatus, Optio
     if let Some(sub) = &sub {
         e.limits = plan_limits(ctx, sub)?;
     }
-    Ok(Some((e, until)))
+    let pending = sub.as_ref().is_some_and(|s| {
+        s.status
+            .as_ref()
+            .and_then(|st| st.stripe_status.as_ref())
+            .is_none()
+    });
+    Ok(Some(Entitlement {
+        status: e,
+        until,
+        pending,
+    }))
 }
 
 #[cfg(test)]

@@ -191,7 +191,12 @@ impl Reconciler<Project> for ProjectReconciler {
             requeue_after = Some(ctx.config.poll_interval * 6);
         }
         let mut resync_at_most = None;
-        if let Some((e, until)) = entitlement::of(&ctx, &project)? {
+        if let Some(entitlement::Entitlement {
+            status: e,
+            until,
+            pending,
+        }) = entitlement::of(&ctx, &project)?
+        {
             if !e.entitled {
                 let what = match project.spec.on_entitlement_lost {
                     EntitlementLostPolicy::Stop => {
@@ -201,13 +206,17 @@ impl Reconciler<Project> for ProjectReconciler {
                         "onEntitlementLost is Notify: nothing is stopped, but nothing new is created"
                     }
                 };
-                health = Health::not_ready(
-                    reason::SUBSCRIPTION_INACTIVE,
-                    format!(
-                        "not entitled by Subscription {:?}: {}; {what}",
-                        e.subscription, e.message
-                    ),
+                let message = format!(
+                    "not entitled by Subscription {:?}: {}; {what}",
+                    e.subscription, e.message
                 );
+                // Still converging (the Subscription has no answer from Stripe yet): Reconciling, so
+                // kstatus reads it as in progress; a known refusal is a steady Ready=False.
+                health = if pending {
+                    Health::progressing(reason::SUBSCRIPTION_INACTIVE, message)
+                } else {
+                    Health::not_ready(reason::SUBSCRIPTION_INACTIVE, message)
+                };
             }
             let now = jiff::Timestamp::now().as_second();
             resync_at_most = until

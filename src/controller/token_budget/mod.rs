@@ -138,13 +138,21 @@ fn check_upstreams(ctx: &Context, b: &TokenBudget) -> Result<(), Error> {
     Ok(())
 }
 
-/// The Project's side: its UID, the currency usage must be priced in, and why it blocks the budget
-/// (returned as the condition reason: `CreditExhausted` or `SubscriptionInactive`).
+/// Why a Project blocks its budgets.
+#[derive(Clone, Copy)]
+struct Block {
+    /// The condition reason: `CreditExhausted` or `SubscriptionInactive`.
+    reason: &'static str,
+    /// The Project is itself still converging (`Reconciling=True`): so is the budget.
+    converging: bool,
+}
+
+/// The Project's side: its UID, the currency usage must be priced in, and why it blocks the budget.
 fn project_terms(
     ctx: &Context,
     b: &TokenBudget,
     st: &mut TokenBudgetStatus,
-) -> Result<Option<&'static str>, Error> {
+) -> Result<Option<Block>, Error> {
     let Some(r) = &b.spec.project_ref else {
         st.project_uid = None;
         st.currency = None;
@@ -166,7 +174,15 @@ fn project_terms(
     st.currency = (!p.spec.allow_other_currencies).then(|| p.spec.currency.clone());
     let block = policy::new_block(&p);
     st.blocked = block.as_ref().map(|s| s.message.clone());
-    Ok(block.map(|s| s.reason))
+    let converging = p.status.as_ref().is_some_and(|s| {
+        s.observed_generation == p.metadata.generation
+            && crate::crd::conditions::find(&s.conditions, crate::crd::conditions::RECONCILING)
+                .is_some_and(|c| c.status == ConditionStatus::True)
+    });
+    Ok(block.map(|s| Block {
+        reason: s.reason,
+        converging,
+    }))
 }
 
 /// Sets condition `type_` in `conds`, keeping its transition time when its status did not change.
@@ -336,8 +352,13 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
             .await;
         }
         let health = match (&progress.status.blocked, block) {
-            (Some(why), Some(reason)) => {
-                Health::not_ready(reason, format!("the gateway refuses its keys: {why}"))
+            (Some(why), Some(b)) => {
+                let message = format!("the gateway refuses its keys: {why}");
+                if b.converging {
+                    Health::progressing(b.reason, message)
+                } else {
+                    Health::not_ready(b.reason, message)
+                }
             }
             _ => Health::ready(format!(
                 "{} API key(s); period ends {}",
