@@ -10,7 +10,9 @@
 //!   the requests;
 //! - the highest rate sustained against the 20 ms upstream with fewer than 0.1 % errors;
 //! - streams: added time to the first chunk, and added delay per chunk (with the largest gap, which a
-//!   Nagle/delayed-ACK stall would show as ~40 ms).
+//!   Nagle/delayed-ACK stall would show as ~40 ms);
+//! - the floor: the same figures for a plain proxy with the gateway's HTTP stack and none of its logic,
+//!   so what the gateway's own work costs is told apart from what any proxy costs on this machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,6 +154,81 @@ async fn gateway(
     let url = format!("http://{}/v1", listener.local_addr()?);
     tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
     Ok((gw, Target { url, key }))
+}
+
+/// A plain proxy in front of `upstream` with the gateway's HTTP stack and none of its logic (no key
+/// lookup, JSON, budget, metering or metrics): the floor the gateway's figures are compared with.
+async fn plain_proxy(upstream: &str) -> Result<Target, BoxError> {
+    use axum::body::Bytes;
+    use axum::serve::ListenerExt;
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let url = reqwest::Url::parse(&format!("{upstream}/chat/completions"))?;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: Bytes| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let resp = client
+                    .post(url)
+                    .bearer_auth("sk-bench")
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
+                let status = resp.status().as_u16();
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(bytes))
+                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Target {
+        url,
+        key: "unused".into(),
+    })
+}
+
+/// A TCP relay in front of `upstream` (`http://HOST:PORT/v1`): bytes copied between the two sockets,
+/// one upstream connection per client connection, no HTTP at all — the least any proxy can cost.
+async fn tcp_relay(upstream: &str) -> Result<Target, BoxError> {
+    let addr = reqwest::Url::parse(upstream)?
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .ok_or("upstream address")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(addr).await else {
+                    return;
+                };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    Ok(Target {
+        url,
+        key: "unused".into(),
+    })
 }
 
 fn client() -> reqwest::Client {
@@ -298,6 +375,8 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
     let (gw_fast, fast) = gateway(ledger.clone(), &fast_url, "fast").await?;
     let (_gw_slow, slow) = gateway(ledger.clone(), &slow_url, "slow").await?;
     let (_gw_stream, stream) = gateway(ledger.clone(), &stream_url, "stream").await?;
+    let plain = plain_proxy(&fast_url).await?;
+    let relay = tcp_relay(&fast_url).await?;
     let direct = |url: &str| Target {
         url: url.to_string(),
         key: "sk-bench".into(),
@@ -330,6 +409,48 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
             pct(&g, 0.5) as i64 - pct(&d, 0.5) as i64,
             pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64,
             (gcpu - dcpu) * 1e6 / n as f64,
+        );
+    }
+
+    // The floor: a plain proxy with the same HTTP stack and no gateway logic, against the upstream
+    // answering at once.
+    let n = b.requests;
+    let (d, dcpu) = sequential(&c, &direct(&fast_url), n).await;
+    let (p, pcpu) = sequential(&c, &plain, n).await;
+    let (g, gcpu) = sequential(&c, &fast, n).await;
+    println!(
+        "concurrency 1, floor: a plain proxy (same HTTP stack, no key lookup, JSON, budget or metering) adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request; the gateway in the same run adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request: its own logic costs {:.1} µs CPU/request",
+        pct(&p, 0.5) as i64 - pct(&d, 0.5) as i64,
+        pct(&p, 0.99) as i64 - pct(&d, 0.99) as i64,
+        (pcpu - dcpu) * 1e6 / n as f64,
+        pct(&g, 0.5) as i64 - pct(&d, 0.5) as i64,
+        pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64,
+        (gcpu - dcpu) * 1e6 / n as f64,
+        (gcpu - pcpu) * 1e6 / n as f64,
+    );
+    let (r, rcpu) = sequential(&c, &relay, n).await;
+    println!(
+        "concurrency 1, floor: a TCP relay (bytes copied, no HTTP) adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request",
+        pct(&r, 0.5) as i64 - pct(&d, 0.5) as i64,
+        pct(&r, 0.99) as i64 - pct(&d, 0.99) as i64,
+        (rcpu - dcpu) * 1e6 / n as f64,
+    );
+    let direct_fast = Arc::new(direct(&fast_url));
+    for (label, t) in [
+        ("the TCP relay", Arc::new(relay)),
+        ("the plain proxy", Arc::new(plain)),
+    ] {
+        let (d, _, dcpu, _) = open_loop(&c, &direct_fast, b.rate, b.seconds).await;
+        let (p, _, pcpu, _) = open_loop(&c, &t, b.rate, b.seconds).await;
+        println!(
+            "{} requests/s for {} s, floor: {label} adds p50 {} µs, p99 {} µs (direct p50 {} µs, p99 {} µs) and {:.1} µs CPU/request",
+            b.rate,
+            b.seconds,
+            pct(&p, 0.5) as i64 - pct(&d, 0.5) as i64,
+            pct(&p, 0.99) as i64 - pct(&d, 0.99) as i64,
+            pct(&d, 0.5),
+            pct(&d, 0.99),
+            (pcpu - dcpu) * 1e6 / (b.rate * b.seconds) as f64,
         );
     }
 

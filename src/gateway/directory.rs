@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use kube::ResourceExt;
 use rust_decimal::Decimal;
 
+use super::route::Route;
 use crate::budget::{self, period};
 use crate::crd::ProviderConfig;
 use crate::crd::TokenBudget;
@@ -190,6 +191,9 @@ pub struct Upstream {
     pub base_url: String,
     /// Its API key (never logged or shown).
     pub api_key: String,
+    /// Each route's URL there, parsed once (in [`Route::ALL`] order); `None` when the base URL is not
+    /// a URL.
+    pub urls: Option<Vec<reqwest::Url>>,
     /// Models by the name clients use.
     pub models: HashMap<String, Model>,
     /// Namespaces that may use it (empty: all).
@@ -247,20 +251,31 @@ impl Upstream {
                 ))
             })
             .collect();
+        let base_url = pc
+            .spec
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| OPENAI_BASE_URL.into())
+            .trim_end_matches('/')
+            .to_string();
+        let urls = Route::ALL
+            .iter()
+            .map(|r| reqwest::Url::parse(&format!("{base_url}{}", r.path())).ok())
+            .collect();
         Some(Self {
             name: pc.name_any(),
-            base_url: pc
-                .spec
-                .endpoint
-                .clone()
-                .unwrap_or_else(|| OPENAI_BASE_URL.into())
-                .trim_end_matches('/')
-                .to_string(),
+            base_url,
+            urls,
             api_key,
             models,
             allowed_namespaces: pc.spec.allowed_namespaces.clone(),
             suspended: pc.spec.suspended,
         })
+    }
+
+    /// The URL of `route` there.
+    pub fn url(&self, route: Route) -> Option<&reqwest::Url> {
+        self.urls.as_ref()?.get(route.index())
     }
 
     /// Whether objects of namespace `ns` may send requests through it.

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod route;
 pub mod usage;
 pub mod watch;
 

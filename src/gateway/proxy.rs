@@ -16,47 +16,9 @@ use super::Gateway;
 use super::directory::{BudgetView, KeyEntry, Model, Upstream};
 use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
+pub use super::route::Route;
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
-
-/// A metered route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Route {
-    /// `POST /v1/chat/completions`.
-    Chat,
-    /// `POST /v1/responses`.
-    Responses,
-    /// `POST /v1/completions`.
-    Completions,
-    /// `POST /v1/embeddings`.
-    Embeddings,
-}
-
-impl Route {
-    /// The path under the upstream's base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Chat => "/chat/completions",
-            Self::Responses => "/responses",
-            Self::Completions => "/completions",
-            Self::Embeddings => "/embeddings",
-        }
-    }
-
-    /// The request's own output limit, and the field the gateway sets when there is none.
-    fn output_limit(self, req: &Map<String, Value>) -> (Option<i64>, Option<&'static str>) {
-        let get = |f: &str| req.get(f).and_then(Value::as_i64);
-        match self {
-            Self::Chat => (
-                get("max_completion_tokens").or_else(|| get("max_tokens")),
-                Some("max_tokens"),
-            ),
-            Self::Completions => (get("max_tokens"), Some("max_tokens")),
-            Self::Responses => (get("max_output_tokens"), Some("max_output_tokens")),
-            Self::Embeddings => (Some(0), None),
-        }
-    }
-}
 
 /// The key's entry, from the `Authorization: Bearer` header.
 fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
@@ -333,10 +295,7 @@ async fn serve(
         }
     };
     let read = Instant::now();
-    let used = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .as_ref()
-        .and_then(usage::of_json);
+    let used = usage::of_bytes(&bytes);
     charge.finish(used);
     let r = passthrough(status, &headers, Body::from(bytes));
     let _ = waited;
@@ -403,10 +362,14 @@ async fn forward(
             Ok(b) => b,
             Err(e) => return Err(ApiError::bad_request(e.to_string())),
         };
+        let Some(url) = u.url(route) else {
+            last = format!("upstream {} has no valid endpoint URL", u.name);
+            continue;
+        };
         let sent = Instant::now();
         let call = gw
             .client
-            .post(format!("{}{}", u.base_url, route.path()))
+            .post(url.clone())
             .bearer_auth(&u.api_key)
             .header("content-type", "application/json")
             .body(body)

@@ -38,6 +38,44 @@ pub fn of_json(v: &Value) -> Option<Usage> {
     Some(Usage { input, output })
 }
 
+/// The counts of a `usage` object, either naming.
+#[derive(serde::Deserialize)]
+struct Counts {
+    prompt_tokens: Option<i64>,
+    input_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Inner {
+    usage: Option<Counts>,
+}
+
+/// Only the fields usage is in: the rest of the body is skipped, never built into a tree.
+#[derive(serde::Deserialize)]
+struct Shape {
+    usage: Option<Counts>,
+    response: Option<Inner>,
+}
+
+/// The usage in a response body or an event's JSON text, as [`of_json`] reads it, without building
+/// the whole document (a body of an unusual shape falls back to [`of_json`]).
+pub fn of_bytes(body: &[u8]) -> Option<Usage> {
+    let Ok(s) = serde_json::from_slice::<Shape>(body) else {
+        return serde_json::from_slice::<Value>(body)
+            .ok()
+            .as_ref()
+            .and_then(of_json);
+    };
+    let c = s.usage.or(s.response.and_then(|r| r.usage))?;
+    let n = |a: Option<i64>, b: Option<i64>| a.or(b).filter(|n| *n >= 0);
+    Some(Usage {
+        input: n(c.prompt_tokens, c.input_tokens)?,
+        output: n(c.completion_tokens, c.output_tokens).unwrap_or(0),
+    })
+}
+
 /// Reads usage out of an event stream as it passes, chunk by chunk, without holding more than the
 /// current unfinished line.
 #[derive(Debug, Default)]
@@ -76,9 +114,7 @@ impl SseTap {
         if !contains(data, b"\"usage\"") {
             return;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(data)
-            && let Some(u) = of_json(&v)
-        {
+        if let Some(u) = of_bytes(data) {
             self.usage = Some(u);
         }
     }
@@ -122,6 +158,18 @@ mod tests {
                 output: 2
             })
         );
+        for v in [&chat, &emb, &resp, &done] {
+            assert_eq!(of_bytes(v.to_string().as_bytes()), of_json(v), "{v}");
+        }
+        for odd in [
+            json!({"usage": "none", "response": {"usage": {"input_tokens": 1}}}),
+            json!({"usage": {"prompt_tokens": -1}}),
+            json!({"usage": null}),
+            json!({"choices": []}),
+        ] {
+            assert_eq!(of_bytes(odd.to_string().as_bytes()), of_json(&odd), "{odd}");
+        }
+        assert_eq!(of_bytes(b"not json"), None);
         assert_eq!(of_json(&json!({"usage": null})), None);
         assert_eq!(of_json(&json!({"choices": []})), None);
         assert_eq!(of_json(&json!({"usage": {"prompt_tokens": -1}})), None);

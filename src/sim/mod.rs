@@ -231,7 +231,12 @@ impl Sim {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), SimError> {
         tracing::info!(addr = %self.listener.local_addr()?, "simulator listening");
-        axum::serve(self.listener, self.router)
+        use axum::serve::ListenerExt;
+        // As vendors' servers do: no Nagle delay on answers (a streamed chunk leaves at once).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;
         Ok(())
