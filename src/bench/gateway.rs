@@ -231,6 +231,10 @@ async fn tcp_relay(upstream: &str) -> Result<Target, BoxError> {
     })
 }
 
+/// One round's figures for the relay, the plain proxy and the gateway: added p50 and p99 (µs), CPU
+/// per request (µs).
+type Row = [(i64, i64, f64); 3];
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .tcp_nodelay(true)
@@ -412,29 +416,45 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
         );
     }
 
-    // The floor: a plain proxy with the same HTTP stack and no gateway logic, against the upstream
-    // answering at once.
+    // The floors, against the upstream answering at once: a TCP relay (no HTTP) and a plain proxy
+    // with the gateway's HTTP stack and none of its logic. Five rounds, each running direct, relay,
+    // plain proxy and gateway in turn, so a drift of the machine touches all four alike; each figure is
+    // the median of the rounds' differences to direct (min..max in brackets).
     let n = b.requests;
-    let (d, dcpu) = sequential(&c, &direct(&fast_url), n).await;
-    let (p, pcpu) = sequential(&c, &plain, n).await;
-    let (g, gcpu) = sequential(&c, &fast, n).await;
-    println!(
-        "concurrency 1, floor: a plain proxy (same HTTP stack, no key lookup, JSON, budget or metering) adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request; the gateway in the same run adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request: its own logic costs {:.1} µs CPU/request",
-        pct(&p, 0.5) as i64 - pct(&d, 0.5) as i64,
-        pct(&p, 0.99) as i64 - pct(&d, 0.99) as i64,
-        (pcpu - dcpu) * 1e6 / n as f64,
-        pct(&g, 0.5) as i64 - pct(&d, 0.5) as i64,
-        pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64,
-        (gcpu - dcpu) * 1e6 / n as f64,
-        (gcpu - pcpu) * 1e6 / n as f64,
-    );
-    let (r, rcpu) = sequential(&c, &relay, n).await;
-    println!(
-        "concurrency 1, floor: a TCP relay (bytes copied, no HTTP) adds p50 {} µs, p99 {} µs and {:.1} µs CPU/request",
-        pct(&r, 0.5) as i64 - pct(&d, 0.5) as i64,
-        pct(&r, 0.99) as i64 - pct(&d, 0.99) as i64,
-        (rcpu - dcpu) * 1e6 / n as f64,
-    );
+    let mut rounds: Vec<Row> = Vec::new();
+    for _ in 0..5 {
+        let (d, dcpu) = sequential(&c, &direct(&fast_url), n).await;
+        let mut row = [(0, 0, 0.0); 3];
+        for (i, t) in [&relay, &plain, &fast].into_iter().enumerate() {
+            let (l, cpu) = sequential(&c, t, n).await;
+            row[i] = (
+                pct(&l, 0.5) as i64 - pct(&d, 0.5) as i64,
+                pct(&l, 0.99) as i64 - pct(&d, 0.99) as i64,
+                (cpu - dcpu) * 1e6 / n as f64,
+            );
+        }
+        rounds.push(row);
+    }
+    for (i, label) in [
+        "a TCP relay (bytes copied, no HTTP)",
+        "a plain proxy (the gateway's HTTP stack, no key lookup, JSON, budget or metering)",
+        "the gateway",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spread = |f: &dyn Fn(&Row) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            format!("{:.0} ({:.0}..{:.0})", v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        println!(
+            "concurrency 1, 5 rounds of {n}, upstream at once: {label} adds p50 {} µs, p99 {} µs, CPU {} µs/request",
+            spread(&|r| r[i].0 as f64),
+            spread(&|r| r[i].1 as f64),
+            spread(&|r| r[i].2),
+        );
+    }
     let direct_fast = Arc::new(direct(&fast_url));
     for (label, t) in [
         ("the TCP relay", Arc::new(relay)),
