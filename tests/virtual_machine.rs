@@ -34,6 +34,7 @@ async fn lifecycle_power_restart_resize_delete() {
         "intent recorded with the UID as key"
     );
     assert_eq!(st.monthly_price.as_deref(), Some("6.00"));
+    assert_eq!(st.monthly_price_rounded.as_deref(), Some("6.00"));
     assert_eq!(st.hourly_price.as_deref(), Some("0.00893"));
     let ext = st.external_id.clone().unwrap();
     let droplet = e.droplet(&ext).await.expect("droplet exists at the vendor");

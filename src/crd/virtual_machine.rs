@@ -33,7 +33,11 @@ use super::{
         type_ = "string",
         json_path = ".status.addresses.publicIPv4"
     ),
-    printcolumn(name = "Monthly", type_ = "string", json_path = ".status.monthlyPrice"),
+    printcolumn(
+        name = "Monthly",
+        type_ = "string",
+        json_path = ".status.monthlyPriceRounded"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -259,6 +263,9 @@ pub struct VirtualMachineStatus {
     /// Price per month of the current size (decimal string).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_price: Option<String>,
+    /// `monthlyPrice` rounded to the currency's precision (the printer column shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_price_rounded: Option<String>,
     /// Currency of the prices (ISO 4217).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,

@@ -237,6 +237,10 @@ mod rounding_tests {
         assert_eq!(format_rounded(6_000_000_000, "EUR"), "6.00");
         assert_eq!(format_rounded(1_500_000_000, "JPY"), "2");
         assert_eq!(format_rounded(1_234_500_000, "KWD"), "1.235");
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(format_rounded_decimal(d("12.345678"), "USD"), "12.35");
+        assert_eq!(format_rounded_decimal(d("7.2"), "USD"), "7.20");
+        assert_eq!(format_rounded_decimal(d("12.345678"), "JPY"), "12");
     }
 }
 
@@ -308,7 +312,13 @@ pub fn currency_digits(currency: &str) -> u32 {
 /// `nanos` rounded to `currency`'s precision (half away from zero), for display where exact
 /// amounts do not fit (printer columns): `176119` nanos of USD → `0.00`.
 pub fn format_rounded(nanos: i64, currency: &str) -> String {
-    let d = (Decimal::from(nanos) / Decimal::from(NANOS)).round_dp_with_strategy(
+    format_rounded_decimal(Decimal::from(nanos) / Decimal::from(NANOS), currency)
+}
+
+/// An amount rounded to `currency`'s precision, as [`format_rounded`] shows it (`12.345678` USD →
+/// `12.35`, JPY → `12`).
+pub fn format_rounded_decimal(amount: Decimal, currency: &str) -> String {
+    let d = amount.round_dp_with_strategy(
         currency_digits(currency),
         RoundingStrategy::MidpointAwayFromZero,
     );

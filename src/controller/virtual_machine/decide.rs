@@ -559,8 +559,10 @@ pub fn observed(status: &mut VirtualMachineStatus, server: &Server, i: &Inputs) 
             i.markup_percent,
         )));
         if let Some(monthly) = p.monthly {
-            status.monthly_price =
-                Some(format_money(metering::marked_up(monthly, i.markup_percent)));
+            let m = metering::marked_up(monthly, i.markup_percent);
+            status.monthly_price = Some(format_money(m));
+            status.monthly_price_rounded =
+                Some(crate::ledger::format_rounded_decimal(m, &p.currency));
         }
         status.currency = Some(p.currency);
     }
@@ -1952,6 +1954,18 @@ mod tests {
                 d.status.monthly_price.as_deref()
             ),
             (Some("0.03"), Some("21.00"))
+        );
+        // An unusual markup: status keeps the exact price, the printer column's field is rounded.
+        let odd = decide(&Inputs {
+            markup_percent: "33.333".parse().unwrap(),
+            ..inputs_of(&c, ResizeRule::NoSmallerDisk, &cat)
+        });
+        assert_eq!(
+            (
+                odd.status.monthly_price.as_deref(),
+                odd.status.monthly_price_rounded.as_deref()
+            ),
+            (Some("18.66662"), Some("18.67"))
         );
         let w = d.status.metering.unwrap();
         assert_eq!(
