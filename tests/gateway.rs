@@ -316,9 +316,28 @@ async fn streams_pass_through_chunk_by_chunk_and_are_charged_their_usage() {
     let text = resp.text().await.unwrap();
     let datas: Vec<&str> = text.lines().filter(|l| l.starts_with("data: ")).collect();
     assert_eq!(*datas.last().unwrap(), "data: [DONE]");
-    // The gateway asked for usage (include_usage): the last event before [DONE] carries it.
+    // The gateway asked the upstream for usage (include_usage) to meter the stream; this client did
+    // not, so it gets no usage-only chunk (every chunk it sees has a choice).
+    for d in &datas[..datas.len() - 1] {
+        let v: Value = serde_json::from_str(&d[6..]).unwrap();
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "{d}");
+    }
+    let unasked = r.ledger_tokens().await;
+    assert!(unasked > 0, "the stream was metered all the same");
+    // A client that asks for usage gets it: the last event before [DONE] carries it.
+    let mut asked = chat(true);
+    asked["stream_options"] = json!({"include_usage": true});
+    let text = r
+        .post(0, "/v1/chat/completions", asked)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let datas: Vec<&str> = text.lines().filter(|l| l.starts_with("data: ")).collect();
     let usage: Value = serde_json::from_str(&datas[datas.len() - 2][6..]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
     let reported = usage["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(r.ledger_tokens().await, unasked + reported);
     // A responses stream reports usage in response.completed.
     let resp = r
         .post(
@@ -335,7 +354,7 @@ async fn streams_pass_through_chunk_by_chunk_and_are_charged_their_usage() {
         .find(|v| v["type"] == "response.completed")
         .unwrap();
     let reported2 = done["response"]["usage"]["total_tokens"].as_i64().unwrap();
-    assert_eq!(r.ledger_tokens().await, reported + reported2);
+    assert_eq!(r.ledger_tokens().await, unasked + reported + reported2);
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod sse;
 pub mod usage;
 pub mod watch;
 

@@ -17,6 +17,7 @@ use super::directory::{BudgetView, KeyEntry, Model, Upstream};
 use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
 pub use super::route::Route;
+use super::sse::UsageStripper;
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
 
@@ -203,6 +204,15 @@ async fn serve(
         }
         _ => 0,
     };
+    // Asked for by the gateway to meter the stream: the usage-only chunk goes to the client only if it
+    // asked for it too.
+    let strip_usage = stream
+        && matches!(route, Route::Chat | Route::Completions)
+        && req
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            != Some(true);
     if stream && matches!(route, Route::Chat | Route::Completions) {
         let opts = req
             .entry("stream_options")
@@ -270,6 +280,8 @@ async fn serve(
         let body = Metered {
             inner: Box::pin(resp.bytes_stream()),
             tap: SseTap::default(),
+            strip: strip_usage.then(UsageStripper::default),
+            done: false,
             charge: Some(charge),
         };
         gw.metrics
@@ -457,37 +469,61 @@ fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model
     e.settle(r, used);
 }
 
-/// A streamed answer passed through chunk by chunk, its usage read on the way.
+/// A streamed answer passed through chunk by chunk, its usage read on the way (and, when the client
+/// did not ask for it, the usage-only chunk left out).
 struct Metered {
     inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     tap: SseTap,
+    strip: Option<UsageStripper>,
+    /// The upstream's stream has ended (it is not polled again).
+    done: bool,
     charge: Option<Charge>,
+}
+
+impl Metered {
+    fn settle(&mut self) {
+        let used = self.tap.usage;
+        if let Some(c) = self.charge.take() {
+            c.finish(used);
+        }
+    }
 }
 
 impl Stream for Metered {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        match self.inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                self.tap.feed(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
+        let this = &mut *self;
+        loop {
+            if this.done {
+                this.settle();
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(e))) => {
-                let used = self.tap.usage;
-                if let Some(c) = self.charge.take() {
-                    c.finish(used);
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.tap.feed(&chunk);
+                    let out = match this.strip.as_mut() {
+                        Some(s) => s.feed(&chunk),
+                        None => chunk,
+                    };
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
                 }
-                Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))))
-            }
-            Poll::Ready(None) => {
-                let used = self.tap.usage;
-                if let Some(c) = self.charge.take() {
-                    c.finish(used);
+                Poll::Ready(Some(Err(e))) => {
+                    this.settle();
+                    return Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))));
                 }
-                Poll::Ready(None)
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if let Some(rest) = this.strip.as_mut().map(UsageStripper::finish)
+                        && !rest.is_empty()
+                    {
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
