@@ -21,6 +21,41 @@ fn settled(o: &DynamicObject) -> bool {
     ready && st["observedGeneration"].as_i64() == o.metadata.generation
 }
 
+/// Waits, object by object, until each of `docs` passes `f`; what it was waiting for is `what`.
+async fn each_until(
+    client: &kube::Client,
+    docs: &[&Value],
+    secs: u64,
+    what: &str,
+    f: impl Fn(&DynamicObject) -> bool,
+) -> Vec<DynamicObject> {
+    let mut out = Vec::new();
+    for d in docs {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let o = common::eventually(
+            Duration::from_secs(secs),
+            &format!("{} {name} {what}", d["kind"]),
+            || async {
+                let o = api(client, d).get(name).await.ok()?;
+                f(&o).then_some(o)
+            },
+        )
+        .await;
+        out.push(o);
+    }
+    out
+}
+
+/// The kind, name and conditions of `o`, for an assertion's message.
+fn about(o: &DynamicObject) -> String {
+    format!(
+        "{:?} {}: {}",
+        o.types.as_ref().map(|t| t.kind.clone()),
+        o.metadata.name.as_deref().unwrap_or_default(),
+        o.data["status"]["conditions"]
+    )
+}
+
 #[tokio::test]
 async fn every_kind_is_ready_for_kstatus_and_a_reapply_changes_nothing() {
     let client = common::client().await;
@@ -42,20 +77,11 @@ async fn every_kind_is_ready_for_kstatus_and_a_reapply_changes_nothing() {
         .iter()
         .filter(|d| KINDS.contains(&d["kind"].as_str().unwrap()))
         .collect();
-    let mut generations = Vec::new();
-    for d in &ours {
-        let name = d["metadata"]["name"].as_str().unwrap();
-        let o = common::eventually(
-            Duration::from_secs(120),
-            &format!("{} {name} Ready at its generation", d["kind"]),
-            || async {
-                let o = api(&client, d).get(name).await.ok()?;
-                settled(&o).then_some(o)
-            },
-        )
-        .await;
-        generations.push(o.metadata.generation);
-    }
+    let generations: Vec<_> = each_until(&client, &ours, 120, "Ready at its generation", settled)
+        .await
+        .into_iter()
+        .map(|o| o.metadata.generation)
+        .collect();
     // The same YAML again: nothing changes (no generation bump, the objects stay settled).
     apply_all(&client, &docs).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -229,35 +255,17 @@ async fn every_kind_reconciles_through_an_outage_then_becomes_ready() {
         .iter()
         .filter(|d| KINDS.contains(&d["kind"].as_str().unwrap()))
         .collect();
-    for d in &ours {
-        let name = d["metadata"]["name"].as_str().unwrap();
-        let o = common::eventually(
-            Duration::from_secs(60),
-            &format!("{} {name} Reconciling during the outage", d["kind"]),
-            || async {
-                let o = api(&client, d).get(name).await.ok()?;
-                is(&o, "Reconciling", "True").then_some(o)
-            },
-        )
-        .await;
-        let what = format!("{} {name}: {}", d["kind"], o.data["status"]["conditions"]);
-        assert!(is(&o, "Stalled", "False"), "{what}");
-        assert!(is(&o, "Ready", "False"), "{what}");
+    let during = each_until(&client, &ours, 60, "Reconciling during the outage", |o| {
+        is(o, "Reconciling", "True")
+    })
+    .await;
+    for o in &during {
+        assert!(is(o, "Stalled", "False"), "{}", about(o));
+        assert!(is(o, "Ready", "False"), "{}", about(o));
     }
     outage(&sim.url, false).await;
-    for d in &ours {
-        let name = d["metadata"]["name"].as_str().unwrap();
-        let o = common::eventually(
-            Duration::from_secs(120),
-            &format!("{} {name} Ready after the outage", d["kind"]),
-            || async {
-                let o = api(&client, d).get(name).await.ok()?;
-                settled(&o).then_some(o)
-            },
-        )
-        .await;
-        let what = format!("{} {name}: {}", d["kind"], o.data["status"]["conditions"]);
-        assert!(is(&o, "Reconciling", "False"), "{what}");
-        assert!(is(&o, "Stalled", "False"), "{what}");
+    for o in each_until(&client, &ours, 120, "Ready after the outage", settled).await {
+        assert!(is(&o, "Reconciling", "False"), "{}", about(&o));
+        assert!(is(&o, "Stalled", "False"), "{}", about(&o));
     }
 }
