@@ -257,6 +257,105 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
             .unwrap()
             .is_some()
     );
+    // Every kind under the chart's RBAC: the examples (their own ProviderConfigs, Secrets, a Project
+    // deleted with Cascade) reach Ready, and the cascade deletes the Project's VM and SimCard.
+    let mut docs = common::examples::examples(&ns, &id, &sim.url);
+    for d in docs.iter_mut().filter(|d| d["kind"] == "Project") {
+        d["spec"]["deletionPolicy"] = "Cascade".into();
+    }
+    common::examples::apply_all(&client, &docs).await;
+    let ours: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| common::examples::KINDS.contains(&d["kind"].as_str().unwrap()))
+        .collect();
+    for d in &ours {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        common::eventually(
+            Duration::from_secs(90),
+            &format!("{} {name} Ready under the chart's RBAC", d["kind"]),
+            || async {
+                let o = common::examples::api(&client, d).get(name).await.ok()?;
+                o.data["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(client.clone(), &ns);
+    projects
+        .delete("acme-iot", &Default::default())
+        .await
+        .unwrap();
+    for kind in ["VirtualMachine", "SimCard", "Project"] {
+        for d in ours.iter().filter(|d| d["kind"] == kind) {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            common::eventually(
+                Duration::from_secs(90),
+                &format!("{kind} {name} deleted under the chart's RBAC"),
+                || async {
+                    common::examples::api(&client, d)
+                        .get_opt(name)
+                        .await
+                        .ok()?
+                        .is_none()
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    // No broader than that: no PUT of an object or its status, no deletion of what the controller
+    // never deletes, no other kind of resource.
+    let as_controller = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kc_path).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let denied =
+        |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
+    let subs: Api<quartermaster::crd::Subscription> = Api::namespaced(as_controller.clone(), &ns);
+    assert!(denied(
+        subs.delete("acme-pro", &Default::default())
+            .await
+            .map(|_| ())
+    ));
+    let own_pc = pcs.get(&id).await.unwrap();
+    let as_pcs: Api<ProviderConfig> = Api::all(as_controller.clone());
+    assert!(denied(
+        as_pcs
+            .replace(&id, &PostParams::default(), &own_pc)
+            .await
+            .map(|_| ())
+    ));
+    assert!(denied(
+        as_pcs
+            .replace_status(&id, &PostParams::default(), &own_pc)
+            .await
+            .map(|_| ())
+    ));
+    let token = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("token")
+        .await
+        .unwrap();
+    assert!(denied(
+        Api::<Secret>::namespaced(as_controller.clone(), &ns)
+            .replace("token", &PostParams::default(), &token)
+            .await
+            .map(|_| ())
+    ));
+    assert!(denied(
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(as_controller, &ns)
+            .list(&Default::default())
+            .await
+            .map(|_| ())
+    ));
     let log_path = child.log.clone();
     drop(child);
     let log = std::fs::read_to_string(log_path).unwrap();
