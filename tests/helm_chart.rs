@@ -186,6 +186,62 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
     let client = common::client().await;
     let ns = common::namespace(&client, "helm").await;
     let release = common::unique("qm");
+    // Every component rendered (the Prometheus Operator kinds aside: this API server has no such CRDs)
+    // is accepted by the API server: `helm template | kubectl apply --dry-run=server`.
+    let everything = run(Command::new(&helm)
+        .args(["template", &release, "--namespace", &ns])
+        .args([
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            "gateway.autoscaling.enabled=true",
+            "--set",
+            "ledger.databaseUrlSecret=qm-db",
+            "--set",
+            "webhooks.stripeSecretName=stripe-webhook",
+            "--set",
+            "webhooks.onenceSecretName=onence-streamer",
+            "--set",
+            "webhooks.ingress.enabled=true",
+            "--set",
+            "webhooks.ingress.host=hooks.example.com",
+            "--set",
+            "networkPolicy.enabled=true",
+        ])
+        .arg(&chart));
+    for kind in [
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Ingress",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            everything.contains(&format!("kind: {kind}\n")),
+            "renders no {kind}"
+        );
+    }
+    let mut apply = Command::new(common::kubectl().unwrap())
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(["apply", "--dry-run=server", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(everything.as_bytes())
+        .unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply --dry-run=server refused the chart:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     run(Command::new(&helm)
         .env("KUBECONFIG", common::kubeconfig())
         .args(["install", &release, "--namespace", &ns, "--wait=false"])
