@@ -187,8 +187,10 @@ async fn the_simulator_faults_reach_the_client_and_are_survived() {
         credentials: "t".into(),
         rate_limit: None,
     };
+    // 40 attempts: a call fails only after 40 throttles in a row (0.5^40, never in practice); with 12
+    // this test failed about once in 400 runs (it did, once, in CI).
     let policy = RetryPolicy {
-        max_attempts: 12,
+        max_attempts: 40,
         base: Duration::from_millis(5),
         cap: Duration::from_millis(50),
         timeout: Duration::from_secs(5),
