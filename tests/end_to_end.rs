@@ -10,22 +10,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::examples::{KINDS, api, apply_all, examples};
-use kube::api::{Api, DeleteParams, DynamicObject};
+use common::examples::{KINDS, api, apply_all, examples, settled, wait_gone};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
 const HOOK_SECRET: &str = "whsec_e2e_secret_never_shown";
-
-fn ready(o: &DynamicObject) -> bool {
-    let st = &o.data["status"];
-    st["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        && st["observedGeneration"].as_i64() == o.metadata.generation
-}
 
 async fn sim_json(sim: &str, path: &str) -> Value {
     reqwest::Client::new()
@@ -131,7 +121,7 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
         let name = d["metadata"]["name"].as_str().unwrap();
         common::eventually(WAIT, &format!("{} {name} Ready", d["kind"]), || async {
             let o = api(&client, d).get(name).await.ok()?;
-            ready(&o).then_some(())
+            settled(&o).then_some(())
         })
         .await;
     }
@@ -289,16 +279,7 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
         if d["kind"] == "ProviderConfig" {
             continue;
         }
-        let name = d["metadata"]["name"].as_str().unwrap();
-        common::eventually(WAIT, &format!("{} {name} gone", d["kind"]), || async {
-            api(&client, d)
-                .get_opt(name)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        })
-        .await;
+        wait_gone(&client, d, WAIT).await;
     }
     // Nothing left running at any simulated vendor.
     let droplets = common::eventually(WAIT, "every droplet deleted", || async {

@@ -7,19 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::examples::{KINDS, api, apply_all, examples};
+use common::examples::{KINDS, api, apply_all, examples, settled};
 use kube::api::DynamicObject;
 use serde_json::Value;
-
-fn settled(o: &DynamicObject) -> bool {
-    let st = &o.data["status"];
-    let ready = st["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True");
-    ready && st["observedGeneration"].as_i64() == o.metadata.generation
-}
 
 /// Waits, object by object, until each of `docs` passes `f`; what it was waiting for is `what`.
 async fn each_until(

@@ -35,6 +35,29 @@ fn helm_or_skip() -> Option<PathBuf> {
     helm
 }
 
+/// A kubeconfig (in the returned folder) that acts as ServiceAccount `sa` by impersonation, and a client
+/// using it.
+async fn as_service_account(sa: &str) -> (tempfile::TempDir, PathBuf, kube::Client) {
+    let mut kc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = sa.into();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&path).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    (dir, path, client)
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(
@@ -248,15 +271,10 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
         .arg(&chart));
 
     // A kubeconfig that acts as the chart's ServiceAccount (impersonation), for a real controller run.
-    let sa = format!("system:serviceaccount:{ns}:{release}-quartermaster");
-    let mut kc: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
-    for user in kc["users"].as_array_mut().unwrap() {
-        user["user"]["as"] = sa.clone().into();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kc_path = dir.path().join("kubeconfig");
-    std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
+    let (_kc_dir, kc_path, as_controller) = as_service_account(&format!(
+        "system:serviceaccount:{ns}:{release}-quartermaster"
+    ))
+    .await;
 
     let id = common::unique("helm");
     let sim = common::start_sim(|_| {}).await;
@@ -331,11 +349,7 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
             &format!("{} {name} Ready under the chart's RBAC", d["kind"]),
             || async {
                 let o = common::examples::api(&client, d).get(name).await.ok()?;
-                o.data["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    .then_some(())
+                common::examples::settled(&o).then_some(())
             },
         )
         .await;
@@ -347,33 +361,11 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
         .unwrap();
     for kind in ["VirtualMachine", "SimCard", "Project"] {
         for d in ours.iter().filter(|d| d["kind"] == kind) {
-            let name = d["metadata"]["name"].as_str().unwrap();
-            common::eventually(
-                Duration::from_secs(90),
-                &format!("{kind} {name} deleted under the chart's RBAC"),
-                || async {
-                    common::examples::api(&client, d)
-                        .get_opt(name)
-                        .await
-                        .ok()?
-                        .is_none()
-                        .then_some(())
-                },
-            )
-            .await;
+            common::examples::wait_gone(&client, d, Duration::from_secs(90)).await;
         }
     }
     // No broader than that: no PUT of an object or its status, no deletion of what the controller
     // never deletes, no other kind of resource.
-    let as_controller = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kc_path).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
     let denied =
         |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
     let subs: Api<quartermaster::crd::Subscription> = Api::namespaced(as_controller.clone(), &ns);
@@ -477,24 +469,10 @@ async fn the_gateways_rbac_suffices_and_is_read_only() {
             "ledger.databaseUrlSecret=qm-db",
         ])
         .arg(&chart));
-    let sa = format!("system:serviceaccount:{ns}:{release}-quartermaster-gateway");
-    let mut kc: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(common::kubeconfig()).unwrap()).unwrap();
-    for user in kc["users"].as_array_mut().unwrap() {
-        user["user"]["as"] = sa.clone().into();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let kc_path = dir.path().join("kubeconfig");
-    std::fs::write(&kc_path, serde_json::to_string(&kc).unwrap()).unwrap();
-    let as_gateway = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kc_path).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let (_kc_dir, _, as_gateway) = as_service_account(&format!(
+        "system:serviceaccount:{ns}:{release}-quartermaster-gateway"
+    ))
+    .await;
 
     let id = common::unique("gw");
     common::secret(&client, &ns, "llm", "token", "sk-FAKE").await;

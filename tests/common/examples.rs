@@ -103,3 +103,29 @@ pub async fn apply_all(client: &kube::Client, docs: &[Value]) {
             .unwrap();
     }
 }
+
+/// `Ready=True` with `observedGeneration` equal to the object's generation (what `kubectl wait` and
+/// kstatus read as settled).
+pub fn settled(o: &DynamicObject) -> bool {
+    let st = &o.data["status"];
+    st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        && st["observedGeneration"].as_i64() == o.metadata.generation
+}
+
+/// Waits up to `wait` until the object of `d` is gone.
+pub async fn wait_gone(client: &kube::Client, d: &Value, wait: std::time::Duration) {
+    let name = d["metadata"]["name"].as_str().unwrap();
+    super::eventually(wait, &format!("{} {name} gone", d["kind"]), || async {
+        api(client, d)
+            .get_opt(name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
