@@ -8,8 +8,7 @@
 //!   refused, 429, 5xx, timeout) is `Ready=False, Reconciling=True, reason=Unreachable`, looked at again
 //!   periodically;
 //!   the same for 1NCE (an OAuth token and a SIM listing), Stripe (a customer listing) and OpenAI-compatible
-//!   upstreams (`GET {endpoint}/models`);
-//! - other types: Ready once the credentials are present.
+//!   upstreams (`GET {endpoint}/models`): every type is checked with its vendor.
 //!
 //! Secret values are read only to check they are present; they never reach logs, events or status.
 
@@ -153,31 +152,34 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
             ))
             .requeue_after(ctx.config.poll_interval));
         }
-        let sims = obj.spec.type_ == ProviderType::Onence;
-        let stripe = obj.spec.type_ == ProviderType::Stripe;
-        let openai = obj.spec.type_ == ProviderType::Openai;
-        if !matches!(health, Health::Ready { .. })
-            || !(is_compute(obj.spec.type_) || sims || stripe || openai)
-        {
+        if !matches!(health, Health::Ready { .. }) {
             return Ok(Outcome::new(health));
         }
-        // The vendor check: one cheap authenticated call.
+        // The vendor check: one cheap authenticated call (every type has one).
         let Some(resolved) = vendor::account_from((*obj).clone(), secret.as_ref())? else {
             return Ok(Outcome::new(health));
         };
         ctx.providers.remember(&resolved);
-        let (vendor, verified) = if sims {
-            let client = ctx.providers.onence(&ctx, &resolved).await?;
-            ("1nce", client.verify().await)
-        } else if stripe {
-            let client = ctx.providers.stripe(&ctx, &resolved).await?;
-            ("stripe", client.verify().await)
-        } else if openai {
-            let client = ctx.providers.openai(&ctx, &resolved).await?;
-            ("openai", client.verify().await)
-        } else {
-            let provider = ctx.providers.compute(&ctx, &resolved).await?;
-            (provider.vendor(), provider.verify().await)
+        let (vendor, verified) = match obj.spec.type_ {
+            ProviderType::Onence => {
+                let client = ctx.providers.onence(&ctx, &resolved).await?;
+                ("1nce", client.verify().await)
+            }
+            ProviderType::Stripe => {
+                let client = ctx.providers.stripe(&ctx, &resolved).await?;
+                ("stripe", client.verify().await)
+            }
+            ProviderType::Openai => {
+                let client = ctx.providers.openai(&ctx, &resolved).await?;
+                ("openai", client.verify().await)
+            }
+            ProviderType::Digitalocean
+            | ProviderType::Linode
+            | ProviderType::Vultr
+            | ProviderType::Contabo => {
+                let provider = ctx.providers.compute(&ctx, &resolved).await?;
+                (provider.vendor(), provider.verify().await)
+            }
         };
         let (health, requeue_after) = vendor_check(&ctx, vendor, verified, &previous, status);
         let mut outcome = Outcome::new(health);
