@@ -190,8 +190,11 @@ enum Bench {
     /// them at Stripe's 25 requests a second (see `scripts/bench subscriptions`).
     Subscriptions(quartermaster::bench::subscriptions::SubscriptionBench),
     /// The LLM gateway's added latency (p50, p99), CPU per request, highest sustained rate and streaming
-    /// delays, against the simulator's upstream, in this one process (see `scripts/bench gateway`).
+    /// delays, against the simulator's upstream, each proxy its own process (see `scripts/bench gateway`).
     Gateway(quartermaster::bench::gateway::GatewayBench),
+    /// One proxy of the gateway benchmark, as its own process (started by `bench gateway`).
+    #[command(hide = true)]
+    Proxy(quartermaster::bench::proxies::ProxyArgs),
     /// Create N TokenBudgets (one API key each), then measure a resync of all of them (see
     /// `scripts/bench tokenbudgets`).
     Tokenbudgets(quartermaster::bench::token_budgets::BudgetBench),
@@ -461,7 +464,13 @@ fn main() -> ExitCode {
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),
         Command::Bench(Bench::Gateway(b)) => block_on("bench", async move {
-            quartermaster::bench::gateway::run(b)
+            let exe = std::env::current_exe()?;
+            quartermaster::bench::gateway::run(b, exe)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
+        }),
+        Command::Bench(Bench::Proxy(p)) => block_on("bench", async move {
+            quartermaster::bench::proxies::proxy(p)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),

@@ -1,34 +1,27 @@
 //! `quartermaster bench gateway`: the LLM gateway's added latency, CPU and throughput — figures, never
 //! a pass/fail.
 //!
-//! Everything runs in this one process on loopback: two simulator upstreams (answering at once, and
-//! after 20 ms), the gateway (budget enforced through a ledger slice, usage metered and flushed to the
-//! ledger), and the load generator. Each measurement is made twice with the same client — straight to
-//! the upstream, then through the gateway — and the gateway's figure is the difference:
+//! On loopback: this process holds the load generator and three simulator upstreams (answering at
+//! once, after 20 ms, and streaming); each proxy runs as its own child process (`proxies`): a gateway
+//! per upstream (budget enforced through a ledger slice, usage metered and flushed to its ledger), and
+//! two floors in front of the upstream answering at once — a plain proxy with the gateway's HTTP stack
+//! and none of its logic, and a TCP relay. Each measurement is made straight to the upstream and
+//! through the proxy with the same client:
 //! - added latency at concurrency 1 and at a fixed open-loop rate (p50, p99; microseconds);
-//! - the gateway's CPU per request: the process's CPU time through the gateway minus straight, over
-//!   the requests;
+//! - the proxy's CPU per request: its own process's CPU time (every thread, nanosecond resolution)
+//!   over the requests;
 //! - the highest rate sustained against the 20 ms upstream with fewer than 0.1 % errors;
 //! - streams: added time to the first chunk, and added delay per chunk (with the largest gap, which a
-//!   Nagle/delayed-ACK stall would show as ~40 ms);
-//! - the floor: the same figures for a plain proxy with the gateway's HTTP stack and none of its logic,
-//!   so what the gateway's own work costs is told apart from what any proxy costs on this machine.
+//!   Nagle/delayed-ACK stall would show as ~40 ms).
+//!
+//! The floors tell what the gateway's own work costs apart from what any proxy costs on this machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::ObjectMeta;
 
 use super::BoxError;
-use crate::budget::keys;
-use crate::crd::provider_config::{
-    ModelPrice, ProviderConfigSpec, ProviderType, SecretKeyReference,
-};
-use crate::crd::token_budget::{ApiKeyStatus, TokenBudgetSpec, TokenBudgetStatus};
-use crate::crd::{ProviderConfig, TokenBudget};
-use crate::gateway::directory::Upstream;
-use crate::gateway::{Gateway, GatewayConfig};
 
 /// Benchmark settings.
 #[derive(Clone, Debug, clap::Args)]
@@ -67,11 +60,9 @@ struct Target {
 }
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hello there, how are you"}]}"#;
-const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"hello"}]}"#;
-
-fn cpu_now() -> f64 {
-    super::cpu_secs(std::process::id())
-}
+/// Asks for the usage chunk, so a stream has the same chunks straight and through the gateway (which
+/// otherwise withholds the usage chunk it asked the upstream for).
+const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"max_tokens":16,"messages":[{"role":"user","content":"hello"}]}"#;
 
 async fn sim(
     dir: &std::path::Path,
@@ -88,147 +79,68 @@ async fn sim(
     Ok(url)
 }
 
-fn provider(name: &str, endpoint: &str) -> ProviderConfig {
-    ProviderConfig::new(
-        name,
-        ProviderConfigSpec {
-            type_: ProviderType::Openai,
-            credentials_secret_ref: SecretKeyReference {
-                name: "x".into(),
-                namespace: "x".into(),
-                key: "token".into(),
-            },
-            endpoint: Some(endpoint.into()),
-            rate_limit: None,
-            suspended: false,
-            allowed_namespaces: vec![],
-            adoption: None,
-            markup_percent: None,
-            sim_claims: vec![],
-            top_up_price: None,
-            plans: vec![],
-            models: vec![ModelPrice {
-                name: "gpt-4o-mini".into(),
-                upstream_model: None,
-                input_per_million: "0.15".into(),
-                output_per_million: "0.60".into(),
-                currency: "USD".into(),
-            }],
-        },
-    )
+/// A proxy child (see `proxies`): its process, and the target it serves.
+struct Proxy {
+    child: tokio::process::Child,
+    target: Arc<Target>,
 }
 
-/// A gateway in front of `upstream`, with one budget of a practically endless allocation.
-async fn gateway(
-    ledger: crate::ledger::Ledger,
-    upstream: &str,
-    name: &str,
-) -> Result<(Arc<Gateway>, Target), BoxError> {
-    let key = keys::generate();
-    let spec: TokenBudgetSpec = serde_json::from_value(serde_json::json!({
-        "tokens": 1_000_000_000_000u64, "period": "Monthly",
-        "providerConfigRef": {"name": "up"}, "apiKeys": [{"name": "bench"}],
-    }))?;
-    let mut b = TokenBudget::new(name, spec);
-    b.metadata = ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some("bench".into()),
-        uid: Some(format!("bench-{name}-{}", uuid::Uuid::new_v4().simple())),
-        ..Default::default()
-    };
-    b.status = Some(TokenBudgetStatus {
-        api_keys: vec![ApiKeyStatus {
-            name: "bench".into(),
-            secret_name: "x".into(),
-            sha256: keys::hash(&key),
-        }],
-        ..Default::default()
-    });
-    let gw = Gateway::new(GatewayConfig::default(), ledger, &format!("bench-{name}"));
-    gw.directory.put_budget(&b);
-    gw.directory.put_upstream(
-        Upstream::of(&provider("up", upstream), "sk-bench".into()).ok_or("upstream")?,
-    );
-    gw.set_ready(true);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
-    Ok((gw, Target { url, key }))
-}
-
-/// A plain proxy in front of `upstream` with the gateway's HTTP stack and none of its logic (no key
-/// lookup, JSON, budget, metering or metrics): the floor the gateway's figures are compared with.
-async fn plain_proxy(upstream: &str) -> Result<Target, BoxError> {
-    use axum::body::Bytes;
-    use axum::serve::ListenerExt;
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let url = reqwest::Url::parse(&format!("{upstream}/chat/completions"))?;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: Bytes| {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let resp = client
-                    .post(url)
-                    .bearer_auth("sk-bench")
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
-                let status = resp.status().as_u16();
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
-                axum::response::Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(bytes))
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1", listener.local_addr()?);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(Target {
-        url,
-        key: "unused".into(),
-    })
-}
-
-/// A TCP relay in front of `upstream` (`http://HOST:PORT/v1`): bytes copied between the two sockets,
-/// one upstream connection per client connection, no HTTP at all — the least any proxy can cost.
-async fn tcp_relay(upstream: &str) -> Result<Target, BoxError> {
-    let addr = reqwest::Url::parse(upstream)?
-        .socket_addrs(|| None)?
-        .into_iter()
-        .next()
-        .ok_or("upstream address")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((mut down, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut up) = tokio::net::TcpStream::connect(addr).await else {
-                    return;
-                };
-                let _ = (down.set_nodelay(true), up.set_nodelay(true));
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-            });
+impl Proxy {
+    /// Starts `quartermaster bench proxy --kind KIND` in front of `upstream` and reads its URL and key.
+    async fn start(
+        exe: &std::path::Path,
+        kind: &str,
+        upstream: &str,
+        name: &str,
+        b: &GatewayBench,
+        dir: &std::path::Path,
+    ) -> Result<Self, BoxError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([
+            "bench",
+            "proxy",
+            "--kind",
+            kind,
+            "--upstream",
+            upstream,
+            "--name",
+            name,
+        ])
+        .arg("--work-dir")
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        if let Some(url) = &b.database_url {
+            cmd.args(["--database-url", url]);
         }
-    });
-    Ok(Target {
-        url,
-        key: "unused".into(),
-    })
+        let mut child = cmd.spawn()?;
+        let out = child.stdout.take().ok_or("proxy stdout")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(out).read_line(&mut line).await?;
+        let (url, key) = line
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("proxy {kind} did not start"))?;
+        let target = Arc::new(Target {
+            url: url.into(),
+            key: key.into(),
+        });
+        Ok(Self { child, target })
+    }
+
+    /// The child's CPU time so far, in seconds (nanosecond resolution).
+    fn cpu(&self) -> f64 {
+        self.child.id().map_or(0.0, super::task_cpu_secs)
+    }
+
+    /// Closes the child's stdin (a gateway then flushes its usage) and waits for it to exit.
+    async fn stop(mut self) -> Result<(), BoxError> {
+        drop(self.child.stdin.take());
+        self.child.wait().await?;
+        Ok(())
+    }
 }
 
 /// One round's figures for the relay, the plain proxy and the gateway: added p50 and p99 (µs), CPU
@@ -269,8 +181,13 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Sequential requests: sorted latencies and the process CPU seconds they took.
-async fn sequential(c: &reqwest::Client, t: &Target, n: usize) -> (Vec<u64>, f64) {
+/// Sequential requests: sorted latencies and the CPU seconds `cpu` (a proxy's clock) moved by.
+async fn sequential(
+    c: &reqwest::Client,
+    t: &Target,
+    n: usize,
+    cpu_now: &dyn Fn() -> f64,
+) -> (Vec<u64>, f64) {
     for _ in 0..(n / 10).max(10) {
         one(c, t).await;
     }
@@ -286,12 +203,14 @@ async fn sequential(c: &reqwest::Client, t: &Target, n: usize) -> (Vec<u64>, f64
 }
 
 /// An open-loop run at `rate` a second for `secs`: sorted latencies (from each request's scheduled
-/// start, so a stall counts against every request it delays), errors, CPU seconds, achieved rate.
+/// start, so a stall counts against every request it delays), errors, the CPU seconds `cpu_now` (a
+/// proxy's clock) moved by, achieved rate.
 async fn open_loop(
     c: &reqwest::Client,
     t: &Arc<Target>,
     rate: u64,
     secs: u64,
+    cpu_now: &dyn Fn() -> f64,
 ) -> (Vec<u64>, usize, f64, f64) {
     let total = (rate * secs) as usize;
     let started = Instant::now();
@@ -363,37 +282,46 @@ fn gaps(s: &[(u64, Vec<u64>)]) -> (u64, u64) {
     (mean, all.iter().copied().max().unwrap_or(0))
 }
 
-/// Runs the benchmark and prints its figures.
-pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
+/// Added p50 and p99 of `through` over `direct` (µs; a p99 difference can come out negative).
+fn added(through: &[u64], direct: &[u64]) -> (i64, i64) {
+    (
+        pct(through, 0.5) as i64 - pct(direct, 0.5) as i64,
+        pct(through, 0.99) as i64 - pct(direct, 0.99) as i64,
+    )
+}
+
+/// Runs the benchmark and prints its figures; `exe` is this binary, which runs each proxy.
+pub async fn run(b: GatewayBench, exe: std::path::PathBuf) -> Result<(), BoxError> {
     crate::install_crypto_provider();
     let dir = b.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("qm-bench-gateway-{}", std::process::id()))
     });
     std::fs::create_dir_all(&dir)?;
-    let ledger =
-        crate::ledger::Ledger::connect(b.database_url.as_deref(), &dir.join("ledger.db")).await?;
-    ledger.migrate().await?;
     let fast_url = sim(&dir, 0, 0).await?;
     let slow_url = sim(&dir, 20, 0).await?;
     let stream_url = sim(&dir, 0, 10).await?;
-    let (gw_fast, fast) = gateway(ledger.clone(), &fast_url, "fast").await?;
-    let (_gw_slow, slow) = gateway(ledger.clone(), &slow_url, "slow").await?;
-    let (_gw_stream, stream) = gateway(ledger.clone(), &stream_url, "stream").await?;
-    let plain = plain_proxy(&fast_url).await?;
-    let relay = tcp_relay(&fast_url).await?;
+    let start = |kind: &'static str, up: String, name: &'static str| {
+        let (exe, b, dir) = (exe.clone(), b.clone(), dir.clone());
+        async move { Proxy::start(&exe, kind, &up, name, &b, &dir).await }
+    };
+    let fast = start("gateway", fast_url.clone(), "fast").await?;
+    let slow = start("gateway", slow_url.clone(), "slow").await?;
+    let stream = start("gateway", stream_url.clone(), "stream").await?;
+    let plain = start("plain", fast_url.clone(), "plain").await?;
+    let relay = start("relay", fast_url.clone(), "relay").await?;
     let direct = |url: &str| Target {
         url: url.to_string(),
         key: "sk-bench".into(),
     };
+    let none = || 0.0;
     let c = client();
     println!(
-        "gateway benchmark: {} cores, ledger {}",
+        "gateway benchmark: {} cores; each proxy is its own process, and its CPU per request is that process's",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        ledger.kind()
     );
 
     // Concurrency 1.
-    for (label, gw_t, up) in [
+    for (label, gw, up) in [
         ("upstream answering at once", &fast, &fast_url),
         ("upstream answering after 20 ms", &slow, &slow_url),
     ] {
@@ -402,36 +330,32 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
         } else {
             b.requests
         };
-        let (d, dcpu) = sequential(&c, &direct(up), n).await;
-        let (g, gcpu) = sequential(&c, gw_t, n).await;
+        let (d, _) = sequential(&c, &direct(up), n, &none).await;
+        let (g, gcpu) = sequential(&c, &gw.target, n, &|| gw.cpu()).await;
+        let (a50, a99) = added(&g, &d);
         println!(
-            "concurrency 1, {label}, {n} requests: direct p50 {} µs p99 {} µs; through the gateway p50 {} µs p99 {} µs; added p50 {} µs, p99 {} µs; gateway CPU {:.1} µs/request",
+            "concurrency 1, {label}, {n} requests: direct p50 {} µs p99 {} µs; through the gateway p50 {} µs p99 {} µs; added p50 {a50} µs, p99 {a99} µs; gateway CPU {:.1} µs/request",
             pct(&d, 0.5),
             pct(&d, 0.99),
             pct(&g, 0.5),
             pct(&g, 0.99),
-            pct(&g, 0.5) as i64 - pct(&d, 0.5) as i64,
-            pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64,
-            (gcpu - dcpu) * 1e6 / n as f64,
+            gcpu * 1e6 / n as f64,
         );
     }
 
     // The floors, against the upstream answering at once: a TCP relay (no HTTP) and a plain proxy
     // with the gateway's HTTP stack and none of its logic. Five rounds, each running direct, relay,
     // plain proxy and gateway in turn, so a drift of the machine touches all four alike; each figure is
-    // the median of the rounds' differences to direct (min..max in brackets).
+    // the median of the rounds' figures (min..max in brackets).
     let n = b.requests;
     let mut rounds: Vec<Row> = Vec::new();
     for _ in 0..5 {
-        let (d, dcpu) = sequential(&c, &direct(&fast_url), n).await;
+        let (d, _) = sequential(&c, &direct(&fast_url), n, &none).await;
         let mut row = [(0, 0, 0.0); 3];
-        for (i, t) in [&relay, &plain, &fast].into_iter().enumerate() {
-            let (l, cpu) = sequential(&c, t, n).await;
-            row[i] = (
-                pct(&l, 0.5) as i64 - pct(&d, 0.5) as i64,
-                pct(&l, 0.99) as i64 - pct(&d, 0.99) as i64,
-                (cpu - dcpu) * 1e6 / n as f64,
-            );
+        for (i, p) in [&relay, &plain, &fast].into_iter().enumerate() {
+            let (l, cpu) = sequential(&c, &p.target, n, &|| p.cpu()).await;
+            let (a50, a99) = added(&l, &d);
+            row[i] = (a50, a99, cpu * 1e6 / n as f64);
         }
         rounds.push(row);
     }
@@ -455,68 +379,54 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
             spread(&|r| r[i].2),
         );
     }
-    let direct_fast = Arc::new(direct(&fast_url));
-    for (label, t) in [
-        ("the TCP relay", Arc::new(relay)),
-        ("the plain proxy", Arc::new(plain)),
-    ] {
-        let (d, _, dcpu, _) = open_loop(&c, &direct_fast, b.rate, b.seconds).await;
-        let (p, _, pcpu, _) = open_loop(&c, &t, b.rate, b.seconds).await;
-        println!(
-            "{} requests/s for {} s, floor: {label} adds p50 {} µs, p99 {} µs (direct p50 {} µs, p99 {} µs) and {:.1} µs CPU/request",
-            b.rate,
-            b.seconds,
-            pct(&p, 0.5) as i64 - pct(&d, 0.5) as i64,
-            pct(&p, 0.99) as i64 - pct(&d, 0.99) as i64,
-            pct(&d, 0.5),
-            pct(&d, 0.99),
-            (pcpu - dcpu) * 1e6 / (b.rate * b.seconds) as f64,
-        );
-    }
 
-    // A fixed open-loop rate.
-    for (label, gw_t, up) in [
-        ("upstream answering at once", &fast, &fast_url),
-        ("upstream answering after 20 ms", &slow, &slow_url),
+    // A fixed open-loop rate: the floors and the gateway against the upstream answering at once, then
+    // the gateway against the 20 ms upstream.
+    for (label, p, up) in [
+        ("floor: the TCP relay, upstream at once", &relay, &fast_url),
+        (
+            "floor: the plain proxy, upstream at once",
+            &plain,
+            &fast_url,
+        ),
+        ("the gateway, upstream answering at once", &fast, &fast_url),
+        (
+            "the gateway, upstream answering after 20 ms",
+            &slow,
+            &slow_url,
+        ),
     ] {
         let d_t = Arc::new(direct(up));
-        let g_t = Arc::new(Target {
-            url: gw_t.url.clone(),
-            key: gw_t.key.clone(),
-        });
-        let (d, de, dcpu, _) = open_loop(&c, &d_t, b.rate, b.seconds).await;
-        let (g, ge, gcpu, achieved) = open_loop(&c, &g_t, b.rate, b.seconds).await;
-        let n = (b.rate * b.seconds) as f64;
+        let (d, de, _, _) = open_loop(&c, &d_t, b.rate, b.seconds, &none).await;
+        let (g, ge, gcpu, achieved) =
+            open_loop(&c, &p.target, b.rate, b.seconds, &|| p.cpu()).await;
+        let (a50, a99) = added(&g, &d);
         println!(
-            "{} requests/s for {} s, {label}: direct p50 {} µs p99 {} µs ({de} errors); through the gateway p50 {} µs p99 {} µs ({ge} errors, {achieved:.0}/s sent); added p50 {} µs, p99 {} µs; gateway CPU {:.1} µs/request",
+            "{} requests/s for {} s, {label}: direct p50 {} µs p99 {} µs ({de} errors); through it p50 {} µs p99 {} µs ({ge} errors, {achieved:.0}/s sent); added p50 {a50} µs, p99 {a99} µs; its CPU {:.1} µs/request",
             b.rate,
             b.seconds,
             pct(&d, 0.5),
             pct(&d, 0.99),
             pct(&g, 0.5),
             pct(&g, 0.99),
-            pct(&g, 0.5) as i64 - pct(&d, 0.5) as i64,
-            pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64,
-            (gcpu - dcpu) * 1e6 / n,
+            gcpu * 1e6 / (b.rate * b.seconds) as f64,
         );
     }
 
     // The highest sustained rate against the 20 ms upstream.
-    let g_t = Arc::new(Target {
-        url: slow.url.clone(),
-        key: slow.key.clone(),
-    });
     let mut best = None;
     for rate in &b.rates {
-        let (g, errors, _, achieved) = open_loop(&c, &g_t, *rate, 3).await;
+        let (g, errors, cpu, achieved) =
+            open_loop(&c, &slow.target, *rate, 3, &|| slow.cpu()).await;
         let total = (*rate * 3) as f64;
         let err = errors as f64 / total;
         let ok = err < 0.001 && achieved >= *rate as f64 * 0.95;
         println!(
-            "sustained {rate}/s against the 20 ms upstream: {achieved:.0}/s sent, {:.3} % errors, p50 {} µs, p99 {} µs{}",
+            "sustained {rate}/s against the 20 ms upstream: {achieved:.0}/s sent, {:.3} % errors, p50 {} µs, p99 {} µs, gateway CPU {:.1} µs/request{}",
             err * 100.0,
             pct(&g, 0.5),
             pct(&g, 0.99),
+            cpu * 1e6 / total,
             if ok { "" } else { " (not sustained)" }
         );
         if ok {
@@ -532,27 +442,33 @@ pub async fn run(b: GatewayBench) -> Result<(), BoxError> {
 
     // Streams: 16 chunks 10 ms apart, plus the usage chunk and [DONE].
     let d = streams(&c, &direct(&stream_url), b.streams).await;
-    let g = streams(&c, &stream, b.streams).await;
+    let g = streams(&c, &stream.target, b.streams).await;
     let (dg, dmax) = gaps(&d);
     let (gg, gmax) = gaps(&g);
     let chunks = g.first().map_or(0, |s| s.1.len());
+    let first = |s: &[(u64, Vec<u64>)]| median(s.iter().map(|s| s.0).collect());
     println!(
-        "streams ({} of {chunks} chunks each): time to first chunk direct {} µs, through the gateway {} µs (added {} µs); mean gap between chunks direct {} µs, through the gateway {} µs (added {} µs per chunk); largest gap direct {} µs, through the gateway {} µs",
+        "streams ({} of {chunks} chunks each): time to first chunk direct {} µs, through the gateway {} µs (added {} µs); mean gap between chunks direct {dg} µs, through the gateway {gg} µs (added {} µs per chunk); largest gap direct {dmax} µs, through the gateway {gmax} µs",
         g.len(),
-        median(d.iter().map(|s| s.0).collect()),
-        median(g.iter().map(|s| s.0).collect()),
-        median(g.iter().map(|s| s.0).collect()) as i64
-            - median(d.iter().map(|s| s.0).collect()) as i64,
-        dg,
-        gg,
+        first(&d),
+        first(&g),
+        first(&g) as i64 - first(&d) as i64,
         gg as i64 - dg as i64,
-        dmax,
-        gmax,
     );
-    gw_fast.housekeep(true).await;
-    println!(
-        "ledger usage events after the run: {}",
-        ledger.event_count().await?
-    );
+
+    // Every gateway flushes its usage as it stops.
+    for p in [fast, slow, stream, plain, relay] {
+        p.stop().await?;
+    }
+    let mut events = 0;
+    for name in ["fast", "slow", "stream"] {
+        let file = dir.join(format!("ledger-{name}.db"));
+        let ledger = crate::ledger::Ledger::connect(b.database_url.as_deref(), &file).await?;
+        events += ledger.event_count().await?;
+        if b.database_url.is_some() {
+            break;
+        }
+    }
+    println!("ledger usage events after the run: {events}");
     Ok(())
 }

@@ -26,6 +26,7 @@ use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::kube_client::{KubeLimits, KubeMetrics};
 
 pub mod gateway;
+pub mod proxies;
 pub mod simcards;
 pub mod subscriptions;
 pub mod token_budgets;
@@ -269,6 +270,20 @@ fn cpu_secs(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by every thread of process `pid`, at nanosecond resolution (the sum of
+/// the first field of each `/proc/PID/task/TID/schedstat`); 0 if it cannot be read.
+fn task_cpu_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {

@@ -195,6 +195,9 @@ pub struct Enforcer {
     share: i64,
     /// Seconds after which an idle slice is given back.
     idle: i64,
+    /// The runtime the enforcer was made on, which holds the ledger's connections: the serving
+    /// threads' own runtimes take slices through it (see [`Enforcer::lease`]).
+    io: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Enforcer {
@@ -217,7 +220,23 @@ impl Enforcer {
             flushing: tokio::sync::Mutex::new(()),
             share: share.max(1),
             idle,
+            io: tokio::runtime::Handle::try_current().ok(),
         }
+    }
+
+    /// Runs a ledger call on the runtime the enforcer was made on: a connection the pool opens for it
+    /// then belongs to that runtime, never to a serving thread's, whose end (at shutdown) would take
+    /// the connection, and the last flush, down with it.
+    async fn on_io<T, F>(&self, call: F) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, crate::ledger::LedgerError>> + Send + 'static,
+    {
+        match &self.io {
+            Some(io) => io.spawn(call).await.map_err(|e| e.to_string())?,
+            None => call.await,
+        }
+        .map_err(|e| e.to_string())
     }
 
     fn state(&self, uid: &str) -> Arc<State> {
@@ -322,11 +341,12 @@ impl Enforcer {
                 Err(d) => d,
             };
             let uid = &budget.subject.uid;
+            let (ledger, id, share) = (self.ledger.clone(), uid.clone(), self.share);
+            let start = window.start;
             let mut got = self
-                .ledger
-                .lease(uid, window.start, allocation, deficit, self.share)
+                .on_io(async move { ledger.lease(&id, start, allocation, deficit, share).await })
                 .await
-                .map_err(|e| Refusal::Ledger(e.to_string()))?;
+                .map_err(Refusal::Ledger)?;
             if got == 0 {
                 let Some(rpm) = budget.throttle_rpm else {
                     return Err(Refusal::Exhausted {
@@ -347,10 +367,12 @@ impl Enforcer {
                         retry_after: Some(wait),
                     });
                 }
-                self.ledger
-                    .grant_overage(uid, window.start, allocation, deficit)
-                    .await
-                    .map_err(|e| Refusal::Ledger(e.to_string()))?;
+                let (ledger, id) = (self.ledger.clone(), uid.clone());
+                self.on_io(
+                    async move { ledger.grant_overage(&id, start, allocation, deficit).await },
+                )
+                .await
+                .map_err(Refusal::Ledger)?;
                 got = deficit;
             }
             let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod sse;
+pub mod threads;
 pub mod usage;
 pub mod watch;
 
@@ -63,6 +64,10 @@ pub struct GatewayConfig {
     /// Largest request body, bytes.
     #[arg(long = "max-body-bytes", default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Serving threads, each with its own event loop, connections and upstream connection pool (0:
+    /// one per CPU the process may use).
+    #[arg(long = "workers", default_value_t = 0, env = "QM_GATEWAY_WORKERS")]
+    pub workers: usize,
 }
 
 fn secs(s: &str) -> Result<Duration, String> {
@@ -86,6 +91,7 @@ impl Default for GatewayConfig {
             slice_share: 8,
             slice_idle_secs: 2,
             max_body_bytes: 16 << 20,
+            workers: 0,
         }
     }
 }
@@ -100,7 +106,6 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
     /// Settings.
     pub config: GatewayConfig,
-    client: reqwest::Client,
     ready: AtomicBool,
 }
 
@@ -108,13 +113,6 @@ impl Gateway {
     /// A gateway over `ledger`; `instance` is unique per process start.
     pub fn new(config: GatewayConfig, ledger: crate::ledger::Ledger, instance: &str) -> Arc<Self> {
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build()
-            .expect("static client settings");
         Arc::new(Self {
             directory: Arc::default(),
             enforcer: Arc::new(Enforcer::new(
@@ -125,7 +123,6 @@ impl Gateway {
             )),
             metrics: GatewayMetrics::new(),
             config,
-            client,
             ready: AtomicBool::new(false),
         })
     }
@@ -191,7 +188,8 @@ impl Gateway {
         }
     }
 
-    /// Binds and serves until `shutdown`, then flushes and gives every slice back.
+    /// Serves on `listener` until `shutdown` (on [`threads::serve`]'s serving threads), then flushes
+    /// and gives every slice back. Housekeeping and ledger calls stay on the caller's runtime.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
@@ -203,17 +201,12 @@ impl Gateway {
             let _ = rx.wait_for(|v| *v).await;
         }));
         tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-        use axum::serve::ListenerExt;
-        // No Nagle delay on the client leg (the upstream leg sets it in its client).
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let gw = self.clone();
+        let served =
+            threads::serve(listener, self.config.workers, move || gw.router(), shutdown).await;
         let _ = tx.send(true);
         let _ = bg.await;
-        result
+        served
     }
 }
 

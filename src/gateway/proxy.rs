@@ -353,6 +353,42 @@ pub fn prompt_bound(req: &Map<String, Value>) -> i64 {
         .fold(8i64, i64::saturating_add)
 }
 
+thread_local! {
+    /// The upstream client of this serving thread: each thread keeps its own pool of upstream
+    /// connections, so a connection's task runs on the thread that sends on it and a request is served
+    /// without waking another thread.
+    static CLIENT: reqwest::Client = {
+        let b = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_max_idle_per_host(1024);
+        // With no proxy variable set, skip the system-proxy match reqwest would otherwise make on
+        // every request (it formats and re-parses the URL each time).
+        let b = if proxy_from_env() { b } else { b.no_proxy() };
+        b.build().expect("static client settings")
+    };
+}
+
+/// Whether a proxy variable reqwest honours is set (then the client keeps its system-proxy support).
+fn proxy_from_env() -> bool {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+}
+
+/// This thread's upstream client.
+pub fn upstream_client() -> reqwest::Client {
+    CLIENT.with(reqwest::Client::clone)
+}
+
 type Forwarded = (
     (Arc<Upstream>, Model),
     reqwest::Response,
@@ -379,8 +415,7 @@ async fn forward(
             continue;
         };
         let sent = Instant::now();
-        let call = gw
-            .client
+        let call = upstream_client()
             .post(url.clone())
             .bearer_auth(&u.api_key)
             .header("content-type", "application/json")

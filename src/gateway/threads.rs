@@ -1,0 +1,158 @@
+//! The gateway's serving threads: each runs its own single-threaded event loop, so a connection, the
+//! upstream connections its requests use (one pool per thread, see `proxy`) and their tasks all stay
+//! on one thread, and serving a request wakes no other thread — on a small machine a cross-thread
+//! wake-up costs more than the gateway's own work on a request.
+
+use axum::Router;
+
+/// What one serving thread runs: given its copy of the listener and the stop signal, a future that
+/// serves until the signal, on the thread's own runtime.
+pub type Serving = Box<
+    dyn FnOnce(
+            std::net::TcpListener,
+            Stop,
+        ) -> futures::future::BoxFuture<'static, std::io::Result<()>>
+        + Send,
+>;
+
+/// Resolves when the serving threads are told to stop.
+pub type Stop = futures::future::BoxFuture<'static, ()>;
+
+/// Serves `listener` with the gateway's `router()` on `workers` threads (see [`run`]).
+pub async fn serve<R>(
+    listener: tokio::net::TcpListener,
+    workers: usize,
+    router: R,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    R: Fn() -> Router,
+{
+    let each = || -> Serving {
+        let router = router();
+        Box::new(move |listener, stop| Box::pin(http(listener, router, stop)))
+    };
+    run(listener, workers, each, shutdown).await
+}
+
+/// Runs `each()` on `workers` threads (0: one per CPU the process may use), each thread on its own
+/// single-threaded runtime with its own copy of `listener`, until `shutdown` — or until a thread ends
+/// on its own (an error), which stops them all. Returns once every thread has finished.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    workers: usize,
+    each: impl Fn() -> Serving,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut done = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (listener, serving, rx) = (listener.try_clone()?, each(), rx.clone());
+        let (finished, fin) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let run = || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(serving(listener, Box::pin(stopped(rx))))
+                };
+                let _ = finished.send(run());
+            })?;
+        done.push(fin);
+    }
+    let mut ended = Vec::new();
+    tokio::select! {
+        _ = shutdown => {}
+        (r, i, _) = futures::future::select_all(done.iter_mut()) => {
+            done.remove(i);
+            ended.push(r);
+        }
+    }
+    let _ = tx.send(true);
+    for fin in done {
+        ended.push(fin.await);
+    }
+    for r in ended {
+        r.map_err(|_| std::io::Error::other("a gateway serving thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Resolves once `rx` turns true (or its sender is gone).
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// The HTTP server of one serving thread: `router` on `listener` until `stop`, connections drained.
+async fn http(listener: std::net::TcpListener, router: Router, stop: Stop) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // No Nagle delay on the client leg (the upstream leg sets it in its client).
+    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_on_every_thread_until_shutdown_then_returns() {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = || {
+            Router::new().route(
+                "/",
+                axum::routing::get(|| async { std::thread::current().name().unwrap().to_string() }),
+            )
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, 2, router, async move {
+            let _ = rx.await;
+        }));
+        let mut threads = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let c = reqwest::Client::new();
+            let name = c.get(format!("http://{addr}/")).send().await.unwrap();
+            threads.insert(name.text().await.unwrap());
+        }
+        assert!(
+            threads.iter().all(|t| t.starts_with("gateway-")),
+            "{threads:?}"
+        );
+        tx.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_fails_stops_the_others_and_its_error_is_returned() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let each = || -> Serving {
+            let first = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            Box::new(move |_listener, stop| {
+                Box::pin(async move {
+                    if first {
+                        return Err(std::io::Error::other("bound to fail"));
+                    }
+                    stop.await;
+                    Ok(())
+                })
+            })
+        };
+        let r = run(listener, 2, each, futures::future::pending()).await;
+        assert_eq!(r.unwrap_err().to_string(), "bound to fail");
+    }
+}
