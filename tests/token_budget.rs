@@ -552,15 +552,21 @@ async fn two_gateway_processes_never_overspend_a_shared_budget() {
                 .stderr(std::fs::File::create(&log).unwrap()),
         );
         let url = format!("http://127.0.0.1:{port}");
-        common::eventually(T, "the gateway process knows the key", || async {
-            let r = reqwest::Client::new()
-                .get(format!("{url}/v1/models"))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
-        })
+        // The key and the upstream come from two watches: both must have arrived.
+        common::eventually(
+            T,
+            "the gateway process knows the key and the model",
+            || async {
+                let r = reqwest::Client::new()
+                    .get(format!("{url}/v1/models"))
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .ok()?;
+                let models: Value = r.json().await.ok()?;
+                (models["data"][0]["id"] == "gpt-4o-mini").then_some(())
+            },
+        )
         .await;
         gateways.push((proc, url, log));
     }

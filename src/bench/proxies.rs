@@ -16,7 +16,7 @@ use crate::crd::provider_config::{
 use crate::crd::token_budget::{ApiKeyStatus, TokenBudgetSpec, TokenBudgetStatus};
 use crate::crd::{ProviderConfig, TokenBudget};
 use crate::gateway::directory::Upstream;
-use crate::gateway::{Gateway, GatewayConfig, threads};
+use crate::gateway::{Gateway, GatewayConfig, threads, upstream};
 
 /// What a proxy child runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -151,8 +151,8 @@ async fn gateway(
     Ok((key, tokio::spawn(gw.serve(listener, stop))))
 }
 
-/// A plain proxy in front of `upstream` with the gateway's HTTP stack (its serving threads and
-/// upstream client) and none of its logic (no key lookup, JSON, budget, metering or metrics): the floor
+/// A plain proxy in front of `upstream` with the gateway's HTTP stack (its serving threads, axum, and
+/// its upstream client) and none of its logic (no key lookup, JSON, budget, metering or metrics): the floor
 /// the gateway's figures are compared with. Serves until `stop`.
 async fn plain_proxy(
     upstream: &str,
@@ -160,23 +160,19 @@ async fn plain_proxy(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     use axum::body::Bytes;
-    let url = reqwest::Url::parse(&format!("{upstream}/chat/completions"))?;
+    let url: http::Uri = format!("{upstream}/chat/completions").parse()?;
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |body: Bytes| {
             let url = url.clone();
             async move {
-                let resp = crate::gateway::proxy::upstream_client()
-                    .post(url)
-                    .bearer_auth("sk-bench")
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
+                let auth = http::HeaderValue::from_static("Bearer sk-bench");
+                let resp = upstream::client()
+                    .request(upstream::post(&url, &auth, body))
                     .await
                     .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
                 let status = resp.status().as_u16();
-                let bytes = resp
-                    .bytes()
+                let bytes = upstream::read(resp)
                     .await
                     .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
                 axum::response::Response::builder()

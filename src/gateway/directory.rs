@@ -191,9 +191,11 @@ pub struct Upstream {
     pub base_url: String,
     /// Its API key (never logged or shown).
     pub api_key: String,
+    /// `Bearer <api_key>`, marked sensitive; `None` when the key cannot be a header value.
+    pub authorization: Option<http::HeaderValue>,
     /// Each route's URL there, parsed once (in [`Route::ALL`] order); `None` when the base URL is not
-    /// a URL.
-    pub urls: Option<Vec<reqwest::Url>>,
+    /// an absolute http(s) URL.
+    pub urls: Option<Vec<http::Uri>>,
     /// Models by the name clients use.
     pub models: HashMap<String, Model>,
     /// Namespaces that may use it (empty: all).
@@ -210,6 +212,14 @@ impl std::fmt::Debug for Upstream {
             .field("models", &self.models.len())
             .finish_non_exhaustive()
     }
+}
+
+/// `url` as an absolute `http`/`https` URI with a host, else `None`.
+fn absolute(url: &str) -> Option<http::Uri> {
+    let u: http::Uri = url.parse().ok()?;
+    let scheme = u.scheme_str()?;
+    let host = u.host().filter(|h| !h.is_empty())?;
+    ((scheme == "http" || scheme == "https") && !host.is_empty()).then_some(u)
 }
 
 /// OpenAI's public API, when a ProviderConfig names no endpoint.
@@ -260,12 +270,19 @@ impl Upstream {
             .to_string();
         let urls = Route::ALL
             .iter()
-            .map(|r| reqwest::Url::parse(&format!("{base_url}{}", r.path())).ok())
+            .map(|r| absolute(&format!("{base_url}{}", r.path())))
             .collect();
+        let authorization = http::HeaderValue::from_str(&format!("Bearer {api_key}"))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            });
         Some(Self {
             name: pc.name_any(),
             base_url,
             urls,
+            authorization,
             api_key,
             models,
             allowed_namespaces: pc.spec.allowed_namespaces.clone(),
@@ -274,7 +291,7 @@ impl Upstream {
     }
 
     /// The URL of `route` there.
-    pub fn url(&self, route: Route) -> Option<&reqwest::Url> {
+    pub fn url(&self, route: Route) -> Option<&http::Uri> {
         self.urls.as_ref()?.get(route.index())
     }
 
@@ -384,5 +401,51 @@ impl Directory {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_absolute_http_urls_are_upstream_urls() {
+        for ok in [
+            "http://127.0.0.1:8080/v1/chat/completions",
+            "https://openrouter.ai/api/v1/responses",
+        ] {
+            assert_eq!(absolute(ok).map(|u| u.to_string()).as_deref(), Some(ok));
+        }
+        for bad in [
+            "not a url/chat",
+            "/v1/chat/completions",
+            "ftp://example.com/v1/x",
+            "example.com/v1/x",
+            "http:///v1/x",
+        ] {
+            assert!(absolute(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_api_key_goes_out_as_a_sensitive_bearer_header_and_a_bad_one_makes_no_header() {
+        let pc: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": "up"},
+            "spec": {"type": "openai", "endpoint": "http://127.0.0.1:9/v1",
+                     "credentialsSecretRef": {"name": "s", "namespace": "n", "key": "k"}},
+        }))
+        .unwrap();
+        let u = Upstream::of(&pc, "sk-123".into()).unwrap();
+        let auth = u.authorization.as_ref().unwrap();
+        assert_eq!(auth.to_str().unwrap(), "Bearer sk-123");
+        assert!(auth.is_sensitive());
+        assert_eq!(
+            u.url(Route::Chat).unwrap().to_string(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        assert!(format!("{u:?}").find("sk-123").is_none());
+        let bad = Upstream::of(&pc, "sk-\n123".into()).unwrap();
+        assert!(bad.authorization.is_none());
     }
 }

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod route;
 pub mod sse;
 pub mod threads;
+pub mod upstream;
 pub mod usage;
 pub mod watch;
 

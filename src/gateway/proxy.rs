@@ -18,6 +18,7 @@ use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
 pub use super::route::Route;
 use super::sse::UsageStripper;
+use super::upstream::{self, Answer};
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
 
@@ -259,7 +260,7 @@ async fn serve(
         // Refused by the upstream (a 4xx other than 429): nothing was served.
         gw.enforcer.cancel(reservation);
         let headers = resp.headers().clone();
-        let r = passthrough(status, &headers, Body::from_stream(resp.bytes_stream()));
+        let r = passthrough(status, &headers, Body::new(resp.into_body()));
         gw.metrics
             .added_latency
             .observe((before + after.elapsed()).as_secs_f64());
@@ -278,7 +279,7 @@ async fn serve(
     if stream || is_sse {
         let headers = resp.headers().clone();
         let body = Metered {
-            inner: Box::pin(resp.bytes_stream()),
+            inner: Box::pin(http_body_util::BodyDataStream::new(resp.into_body())),
             tap: SseTap::default(),
             strip: strip_usage.then(UsageStripper::default),
             done: false,
@@ -290,7 +291,7 @@ async fn serve(
         return Ok(passthrough(status, &headers, Body::from_stream(body)));
     }
     let headers = resp.headers().clone();
-    let bytes = match resp.bytes().await {
+    let bytes = match upstream::read(resp).await {
         Ok(b) => b,
         Err(_) => {
             // The upstream served and the answer was lost: charged at the reservation.
@@ -353,47 +354,7 @@ pub fn prompt_bound(req: &Map<String, Value>) -> i64 {
         .fold(8i64, i64::saturating_add)
 }
 
-thread_local! {
-    /// The upstream client of this serving thread: each thread keeps its own pool of upstream
-    /// connections, so a connection's task runs on the thread that sends on it and a request is served
-    /// without waking another thread.
-    static CLIENT: reqwest::Client = {
-        let b = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(1024);
-        // With no proxy variable set, skip the system-proxy match reqwest would otherwise make on
-        // every request (it formats and re-parses the URL each time).
-        let b = if proxy_from_env() { b } else { b.no_proxy() };
-        b.build().expect("static client settings")
-    };
-}
-
-/// Whether a proxy variable reqwest honours is set (then the client keeps its system-proxy support).
-fn proxy_from_env() -> bool {
-    [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
-}
-
-/// This thread's upstream client.
-pub fn upstream_client() -> reqwest::Client {
-    CLIENT.with(reqwest::Client::clone)
-}
-
-type Forwarded = (
-    (Arc<Upstream>, Model),
-    reqwest::Response,
-    std::time::Duration,
-);
+type Forwarded = ((Arc<Upstream>, Model), Answer, std::time::Duration);
 
 /// Sends the request to each upstream in turn until one answers other than with a connect error, a
 /// timeout, a 5xx or a 429 (nothing has reached the client yet, so trying the next is safe).
@@ -414,13 +375,12 @@ async fn forward(
             last = format!("upstream {} has no valid endpoint URL", u.name);
             continue;
         };
+        let Some(auth) = &u.authorization else {
+            last = format!("upstream {}'s API key is not a valid header value", u.name);
+            continue;
+        };
         let sent = Instant::now();
-        let call = upstream_client()
-            .post(url.clone())
-            .bearer_auth(&u.api_key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send();
+        let call = upstream::client().request(upstream::post(url, auth, body));
         let outcome = tokio::time::timeout(gw.config.upstream_timeout, call).await;
         let waited = sent.elapsed();
         gw.metrics
@@ -449,11 +409,7 @@ async fn forward(
     ))
 }
 
-fn passthrough(
-    status: reqwest::StatusCode,
-    headers: &reqwest::header::HeaderMap,
-    body: Body,
-) -> Response {
+fn passthrough(status: StatusCode, headers: &HeaderMap, body: Body) -> Response {
     let mut r = Response::builder().status(status.as_u16());
     for name in [
         "content-type",
@@ -507,7 +463,7 @@ fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model
 /// A streamed answer passed through chunk by chunk, its usage read on the way (and, when the client
 /// did not ask for it, the usage-only chunk left out).
 struct Metered {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>,
     tap: SseTap,
     strip: Option<UsageStripper>,
     /// The upstream's stream has ended (it is not polled again).
