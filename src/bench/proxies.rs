@@ -10,9 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use super::BoxError;
 use crate::budget::keys;
-use crate::crd::provider_config::{
-    ModelPrice, ProviderConfigSpec, ProviderType, SecretKeyReference,
-};
+use crate::crd::provider_config::ProviderConfigSpec;
 use crate::crd::token_budget::{ApiKeyStatus, TokenBudgetSpec, TokenBudgetStatus};
 use crate::crd::{ProviderConfig, TokenBudget};
 use crate::gateway::directory::Upstream;
@@ -83,34 +81,14 @@ pub async fn proxy(a: ProxyArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn provider(name: &str, endpoint: &str) -> ProviderConfig {
-    ProviderConfig::new(
-        name,
-        ProviderConfigSpec {
-            type_: ProviderType::Openai,
-            credentials_secret_ref: SecretKeyReference {
-                name: "x".into(),
-                namespace: "x".into(),
-                key: "token".into(),
-            },
-            endpoint: Some(endpoint.into()),
-            rate_limit: None,
-            suspended: false,
-            allowed_namespaces: vec![],
-            adoption: None,
-            markup_percent: None,
-            sim_claims: vec![],
-            top_up_price: None,
-            plans: vec![],
-            models: vec![ModelPrice {
-                name: "gpt-4o-mini".into(),
-                upstream_model: None,
-                input_per_million: "0.15".into(),
-                output_per_million: "0.60".into(),
-                currency: "USD".into(),
-            }],
-        },
-    )
+fn provider(name: &str, endpoint: &str) -> Result<ProviderConfig, BoxError> {
+    let spec: ProviderConfigSpec = serde_json::from_value(serde_json::json!({
+        "type": "openai", "endpoint": endpoint,
+        "credentialsSecretRef": {"name": "x", "namespace": "x", "key": "token"},
+        "models": [{"name": "gpt-4o-mini", "inputPerMillion": "0.15", "outputPerMillion": "0.60",
+                    "currency": "USD"}],
+    }))?;
+    Ok(ProviderConfig::new(name, spec))
 }
 
 /// A gateway in front of `upstream`, with one budget of a practically endless allocation, serving on
@@ -145,7 +123,7 @@ async fn gateway(
     let gw = Gateway::new(GatewayConfig::default(), ledger, &format!("bench-{name}"));
     gw.directory.put_budget(&b);
     gw.directory.put_upstream(
-        Upstream::of(&provider("up", upstream), "sk-bench".into()).ok_or("upstream")?,
+        Upstream::of(&provider("up", upstream)?, "sk-bench".into()).ok_or("upstream")?,
     );
     gw.set_ready(true);
     Ok((key, tokio::spawn(gw.serve(listener, stop))))
