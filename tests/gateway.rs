@@ -417,6 +417,44 @@ async fn a_client_that_disconnects_mid_stream_is_charged() {
     );
 }
 
+/// A client that goes away while the upstream works on its request is charged the reservation (the
+/// upstream may well have served it), and the slice's reservation does not stay held.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_charged_its_reservation() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    r.faults(json!({})).await;
+    let sim = common::start_sim(|c| {
+        c.openai_latency_ms = 1500;
+    })
+    .await;
+    let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
+    r.gws[0]
+        .0
+        .directory
+        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    let body = chat(false);
+    let reservation = reservation_of(&body);
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        r.post(0, "/v1/chat/completions", body),
+    )
+    .await;
+    assert!(gone.is_err(), "the client left before the answer");
+    let mut charged = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.gws[0].0.housekeep(false).await;
+        charged = r.ledger_tokens().await;
+        if charged > 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        charged, reservation,
+        "a client gone is charged the reservation"
+    );
+}
+
 /// N concurrent requests on a budget that fits only M of them, over two gateway processes sharing the
 /// ledger: at most M succeed, and the ledger holds exactly what the upstream reported.
 async fn overspend(stream: bool, postgres: bool) {
@@ -865,4 +903,47 @@ async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
         "unused slices went back to their own period"
     );
     assert!(p_old.granted <= 100 && p_new.granted <= 100);
+}
+
+/// A request dropped while its replica takes a slice from the ledger (its client gone) strands
+/// nothing: the lease runs to its end, the replica holds what was granted, and gives it back.
+#[tokio::test]
+async fn a_request_dropped_while_its_slice_is_leased_strands_nothing() {
+    use quartermaster::gateway::directory::BudgetView;
+    use quartermaster::gateway::enforce::Enforcer;
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::sqlite(&dir).await;
+    let (mut b, _) = budget(1000, json!({}));
+    b.metadata.uid = Some("dropped-budget".into());
+    let view = Arc::new(BudgetView::of(&b));
+    let pc = provider("primary", "http://127.0.0.1:1/v1", &["m"]);
+    let model = Upstream::of(&pc, "k".into()).unwrap().models["m"].clone();
+    let e = Enforcer::new(ledger.clone(), "gw-test", 8, 2);
+    let key: Arc<str> = "prod".into();
+    let start = view
+        .window(jiff::Timestamp::now().as_second())
+        .unwrap()
+        .start;
+    // Polled once: it has asked the ledger for a slice and waits for the answer; then it is dropped.
+    let mut request = Box::pin(e.reserve(&view, &key, 60, 10, &model));
+    assert!(futures::poll!(&mut request).is_pending());
+    drop(request);
+    let granted = common::eventually(Duration::from_secs(10), "the lease commits", || async {
+        let p = ledger.budget_period("dropped-budget", start).await.ok()??;
+        (p.granted > 0).then_some(p.granted)
+    })
+    .await;
+    let returned = std::sync::atomic::AtomicI64::new(0);
+    common::eventually(
+        Duration::from_secs(10),
+        "the granted slice is held and given back",
+        || async {
+            let back = e.give_back(true).await.ok()?;
+            returned.fetch_add(back, std::sync::atomic::Ordering::SeqCst);
+            let p = ledger.budget_period("dropped-budget", start).await.ok()??;
+            (p.granted == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(returned.into_inner(), granted);
 }

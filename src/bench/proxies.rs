@@ -21,7 +21,8 @@ use crate::gateway::{Gateway, GatewayConfig, threads, upstream};
 pub enum ProxyKind {
     /// The gateway: budget enforced through a ledger slice, usage metered and flushed every second.
     Gateway,
-    /// The gateway's HTTP stack (axum server, reqwest client) and none of its logic.
+    /// The gateway's HTTP stack (its serving threads, axum, its hyper upstream client) and none of its
+    /// logic.
     Plain,
     /// Bytes copied between two sockets, no HTTP.
     Relay,

@@ -185,6 +185,18 @@ struct State {
     leasing: tokio::sync::Mutex<()>,
 }
 
+impl State {
+    /// Holds `got` tokens the ledger granted for `window`: on the current slice, or to be given back
+    /// when the window has turned meanwhile.
+    fn hold(&self, window: Window, got: i64) {
+        let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match i.current.as_mut() {
+            Some(s) if s.window == window => s.grant(got),
+            _ => i.to_release.push((window.start, got)),
+        }
+    }
+}
+
 /// Every budget's share held by this replica, and the usage meter.
 pub struct Enforcer {
     ledger: Ledger,
@@ -316,7 +328,7 @@ impl Enforcer {
 
     async fn admit(
         &self,
-        state: &State,
+        state: &Arc<State>,
         budget: &BudgetView,
         window: Window,
         allocation: i64,
@@ -343,8 +355,17 @@ impl Enforcer {
             let uid = &budget.subject.uid;
             let (ledger, id, share) = (self.ledger.clone(), uid.clone(), self.share);
             let start = window.start;
-            let mut got = self
-                .on_io(async move { ledger.lease(&id, start, allocation, deficit, share).await })
+            let held = state.clone();
+            // What the ledger grants is held here even if this request is gone by then (the call
+            // runs to its end on its own task): a granted slice is never lost to this replica.
+            let got = self
+                .on_io(async move {
+                    let got = ledger.lease(&id, start, allocation, deficit, share).await?;
+                    if got > 0 {
+                        held.hold(window, got);
+                    }
+                    Ok(got)
+                })
                 .await
                 .map_err(Refusal::Ledger)?;
             if got == 0 {
@@ -367,18 +388,16 @@ impl Enforcer {
                         retry_after: Some(wait),
                     });
                 }
-                let (ledger, id) = (self.ledger.clone(), uid.clone());
-                self.on_io(
-                    async move { ledger.grant_overage(&id, start, allocation, deficit).await },
-                )
+                let (ledger, id, held) = (self.ledger.clone(), uid.clone(), state.clone());
+                self.on_io(async move {
+                    ledger
+                        .grant_overage(&id, start, allocation, deficit)
+                        .await?;
+                    held.hold(window, deficit);
+                    Ok(())
+                })
                 .await
                 .map_err(Refusal::Ledger)?;
-                got = deficit;
-            }
-            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-            match i.current.as_mut() {
-                Some(s) if s.window == window => s.grant(got),
-                _ => i.to_release.push((window.start, got)),
             }
         }
         Err(Refusal::Ledger(

@@ -224,7 +224,7 @@ async fn serve(
     }
     let input_estimate = prompt_bound(&req);
     let amount = input_estimate.saturating_add(output);
-    let mut reservation = gw
+    let reservation = gw
         .enforcer
         .reserve(
             &budget,
@@ -235,16 +235,25 @@ async fn serve(
         )
         .await
         .map_err(|r| fail(refusal(&budget, r)))?;
+    // From here the reservation is charged unless it is cancelled: a request dropped while the
+    // upstream works on it (its client gone) may have been served, so it is charged, never lost.
+    let mut charge = Charge {
+        gw: gw.clone(),
+        r: Some(reservation),
+        asked: asked.clone(),
+    };
     let before = started.elapsed();
     let (upstream, resp, waited) = match forward(gw, route, &mut req, &upstreams).await {
         Ok(x) => x,
         Err(e) => {
-            gw.enforcer.cancel(reservation);
+            charge.cancel();
             return Err(fail(e));
         }
     };
     let after = Instant::now();
-    reservation.model = upstream.1.clone();
+    if let Some(r) = charge.r.as_mut() {
+        r.model = upstream.1.clone();
+    }
     let status = resp.status();
     let code = status.as_str().to_string();
     gw.metrics
@@ -258,7 +267,7 @@ async fn serve(
         .inc();
     if !status.is_success() {
         // Refused by the upstream (a 4xx other than 429): nothing was served.
-        gw.enforcer.cancel(reservation);
+        charge.cancel();
         let headers = resp.headers().clone();
         let r = passthrough(status, &headers, Body::new(resp.into_body()));
         gw.metrics
@@ -266,11 +275,6 @@ async fn serve(
             .observe((before + after.elapsed()).as_secs_f64());
         return Ok(r);
     }
-    let charge = Charge {
-        gw: gw.clone(),
-        r: Some(reservation),
-        asked,
-    };
     let is_sse = resp
         .headers()
         .get("content-type")
@@ -434,6 +438,13 @@ struct Charge {
 }
 
 impl Charge {
+    /// Nothing was served: the reservation goes back, uncharged.
+    fn cancel(mut self) {
+        if let Some(r) = self.r.take() {
+            self.gw.enforcer.cancel(r);
+        }
+    }
+
     fn finish(mut self, used: Option<Usage>) {
         if let Some(r) = self.r.take() {
             settle(&self.gw.enforcer, &self.gw, r, used, &self.asked);

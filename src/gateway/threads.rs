@@ -67,6 +67,9 @@ pub async fn run(
             })?;
         done.push(fin);
     }
+    // Only the threads' copies listen: when they stop, new connections are refused at once (and go
+    // to another replica) instead of waiting in the backlog while connections drain.
+    drop(listener);
     let mut ended = Vec::new();
     tokio::select! {
         _ = shutdown => {}
@@ -93,6 +96,8 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// The HTTP server of one serving thread: `router` on `listener` until `stop`, connections drained.
 async fn http(listener: std::net::TcpListener, router: Router, stop: Stop) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    // The thread's upstream client (its TLS roots loaded) before the first request, not during it.
+    drop(super::upstream::client());
     // No Nagle delay on the client leg (the upstream leg sets it in its client).
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

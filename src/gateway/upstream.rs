@@ -19,7 +19,45 @@ use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// The client type.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<Egress>, Full<Bytes>>;
+pub type UpstreamClient = Client<Timed<hyper_rustls::HttpsConnector<Egress>>, Full<Bytes>>;
+
+/// How long opening a connection may take: TCP, the proxy's tunnel and the TLS handshake together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connector whose connections must be open within `after`, else a connect error.
+#[derive(Clone)]
+pub struct Timed<C> {
+    inner: C,
+    after: Duration,
+}
+
+impl<C> tower::Service<http::Uri> for Timed<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<C::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let (connecting, after) = (self.inner.call(dst), self.after);
+        Box::pin(async move {
+            match tokio::time::timeout(after, connecting).await {
+                Ok(c) => c.map_err(Into::into),
+                Err(_) => Err(format!("connecting took longer than {after:?}").into()),
+            }
+        })
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -100,15 +138,20 @@ pub fn client() -> UpstreamClient {
 }
 
 fn build() -> UpstreamClient {
-    build_with(proxy_from_env().then(Matcher::from_env))
+    build_with(proxy_from_env().then(Matcher::from_env), CONNECT_TIMEOUT)
 }
 
-/// The client, with connections through `proxies` (none: always direct).
-pub fn build_with(proxies: Option<Matcher>) -> UpstreamClient {
+/// The client, with connections through `proxies` (none: always direct) open within `connect`.
+pub fn build_with(proxies: Option<Matcher>, connect: Duration) -> UpstreamClient {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(Duration::from_secs(5)));
     tcp.enforce_http(false);
+    // As reqwest did: an upstream gone silently (a NAT's idle drop, a lost node) is found by TCP
+    // keep-alive and the kernel's user timeout, instead of a stream hanging for ever.
+    tcp.set_keepalive(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+    tcp.set_keepalive_retries(Some(3));
+    tcp.set_tcp_user_timeout(Some(Duration::from_secs(30)));
     let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(b) => b,
         Err(e) => {
@@ -124,6 +167,10 @@ pub fn build_with(proxies: Option<Matcher>) -> UpstreamClient {
         .https_or_http()
         .enable_http1()
         .wrap_connector(Egress::new(tcp, proxies));
+    let connector = Timed {
+        inner: connector,
+        after: connect,
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
@@ -210,14 +257,23 @@ mod tests {
         crate::install_crypto_provider();
         let (proxy, seen) = connect_proxy().await;
         let url = target().await;
-        let via = build_with(Some(Matcher::builder().http(proxy.clone()).build()));
+        let via = build_with(
+            Some(Matcher::builder().http(proxy.clone()).build()),
+            CONNECT_TIMEOUT,
+        );
         assert_eq!(send(&via, &url).await, "answered");
         let host = url.trim_start_matches("http://").split('/').next().unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![format!("CONNECT {host}")]);
 
         let bypass = Matcher::builder().http(proxy).no("127.0.0.1").build();
-        assert_eq!(send(&build_with(Some(bypass)), &url).await, "answered");
-        assert_eq!(send(&build_with(None), &url).await, "answered");
+        assert_eq!(
+            send(&build_with(Some(bypass), CONNECT_TIMEOUT), &url).await,
+            "answered"
+        );
+        assert_eq!(
+            send(&build_with(None, CONNECT_TIMEOUT), &url).await,
+            "answered"
+        );
         assert_eq!(
             seen.lock().unwrap().len(),
             1,
@@ -229,9 +285,10 @@ mod tests {
     async fn a_socks_proxy_is_refused_as_a_connect_error() {
         crate::install_crypto_provider();
         let url = target().await;
-        let c = build_with(Some(
-            Matcher::builder().http("socks5://127.0.0.1:9").build(),
-        ));
+        let c = build_with(
+            Some(Matcher::builder().http("socks5://127.0.0.1:9").build()),
+            CONNECT_TIMEOUT,
+        );
         let auth = http::HeaderValue::from_static("Bearer k");
         let e = c
             .request(post(&url.parse().unwrap(), &auth, "{}"))
@@ -241,6 +298,33 @@ mod tests {
         assert!(
             format!("{e:?}").contains("only http:// egress proxies"),
             "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_answers_is_a_connect_error_within_the_connect_timeout() {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/v1/x", listener.local_addr().unwrap());
+        // Accepts, then says nothing.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let c = build_with(None, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let auth = http::HeaderValue::from_static("Bearer k");
+        let e = c
+            .request(post(&url.parse().unwrap(), &auth, "{}"))
+            .await
+            .unwrap_err();
+        assert!(e.is_connect(), "{e:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
         );
     }
 }
