@@ -163,6 +163,33 @@ impl Rig {
     }
 
     /// Flushes every gateway and returns the ledger's tokens for the budget this month.
+    /// The first gateway's `primary` upstream becomes a simulator of its own, set by `tweak`.
+    async fn own_upstream(
+        &self,
+        tweak: impl FnOnce(&mut quartermaster::sim::SimConfig),
+    ) -> common::SimHandle {
+        let sim = common::start_sim(tweak).await;
+        let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
+        self.gws[0]
+            .0
+            .directory
+            .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+        sim
+    }
+
+    /// The ledger's tokens once any are recorded (within 5 s; 0 if none are).
+    async fn charged(&self) -> i64 {
+        let mut charged = 0;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            charged = self.ledger_tokens().await;
+            if charged > 0 {
+                break;
+            }
+        }
+        charged
+    }
+
     async fn ledger_tokens(&self) -> i64 {
         for (gw, _) in &self.gws {
             gw.housekeep(false).await;
@@ -387,15 +414,11 @@ async fn a_client_that_disconnects_mid_stream_is_charged() {
     let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
     r.faults(json!({})).await;
     // A slow stream: the client reads one chunk and goes away.
-    let sim = common::start_sim(|c| {
-        c.openai_chunk_delay_ms = 200;
-    })
-    .await;
-    let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
-    r.gws[0]
-        .0
-        .directory
-        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    let _sim = r
+        .own_upstream(|c| {
+            c.openai_chunk_delay_ms = 200;
+        })
+        .await;
     let body = chat(true);
     let reservation = reservation_of(&body);
     let resp = r.post(0, "/v1/chat/completions", body).await;
@@ -403,16 +426,9 @@ async fn a_client_that_disconnects_mid_stream_is_charged() {
     let first = chunks.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
     drop(chunks);
-    let mut charged = 0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        charged = r.ledger_tokens().await;
-        if charged > 0 {
-            break;
-        }
-    }
     assert_eq!(
-        charged, reservation,
+        r.charged().await,
+        reservation,
         "a disconnect is charged the reservation"
     );
 }
@@ -423,15 +439,11 @@ async fn a_client_that_disconnects_mid_stream_is_charged() {
 async fn a_client_that_leaves_before_the_answer_is_charged_its_reservation() {
     let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
     r.faults(json!({})).await;
-    let sim = common::start_sim(|c| {
-        c.openai_latency_ms = 1500;
-    })
-    .await;
-    let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
-    r.gws[0]
-        .0
-        .directory
-        .put_upstream(Upstream::of(&pc, "sk".into()).unwrap());
+    let _sim = r
+        .own_upstream(|c| {
+            c.openai_latency_ms = 1500;
+        })
+        .await;
     let body = chat(false);
     let reservation = reservation_of(&body);
     let gone = tokio::time::timeout(
@@ -440,17 +452,9 @@ async fn a_client_that_leaves_before_the_answer_is_charged_its_reservation() {
     )
     .await;
     assert!(gone.is_err(), "the client left before the answer");
-    let mut charged = 0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        r.gws[0].0.housekeep(false).await;
-        charged = r.ledger_tokens().await;
-        if charged > 0 {
-            break;
-        }
-    }
     assert_eq!(
-        charged, reservation,
+        r.charged().await,
+        reservation,
         "a client gone is charged the reservation"
     );
 }

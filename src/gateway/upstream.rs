@@ -39,7 +39,7 @@ where
 {
     type Response = C::Response;
     type Error = BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<C::Response, BoxError>>;
+    type Future = Connecting<C::Response>;
 
     fn poll_ready(
         &mut self,
@@ -60,6 +60,9 @@ where
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connection being opened.
+type Connecting<R> = futures::future::BoxFuture<'static, Result<R, BoxError>>;
 
 /// Opens the TCP connection to an upstream: directly, or through a `CONNECT` tunnel when `proxies`
 /// intercepts the destination.
@@ -82,7 +85,7 @@ impl Egress {
 impl tower::Service<http::Uri> for Egress {
     type Response = <HttpConnector as tower::Service<http::Uri>>::Response;
     type Error = BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, BoxError>>;
+    type Future = Connecting<Self::Response>;
 
     fn poll_ready(
         &mut self,
@@ -109,20 +112,6 @@ impl tower::Service<http::Uri> for Egress {
     }
 }
 
-/// Whether a proxy variable is set (then new connections consult them).
-fn proxy_from_env() -> bool {
-    [
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "ALL_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "all_proxy",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
-}
-
 /// An upstream's answer, its body streamed.
 pub type Answer = hyper::Response<hyper::body::Incoming>;
 
@@ -138,7 +127,7 @@ pub fn client() -> UpstreamClient {
 }
 
 fn build() -> UpstreamClient {
-    build_with(proxy_from_env().then(Matcher::from_env), CONNECT_TIMEOUT)
+    build_with(Some(Matcher::from_env()), CONNECT_TIMEOUT)
 }
 
 /// The client, with connections through `proxies` (none: always direct) open within `connect`.
