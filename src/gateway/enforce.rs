@@ -208,7 +208,7 @@ pub struct Enforcer {
     /// Seconds after which an idle slice is given back.
     idle: i64,
     /// The runtime the enforcer was made on, which holds the ledger's connections: the serving
-    /// threads' own runtimes take slices through it (see [`Enforcer::lease`]).
+    /// threads' own runtimes take slices through it (see [`Enforcer::on_io`]).
     io: Option<tokio::runtime::Handle>,
 }
 
