@@ -225,7 +225,11 @@ impl Rig {
 
 /// What the gateway reserves for `body`: its prompt's bound plus the budget's default output limit (50).
 fn reservation_of(body: &Value) -> i64 {
-    quartermaster::gateway::proxy::prompt_bound(body.as_object().unwrap()) + 50
+    let text = body.to_string();
+    quartermaster::gateway::proxy::RequestBody::parse(text.as_bytes())
+        .unwrap()
+        .prompt_bound()
+        + 50
 }
 
 fn client() -> reqwest::Client {

@@ -151,7 +151,7 @@ async fn plain_proxy(
                     .await
                     .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
                 let status = resp.status().as_u16();
-                let bytes = upstream::read(resp)
+                let bytes = upstream::read(resp.into_body())
                     .await
                     .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
                 axum::response::Response::builder()

@@ -197,7 +197,8 @@ pub struct Upstream {
     /// an absolute http(s) URL.
     pub urls: Option<Vec<http::Uri>>,
     /// Models by the name clients use.
-    pub models: HashMap<String, Model>,
+    /// Models by the name clients use (shared: a request holds its model without copying it).
+    pub models: HashMap<String, Arc<Model>>,
     /// Namespaces that may use it (empty: all).
     pub allowed_namespaces: Vec<String>,
     /// Nothing is sent through it while suspended.
@@ -241,7 +242,7 @@ impl Upstream {
                 let price = |s: &str| s.parse::<Decimal>().ok();
                 Some((
                     m.name.clone(),
-                    Model {
+                    Arc::new(Model {
                         upstream_model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
                         input: Price::with_markup(
                             price(&m.input_per_million)?,
@@ -257,7 +258,7 @@ impl Upstream {
                             model: m.name.as_str().into(),
                             upstream: pc.name_any().into(),
                         },
-                    },
+                    }),
                 ))
             })
             .collect();

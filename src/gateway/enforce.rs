@@ -63,7 +63,7 @@ pub struct Reservation {
     /// When it was admitted (unix seconds): its usage is booked then.
     pub at: i64,
     /// The model's prices.
-    pub model: Model,
+    pub model: Arc<Model>,
 }
 
 impl Reservation {
@@ -276,7 +276,7 @@ impl Enforcer {
         key: &Arc<str>,
         amount: i64,
         input_estimate: i64,
-        model: &Model,
+        model: &Arc<Model>,
     ) -> Result<Reservation, Refusal> {
         self.reserve_at(budget, key, amount, input_estimate, model, now_f())
             .await
@@ -289,7 +289,7 @@ impl Enforcer {
         key: &Arc<str>,
         amount: i64,
         input_estimate: i64,
-        model: &Model,
+        model: &Arc<Model>,
         now: f64,
     ) -> Result<Reservation, Refusal> {
         let secs = now as i64;

@@ -16,6 +16,7 @@ pub mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod request_body;
 pub mod route;
 pub mod sse;
 pub mod threads;

@@ -10,12 +10,12 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures::Stream;
-use serde_json::{Map, Value};
 
 use super::Gateway;
 use super::directory::{BudgetView, KeyEntry, Model, Upstream};
 use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
+pub use super::request_body::{IMAGE_TOKENS, RequestBody};
 pub use super::route::Route;
 use super::sse::UsageStripper;
 use super::upstream::{self, Answer};
@@ -37,7 +37,7 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError>
 }
 
 /// An upstream that may serve a request, and the model there.
-type Candidate = (Arc<Upstream>, Model);
+type Candidate = (Arc<Upstream>, Arc<Model>);
 
 /// The upstreams that may serve `model` for `budget`, in order (the first is the primary).
 fn candidates(gw: &Gateway, budget: &BudgetView, asked: &str) -> Result<Vec<Candidate>, ApiError> {
@@ -172,17 +172,14 @@ async fn serve(
 ) -> Result<Response, Failure> {
     let entry = authenticate(gw, headers).map_err(|e| (e, None))?;
     let budget = entry.budget.clone();
-    let mut req: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(m)) => m,
-        _ => {
-            return Err((
-                ApiError::bad_request("the body must be a JSON object"),
-                None,
-            ));
-        }
+    let Ok(mut req) = RequestBody::parse(&body) else {
+        return Err((
+            ApiError::bad_request("the body must be a JSON object"),
+            None,
+        ));
     };
-    let asked = match req.get("model").and_then(Value::as_str) {
-        Some(m) if !m.is_empty() => m.to_string(),
+    let asked = match req.str("model") {
+        Some(m) if !m.is_empty() => m.into_owned(),
         _ => return Err((ApiError::bad_request("`model` is required"), None)),
     };
     let fail = |e: ApiError| (e, Some((budget.clone(), asked.clone())));
@@ -195,34 +192,26 @@ async fn serve(
         )));
     }
     let upstreams = candidates(gw, &budget, &asked).map_err(fail)?;
-    let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream = req.bool("stream") == Some(true);
     let (own, field) = route.output_limit(&req);
     let output = match (own, field) {
         (Some(n), _) if n >= 0 => n,
         (_, Some(f)) => {
-            req.insert(f.into(), budget.default_max_tokens.into());
+            req.set(f, &budget.default_max_tokens);
             budget.default_max_tokens
         }
         _ => 0,
     };
     // Asked for by the gateway to meter the stream: the usage-only chunk goes to the client only if it
     // asked for it too.
-    let strip_usage = stream
-        && matches!(route, Route::Chat | Route::Completions)
-        && req
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            != Some(true);
+    let mut strip_usage = false;
     if stream && matches!(route, Route::Chat | Route::Completions) {
-        let opts = req
-            .entry("stream_options")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if let Some(o) = opts.as_object_mut() {
-            o.insert("include_usage".into(), true.into());
-        }
+        let mut opts = req.object("stream_options").unwrap_or_default();
+        strip_usage = opts.get("include_usage").and_then(|v| v.as_bool()) != Some(true);
+        opts.insert("include_usage".into(), true.into());
+        req.set("stream_options", &opts);
     }
-    let input_estimate = prompt_bound(&req);
+    let input_estimate = req.prompt_bound();
     let amount = input_estimate.saturating_add(output);
     let reservation = gw
         .enforcer
@@ -243,7 +232,8 @@ async fn serve(
         asked: asked.clone(),
     };
     let before = started.elapsed();
-    let (upstream, resp, waited) = match forward(gw, route, &mut req, &upstreams).await {
+    let (upstream, resp, waited) = match forward(gw, route, &req, &upstreams, body.len() + 64).await
+    {
         Ok(x) => x,
         Err(e) => {
             charge.cancel();
@@ -254,36 +244,34 @@ async fn serve(
     if let Some(r) = charge.r.as_mut() {
         r.model = upstream.1.clone();
     }
-    let status = resp.status();
-    let code = status.as_str().to_string();
+    let (head, body) = resp.into_parts();
+    let status = head.status;
     gw.metrics
         .requests
         .with_label_values(&[
             &budget.subject.namespace,
             &budget.subject.name,
             &asked,
-            &code,
+            status.as_str(),
         ])
         .inc();
     if !status.is_success() {
         // Refused by the upstream (a 4xx other than 429): nothing was served.
         charge.cancel();
-        let headers = resp.headers().clone();
-        let r = passthrough(status, &headers, Body::new(resp.into_body()));
+        let r = passthrough(status, &head.headers, Body::new(body));
         gw.metrics
             .added_latency
             .observe((before + after.elapsed()).as_secs_f64());
         return Ok(r);
     }
-    let is_sse = resp
-        .headers()
-        .get("content-type")
+    let is_sse = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/event-stream"));
     if stream || is_sse {
-        let headers = resp.headers().clone();
         let body = Metered {
-            inner: Box::pin(http_body_util::BodyDataStream::new(resp.into_body())),
+            inner: Box::pin(http_body_util::BodyDataStream::new(body)),
             tap: SseTap::default(),
             strip: strip_usage.then(UsageStripper::default),
             done: false,
@@ -292,10 +280,9 @@ async fn serve(
         gw.metrics
             .added_latency
             .observe((before + after.elapsed()).as_secs_f64());
-        return Ok(passthrough(status, &headers, Body::from_stream(body)));
+        return Ok(passthrough(status, &head.headers, Body::from_stream(body)));
     }
-    let headers = resp.headers().clone();
-    let bytes = match upstream::read(resp).await {
+    let bytes = match upstream::read(body).await {
         Ok(b) => b,
         Err(_) => {
             // The upstream served and the answer was lost: charged at the reservation.
@@ -314,7 +301,7 @@ async fn serve(
     let read = Instant::now();
     let used = usage::of_bytes(&bytes);
     charge.finish(used);
-    let r = passthrough(status, &headers, Body::from(bytes));
+    let r = passthrough(status, &head.headers, Body::from(bytes));
     let _ = waited;
     gw.metrics
         .added_latency
@@ -322,59 +309,20 @@ async fn serve(
     Ok(r)
 }
 
-/// Tokens an image in a prompt may cost at most (OpenAI's high-detail tiles stay well below this).
-pub const IMAGE_TOKENS: i64 = 2048;
-
-/// An upper bound of the prompt's tokens: a token is at least one byte of text, so the bytes of every
-/// string the upstream tokenizes (values, and the keys of nested objects such as tool schemas), plus 4
-/// per message or part for the chat template, plus [`IMAGE_TOKENS`] per image. Top-level settings
-/// (`model`, `temperature`, …) are not prompt.
-pub fn prompt_bound(req: &Map<String, Value>) -> i64 {
-    fn bound(v: &Value) -> i64 {
-        match v {
-            Value::String(s) => i64::try_from(s.len()).unwrap_or(i64::MAX),
-            Value::Array(a) => a.iter().map(|x| bound(x).saturating_add(4)).sum(),
-            Value::Object(o) => o
-                .iter()
-                .map(|(k, v)| {
-                    let image = matches!(k.as_str(), "image_url" | "input_image" | "file_data")
-                        || (k == "type" && matches!(v.as_str(), Some("input_image" | "image_url")));
-                    let len = i64::try_from(k.len()).unwrap_or(0);
-                    len.saturating_add(bound(v)).saturating_add(if image {
-                        IMAGE_TOKENS
-                    } else {
-                        0
-                    })
-                })
-                .fold(4i64, i64::saturating_add),
-            Value::Number(n) => i64::try_from(n.to_string().len()).unwrap_or(0),
-            Value::Bool(_) | Value::Null => 1,
-        }
-    }
-    req.iter()
-        .filter(|(k, v)| k.as_str() != "model" && (v.is_string() || v.is_array() || v.is_object()))
-        .filter(|(k, _)| !matches!(k.as_str(), "stream_options" | "metadata" | "user"))
-        .map(|(_, v)| bound(v))
-        .fold(8i64, i64::saturating_add)
-}
-
-type Forwarded = ((Arc<Upstream>, Model), Answer, std::time::Duration);
+type Forwarded = (Candidate, Answer, std::time::Duration);
 
 /// Sends the request to each upstream in turn until one answers other than with a connect error, a
 /// timeout, a 5xx or a 429 (nothing has reached the client yet, so trying the next is safe).
 async fn forward(
     gw: &Gateway,
     route: Route,
-    req: &mut Map<String, Value>,
+    req: &RequestBody<'_>,
     upstreams: &[Candidate],
+    size_hint: usize,
 ) -> Result<Forwarded, ApiError> {
     let mut last = String::new();
     for (u, m) in upstreams {
-        req.insert("model".into(), m.upstream_model.clone().into());
-        let body = match serde_json::to_vec(&*req) {
-            Ok(b) => b,
-            Err(e) => return Err(ApiError::bad_request(e.to_string())),
-        };
+        let body = req.write(&m.upstream_model, size_hint);
         let Some(url) = u.url(route) else {
             last = format!("upstream {} has no valid endpoint URL", u.name);
             continue;
@@ -413,20 +361,24 @@ async fn forward(
     ))
 }
 
+/// The upstream's headers a client gets: its answer's type and caching, and what identifies the
+/// request at the upstream.
+const PASSED: [http::HeaderName; 4] = [
+    http::header::CONTENT_TYPE,
+    http::header::CACHE_CONTROL,
+    http::HeaderName::from_static("openai-processing-ms"),
+    http::HeaderName::from_static("x-request-id"),
+];
+
 fn passthrough(status: StatusCode, headers: &HeaderMap, body: Body) -> Response {
-    let mut r = Response::builder().status(status.as_u16());
-    for name in [
-        "content-type",
-        "cache-control",
-        "openai-processing-ms",
-        "x-request-id",
-    ] {
-        if let Some(v) = headers.get(name) {
-            r = r.header(name, v.as_bytes());
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    for name in PASSED {
+        if let Some(v) = headers.get(&name) {
+            r.headers_mut().insert(name, v.clone());
         }
     }
-    r.body(body)
-        .unwrap_or_else(|_| Response::new(Body::empty()))
+    r
 }
 
 /// A request's reservation until it is settled: dropped unsettled (a client gone mid-stream, an answer
@@ -536,40 +488,5 @@ impl Drop for Metered {
         if let Some(c) = self.charge.take() {
             c.finish(self.tap.usage);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn bound(v: Value) -> i64 {
-        prompt_bound(v.as_object().unwrap())
-    }
-
-    #[test]
-    fn the_prompt_bound_counts_text_not_settings_and_caps_images() {
-        let plain = bound(
-            json!({"model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 100,
-            "messages": [{"role": "user", "content": "hello there"}]}),
-        );
-        // 8 + (4 + "role" 4 + "user" 4 + "content" 7 + 11 + 4 for the message)
-        assert_eq!(plain, 8 + 4 + 4 + 4 + 7 + 11 + 4);
-        // Never fewer than the bytes of the text (one token is at least one byte).
-        let text = "x".repeat(5000);
-        assert!(bound(json!({"model": "m", "input": text})) >= 5000);
-        // Tool schemas are tokenized too.
-        let tools = bound(
-            json!({"model": "m", "messages": [], "tools": [{"type": "function",
-            "function": {"name": "lookup", "parameters": {"type": "object"}}}]}),
-        );
-        assert!(tools > 30, "{tools}");
-        // An image costs up to IMAGE_TOKENS whatever its URL's length.
-        let image = bound(
-            json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}),
-        );
-        assert!(image > IMAGE_TOKENS, "{image}");
     }
 }

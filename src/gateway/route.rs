@@ -1,6 +1,6 @@
 //! The routes the gateway meters (and so proxies), with what each needs of a request.
 
-use serde_json::{Map, Value};
+use super::request_body::RequestBody;
 
 /// A metered route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,11 +40,8 @@ impl Route {
     }
 
     /// The request's own output limit, and the field the gateway sets when there is none.
-    pub(super) fn output_limit(
-        self,
-        req: &Map<String, Value>,
-    ) -> (Option<i64>, Option<&'static str>) {
-        let get = |f: &str| req.get(f).and_then(Value::as_i64);
+    pub(super) fn output_limit(self, req: &RequestBody) -> (Option<i64>, Option<&'static str>) {
+        let get = |f: &str| req.i64(f);
         match self {
             Self::Chat => (
                 get("max_completion_tokens").or_else(|| get("max_tokens")),

@@ -93,11 +93,28 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+/// How far ahead the serving thread's earliest timer is kept (see [`timer_horizon`]).
+const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps a timer of this thread's runtime due within [`TIMER_HORIZON`] at all times.
+///
+/// tokio's timer wakes the event loop (a write to its eventfd, and a loop turn) whenever a new timer
+/// is due before every pending one, even when it is set from the loop's own thread. Each request's
+/// upstream timeout would do that on an idle thread, once per request; with this timer pending, a
+/// timeout of at least [`TIMER_HORIZON`] is never the earliest, and setting one is a plain insert. It
+/// costs one wake-up a second per thread.
+async fn timer_horizon() {
+    loop {
+        tokio::time::sleep(TIMER_HORIZON).await;
+    }
+}
+
 /// The HTTP server of one serving thread: `router` on `listener` until `stop`, connections drained.
 async fn http(listener: std::net::TcpListener, router: Router, stop: Stop) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     // The thread's upstream client (its TLS roots loaded) before the first request, not during it.
     drop(super::upstream::client());
+    tokio::spawn(timer_horizon());
     // No Nagle delay on the client leg (the upstream leg sets it in its client).
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -185,10 +185,10 @@ pub fn post(
     req
 }
 
-/// The whole body of `answer`.
-pub async fn read(answer: Answer) -> Result<Bytes, hyper::Error> {
+/// The whole of an answer's body.
+pub async fn read(body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
     use http_body_util::BodyExt;
-    Ok(answer.into_body().collect().await?.to_bytes())
+    Ok(body.collect().await?.to_bytes())
 }
 
 #[cfg(test)]
@@ -238,7 +238,7 @@ mod tests {
             .request(post(&url.parse().unwrap(), &auth, "{}"))
             .await
             .unwrap();
-        String::from_utf8(read(answer).await.unwrap().to_vec()).unwrap()
+        String::from_utf8(read(answer.into_body()).await.unwrap().to_vec()).unwrap()
     }
 
     #[tokio::test]

@@ -12,13 +12,14 @@
 //!   Enforcement (budgets) must not rely on this meter; it records what was billed.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use super::{Price, Subject, usage_event};
 use crate::ledger::{Meter, UsageEvent};
 
 const HOUR: i64 = 3600;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 struct GroupKey {
     subject: Subject,
     meter: Meter,
@@ -27,6 +28,54 @@ struct GroupKey {
     /// A boundary inside the hour (a budget period starting at :30) the group never spans.
     from: i64,
     origin: Option<Origin>,
+}
+
+/// A group's key, borrowed: what a request is looked up by (hashed and compared) without copying.
+#[derive(Clone, Copy, PartialEq)]
+struct KeyRef<'a> {
+    subject: &'a Subject,
+    meter: Meter,
+    price: Option<&'a Price>,
+    hour: i64,
+    from: i64,
+    origin: Option<&'a Origin>,
+}
+
+impl GroupKey {
+    fn borrowed(&self) -> KeyRef<'_> {
+        KeyRef {
+            subject: &self.subject,
+            meter: self.meter,
+            price: self.price.as_ref(),
+            hour: self.hour,
+            from: self.from,
+            origin: self.origin.as_ref(),
+        }
+    }
+}
+
+/// Hashes only what tells groups apart in practice (the object's UID, the meter, the hour and the
+/// model); equal keys hash alike, and the rest is compared on a match.
+impl std::hash::Hash for KeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.subject.uid.hash(h);
+        self.meter.hash(h);
+        self.from.hash(h);
+        self.origin.map(|o| &o.model).hash(h);
+    }
+}
+
+impl KeyRef<'_> {
+    fn owned(self) -> GroupKey {
+        GroupKey {
+            subject: self.subject.clone(),
+            meter: self.meter,
+            price: self.price.cloned(),
+            hour: self.hour,
+            from: self.from,
+            origin: self.origin.cloned(),
+        }
+    }
 }
 
 /// Where per-request usage came from (LLM requests: the model asked for and the upstream that served
@@ -52,7 +101,12 @@ struct Group {
 pub struct Aggregator {
     instance: String,
     batch: u64,
-    groups: HashMap<GroupKey, Group>,
+    /// The waiting groups, in the order they were first added.
+    groups: Vec<(GroupKey, Group)>,
+    /// Where each group is in `groups`, by its key's hash: a request finds its group without building
+    /// (allocating) a key.
+    index: HashMap<u64, Vec<usize>>,
+    hasher: std::hash::RandomState,
     pending: Vec<UsageEvent>,
 }
 
@@ -62,7 +116,9 @@ impl Aggregator {
         Self {
             instance: instance.into(),
             batch: 0,
-            groups: HashMap::new(),
+            groups: Vec::new(),
+            index: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
             pending: Vec::new(),
         }
     }
@@ -108,24 +164,35 @@ impl Aggregator {
             return;
         }
         let hour = at.div_euclid(HOUR) * HOUR;
-        let key = GroupKey {
-            subject: subject.clone(),
+        let key = KeyRef {
+            subject,
             meter,
-            price: price.cloned(),
+            price,
             hour,
             from: if since > hour && since <= at {
                 since
             } else {
                 hour
             },
-            origin: origin.cloned(),
+            origin,
         };
-        let g = self.groups.entry(key).or_insert(Group {
-            quantity: 0,
-            requests: 0,
-            first: at,
-            last: at,
+        let slots = self.index.entry(self.hasher.hash_one(key)).or_default();
+        let found = slots
+            .iter()
+            .copied()
+            .find(|&i| self.groups[i].0.borrowed() == key);
+        let i = found.unwrap_or_else(|| {
+            let new = Group {
+                quantity: 0,
+                requests: 0,
+                first: at,
+                last: at,
+            };
+            self.groups.push((key.owned(), new));
+            slots.push(self.groups.len() - 1);
+            self.groups.len() - 1
         });
+        let g = &mut self.groups[i].1;
         g.quantity += quantity;
         g.requests += 1;
         g.first = g.first.min(at);
@@ -141,7 +208,8 @@ impl Aggregator {
     pub fn cut(&mut self) -> &[UsageEvent] {
         if self.pending.is_empty() && !self.groups.is_empty() {
             self.batch += 1;
-            let mut groups: Vec<_> = self.groups.drain().collect();
+            self.index.clear();
+            let mut groups = std::mem::take(&mut self.groups);
             groups.sort_by(|a, b| {
                 let o = |k: &GroupKey| {
                     k.origin
@@ -239,6 +307,41 @@ mod tests {
         // 3,000 tokens at 2 per million.
         assert_eq!(first.amount_nanos(), 6_000_000);
         assert_eq!(batch.iter().map(|e| e.quantity).sum::<i64>(), 3508);
+    }
+
+    #[test]
+    fn prices_and_origins_are_never_summed_together_and_a_cut_starts_new_groups() {
+        let mut a = Aggregator::new("gw-1");
+        let b = subject("b1");
+        let (p2, p3) = (per_million(2), per_million(3));
+        let origin = |model: &str, upstream: &str| Origin {
+            model: model.into(),
+            upstream: upstream.into(),
+        };
+        let (mini, big) = (origin("mini", "openrouter"), origin("big", "openrouter"));
+        let other = origin("mini", "selfhosted");
+        let add = |a: &mut Aggregator, n, p: &Price, o: &Origin, at| {
+            a.add_from(&b, Meter::LlmInputTokens, n, Some(p), (at, 0), Some(o));
+        };
+        add(&mut a, 1, &p2, &mini, 10);
+        add(&mut a, 2, &p3, &mini, 11);
+        add(&mut a, 4, &p2, &big, 12);
+        add(&mut a, 8, &p2, &other, 13);
+        add(&mut a, 16, &p2, &mini, 14);
+        a.add(&b, Meter::LlmInputTokens, 32, Some(&p2), 15);
+        assert_eq!(a.waiting(), 5);
+        let mut got: Vec<_> = a
+            .cut()
+            .iter()
+            .map(|e| (e.quantity, e.attributes["requests"].as_i64().unwrap()))
+            .collect();
+        got.sort();
+        assert_eq!(got, [(2, 1), (4, 1), (8, 1), (17, 2), (32, 1)]);
+        a.accepted();
+        // After a cut, the same key is a new group, counted from zero.
+        add(&mut a, 64, &p2, &mini, 20);
+        assert_eq!(a.waiting(), 1);
+        assert_eq!(a.cut()[0].quantity, 64);
     }
 
     #[test]
