@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cloud;
 pub mod controller;
 pub mod crd;
+pub mod fast_map;
 pub mod gateway;
 pub mod http;
 pub mod kube_client;

@@ -3,6 +3,8 @@
 //! credentials.
 
 use std::collections::HashMap;
+
+use crate::fast_map::FastMap;
 use std::sync::{Arc, RwLock};
 
 use jiff::tz::TimeZone;
@@ -198,7 +200,7 @@ pub struct Upstream {
     pub urls: Option<Vec<http::Uri>>,
     /// Models by the name clients use.
     /// Models by the name clients use (shared: a request holds its model without copying it).
-    pub models: HashMap<String, Arc<Model>>,
+    pub models: FastMap<String, Arc<Model>>,
     /// Namespaces that may use it (empty: all).
     pub allowed_namespaces: Vec<String>,
     /// Nothing is sent through it while suspended.
@@ -316,9 +318,9 @@ pub struct KeyEntry {
 /// Keys and upstreams, shared by every request.
 #[derive(Debug, Default)]
 pub struct Directory {
-    keys: RwLock<HashMap<String, KeyEntry>>,
+    keys: RwLock<FastMap<String, KeyEntry>>,
     by_budget: RwLock<HashMap<String, Vec<String>>>,
-    upstreams: RwLock<HashMap<String, Arc<Upstream>>>,
+    upstreams: RwLock<FastMap<String, Arc<Upstream>>>,
 }
 
 impl Directory {

@@ -14,6 +14,8 @@
 //!   dies keeps its slice granted (never handed out twice): what it served unflushed is within it.
 
 use std::collections::HashMap;
+
+use crate::fast_map::FastMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::directory::{BudgetView, Model};
@@ -200,7 +202,7 @@ impl State {
 /// Every budget's share held by this replica, and the usage meter.
 pub struct Enforcer {
     ledger: Ledger,
-    states: RwLock<HashMap<String, Arc<State>>>,
+    states: RwLock<FastMap<String, Arc<State>>>,
     meter: Mutex<Aggregator>,
     flushing: tokio::sync::Mutex<()>,
     /// A slice takes at most this fraction (1/share) of what is left of a period.

@@ -60,20 +60,142 @@ struct Shape {
 }
 
 /// The usage in a response body or an event's JSON text, as [`of_json`] reads it, without building
-/// the whole document (a body of an unusual shape falls back to [`of_json`]).
+/// the whole document: only the top-level `usage` and `response` values are parsed, the rest is
+/// stepped over (a body of an unusual shape falls back to [`of_json`]).
 pub fn of_bytes(body: &[u8]) -> Option<Usage> {
+    if let Some([usage, response]) = top_level(body) {
+        let usage = usage.map(serde_json::from_slice::<Option<Counts>>);
+        match (usage, response.map(serde_json::from_slice::<Inner>)) {
+            (Some(Ok(Some(c))), _) => return counts(c),
+            (Some(Ok(None)) | None, None) => return None,
+            (Some(Ok(None)) | None, Some(Ok(r))) => return r.usage.and_then(counts),
+            _ => {}
+        }
+    }
     let Ok(s) = serde_json::from_slice::<Shape>(body) else {
         return serde_json::from_slice::<Value>(body)
             .ok()
             .as_ref()
             .and_then(of_json);
     };
-    let c = s.usage.or(s.response.and_then(|r| r.usage))?;
+    counts(s.usage.or(s.response.and_then(|r| r.usage))?)
+}
+
+fn counts(c: Counts) -> Option<Usage> {
     let n = |a: Option<i64>, b: Option<i64>| a.or(b).filter(|n| *n >= 0);
     Some(Usage {
         input: n(c.prompt_tokens, c.input_tokens)?,
         output: n(c.completion_tokens, c.output_tokens).unwrap_or(0),
     })
+}
+
+/// The raw text of the top-level `usage` and `response` values of a JSON object, found by stepping
+/// over the rest without parsing it; `None` when the text is not an object this reader can step
+/// through (a key with escapes, brackets that do not balance, text after the end): the caller then
+/// parses the whole document.
+fn top_level(body: &[u8]) -> Option<[Option<&[u8]>; 2]> {
+    let mut s = Scan { b: body, i: 0 };
+    let mut found = [None, None];
+    s.expect(b'{')?;
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            s.expect(b'"')?;
+            let key = s.string()?;
+            if key.contains(&b'\\') {
+                return None;
+            }
+            s.expect(b':')?;
+            let value = s.value()?;
+            match key {
+                b"usage" => found[0] = Some(value),
+                b"response" => found[1] = Some(value),
+                _ => {}
+            }
+            match s.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.i == body.len()).then_some(found)
+}
+
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn expect(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    /// The rest of a string whose opening quote was read: its raw content.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let start = self.i;
+        loop {
+            match *self.b.get(self.i)? {
+                b'"' => {
+                    self.i += 1;
+                    return Some(&self.b[start..self.i - 1]);
+                }
+                b'\\' => self.i += 2,
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// One value, stepped over: its raw text.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        self.ws();
+        let start = self.i;
+        let mut depth = 0usize;
+        loop {
+            let c = *self.b.get(self.i)?;
+            self.i += 1;
+            match c {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth = depth.checked_sub(1)?,
+                _ if depth == 0 => {
+                    // A number or a literal: up to the next delimiter.
+                    while !matches!(
+                        self.b.get(self.i),
+                        None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                    ) {
+                        self.i += 1;
+                    }
+                }
+                _ => {}
+            }
+            if depth == 0 {
+                return Some(&self.b[start..self.i]);
+            }
+        }
+    }
 }
 
 /// Reads usage out of an event stream as it passes, chunk by chunk, without holding more than the
@@ -173,6 +295,44 @@ mod tests {
         assert_eq!(of_json(&json!({"usage": null})), None);
         assert_eq!(of_json(&json!({"choices": []})), None);
         assert_eq!(of_json(&json!({"usage": {"prompt_tokens": -1}})), None);
+    }
+
+    #[test]
+    fn stepping_over_the_body_reads_what_a_parser_reads() {
+        let bodies = [
+            // Usage nested deeper, or inside strings, is not the response's.
+            r#"{"choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 1}","usage":{"prompt_tokens":2}}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            r#"{"data":[{"usage":{"prompt_tokens":9}}],"x":"}]\\","usage" : { "prompt_tokens" : 5 } }"#,
+            "{\n  \"id\": \"a\",\n  \"usage\": {\"input_tokens\": 6, \"output_tokens\": 7},\n  \"n\": -1.5e3, \"t\": true, \"z\": null\n}\n",
+            r#"{"response":{"usage":{"input_tokens":1,"output_tokens":2}},"usage":null}"#,
+            r#"{"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":8}}"#,
+            r#"{"us\u0061ge":{"prompt_tokens":3}}"#,
+            r#"{"usage":{"prompt_tokens":2.5}}"#,
+            r#"{"usage":[1],"response":{"usage":{"input_tokens":1}}}"#,
+            r#"{"response":"done"}"#,
+            r#"{}"#,
+            r#"[{"usage":{"prompt_tokens":1}}]"#,
+            // Not JSON: nothing is read from it.
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"usage":{"prompt_tokens":1}} trailing"#,
+            r#"{"a":"unterminated,"usage":{"prompt_tokens":1}}"#,
+            r#"{"a":]], "usage":{"prompt_tokens":1}}"#,
+        ];
+        for body in bodies {
+            let parsed = serde_json::from_str::<Value>(body).ok();
+            assert_eq!(
+                of_bytes(body.as_bytes()),
+                parsed.as_ref().and_then(of_json),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            of_bytes(bodies[0].as_bytes()),
+            Some(Usage {
+                input: 3,
+                output: 4
+            })
+        );
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! - What a process holds in memory when it dies unflushed is lost: at most one flush interval of usage.
 //!   Enforcement (budgets) must not rely on this meter; it records what was billed.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
+
+use crate::fast_map::{FastMap, FastState};
 
 use super::{Price, Subject, usage_event};
 use crate::ledger::{Meter, UsageEvent};
@@ -105,8 +106,8 @@ pub struct Aggregator {
     groups: Vec<(GroupKey, Group)>,
     /// Where each group is in `groups`, by its key's hash: a request finds its group without building
     /// (allocating) a key.
-    index: HashMap<u64, Vec<usize>>,
-    hasher: std::hash::RandomState,
+    index: FastMap<u64, Vec<usize>>,
+    hasher: FastState,
     pending: Vec<UsageEvent>,
 }
 
@@ -117,8 +118,8 @@ impl Aggregator {
             instance: instance.into(),
             batch: 0,
             groups: Vec::new(),
-            index: HashMap::new(),
-            hasher: std::hash::RandomState::new(),
+            index: FastMap::default(),
+            hasher: FastState::default(),
             pending: Vec::new(),
         }
     }
