@@ -77,6 +77,14 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
     for d in docs.iter_mut().filter(|d| d["kind"] == "Project") {
         d["spec"]["deletionPolicy"] = "Cascade".into();
     }
+    // The examples' webhook Secret carries the secret the sim signs with: the controller may read it
+    // before or after they are applied (a slow start under load), and must refuse nothing either way.
+    for d in docs
+        .iter_mut()
+        .filter(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "stripe-webhook")
+    {
+        d["stringData"]["secret"] = HOOK_SECRET.into();
+    }
     let vm = docs
         .iter()
         .find(|d| d["kind"] == "VirtualMachine")
