@@ -16,7 +16,7 @@ pub const IMAGE_TOKENS: i64 = 2048;
 #[derive(Debug)]
 pub struct RequestBody<'a> {
     /// The client's fields, in its order (a key given twice: its last value, as a JSON parser reads
-    /// it, at its first place).
+    /// it, at the last place).
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// Fields the gateway set, as JSON text; they replace the client's.
     set: Vec<(&'static str, String)>,
@@ -124,17 +124,41 @@ impl<'de> Deserialize<'de> for Fields<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
                 while let Some(Key(k)) = m.next_key()? {
-                    let v: &'de RawValue = m.next_value()?;
-                    match fields.iter_mut().find(|(seen, _)| *seen == k) {
-                        Some(slot) => slot.1 = v,
-                        None => fields.push((k, v)),
-                    }
+                    fields.push((k, m.next_value()?));
                 }
-                Ok(Fields(fields))
+                Ok(Fields(last_of_each(fields)))
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// Each key once, with its last value (as a JSON parser reads a repeated key), in the order of those
+/// last values. A few fields are compared pairwise; many (a hostile body may hold millions) through a
+/// hash set, so reading stays linear.
+fn last_of_each<'a>(
+    mut fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+) -> Vec<(Cow<'a, str>, &'a RawValue)> {
+    const FEW: usize = 16;
+    if fields.len() <= FEW {
+        let mut i = 0;
+        while i < fields.len() {
+            if fields[i + 1..].iter().any(|(k, _)| *k == fields[i].0) {
+                fields.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return fields;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(fields.len());
+    let mut kept: Vec<_> = fields
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    kept.reverse();
+    kept
 }
 
 /// A string, borrowed from the body unless it has escapes.
@@ -303,6 +327,17 @@ mod tests {
         assert_eq!(b.i64("big"), None);
         assert_eq!(b.str("max_tokens"), None);
         assert_eq!(b.i64("absent"), None);
+        // Many fields, some repeated: each once, its last value.
+        let mut many = String::from("{");
+        for i in 0..2000 {
+            many.push_str(&format!("\"k{}\":{i},", i % 500));
+        }
+        many.push_str("\"model\":\"m\"}");
+        let b = RequestBody::parse(many.as_bytes()).unwrap();
+        assert_eq!(b.i64("k7"), Some(1507));
+        let sent: Value = serde_json::from_slice(&b.write("m", 0)).unwrap();
+        assert_eq!(sent.as_object().unwrap().len(), 501);
+        assert_eq!(sent["k499"], 1999);
         for bad in [&b"[1]"[..], b"\"x\"", b"{\"a\":", b"{} x", b""] {
             assert!(
                 RequestBody::parse(bad).is_err(),
