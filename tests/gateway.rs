@@ -226,7 +226,7 @@ impl Rig {
 /// What the gateway reserves for `body`: its prompt's bound plus the budget's default output limit (50).
 fn reservation_of(body: &Value) -> i64 {
     let text = body.to_string();
-    quartermaster::gateway::proxy::RequestBody::parse(text.as_bytes())
+    quartermaster::gateway::request_body::RequestBody::parse(text.as_bytes())
         .unwrap()
         .prompt_bound()
         + 50

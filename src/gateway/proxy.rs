@@ -15,7 +15,7 @@ use super::Gateway;
 use super::directory::{BudgetView, KeyEntry, Model, Upstream};
 use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
-pub use super::request_body::{IMAGE_TOKENS, RequestBody};
+use super::request_body::RequestBody;
 pub use super::route::Route;
 use super::sse::UsageStripper;
 use super::upstream::{self, Answer};
@@ -232,8 +232,7 @@ async fn serve(
         asked: asked.clone(),
     };
     let before = started.elapsed();
-    let (upstream, resp, waited) = match forward(gw, route, &req, &upstreams, body.len() + 64).await
-    {
+    let (upstream, resp, waited) = match forward(gw, route, &req, &upstreams).await {
         Ok(x) => x,
         Err(e) => {
             charge.cancel();
@@ -318,11 +317,10 @@ async fn forward(
     route: Route,
     req: &RequestBody<'_>,
     upstreams: &[Candidate],
-    size_hint: usize,
 ) -> Result<Forwarded, ApiError> {
     let mut last = String::new();
     for (u, m) in upstreams {
-        let body = req.write(&m.upstream_model, size_hint);
+        let body = req.write(&m.upstream_model);
         let Some(url) = u.url(route) else {
             last = format!("upstream {} has no valid endpoint URL", u.name);
             continue;

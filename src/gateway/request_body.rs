@@ -20,6 +20,8 @@ pub struct RequestBody<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     /// Fields the gateway set, as JSON text; they replace the client's.
     set: Vec<(&'static str, String)>,
+    /// The client's body's length: about what the body sent upstream takes.
+    len: usize,
 }
 
 impl<'a> RequestBody<'a> {
@@ -29,6 +31,7 @@ impl<'a> RequestBody<'a> {
         Ok(Self {
             fields,
             set: Vec::new(),
+            len: body.len(),
         })
     }
 
@@ -69,8 +72,8 @@ impl<'a> RequestBody<'a> {
     }
 
     /// The body to send upstream, with `model` as the model's name there.
-    pub fn write(&self, model: &str, size_hint: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(size_hint);
+    pub fn write(&self, model: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len + 64);
         out.push(b'{');
         let mut first = true;
         let mut field = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
@@ -335,7 +338,7 @@ mod tests {
         many.push_str("\"model\":\"m\"}");
         let b = RequestBody::parse(many.as_bytes()).unwrap();
         assert_eq!(b.i64("k7"), Some(1507));
-        let sent: Value = serde_json::from_slice(&b.write("m", 0)).unwrap();
+        let sent: Value = serde_json::from_slice(&b.write("m")).unwrap();
         assert_eq!(sent.as_object().unwrap().len(), 501);
         assert_eq!(sent["k499"], 1999);
         for bad in [&b"[1]"[..], b"\"x\"", b"{\"a\":", b"{} x", b""] {
@@ -357,7 +360,7 @@ mod tests {
         b.set("stream_options", &opts);
         b.set("max_tokens", &50);
         b.set("max_tokens", &60);
-        let sent: Value = serde_json::from_slice(&b.write("mini", 16)).unwrap();
+        let sent: Value = serde_json::from_slice(&b.write("mini")).unwrap();
         assert_eq!(
             sent,
             json!({"model": "mini", "messages": [{"role": "user", "content": "hi \"there\""}],
@@ -365,6 +368,6 @@ mod tests {
                 "weird": [1, 2], "max_tokens": 60})
         );
         // Written twice (a failover), the same body.
-        assert_eq!(b.write("mini", 0), b.write("mini", 0));
+        assert_eq!(b.write("mini"), b.write("mini"));
     }
 }
