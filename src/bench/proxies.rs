@@ -139,7 +139,8 @@ async fn plain_proxy(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     use axum::body::Bytes;
-    let url: http::Uri = format!("{upstream}/chat/completions").parse()?;
+    let url = crate::gateway::endpoint::Endpoint::parse(&format!("{upstream}/chat/completions"))
+        .ok_or("the upstream is not an absolute http(s) URL")?;
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |body: Bytes| {
@@ -147,7 +148,7 @@ async fn plain_proxy(
             async move {
                 let auth = http::HeaderValue::from_static("Bearer sk-bench");
                 let resp = upstream::client()
-                    .request(upstream::post(&url, &auth, body))
+                    .request(&url, upstream::post(&url, &auth, body))
                     .await
                     .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
                 let status = resp.status().as_u16();

@@ -11,6 +11,7 @@ use jiff::tz::TimeZone;
 use kube::ResourceExt;
 use rust_decimal::Decimal;
 
+use super::endpoint::Endpoint;
 use super::route::Route;
 use crate::budget::{self, period};
 use crate::crd::ProviderConfig;
@@ -197,7 +198,7 @@ pub struct Upstream {
     pub authorization: Option<http::HeaderValue>,
     /// Each route's URL there, parsed once (in [`Route::ALL`] order); `None` when the base URL is not
     /// an absolute http(s) URL.
-    pub urls: Option<Vec<http::Uri>>,
+    pub urls: Option<Vec<Endpoint>>,
     /// Models by the name clients use.
     /// Models by the name clients use (shared: a request holds its model without copying it).
     pub models: FastMap<String, Arc<Model>>,
@@ -215,14 +216,6 @@ impl std::fmt::Debug for Upstream {
             .field("models", &self.models.len())
             .finish_non_exhaustive()
     }
-}
-
-/// `url` as an absolute `http`/`https` URI with a host, else `None`.
-fn absolute(url: &str) -> Option<http::Uri> {
-    let u: http::Uri = url.parse().ok()?;
-    let scheme = u.scheme_str()?;
-    let host = u.host().filter(|h| !h.is_empty())?;
-    ((scheme == "http" || scheme == "https") && !host.is_empty()).then_some(u)
 }
 
 /// OpenAI's public API, when a ProviderConfig names no endpoint.
@@ -273,7 +266,7 @@ impl Upstream {
             .to_string();
         let urls = Route::ALL
             .iter()
-            .map(|r| absolute(&format!("{base_url}{}", r.path())))
+            .map(|r| Endpoint::parse(&format!("{base_url}{}", r.path())))
             .collect();
         let authorization = http::HeaderValue::from_str(&format!("Bearer {api_key}"))
             .ok()
@@ -294,7 +287,7 @@ impl Upstream {
     }
 
     /// The URL of `route` there.
-    pub fn url(&self, route: Route) -> Option<&http::Uri> {
+    pub fn url(&self, route: Route) -> Option<&Endpoint> {
         self.urls.as_ref()?.get(route.index())
     }
 
@@ -410,25 +403,6 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_absolute_http_urls_are_upstream_urls() {
-        for ok in [
-            "http://127.0.0.1:8080/v1/chat/completions",
-            "https://openrouter.ai/api/v1/responses",
-        ] {
-            assert_eq!(absolute(ok).map(|u| u.to_string()).as_deref(), Some(ok));
-        }
-        for bad in [
-            "not a url/chat",
-            "/v1/chat/completions",
-            "ftp://example.com/v1/x",
-            "example.com/v1/x",
-            "http:///v1/x",
-        ] {
-            assert!(absolute(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn the_api_key_goes_out_as_a_sensitive_bearer_header_and_a_bad_one_makes_no_header() {

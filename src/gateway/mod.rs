@@ -11,10 +11,12 @@
 //! it does not meter it does not proxy.
 
 pub mod directory;
+pub mod endpoint;
 pub mod enforce;
 pub mod errors;
 pub mod limits;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod request_body;
 pub mod route;

@@ -319,6 +319,7 @@ async fn forward(
     upstreams: &[Candidate],
 ) -> Result<Forwarded, ApiError> {
     let mut last = String::new();
+    let client = upstream::client();
     for (u, m) in upstreams {
         let body = req.write(&m.upstream_model);
         let Some(url) = u.url(route) else {
@@ -330,7 +331,7 @@ async fn forward(
             continue;
         };
         let sent = Instant::now();
-        let call = upstream::client().request(upstream::post(url, auth, body));
+        let call = client.request(url, upstream::post(url, auth, body));
         let outcome = tokio::time::timeout(gw.config.upstream_timeout, call).await;
         let waited = sent.elapsed();
         gw.metrics

@@ -102,10 +102,13 @@ const TIMER_HORIZON: std::time::Duration = std::time::Duration::from_secs(1);
 /// is due before every pending one, even when it is set from the loop's own thread. Each request's
 /// upstream timeout would do that on an idle thread, once per request; with this timer pending, a
 /// timeout of at least [`TIMER_HORIZON`] is never the earliest, and setting one is a plain insert. It
-/// costs one wake-up a second per thread.
+/// costs one wake-up a second per thread, which also drops the thread's upstream connections that
+/// have been idle too long.
 async fn timer_horizon() {
+    let client = super::upstream::client();
     loop {
         tokio::time::sleep(TIMER_HORIZON).await;
+        client.sweep();
     }
 }
 
@@ -113,7 +116,6 @@ async fn timer_horizon() {
 async fn http(listener: std::net::TcpListener, router: Router, stop: Stop) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     // The thread's upstream client (its TLS roots loaded) before the first request, not during it.
-    drop(super::upstream::client());
     tokio::spawn(timer_horizon());
     // No Nagle delay on the client leg (the upstream leg sets it in its client).
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {

@@ -1,25 +1,117 @@
-//! The upstream leg: hyper's pooled HTTP/1 client, one per serving thread, over TLS (rustls, the
-//! system's roots) or plain TCP, `TCP_NODELAY`. Requests go out as built — no URL re-parsing, redirect
-//! or proxy layer per request (reqwest re-parses each URL twice and formats it once, a visible share of
-//! the gateway's CPU); the gateway never follows an upstream's redirect.
+//! The upstream leg: HTTP/1 connections over TLS (rustls, the system's roots) or plain TCP,
+//! `TCP_NODELAY`, kept per serving thread in its own pool ([`super::pool`]). Requests go out as built —
+//! the URL parsed once per upstream ([`Endpoint`]), no redirect or proxy layer per request; the gateway
+//! never follows an upstream's redirect.
 //!
 //! An egress proxy from the environment (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, as curl
 //! reads them; `http://` proxies) is honoured per new connection: the connection is a `CONNECT` tunnel
 //! through it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// The client type.
-pub type UpstreamClient = Client<Timed<hyper_rustls::HttpsConnector<Egress>>, Full<Bytes>>;
+use super::endpoint::Endpoint;
+use super::pool::{self, Sender};
+
+/// What opens a connection to an upstream.
+type Connector = Timed<hyper_rustls::HttpsConnector<Egress>>;
+
+/// An upstream client: a connector and a pool of idle connections. Clones share both.
+#[derive(Clone)]
+pub struct UpstreamClient(Arc<Parts>);
+
+struct Parts {
+    connector: Connector,
+    pool: pool::Shared,
+}
+
+/// Why a request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be opened (nothing was sent).
+    #[error("connecting to the upstream failed: {0}")]
+    Connect(BoxError),
+    /// The request failed on its connection.
+    #[error("the upstream connection failed: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+impl Error {
+    /// Whether no connection could be opened.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req` (built by [`post`] for `to`) on an idle connection to `to`, else a new one. A request
+    /// that an idle connection closed before taking is sent again on another: nothing of it was sent.
+    pub async fn request(
+        &self,
+        to: &Endpoint,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<Answer, Error> {
+        loop {
+            let idle = pool::lock(&self.0.pool).take(to.key(), Instant::now());
+            let reused = idle.is_some();
+            let mut sender = match idle {
+                Some(s) => s,
+                None => self.connect(to).await?,
+            };
+            if let Err(e) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match sender.try_send_request(req).await {
+                Ok(answer) => {
+                    let (key, pool) = (to.key().clone(), self.0.pool.clone());
+                    return Ok(answer.map(|b| pool::Body::new(b, pool, key, sender)));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    async fn connect(&self, to: &Endpoint) -> Result<Sender, Error> {
+        use tower::Service;
+        let mut connector = self.0.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Error::Connect)?;
+        let io = connector
+            .call(to.uri().clone())
+            .await
+            .map_err(Error::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| Error::Connect(e.into()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// Drops the connections idle too long (the serving thread calls it every second).
+    pub fn sweep(&self) {
+        pool::lock(&self.0.pool).sweep(Instant::now());
+    }
+
+    /// Idle connections kept.
+    pub fn idle(&self) -> usize {
+        pool::lock(&self.0.pool).len()
+    }
+}
 
 /// How long opening a connection may take: TCP, the proxy's tunnel and the TLS handshake together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,8 +204,8 @@ impl tower::Service<http::Uri> for Egress {
     }
 }
 
-/// An upstream's answer, its body streamed.
-pub type Answer = hyper::Response<hyper::body::Incoming>;
+/// An upstream's answer, its body streamed (its connection reused once the body is read).
+pub type Answer = hyper::Response<pool::Body>;
 
 thread_local! {
     /// This serving thread's client: each thread keeps its own pool of upstream connections, so a
@@ -160,23 +252,24 @@ pub fn build_with(proxies: Option<Matcher>, connect: Duration) -> UpstreamClient
         inner: connector,
         after: connect,
     };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
+    UpstreamClient(Arc::new(Parts {
+        connector,
+        pool: pool::Shared::default(),
+    }))
 }
 
-/// A JSON POST of `body` to `uri` with `authorization`.
+/// A JSON POST of `body` to `to` with `authorization`.
 pub fn post(
-    uri: &http::Uri,
+    to: &Endpoint,
     authorization: &http::HeaderValue,
     body: impl Into<Bytes>,
 ) -> http::Request<Full<Bytes>> {
     let mut req = http::Request::new(Full::new(body.into()));
     *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = uri.clone();
+    *req.uri_mut() = to.target().clone();
     let h = req.headers_mut();
+    h.reserve(3);
+    h.insert(http::header::HOST, to.host().clone());
     h.insert(http::header::AUTHORIZATION, authorization.clone());
     h.insert(
         http::header::CONTENT_TYPE,
@@ -186,7 +279,7 @@ pub fn post(
 }
 
 /// The whole of an answer's body.
-pub async fn read(body: hyper::body::Incoming) -> Result<Bytes, hyper::Error> {
+pub async fn read(body: pool::Body) -> Result<Bytes, hyper::Error> {
     use http_body_util::BodyExt;
     Ok(body.collect().await?.to_bytes())
 }
@@ -232,12 +325,123 @@ mod tests {
         format!("http://{addr}/v1/x")
     }
 
+    /// A target that counts the connections it accepts and answers `/v1/x` (with `Connection: close`
+    /// when `close`), and `/v1/long` with a body of a megabyte.
+    async fn counting_target(close: bool) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::serve::ListenerExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        let listener = listener.tap_io(move |_| {
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let app = axum::Router::new()
+            .route(
+                "/v1/x",
+                axum::routing::post(move || async move {
+                    let mut r = axum::response::Response::new(axum::body::Body::from("answered"));
+                    if close {
+                        r.headers_mut()
+                            .insert("connection", http::HeaderValue::from_static("close"));
+                    }
+                    r
+                }),
+            )
+            .route(
+                "/v1/long",
+                axum::routing::post(|| async { vec![b'x'; 1 << 20] }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/v1"), accepted)
+    }
+
+    fn count(n: &std::sync::atomic::AtomicUsize) -> usize {
+        n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn requests_in_turn_reuse_one_connection_once_each_answer_is_read() {
+        crate::install_crypto_provider();
+        let (base, accepted) = counting_target(false).await;
+        let c = build_with(None, CONNECT_TIMEOUT);
+        for _ in 0..5 {
+            assert_eq!(send(&c, &format!("{base}/x")).await, "answered");
+        }
+        assert_eq!(count(&accepted), 1);
+        assert_eq!(c.idle(), 1);
+
+        // Two at once need two connections; both are kept.
+        let x = format!("{base}/x");
+        let (a, b) = tokio::join!(send(&c, &x), send(&c, &x));
+        assert_eq!((a.as_str(), b.as_str()), ("answered", "answered"));
+        assert_eq!(count(&accepted), 2);
+        assert_eq!(c.idle(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_or_an_answer_left_unread_is_not_reused() {
+        crate::install_crypto_provider();
+        let (base, accepted) = counting_target(true).await;
+        let c = build_with(None, CONNECT_TIMEOUT);
+        for _ in 0..3 {
+            assert_eq!(send(&c, &format!("{base}/x")).await, "answered");
+        }
+        assert_eq!(count(&accepted), 3, "each answer closed its connection");
+
+        let (base, accepted) = counting_target(false).await;
+        let auth = http::HeaderValue::from_static("Bearer k");
+        let long = Endpoint::parse(&format!("{base}/long")).unwrap();
+        let answer = c.request(&long, post(&long, &auth, "{}")).await.unwrap();
+        drop(answer);
+        assert_eq!(send(&c, &format!("{base}/x")).await, "answered");
+        assert_eq!(
+            count(&accepted),
+            2,
+            "the unread answer's connection was not reused"
+        );
+        let answer = c.request(&long, post(&long, &auth, "{}")).await.unwrap();
+        assert_eq!(read(answer.into_body()).await.unwrap().len(), 1 << 20);
+        assert_eq!(send(&c, &format!("{base}/x")).await, "answered");
+        assert_eq!(
+            count(&accepted),
+            2,
+            "a body read to its end gives its connection back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_on_an_idle_connection_the_upstream_closed_goes_out_on_a_new_one() {
+        crate::install_crypto_provider();
+        // Answers one request per connection and closes it without saying so.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        let c = build_with(None, CONNECT_TIMEOUT);
+        assert_eq!(send(&c, &url).await, "answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(send(&c, &url).await, "answered");
+        assert_eq!(count(&accepted), 2);
+    }
+
     async fn send(c: &UpstreamClient, url: &str) -> String {
         let auth = http::HeaderValue::from_static("Bearer k");
-        let answer = c
-            .request(post(&url.parse().unwrap(), &auth, "{}"))
-            .await
-            .unwrap();
+        let to = Endpoint::parse(url).unwrap();
+        let answer = c.request(&to, post(&to, &auth, "{}")).await.unwrap();
         String::from_utf8(read(answer.into_body()).await.unwrap().to_vec()).unwrap()
     }
 
@@ -279,10 +483,8 @@ mod tests {
             CONNECT_TIMEOUT,
         );
         let auth = http::HeaderValue::from_static("Bearer k");
-        let e = c
-            .request(post(&url.parse().unwrap(), &auth, "{}"))
-            .await
-            .unwrap_err();
+        let to = Endpoint::parse(&url).unwrap();
+        let e = c.request(&to, post(&to, &auth, "{}")).await.unwrap_err();
         assert!(e.is_connect(), "{e:?}");
         assert!(
             format!("{e:?}").contains("only http:// egress proxies"),
@@ -305,10 +507,8 @@ mod tests {
         let c = build_with(None, Duration::from_millis(300));
         let started = std::time::Instant::now();
         let auth = http::HeaderValue::from_static("Bearer k");
-        let e = c
-            .request(post(&url.parse().unwrap(), &auth, "{}"))
-            .await
-            .unwrap_err();
+        let to = Endpoint::parse(&url).unwrap();
+        let e = c.request(&to, post(&to, &auth, "{}")).await.unwrap_err();
         assert!(e.is_connect(), "{e:?}");
         assert!(
             started.elapsed() < Duration::from_secs(3),
