@@ -130,40 +130,55 @@ async fn gateway(
     Ok((key, tokio::spawn(gw.serve(listener, stop))))
 }
 
-/// A plain proxy in front of `upstream` with the gateway's HTTP stack (its serving threads, axum, and
-/// its upstream client) and none of its logic (no key lookup, JSON, budget, metering or metrics): the floor
-/// the gateway's figures are compared with. Serves until `stop`.
+/// A plain proxy in front of `upstream` with the gateway's HTTP stack (its serving threads, HTTP
+/// server, body reading and upstream client) and none of its logic (no key lookup, JSON, budget,
+/// metering or metrics): the floor the gateway's figures are compared with. Serves until `stop`.
 async fn plain_proxy(
     upstream: &str,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
-    use axum::body::Bytes;
+    use crate::gateway::http_server::{self, Request, Response};
     let url = crate::gateway::endpoint::Endpoint::parse(&format!("{upstream}/chat/completions"))
         .ok_or("the upstream is not an absolute http(s) URL")?;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |body: Bytes| {
+    let url = std::sync::Arc::new(url);
+    let limit = crate::gateway::GatewayConfig::default().max_body_bytes;
+    let handler = move || {
+        let url = url.clone();
+        move |req: Request| {
             let url = url.clone();
             async move {
+                let bad_gateway = || {
+                    let mut r = Response::default();
+                    *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                    r
+                };
+                let (parts, body) = req.into_parts();
+                let Ok(body) = http_server::read_body(body, &parts.headers, limit).await else {
+                    return bad_gateway();
+                };
                 let auth = http::HeaderValue::from_static("Bearer sk-bench");
-                let resp = upstream::client()
+                let Ok(resp) = upstream::client()
                     .request(&url, upstream::post(&url, &auth, body))
                     .await
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
-                let status = resp.status().as_u16();
-                let bytes = upstream::read(resp.into_body())
-                    .await
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)?;
-                axum::response::Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(axum::body::Body::from(bytes))
-                    .map_err(|_| axum::http::StatusCode::BAD_GATEWAY)
+                else {
+                    return bad_gateway();
+                };
+                let status = resp.status();
+                let Ok(bytes) = upstream::read(resp.into_body()).await else {
+                    return bad_gateway();
+                };
+                let mut r = Response::new(axum::body::Body::from(bytes));
+                *r.status_mut() = status;
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
             }
-        }),
-    );
-    threads::serve(listener, 0, move || app.clone(), stop).await?;
+        }
+    };
+    threads::serve(listener, 0, handler, stop).await?;
     Ok(())
 }
 

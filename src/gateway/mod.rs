@@ -14,12 +14,14 @@ pub mod directory;
 pub mod endpoint;
 pub mod enforce;
 pub mod errors;
+pub mod http_server;
 pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod request_body;
 pub mod route;
+pub mod routes;
 pub mod sse;
 pub mod threads;
 pub mod upstream;
@@ -31,17 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-
 use directory::Directory;
 use enforce::Enforcer;
 use metrics::GatewayMetrics;
-use proxy::Route;
 
 /// Gateway settings.
 #[derive(Clone, Debug, clap::Args)]
@@ -136,29 +130,6 @@ impl Gateway {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// The router with every route.
-    pub fn router(self: &Arc<Self>) -> Router {
-        let route = |r: Route| {
-            post(
-                move |State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes| {
-                    proxy::handle(gw, r, headers, body)
-                },
-            )
-        };
-        Router::new()
-            .route("/v1/chat/completions", route(Route::Chat))
-            .route("/v1/responses", route(Route::Responses))
-            .route("/v1/completions", route(Route::Completions))
-            .route("/v1/embeddings", route(Route::Embeddings))
-            .route("/v1/models", get(models))
-            .route("/metrics", get(render_metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .fallback(not_proxied)
-            .layer(DefaultBodyLimit::max(self.config.max_body_bytes))
-            .with_state(self.clone())
-    }
-
     /// Flushes usage and gives idle slices back, every `flush_interval`, until `shutdown`; then flushes
     /// and gives every slice back.
     pub async fn background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
@@ -206,81 +177,13 @@ impl Gateway {
         }));
         tracing::info!(addr = %listener.local_addr()?, "gateway listening");
         let gw = self.clone();
-        let served =
-            threads::serve(listener, self.config.workers, move || gw.router(), shutdown).await;
+        let answer = move || {
+            let gw = gw.clone();
+            move |req| routes::answer(gw.clone(), req)
+        };
+        let served = threads::serve(listener, self.config.workers, answer, shutdown).await;
         let _ = tx.send(true);
         let _ = bg.await;
         served
     }
-}
-
-async fn models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let entry = match headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|k| gw.directory.key(&crate::budget::keys::hash(k.trim())))
-    {
-        Some(e) => e,
-        None => return errors::ApiError::unauthorized().into_response(),
-    };
-    let b = &entry.budget;
-    let mut data = Vec::new();
-    for name in &b.upstreams {
-        let Some(u) = gw.directory.upstream(name) else {
-            continue;
-        };
-        if !u.serves(&b.subject.namespace) {
-            continue;
-        }
-        let mut ids: Vec<&String> = u
-            .models
-            .iter()
-            .filter(|(id, m)| {
-                (b.models.is_empty() || b.models.contains(id))
-                    && b.currency.as_ref().is_none_or(|c| *c == m.input.currency)
-            })
-            .map(|(id, _)| id)
-            .collect();
-        ids.sort();
-        for id in ids {
-            data.push(
-                serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": u.name}),
-            );
-        }
-    }
-    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
-}
-
-async fn render_metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        gw.metrics.render(),
-    )
-}
-
-async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    if gw.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "budgets and upstreams not loaded yet\n",
-        )
-    }
-}
-
-async fn not_proxied() -> Response {
-    errors::ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "unknown_url",
-        "this gateway proxies only the routes it meters: /v1/chat/completions, /v1/responses, \
-         /v1/completions, /v1/embeddings and /v1/models"
-            .into(),
-    )
-    .into_response()
 }

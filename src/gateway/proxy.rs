@@ -22,15 +22,19 @@ use super::upstream::{self, Answer};
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
 
-/// The key's entry, from the `Authorization: Bearer` header.
-fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
-    let key = headers
-        .get("authorization")
+/// The key in the `Authorization: Bearer` header, if there is one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(ApiError::unauthorized)?;
+}
+
+/// The key's entry, from the `Authorization: Bearer` header.
+fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
+    let key = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     gw.directory
         .key(&keys::hash(key))
         .ok_or_else(ApiError::unauthorized)

@@ -3,7 +3,9 @@
 //! on one thread, and serving a request wakes no other thread — on a small machine a cross-thread
 //! wake-up costs more than the gateway's own work on a request.
 
-use axum::Router;
+use std::future::Future;
+
+use super::http_server::{self, Request, Response};
 
 /// What one serving thread runs: given its copy of the listener and the stop signal, a future that
 /// serves until the signal, on the thread's own runtime.
@@ -18,19 +20,22 @@ pub type Serving = Box<
 /// Resolves when the serving threads are told to stop.
 pub type Stop = futures::future::BoxFuture<'static, ()>;
 
-/// Serves `listener` with the gateway's `router()` on `workers` threads (see [`run`]).
-pub async fn serve<R>(
+/// Serves `listener` on `workers` threads (see [`run`]), each answering requests with its own
+/// `handler()`.
+pub async fn serve<M, H, F>(
     listener: tokio::net::TcpListener,
     workers: usize,
-    router: R,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    handler: M,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    R: Fn() -> Router,
+    M: Fn() -> H,
+    H: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
 {
     let each = || -> Serving {
-        let router = router();
-        Box::new(move |listener, stop| Box::pin(http(listener, router, stop)))
+        let handler = handler();
+        Box::new(move |listener, stop| Box::pin(http(listener, handler, stop)))
     };
     run(listener, workers, each, shutdown).await
 }
@@ -112,18 +117,16 @@ async fn timer_horizon() {
     }
 }
 
-/// The HTTP server of one serving thread: `router` on `listener` until `stop`, connections drained.
-async fn http(listener: std::net::TcpListener, router: Router, stop: Stop) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+/// The HTTP server of one serving thread: `handler` on `listener` until `stop`, connections drained.
+async fn http<H, F>(listener: std::net::TcpListener, handler: H, stop: Stop) -> std::io::Result<()>
+where
+    H: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     // The thread's upstream client (its TLS roots loaded) before the first request, not during it.
     tokio::spawn(timer_horizon());
-    // No Nagle delay on the client leg (the upstream leg sets it in its client).
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    http_server::serve(listener, handler, stop).await
 }
 
 #[cfg(test)]
@@ -135,14 +138,14 @@ mod tests {
         crate::install_crypto_provider();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = || {
-            Router::new().route(
-                "/",
-                axum::routing::get(|| async { std::thread::current().name().unwrap().to_string() }),
-            )
+        let handler = || {
+            |_req| async {
+                let name = std::thread::current().name().unwrap().to_string();
+                Response::new(axum::body::Body::from(name))
+            }
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, 2, router, async move {
+        let served = tokio::spawn(serve(listener, 2, handler, async move {
             let _ = rx.await;
         }));
         let mut threads = std::collections::BTreeSet::new();

@@ -1,0 +1,206 @@
+//! The HTTP/1 server of one serving thread: hyper's connection driver calling a plain function per
+//! request. No router, extractor, protocol detection or upgrade layer sits between the socket and the
+//! gateway (axum's took several thousand instructions a request, [`BENCHMARKS.md`]); the gateway
+//! matches its few routes itself ([`super::routes`]).
+//!
+//! [`BENCHMARKS.md`]: https://github.com/quartermaster-dev/quartermaster/blob/main/BENCHMARKS.md
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::FutureExt;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+
+use super::errors::ApiError;
+
+/// A response: the body boxed, as axum's.
+pub type Response = http::Response<axum::body::Body>;
+
+/// A request as it arrives, its body not read yet.
+pub type Request = http::Request<Incoming>;
+
+/// Answers each request on `listener`'s connections with `handler` until `stop`; then stops
+/// accepting, lets each connection finish the request it is serving and waits for them all.
+pub async fn serve<H, F>(
+    listener: tokio::net::TcpListener,
+    handler: H,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // Out of file descriptors or the like: wait instead of spinning.
+                tracing::error!(error = %e, "accepting a connection failed");
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        // No Nagle delay on the client leg (the upstream leg sets it on its own connections).
+        let _ = tcp.set_nodelay(true);
+        let h = handler.clone();
+        let service = hyper::service::service_fn(move |req| h(req).map(Ok::<_, Infallible>));
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The whole request body, refused (413) past `max` bytes.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "body_too_large",
+            format!("the request body is larger than this gateway's limit of {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(all) => Ok(all.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(ApiError::bad_request(
+            "the request body could not be read to its end",
+        )),
+    }
+}
+
+/// Errors that concern one connection only (the listener is fine).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `handler` on a fresh port until the returned sender fires.
+    async fn server<H, F>(
+        handler: H,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )
+    where
+        H: Fn(Request) -> F + Clone + Send + 'static,
+        F: Future<Output = Response> + Send + 'static,
+    {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, handler, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx, served)
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_at_stop_is_answered_and_idle_connections_do_not_hold_the_stop() {
+        let (addr, stop, served) = server(|_req| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Response::new(axum::body::Body::from("late"))
+        })
+        .await;
+        // An idle keep-alive connection, and one request in flight.
+        let idle = reqwest::Client::new();
+        assert_eq!(
+            idle.get(format!("http://{addr}/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "late"
+        );
+        let in_flight = tokio::spawn(reqwest::get(format!("http://{addr}/x")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        let answer = in_flight.await.unwrap().unwrap();
+        assert_eq!(answer.text().await.unwrap(), "late");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the stop waited for the idle connection")
+            .unwrap()
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn bodies_past_the_limit_are_refused_whether_declared_or_streamed() {
+        let (addr, _stop, _served) = server(|req: Request| async move {
+            let (parts, body) = req.into_parts();
+            match read_body(body, &parts.headers, 10).await {
+                Ok(b) => Response::new(axum::body::Body::from(b)),
+                Err(e) => e.into_response(),
+            }
+        })
+        .await;
+        let c = reqwest::Client::new();
+        let url = format!("http://{addr}/");
+        let ok = c.post(&url).body("0123456789").send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert_eq!(ok.text().await.unwrap(), "0123456789");
+        let declared = c.post(&url).body("0123456789a").send().await.unwrap();
+        assert_eq!(declared.status(), 413);
+        let e: serde_json::Value = declared.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "body_too_large", "{e}");
+        // Chunked: no length declared, the limit found while reading.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n89abcdef\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = s.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+}

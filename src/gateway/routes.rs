@@ -1,0 +1,188 @@
+//! The gateway's routes: which function answers a request, by path and method, and the request body
+//! read within the configured limit. A route it does not meter it does not proxy.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::response::IntoResponse;
+use http::{HeaderMap, Method, StatusCode, header};
+
+use super::Gateway;
+use super::errors::ApiError;
+use super::http_server::{self, Request, Response};
+use super::proxy::{self, Route};
+
+/// What answers a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Proxied(Route),
+    Models,
+    Metrics,
+    Healthz,
+    Readyz,
+}
+
+impl Target {
+    fn of(path: &str) -> Option<Self> {
+        Some(match path {
+            "/v1/chat/completions" => Self::Proxied(Route::Chat),
+            "/v1/responses" => Self::Proxied(Route::Responses),
+            "/v1/completions" => Self::Proxied(Route::Completions),
+            "/v1/embeddings" => Self::Proxied(Route::Embeddings),
+            "/v1/models" => Self::Models,
+            "/metrics" => Self::Metrics,
+            "/healthz" => Self::Healthz,
+            "/readyz" => Self::Readyz,
+            _ => return None,
+        })
+    }
+
+    /// The methods it takes, as an `Allow` header says them.
+    fn allow(self) -> &'static str {
+        match self {
+            Self::Proxied(_) => "POST",
+            _ => "GET, HEAD",
+        }
+    }
+
+    fn takes(self, m: &Method) -> bool {
+        match self {
+            Self::Proxied(_) => m == Method::POST,
+            _ => m == Method::GET || m == Method::HEAD,
+        }
+    }
+}
+
+/// Answers one request.
+pub async fn answer(gw: Arc<Gateway>, req: Request) -> Response {
+    let Some(target) = Target::of(req.uri().path()) else {
+        return not_proxied();
+    };
+    if !target.takes(req.method()) {
+        return method_not_allowed(req.uri().path(), target.allow());
+    }
+    match target {
+        Target::Proxied(route) => {
+            let (parts, body) = req.into_parts();
+            match http_server::read_body(body, &parts.headers, gw.config.max_body_bytes).await {
+                Ok(body) => proxy::handle(gw, route, parts.headers, body).await,
+                Err(e) => e.into_response(),
+            }
+        }
+        Target::Models => models(&gw, req.headers()),
+        Target::Metrics => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            gw.metrics.render(),
+        )
+            .into_response(),
+        Target::Healthz => "ok\n".into_response(),
+        Target::Readyz if gw.ready.load(Ordering::Relaxed) => "ready\n".into_response(),
+        Target::Readyz => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "budgets and upstreams not loaded yet\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The models the key's budget may use, in OpenAI's list shape.
+fn models(gw: &Gateway, headers: &HeaderMap) -> Response {
+    let Some(entry) =
+        proxy::bearer(headers).and_then(|k| gw.directory.key(&crate::budget::keys::hash(k)))
+    else {
+        return ApiError::unauthorized().into_response();
+    };
+    let b = &entry.budget;
+    let mut data = Vec::new();
+    for name in &b.upstreams {
+        let Some(u) = gw.directory.upstream(name) else {
+            continue;
+        };
+        if !u.serves(&b.subject.namespace) {
+            continue;
+        }
+        let mut ids: Vec<&String> = u
+            .models
+            .iter()
+            .filter(|(id, m)| {
+                (b.models.is_empty() || b.models.contains(id))
+                    && b.currency.as_ref().is_none_or(|c| *c == m.input.currency)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        for id in ids {
+            data.push(
+                serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": u.name}),
+            );
+        }
+    }
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+fn not_proxied() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        "this gateway proxies only the routes it meters: /v1/chat/completions, /v1/responses, \
+         /v1/completions, /v1/embeddings and /v1/models"
+            .into(),
+    )
+    .into_response()
+}
+
+fn method_not_allowed(path: &str, allow: &'static str) -> Response {
+    let mut r = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("{path} takes {allow}"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxied_routes_take_only_post_and_the_rest_only_get() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/responses",
+            "/v1/completions",
+            "/v1/embeddings",
+        ] {
+            let t = Target::of(path).unwrap();
+            assert!(matches!(t, Target::Proxied(_)), "{path}");
+            assert!(t.takes(&Method::POST) && !t.takes(&Method::GET), "{path}");
+            assert_eq!(t.allow(), "POST");
+        }
+        for path in ["/v1/models", "/metrics", "/healthz", "/readyz"] {
+            let t = Target::of(path).unwrap();
+            assert!(t.takes(&Method::GET) && t.takes(&Method::HEAD), "{path}");
+            assert!(!t.takes(&Method::POST), "{path}");
+        }
+        for path in ["/v1/images/generations", "/v1/chat/completions/", "/", ""] {
+            assert!(Target::of(path).is_none(), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrong_method_is_405_in_openais_shape_naming_what_the_route_takes() {
+        let r = method_not_allowed("/v1/embeddings", "POST");
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(e["error"]["code"], "method_not_allowed");
+        assert_eq!(e["error"]["message"], "/v1/embeddings takes POST");
+    }
+}
