@@ -2,11 +2,12 @@
 //! the origin-form target and `Host` header of an HTTP/1 request, and the key of its connection pool —
 //! so a request formats and parses nothing.
 
-/// Which connections may carry a request: same scheme, same authority.
+/// Which connections may carry a request: same scheme, same authority (kept lowercased, so hashing
+/// it is one pass, not a byte at a time as `http`'s case-insensitive `Authority` hashes).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     https: bool,
-    authority: http::uri::Authority,
+    authority: std::sync::Arc<str>,
 }
 
 /// An absolute `http`/`https` URL with a host, ready to send requests to.
@@ -27,7 +28,7 @@ impl Endpoint {
             "http" => false,
             _ => return None,
         };
-        let authority = uri.authority()?.clone();
+        let authority = uri.authority()?;
         let host = authority.host();
         if host.is_empty() {
             return None;
@@ -42,7 +43,10 @@ impl Endpoint {
             .map_or_else(|| http::Uri::from_static("/"), |p| p.clone().into());
         Some(Self {
             host: http::HeaderValue::from_str(&host).ok()?,
-            key: PoolKey { https, authority },
+            key: PoolKey {
+                https,
+                authority: authority.as_str().to_ascii_lowercase().into(),
+            },
             target,
             uri,
         })
@@ -134,5 +138,6 @@ mod tests {
             key("http://example.com:443/a")
         );
         assert_ne!(key("http://a.example/x"), key("http://b.example/x"));
+        assert_eq!(key("http://A.Example/x"), key("http://a.example/y"));
     }
 }

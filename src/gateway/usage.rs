@@ -27,8 +27,10 @@ pub fn of_json(v: &Value) -> Option<Usage> {
         Some(u) if u.is_object() => u,
         _ => v.get("response")?.get("usage").filter(|u| u.is_object())?,
     };
+    // A count given as `null` is not given: the other naming may carry it.
     let n = |a: &str, b: &str| {
         u.get(a)
+            .filter(|v| !v.is_null())
             .or_else(|| u.get(b))
             .and_then(Value::as_i64)
             .filter(|n| *n >= 0)
@@ -39,7 +41,7 @@ pub fn of_json(v: &Value) -> Option<Usage> {
 }
 
 /// The counts of a `usage` object, either naming.
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct Counts {
     prompt_tokens: Option<i64>,
     input_tokens: Option<i64>,
@@ -64,7 +66,7 @@ struct Shape {
 /// stepped over (a body of an unusual shape falls back to [`of_json`]).
 pub fn of_bytes(body: &[u8]) -> Option<Usage> {
     if let Some([usage, response]) = top_level(body) {
-        let usage = usage.map(serde_json::from_slice::<Option<Counts>>);
+        let usage = usage.map(read_counts);
         match (usage, response.map(serde_json::from_slice::<Inner>)) {
             (Some(Ok(Some(c))), _) => return counts(c),
             (Some(Ok(None)) | None, None) => return None,
@@ -79,6 +81,68 @@ pub fn of_bytes(body: &[u8]) -> Option<Usage> {
             .and_then(of_json);
     };
     counts(s.usage.or(s.response.and_then(|r| r.usage))?)
+}
+
+/// A `usage` value's counts: by the scanner when it is an object whose counts are plain integers
+/// (what upstreams send), else by serde.
+fn read_counts(usage: &[u8]) -> serde_json::Result<Option<Counts>> {
+    match scan_counts(usage) {
+        Some(c) => Ok(Some(c)),
+        None => serde_json::from_slice(usage),
+    }
+}
+
+/// The counts of a `usage` object whose keys have no escapes, whose counts are integers and appear
+/// once; `None` for anything else (the caller asks serde).
+fn scan_counts(usage: &[u8]) -> Option<Counts> {
+    let mut s = Scan { b: usage, i: 0 };
+    let mut c = Counts::default();
+    s.expect(b'{')?;
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            s.expect(b'"')?;
+            let key = s.string()?;
+            s.expect(b':')?;
+            let value = s.value()?;
+            let slot = match key {
+                b"prompt_tokens" => &mut c.prompt_tokens,
+                b"input_tokens" => &mut c.input_tokens,
+                b"completion_tokens" => &mut c.completion_tokens,
+                b"output_tokens" => &mut c.output_tokens,
+                k if k.contains(&b'\\') => return None,
+                _ => match s.next()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                },
+            };
+            if slot.is_some() {
+                return None;
+            }
+            *slot = Some(integer(value)?);
+            match s.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    (s.i == usage.len()).then_some(c)
+}
+
+/// A JSON count: digits with no leading zero, fitting an `i64` (a sign, a fraction or an exponent
+/// is left to serde, which reads `-0` as a float).
+fn integer(text: &[u8]) -> Option<i64> {
+    let plain = !text.is_empty()
+        && text.iter().all(u8::is_ascii_digit)
+        && (text.len() == 1 || text[0] != b'0');
+    if !plain {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 fn counts(c: Counts) -> Option<Usage> {
@@ -155,14 +219,12 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         let start = self.i;
         loop {
-            match *self.b.get(self.i)? {
-                b'"' => {
-                    self.i += 1;
-                    return Some(&self.b[start..self.i - 1]);
-                }
-                b'\\' => self.i += 2,
-                _ => self.i += 1,
+            let at = self.i + memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
+            if self.b[at] == b'"' {
+                self.i = at + 1;
+                return Some(&self.b[start..at]);
             }
+            self.i = at + 2;
         }
     }
 
@@ -189,7 +251,11 @@ impl<'a> Scan<'a> {
                         self.i += 1;
                     }
                 }
-                _ => {}
+                _ => {
+                    // Inside an object or array: on to the next quote or bracket.
+                    let rest = self.b.get(self.i..)?;
+                    self.i += rest.iter().position(|b| STRUCTURAL[*b as usize])?;
+                }
             }
             if depth == 0 {
                 return Some(&self.b[start..self.i]);
@@ -197,6 +263,17 @@ impl<'a> Scan<'a> {
         }
     }
 }
+
+/// The bytes that matter when stepping over the inside of an object or array.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
 
 /// Reads usage out of an event stream as it passes, chunk by chunk, without holding more than the
 /// current unfinished line.
@@ -211,7 +288,7 @@ impl SseTap {
     /// Looks at the next chunk of the stream.
     pub fn feed(&mut self, chunk: &[u8]) {
         let mut rest = chunk;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(i);
             if self.partial.is_empty() {
                 self.line(line);
@@ -233,17 +310,13 @@ impl SseTap {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        if !contains(data, b"\"usage\"") {
+        if memchr::memmem::find(data, b"\"usage\"").is_none() {
             return;
         }
         if let Some(u) = of_bytes(data) {
             self.usage = Some(u);
         }
     }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -317,6 +390,20 @@ mod tests {
             r#"{"usage":{"prompt_tokens":1}} trailing"#,
             r#"{"a":"unterminated,"usage":{"prompt_tokens":1}}"#,
             r#"{"a":]], "usage":{"prompt_tokens":1}}"#,
+            // The counts as upstreams send them, and as they should not.
+            r#"{"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"accepted_prediction_tokens":[1,{"a":"}"}]}}}"#,
+            r#"{"usage":{ "note":"a \"quoted\" }] brace", "prompt_tokens" :7 ,"completion_tokens": 0 }}"#,
+            r#"{"usage":{"prompt_tokens":null,"input_tokens":4}}"#,
+            r#"{"usage":{"prompt_tokens":-3,"completion_tokens":2}}"#,
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":7}}"#,
+            r#"{"usage":{"prompt_tokens":01}}"#,
+            r#"{"usage":{"prompt_tokens":-0,"completion_tokens":1}}"#,
+            r#"{"usage":{"prompt_tokens":1e2}}"#,
+            r#"{"usage":{"prompt_tokens":99999999999999999999}}"#,
+            r#"{"usage":{"prompt_tokens":"5"}}"#,
+            r#"{"usage":{"pr\u006fmpt_tokens":5}}"#,
+            r#"{"usage":{}}"#,
+            r#"{"usage":{"prompt_tokens":5,}}"#,
         ];
         for body in bodies {
             let parsed = serde_json::from_str::<Value>(body).ok();
