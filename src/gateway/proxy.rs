@@ -236,7 +236,7 @@ async fn serve(
         asked: asked.clone(),
     };
     let before = started.elapsed();
-    let (upstream, resp, waited) = match forward(gw, route, &req, &upstreams).await {
+    let (upstream, resp, waited) = match forward(gw, route, &req, &body, &upstreams).await {
         Ok(x) => x,
         Err(e) => {
             charge.cancel();
@@ -320,12 +320,18 @@ async fn forward(
     gw: &Gateway,
     route: Route,
     req: &RequestBody<'_>,
+    client_body: &Bytes,
     upstreams: &[Candidate],
 ) -> Result<Forwarded, ApiError> {
     let mut last = String::new();
     let client = upstream::client();
     for (u, m) in upstreams {
-        let body = req.write(&m.upstream_model);
+        // The client's bytes as they came when the gateway changes nothing: no copy.
+        let body = if req.unchanged(&m.upstream_model) {
+            client_body.clone()
+        } else {
+            Bytes::from(req.write(&m.upstream_model))
+        };
         let Some(url) = u.url(route) else {
             last = format!("upstream {} has no valid endpoint URL", u.name);
             continue;

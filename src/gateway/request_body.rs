@@ -22,16 +22,19 @@ pub struct RequestBody<'a> {
     set: Vec<(&'static str, String)>,
     /// The client's body's length: about what the body sent upstream takes.
     len: usize,
+    /// The client gave a key more than once.
+    repeated: bool,
 }
 
 impl<'a> RequestBody<'a> {
     /// Reads `body`, which must be a JSON object.
     pub fn parse(body: &'a [u8]) -> Result<Self, serde_json::Error> {
-        let Fields(fields) = serde_json::from_slice(body)?;
+        let Fields { fields, repeated } = serde_json::from_slice(body)?;
         Ok(Self {
             fields,
             set: Vec::new(),
             len: body.len(),
+            repeated,
         })
     }
 
@@ -69,6 +72,13 @@ impl<'a> RequestBody<'a> {
             Some(slot) => slot.1 = text,
             None => self.set.push((name, text)),
         }
+    }
+
+    /// Whether the client's own text can go upstream as it is, for `model` as the model's name
+    /// there: the gateway set no field, the name is the client's, and no key is given twice (an
+    /// upstream's parser might read the first value, where the gateway read the last).
+    pub fn unchanged(&self, model: &str) -> bool {
+        self.set.is_empty() && !self.repeated && self.str("model").as_deref() == Some(model)
     }
 
     /// The body to send upstream, with `model` as the model's name there.
@@ -114,7 +124,10 @@ impl<'a> RequestBody<'a> {
 }
 
 /// The top-level fields of an object.
-struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+struct Fields<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    repeated: bool,
+}
 
 impl<'de> Deserialize<'de> for Fields<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -129,7 +142,12 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 while let Some(Key(k)) = m.next_key()? {
                     fields.push((k, m.next_value()?));
                 }
-                Ok(Fields(last_of_each(fields)))
+                let given = fields.len();
+                let fields = last_of_each(fields);
+                Ok(Fields {
+                    repeated: fields.len() != given,
+                    fields,
+                })
             }
         }
         d.deserialize_map(V)
@@ -348,6 +366,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn the_clients_text_goes_upstream_as_it_is_only_when_the_gateway_changes_nothing() {
+        let text = br#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[]}"#;
+        let mut b = RequestBody::parse(text).unwrap();
+        assert!(b.unchanged("gpt-4o-mini"));
+        assert!(!b.unchanged("openai/gpt-4o-mini"), "another name upstream");
+        b.set("max_tokens", &32);
+        assert!(!b.unchanged("gpt-4o-mini"), "a field the gateway set");
+        let twice = br#"{"model":"gpt-4o-mini","max_tokens":16,"max_tokens":99999}"#;
+        assert!(!RequestBody::parse(twice).unwrap().unchanged("gpt-4o-mini"));
+        let escaped = br#"{"model":"gpt-4o-mini"}"#;
+        assert!(
+            RequestBody::parse(escaped)
+                .unwrap()
+                .unchanged("gpt-4o-mini")
+        );
     }
 
     #[test]
