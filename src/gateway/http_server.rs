@@ -1,9 +1,7 @@
 //! The HTTP/1 server of one serving thread: hyper's connection driver calling a plain function per
 //! request. No router, extractor, protocol detection or upgrade layer sits between the socket and the
-//! gateway (axum's took several thousand instructions a request, [`BENCHMARKS.md`]); the gateway
-//! matches its few routes itself ([`super::routes`]).
-//!
-//! [`BENCHMARKS.md`]: https://github.com/quartermaster-dev/quartermaster/blob/main/BENCHMARKS.md
+//! gateway (axum's took ~5k instructions a request: BENCHMARKS.md); the gateway matches its few routes
+//! itself ([`super::routes`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,8 +23,14 @@ pub type Response = http::Response<axum::body::Body>;
 /// A request as it arrives, its body not read yet.
 pub type Request = http::Request<Incoming>;
 
+/// How long a client may take to send a request's head; an idle keep-alive connection waiting for its
+/// next request is closed after as long. A client that sends half a head and stops (slowloris) holds
+/// a connection no longer than this, and cannot hold up a drain.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Answers each request on `listener`'s connections with `handler` until `stop`; then stops
-/// accepting, lets each connection finish the request it is serving and waits for them all.
+/// accepting, lets each connection finish the request it is serving (a client still sending a
+/// request's head gets at most [`HEADER_READ_TIMEOUT`]) and waits for them all.
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
@@ -36,6 +40,23 @@ where
     H: Fn(Request) -> F + Clone + Send + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
+    serve_with(listener, handler, stop, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`], with `header_timeout` as the [`HEADER_READ_TIMEOUT`].
+async fn serve_with<H, F>(
+    listener: tokio::net::TcpListener,
+    handler: H,
+    stop: impl Future<Output = ()>,
+    header_timeout: Duration,
+) -> std::io::Result<()>
+where
+    H: Fn(Request) -> F + Clone + Send + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -60,8 +81,7 @@ where
         let _ = tcp.set_nodelay(true);
         let h = handler.clone();
         let service = hyper::service::service_fn(move |req| h(req).map(Ok::<_, Infallible>));
-        let conn =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+        let conn = http.serve_connection(TokioIo::new(tcp), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -170,6 +190,36 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_head_is_cut_off_and_does_not_hold_up_the_stop() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handler = |_req| async { Response::new(axum::body::Body::from("ok")) };
+        let served = tokio::spawn(serve_with(
+            listener,
+            handler,
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_millis(300),
+        ));
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the half-sent head kept its connection open");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("the stop waited on the half-sent head")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -378,7 +378,7 @@ mod tests {
         assert!(!b.unchanged("gpt-4o-mini"), "a field the gateway set");
         let twice = br#"{"model":"gpt-4o-mini","max_tokens":16,"max_tokens":99999}"#;
         assert!(!RequestBody::parse(twice).unwrap().unchanged("gpt-4o-mini"));
-        let escaped = br#"{"model":"gpt-4o-mini"}"#;
+        let escaped = br#"{"model":"gpt-4o-m\u0069ni"}"#;
         assert!(
             RequestBody::parse(escaped)
                 .unwrap()

@@ -124,6 +124,7 @@ where
     F: Future<Output = Response> + Send + 'static,
 {
     // The thread's upstream client (its TLS roots loaded) before the first request, not during it.
+    drop(super::upstream::client());
     tokio::spawn(timer_horizon());
     let listener = tokio::net::TcpListener::from_std(listener)?;
     http_server::serve(listener, handler, stop).await

@@ -19,6 +19,26 @@ use hyper_util::client::proxy::matcher::Matcher;
 use super::endpoint::Endpoint;
 use super::pool::{self, Sender};
 
+/// How long an idle connection may take to be ready for the next request. It was given back when
+/// its last answer's body ended, and is ready as soon as its task has run; one still busy (an upstream
+/// that answered before reading all of a large request, and stopped reading) is dropped, not waited on
+/// for the whole upstream timeout: nothing was sent on it.
+const REUSE_READY: Duration = Duration::from_millis(50);
+
+/// Whether `sender` can take a request: a new connection once open, an idle one within
+/// [`REUSE_READY`].
+async fn ready(sender: &mut Sender, reused: bool) -> bool {
+    use futures::FutureExt;
+    match sender.ready().now_or_never() {
+        Some(r) => r.is_ok(),
+        None if reused => matches!(
+            tokio::time::timeout(REUSE_READY, sender.ready()).await,
+            Ok(Ok(()))
+        ),
+        None => sender.ready().await.is_ok(),
+    }
+}
+
 /// What opens a connection to an upstream.
 type Connector = Timed<hyper_rustls::HttpsConnector<Egress>>;
 
@@ -64,11 +84,12 @@ impl UpstreamClient {
                 Some(s) => s,
                 None => self.connect(to).await?,
             };
-            if let Err(e) = sender.ready().await {
+            if !ready(&mut sender, reused).await {
                 if reused {
                     continue;
                 }
-                return Err(e.into());
+                // A new connection that closed before taking anything: nothing was sent.
+                return Err(Error::Connect("the connection closed at once".into()));
             }
             match sender.try_send_request(req).await {
                 Ok(answer) => {
@@ -436,6 +457,51 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(send(&c, &url).await, "answered");
         assert_eq!(count(&accepted), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_still_busy_sending_is_passed_over_not_waited_on() {
+        crate::install_crypto_provider();
+        // Answers each connection's first request at once, without reading its body, then stops
+        // reading (the connection stays open): a large request's body is never all sent.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut head = [0u8; 512];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno")
+                    .await;
+                held.push(s);
+            }
+        });
+        let c = build_with(None, CONNECT_TIMEOUT);
+        let auth = http::HeaderValue::from_static("Bearer k");
+        let to = Endpoint::parse(&url).unwrap();
+        let big = post(&to, &auth, vec![b'x'; 32 << 20]);
+        let answer = c.request(&to, big).await.unwrap();
+        assert_eq!(answer.status(), 413);
+        assert_eq!(&read(answer.into_body()).await.unwrap()[..], b"no");
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.request(&to, post(&to, &auth, "{}")),
+        )
+        .await
+        .expect("waited on the busy connection")
+        .unwrap();
+        assert_eq!(answer.status(), 413);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(count(&accepted), 2, "the busy connection was not reused");
     }
 
     async fn send(c: &UpstreamClient, url: &str) -> String {

@@ -62,8 +62,11 @@ struct Shape {
 }
 
 /// The usage in a response body or an event's JSON text, as [`of_json`] reads it, without building
-/// the whole document: only the top-level `usage` and `response` values are parsed, the rest is
-/// stepped over (a body of an unusual shape falls back to [`of_json`]).
+/// the whole document: only the top-level `usage` and `response` values and the counts are parsed,
+/// the rest is stepped over (a body of an unusual shape falls back to [`of_json`]). What is stepped
+/// over is not checked to be valid JSON: a malformed answer (`tru` for `true`, mismatched brackets)
+/// still yields the counts it carries, where a parser would yield none and the request would be
+/// charged its reservation.
 pub fn of_bytes(body: &[u8]) -> Option<Usage> {
     if let Some([usage, response]) = top_level(body) {
         let usage = usage.map(read_counts);
