@@ -98,42 +98,23 @@ fn read_counts(usage: &[u8]) -> serde_json::Result<Option<Counts>> {
 /// The counts of a `usage` object whose keys have no escapes, whose counts are integers and appear
 /// once; `None` for anything else (the caller asks serde).
 fn scan_counts(usage: &[u8]) -> Option<Counts> {
-    let mut s = Scan { b: usage, i: 0 };
     let mut c = Counts::default();
-    s.expect(b'{')?;
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            s.expect(b'"')?;
-            let key = s.string()?;
-            s.expect(b':')?;
-            let value = s.value()?;
-            let slot = match key {
-                b"prompt_tokens" => &mut c.prompt_tokens,
-                b"input_tokens" => &mut c.input_tokens,
-                b"completion_tokens" => &mut c.completion_tokens,
-                b"output_tokens" => &mut c.output_tokens,
-                k if k.contains(&b'\\') => return None,
-                _ => match s.next()? {
-                    b',' => continue,
-                    b'}' => break,
-                    _ => return None,
-                },
-            };
-            if slot.is_some() {
-                return None;
-            }
-            *slot = Some(integer(value)?);
-            match s.next()? {
-                b',' => continue,
-                b'}' => break,
-                _ => return None,
-            }
+    Scan { b: usage, i: 0 }.object(|key, value| {
+        let slot = match key {
+            b"prompt_tokens" => &mut c.prompt_tokens,
+            b"input_tokens" => &mut c.input_tokens,
+            b"completion_tokens" => &mut c.completion_tokens,
+            b"output_tokens" => &mut c.output_tokens,
+            k if k.contains(&b'\\') => return None,
+            _ => return Some(()),
+        };
+        if slot.is_some() {
+            return None;
         }
-    }
-    s.ws();
-    (s.i == usage.len()).then_some(c)
+        *slot = Some(integer(value)?);
+        Some(())
+    })?;
+    Some(c)
 }
 
 /// A JSON count: digits with no leading zero, fitting an `i64` (a sign, a fraction or an exponent
@@ -161,34 +142,17 @@ fn counts(c: Counts) -> Option<Usage> {
 /// through (a key with escapes, brackets that do not balance, text after the end): the caller then
 /// parses the whole document.
 fn top_level(body: &[u8]) -> Option<[Option<&[u8]>; 2]> {
-    let mut s = Scan { b: body, i: 0 };
     let mut found = [None, None];
-    s.expect(b'{')?;
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            s.expect(b'"')?;
-            let key = s.string()?;
-            if key.contains(&b'\\') {
-                return None;
-            }
-            s.expect(b':')?;
-            let value = s.value()?;
-            match key {
-                b"usage" => found[0] = Some(value),
-                b"response" => found[1] = Some(value),
-                _ => {}
-            }
-            match s.next()? {
-                b',' => continue,
-                b'}' => break,
-                _ => return None,
-            }
+    Scan { b: body, i: 0 }.object(|key, value| {
+        match key {
+            b"usage" => found[0] = Some(value),
+            b"response" => found[1] = Some(value),
+            k if k.contains(&b'\\') => return None,
+            _ => {}
         }
-    }
-    s.ws();
-    (s.i == body.len()).then_some(found)
+        Some(())
+    })?;
+    Some(found)
 }
 
 struct Scan<'a> {
@@ -197,6 +161,29 @@ struct Scan<'a> {
 }
 
 impl<'a> Scan<'a> {
+    /// Walks the object that is the whole text, calling `each` with every field's raw key (no quotes)
+    /// and raw value; `None` when the text is not one object, or `each` says `None`.
+    fn object(mut self, mut each: impl FnMut(&'a [u8], &'a [u8]) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.expect(b'"')?;
+                let key = self.string()?;
+                self.expect(b':')?;
+                each(key, self.value()?)?;
+                match self.next()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        self.ws();
+        (self.i == self.b.len()).then_some(())
+    }
+
     fn ws(&mut self) {
         while matches!(self.b.get(self.i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
             self.i += 1;
