@@ -23,7 +23,7 @@ use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
 
 /// The key in the `Authorization: Bearer` header, if there is one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -33,7 +33,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The key's entry, from the `Authorization: Bearer` header.
-fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
+pub fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<KeyEntry, ApiError> {
     let key = bearer(headers).ok_or_else(ApiError::unauthorized)?;
     gw.directory
         .key(&keys::hash(key))

@@ -87,10 +87,9 @@ pub async fn answer(gw: Arc<Gateway>, req: Request) -> Response {
 
 /// The models the key's budget may use, in OpenAI's list shape.
 fn models(gw: &Gateway, headers: &HeaderMap) -> Response {
-    let Some(entry) =
-        proxy::bearer(headers).and_then(|k| gw.directory.key(&crate::budget::keys::hash(k)))
-    else {
-        return ApiError::unauthorized().into_response();
+    let entry = match proxy::authenticate(gw, headers) {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
     };
     let b = &entry.budget;
     let mut data = Vec::new();

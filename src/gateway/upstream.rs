@@ -377,6 +377,34 @@ mod tests {
         (format!("http://{addr}/v1"), accepted)
     }
 
+    /// A target at `/v1/x` that answers each connection's first request with `answer` as soon as
+    /// the request's first bytes arrive, without reading the rest; then holds the connection open
+    /// (`hold`) or closes it 50 ms later without saying so. Counts the connections it accepts.
+    async fn canned_target(
+        answer: &'static [u8],
+        hold: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = vec![0u8; 4096];
+                    let _ = s.read(&mut head).await;
+                    let _ = s.write_all(answer).await;
+                    if hold {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
     fn count(n: &std::sync::atomic::AtomicUsize) -> usize {
         n.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -435,23 +463,11 @@ mod tests {
     async fn a_request_on_an_idle_connection_the_upstream_closed_goes_out_on_a_new_one() {
         crate::install_crypto_provider();
         // Answers one request per connection and closes it without saying so.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered")
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                });
-            }
-        });
+        let (url, accepted) = canned_target(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nanswered",
+            false,
+        )
+        .await;
         let c = build_with(None, CONNECT_TIMEOUT);
         assert_eq!(send(&c, &url).await, "answered");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -464,22 +480,11 @@ mod tests {
         crate::install_crypto_provider();
         // Answers each connection's first request at once, without reading its body, then stops
         // reading (the connection stays open): a large request's body is never all sent.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/x", listener.local_addr().unwrap());
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = accepted.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut s, _)) = listener.accept().await {
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut head = [0u8; 512];
-                let _ = s.read(&mut head).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno")
-                    .await;
-                held.push(s);
-            }
-        });
+        let (url, accepted) = canned_target(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno",
+            true,
+        )
+        .await;
         let c = build_with(None, CONNECT_TIMEOUT);
         let auth = http::HeaderValue::from_static("Bearer k");
         let to = Endpoint::parse(&url).unwrap();
