@@ -60,6 +60,7 @@ fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
                     input_per_million: "2.5".into(),
                     output_per_million: "10".into(),
                     currency: "USD".into(),
+                    max_output_tokens: None,
                 })
                 .collect(),
         },
@@ -229,6 +230,7 @@ fn reservation_of(body: &Value) -> i64 {
     quartermaster::gateway::request_body::RequestBody::parse(text.as_bytes())
         .unwrap()
         .prompt_bound()
+        .unwrap()
         + 50
 }
 
@@ -499,11 +501,15 @@ async fn overspend(stream: bool, postgres: bool) {
         "{ok} requests served on a budget that fits {fits}"
     );
     assert!(ok >= 1, "at least one request fits");
-    assert!(
-        refused[0].contains("TokenBudget demo/bot is exhausted until"),
-        "{}",
-        refused[0]
-    );
+    // Refused as exhausted, or (while tokens remain, fewer than a request reserves) as asking more
+    // than is left.
+    for text in &refused {
+        assert!(
+            text.contains("TokenBudget demo/bot is exhausted until")
+                || text.contains("\"budget_insufficient\""),
+            "{text}"
+        );
+    }
     let served = r.sim_state().await;
     let reported =
         served["inputTokens"].as_i64().unwrap() + served["outputTokens"].as_i64().unwrap();
@@ -851,7 +857,24 @@ async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
         .reserve_at(&view, &key, 60, 10, &model, before + 1.0)
         .await
         .unwrap_err();
+    // 40 of the day's 100 are left: not exhausted, but fewer than the request reserves.
+    assert_eq!(
+        refused,
+        Refusal::Insufficient {
+            needed: 60,
+            left: 40
+        }
+    );
+    let rest = e
+        .reserve_at(&view, &key, 40, 10, &model, before + 1.0)
+        .await
+        .unwrap();
+    let refused = e
+        .reserve_at(&view, &key, 60, 10, &model, before + 1.0)
+        .await
+        .unwrap_err();
     assert!(matches!(refused, Refusal::Exhausted { reset, .. } if reset == day + 18 * 3600 + 1800));
+    e.cancel(rest);
     // The new day: a fresh allocation, while the first request is still in flight.
     let second = e
         .reserve_at(&view, &key, 60, 10, &model, after)
@@ -954,4 +977,158 @@ async fn a_request_dropped_while_its_slice_is_leased_strands_nothing() {
     )
     .await;
     assert_eq!(returned.into_inner(), granted);
+}
+
+/// What the simulator at `url` served: (requests, input + output tokens).
+async fn served_by(url: &str) -> (i64, i64) {
+    let s: Value = client()
+        .get(format!("{url}/_sim/openai/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        s["requests"].as_i64().unwrap(),
+        s["inputTokens"].as_i64().unwrap() + s["outputTokens"].as_i64().unwrap(),
+    )
+}
+
+/// Every field that multiplies or bounds output is reserved as the upstream reads it: `n` (an upstream
+/// that honours it), and limits the gateway cannot hold a loose upstream to are refused, not replaced.
+#[tokio::test]
+async fn the_reservation_bounds_what_an_upstream_honouring_n_and_loose_numbers_can_bill() {
+    let r = rig(1_000, json!({"defaultMaxTokens": 4096}), 1, false)
+        .await
+        .unwrap();
+    let up = r
+        .own_upstream(|c| c.openai_completion_tokens = 10_000)
+        .await;
+    let msg = json!([{"role": "user", "content": "hello"}]);
+    // 100 tokens × 20 choices cannot fit a budget of 1,000: refused before anything is proxied, with
+    // what is left and no Retry-After (a smaller request may pass now).
+    let resp = r
+        .post(
+            0,
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "max_tokens": 100, "n": 20, "messages": msg}),
+        )
+        .await;
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_none());
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "budget_insufficient", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1000 left"),
+        "{e}"
+    );
+    assert_eq!(served_by(&up.url).await.0, 0);
+    // Values no upstream can be held to are refused naming the field: nothing proxied or charged.
+    for (path, body, field) in [
+        (
+            "/v1/chat/completions",
+            json!({"max_tokens": -5}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"max_tokens": 5.0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"max_tokens": "5"}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"max_tokens": 18446744073709551615u64}),
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"max_completion_tokens": "5000"}),
+            "max_completion_tokens",
+        ),
+        ("/v1/chat/completions", json!({"n": 129}), "n"),
+        ("/v1/completions", json!({"best_of": 2, "n": 3}), "best_of"),
+        (
+            "/v1/responses",
+            json!({"max_output_tokens": "5"}),
+            "max_output_tokens",
+        ),
+    ] {
+        let mut body = body;
+        body["model"] = json!("gpt-4o-mini");
+        body["messages"] = msg.clone();
+        body["prompt"] = json!("hello");
+        let resp = r.post(0, path, body.clone()).await;
+        assert_eq!(resp.status(), 400, "{body}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(e["error"]["param"], field, "{body}");
+    }
+    // Text no parser takes is the client's error, not an exhausted budget.
+    for raw in [
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a \ud800 b"}]}"#
+            .to_string(),
+        format!(
+            r#"{{"model":"gpt-4o-mini","messages":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        ),
+    ] {
+        let resp = client()
+            .post(format!("{}/v1/chat/completions", r.gws[0].1))
+            .bearer_auth(&r.key)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+    assert_eq!(served_by(&up.url).await.0, 0);
+    assert_eq!(r.ledger_tokens().await, 0);
+    // 100 × 5 fits: served, and the upstream billed every choice within the reservation.
+    let resp = r
+        .post(
+            0,
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "max_tokens": 100, "n": 5, "messages": msg}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let (_, billed) = served_by(&up.url).await;
+    assert!(billed > 500, "{billed}");
+    // No limit given: the default goes up explicitly, so a loose upstream cannot pass it either; a
+    // request larger than what is left is refused, a smaller one then served.
+    let resp = r
+        .post(
+            0,
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o-mini", "messages": msg}),
+        )
+        .await;
+    assert_eq!(resp.status(), 429);
+    let resp = r
+        .post(
+            0,
+            "/v1/completions",
+            json!({"model": "gpt-4o-mini", "prompt": "hi", "max_tokens": 40, "n": 2, "best_of": 4}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let (requests, billed) = served_by(&up.url).await;
+    assert_eq!(requests, 2);
+    assert_eq!(
+        r.ledger_tokens().await,
+        billed,
+        "the ledger equals what the upstream billed"
+    );
+    assert!(billed <= 1_000, "{billed} of 1,000");
 }

@@ -124,6 +124,12 @@ pub struct ModelPrice {
     #[serde(default = "default_currency")]
     #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
     pub currency: String,
+    /// The largest output limit (`max_tokens`, `max_completion_tokens`, `max_output_tokens`) the model
+    /// takes: the gateway refuses a request asking for more (400, naming the field) and caps a
+    /// TokenBudget's `defaultMaxTokens` to it. Unset: 2147483647.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub max_output_tokens: Option<i64>,
 }
 
 fn default_currency() -> String {

@@ -184,7 +184,13 @@ pub struct Model {
     pub output: Price,
     /// The model's name and the upstream's, for the usage rows.
     pub origin: crate::ledger::metering::requests::Origin,
+    /// The largest output limit a request may ask of it (the ProviderConfig's `maxOutputTokens`).
+    pub max_output_tokens: i64,
 }
+
+/// A model's output limit when its ProviderConfig sets none: the largest a 32-bit integer holds, as
+/// OpenAI-compatible servers read the field.
+pub const MAX_OUTPUT_TOKENS: i64 = i32::MAX as i64;
 
 /// An OpenAI-compatible upstream.
 pub struct Upstream {
@@ -253,6 +259,10 @@ impl Upstream {
                             model: m.name.as_str().into(),
                             upstream: pc.name_any().into(),
                         },
+                        max_output_tokens: m
+                            .max_output_tokens
+                            .unwrap_or(MAX_OUTPUT_TOKENS)
+                            .clamp(1, MAX_OUTPUT_TOKENS),
                     }),
                 ))
             })

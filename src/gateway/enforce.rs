@@ -26,6 +26,10 @@ use crate::budget::slice::Slice;
 use crate::ledger::metering::requests::Aggregator;
 use crate::ledger::{Ledger, Meter};
 
+/// The smallest reservation a request makes (a prompt bound's 8 plus one output token): a budget with
+/// less left is exhausted.
+const SMALLEST_REQUEST: i64 = 9;
+
 /// Why a request is not admitted.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Refusal {
@@ -35,6 +39,13 @@ pub enum Refusal {
         reset: i64,
         /// Seconds until a throttled budget may serve again (`None`: Block).
         retry_after: Option<f64>,
+    },
+    /// The request needs more than the period has left (`left` > 0 tokens: a smaller one may pass).
+    Insufficient {
+        /// Tokens the request reserves.
+        needed: i64,
+        /// Tokens left of the allocation: not granted to any replica, plus this replica's free share.
+        left: i64,
     },
     /// A per-key rate limit (`what`: requests or tokens per minute).
     RateLimited {
@@ -372,10 +383,7 @@ impl Enforcer {
                 .map_err(Refusal::Ledger)?;
             if got == 0 {
                 let Some(rpm) = budget.throttle_rpm else {
-                    return Err(Refusal::Exhausted {
-                        reset: window.end,
-                        retry_after: None,
-                    });
+                    return Err(self.short(state, uid, window, allocation, amount).await);
                 };
                 let wait = {
                     let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -405,6 +413,43 @@ impl Enforcer {
         Err(Refusal::Ledger(
             "could not take a slice of the budget after 8 attempts".into(),
         ))
+    }
+
+    /// Why a request of `amount` tokens the ledger could not grant is refused: the budget is exhausted,
+    /// or it has tokens left but fewer than the request needs.
+    async fn short(
+        &self,
+        state: &State,
+        uid: &str,
+        window: Window,
+        allocation: i64,
+        amount: i64,
+    ) -> Refusal {
+        let (ledger, id, start) = (self.ledger.clone(), uid.to_string(), window.start);
+        let ungranted = self
+            .on_io(async move { ledger.budget_period(&id, start).await })
+            .await
+            .ok()
+            .flatten()
+            .map_or(allocation, |p| allocation - p.granted)
+            .max(0);
+        let free = {
+            let i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            i.current
+                .as_ref()
+                .filter(|s| s.window == window)
+                .map_or(0, |s| s.free().max(0))
+        };
+        match ungranted + free {
+            left if left >= SMALLEST_REQUEST => Refusal::Insufficient {
+                needed: amount,
+                left,
+            },
+            _ => Refusal::Exhausted {
+                reset: window.end,
+                retry_after: None,
+            },
+        }
     }
 
     /// Settles a request with what it used; its usage goes to the meter.

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What the client should know (never a key or a credential).
     pub message: String,
+    /// The request field at fault, if one is.
+    pub param: Option<&'static str>,
     /// Seconds after which a retry may succeed.
     pub retry_after: Option<u64>,
 }
@@ -33,8 +35,15 @@ impl ApiError {
             kind,
             code,
             message,
+            param: None,
             retry_after: None,
         }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn param(mut self, field: &'static str) -> Self {
+        self.param = Some(field);
+        self
     }
 
     /// 401: no key, or an unknown one.
@@ -68,7 +77,7 @@ impl ApiError {
         let body = serde_json::json!({"error": {
             "message": self.message,
             "type": self.kind,
-            "param": null,
+            "param": self.param,
             "code": self.code,
         }});
         let mut r = Response::builder()

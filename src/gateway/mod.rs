@@ -17,6 +17,7 @@ pub mod errors;
 pub mod http_server;
 pub mod limits;
 pub mod metrics;
+pub mod output;
 pub mod pool;
 pub mod proxy;
 pub mod request_body;

@@ -15,6 +15,7 @@ use super::Gateway;
 use super::directory::{BudgetView, KeyEntry, Model, Upstream};
 use super::enforce::{Enforcer, Refusal, Reservation};
 use super::errors::ApiError;
+use super::output;
 use super::request_body::RequestBody;
 pub use super::route::Route;
 use super::sse::UsageStripper;
@@ -110,6 +111,16 @@ fn refusal(budget: &BudgetView, r: Refusal) -> ApiError {
             let now = jiff::Timestamp::now().as_second();
             e.retry_after(retry_after.map_or((reset - now).max(1) as u64, |w| w.ceil() as u64))
         }
+        Refusal::Insufficient { needed, left } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "budget_insufficient",
+            format!(
+                "the request may use {needed} tokens and TokenBudget {} has about {left} left: \
+                 ask for fewer (a lower max_tokens, n or prompt)",
+                budget.id()
+            ),
+        ),
         Refusal::RateLimited { what, retry_after } => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "requests",
@@ -197,15 +208,10 @@ async fn serve(
     }
     let upstreams = candidates(gw, &budget, &asked).map_err(fail)?;
     let stream = req.bool("stream") == Some(true);
-    let (own, field) = route.output_limit(&req);
-    let output = match (own, field) {
-        (Some(n), _) if n >= 0 => n,
-        (_, Some(f)) => {
-            req.set(f, &budget.default_max_tokens);
-            budget.default_max_tokens
-        }
-        _ => 0,
-    };
+    let ceiling = upstreams[0].1.max_output_tokens;
+    let output = output::read(route, &mut req, budget.default_max_tokens, ceiling)
+        .map_err(fail)?
+        .bound();
     // Asked for by the gateway to meter the stream: the usage-only chunk goes to the client only if it
     // asked for it too.
     let mut strip_usage = false;
@@ -215,7 +221,11 @@ async fn serve(
         opts.insert("include_usage".into(), true.into());
         req.set("stream_options", &opts);
     }
-    let input_estimate = req.prompt_bound();
+    let input_estimate = req.prompt_bound().map_err(|e| {
+        fail(ApiError::bad_request(format!(
+            "the body is not JSON an upstream can read: {e}"
+        )))
+    })?;
     let amount = input_estimate.saturating_add(output);
     let reservation = gw
         .enforcer

@@ -43,6 +43,11 @@ impl<'a> RequestBody<'a> {
         self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
     }
 
+    /// `name`'s value as the client wrote it (JSON text), if it gave one.
+    pub fn given(&self, name: &str) -> Option<&'a str> {
+        self.raw(name).map(RawValue::get)
+    }
+
     /// `name`'s value if it is a string.
     pub fn str(&self, name: &str) -> Option<Cow<'a, str>> {
         let raw = self.raw(name)?;
@@ -113,13 +118,20 @@ impl<'a> RequestBody<'a> {
     /// every string the upstream tokenizes (values, and the keys of nested objects such as tool
     /// schemas), plus 4 per message or part for the chat template, plus [`IMAGE_TOKENS`] per image.
     /// Top-level settings (`model`, `temperature`, …) are not prompt.
-    pub fn prompt_bound(&self) -> i64 {
-        self.fields
+    ///
+    /// Text no JSON parser would take as a whole (a lone UTF-16 surrogate in an escape, nesting deeper
+    /// than 128 levels) is an error: the client must fix it, and no upstream could read it either.
+    pub fn prompt_bound(&self) -> Result<i64, serde_json::Error> {
+        let mut bound = 8i64;
+        for (_, v) in self
+            .fields
             .iter()
             .filter(|(k, _)| !matches!(&**k, "model" | "stream_options" | "metadata" | "user"))
             .filter(|(_, v)| matches!(v.get().as_bytes().first(), Some(b'"' | b'[' | b'{')))
-            .map(|(_, v)| serde_json::from_str::<Measure>(v.get()).map_or(i64::MAX, |m| m.bound))
-            .fold(8i64, i64::saturating_add)
+        {
+            bound = bound.saturating_add(serde_json::from_str::<Measure>(v.get())?.bound);
+        }
+        Ok(bound)
     }
 }
 
@@ -297,7 +309,10 @@ mod tests {
 
     fn bound(v: Value) -> i64 {
         let text = v.to_string();
-        RequestBody::parse(text.as_bytes()).unwrap().prompt_bound()
+        RequestBody::parse(text.as_bytes())
+            .unwrap()
+            .prompt_bound()
+            .unwrap()
     }
 
     #[test]
@@ -334,6 +349,28 @@ mod tests {
                 "metadata": {"a": "bbbbbbbbbbbb"}, "stream_options": {"include_usage": true}})),
             bound(json!({"model": "m", "input": "hi"})),
         );
+    }
+
+    #[test]
+    fn text_no_parser_takes_whole_is_an_error_not_an_unbounded_prompt() {
+        let surrogate = br#"{"model":"m","input":"a \ud800 b"}"#;
+        let body = RequestBody::parse(surrogate).unwrap();
+        assert!(body.prompt_bound().is_err());
+        let deep = format!(
+            r#"{{"model":"m","input":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        if let Ok(body) = RequestBody::parse(deep.as_bytes()) {
+            assert!(body.prompt_bound().is_err());
+        }
+        let fine = format!(
+            r#"{{"model":"m","input":{}"x"{}}}"#,
+            "[".repeat(50),
+            "]".repeat(50)
+        );
+        let b = RequestBody::parse(fine.as_bytes()).unwrap();
+        assert!(b.prompt_bound().unwrap() > 8);
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! The routes the gateway meters (and so proxies), with what each needs of a request.
 
-use super::request_body::RequestBody;
-
 /// A metered route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -36,20 +34,6 @@ impl Route {
             Self::Responses => "/responses",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
-        }
-    }
-
-    /// The request's own output limit, and the field the gateway sets when there is none.
-    pub(super) fn output_limit(self, req: &RequestBody) -> (Option<i64>, Option<&'static str>) {
-        let get = |f: &str| req.i64(f);
-        match self {
-            Self::Chat => (
-                get("max_completion_tokens").or_else(|| get("max_tokens")),
-                Some("max_tokens"),
-            ),
-            Self::Completions => (get("max_tokens"), Some("max_tokens")),
-            Self::Responses => (get("max_output_tokens"), Some("max_output_tokens")),
-            Self::Embeddings => (Some(0), None),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! server-sent events (`stream: true`), and the model list.
 //!
 //! An answer holds `--openai-completion-tokens` output tokens (fewer when the request's limit is lower),
-//! one word each; prompt tokens are the words of the request's text. Streams send one chunk per token,
+//! one word each, for each of its `n` choices (`best_of` candidates on completions, when more); prompt
+//! tokens are the words of the request's text. Numbers are read loosely, as vLLM and other
+//! OpenAI-compatible servers read them: `"5000"` and `5.0` are limits too, and `max_completion_tokens`
+//! wins over `max_tokens`. Streams send one chunk per token,
 //! `--openai-chunk-delay-ms` apart, and the usage chunk when asked (`stream_options.include_usage`; a
 //! responses stream always ends with `response.completed` and its usage). `--openai-latency-ms` delays
 //! every answer.
@@ -11,7 +14,9 @@
 //! Faults for tests, `POST /_sim/openai/faults` with JSON: `{"status": 500, "count": 2}` answers the next
 //! two requests with that status (429 with `Retry-After`); `{"noUsage": true}` sends streams without
 //! usage; `{"cutAfter": 3}` breaks streams off after three chunks (the connection drops, no `[DONE]`);
-//! `{}` clears them. `GET /_sim/openai/state` counts requests and tokens served.
+//! `{"overrun": 40}` answers 40 output tokens beyond the request's limit (an upstream that does not keep
+//! to it); `{"echoAuth": 401}` answers that status with a body quoting the request's `Authorization`
+//! header, as a careless upstream or proxy does; `{}` clears them. `GET /_sim/openai/state` counts requests and tokens served.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -41,6 +46,10 @@ struct Faults {
     no_usage: bool,
     #[serde(default)]
     cut_after: Option<usize>,
+    #[serde(default)]
+    overrun: i64,
+    #[serde(default)]
+    echo_auth: Option<u16>,
 }
 
 #[derive(Default)]
@@ -116,6 +125,21 @@ async fn state(State(a): State<App>) -> Response {
     .into_response()
 }
 
+/// A number as loose OpenAI-compatible servers read one: an integer, a float (truncated) or a string
+/// holding either.
+fn loose(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().map(|f| f as i64))
+        }
+        _ => None,
+    }
+}
+
 /// Words of every string in the request's text fields: its prompt tokens.
 fn words(v: &Value) -> i64 {
     match v {
@@ -159,6 +183,18 @@ async fn answer(a: App, kind: Kind, headers: HeaderMap, body: Bytes) -> Response
         }
         now
     };
+    if let Some(s) = faults.echo_auth {
+        let status = StatusCode::from_u16(s).unwrap_or(StatusCode::UNAUTHORIZED);
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return error(
+            status,
+            "invalid_request_error",
+            &format!("Incorrect API key provided: {auth}"),
+        );
+    }
     if let Some(s) = faults.status {
         let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = error(status, "server_error", "simulated upstream fault");
@@ -193,12 +229,21 @@ async fn answer(a: App, kind: Kind, headers: HeaderMap, body: Bytes) -> Response
     let input = words(&req).max(1);
     let limit = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
         .iter()
-        .find_map(|f| req.get(*f).and_then(Value::as_i64));
+        .find_map(|f| req.get(*f).and_then(loose));
+    let n = req.get("n").and_then(loose).unwrap_or(1).max(1);
+    let answers = match kind {
+        Kind::Completions => n.max(req.get("best_of").and_then(loose).unwrap_or(1)),
+        Kind::Chat => n,
+        _ => 1,
+    };
     let output = match kind {
         Kind::Embeddings => 0,
-        _ => limit.map_or(a.cfg.openai_completion_tokens, |l| {
-            l.min(a.cfg.openai_completion_tokens)
-        }),
+        _ => {
+            let one = limit.map_or(a.cfg.openai_completion_tokens, |l| {
+                l.min(a.cfg.openai_completion_tokens)
+            });
+            one.max(0).saturating_mul(answers) + faults.overrun
+        }
     };
     a.up.requests.fetch_add(1, Ordering::Relaxed);
     a.up.input.fetch_add(input, Ordering::Relaxed);
