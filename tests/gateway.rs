@@ -102,6 +102,31 @@ fn budget(tokens: u64, extra: Value) -> (TokenBudget, String) {
     (b, key)
 }
 
+/// A gateway process of its own on `ledger`, serving budget `b` through the simulator at `sim`.
+async fn gateway(ledger: &Ledger, b: &TokenBudget, sim: &str, i: usize) -> (Arc<Gateway>, String) {
+    let cfg = GatewayConfig {
+        flush_interval: Duration::from_millis(100),
+        upstream_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let gw = Gateway::new(cfg, ledger.clone(), &format!("gw-{i}"));
+    gw.directory.put_budget(b);
+    for name in ["primary", "backup"] {
+        let pc = provider(
+            name,
+            &format!("{sim}/v1"),
+            &["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
+        );
+        gw.directory
+            .put_upstream(Upstream::of(&pc, "sk-upstream".into()).unwrap());
+    }
+    gw.set_ready(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
+    (gw, url)
+}
+
 async fn rig(tokens: u64, extra: Value, gateways: usize, postgres: bool) -> Option<Rig> {
     let dir = tempfile::tempdir().unwrap();
     let ledger = if postgres {
@@ -113,30 +138,7 @@ async fn rig(tokens: u64, extra: Value, gateways: usize, postgres: bool) -> Opti
     let (b, key) = budget(tokens, extra);
     let mut gws = Vec::new();
     for i in 0..gateways {
-        let cfg = GatewayConfig {
-            flush_interval: Duration::from_millis(100),
-            upstream_timeout: Duration::from_secs(5),
-            ..Default::default()
-        };
-        let gw = Gateway::new(cfg, ledger.clone(), &format!("gw-{i}"));
-        gw.directory.put_budget(&b);
-        for (name, url) in [
-            ("primary", format!("{}/v1", sim.url)),
-            ("backup", format!("{}/v1", sim.url)),
-        ] {
-            let pc = provider(
-                name,
-                &url,
-                &["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"],
-            );
-            gw.directory
-                .put_upstream(Upstream::of(&pc, "sk-upstream".into()).unwrap());
-        }
-        gw.set_ready(true);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
-        gws.push((gw, url));
+        gws.push(gateway(&ledger, &b, &sim.url, i).await);
     }
     Some(Rig {
         sim,
@@ -1131,4 +1133,53 @@ async fn the_reservation_bounds_what_an_upstream_honouring_n_and_loose_numbers_c
         "the ledger equals what the upstream billed"
     );
     assert!(billed <= 1_000, "{billed} of 1,000");
+}
+
+/// An upstream that bills more than the limit it was sent: the excess is on the ledger record every
+/// replica's admission reads before anyone can ask again, so two gateways and a third started midway
+/// stop at the allocation plus one request's overrun, and a fresh one admits nothing once it is over.
+#[tokio::test]
+async fn an_overrun_is_on_the_ledger_before_any_replica_admits_again_postgres() {
+    let Some(mut r) = rig(1_000, json!({}), 2, true).await else {
+        return;
+    };
+    r.faults(json!({"overrun": 300})).await;
+    let body = chat(false);
+    let reserved = reservation_of(&body);
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        if i == 3 {
+            let third = gateway(&r.ledger, &r.budget, &r.sim.url, 2).await;
+            r.gws.push(third);
+        }
+        let resp = r
+            .post(i % r.gws.len(), "/v1/chat/completions", body.clone())
+            .await;
+        statuses.push(resp.status().as_u16());
+    }
+    let (requests, billed) = served_by(&r.sim.url).await;
+    assert!(requests >= 2, "{statuses:?}");
+    let per_request = billed / requests;
+    let overrun = per_request - reserved;
+    assert!(overrun > 200, "{per_request} used of {reserved} reserved");
+    assert!(
+        billed <= 1_000 + overrun,
+        "{billed} billed on a budget of 1,000 (one overrun: {overrun}); {statuses:?}"
+    );
+    assert_eq!(
+        r.ledger_tokens().await,
+        billed,
+        "every token billed is charged"
+    );
+    // A replica started now, with nothing in memory, admits nothing either.
+    let fresh = gateway(&r.ledger, &r.budget, &r.sim.url, 3).await;
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", fresh.1))
+        .bearer_auth(&r.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(served_by(&r.sim.url).await.0, requests);
 }

@@ -6,8 +6,14 @@
 //!
 //! # Guarantees
 //! - Over all replicas, tokens served in a period never pass its allocation, as long as upstreams keep
-//!   to the `max_tokens` the gateway sends (a request using more than it reserved is charged what it
-//!   used, and the next slice pays that debt first).
+//!   to the output limits the gateway sends ([`super::output`]). A request whose upstream used more
+//!   than it reserved is charged what it used; the excess comes out of what this replica holds, and
+//!   what that does not cover (an overrun) is written to the ledger's record of the period — the one
+//!   every replica's admission reads — before this replica admits another request of the budget, and
+//!   at the next housekeeping round. A budget whose record is over its allocation admits nothing
+//!   until its reset, on any replica, one started later included. The period's total can pass the
+//!   allocation only by what requests admitted before a replica saw the overrun used beyond their
+//!   reservations (README: "Budgets").
 //! - Enforcement never waits for a background job: a request that does not fit takes a slice itself.
 //! - A request in flight across a period boundary settles in the period it was admitted in.
 //! - Idle slices go back to the ledger after `idle` seconds, and all of them at shutdown; a replica that
@@ -99,6 +105,9 @@ struct Inner {
     throttle: Option<Bucket>,
     /// Tokens to give back to the ledger: (period start, tokens).
     to_release: Vec<(i64, i64)>,
+    /// Tokens requests used beyond what this replica held, not yet written to the ledger: (period
+    /// start, tokens). Already added to the slices' `granted`.
+    overruns: Vec<(i64, i64)>,
 }
 
 impl Inner {
@@ -199,6 +208,39 @@ struct State {
 }
 
 impl State {
+    fn pending_overruns(&self) -> bool {
+        !self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .overruns
+            .is_empty()
+    }
+
+    /// Writes the overruns it holds to `ledger` as budget `uid`'s; those a failed write left stay, to
+    /// be written before the next admission.
+    async fn write_overruns(
+        &self,
+        ledger: &Ledger,
+        uid: &str,
+    ) -> Result<(), crate::ledger::LedgerError> {
+        let batch = std::mem::take(
+            &mut self
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .overruns,
+        );
+        for (k, &(start, n)) in batch.iter().enumerate() {
+            if let Err(e) = ledger.record_overrun(uid, start, n).await {
+                let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                i.overruns.splice(0..0, batch[k..].iter().copied());
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Holds `got` tokens the ledger granted for `window`: on the current slice, or to be given back
     /// when the window has turned meanwhile.
     fn hold(&self, window: Window, got: i64) {
@@ -351,6 +393,10 @@ impl Enforcer {
         let secs = now as i64;
         let fits = |state: &State| {
             let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if !i.overruns.is_empty() {
+                // An overrun goes to the ledger before this replica admits again.
+                return Err(0);
+            }
             i.roll(window);
             match i.current.as_mut() {
                 Some(s) => s.reserve(amount, secs),
@@ -361,6 +407,9 @@ impl Enforcer {
             let Err(_) = fits(state) else { return Ok(()) };
             // One slice request per budget at a time: a burst waits for it instead of each asking.
             let _one = state.leasing.lock().await;
+            self.write_overruns(state, &budget.subject.uid)
+                .await
+                .map_err(|e| Refusal::Ledger(e.to_string()))?;
             let deficit = match fits(state) {
                 Ok(()) => return Ok(()),
                 Err(d) => d,
@@ -415,6 +464,17 @@ impl Enforcer {
         ))
     }
 
+    /// Writes the overruns `state` holds to the ledger, on the enforcer's own runtime (a request that
+    /// goes away meanwhile loses none of them).
+    async fn write_overruns(&self, state: &Arc<State>, uid: &str) -> Result<(), String> {
+        if state.pending_overruns() {
+            let (ledger, id, held) = (self.ledger.clone(), uid.to_string(), state.clone());
+            self.on_io(async move { held.write_overruns(&ledger, &id).await })
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Why a request of `amount` tokens the ledger could not grant is refused: the budget is exhausted,
     /// or it has tokens left but fewer than the request needs.
     async fn short(
@@ -452,13 +512,21 @@ impl Enforcer {
         }
     }
 
-    /// Settles a request with what it used; its usage goes to the meter.
-    pub fn settle(&self, r: Reservation, used: Usage) {
+    /// Settles a request with what it used; its usage goes to the meter. Returns whether it overran
+    /// what this replica held: the overrun's ledger write has started (see [`Enforcer::overruns_written`]).
+    pub fn settle(&self, r: Reservation, used: Usage) -> bool {
         let state = self.state(&r.budget.subject.uid);
+        let mut overran = false;
         {
             let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(s) = i.slice(r.window.start) {
                 s.settle(r.amount, used.total());
+                let overrun = -s.free();
+                if overrun > 0 {
+                    s.grant(overrun);
+                    i.overruns.push((r.window.start, overrun));
+                    overran = true;
+                }
             }
             let done: Vec<Slice> = {
                 let (keep, done) = std::mem::take(&mut i.previous)
@@ -491,6 +559,24 @@ impl Enforcer {
             when,
             origin,
         );
+        drop(m);
+        if overran && let Some(io) = &self.io {
+            let (ledger, uid) = (self.ledger.clone(), r.budget.subject.uid.clone());
+            io.spawn(async move {
+                let _one = state.leasing.lock().await;
+                // A failed write stays pending: the next admission writes it, or refuses.
+                let _ = state.write_overruns(&ledger, &uid).await;
+            });
+        }
+        overran
+    }
+
+    /// Waits until budget `uid`'s overruns are written to the ledger (or a write failed: they stay
+    /// pending, and this replica admits nothing of the budget before writing them).
+    pub async fn overruns_written(&self, uid: &str) {
+        let state = self.state(uid);
+        let _one = state.leasing.lock().await;
+        let _ = self.write_overruns(&state, uid).await;
     }
 
     /// Releases a reservation whose request the upstream never served (nothing is charged).
@@ -541,6 +627,10 @@ impl Enforcer {
             .collect();
         let mut total = 0;
         for (uid, st) in states {
+            if st.pending_overruns() {
+                let _one = st.leasing.lock().await;
+                st.write_overruns(&self.ledger, &uid).await?;
+            }
             let releases = {
                 let mut i = st.inner.lock().unwrap_or_else(|p| p.into_inner());
                 let idle = self.idle;

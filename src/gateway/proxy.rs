@@ -313,7 +313,10 @@ async fn serve(
     };
     let read = Instant::now();
     let used = usage::of_bytes(&bytes);
-    charge.finish(used);
+    if charge.finish(used) {
+        // The upstream billed more than the replica held: on the ledger before the client can ask again.
+        gw.enforcer.overruns_written(&budget.subject.uid).await;
+    }
     let r = passthrough(status, &head.headers, Body::from(bytes));
     let _ = waited;
     gw.metrics
@@ -416,10 +419,12 @@ impl Charge {
         }
     }
 
-    fn finish(mut self, used: Option<Usage>) {
-        if let Some(r) = self.r.take() {
-            settle(&self.gw.enforcer, &self.gw, r, used, &self.asked);
-        }
+    /// Settles with what the upstream reported (the reservation when nothing); true when the request
+    /// overran what the replica held.
+    fn finish(mut self, used: Option<Usage>) -> bool {
+        self.r
+            .take()
+            .is_some_and(|r| settle(&self.gw.enforcer, &self.gw, r, used, &self.asked))
     }
 }
 
@@ -431,7 +436,7 @@ impl Drop for Charge {
     }
 }
 
-fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model: &str) {
+fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model: &str) -> bool {
     let used = used.unwrap_or_else(|| r.as_usage());
     let s = &r.budget.subject;
     let t = &gw.metrics.tokens;
@@ -439,7 +444,7 @@ fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model
         .inc_by(u64::try_from(used.input).unwrap_or(0));
     t.with_label_values(&[&s.namespace, &s.name, model, "output"])
         .inc_by(u64::try_from(used.output).unwrap_or(0));
-    e.settle(r, used);
+    e.settle(r, used)
 }
 
 /// A streamed answer passed through chunk by chunk, its usage read on the way (and, when the client

@@ -1,11 +1,14 @@
 //! The ledger's side of TokenBudget enforcement: each budget period's allocation and how much of it the
 //! gateway replicas hold, taken in slices with a guarded update so that, across any number of replicas
-//! and restarts, `granted` never passes the allocation; and a budget's consumed figure, read from its
+//! and restarts, leases never pass the allocation (overruns are recorded beyond it); and a budget's consumed figure, read from its
 //! usage rows (so it equals the ledger's by construction).
 //!
 //! # Guarantees
 //! - [`Ledger::lease`] is a compare-and-swap on `granted`: two replicas racing for the last tokens
-//!   cannot both get them, on PostgreSQL and on SQLite alike.
+//!   cannot both get them, on PostgreSQL and on SQLite alike; it grants nothing past the allocation.
+//! - Tokens an upstream used beyond what a replica held ([`Ledger::record_overrun`]) raise `granted`
+//!   past the allocation if need be: every replica, one started later included, then sees a budget
+//!   with that much less left (none, when it is over).
 //! - A slice a replica held when it died stays granted (never handed out twice): what it served but had
 //!   not flushed to the ledger yet is covered by it.
 
@@ -101,6 +104,33 @@ impl Ledger {
             .execute(p)
             .await
             .map_err(db("granting budget overage"))?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Records `n` tokens that requests of budget `uid` used beyond the slices that admitted them (an
+    /// upstream that billed more than the limit it was sent): `granted` grows by `n`, past the allocation
+    /// if need be, so no replica is granted them again.
+    pub async fn record_overrun(
+        &self,
+        uid: &str,
+        period_start: i64,
+        n: i64,
+    ) -> Result<(), LedgerError> {
+        if n <= 0 {
+            return Ok(());
+        }
+        let now = jiff::Timestamp::now().as_second();
+        let sql = "UPDATE budget_periods SET granted = granted + $3, updated_at = $4 \
+                   WHERE budget_uid = $1 AND period_start = $2";
+        on_pool!(self, p => sqlx::query(sql)
+            .bind(uid)
+            .bind(period_start)
+            .bind(n)
+            .bind(now)
+            .execute(p)
+            .await
+            .map_err(db("recording a budget overrun"))?
             .rows_affected());
         Ok(())
     }
