@@ -948,10 +948,16 @@ async fn gateway(
         uuid::Uuid::new_v4().simple()
     );
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin_listen).await?;
     let gw = quartermaster::gateway::Gateway::new(cfg, ledger, &instance);
     let feed = tokio::spawn(quartermaster::gateway::watch::run(client, gw.clone()));
+    let admin = tokio::spawn(
+        gw.clone()
+            .serve_admin(admin, futures::future::pending::<()>()),
+    );
     let served = gw.serve(listener, shutdown_signal()).await;
     feed.abort();
+    admin.abort();
     served?;
     Ok(())
 }

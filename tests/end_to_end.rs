@@ -108,6 +108,8 @@ async fn every_kind_end_to_end_from_creation_to_cascade() {
                 "gateway",
                 "--listen",
                 &format!("127.0.0.1:{gw_port}"),
+                "--admin-listen",
+                "127.0.0.1:0",
                 "--flush-interval-ms",
                 "100",
             ])

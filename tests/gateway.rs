@@ -1183,3 +1183,163 @@ async fn an_overrun_is_on_the_ledger_before_any_replica_admits_again_postgres() 
     assert_eq!(resp.status(), 429);
     assert_eq!(served_by(&r.sim.url).await.0, requests);
 }
+
+/// Serves gateway `gw`'s admin routes on a port of its own; returns its URL.
+async fn admin(gw: &Arc<Gateway>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(gw.clone().serve_admin(listener, futures::future::pending()));
+    url
+}
+
+/// A tenant with a key sees no other tenant and cannot grow the gateway's metrics: `/metrics` is on
+/// the admin address only, and its model label is a configured model's name or `other`.
+#[tokio::test]
+async fn metrics_are_on_the_admin_address_only_and_labelled_from_configuration() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    let on_client = client()
+        .get(format!("{}/metrics", r.gws[0].1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_client.status(), 404);
+    for path in ["/healthz", "/readyz"] {
+        let bare = client()
+            .get(format!("{}{path}", r.gws[0].1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bare.status(), 200, "{path}");
+    }
+    for i in 0..5 {
+        let body = json!({"model": format!("tenant-chosen-{i}"), "messages": []});
+        assert_eq!(r.post(0, "/v1/chat/completions", body).await.status(), 404);
+    }
+    let bad = json!({"model": "tenant-chosen-x", "messages": [], "max_tokens": -1});
+    assert_eq!(r.post(0, "/v1/chat/completions", bad).await.status(), 404);
+    assert_eq!(
+        r.post(0, "/v1/chat/completions", chat(false))
+            .await
+            .status(),
+        200
+    );
+    let admin = admin(&r.gws[0].0).await;
+    let text = client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("tenant-chosen"), "{text}");
+    assert!(
+        text.contains(r#"quartermaster_gateway_requests_total{budget="bot",code="404",model="other",namespace="demo"} 6"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"model="gpt-4o-mini""#), "{text}");
+    let health = client()
+        .get(format!("{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let not_admin = client()
+        .post(format!("{admin}/v1/chat/completions"))
+        .bearer_auth(&r.key)
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_admin.status(), 404, "the admin address proxies nothing");
+}
+
+/// The key is read from the head before any body byte (an unknown key is 401 at once, its body never
+/// awaited), a known key's body must arrive within the deadline, and `Bearer` is case-insensitive.
+#[tokio::test]
+async fn the_key_is_checked_before_the_body_and_the_body_has_a_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = common::db::sqlite(&dir).await.0;
+    let sim = common::start_sim(|_| {}).await;
+    let (b, key) = budget(1_000_000, json!({}));
+    let cfg = GatewayConfig {
+        body_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let gw = Gateway::new(cfg, ledger, "gw-doors");
+    gw.directory.put_budget(&b);
+    let pc = provider("primary", &format!("{}/v1", sim.url), &["gpt-4o-mini"]);
+    gw.directory
+        .put_upstream(Upstream::of(&pc, "sk-upstream".into()).unwrap());
+    gw.set_ready(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(gw.clone().serve(listener, futures::future::pending()));
+    let head = |auth: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\
+             content-type: application/json\r\ncontent-length: 1000000\r\n\r\n{{\"model\":"
+        )
+    };
+    let answer = |auth: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head(&auth).as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let started = std::time::Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer before the body")
+            .unwrap();
+        (
+            String::from_utf8_lossy(&buf[..n]).to_string(),
+            started.elapsed(),
+        )
+    };
+    // An unknown key: 401 while the promised megabyte has not come.
+    let (text, took) = answer("Bearer qm-unknown".into()).await;
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    // A known key whose body stalls: 408 after the deadline.
+    let (text, took) = answer(format!("Bearer {key}")).await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // The scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER"] {
+        let resp = client()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", format!("{scheme} {key}"))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+    }
+    assert_eq!(
+        served_by(&sim.url).await.0,
+        2,
+        "only the complete requests were proxied"
+    );
+}
+
+/// An upstream refusing the platform's credentials, or quoting them, is the platform's problem: the
+/// client gets a 502 that names no key; a refusal the client can fix passes through.
+#[tokio::test]
+async fn upstream_answers_about_the_platforms_credentials_become_a_generic_502() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    for status in [401, 403, 400] {
+        r.faults(json!({"echoAuth": status})).await;
+        let resp = r.post(0, "/v1/chat/completions", chat(false)).await;
+        assert_eq!(resp.status(), 502, "{status}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("sk-upstream"), "{text}");
+        assert!(text.contains("upstream_error"), "{text}");
+    }
+    // A refusal the client can fix passes through as the upstream wrote it.
+    r.faults(json!({"status": 400, "count": 1})).await;
+    let resp = r.post(0, "/v1/chat/completions", chat(false)).await;
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["error"]["message"], "simulated upstream fault");
+    assert_eq!(r.ledger_tokens().await, 0, "no refusal is charged");
+}

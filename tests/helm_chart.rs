@@ -727,3 +727,70 @@ async fn an_upgrade_from_the_previous_chart_loses_nothing() {
     )
     .await;
 }
+
+/// The gateway's Service and NetworkPolicy expose only its client port; its admin port (`/metrics`,
+/// whose labels name every tenant's budgets) is scraped from the pods, reachable only from the peers
+/// `networkPolicy.gatewayAdminFrom` names.
+#[test]
+fn chart_exposes_only_the_gateways_client_port() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let base = [
+        "gateway.enabled=true",
+        "ledger.databaseUrlSecret=qm-db",
+        "monitoring.serviceMonitor.enabled=true",
+        "networkPolicy.enabled=true",
+    ];
+    let docs = |extra: &[&str]| -> Vec<String> {
+        let mut set: Vec<&str> = base.to_vec();
+        set.extend_from_slice(extra);
+        template(&helm, &set)
+            .unwrap()
+            .split("\n---")
+            .filter(|d| d.contains("-gateway"))
+            .map(str::to_string)
+            .collect()
+    };
+    let all = docs(&[]);
+    let find = |docs: &[String], kind: &str| -> String {
+        docs.iter()
+            .find(|d| d.contains(&format!("kind: {kind}\n")))
+            .unwrap_or_else(|| panic!("no gateway {kind}"))
+            .clone()
+    };
+    let service = find(&all, "Service");
+    assert!(service.contains("targetPort: http"), "{service}");
+    assert!(
+        !service.contains("admin") && !service.contains("9091"),
+        "{service}"
+    );
+    let deployment = find(&all, "Deployment");
+    assert!(
+        deployment.contains("- --admin-listen=0.0.0.0:9091"),
+        "{deployment}"
+    );
+    assert!(
+        deployment.contains("httpGet: {path: /readyz, port: admin}"),
+        "{deployment}"
+    );
+    let policy = find(&all, "NetworkPolicy");
+    assert!(
+        policy.contains("port: 8090") && !policy.contains("9091"),
+        "{policy}"
+    );
+    let monitor = find(&all, "PodMonitor");
+    assert!(monitor.contains("port: admin"), "{monitor}");
+    assert!(
+        !all.iter()
+            .any(|d| d.contains("kind: ServiceMonitor") && d.contains("-gateway")),
+        "no ServiceMonitor for the gateway: no Service has its admin port"
+    );
+    let with_prometheus =
+        docs(&["networkPolicy.gatewayAdminFrom[0].namespaceSelector.matchLabels.name=monitoring"]);
+    let policy = find(&with_prometheus, "NetworkPolicy");
+    assert!(
+        policy.contains("port: 9091") && policy.contains("name: monitoring"),
+        "{policy}"
+    );
+}

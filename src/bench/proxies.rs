@@ -178,7 +178,7 @@ async fn plain_proxy(
             }
         }
     };
-    threads::serve(listener, 0, handler, stop).await?;
+    threads::serve(listener, 0, handler, stop, None).await?;
     Ok(())
 }
 

@@ -72,18 +72,23 @@ impl ApiError {
         self
     }
 
-    /// The HTTP response.
-    pub fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {
+    /// The response body: `{"error": {...}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {
             "message": self.message,
             "type": self.kind,
             "param": self.param,
             "code": self.code,
-        }});
+        }})
+        .to_string()
+    }
+
+    /// The HTTP response.
+    pub fn into_response(self) -> Response {
         let mut r = Response::builder()
             .status(self.status)
             .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
+            .body(Body::from(self.body()))
             .unwrap_or_else(|_| Response::new(Body::empty()));
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())

@@ -5,6 +5,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -28,19 +30,76 @@ pub type Request = http::Request<Incoming>;
 /// a connection no longer than this, and cannot hold up a drain.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most client connections a server (all its serving threads) keeps open at once.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    max: usize,
+    open: AtomicUsize,
+}
+
+impl ConnectionCap {
+    /// At most `max` connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// A place for one more connection, held until the guard is dropped; `None` when all are taken.
+    fn enter(self: &Arc<Self>) -> Option<Admitted> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitted(self.clone()))
+    }
+}
+
+/// One connection's place under a [`ConnectionCap`].
+struct Admitted(Arc<ConnectionCap>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection beyond the cap is told before it is closed: 503 in OpenAI's error shape.
+fn over_capacity() -> Vec<u8> {
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "overloaded",
+        "this gateway has too many open connections; try again".into(),
+    )
+    .body();
+    let mut out = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
 /// Answers each request on `listener`'s connections with `handler` until `stop`; then stops
 /// accepting, lets each connection finish the request it is serving (a client still sending a
-/// request's head gets at most [`HEADER_READ_TIMEOUT`]) and waits for them all.
+/// request's head gets at most [`HEADER_READ_TIMEOUT`]) and waits for them all. With a `cap`, a
+/// connection beyond it is answered 503 and closed without reading anything from it.
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     handler: H,
     stop: impl Future<Output = ()>,
+    cap: Option<Arc<ConnectionCap>>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request) -> F + Clone + Send + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
-    serve_with(listener, handler, stop, HEADER_READ_TIMEOUT).await
+    serve_with(listener, handler, stop, HEADER_READ_TIMEOUT, cap).await
 }
 
 /// [`serve`], with `header_timeout` as the [`HEADER_READ_TIMEOUT`].
@@ -49,6 +108,7 @@ async fn serve_with<H, F>(
     handler: H,
     stop: impl Future<Output = ()>,
     header_timeout: Duration,
+    cap: Option<Arc<ConnectionCap>>,
 ) -> std::io::Result<()>
 where
     H: Fn(Request) -> F + Clone + Send + 'static,
@@ -79,6 +139,14 @@ where
         };
         // No Nagle delay on the client leg (the upstream leg sets it on its own connections).
         let _ = tcp.set_nodelay(true);
+        let place = match cap.as_ref().map(ConnectionCap::enter) {
+            Some(None) => {
+                tokio::spawn(refuse(tcp));
+                continue;
+            }
+            Some(place) => place,
+            None => None,
+        };
         let h = handler.clone();
         let service = hyper::service::service_fn(move |req| h(req).map(Ok::<_, Infallible>));
         let conn = http.serve_connection(TokioIo::new(tcp), service);
@@ -87,11 +155,22 @@ where
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
+            drop(place);
         });
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Tells a connection beyond the cap so (within a second) and closes it.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        tcp.write_all(&over_capacity()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// The whole request body, refused (413) past `max` bytes.
@@ -154,9 +233,14 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, handler, async move {
-            let _ = rx.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            handler,
+            async move {
+                let _ = rx.await;
+            },
+            None,
+        ));
         (addr, tx, served)
     }
 
@@ -205,6 +289,7 @@ mod tests {
                 let _ = rx.await;
             },
             Duration::from_millis(300),
+            None,
         ));
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
         slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\n")
@@ -220,6 +305,55 @@ mod tests {
             .expect("the stop waited on the half-sent head")
             .unwrap()
             .unwrap();
+    }
+
+    /// One GET on `s`, and the first read of its answer.
+    async fn get(s: &mut tokio::net::TcpStream) -> String {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_answered_503_and_closed_until_one_ends() {
+        crate::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handler = |_req| async { Response::new(axum::body::Body::from("ok")) };
+        let cap = ConnectionCap::new(2);
+        tokio::spawn(serve(
+            listener,
+            handler,
+            futures::future::pending::<()>(),
+            Some(cap.clone()),
+        ));
+        let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut a).await.starts_with("HTTP/1.1 200"));
+        assert!(get(&mut b).await.starts_with("HTTP/1.1 200"));
+        // A third, while two are open: 503 in OpenAI's shape, then closed.
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut refused = String::new();
+        c.read_to_string(&mut refused).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        let body = refused.split("\r\n\r\n").nth(1).unwrap();
+        let e: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(e["error"]["code"], "overloaded");
+        // One closes: a new connection is served again.
+        drop(a);
+        let mut d = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if cap.open.load(Ordering::Acquire) < 2 {
+                d = Some(tokio::net::TcpStream::connect(addr).await.unwrap());
+                break;
+            }
+        }
+        let mut d = d.expect("the closed connection's place came back");
+        assert!(get(&mut d).await.starts_with("HTTP/1.1 200"));
     }
 
     #[tokio::test]

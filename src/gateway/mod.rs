@@ -7,8 +7,9 @@
 //! and flushed to the ledger every `flush_interval`.
 //!
 //! Routes: `POST /v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/v1/embeddings` (JSON, or
-//! `stream: true` as server-sent events), `GET /v1/models`; `/metrics`, `/healthz`, `/readyz`. A route
-//! it does not meter it does not proxy.
+//! `stream: true` as server-sent events), `GET /v1/models`, and bare `/healthz`, `/readyz`; `/metrics`
+//! (and health again) on a separate admin address ([`Gateway::serve_admin`]). A route it does not meter
+//! it does not proxy.
 
 pub mod directory;
 pub mod endpoint;
@@ -26,6 +27,7 @@ pub mod routes;
 pub mod sse;
 pub mod threads;
 pub mod upstream;
+pub mod upstream_refusal;
 pub mod usage;
 pub mod watch;
 
@@ -48,6 +50,20 @@ pub struct GatewayConfig {
         env = "QM_GATEWAY_LISTEN"
     )]
     pub listen: SocketAddr,
+    /// Address of the admin server: `/metrics` (whose labels name every tenant's budgets), `/healthz`
+    /// and `/readyz`. Keep it off the network clients reach.
+    #[arg(
+        long = "admin-listen",
+        default_value = "0.0.0.0:9091",
+        env = "QM_GATEWAY_ADMIN_LISTEN"
+    )]
+    pub admin_listen: SocketAddr,
+    /// How long a client may take to send a request's body, once its head (and key) arrived.
+    #[arg(long = "body-timeout-secs", default_value = "30", value_parser = secs)]
+    pub body_timeout: Duration,
+    /// Client connections open at once, over all serving threads; one more is answered 503 and closed.
+    #[arg(long = "max-connections", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// How long to wait for an upstream's response headers before trying the next upstream.
     #[arg(long = "upstream-timeout-secs", default_value = "60", value_parser = secs)]
     pub upstream_timeout: Duration,
@@ -85,6 +101,9 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:0".parse().expect("valid address"),
+            admin_listen: "127.0.0.1:0".parse().expect("valid address"),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
             upstream_timeout: Duration::from_secs(60),
             flush_interval: Duration::from_millis(1000),
             slice_share: 8,
@@ -164,6 +183,18 @@ impl Gateway {
         }
     }
 
+    /// Serves the admin routes (`/metrics`, `/healthz`, `/readyz`: [`routes::admin`]) on `listener`
+    /// until `stop`.
+    pub async fn serve_admin(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tracing::info!(addr = %listener.local_addr()?, "gateway admin server listening");
+        let answer = move |req| routes::admin(self.clone(), req);
+        http_server::serve(listener, answer, stop, None).await
+    }
+
     /// Serves on `listener` until `shutdown` (on [`threads::serve`]'s serving threads), then flushes
     /// and gives every slice back. Housekeeping and ledger calls stay on the caller's runtime.
     pub async fn serve(
@@ -182,7 +213,9 @@ impl Gateway {
             let gw = gw.clone();
             move |req| routes::answer(gw.clone(), req)
         };
-        let served = threads::serve(listener, self.config.workers, answer, shutdown).await;
+        let cap = http_server::ConnectionCap::new(self.config.max_connections);
+        let served =
+            threads::serve(listener, self.config.workers, answer, shutdown, Some(cap)).await;
         let _ = tx.send(true);
         let _ = bg.await;
         served

@@ -20,17 +20,17 @@ use super::request_body::RequestBody;
 pub use super::route::Route;
 use super::sse::UsageStripper;
 use super::upstream::{self, Answer};
+use super::upstream_refusal;
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
 
-/// The key in the `Authorization: Bearer` header, if there is one.
+/// The key in the `Authorization` header's `Bearer` credentials, if there is one (the scheme is
+/// case-insensitive, RFC 9110 section 11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.trim_start().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
 /// The key's entry, from the `Authorization: Bearer` header.
@@ -154,38 +154,41 @@ fn refusal(budget: &BudgetView, r: Refusal) -> ApiError {
     }
 }
 
-/// Serves one request of `route`.
-pub async fn handle(gw: Arc<Gateway>, route: Route, headers: HeaderMap, body: Bytes) -> Response {
+/// The model label of metrics when a request names no model the gateway's configuration knows: labels
+/// come from ProviderConfigs and TokenBudgets only, never from request content.
+pub const OTHER: &str = "other";
+
+/// Serves one request of `route` by the key's `entry` (authenticated before its body was read).
+pub async fn handle(gw: Arc<Gateway>, route: Route, entry: KeyEntry, body: Bytes) -> Response {
     let started = Instant::now();
-    match serve(&gw, route, &headers, body, started).await {
+    let budget = entry.budget.clone();
+    match serve(&gw, route, entry, body, started).await {
         Ok(r) => r,
-        Err((e, budget)) => {
-            if let Some((b, model)) = budget {
-                gw.metrics
-                    .requests
-                    .with_label_values(&[
-                        &b.subject.namespace,
-                        &b.subject.name,
-                        &model,
-                        e.status.as_str(),
-                    ])
-                    .inc();
-            }
+        Err((e, model)) => {
+            gw.metrics
+                .requests
+                .with_label_values(&[
+                    &budget.subject.namespace,
+                    &budget.subject.name,
+                    model.as_deref().unwrap_or(OTHER),
+                    e.status.as_str(),
+                ])
+                .inc();
             e.into_response()
         }
     }
 }
 
-type Failure = (ApiError, Option<(Arc<BudgetView>, String)>);
+/// A refusal, and the configured name of the model it concerns (`None`: [`OTHER`]).
+type Failure = (ApiError, Option<Arc<str>>);
 
 async fn serve(
     gw: &Arc<Gateway>,
     route: Route,
-    headers: &HeaderMap,
+    entry: KeyEntry,
     body: Bytes,
     started: Instant,
 ) -> Result<Response, Failure> {
-    let entry = authenticate(gw, headers).map_err(|e| (e, None))?;
     let budget = entry.budget.clone();
     let Ok(mut req) = RequestBody::parse(&body) else {
         return Err((
@@ -197,7 +200,7 @@ async fn serve(
         Some(m) if !m.is_empty() => m.into_owned(),
         _ => return Err((ApiError::bad_request("`model` is required"), None)),
     };
-    let fail = |e: ApiError| (e, Some((budget.clone(), asked.clone())));
+    let fail = |e: ApiError| (e, None);
     if let Some(why) = &budget.blocked {
         return Err(fail(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -207,6 +210,8 @@ async fn serve(
         )));
     }
     let upstreams = candidates(gw, &budget, &asked).map_err(fail)?;
+    let label = upstreams[0].1.origin.model.clone();
+    let fail = |e: ApiError| (e, Some(label.clone()));
     let stream = req.bool("stream") == Some(true);
     let ceiling = upstreams[0].1.max_output_tokens;
     let output = output::read(route, &mut req, budget.default_max_tokens, ceiling)
@@ -243,7 +248,7 @@ async fn serve(
     let mut charge = Charge {
         gw: gw.clone(),
         r: Some(reservation),
-        asked: asked.clone(),
+        label: label.clone(),
     };
     let before = started.elapsed();
     let (upstream, resp, waited) = match forward(gw, route, &req, &body, &upstreams).await {
@@ -257,6 +262,7 @@ async fn serve(
     if let Some(r) = charge.r.as_mut() {
         r.model = upstream.1.clone();
     }
+    charge.label = upstream.1.origin.model.clone();
     let (head, body) = resp.into_parts();
     let status = head.status;
     gw.metrics
@@ -264,14 +270,14 @@ async fn serve(
         .with_label_values(&[
             &budget.subject.namespace,
             &budget.subject.name,
-            &asked,
+            &*upstream.1.origin.model,
             status.as_str(),
         ])
         .inc();
     if !status.is_success() {
         // Refused by the upstream (a 4xx other than 429): nothing was served.
         charge.cancel();
-        let r = passthrough(status, &head.headers, Body::new(body));
+        let r = refused_upstream(gw, &upstream.0, status, &head.headers, body).await;
         gw.metrics
             .added_latency
             .observe((before + after.elapsed()).as_secs_f64());
@@ -383,6 +389,27 @@ async fn forward(
     ))
 }
 
+/// Upstream `u`'s refusal as the client gets it ([`upstream_refusal`]): its body read (bounded in size
+/// and time), passed through, or hidden behind a 502.
+async fn refused_upstream(
+    gw: &Gateway,
+    u: &Upstream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: super::pool::Body,
+) -> Response {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, upstream_refusal::MAX_BODY).collect();
+    let bytes = match tokio::time::timeout(gw.config.upstream_timeout, limited).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => return upstream_refusal::hidden(u, status).into_response(),
+    };
+    match upstream_refusal::verdict(u, status, &bytes) {
+        Some(e) => e.into_response(),
+        None => passthrough(status, headers, Body::from(bytes)),
+    }
+}
+
 /// The upstream's headers a client gets: its answer's type and caching, and what identifies the
 /// request at the upstream.
 const PASSED: [http::HeaderName; 4] = [
@@ -408,7 +435,8 @@ fn passthrough(status: StatusCode, headers: &HeaderMap, body: Body) -> Response 
 struct Charge {
     gw: Arc<Gateway>,
     r: Option<Reservation>,
-    asked: String,
+    /// The model's configured name (its metrics label).
+    label: Arc<str>,
 }
 
 impl Charge {
@@ -424,14 +452,14 @@ impl Charge {
     fn finish(mut self, used: Option<Usage>) -> bool {
         self.r
             .take()
-            .is_some_and(|r| settle(&self.gw.enforcer, &self.gw, r, used, &self.asked))
+            .is_some_and(|r| settle(&self.gw.enforcer, &self.gw, r, used, &self.label))
     }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
         if let Some(r) = self.r.take() {
-            settle(&self.gw.enforcer, &self.gw, r, None, &self.asked);
+            settle(&self.gw.enforcer, &self.gw, r, None, &self.label);
         }
     }
 }

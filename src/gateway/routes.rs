@@ -1,5 +1,7 @@
 //! The gateway's routes: which function answers a request, by path and method, and the request body
-//! read within the configured limit. A route it does not meter it does not proxy.
+//! read within the configured limits of size and time once its key is known. A route it does not
+//! meter it does not proxy. `/metrics` is served on the admin address only ([`admin`]): its labels
+//! name every tenant's budgets; the client port answers health with a bare status.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +25,7 @@ enum Target {
 }
 
 impl Target {
+    /// What answers `path` on the client port.
     fn of(path: &str) -> Option<Self> {
         Some(match path {
             "/v1/chat/completions" => Self::Proxied(Route::Chat),
@@ -30,6 +33,15 @@ impl Target {
             "/v1/completions" => Self::Proxied(Route::Completions),
             "/v1/embeddings" => Self::Proxied(Route::Embeddings),
             "/v1/models" => Self::Models,
+            "/healthz" => Self::Healthz,
+            "/readyz" => Self::Readyz,
+            _ => return None,
+        })
+    }
+
+    /// What answers `path` on the admin address.
+    fn of_admin(path: &str) -> Option<Self> {
+        Some(match path {
             "/metrics" => Self::Metrics,
             "/healthz" => Self::Healthz,
             "/readyz" => Self::Readyz,
@@ -53,7 +65,7 @@ impl Target {
     }
 }
 
-/// Answers one request.
+/// Answers one request on the client port.
 pub async fn answer(gw: Arc<Gateway>, req: Request) -> Response {
     let Some(target) = Target::of(req.uri().path()) else {
         return not_proxied();
@@ -62,14 +74,51 @@ pub async fn answer(gw: Arc<Gateway>, req: Request) -> Response {
         return method_not_allowed(req.uri().path(), target.allow());
     }
     match target {
-        Target::Proxied(route) => {
-            let (parts, body) = req.into_parts();
-            match http_server::read_body(body, &parts.headers, gw.config.max_body_bytes).await {
-                Ok(body) => proxy::handle(gw, route, parts.headers, body).await,
-                Err(e) => e.into_response(),
-            }
-        }
+        Target::Proxied(route) => proxied(gw, route, req).await,
         Target::Models => models(&gw, req.headers()),
+        other => plain(&gw, other),
+    }
+}
+
+/// Answers one request on the admin address: metrics and health, nothing a client may call.
+pub async fn admin(gw: Arc<Gateway>, req: Request) -> Response {
+    let Some(target) = Target::of_admin(req.uri().path()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !target.takes(req.method()) {
+        return method_not_allowed(req.uri().path(), target.allow());
+    }
+    plain(&gw, target)
+}
+
+/// A metered route: the key is checked from the request's head before any byte of its body is read
+/// (an unknown key is answered 401 at once), then the body is read within the size and time limits.
+async fn proxied(gw: Arc<Gateway>, route: Route, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let entry = match proxy::authenticate(&gw, &parts.headers) {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
+    };
+    let read = http_server::read_body(body, &parts.headers, gw.config.max_body_bytes);
+    match tokio::time::timeout(gw.config.body_timeout, read).await {
+        Ok(Ok(body)) => proxy::handle(gw, route, entry, body).await,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                gw.config.body_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Metrics and health.
+fn plain(gw: &Gateway, target: Target) -> Response {
+    match target {
         Target::Metrics => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             gw.metrics.render(),
@@ -82,6 +131,7 @@ pub async fn answer(gw: Arc<Gateway>, req: Request) -> Response {
             "budgets and upstreams not loaded yet\n",
         )
             .into_response(),
+        Target::Proxied(_) | Target::Models => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -161,13 +211,24 @@ mod tests {
             assert!(t.takes(&Method::POST) && !t.takes(&Method::GET), "{path}");
             assert_eq!(t.allow(), "POST");
         }
-        for path in ["/v1/models", "/metrics", "/healthz", "/readyz"] {
+        for path in ["/v1/models", "/healthz", "/readyz"] {
             let t = Target::of(path).unwrap();
             assert!(t.takes(&Method::GET) && t.takes(&Method::HEAD), "{path}");
             assert!(!t.takes(&Method::POST), "{path}");
         }
-        for path in ["/v1/images/generations", "/v1/chat/completions/", "/", ""] {
+        for path in [
+            "/v1/images/generations",
+            "/v1/chat/completions/",
+            "/",
+            "",
+            "/metrics",
+        ] {
             assert!(Target::of(path).is_none(), "{path}");
+        }
+        // The admin address serves metrics and health, and nothing a client calls.
+        assert_eq!(Target::of_admin("/metrics"), Some(Target::Metrics));
+        for path in ["/v1/chat/completions", "/v1/models", "/"] {
+            assert!(Target::of_admin(path).is_none(), "{path}");
         }
     }
 

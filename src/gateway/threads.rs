@@ -21,12 +21,13 @@ pub type Serving = Box<
 pub type Stop = futures::future::BoxFuture<'static, ()>;
 
 /// Serves `listener` on `workers` threads (see [`run`]), each answering requests with its own
-/// `handler()`.
+/// `handler()`, with at most `cap`'s connections open over all of them.
 pub async fn serve<M, H, F>(
     listener: tokio::net::TcpListener,
     workers: usize,
     handler: M,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    cap: Option<std::sync::Arc<http_server::ConnectionCap>>,
 ) -> std::io::Result<()>
 where
     M: Fn() -> H,
@@ -34,8 +35,8 @@ where
     F: Future<Output = Response> + Send + 'static,
 {
     let each = || -> Serving {
-        let handler = handler();
-        Box::new(move |listener, stop| Box::pin(http(listener, handler, stop)))
+        let (handler, cap) = (handler(), cap.clone());
+        Box::new(move |listener, stop| Box::pin(http(listener, handler, stop, cap)))
     };
     run(listener, workers, each, shutdown).await
 }
@@ -118,7 +119,12 @@ async fn timer_horizon() {
 }
 
 /// The HTTP server of one serving thread: `handler` on `listener` until `stop`, connections drained.
-async fn http<H, F>(listener: std::net::TcpListener, handler: H, stop: Stop) -> std::io::Result<()>
+async fn http<H, F>(
+    listener: std::net::TcpListener,
+    handler: H,
+    stop: Stop,
+    cap: Option<std::sync::Arc<http_server::ConnectionCap>>,
+) -> std::io::Result<()>
 where
     H: Fn(Request) -> F + Clone + Send + 'static,
     F: Future<Output = Response> + Send + 'static,
@@ -127,7 +133,7 @@ where
     drop(super::upstream::client());
     tokio::spawn(timer_horizon());
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    http_server::serve(listener, handler, stop).await
+    http_server::serve(listener, handler, stop, cap).await
 }
 
 #[cfg(test)]
@@ -146,9 +152,15 @@ mod tests {
             }
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, 2, handler, async move {
-            let _ = rx.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            2,
+            handler,
+            async move {
+                let _ = rx.await;
+            },
+            None,
+        ));
         let mut threads = std::collections::BTreeSet::new();
         for _ in 0..40 {
             let c = reqwest::Client::new();
