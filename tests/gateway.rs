@@ -836,6 +836,7 @@ async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
     use quartermaster::gateway::directory::BudgetView;
     use quartermaster::gateway::enforce::{Enforcer, Refusal};
     use quartermaster::gateway::usage::Usage;
+    use quartermaster::ledger::metering::requests::Outcome;
     let dir = tempfile::tempdir().unwrap();
     let (ledger, _) = common::db::sqlite(&dir).await;
     let (mut b, _) = budget(100, json!({"period": "Daily", "timeZone": "Asia/Kolkata"}));
@@ -889,6 +890,7 @@ async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
             input: 10,
             output: 40,
         },
+        Outcome::Completed,
     );
     e.settle(
         second,
@@ -896,6 +898,7 @@ async fn a_period_boundary_resets_the_allocation_and_never_mixes_periods() {
             input: 10,
             output: 20,
         },
+        Outcome::Completed,
     );
     e.flush().await.unwrap();
     e.give_back(true).await.unwrap();
@@ -1342,4 +1345,121 @@ async fn upstream_answers_about_the_platforms_credentials_become_a_generic_502()
     let e: Value = resp.json().await.unwrap();
     assert_eq!(e["error"]["message"], "simulated upstream fault");
     assert_eq!(r.ledger_tokens().await, 0, "no refusal is charged");
+}
+
+/// How each request ended is counted: completed, client aborted (a stream left, a request abandoned
+/// before its answer), upstream error, refused — as a metric label, and per usage row for those charged.
+#[tokio::test]
+async fn each_requests_outcome_is_a_metric_label_and_counted_in_its_usage_row() {
+    let r = rig(1_000_000, json!({}), 1, false).await.unwrap();
+    assert_eq!(
+        r.post(0, "/v1/chat/completions", chat(false))
+            .await
+            .status(),
+        200
+    );
+    let refused = json!({"model": "gpt-4o-mini", "messages": [], "n": 0});
+    assert_eq!(
+        r.post(0, "/v1/chat/completions", refused).await.status(),
+        400
+    );
+    // Both upstreams fail: an upstream error, nothing charged.
+    r.faults(json!({"status": 500, "count": 2})).await;
+    assert_eq!(
+        r.post(0, "/v1/chat/completions", chat(false))
+            .await
+            .status(),
+        502
+    );
+    // The upstream breaks a stream off: charged, an upstream error.
+    r.faults(json!({"cutAfter": 2})).await;
+    let _ = r
+        .post(0, "/v1/chat/completions", chat(true))
+        .await
+        .text()
+        .await;
+    r.faults(json!({})).await;
+    // A slow upstream: one client leaves mid-stream, another before its answer.
+    let _sim = r
+        .own_upstream(|c| {
+            c.openai_chunk_delay_ms = 300;
+            c.openai_latency_ms = 600;
+        })
+        .await;
+    let resp = r.post(0, "/v1/chat/completions", chat(true)).await;
+    let mut chunks = resp.bytes_stream();
+    drop(chunks.next().await);
+    drop(chunks);
+    let gone = tokio::time::timeout(
+        Duration::from_millis(200),
+        r.post(0, "/v1/chat/completions", chat(false)),
+    )
+    .await;
+    assert!(gone.is_err());
+    let admin = admin(&r.gws[0].0).await;
+    let mut text = String::new();
+    let want = [
+        ("completed", 1),
+        ("refused", 1),
+        ("upstream_error", 2),
+        ("client_aborted", 2),
+    ];
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = client()
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let total = |outcome: &str| -> i64 {
+            text.lines()
+                .filter(|l| l.starts_with("quartermaster_gateway_request_outcomes_total{"))
+                .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+                .sum()
+        };
+        if want.iter().all(|(o, n)| total(o) == *n) {
+            break;
+        }
+    }
+    for (outcome, n) in want {
+        let line = text
+            .lines()
+            .filter(|l| l.starts_with("quartermaster_gateway_request_outcomes_total{"))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .sum::<i64>();
+        assert_eq!(line, n, "{outcome}:\n{text}");
+    }
+    // The charged ones are counted in their usage rows, per outcome (refusals charge nothing).
+    r.gws[0].0.housekeep(false).await;
+    let Ledger::Sqlite(p) = &r.ledger else {
+        unreachable!()
+    };
+    let attrs: Vec<(String,)> =
+        sqlx::query_as("SELECT attributes FROM usage_events WHERE meter = 'llm_input_tokens'")
+            .fetch_all(p)
+            .await
+            .unwrap();
+    let mut counted = std::collections::BTreeMap::<String, i64>::new();
+    for (a,) in attrs {
+        let v: Value = serde_json::from_str(&a).unwrap();
+        for (k, n) in v["outcomes"].as_object().into_iter().flatten() {
+            *counted.entry(k.clone()).or_default() += n.as_i64().unwrap();
+        }
+    }
+    assert_eq!(
+        counted,
+        [
+            ("client_aborted", 2),
+            ("completed", 1),
+            ("upstream_error", 1)
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect()
+    );
 }

@@ -29,7 +29,7 @@ use super::limits::Bucket;
 use super::usage::Usage;
 use crate::budget::period::Window;
 use crate::budget::slice::Slice;
-use crate::ledger::metering::requests::Aggregator;
+use crate::ledger::metering::requests::{Aggregator, Outcome};
 use crate::ledger::{Ledger, Meter};
 
 /// The smallest reservation a request makes (a prompt bound's 8 plus one output token): a budget with
@@ -514,7 +514,7 @@ impl Enforcer {
 
     /// Settles a request with what it used; its usage goes to the meter. Returns whether it overran
     /// what this replica held: the overrun's ledger write has started (see [`Enforcer::overruns_written`]).
-    pub fn settle(&self, r: Reservation, used: Usage) -> bool {
+    pub fn settle(&self, r: Reservation, used: Usage, outcome: Outcome) -> bool {
         let state = self.state(&r.budget.subject.uid);
         let mut overran = false;
         {
@@ -550,6 +550,7 @@ impl Enforcer {
             Some(&r.model.input),
             when,
             origin,
+            Some(outcome),
         );
         m.add_from(
             s,
@@ -558,6 +559,7 @@ impl Enforcer {
             Some(&r.model.output),
             when,
             origin,
+            Some(outcome),
         );
         drop(m);
         if overran && let Some(io) = &self.io {

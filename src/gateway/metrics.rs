@@ -1,5 +1,6 @@
 //! The gateway's Prometheus metrics. Labels are the budget (`namespace`, `budget`), the model and the
-//! upstream: bounded by the objects that exist, never by request content.
+//! upstream: bounded by the objects that exist, never by request content (a model no configuration
+//! names is `other`).
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -13,6 +14,9 @@ pub struct GatewayMetrics {
     pub requests: IntCounterVec,
     /// Tokens charged, by budget, model and direction (input, output).
     pub tokens: IntCounterVec,
+    /// Requests by how they ended (completed, client_aborted, upstream_error, refused), by budget and
+    /// model: one count per request, when it ends.
+    pub outcomes: IntCounterVec,
     /// Time from sending a request upstream to its response headers, by upstream.
     pub upstream_latency: HistogramVec,
     /// Time the gateway itself adds to a request (everything but waiting for the upstream).
@@ -49,6 +53,11 @@ impl GatewayMetrics {
             "quartermaster_gateway_tokens_total",
             "Tokens charged to budgets, by budget, model and direction.",
             &["namespace", "budget", "model", "direction"],
+        );
+        let outcomes = counter(
+            "quartermaster_gateway_request_outcomes_total",
+            "Requests by how they ended (completed, client_aborted, upstream_error, refused), by budget and model.",
+            &["namespace", "budget", "model", "outcome"],
         );
         let failovers = counter(
             "quartermaster_gateway_failovers_total",
@@ -91,6 +100,7 @@ impl GatewayMetrics {
             registry,
             requests,
             tokens,
+            outcomes,
             upstream_latency,
             added_latency,
             failovers,

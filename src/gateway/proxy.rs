@@ -13,7 +13,7 @@ use futures::Stream;
 
 use super::Gateway;
 use super::directory::{BudgetView, KeyEntry, Model, Upstream};
-use super::enforce::{Enforcer, Refusal, Reservation};
+use super::enforce::{Refusal, Reservation};
 use super::errors::ApiError;
 use super::output;
 use super::request_body::RequestBody;
@@ -23,6 +23,7 @@ use super::upstream::{self, Answer};
 use super::upstream_refusal;
 use super::usage::{self, SseTap, Usage};
 use crate::budget::{keys, period};
+use crate::ledger::metering::requests::Outcome;
 
 /// The key in the `Authorization` header's `Bearer` credentials, if there is one (the scheme is
 /// case-insensitive, RFC 9110 section 11.1).
@@ -165,18 +166,29 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, entry: KeyEntry, body: Bytes
     match serve(&gw, route, entry, body, started).await {
         Ok(r) => r,
         Err((e, model)) => {
+            let model = model.as_deref().unwrap_or(OTHER);
+            let s = &budget.subject;
             gw.metrics
                 .requests
-                .with_label_values(&[
-                    &budget.subject.namespace,
-                    &budget.subject.name,
-                    model.as_deref().unwrap_or(OTHER),
-                    e.status.as_str(),
-                ])
+                .with_label_values(&[&s.namespace, &s.name, model, e.status.as_str()])
                 .inc();
+            let outcome = match e.code {
+                "upstream_unavailable" | "upstream_error" => Outcome::UpstreamError,
+                _ => Outcome::Refused,
+            };
+            count(&gw, &budget, model, outcome);
             e.into_response()
         }
     }
+}
+
+/// Counts a request of `budget` for `model` (a configured name, or [`OTHER`]) that ended with `outcome`.
+fn count(gw: &Gateway, budget: &BudgetView, model: &str, outcome: Outcome) {
+    let s = &budget.subject;
+    gw.metrics
+        .outcomes
+        .with_label_values(&[&s.namespace, &s.name, model, outcome.as_str()])
+        .inc();
 }
 
 /// A refusal, and the configured name of the model it concerns (`None`: [`OTHER`]).
@@ -277,6 +289,12 @@ async fn serve(
     if !status.is_success() {
         // Refused by the upstream (a 4xx other than 429): nothing was served.
         charge.cancel();
+        count(
+            gw,
+            &budget,
+            &upstream.1.origin.model,
+            Outcome::UpstreamError,
+        );
         let r = refused_upstream(gw, &upstream.0, status, &head.headers, body).await;
         gw.metrics
             .added_latency
@@ -304,22 +322,21 @@ async fn serve(
     let bytes = match upstream::read(body).await {
         Ok(b) => b,
         Err(_) => {
-            // The upstream served and the answer was lost: charged at the reservation.
-            drop(charge);
-            return Err((
-                ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "server_error",
-                    "upstream_error",
-                    format!("upstream {} broke off its answer", upstream.0.name),
-                ),
-                None,
-            ));
+            // The upstream served and the answer was lost: charged at the reservation (and counted
+            // there, so answered here rather than through the refusal path).
+            charge.finish(None, Outcome::UpstreamError);
+            return Ok(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_error",
+                format!("upstream {} broke off its answer", upstream.0.name),
+            )
+            .into_response());
         }
     };
     let read = Instant::now();
     let used = usage::of_bytes(&bytes);
-    if charge.finish(used) {
+    if charge.finish(used, Outcome::Completed) {
         // The upstream billed more than the replica held: on the ledger before the client can ask again.
         gw.enforcer.overruns_written(&budget.subject.uid).await;
     }
@@ -447,24 +464,31 @@ impl Charge {
         }
     }
 
-    /// Settles with what the upstream reported (the reservation when nothing); true when the request
-    /// overran what the replica held.
-    fn finish(mut self, used: Option<Usage>) -> bool {
+    /// Settles with what the upstream reported (the reservation when nothing), the request having
+    /// ended with `outcome`; true when it overran what the replica held.
+    fn finish(mut self, used: Option<Usage>, outcome: Outcome) -> bool {
         self.r
             .take()
-            .is_some_and(|r| settle(&self.gw.enforcer, &self.gw, r, used, &self.label))
+            .is_some_and(|r| settle(&self.gw, r, used, &self.label, outcome))
     }
 }
 
 impl Drop for Charge {
+    /// Dropped unsettled: the request's client went away before its answer (the handler was dropped).
     fn drop(&mut self) {
         if let Some(r) = self.r.take() {
-            settle(&self.gw.enforcer, &self.gw, r, None, &self.label);
+            settle(&self.gw, r, None, &self.label, Outcome::ClientAborted);
         }
     }
 }
 
-fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model: &str) -> bool {
+fn settle(
+    gw: &Gateway,
+    r: Reservation,
+    used: Option<Usage>,
+    model: &str,
+    outcome: Outcome,
+) -> bool {
     let used = used.unwrap_or_else(|| r.as_usage());
     let s = &r.budget.subject;
     let t = &gw.metrics.tokens;
@@ -472,7 +496,8 @@ fn settle(e: &Enforcer, gw: &Gateway, r: Reservation, used: Option<Usage>, model
         .inc_by(u64::try_from(used.input).unwrap_or(0));
     t.with_label_values(&[&s.namespace, &s.name, model, "output"])
         .inc_by(u64::try_from(used.output).unwrap_or(0));
-    e.settle(r, used)
+    count(gw, &r.budget, model, outcome);
+    gw.enforcer.settle(r, used, outcome)
 }
 
 /// A streamed answer passed through chunk by chunk, its usage read on the way (and, when the client
@@ -487,10 +512,10 @@ struct Metered {
 }
 
 impl Metered {
-    fn settle(&mut self) {
+    fn settle(&mut self, outcome: Outcome) {
         let used = self.tap.usage;
         if let Some(c) = self.charge.take() {
-            c.finish(used);
+            c.finish(used, outcome);
         }
     }
 }
@@ -502,7 +527,7 @@ impl Stream for Metered {
         let this = &mut *self;
         loop {
             if this.done {
-                this.settle();
+                this.settle(Outcome::Completed);
                 return Poll::Ready(None);
             }
             match this.inner.as_mut().poll_next(cx) {
@@ -517,7 +542,7 @@ impl Stream for Metered {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.settle();
+                    this.settle(Outcome::UpstreamError);
                     return Poll::Ready(Some(Err(std::io::Error::other(e.to_string()))));
                 }
                 Poll::Ready(None) => {
@@ -537,8 +562,6 @@ impl Stream for Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         // The client went away mid-stream: what the upstream reported so far, else the reservation.
-        if let Some(c) = self.charge.take() {
-            c.finish(self.tap.usage);
-        }
+        self.settle(Outcome::ClientAborted);
     }
 }

@@ -89,10 +89,50 @@ pub struct Origin {
     pub upstream: std::sync::Arc<str>,
 }
 
+/// How a metered request ended; usage rows count their requests per outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Answered in full.
+    Completed,
+    /// The client went away before the answer ended (charged what the upstream reported, else the
+    /// reservation).
+    ClientAborted,
+    /// The upstream failed, refused or broke off its answer.
+    UpstreamError,
+    /// The gateway refused it (budget, limits, a malformed request): nothing charged.
+    Refused,
+}
+
+impl Outcome {
+    /// Every outcome, in [`Outcome::index`] order.
+    pub const ALL: [Outcome; 4] = [
+        Self::Completed,
+        Self::ClientAborted,
+        Self::UpstreamError,
+        Self::Refused,
+    ];
+
+    /// Its name in metrics and usage rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::ClientAborted => "client_aborted",
+            Self::UpstreamError => "upstream_error",
+            Self::Refused => "refused",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Group {
     quantity: i64,
     requests: i64,
+    /// Requests per [`Outcome`] (those added with one).
+    outcomes: [i64; 4],
     first: i64,
     last: i64,
 }
@@ -148,10 +188,12 @@ impl Aggregator {
         at: i64,
         since: i64,
     ) {
-        self.add_from(subject, meter, quantity, price, (at, since), None);
+        self.add_from(subject, meter, quantity, price, (at, since), None, None);
     }
 
-    /// As [`Aggregator::add_since`] (`when` is `(at, since)`), for a request of `origin`.
+    /// As [`Aggregator::add_since`] (`when` is `(at, since)`), for a request of `origin` that ended
+    /// with `outcome`.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_from(
         &mut self,
         subject: &Subject,
@@ -160,6 +202,7 @@ impl Aggregator {
         price: Option<&Price>,
         (at, since): (i64, i64),
         origin: Option<&Origin>,
+        outcome: Option<Outcome>,
     ) {
         if quantity <= 0 {
             return;
@@ -186,6 +229,7 @@ impl Aggregator {
             let new = Group {
                 quantity: 0,
                 requests: 0,
+                outcomes: [0; 4],
                 first: at,
                 last: at,
             };
@@ -196,6 +240,9 @@ impl Aggregator {
         let g = &mut self.groups[i].1;
         g.quantity += quantity;
         g.requests += 1;
+        if let Some(o) = outcome {
+            g.outcomes[o.index()] += 1;
+        }
         g.first = g.first.min(at);
         g.last = g.last.max(at);
     }
@@ -254,13 +301,24 @@ impl Aggregator {
             g.quantity,
             k.price.as_ref(),
             (g.first, (g.last + 1).min(k.hour + HOUR)),
-            match &k.origin {
-                Some(o) => serde_json::json!({
-                    "requests": g.requests,
-                    "model": &*o.model,
-                    "upstream": &*o.upstream,
-                }),
-                None => serde_json::json!({ "requests": g.requests }),
+            {
+                let mut attrs = match &k.origin {
+                    Some(o) => serde_json::json!({
+                        "requests": g.requests,
+                        "model": &*o.model,
+                        "upstream": &*o.upstream,
+                    }),
+                    None => serde_json::json!({ "requests": g.requests }),
+                };
+                let outcomes: serde_json::Map<String, serde_json::Value> = Outcome::ALL
+                    .iter()
+                    .filter(|o| g.outcomes[o.index()] > 0)
+                    .map(|o| (o.as_str().to_string(), g.outcomes[o.index()].into()))
+                    .collect();
+                if !outcomes.is_empty() {
+                    attrs["outcomes"] = outcomes.into();
+                }
+                attrs
             },
         )
     }
@@ -322,7 +380,15 @@ mod tests {
         let (mini, big) = (origin("mini", "openrouter"), origin("big", "openrouter"));
         let other = origin("mini", "selfhosted");
         let add = |a: &mut Aggregator, n, p: &Price, o: &Origin, at| {
-            a.add_from(&b, Meter::LlmInputTokens, n, Some(p), (at, 0), Some(o));
+            a.add_from(
+                &b,
+                Meter::LlmInputTokens,
+                n,
+                Some(p),
+                (at, 0),
+                Some(o),
+                Some(Outcome::Completed),
+            );
         };
         add(&mut a, 1, &p2, &mini, 10);
         add(&mut a, 2, &p3, &mini, 11);
@@ -338,6 +404,29 @@ mod tests {
             .collect();
         got.sort();
         assert_eq!(got, [(2, 1), (4, 1), (8, 1), (17, 2), (32, 1)]);
+        a.accepted();
+        // Requests are counted per outcome in their row (no row per request).
+        for outcome in [
+            Outcome::Completed,
+            Outcome::ClientAborted,
+            Outcome::Completed,
+        ] {
+            a.add_from(
+                &b,
+                Meter::LlmInputTokens,
+                5,
+                Some(&p2),
+                (16, 0),
+                Some(&mini),
+                Some(outcome),
+            );
+        }
+        let row = &a.cut()[0];
+        assert_eq!(row.attributes["requests"], 3);
+        assert_eq!(
+            row.attributes["outcomes"],
+            serde_json::json!({"completed": 2, "client_aborted": 1})
+        );
         a.accepted();
         // After a cut, the same key is a new group, counted from zero.
         add(&mut a, 64, &p2, &mini, 20);
