@@ -522,6 +522,41 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
     );
 }
 
+/// Token spend counts toward the Project's `limits.maxMonthlySpend`: once the month-to-date cost
+/// reaches it, the Project's budgets are blocked (`SpendLimitReached`) and the gateway serves nothing.
+#[tokio::test]
+async fn a_project_at_its_monthly_spend_limit_blocks_its_budgets() {
+    quartermaster::install_crypto_provider();
+    let e = env(json!({"limits": {"maxMonthlySpend": "0"}})).await;
+    e.budget(10_000, json!({})).await;
+    let b = e
+        .wait("blocked by its Project's spend limit", |b| {
+            b.status.as_ref().is_some_and(|s| s.blocked.is_some())
+        })
+        .await;
+    let st = b.status.unwrap();
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "SpendLimitReached"),
+        "{:?}",
+        st.conditions
+    );
+    let key = e.key().await;
+    let v = common::eventually(T, "the gateway refuses the blocked budget", || async {
+        let (s, v) = e.chat(&key).await;
+        (s == 429 && v["error"]["code"] == "budget_blocked").then_some(v)
+    })
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.maxMonthlySpend"),
+        "{v}"
+    );
+}
+
 /// Two `quartermaster gateway` processes (as two replicas run) share one budget through PostgreSQL:
 /// concurrent requests to both never spend more than the allocation, status agrees with what the
 /// upstream reported, and the key appears in no log line.

@@ -83,6 +83,9 @@ pub mod reason {
     pub const STOPPED: &str = "Stopped";
     /// Stopped (or stopping) because the Project has no credit left.
     pub const CREDIT_EXHAUSTED: &str = "CreditExhausted";
+    /// The Project's month-to-date cost reached its `limits.maxMonthlySpend`: its TokenBudgets serve
+    /// nothing more this month.
+    pub const SPEND_LIMIT_REACHED: &str = "SpendLimitReached";
     /// The server runs but no price is known for its size: its time is recorded unpriced.
     pub const UNPRICED: &str = "Unpriced";
     /// The credentials Secret is being deleted but kept for the objects that still need it.

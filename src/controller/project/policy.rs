@@ -149,7 +149,7 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
 /// Why a Project's members stop or wait: the condition reason and message they show.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MoneyStop {
-    /// `CreditExhausted` or `SubscriptionInactive`.
+    /// `CreditExhausted`, `SubscriptionInactive` or `SpendLimitReached`.
     pub reason: &'static str,
     /// Why, for the member's condition.
     pub message: String,
@@ -196,6 +196,32 @@ pub fn effective_limits(p: &Project) -> ProjectLimits {
         )
         .map(|d| d.to_string()),
     }
+}
+
+/// Why a Project's TokenBudgets serve nothing more this month: its month-to-date cost (every meter in
+/// its currency, LLM tokens included) reached its effective `limits.maxMonthlySpend`. Token spend has
+/// no monthly price to admit in advance as a VM's has, so it counts as it is spent.
+pub fn spend_limit_reached(p: &Project) -> Option<MoneyStop> {
+    let limit = effective_limits(p)
+        .max_monthly_spend?
+        .parse::<Decimal>()
+        .ok()?;
+    let spent = p
+        .status
+        .as_ref()?
+        .month_to_date_cost
+        .as_deref()?
+        .parse::<Decimal>()
+        .ok()?;
+    (spent >= limit).then(|| MoneyStop {
+        reason: reason::SPEND_LIMIT_REACHED,
+        message: format!(
+            "Project {:?} has spent {spent} {} this month, its limit (limits.maxMonthlySpend) is {limit}; \
+             its TokenBudgets serve again next month, or when the limit is raised",
+            p.name_any(),
+            p.spec.currency
+        ),
+    })
 }
 
 /// Why a Project's Subscription does not entitle it, if it does not.
@@ -426,6 +452,34 @@ mod tests {
             let got = admit(&p, &c).err().map(|(r, _)| r);
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn token_budgets_stop_when_the_month_to_date_cost_reaches_the_spend_limit() {
+        let with = |limit: Option<&str>, mtd: Option<&str>| {
+            let mut p: Project = serde_json::from_value(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+                "metadata": {"name": "acme", "namespace": "demo"},
+                "spec": {"currency": "EUR", "limits": {"maxMonthlySpend": limit}},
+                "status": {"monthToDateCost": mtd}
+            }))
+            .unwrap();
+            if limit.is_none() {
+                p.spec.limits = None;
+            }
+            spend_limit_reached(&p)
+        };
+        assert_eq!(with(Some("10"), Some("9.999999")), None);
+        let stop = with(Some("10"), Some("10.000000")).expect("at the limit");
+        assert_eq!(stop.reason, reason::SPEND_LIMIT_REACHED);
+        assert!(
+            stop.message.contains("spent 10.000000 EUR"),
+            "{}",
+            stop.message
+        );
+        assert!(with(Some("10"), Some("12.5")).is_some());
+        assert_eq!(with(None, Some("1000")), None, "no limit");
+        assert_eq!(with(Some("10"), None), None, "nothing read yet");
     }
 
     #[test]

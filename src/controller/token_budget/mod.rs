@@ -141,7 +141,7 @@ fn check_upstreams(ctx: &Context, b: &TokenBudget) -> Result<(), Error> {
 /// Why a Project blocks its budgets.
 #[derive(Clone, Copy)]
 struct Block {
-    /// The condition reason: `CreditExhausted` or `SubscriptionInactive`.
+    /// The condition reason: `CreditExhausted`, `SubscriptionInactive` or `SpendLimitReached`.
     reason: &'static str,
     /// The Project is itself still converging (`Reconciling=True`): so is the budget.
     converging: bool,
@@ -172,7 +172,7 @@ fn project_terms(
     };
     st.project_uid = p.uid();
     st.currency = (!p.spec.allow_other_currencies).then(|| p.spec.currency.clone());
-    let block = policy::new_block(&p);
+    let block = policy::new_block(&p).or_else(|| policy::spend_limit_reached(&p));
     st.blocked = block.as_ref().map(|s| s.message.clone());
     let converging = p.status.as_ref().is_some_and(|s| {
         s.observed_generation == p.metadata.generation
