@@ -100,7 +100,13 @@ async fn proxied(gw: Arc<Gateway>, route: Route, req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let read = http_server::read_body(body, &parts.headers, gw.config.max_body_bytes);
-    match tokio::time::timeout(gw.config.body_timeout, read).await {
+    tokio::pin!(read);
+    // A body already here (most are: it came with the head) needs no timer.
+    let read = match futures::poll!(&mut read) {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => tokio::time::timeout(gw.config.body_timeout, read).await,
+    };
+    match read {
         Ok(Ok(body)) => proxy::handle(gw, route, entry, body).await,
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::new(
