@@ -1397,13 +1397,20 @@ async fn each_requests_outcome_is_a_metric_label_and_counted_in_its_usage_row() 
     .await;
     assert!(gone.is_err());
     let admin = admin(&r.gws[0].0).await;
-    let mut text = String::new();
     let want = [
         ("completed", 1),
         ("refused", 1),
         ("upstream_error", 2),
         ("client_aborted", 2),
     ];
+    let total = |text: &str, outcome: &str| -> i64 {
+        text.lines()
+            .filter(|l| l.starts_with("quartermaster_gateway_request_outcomes_total{"))
+            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+            .sum()
+    };
+    let mut text = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         text = client()
@@ -1414,25 +1421,12 @@ async fn each_requests_outcome_is_a_metric_label_and_counted_in_its_usage_row() 
             .text()
             .await
             .unwrap();
-        let total = |outcome: &str| -> i64 {
-            text.lines()
-                .filter(|l| l.starts_with("quartermaster_gateway_request_outcomes_total{"))
-                .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-                .sum()
-        };
-        if want.iter().all(|(o, n)| total(o) == *n) {
+        if want.iter().all(|(o, n)| total(&text, o) == *n) {
             break;
         }
     }
     for (outcome, n) in want {
-        let line = text
-            .lines()
-            .filter(|l| l.starts_with("quartermaster_gateway_request_outcomes_total{"))
-            .filter(|l| l.contains(&format!("outcome=\"{outcome}\"")))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
-            .sum::<i64>();
-        assert_eq!(line, n, "{outcome}:\n{text}");
+        assert_eq!(total(&text, outcome), n, "{outcome}:\n{text}");
     }
     // The charged ones are counted in their usage rows, per outcome (refusals charge nothing).
     r.gws[0].0.housekeep(false).await;

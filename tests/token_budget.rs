@@ -484,6 +484,12 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
     quartermaster::install_crypto_provider();
     // The Project's Subscription does not exist: it is not entitled, and nothing new may be spent.
     let e = env(json!({"subscriptionRef": {"name": "missing"}})).await;
+    blocked_by_the_project(&e, "SubscriptionInactive", "acme").await;
+}
+
+/// `e`'s budget, once created, is blocked by its Project with `reason`, and the gateway refuses its
+/// key with a message holding `needle`, sending nothing upstream.
+async fn blocked_by_the_project(e: &Env, reason: &str, needle: &str) {
     e.budget(10_000, json!({})).await;
     let b = e
         .wait("blocked by its Project", |b| {
@@ -494,7 +500,7 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
     assert!(
         st.conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "SubscriptionInactive"),
+            .any(|c| c.type_ == "Ready" && c.reason == reason),
         "{:?}",
         st.conditions
     );
@@ -505,7 +511,7 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
     })
     .await;
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("acme"),
+        v["error"]["message"].as_str().unwrap().contains(needle),
         "{v}"
     );
     assert_eq!(
@@ -528,33 +534,7 @@ async fn a_project_without_entitlement_blocks_its_budgets() {
 async fn a_project_at_its_monthly_spend_limit_blocks_its_budgets() {
     quartermaster::install_crypto_provider();
     let e = env(json!({"limits": {"maxMonthlySpend": "0"}})).await;
-    e.budget(10_000, json!({})).await;
-    let b = e
-        .wait("blocked by its Project's spend limit", |b| {
-            b.status.as_ref().is_some_and(|s| s.blocked.is_some())
-        })
-        .await;
-    let st = b.status.unwrap();
-    assert!(
-        st.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "SpendLimitReached"),
-        "{:?}",
-        st.conditions
-    );
-    let key = e.key().await;
-    let v = common::eventually(T, "the gateway refuses the blocked budget", || async {
-        let (s, v) = e.chat(&key).await;
-        (s == 429 && v["error"]["code"] == "budget_blocked").then_some(v)
-    })
-    .await;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("limits.maxMonthlySpend"),
-        "{v}"
-    );
+    blocked_by_the_project(&e, "SpendLimitReached", "limits.maxMonthlySpend").await;
 }
 
 /// Two `quartermaster gateway` processes (as two replicas run) share one budget through PostgreSQL:

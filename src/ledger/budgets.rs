@@ -120,19 +120,8 @@ impl Ledger {
         if n <= 0 {
             return Ok(());
         }
-        let now = jiff::Timestamp::now().as_second();
-        let sql = "UPDATE budget_periods SET granted = granted + $3, updated_at = $4 \
-                   WHERE budget_uid = $1 AND period_start = $2";
-        on_pool!(self, p => sqlx::query(sql)
-            .bind(uid)
-            .bind(period_start)
-            .bind(n)
-            .bind(now)
-            .execute(p)
+        self.add_granted(uid, period_start, n, "recording a budget overrun")
             .await
-            .map_err(db("recording a budget overrun"))?
-            .rows_affected());
-        Ok(())
     }
 
     /// Returns `n` unused tokens of a slice.
@@ -140,17 +129,29 @@ impl Ledger {
         if n <= 0 {
             return Ok(());
         }
+        self.add_granted(uid, period_start, -n, "returning a budget slice")
+            .await
+    }
+
+    /// Adds `delta` to what budget `uid`'s period starting `period_start` has granted.
+    async fn add_granted(
+        &self,
+        uid: &str,
+        period_start: i64,
+        delta: i64,
+        step: &'static str,
+    ) -> Result<(), LedgerError> {
         let now = jiff::Timestamp::now().as_second();
-        let sql = "UPDATE budget_periods SET granted = granted - $3, updated_at = $4 \
+        let sql = "UPDATE budget_periods SET granted = granted + $3, updated_at = $4 \
                    WHERE budget_uid = $1 AND period_start = $2";
         on_pool!(self, p => sqlx::query(sql)
             .bind(uid)
             .bind(period_start)
-            .bind(n)
+            .bind(delta)
             .bind(now)
             .execute(p)
             .await
-            .map_err(db("returning a budget slice"))?
+            .map_err(db(step))?
             .rows_affected());
         Ok(())
     }
