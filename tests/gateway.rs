@@ -1457,3 +1457,39 @@ async fn each_requests_outcome_is_a_metric_label_and_counted_in_its_usage_row() 
         .collect()
     );
 }
+
+/// A key's requests-per-minute limit holds across replicas: two gateways on one PostgreSQL ledger
+/// together serve it once, not once each, and refuse the rest with 429 and `Retry-After`.
+#[tokio::test]
+async fn rate_limits_per_key_hold_across_two_gateways_postgres() {
+    let Some(r) = rig(
+        1_000_000,
+        json!({"rateLimits": {"requestsPerMinute": 4, "tokensPerMinute": 100000}}),
+        2,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let resp = r.post(i % 2, "/v1/chat/completions", chat(false)).await;
+        codes.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+            let e: Value = resp.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "rate_limit_exceeded", "{e}");
+        }
+    }
+    assert_eq!(
+        codes.iter().filter(|c| **c == 200).count(),
+        4,
+        "4 a minute over both replicas: {codes:?}"
+    );
+    // A replica that gives its unused units back lets the other serve them.
+    for (gw, _) in &r.gws {
+        gw.housekeep(true).await;
+    }
+    assert_eq!(served_by(&r.sim.url).await.0, 4);
+}

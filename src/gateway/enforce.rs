@@ -14,22 +14,26 @@
 //!   until its reset, on any replica, one started later included. The period's total can pass the
 //!   allocation only by what requests admitted before a replica saw the overrun used beyond their
 //!   reservations (README: "Budgets").
+//! - Per-key rate limits (RPM, TPM) hold across replicas the same way: each key's bucket lives in the
+//!   ledger ([`crate::ledger::rate_buckets`]); a replica serves from units it took in slices and gives
+//!   back what it left unused once idle ([`super::rates`]). `onExhausted: Throttle`'s pace is still held
+//!   per replica.
 //! - Enforcement never waits for a background job: a request that does not fit takes a slice itself.
 //! - A request in flight across a period boundary settles in the period it was admitted in.
 //! - Idle slices go back to the ledger after `idle` seconds, and all of them at shutdown; a replica that
 //!   dies keeps its slice granted (never handed out twice): what it served unflushed is within it.
-
-use std::collections::HashMap;
 
 use crate::fast_map::FastMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::directory::{BudgetView, Model};
 use super::limits::Bucket;
+use super::rates::{self, Holds};
 use super::usage::Usage;
 use crate::budget::period::Window;
 use crate::budget::slice::Slice;
 use crate::ledger::metering::requests::{Aggregator, Outcome};
+use crate::ledger::rate_buckets::{self, Taken};
 use crate::ledger::{Ledger, Meter};
 
 /// The smallest reservation a request makes (a prompt bound's 8 plus one output token): a budget with
@@ -100,8 +104,8 @@ struct Inner {
     current: Option<Slice>,
     /// Earlier periods with requests still in flight.
     previous: Vec<Slice>,
-    rpm: HashMap<Arc<str>, Bucket>,
-    tpm: HashMap<Arc<str>, Bucket>,
+    /// What this replica holds of its keys' shared rate-limit buckets.
+    rates: Holds,
     throttle: Option<Bucket>,
     /// Tokens to give back to the ledger: (period start, tokens).
     to_release: Vec<(i64, i64)>,
@@ -137,68 +141,6 @@ impl Inner {
         }
         self.previous.iter_mut().find(|s| s.window.start == start)
     }
-
-    /// Takes the per-key rate limits' share of a request of `tokens`.
-    fn rate(
-        &mut self,
-        b: &BudgetView,
-        key: &Arc<str>,
-        tokens: i64,
-        now: f64,
-    ) -> Result<(), Refusal> {
-        if let Some(tpm) = b.tpm {
-            let cap = tpm as f64;
-            if tokens as f64 > cap {
-                return Err(Refusal::TooLarge(tokens));
-            }
-        }
-        if let Some(rpm) = b.rpm {
-            let bucket = bucket(&mut self.rpm, key, f64::from(rpm), now);
-            if let Err(wait) = bucket.take(1.0, now) {
-                return Err(Refusal::RateLimited {
-                    what: "requests per minute",
-                    retry_after: wait,
-                });
-            }
-        }
-        if let Some(tpm) = b.tpm {
-            let bucket = bucket(&mut self.tpm, key, tpm as f64, now);
-            if let Err(wait) = bucket.take(tokens as f64, now) {
-                if let Some(r) = self.rpm.get_mut(key) {
-                    r.give(1.0);
-                }
-                return Err(Refusal::RateLimited {
-                    what: "tokens per minute",
-                    retry_after: wait,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn unrate(&mut self, key: &Arc<str>, tokens: i64) {
-        if let Some(r) = self.rpm.get_mut(key) {
-            r.give(1.0);
-        }
-        if let Some(t) = self.tpm.get_mut(key) {
-            t.give(tokens as f64);
-        }
-    }
-}
-
-fn bucket<'a>(
-    m: &'a mut HashMap<Arc<str>, Bucket>,
-    key: &Arc<str>,
-    cap: f64,
-    now: f64,
-) -> &'a mut Bucket {
-    let b = m
-        .entry(key.clone())
-        .or_insert_with(|| Bucket::new(cap, now));
-    if b.capacity() != cap {
-        *b = Bucket::new(cap, now);
-    }
-    b
 }
 
 #[derive(Debug, Default)]
@@ -355,11 +297,13 @@ impl Enforcer {
             )
         })?;
         let state = self.state(&budget.subject.uid);
-        state
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rate(budget, key, amount, now)?;
+        if let Some(tpm) = budget.tpm
+            && amount as f64 > tpm as f64
+        {
+            return Err(Refusal::TooLarge(amount));
+        }
+        let wants = rates::wants(budget, key, amount);
+        self.rate(&state, &budget.subject.uid, &wants, now).await?;
         let admitted = self
             .admit(&state, budget, window, allocation, amount, now)
             .await;
@@ -368,7 +312,8 @@ impl Enforcer {
                 .inner
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .unrate(key, amount);
+                .rates
+                .give(&wants);
         }
         admitted?;
         Ok(Reservation {
@@ -379,6 +324,72 @@ impl Enforcer {
             at: secs,
             model: model.clone(),
         })
+    }
+
+    /// Takes `wants` (a request's share of its key's rate limits) from what this replica holds,
+    /// taking slices of the key's shared buckets from the ledger when short; a bucket that has not
+    /// enough refuses the request.
+    async fn rate(
+        &self,
+        state: &Arc<State>,
+        uid: &str,
+        wants: &[rates::Want],
+        now: f64,
+    ) -> Result<(), Refusal> {
+        if wants.is_empty() {
+            return Ok(());
+        }
+        let secs = now as i64;
+        let take = |state: &State| {
+            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            i.rates.take(wants, secs)
+        };
+        for _ in 0..4 {
+            let Err(_) = take(state) else { return Ok(()) };
+            let _one = state.leasing.lock().await;
+            let (w, short) = match take(state) {
+                Ok(()) => return Ok(()),
+                Err((i, short)) => (wants[i].clone(), short),
+            };
+            let (ledger, id, share, held) = (
+                self.ledger.clone(),
+                uid.to_string(),
+                self.share,
+                state.clone(),
+            );
+            let now_ms = (now * 1000.0) as i64;
+            let want = w.clone();
+            // Units granted are held here even if this request is gone by then.
+            let taken = self
+                .on_io(async move {
+                    let bucket = rate_buckets::Bucket {
+                        budget_uid: &id,
+                        key: &want.key,
+                        limit: want.limit.as_str(),
+                        capacity: want.capacity,
+                    };
+                    let t = ledger.take_rate(bucket, short, share, now_ms).await?;
+                    if let Taken::Got(n) = t {
+                        held.inner
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .rates
+                            .add(&want, n, now_ms / 1000);
+                    }
+                    Ok(t)
+                })
+                .await
+                .map_err(Refusal::Ledger)?;
+            if let Taken::Wait(wait) = taken {
+                return Err(Refusal::RateLimited {
+                    what: w.limit.what(),
+                    retry_after: wait,
+                });
+            }
+        }
+        Err(Refusal::Ledger(
+            "could not take a slice of a rate limit after 4 attempts".into(),
+        ))
     }
 
     async fn admit(
@@ -632,6 +643,24 @@ impl Enforcer {
             if st.pending_overruns() {
                 let _one = st.leasing.lock().await;
                 st.write_overruns(&self.ledger, &uid).await?;
+            }
+            let rates_back = st
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rates
+                .idle(now, self.idle, all);
+            for (key, limit, capacity, n) in rates_back {
+                let b = rate_buckets::Bucket {
+                    budget_uid: &uid,
+                    key: &key,
+                    limit: limit.as_str(),
+                    capacity,
+                };
+                // Not given back (an outage): the bucket refills them within a minute anyway.
+                if let Err(e) = self.ledger.give_rate(b, n, now * 1000).await {
+                    tracing::debug!(error = %e, "returning rate-limit units failed");
+                }
             }
             let releases = {
                 let mut i = st.inner.lock().unwrap_or_else(|p| p.into_inner());

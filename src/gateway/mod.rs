@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod output;
 pub mod pool;
 pub mod proxy;
+pub mod rates;
 pub mod request_body;
 pub mod route;
 pub mod routes;
