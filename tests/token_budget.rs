@@ -164,6 +164,41 @@ impl Env {
         .await;
     }
 
+    /// A Stripe account (ProviderConfig `<id>-stripe`) whose plan `llm` carries `entitlements`, and a
+    /// Subscription `llm` of Project acme to it.
+    async fn plan(&self, entitlements: Value) {
+        common::secret(&self.client, &self.ns, "stripe", "secretKey", "sk_test_123").await;
+        let stripe_pc = format!("{}-stripe", self.id);
+        Api::<quartermaster::crd::ProviderConfig>::all(self.client.clone())
+            .patch(
+                &stripe_pc,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&json!({
+                    "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+                    "metadata": {"name": stripe_pc, "labels": {"qm-test": self.id}},
+                    "spec": {"type": "stripe", "endpoint": self.sim.url,
+                             "credentialsSecretRef": {"name": "stripe", "namespace": self.ns, "key": "secretKey"},
+                             "plans": [{"name": "llm", "priceID": "price_basic",
+                                        "entitlements": entitlements}]},
+                })),
+            )
+            .await
+            .unwrap();
+        apply(
+            &self.client,
+            &self.ns,
+            "Subscription",
+            "llm",
+            json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Subscription",
+                "metadata": {"name": "llm", "labels": {"qm-test": self.id}},
+                "spec": {"plan": "llm", "customer": {"email": "ops@acme.example"},
+                         "projectRef": {"name": "acme"}, "providerConfigRef": {"name": stripe_pc}},
+            }),
+        )
+        .await;
+    }
+
     fn budgets(&self) -> Api<TokenBudget> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -359,36 +394,7 @@ async fn a_subscription_period_budget_takes_its_plans_tokens_and_resets_when_the
     quartermaster::install_crypto_provider();
     let e = env(json!({})).await;
     // A Stripe account whose plan grants 100 tokens a period, and a Subscription to it.
-    common::secret(&e.client, &e.ns, "stripe", "secretKey", "sk_test_123").await;
-    let stripe_pc = format!("{}-stripe", e.id);
-    Api::<quartermaster::crd::ProviderConfig>::all(e.client.clone())
-        .patch(
-            &stripe_pc,
-            &PatchParams::apply("quartermaster-tests").force(),
-            &Patch::Apply(&json!({
-                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
-                "metadata": {"name": stripe_pc, "labels": {"qm-test": e.id}},
-                "spec": {"type": "stripe", "endpoint": e.sim.url,
-                         "credentialsSecretRef": {"name": "stripe", "namespace": e.ns, "key": "secretKey"},
-                         "plans": [{"name": "llm", "priceID": "price_basic",
-                                    "entitlements": {"tokensPerPeriod": 100}}]},
-            })),
-        )
-        .await
-        .unwrap();
-    apply(
-        &e.client,
-        &e.ns,
-        "Subscription",
-        "llm",
-        json!({
-            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Subscription",
-            "metadata": {"name": "llm", "labels": {"qm-test": e.id}},
-            "spec": {"plan": "llm", "customer": {"email": "ops@acme.example"},
-                     "projectRef": {"name": "acme"}, "providerConfigRef": {"name": stripe_pc}},
-        }),
-    )
-    .await;
+    e.plan(json!({"tokensPerPeriod": 100})).await;
     apply(
         &e.client,
         &e.ns,
@@ -526,6 +532,51 @@ async fn blocked_by_the_project(e: &Env, reason: &str, needle: &str) {
         0,
         "nothing reached the upstream"
     );
+}
+
+/// A plan's entitlements may carry per-key rate limits: the budget's status shows the lower of its own
+/// and the plan's, and the gateway holds every key to it.
+#[tokio::test]
+async fn a_plans_rate_limits_lower_the_budgets_own() {
+    quartermaster::install_crypto_provider();
+    let e = env(json!({"subscriptionRef": {"name": "llm"}})).await;
+    e.plan(json!({"requestsPerMinute": 2, "tokensPerMinute": 1000000}))
+        .await;
+    e.budget(100_000, json!({"rateLimits": {"requestsPerMinute": 50}}))
+        .await;
+    let b = e
+        .wait("the plan's limits in status", |b| {
+            b.status
+                .as_ref()
+                .and_then(|s| s.rate_limits.as_ref())
+                .is_some_and(|r| r.requests_per_minute == Some(2))
+        })
+        .await;
+    let limits = b.status.unwrap().rate_limits.unwrap();
+    assert_eq!(limits.tokens_per_minute, Some(1_000_000));
+    let key = e.key().await;
+    e.served(&key).await;
+    // 2 a minute (the first may have been served under the budget's own 50, had the gateway not seen
+    // the status yet): refused by the third or fourth request.
+    let mut served = 1;
+    let mut refused = None;
+    for _ in 0..4 {
+        let (s, v) = e.chat(&key).await;
+        match s {
+            200 => served += 1,
+            _ => {
+                refused = Some((s, v));
+                break;
+            }
+        }
+    }
+    let (s, v) = refused.expect("the plan's 2 a minute holds");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("rate_limit_exceeded")),
+        "{v}"
+    );
+    assert!(served <= 3, "{served} served at 2 a minute");
 }
 
 /// Token spend counts toward the Project's `limits.maxMonthlySpend`: once the month-to-date cost

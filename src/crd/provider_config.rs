@@ -198,6 +198,16 @@ pub struct PlanEntitlements {
     /// LLM tokens per period, for TokenBudgets whose allocation comes from the plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_period: Option<u64>,
+    /// Requests a minute each API key of the Project's TokenBudgets may make (the lower of this and
+    /// the budget's own `rateLimits` holds), across every gateway replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens a minute each API key of the Project's TokenBudgets may use (the lower of this and the
+    /// budget's own `rateLimits` holds), across every gateway replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
     /// Most VirtualMachines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_virtual_machines: Option<u32>,

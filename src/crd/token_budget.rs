@@ -76,7 +76,8 @@ pub struct TokenBudgetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128), inner(length(min = 1, max = 128)))]
     pub models: Vec<String>,
-    /// Request and token rate limits of each API key (held by each gateway replica).
+    /// Request and token rate limits of each API key, held across every gateway replica (the Project's
+    /// plan may lower them: see `status.rateLimits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<BudgetRateLimits>,
     /// What the gateway does once the budget is used up.
@@ -160,6 +161,10 @@ pub struct TokenBudgetStatus {
     /// The `metadata.generation` the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The rate limits each key is held to: `spec.rateLimits`, lowered by the Project's plan's
+    /// entitlements (`requestsPerMinute`, `tokensPerMinute`). The gateway enforces these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<BudgetRateLimits>,
     /// kstatus conditions: Ready, Reconciling, Stalled (and Paused when paused).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -81,6 +81,7 @@ impl BudgetView {
     /// The view of `b`, or why it cannot be served.
     pub fn of(b: &TokenBudget) -> Self {
         let status = b.status.clone().unwrap_or_default();
+        let limits = status.rate_limits.as_ref().or(b.spec.rate_limits.as_ref());
         let ns = b.namespace().unwrap_or_default();
         let period = match b.spec.period {
             // The gateway checks that the period holds the time of each request itself.
@@ -118,16 +119,10 @@ impl BudgetView {
             period,
             upstreams,
             models: b.spec.models.clone(),
-            rpm: b
-                .spec
-                .rate_limits
-                .as_ref()
-                .and_then(|r| r.requests_per_minute),
-            tpm: b
-                .spec
-                .rate_limits
-                .as_ref()
-                .and_then(|r| r.tokens_per_minute),
+            // The controller's effective limits (the plan's lowering the budget's own) once it wrote
+            // them; the budget's own before.
+            rpm: limits.and_then(|r| r.requests_per_minute),
+            tpm: limits.and_then(|r| r.tokens_per_minute),
             default_max_tokens: i64::from(
                 b.spec
                     .default_max_tokens

@@ -25,6 +25,7 @@ use crate::budget::period::{self, Window};
 use crate::crd::conditions::{Condition, ConditionStatus, Health, reason};
 use crate::crd::provider_config::ProviderType;
 use crate::crd::token_budget::BudgetPeriod;
+use crate::crd::token_budget::BudgetRateLimits;
 use crate::crd::{TokenBudget, TokenBudgetStatus};
 use crate::ledger::format_amount;
 
@@ -157,6 +158,7 @@ fn project_terms(
         st.project_uid = None;
         st.currency = None;
         st.blocked = None;
+        st.rate_limits = b.spec.rate_limits.clone();
         return Ok(None);
     };
     let ns = b.namespace().unwrap_or_default();
@@ -172,6 +174,7 @@ fn project_terms(
     };
     st.project_uid = p.uid();
     st.currency = (!p.spec.allow_other_currencies).then(|| p.spec.currency.clone());
+    st.rate_limits = rate_limits(b, plan_entitlements(ctx, &p)?.as_ref());
     let block = policy::new_block(&p).or_else(|| policy::spend_limit_reached(&p));
     st.blocked = block.as_ref().map(|s| s.message.clone());
     let converging = p.status.as_ref().is_some_and(|s| {
@@ -183,6 +186,60 @@ fn project_terms(
         reason: s.reason,
         converging,
     }))
+}
+
+/// The entitlements of the plan the Project's Subscription is on, if it has one.
+fn plan_entitlements(
+    ctx: &Context,
+    p: &crate::crd::Project,
+) -> Result<Option<crate::crd::provider_config::PlanEntitlements>, Error> {
+    let Some(r) = &p.spec.subscription_ref else {
+        return Ok(None);
+    };
+    let caches = ctx.caches()?;
+    let ns = p.namespace().unwrap_or_default();
+    let Some(sub) = caches
+        .subscriptions
+        .get(&ObjectRef::new(&r.name).within(&ns))
+    else {
+        return Ok(None);
+    };
+    let Some(plan) = sub.status.as_ref().and_then(|s| s.plan.clone()) else {
+        return Ok(None);
+    };
+    Ok(caches
+        .provider_configs
+        .get(&ObjectRef::new(&sub.spec.provider_config_ref.name))
+        .and_then(|pc| pc.spec.plans.iter().find(|x| x.name == plan).cloned())
+        .and_then(|x| x.entitlements))
+}
+
+/// The rate limits each of `b`'s keys is held to: its own, lowered by its plan's (the lower wins).
+fn rate_limits(
+    b: &TokenBudget,
+    plan: Option<&crate::crd::provider_config::PlanEntitlements>,
+) -> Option<BudgetRateLimits> {
+    fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+    let own = b.spec.rate_limits.clone().unwrap_or(BudgetRateLimits {
+        requests_per_minute: None,
+        tokens_per_minute: None,
+    });
+    let limits = BudgetRateLimits {
+        requests_per_minute: lower(
+            own.requests_per_minute,
+            plan.and_then(|e| e.requests_per_minute),
+        ),
+        tokens_per_minute: lower(
+            own.tokens_per_minute,
+            plan.and_then(|e| e.tokens_per_minute),
+        ),
+    };
+    (limits.requests_per_minute.is_some() || limits.tokens_per_minute.is_some()).then_some(limits)
 }
 
 /// Sets condition `type_` in `conds`, keeping its transition time when its status did not change.
