@@ -774,6 +774,31 @@ async fn a_throttled_budget_keeps_serving_slowly_and_bills_the_overage() {
     assert_eq!(r.ledger_tokens().await, reported);
 }
 
+/// A throttled budget's pace holds across replicas: two gateways on one PostgreSQL ledger serve its
+/// `throttleRequestsPerMinute` once between them.
+#[tokio::test]
+async fn a_throttled_budgets_pace_holds_across_two_gateways_postgres() {
+    let body = chat(false);
+    let per_request = reservation_of(&body) as u64;
+    let Some(r) = rig(
+        per_request,
+        json!({"onExhausted": "Throttle", "throttleRequestsPerMinute": 2}),
+        2,
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let resp = r.post(i % 2, "/v1/chat/completions", body.clone()).await;
+        codes.push(resp.status().as_u16());
+    }
+    // One within the allocation, two at the throttled pace over both replicas, then refused.
+    assert_eq!(codes, [200, 200, 200, 429, 429, 429]);
+}
+
 /// The requests the gateway forwards are valid against OpenAI's own API document (Prism refuses what is
 /// not): the model as the upstream knows it, the output limit the gateway adds, and `stream_options` on
 /// a stream. What the upstream refuses reaches the client as it said it, and costs nothing.

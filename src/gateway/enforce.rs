@@ -16,8 +16,7 @@
 //!   reservations (README: "Budgets").
 //! - Per-key rate limits (RPM, TPM) hold across replicas the same way: each key's bucket lives in the
 //!   ledger ([`crate::ledger::rate_buckets`]); a replica serves from units it took in slices and gives
-//!   back what it left unused once idle ([`super::rates`]). `onExhausted: Throttle`'s pace is still held
-//!   per replica.
+//!   back what it left unused once idle ([`super::rates`]); so is `onExhausted: Throttle`'s pace.
 //! - Enforcement never waits for a background job: a request that does not fit takes a slice itself.
 //! - A request in flight across a period boundary settles in the period it was admitted in.
 //! - Idle slices go back to the ledger after `idle` seconds, and all of them at shutdown; a replica that
@@ -27,7 +26,6 @@ use crate::fast_map::FastMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::directory::{BudgetView, Model};
-use super::limits::Bucket;
 use super::rates::{self, Holds};
 use super::usage::Usage;
 use crate::budget::period::Window;
@@ -104,9 +102,8 @@ struct Inner {
     current: Option<Slice>,
     /// Earlier periods with requests still in flight.
     previous: Vec<Slice>,
-    /// What this replica holds of its keys' shared rate-limit buckets.
+    /// What this replica holds of its keys' shared rate-limit buckets (and its `Throttle` pace's).
     rates: Holds,
-    throttle: Option<Bucket>,
     /// Tokens to give back to the ledger: (period start, tokens).
     to_release: Vec<(i64, i64)>,
     /// Tokens requests used beyond what this replica held, not yet written to the ledger: (period
@@ -303,7 +300,10 @@ impl Enforcer {
             return Err(Refusal::TooLarge(amount));
         }
         let wants = rates::wants(budget, key, amount);
-        self.rate(&state, &budget.subject.uid, &wants, now).await?;
+        if !wants.is_empty() {
+            // Boxed: a budget without rate limits (most) does not carry this future's state.
+            Box::pin(self.rate(&state, &budget.subject.uid, &wants, now)).await?;
+        }
         let admitted = self
             .admit(&state, budget, window, allocation, amount, now)
             .await;
@@ -340,13 +340,34 @@ impl Enforcer {
             return Ok(());
         }
         let secs = now as i64;
+        let taken = state
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rates
+            .take(wants, secs);
+        if taken.is_ok() {
+            return Ok(());
+        }
+        let _one = state.leasing.lock().await;
+        self.rate_leasing(state, uid, wants, now).await
+    }
+
+    /// [`Enforcer::rate`]'s slow path, with `state`'s leasing lock held: slices of the short buckets
+    /// are taken until every want fits, or a bucket has not enough.
+    async fn rate_leasing(
+        &self,
+        state: &Arc<State>,
+        uid: &str,
+        wants: &[rates::Want],
+        now: f64,
+    ) -> Result<(), Refusal> {
+        let secs = now as i64;
         let take = |state: &State| {
             let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
             i.rates.take(wants, secs)
         };
         for _ in 0..4 {
-            let Err(_) = take(state) else { return Ok(()) };
-            let _one = state.leasing.lock().await;
             let (w, short) = match take(state) {
                 Ok(()) => return Ok(()),
                 Err((i, short)) => (wants[i].clone(), short),
@@ -445,18 +466,17 @@ impl Enforcer {
                 let Some(rpm) = budget.throttle_rpm else {
                     return Err(self.short(state, uid, window, allocation, amount).await);
                 };
-                let wait = {
-                    let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-                    let b = i
-                        .throttle
-                        .get_or_insert_with(|| Bucket::new(f64::from(rpm), now));
-                    b.take(1.0, now).err()
-                };
-                if let Some(wait) = wait {
-                    return Err(Refusal::Exhausted {
-                        reset: window.end,
-                        retry_after: Some(wait),
-                    });
+                // The pace is held across replicas, as rate limits are (the leasing lock is held).
+                let pace = [rates::pace(rpm)];
+                match Box::pin(self.rate_leasing(state, uid, &pace, now)).await {
+                    Ok(()) => {}
+                    Err(Refusal::RateLimited { retry_after, .. }) => {
+                        return Err(Refusal::Exhausted {
+                            reset: window.end,
+                            retry_after: Some(retry_after),
+                        });
+                    }
+                    Err(e) => return Err(e),
                 }
                 let (ledger, id, held) = (self.ledger.clone(), uid.clone(), state.clone());
                 self.on_io(async move {

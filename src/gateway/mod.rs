@@ -16,7 +16,6 @@ pub mod endpoint;
 pub mod enforce;
 pub mod errors;
 pub mod http_server;
-pub mod limits;
 pub mod metrics;
 pub mod output;
 pub mod pool;

@@ -295,7 +295,15 @@ async fn serve(
             &upstream.1.origin.model,
             Outcome::UpstreamError,
         );
-        let r = refused_upstream(gw, &upstream.0, status, &head.headers, body).await;
+        // Boxed, as the other cold paths: the served request's future does not carry their state.
+        let r = Box::pin(refused_upstream(
+            gw,
+            &upstream.0,
+            status,
+            &head.headers,
+            body,
+        ))
+        .await;
         gw.metrics
             .added_latency
             .observe((before + after.elapsed()).as_secs_f64());
@@ -338,7 +346,7 @@ async fn serve(
     let used = usage::of_bytes(&bytes);
     if charge.finish(used, Outcome::Completed) {
         // The upstream billed more than the replica held: on the ledger before the client can ask again.
-        gw.enforcer.overruns_written(&budget.subject.uid).await;
+        Box::pin(gw.enforcer.overruns_written(&budget.subject.uid)).await;
     }
     let r = passthrough(status, &head.headers, Body::from(bytes));
     let _ = waited;

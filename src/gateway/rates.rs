@@ -15,6 +15,8 @@ pub enum Limit {
     Rpm,
     /// Tokens per minute.
     Tpm,
+    /// Requests per minute a budget serves once exhausted (`onExhausted: Throttle`), over all its keys.
+    Throttle,
 }
 
 impl Limit {
@@ -23,6 +25,7 @@ impl Limit {
         match self {
             Self::Rpm => "rpm",
             Self::Tpm => "tpm",
+            Self::Throttle => "throttle",
         }
     }
 
@@ -31,6 +34,7 @@ impl Limit {
         match self {
             Self::Rpm => "requests per minute",
             Self::Tpm => "tokens per minute",
+            Self::Throttle => "requests per minute once exhausted",
         }
     }
 }
@@ -68,6 +72,16 @@ pub fn wants(b: &BudgetView, key: &Arc<str>, tokens: i64) -> Vec<Want> {
         });
     }
     w
+}
+
+/// The one request an exhausted `Throttle` budget may serve at `rpm` a minute, over all its keys.
+pub fn pace(rpm: u32) -> Want {
+    Want {
+        key: "".into(),
+        limit: Limit::Throttle,
+        capacity: i64::from(rpm),
+        n: 1,
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
