@@ -29,9 +29,13 @@ use crate::ledger::metering::requests::Outcome;
 /// case-insensitive, RFC 9110 section 11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.trim_start().split_once(' ')?;
-    let key = key.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+    let scheme = value.as_bytes().get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    // The 7 bytes are ASCII, so this is a character boundary.
+    let key = value[7..].trim();
+    (!key.is_empty()).then_some(key)
 }
 
 /// The key's entry, from the `Authorization: Bearer` header.
