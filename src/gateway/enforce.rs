@@ -156,28 +156,30 @@ impl State {
             .is_empty()
     }
 
-    /// Writes the overruns it holds to `ledger` as budget `uid`'s; those a failed write left stay, to
-    /// be written before the next admission.
+    /// Writes the overruns it holds to `ledger` as budget `uid`'s, with its leasing lock held (so the
+    /// writes are one at a time). Each stays pending until written: admission waits for it, and a
+    /// failed write leaves it for the next admission or housekeeping round.
     async fn write_overruns(
         &self,
         ledger: &Ledger,
         uid: &str,
     ) -> Result<(), crate::ledger::LedgerError> {
-        let batch = std::mem::take(
-            &mut self
-                .inner
+        loop {
+            let next = {
+                let i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                i.overruns.first().copied()
+            };
+            let Some((start, n)) = next else {
+                return Ok(());
+            };
+            ledger.record_overrun(uid, start, n).await?;
+            // New overruns are only ever appended: the first is the one just written.
+            self.inner
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .overruns,
-        );
-        for (k, &(start, n)) in batch.iter().enumerate() {
-            if let Err(e) = ledger.record_overrun(uid, start, n).await {
-                let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                i.overruns.splice(0..0, batch[k..].iter().copied());
-                return Err(e);
-            }
+                .overruns
+                .remove(0);
         }
-        Ok(())
     }
 
     /// Holds `got` tokens the ledger granted for `window`: on the current slice, or to be given back
@@ -340,14 +342,18 @@ impl Enforcer {
             return Ok(());
         }
         let secs = now as i64;
-        let taken = state
-            .inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rates
-            .take(wants, secs);
-        if taken.is_ok() {
-            return Ok(());
+        {
+            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if i.rates.take(wants, secs).is_ok() {
+                return Ok(());
+            }
+            // Refused in memory while the ledger's bucket is known to be empty.
+            if let Some((k, wait)) = i.rates.waiting(wants, now) {
+                return Err(Refusal::RateLimited {
+                    what: wants[k].limit.what(),
+                    retry_after: wait,
+                });
+            }
         }
         let _one = state.leasing.lock().await;
         self.rate_leasing(state, uid, wants, now).await
@@ -402,6 +408,12 @@ impl Enforcer {
                 .await
                 .map_err(Refusal::Ledger)?;
             if let Taken::Wait(wait) = taken {
+                state
+                    .inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .rates
+                    .empty_until(&w, now + wait);
                 return Err(Refusal::RateLimited {
                     what: w.limit.what(),
                     retry_after: wait,
@@ -437,13 +449,16 @@ impl Enforcer {
         };
         for _ in 0..8 {
             let Err(_) = fits(state) else { return Ok(()) };
-            // One slice request per budget at a time: a burst waits for it instead of each asking.
-            let _one = state.leasing.lock().await;
+            // An overrun goes to the ledger first (its write holds the leasing lock itself).
             self.write_overruns(state, &budget.subject.uid)
                 .await
-                .map_err(|e| Refusal::Ledger(e.to_string()))?;
+                .map_err(Refusal::Ledger)?;
+            // One slice request per budget at a time: a burst waits for it instead of each asking.
+            let _one = state.leasing.lock().await;
             let deficit = match fits(state) {
                 Ok(()) => return Ok(()),
+                // An overrun settled meanwhile: written on the next turn.
+                Err(0) => continue,
                 Err(d) => d,
             };
             let uid = &budget.subject.uid;
@@ -468,7 +483,20 @@ impl Enforcer {
                 };
                 // The pace is held across replicas, as rate limits are (the leasing lock is held).
                 let pace = [rates::pace(rpm)];
-                match Box::pin(self.rate_leasing(state, uid, &pace, now)).await {
+                let known = state
+                    .inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .rates
+                    .waiting(&pace, now);
+                let paced = match known {
+                    Some((_, wait)) => Err(Refusal::RateLimited {
+                        what: pace[0].limit.what(),
+                        retry_after: wait,
+                    }),
+                    None => Box::pin(self.rate_leasing(state, uid, &pace, now)).await,
+                };
+                match paced {
                     Ok(()) => {}
                     Err(Refusal::RateLimited { retry_after, .. }) => {
                         return Err(Refusal::Exhausted {
@@ -495,13 +523,17 @@ impl Enforcer {
         ))
     }
 
-    /// Writes the overruns `state` holds to the ledger, on the enforcer's own runtime (a request that
-    /// goes away meanwhile loses none of them).
+    /// Writes the overruns `state` holds to the ledger, on the enforcer's own runtime and under
+    /// `state`'s leasing lock, which the write holds itself: a request that goes away meanwhile neither
+    /// loses one nor lets a second write start beside it. The caller must not hold that lock.
     async fn write_overruns(&self, state: &Arc<State>, uid: &str) -> Result<(), String> {
         if state.pending_overruns() {
             let (ledger, id, held) = (self.ledger.clone(), uid.to_string(), state.clone());
-            self.on_io(async move { held.write_overruns(&ledger, &id).await })
-                .await?;
+            self.on_io(async move {
+                let _one = held.leasing.lock().await;
+                held.write_overruns(&ledger, &id).await
+            })
+            .await?;
         }
         Ok(())
     }
@@ -517,13 +549,13 @@ impl Enforcer {
         amount: i64,
     ) -> Refusal {
         let (ledger, id, start) = (self.ledger.clone(), uid.to_string(), window.start);
-        let ungranted = self
+        let ungranted = match self
             .on_io(async move { ledger.budget_period(&id, start).await })
             .await
-            .ok()
-            .flatten()
-            .map_or(allocation, |p| allocation - p.granted)
-            .max(0);
+        {
+            Ok(p) => p.map_or(allocation, |p| allocation - p.granted).max(0),
+            Err(e) => return Refusal::Ledger(e),
+        };
         let free = {
             let i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
             i.current
@@ -608,7 +640,6 @@ impl Enforcer {
     /// pending, and this replica admits nothing of the budget before writing them).
     pub async fn overruns_written(&self, uid: &str) {
         let state = self.state(uid);
-        let _one = state.leasing.lock().await;
         let _ = self.write_overruns(&state, uid).await;
     }
 

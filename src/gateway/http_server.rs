@@ -163,14 +163,25 @@ where
     Ok(())
 }
 
-/// Tells a connection beyond the cap so (within a second) and closes it.
+/// Tells a connection beyond the cap so and closes it, within a second. What the client sent is
+/// read and dropped first (up to 64 KiB): closing a socket with unread bytes sends a reset, and the
+/// client would see that instead of the 503.
 async fn refuse(mut tcp: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    let write = async {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = async {
         tcp.write_all(&over_capacity()).await?;
-        tcp.shutdown().await
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 /// The whole request body, refused (413) past `max` bytes.
@@ -334,8 +345,13 @@ mod tests {
         let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(get(&mut a).await.starts_with("HTTP/1.1 200"));
         assert!(get(&mut b).await.starts_with("HTTP/1.1 200"));
-        // A third, while two are open: 503 in OpenAI's shape, then closed.
+        // A third, while two are open: 503 in OpenAI's shape, then closed — also when it sent its
+        // request first (unread bytes must not turn the close into a reset).
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let mut refused = String::new();
         c.read_to_string(&mut refused).await.unwrap();
         assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");

@@ -113,7 +113,11 @@ pub fn read(
         req.set(own, &per_answer);
     }
     let answers = match route {
-        Route::Chat => integer(req, "n", 1, MAX_N)?.unwrap_or(1),
+        Route::Chat => {
+            // Chat takes no `best_of`; an upstream that does would bill its candidates.
+            integer(req, "best_of", 1, 1)?;
+            integer(req, "n", 1, MAX_N)?.unwrap_or(1)
+        }
         Route::Completions => {
             let n = integer(req, "n", 1, MAX_N)?.unwrap_or(1);
             match integer(req, "best_of", 1, MAX_BEST_OF)? {
@@ -257,6 +261,7 @@ mod tests {
             (Route::Completions, r#"{"best_of":21}"#, "best_of"),
             (Route::Completions, r#"{"n":3,"best_of":2}"#, "best_of"),
             (Route::Responses, r#"{"n":4}"#, "n"),
+            (Route::Chat, r#"{"best_of":3}"#, "best_of"),
         ] {
             let e = refused(route, body);
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");

@@ -91,9 +91,13 @@ struct Held {
     last_use: i64,
 }
 
-/// Units this replica holds, per key and limit.
+/// Units this replica holds, per key and limit, and until when the ledger said a bucket is empty (a
+/// request then is refused in memory, not by asking the ledger again).
 #[derive(Debug, Default)]
-pub struct Holds(HashMap<(Arc<str>, Limit), Held>);
+pub struct Holds(
+    HashMap<(Arc<str>, Limit), Held>,
+    HashMap<(Arc<str>, Limit), f64>,
+);
 
 /// Units to give back to a key's bucket: (key, limit, capacity, units).
 pub type GiveBack = (Arc<str>, Limit, i64, i64);
@@ -121,9 +125,26 @@ impl Holds {
         Ok(())
     }
 
+    /// When the first of `wants` this replica cannot serve from what it holds has a bucket the ledger
+    /// said is empty until after `now` (unix seconds): its index and the seconds to wait.
+    pub fn waiting(&self, wants: &[Want], now: f64) -> Option<(usize, f64)> {
+        wants.iter().enumerate().find_map(|(i, w)| {
+            let k = (w.key.clone(), w.limit);
+            let held = self.0.get(&k).map_or(0, |h| h.units);
+            let until = *self.1.get(&k)?;
+            (held < w.n && until > now).then_some((i, until - now))
+        })
+    }
+
+    /// Notes that `w`'s bucket has not enough until `until` (unix seconds).
+    pub fn empty_until(&mut self, w: &Want, until: f64) {
+        self.1.insert((w.key.clone(), w.limit), until);
+    }
+
     /// Adds `n` units the ledger granted for `w`'s key and limit. Units held at another capacity (the
     /// spec changed) are dropped: the ledger's bucket is capped at the new capacity anyway.
     pub fn add(&mut self, w: &Want, n: i64, now: i64) {
+        self.1.remove(&(w.key.clone(), w.limit));
         let h = self.0.entry((w.key.clone(), w.limit)).or_insert(Held {
             units: 0,
             capacity: w.capacity,
@@ -152,6 +173,7 @@ impl Holds {
     /// Takes out the units held unused for `idle` seconds (or, with `all`, every unit) to give back.
     pub fn idle(&mut self, now: i64, idle: i64, all: bool) -> Vec<GiveBack> {
         let mut out = Vec::new();
+        self.1.retain(|_, until| *until > now as f64);
         self.0.retain(|(key, limit), h| {
             if all || now - h.last_use >= idle {
                 if h.units > 0 {
@@ -204,6 +226,13 @@ mod tests {
             [(Limit::Rpm, 1), (Limit::Tpm, 10)]
         );
         assert!(h.idle(9, 2, true).is_empty(), "nothing held any more");
+        // A bucket the ledger said is empty refuses in memory until then; a grant clears it.
+        let one = [want(Limit::Rpm, 1)];
+        h.empty_until(&one[0], 30.0);
+        assert_eq!(h.waiting(&one, 20.0), Some((0, 10.0)));
+        assert_eq!(h.waiting(&one, 31.0), None);
+        h.add(&one[0], 1, 20);
+        assert_eq!(h.waiting(&one, 20.0), None);
         // A changed capacity drops what was held at the old one.
         h.add(&ws[0], 5, 5);
         let mut other = want(Limit::Rpm, 1);

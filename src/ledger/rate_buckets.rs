@@ -67,7 +67,11 @@ impl Ledger {
             }
             let units = (min.max(now / MILLI / share.max(1))).min(now / MILLI);
             if self
-                .cas_bucket(b, (level, at), (now - units * MILLI, now_ms.max(at)))
+                .cas_bucket(
+                    b,
+                    (level, at),
+                    (now - units.saturating_mul(MILLI), now_ms.max(at)),
+                )
                 .await?
             {
                 return Ok(Taken::Got(units));
@@ -86,7 +90,9 @@ impl Ledger {
         for _ in 0..64 {
             let (level, at) = self.bucket(b).await?;
             let now = refilled(b.capacity, level, at, now_ms);
-            let back = (now + n * MILLI).min(b.capacity.saturating_mul(MILLI));
+            let back = now
+                .saturating_add(n.saturating_mul(MILLI))
+                .min(b.capacity.saturating_mul(MILLI));
             if self
                 .cas_bucket(b, (level, at), (back, now_ms.max(at)))
                 .await?
