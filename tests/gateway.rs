@@ -1481,6 +1481,31 @@ async fn each_requests_outcome_is_a_metric_label_and_counted_in_its_usage_row() 
         .map(|(k, n)| (k.to_string(), n))
         .collect()
     );
+    // Those not charged are counted on the llm_requests meter, per outcome, never priced.
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT quantity, amount_nanos, attributes FROM usage_events WHERE meter = 'llm_requests'",
+    )
+    .fetch_all(p)
+    .await
+    .unwrap();
+    let mut uncharged = std::collections::BTreeMap::<String, i64>::new();
+    for (quantity, amount, a) in &rows {
+        assert_eq!(*amount, 0, "never priced");
+        let v: Value = serde_json::from_str(a).unwrap();
+        let mut sum = 0;
+        for (k, n) in v["outcomes"].as_object().into_iter().flatten() {
+            *uncharged.entry(k.clone()).or_default() += n.as_i64().unwrap();
+            sum += n.as_i64().unwrap();
+        }
+        assert_eq!(*quantity, sum, "{v}");
+    }
+    assert_eq!(
+        uncharged,
+        [("refused", 1), ("upstream_error", 1)]
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect()
+    );
 }
 
 /// A key's requests-per-minute limit holds across replicas: two gateways on one PostgreSQL ledger

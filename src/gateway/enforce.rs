@@ -643,6 +643,23 @@ impl Enforcer {
         let _ = self.write_overruns(&state, uid).await;
     }
 
+    /// Counts a request of `budget` that was not charged (refused, or no upstream served it) with its
+    /// `outcome`, on the ledger's `llm_requests` meter (one row per budget, model and hour, counting per
+    /// outcome); `model` when the request got as far as naming one the gateway knows.
+    pub fn uncharged(&self, budget: &BudgetView, model: Option<&Model>, outcome: Outcome) {
+        let now = jiff::Timestamp::now().as_second();
+        let mut m = self.meter.lock().unwrap_or_else(|p| p.into_inner());
+        m.add_from(
+            &budget.subject,
+            Meter::LlmRequests,
+            1,
+            None,
+            (now, i64::MIN),
+            model.map(|m| &m.origin),
+            Some(outcome),
+        );
+    }
+
     /// Releases a reservation whose request the upstream never served (nothing is charged).
     pub fn cancel(&self, r: Reservation) {
         let state = self.state(&r.budget.subject.uid);

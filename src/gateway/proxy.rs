@@ -170,17 +170,18 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, entry: KeyEntry, body: Bytes
     match serve(&gw, route, entry, body, started).await {
         Ok(r) => r,
         Err((e, model)) => {
-            let model = model.as_deref().unwrap_or(OTHER);
+            let label = model.as_ref().map_or(OTHER, |m| &*m.origin.model);
             let s = &budget.subject;
             gw.metrics
                 .requests
-                .with_label_values(&[&s.namespace, &s.name, model, e.status.as_str()])
+                .with_label_values(&[&s.namespace, &s.name, label, e.status.as_str()])
                 .inc();
             let outcome = match e.code {
                 "upstream_unavailable" | "upstream_error" => Outcome::UpstreamError,
                 _ => Outcome::Refused,
             };
-            count(&gw, &budget, model, outcome);
+            count(&gw, &budget, label, outcome);
+            gw.enforcer.uncharged(&budget, model.as_deref(), outcome);
             e.into_response()
         }
     }
@@ -195,8 +196,8 @@ fn count(gw: &Gateway, budget: &BudgetView, model: &str, outcome: Outcome) {
         .inc();
 }
 
-/// A refusal, and the configured name of the model it concerns (`None`: [`OTHER`]).
-type Failure = (ApiError, Option<Arc<str>>);
+/// A refusal, and the configured model it concerns (`None`: [`OTHER`]).
+type Failure = (ApiError, Option<Arc<Model>>);
 
 async fn serve(
     gw: &Arc<Gateway>,
@@ -227,7 +228,8 @@ async fn serve(
     }
     let upstreams = candidates(gw, &budget, &asked).map_err(fail)?;
     let label = upstreams[0].1.origin.model.clone();
-    let fail = |e: ApiError| (e, Some(label.clone()));
+    let primary = upstreams[0].1.clone();
+    let fail = |e: ApiError| (e, Some(primary.clone()));
     let stream = req.bool("stream") == Some(true);
     let ceiling = upstreams[0].1.max_output_tokens;
     let output = output::read(route, &mut req, budget.default_max_tokens, ceiling)
@@ -299,6 +301,8 @@ async fn serve(
             &upstream.1.origin.model,
             Outcome::UpstreamError,
         );
+        gw.enforcer
+            .uncharged(&budget, Some(&upstream.1), Outcome::UpstreamError);
         // Boxed, as the other cold paths: the served request's future does not carry their state.
         let r = Box::pin(refused_upstream(
             gw,

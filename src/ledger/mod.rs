@@ -106,6 +106,9 @@ pub enum Meter {
     LlmInputTokens,
     /// LLM output tokens.
     LlmOutputTokens,
+    /// LLM requests that were not charged (refused, or no upstream served them), counted per outcome
+    /// in the row's attributes; never priced.
+    LlmRequests,
 }
 
 /// What the ledger knows of a meter: its stored name, the unit of its quantities, and how many units a
@@ -123,7 +126,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 6] = [
+pub const METERS: [MeterInfo; 7] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -159,6 +162,12 @@ pub const METERS: [MeterInfo; 6] = [
         name: "llm_output_tokens",
         unit: "token",
         priced_per: 1_000_000,
+    },
+    MeterInfo {
+        meter: Meter::LlmRequests,
+        name: "llm_requests",
+        unit: "request",
+        priced_per: 1,
     },
 ];
 
@@ -258,6 +267,7 @@ mod meter_tests {
             Meter::SimTopUps,
             Meter::LlmInputTokens,
             Meter::LlmOutputTokens,
+            Meter::LlmRequests,
         ];
         for m in all {
             assert_eq!(METERS.iter().filter(|r| r.meter == m).count(), 1, "{m:?}");
