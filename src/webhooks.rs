@@ -18,8 +18,14 @@
 //! back from Stripe: neither the event's order nor its copy of the object is trusted. Unknown types are
 //! answered 200 and ignored. Only the leader wakes objects: a standby answers 503 without keeping the
 //! event, so Stripe delivers it again (and the periodic resync reads Stripe anyway).
+//!
+//! Every body is bounded in size and time, sized to what the vendor sends: a declared length over the
+//! route's limit is refused (413) before anything is read, a body found over it while reading likewise,
+//! and a body that has not arrived within [`BODY_DEADLINE`] is answered 408. 1NCE's credentials are
+//! checked before its body is read.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,6 +37,55 @@ use subtle::ConstantTimeEq;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
+/// The largest Data Streamer request taken: 1NCE sends at most 3,000 usage records a request, about
+/// 2.6 MB in its documented record shape; 8 MiB leaves room for longer records.
+pub const ONENCE_USAGE_MAX_BYTES: usize = 8 << 20;
+
+/// The largest SMS forwarder request taken (1NCE forwards one message a request).
+pub const ONENCE_SMS_MAX_BYTES: usize = 256 << 10;
+
+/// The largest Stripe event taken (Stripe's event payloads are tens of kilobytes).
+pub const STRIPE_EVENT_MAX_BYTES: usize = 1 << 20;
+
+/// How long a webhook's body may take to arrive.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `body` read whole within `max` bytes and `deadline`, or the answer that refuses it.
+async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    max: usize,
+    deadline: Duration,
+) -> Result<Bytes, (StatusCode, String)> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than this endpoint's {max} bytes\n"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let read = http_body_util::Limited::new(body, max).collect();
+    match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(all)) => Ok(all.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err((
+            StatusCode::BAD_REQUEST,
+            "the body could not be read to its end\n".into(),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {} s\n", deadline.as_secs()),
+        )),
+    }
+}
+
 /// What the Data Streamer endpoint needs.
 pub struct Streamer {
     /// Where records are kept.
@@ -39,6 +94,8 @@ pub struct Streamer {
     expected: Vec<u8>,
     /// Counters.
     pub metrics: Metrics,
+    /// How long a body may take to arrive ([`BODY_DEADLINE`]).
+    pub body_deadline: Duration,
 }
 
 impl Streamer {
@@ -49,6 +106,7 @@ impl Streamer {
             ledger,
             expected: format!("Basic {token}").into_bytes(),
             metrics,
+            body_deadline: BODY_DEADLINE,
         }
     }
 }
@@ -162,6 +220,8 @@ pub struct StripeHook {
     metrics: Metrics,
     /// Wakes the Subscription a hint names; `false` when no controller runs here (a standby).
     wake: Box<dyn Fn(StripeHint) -> bool + Send + Sync>,
+    /// How long a body may take to arrive ([`BODY_DEADLINE`]).
+    pub body_deadline: Duration,
 }
 
 impl StripeHook {
@@ -180,6 +240,7 @@ impl StripeHook {
             tolerance,
             metrics,
             wake,
+            body_deadline: BODY_DEADLINE,
         }
     }
 }
@@ -187,8 +248,12 @@ impl StripeHook {
 async fn stripe_event(
     State(h): State<Arc<StripeHook>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, String) {
+    let body = match read_body(body, &headers, STRIPE_EVENT_MAX_BYTES, h.body_deadline).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let secrets: Vec<&[u8]> = h.secrets.iter().map(Vec::as_slice).collect();
     let now = jiff::Timestamp::now().as_second();
     let header = headers.get("stripe-signature").map(|v| v.as_bytes());
@@ -232,11 +297,15 @@ async fn stripe_event(
 async fn usage(
     State(s): State<Arc<Streamer>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
+    let body = match read_body(body, &headers, ONENCE_USAGE_MAX_BYTES, s.body_deadline).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let records = match crate::cloud::onence::parse_stream(&body) {
         Ok(r) => r,
         Err(why) => {
@@ -263,11 +332,15 @@ async fn usage(
 async fn sms(
     State(s): State<Arc<Streamer>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, String) {
     if !s.authorized(&headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n".into());
     }
+    let body = match read_body(body, &headers, ONENCE_SMS_MAX_BYTES, s.body_deadline).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let messages = match crate::cloud::onence::parse_forwarded_sms(&body) {
         Ok(m) => m,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
@@ -328,6 +401,100 @@ mod tests {
         ] {
             assert!(parse_stripe_event(bad).is_err());
         }
+    }
+
+    /// A full Data Streamer batch in 1NCE's documented record shape (~2.6 MB) is taken; a far larger
+    /// body is refused at once, declared or not; a body that stalls is cut off at the deadline.
+    #[tokio::test]
+    async fn bodies_are_sized_to_the_vendor_and_bounded_in_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let ledger = Ledger::connect(Some(&url), std::path::Path::new(""))
+            .await
+            .unwrap();
+        ledger.migrate().await.unwrap();
+        let mut streamer = Streamer::new(ledger, "streamer", "s3cret", Metrics::new());
+        streamer.body_deadline = Duration::from_millis(300);
+        let app = router(Some(Arc::new(streamer)), None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let endpoint = format!("http://{addr}/webhooks/onence/usage");
+        let records: Vec<serde_json::Value> = (0..crate::cloud::onence::STREAM_BATCH)
+            .map(|i| {
+                serde_json::json!({
+                    "id": format!("{:032x}", i), "event_type": "usage", "organisation": {"id": "1234567"},
+                    "sim": {"iccid": "8988280666000000001", "imsi": "901405100000001", "msisdn": "882285100000001",
+                            "ip_address": "100.64.12.34", "current_quota": "500", "current_quota_SMS": "250"},
+                    "start_timestamp": "2026-12-04T10:00:00.000+0000",
+                    "stop_timestamp": "2026-12-04T10:15:00.000+0000",
+                    "traffic_type": {"id": 5, "description": "Data"},
+                    "volume": {"rx": "0.512345", "tx": "0.123456", "total": "0.635801"},
+                    "cost": "0.0000", "currency": {"id": 1, "code": "EUR", "symbol": "€"},
+                    "operator": {"id": 4, "name": "Telekom Deutschland", "country": {"id": 74, "name": "Germany",
+                                 "country_code": "49", "mcc": "262", "iso_code": "de"}},
+                    "tariff": {"id": 555, "name": "1NCE Lifetime Flex", "currency": {"id": 1, "code": "EUR"}},
+                    "ratezone": {"id": 777, "name": "Zone 1"}, "apn": "iot.1nce.net", "endpoint": {"id": 123456, "name": "tracker-0001"}
+                })
+            })
+            .collect();
+        let full = serde_json::to_vec(&records).unwrap();
+        assert!(full.len() > 2_500_000, "{} bytes", full.len());
+        let http = reqwest::Client::new();
+        let ok = http
+            .post(&endpoint)
+            .basic_auth("streamer", Some("s3cret"))
+            .body(full)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
+        // Far larger, declared: 413 before a byte of it is sent.
+        let raw = |head: String| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("answered without the body")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        };
+        let auth = "Basic c3RyZWFtZXI6czNjcmV0";
+        let declared = raw(format!(
+            "POST /webhooks/onence/usage HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\
+             content-length: 100000000\r\n\r\n["
+        ))
+        .await;
+        assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+        // Far larger, undeclared (chunked): 413 once the limit is passed.
+        let big = vec![b' '; ONENCE_USAGE_MAX_BYTES + 1];
+        let chunked = http
+            .post(&endpoint)
+            .basic_auth("streamer", Some("s3cret"))
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(
+                big.chunks(1 << 20)
+                    .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(chunked.status(), 413);
+        // A body that stalls: 408 at the deadline. Credentials first: a stranger gets 401 at once.
+        let stalled = raw(format!(
+            "POST /webhooks/onence/usage HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\
+             content-length: 100\r\n\r\n["
+        ))
+        .await;
+        assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+        let stranger = raw(
+            "POST /webhooks/onence/usage HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n["
+                .into(),
+        )
+        .await;
+        assert!(stranger.starts_with("HTTP/1.1 401"), "{stranger}");
     }
 
     #[test]
