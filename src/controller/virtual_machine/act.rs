@@ -277,10 +277,7 @@ async fn user_data(
         .await
         .map_err(Error::kube("reading the user data secret"))?;
     let data = secret_value(s.as_ref(), &u.key).ok_or_else(|| {
-        Error::permanent(
-            reason::MISSING_SECRET,
-            format!("user data secret {:?} has no key {:?}", u.name, u.key),
-        )
+        Error::permanent(reason::MISSING_SECRET, missing_user_data(s.is_some(), u))
     })?;
     build::check_user_data(&data, limit, vendor).map_err(|m| {
         Error::permanent(
@@ -289,6 +286,15 @@ async fn user_data(
         )
     })?;
     Ok(Some(data))
+}
+
+/// Why the user data cannot be read: the Secret is missing, or it lacks the key.
+fn missing_user_data(secret_exists: bool, u: &crate::crd::LocalSecretKeyReference) -> String {
+    if secret_exists {
+        format!("user data secret {:?} has no key {:?}", u.name, u.key)
+    } else {
+        format!("user data secret {:?} does not exist", u.name)
+    }
 }
 
 /// Reserves the VM's slot in the Project decide admitted it to (re-checking the limit atomically with
@@ -540,4 +546,25 @@ fn is_busy(e: &CloudError, step: &Step) -> bool {
     h.status() == Some(422)
         && (!matches!(step, Step::Resize(_))
             || h.to_string().to_ascii_lowercase().contains("pending"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_user_data_secret_says_it_is_missing_and_a_missing_key_names_the_key() {
+        let u = crate::crd::LocalSecretKeyReference {
+            name: "cloud-init".into(),
+            key: "user-data".into(),
+        };
+        assert_eq!(
+            missing_user_data(false, &u),
+            "user data secret \"cloud-init\" does not exist"
+        );
+        assert_eq!(
+            missing_user_data(true, &u),
+            "user data secret \"cloud-init\" has no key \"user-data\""
+        );
+    }
 }
