@@ -3,6 +3,7 @@
 //! Layers point one way: [`controller`] → vendor clients → [`crd`]. The binary (`src/main.rs`) is wiring.
 
 pub mod bench;
+pub mod body_limit;
 pub mod budget;
 pub mod cloud;
 pub mod controller;

@@ -50,32 +50,22 @@ pub const STRIPE_EVENT_MAX_BYTES: usize = 1 << 20;
 /// How long a webhook's body may take to arrive.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// `body` read whole within `max` bytes and `deadline`, or the answer that refuses it.
+/// `body` read whole within `max` bytes ([`crate::body_limit`]) and `deadline`, or the answer that
+/// refuses it.
 async fn read_body(
     body: axum::body::Body,
     headers: &HeaderMap,
     max: usize,
     deadline: Duration,
 ) -> Result<Bytes, (StatusCode, String)> {
-    use http_body_util::BodyExt;
-    let too_large = || {
-        (
+    use crate::body_limit::Refused;
+    match tokio::time::timeout(deadline, crate::body_limit::read(body, headers, max)).await {
+        Ok(Ok(all)) => Ok(all),
+        Ok(Err(Refused::TooLarge)) => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("the body is larger than this endpoint's {max} bytes\n"),
-        )
-    };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let read = http_body_util::Limited::new(body, max).collect();
-    match tokio::time::timeout(deadline, read).await {
-        Ok(Ok(all)) => Ok(all.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(_)) => Err((
+        )),
+        Ok(Err(Refused::Broken)) => Err((
             StatusCode::BAD_REQUEST,
             "the body could not be read to its end\n".into(),
         )),

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::FutureExt;
-use http::{HeaderMap, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -184,34 +183,25 @@ async fn refuse(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
-/// The whole request body, refused (413) past `max` bytes.
+/// The whole request body, refused (413) past `max` bytes ([`crate::body_limit`]).
 pub async fn read_body(
     body: hyper::body::Incoming,
     headers: &HeaderMap,
     max: usize,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
-            "body_too_large",
-            format!("the request body is larger than this gateway's limit of {max} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(all) => Ok(all.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::bad_request(
-            "the request body could not be read to its end",
-        )),
-    }
+    crate::body_limit::read(body, headers, max)
+        .await
+        .map_err(|r| match r {
+            crate::body_limit::Refused::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "body_too_large",
+                format!("the request body is larger than this gateway's limit of {max} bytes"),
+            ),
+            crate::body_limit::Refused::Broken => {
+                ApiError::bad_request("the request body could not be read to its end")
+            }
+        })
 }
 
 /// Errors that concern one connection only (the listener is fine).
