@@ -341,10 +341,9 @@ impl Enforcer {
         if wants.is_empty() {
             return Ok(());
         }
-        let secs = now as i64;
         {
             let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if i.rates.take(wants, secs).is_ok() {
+            if i.rates.take(wants, now as i64).is_ok() {
                 return Ok(());
             }
             // Refused in memory while the ledger's bucket is known to be empty.
@@ -368,13 +367,14 @@ impl Enforcer {
         wants: &[rates::Want],
         now: f64,
     ) -> Result<(), Refusal> {
-        let secs = now as i64;
-        let take = |state: &State| {
-            let mut i = state.inner.lock().unwrap_or_else(|p| p.into_inner());
-            i.rates.take(wants, secs)
-        };
         for _ in 0..4 {
-            let (w, short) = match take(state) {
+            let taken = state
+                .inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rates
+                .take(wants, now as i64);
+            let (w, short) = match taken {
                 Ok(()) => return Ok(()),
                 Err((i, short)) => (wants[i].clone(), short),
             };

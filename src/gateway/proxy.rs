@@ -180,8 +180,7 @@ pub async fn handle(gw: Arc<Gateway>, route: Route, entry: KeyEntry, body: Bytes
                 "upstream_unavailable" | "upstream_error" => Outcome::UpstreamError,
                 _ => Outcome::Refused,
             };
-            count(&gw, &budget, label, outcome);
-            gw.enforcer.uncharged(&budget, model.as_deref(), outcome);
+            unserved(&gw, &budget, model.as_deref(), outcome);
             e.into_response()
         }
     }
@@ -194,6 +193,18 @@ fn count(gw: &Gateway, budget: &BudgetView, model: &str, outcome: Outcome) {
         .outcomes
         .with_label_values(&[&s.namespace, &s.name, model, outcome.as_str()])
         .inc();
+}
+
+/// Counts a request of `budget` that nothing charged (for `model` when it named a configured one):
+/// its outcome in the metric and on the ledger's `llm_requests` meter.
+fn unserved(gw: &Gateway, budget: &BudgetView, model: Option<&Model>, outcome: Outcome) {
+    count(
+        gw,
+        budget,
+        model.map_or(OTHER, |m| &*m.origin.model),
+        outcome,
+    );
+    gw.enforcer.uncharged(budget, model, outcome);
 }
 
 /// A refusal, and the configured model it concerns (`None`: [`OTHER`]).
@@ -295,14 +306,7 @@ async fn serve(
     if !status.is_success() {
         // Refused by the upstream (a 4xx other than 429): nothing was served.
         charge.cancel();
-        count(
-            gw,
-            &budget,
-            &upstream.1.origin.model,
-            Outcome::UpstreamError,
-        );
-        gw.enforcer
-            .uncharged(&budget, Some(&upstream.1), Outcome::UpstreamError);
+        unserved(gw, &budget, Some(&upstream.1), Outcome::UpstreamError);
         // Boxed, as the other cold paths: the served request's future does not carry their state.
         let r = Box::pin(refused_upstream(
             gw,

@@ -169,6 +169,14 @@ pub fn project_state(p: &Project, occupancy: Occupancy) -> ProjectState {
     }
 }
 
+/// The lower of two limits, either of which may be unset.
+pub fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The Project's limits: its own, capped by its plan's (the lower of each wins).
 pub fn effective_limits(p: &Project) -> ProjectLimits {
     let own = p.spec.limits.clone().unwrap_or_default();
@@ -180,12 +188,6 @@ pub fn effective_limits(p: &Project) -> ProjectLimits {
     let Some(plan) = plan else {
         return own;
     };
-    fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
     let spend = |s: &Option<String>| s.as_deref().and_then(|m| m.parse::<Decimal>().ok());
     ProjectLimits {
         max_virtual_machines: lower(own.max_virtual_machines, plan.max_virtual_machines),

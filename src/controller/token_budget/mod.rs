@@ -219,12 +219,7 @@ fn rate_limits(
     b: &TokenBudget,
     plan: Option<&crate::crd::provider_config::PlanEntitlements>,
 ) -> Option<BudgetRateLimits> {
-    fn lower<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
+    use policy::lower;
     let own = b.spec.rate_limits.clone().unwrap_or(BudgetRateLimits {
         requests_per_minute: None,
         tokens_per_minute: None,
