@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redact::{Secrets, scrub_shapes};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use reqwest::{Method, Request, Response, StatusCode};
 use tokio::sync::Mutex;
@@ -376,22 +377,23 @@ impl HttpClient {
                 if status.is_success() || status.is_redirection() {
                     Ok(resp)
                 } else {
-                    Err(self.refused(resp).await)
+                    Err(self.refused(resp, &Secrets::of_request(req)).await)
                 }
             }
             Err(e) => Err(self.failed(&e)),
         })
     }
 
-    /// A vendor's non-success answer: its status, `Retry-After` and message.
-    async fn refused(&self, resp: Response) -> (AttemptOutcome, HttpError) {
+    /// A vendor's non-success answer: its status, `Retry-After` and message (without the `secrets` the
+    /// request carried, or anything shaped like a credential).
+    async fn refused(&self, resp: Response, secrets: &Secrets) -> (AttemptOutcome, HttpError) {
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
-        let message = vendor_message(resp).await;
+        let message = vendor_message(resp, secrets).await;
         (
             AttemptOutcome::Status(status, retry_after),
             HttpError::Status {
@@ -454,10 +456,7 @@ impl HttpClient {
             vendor: self.vendor,
             message: without_url(&e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| HttpError::Decode {
-            vendor: self.vendor,
-            message: e.to_string(),
-        })
+        decode_json(self.vendor, &bytes)
     }
 
     fn count(&self, class: &str) {
@@ -465,6 +464,18 @@ impl HttpClient {
             m.requests.with_label_values(&[self.vendor, class]).inc();
         }
     }
+}
+
+/// Decodes `vendor`'s JSON body; the decoder's message (which can quote the body) is kept free of
+/// anything shaped like a credential.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    vendor: &'static str,
+    bytes: &[u8],
+) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes).map_err(|e| HttpError::Decode {
+        vendor,
+        message: scrub_shapes(&e.to_string()),
+    })
 }
 
 fn clone_request(req: &Request) -> Option<Request> {
@@ -491,8 +502,9 @@ fn without_url(e: &reqwest::Error) -> String {
 }
 
 /// The vendor's error message: common JSON shapes (`message`, `error`, `errors[].reason`,
-/// `error.message`), else the first 300 characters of the body.
-async fn vendor_message(resp: Response) -> String {
+/// `error.message`), else the body; without `secrets` (removed before it is cut to 300 characters, so
+/// that no part of one survives the cut).
+async fn vendor_message(resp: Response, secrets: &Secrets) -> String {
     let text = resp.text().await.unwrap_or_default();
     let from_json = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
@@ -505,7 +517,7 @@ async fn vendor_message(resp: Response) -> String {
                 .or_else(|| pick(&v["detail"]))
                 .or_else(|| pick(&v["title"]))
         });
-    let msg = from_json.unwrap_or(text);
+    let msg = secrets.scrub(&from_json.unwrap_or(text));
     let msg: String = msg.chars().take(300).collect();
     if msg.trim().is_empty() {
         "no message".into()

@@ -15,6 +15,7 @@ pub mod kube_client;
 pub mod ledger;
 pub mod metrics;
 pub mod output;
+pub mod redact;
 pub mod server;
 pub mod sim;
 pub mod telemetry;

@@ -209,12 +209,7 @@ impl Contabo {
             vendor: "contabo",
             message: e.without_url().to_string(),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            CloudError::from(HttpError::Decode {
-                vendor: "contabo",
-                message: e.to_string(),
-            })
-        })
+        Ok(crate::http::decode_json("contabo", &bytes)?)
     }
 
     /// An instance as Contabo sends it; `None` when it does not exist.

@@ -457,7 +457,7 @@ impl OneNce {
             vendor: VENDOR,
             message: e.without_url().to_string(),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))
+        Ok(crate::http::decode_json(VENDOR, &bytes)?)
     }
 
     fn v1(&self, path: &str) -> String {
@@ -488,8 +488,7 @@ impl OneNce {
                 vendor: VENDOR,
                 message: e.without_url().to_string(),
             })?;
-            let items: Vec<SimDto> =
-                serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
+            let items: Vec<SimDto> = crate::http::decode_json(VENDOR, &bytes)?;
             let n = items.len();
             all.extend(items.into_iter().map(Sim::from));
             // Without the page count header, a short page is the last one.

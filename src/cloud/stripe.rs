@@ -287,12 +287,7 @@ impl Stripe {
             vendor: VENDOR,
             message: e.without_url().to_string(),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            CloudError::from(HttpError::Decode {
-                vendor: VENDOR,
-                message: e.to_string(),
-            })
-        })
+        Ok(crate::http::decode_json(VENDOR, &bytes)?)
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CloudError> {
