@@ -794,3 +794,186 @@ fn chart_exposes_only_the_gateways_client_port() {
         "{policy}"
     );
 }
+
+/// `kubectl apply -f -` of `yaml` as the admin.
+fn kubectl_apply(yaml: &str) {
+    use std::io::Write as _;
+    let mut apply = Command::new(common::kubectl().unwrap())
+        .env("KUBECONFIG", common::kubeconfig())
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply refused:\n{yaml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kind`'s API resource in group quartermaster.dev.
+fn qm_resource(kind: &str, plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "quartermaster.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "quartermaster.dev/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The status code of a refused call (0 when it succeeded or failed otherwise).
+fn code<T>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Err(kube::Error::Api(s)) => s.code,
+        _ => 0,
+    }
+}
+
+#[tokio::test]
+async fn tenant_roles_grant_the_kinds_and_never_a_status() {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    let release = common::unique("qmt");
+    let chart = common::root().join("charts/quartermaster");
+    let roles = run(Command::new(&helm)
+        .args([
+            "template",
+            &release,
+            "--show-only",
+            "templates/tenant-roles.yaml",
+        ])
+        .arg(&chart));
+    for aggregate in [
+        "aggregate-to-edit",
+        "aggregate-to-admin",
+        "aggregate-to-view",
+    ] {
+        assert!(
+            roles.contains(&format!("rbac.authorization.k8s.io/{aggregate}: \"true\"")),
+            "{aggregate} missing:\n{roles}"
+        );
+    }
+    let off = template(&helm, &["tenantRoles.enabled=false"]).unwrap();
+    assert!(
+        !off.contains("-tenant-edit"),
+        "tenantRoles.enabled=false still renders them"
+    );
+    kubectl_apply(&roles);
+
+    let admin = common::client().await;
+    let ns = common::namespace(&admin, "tenant").await;
+    // This API server runs no controller-manager (which aggregates ClusterRoles into `edit` and `view`),
+    // so the tenants are bound to the chart's roles directly.
+    for (user, role) in [("tenant-editor", "edit"), ("tenant-viewer", "view")] {
+        kubectl_apply(&format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {user}, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {release}-quartermaster-tenant-{role}}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
+        ));
+    }
+    let (_d1, _, editor) = as_service_account("tenant-editor").await;
+    let (_d2, _, viewer) = as_service_account("tenant-viewer").await;
+
+    let vm = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"providerConfigRef": {"name": "none"}, "region": "fra1", "size": "s-1vcpu-1gb",
+            "image": "debian-12-x64"}
+    });
+    let vm: DynamicObject = serde_json::from_value(vm).unwrap();
+    let vms = |c: &kube::Client| {
+        Api::<DynamicObject>::namespaced_with(
+            c.clone(),
+            &ns,
+            &qm_resource("VirtualMachine", "virtualmachines"),
+        )
+    };
+    // The viewer reads and cannot create; the editor creates and changes.
+    assert_eq!(
+        code(vms(&viewer).create(&PostParams::default(), &vm).await),
+        403
+    );
+    vms(&editor)
+        .create(&PostParams::default(), &vm)
+        .await
+        .unwrap();
+    let spec = Patch::Merge(serde_json::json!({"spec": {"size": "s-2vcpu-2gb"}}));
+    vms(&editor)
+        .patch("web", &PatchParams::default(), &spec)
+        .await
+        .unwrap();
+    assert_eq!(
+        vms(&viewer).get("web").await.unwrap().data["spec"]["size"],
+        "s-2vcpu-2gb"
+    );
+
+    // Nobody but the controller writes a status: not the editor, not the viewer, for no kind.
+    let status = Patch::Merge(serde_json::json!({"status": {"creditBalance": "1000000"}}));
+    for (kind, plural) in [
+        ("Project", "projects"),
+        ("VirtualMachine", "virtualmachines"),
+        ("SimCard", "simcards"),
+        ("SimMessage", "simmessages"),
+        ("Subscription", "subscriptions"),
+        ("TokenBudget", "tokenbudgets"),
+    ] {
+        let r = qm_resource(kind, plural);
+        for (who, c) in [("editor", &editor), ("viewer", &viewer)] {
+            let api = Api::<DynamicObject>::namespaced_with(c.clone(), &ns, &r);
+            let got = code(
+                api.patch_status("web", &PatchParams::default(), &status)
+                    .await,
+            );
+            assert_eq!(got, 403, "the {who} patched {kind} status ({got})");
+            assert_eq!(
+                code(api.list(&Default::default()).await),
+                0,
+                "the {who} cannot list {kind}"
+            );
+        }
+        // The admin's answer differs: the refusal above is the role's, not a missing object's.
+        let api = Api::<DynamicObject>::namespaced_with(admin.clone(), &ns, &r);
+        if kind != "VirtualMachine" {
+            assert_eq!(
+                code(
+                    api.patch_status("web", &PatchParams::default(), &status)
+                        .await
+                ),
+                404
+            );
+        }
+    }
+    // Projects (limits, spend cap, credit stop) are the platform's: the editor only reads them.
+    let project: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+        "metadata": {"name": "mine", "namespace": ns}, "spec": {"currency": "USD"}
+    }))
+    .unwrap();
+    let projects = Api::<DynamicObject>::namespaced_with(
+        editor.clone(),
+        &ns,
+        &qm_resource("Project", "projects"),
+    );
+    assert_eq!(
+        code(projects.create(&PostParams::default(), &project).await),
+        403
+    );
+    // ProviderConfigs (cluster-scoped accounts) are not theirs to read.
+    let pcs = Api::<DynamicObject>::all_with(
+        editor.clone(),
+        &qm_resource("ProviderConfig", "providerconfigs"),
+    );
+    assert_eq!(code(pcs.list(&Default::default()).await), 403);
+}
