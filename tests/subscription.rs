@@ -1018,3 +1018,68 @@ async fn out_of_order_and_duplicate_webhooks_end_on_stripes_state() {
         "each event once, however often delivered"
     );
 }
+
+/// A customer the controller created for a subscription Stripe refused is reused when the object is
+/// fixed (one customer, holding the subscription), and deleted with an object that never held one.
+#[tokio::test]
+async fn a_customer_made_for_a_refused_subscription_is_reused_and_removed_with_its_object() {
+    let e = stripe_env("stripecus", true).await;
+    for name in ["fixed", "dropped"] {
+        e.apply(name, serde_json::json!({"priceID": "price_nope"}))
+            .await;
+    }
+    let mut uids = Vec::new();
+    for name in ["fixed", "dropped"] {
+        let s = e.wait(name, conditions::STALLED, "VendorRejected").await;
+        let c =
+            conditions::find(&s.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap();
+        assert!(c.message.contains("No such price"), "{}", c.message);
+        let uid = s.metadata.uid.clone().unwrap();
+        assert_eq!(e.owned(&uid).await.0.len(), 1, "{name}: one customer");
+        uids.push(uid);
+    }
+    // Fixed: the same customer holds the subscription.
+    let fix = serde_json::json!({"spec": {"priceID": null, "plan": "basic"}});
+    e.subs()
+        .patch("fixed", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    let s = e.wait("fixed", conditions::READY, "Reconciled").await;
+    let (customers, subs) = e.owned(&uids[0]).await;
+    assert_eq!((customers.len(), subs.len()), (1, 1));
+    assert_eq!(
+        customers[0]["id"].as_str(),
+        s.status.unwrap().customer_id.as_deref()
+    );
+    // Deleted without ever holding one: its customer goes with it.
+    e.subs()
+        .delete("dropped", &Default::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "dropped gone", || async {
+        e.subs()
+            .get_opt("dropped")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        e.owned(&uids[1]).await.0.len(),
+        0,
+        "the unused customer was deleted"
+    );
+    // One that held a subscription keeps its customer (its invoices live there).
+    e.subs().delete("fixed", &Default::default()).await.unwrap();
+    common::eventually(WAIT, "fixed gone", || async {
+        e.subs()
+            .get_opt("fixed")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(e.owned(&uids[0]).await.0.len(), 1);
+}

@@ -38,6 +38,9 @@ async fn vendor_stripe_flat_calls_validate_against_the_spec() {
         .await
         .expect("GET /v1/customers/search");
     c.customer("cus_1").await.expect("GET /v1/customers/{id}");
+    c.delete_customer("cus_1")
+        .await
+        .expect("DELETE /v1/customers/{id}");
     // GET /v1/subscriptions has deepObject query parameters (automatic_tax) Prism wrongly requires:
     // the subscription tests against `quartermaster sim` list them.
     // Prism validates this request but cannot build an invoice list ("schema too complex", 500): a 422

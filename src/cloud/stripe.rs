@@ -86,6 +86,9 @@ pub struct Customer {
     /// Its metadata.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// When it was created (Unix seconds).
+    #[serde(default)]
+    pub created: Option<i64>,
 }
 
 impl Customer {
@@ -336,6 +339,17 @@ impl Stripe {
             return Ok(None);
         }
         not_found_is_none(self.get(&format!("/v1/customers/{id}")).await)
+    }
+
+    /// Deletes a customer (one the controller created that never held a subscription); a customer Stripe
+    /// does not know is already gone.
+    pub async fn delete_customer(&self, id: &str) -> Result<(), CloudError> {
+        if !safe_id(id, "cus_") {
+            return Ok(());
+        }
+        let req = self.req(Method::DELETE, &format!("/v1/customers/{id}"));
+        not_found_is_none(self.http.send(req, true).await.map_err(CloudError::from))?;
+        Ok(())
     }
 
     /// Sets a customer's e-mail and name and tags it as object `uid`'s (at the object's `generation`).

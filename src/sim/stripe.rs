@@ -89,7 +89,9 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/v1/customers/search", get(search_customers))
         .route(
             "/v1/customers/{id}",
-            get(read_customer).post(update_customer),
+            get(read_customer)
+                .post(update_customer)
+                .delete(delete_customer),
         )
         .route("/v1/prices/{id}", get(read_price))
         .route(
@@ -380,6 +382,17 @@ async fn read_customer(State(app): State<App>, Path(id): Path<String>) -> Respon
         Some(c) => axum::Json(c.clone()).into_response(),
         None => missing("customer", &id),
     }
+}
+
+/// Deletes a customer (Stripe cancels its open subscriptions with it; here, deleting one that has any is
+/// not something the controller does, and the simulator keeps them).
+async fn delete_customer(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let mut w = app.world.lock().await;
+    let Some(c) = w.customers.remove(&id) else {
+        return missing("customer", &id);
+    };
+    emit(&app, &mut w, "customer.deleted", &c);
+    axum::Json(json!({"id": id, "object": "customer", "deleted": true})).into_response()
 }
 
 async fn update_customer(

@@ -33,6 +33,7 @@ pub async fn ensure(
                 email: None,
                 name: None,
                 metadata: Default::default(),
+                created: None,
             });
         }
         Some(id) => {
@@ -177,4 +178,48 @@ async fn details(
         )
         .await
         .map_err(Error::vendor("update the Stripe customer"))
+}
+
+/// At deletion, once no subscription of `obj` is live: the customer `obj` created (`recorded` in status,
+/// else found by its tag, as after a lost answer) is deleted when it never held a subscription. A
+/// customer attached by ID, or created before the object was, is the account's and stays.
+pub async fn remove_unused(
+    obj: &Subscription,
+    client: &Stripe,
+    recorded: Option<&str>,
+    subscriptions_held: bool,
+) -> Result<(), Error> {
+    if subscriptions_held || obj.spec.customer_id.is_some() {
+        return Ok(());
+    }
+    let uid = obj.uid().unwrap_or_default();
+    let found = match recorded {
+        Some(id) => client.customer(id).await,
+        None => client.find_customer(&uid).await,
+    }
+    .map_err(Error::vendor("read the Stripe customer"))?;
+    let Some(c) = found else {
+        return Ok(());
+    };
+    let born = obj
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    if c.owner() != Some(uid.as_str()) || c.created.is_some_and(|at| at < born) {
+        return Ok(());
+    }
+    if recorded.is_none()
+        && !client
+            .subscriptions_of(&c.id)
+            .await
+            .map_err(Error::vendor("list the customer's subscriptions"))?
+            .is_empty()
+    {
+        return Ok(());
+    }
+    client
+        .delete_customer(&c.id)
+        .await
+        .map_err(Error::vendor("delete the unused Stripe customer"))
 }

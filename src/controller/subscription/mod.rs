@@ -450,16 +450,23 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
             return Ok(Cleanup::Done);
         }
         let Some(customer) = progress.status.customer_id.clone() else {
-            // No customer was ever recorded: nothing was subscribed.
+            // No customer was recorded, so nothing was subscribed; one whose creation's answer was
+            // lost is removed when the account can be reached (a customer alone costs nothing, so
+            // an account that cannot be does not hold the deletion).
+            if let Ok((_, client)) = client_for(&obj, &ctx).await {
+                customer::remove_unused(&obj, &client, None, false).await?;
+            }
             return Ok(Cleanup::Done);
         };
         let (_, client) = client_for(&obj, &ctx).await?;
         let uid = obj.uid().unwrap_or_default();
         // What it made, by ID or (an answer lost before the ID was written) by its tag.
-        let subs: Vec<StripeSub> = client
+        let all = client
             .subscriptions_of(&customer)
             .await
-            .map_err(Error::vendor("list the customer's subscriptions"))?
+            .map_err(Error::vendor("list the customer's subscriptions"))?;
+        let held = !all.is_empty();
+        let subs: Vec<StripeSub> = all
             .into_iter()
             .filter(|s| s.owner.as_deref() == Some(uid.as_str()))
             .filter(|s| !TERMINAL.contains(&s.status.as_str()))
@@ -487,6 +494,7 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
         }
         match wait_until {
             None => {
+                customer::remove_unused(&obj, &client, Some(&customer), held).await?;
                 if let Some(id) = &progress.status.subscription_id {
                     ctx.stripe_windows.forget(id);
                 }
