@@ -23,6 +23,8 @@ pub struct Metrics {
     pub recreates_after_intent: prometheus::IntCounter,
     /// Whole-account server listings (drift observation).
     pub account_listings: prometheus::IntCounter,
+    /// Account listings that failed, per ProviderConfig (credentials unreadable or refused, vendor down).
+    pub account_listing_failures: IntCounterVec,
     /// Start (unix seconds) of the oldest among the accounts' latest listings: now minus this is the age
     /// of the oldest observation of any listed server.
     pub oldest_listing: IntGauge,
@@ -107,6 +109,14 @@ impl Metrics {
         let account_listings = prometheus::IntCounter::new(
             "quartermaster_account_listings_total",
             "Whole-account server listings made to see drift at the vendor.",
+        )
+        .expect("valid metric");
+        let account_listing_failures = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_account_listing_failures_total",
+                "Whole-account server listings that failed, per ProviderConfig (credentials unreadable or refused, vendor down); the other accounts are still listed.",
+            ),
+            &["provider_config"],
         )
         .expect("valid metric");
         let oldest_listing = IntGauge::new(
@@ -226,6 +236,7 @@ impl Metrics {
             Box::new(reconcile_panics.clone()),
             Box::new(recreates_after_intent.clone()),
             Box::new(account_listings.clone()),
+            Box::new(account_listing_failures.clone()),
             Box::new(oldest_listing.clone()),
             Box::new(stream_records.clone()),
             Box::new(stream_last.clone()),
@@ -249,6 +260,7 @@ impl Metrics {
             reconcile_panics,
             recreates_after_intent,
             account_listings,
+            account_listing_failures,
             oldest_listing,
             stream_records,
             stream_last,

@@ -4,7 +4,7 @@
 //! follows the vendor whatever the object does (paused, stalled), a server gone at the vendor is billed
 //! until it was last seen, and pause suspends the user's changes, not the Project's money policy.
 
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use quartermaster::crd::VirtualMachine;
 use quartermaster::crd::conditions::{self, ConditionStatus};
 use quartermaster::ledger::store::{GroupBy, ProjectRef};
@@ -552,4 +552,60 @@ async fn drift_at_the_vendor_is_seen_without_waiting_for_the_vms_own_resync() {
     );
     let listings = e.metrics.as_ref().unwrap().account_listings.get();
     assert!(listings >= 1, "no account listing");
+}
+
+/// ProviderConfigs whose credentials cannot be read are skipped and counted, and every other account is
+/// still listed; each listing is a sighting, so a server deleted at the vendor is billed until the last
+/// listing that saw it, not until its VM's own last reconcile.
+#[tokio::test]
+async fn a_broken_account_blinds_no_other_and_listings_are_sightings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmsight", |_| {}).await;
+    // Broken accounts (a mistyped Secret name), several, so that some come before the healthy one.
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(e.client.clone());
+    let mut broken = Vec::new();
+    for i in 0..5 {
+        let name = format!("{}-broken{i}", e.id);
+        let pc = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": name, "labels": {"qm-test": e.id}},
+            "spec": {"type": "digitalocean", "endpoint": e.sim.url,
+                "credentialsSecretRef": {"name": "do-tokn", "namespace": e.ns, "key": "token"}}
+        });
+        pcs.patch(
+            &name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&pc),
+        )
+        .await
+        .unwrap();
+        broken.push(name);
+    }
+    let e = e.with_controller(Some(l.clone()), |_| {});
+    let (id, since) = metered_vm(&e, "web").await;
+    // The VM's own reconciles are over (its resync is 10 minutes away); the listings go on each second.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    delete_droplet(&e, &id).await;
+    let gone = jiff::Timestamp::now().as_second();
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ExternalNotFound",
+        )
+        .await;
+    assert!(vm.status.unwrap().metering.is_none());
+    let billed = metered_seconds(&l, &e.ns, "web").await;
+    assert!(
+        billed >= gone - since - 3 && billed <= gone + 1 - since,
+        "billed {billed} s; the server existed {} s and was listed each second",
+        gone - since
+    );
+    let m = e.metrics.as_ref().unwrap();
+    for name in &broken {
+        let failures = m.account_listing_failures.with_label_values(&[name]).get();
+        assert!(failures >= 1, "{name}: no listing failure counted");
+    }
 }

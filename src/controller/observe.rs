@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Context;
 use super::provider_config::is_compute;
 use crate::cloud::{Server, UID_TAG_PREFIX};
-use crate::crd::VirtualMachine;
+use crate::crd::{ProviderConfig, VirtualMachine};
 
 /// What a VM's reconcile depends on of its server: its state and size.
 type Digest = (String, String);
@@ -71,7 +71,7 @@ pub async fn run(ctx: Arc<Context>, wake: UnboundedSender<ObjectRef<VirtualMachi
     loop {
         ticks.tick().await;
         if let Err(e) = observe_all(&ctx, &wake, &mut last).await {
-            tracing::debug!(error = %e, "observing accounts failed; trying again next interval");
+            tracing::warn!(error = %e, "observing accounts failed; trying again next interval");
         }
     }
 }
@@ -85,61 +85,124 @@ fn is_settled(vm: &VirtualMachine) -> bool {
     )
 }
 
+/// Lists every compute account once. An account that cannot be listed (its credentials unreadable or
+/// refused, its vendor down) is skipped and reported; every other account is still listed.
 async fn observe_all(
     ctx: &Arc<Context>,
     wake: &UnboundedSender<ObjectRef<VirtualMachine>>,
     last: &mut HashMap<String, HashMap<String, Digest>>,
 ) -> Result<(), super::Error> {
     let caches = ctx.caches()?;
-    let mut settled: Option<HashMap<String, ObjectRef<VirtualMachine>>> = None;
+    let mut settled: Option<HashMap<String, Arc<VirtualMachine>>> = None;
     for pc in caches.provider_configs.state() {
         if !is_compute(pc.spec.type_) || pc.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let name = pc.name_any();
-        // Reading is not changing: a suspended account is observed too.
-        let account = ctx.providers.account_for_reading(ctx, &pc).await?;
-        let provider = ctx.providers.compute(ctx, &account).await?;
-        let started = jiff::Timestamp::now().as_second();
-        let listed = match provider.list_servers().await {
-            Ok(Some(servers)) => servers,
+        let (started, listed) = match list_account(ctx, &pc).await {
+            Ok(Some(listing)) => listing,
             Ok(None) => continue,
             Err(e) => {
-                tracing::debug!(provider_config = %name, error = %e, "listing servers failed");
+                listing_failed(ctx, &name, &e);
                 continue;
             }
         };
         ctx.metrics.account_listings.inc();
         let now = by_owner(&listed);
+        // Every server seen is a sighting: one found gone later is billed until this listing.
+        for uid in now.keys() {
+            ctx.saw(uid, started);
+        }
+        let servers: HashMap<String, Server> =
+            listed.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let vms = settled.get_or_insert_with(|| {
+            caches
+                .vms
+                .state()
+                .into_iter()
+                .filter(|vm| is_settled(vm))
+                .filter_map(|vm| Some((vm.uid()?, vm)))
+                .collect()
+        });
+        let uids = match last.insert(name.clone(), now.clone()) {
+            Some(before) => changed(&before, &now),
+            // The account's first listing: compared with what its VMs recorded.
+            None => vms
+                .iter()
+                .filter(|(_, vm)| disagrees(vm, &name, &servers))
+                .map(|(uid, _)| uid.clone())
+                .collect(),
+        };
         ctx.set_listing(
             &name,
             Listing {
                 at: started,
-                servers: Arc::new(listed.into_iter().map(|s| (s.id.clone(), s)).collect()),
+                servers: Arc::new(servers),
             },
         );
-        if let Some(before) = last.insert(name, now.clone()) {
-            let uids = changed(&before, &now);
-            if uids.is_empty() {
-                continue;
-            }
-            let index = settled.get_or_insert_with(|| {
-                caches
-                    .vms
-                    .state()
-                    .iter()
-                    .filter(|vm| is_settled(vm))
-                    .filter_map(|vm| Some((vm.uid()?, ObjectRef::from_obj(&**vm))))
-                    .collect()
-            });
-            for uid in uids {
-                if let Some(r) = index.get(&uid) {
-                    let _ = wake.send(r.clone());
-                }
+        for uid in uids {
+            if let Some(vm) = vms.get(&uid) {
+                let _ = wake.send(ObjectRef::from_obj(&**vm));
             }
         }
     }
     Ok(())
+}
+
+/// One listing of `pc`'s account: when it started and its servers; `None` when the client cannot list.
+async fn list_account(
+    ctx: &Arc<Context>,
+    pc: &ProviderConfig,
+) -> Result<Option<(i64, Vec<Server>)>, super::Error> {
+    // Reading is not changing: a suspended account is observed too.
+    let account = ctx.providers.account_for_reading(ctx, pc).await?;
+    let provider = ctx.providers.compute(ctx, &account).await?;
+    let started = jiff::Timestamp::now().as_second();
+    let listed = provider
+        .list_servers()
+        .await
+        .map_err(super::Error::vendor("list the account's servers"))?;
+    Ok(listed.map(|servers| (started, servers)))
+}
+
+/// An account that could not be listed: counted per ProviderConfig, logged as a warning (once per
+/// distinct error), and a refusal of its credentials makes the ProviderConfig re-check them.
+fn listing_failed(ctx: &Context, pc: &str, e: &super::Error) {
+    ctx.metrics
+        .account_listing_failures
+        .with_label_values(&[pc])
+        .inc();
+    if let super::Error::Vendor { source, .. } = e
+        && source.is_auth()
+    {
+        ctx.credentials_rejected(pc);
+    }
+    let message = e.to_string();
+    if ctx.first_warning(&format!("listing/{pc}"), &message) {
+        tracing::warn!(provider_config = %pc, error = %message, "cannot list the account's servers; its VMs' drift is seen only at their own resync until it can");
+    }
+}
+
+/// Whether settled `vm` of account `pc` recorded something this listing contradicts: its server gone,
+/// powered differently, or of another size.
+pub fn disagrees(vm: &VirtualMachine, pc: &str, servers: &HashMap<String, Server>) -> bool {
+    use crate::cloud::ServerState;
+    use crate::crd::virtual_machine::VmPhase;
+    let Some(st) = vm.status.as_ref() else {
+        return false;
+    };
+    let (Some(id), Some(phase)) = (st.external_id.as_deref(), st.phase) else {
+        return false;
+    };
+    if st.provider_config.as_deref() != Some(pc) {
+        return false;
+    }
+    let Some(server) = servers.get(id) else {
+        return true;
+    };
+    let running = server.state == ServerState::Running;
+    (phase == VmPhase::Running) != running
+        || st.size.as_deref().is_some_and(|size| size != server.size)
 }
 
 #[cfg(test)]
@@ -186,5 +249,43 @@ mod tests {
             ..server("x", Running, "s")
         };
         assert!(by_owner(&[untagged]).is_empty());
+    }
+
+    #[test]
+    fn a_first_listing_finds_what_contradicts_the_vms_records() {
+        use crate::crd::virtual_machine::VmPhase;
+        let vm = |phase: VmPhase, id: &str, size: &str, pc: &str| -> VirtualMachine {
+            let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": "web", "namespace": "a", "uid": "u"},
+                "spec": {"providerConfigRef": {"name": pc}, "region": "r", "size": size, "image": "i"}
+            }))
+            .unwrap();
+            let st = vm.status.get_or_insert_with(Default::default);
+            st.phase = Some(phase);
+            st.external_id = Some(id.into());
+            st.size = Some(size.into());
+            st.provider_config = Some(pc.into());
+            vm
+        };
+        let servers: HashMap<String, Server> = [
+            server("1", ServerState::Running, "s"),
+            server("2", ServerState::Off, "s"),
+        ]
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+        use VmPhase::*;
+        for (vm, want) in [
+            (vm(Running, "1", "s", "do"), false),
+            (vm(Stopped, "2", "s", "do"), false),
+            (vm(Running, "3", "s", "do"), true),     // gone
+            (vm(Running, "2", "s", "do"), true),     // powered off
+            (vm(Stopped, "1", "s", "do"), true),     // powered on
+            (vm(Running, "1", "m", "do"), true),     // resized
+            (vm(Running, "3", "s", "other"), false), // another account's listing
+        ] {
+            assert_eq!(disagrees(&vm, "do", &servers), want, "{:?}", vm.status);
+        }
     }
 }
