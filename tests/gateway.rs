@@ -48,6 +48,7 @@ fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
             suspended: false,
             allowed_namespaces: vec![],
             adoption: None,
+            release: None,
             markup_percent: Some("20".into()),
             sim_claims: vec![],
             top_up_price: None,

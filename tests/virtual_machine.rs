@@ -160,7 +160,8 @@ async fn lifecycle_power_restart_resize_delete() {
 #[tokio::test]
 async fn orphan_adoption_and_observe_only() {
     let e = env("vmo", |_| {}, true).await;
-    // Orphan: the droplet survives the object.
+    e.allow_release().await;
+    // Orphan (allowed for this namespace): the droplet survives the object.
     e.apply_vm(
         "keep",
         serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),

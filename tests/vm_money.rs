@@ -159,7 +159,24 @@ async fn metered_seconds(l: &quartermaster::ledger::Ledger, ns: &str, name: &str
         .await
         .unwrap()
         .iter()
-        .filter(|r| r.key == format!("VirtualMachine/{name}"))
+        .filter(|r| r.key == format!("VirtualMachine/{name}") && r.meter == "vm_seconds")
+        .map(|r| r.quantity)
+        .sum()
+}
+
+/// Usage rows of meter `meter` recorded for object `name` (no Project).
+async fn rows_of(l: &quartermaster::ledger::Ledger, ns: &str, name: &str, meter: &str) -> i64 {
+    let now = jiff::Timestamp::now().as_second();
+    let none = ProjectRef {
+        namespace: ns,
+        name: "",
+        uid: "",
+    };
+    l.usage(&none, now - 40 * 86_400, now + 86_400, GroupBy::Object)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.key == format!("VirtualMachine/{name}") && r.meter == meter)
         .map(|r| r.quantity)
         .sum()
 }
@@ -608,4 +625,84 @@ async fn a_broken_account_blinds_no_other_and_listings_are_sightings() {
         let failures = m.account_listing_failures.with_label_values(&[name]).get();
         assert!(failures >= 1, "{name}: no listing failure counted");
     }
+}
+
+/// Releasing a server is the platform's decision: a VM switched to ObserveOnly still deletes the server
+/// it created; `deletionPolicy: Orphan` waits, Stalled and metered, until the ProviderConfig lets the
+/// namespace release servers; a release removes the ownership tag and is an Event and a ledger line.
+#[tokio::test]
+async fn releasing_a_server_is_an_admins_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmrelease", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let (watched_id, _) = metered_vm(&e, "watched").await;
+    let (kept_id, _) = metered_vm(&e, "kept").await;
+    let uid = e.vms().get("kept").await.unwrap().metadata.uid.unwrap();
+
+    // ObserveOnly does not release what the VM created: its deletion deletes the server.
+    e.patch_vm(
+        "watched",
+        serde_json::json!({"spec": {"managementPolicy": "ObserveOnly"}}),
+    )
+    .await;
+    e.wait_vm_status("watched", "Ready", ConditionStatus::True)
+        .await;
+    e.vms()
+        .delete("watched", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("watched").await;
+    common::eventually(WAIT, "the created server deleted", || async {
+        e.droplet(&watched_id).await.is_none().then_some(())
+    })
+    .await;
+
+    // Orphan where the ProviderConfig allows no release: the deletion waits, the meter runs.
+    e.patch_vm(
+        "kept",
+        serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),
+    )
+    .await;
+    e.vms()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (_, msg) = common::eventually(WAIT, "kept Stalled ReleaseNotAllowed", || async {
+        let st = e.vms().get("kept").await.ok()?.status?;
+        let c = conditions::find(&st.conditions, conditions::STALLED)?;
+        (c.reason == "ReleaseNotAllowed").then(|| (st.metering.clone(), c.message.clone()))
+    })
+    .await;
+    assert!(msg.contains("spec.release.allowedNamespaces"), "{msg}");
+    let vm = e.vms().get("kept").await.unwrap();
+    assert!(vm.status.unwrap().metering.is_some(), "the meter stopped");
+    assert!(e.droplet(&kept_id).await.is_some());
+    assert_eq!(rows_of(&l, &e.ns, "kept", "vm_releases").await, 0);
+
+    // Allowed: released (untagged, running), an Event and one ledger line.
+    e.allow_release().await;
+    e.wait_gone("kept").await;
+    let d = e
+        .droplet(&kept_id)
+        .await
+        .expect("the released server was deleted");
+    let tags: Vec<String> = serde_json::from_value(d["tags"].clone()).unwrap();
+    assert!(
+        !tags.contains(&format!("quartermaster-uid-{uid}")),
+        "{tags:?}"
+    );
+    assert_eq!(d["status"], "active");
+    assert!(
+        e.event_reasons("kept")
+            .await
+            .iter()
+            .any(|r| r == "Orphaned")
+    );
+    assert_eq!(rows_of(&l, &e.ns, "kept", "vm_releases").await, 1);
+    assert!(
+        metered_seconds(&l, &e.ns, "kept").await >= 1,
+        "its running time was billed"
+    );
 }

@@ -31,6 +31,14 @@ pub fn adoption_allowed(pc: &ProviderConfig, namespace: &str) -> bool {
         .is_some_and(|a| a.allowed_namespaces.iter().any(|n| n == namespace))
 }
 
+/// Whether `pc` lets objects of `namespace` release its servers (`deletionPolicy: Orphan`).
+pub fn release_allowed(pc: &ProviderConfig, namespace: &str) -> bool {
+    pc.spec
+        .release
+        .as_ref()
+        .is_some_and(|r| r.allowed_namespaces.iter().any(|n| n == namespace))
+}
+
 /// A usable ProviderConfig.
 pub struct Resolved {
     /// The ProviderConfig.

@@ -77,6 +77,9 @@ pub mod reason {
     pub const OWNED_BY_ANOTHER: &str = "OwnedByAnother";
     /// Adopting an untagged vendor object is not allowed for this namespace by the ProviderConfig.
     pub const ADOPTION_NOT_ALLOWED: &str = "AdoptionNotAllowed";
+    /// Releasing a server (`deletionPolicy: Orphan`) is not allowed for this namespace by the
+    /// ProviderConfig.
+    pub const RELEASE_NOT_ALLOWED: &str = "ReleaseNotAllowed";
     /// The vendor cannot do what the spec asks.
     pub const UNSUPPORTED: &str = "Unsupported";
     /// Stopped as declared.

@@ -72,6 +72,13 @@ pub struct ProviderConfigSpec {
     /// another object's ownership tag) is never adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
+    /// Who may release servers of this account: delete a VirtualMachine with `deletionPolicy: Orphan`,
+    /// leaving its server running (untagged, so it can be adopted again) in the platform's account, where
+    /// it is paid for and billed to nobody. Unset: nobody; such a VM's deletion waits, `Stalled`
+    /// `ReleaseNotAllowed`, still metered, until its deletionPolicy is `Delete` or its namespace is
+    /// allowed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleasePolicy>,
     /// Percent added to the vendor's prices for the tenants of this account, as a decimal string (e.g.
     /// "20" or "7.5"). Unset: none, tenants pay the vendor's price. The ledger records the tenant's price
     /// and the vendor's cost of every usage row, so reports show both and the margin.
@@ -283,6 +290,23 @@ impl ProviderConfigSpec {
 pub struct AdoptionPolicy {
     /// Namespaces whose objects may adopt an untagged vendor object by its ID; the adopted object is then
     /// tagged as theirs. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub allowed_namespaces: Vec<String>,
+}
+
+/// Which namespaces may release servers of an account (`deletionPolicy: Orphan`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleasePolicy {
+    /// Namespaces whose VirtualMachines may be deleted with `deletionPolicy: Orphan`, their servers left
+    /// running untagged. Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),

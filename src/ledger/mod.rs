@@ -109,6 +109,9 @@ pub enum Meter {
     /// LLM requests that were not charged (refused, or no upstream served them), counted per outcome
     /// in the row's attributes; never priced.
     LlmRequests,
+    /// Servers released (a VM deleted with `deletionPolicy: Orphan`): left running in the platform's
+    /// account, billed to nobody from then on; one row per server, never priced, so reports show them.
+    VmReleases,
 }
 
 /// What the ledger knows of a meter: its stored name, the unit of its quantities, and how many units a
@@ -126,7 +129,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 7] = [
+pub const METERS: [MeterInfo; 8] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -167,6 +170,12 @@ pub const METERS: [MeterInfo; 7] = [
         meter: Meter::LlmRequests,
         name: "llm_requests",
         unit: "request",
+        priced_per: 1,
+    },
+    MeterInfo {
+        meter: Meter::VmReleases,
+        name: "vm_releases",
+        unit: "server",
         priced_per: 1,
     },
 ];
@@ -268,6 +277,7 @@ mod meter_tests {
             Meter::LlmInputTokens,
             Meter::LlmOutputTokens,
             Meter::LlmRequests,
+            Meter::VmReleases,
         ];
         for m in all {
             assert_eq!(METERS.iter().filter(|r| r.meter == m).count(), 1, "{m:?}");

@@ -110,6 +110,20 @@ impl Env {
         .unwrap();
     }
 
+    /// Lets this environment's namespace release servers of its ProviderConfig (`deletionPolicy: Orphan`).
+    pub async fn allow_release(&self) {
+        let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(self.client.clone());
+        pcs.patch(
+            &self.pc,
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({
+                "spec": {"release": {"allowedNamespaces": [self.ns]}}
+            })),
+        )
+        .await
+        .unwrap();
+    }
+
     /// Waits until the VM's condition `type_` is `status` for any reason, at the current generation.
     pub async fn wait_vm_status(
         &self,

@@ -18,14 +18,16 @@
 //! - One reboot per distinct `quartermaster.dev/restart-requested-at` value.
 //! - Deletion (policy Delete) deletes every vendor server carrying the UID tag — in the account the
 //!   server was created in — and waits until the vendor reports them gone. Orphan leaves them running
-//!   and removes the UID tag (so they can be adopted again where allowed); ObserveOnly leaves them
-//!   untouched. A VM that may ever have reached the create call is always looked up by tag before cleanup
-//!   concludes there is nothing to delete.
+//!   and removes the UID tag (so they can be adopted again), only where the ProviderConfig allows
+//!   releases; ObserveOnly leaves an adopted server untouched but cannot release one the VM created
+//!   ([`release`]). A VM that may ever have reached the create call is always looked up by tag before
+//!   cleanup concludes there is nothing to delete.
 
 pub mod act;
 pub mod build;
 pub mod decide;
 pub mod read;
+pub mod release;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +36,10 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, persist, publish};
-use super::{Context, Error, vendor};
+use super::{Context, Error};
 use crate::cloud;
 use crate::crd::conditions::{Health, event, reason};
-use crate::crd::virtual_machine::{
-    CreationIntent, DeletionPolicy, ManagementPolicy, VirtualMachineStatus,
-};
+use crate::crd::virtual_machine::{CreationIntent, VirtualMachineStatus};
 use crate::crd::{ANNOTATION_EXTERNAL_ID, FINALIZER, VirtualMachine};
 use crate::ledger::metering;
 
@@ -257,7 +257,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Cleanup, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
-        let released = release(&ctx, &vm, &uid, &progress.status).await;
+        let released = release::release(&ctx, &vm, &uid, &progress.status).await;
         settle(
             &ctx,
             &vm,
@@ -307,179 +307,4 @@ async fn settle(
     ctx.set_pending_usage(uid, 0);
     progress.status.metering = step.open.map(decide::stored_window);
     persist(ctx, &**vm, progress).await
-}
-
-/// The vendor side of deletion: per `managementPolicy` and `deletionPolicy`, leave, release or delete
-/// every server carrying this VM's tag, in the account the server was created in.
-async fn release(
-    ctx: &Arc<Context>,
-    vm: &VirtualMachine,
-    uid: &str,
-    status: &VirtualMachineStatus,
-) -> Result<Cleanup, Error> {
-    if vm.spec.management_policy == ManagementPolicy::ObserveOnly {
-        // Never mutates the vendor, not even to release the server.
-        publish(
-            ctx,
-            vm,
-            EventType::Normal,
-            event::ORPHANED,
-            "the vendor server is left in place (ObserveOnly)",
-        )
-        .await;
-        return Ok(Cleanup::Done);
-    }
-    // Never created, never tried: nothing at the vendor.
-    if status.creation_key.is_none()
-        && status.external_id.is_none()
-        && !vm.annotations().contains_key(ANNOTATION_EXTERNAL_ID)
-    {
-        return Ok(Cleanup::Done);
-    }
-    // The account the server is in, even if spec.providerConfigRef was edited since.
-    let pc = status
-        .provider_config
-        .clone()
-        .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
-    let ns = vm.namespace().unwrap_or_default();
-    let r = vendor::resolve(ctx, &pc, &ns).await?;
-    let p = ctx.providers.compute(ctx, &r).await?;
-    let tag = cloud::uid_tag(uid);
-    let mut servers = p
-        .find_by_tag(&tag)
-        .await
-        .map_err(Error::vendor("look up servers by tag"))
-        .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
-    let recorded = decide::recorded_ids(vm, status);
-    for id in &recorded {
-        if !servers.iter().any(|s| s.id == *id)
-            && let Some(s) = p.get(id).await.map_err(Error::vendor("read the server"))?
-        {
-            servers.push(s);
-        }
-    }
-    let owned: Vec<&cloud::Server> = act::owned(&servers, uid, &recorded).collect();
-    if vm.spec.deletion_policy == DeletionPolicy::Orphan {
-        orphan(ctx, vm, &*p, &owned, &tag)
-            .await
-            .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
-        return Ok(Cleanup::Done);
-    }
-    let mut waiting = Vec::new();
-    let mut scheduled = Vec::new();
-    // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
-    // object's server (e.g. named by an annotation) is never deleted.
-    for s in owned {
-        if s.deletion_scheduled {
-            scheduled.push(s.id.clone());
-            continue;
-        }
-        p.delete(&s.id)
-            .await
-            .map_err(Error::vendor("delete the server"))?;
-        waiting.push(s.id.clone());
-    }
-    Ok(deletion_wait(
-        p.vendor(),
-        waiting,
-        scheduled,
-        ctx.config.poll_interval,
-    ))
-}
-
-/// Releases the VM's servers (deletionPolicy Orphan): left running, without this VM's tag, so they can
-/// be adopted again (where a ProviderConfig allows adoption) instead of staying owned by an object that
-/// is gone.
-async fn orphan(
-    ctx: &Context,
-    vm: &VirtualMachine,
-    p: &dyn cloud::ComputeProvider,
-    owned: &[&cloud::Server],
-    tag: &str,
-) -> Result<(), Error> {
-    let mut released = Vec::new();
-    for s in owned {
-        p.remove_tag(&s.id, tag).await.map_err(Error::vendor(
-            "release the server (remove its ownership tag)",
-        ))?;
-        released.push(s.id.clone());
-    }
-    if !released.is_empty() {
-        publish(
-            ctx,
-            vm,
-            EventType::Normal,
-            event::ORPHANED,
-            &format!(
-                "server(s) {} left in place and released (ownership tag removed)",
-                released.join(", ")
-            ),
-        )
-        .await;
-    }
-    Ok(())
-}
-
-/// What cleanup waits for: servers whose deletion is under way are polled every `poll`; when every
-/// remaining server is only scheduled for deletion at a later date, hourly.
-pub fn deletion_wait(
-    vendor: &str,
-    waiting: Vec<String>,
-    scheduled: Vec<String>,
-    poll: Duration,
-) -> Cleanup {
-    match (waiting.is_empty(), scheduled.is_empty()) {
-        (true, true) => Cleanup::Done,
-        (true, false) => Cleanup::Wait {
-            message: format!(
-                "{vendor} keeps server(s) {} until their cancellation date; looking again hourly",
-                scheduled.join(", ")
-            ),
-            requeue_after: SCHEDULED_DELETION_POLL,
-        },
-        (false, _) => Cleanup::Wait {
-            message: format!(
-                "waiting for {vendor} to delete server(s) {}",
-                [waiting, scheduled].concat().join(", ")
-            ),
-            requeue_after: poll,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deletion_waits_hourly_only_for_scheduled_cancellations() {
-        let poll = Duration::from_secs(5);
-        let after = |c: Cleanup| match c {
-            Cleanup::Done => None,
-            Cleanup::Wait { requeue_after, .. } => Some(requeue_after),
-        };
-        assert_eq!(after(deletion_wait("contabo", vec![], vec![], poll)), None);
-        assert_eq!(
-            after(deletion_wait("contabo", vec![], vec!["7".into()], poll)),
-            Some(SCHEDULED_DELETION_POLL)
-        );
-        assert_eq!(
-            after(deletion_wait(
-                "digitalocean",
-                vec!["1".into()],
-                vec![],
-                poll
-            )),
-            Some(poll)
-        );
-        assert_eq!(
-            after(deletion_wait(
-                "contabo",
-                vec!["1".into()],
-                vec!["7".into()],
-                poll
-            )),
-            Some(poll)
-        );
-    }
 }
