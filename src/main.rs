@@ -115,8 +115,16 @@ enum Command {
     /// vendor's cost and the margin.
     Usage {
         /// The project, as NAMESPACE/NAME.
+        #[arg(
+            long,
+            required_unless_present = "namespace",
+            conflicts_with = "namespace"
+        )]
+        project: Option<String>,
+        /// Instead of a Project: the usage in this namespace billed to no Project (VMs and SIMs without
+        /// `projectRef`, where their ProviderConfig does not require one).
         #[arg(long)]
-        project: String,
+        namespace: Option<String>,
         /// The Project's UID, for a Project deleted and recreated under the same name (default: the
         /// one the ledger recorded most recently).
         #[arg(long = "project-uid")]
@@ -376,13 +384,28 @@ fn main() -> ExitCode {
         }),
         Command::Usage {
             project,
+            namespace,
             project_uid,
             period,
             by,
             output,
         } => block_on("usage", async move {
-            let (ns, name, period, from, to) = project_period(&project, period)?;
-            let (l, uid) = cli.db.ledger_for(&ns, &name, project_uid).await?;
+            let (ns, name, period, from, to) = match (&project, &namespace) {
+                (Some(p), _) => project_period(p, period)?,
+                // No Project: that namespace's rows billed to none (name and UID empty).
+                (None, ns) => {
+                    let ns = ns.clone().unwrap_or_default();
+                    let (_, _, period, from, to) = project_period(&format!("{ns}/x"), period)?;
+                    (ns, String::new(), period, from, to)
+                }
+            };
+            let (l, uid) = if name.is_empty() {
+                let l = cli.db.ledger().await?;
+                l.migrate().await?;
+                (l, String::new())
+            } else {
+                cli.db.ledger_for(&ns, &name, project_uid).await?
+            };
             let me = ProjectRef {
                 namespace: &ns,
                 name: &name,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub usage_events: IntCounterVec,
     /// Usage recorded without a price (no price known for the server's size), in the meter's unit.
     pub unpriced_usage: IntCounterVec,
+    /// Usage recorded for objects that belong to no Project, per meter (in the meter's unit).
+    pub usage_without_project: IntCounterVec,
     /// Ledger write latency in seconds.
     pub ledger_write_duration: prometheus::Histogram,
     /// Usage events waiting for the ledger (computed but not yet accepted).
@@ -207,6 +209,14 @@ impl Metrics {
             &["meter"],
         )
         .expect("valid metric");
+        let usage_without_project = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_usage_without_project_total",
+                "Usage recorded for objects that belong to no Project, in the meter's unit: billed to no tenant, reported by namespace (quartermaster usage --namespace).",
+            ),
+            &["meter"],
+        )
+        .expect("valid metric");
         let unpriced_usage = IntCounterVec::new(
             Opts::new(
                 "quartermaster_usage_unpriced_total",
@@ -228,6 +238,7 @@ impl Metrics {
         for c in [
             Box::new(usage_events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(unpriced_usage.clone()),
+            Box::new(usage_without_project.clone()),
             Box::new(ledger_write_duration.clone()),
             Box::new(ledger_buffer_depth.clone()),
             Box::new(reconciles.clone()),
@@ -275,6 +286,7 @@ impl Metrics {
             unreachable,
             usage_events,
             unpriced_usage,
+            usage_without_project,
             ledger_write_duration,
             ledger_buffer_depth,
         }

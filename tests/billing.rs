@@ -674,3 +674,177 @@ async fn a_ledger_outage_loses_nothing() {
     );
     assert_eq!(metrics.ledger_buffer_depth.get(), 0);
 }
+
+/// The status condition `type_` of VM `name`: (status, reason, message).
+async fn condition_of(
+    vms: &Api<VirtualMachine>,
+    name: &str,
+    type_: &str,
+) -> Option<(ConditionStatus, String, String)> {
+    let vm = vms.get(name).await.ok()?;
+    let c = conditions::find(&vm.status.as_ref()?.conditions, type_)?;
+    Some((c.status, c.reason.clone(), c.message.clone()))
+}
+
+/// No edit is a way out of the credit stop: a VM whose move to a missing Project was refused, and one
+/// whose projectRef was removed, stay under the stop of the Project they are billed to; the Project
+/// counts what is stopped, keeps its balance current while it is being deleted, and a ProviderConfig
+/// can require a Project for every VM.
+#[tokio::test]
+async fn no_edit_escapes_the_credit_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let client = common::client().await;
+    let ns = common::namespace(&client, "escape").await;
+    let id = common::unique("escape");
+    let sim = common::start_sim(|_| {}).await;
+    common::secret(&client, &ns, "do-token", "token", "t").await;
+    let pc = format!("{id}-do");
+    common::do_provider_config(&client, &id, &pc, &ns, &sim.url, &[]).await;
+    let (_metrics, _stop) = common::start_controller_with(client.clone(), &id, Some(l.clone()));
+    let prepaid = prepaid_project(&client, &ns, &id, "prepaid", "Stop").await;
+    l.credit(&common::grant(
+        "g1",
+        &ns,
+        "prepaid",
+        &prepaid,
+        1_000_000_000,
+    ))
+    .await
+    .unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    for name in ["moved", "left"] {
+        apply(&client, &ns, vm_in(&id, name, &pc, "prepaid")).await;
+    }
+    for name in ["moved", "left"] {
+        common::eventually(WAIT, "VMs running", || async {
+            let (s, r, _) = condition_of(&vms, name, conditions::READY).await?;
+            (s == ConditionStatus::True && r == "Reconciled").then_some(())
+        })
+        .await;
+    }
+    // Before the credit ends, the tenant points one VM at a Project that does not exist.
+    let to_nowhere = serde_json::json!({"spec": {"projectRef": {"name": "nowhere"}}});
+    vms.patch("moved", &PatchParams::default(), &Patch::Merge(&to_nowhere))
+        .await
+        .unwrap();
+    common::eventually(WAIT, "moved Stalled ProjectNotFound", || async {
+        let (s, r, _) = condition_of(&vms, "moved", conditions::STALLED).await?;
+        (s == ConditionStatus::True && r == "ProjectNotFound").then_some(())
+    })
+    .await;
+    // The credit ends.
+    l.record(&[last_hour(
+        format!("test/{id}/big"),
+        &ns,
+        ("prepaid", &prepaid),
+        "other",
+        "1.5",
+    )])
+    .await
+    .unwrap();
+    let droplet_state = |name: &'static str| {
+        let (vms, sim) = (vms.clone(), &sim);
+        async move {
+            let ext = vms.get(name).await.ok()?.status?.external_id?;
+            sim.droplets()
+                .await
+                .into_iter()
+                .find(|d| d["id"].as_u64().map(|n| n.to_string()) == Some(ext.clone()))
+                .map(|d| d["status"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    common::eventually(
+        WAIT,
+        "the refused move is stopped by the old Project's stop",
+        || async {
+            let (_, r, m) = condition_of(&vms, "moved", conditions::STALLED).await?;
+            (r == "ProjectNotFound"
+                && m.contains("under Project \"prepaid\"'s credit stop")
+                && droplet_state("moved").await? == "off")
+                .then_some(())
+        },
+    )
+    .await;
+    // Removing projectRef now is no way out either: refused, and the server stays off.
+    common::eventually(WAIT, "left stopped", || async {
+        (droplet_state("left").await? == "off").then_some(())
+    })
+    .await;
+    let unset = serde_json::json!({"spec": {"projectRef": null}});
+    vms.patch("left", &PatchParams::default(), &Patch::Merge(&unset))
+        .await
+        .unwrap();
+    common::eventually(WAIT, "left Stalled CreditExhausted", || async {
+        let (s, r, m) = condition_of(&vms, "left", conditions::STALLED).await?;
+        (s == ConditionStatus::True && r == "CreditExhausted" && m.contains("cannot leave"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(droplet_state("left").await.as_deref(), Some("off"));
+    let vm = vms.get("left").await.unwrap();
+    assert_eq!(
+        vm.status.unwrap().project.as_deref(),
+        Some("prepaid"),
+        "still billed to prepaid"
+    );
+    // The Project says what is stopped.
+    let projects: Api<Project> = Api::namespaced(client.clone(), &ns);
+    common::eventually(WAIT, "the Project counts what is stopped", || async {
+        let p = projects.get("prepaid").await.ok()?;
+        let c = conditions::find(&p.status.as_ref()?.conditions, conditions::READY)?;
+        c.message
+            .contains("2 of 2 virtual machines stopped")
+            .then_some(())
+    })
+    .await;
+
+    // Being deleted (Block: its members remain), the Project keeps its balance current.
+    projects
+        .delete("prepaid", &DeleteParams::default())
+        .await
+        .unwrap();
+    l.credit(&common::grant(
+        "g2",
+        &ns,
+        "prepaid",
+        &prepaid,
+        100_000_000_000,
+    ))
+    .await
+    .unwrap();
+    common::eventually(
+        WAIT,
+        "a Terminating Project's balance follows the grant",
+        || async {
+            let st = projects.get("prepaid").await.ok()?.status?;
+            let balance: Decimal = st.credit_balance?.parse().ok()?;
+            (balance > Decimal::from(90)).then_some(())
+        },
+    )
+    .await;
+
+    // A ProviderConfig that requires a Project: a VM without one is not created.
+    let strict = format!("{id}-strict");
+    common::do_provider_config(&client, &id, &strict, &ns, &sim.url, &[]).await;
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(client.clone());
+    let require = serde_json::json!({"spec": {"requireProject": true}});
+    pcs.patch(&strict, &PatchParams::default(), &Patch::Merge(&require))
+        .await
+        .unwrap();
+    let before = sim.droplets().await.len();
+    let mut lone = vm_in(&id, "lone", &strict, "x");
+    lone["spec"].as_object_mut().unwrap().remove("projectRef");
+    apply(&client, &ns, lone).await;
+    common::eventually(WAIT, "lone Stalled ProjectRequired", || async {
+        let (s, r, _) = condition_of(&vms, "lone", conditions::STALLED).await?;
+        (s == ConditionStatus::True && r == "ProjectRequired").then_some(())
+    })
+    .await;
+    assert_eq!(
+        sim.droplets().await.len(),
+        before,
+        "a VM without a Project was created"
+    );
+}

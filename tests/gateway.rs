@@ -49,6 +49,7 @@ fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
             allowed_namespaces: vec![],
             adoption: None,
             release: None,
+            require_project: false,
             markup_percent: Some("20".into()),
             sim_claims: vec![],
             top_up_price: None,

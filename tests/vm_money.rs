@@ -633,7 +633,7 @@ async fn a_broken_account_blinds_no_other_and_listings_are_sightings() {
 #[tokio::test]
 async fn releasing_a_server_is_an_admins_decision() {
     let dir = tempfile::tempdir().unwrap();
-    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let (l, url) = common::db::fresh_ledger(&dir).await;
     let e = env_with("vmrelease", |_| {})
         .await
         .with_controller(Some(l.clone()), |_| {});
@@ -705,4 +705,38 @@ async fn releasing_a_server_is_an_admins_decision() {
         metered_seconds(&l, &e.ns, "kept").await >= 1,
         "its running time was billed"
     );
+    // These VMs belong to no Project: their usage is counted, and reported by namespace.
+    let m = e.metrics.as_ref().unwrap();
+    assert!(
+        m.usage_without_project
+            .with_label_values(&["vm_seconds"])
+            .get()
+            >= 1
+    );
+    let out = common::process::quartermaster()
+        .args([
+            "usage",
+            "--namespace",
+            &e.ns,
+            "--by",
+            "object",
+            "--output",
+            "json",
+        ])
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let has = |meter: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["key"] == "VirtualMachine/kept" && r["meter"] == meter)
+    };
+    assert!(has("vm_seconds") && has("vm_releases"), "{rows}");
 }

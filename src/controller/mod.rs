@@ -395,6 +395,12 @@ impl Context {
                     .usage_events
                     .with_label_values(&[e.meter.as_str()])
                     .inc();
+                if e.project_uid.is_empty() && e.project.is_empty() {
+                    self.metrics
+                        .usage_without_project
+                        .with_label_values(&[e.meter.as_str()])
+                        .inc_by(u64::try_from(e.quantity).unwrap_or(0));
+                }
                 if e.currency.is_empty() {
                     self.metrics
                         .unpriced_usage

@@ -65,6 +65,8 @@ pub mod reason {
     pub const PROVIDER_CONFIG_WRONG_TYPE: &str = "ProviderConfigWrongType";
     /// The referenced Project does not exist.
     pub const PROJECT_NOT_FOUND: &str = "ProjectNotFound";
+    /// The ProviderConfig requires every VM through it to belong to a Project (`spec.requireProject`).
+    pub const PROJECT_REQUIRED: &str = "ProjectRequired";
     /// A Project limit (`maxVirtualMachines`, `maxMonthlySpend`) would be exceeded.
     pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
     /// A price is in another currency than the Project's.
@@ -304,6 +306,32 @@ impl Health {
             | Self::Progressing { reason, .. }
             | Self::Stalled { reason, .. }
             | Self::NotReady { reason, .. } => reason,
+        }
+    }
+
+    /// The same state with `note` (if any) added to its message.
+    pub fn noted(self, note: Option<String>) -> Self {
+        let Some(note) = note else {
+            return self;
+        };
+        let join = |m: String| format!("{m}; {note}");
+        match self {
+            Self::Ready { reason, message } => Self::Ready {
+                reason,
+                message: join(message),
+            },
+            Self::Progressing { reason, message } => Self::Progressing {
+                reason,
+                message: join(message),
+            },
+            Self::Stalled { reason, message } => Self::Stalled {
+                reason,
+                message: join(message),
+            },
+            Self::NotReady { reason, message } => Self::NotReady {
+                reason,
+                message: join(message),
+            },
         }
     }
 

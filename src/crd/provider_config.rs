@@ -79,6 +79,13 @@ pub struct ProviderConfigSpec {
     /// allowed here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<ReleasePolicy>,
+    /// Every VirtualMachine through this account must belong to a Project (`spec.projectRef`): one
+    /// without is not created, and removing the reference is refused (`Stalled` `ProjectRequired`,
+    /// still metered and under its Project's credit stop). Default false: VMs may run without a
+    /// Project; their usage is recorded by namespace (`quartermaster usage --namespace`) and counted by
+    /// `quartermaster_usage_without_project_total`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_project: bool,
     /// Percent added to the vendor's prices for the tenants of this account, as a decimal string (e.g.
     /// "20" or "7.5"). Unset: none, tenants pay the vendor's price. The ledger records the tenant's price
     /// and the vendor's cost of every usage row, so reports show both and the margin.

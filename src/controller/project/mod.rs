@@ -101,6 +101,30 @@ pub fn summarize(m: &Members, project: &str, currency: &str) -> (ProjectMembers,
     )
 }
 
+/// What a stop has actually stopped among the VMs billed to `project` that hold a server: "2 of 3
+/// virtual machines stopped (1 still running: ObserveOnly, a suspended account, or stopping now)".
+pub fn stopped(m: &Members, project: &str) -> String {
+    let held: Vec<Option<VmPhase>> = m
+        .vms
+        .iter()
+        .filter_map(|vm| vm.status.as_ref())
+        .filter(|s| s.external_id.is_some() && s.project.as_deref().is_none_or(|p| p == project))
+        .map(|s| s.phase)
+        .collect();
+    let off = held
+        .iter()
+        .filter(|p| matches!(p, Some(VmPhase::Stopped)))
+        .count();
+    let on = held.len() - off;
+    let mut out = format!("{off} of {} virtual machines stopped", held.len());
+    if on > 0 {
+        out.push_str(&format!(
+            " ({on} still running: ObserveOnly, a suspended account, or stopping now)"
+        ));
+    }
+    out
+}
+
 impl Reconciler<Project> for ProjectReconciler {
     async fn apply(
         &self,
@@ -172,11 +196,12 @@ impl Reconciler<Project> for ProjectReconciler {
                 (granted > 0).then(|| crate::ledger::format_rounded(granted - used, cur));
             if granted > 0 && granted - used <= 0 {
                 let what = match project.spec.on_credit_exhausted {
-                    CreditExhaustedPolicy::Stop => {
-                        "its virtual machines are stopped, and no new ones are created, until credit is granted"
-                    }
+                    CreditExhaustedPolicy::Stop => format!(
+                        "onCreditExhausted Stop: {}; no new ones are created until credit is granted",
+                        stopped(&m, &project.name_any())
+                    ),
                     CreditExhaustedPolicy::Notify => {
-                        "onCreditExhausted is Notify: nothing is stopped"
+                        "onCreditExhausted is Notify: nothing is stopped".to_string()
                     }
                 };
                 health = Health::not_ready(
@@ -246,61 +271,91 @@ impl Reconciler<Project> for ProjectReconciler {
         }))
     }
 
+    /// While members remain, the Project keeps its counts, costs, balance and credit stop current (its
+    /// members still run and read their stop from it), and says what deletion waits for.
     async fn cleanup(
         &self,
         project: Arc<Project>,
         ctx: Arc<Context>,
-        _progress: &mut Progress<ProjectStatus>,
+        progress: &mut Progress<ProjectStatus>,
     ) -> Result<Cleanup, Error> {
         let m = members(&ctx, &project)?;
-        let mut names: Vec<String> = m
-            .vms
-            .iter()
-            .map(|v| format!("VirtualMachine/{}", v.name_any()))
-            .collect();
-        names.extend(m.sims.iter().map(|s| format!("SimCard/{}", s.name_any())));
-        names.sort();
-        if names.is_empty() {
+        if m.vms.is_empty() && m.sims.is_empty() {
             return Ok(Cleanup::Done);
         }
-        let ns = project.namespace().unwrap_or_default();
-        match project.spec.deletion_policy {
-            ProjectDeletionPolicy::Block => Ok(Cleanup::Wait {
+        let money = self.apply(project.clone(), ctx.clone(), progress).await?;
+        let waiting = waiting_for_members(&project, &ctx, &m).await?;
+        Ok(match waiting {
+            Cleanup::Wait {
+                message,
+                requeue_after,
+            } => Cleanup::Wait {
+                message: match money.health {
+                    Health::Ready { .. } => message,
+                    h => format!("{message}; {}", h.message()),
+                },
+                requeue_after: money
+                    .requeue_after
+                    .map_or(requeue_after, |r| r.min(requeue_after)),
+            },
+            done => done,
+        })
+    }
+}
+
+/// Deletion of a Project with members: wait for them (`Block`) or delete them first (`Cascade`).
+async fn waiting_for_members(
+    project: &Project,
+    ctx: &Context,
+    m: &Members,
+) -> Result<Cleanup, Error> {
+    let mut names: Vec<String> = m
+        .vms
+        .iter()
+        .map(|v| format!("VirtualMachine/{}", v.name_any()))
+        .collect();
+    names.extend(m.sims.iter().map(|s| format!("SimCard/{}", s.name_any())));
+    names.sort();
+    if names.is_empty() {
+        return Ok(Cleanup::Done);
+    }
+    let ns = project.namespace().unwrap_or_default();
+    match project.spec.deletion_policy {
+        ProjectDeletionPolicy::Block => Ok(Cleanup::Wait {
+            message: format!(
+                "deletionPolicy Block: waiting until these members are deleted: {}",
+                names.join(", ")
+            ),
+            requeue_after: ctx.config.resync_interval,
+        }),
+        ProjectDeletionPolicy::Cascade => {
+            let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+            for vm in m
+                .vms
+                .iter()
+                .filter(|v| v.meta().deletion_timestamp.is_none())
+            {
+                vms.delete(&vm.name_any(), &DeleteParams::default())
+                    .await
+                    .map_err(Error::kube("deleting a member VM"))?;
+            }
+            let sims: Api<SimCard> = Api::namespaced(ctx.client.clone(), &ns);
+            for sim in m
+                .sims
+                .iter()
+                .filter(|s| s.meta().deletion_timestamp.is_none())
+            {
+                sims.delete(&sim.name_any(), &DeleteParams::default())
+                    .await
+                    .map_err(Error::kube("deleting a member SIM"))?;
+            }
+            Ok(Cleanup::Wait {
                 message: format!(
-                    "deletionPolicy Block: waiting until these members are deleted: {}",
+                    "deletionPolicy Cascade: deleting members: {}",
                     names.join(", ")
                 ),
-                requeue_after: ctx.config.resync_interval,
-            }),
-            ProjectDeletionPolicy::Cascade => {
-                let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
-                for vm in m
-                    .vms
-                    .iter()
-                    .filter(|v| v.meta().deletion_timestamp.is_none())
-                {
-                    vms.delete(&vm.name_any(), &DeleteParams::default())
-                        .await
-                        .map_err(Error::kube("deleting a member VM"))?;
-                }
-                let sims: Api<SimCard> = Api::namespaced(ctx.client.clone(), &ns);
-                for sim in m
-                    .sims
-                    .iter()
-                    .filter(|s| s.meta().deletion_timestamp.is_none())
-                {
-                    sims.delete(&sim.name_any(), &DeleteParams::default())
-                        .await
-                        .map_err(Error::kube("deleting a member SIM"))?;
-                }
-                Ok(Cleanup::Wait {
-                    message: format!(
-                        "deletionPolicy Cascade: deleting members: {}",
-                        names.join(", ")
-                    ),
-                    requeue_after: ctx.config.poll_interval,
-                })
-            }
+                requeue_after: ctx.config.poll_interval,
+            })
         }
     }
 }
@@ -352,5 +407,26 @@ mod tests {
             sims: vec![],
         };
         assert_eq!(format_money(summarize(&m, "proj", "USD").1), "6.00");
+    }
+
+    #[test]
+    fn a_stop_counts_what_it_actually_stopped() {
+        let m = Members {
+            vms: vec![
+                vm("a", Some("Stopped"), Some("6"), true),
+                vm("b", Some("Running"), Some("6"), true),
+                vm("c", None, None, false),
+            ],
+            sims: vec![],
+        };
+        assert_eq!(
+            stopped(&m, "proj"),
+            "1 of 2 virtual machines stopped (1 still running: ObserveOnly, a suspended account, or stopping now)"
+        );
+        let m = Members {
+            vms: vec![vm("a", Some("Stopped"), Some("6"), true)],
+            sims: vec![],
+        };
+        assert_eq!(stopped(&m, "proj"), "1 of 1 virtual machines stopped");
     }
 }

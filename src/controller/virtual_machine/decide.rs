@@ -111,6 +111,8 @@ pub struct Inputs<'a> {
     /// The ProviderConfig is suspended: nothing is created or changed through it (the server is still
     /// observed and metered).
     pub suspended: bool,
+    /// The ProviderConfig requires every VM through it to belong to a Project.
+    pub require_project: bool,
     /// Now, unix seconds.
     pub now: i64,
 }
@@ -398,22 +400,58 @@ fn held(i: &Inputs, mut status: VirtualMachineStatus, health: Health) -> Decisio
     observed(&mut status, server, i);
     know_project_uid(i, &mut status);
     let usage = meter(i, &mut status, &observation(i, server));
-    let billed = i.billed.unwrap_or(i.target);
-    // NB: a suspended account is not changed, not even by the credit stop.
-    let stop = matches!(billed, ProjectLookup::Found(p) if p.credit_stop.is_some())
-        && !i.suspended
-        && i.vm.spec.management_policy == ManagementPolicy::Full
-        && server.state == ServerState::Running
-        && !server.busy;
+    let (step, note) = under_credit_stop(i, i.billed.unwrap_or(i.target), server);
     let resync = status.metering.is_some().then_some(METERING_RESYNC);
-    let mut d = Decision::new(
-        status,
-        if stop { Step::PowerOff } else { Step::Nothing },
-        health,
-    );
+    let mut d = Decision::new(status, step, health.noted(note));
     d.usage = usage;
     d.resync_at_most = resync;
     d
+}
+
+/// What the credit stop of the Project a VM is `billed` to does to its server while the VM does not
+/// converge (stalled, paused, refused a move, suspended): the step it takes, and what the VM's
+/// condition says of it. A suspended account is not changed, not even by the credit stop, and
+/// `ObserveOnly` never powers off: both say so.
+fn under_credit_stop(
+    i: &Inputs,
+    billed: &ProjectLookup,
+    server: &Server,
+) -> (Step, Option<String>) {
+    let ProjectLookup::Found(p) = billed else {
+        return (Step::Nothing, None);
+    };
+    let Some(stop) = &p.credit_stop else {
+        return (Step::Nothing, None);
+    };
+    let under = format!(
+        "under Project {:?}'s credit stop ({})",
+        p.name, stop.message
+    );
+    if i.suspended {
+        let pc = i
+            .status
+            .provider_config
+            .as_deref()
+            .unwrap_or(&i.vm.spec.provider_config_ref.name);
+        let note = format!(
+            "{under}, not stopped while ProviderConfig {pc:?} is suspended; its usage is still metered"
+        );
+        return (Step::Nothing, Some(note));
+    }
+    if i.vm.spec.management_policy == ManagementPolicy::ObserveOnly {
+        let note = format!("{under}; managementPolicy ObserveOnly: not stopped, still metered");
+        return (Step::Nothing, Some(note));
+    }
+    match server.state {
+        ServerState::Off => (Step::Nothing, Some(format!("{under}: stopped"))),
+        ServerState::Running if !server.busy => {
+            (Step::PowerOff, Some(format!("{under}: stopping")))
+        }
+        _ => (
+            Step::Nothing,
+            Some(format!("{under}: stopping once the server settles")),
+        ),
+    }
 }
 
 /// A VM admitted before status recorded Project UIDs (or whose intent named only the Project) learns
@@ -494,6 +532,10 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
             currency: size.currency.clone(),
         };
         match i.target {
+            ProjectLookup::Unset if i.require_project => {
+                let (r, m) = project_required(i);
+                return Decision::stall(status, r, m);
+            }
             ProjectLookup::Unset => {}
             ProjectLookup::Missing(name) => return project_missing(status, i.vm, name),
             ProjectLookup::Found(p) => {
@@ -618,7 +660,16 @@ fn converge(i: &Inputs, mut status: VirtualMachineStatus, server: &Server) -> De
     usage.extend(meter(i, &mut status, &obs));
     let resync_at_most = status.metering.is_some().then_some(METERING_RESYNC);
     let mut d = match moved.refusal {
-        Some((r, m)) => Decision::stall(status, r, m),
+        // Refused where it points, it stays under the money policy of the Project it is billed to.
+        Some((r, m)) => {
+            let (step, note) = under_credit_stop(i, moved.billed, server);
+            let acting = step != Step::Nothing;
+            let mut d = Decision::new(status, step, Health::stalled(r, m).noted(note));
+            if acting {
+                d.requeue_after = Some(RESIZE_REFUSED_POLL);
+            }
+            d
+        }
         None => power_and_size(i, status, server, moved.billed),
     };
     d.usage = usage;
@@ -691,7 +742,7 @@ fn move_project<'a>(
         currency: status.currency.clone().unwrap_or_default(),
     };
     let admitted = match i.target {
-        ProjectLookup::Unset => Ok(()),
+        ProjectLookup::Unset => may_leave(i, moved.billed),
         ProjectLookup::Missing(name) => Err((
             reason::PROJECT_NOT_FOUND,
             format!(
@@ -731,6 +782,39 @@ fn move_project<'a>(
     status.project_uid = i.target.uid().map(str::to_string);
     moved.billed = i.target;
     moved
+}
+
+/// Whether the VM may leave the Project it is `billed` to for none: not where its ProviderConfig
+/// requires a Project, and never out of a credit stop (leaving is a money decision, not a way out).
+fn may_leave(i: &Inputs, billed: &ProjectLookup) -> Result<(), limits::Refusal> {
+    if i.require_project {
+        return Err(project_required(i));
+    }
+    if let ProjectLookup::Found(p) = billed
+        && let Some(stop) = &p.credit_stop
+    {
+        return Err((
+            stop.reason,
+            format!(
+                "spec.projectRef was removed, but the VM cannot leave Project {:?} while its credit stop holds ({})",
+                p.name, stop.message
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn project_required(i: &Inputs) -> limits::Refusal {
+    (
+        reason::PROJECT_REQUIRED,
+        format!(
+            "ProviderConfig {:?} requires every VM through it to belong to a Project (spec.requireProject): set spec.projectRef",
+            i.status
+                .provider_config
+                .as_deref()
+                .unwrap_or(&i.vm.spec.provider_config_ref.name)
+        ),
+    )
 }
 
 /// Advances the open metering window to now; returns the closed windows to record.
@@ -1263,6 +1347,7 @@ mod tests {
             last_seen: None,
             markup_percent: Decimal::ZERO,
             suspended: false,
+            require_project: false,
             now: NOW,
         }
     }
@@ -2088,6 +2173,168 @@ mod tests {
         let d = run(&refused);
         assert_eq!(d.status.project.as_deref(), Some("acme"));
         assert_eq!(d.status.metering.as_ref().unwrap().since, NOW - 1800);
+    }
+
+    /// A row: name, spec, the Project `projectRef` names, whether the billed Project's credit stop
+    /// holds, requireProject, the vendor's answer, the step, the Stalled reason, words in its message.
+    type StallRow = (
+        &'static str,
+        serde_json::Value,
+        ProjectLookup,
+        bool,
+        bool,
+        Lookup,
+        Step,
+        &'static str,
+        &'static str,
+    );
+
+    /// Every stall keeps the money policy of the Project that is billed: a refused move, a removed
+    /// `projectRef`, a required Project, a suspended account.
+    #[test]
+    fn every_stall_keeps_the_billed_projects_credit_stop() {
+        use serde_json::json;
+        let running = || Lookup::Found(ours(ServerState::Running));
+        let table: Vec<StallRow> = vec![
+            (
+                "a move to a missing Project",
+                json!({"projectRef": {"name": "nope"}}),
+                ProjectLookup::Missing("nope".into()),
+                true,
+                false,
+                running(),
+                Step::PowerOff,
+                reason::PROJECT_NOT_FOUND,
+                "under Project \"acme\"'s credit stop (no credit): stopping",
+            ),
+            (
+                "a move refused by its limit",
+                json!({"projectRef": {"name": "beta"}}),
+                project("beta", Some(1), false),
+                true,
+                false,
+                running(),
+                Step::PowerOff,
+                reason::LIMIT_EXCEEDED,
+                "credit stop (no credit): stopping",
+            ),
+            (
+                "already off",
+                json!({"projectRef": {"name": "nope"}}),
+                ProjectLookup::Missing("nope".into()),
+                true,
+                false,
+                Lookup::Found(ours(ServerState::Off)),
+                Step::Nothing,
+                reason::PROJECT_NOT_FOUND,
+                ": stopped",
+            ),
+            (
+                "a refused move without a stop",
+                json!({"projectRef": {"name": "nope"}}),
+                ProjectLookup::Missing("nope".into()),
+                false,
+                false,
+                running(),
+                Step::Nothing,
+                reason::PROJECT_NOT_FOUND,
+                "not found",
+            ),
+            (
+                "projectRef removed under a stop",
+                json!({}),
+                ProjectLookup::Unset,
+                true,
+                false,
+                running(),
+                Step::PowerOff,
+                reason::CREDIT_EXHAUSTED,
+                "cannot leave Project \"acme\"",
+            ),
+            (
+                "projectRef removed where one is required",
+                json!({}),
+                ProjectLookup::Unset,
+                false,
+                true,
+                running(),
+                Step::Nothing,
+                reason::PROJECT_REQUIRED,
+                "spec.requireProject",
+            ),
+            (
+                "no Project at create where one is required",
+                json!({}),
+                ProjectLookup::Unset,
+                false,
+                true,
+                Lookup::Absent {
+                    after_intent: false,
+                },
+                Step::Nothing,
+                reason::PROJECT_REQUIRED,
+                "set spec.projectRef",
+            ),
+        ];
+        for (name, spec, target, stop, require, lookup, step, want_reason, words) in table {
+            let mut status = created();
+            if matches!(lookup, Lookup::Absent { .. }) {
+                status = VirtualMachineStatus::default();
+            }
+            let c = Case {
+                vm: vm(spec, json!({})),
+                status,
+                target,
+                ..case(name, lookup, step.clone(), want_reason)
+            };
+            let billed = project("acme", None, stop);
+            let cat = catalog();
+            let mut i = inputs_of(&c, ResizeRule::NoSmallerDisk, &cat);
+            if c.status.project.is_some() {
+                i.billed = Some(&billed);
+            }
+            i.require_project = require;
+            let d = decide(&i);
+            assert_eq!(d.step, step, "{name}");
+            assert_eq!(d.health.reason(), want_reason, "{name}");
+            assert!(
+                matches!(d.health, Health::Stalled { .. }),
+                "{name}: {:?}",
+                d.health
+            );
+            assert!(
+                d.health.message().contains(words),
+                "{name}: {}",
+                d.health.message()
+            );
+            assert_eq!(
+                d.status.project.as_deref(),
+                c.status.project.as_deref(),
+                "{name}: still billed where it was"
+            );
+        }
+
+        // Suspended: not stopped, and the condition says so.
+        let c = case(
+            "suspended",
+            running(),
+            Step::Nothing,
+            reason::PROVIDER_CONFIG_SUSPENDED,
+        );
+        let billed = project("acme", None, true);
+        let cat = catalog();
+        let mut i = inputs_of(&c, ResizeRule::NoSmallerDisk, &cat);
+        i.target = &billed;
+        i.suspended = true;
+        let d = decide(&i);
+        assert_eq!(d.step, Step::Nothing);
+        assert!(
+            d.health.message().contains(
+                "credit stop (no credit), not stopped while ProviderConfig \"pc\" is suspended"
+            ),
+            "{}",
+            d.health.message()
+        );
     }
 
     #[test]

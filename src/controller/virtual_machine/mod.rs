@@ -155,6 +155,7 @@ fn inputs<'a>(
         last_seen: ctx.last_seen(uid),
         markup_percent: obs.resolved.config.spec.markup(),
         suspended: obs.resolved.config.spec.suspended,
+        require_project: obs.resolved.config.spec.require_project,
         now,
     }
 }
