@@ -992,3 +992,216 @@ async fn a_change_never_applied_stalls_after_its_timeout() {
         "the change was sent more than once"
     );
 }
+
+/// What the ledger billed Project `name` (UID `uid`) this month for `meter`: the quantity.
+async fn billed_to(e: &SimEnv, name: &str, uid: &str, meter: &str) -> i64 {
+    let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
+        jiff::Timestamp::now().as_second(),
+    ))
+    .unwrap();
+    let me = ProjectRef {
+        namespace: &e.ns,
+        name,
+        uid,
+    };
+    let rows = e.ledger.usage(&me, from, to, GroupBy::Meter).await.unwrap();
+    rows.iter()
+        .filter(|r| r.meter == meter)
+        .map(|r| r.quantity)
+        .sum()
+}
+
+/// No edit stops a SIM's meter or lifts its credit stop: pointed at a Project that does not exist, a
+/// SimCard stays billed to its Project and metered, and that Project's credit stop still disables the
+/// SIM; removing projectRef is refused while the stop holds.
+#[tokio::test]
+async fn no_refusal_stops_a_sims_meter_or_its_credit_stop() {
+    let e = sim_env(
+        "simescape",
+        serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
+    )
+    .await;
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
+    projects
+        .patch(
+            "prepaid",
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+                "metadata": {"name": "prepaid", "labels": {"qm-test": e.id}},
+                "spec": {"onCreditExhausted": "Stop"}})),
+        )
+        .await
+        .unwrap();
+    let uid = common::project_uid(&e.client, &e.ns, "prepaid").await;
+    assert!(
+        e.ledger
+            .credit(&common::grant(
+                "g1",
+                &e.ns,
+                "prepaid",
+                &uid,
+                100_000_000_000
+            ))
+            .await
+            .unwrap()
+    );
+    let spec = |project: &str, label: &str| serde_json::json!({"iccid": iccid(0), "projectRef": {"name": project}, "label": label});
+    e.apply("a", spec("prepaid", "l0")).await;
+    e.wait("a", conditions::READY, "Reconciled").await;
+    // Pointed at a Project that does not exist: Stalled, and still metered to prepaid.
+    e.apply("a", spec("nowhere", "l1")).await;
+    e.wait("a", conditions::STALLED, "ProjectNotFound").await;
+    let before = billed_to(&e, "prepaid", &uid, "sim_data_bytes").await;
+    traffic(&e, 0, 2_000_000).await;
+    e.apply("a", spec("nowhere", "l2")).await;
+    e.wait("a", conditions::STALLED, "ProjectNotFound").await;
+    let after = billed_to(&e, "prepaid", &uid, "sim_data_bytes").await;
+    assert!(
+        after >= before + 2_000_000,
+        "metered {before} → {after} while stalled"
+    );
+
+    // The credit runs out: the stalled SimCard's SIM is disabled all the same.
+    let now = jiff::Timestamp::now().as_second();
+    e.ledger
+        .record(&[quartermaster::ledger::UsageEvent {
+            key: format!("other/{}", e.id),
+            namespace: e.ns.clone(),
+            project: "prepaid".into(),
+            project_uid: uid.clone(),
+            object_kind: "VirtualMachine".into(),
+            object_name: "other".into(),
+            object_uid: "other-uid".into(),
+            meter: quartermaster::ledger::Meter::VmSeconds,
+            quantity: 3600,
+            unit_price: "500".parse().unwrap(),
+            vendor_unit_price: "500".parse().unwrap(),
+            price_quantity: 3600,
+            currency: "USD".into(),
+            window_start: now - 3600,
+            window_end: now,
+            attributes: serde_json::json!({}),
+        }])
+        .await
+        .unwrap();
+    let touch = serde_json::json!({"metadata": {"labels": {"touch": "1"}}});
+    projects
+        .patch("prepaid", &PatchParams::default(), &Patch::Merge(touch))
+        .await
+        .unwrap();
+    common::eventually(WAIT, "the stalled SimCard's SIM disabled", || async {
+        (e.at_vendor(0).await["status"] == "Disabled").then_some(())
+    })
+    .await;
+    // Removing projectRef is no way out: refused, and the SIM stays disabled.
+    e.apply("a", serde_json::json!({"iccid": iccid(0), "label": "l3"}))
+        .await;
+    let s = e.wait("a", conditions::STALLED, "CreditExhausted").await;
+    let st = s.status.unwrap();
+    let c = conditions::find(&st.conditions, conditions::STALLED).unwrap();
+    assert!(c.message.contains("cannot leave"), "{}", c.message);
+    assert_eq!(st.project.as_deref(), Some("prepaid"));
+    assert_eq!(e.at_vendor(0).await["status"], "Disabled");
+}
+
+/// A claim from a namespace that may not claim the SIM blocks no one, however old it is.
+#[tokio::test]
+async fn a_refused_claim_blocks_no_one() {
+    let e = sim_env(
+        "simsquat",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(2)]}]),
+    )
+    .await;
+    // Another tenant names the SIM first.
+    let other = common::namespace(&e.client, "squatter").await;
+    let squat = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+        "metadata": {"name": "squat", "labels": {"qm-test": e.id}},
+        "spec": {"iccid": iccid(2), "providerConfigRef": {"name": e.pc}, "enabled": false}});
+    Api::<SimCard>::namespaced(e.client.clone(), &other)
+        .patch(
+            "squat",
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&squat),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later creation second
+    e.apply(
+        "mine",
+        serde_json::json!({"iccid": iccid(2), "label": "owner"}),
+    )
+    .await;
+    e.wait("mine", conditions::READY, "Reconciled").await;
+    assert_eq!(e.at_vendor(2).await["label"], "owner");
+    let squatter = Api::<SimCard>::namespaced(e.client.clone(), &other);
+    common::eventually(WAIT, "the squatter refused", || async {
+        let st = squatter.get("squat").await.ok()?.status?;
+        let c = conditions::find(&st.conditions, conditions::STALLED)?;
+        (c.reason == "SimNotAllowed").then_some(())
+    })
+    .await;
+    assert_eq!(e.at_vendor(2).await["status"], "Enabled");
+}
+
+/// A ProviderConfig and its Secret are held while a SimCard holds a SIM through them; deleting the
+/// SimCard then disables the SIM, and only then do they go.
+#[tokio::test]
+async fn a_sims_account_is_held_until_its_sim_is_disabled() {
+    let e = sim_env(
+        "simhold",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(1)]}]),
+    )
+    .await;
+    e.apply("held", serde_json::json!({"iccid": iccid(1)}))
+        .await;
+    e.wait("held", conditions::READY, "Reconciled").await;
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    common::eventually(
+        WAIT,
+        "the Secret carries the credentials finalizer",
+        || async {
+            let s = secrets.get("onence").await.ok()?;
+            s.metadata
+                .finalizers?
+                .iter()
+                .any(|f| f == "quartermaster.dev/credentials-in-use")
+                .then_some(())
+        },
+    )
+    .await;
+    pcs.delete(&e.pc, &DeleteParams::default()).await.unwrap();
+    secrets
+        .delete("onence", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(
+        WAIT,
+        "the ProviderConfig says the SimCard uses it",
+        || async {
+            let st = pcs.get(&e.pc).await.ok()?.status?;
+            let c = conditions::find(&st.conditions, conditions::RECONCILING)?;
+            (c.message.contains("in use") && c.message.contains("SimCard")).then_some(())
+        },
+    )
+    .await;
+    assert!(secrets.get_opt("onence").await.unwrap().is_some());
+    e.sims()
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "the SIM disabled and the SimCard gone", || async {
+        (e.sims().get_opt("held").await.unwrap().is_none()
+            && e.at_vendor(1).await["status"] == "Disabled")
+            .then_some(())
+    })
+    .await;
+    common::eventually(WAIT, "the ProviderConfig and its Secret gone", || async {
+        (pcs.get_opt(&e.pc).await.unwrap().is_none()
+            && secrets.get_opt("onence").await.unwrap().is_none())
+        .then_some(())
+    })
+    .await;
+}

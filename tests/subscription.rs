@@ -1083,3 +1083,35 @@ async fn a_customer_made_for_a_refused_subscription_is_reused_and_removed_with_i
     .await;
     assert_eq!(e.owned(&uids[0]).await.0.len(), 1);
 }
+
+/// A Stripe ProviderConfig is held while a Subscription holds a customer through it: deleting it
+/// waits, and the Subscription's deletion still cancels at Stripe.
+#[tokio::test]
+async fn the_stripe_account_is_held_while_a_subscription_charges_through_it() {
+    let e = stripe_env("stripehold", true).await;
+    e.apply("team", serde_json::json!({"plan": "basic"})).await;
+    let s = e.wait("team", conditions::READY, "Reconciled").await;
+    let sub_id = s.status.unwrap().subscription_id.unwrap();
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    pcs.delete(&e.pc, &Default::default()).await.unwrap();
+    common::eventually(
+        WAIT,
+        "the ProviderConfig says the Subscription uses it",
+        || async {
+            let st = pcs.get(&e.pc).await.ok()?.status?;
+            let c = conditions::find(&st.conditions, conditions::RECONCILING)?;
+            (c.message.contains("in use") && c.message.contains("Subscription")).then_some(())
+        },
+    )
+    .await;
+    e.subs().delete("team", &Default::default()).await.unwrap();
+    common::eventually(
+        WAIT,
+        "canceled at Stripe, then the account released",
+        || async {
+            let canceled = e.stripe().subscription(&sub_id).await.ok()??.status == "canceled";
+            (canceled && pcs.get_opt(&e.pc).await.unwrap().is_none()).then_some(())
+        },
+    )
+    .await;
+}

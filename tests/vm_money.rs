@@ -740,3 +740,42 @@ async fn releasing_a_server_is_an_admins_decision() {
     };
     assert!(has("vm_seconds") && has("vm_releases"), "{rows}");
 }
+
+/// A namespace that loses access to the account its VM's server is in: the server is still observed
+/// and metered (Stalled, saying so), and deleting the VM still deletes it.
+#[tokio::test]
+async fn a_namespace_that_lost_its_account_still_meters_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    let e = env_with("vmaccess", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |_| {});
+    let (id, _) = metered_vm(&e, "web").await;
+    let pcs: Api<quartermaster::crd::ProviderConfig> = Api::all(e.client.clone());
+    let elsewhere = serde_json::json!({"spec": {"allowedNamespaces": ["someone-else"]}});
+    pcs.patch(&e.pc, &PatchParams::default(), &Patch::Merge(&elsewhere))
+        .await
+        .unwrap();
+    let vm = e
+        .wait_vm(
+            "web",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "ProviderConfigNotAllowed",
+        )
+        .await;
+    let c = conditions::find(&vm.status.as_ref().unwrap().conditions, conditions::STALLED).unwrap();
+    assert!(
+        c.message.contains("still observed and metered"),
+        "{}",
+        c.message
+    );
+    assert!(vm.status.unwrap().metering.is_some(), "the meter stopped");
+    e.vms()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("web").await;
+    assert!(e.droplet(&id).await.is_none(), "the server outlived its VM");
+    assert!(metered_seconds(&l, &e.ns, "web").await >= 1);
+}

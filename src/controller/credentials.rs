@@ -1,5 +1,6 @@
-//! Credentials outlive their users: a ProviderConfig and its credentials Secret stay until no
-//! VirtualMachine needs them to clean up. The ProviderConfig keeps its finalizer while VMs whose servers
+//! Credentials outlive their users: a ProviderConfig and its credentials Secret stay until no object
+//! holds vendor state through them — a VirtualMachine's server, a SimCard's claimed SIM, a
+//! Subscription's Stripe customer — since each needs them to meter and to clean up. The ProviderConfig keeps its finalizer while VMs whose servers
 //! were created or adopted through it exist (as Kubernetes keeps a volume claim in use), and puts
 //! [`SECRET_FINALIZER`] on its credentials Secret, so deleting a namespace that holds VMs together with
 //! their token Secret still deletes every server — also after a controller restart, when no copy of the
@@ -15,7 +16,8 @@ use super::framework::FIELD_MANAGER;
 use super::{Context, Error};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{
-    ANNOTATION_CREATION_INTENT, ANNOTATION_EXTERNAL_ID, ProviderConfig, VirtualMachine,
+    ANNOTATION_CREATION_INTENT, ANNOTATION_EXTERNAL_ID, ProviderConfig, SimCard, Subscription,
+    VirtualMachine,
 };
 
 /// The finalizer Quartermaster puts on a ProviderConfig's credentials Secret.
@@ -35,16 +37,57 @@ pub fn needs(vm: &VirtualMachine, pc: &str) -> bool {
             || anns.contains_key(ANNOTATION_CREATION_INTENT))
 }
 
-/// The VMs (`namespace/name`, sorted) that need ProviderConfig `pc` to clean up.
+/// Whether `sim` holds vendor state through ProviderConfig `pc`: it claimed a SIM there (which it
+/// meters, and disables when deleted).
+pub fn sim_needs(sim: &SimCard, pc: &str) -> bool {
+    sim.spec.provider_config_ref.name == pc
+        && sim
+            .status
+            .as_ref()
+            .is_some_and(|s| s.claimed_iccid.is_some())
+}
+
+/// Whether `sub` holds vendor state through ProviderConfig `pc`: a Stripe customer (and maybe a
+/// subscription that charges on until it is canceled).
+pub fn subscription_needs(sub: &Subscription, pc: &str) -> bool {
+    sub.spec.provider_config_ref.name == pc
+        && sub
+            .status
+            .as_ref()
+            .is_some_and(|s| s.customer_id.is_some() || s.subscription_id.is_some())
+}
+
+/// The objects (`Kind namespace/name`, sorted) that hold vendor state through ProviderConfig `pc`
+/// and need it to meter and clean up: VirtualMachines, SimCards and Subscriptions.
 pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
-    let mut names: Vec<String> = ctx
-        .caches()?
+    let caches = ctx.caches()?;
+    let name = |kind: &str, o: &dyn Fn() -> (Option<String>, String)| {
+        let (ns, n) = o();
+        format!("{kind} {}/{n}", ns.unwrap_or_default())
+    };
+    let mut names: Vec<String> = caches
         .vms
         .state()
         .iter()
         .filter(|vm| needs(vm, pc))
-        .map(|vm| format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any()))
+        .map(|vm| name("VirtualMachine", &|| (vm.namespace(), vm.name_any())))
         .collect();
+    names.extend(
+        caches
+            .sims
+            .state()
+            .iter()
+            .filter(|s| sim_needs(s, pc))
+            .map(|s| name("SimCard", &|| (s.namespace(), s.name_any()))),
+    );
+    names.extend(
+        caches
+            .subscriptions
+            .state()
+            .iter()
+            .filter(|s| subscription_needs(s, pc))
+            .map(|s| name("Subscription", &|| (s.namespace(), s.name_any()))),
+    );
     names.sort();
     Ok(names)
 }

@@ -205,6 +205,12 @@ pub trait Reconciler<K: Managed>: Send + Sync + 'static {
     /// The reconciler adds the finalizer itself, with [`mark`], before its first side effect (and may
     /// record intent in the same write); otherwise the framework adds it before the first `apply`.
     const ADDS_FINALIZER: bool = false;
+    /// The ProviderConfig (vendor account) `obj` acts through, if any: a refusal of its credentials
+    /// seen by any kind makes that ProviderConfig re-check them.
+    fn account(obj: &K) -> Option<String> {
+        let _ = obj;
+        None
+    }
     /// Converge the world towards `obj`'s spec, recording what it learns in `progress.status` as it goes.
     /// Must be idempotent.
     fn apply(
@@ -350,7 +356,21 @@ async fn reconcile_inner<K: Managed, R: Reconciler<K>>(
             finish(&api, &*obj, progress, &health, ctx).await?;
             Ok(Action::requeue(ctx.config.poll_interval * 6))
         }
-        Err(e) => fail(&api, &*obj, progress, e, ctx).await,
+        Err(e) => {
+            credentials_refused::<K, R>(ctx, &obj, &e);
+            fail(&api, &*obj, progress, e, ctx).await
+        }
+    }
+}
+
+/// A vendor refused the credentials of the account `obj` acts through: its ProviderConfig re-checks
+/// them now (for every kind, not only the one that saw it).
+fn credentials_refused<K: Managed, R: Reconciler<K>>(ctx: &Context, obj: &K, e: &Error) {
+    if let Error::Vendor { source, .. } = e
+        && source.is_auth()
+        && let Some(pc) = R::account(obj)
+    {
+        ctx.credentials_rejected(&pc);
     }
 }
 
@@ -391,7 +411,10 @@ async fn deleting<K: Managed, R: Reconciler<K>>(
             Health::progressing(reason::DELETING, message),
             ctx.config.poll_interval * 6,
         ),
-        Err(e) => return fail(api, &*obj, progress, e, ctx).await,
+        Err(e) => {
+            credentials_refused::<K, R>(ctx, &obj, &e);
+            return fail(api, &*obj, progress, e, ctx).await;
+        }
     };
     finish(api, &*obj, progress, &health, ctx).await?;
     Ok(Action::requeue(requeue_after))
@@ -528,7 +551,9 @@ async fn fail<K: Managed>(
             .inc();
         let health = Health::stalled(reason, message);
         finish(api, obj, progress, &health, ctx).await?;
-        return Ok(Action::await_change());
+        // A stall waits for the user, but whatever the object holds at a vendor still costs money:
+        // it is looked at (and metered) again every resync interval, never left until a change.
+        return Ok(Action::requeue(ctx.config.resync_interval));
     }
     let retrying = DesiredCondition::new(
         conditions::RECONCILING,

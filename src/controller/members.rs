@@ -313,11 +313,28 @@ fn occupancy(
 
 /// SimCard → its Project, and the SimCards seen since a re-list started.
 type SimInner = (
-    HashMap<ObjectRef<SimCard>, ProjectKey>,
+    HashMap<ObjectRef<SimCard>, Vec<ProjectKey>>,
     Option<HashSet<ObjectRef<SimCard>>>,
 );
 
-/// Which SimCards belong to which Project (`spec.projectRef`), from the SimCard watch.
+/// The Projects a SimCard belongs to: the one `spec.projectRef` names and the one it is billed to
+/// (`status.project`), which differ while a move is refused; the billed Project's credit stop must
+/// still wake it.
+fn sim_projects(s: &SimCard) -> Vec<ProjectKey> {
+    let ns = s.namespace().unwrap_or_default();
+    let mut out: Vec<ProjectKey> = Vec::new();
+    let points = s.spec.project_ref.as_ref().map(|r| r.name.clone());
+    let billed = s.status.as_ref().and_then(|st| st.project.clone());
+    for p in points.into_iter().chain(billed) {
+        if !out.iter().any(|(_, q)| *q == p) {
+            out.push((ns.clone(), p));
+        }
+    }
+    out
+}
+
+/// Which SimCards belong to which Project (`spec.projectRef`, and `status.project` while a move is
+/// refused), from the SimCard watch.
 #[derive(Debug, Default)]
 pub struct SimIndex {
     inner: Mutex<SimInner>,
@@ -333,13 +350,11 @@ impl SimIndex {
             if let Some(seen) = relisting.as_mut() {
                 seen.insert(key.clone());
             }
-            match &s.spec.project_ref {
-                Some(r) => {
-                    map.insert(key, (s.namespace().unwrap_or_default(), r.name.clone()));
-                }
-                None => {
-                    map.remove(&key);
-                }
+            let projects = sim_projects(s);
+            if projects.is_empty() {
+                map.remove(&key);
+            } else {
+                map.insert(key, projects);
             }
         };
         match event {
@@ -360,7 +375,7 @@ impl SimIndex {
     pub fn members(&self, ns: &str, name: &str) -> Vec<ObjectRef<SimCard>> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.0.iter()
-            .filter(|(_, (n, p))| n == ns && p == name)
+            .filter(|(_, ps)| ps.iter().any(|(n, p)| n == ns && p == name))
             .map(|(k, _)| k.clone())
             .collect()
     }

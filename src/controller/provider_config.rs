@@ -199,7 +199,7 @@ impl Reconciler<ProviderConfig> for ProviderConfigReconciler {
         if !users.is_empty() {
             return Ok(Cleanup::Wait {
                 message: format!(
-                    "in use: deletion waits until these VirtualMachines no longer need this account to clean up: {}",
+                    "in use: deletion waits until these objects, which hold vendor state through this account, no longer need it to meter and clean up: {}",
                     users.join(", ")
                 ),
                 requeue_after: ctx.config.poll_interval,

@@ -68,6 +68,35 @@ pub async fn resolve(ctx: &Context, name: &str, namespace: &str) -> Result<Resol
 /// [`resolve`], also for a suspended ProviderConfig (`config.spec.suspended` says so): what costs money
 /// in its account is still observed and metered; the caller changes nothing through it.
 pub async fn resolve_any(ctx: &Context, name: &str, namespace: &str) -> Result<Resolved, Error> {
+    resolve_for(ctx, name, Some(namespace)).await
+}
+
+/// [`resolve_any`] for an object that holds vendor state in this account (a server it created or
+/// adopted): a namespace the ProviderConfig no longer allows still observes, meters and cleans up
+/// what it holds there. The refusal comes back beside the account, for the object to say so and to
+/// change nothing else through it.
+pub async fn resolve_holding(
+    ctx: &Context,
+    name: &str,
+    namespace: &str,
+) -> Result<(Resolved, Option<String>), Error> {
+    match resolve_any(ctx, name, namespace).await {
+        Err(Error::Permanent { reason: r, message })
+            if r == reason::PROVIDER_CONFIG_NOT_ALLOWED =>
+        {
+            Ok((resolve_for(ctx, name, None).await?, Some(message)))
+        }
+        other => other.map(|r| (r, None)),
+    }
+}
+
+/// The account of ProviderConfig `name`, for an object of `namespace` (`None`: whatever the
+/// ProviderConfig allows).
+async fn resolve_for(
+    ctx: &Context,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<Resolved, Error> {
     let Some(pc) = ctx
         .caches()?
         .provider_configs
@@ -78,7 +107,9 @@ pub async fn resolve_any(ctx: &Context, name: &str, namespace: &str) -> Result<R
             format!("ProviderConfig {name:?} not found"),
         ));
     };
-    if !namespace_allowed(&pc.spec.allowed_namespaces, namespace) {
+    if let Some(namespace) = namespace
+        && !namespace_allowed(&pc.spec.allowed_namespaces, namespace)
+    {
         return Err(Error::permanent(
             reason::PROVIDER_CONFIG_NOT_ALLOWED,
             format!(

@@ -5,8 +5,10 @@
 //!   both forms); both name the same SIM, compared as the 19 digits.
 //! - Without `simClaims`, a SIM is claimable only on a single-tenant account (`allowedNamespaces`
 //!   naming exactly one namespace), by that namespace.
-//! - The winner among claims of one SIM is the oldest SimCard (creation time, then UID): a loser
-//!   re-created later is younger still, so the winner keeps winning across restarts and re-creations.
+//! - The winner among claims of one SIM is the oldest SimCard whose namespace may claim it (creation
+//!   time, then UID): a loser re-created later is younger still, so the winner keeps winning across
+//!   restarts and re-creations, and a refused claim (a tenant naming another tenant's ICCID first)
+//!   blocks no one.
 
 use kube::ResourceExt;
 
@@ -77,20 +79,22 @@ pub fn allowed(pc: &ProviderConfig, namespace: &str, iccid: &str) -> bool {
         })
 }
 
-/// The SimCard that holds the claim on `iccid` (19 digits) at ProviderConfig `pc` among `all`: the
-/// oldest, then the smallest UID. `None` when none names it.
+/// The SimCard that holds the claim on `iccid` (19 digits) at ProviderConfig `pc` among `all`: of
+/// those whose namespace `pc` lets claim it, the oldest, then the smallest UID. `None` when none does.
 pub fn winner<'a>(
     all: &'a [std::sync::Arc<SimCard>],
-    pc: &str,
+    pc: &ProviderConfig,
     iccid: &str,
 ) -> Option<&'a SimCard> {
+    let name = pc.name_any();
     all.iter()
         .map(|s| &**s)
         // The cheap test first (no allocation): this runs over every SimCard of the cache.
         .filter(|s| {
             s.spec.iccid.get(..19) == Some(iccid)
-                && s.spec.provider_config_ref.name == pc
+                && s.spec.provider_config_ref.name == name
                 && normalize(&s.spec.iccid).ok().as_deref() == Some(iccid)
+                && allowed(pc, &s.namespace().unwrap_or_default(), iccid)
         })
         .min_by(|a, b| {
             let key = |s: &SimCard| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid());
@@ -157,6 +161,8 @@ mod tests {
 
     #[test]
     fn the_oldest_claim_wins_whatever_form_the_iccid_takes() {
+        let iot = pc(serde_json::json!({"simClaims": [
+            {"namespaces": ["a", "b", "c"], "ranges": [{"first": "8988280666000000000", "last": "8988280666000000009"}]}]}));
         let luhn = format!("{ICCID}{}", luhn_digit(ICCID));
         let all = vec![
             sim("b", "late", &luhn, "2026-11-30T10:00:00Z", "u-2"),
@@ -169,13 +175,25 @@ mod tests {
                 "u-1",
             ),
         ];
-        assert_eq!(winner(&all, "iot", ICCID).unwrap().name_any(), "first");
+        assert_eq!(winner(&all, &iot, ICCID).unwrap().name_any(), "first");
         // Same second: the smaller UID.
         let tie = vec![
             sim("b", "y", ICCID, "2026-11-30T09:00:00Z", "u-2"),
             sim("a", "x", ICCID, "2026-11-30T09:00:00Z", "u-1"),
         ];
-        assert_eq!(winner(&tie, "iot", ICCID).unwrap().name_any(), "x");
-        assert!(winner(&all, "other-account", ICCID).is_none());
+        assert_eq!(winner(&tie, &iot, ICCID).unwrap().name_any(), "x");
+        let mut other = iot.clone();
+        other.metadata.name = Some("other-account".into());
+        assert!(winner(&all, &other, ICCID).is_none());
+        // A squatter from a namespace that may not claim the SIM, older still, wins nothing.
+        let mut squatted = all.clone();
+        squatted.push(sim(
+            "mallory",
+            "squat",
+            ICCID,
+            "2026-01-01T00:00:00Z",
+            "u-0",
+        ));
+        assert_eq!(winner(&squatted, &iot, ICCID).unwrap().name_any(), "first");
     }
 }

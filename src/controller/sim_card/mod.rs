@@ -13,6 +13,7 @@
 //! then `Disable` disables the SIM (and waits until 1NCE shows it) or `Orphan` leaves it; cleanup acts
 //! only on a SIM whose claim this object still holds.
 
+pub mod billing;
 pub mod claim;
 mod order;
 pub mod top_up;
@@ -48,6 +49,8 @@ struct Claimed {
     fingerprint: u64,
     client: Arc<OneNce>,
     suspended: bool,
+    /// The ProviderConfig requires a Project for every SimCard through it.
+    require_project: bool,
     markup: rust_decimal::Decimal,
     /// One top-up's price (the ProviderConfig's `topUpPrice` with its markup), when declared.
     top_up_price: Option<Price>,
@@ -91,7 +94,8 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
         ))));
     }
     let all = ctx.caches()?.sims.state();
-    if let Some(w) = claim::winner(&all, pc_name, &iccid).filter(|w| w.uid() != obj.uid()) {
+    if let Some(w) = claim::winner(&all, &resolved.config, &iccid).filter(|w| w.uid() != obj.uid())
+    {
         return Ok(Claim::Refused(
             Outcome::new(Health::stalled(
                 reason::CLAIMED_BY_ANOTHER,
@@ -119,6 +123,7 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
         fingerprint: resolved.fingerprint,
         client,
         suspended: resolved.config.spec.suspended,
+        require_project: resolved.config.spec.require_project,
         markup,
         top_up_price,
     }))
@@ -379,54 +384,6 @@ fn subject(obj: &SimCard, status: &SimCardStatus) -> Subject {
     }
 }
 
-/// The Project the usage is billed to (from the cache), into status; `Ok(Some(why))` when its credit
-/// stop disables its SIMs. A SimCard beyond the Project's `limits.maxSimCards` (the youngest are) is
-/// refused.
-fn project(
-    obj: &SimCard,
-    ctx: &Context,
-    status: &mut SimCardStatus,
-) -> Result<Option<crate::controller::project::policy::MoneyStop>, Error> {
-    let Some(r) = &obj.spec.project_ref else {
-        status.project = None;
-        status.project_uid = None;
-        return Ok(None);
-    };
-    let ns = obj.namespace().unwrap_or_default();
-    let caches = ctx.caches()?;
-    let p = caches
-        .projects
-        .get(&kube::runtime::reflector::ObjectRef::new(&r.name).within(&ns))
-        .ok_or_else(|| {
-            Error::permanent(
-                reason::PROJECT_NOT_FOUND,
-                format!("Project {:?} not found in namespace {ns:?}", r.name),
-            )
-        })?;
-    if let Some(max) = crate::controller::project::policy::effective_limits(&p).max_sim_cards {
-        let mut members: Vec<_> = caches
-            .sim_members
-            .members(&ns, &r.name)
-            .iter()
-            .filter_map(|m| caches.sims.get(m))
-            .collect();
-        members.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid()));
-        let rank = members.iter().position(|s| s.uid() == obj.uid());
-        if rank.is_none_or(|i| i >= max as usize) {
-            return Err(Error::permanent(
-                reason::LIMIT_EXCEEDED,
-                format!(
-                    "Project {:?} holds at most {max} SimCards (limits.maxSimCards) and older ones fill it",
-                    r.name
-                ),
-            ));
-        }
-    }
-    status.project = Some(r.name.clone());
-    status.project_uid = p.uid();
-    Ok(crate::controller::project::policy::credit_stop(&p))
-}
-
 /// The state the SIM should have: the spec's, disabled while the Project's credit stop holds.
 fn wanted(obj: &SimCard, stopped: bool) -> PendingSimChange {
     PendingSimChange {
@@ -575,6 +532,10 @@ fn not_found(c: &Claimed) -> Error {
 }
 
 impl Reconciler<SimCard> for SimCardReconciler {
+    fn account(obj: &SimCard) -> Option<String> {
+        Some(obj.spec.provider_config_ref.name.clone())
+    }
+
     async fn apply(
         &self,
         obj: Arc<SimCard>,
@@ -588,44 +549,7 @@ impl Reconciler<SimCard> for SimCardReconciler {
                 return Ok(outcome);
             }
         };
-        progress.status.claimed_iccid = Some(c.iccid.clone());
-        let stop = project(&obj, &ctx, &mut progress.status)?;
-        let fresh = progress.status.pending_change.is_some();
-        let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, fresh).await? else {
-            return Err(not_found(&c));
-        };
-        let topping = top_ups(&obj, &ctx, &c, &o, progress, stop.is_some()).await?;
-        // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
-        let sim = if o.listed && !matches(&o.sim, &wanted(&obj, stop.is_some())) {
-            match c
-                .client
-                .sim(&c.iccid)
-                .await
-                .map_err(Error::vendor("read the SIM"))?
-            {
-                Some(s) => {
-                    observed(&mut progress.status, &s);
-                    s
-                }
-                None => return Err(not_found(&c)),
-            }
-        } else {
-            o.sim.clone()
-        };
-        let outcome = converge(&obj, &ctx, &c, &sim, &mut progress.status, stop.as_ref()).await?;
-        let mut outcome = match topping {
-            Some(h)
-                if matches!(h, Health::Stalled { .. })
-                    || matches!(outcome.health, Health::Ready { .. }) =>
-            {
-                Outcome::new(h).requeue_after(ctx.config.poll_interval)
-            }
-            _ => outcome,
-        };
-        // A claimed SIM costs money whatever the SimCard's state: a Stalled one is still looked at (and
-        // metered) every resync interval, not only on the user's next change.
-        outcome.resync_at_most = Some(ctx.config.resync_interval);
-        Ok(outcome)
+        held(&obj, &ctx, &c, progress).await
     }
 
     async fn observe(
@@ -637,29 +561,16 @@ impl Reconciler<SimCard> for SimCardReconciler {
         let Claim::Held(c) = claim(&obj, &ctx).await? else {
             return Ok(None);
         };
-        let stop = project(&obj, &ctx, &mut progress.status)?;
+        let b = billing::billing(&obj, &ctx, &mut progress.status, c.require_project)?;
         let Some(o) = observe(&obj, &ctx, &c, &mut progress.status, false).await? else {
             return Ok(None);
         };
         // Pause suspends the user's changes, not the Project's money policy: the credit stop applies.
-        let health = match stop {
-            Some(why) if o.sim.status == "Enabled" && !c.suspended => {
-                let off = SimChange {
-                    enabled: false,
-                    label: None,
-                    imei_lock: None,
-                };
-                c.client
-                    .change(&c.iccid, &off)
-                    .await
-                    .map_err(Error::vendor("disable the SIM"))?;
-                progress.status.changed_at = Some(now());
-                Some(Health::not_ready(
-                    why.reason,
-                    format!("disabling SIM {}: {}", c.iccid, why.message),
-                ))
+        let health = match &b.stop {
+            Some(why) => {
+                let note = under_credit_stop(&c, &o.sim, why, &mut progress.status).await?;
+                Some(Health::not_ready(why.reason, note))
             }
-            Some(why) => Some(Health::not_ready(why.reason, why.message)),
             None => None,
         };
         Ok(Some(PausedOutcome {
@@ -674,68 +585,183 @@ impl Reconciler<SimCard> for SimCardReconciler {
         ctx: Arc<Context>,
         progress: &mut Progress<SimCardStatus>,
     ) -> Result<Cleanup, Error> {
-        if progress.status.claimed_iccid.is_none() {
-            return Ok(Cleanup::Done);
-        }
-        // The claim must still hold (an admin may have withdrawn it): otherwise release, touching nothing.
-        let c = match claim(&obj, &ctx).await {
-            Ok(Claim::Held(c)) => c,
-            Ok(Claim::Refused(_)) | Err(Error::Permanent { .. }) => return Ok(Cleanup::Done),
-            Err(e) => return Err(e),
+        cleanup(obj, ctx, progress).await
+    }
+}
+
+/// A claimed SIM: billed and metered first, whatever the SimCard is refused after (its Project, a
+/// vendor's refusal), then the credit stop, top-ups and the spec's state.
+async fn held(
+    obj: &Arc<SimCard>,
+    ctx: &Arc<Context>,
+    c: &Claimed,
+    progress: &mut Progress<SimCardStatus>,
+) -> Result<Outcome, Error> {
+    progress.status.claimed_iccid = Some(c.iccid.clone());
+    let b = billing::billing(obj, ctx, &mut progress.status, c.require_project)?;
+    let fresh = progress.status.pending_change.is_some();
+    let Some(o) = observe(obj, ctx, c, &mut progress.status, fresh).await? else {
+        return Err(not_found(c));
+    };
+    if let Some(Error::Permanent { reason, message }) = b.refusal {
+        // Refused where it points: still billed where it was, and under that Project's stop.
+        let note = match &b.stop {
+            Some(why) => {
+                let n = under_credit_stop(c, &o.sim, why, &mut progress.status).await?;
+                format!("; {n}")
+            }
+            None => String::new(),
         };
-        let Some(Observed { sim, .. }) =
-            observe(&obj, &ctx, &c, &mut progress.status, true).await?
-        else {
-            return Ok(Cleanup::Done);
-        };
-        if obj.spec.deletion_policy == SimDeletionPolicy::Orphan {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Normal,
-                event::ORPHANED,
-                &format!("SIM {} left as it is (deletionPolicy Orphan)", c.iccid),
-            )
-            .await;
+        return Err(Error::permanent(reason, format!("{message}{note}")));
+    }
+    let stop = b.stop;
+    // The usage just metered may have exhausted the credit: no top-up is ordered then.
+    let exhausted = stop.is_some()
+        || (o.quotas.is_some() && billing::exhausted_now(obj, ctx, &progress.status).await?);
+    let topping = top_ups(obj, ctx, c, &o, progress, exhausted).await?;
+    // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
+    let sim = if o.listed && !matches(&o.sim, &wanted(obj, stop.is_some())) {
+        match c
+            .client
+            .sim(&c.iccid)
+            .await
+            .map_err(Error::vendor("read the SIM"))?
+        {
+            Some(s) => {
+                observed(&mut progress.status, &s);
+                s
+            }
+            None => return Err(not_found(c)),
+        }
+    } else {
+        o.sim.clone()
+    };
+    let outcome = converge(obj, ctx, c, &sim, &mut progress.status, stop.as_ref()).await?;
+    let mut outcome = match topping {
+        Some(h)
+            if matches!(h, Health::Stalled { .. })
+                || matches!(outcome.health, Health::Ready { .. }) =>
+        {
+            Outcome::new(h).requeue_after(ctx.config.poll_interval)
+        }
+        _ => outcome,
+    };
+    // A claimed SIM costs money whatever the SimCard's state: a Stalled one is still looked at (and
+    // metered) every resync interval, not only on the user's next change.
+    outcome.resync_at_most = Some(ctx.config.resync_interval);
+    Ok(outcome)
+}
+
+/// What the credit stop of the Project a SIM is billed to does while the SimCard does not converge
+/// (paused, refused where it points): an enabled SIM is disabled (not through a suspended account);
+/// returns what the condition says of it.
+async fn under_credit_stop(
+    c: &Claimed,
+    sim: &Sim,
+    why: &crate::controller::project::policy::MoneyStop,
+    status: &mut SimCardStatus,
+) -> Result<String, Error> {
+    if sim.status != "Enabled" {
+        return Ok(format!("SIM {} is disabled: {}", c.iccid, why.message));
+    }
+    if c.suspended {
+        return Ok(format!(
+            "under the credit stop ({}), SIM {} is not disabled while its ProviderConfig is suspended; its usage is still metered",
+            why.message, c.iccid
+        ));
+    }
+    let off = SimChange {
+        enabled: false,
+        label: None,
+        imei_lock: None,
+    };
+    c.client
+        .change(&c.iccid, &off)
+        .await
+        .map_err(Error::vendor("disable the SIM"))?;
+    status.changed_at = Some(now());
+    Ok(format!("disabling SIM {}: {}", c.iccid, why.message))
+}
+
+/// Deletion: meter a last time, then disable the SIM (`Disable`) or leave it (`Orphan`).
+async fn cleanup(
+    obj: Arc<SimCard>,
+    ctx: Arc<Context>,
+    progress: &mut Progress<SimCardStatus>,
+) -> Result<Cleanup, Error> {
+    if progress.status.claimed_iccid.is_none() {
+        return Ok(Cleanup::Done);
+    }
+    // The claim must still hold (an admin may have withdrawn it, or another SimCard holds it):
+    // otherwise release, touching nothing. An account that cannot be reached (its ProviderConfig or
+    // Secret gone) is not "nothing to do": the SIM is still enabled and billed, so deletion waits.
+    let c = match claim(&obj, &ctx).await {
+        Ok(Claim::Held(c)) => c,
+        Ok(Claim::Refused(_)) => return Ok(Cleanup::Done),
+        Err(Error::Permanent { .. }) if obj.spec.deletion_policy == SimDeletionPolicy::Orphan => {
             return Ok(Cleanup::Done);
         }
-        if sim.status == "Disabled" {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Normal,
-                event::DISABLED,
-                &format!("SIM {} is disabled at 1NCE", c.iccid),
-            )
-            .await;
-            return Ok(Cleanup::Done);
-        }
-        if c.suspended {
+        Err(Error::Permanent { reason, message }) => {
             return Err(Error::Waiting {
-                reason: reason::PROVIDER_CONFIG_SUSPENDED,
-                message: "the ProviderConfig is suspended; the SIM is disabled once it is not"
-                    .into(),
+                reason,
+                message: format!(
+                    "{message}; SIM {} may still be enabled and billed at 1NCE: deletion waits until its account can be reached to disable it (restore the ProviderConfig and its Secret), or deletionPolicy is Orphan",
+                    obj.spec.iccid
+                ),
             });
         }
-        let off = SimChange {
-            enabled: false,
-            label: None,
-            imei_lock: None,
-        };
-        let answer = c
-            .client
-            .change(&c.iccid, &off)
-            .await
-            .map_err(Error::vendor("disable the SIM"))?;
-        Ok(Cleanup::Wait {
-            message: match answer {
-                Change::Queued => format!("1NCE is disabling SIM {}", c.iccid),
-                Change::Pending => format!(
-                    "another change of SIM {} is pending at 1NCE; disabling it afterwards",
-                    c.iccid
-                ),
-            },
-            requeue_after: ctx.config.poll_interval,
-        })
+        Err(e) => return Err(e),
+    };
+    let Some(Observed { sim, .. }) = observe(&obj, &ctx, &c, &mut progress.status, true).await?
+    else {
+        return Ok(Cleanup::Done);
+    };
+    if obj.spec.deletion_policy == SimDeletionPolicy::Orphan {
+        publish(
+            &ctx,
+            &*obj,
+            EventType::Normal,
+            event::ORPHANED,
+            &format!("SIM {} left as it is (deletionPolicy Orphan)", c.iccid),
+        )
+        .await;
+        return Ok(Cleanup::Done);
     }
+    if sim.status == "Disabled" {
+        publish(
+            &ctx,
+            &*obj,
+            EventType::Normal,
+            event::DISABLED,
+            &format!("SIM {} is disabled at 1NCE", c.iccid),
+        )
+        .await;
+        return Ok(Cleanup::Done);
+    }
+    if c.suspended {
+        return Err(Error::Waiting {
+            reason: reason::PROVIDER_CONFIG_SUSPENDED,
+            message: "the ProviderConfig is suspended; the SIM is disabled once it is not".into(),
+        });
+    }
+    let off = SimChange {
+        enabled: false,
+        label: None,
+        imei_lock: None,
+    };
+    let answer = c
+        .client
+        .change(&c.iccid, &off)
+        .await
+        .map_err(Error::vendor("disable the SIM"))?;
+    Ok(Cleanup::Wait {
+        message: match answer {
+            Change::Queued => format!("1NCE is disabling SIM {}", c.iccid),
+            Change::Pending => format!(
+                "another change of SIM {} is pending at 1NCE; disabling it afterwards",
+                c.iccid
+            ),
+        },
+        requeue_after: ctx.config.poll_interval,
+    })
 }

@@ -406,6 +406,10 @@ pub fn concerned(
 }
 
 impl Reconciler<Subscription> for SubscriptionReconciler {
+    fn account(obj: &Subscription) -> Option<String> {
+        Some(obj.spec.provider_config_ref.name.clone())
+    }
+
     async fn apply(
         &self,
         obj: Arc<Subscription>,

@@ -113,6 +113,8 @@ pub struct Inputs<'a> {
     pub suspended: bool,
     /// The ProviderConfig requires every VM through it to belong to a Project.
     pub require_project: bool,
+    /// Why the ProviderConfig no longer lets the VM's namespace use the account its server is in.
+    pub access_refused: Option<&'a str>,
     /// Now, unix seconds.
     pub now: i64,
 }
@@ -289,6 +291,14 @@ pub fn decide(i: &Inputs) -> Decision {
 /// Why nothing the user asked for may be done now, whatever the vendor holds: a suspended
 /// ProviderConfig, an edit of an immutable field, a reserved tag.
 fn refusal(i: &Inputs) -> Option<Health> {
+    if let Some(why) = i.access_refused {
+        return Some(Health::stalled(
+            reason::PROVIDER_CONFIG_NOT_ALLOWED,
+            format!(
+                "{why}: the server this VM holds there is still observed and metered, nothing else is changed through it"
+            ),
+        ));
+    }
     if i.suspended {
         return Some(Health::not_ready(
             reason::PROVIDER_CONFIG_SUSPENDED,
@@ -1348,6 +1358,7 @@ mod tests {
             markup_percent: Decimal::ZERO,
             suspended: false,
             require_project: false,
+            access_refused: None,
             now: NOW,
         }
     }

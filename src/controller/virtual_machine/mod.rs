@@ -156,6 +156,7 @@ fn inputs<'a>(
         markup_percent: obs.resolved.config.spec.markup(),
         suspended: obs.resolved.config.spec.suspended,
         require_project: obs.resolved.config.spec.require_project,
+        access_refused: obs.access_refused.as_deref(),
         now,
     }
 }
@@ -187,6 +188,12 @@ async fn announce(
 }
 
 impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
+    /// The account the server is in (`status.providerConfig`), else the one the spec names.
+    fn account(vm: &VirtualMachine) -> Option<String> {
+        let recorded = vm.status.as_ref().and_then(|s| s.provider_config.clone());
+        Some(recorded.unwrap_or_else(|| vm.spec.provider_config_ref.name.clone()))
+    }
+
     /// Added in act, in the same write as the creation intent (or alone before any other side effect):
     /// a new VM costs two writes of its own before the vendor is called, not three.
     const ADDS_FINALIZER: bool = true;

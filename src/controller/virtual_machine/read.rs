@@ -23,6 +23,9 @@ use crate::crd::{ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, Virtua
 pub struct Observed {
     /// The ProviderConfig.
     pub resolved: Resolved,
+    /// Why the ProviderConfig no longer lets this namespace use the account the VM's server is in:
+    /// the server is observed and metered, nothing is changed through it.
+    pub access_refused: Option<String>,
     /// Its vendor client.
     pub provider: Arc<dyn ComputeProvider>,
     /// What the vendor holds for this VM.
@@ -35,6 +38,15 @@ pub struct Observed {
     pub billed: Option<ProjectLookup>,
     /// Whether this namespace may adopt untagged servers of the account.
     pub adoption_allowed: bool,
+}
+
+/// Whether the VM holds (or may hold) a server: one was created or adopted.
+pub fn holds_server(vm: &VirtualMachine, status: &VirtualMachineStatus) -> bool {
+    status.creation_key.is_some()
+        || status.external_id.is_some()
+        || vm
+            .annotations()
+            .contains_key(crate::crd::ANNOTATION_CREATION_INTENT)
 }
 
 /// Reads what decide needs.
@@ -51,8 +63,13 @@ pub async fn read(
         .provider_config
         .as_deref()
         .unwrap_or(&vm.spec.provider_config_ref.name);
-    // Also when suspended: the server is still observed and metered (decide changes nothing then).
-    let resolved = vendor::resolve_any(ctx, account, &ns).await?;
+    // Also when suspended, or when the namespace lost access to an account it holds a server in: the
+    // server is still observed and metered (decide changes nothing then).
+    let (resolved, access_refused) = if holds_server(vm, status) {
+        vendor::resolve_holding(ctx, account, &ns).await?
+    } else {
+        (vendor::resolve_any(ctx, account, &ns).await?, None)
+    };
     let provider = ctx.providers.compute(ctx, &resolved).await?;
     let adoption_allowed = vendor::adoption_allowed(&resolved.config, &ns);
     let lookup = match from_listing(ctx, vm, status, account) {
@@ -76,6 +93,7 @@ pub async fn read(
     };
     Ok(Observed {
         resolved,
+        access_refused,
         provider,
         lookup,
         catalog,

@@ -58,7 +58,14 @@ pub async fn release(
         .clone()
         .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
     let ns = vm.namespace().unwrap_or_default();
-    let r = vendor::resolve(ctx, &pc, &ns).await?;
+    // A namespace that lost access to the account still cleans up the server it holds there.
+    let (r, _) = vendor::resolve_holding(ctx, &pc, &ns).await?;
+    if r.config.spec.suspended {
+        return Err(Error::Waiting {
+            reason: reason::PROVIDER_CONFIG_SUSPENDED,
+            message: format!("ProviderConfig {pc:?} is suspended (spec.suspended); waiting"),
+        });
+    }
     let p = ctx.providers.compute(ctx, &r).await?;
     let tag = cloud::uid_tag(uid);
     let mut servers = p
