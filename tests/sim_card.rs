@@ -1205,3 +1205,63 @@ async fn a_sims_account_is_held_until_its_sim_is_disabled() {
     })
     .await;
 }
+
+/// The usage a reconcile meters can exhaust the credit: no top-up is ordered in that same reconcile
+/// (the stop is re-read from the ledger after the usage, not from the Project's older status).
+#[tokio::test]
+async fn no_top_up_is_ordered_with_the_credit_its_own_usage_exhausted() {
+    let e = sim_env_with(
+        "simlast",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(0)]}]),
+        serde_json::json!({"topUpPrice": {"amount": "10", "currency": "EUR"}}),
+        0,
+    )
+    .await;
+    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
+    projects
+        .patch(
+            "tight",
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+                "metadata": {"name": "tight", "labels": {"qm-test": e.id}},
+                "spec": {"currency": "EUR", "onCreditExhausted": "Stop"}})),
+        )
+        .await
+        .unwrap();
+    let uid = common::project_uid(&e.client, &e.ns, "tight").await;
+    let mut grant = common::grant("g1", &e.ns, "tight", &uid, 50_000_000_000);
+    grant.currency = "EUR".into();
+    assert!(e.ledger.credit(&grant).await.unwrap());
+    common::eventually(WAIT, "the project shows its credit", || async {
+        let st = projects.get("tight").await.ok()?.status?;
+        (st.credit_balance.as_deref() == Some("50.00")).then_some(())
+    })
+    .await;
+    let spec = |pass: u32| {
+        serde_json::json!({"iccid": iccid(0), "label": format!("pass-{pass}"), "projectRef": {"name": "tight"},
+            "dataQuota": {"autoTopUp": true, "thresholdPercent": 20}})
+    };
+    e.apply("a", spec(0)).await;
+    e.wait("a", conditions::READY, "Reconciled").await;
+    // 450 MB at 1 EUR a MB: under the threshold, and far beyond the 50 EUR of credit.
+    traffic(&e, 0, 450_000_000).await;
+    e.apply("a", spec(1)).await;
+    common::eventually(WAIT, "the SimCard read its usage", || async {
+        let st = e.sims().get("a").await.ok()?.status?;
+        (st.month_to_date_data_bytes? >= 450_000_000).then_some(())
+    })
+    .await;
+    e.wait_for(
+        "a",
+        conditions::READY,
+        ConditionStatus::False,
+        "CreditExhausted",
+    )
+    .await;
+    assert_eq!(
+        orders(&e).await,
+        0,
+        "a top-up was ordered with exhausted credit"
+    );
+}
