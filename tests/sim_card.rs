@@ -59,6 +59,24 @@ async fn sim_env_cfg(
     usage_interval: Duration,
     apply_secs: u64,
 ) -> SimEnv {
+    sim_env_full(
+        prefix,
+        sim_claims,
+        extra,
+        (top_up_latency_ms, usage_interval, apply_secs),
+        None,
+    )
+    .await
+}
+
+/// [`sim_env_cfg`] with a resync interval (`None`: the controller's default).
+async fn sim_env_full(
+    prefix: &str,
+    sim_claims: serde_json::Value,
+    extra: serde_json::Value,
+    (top_up_latency_ms, usage_interval, apply_secs): (u64, Duration, u64),
+    resync: Option<Duration>,
+) -> SimEnv {
     let client = common::client().await;
     let ns = common::namespace(&client, prefix).await;
     let id = common::unique(prefix);
@@ -103,6 +121,9 @@ async fn sim_env_cfg(
         common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
             c.vendor_timeout = Duration::from_secs(1);
             c.sim_usage_interval = usage_interval;
+            if let Some(r) = resync {
+                c.resync_interval = r;
+            }
         });
     SimEnv {
         client,
@@ -1264,4 +1285,34 @@ async fn no_top_up_is_ordered_with_the_credit_its_own_usage_exhausted() {
         0,
         "a top-up was ordered with exhausted credit"
     );
+}
+
+/// A SimCard stalled by 1NCE's refusal (an expired SIM's 422) is still metered: its SIM's traffic is
+/// billed at each resync, with no edit of the object.
+#[tokio::test]
+async fn a_stalled_simcard_is_still_metered() {
+    let e = sim_env_full(
+        "simstallmeter",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(3)]}]),
+        serde_json::json!({}),
+        (0, ALWAYS, 1),
+        Some(Duration::from_secs(2)),
+    )
+    .await;
+    reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/sims/{}/expire", e.sim.url, iccid(3)))
+        .send()
+        .await
+        .unwrap();
+    e.apply(
+        "old",
+        serde_json::json!({"iccid": iccid(3), "enabled": false}),
+    )
+    .await;
+    e.wait("old", conditions::STALLED, "VendorRejected").await;
+    traffic(&e, 3, 80_000_000).await;
+    common::eventually(WAIT, "the stalled SIM's traffic billed", || async {
+        (e.billed("sim_data_bytes").await.0 >= 80_000_000).then_some(())
+    })
+    .await;
 }
