@@ -123,7 +123,7 @@ enum Command {
         project: Option<String>,
         /// Instead of a Project: the usage in this namespace billed to no Project (VMs and SIMs without
         /// `projectRef`, where their ProviderConfig does not require one).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "project_uid")]
         namespace: Option<String>,
         /// The Project's UID, for a Project deleted and recreated under the same name (default: the
         /// one the ledger recorded most recently).

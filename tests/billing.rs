@@ -713,10 +713,10 @@ async fn no_edit_escapes_the_credit_stop() {
     .await
     .unwrap();
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
-    for name in ["moved", "left"] {
+    for name in ["moved", "left", "orphaned"] {
         apply(&client, &ns, vm_in(&id, name, &pc, "prepaid")).await;
     }
-    for name in ["moved", "left"] {
+    for name in ["moved", "left", "orphaned"] {
         common::eventually(WAIT, "VMs running", || async {
             let (s, r, _) = condition_of(&vms, name, conditions::READY).await?;
             (s == ConditionStatus::True && r == "Reconciled").then_some(())
@@ -731,6 +731,19 @@ async fn no_edit_escapes_the_credit_stop() {
     common::eventually(WAIT, "moved Stalled ProjectNotFound", || async {
         let (s, r, _) = condition_of(&vms, "moved", conditions::STALLED).await?;
         (s == ConditionStatus::True && r == "ProjectNotFound").then_some(())
+    })
+    .await;
+    // Another is deleted with deletionPolicy Orphan, which this namespace may not use: it waits.
+    let orphan = serde_json::json!({"spec": {"deletionPolicy": "Orphan"}});
+    vms.patch("orphaned", &PatchParams::default(), &Patch::Merge(&orphan))
+        .await
+        .unwrap();
+    vms.delete("orphaned", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "orphaned Stalled ReleaseNotAllowed", || async {
+        let (s, r, _) = condition_of(&vms, "orphaned", conditions::STALLED).await?;
+        (s == ConditionStatus::True && r == "ReleaseNotAllowed").then_some(())
     })
     .await;
     // The credit ends.
@@ -766,6 +779,11 @@ async fn no_edit_escapes_the_credit_stop() {
         },
     )
     .await;
+    // A deletion waiting on a release is no way out either: the server is powered off.
+    common::eventually(WAIT, "the waiting deletion's server stopped", || async {
+        (droplet_state("orphaned").await? == "off").then_some(())
+    })
+    .await;
     // Removing projectRef now is no way out either: refused, and the server stays off.
     common::eventually(WAIT, "left stopped", || async {
         (droplet_state("left").await? == "off").then_some(())
@@ -791,14 +809,16 @@ async fn no_edit_escapes_the_credit_stop() {
     );
     // The Project says what is stopped.
     let projects: Api<Project> = Api::namespaced(client.clone(), &ns);
-    common::eventually(WAIT, "the Project counts what is stopped", || async {
+    let said = common::eventually(WAIT, "the Project counts what is stopped", || async {
         let p = projects.get("prepaid").await.ok()?;
         let c = conditions::find(&p.status.as_ref()?.conditions, conditions::READY)?;
-        c.message
-            .contains("2 of 2 virtual machines stopped")
-            .then_some(())
+        (c.message
+            .contains("2 of 3 virtual machines stopped (1 being deleted)")
+            && !c.message.contains("still running"))
+        .then(|| c.message.clone())
     })
     .await;
+    assert!(said.starts_with("credit exhausted"), "{said}");
 
     // Being deleted (Block: its members remain), the Project keeps its balance current.
     projects

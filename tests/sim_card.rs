@@ -1316,3 +1316,53 @@ async fn a_stalled_simcard_is_still_metered() {
     })
     .await;
 }
+
+/// A namespace that loses access to the account its SIM is in: the SimCard says so, its SIM is still
+/// metered, and deleting it still disables the SIM.
+#[tokio::test]
+async fn a_namespace_that_lost_its_account_still_meters_and_disables_its_sim() {
+    let e = sim_env(
+        "simaccess",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(4)]}]),
+    )
+    .await;
+    e.apply(
+        "mine",
+        serde_json::json!({"iccid": iccid(4), "label": "l0"}),
+    )
+    .await;
+    e.wait("mine", conditions::READY, "Reconciled").await;
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    let elsewhere = serde_json::json!({"spec": {"allowedNamespaces": ["someone-else"]}});
+    pcs.patch(&e.pc, &PatchParams::default(), &Patch::Merge(&elsewhere))
+        .await
+        .unwrap();
+    e.wait("mine", conditions::STALLED, "ProviderConfigNotAllowed")
+        .await;
+    let before = e.billed("sim_data_bytes").await.0;
+    traffic(&e, 4, 3_000_000).await;
+    e.apply(
+        "mine",
+        serde_json::json!({"iccid": iccid(4), "label": "l1"}),
+    )
+    .await;
+    common::eventually(WAIT, "still metered", || async {
+        (e.billed("sim_data_bytes").await.0 >= before + 3_000_000).then_some(())
+    })
+    .await;
+    assert_eq!(
+        e.at_vendor(4).await["label"],
+        "l0",
+        "changed through a refused account"
+    );
+    e.sims()
+        .delete("mine", &DeleteParams::default())
+        .await
+        .unwrap();
+    common::eventually(WAIT, "the SIM disabled and the SimCard gone", || async {
+        (e.sims().get_opt("mine").await.unwrap().is_none()
+            && e.at_vendor(4).await["status"] == "Disabled")
+            .then_some(())
+    })
+    .await;
+}

@@ -659,6 +659,20 @@ async fn releasing_a_server_is_an_admins_decision() {
     })
     .await;
 
+    // Orphan with nothing left at the vendor: nothing to release, the deletion completes.
+    let (gone_id, _) = metered_vm(&e, "gone").await;
+    delete_droplet(&e, &gone_id).await;
+    e.patch_vm(
+        "gone",
+        serde_json::json!({"spec": {"deletionPolicy": "Orphan"}}),
+    )
+    .await;
+    e.vms()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("gone").await;
+
     // Orphan where the ProviderConfig allows no release: the deletion waits, the meter runs.
     e.patch_vm(
         "kept",

@@ -6,7 +6,7 @@
 //! their token Secret still deletes every server — also after a controller restart, when no copy of the
 //! token is left in memory.
 //!
-//! Who needs a ProviderConfig is read from the VM watch cache (no API call).
+//! Who needs a ProviderConfig is read from the VM, SimCard and Subscription watch caches (no API call).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
@@ -92,7 +92,7 @@ pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// The VMs that need any ProviderConfig naming Secret `r` (itself included) to clean up.
+/// The objects that need any ProviderConfig naming Secret `r` (itself included) to meter and clean up.
 fn secret_users(ctx: &Context, r: &SecretKeyReference) -> Result<Vec<String>, Error> {
     let mut all = Vec::new();
     for pc in ctx.caches()?.provider_configs.state() {
@@ -105,7 +105,7 @@ fn secret_users(ctx: &Context, r: &SecretKeyReference) -> Result<Vec<String>, Er
 }
 
 /// Keeps the credentials Secret of `pc` while anything may need it: adds [`SECRET_FINALIZER`] to a live
-/// Secret, and releases one being deleted once no VM needs it. Returns the users keeping a Secret that
+/// Secret, and releases one being deleted once nothing needs it. Returns the users keeping a Secret that
 /// is being deleted (empty otherwise).
 pub async fn protect(
     ctx: &Context,

@@ -308,7 +308,9 @@ impl Context {
     /// later found gone, its metering window closes there, not when the loss is noticed.
     pub fn saw(&self, uid: &str, at: i64) {
         let mut m = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-        m.insert(uid.to_string(), at);
+        // Never backwards: a listing that started before a VM's own read does not undo that sighting.
+        let seen = m.entry(uid.to_string()).or_insert(at);
+        *seen = (*seen).max(at);
     }
 
     /// When the vendor server of object `uid` was last seen existing (since this process started).

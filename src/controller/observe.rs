@@ -108,6 +108,8 @@ async fn observe_all(
             }
         };
         ctx.metrics.account_listings.inc();
+        // A later failure of this account is news again.
+        ctx.first_warning(&format!("listing/{name}"), "");
         let now = by_owner(&listed);
         // Every server seen is a sighting: one found gone later is billed until this listing.
         for uid in now.keys() {

@@ -79,9 +79,10 @@ pub struct ProviderConfigSpec {
     /// allowed here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<ReleasePolicy>,
-    /// Every VirtualMachine through this account must belong to a Project (`spec.projectRef`): one
-    /// without is not created, and removing the reference is refused (`Stalled` `ProjectRequired`,
-    /// still metered and under its Project's credit stop). Default false: VMs may run without a
+    /// Every VirtualMachine and SimCard through this account must belong to a Project
+    /// (`spec.projectRef`): a VM without one is not created, a SimCard without one is `Stalled`
+    /// `ProjectRequired` (its SIM still metered, by namespace), and removing the reference is refused
+    /// (still metered and under its Project's credit stop). Default false: VMs may run without a
     /// Project; their usage is recorded by namespace (`quartermaster usage --namespace`) and counted by
     /// `quartermaster_usage_without_project_total`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

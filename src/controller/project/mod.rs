@@ -104,23 +104,30 @@ pub fn summarize(m: &Members, project: &str, currency: &str) -> (ProjectMembers,
 /// What a stop has actually stopped among the VMs billed to `project` that hold a server: "2 of 3
 /// virtual machines stopped (1 still running: ObserveOnly, a suspended account, or stopping now)".
 pub fn stopped(m: &Members, project: &str) -> String {
-    let held: Vec<Option<VmPhase>> = m
+    // (phase, being deleted) of each VM billed here that holds a server.
+    let held: Vec<(Option<VmPhase>, bool)> = m
         .vms
         .iter()
-        .filter_map(|vm| vm.status.as_ref())
-        .filter(|s| s.external_id.is_some() && s.project.as_deref().is_none_or(|p| p == project))
-        .map(|s| s.phase)
+        .filter_map(|vm| Some((vm.status.as_ref()?, vm.meta().deletion_timestamp.is_some())))
+        .filter(|(s, _)| {
+            s.external_id.is_some() && s.project.as_deref().is_none_or(|p| p == project)
+        })
+        .map(|(s, deleting)| (s.phase, deleting))
         .collect();
+    let deleting = held.iter().filter(|(_, d)| *d).count();
     let off = held
         .iter()
-        .filter(|p| matches!(p, Some(VmPhase::Stopped)))
+        .filter(|(p, d)| !d && *p == Some(VmPhase::Stopped))
         .count();
-    let on = held.len() - off;
+    let on = held.len() - off - deleting;
     let mut out = format!("{off} of {} virtual machines stopped", held.len());
     if on > 0 {
         out.push_str(&format!(
             " ({on} still running: ObserveOnly, a suspended account, or stopping now)"
         ));
+    }
+    if deleting > 0 {
+        out.push_str(&format!(" ({deleting} being deleted)"));
     }
     out
 }
@@ -283,20 +290,25 @@ impl Reconciler<Project> for ProjectReconciler {
         if m.vms.is_empty() && m.sims.is_empty() {
             return Ok(Cleanup::Done);
         }
-        let money = self.apply(project.clone(), ctx.clone(), progress).await?;
         let waiting = waiting_for_members(&project, &ctx, &m).await?;
+        // The money refresh never holds the deletion up: a ledger outage is said, not waited on.
+        let money = match self.apply(project.clone(), ctx.clone(), progress).await {
+            Ok(o) => (o.health, o.requeue_after),
+            Err(e) => (
+                Health::progressing(reason::RETRYING, format!("balance not refreshed: {e}")),
+                Some(ctx.config.poll_interval),
+            ),
+        };
         Ok(match waiting {
             Cleanup::Wait {
                 message,
                 requeue_after,
             } => Cleanup::Wait {
-                message: match money.health {
+                message: match money.0 {
                     Health::Ready { .. } => message,
                     h => format!("{message}; {}", h.message()),
                 },
-                requeue_after: money
-                    .requeue_after
-                    .map_or(requeue_after, |r| r.min(requeue_after)),
+                requeue_after: money.1.map_or(requeue_after, |r| r.min(requeue_after)),
             },
             done => done,
         })

@@ -51,6 +51,9 @@ struct Claimed {
     suspended: bool,
     /// The ProviderConfig requires a Project for every SimCard through it.
     require_project: bool,
+    /// Why the ProviderConfig no longer lets this namespace use the account (the SIM is still
+    /// metered, its credit stop still applies, nothing else is changed).
+    access_refused: Option<String>,
     markup: rust_decimal::Decimal,
     /// One top-up's price (the ProviderConfig's `topUpPrice` with its markup), when declared.
     top_up_price: Option<Price>,
@@ -75,7 +78,17 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
     let iccid =
         claim::normalize(&obj.spec.iccid).map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
     let pc_name = &obj.spec.provider_config_ref.name;
-    let resolved = vendor::resolve_any(ctx, pc_name, &ns).await?;
+    // A SimCard that holds its SIM keeps metering (and cleaning up) it after its namespace lost
+    // access to the account; the refusal is said, nothing else is done through it.
+    let holds = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.claimed_iccid.is_some());
+    let (resolved, access_refused) = if holds {
+        vendor::resolve_holding(ctx, pc_name, &ns).await?
+    } else {
+        (vendor::resolve_any(ctx, pc_name, &ns).await?, None)
+    };
     if resolved.config.spec.type_ != ProviderType::Onence {
         return Err(Error::permanent(
             reason::PROVIDER_CONFIG_WRONG_TYPE,
@@ -124,6 +137,7 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
         client,
         suspended: resolved.config.spec.suspended,
         require_project: resolved.config.spec.require_project,
+        access_refused,
         markup,
         top_up_price,
     }))
@@ -136,8 +150,9 @@ pub(crate) async fn claimed(
     ctx: &Context,
 ) -> Result<Option<(String, Arc<OneNce>, bool)>, Error> {
     Ok(match claim(sim, ctx).await? {
-        Claim::Held(c) => Some((c.iccid, c.client, c.suspended)),
-        Claim::Refused(_) => None,
+        // A namespace that lost access to the account sends nothing through it.
+        Claim::Held(c) if c.access_refused.is_none() => Some((c.iccid, c.client, c.suspended)),
+        Claim::Held(_) | Claim::Refused(_) => None,
     })
 }
 
@@ -603,7 +618,16 @@ async fn held(
     let Some(o) = observe(obj, ctx, c, &mut progress.status, fresh).await? else {
         return Err(not_found(c));
     };
-    if let Some(Error::Permanent { reason, message }) = b.refusal {
+    let refusal = match (&c.access_refused, b.refusal) {
+        (Some(why), _) => Some(Error::permanent(
+            reason::PROVIDER_CONFIG_NOT_ALLOWED,
+            format!(
+                "{why}: the SIM this SimCard holds there is still read and metered, nothing else is changed"
+            ),
+        )),
+        (None, r) => r,
+    };
+    if let Some(Error::Permanent { reason, message }) = refusal {
         // Refused where it points: still billed where it was, and under that Project's stop.
         let note = match &b.stop {
             Some(why) => {
@@ -616,8 +640,11 @@ async fn held(
     }
     let stop = b.stop;
     // The usage just metered may have exhausted the credit: no top-up is ordered then.
-    let exhausted = stop.is_some()
-        || (o.quotas.is_some() && billing::exhausted_now(obj, ctx, &progress.status).await?);
+    let auto = |q: Option<&crate::crd::sim_card::QuotaPolicy>| q.is_some_and(|q| q.auto_top_up);
+    let may_order = o.quotas.is_some()
+        && (auto(obj.spec.data_quota.as_ref()) || auto(obj.spec.sms_quota.as_ref()));
+    let exhausted =
+        stop.is_some() || (may_order && billing::exhausted_now(obj, ctx, &progress.status).await?);
     let topping = top_ups(obj, ctx, c, &o, progress, exhausted).await?;
     // The listing may predate a change made elsewhere: a difference is confirmed by the SIM itself.
     let sim = if o.listed && !matches(&o.sim, &wanted(obj, stop.is_some())) {
@@ -702,13 +729,13 @@ async fn cleanup(
             return Ok(Cleanup::Done);
         }
         Err(Error::Permanent { reason, message }) => {
-            return Err(Error::Waiting {
+            return Err(Error::permanent(
                 reason,
-                message: format!(
-                    "{message}; SIM {} may still be enabled and billed at 1NCE: deletion waits until its account can be reached to disable it (restore the ProviderConfig and its Secret), or deletionPolicy is Orphan",
+                format!(
+                    "{message}; SIM {} may still be enabled and billed at 1NCE: deletion waits until its account can be used to disable it, or deletionPolicy is Orphan",
                     obj.spec.iccid
                 ),
-            });
+            ));
         }
         Err(e) => return Err(e),
     };

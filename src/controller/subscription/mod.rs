@@ -457,8 +457,10 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
             // No customer was recorded, so nothing was subscribed; one whose creation's answer was
             // lost is removed when the account can be reached (a customer alone costs nothing, so
             // an account that cannot be does not hold the deletion).
-            if let Ok((_, client)) = client_for(&obj, &ctx).await {
-                customer::remove_unused(&obj, &client, None, false).await?;
+            if let Ok((_, client)) = client_for(&obj, &ctx).await
+                && let Err(e) = customer::remove_unused(&obj, &client, None, false).await
+            {
+                tracing::warn!(error = %e, "could not look for an unused Stripe customer of a deleted Subscription");
             }
             return Ok(Cleanup::Done);
         };

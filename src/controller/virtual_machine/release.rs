@@ -83,13 +83,18 @@ pub async fn release(
     }
     let owned: Vec<&cloud::Server> = act::owned(&servers, uid, &recorded).collect();
     if vm.spec.deletion_policy == DeletionPolicy::Orphan {
+        if owned.is_empty() {
+            // Nothing left at the vendor: nothing to release.
+            return Ok(Cleanup::Done);
+        }
         if !vendor::release_allowed(&r.config, &ns) {
+            let note = stop_while_waiting(ctx, vm, status, &*p, &owned).await?;
             return Err(Error::permanent(
                 reason::RELEASE_NOT_ALLOWED,
                 format!(
                     "ProviderConfig {pc:?} does not let namespace {ns:?} release servers \
-                     (spec.release.allowedNamespaces): the server keeps running and is billed to this \
-                     VM; set deletionPolicy: Delete to delete it, or ask a platform admin"
+                     (spec.release.allowedNamespaces): the server keeps existing and is billed to this \
+                     VM; set deletionPolicy: Delete to delete it, or ask a platform admin{note}"
                 ),
             ));
         }
@@ -160,6 +165,43 @@ async fn orphan(
         .await;
     }
     Ok(())
+}
+
+/// A deletion that waits (a release not allowed) is no way out of the credit stop: while the Project
+/// the VM is billed to stops its VMs, its running servers are powered off. Returns what the condition
+/// adds.
+async fn stop_while_waiting(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    status: &VirtualMachineStatus,
+    p: &dyn cloud::ComputeProvider,
+    owned: &[&cloud::Server],
+) -> Result<String, Error> {
+    let Some(name) = status.project.as_deref() else {
+        return Ok(String::new());
+    };
+    let ns = vm.namespace().unwrap_or_default();
+    let project = ctx
+        .caches()?
+        .projects
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
+        .filter(|p| status.project_uid.is_none() || p.uid() == status.project_uid);
+    let Some(stop) = project.and_then(|p| crate::controller::project::policy::credit_stop(&p))
+    else {
+        return Ok(String::new());
+    };
+    for s in owned
+        .iter()
+        .filter(|s| s.state == cloud::ServerState::Running && !s.busy)
+    {
+        p.power(&s.id, cloud::PowerAction::Off)
+            .await
+            .map_err(Error::vendor("power the server off under the credit stop"))?;
+    }
+    Ok(format!(
+        "; under Project {name:?}'s credit stop: stopped ({})",
+        stop.message
+    ))
 }
 
 /// The usage ledger's line for server `s` released by `vm`: one per server (its key), never priced,
