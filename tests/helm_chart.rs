@@ -243,28 +243,8 @@ async fn chart_installs_and_its_rbac_suffices_for_the_controller() {
             "renders no {kind}"
         );
     }
-    let mut apply = Command::new(common::kubectl().unwrap())
-        .env("KUBECONFIG", common::kubeconfig())
-        .args(["apply", "--dry-run=server", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    apply
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(everything.as_bytes())
-        .unwrap();
-    let out = apply.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply --dry-run=server refused the chart:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Every component is accepted by the API server.
+    kubectl_apply(&everything, &["--dry-run=server"]);
     run(Command::new(&helm)
         .env("KUBECONFIG", common::kubeconfig())
         .args(["install", &release, "--namespace", &ns, "--wait=false"])
@@ -795,12 +775,13 @@ fn chart_exposes_only_the_gateways_client_port() {
     );
 }
 
-/// `kubectl apply -f -` of `yaml` as the admin.
-fn kubectl_apply(yaml: &str) {
+/// `kubectl apply -f - ARGS` of `yaml` as the admin; panics with kubectl's words when it is refused.
+fn kubectl_apply(yaml: &str, args: &[&str]) {
     use std::io::Write as _;
     let mut apply = Command::new(common::kubectl().unwrap())
         .env("KUBECONFIG", common::kubeconfig())
         .args(["apply", "-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -815,7 +796,8 @@ fn kubectl_apply(yaml: &str) {
     let out = apply.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "kubectl apply refused:\n{yaml}\n{}",
+        "kubectl apply {args:?} refused:\n{yaml}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -870,18 +852,21 @@ async fn tenant_roles_grant_the_kinds_and_never_a_status() {
         !off.contains("-tenant-edit"),
         "tenantRoles.enabled=false still renders them"
     );
-    kubectl_apply(&roles);
+    kubectl_apply(&roles, &[]);
 
     let admin = common::client().await;
     let ns = common::namespace(&admin, "tenant").await;
     // This API server runs no controller-manager (which aggregates ClusterRoles into `edit` and `view`),
     // so the tenants are bound to the chart's roles directly.
     for (user, role) in [("tenant-editor", "edit"), ("tenant-viewer", "view")] {
-        kubectl_apply(&format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {user}, namespace: {ns}}}\n\
+        kubectl_apply(
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {user}, namespace: {ns}}}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {release}-quartermaster-tenant-{role}}}\n\
              subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]\n"
-        ));
+            ),
+            &[],
+        );
     }
     let (_d1, _, editor) = as_service_account("tenant-editor").await;
     let (_d2, _, viewer) = as_service_account("tenant-viewer").await;

@@ -478,6 +478,32 @@ async fn usage_reaches_the_ledger_once_with_the_vendors_cost() {
     );
 }
 
+/// Another object's hour of usage in Project `prepaid` (UID `uid`) at `hourly` USD: spends its credit.
+async fn spend(e: &SimEnv, uid: &str, hourly: &str) {
+    let now = jiff::Timestamp::now().as_second();
+    e.ledger
+        .record(&[quartermaster::ledger::UsageEvent {
+            key: format!("other/{}", e.id),
+            namespace: e.ns.clone(),
+            project: "prepaid".into(),
+            project_uid: uid.into(),
+            object_kind: "VirtualMachine".into(),
+            object_name: "other".into(),
+            object_uid: "other-uid".into(),
+            meter: quartermaster::ledger::Meter::VmSeconds,
+            quantity: 3600,
+            unit_price: hourly.parse().unwrap(),
+            vendor_unit_price: hourly.parse().unwrap(),
+            price_quantity: 3600,
+            currency: "USD".into(),
+            window_start: now - 3600,
+            window_end: now,
+            attributes: serde_json::json!({}),
+        }])
+        .await
+        .unwrap();
+}
+
 /// Traffic at the simulator on SIM `i`.
 async fn traffic(e: &SimEnv, i: u64, bytes: i64) {
     reqwest::Client::new()
@@ -649,28 +675,7 @@ async fn the_projects_limit_and_credit_stop_hold_for_sims() {
     assert_eq!(e.at_vendor(1).await["status"], "Enabled");
 
     // The credit runs out: the SIM is disabled (its spec still says enabled).
-    let now = jiff::Timestamp::now().as_second();
-    e.ledger
-        .record(&[quartermaster::ledger::UsageEvent {
-            key: format!("other/{}", e.id),
-            namespace: e.ns.clone(),
-            project: "prepaid".into(),
-            project_uid: uid.clone(),
-            object_kind: "VirtualMachine".into(),
-            object_name: "other".into(),
-            object_uid: "other-uid".into(),
-            meter: quartermaster::ledger::Meter::VmSeconds,
-            quantity: 3600,
-            unit_price: "5".parse().unwrap(),
-            vendor_unit_price: "5".parse().unwrap(),
-            price_quantity: 3600,
-            currency: "USD".into(),
-            window_start: now - 3600,
-            window_end: now,
-            attributes: serde_json::json!({}),
-        }])
-        .await
-        .unwrap();
+    spend(&e, &uid, "5").await;
     let touch = |n: &str| serde_json::json!({"metadata": {"labels": {"touch": n}}});
     projects
         .patch(
@@ -1084,28 +1089,7 @@ async fn no_refusal_stops_a_sims_meter_or_its_credit_stop() {
     );
 
     // The credit runs out: the stalled SimCard's SIM is disabled all the same.
-    let now = jiff::Timestamp::now().as_second();
-    e.ledger
-        .record(&[quartermaster::ledger::UsageEvent {
-            key: format!("other/{}", e.id),
-            namespace: e.ns.clone(),
-            project: "prepaid".into(),
-            project_uid: uid.clone(),
-            object_kind: "VirtualMachine".into(),
-            object_name: "other".into(),
-            object_uid: "other-uid".into(),
-            meter: quartermaster::ledger::Meter::VmSeconds,
-            quantity: 3600,
-            unit_price: "500".parse().unwrap(),
-            vendor_unit_price: "500".parse().unwrap(),
-            price_quantity: 3600,
-            currency: "USD".into(),
-            window_start: now - 3600,
-            window_end: now,
-            attributes: serde_json::json!({}),
-        }])
-        .await
-        .unwrap();
+    spend(&e, &uid, "500").await;
     let touch = serde_json::json!({"metadata": {"labels": {"touch": "1"}}});
     projects
         .patch("prepaid", &PatchParams::default(), &Patch::Merge(touch))
