@@ -985,7 +985,7 @@ async fn out_of_order_and_duplicate_webhooks_end_on_stripes_state() {
     // Every event handled once (each was delivered twice).
     let m = e.metrics.clone();
     common::eventually(WAIT, "each held event handled once", || async {
-        let handled: u64 = quartermaster::webhooks::STRIPE_EVENTS
+        let handled: u64 = quartermaster::cloud::stripe_event::STRIPE_EVENTS
             .iter()
             .map(|t| m.stripe_events.with_label_values(&[t]).get())
             .sum();
@@ -1005,11 +1005,11 @@ async fn out_of_order_and_duplicate_webhooks_end_on_stripes_state() {
     let relevant = events
         .iter()
         .filter(|ev| {
-            quartermaster::webhooks::STRIPE_EVENTS
+            quartermaster::cloud::stripe_event::STRIPE_EVENTS
                 .contains(&ev["type"].as_str().unwrap_or_default())
         })
         .count() as u64;
-    let handled: u64 = quartermaster::webhooks::STRIPE_EVENTS
+    let handled: u64 = quartermaster::cloud::stripe_event::STRIPE_EVENTS
         .iter()
         .map(|t| m.stripe_events.with_label_values(&[t]).get())
         .sum();

@@ -11,6 +11,7 @@ pub mod onence;
 pub mod openai;
 pub mod rest;
 pub mod stripe;
+pub mod stripe_event;
 pub mod stripe_signature;
 pub mod vultr;
 

@@ -689,11 +689,48 @@ mod tests {
 /// Most records 1NCE's Data Streamer sends in one request.
 pub const STREAM_BATCH: usize = 3000;
 
+/// What a Data Streamer record counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Traffic {
+    /// Data, in bytes.
+    Data,
+    /// Text messages, a count.
+    Sms,
+}
+
+/// One usage record of 1NCE's Data Streamer, as 1NCE sent it (what the platform keeps of it is the
+/// webhook server's business).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamedUsage {
+    /// 1NCE's record ID.
+    pub id: String,
+    /// The SIM (19 digits).
+    pub iccid: String,
+    /// The day it started, `YYYY-MM-DD`.
+    pub day: String,
+    /// What it counts.
+    pub traffic: Traffic,
+    /// Bytes (data) or messages (SMS).
+    pub quantity: i64,
+}
+
+/// One SMS 1NCE forwarded from a device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedSms {
+    /// 1NCE's message ID.
+    pub id: String,
+    /// The SIM (19 digits).
+    pub iccid: String,
+    /// When the device submitted it, as 1NCE wrote it.
+    pub submitted: String,
+    /// Its text.
+    pub payload: String,
+}
+
 /// The usage records of one Data Streamer request (a JSON list of up to [`STREAM_BATCH`]): data
 /// (traffic type 5, volume in MB) and SMS (type 6, a count). Records of other types are skipped; a
 /// record without an ID, an ICCID, a start or a readable volume is an error (1NCE will send it again).
-pub fn parse_stream(body: &[u8]) -> Result<Vec<crate::ledger::store::StreamRecord>, String> {
-    use crate::ledger::Meter;
+pub fn parse_stream(body: &[u8]) -> Result<Vec<StreamedUsage>, String> {
     let list: Vec<serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| format!("not a JSON list of usage records: {e}"))?;
     if list.len() > STREAM_BATCH {
@@ -720,23 +757,27 @@ pub fn parse_stream(body: &[u8]) -> Result<Vec<crate::ledger::store::StreamRecor
             .and_then(|s| s.get(..10))
             .ok_or_else(|| bad("no start_timestamp"))?;
         let kind = text(&r["traffic_type"]["id"]).or_else(|| text(&r["traffic_type_id"]));
-        let meter = match kind.as_deref() {
-            Some("5") => Meter::SimDataBytes,
-            Some("6") => Meter::SimSms,
+        let traffic = match kind.as_deref() {
+            Some("5") => Traffic::Data,
+            Some("6") => Traffic::Sms,
             _ => continue,
         };
         let volume = text(&r["volume"]["total"])
             .or_else(|| text(&r["volume_total"]))
             .ok_or_else(|| bad("no volume.total"))?;
-        let unit = if meter == Meter::SimSms { 1 } else { 1_000_000 };
+        let unit = if traffic == Traffic::Sms {
+            1
+        } else {
+            1_000_000
+        };
         let quantity = figure(&serde_json::Value::String(volume), unit, "volume")
             .map_err(|e| bad(&e.to_string()))?
             .unwrap_or(0);
-        out.push(crate::ledger::store::StreamRecord {
-            record_id: format!("1nce/{id}"),
+        out.push(StreamedUsage {
+            id,
             iccid,
             day: start.to_string(),
-            meter,
+            traffic,
             quantity,
         });
     }
@@ -763,7 +804,8 @@ mod stream_tests {
             (r[0].iccid.as_str(), r[0].quantity),
             ("8988280666000000000", 250_001)
         );
-        assert_eq!((r[1].record_id.as_str(), r[1].quantity), ("1nce/77", 1));
+        assert_eq!((r[1].id.as_str(), r[1].quantity), ("77", 1));
+        assert_eq!((r[0].traffic, r[1].traffic), (Traffic::Data, Traffic::Sms));
         assert!(parse_stream(b"{}").is_err());
         let missing = serde_json::json!([{"id": "x", "traffic_type_id": 5}]);
         assert!(
@@ -776,14 +818,13 @@ mod stream_tests {
 
 /// The SMS of one SMS-forwarder request from 1NCE (one message object, or a list of them): its ID, the
 /// SIM (`iccid`, or `sim.iccid`), when it was submitted and its text.
-pub fn parse_forwarded_sms(body: &[u8]) -> Result<Vec<crate::ledger::store::InboundSms>, String> {
+pub fn parse_forwarded_sms(body: &[u8]) -> Result<Vec<ForwardedSms>, String> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not a JSON SMS: {e}"))?;
     let list = match v {
         serde_json::Value::Array(a) => a,
         one => vec![one],
     };
-    let now = jiff::Timestamp::now().as_second();
     list.iter()
         .enumerate()
         .map(|(i, m)| {
@@ -796,10 +837,9 @@ pub fn parse_forwarded_sms(body: &[u8]) -> Result<Vec<crate::ledger::store::Inbo
                 .ok_or_else(|| format!("message {i}: no iccid"))?;
             let iccid = iccid.get(..19).unwrap_or(&iccid).to_string();
             digits(&iccid).map_err(|_| format!("message {i}: the ICCID is not digits"))?;
-            Ok(crate::ledger::store::InboundSms {
-                message_id: format!("1nce/{id}"),
+            Ok(ForwardedSms {
+                id,
                 iccid,
-                received_at: now,
                 submitted: m["submit_date"].as_str().unwrap_or_default().to_string(),
                 payload: m["payload"].as_str().unwrap_or_default().to_string(),
             })

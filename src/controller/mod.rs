@@ -156,8 +156,9 @@ pub struct Context {
     listings: Mutex<HashMap<String, observe::Listing>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
-    stripe_tx: tokio::sync::mpsc::UnboundedSender<crate::webhooks::StripeHint>,
-    stripe_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::webhooks::StripeHint>>>,
+    stripe_tx: tokio::sync::mpsc::UnboundedSender<crate::cloud::stripe_event::StripeHint>,
+    stripe_rx:
+        Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::cloud::stripe_event::StripeHint>>>,
     /// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made.
     secret_writes: Mutex<HashMap<String, String>>,
     /// The latest SIM listing of each 1NCE account.
@@ -256,11 +257,12 @@ impl Context {
 
     /// A Stripe event concerns the Subscription `hint` names: wake it (its reconcile reads Stripe). False
     /// when no controller runs in this process (a standby, or the controllers have not started).
-    pub fn stripe_event(&self, hint: crate::webhooks::StripeHint) -> bool {
+    pub fn stripe_event(&self, hint: crate::cloud::stripe_event::StripeHint) -> bool {
         if self.caches.get().is_none() {
             return false;
         }
-        hint == crate::webhooks::StripeHint::default() || self.stripe_tx.send(hint).is_ok()
+        hint == crate::cloud::stripe_event::StripeHint::default()
+            || self.stripe_tx.send(hint).is_ok()
     }
 
     /// Records that a Stripe event concerns the Subscription of `uid`: its next reconcile reads Stripe,

@@ -385,7 +385,7 @@ pub async fn recent_invoices(
 pub fn concerned(
     all: &kube::runtime::reflector::Store<Subscription>,
     ctx: &Context,
-    h: &crate::webhooks::StripeHint,
+    h: &crate::cloud::stripe_event::StripeHint,
 ) -> Vec<ObjectRef<Subscription>> {
     let found: Vec<Arc<Subscription>> = all
         .state()
