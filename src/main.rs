@@ -660,16 +660,19 @@ async fn sms_list(
             println!("{}", serde_json::to_string_pretty(&messages)?)
         }
         quartermaster::output::Format::Csv => {
-            let quote = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
-            println!("received,submitted,payload");
-            for m in &messages {
-                println!(
-                    "{},{},{}",
-                    m.received_at,
-                    quote(&m.submitted),
-                    quote(&m.payload)
-                );
-            }
+            let mut rows = vec![vec![
+                "received".into(),
+                "submitted".into(),
+                "payload".into(),
+            ]];
+            rows.extend(messages.iter().map(|m| {
+                vec![
+                    m.received_at.to_string(),
+                    m.submitted.clone(),
+                    m.payload.clone(),
+                ]
+            }));
+            print!("{}", quartermaster::output::csv(&rows));
         }
         quartermaster::output::Format::Table => {
             let mut rows = vec![vec![

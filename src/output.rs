@@ -33,20 +33,25 @@ pub fn render(rows: &[UsageRow], format: Format) -> String {
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
         }
         Format::Csv => {
-            let mut out = String::from("key,meter,quantity,amount,currency,cost,margin\n");
-            for r in rows {
-                out.push_str(&format!(
-                    "{},{},{},{},{},{},{}\n",
-                    csv(&r.key),
-                    r.meter,
-                    r.quantity,
+            let mut cells = vec![
+                [
+                    "key", "meter", "quantity", "amount", "currency", "cost", "margin",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            cells.extend(rows.iter().map(|r| {
+                vec![
+                    r.key.clone(),
+                    r.meter.clone(),
+                    r.quantity.to_string(),
                     format_amount(r.amount_nanos),
-                    r.currency,
+                    r.currency.clone(),
                     format_amount(r.cost_nanos),
-                    format_amount(r.amount_nanos - r.cost_nanos)
-                ));
-            }
-            out
+                    format_amount(r.amount_nanos - r.cost_nanos),
+                ]
+            }));
+            csv(&cells)
         }
         Format::Table => {
             let mut cells = vec![
@@ -94,12 +99,19 @@ fn cost_totals(rows: &[UsageRow]) -> std::collections::BTreeMap<String, i64> {
     t
 }
 
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// Rows as CSV (RFC 4180), the one CSV writer of every command: a field holding a comma, a quote or a
+/// line break is quoted, its quotes doubled; lines end with `\n`.
+pub fn csv(rows: &[Vec<String>]) -> String {
+    let field = |s: &String| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.clone()
+        }
+    };
+    rows.iter()
+        .map(|r| r.iter().map(field).collect::<Vec<_>>().join(",") + "\n")
+        .collect()
 }
 
 /// Left-aligned columns separated by three spaces, like kubectl.
@@ -176,5 +188,18 @@ mod tests {
             vec!["wide cell".into(), "x".into()],
         ]);
         assert_eq!(t, "A           LONGER\nwide cell   x\n");
+    }
+
+    #[test]
+    fn csv_quotes_only_what_needs_it() {
+        let rows = vec![
+            vec!["received".to_string(), "payload".into()],
+            vec!["1".into(), "plain".into()],
+            vec!["2".into(), "a,b \"c\"\r\nd".into()],
+        ];
+        assert_eq!(
+            csv(&rows),
+            "received,payload\n1,plain\n2,\"a,b \"\"c\"\"\r\nd\"\n"
+        );
     }
 }
