@@ -164,7 +164,7 @@ enum Command {
     Sms(Sms),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
-    Bench(Bench),
+    Bench(quartermaster::bench::BenchCommand),
     /// Recent Stripe invoices of a Subscription (read from Stripe through its ProviderConfig).
     Invoices {
         /// The Subscription, as NAMESPACE/NAME.
@@ -189,28 +189,6 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// Converge N VirtualMachines on the API server of KUBECONFIG (a throwaway one: see
-    /// `scripts/bench reconcile`), with `quartermaster sim` and the controller started as children.
-    Reconcile(quartermaster::bench::ReconcileBench),
-    /// Claim N SimCards on a simulated 1NCE account, then measure a resync of all of them at 1NCE's
-    /// 10 requests a second (see `scripts/bench simcards`).
-    Simcards(quartermaster::bench::simcards::SimBench),
-    /// Create N Subscriptions on one Stripe account of the simulator, then measure a resync of all of
-    /// them at Stripe's 25 requests a second (see `scripts/bench subscriptions`).
-    Subscriptions(quartermaster::bench::subscriptions::SubscriptionBench),
-    /// The LLM gateway's added latency (p50, p99), CPU per request, highest sustained rate and streaming
-    /// delays, against the simulator's upstream, each proxy its own process (see `scripts/bench gateway`).
-    Gateway(quartermaster::bench::gateway::GatewayBench),
-    /// One proxy of the gateway benchmark, as its own process (started by `bench gateway`).
-    #[command(hide = true)]
-    Proxy(quartermaster::bench::proxies::ProxyArgs),
-    /// Create N TokenBudgets (one API key each), then measure a resync of all of them (see
-    /// `scripts/bench tokenbudgets`).
-    Tokenbudgets(quartermaster::bench::token_budgets::BudgetBench),
 }
 
 #[derive(Subcommand)]
@@ -440,32 +418,18 @@ fn main() -> ExitCode {
         } => block_on("invoice", async move {
             let (ns, name, period, from, to) = project_period(&project, period)?;
             let (l, uid) = cli.db.ledger_for(&ns, &name, project_uid).await?;
-            if finalize {
-                close_month(&l, &ns, &name, &uid, &period, to).await?;
-            }
             let me = ProjectRef {
                 namespace: &ns,
                 name: &name,
                 uid: &uid,
             };
-            let rows = l
-                .usage(&me, from, to, quartermaster::ledger::store::GroupBy::Object)
+            if finalize && quartermaster::ledger::report::close_month(&l, &me, &period, to).await? {
+                eprintln!(
+                    "closed {period} for {ns}/{name}: later usage for it is booked on the next open month"
+                );
+            }
+            let inv = quartermaster::ledger::report::project_invoice(&l, &me, &period, (from, to))
                 .await?;
-            let mut inv = quartermaster::ledger::report::invoice(&ns, &name, &period, &rows);
-            if l.is_closed(&uid, &period).await? {
-                inv["status"] = "final".into();
-            }
-            let revenue = l.payments(&me, from, to).await?;
-            let costs = quartermaster::ledger::report::cost_totals(&rows);
-            inv["revenue"] = quartermaster::ledger::report::revenue(&revenue, &costs);
-            let reported = l.reported_totals(&uid, from, to).await?;
-            if reported.iter().any(|(_, r, _)| *r != 0) {
-                inv["reportedToStripe"] = reported
-                    .iter()
-                    .map(|(m, r, all)| serde_json::json!({"meter": m, "reported": r, "recorded": all}))
-                    .collect();
-            }
-            inv["projectUID"] = uid.into();
             println!("{}", serde_json::to_string_pretty(&inv)?);
             Ok(())
         }),
@@ -473,38 +437,9 @@ fn main() -> ExitCode {
         Command::Sms(Sms::List { simcard, output }) => {
             block_on("sms", sms_list(simcard, output, cli.db))
         }
-        Command::Bench(Bench::Reconcile(b)) => block_on("bench", async move {
+        Command::Bench(b) => block_on("bench", async move {
             let exe = std::env::current_exe()?;
-            quartermaster::bench::reconcile(b, exe)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
-        }),
-        Command::Bench(Bench::Subscriptions(b)) => block_on("bench", async move {
-            let exe = std::env::current_exe()?;
-            quartermaster::bench::subscriptions::subscriptions(b, exe)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
-        }),
-        Command::Bench(Bench::Tokenbudgets(b)) => block_on("bench", async move {
-            let exe = std::env::current_exe()?;
-            quartermaster::bench::token_budgets::token_budgets(b, exe)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
-        }),
-        Command::Bench(Bench::Gateway(b)) => block_on("bench", async move {
-            let exe = std::env::current_exe()?;
-            quartermaster::bench::gateway::run(b, exe)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
-        }),
-        Command::Bench(Bench::Proxy(p)) => block_on("bench", async move {
-            quartermaster::bench::proxies::proxy(p)
-                .await
-                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
-        }),
-        Command::Bench(Bench::Simcards(b)) => block_on("bench", async move {
-            let exe = std::env::current_exe()?;
-            quartermaster::bench::simcards::simcards(b, exe)
+            quartermaster::bench::run(b, exe)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })
         }),
@@ -595,35 +530,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Closes a Project's month for `invoice --finalize`: only a month that has ended (`end`), and only for
-/// a Project the ledger knows by UID.
-async fn close_month(
-    l: &quartermaster::ledger::Ledger,
-    ns: &str,
-    name: &str,
-    uid: &str,
-    period: &str,
-    end: i64,
-) -> Result<(), Box<dyn std::error::Error>> {
-    if uid.is_empty() {
-        return Err(format!(
-            "project {ns}/{name} has only rows from before the ledger knew Project UIDs: run the controller once so the Project claims them, then finalize"
-        )
-        .into());
-    }
-    if jiff::Timestamp::now().as_second() < end {
-        return Err(
-            format!("{period} has not ended yet: only a past month can be finalized").into(),
-        );
-    }
-    if l.close_period(uid, period).await? {
-        eprintln!(
-            "closed {period} for {ns}/{name}: later usage for it is booked on the next open month"
-        );
-    }
-    Ok(())
 }
 
 /// Prints the SMS a SimCard's device sent: only those of its SIM since the SimCard was created (a SIM

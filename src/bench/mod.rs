@@ -68,6 +68,41 @@ pub struct ReconcileBench {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The benchmarks `quartermaster bench` runs (each prints its figures; see BENCHMARKS.md).
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Converge N VirtualMachines on the API server of KUBECONFIG (a throwaway one: see
+    /// `scripts/bench reconcile`), with `quartermaster sim` and the controller started as children.
+    Reconcile(ReconcileBench),
+    /// Claim N SimCards on a simulated 1NCE account, then measure a resync of all of them at 1NCE's
+    /// 10 requests a second (see `scripts/bench simcards`).
+    Simcards(simcards::SimBench),
+    /// Create N Subscriptions on one Stripe account of the simulator, then measure a resync of all of
+    /// them at Stripe's 25 requests a second (see `scripts/bench subscriptions`).
+    Subscriptions(subscriptions::SubscriptionBench),
+    /// The LLM gateway's added latency (p50, p99), CPU per request, highest sustained rate and streaming
+    /// delays, against the simulator's upstream, each proxy its own process (see `scripts/bench gateway`).
+    Gateway(gateway::GatewayBench),
+    /// One proxy of the gateway benchmark, as its own process (started by `bench gateway`).
+    #[command(hide = true)]
+    Proxy(proxies::ProxyArgs),
+    /// Create N TokenBudgets (one API key each), then measure a resync of all of them (see
+    /// `scripts/bench tokenbudgets`).
+    Tokenbudgets(token_budgets::BudgetBench),
+}
+
+/// Runs one benchmark; `exe` is this binary (started again as the controller, the simulator or a proxy).
+pub async fn run(cmd: BenchCommand, exe: PathBuf) -> Result<(), BoxError> {
+    match cmd {
+        BenchCommand::Reconcile(b) => reconcile(b, exe).await,
+        BenchCommand::Simcards(b) => simcards::simcards(b, exe).await,
+        BenchCommand::Subscriptions(b) => subscriptions::subscriptions(b, exe).await,
+        BenchCommand::Gateway(b) => gateway::run(b, exe).await,
+        BenchCommand::Proxy(p) => proxies::proxy(p).await,
+        BenchCommand::Tokenbudgets(b) => token_budgets::token_budgets(b, exe).await,
+    }
+}
+
 /// Wait between the last VM Ready and the quiet period.
 const SETTLE: Duration = Duration::from_secs(5);
 

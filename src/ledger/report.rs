@@ -1,10 +1,62 @@
-//! Usage report arithmetic: totals per currency and draft invoices. Showing rows to a person (tables,
-//! CSV) is the CLI's job, in [`crate::output`].
+//! Usage reports: totals per currency, invoices (draft, then final once the month is closed) and the
+//! month-closing rule. Showing rows to a person (tables, CSV) is [`crate::output`]'s job.
 
 use std::collections::BTreeMap;
 
-use super::format_amount;
-use super::store::UsageRow;
+use super::store::{GroupBy, ProjectRef, UsageRow};
+use super::{Ledger, LedgerError, format_amount};
+
+/// The invoice of Project `me` for `period` (`[from, to)`): line items per meter and object and totals
+/// ([`invoice`]), `status` final once the month is closed, revenue beside vendor cost, what was reported
+/// to Stripe beside what was recorded (when anything was), and the Project's UID.
+pub async fn project_invoice(
+    l: &Ledger,
+    me: &ProjectRef<'_>,
+    period: &str,
+    (from, to): (i64, i64),
+) -> Result<serde_json::Value, LedgerError> {
+    let rows = l.usage(me, from, to, GroupBy::Object).await?;
+    let mut inv = invoice(me.namespace, me.name, period, &rows);
+    if l.is_closed(me.uid, period).await? {
+        inv["status"] = "final".into();
+    }
+    let payments = l.payments(me, from, to).await?;
+    inv["revenue"] = revenue(&payments, &cost_totals(&rows));
+    let reported = l.reported_totals(me.uid, from, to).await?;
+    if reported.iter().any(|(_, r, _)| *r != 0) {
+        inv["reportedToStripe"] = reported
+            .iter()
+            .map(|(m, r, all)| serde_json::json!({"meter": m, "reported": r, "recorded": all}))
+            .collect();
+    }
+    inv["projectUID"] = me.uid.into();
+    Ok(inv)
+}
+
+/// Closes month `period` of Project `me`, which ended at `end`: only a past month, and only for a
+/// Project the ledger knows by UID. `Ok(true)` when this call closed it (later usage for that month is
+/// booked on the next open one).
+pub async fn close_month(
+    l: &Ledger,
+    me: &ProjectRef<'_>,
+    period: &str,
+    end: i64,
+) -> Result<bool, String> {
+    let (ns, name) = (me.namespace, me.name);
+    if me.uid.is_empty() {
+        return Err(format!(
+            "project {ns}/{name} has only rows from before the ledger knew Project UIDs: run the controller once so the Project claims them, then finalize"
+        ));
+    }
+    if jiff::Timestamp::now().as_second() < end {
+        return Err(format!(
+            "{period} has not ended yet: only a past month can be finalized"
+        ));
+    }
+    l.close_period(me.uid, period)
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// Sum per currency.
 pub fn totals(rows: &[UsageRow]) -> BTreeMap<String, i64> {
