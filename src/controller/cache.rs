@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
-use super::members::{MemberIndex, SimIndex};
+use super::project::members::{MemberIndex, SimIndex};
 use crate::crd::{Project, ProviderConfig, SimCard, Subscription, VirtualMachine};
 
 /// Label on every Secret Quartermaster writes (the connection Secrets); their cache watches only those.

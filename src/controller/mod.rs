@@ -5,15 +5,12 @@
 //! finalizers, deletion): status-only writes — including our own — do not trigger a reconcile.
 
 pub mod cache;
-pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod framework;
 pub mod leader;
 pub mod listings;
-pub mod members;
 pub mod names;
-pub mod observe;
 pub mod project;
 pub mod provider_config;
 pub mod sim_card;
@@ -153,7 +150,7 @@ pub struct Context {
     warned: Mutex<HashMap<String, String>>,
     last_seen: Mutex<HashMap<String, i64>>,
     sighted: Mutex<std::collections::HashSet<String>>,
-    listings: Mutex<HashMap<String, observe::Listing>>,
+    listings: Mutex<HashMap<String, virtual_machine::observe::Listing>>,
     rejected_tx: tokio::sync::mpsc::UnboundedSender<String>,
     rejected_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     stripe_tx: tokio::sync::mpsc::UnboundedSender<crate::cloud::stripe_event::StripeHint>,
@@ -322,7 +319,7 @@ impl Context {
     }
 
     /// Keeps the latest listing of ProviderConfig `pc`'s account (and the oldest one's time as a metric).
-    pub fn set_listing(&self, pc: &str, listing: observe::Listing) {
+    pub fn set_listing(&self, pc: &str, listing: virtual_machine::observe::Listing) {
         let mut m = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         m.insert(pc.to_string(), listing);
         if let Some(oldest) = m.values().map(|l| l.at).min() {
@@ -331,7 +328,7 @@ impl Context {
     }
 
     /// The latest listing of ProviderConfig `pc`'s account, if any.
-    pub fn listing(&self, pc: &str) -> Option<observe::Listing> {
+    pub fn listing(&self, pc: &str) -> Option<virtual_machine::observe::Listing> {
         let m = self.listings.lock().unwrap_or_else(|p| p.into_inner());
         m.get(pc).cloned()
     }
@@ -524,7 +521,7 @@ pub async fn run(
         }
         tracing::info!("controller caches synced");
         health.set_synced(true);
-        let observer = observe::run(ctx.clone(), drift_tx).boxed();
+        let observer = virtual_machine::observe::run(ctx.clone(), drift_tx).boxed();
         futures::future::join_all([
             observer,
             health_gauges(ctx.clone(), caches.clone()).boxed(),

@@ -153,7 +153,7 @@ pub fn vm_for_project(vm: &VirtualMachine) -> u64 {
     hash_of((
         vm.spec.project_ref.as_ref().map(|r| &r.name),
         vm.metadata.deletion_timestamp.is_some(),
-        super::members::admitted_to(vm),
+        super::project::members::admitted_to(vm),
         st.and_then(|s| s.phase).map(|p| format!("{p:?}")),
         st.and_then(|s| s.monthly_price.as_ref()),
         st.and_then(|s| s.currency.as_ref()),

@@ -14,6 +14,7 @@ use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
 pub mod entitlement;
+pub mod members;
 pub mod policy;
 
 use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};

@@ -298,7 +298,7 @@ fn missing_user_data(secret_exists: bool, u: &crate::crd::LocalSecretKeyReferenc
 }
 
 /// Reserves the VM's slot in the Project decide admitted it to (re-checking the limit atomically with
-/// every other admission, see [`crate::controller::members`]), before the status naming that Project is
+/// every other admission, see [`crate::controller::project::members`]), before the status naming that Project is
 /// written. `Some(health)` when the slot went to another VM meanwhile.
 fn reserve(
     ctx: &Context,

@@ -26,6 +26,7 @@
 pub mod act;
 pub mod build;
 pub mod decide;
+pub mod observe;
 pub mod read;
 pub mod release;
 

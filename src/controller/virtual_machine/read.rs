@@ -8,10 +8,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::decide::{Lookup, ProjectLookup};
+use super::observe::Listing;
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
 use crate::controller::framework::publish;
-use crate::controller::observe::Listing;
 use crate::controller::project::policy::{self, Occupancy, project_state};
 use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};

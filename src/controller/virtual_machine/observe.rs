@@ -17,9 +17,9 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::Context;
-use super::provider_config::is_compute;
 use crate::cloud::{Server, UID_TAG_PREFIX};
+use crate::controller::Context;
+use crate::controller::provider_config::is_compute;
 use crate::crd::{ProviderConfig, VirtualMachine};
 
 /// What a VM's reconcile depends on of its server: its state and size.

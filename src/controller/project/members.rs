@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use rust_decimal::Decimal;
 
-use super::project::policy::{AdmissionOrder, Occupancy, Refusal, order_of};
+use super::policy::{AdmissionOrder, Occupancy, Refusal, order_of};
 use crate::crd::virtual_machine::CreationIntent;
 use crate::crd::{SimCard, VirtualMachine};
 

@@ -20,7 +20,9 @@ use k8s_openapi::api::core::v1::Secret;
 use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
 use kube::ResourceExt;
 
-use super::{Context, Error, credentials, vendor};
+use super::{Context, Error, vendor};
+
+pub mod credentials;
 use crate::cloud::CloudError;
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
-use super::framework::FIELD_MANAGER;
-use super::{Context, Error};
+use crate::controller::framework::FIELD_MANAGER;
+use crate::controller::{Context, Error};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{
     ANNOTATION_CREATION_INTENT, ANNOTATION_EXTERNAL_ID, ProviderConfig, SimCard, Subscription,
