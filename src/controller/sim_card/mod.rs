@@ -348,10 +348,8 @@ async fn meter(
         c.markup,
     )
     .await
-    .map_err(|e| Error::Waiting {
-        reason: reason::RETRYING,
-        message: format!("recording the SIM's usage: {e}"),
-    })?;
+    // A ledger outage is an outage: Reconciling, retried, counted as `ledger_unavailable`.
+    .map_err(Error::Ledger)?;
     Ok(())
 }
 
@@ -370,10 +368,7 @@ async fn streamed(
     ledger
         .streamed(&c.iccid, &from)
         .await
-        .map_err(|e| Error::Waiting {
-            reason: reason::RETRYING,
-            message: format!("reading streamed usage: {e}"),
-        })
+        .map_err(Error::Ledger)
 }
 
 /// The SimCard's status as the API server holds it now (the cache may lag this controller's writes).

@@ -252,8 +252,5 @@ async fn bill(
     };
     ctx.record_usage(&[event])
         .await
-        .map_err(|e| Error::Waiting {
-            reason: reason::RETRYING,
-            message: format!("recording the top-up: {e}"),
-        })
+        .map_err(Error::Ledger)
 }
