@@ -250,7 +250,5 @@ async fn bill(
             serde_json::json!({"quota": r.quota})
         },
     };
-    ctx.record_usage(&[event])
-        .await
-        .map_err(Error::Ledger)
+    ctx.record_usage(&[event]).await.map_err(Error::Ledger)
 }
