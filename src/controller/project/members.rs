@@ -312,10 +312,38 @@ fn occupancy(
 }
 
 /// SimCard → its Project, and the SimCards seen since a re-list started.
-type SimInner = (
-    HashMap<ObjectRef<SimCard>, Vec<ProjectKey>>,
-    Option<HashSet<ObjectRef<SimCard>>>,
-);
+/// The SimCard index's state: each SimCard's Projects, each Project's SimCards (both ways, so a
+/// Project's members are found without scanning every SimCard), and the objects seen since a re-list
+/// started.
+#[derive(Debug, Default)]
+struct SimInner {
+    of: HashMap<ObjectRef<SimCard>, Vec<ProjectKey>>,
+    members: HashMap<ProjectKey, HashSet<ObjectRef<SimCard>>>,
+    relisting: Option<HashSet<ObjectRef<SimCard>>>,
+}
+
+impl SimInner {
+    /// Sets (or, with none, removes) the Projects of `key`.
+    fn set(&mut self, key: &ObjectRef<SimCard>, projects: Vec<ProjectKey>) {
+        for p in self.of.remove(key).unwrap_or_default() {
+            if let Some(m) = self.members.get_mut(&p) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.members.remove(&p);
+                }
+            }
+        }
+        for p in &projects {
+            self.members
+                .entry(p.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if !projects.is_empty() {
+            self.of.insert(key.clone(), projects);
+        }
+    }
+}
 
 /// The Projects a SimCard belongs to: the one `spec.projectRef` names and the one it is billed to
 /// (`status.project`), which differ while a move is refused; the billed Project's credit stop must
@@ -344,28 +372,26 @@ impl SimIndex {
     /// Applies one watch event.
     pub fn observe(&self, event: &watcher::Event<SimCard>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, relisting) = &mut *g;
-        let mut set = |s: &SimCard| {
-            let key = ObjectRef::from_obj(s);
-            if let Some(seen) = relisting.as_mut() {
-                seen.insert(key.clone());
-            }
-            let projects = sim_projects(s);
-            if projects.is_empty() {
-                map.remove(&key);
-            } else {
-                map.insert(key, projects);
-            }
-        };
         match event {
-            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => set(s),
-            watcher::Event::Delete(s) => {
-                map.remove(&ObjectRef::from_obj(s));
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                let key = ObjectRef::from_obj(s);
+                if let Some(seen) = g.relisting.as_mut() {
+                    seen.insert(key.clone());
+                }
+                g.set(&key, sim_projects(s));
             }
-            watcher::Event::Init => *relisting = Some(HashSet::new()),
+            watcher::Event::Delete(s) => g.set(&ObjectRef::from_obj(s), Vec::new()),
+            watcher::Event::Init => g.relisting = Some(HashSet::new()),
             watcher::Event::InitDone => {
-                if let Some(seen) = relisting.take() {
-                    map.retain(|k, _| seen.contains(k));
+                if let Some(seen) = g.relisting.take() {
+                    let gone: Vec<_> =
+                        g.of.keys()
+                            .filter(|k| !seen.contains(*k))
+                            .cloned()
+                            .collect();
+                    for k in gone {
+                        g.set(&k, Vec::new());
+                    }
                 }
             }
         }
@@ -374,10 +400,10 @@ impl SimIndex {
     /// The SimCards of Project `ns/name`.
     pub fn members(&self, ns: &str, name: &str) -> Vec<ObjectRef<SimCard>> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.iter()
-            .filter(|(_, ps)| ps.iter().any(|(n, p)| n == ns && p == name))
-            .map(|(k, _)| k.clone())
-            .collect()
+        g.members
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -557,5 +583,46 @@ mod tests {
             Occupancy::default()
         );
         assert!(idx.members("ns", "p").is_empty());
+    }
+
+    fn sim(name: &str, points: Option<&str>, billed: Option<&str>) -> SimCard {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+            "metadata": {"name": name, "namespace": "n"},
+            "spec": {"iccid": "8988280666000000000", "providerConfigRef": {"name": "iot"},
+                     "projectRef": points.map(|p| serde_json::json!({"name": p}))},
+            "status": {"project": billed}
+        }))
+        .unwrap()
+    }
+
+    fn names(idx: &SimIndex, project: &str) -> Vec<String> {
+        let mut v: Vec<String> = idx
+            .members("n", project)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn sims_belong_where_they_point_and_where_they_are_billed() {
+        let idx = SimIndex::default();
+        idx.observe(&watcher::Event::Apply(sim("a", Some("p"), Some("p"))));
+        idx.observe(&watcher::Event::Apply(sim("b", Some("q"), Some("p"))));
+        idx.observe(&watcher::Event::Apply(sim("c", None, None)));
+        assert_eq!(names(&idx, "p"), ["a", "b"]);
+        assert_eq!(names(&idx, "q"), ["b"]);
+        // The move is admitted: billed where it points now.
+        idx.observe(&watcher::Event::Apply(sim("b", Some("q"), Some("q"))));
+        assert_eq!(names(&idx, "p"), ["a"]);
+        // A re-list that no longer holds `a` forgets it; a delete forgets `b`.
+        idx.observe(&watcher::Event::Init);
+        idx.observe(&watcher::Event::InitApply(sim("b", Some("q"), Some("q"))));
+        idx.observe(&watcher::Event::InitDone);
+        assert!(names(&idx, "p").is_empty());
+        idx.observe(&watcher::Event::Delete(sim("b", Some("q"), Some("q"))));
+        assert!(names(&idx, "q").is_empty());
     }
 }
