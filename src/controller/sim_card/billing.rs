@@ -82,15 +82,21 @@ fn admit(
             )
         })?;
     if let Some(max) = policy::effective_limits(&p).max_sim_cards {
-        let mut members: Vec<_> = caches
-            .sim_members
-            .members(&ns, &r.name)
-            .iter()
-            .filter_map(|m| caches.sims.get(m))
-            .collect();
-        members.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid()));
-        let rank = members.iter().position(|s| s.uid() == obj.uid());
-        if rank.is_none_or(|i| i >= max as usize) {
+        // Its rank among the Project's SimCards (the oldest first), counted without sorting them.
+        let key = |s: &SimCard| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid());
+        let mine = key(obj);
+        let (mut listed, mut older) = (false, 0usize);
+        for m in caches.sim_members.members(&ns, &r.name) {
+            let Some(s) = caches.sims.get(&m) else {
+                continue;
+            };
+            if s.uid() == obj.uid() {
+                listed = true;
+            } else if key(&s) < mine {
+                older += 1;
+            }
+        }
+        if !listed || older >= max as usize {
             return Err(Error::permanent(
                 reason::LIMIT_EXCEEDED,
                 format!(
