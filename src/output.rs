@@ -3,7 +3,7 @@
 //! the vendor's cost behind it and the margin between them.
 
 use crate::ledger::format_amount;
-use crate::ledger::report::totals;
+use crate::ledger::report::{cost_totals, totals};
 use crate::ledger::store::UsageRow;
 
 /// Output format of a report.
@@ -32,46 +32,9 @@ pub fn render(rows: &[UsageRow], format: Format) -> String {
                 .collect();
             serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
         }
-        Format::Csv => {
-            let mut cells = vec![
-                [
-                    "key", "meter", "quantity", "amount", "currency", "cost", "margin",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            cells.extend(rows.iter().map(|r| {
-                vec![
-                    r.key.clone(),
-                    r.meter.clone(),
-                    r.quantity.to_string(),
-                    format_amount(r.amount_nanos),
-                    r.currency.clone(),
-                    format_amount(r.cost_nanos),
-                    format_amount(r.amount_nanos - r.cost_nanos),
-                ]
-            }));
-            csv(&cells)
-        }
+        Format::Csv => csv(&cells(rows, COLUMNS.map(str::to_lowercase))),
         Format::Table => {
-            let mut cells = vec![
-                [
-                    "KEY", "METER", "QUANTITY", "AMOUNT", "CURRENCY", "COST", "MARGIN",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            cells.extend(rows.iter().map(|r| {
-                vec![
-                    r.key.clone(),
-                    r.meter.clone(),
-                    r.quantity.to_string(),
-                    format_amount(r.amount_nanos),
-                    r.currency.clone(),
-                    format_amount(r.cost_nanos),
-                    format_amount(r.amount_nanos - r.cost_nanos),
-                ]
-            }));
+            let mut cells = cells(rows, COLUMNS.map(String::from));
             let costs = cost_totals(rows);
             for (currency, total) in totals(rows) {
                 let cost = costs.get(&currency).copied().unwrap_or_default();
@@ -90,13 +53,26 @@ pub fn render(rows: &[UsageRow], format: Format) -> String {
     }
 }
 
-/// Vendor cost per currency.
-fn cost_totals(rows: &[UsageRow]) -> std::collections::BTreeMap<String, i64> {
-    let mut t = std::collections::BTreeMap::new();
-    for r in rows {
-        *t.entry(r.currency.clone()).or_insert(0) += r.cost_nanos;
-    }
-    t
+/// The columns of a usage report.
+const COLUMNS: [&str; 7] = [
+    "KEY", "METER", "QUANTITY", "AMOUNT", "CURRENCY", "COST", "MARGIN",
+];
+
+/// A usage report's cells: the `header`, then one line per row.
+fn cells(rows: &[UsageRow], header: [String; 7]) -> Vec<Vec<String>> {
+    let mut cells = vec![header.to_vec()];
+    cells.extend(rows.iter().map(|r| {
+        vec![
+            r.key.clone(),
+            r.meter.clone(),
+            r.quantity.to_string(),
+            format_amount(r.amount_nanos),
+            r.currency.clone(),
+            format_amount(r.cost_nanos),
+            format_amount(r.amount_nanos - r.cost_nanos),
+        ]
+    }));
+    cells
 }
 
 /// Rows as CSV (RFC 4180), the one CSV writer of every command: a field holding a comma, a quote or a

@@ -463,7 +463,10 @@ async fn paused<K: Managed, R: Reconciler<K>>(
     let observed = reconciler.observe(obj.clone(), ctx.clone(), progress).await;
     let (outcome, error) = match observed {
         Ok(o) => (o.unwrap_or_default(), None),
-        Err(e) => (PausedOutcome::default(), Some(e)),
+        Err(e) => {
+            credentials_refused::<K, R>(ctx, &obj, &e);
+            (PausedOutcome::default(), Some(e))
+        }
     };
     let mut desired = outcome
         .health

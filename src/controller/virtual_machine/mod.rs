@@ -59,15 +59,6 @@ fn uid_of(vm: &VirtualMachine) -> Result<String, Error> {
         .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))
 }
 
-/// A vendor refusing the credentials makes the ProviderConfig re-check them now.
-fn note_auth_failure(ctx: &Context, pc: &str, e: &Error) {
-    if let Error::Vendor { source, .. } = e
-        && source.is_auth()
-    {
-        ctx.credentials_rejected(pc);
-    }
-}
-
 /// read → decide → act. After a create, the server is read once more at once: many vendors (and the
 /// simulator without delays) report a new server running within the same second, and then the same
 /// reconcile goes on to Ready (connection Secret, metering) instead of waiting for the next poll, which
@@ -207,16 +198,9 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Outcome, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
-        // read reaches the recorded account only, whatever spec.providerConfigRef says now.
-        let pc = progress
-            .status
-            .provider_config
-            .clone()
-            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
         let mut events = Vec::new();
-        let mut result = converge(&ctx, &vm, &uid, progress, &mut events)
-            .await
-            .inspect_err(|e| note_auth_failure(&ctx, &pc, e));
+        // A refusal of the credentials reaches the ProviderConfig through the framework (`account`).
+        let mut result = converge(&ctx, &vm, &uid, progress, &mut events).await;
         announce(&ctx, &vm, &mut result, events).await;
         result
     }
@@ -238,16 +222,10 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         {
             return Ok(None);
         }
-        let pc = st
-            .provider_config
-            .clone()
-            .unwrap_or_else(|| vm.spec.provider_config_ref.name.clone());
         let mut events = Vec::new();
         let obs = read::read(&ctx, &vm, &uid, &progress.status).await?;
         let d = decide::observe(&inputs(&ctx, &vm, &uid, &obs, &progress.status));
-        let mut result = act::act(&ctx, &vm, &uid, &obs, d, progress, &mut events)
-            .await
-            .inspect_err(|e| note_auth_failure(&ctx, &pc, e));
+        let mut result = act::act(&ctx, &vm, &uid, &obs, d, progress, &mut events).await;
         announce(&ctx, &vm, &mut result, events).await;
         Ok(Some(PausedOutcome {
             health: None,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use super::{SCHEDULED_DELETION_POLL, act, decide, note_auth_failure};
+use super::{SCHEDULED_DELETION_POLL, act, decide};
 use crate::cloud;
 use crate::controller::framework::{Cleanup, publish};
 use crate::controller::{Context, Error, vendor};
@@ -71,8 +71,7 @@ pub async fn release(
     let mut servers = p
         .find_by_tag(&tag)
         .await
-        .map_err(Error::vendor("look up servers by tag"))
-        .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
+        .map_err(Error::vendor("look up servers by tag"))?;
     let recorded = decide::recorded_ids(vm, status);
     for id in &recorded {
         if !servers.iter().any(|s| s.id == *id)
@@ -98,9 +97,7 @@ pub async fn release(
                 ),
             ));
         }
-        orphan(ctx, vm, status, &*p, &owned, &tag)
-            .await
-            .inspect_err(|e| note_auth_failure(ctx, &pc, e))?;
+        orphan(ctx, vm, status, &*p, &owned, &tag).await?;
         return Ok(Cleanup::Done);
     }
     let mut waiting = Vec::new();
