@@ -225,6 +225,28 @@ impl SimEnv {
 }
 
 impl SimEnv {
+    /// Applies Project `name` with `spec` in this environment's namespace; the namespace's Projects.
+    async fn project(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> Api<quartermaster::crd::Project> {
+        let projects: Api<quartermaster::crd::Project> =
+            Api::namespaced(self.client.clone(), &self.ns);
+        let doc = serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
+            "metadata": {"name": name, "labels": {"qm-test": self.id}}, "spec": spec});
+        projects
+            .patch(
+                name,
+                &PatchParams::apply("quartermaster-tests").force(),
+                &Patch::Apply(&doc),
+            )
+            .await
+            .unwrap();
+        projects
+    }
+
     /// What the ledger billed this namespace (no Project) this month for `meter`: (quantity, amount).
     async fn billed(&self, meter: &str) -> (i64, i64) {
         let (from, to) = quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(
@@ -639,18 +661,12 @@ async fn the_projects_limit_and_credit_stop_hold_for_sims() {
         serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
     )
     .await;
-    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
-    projects
-        .patch(
+    let projects = e
+        .project(
             "prepaid",
-            &PatchParams::apply("quartermaster-tests").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-                "metadata": {"name": "prepaid", "labels": {"qm-test": e.id}},
-                "spec": {"onCreditExhausted": "Stop", "limits": {"maxSimCards": 1}}})),
+            serde_json::json!({"onCreditExhausted": "Stop", "limits": {"maxSimCards": 1}}),
         )
-        .await
-        .unwrap();
+        .await;
     let uid = common::project_uid(&e.client, &e.ns, "prepaid").await;
     let grant = |key: &str, nanos| common::grant(key, &e.ns, "prepaid", &uid, nanos);
     assert!(e.ledger.credit(&grant("g1", 1_000_000_000)).await.unwrap());
@@ -1047,18 +1063,9 @@ async fn no_refusal_stops_a_sims_meter_or_its_credit_stop() {
         serde_json::json!([{"namespaces": ["NS"], "ranges": [{"first": iccid(0), "last": iccid(4)}]}]),
     )
     .await;
-    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
-    projects
-        .patch(
-            "prepaid",
-            &PatchParams::apply("quartermaster-tests").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-                "metadata": {"name": "prepaid", "labels": {"qm-test": e.id}},
-                "spec": {"onCreditExhausted": "Stop"}})),
-        )
-        .await
-        .unwrap();
+    let projects = e
+        .project("prepaid", serde_json::json!({"onCreditExhausted": "Stop"}))
+        .await;
     let uid = common::project_uid(&e.client, &e.ns, "prepaid").await;
     assert!(
         e.ledger
@@ -1222,18 +1229,12 @@ async fn no_top_up_is_ordered_with_the_credit_its_own_usage_exhausted() {
         0,
     )
     .await;
-    let projects: Api<quartermaster::crd::Project> = Api::namespaced(e.client.clone(), &e.ns);
-    projects
-        .patch(
+    let projects = e
+        .project(
             "tight",
-            &PatchParams::apply("quartermaster-tests").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "Project",
-                "metadata": {"name": "tight", "labels": {"qm-test": e.id}},
-                "spec": {"currency": "EUR", "onCreditExhausted": "Stop"}})),
+            serde_json::json!({"currency": "EUR", "onCreditExhausted": "Stop"}),
         )
-        .await
-        .unwrap();
+        .await;
     let uid = common::project_uid(&e.client, &e.ns, "tight").await;
     let mut grant = common::grant("g1", &e.ns, "tight", &uid, 50_000_000_000);
     grant.currency = "EUR".into();
