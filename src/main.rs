@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use quartermaster::ledger::store::ProjectRef;
 
-use quartermaster::controller::leader::{LeaderElector, LeaseTimings};
+use quartermaster::controller::runtime::leader::{LeaderElector, LeaseTimings};
 use quartermaster::controller::{self, Context, ControllerConfig};
 use quartermaster::crd;
 use quartermaster::metrics::Metrics;
@@ -322,15 +322,19 @@ struct RunArgs {
     /// (ProviderConfigs, Projects) must match it too.
     #[arg(long, env = "QM_LABEL_SELECTOR")]
     label_selector: Option<String>,
-    /// VirtualMachine reconciles that run at once.
-    #[arg(long, default_value_t = 128, env = "QM_VM_CONCURRENCY")]
-    vm_concurrency: u16,
-    /// Project reconciles that run at once.
-    #[arg(long, default_value_t = 4, env = "QM_PROJECT_CONCURRENCY")]
-    project_concurrency: u16,
-    /// ProviderConfig reconciles that run at once.
-    #[arg(long, default_value_t = 4, env = "QM_PROVIDER_CONFIG_CONCURRENCY")]
-    provider_config_concurrency: u16,
+    /// VirtualMachine reconciles that run at once (default 128; same as `--concurrency VirtualMachine=N`).
+    #[arg(long, env = "QM_VM_CONCURRENCY")]
+    vm_concurrency: Option<u16>,
+    /// Project reconciles that run at once (default 4; same as `--concurrency Project=N`).
+    #[arg(long, env = "QM_PROJECT_CONCURRENCY")]
+    project_concurrency: Option<u16>,
+    /// ProviderConfig reconciles that run at once (default 4; same as `--concurrency ProviderConfig=N`).
+    #[arg(long, env = "QM_PROVIDER_CONFIG_CONCURRENCY")]
+    provider_config_concurrency: Option<u16>,
+    /// Reconciles of one kind that run at once, as `Kind=N` (repeatable; 0: unbounded). Each kind has
+    /// its own default: VirtualMachine 128, SimCard and Subscription 16, TokenBudget 8, the others 4.
+    #[arg(long = "concurrency", value_name = "KIND=N", value_parser = parse_concurrency)]
+    concurrency: Vec<(String, u16)>,
     /// Client-side limit on Kubernetes API requests per second (0: none), so a large fleet cannot starve
     /// kubectl and other controllers.
     #[arg(long, default_value_t = 2000, env = "QM_KUBE_QPS")]
@@ -717,6 +721,44 @@ async fn credits(c: Credits, db: DbArgs) -> Result<(), Box<dyn std::error::Error
 }
 
 /// The controllers' shared context: the ledger (migrated unless `--no-migrate`) and the settings.
+/// `Kind=N`, for `--concurrency`.
+fn parse_concurrency(s: &str) -> Result<(String, u16), String> {
+    let (kind, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KIND=N"))?;
+    let n = n
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number of reconciles (0-65535)"))?;
+    let kinds: Vec<&str> = controller::KINDS.iter().map(|k| k.kind).collect();
+    if !kinds.contains(&kind) {
+        return Err(format!(
+            "{kind:?} is not a kind; one of {}",
+            kinds.join(", ")
+        ));
+    }
+    Ok((kind.to_string(), n))
+}
+
+/// The per-kind concurrency the flags set.
+fn concurrency(args: &RunArgs) -> controller::Concurrency {
+    let named = [
+        ("VirtualMachine", args.vm_concurrency),
+        ("Project", args.project_concurrency),
+        ("ProviderConfig", args.provider_config_concurrency),
+    ];
+    let mut c = controller::Concurrency::default();
+    for (kind, n) in named
+        .into_iter()
+        .filter_map(|(k, n)| Some((k.to_string(), n?)))
+    {
+        c = c.set(&kind, n);
+    }
+    for (kind, n) in &args.concurrency {
+        c = c.set(kind, *n);
+    }
+    c
+}
+
 async fn controller_context(
     args: &RunArgs,
     db: DbArgs,
@@ -745,11 +787,7 @@ async fn controller_context(
                 budget_status_interval: Duration::from_secs(
                     args.budget_status_interval_secs.max(1),
                 ),
-                concurrency: controller::Concurrency {
-                    provider_config: args.provider_config_concurrency,
-                    project: args.project_concurrency,
-                    virtual_machine: args.vm_concurrency,
-                },
+                concurrency: concurrency(args),
                 ..Default::default()
             },
             Some(identity.to_string()),
@@ -801,7 +839,7 @@ async fn webhooks(
                 secrets,
                 args.stripe_webhook_tolerance_secs,
                 ctx.metrics.clone(),
-                Box::new(move |hint| waker.stripe_event(hint)),
+                Box::new(move |hint| controller::subscription::stripe_event(&waker, hint)),
             )))
         }
     };

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub budget_ledger_reads: prometheus::IntCounter,
     /// Status writes actually sent (skipped writes are not counted), by kind.
     pub status_writes: IntCounterVec,
+    /// Reconciles that started from a watch cache older than this process's own last status write, and
+    /// started from that write instead, by kind.
+    pub stale_cache_starts: IntCounterVec,
     /// 1 while this process holds the leader lease.
     pub leader: IntGauge,
     /// Objects whose `Stalled` condition is True (the user must act), by kind; counted from the watch
@@ -183,6 +186,14 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let stale_cache_starts = IntCounterVec::new(
+            Opts::new(
+                "quartermaster_stale_cache_starts_total",
+                "Reconciles whose watch cache was older than the controller's own last status write (they start from that write).",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         let stalled = prometheus::IntGaugeVec::new(
             Opts::new(
                 "quartermaster_objects_stalled",
@@ -257,6 +268,7 @@ impl Metrics {
             Box::new(stripe_usage_unconfirmed.clone()),
             Box::new(budget_ledger_reads.clone()),
             Box::new(status_writes.clone()),
+            Box::new(stale_cache_starts.clone()),
             Box::new(leader.clone()),
             Box::new(stalled.clone()),
             Box::new(unreachable.clone()),
@@ -281,6 +293,7 @@ impl Metrics {
             stripe_usage_unconfirmed,
             budget_ledger_reads,
             status_writes,
+            stale_cache_starts,
             leader,
             stalled,
             unreachable,

@@ -118,7 +118,9 @@ impl StripeEnv {
                     vec![SECRET.as_bytes().to_vec()],
                     300,
                     ctx.metrics.clone(),
-                    Box::new(move |h| waker.stripe_event(h)),
+                    Box::new(move |h| {
+                        quartermaster::controller::subscription::stripe_event(&waker, h)
+                    }),
                 );
                 let router = quartermaster::webhooks::router(None, Some(Arc::new(hook)));
                 tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });

@@ -103,7 +103,7 @@ async fn env(project_spec: Value) -> Env {
                 vec![HOOK_SECRET.as_bytes().to_vec()],
                 300,
                 ctx.metrics.clone(),
-                Box::new(move |h| waker.stripe_event(h)),
+                Box::new(move |h| quartermaster::controller::subscription::stripe_event(&waker, h)),
             );
             let router = quartermaster::webhooks::router(None, Some(std::sync::Arc::new(hook)));
             tokio::spawn(async move { axum::serve(hooks, router).await.unwrap() });

@@ -797,7 +797,7 @@ pub(crate) async fn wait_all_ready<K>(
     timeout: Duration,
 ) -> Result<Duration, BoxError>
 where
-    K: crate::controller::framework::Managed,
+    K: crate::controller::runtime::framework::Managed,
 {
     use crate::crd::ObjectStatus;
     let started = std::time::Instant::now();

@@ -99,7 +99,7 @@ async fn resolve_for(
 ) -> Result<Resolved, Error> {
     let Some(pc) = ctx
         .caches()?
-        .provider_configs
+        .store::<crate::crd::ProviderConfig>()?
         .get(&kube::runtime::reflector::ObjectRef::new(name))
     else {
         return Err(Error::permanent(

@@ -70,7 +70,7 @@ fn plan_limits(ctx: &Context, sub: &Subscription) -> Result<Option<ProjectLimits
     };
     let pc = ctx
         .caches()?
-        .provider_configs
+        .store::<crate::crd::ProviderConfig>()?
         .get(&ObjectRef::new(&sub.spec.provider_config_ref.name));
     let entitlements = pc
         .as_deref()
@@ -102,7 +102,7 @@ pub fn of(ctx: &Context, p: &Project) -> Result<Option<Entitlement>, Error> {
     let ns = p.namespace().unwrap_or_default();
     let sub = ctx
         .caches()?
-        .subscriptions
+        .store::<crate::crd::Subscription>()?
         .get(&ObjectRef::new(&r.name).within(&ns));
     let now = jiff::Timestamp::now().as_second();
     let (mut e, until) = evaluate(&r.name, sub.as_deref(), p.spec.past_due_grace_seconds, now);

@@ -203,6 +203,7 @@ impl Inner {
 }
 
 /// The membership index of VirtualMachines (see the module docs).
+/// A [`KindState`](crate::controller::runtime::state::KindState): fed by the VirtualMachine watch.
 #[derive(Debug, Default)]
 pub struct MemberIndex {
     inner: Mutex<Inner>,
@@ -363,6 +364,7 @@ fn sim_projects(s: &SimCard) -> Vec<ProjectKey> {
 
 /// Which SimCards belong to which Project (`spec.projectRef`, and `status.project` while a move is
 /// refused), from the SimCard watch.
+/// A [`KindState`](crate::controller::runtime::state::KindState): fed by the SimCard watch.
 #[derive(Debug, Default)]
 pub struct SimIndex {
     inner: Mutex<SimInner>,
@@ -406,6 +408,9 @@ impl SimIndex {
             .unwrap_or_default()
     }
 }
+
+impl crate::controller::runtime::state::KindState for MemberIndex {}
+impl crate::controller::runtime::state::KindState for SimIndex {}
 
 #[cfg(test)]
 mod tests {

@@ -16,8 +16,18 @@ use rust_decimal::Decimal;
 pub mod entitlement;
 pub mod members;
 pub mod policy;
+pub mod wake;
+mod wire;
 
-use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};
+pub use wire::wire;
+
+/// The Project kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<Project>(wire);
+
+crate::controller::runtime::framework::managed_namespaced!(Project, ProjectStatus);
+
+use super::runtime::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler};
 use super::{Context, Error};
 use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
@@ -46,18 +56,22 @@ pub fn members(ctx: &Context, project: &Project) -> Result<Members, Error> {
     let ns = project.namespace().unwrap_or_default();
     let name = project.name_any();
     let caches = ctx.caches()?;
+    let (vms, sims) = (
+        caches.store::<VirtualMachine>()?,
+        caches.store::<SimCard>()?,
+    );
     Ok(Members {
-        vms: caches
-            .members
+        vms: ctx
+            .state::<members::MemberIndex>()
             .members(&ns, &name)
             .iter()
-            .filter_map(|r| caches.vms.get(r))
+            .filter_map(|r| vms.get(r))
             .collect(),
-        sims: caches
-            .sim_members
+        sims: ctx
+            .state::<members::SimIndex>()
             .members(&ns, &name)
             .iter()
-            .filter_map(|r| caches.sims.get(r))
+            .filter_map(|r| sims.get(r))
             .collect(),
     })
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::controller::framework::FIELD_MANAGER;
+use crate::controller::runtime::framework::FIELD_MANAGER;
 use crate::controller::{Context, Error};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{
@@ -66,7 +66,7 @@ pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
         format!("{kind} {}/{n}", ns.unwrap_or_default())
     };
     let mut names: Vec<String> = caches
-        .vms
+        .store::<crate::crd::VirtualMachine>()?
         .state()
         .iter()
         .filter(|vm| needs(vm, pc))
@@ -74,7 +74,7 @@ pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
         .collect();
     names.extend(
         caches
-            .sims
+            .store::<crate::crd::SimCard>()?
             .state()
             .iter()
             .filter(|s| sim_needs(s, pc))
@@ -82,7 +82,7 @@ pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
     );
     names.extend(
         caches
-            .subscriptions
+            .store::<crate::crd::Subscription>()?
             .state()
             .iter()
             .filter(|s| subscription_needs(s, pc))
@@ -95,7 +95,7 @@ pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
 /// The objects that need any ProviderConfig naming Secret `r` (itself included) to meter and clean up.
 fn secret_users(ctx: &Context, r: &SecretKeyReference) -> Result<Vec<String>, Error> {
     let mut all = Vec::new();
-    for pc in ctx.caches()?.provider_configs.state() {
+    for pc in ctx.caches()?.store::<crate::crd::ProviderConfig>()?.state() {
         let s = &pc.spec.credentials_secret_ref;
         if s.namespace == r.namespace && s.name == r.name {
             all.extend(users(ctx, &pc.name_any())?);
@@ -141,13 +141,18 @@ pub async fn release_named(ctx: &Context, pc: &ProviderConfig, secret: &str) -> 
     let Some((namespace, name)) = secret.split_once('/') else {
         return Ok(());
     };
-    let shared = ctx.caches()?.provider_configs.state().iter().any(|other| {
-        let s = &other.spec.credentials_secret_ref;
-        other.name_any() != pc.name_any()
-            && other.meta().deletion_timestamp.is_none()
-            && s.namespace == namespace
-            && s.name == name
-    });
+    let shared = ctx
+        .caches()?
+        .store::<crate::crd::ProviderConfig>()?
+        .state()
+        .iter()
+        .any(|other| {
+            let s = &other.spec.credentials_secret_ref;
+            other.name_any() != pc.name_any()
+                && other.meta().deletion_timestamp.is_none()
+                && s.namespace == namespace
+                && s.name == name
+        });
     if shared {
         return Ok(());
     }
@@ -194,7 +199,7 @@ async fn set_finalizer(ctx: &Context, secret: &Secret, present: bool) -> Result<
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Ok(written) => {
             if let Some(rv) = written.resource_version() {
-                ctx.wrote_secret(
+                ctx.state::<SecretWrites>().wrote(
                     format!(
                         "{}/{}",
                         written.namespace().unwrap_or_default(),
@@ -208,6 +213,34 @@ async fn set_finalizer(ctx: &Context, secret: &Secret, present: bool) -> Result<
         Err(e) => Err(Error::kube("changing the credentials secret's finalizer")(
             e,
         )),
+    }
+}
+
+/// The credentials Secrets' own finalizer writes: `namespace/name` → the resourceVersion they made (a
+/// [`KindState`](crate::controller::runtime::state::KindState) of the ProviderConfig kind).
+#[derive(Default)]
+pub struct SecretWrites(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl crate::controller::runtime::state::KindState for SecretWrites {}
+
+impl SecretWrites {
+    /// Remembers that this controller's own write made `resource_version` of Secret `key`
+    /// (`namespace/name`), so the watch event it causes wakes nothing.
+    pub fn wrote(&self, key: String, resource_version: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, resource_version);
+    }
+
+    /// Whether this version of Secret `key` is this controller's own write (forgotten once seen).
+    pub fn own(&self, key: &str, resource_version: Option<&str>) -> bool {
+        let mut writes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let own = writes.get(key).map(String::as_str) == resource_version;
+        if own || resource_version.is_some() {
+            writes.remove(key);
+        }
+        own
     }
 }
 

@@ -17,16 +17,43 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler, now};
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, now};
 use kube::ResourceExt;
 
 use super::{Context, Error, vendor};
 
 pub mod credentials;
+mod wire;
+
+pub use wire::wire;
+
+/// The ProviderConfig kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<ProviderConfig>(wire);
+
+crate::controller::runtime::framework::managed_cluster!(ProviderConfig, ProviderConfigStatus);
 use crate::cloud::CloudError;
 use crate::crd::conditions::{Health, reason};
 use crate::crd::provider_config::SecretKeyReference;
 use crate::crd::{ProviderConfig, ProviderConfigStatus, ProviderType};
+
+/// What a ProviderConfig's users depend on: its spec, its deletion, and whether the vendor refuses its
+/// credentials.
+pub fn provider_config_for_users(pc: &ProviderConfig) -> u64 {
+    let refused = pc.status.as_ref().is_some_and(|s| {
+        crate::crd::conditions::find(&s.conditions, crate::crd::conditions::STALLED).is_some_and(
+            |c| {
+                c.status == crate::crd::conditions::ConditionStatus::True
+                    && c.reason == reason::INVALID_CREDENTIALS
+            },
+        )
+    });
+    crate::controller::runtime::wake::hash_of((
+        pc.metadata.generation,
+        pc.metadata.deletion_timestamp.is_some(),
+        refused,
+    ))
+}
 
 /// Whether the type is a compute vendor (with a client that can verify credentials).
 pub fn is_compute(t: ProviderType) -> bool {

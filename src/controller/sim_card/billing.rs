@@ -55,7 +55,7 @@ fn billed(
     let ns = obj.namespace().unwrap_or_default();
     let p = ctx
         .caches()?
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&ObjectRef::new(name).within(&ns));
     Ok(p.filter(|p| status.project_uid.is_none() || p.uid() == status.project_uid))
 }
@@ -73,7 +73,7 @@ fn admit(
     let ns = obj.namespace().unwrap_or_default();
     let caches = ctx.caches()?;
     let p = caches
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&ObjectRef::new(&r.name).within(&ns))
         .ok_or_else(|| {
             Error::permanent(
@@ -86,8 +86,11 @@ fn admit(
         let key = |s: &SimCard| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.uid());
         let mine = key(obj);
         let (mut listed, mut older) = (false, 0usize);
-        for m in caches.sim_members.members(&ns, &r.name) {
-            let Some(s) = caches.sims.get(&m) else {
+        for m in ctx
+            .state::<crate::controller::project::members::SimIndex>()
+            .members(&ns, &r.name)
+        {
+            let Some(s) = caches.store::<crate::crd::SimCard>()?.get(&m) else {
                 continue;
             };
             if s.uid() == obj.uid() {

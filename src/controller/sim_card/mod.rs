@@ -18,6 +18,15 @@ pub mod claim;
 mod order;
 pub mod top_up;
 pub mod usage;
+mod wire;
+
+pub use wire::wire;
+
+/// The SimCard kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<SimCard>(wire);
+
+crate::controller::runtime::framework::managed_namespaced!(SimCard, SimCardStatus);
 
 use order::top_ups;
 
@@ -27,7 +36,9 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish};
+use super::runtime::framework::{
+    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish,
+};
 use super::{Context, Error, vendor};
 use crate::cloud::onence::{Change, OneNce, Quota, Sim, SimChange};
 use crate::crd::conditions::{Health, event, reason};
@@ -106,7 +117,7 @@ async fn claim(obj: &SimCard, ctx: &Context) -> Result<Claim, Error> {
             ),
         ))));
     }
-    let all = ctx.caches()?.sims.state();
+    let all = ctx.caches()?.store::<SimCard>()?.state();
     if let Some(w) = claim::winner(&all, &resolved.config, &iccid).filter(|w| w.uid() != obj.uid())
     {
         return Ok(Claim::Refused(
@@ -186,7 +197,7 @@ async fn observe(
     } else {
         let max_age = ctx.config.resync_interval / 2;
         let listing = ctx
-            .sim_listings
+            .state::<crate::controller::runtime::listings::Listings<Sim>>()
             .get(&c.pc, c.fingerprint, max_age, || async {
                 Ok(c.client
                     .list_sims()

@@ -7,7 +7,7 @@ use kube::{Api, ResourceExt};
 use super::top_up::{self, TopUp};
 use super::{Claimed, Observed, subject};
 use crate::cloud::onence::Quota;
-use crate::controller::framework::{Progress, now, persist, publish};
+use crate::controller::runtime::framework::{Progress, now, persist, publish};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::sim_card::{QuotaPolicy, TopUpRecord};

@@ -4,7 +4,7 @@
 
 use kube::ResourceExt;
 
-use super::super::framework::{Progress, persist};
+use super::super::runtime::framework::{Progress, persist};
 use super::super::{Context, Error, vendor};
 use crate::cloud::stripe::{Customer, Stripe};
 use crate::crd::conditions::reason;
@@ -137,7 +137,7 @@ fn claimed_by_older(obj: &Subscription, ctx: &Context, id: &str) -> Result<Optio
     let mine = key(obj);
     let others: Vec<_> = ctx
         .caches()?
-        .subscriptions
+        .store::<crate::crd::Subscription>()?
         .state()
         .into_iter()
         .filter(|s| s.uid() != obj.uid())

@@ -26,6 +26,8 @@ pub struct Windows {
     invoices: Mutex<HashMap<String, VecDeque<i64>>>,
 }
 
+impl crate::controller::runtime::state::KindState for Windows {}
+
 fn admit(
     m: &Mutex<HashMap<String, VecDeque<i64>>>,
     key: &str,

@@ -21,7 +21,18 @@ pub mod customer;
 pub mod limits;
 pub mod plan;
 pub mod revenue;
+pub mod stripe_events;
 pub mod usage;
+mod wire;
+
+pub use stripe_events::stripe_event;
+pub use wire::wire;
+
+/// The Subscription kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<Subscription>(wire);
+
+crate::controller::runtime::framework::managed_namespaced!(Subscription, SubscriptionStatus);
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +40,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler, persist};
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, persist};
 use super::{Context, Error, vendor};
 use crate::cloud::stripe::{Stripe, Subscription as StripeSub};
 use crate::crd::conditions::{Health, reason};
@@ -117,13 +128,14 @@ async fn listed(
     progress: &Progress<SubscriptionStatus>,
 ) -> Result<Option<StripeSub>, Error> {
     let uid = obj.uid().unwrap_or_default();
-    let woken = ctx.take_stripe_event(&uid);
+    let reads = ctx.state::<stripe_events::StripeReads>();
+    let woken = reads.take_event(&uid);
     if woken || progress.status.observed_generation != obj.metadata.generation {
-        ctx.read_stripe_directly(&uid, jiff::Timestamp::now().as_second());
+        reads.read_directly(&uid, jiff::Timestamp::now().as_second());
         return Ok(None);
     }
     let listing = ctx
-        .stripe_listings
+        .state::<crate::controller::runtime::listings::Listings<StripeSub>>()
         .get(
             &r.config.name_any(),
             r.fingerprint,
@@ -141,11 +153,8 @@ async fn listed(
         .map_err(Error::vendor("list the account's subscriptions"))?;
     // A listing taken before this object's last direct read (a webhook woke it) is older than what
     // status already shows: read Stripe again rather than write an older state back.
-    if ctx
-        .stripe_read_at(&uid)
-        .is_some_and(|read| listing.at <= read)
-    {
-        ctx.read_stripe_directly(&uid, jiff::Timestamp::now().as_second());
+    if reads.read_at(&uid).is_some_and(|read| listing.at <= read) {
+        reads.read_directly(&uid, jiff::Timestamp::now().as_second());
         return Ok(None);
     }
     Ok(listing.items.get(id).cloned())
@@ -175,7 +184,7 @@ async fn converge(
             limits::Change::Update
         };
         let now = jiff::Timestamp::now().as_second();
-        if let Err(at) = ctx.stripe_windows.admit(&sub.id, change, now) {
+        if let Err(at) = ctx.state::<limits::Windows>().admit(&sub.id, change, now) {
             return Err(Error::Waiting {
                 reason: reason::RATE_LIMITED,
                 message: format!(
@@ -186,7 +195,7 @@ async fn converge(
                 ),
             });
         }
-        ctx.stripe_windows.note(&sub.id, change, now);
+        ctx.state::<limits::Windows>().note(&sub.id, change, now);
         sub = client
             .update_item(
                 &uid,
@@ -241,7 +250,7 @@ fn observe(st: &mut SubscriptionStatus, sub: &StripeSub) {
     };
     if sub.status == "past_due" {
         if st.past_due_since.is_none() {
-            st.past_due_since = Some(super::framework::now());
+            st.past_due_since = Some(super::runtime::framework::now());
         }
     } else {
         st.past_due_since = None;
@@ -296,7 +305,7 @@ async fn credit_paid(
     let ns = obj.namespace().unwrap_or_default();
     let Some(project) = ctx
         .caches()?
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&ObjectRef::<Project>::new(&p.name).within(&ns))
     else {
         return Ok(());
@@ -378,31 +387,6 @@ pub async fn recent_invoices(
     let r = vendor::account_for_reading(ctx, pc).await?;
     let client = ctx.providers.stripe(ctx, &r).await?;
     Ok(client.invoices(&id, limit).await?)
-}
-
-/// The Subscriptions a Stripe event concerns: by the UID in the Stripe object's metadata, else by the
-/// subscription or customer ID they recorded.
-pub fn concerned(
-    all: &kube::runtime::reflector::Store<Subscription>,
-    ctx: &Context,
-    h: &crate::cloud::stripe_event::StripeHint,
-) -> Vec<ObjectRef<Subscription>> {
-    let found: Vec<Arc<Subscription>> = all
-        .state()
-        .into_iter()
-        .filter(|s| {
-            let st = s.status.as_ref();
-            (h.uid.is_some() && s.uid() == h.uid)
-                || (h.subscription.is_some()
-                    && st.and_then(|st| st.subscription_id.as_ref()) == h.subscription.as_ref())
-                || (h.customer.is_some()
-                    && st.and_then(|st| st.customer_id.as_ref()) == h.customer.as_ref())
-        })
-        .collect();
-    for s in &found {
-        ctx.stripe_event_for(&s.uid().unwrap_or_default());
-    }
-    found.iter().map(|s| ObjectRef::from_obj(&**s)).collect()
 }
 
 impl Reconciler<Subscription> for SubscriptionReconciler {
@@ -502,7 +486,7 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
             None => {
                 customer::remove_unused(&obj, &client, Some(&customer), held).await?;
                 if let Some(id) = &progress.status.subscription_id {
-                    ctx.stripe_windows.forget(id);
+                    ctx.state::<limits::Windows>().forget(id);
                 }
                 Ok(Cleanup::Done)
             }

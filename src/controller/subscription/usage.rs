@@ -69,7 +69,7 @@ pub async fn report(
     let ns = obj.namespace().unwrap_or_default();
     let Some(project) = ctx
         .caches()?
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&ObjectRef::<Project>::new(&p.name).within(&ns))
     else {
         return Ok(done);

@@ -25,6 +25,8 @@ pub struct Activity {
     querying: tokio::sync::Mutex<()>,
 }
 
+impl crate::controller::runtime::state::KindState for Activity {}
+
 impl Activity {
     /// Whether budget `uid` must read the ledger at `now`: never refreshed by this process, or active
     /// since its last refresh. The activity is read at most every `every` seconds, for all budgets.

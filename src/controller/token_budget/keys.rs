@@ -11,7 +11,7 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
-use super::super::names::{MAX_OBJECT_NAME, fit};
+use super::super::runtime::names::{MAX_OBJECT_NAME, fit};
 use super::super::{Context, Error};
 use crate::budget::keys;
 use crate::crd::TokenBudget;
@@ -43,7 +43,9 @@ pub async fn ensure(
 ) -> Result<Vec<ApiKeyStatus>, Error> {
     let ns = b.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let cache = &ctx.caches()?.connection_secrets;
+    let cache = &ctx
+        .caches()?
+        .store::<k8s_openapi::api::core::v1::Secret>()?;
     let mut out = Vec::new();
     for spec in &b.spec.api_keys {
         let name = secret_name(&b.name_any(), &spec.name);

@@ -9,6 +9,15 @@
 
 pub mod activity;
 pub mod keys;
+mod wire;
+
+pub use wire::wire;
+
+/// The TokenBudget kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<TokenBudget>(wire);
+
+crate::controller::runtime::framework::managed_namespaced!(TokenBudget, TokenBudgetStatus);
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +26,8 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler, publish};
 use super::project::policy;
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, publish};
 use super::vendor::namespace_allowed;
 use super::{Context, Error};
 use crate::budget::period::{self, Window};
@@ -61,7 +70,7 @@ fn period_and_allocation(ctx: &Context, b: &TokenBudget, now: i64) -> Result<(Wi
     };
     let caches = ctx.caches()?;
     let Some(sub) = caches
-        .subscriptions
+        .store::<crate::crd::Subscription>()?
         .get(&ObjectRef::new(&r.name).within(&ns))
     else {
         return Err(Error::Waiting {
@@ -88,7 +97,7 @@ fn period_and_allocation(ctx: &Context, b: &TokenBudget, now: i64) -> Result<(Wi
     }
     let plan = st.plan.as_deref().unwrap_or_default();
     let tokens = caches
-        .provider_configs
+        .store::<crate::crd::ProviderConfig>()?
         .get(&ObjectRef::new(&sub.spec.provider_config_ref.name))
         .and_then(|pc| pc.spec.plans.iter().find(|p| p.name == plan).cloned())
         .and_then(|p| p.entitlements)
@@ -112,7 +121,10 @@ fn check_upstreams(ctx: &Context, b: &TokenBudget) -> Result<(), Error> {
         .chain(&b.spec.fallback_provider_config_refs)
         .map(|r| r.name.as_str());
     for name in names {
-        let Some(pc) = caches.provider_configs.get(&ObjectRef::new(name)) else {
+        let Some(pc) = caches
+            .store::<crate::crd::ProviderConfig>()?
+            .get(&ObjectRef::new(name))
+        else {
             return Err(Error::permanent(
                 reason::PROVIDER_CONFIG_NOT_FOUND,
                 format!("ProviderConfig {name:?} not found"),
@@ -164,7 +176,7 @@ fn project_terms(
     let ns = b.namespace().unwrap_or_default();
     let Some(p) = ctx
         .caches()?
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&ObjectRef::new(&r.name).within(&ns))
     else {
         return Err(Error::permanent(
@@ -199,7 +211,7 @@ fn plan_entitlements(
     let caches = ctx.caches()?;
     let ns = p.namespace().unwrap_or_default();
     let Some(sub) = caches
-        .subscriptions
+        .store::<crate::crd::Subscription>()?
         .get(&ObjectRef::new(&r.name).within(&ns))
     else {
         return Ok(None);
@@ -208,7 +220,7 @@ fn plan_entitlements(
         return Ok(None);
     };
     Ok(caches
-        .provider_configs
+        .store::<crate::crd::ProviderConfig>()?
         .get(&ObjectRef::new(&sub.spec.provider_config_ref.name))
         .and_then(|pc| pc.spec.plans.iter().find(|x| x.name == plan).cloned())
         .and_then(|x| x.entitlements))
@@ -246,7 +258,7 @@ fn set_condition(
     message: String,
     generation: Option<i64>,
 ) {
-    let now = super::framework::now();
+    let now = super::runtime::framework::now();
     let old = conds.iter().position(|c| c.type_ == type_);
     let last = old
         .map(|i| &conds[i])
@@ -329,7 +341,7 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
             Some(l) => {
                 !settled
                     || ctx
-                        .budget_activity
+                        .state::<activity::Activity>()
                         .needs_refresh(l, &uid, now, every)
                         .await?
             }
@@ -345,7 +357,7 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
         let share = if read {
             let share = usage(&ctx, &obj, w, allocation, st).await?;
             ctx.metrics.budget_ledger_reads.inc();
-            ctx.budget_activity.refreshed(&uid, now);
+            ctx.state::<activity::Activity>().refreshed(&uid, now);
             share
         } else {
             st.consumed
@@ -428,7 +440,8 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
         ctx: Arc<Context>,
         _progress: &mut Progress<TokenBudgetStatus>,
     ) -> Result<Cleanup, Error> {
-        ctx.budget_activity.forget(&obj.uid().unwrap_or_default());
+        ctx.state::<activity::Activity>()
+            .forget(&obj.uid().unwrap_or_default());
         // The key Secrets are owned by the budget (garbage-collected with it); the gateway forgets its
         // keys when it is deleted; its usage stays in the ledger.
         Ok(Cleanup::Done)

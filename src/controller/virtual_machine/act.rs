@@ -22,8 +22,8 @@ use super::build;
 use super::decide::{Decision, Lookup, ProjectLookup, Step};
 use super::read::Observed;
 use crate::cloud::{self, CloudError, PowerAction, Server};
-use crate::controller::framework::{FIELD_MANAGER, Outcome, Progress, mark};
 use crate::controller::project::policy as limits;
+use crate::controller::runtime::framework::{FIELD_MANAGER, Outcome, Progress, mark};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::{CreationIntent, ResizeRefusal, VirtualMachineStatus};
@@ -125,7 +125,13 @@ async fn begin(
     let side_effects = matches!(obs.lookup, Lookup::Found(_))
         || !matches!(d.step, Step::Wait | Step::Nothing | Step::Create);
     if side_effects {
-        mark(ctx, vm, &[], Some(&ctx.caches()?.vm_triggers)).await?;
+        mark(
+            ctx,
+            vm,
+            &[],
+            Some(&ctx.state::<crate::controller::runtime::wake::Memo<VirtualMachine>>()),
+        )
+        .await?;
     }
     // A create's facts (creation key, region, image, account, Project, phase) say a server may exist, so
     // they join the working status only once the intent is recorded (in `create`): an error before that
@@ -314,18 +320,20 @@ fn reserve(
         return Ok(None);
     }
     let ns = vm.namespace().unwrap_or_default();
-    let result = ctx.caches()?.members.reserve(
-        &ns,
-        project,
-        &ObjectRef::from_obj(vm),
-        &me.order,
-        &p.currency,
-        |occupancy| {
-            let mut now = p.clone();
-            now.occupancy = occupancy.clone();
-            limits::admit(&now, me)
-        },
-    );
+    let result = ctx
+        .state::<crate::controller::project::members::MemberIndex>()
+        .reserve(
+            &ns,
+            project,
+            &ObjectRef::from_obj(vm),
+            &me.order,
+            &p.currency,
+            |occupancy| {
+                let mut now = p.clone();
+                now.occupancy = occupancy.clone();
+                limits::admit(&now, me)
+            },
+        );
     Ok(result.err().map(|(r, m)| Health::stalled(r, m)))
 }
 
@@ -349,7 +357,7 @@ async fn record_intent(
         ctx,
         vm,
         &[(ANNOTATION_CREATION_INTENT, intent.to_annotation())],
-        Some(&ctx.caches()?.vm_triggers),
+        Some(&ctx.state::<crate::controller::runtime::wake::Memo<VirtualMachine>>()),
     )
     .await
 }
@@ -366,7 +374,7 @@ async fn connection_secret(
     let name = build::connection_secret_name(vm);
     if let Some(s) = ctx
         .caches()?
-        .connection_secrets
+        .store::<k8s_openapi::api::core::v1::Secret>()?
         .get(&ObjectRef::new(&name).within(&ns))
     {
         return Ok(Some(s));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 
 use crate::cloud::{self, Server, ServerSpec};
-use crate::controller::names::{self, MAX_HOSTNAME, MAX_OBJECT_NAME};
+use crate::controller::runtime::names::{self, MAX_HOSTNAME, MAX_OBJECT_NAME};
 use crate::crd::VirtualMachine;
 use crate::crd::virtual_machine::OperatingSystem;
 

@@ -29,6 +29,7 @@ pub mod decide;
 pub mod observe;
 pub mod read;
 pub mod release;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,9 @@ use std::time::Duration;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::framework::{Cleanup, Outcome, PausedOutcome, Progress, Reconciler, persist, publish};
+use super::runtime::framework::{
+    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, persist, publish,
+};
 use super::{Context, Error};
 use crate::cloud;
 use crate::crd::conditions::{Health, event, reason};
@@ -45,6 +48,13 @@ use crate::crd::{ANNOTATION_EXTERNAL_ID, FINALIZER, VirtualMachine};
 use crate::ledger::metering;
 
 pub use build::connection_secret_name;
+pub use wire::wire;
+
+/// The VirtualMachine kind, as the runtime runs it.
+pub const WIRE: crate::controller::runtime::Wire =
+    crate::controller::runtime::Wire::of::<VirtualMachine>(wire);
+
+crate::controller::runtime::framework::managed_namespaced!(VirtualMachine, VirtualMachineStatus);
 pub use decide::{Decision, Inputs, Lookup, Step, decide};
 
 /// How often deletion looks again while the vendor keeps a cancelled server until a later date
@@ -128,8 +138,9 @@ fn inputs<'a>(
     status: &'a VirtualMachineStatus,
 ) -> Inputs<'a> {
     let now = jiff::Timestamp::now().as_second();
+    let sightings = ctx.state::<observe::Sightings>();
     if let Lookup::Found(_) = obs.lookup {
-        ctx.saw(uid, now);
+        sightings.saw(uid, now);
     }
     Inputs {
         vm,
@@ -144,7 +155,7 @@ fn inputs<'a>(
         resize_rule: obs.provider.resize_rule(),
         vendor: obs.provider.vendor(),
         metering: ctx.ledger.is_some(),
-        last_seen: ctx.last_seen(uid),
+        last_seen: sightings.last_seen(uid),
         markup_percent: obs.resolved.config.spec.markup(),
         suspended: obs.resolved.config.spec.suspended,
         require_project: obs.resolved.config.spec.require_project,

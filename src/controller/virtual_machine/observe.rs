@@ -11,11 +11,10 @@
 //! per-VM resync.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cloud::{Server, UID_TAG_PREFIX};
 use crate::controller::Context;
@@ -32,6 +31,54 @@ pub struct Listing {
     pub at: i64,
     /// The servers, by vendor ID.
     pub servers: Arc<HashMap<String, Server>>,
+}
+
+/// What this process saw of servers: each VM's last sighting of its server and each account's latest
+/// listing (a [`KindState`](crate::controller::runtime::state::KindState) of the VM kind).
+#[derive(Default)]
+pub struct Sightings {
+    last_seen: Mutex<HashMap<String, i64>>,
+    listings: Mutex<HashMap<String, Listing>>,
+}
+
+impl crate::controller::runtime::state::KindState for Sightings {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            lock(&self.last_seen).remove(uid);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sightings {
+    /// Records that the vendor server of VM `uid` was seen existing at `at` (unix seconds): if it is
+    /// later found gone, its metering window closes there, not when the loss is noticed.
+    pub fn saw(&self, uid: &str, at: i64) {
+        let mut m = lock(&self.last_seen);
+        // Never backwards: a listing that started before a VM's own read does not undo that sighting.
+        let seen = m.entry(uid.to_string()).or_insert(at);
+        *seen = (*seen).max(at);
+    }
+
+    /// When the vendor server of VM `uid` was last seen existing (since this process started).
+    pub fn last_seen(&self, uid: &str) -> Option<i64> {
+        lock(&self.last_seen).get(uid).copied()
+    }
+
+    /// Keeps the latest listing of account `pc`; returns the oldest listing's time (for the metric).
+    pub fn set_listing(&self, pc: &str, listing: Listing) -> Option<i64> {
+        let mut m = lock(&self.listings);
+        m.insert(pc.to_string(), listing);
+        m.values().map(|l| l.at).min()
+    }
+
+    /// The latest listing of account `pc`, if any.
+    pub fn listing(&self, pc: &str) -> Option<Listing> {
+        lock(&self.listings).get(pc).cloned()
+    }
 }
 
 /// The servers of one listing by the UID in their ownership tag.
@@ -59,9 +106,9 @@ pub fn changed(before: &HashMap<String, Digest>, now: &HashMap<String, Digest>) 
     uids
 }
 
-/// Lists every compute account every `observe_interval` and sends the VMs whose server changed to
-/// `wake`. Never returns (it ends with the controllers).
-pub async fn run(ctx: Arc<Context>, wake: UnboundedSender<ObjectRef<VirtualMachine>>) {
+/// Lists every compute account every `observe_interval` and wakes the VMs whose server changed. Never
+/// returns (it ends with the controllers).
+pub async fn run(ctx: Arc<Context>) {
     let mut last: HashMap<String, HashMap<String, Digest>> = HashMap::new();
     // Start to start: the listing's own duration does not stretch the interval (a late tick is delayed,
     // never bunched).
@@ -70,7 +117,7 @@ pub async fn run(ctx: Arc<Context>, wake: UnboundedSender<ObjectRef<VirtualMachi
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(e) = observe_all(&ctx, &wake, &mut last).await {
+        if let Err(e) = observe_all(&ctx, &mut last).await {
             tracing::warn!(error = %e, "observing accounts failed; trying again next interval");
         }
     }
@@ -89,12 +136,12 @@ fn is_settled(vm: &VirtualMachine) -> bool {
 /// refused, its vendor down) is skipped and reported; every other account is still listed.
 async fn observe_all(
     ctx: &Arc<Context>,
-    wake: &UnboundedSender<ObjectRef<VirtualMachine>>,
     last: &mut HashMap<String, HashMap<String, Digest>>,
 ) -> Result<(), super::Error> {
     let caches = ctx.caches()?;
+    let sightings = ctx.state::<Sightings>();
     let mut settled: Option<HashMap<String, Arc<VirtualMachine>>> = None;
-    for pc in caches.provider_configs.state() {
+    for pc in caches.store::<ProviderConfig>()?.state() {
         if !is_compute(pc.spec.type_) || pc.metadata.deletion_timestamp.is_some() {
             continue;
         }
@@ -113,14 +160,13 @@ async fn observe_all(
         let now = by_owner(&listed);
         // Every server seen is a sighting: one found gone later is billed until this listing.
         for uid in now.keys() {
-            ctx.saw(uid, started);
+            sightings.saw(uid, started);
         }
         let servers: HashMap<String, Server> =
             listed.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let all = caches.store::<VirtualMachine>()?;
         let vms = settled.get_or_insert_with(|| {
-            caches
-                .vms
-                .state()
+            all.state()
                 .into_iter()
                 .filter(|vm| is_settled(vm))
                 .filter_map(|vm| Some((vm.uid()?, vm)))
@@ -135,16 +181,16 @@ async fn observe_all(
                 .map(|(uid, _)| uid.clone())
                 .collect(),
         };
-        ctx.set_listing(
-            &name,
-            Listing {
-                at: started,
-                servers: Arc::new(servers),
-            },
-        );
+        let listing = Listing {
+            at: started,
+            servers: Arc::new(servers),
+        };
+        if let Some(oldest) = sightings.set_listing(&name, listing) {
+            ctx.metrics.oldest_listing.set(oldest);
+        }
         for uid in uids {
             if let Some(vm) = vms.get(&uid) {
-                let _ = wake.send(ObjectRef::from_obj(&**vm));
+                ctx.wake(ObjectRef::from_obj(&**vm));
             }
         }
     }
@@ -177,7 +223,7 @@ fn listing_failed(ctx: &Context, pc: &str, e: &super::Error) {
     if let super::Error::Vendor { source, .. } = e
         && source.is_auth()
     {
-        ctx.credentials_rejected(pc);
+        ctx.account_refused(pc);
     }
     let message = e.to_string();
     if ctx.first_warning(&format!("listing/{pc}"), &message) {

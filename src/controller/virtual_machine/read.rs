@@ -11,8 +11,8 @@ use super::decide::{Lookup, ProjectLookup};
 use super::observe::Listing;
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
-use crate::controller::framework::publish;
 use crate::controller::project::policy::{self, Occupancy, project_state};
+use crate::controller::runtime::framework::publish;
 use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{self, ConditionStatus, event};
@@ -127,7 +127,7 @@ fn from_listing(
     status: &VirtualMachineStatus,
     account: &str,
 ) -> Option<cloud::Server> {
-    let listing = ctx.listing(account)?;
+    let listing = ctx.state::<super::observe::Sightings>().listing(account)?;
     let now = jiff::Timestamp::now().as_second();
     listing_serves(vm, status, &listing, now, ctx.config.observe_interval)
 }
@@ -233,7 +233,10 @@ fn project(
     };
     let ns = vm.namespace().unwrap_or_default();
     let caches = ctx.caches()?;
-    let Some(p) = caches.projects.get(&ObjectRef::new(name).within(&ns)) else {
+    let Some(p) = caches
+        .store::<crate::crd::Project>()?
+        .get(&ObjectRef::new(name).within(&ns))
+    else {
         return Ok(ProjectLookup::Missing(name.to_string()));
     };
     let limited = p.spec.limits.is_some()
@@ -242,13 +245,14 @@ fn project(
             .and_then(|s| s.entitlement.as_ref())
             .is_some_and(|e| e.limits.is_some());
     let occupancy = if with_members && limited {
-        caches.members.occupancy(
-            &ns,
-            name,
-            &ObjectRef::from_obj(vm),
-            &policy::order_of(vm),
-            &p.spec.currency,
-        )
+        ctx.state::<crate::controller::project::members::MemberIndex>()
+            .occupancy(
+                &ns,
+                name,
+                &ObjectRef::from_obj(vm),
+                &policy::order_of(vm),
+                &p.spec.currency,
+            )
     } else {
         Occupancy::default()
     };

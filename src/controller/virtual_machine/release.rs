@@ -17,7 +17,7 @@ use kube::runtime::events::EventType;
 
 use super::{SCHEDULED_DELETION_POLL, act, decide};
 use crate::cloud;
-use crate::controller::framework::{Cleanup, publish};
+use crate::controller::runtime::framework::{Cleanup, publish};
 use crate::controller::{Context, Error, vendor};
 use crate::crd::conditions::{event, reason};
 use crate::crd::virtual_machine::{DeletionPolicy, ManagementPolicy, VirtualMachineStatus};
@@ -180,7 +180,7 @@ async fn stop_while_waiting(
     let ns = vm.namespace().unwrap_or_default();
     let project = ctx
         .caches()?
-        .projects
+        .store::<crate::crd::Project>()?
         .get(&kube::runtime::reflector::ObjectRef::new(name).within(&ns))
         .filter(|p| status.project_uid.is_none() || p.uid() == status.project_uid);
     let Some(stop) = project.and_then(|p| crate::controller::project::policy::credit_stop(&p))

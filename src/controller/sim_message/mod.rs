@@ -13,11 +13,24 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::framework::{Cleanup, Outcome, Progress, Reconciler, now, persist, publish};
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, now, persist, publish};
 use super::{Context, Error};
 use crate::cloud::onence::OneNce;
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::{SimMessage, SimMessageStatus};
+
+crate::controller::runtime::framework::managed_namespaced!(SimMessage, SimMessageStatus);
+
+/// The SimMessage kind, as the runtime runs it.
+pub const WIRE: super::runtime::Wire = super::runtime::Wire::of::<SimMessage>(wire);
+
+/// Wires the SimMessage controller: woken by its own changes only (a message is sent once; a SimCard's
+/// change does not concern it once sent, and one waiting for its SimCard looks again every 30 s). Up
+/// to 4 reconcile at once by default.
+pub fn wire(w: &mut super::runtime::Wiring) {
+    let c = w.controller::<SimMessage>(4, Duration::ZERO);
+    w.run(c, SimMessageReconciler);
+}
 
 /// How long an attempt whose answer was lost is given to show in 1NCE's list before it is sent again.
 const ATTEMPT_SETTLES: i64 = 60;
@@ -81,7 +94,11 @@ impl Reconciler<SimMessage> for SimMessageReconciler {
         }
         let ns = obj.namespace().unwrap_or_default();
         let name = &obj.spec.sim_card_ref.name;
-        let Some(card) = ctx.caches()?.sims.get(&ObjectRef::new(name).within(&ns)) else {
+        let Some(card) = ctx
+            .caches()?
+            .store::<crate::crd::SimCard>()?
+            .get(&ObjectRef::new(name).within(&ns))
+        else {
             return Ok(Outcome::new(Health::not_ready(
                 reason::INVALID_SPEC,
                 format!("SimCard {name:?} not found in namespace {ns:?}; waiting for it"),

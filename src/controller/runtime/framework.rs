@@ -67,10 +67,10 @@ pub trait Managed:
     fn api(client: kube::Client, namespace: Option<&str>) -> Api<Self>;
 }
 
-/// Implements [`Managed`] for a namespaced kind.
+/// Implements [`Managed`] for a namespaced kind (invoked in the kind's folder).
 macro_rules! managed_namespaced {
     ($k:ty, $s:ty) => {
-        impl $crate::controller::framework::Managed for $k {
+        impl $crate::controller::runtime::framework::Managed for $k {
             type KindStatus = $s;
             const KIND: &'static str = stringify!($k);
             fn api(client: kube::Client, namespace: Option<&str>) -> kube::Api<Self> {
@@ -82,10 +82,10 @@ macro_rules! managed_namespaced {
         }
     };
 }
-/// Implements [`Managed`] for a cluster-scoped kind.
+/// Implements [`Managed`] for a cluster-scoped kind (invoked in the kind's folder).
 macro_rules! managed_cluster {
     ($k:ty, $s:ty) => {
-        impl $crate::controller::framework::Managed for $k {
+        impl $crate::controller::runtime::framework::Managed for $k {
             type KindStatus = $s;
             const KIND: &'static str = stringify!($k);
             fn api(client: kube::Client, _namespace: Option<&str>) -> kube::Api<Self> {
@@ -95,18 +95,7 @@ macro_rules! managed_cluster {
     };
 }
 
-use crate::crd::{
-    Project, ProjectStatus, ProviderConfig, ProviderConfigStatus, SimCard, SimCardStatus,
-    SimMessage, SimMessageStatus, Subscription, SubscriptionStatus, TokenBudget, TokenBudgetStatus,
-    VirtualMachine, VirtualMachineStatus,
-};
-managed_cluster!(ProviderConfig, ProviderConfigStatus);
-managed_namespaced!(Project, ProjectStatus);
-managed_namespaced!(VirtualMachine, VirtualMachineStatus);
-managed_namespaced!(SimCard, SimCardStatus);
-managed_namespaced!(SimMessage, SimMessageStatus);
-managed_namespaced!(Subscription, SubscriptionStatus);
-managed_namespaced!(TokenBudget, TokenBudgetStatus);
+pub(crate) use {managed_cluster, managed_namespaced};
 
 /// The status of one reconcile: what is already persisted, and the working copy the reconciler adds
 /// to as it learns (IDs, addresses, metering windows).
@@ -250,6 +239,7 @@ pub async fn reconcile<K: Managed, R: Reconciler<K>>(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     ctx.metrics.reconciles.with_label_values(&[K::KIND]).inc();
+    let obj = catch_up(&ctx, obj);
     let mut progress = Progress::new(obj.status().cloned().unwrap_or_default());
     let outcome = AssertUnwindSafe(reconcile_inner(
         obj.clone(),
@@ -370,7 +360,7 @@ fn credentials_refused<K: Managed, R: Reconciler<K>>(ctx: &Context, obj: &K, e: 
         && source.is_auth()
         && let Some(pc) = R::account(obj)
     {
-        ctx.credentials_rejected(&pc);
+        ctx.account_refused(&pc);
     }
 }
 
@@ -739,6 +729,89 @@ pub async fn persist<K: Managed>(
     Ok(())
 }
 
+/// The status this process last wrote to each object (by UID), with the `resourceVersion` that write
+/// made: what a reconcile starts from while the watch cache still shows an older version.
+///
+/// Status is written only by the controller (tenants' roles never grant the `status` subresource), so
+/// the last write is the truth until the cache shows a version at least as new. `resourceVersion`s are
+/// compared as the API server's etcd revisions (integers); one that is not a number is trusted as it is.
+pub struct Written<S> {
+    last: std::sync::Mutex<std::collections::HashMap<String, (u64, S)>>,
+}
+
+impl<S> Default for Written<S> {
+    fn default() -> Self {
+        Self {
+            last: Default::default(),
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> super::state::KindState for Written<S> {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            self.lock().remove(uid);
+        }
+    }
+}
+
+impl<S> Written<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, S)>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<S: Clone> Written<S> {
+    /// Records that the write of object `uid` made `resource_version` holding `status`.
+    pub fn wrote(&self, uid: &str, resource_version: Option<&str>, status: S) {
+        let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) else {
+            return;
+        };
+        let mut last = self.lock();
+        match last.get(uid) {
+            Some((newer, _)) if *newer > rv => {}
+            _ => {
+                last.insert(uid.to_string(), (rv, status));
+            }
+        }
+    }
+
+    /// The status last written to `uid` when `cached` (the cache's `resourceVersion`) is older than
+    /// that write; once the cache caught up, the write is forgotten.
+    pub fn newer_than(&self, uid: &str, cached: Option<&str>) -> Option<S> {
+        let cached = cached?.parse::<u64>().ok()?;
+        let mut last = self.lock();
+        let (rv, status) = last.get(uid)?;
+        if cached < *rv {
+            return Some(status.clone());
+        }
+        last.remove(uid);
+        None
+    }
+}
+
+/// `obj` as the controller last wrote it: where the watch cache still shows a version older than this
+/// process's own last status write, the reconcile starts from that write's status (so nothing it
+/// recorded — an ID, an address, a metering window — is written back out).
+fn catch_up<K: Managed>(ctx: &Context, obj: Arc<K>) -> Arc<K> {
+    let Some(uid) = obj.uid() else {
+        return obj;
+    };
+    let Some(status) = ctx
+        .state::<Written<K::KindStatus>>()
+        .newer_than(&uid, obj.resource_version().as_deref())
+    else {
+        return obj;
+    };
+    ctx.metrics
+        .stale_cache_starts
+        .with_label_values(&[K::KIND])
+        .inc();
+    let mut newer = (*obj).clone();
+    *newer.status_mut() = Some(status);
+    Arc::new(newer)
+}
+
 /// Writes `status` by server-side apply unless it equals `previous`.
 async fn write_status<K: Managed>(
     api: &Api<K>,
@@ -755,13 +828,21 @@ async fn write_status<K: Managed>(
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("writing status"))?;
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("writing status"))?;
+    if let (Some(uid), Some(status)) = (written.uid(), written.status()) {
+        ctx.state::<Written<K::KindStatus>>().wrote(
+            &uid,
+            written.resource_version().as_deref(),
+            status.clone(),
+        );
+    }
     ctx.metrics
         .status_writes
         .with_label_values(&[K::KIND])
@@ -925,6 +1006,32 @@ async fn patch_finalizers<K: Managed>(
 mod tests {
     use super::*;
     use crate::crd::conditions::merge_conditions;
+
+    /// A cache older than the last write starts from that write; a cache as new (or newer: another
+    /// writer) is trusted and the write forgotten; an unreadable version is trusted as it is.
+    #[test]
+    fn a_reconcile_starts_from_the_last_write_while_the_cache_lags() {
+        let w = Written::<&str>::default();
+        w.wrote("u", Some("120"), "with the server ID");
+        assert_eq!(w.newer_than("u", Some("119")), Some("with the server ID"));
+        assert_eq!(w.newer_than("other", Some("1")), None);
+        // An older write's answer arriving late does not replace a newer one.
+        w.wrote("u", Some("110"), "older");
+        assert_eq!(w.newer_than("u", Some("115")), Some("with the server ID"));
+        assert_eq!(w.newer_than("u", Some("120")), None);
+        assert_eq!(
+            w.newer_than("u", Some("100")),
+            None,
+            "forgotten once caught up"
+        );
+        w.wrote("u", Some("130"), "later");
+        assert_eq!(w.newer_than("u", Some("x")), None);
+        assert_eq!(w.newer_than("u", Some("129")), Some("later"));
+        assert_eq!(w.newer_than("u", Some("131")), None);
+        w.wrote("v", Some("7"), "gone");
+        super::super::state::KindState::forget(&w, "k", Some("v"));
+        assert_eq!(w.newer_than("v", Some("1")), None);
+    }
 
     #[test]
     fn overall_state_prefers_stalled() {

@@ -46,6 +46,8 @@ impl<T> Default for Listings<T> {
     }
 }
 
+impl<T: Send + Sync + 'static> super::state::KindState for Listings<T> {}
+
 impl<T> Listings<T> {
     /// The objects of account `pc` (client fingerprint `fingerprint`), listed at most `max_age` ago, or
     /// listed now with `list`.
