@@ -498,6 +498,14 @@ async fn usage_reaches_the_ledger_once_with_the_vendors_cost() {
         quartermaster::ledger::format_amount(e.billed("sim_data_bytes").await.1),
         "3.50"
     );
+    // The counter meter's rows are counted like every other metering path's.
+    for meter in ["sim_data_bytes", "sim_sms"] {
+        assert!(
+            e.metrics.usage_events.with_label_values(&[meter]).get() >= 2,
+            "{meter}: {}",
+            e.metrics.render()
+        );
+    }
 }
 
 /// Another object's hour of usage in Project `prepaid` (UID `uid`) at `hourly` USD: spends its credit.

@@ -259,15 +259,21 @@ impl Context {
         }
         let started = std::time::Instant::now();
         let result = ledger.record(events).await;
-        self.metrics
-            .ledger_write_duration
-            .observe(started.elapsed().as_secs_f64());
         if result.is_ok() {
-            for e in events {
-                self.count_usage(e);
-            }
+            self.recorded_usage(started.elapsed(), events);
         }
         result.map(|_| ())
+    }
+
+    /// Counts usage a meter recorded in the ledger itself (a counter meter settling a vendor's
+    /// figures) in the same metrics as [`Context::record_usage`]: every metering path is seen alike.
+    pub fn recorded_usage(&self, took: Duration, events: &[crate::ledger::UsageEvent]) {
+        self.metrics
+            .ledger_write_duration
+            .observe(took.as_secs_f64());
+        for e in events {
+            self.count_usage(e);
+        }
     }
 
     fn count_usage(&self, e: &crate::ledger::UsageEvent) {

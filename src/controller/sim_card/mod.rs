@@ -350,7 +350,8 @@ async fn meter(
             .unwrap_or_default();
     }
     let subject = subject(obj, status);
-    status.usage_cursors = usage::settle(
+    let started = std::time::Instant::now();
+    let (cursors, recorded) = usage::settle(
         ledger,
         &subject,
         &status.usage_cursors,
@@ -361,6 +362,8 @@ async fn meter(
     .await
     // A ledger outage is an outage: Reconciling, retried, counted as `ledger_unavailable`.
     .map_err(Error::Ledger)?;
+    ctx.recorded_usage(started.elapsed(), &recorded);
+    status.usage_cursors = cursors;
     Ok(())
 }
 

@@ -58,7 +58,8 @@ pub fn cursor(cursors: &[UsageCursor], meter: Meter) -> Option<Cursor> {
 }
 
 /// Records what `days` (sorted, as 1NCE reports them) add past each meter's cursor and returns the
-/// cursors to persist. Without a cursor, metering starts at today's figure.
+/// cursors to persist and the events this call added (for the usage metrics). Without a cursor,
+/// metering starts at today's figure.
 pub async fn settle(
     ledger: &Ledger,
     subject: &Subject,
@@ -66,8 +67,9 @@ pub async fn settle(
     days: &[DailyUsage],
     (today, now): (&str, i64),
     markup: Decimal,
-) -> Result<Vec<UsageCursor>, LedgerError> {
+) -> Result<(Vec<UsageCursor>, Vec<crate::ledger::UsageEvent>), LedgerError> {
     let mut out = Vec::new();
+    let mut recorded = Vec::new();
     for meter in METERS {
         let mut c = cursor(cursors, meter);
         if c.is_none() {
@@ -94,6 +96,7 @@ pub async fn settle(
             let settled =
                 counter::settle(ledger, subject, meter, c.as_ref(), &reading, price.as_ref())
                     .await?;
+            recorded.extend(settled.recorded);
             c = Some(settled.cursor);
         }
         if let Some(c) = c {
@@ -106,7 +109,7 @@ pub async fn settle(
             });
         }
     }
-    Ok(out)
+    Ok((out, recorded))
 }
 
 /// Month-to-date totals (bytes, messages) from the days of the month `month` (`YYYY-MM`).
