@@ -25,6 +25,7 @@ use crate::crd::conditions::{self, ConditionStatus};
 use crate::crd::{Project, ProviderConfig, VirtualMachine};
 use crate::kube_client::{KubeLimits, KubeMetrics};
 
+pub mod fleet;
 pub mod gateway;
 pub mod proxies;
 pub mod simcards;

@@ -11,7 +11,7 @@ use super::ProjectReconciler;
 use super::members::{MemberIndex, SimIndex};
 use super::wake::{projects_of, vm_for_project};
 use crate::controller::runtime::Wiring;
-use crate::controller::runtime::wake::{Memo, Wakes};
+use crate::controller::runtime::wake::{Memo, Wakes, referring};
 use crate::crd::{Project, SimCard, Subscription, VirtualMachine};
 
 /// Wires the Project controller and the membership indexes.
@@ -45,20 +45,14 @@ pub fn wire(w: &mut Wiring) {
     // A Subscription's Stripe status decides whether the Projects naming it are entitled.
     let projects = w.store::<Project>();
     let proj = proj.watches_shared_stream(w.changes::<Subscription>(), move |sub| {
-        let ns = sub.namespace().unwrap_or_default();
-        let name = sub.name_any();
-        projects
-            .state()
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
-            .filter(|p| {
-                p.spec
+        let (ns, name) = (sub.namespace(), sub.name_any());
+        referring(&projects, |p| {
+            p.namespace() == ns
+                && p.spec
                     .subscription_ref
                     .as_ref()
                     .is_some_and(|r| r.name == name)
-            })
-            .map(|p| ObjectRef::from_obj(&**p))
-            .collect::<Vec<_>>()
+        })
     });
     let proj = proj.watches_shared_stream(w.changes::<SimCard>(), |sim| {
         let ns = sim.namespace().unwrap_or_default();

@@ -13,6 +13,7 @@ pub mod framework;
 pub mod leader;
 pub mod listings;
 pub mod names;
+pub mod owned_secret;
 pub mod state;
 pub mod wake;
 pub mod wiring;

@@ -105,6 +105,19 @@ where
 
 impl<K: Resource<DynamicType = ()> + Send + Sync + 'static> super::state::KindState for Memo<K> {}
 
+/// The objects in `store` that `refers` says depend on a changed object (for a wake mapper).
+pub fn referring<K>(store: &Store<K>, refers: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| refers(o))
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}
+
 /// Requests to reconcile objects of `K` now, from outside its watches (drift seen in a listing, a
 /// vendor's webhook, a refused credential, a deletion another kind saw). Kept as a [`KindState`]
 /// (super::state::KindState): the kind's controller takes the receiving end when it is built.

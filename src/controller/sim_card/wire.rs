@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 use super::SimCardReconciler;
 use crate::controller::project::members::SimIndex;
 use crate::controller::project::wake::project_for_members;
 use crate::controller::runtime::Wiring;
-use crate::controller::runtime::wake::Memo;
+use crate::controller::runtime::wake::{Memo, referring};
 use crate::crd::{Project, ProviderConfig, SimCard};
 
 /// Wires the SimCard controller.
@@ -20,11 +19,7 @@ pub fn wire(w: &mut Wiring) {
     let all = w.store::<SimCard>();
     let sims = sims.watches_shared_stream(w.changes::<ProviderConfig>(), move |pc| {
         let name = pc.name_any();
-        all.state()
-            .iter()
-            .filter(|s| s.spec.provider_config_ref.name == name)
-            .map(|s| ObjectRef::from_obj(&**s))
-            .collect::<Vec<_>>()
+        referring(&all, |s| s.spec.provider_config_ref.name == name)
     });
     let (members, projects) = (w.ctx().state::<SimIndex>(), w.store::<Project>());
     let memo = Memo::<Project>::default();

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 use super::SubscriptionReconciler;
 use crate::controller::runtime::Wiring;
+use crate::controller::runtime::wake::referring;
 use crate::crd::{ProviderConfig, Subscription};
 
 /// Wires the Subscription controller.
@@ -17,11 +17,7 @@ pub fn wire(w: &mut Wiring) {
     let all = w.store::<Subscription>();
     let c = c.watches_shared_stream(w.changes::<ProviderConfig>(), move |pc| {
         let name = pc.name_any();
-        all.state()
-            .iter()
-            .filter(|s| s.spec.provider_config_ref.name == name)
-            .map(|s| ObjectRef::from_obj(&**s))
-            .collect::<Vec<_>>()
+        referring(&all, |s| s.spec.provider_config_ref.name == name)
     });
     w.run(c, SubscriptionReconciler);
 }

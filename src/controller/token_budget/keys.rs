@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
 use super::super::runtime::names::{MAX_OBJECT_NAME, fit};
 use super::super::{Context, Error};
 use crate::budget::keys;
+use crate::controller::runtime::owned_secret::owned_secret;
 use crate::crd::TokenBudget;
 use crate::crd::conditions::reason;
 use crate::crd::token_budget::ApiKeyStatus;
@@ -108,27 +109,11 @@ async fn create_or_read(api: &Api<Secret>, b: &TokenBudget, name: &str) -> Resul
             .map_err(Error::kube("replacing an emptied API key's secret"))?;
     }
     let key = keys::generate();
-    let owner = b
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: b.namespace(),
-            owner_references: Some(vec![owner]),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "quartermaster".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some([(SECRET_KEY.to_string(), ByteString(key.clone().into_bytes()))].into()),
-        ..Default::default()
-    };
+    let secret = owned_secret(
+        b,
+        name,
+        [(SECRET_KEY.to_string(), ByteString(key.clone().into_bytes()))].into(),
+    )?;
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(key),
         Err(kube::Error::Api(e)) if e.code == 409 => {

@@ -10,9 +10,10 @@ use kube::{Resource, ResourceExt};
 
 use super::TokenBudgetReconciler;
 use crate::controller::runtime::Wiring;
+use crate::controller::runtime::wake::referring;
 use crate::crd::{Project, ProviderConfig, Subscription, TokenBudget};
 
-/// The budgets of `store` in the namespace of `named` that `names` says refer to it.
+/// The budgets in the namespace of `named` that `names` says refer to it.
 fn naming<K: Resource>(
     store: &Store<TokenBudget>,
     named: &K,
@@ -22,12 +23,9 @@ fn naming<K: Resource>(
         named.meta().namespace.as_deref(),
         named.meta().name.as_deref(),
     );
-    store
-        .state()
-        .iter()
-        .filter(|b| b.namespace().as_deref() == ns && names(b, name.unwrap_or_default()))
-        .map(|b| ObjectRef::from_obj(&**b))
-        .collect()
+    referring(store, |b| {
+        b.namespace().as_deref() == ns && names(b, name.unwrap_or_default())
+    })
 }
 
 /// Wires the TokenBudget controller.
@@ -59,15 +57,11 @@ pub fn wire(w: &mut Wiring) {
     let all = w.store::<TokenBudget>();
     let c = c.watches_shared_stream(w.changes::<ProviderConfig>(), move |pc| {
         let name = pc.name_any();
-        all.state()
-            .iter()
-            .filter(|b| {
-                std::iter::once(&b.spec.provider_config_ref)
-                    .chain(&b.spec.fallback_provider_config_refs)
-                    .any(|r| r.name == name)
-            })
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect::<Vec<_>>()
+        referring(&all, |b| {
+            std::iter::once(&b.spec.provider_config_ref)
+                .chain(&b.spec.fallback_provider_config_refs)
+                .any(|r| r.name == name)
+        })
     });
     w.run(c, TokenBudgetReconciler);
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
 
 use kube::runtime::reflector::ObjectRef;
 
@@ -24,6 +24,7 @@ use super::read::Observed;
 use crate::cloud::{self, CloudError, PowerAction, Server};
 use crate::controller::project::policy as limits;
 use crate::controller::runtime::framework::{FIELD_MANAGER, Outcome, Progress, mark};
+use crate::controller::runtime::owned_secret::owned_secret;
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::virtual_machine::{CreationIntent, ResizeRefusal, VirtualMachineStatus};
@@ -412,28 +413,8 @@ async fn apply_connection_secret(
     if existing.and_then(|s| s.data.as_ref()) == Some(&bytes) {
         return Ok(());
     }
-    let owner = vm
-        .controller_owner_ref(&())
-        .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))?;
     let name = build::connection_secret_name(vm);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: vm.namespace(),
-            owner_references: Some(vec![owner]),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "quartermaster".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(bytes),
-        ..Default::default()
-    };
+    let secret = owned_secret(vm, &name, bytes)?;
     let mut v = serde_json::to_value(&secret)
         .map_err(|e| Error::permanent(reason::INVALID_OBJECT, e.to_string()))?;
     v["apiVersion"] = "v1".into();

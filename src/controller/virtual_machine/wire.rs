@@ -12,14 +12,13 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 
 use super::VirtualMachineReconciler;
 use crate::controller::project::members::MemberIndex;
 use crate::controller::project::wake::{project_counts, project_for_members, waits_for_slot};
 use crate::controller::provider_config::provider_config_for_users;
 use crate::controller::runtime::Wiring;
-use crate::controller::runtime::wake::Memo;
+use crate::controller::runtime::wake::{Memo, referring};
 use crate::crd::{Project, ProviderConfig, VirtualMachine};
 
 /// Wires the VirtualMachine controller and the account observer.
@@ -35,11 +34,7 @@ pub fn wire(w: &mut Wiring) {
             return Vec::new();
         }
         let name = pc.name_any();
-        vms.state()
-            .into_iter()
-            .filter(|v| v.spec.provider_config_ref.name == name)
-            .map(|v| ObjectRef::from_obj(&*v))
-            .collect::<Vec<_>>()
+        referring(&vms, |v| v.spec.provider_config_ref.name == name)
     });
     let (members, vms, projects) = (
         w.ctx().state::<MemberIndex>(),
