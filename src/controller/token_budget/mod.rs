@@ -27,7 +27,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::project::policy;
-use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, publish};
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
 use super::vendor::namespace_allowed;
 use super::{Context, Error};
 use crate::budget::period::{self, Window};
@@ -405,6 +405,11 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
         );
         st.alerted.extend(&crossed);
         st.alerted.sort_unstable();
+        // A crossing is saved before it is announced: no Event goes out for a crossing the status does
+        // not hold, so a failed write never repeats an alert.
+        if !crossed.is_empty() {
+            persist(&ctx, &*obj, progress).await?;
+        }
         for t in crossed {
             publish(
                 &ctx,
