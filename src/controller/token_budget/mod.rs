@@ -8,6 +8,7 @@
 //! status is a view, refreshed every `budget_status_interval` and at each period's end.
 
 pub mod activity;
+pub mod decide;
 pub mod keys;
 mod wire;
 
@@ -20,18 +21,19 @@ pub const WIRE: crate::controller::runtime::Wire =
 crate::controller::runtime::framework::managed_namespaced!(TokenBudget, TokenBudgetStatus);
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::project::policy;
+use decide::Block;
+
 use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
 use super::vendor::namespace_allowed;
 use super::{Context, Error};
 use crate::budget::period::{self, Window};
-use crate::crd::conditions::{Condition, ConditionStatus, Health, reason};
+use crate::crd::conditions::{Condition, ConditionStatus, reason};
 use crate::crd::provider_config::ProviderType;
 use crate::crd::token_budget::BudgetPeriod;
 use crate::crd::token_budget::BudgetRateLimits;
@@ -149,15 +151,6 @@ fn check_upstreams(ctx: &Context, b: &TokenBudget) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Why a Project blocks its budgets.
-#[derive(Clone, Copy)]
-struct Block {
-    /// The condition reason: `CreditExhausted`, `SubscriptionInactive` or `SpendLimitReached`.
-    reason: &'static str,
-    /// The Project is itself still converging (`Reconciling=True`): so is the budget.
-    converging: bool,
 }
 
 /// The Project's side: its UID, the currency usage must be priced in, and why it blocks the budget.
@@ -315,6 +308,51 @@ async fn usage(
     ))
 }
 
+/// The act step: the `Exhausted` condition and the thresholds crossed into status, saved before each
+/// crossing is announced (no Event for a crossing the status does not hold, and a failed write never
+/// repeats an alert).
+async fn act(
+    ctx: &Arc<Context>,
+    obj: &Arc<TokenBudget>,
+    progress: &mut Progress<TokenBudgetStatus>,
+    d: &decide::Decision,
+) -> Result<(), Error> {
+    let st = &mut progress.status;
+    let (exhausted, message) = &d.exhausted;
+    let (status, reason) = if *exhausted {
+        (ConditionStatus::True, "AllocationUsed")
+    } else {
+        (ConditionStatus::False, "WithinAllocation")
+    };
+    set_condition(
+        &mut st.conditions,
+        EXHAUSTED,
+        status,
+        reason,
+        message.clone(),
+        obj.metadata.generation,
+    );
+    if d.crossed.is_empty() {
+        return Ok(());
+    }
+    st.alerted.extend(&d.crossed);
+    st.alerted.sort_unstable();
+    let (consumed, allocation) = (st.consumed.unwrap_or(0), st.allocation.unwrap_or(0));
+    persist(ctx, &**obj, progress).await?;
+    let id = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    for t in &d.crossed {
+        publish(
+            ctx,
+            &**obj,
+            EventType::Warning,
+            THRESHOLD_CROSSED,
+            &format!("TokenBudget {id} crossed {t}% of its allocation ({consumed} of {allocation} tokens this period)"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 impl Reconciler<TokenBudget> for TokenBudgetReconciler {
     async fn apply(
         &self,
@@ -363,80 +401,20 @@ impl Reconciler<TokenBudget> for TokenBudgetReconciler {
             st.consumed
                 .map(|c| c.saturating_mul(100).checked_div(allocation).unwrap_or(100))
         };
-        let exhausted = st.remaining == Some(0) || share.is_some_and(|s| s >= 100);
-        set_condition(
-            &mut st.conditions,
-            EXHAUSTED,
-            if exhausted {
-                ConditionStatus::True
-            } else {
-                ConditionStatus::False
-            },
-            if exhausted {
-                "AllocationUsed"
-            } else {
-                "WithinAllocation"
-            },
-            if exhausted {
-                format!(
-                    "the period's {allocation} tokens are used; they reset at {}",
-                    period::rfc3339(w.end)
-                )
-            } else {
-                format!(
-                    "{} of {allocation} tokens left this period",
-                    st.remaining.unwrap_or(allocation)
-                )
-            },
-            obj.metadata.generation,
-        );
-        let mut crossed: Vec<u8> = obj
-            .spec
-            .alert_thresholds
-            .iter()
-            .copied()
-            .filter(|t| share.is_some_and(|s| s >= u64::from(*t)) && !st.alerted.contains(t))
-            .collect();
-        crossed.sort_unstable();
-        crossed.dedup();
-        let (consumed, id) = (
-            st.consumed.unwrap_or(0),
-            format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
-        );
-        st.alerted.extend(&crossed);
-        st.alerted.sort_unstable();
-        // A crossing is saved before it is announced: no Event goes out for a crossing the status does
-        // not hold, so a failed write never repeats an alert.
-        if !crossed.is_empty() {
-            persist(&ctx, &*obj, progress).await?;
-        }
-        for t in crossed {
-            publish(
-                &ctx,
-                &*obj,
-                EventType::Warning,
-                THRESHOLD_CROSSED,
-                &format!("TokenBudget {id} crossed {t}% of its allocation ({consumed} of {allocation} tokens this period)"),
-            )
-            .await;
-        }
-        let health = match (&progress.status.blocked, block) {
-            (Some(why), Some(b)) => {
-                let message = format!("the gateway refuses its keys: {why}");
-                if b.converging {
-                    Health::progressing(b.reason, message)
-                } else {
-                    Health::not_ready(b.reason, message)
-                }
-            }
-            _ => Health::ready(format!(
-                "{} API key(s); period ends {}",
-                obj.spec.api_keys.len(),
-                period::rfc3339(w.end)
-            )),
-        };
-        let until_end = Duration::from_secs(u64::try_from((w.end - now).max(1)).unwrap_or(1));
-        Ok(Outcome::new(health).requeue_after(ctx.config.budget_status_interval.min(until_end)))
+        let d = decide::decide(&decide::Inputs {
+            allocation,
+            remaining: st.remaining,
+            share,
+            thresholds: &obj.spec.alert_thresholds,
+            alerted: &st.alerted,
+            block: block.zip(st.blocked.as_deref()),
+            keys: obj.spec.api_keys.len(),
+            period_end: w.end,
+            now,
+            refresh: ctx.config.budget_status_interval,
+        });
+        act(&ctx, &obj, progress, &d).await?;
+        Ok(Outcome::new(d.health).requeue_after(d.requeue_after))
     }
 
     async fn cleanup(
