@@ -13,6 +13,7 @@ use kube::api::DeleteParams;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::Decimal;
 
+pub mod decide;
 pub mod entitlement;
 pub mod members;
 pub mod policy;
@@ -31,11 +32,8 @@ use super::runtime::framework::{Cleanup, Outcome, PausedOutcome, Progress, Recon
 use super::{Context, Error};
 use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
-use crate::crd::project::{
-    CreditExhaustedPolicy, EntitlementLostPolicy, ProjectDeletionPolicy, ProjectMembers,
-};
+use crate::crd::project::{ProjectDeletionPolicy, ProjectMembers};
 use crate::ledger::store::{GroupBy, ProjectRef};
-use crate::ledger::{format_amount, format_money};
 
 use crate::crd::virtual_machine::VmPhase;
 use crate::crd::{Project, ProjectStatus, SimCard, VirtualMachine};
@@ -147,6 +145,49 @@ pub fn stopped(m: &Members, project: &str) -> String {
     out
 }
 
+/// The read step's ledger part: this month's cost and the credit, in the Project's currency only
+/// (amounts in different currencies are never added together); `None` without a ledger.
+async fn money(ctx: &Context, project: &Project) -> Result<Option<decide::Money>, Error> {
+    let Some(ledger) = &ctx.ledger else {
+        return Ok(None);
+    };
+    let (ns, name, uid) = (
+        project.namespace().unwrap_or_default(),
+        project.name_any(),
+        project.uid().unwrap_or_default(),
+    );
+    let me = ProjectRef {
+        namespace: &ns,
+        name: &name,
+        uid: &uid,
+    };
+    // The Project of this name at the upgrade takes the rows recorded before UIDs (once per process
+    // and Project).
+    if ctx.first_sighting(&uid) {
+        ledger
+            .claim_legacy(&me)
+            .await
+            .inspect_err(|_| ctx.forget(&uid, None))?;
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let (from, to) =
+        crate::ledger::parse_period(&crate::ledger::period_of(now)).unwrap_or((0, now));
+    let currency = &project.spec.currency;
+    let month_to_date = ledger
+        .usage(&me, from, to, GroupBy::Meter)
+        .await?
+        .iter()
+        .filter(|r| &r.currency == currency)
+        .map(|r| r.amount_nanos)
+        .sum();
+    let (granted, used) = ledger.balance(&me, currency).await?;
+    Ok(Some(decide::Money {
+        month_to_date,
+        granted,
+        used,
+    }))
+}
+
 impl Reconciler<Project> for ProjectReconciler {
     async fn apply(
         &self,
@@ -155,125 +196,21 @@ impl Reconciler<Project> for ProjectReconciler {
         progress: &mut Progress<ProjectStatus>,
     ) -> Result<Outcome, Error> {
         let m = members(&ctx, &project)?;
-        let (counts, projected) = summarize(&m, &project.name_any(), &project.spec.currency);
-        let previous = progress.status.clone();
-        let limit = project
-            .spec
-            .limits
-            .as_ref()
-            .and_then(|l| l.max_virtual_machines);
-        let mut message = format!(
-            "{} virtual machines, {} SIM cards",
-            counts.virtual_machines, counts.sim_cards
-        );
-        if let Some(max) = limit {
-            message.push_str(&format!(" (limit {max} virtual machines)"));
-        }
-        let mut status = ProjectStatus {
-            members: Some(counts),
-            projected_monthly_cost: Some(format_money(projected)),
-            month_to_date_cost: previous.month_to_date_cost,
-            month_to_date_cost_rounded: previous.month_to_date_cost_rounded,
-            credit_balance: previous.credit_balance,
-            credit_balance_rounded: previous.credit_balance_rounded,
-            ..Default::default()
-        };
-        let mut health = Health::ready(message);
-        let mut requeue_after = None;
-        if let Some(ledger) = &ctx.ledger {
-            let ns = project.namespace().unwrap_or_default();
-            let name = project.name_any();
-            let uid = project.uid().unwrap_or_default();
-            let me = ProjectRef {
-                namespace: &ns,
-                name: &name,
-                uid: &uid,
-            };
-            // The Project of this name at the upgrade takes the rows recorded before UIDs (once per
-            // process and Project).
-            if ctx.first_sighting(&uid) {
-                ledger
-                    .claim_legacy(&me)
-                    .await
-                    .inspect_err(|_| ctx.forget(&uid, None))?;
-            }
-            let now = jiff::Timestamp::now().as_second();
-            let (from, to) =
-                crate::ledger::parse_period(&crate::ledger::period_of(now)).unwrap_or((0, now));
-            let mtd: i64 = ledger
-                .usage(&me, from, to, GroupBy::Meter)
-                .await?
-                .iter()
-                .filter(|r| r.currency == project.spec.currency)
-                .map(|r| r.amount_nanos)
-                .sum();
-            // Only the project's currency: amounts in different currencies are never added together.
-            let (granted, used) = ledger.balance(&me, &project.spec.currency).await?;
-            let cur = &project.spec.currency;
-            status.month_to_date_cost = Some(format_amount(mtd));
-            status.month_to_date_cost_rounded = Some(crate::ledger::format_rounded(mtd, cur));
-            // Credit applies to prepaid projects: those that were ever granted credit.
-            status.credit_balance = (granted > 0).then(|| format_amount(granted - used));
-            status.credit_balance_rounded =
-                (granted > 0).then(|| crate::ledger::format_rounded(granted - used, cur));
-            if granted > 0 && granted - used <= 0 {
-                let what = match project.spec.on_credit_exhausted {
-                    CreditExhaustedPolicy::Stop => format!(
-                        "onCreditExhausted Stop: {}; no new ones are created until credit is granted",
-                        stopped(&m, &project.name_any())
-                    ),
-                    CreditExhaustedPolicy::Notify => {
-                        "onCreditExhausted is Notify: nothing is stopped".to_string()
-                    }
-                };
-                health = Health::not_ready(
-                    reason::CREDIT_EXHAUSTED,
-                    format!(
-                        "credit exhausted (balance {}); {what}",
-                        format_amount(granted - used)
-                    ),
-                );
-            }
-            // Grants arrive through the ledger, not the API server: look again periodically.
-            requeue_after = Some(ctx.config.poll_interval * 6);
-        }
-        let mut resync_at_most = None;
-        if let Some(entitlement::Entitlement {
-            status: e,
-            until,
-            pending,
-        }) = entitlement::of(&ctx, &project)?
-        {
-            if !e.entitled {
-                let what = match project.spec.on_entitlement_lost {
-                    EntitlementLostPolicy::Stop => {
-                        "its virtual machines are stopped and its SIMs disabled, and nothing new is created, until it is entitled again"
-                    }
-                    EntitlementLostPolicy::Notify => {
-                        "onEntitlementLost is Notify: nothing is stopped, but nothing new is created"
-                    }
-                };
-                let message = format!(
-                    "not entitled by Subscription {:?}: {}; {what}",
-                    e.subscription, e.message
-                );
-                // Still converging (the Subscription has no answer from Stripe yet): Reconciling, so
-                // kstatus reads it as in progress; a known refusal is a steady Ready=False.
-                health = if pending {
-                    Health::progressing(reason::SUBSCRIPTION_INACTIVE, message)
-                } else {
-                    Health::not_ready(reason::SUBSCRIPTION_INACTIVE, message)
-                };
-            }
-            let now = jiff::Timestamp::now().as_second();
-            resync_at_most = until
-                .map(|t| std::time::Duration::from_secs(u64::try_from(t - now).unwrap_or(0) + 1));
-            status.entitlement = Some(e);
-        }
-        progress.status = status;
-        let mut outcome = Outcome::new(health);
-        outcome.requeue_after = requeue_after;
-        outcome.resync_at_most = resync_at_most;
+        let money = money(&ctx, &project).await?;
+        let d = decide::decide(decide::Inputs {
+            name: &project.name_any(),
+            spec: &project.spec,
+            previous: &progress.status,
+            members: &m,
+            money,
+            entitlement: entitlement::of(&ctx, &project)?,
+            now: jiff::Timestamp::now().as_second(),
+            ledger_poll: ctx.config.poll_interval * 6,
+        });
+        progress.status = d.status;
+        let mut outcome = Outcome::new(d.health);
+        outcome.requeue_after = d.requeue_after;
+        outcome.resync_at_most = d.resync_at_most;
         Ok(outcome)
     }
 
@@ -390,6 +327,7 @@ async fn waiting_for_members(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::format_money;
 
     fn vm(
         name: &str,
