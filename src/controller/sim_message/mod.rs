@@ -6,6 +6,8 @@
 //! attempt never reached 1NCE, and only then is it sent again. A sent message is never sent again, and
 //! an edit of a sent one stalls (`ImmutableFieldChanged`): create another SimMessage.
 
+pub mod decide;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use super::{Context, Error};
 use crate::cloud::onence::OneNce;
 use crate::crd::conditions::{Health, event, reason};
 use crate::crd::{SimMessage, SimMessageStatus};
+use decide::Next;
 
 crate::controller::runtime::framework::managed_namespaced!(SimMessage, SimMessageStatus);
 
@@ -32,16 +35,8 @@ pub fn wire(w: &mut super::runtime::Wiring) {
     w.run(c, SimMessageReconciler);
 }
 
-/// How long an attempt whose answer was lost is given to show in 1NCE's list before it is sent again.
-const ATTEMPT_SETTLES: i64 = 60;
-
 /// Reconciles SimMessages.
 pub struct SimMessageReconciler;
-
-fn seconds_since(t: Option<&str>) -> Option<i64> {
-    let t = t?.parse::<jiff::Timestamp>().ok()?;
-    Some(jiff::Timestamp::now().as_second() - t.as_second())
-}
 
 /// Whether 1NCE lists a message with this text submitted since `attempted_at` (less 5 s of skew).
 async fn listed(
@@ -81,16 +76,8 @@ impl Reconciler<SimMessage> for SimMessageReconciler {
         progress: &mut Progress<SimMessageStatus>,
     ) -> Result<Outcome, Error> {
         let st = &mut progress.status;
-        if let Some(at) = st.sent_at.clone() {
-            if st.sent_generation != obj.metadata.generation {
-                return Ok(Outcome::new(Health::stalled(
-                    reason::IMMUTABLE_FIELD_CHANGED,
-                    format!(
-                        "this message was sent at {at}; a sent message is not sent again: create another SimMessage"
-                    ),
-                )));
-            }
-            return Ok(Outcome::new(Health::ready(format!("sent at {at}"))));
+        if let Some(health) = decide::already_sent(st, obj.metadata.generation) {
+            return Ok(Outcome::new(health));
         }
         let ns = obj.namespace().unwrap_or_default();
         let name = &obj.spec.sim_card_ref.name;
@@ -120,17 +107,22 @@ impl Reconciler<SimMessage> for SimMessageReconciler {
         }
         st.iccid = Some(iccid.clone());
         // An earlier attempt: what did it do?
-        if let Some(at) = st.attempted_at.clone() {
-            if listed(&client, &iccid, &obj.spec.payload, &at).await? {
-                return Ok(sent(st, obj.metadata.generation));
-            }
-            if seconds_since(Some(&at)).unwrap_or(i64::MAX) < ATTEMPT_SETTLES {
+        let attempted = st.attempted_at.clone();
+        let listed = match &attempted {
+            Some(at) => listed(&client, &iccid, &obj.spec.payload, at).await?,
+            None => false,
+        };
+        let at = attempted.map(|a| a.parse::<jiff::Timestamp>().map_or(0, |t| t.as_second()));
+        match decide::after_attempt(at, listed, jiff::Timestamp::now().as_second()) {
+            Next::Sent => return Ok(sent(st, obj.metadata.generation)),
+            Next::Wait => {
                 return Ok(Outcome::new(Health::progressing(
                     reason::PROGRESSING,
                     "an attempt's answer was lost; checking 1NCE's messages before sending again",
                 ))
                 .requeue_after(ctx.config.poll_interval));
             }
+            Next::Send => {}
         }
         st.state = Some("Pending".into());
         st.attempted_at = Some(now());
