@@ -18,6 +18,7 @@
 //! - Stripe's webhooks (see `crate::webhooks`) only wake the object: state is always read back from Stripe.
 
 pub mod customer;
+pub mod decide;
 pub mod limits;
 pub mod plan;
 pub mod revenue;
@@ -40,22 +41,17 @@ use std::time::Duration;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
+use decide::{TERMINAL, health, observe, rfc3339};
+
 use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, persist};
 use super::{Context, Error, vendor};
 use crate::cloud::stripe::{Stripe, Subscription as StripeSub};
-use crate::crd::conditions::{Health, reason};
+use crate::crd::conditions::reason;
 use crate::crd::subscription::InvoiceSummary;
 use crate::crd::{Project, Subscription, SubscriptionDeletionPolicy, SubscriptionStatus};
 
 /// Reconciles Subscriptions.
 pub struct SubscriptionReconciler;
-
-/// Stripe statuses that end a subscription for good.
-const TERMINAL: [&str; 2] = ["canceled", "incomplete_expired"];
-
-fn rfc3339(t: i64) -> Option<String> {
-    jiff::Timestamp::from_second(t).ok().map(|t| t.to_string())
-}
 
 async fn client_for(
     obj: &Subscription,
@@ -171,12 +167,14 @@ async fn converge(
 ) -> Result<StripeSub, Error> {
     let uid = obj.uid().unwrap_or_default();
     let generation = obj.metadata.generation.unwrap_or(0);
+    let c = decide::changes(
+        &sub,
+        wanted,
+        obj.spec.quantity,
+        obj.spec.cancel_at_period_end,
+    );
     let mut sub = sub;
-    // The licensed item: the one with a quantity (metered items have none).
-    let item = sub.items.iter().find(|i| i.quantity.is_some()).cloned();
-    if let Some(item) = item
-        && (item.price != wanted.price || item.quantity != Some(i64::from(obj.spec.quantity)))
-    {
+    if let Some(item) = &c.item {
         let change = if obj.spec.proration_behavior == crate::crd::ProrationBehavior::AlwaysInvoice
         {
             limits::Change::UpdateAndInvoice
@@ -201,7 +199,7 @@ async fn converge(
                 &uid,
                 generation,
                 &sub.id,
-                &item.id,
+                item,
                 &wanted.price,
                 obj.spec.quantity,
                 obj.spec.proration_behavior.as_stripe(),
@@ -210,51 +208,19 @@ async fn converge(
             .map_err(Error::vendor("change the Stripe subscription's plan"))?;
     }
     // The plan's metered prices: added when missing, others removed (a plan change).
-    let add: Vec<String> = wanted
-        .metered
-        .iter()
-        .filter(|p| !sub.items.iter().any(|i| &i.price == *p))
-        .cloned()
-        .collect();
-    let remove: Vec<String> = sub
-        .items
-        .iter()
-        .filter(|i| i.quantity.is_none() && !wanted.metered.contains(&i.price))
-        .map(|i| i.id.clone())
-        .collect();
-    if !add.is_empty() || !remove.is_empty() {
+    if !c.add.is_empty() || !c.remove.is_empty() {
         sub = client
-            .change_items(&uid, generation, &sub.id, &add, &remove)
+            .change_items(&uid, generation, &sub.id, &c.add, &c.remove)
             .await
             .map_err(Error::vendor("change the subscription's metered prices"))?;
     }
-    if sub.cancel_at_period_end != obj.spec.cancel_at_period_end {
+    if let Some(cancel) = c.cancel_at_period_end {
         sub = client
-            .cancel_at_period_end(&uid, generation, &sub.id, obj.spec.cancel_at_period_end)
+            .cancel_at_period_end(&uid, generation, &sub.id, cancel)
             .await
             .map_err(Error::vendor("set the subscription's cancel_at_period_end"))?;
     }
     Ok(sub)
-}
-
-/// Records what Stripe says of the subscription in status.
-fn observe(st: &mut SubscriptionStatus, sub: &StripeSub) {
-    st.stripe_status = Some(sub.status.clone());
-    st.current_period_start = rfc3339(sub.current_period.0);
-    st.current_period_end = rfc3339(sub.current_period.1);
-    st.cancel_at_period_end = sub.cancel_at_period_end;
-    st.ends_at = match sub.ended_at {
-        Some(t) => rfc3339(t),
-        None if sub.cancel_at_period_end => rfc3339(sub.current_period.1),
-        None => None,
-    };
-    if sub.status == "past_due" {
-        if st.past_due_since.is_none() {
-            st.past_due_since = Some(super::runtime::framework::now());
-        }
-    } else {
-        st.past_due_since = None;
-    }
 }
 
 /// The latest invoice in status, and paid invoices credited to the Project as revenue. Invoices are
@@ -322,39 +288,6 @@ async fn credit_paid(
     Ok(())
 }
 
-/// The object's health from Stripe's status, and when to look again (the period's end at the latest).
-fn health(sub: &StripeSub, label: &str) -> Outcome {
-    let end = rfc3339(sub.current_period.1).unwrap_or_default();
-    let h = match sub.status.as_str() {
-        "active" | "trialing" => Health::ready(format!("{} on {label} until {end}", sub.status)),
-        "incomplete" | "past_due" | "unpaid" => Health::not_ready(
-            reason::PAYMENT_FAILED,
-            format!(
-                "Stripe subscription {} is {}: the customer's payment failed or is due",
-                sub.id, sub.status
-            ),
-        ),
-        "paused" => Health::not_ready(
-            reason::SUBSCRIPTION_PAUSED,
-            format!("Stripe subscription {} is paused", sub.id),
-        ),
-        s if TERMINAL.contains(&s) => Health::stalled(
-            reason::SUBSCRIPTION_ENDED,
-            format!(
-                "Stripe subscription {} is {s} for good; it is not recreated (that would charge again): create a new Subscription to subscribe again",
-                sub.id
-            ),
-        ),
-        other => Health::not_ready(reason::PROGRESSING, format!("Stripe status {other:?}")),
-    };
-    let mut o = Outcome::new(h);
-    let left = sub.current_period.1 - jiff::Timestamp::now().as_second();
-    if left > 0 {
-        o.resync_at_most = Some(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 5));
-    }
-    o
-}
-
 /// The recent invoices (newest first, at most `limit`) of Subscription `namespace/name`, read from
 /// Stripe through its ProviderConfig (for `quartermaster invoices`).
 pub async fn recent_invoices(
@@ -412,9 +345,11 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
         };
         let st = &mut progress.status;
         st.plan = Some(wanted.label.clone());
-        observe(st, &sub);
+        observe(st, &sub, &super::runtime::framework::now());
         invoices(&obj, &ctx, &client, &sub, st).await?;
-        let mut outcome = health(&sub, &wanted.label);
+        let (h, resync_at_most) = health(&sub, &wanted.label, jiff::Timestamp::now().as_second());
+        let mut outcome = Outcome::new(h);
+        outcome.resync_at_most = resync_at_most;
         let metered = plan::find(&r.config, &wanted.label)
             .filter(|_| obj.spec.plan.is_some())
             .map(|p| p.metered.clone())
@@ -479,7 +414,7 @@ impl Reconciler<Subscription> for SubscriptionReconciler {
                     .await
                     .map_err(Error::vendor("cancel the subscription at its period's end"))?
             };
-            observe(&mut progress.status, &s);
+            observe(&mut progress.status, &s, &super::runtime::framework::now());
             wait_until = Some(s.current_period.1);
         }
         match wait_until {
