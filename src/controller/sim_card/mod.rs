@@ -15,6 +15,7 @@
 
 pub mod billing;
 pub mod claim;
+pub mod decide;
 mod order;
 pub mod top_up;
 pub mod usage;
@@ -28,6 +29,7 @@ pub const WIRE: crate::controller::runtime::Wire =
 
 crate::controller::runtime::framework::managed_namespaced!(SimCard, SimCardStatus);
 
+use decide::{describe, detail_due, matches, wanted};
 use order::top_ups;
 
 use std::sync::Arc;
@@ -231,7 +233,13 @@ async fn observe(
     let stream_ahead = usage::ahead(&status.usage_cursors, &streamed);
     if from_listing
         && !stream_ahead
-        && !detail_due(obj, status, &sim, ctx.config.sim_usage_interval)
+        && !detail_due(
+            obj,
+            status,
+            &sim,
+            ctx.config.sim_usage_interval,
+            jiff::Timestamp::now(),
+        )
     {
         return Ok(Some(Observed {
             sim,
@@ -269,38 +277,6 @@ async fn observe(
         quotas: Some((data, sms)),
         listed: from_listing,
     }))
-}
-
-/// Whether quotas and usage must be read SIM by SIM now: never read, read longer than `interval` ago
-/// or in another month, the listing shows the quotas moved (total or level), a top-up is unconfirmed, or
-/// an automatic top-up policy watches a quota that is low.
-fn detail_due(obj: &SimCard, status: &SimCardStatus, sim: &Sim, interval: Duration) -> bool {
-    let read = status
-        .usage_read_at
-        .as_deref()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let Some(read) = read else { return true };
-    let now = jiff::Timestamp::now();
-    let month = |t: jiff::Timestamp| {
-        t.to_zoned(jiff::tz::TimeZone::UTC)
-            .strftime("%Y-%m")
-            .to_string()
-    };
-    let moved = |listed: Option<i64>, known: Option<i64>| listed.is_some() && listed != known;
-    let as_i64 = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
-    let watching = |p: Option<&crate::crd::sim_card::QuotaPolicy>, level: Option<i64>| {
-        p.is_some_and(|p| p.auto_top_up) && level.unwrap_or(0) >= 1
-    };
-    now.duration_since(read).as_secs() >= i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
-        || month(now) != month(read)
-        || status.usage_cursors.is_empty()
-        || moved(sim.data_quota_total, as_i64(status.data_quota_total_bytes))
-        || moved(sim.sms_quota_total, as_i64(status.sms_quota_total))
-        || moved(sim.data_quota_level, status.data_quota_level)
-        || moved(sim.sms_quota_level, status.sms_quota_level)
-        || status.top_ups.iter().any(|r| !r.confirmed && !r.refused)
-        || watching(obj.spec.data_quota.as_ref(), sim.data_quota_level)
-        || watching(obj.spec.sms_quota.as_ref(), sim.sms_quota_level)
 }
 
 /// Meters the SIM's usage since the cursors in status (or from today, the first time).
@@ -408,36 +384,6 @@ fn subject(obj: &SimCard, status: &SimCardStatus) -> Subject {
     }
 }
 
-/// The state the SIM should have: the spec's, disabled while the Project's credit stop holds.
-fn wanted(obj: &SimCard, stopped: bool) -> PendingSimChange {
-    PendingSimChange {
-        requested_at: String::new(),
-        enabled: obj.spec.enabled && !stopped,
-        label: obj.spec.label.clone(),
-        imei_lock: obj.spec.imei_lock,
-    }
-}
-
-fn matches(sim: &Sim, w: &PendingSimChange) -> bool {
-    (sim.status == "Enabled") == w.enabled
-        && w.label
-            .as_ref()
-            .is_none_or(|l| sim.label.as_deref().unwrap_or_default() == l)
-        && sim.imei_lock == w.imei_lock
-}
-
-fn describe(w: &PendingSimChange) -> String {
-    let mut parts = vec![if w.enabled { "enabled" } else { "disabled" }.to_string()];
-    if let Some(l) = &w.label {
-        parts.push(format!("label {l:?}"));
-    }
-    parts.push(format!(
-        "IMEI lock {}",
-        if w.imei_lock { "on" } else { "off" }
-    ));
-    parts.join(", ")
-}
-
 /// Sends the spec's state to 1NCE when the SIM differs, and says how far it is.
 async fn converge(
     obj: &SimCard,
@@ -491,9 +437,8 @@ async fn converge(
         status.pending_change = Some(p);
     }
     if let Some(p) = status.pending_change.as_ref().filter(|p| same(p)) {
-        let sent = p.requested_at.parse::<jiff::Timestamp>().ok();
-        let waited = sent.map_or(0, |t| jiff::Timestamp::now().as_second() - t.as_second());
-        if waited > i64::from(obj.spec.change_timeout_seconds) {
+        let now = jiff::Timestamp::now().as_second();
+        if let Some(waited) = decide::timed_out(p, now, obj.spec.change_timeout_seconds) {
             return Ok(Outcome::new(Health::stalled(
                 reason::CHANGE_NOT_APPLIED,
                 format!(
