@@ -6,10 +6,12 @@
 //!    cache that has not seen the controller's last status write shows it, keeps what that write
 //!    recorded.
 //! 2. **An outage is `Reconciling`, never `Stalled`**, and the object is Ready again after it.
-//! 3. **A pause keeps the vendor state** it recorded and is not a stall.
-//! 4. **Credentials deleted under vendor state are held**: the ProviderConfig and its Secret, deleted
+//! 3. **A pause keeps the vendor state** it recorded, is not a stall, and the meter goes on.
+//! 4. **A stall keeps the vendor state and the meter**: a Project that does not exist stalls the
+//!    object; its server's window stays open and its SIM's usage is still read and billed.
+//! 5. **Credentials deleted under vendor state are held**: the ProviderConfig and its Secret, deleted
 //!    while the object holds vendor state through them, stay (Terminating) until the object is gone.
-//! 5. **No secret in any status or Event** when the vendor's refusal quotes the credentials it was sent.
+//! 6. **No secret in any status or Event** when the vendor's refusal quotes the credentials it was sent.
 //!
 //! The table must name every kind the controller runs: a kind with vendor state added without a row
 //! fails [`every_kind_is_in_the_table`].
@@ -25,6 +27,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use quartermaster::controller::Context;
 use quartermaster::controller::runtime::framework::{self, Managed, Reconciler};
 use quartermaster::crd::ObjectStatus;
+use quartermaster::ledger::Ledger;
+use quartermaster::ledger::store::{GroupBy, ProjectRef};
 use serde_json::Value;
 
 mod common;
@@ -47,6 +51,18 @@ struct Row {
     holds: &'static str,
     /// The kind's own reconcile, handed a stale copy of the object (step 1).
     stale: fn(Arc<Context>, String) -> futures::future::BoxFuture<'static, ()>,
+    /// How its metering shows (steps 3 and 4), if it meters: an open window in status (where), or a
+    /// counter billed to the ledger (its meter) that the simulator's traffic makes grow.
+    meter: Option<(&'static str, Metered)>,
+}
+
+/// How a kind's metering shows in its status.
+#[derive(Clone, Copy, PartialEq)]
+enum Metered {
+    /// An open window (a server's running time): it stays open.
+    Window,
+    /// A counter read from the vendor: traffic at the simulator makes it grow.
+    Counter,
 }
 
 /// Every kind with vendor state.
@@ -57,6 +73,7 @@ const ROWS: [Row; 3] = [
         pc: "digitalocean-sim",
         secret: "digitalocean-credentials",
         holds: "/status/externalID",
+        meter: Some(("/status/metering/since", Metered::Window)),
         stale: |c, ns| {
             Box::pin(stale::<quartermaster::crd::VirtualMachine, _>(
                 c,
@@ -72,6 +89,7 @@ const ROWS: [Row; 3] = [
         pc: "onence-sim",
         secret: "onence-credentials",
         holds: "/status/claimedIccid",
+        meter: Some(("sim_data_bytes", Metered::Counter)),
         stale: |c, ns| {
             Box::pin(stale::<quartermaster::crd::SimCard, _>(
                 c,
@@ -87,6 +105,8 @@ const ROWS: [Row; 3] = [
         pc: "stripe-sim",
         secret: "stripe-credentials",
         holds: "/status/subscriptionID",
+        // Stripe bills the subscription itself; nothing of it is metered here.
+        meter: None,
         stale: |c, ns| {
             Box::pin(stale::<quartermaster::crd::Subscription, _>(
                 c,
@@ -213,6 +233,90 @@ async fn poke(client: &kube::Client, docs: &[Value], key: &str, value: Option<&s
     }
 }
 
+async fn set_project(client: &kube::Client, docs: &[Value], r: &Row, project: Option<&str>) {
+    api(client, doc(docs, r.kind, r.name))
+        .patch(
+            r.name,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"projectRef": {"name": project}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The quantity of `meter` billed to a Project (`to`: namespace, name, UID) this month.
+async fn billed(ledger: &Ledger, to: &(String, String, String), meter: &str) -> i64 {
+    let now = jiff::Timestamp::now().as_second();
+    let (from, until) =
+        quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(now)).unwrap();
+    let project = ProjectRef {
+        namespace: &to.0,
+        name: &to.1,
+        uid: &to.2,
+    };
+    let rows = ledger
+        .usage(&project, from, until, GroupBy::Meter)
+        .await
+        .unwrap();
+    rows.iter()
+        .filter(|r| r.meter == meter)
+        .map(|r| r.quantity)
+        .sum()
+}
+
+/// Every metering row still meters while its object is `state` (paused, stalled): an open window stays
+/// open, and a counter bills the traffic the simulator is given.
+async fn still_metered(
+    client: &kube::Client,
+    docs: &[Value],
+    (sim, ledger, ns): (&str, &Ledger, &str),
+    state: &str,
+) {
+    for r in &ROWS {
+        let Some((meter, how)) = r.meter else {
+            continue;
+        };
+        let d = doc(docs, r.kind, r.name);
+        let o = api(client, d).get(r.name).await.unwrap();
+        if how == Metered::Window {
+            assert!(
+                dig(&o, meter).is_some(),
+                "{} {state}: its window closed: {o:?}",
+                r.kind
+            );
+            continue;
+        }
+        // Billed to the Project it is billed to (its status says which, even while a move stalls).
+        let st = &o.data["status"];
+        let to = (
+            ns.to_string(),
+            st["project"].as_str().unwrap_or_default().to_string(),
+            st["projectUID"].as_str().unwrap_or_default().to_string(),
+        );
+        let was = billed(ledger, &to, meter).await;
+        let iccid = dig(&o, r.holds).unwrap();
+        let sent = reqwest::Client::new()
+            .post(format!(
+                "{sim}/_sim/1nce/sims/{}/traffic",
+                iccid.as_str().unwrap()
+            ))
+            .json(&serde_json::json!({"bytes": 1_000_000}))
+            .send()
+            .await
+            .unwrap();
+        assert!(sent.status().is_success());
+        // Usage is read at most once a second (`sim_usage_interval`): the poke comes after that.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        poke(client, docs, "qm-test/poke", Some(state)).await;
+        common::eventually(
+            WAIT,
+            &format!("{} {state}: still metered", r.kind),
+            || async { (billed(ledger, &to, meter).await >= was + 1_000_000).then_some(()) },
+        )
+        .await;
+    }
+}
+
 async fn outage(sim: &str, on: bool) {
     let r = reqwest::Client::new()
         .post(format!("{sim}/_sim/outage"))
@@ -286,7 +390,10 @@ async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
         );
     }
 
-    let (_, _stop) = common::start_controller_with(client.clone(), &id, Some(ledger));
+    // SIMs read their usage at every reconcile here, so a poke shows whether it is still metered.
+    let (_, _stop) = common::start_controller_cfg(client.clone(), &id, Some(ledger.clone()), |c| {
+        c.sim_usage_interval = Duration::from_secs(1)
+    });
 
     // 2. An outage is Reconciling, never Stalled; Ready again after it.
     outage(&sim.url, true).await;
@@ -313,10 +420,34 @@ async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
         assert_ne!(condition(o, "Stalled").as_deref(), Some("True"), "{o:?}");
         assert!(dig(o, r.holds).is_some(), "{o:?}");
     }
+    still_metered(&client, &docs, (&sim.url, &ledger, &ns), "paused").await;
     poke(&client, &docs, "quartermaster.dev/paused", None).await;
     each(&client, &docs, "Ready after the pause", settled).await;
 
-    // 4. Credentials deleted under vendor state are held until the object is gone.
+    // 4. A stall the user must fix (a Project that does not exist) keeps the vendor state and its meter.
+    let metered: Vec<&Row> = ROWS.iter().filter(|r| r.meter.is_some()).collect();
+    for r in &metered {
+        set_project(&client, &docs, r, Some("no-such-project")).await;
+    }
+    for r in &metered {
+        let d = doc(&docs, r.kind, r.name);
+        let o = common::eventually(WAIT, &format!("{} Stalled", r.kind), || {
+            let api = api(&client, d);
+            async move {
+                let o = api.get(r.name).await.ok()?;
+                (condition(&o, "Stalled").as_deref() == Some("True")).then_some(o)
+            }
+        })
+        .await;
+        assert!(dig(&o, r.holds).is_some(), "{o:?}");
+    }
+    still_metered(&client, &docs, (&sim.url, &ledger, &ns), "stalled").await;
+    for r in &metered {
+        set_project(&client, &docs, r, Some("acme-iot")).await;
+    }
+    each(&client, &docs, "Ready after the stall", settled).await;
+
+    // 5. Credentials deleted under vendor state are held until the object is gone.
     let pcs: Api<DynamicObject> = api(
         &client,
         doc(&docs, "ProviderConfig", &format!("digitalocean-sim-{id}")),
@@ -408,7 +539,7 @@ async fn echo(headers: HeaderMap, body: Bytes) -> axum::response::Response {
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
-/// 5. No secret in any status or Event, for every kind with vendor state, when the vendor's refusal
+/// 6. No secret in any status or Event, for every kind with vendor state, when the vendor's refusal
 /// quotes the credentials it was sent.
 #[tokio::test]
 async fn no_kind_shows_credentials_a_vendor_quotes_back() {
