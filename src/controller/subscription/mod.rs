@@ -259,6 +259,18 @@ async fn invoices(
     credit_paid(obj, ctx, &recent).await
 }
 
+/// The Project `obj` names, from the cache (None: it names none, or it does not exist).
+pub fn project_of(ctx: &Context, obj: &Subscription) -> Result<Option<Arc<Project>>, Error> {
+    let Some(p) = &obj.spec.project_ref else {
+        return Ok(None);
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    Ok(ctx
+        .caches()?
+        .store::<Project>()?
+        .get(&ObjectRef::<Project>::new(&p.name).within(&ns)))
+}
+
 /// Paid invoices as payments of the entitled Project (once each: keyed by invoice).
 async fn credit_paid(
     obj: &Subscription,
@@ -269,11 +281,7 @@ async fn credit_paid(
         return Ok(());
     };
     let ns = obj.namespace().unwrap_or_default();
-    let Some(project) = ctx
-        .caches()?
-        .store::<crate::crd::Project>()?
-        .get(&ObjectRef::<Project>::new(&p.name).within(&ns))
-    else {
+    let Some(project) = project_of(ctx, obj)? else {
         return Ok(());
     };
     let uid = project.uid().unwrap_or_default();

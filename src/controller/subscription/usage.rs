@@ -13,14 +13,13 @@
 //!   arrives. Rows recorded before the Subscription existed are not reported.
 
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use super::super::{Context, Error};
 use crate::cloud::stripe::Stripe;
+use crate::crd::Subscription;
 use crate::crd::provider_config::MeteredPrice;
-use crate::crd::{Project, Subscription};
 use crate::ledger::stripe_usage::UsageReport;
 
 /// Rows reported per meter and reconcile.
@@ -60,18 +59,13 @@ pub async fn report(
     metered: &[MeteredPrice],
 ) -> Result<Reported, Error> {
     let mut done = Reported::default();
-    let (Some(ledger), Some(p)) = (&ctx.ledger, &obj.spec.project_ref) else {
+    let (Some(ledger), Some(_)) = (&ctx.ledger, &obj.spec.project_ref) else {
         return Ok(done);
     };
     if metered.is_empty() {
         return Ok(done);
     }
-    let ns = obj.namespace().unwrap_or_default();
-    let Some(project) = ctx
-        .caches()?
-        .store::<crate::crd::Project>()?
-        .get(&ObjectRef::<Project>::new(&p.name).within(&ns))
-    else {
+    let Some(project) = super::project_of(ctx, obj)? else {
         return Ok(done);
     };
     let uid = project.uid().unwrap_or_default();
