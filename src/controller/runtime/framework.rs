@@ -373,6 +373,8 @@ async fn deleting<K: Managed, R: Reconciler<K>>(
     progress: &mut Progress<K::KindStatus>,
 ) -> Result<Action, Error> {
     if !obj.finalizers().iter().any(|f| f == FINALIZER) {
+        // Going without us: nothing to clean up, nothing to remember.
+        ctx.forget(&object_key(&*obj), obj.uid().as_deref());
         return Ok(Action::await_change());
     }
     let (health, requeue_after) = match reconciler.cleanup(obj.clone(), ctx.clone(), progress).await

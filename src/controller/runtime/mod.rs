@@ -133,6 +133,7 @@ pub struct Context {
     /// The usage ledger; `None` disables metering and credits.
     pub ledger: Option<crate::ledger::Ledger>,
     caches: OnceLock<cache::Caches>,
+    synced: std::sync::atomic::AtomicBool,
     states: state::States,
     account_refused: OnceLock<AccountHook>,
     pending_usage: Mutex<HashMap<String, i64>>,
@@ -162,6 +163,7 @@ impl Context {
             catalogs: crate::cloud::catalog::CatalogCache::new(config.catalog_ttl),
             ledger: None,
             caches: OnceLock::new(),
+            synced: Default::default(),
             states: state::States::default(),
             account_refused: OnceLock::new(),
             pending_usage: Mutex::default(),
@@ -182,9 +184,10 @@ impl Context {
         })
     }
 
-    /// Whether the controllers run in this process (their caches are set).
+    /// Whether the controllers run in this process with every cache filled (false on a standby, while
+    /// the caches load, and once the controllers stopped): what reaches a controller now is acted on.
     pub fn running(&self) -> bool {
-        self.caches.get().is_some()
+        self.synced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The one value of `T` this process keeps (a kind's memory: listings, sightings, indexes).
@@ -347,6 +350,7 @@ pub async fn run(
         }
         tracing::info!("controller caches synced");
         health.set_synced(true);
+        ctx.synced.store(true, std::sync::atomic::Ordering::Release);
         futures::future::join_all(tasks).await;
     };
     tokio::select! {
@@ -354,5 +358,7 @@ pub async fn run(
         _ = watches => {}
         _ = shutdown => {}
     }
+    ctx.synced
+        .store(false, std::sync::atomic::Ordering::Release);
     health.set_synced(false);
 }

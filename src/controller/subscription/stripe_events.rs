@@ -74,9 +74,13 @@ pub fn concerned(all: &Store<Subscription>, h: &StripeHint) -> Vec<Arc<Subscript
 }
 
 /// A Stripe event (verified by the webhook server) concerns the Subscriptions `hint` names: wake them
-/// (their reconcile reads Stripe). False when no controller runs in this process (a standby, or the
-/// controllers have not started), so the event is not recorded as handled.
+/// (their reconcile reads Stripe). False when no controller acts on it in this process now (a standby,
+/// or caches still loading, which would match nothing), so the event is not recorded as handled and
+/// Stripe delivers it again. The empty hint asks only that.
 pub fn stripe_event(ctx: &Context, hint: StripeHint) -> bool {
+    if !ctx.running() {
+        return false;
+    }
     if hint == StripeHint::default() {
         return true;
     }
@@ -93,4 +97,30 @@ pub fn stripe_event(ctx: &Context, hint: StripeHint) -> bool {
         ctx.wake(ObjectRef::from_obj(&*s));
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::ControllerConfig;
+
+    /// A standby, or a leader whose caches are still loading, takes no event: the webhook answers 503
+    /// and Stripe delivers it again (recording it as handled would lose it for good).
+    #[tokio::test]
+    async fn no_event_is_taken_while_no_controller_acts_on_it() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let ctx = Context::new(
+            client,
+            crate::metrics::Metrics::new(),
+            ControllerConfig::default(),
+            None,
+        );
+        assert!(!stripe_event(&ctx, StripeHint::default()));
+        let hint = StripeHint {
+            uid: Some("u-1".into()),
+            ..Default::default()
+        };
+        assert!(!stripe_event(&ctx, hint));
+    }
 }
