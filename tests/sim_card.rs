@@ -1359,3 +1359,81 @@ async fn a_namespace_that_lost_its_account_still_meters_and_disables_its_sim() {
     })
     .await;
 }
+
+/// The connectivity resets the simulator queued for SIM `i`.
+async fn resets(e: &SimEnv, i: u64) -> usize {
+    let all: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/1nce/resets", e.sim.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.iter().filter(|r| r["iccid"] == iccid(i)).count()
+}
+
+async fn ask_reset(e: &SimEnv, name: &str, value: &str) {
+    let ann = serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/reset-connectivity": value}}});
+    e.sims()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&ann))
+        .await
+        .unwrap();
+}
+
+/// The reset annotation: one reset per distinct value, acknowledged in status once 1NCE queued it,
+/// never sent again for the same value (however often the SimCard is reconciled), and a refusal
+/// recorded with 1NCE's words.
+#[tokio::test]
+async fn a_connectivity_reset_is_sent_once_per_request() {
+    let e = sim_env(
+        "simreset",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(1)]}]),
+    )
+    .await;
+    e.apply("dev", serde_json::json!({"iccid": iccid(1)})).await;
+    e.wait("dev", conditions::READY, "Reconciled").await;
+    assert_eq!(resets(&e, 1).await, 0);
+    let accepted = |value: &'static str| {
+        let sims = e.sims();
+        async move {
+            common::eventually(WAIT, &format!("reset {value} accepted"), || async {
+                let r = sims.get("dev").await.ok()?.status?.connectivity_reset?;
+                (r.requested == value && r.accepted_at.is_some()).then_some(r)
+            })
+            .await
+        }
+    };
+    ask_reset(&e, "dev", "2026-12-05T00:00:00Z").await;
+    accepted("2026-12-05T00:00:00Z").await;
+    assert_eq!(resets(&e, 1).await, 1);
+    // Reconciled again (a label change, a resync): the same request is not sent again.
+    for i in 0..3 {
+        e.apply(
+            "dev",
+            serde_json::json!({"iccid": iccid(1), "label": format!("l{i}")}),
+        )
+        .await;
+        e.wait("dev", conditions::READY, "Reconciled").await;
+    }
+    assert_eq!(resets(&e, 1).await, 1);
+    ask_reset(&e, "dev", "2026-12-05T01:00:00Z").await;
+    accepted("2026-12-05T01:00:00Z").await;
+    assert_eq!(resets(&e, 1).await, 2);
+    // An expired SIM: 1NCE refuses; the refusal is recorded, not retried.
+    reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/sims/{}/expire", e.sim.url, iccid(1)))
+        .send()
+        .await
+        .unwrap();
+    ask_reset(&e, "dev", "2026-12-05T02:00:00Z").await;
+    let sims = e.sims();
+    let refused = common::eventually(WAIT, "the refusal recorded", || async {
+        let r = sims.get("dev").await.ok()?.status?.connectivity_reset?;
+        (r.requested == "2026-12-05T02:00:00Z")
+            .then_some(r)
+            .filter(|r| r.refused.is_some())
+    })
+    .await;
+    assert!(refused.refused.unwrap().contains("expired"));
+    assert!(refused.accepted_at.is_none());
+    assert_eq!(resets(&e, 1).await, 2);
+}

@@ -79,6 +79,9 @@ async fn vendor_onence_client_requests_validate_against_the_specs() {
     c.send_sms(&iccid, "hello device")
         .await
         .expect("POST /v1/sims/{iccid}/sms");
+    c.reset_connectivity(&iccid)
+        .await
+        .expect("POST /v1/sims/{iccid}/reset");
     // Every call above shared one token.
     assert_eq!(c.token_requests().await, 1);
 }

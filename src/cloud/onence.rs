@@ -622,6 +622,16 @@ impl OneNce {
         Ok(v["status"].as_str().map(str::to_string))
     }
 
+    /// Queues a connectivity reset of the SIM (`POST /v1/sims/{iccid}/reset`; 1NCE resets it
+    /// asynchronously). Not retried: 1NCE keeps no record to look an earlier attempt up by.
+    pub async fn reset_connectivity(&self, iccid: &str) -> Result<(), CloudError> {
+        let iccid = digits(iccid)?;
+        let url = self.v1(&format!("/sims/{iccid}/reset"));
+        self.send(false, || self.http.request(Method::POST, &url))
+            .await?;
+        Ok(())
+    }
+
     /// The SIM's messages as 1NCE lists them (the latest 100).
     pub async fn list_sms(&self, iccid: &str) -> Result<Vec<Sms>, CloudError> {
         let iccid = digits(iccid)?;

@@ -167,6 +167,10 @@ pub mod event {
     pub const TOP_UP_ORDERED: &str = "TopUpOrdered";
     /// An SMS was sent.
     pub const SMS_SENT: &str = "SmsSent";
+    /// The vendor queued a connectivity reset of a SIM.
+    pub const CONNECTIVITY_RESET: &str = "ConnectivityReset";
+    /// A connectivity reset was refused, or its answer was lost (not sent again).
+    pub const CONNECTIVITY_RESET_FAILED: &str = "ConnectivityResetFailed";
     /// An ordered quota top-up shows in the quota (and was billed).
     pub const TOP_UP_CONFIRMED: &str = "TopUpConfirmed";
     /// The quota is under its threshold but this month's automatic top-ups are used up.

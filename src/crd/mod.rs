@@ -44,6 +44,10 @@ pub const ANNOTATION_PAUSED: &str = "quartermaster.dev/paused";
 pub const ANNOTATION_EXTERNAL_ID: &str = "quartermaster.dev/external-id";
 /// Annotation: an imperative restart; each distinct value triggers one restart.
 pub const ANNOTATION_RESTART_REQUESTED_AT: &str = "quartermaster.dev/restart-requested-at";
+
+/// Annotation on a SimCard asking for one connectivity reset of its SIM per distinct value (e.g. a
+/// timestamp); acknowledged in `status.connectivityReset`.
+pub const ANNOTATION_RESET_CONNECTIVITY: &str = "quartermaster.dev/reset-connectivity";
 /// Annotation overriding an object's periodic resync (`30s`, `5m`, `1h`; at least 30 s).
 pub const ANNOTATION_RESYNC_INTERVAL: &str = "quartermaster.dev/resync-interval";
 /// Annotation the controller writes on a VirtualMachine, in the same write as its finalizer, right before

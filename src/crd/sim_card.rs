@@ -204,6 +204,10 @@ pub struct SimCardStatus {
     /// is served by its account's SIM listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_read_at: Option<String>,
+    /// The latest connectivity reset asked for with the `quartermaster.dev/reset-connectivity`
+    /// annotation (one reset per distinct value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connectivity_reset: Option<ConnectivityReset>,
     /// The latest automatic top-up of each quota: recorded before the order is sent, so an order is
     /// never sent twice for one crossing of the threshold, whatever crashes in between.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -245,6 +249,25 @@ pub struct PendingSimChange {
     pub label: Option<String>,
     /// The IMEI lock sent.
     pub imei_lock: bool,
+}
+
+/// A connectivity reset asked for with the `quartermaster.dev/reset-connectivity` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectivityReset {
+    /// The annotation's value this reset answers: recorded before the call, so one value is one reset
+    /// at most, whatever crashes in between.
+    pub requested: String,
+    /// When 1NCE accepted it (queued the reset; it happens asynchronously), RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<String>,
+    /// The call's answer was lost (a timeout, a dropped connection): it is not sent again, since 1NCE
+    /// keeps no record to look it up by. Set a new annotation value to ask again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
+    /// 1NCE's words when it refused the reset (e.g. an expired SIM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Where metering of one of the vendor's counters stands.

@@ -58,6 +58,7 @@ struct World {
     issued: u64,
     orders: Vec<serde_json::Value>,
     messages: Vec<serde_json::Value>,
+    resets: Vec<serde_json::Value>,
     window: (u64, u32),
 }
 
@@ -146,6 +147,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/v1/sims/{iccid}/usage", get(usage))
         .route("/v1/sims/{iccid}/topup", post(top_up))
         .route("/v1/sims/{iccid}/sms", post(send_sms).get(list_sms))
+        .route("/v1/sims/{iccid}/reset", post(reset))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), gate));
     Router::new()
         .route("/oauth/token", post(token))
@@ -155,6 +157,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/_sim/1nce/sims/{iccid}/device-sms", post(device_sms))
         .route("/_sim/1nce/orders", get(orders))
         .route("/_sim/1nce/messages", get(messages))
+        .route("/_sim/1nce/resets", get(resets))
         .with_state(app)
 }
 
@@ -614,6 +617,30 @@ async fn expire(State(app): State<App>, Path(iccid): Path<String>) -> Response {
 
 async fn orders(State(app): State<App>) -> Response {
     axum::Json(app.world.lock().await.orders.clone()).into_response()
+}
+
+/// `POST /v1/sims/{iccid}/reset`: a connectivity reset queued (201), as 1NCE answers; an expired SIM
+/// answers 422.
+async fn reset(State(app): State<App>, Path(iccid): Path<String>) -> Response {
+    let mut w = app.world.lock().await;
+    let Some(s) = find(&mut w, &iccid) else {
+        return err(StatusCode::NOT_FOUND, "SIM not found");
+    };
+    if s.expired {
+        return err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The following SIMs are expired and cannot be modified via API.",
+        );
+    }
+    let iccid = s.iccid.clone();
+    w.resets
+        .push(serde_json::json!({"iccid": iccid, "at": now_text()}));
+    StatusCode::CREATED.into_response()
+}
+
+/// The connectivity resets queued so far (for tests).
+async fn resets(State(app): State<App>) -> Response {
+    axum::Json(app.world.lock().await.resets.clone()).into_response()
 }
 
 async fn messages(State(app): State<App>) -> Response {

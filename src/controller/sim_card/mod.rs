@@ -17,6 +17,7 @@ pub mod billing;
 pub mod claim;
 pub mod decide;
 mod order;
+pub mod reset;
 pub mod top_up;
 pub mod usage;
 mod wire;
@@ -592,6 +593,7 @@ async fn held(
         };
         return Err(Error::permanent(reason, format!("{message}{note}")));
     }
+    reset::requested(obj, ctx, c, progress).await?;
     let stop = b.stop;
     // The usage just metered may have exhausted the credit: no top-up is ordered then.
     let auto = |q: Option<&crate::crd::sim_card::QuotaPolicy>| q.is_some_and(|q| q.auto_top_up);

@@ -1,0 +1,188 @@
+//! Connectivity resets on request: the `quartermaster.dev/reset-connectivity` annotation asks for one
+//! reset of the SIM per distinct value (like the VM's restart annotation), through 1NCE's
+//! `POST /v1/sims/{iccid}/reset`.
+//!
+//! # Guarantees
+//! - **At most once per value.** The value is recorded in `status.connectivityReset` before the call.
+//!   1NCE keeps no record of resets to look an earlier attempt up by, so a call whose answer was lost (a
+//!   timeout, a dropped connection) is marked `unconfirmed` and not sent again; only an answer that
+//!   proves the reset was not queued (429, 5xx) lets it be tried again, at the next reconcile.
+//! - A refusal (4xx, e.g. an expired SIM) is recorded with 1NCE's words and a Warning Event; the SimCard
+//!   itself is not stalled by it.
+//! - Nothing is sent while the object is paused or its ProviderConfig suspended, or to a SIM it may not
+//!   change (it waits).
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::Claimed;
+use crate::cloud::CloudError;
+use crate::controller::runtime::framework::{Progress, now, persist, publish};
+use crate::controller::{Context, Error};
+use crate::crd::conditions::event;
+use crate::crd::sim_card::ConnectivityReset;
+use crate::crd::{ANNOTATION_RESET_CONNECTIVITY, SimCard, SimCardStatus};
+
+/// What a failed call proves.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 1NCE answered that it did not queue it for now (429, 5xx): try again later.
+    NotQueued,
+    /// 1NCE refused it (any other answer): recorded, not tried again.
+    Refused,
+    /// No answer (timeout, transport): it may have been queued; not sent again.
+    Unknown,
+}
+
+/// What the failure `e` of the reset call proves.
+pub fn failure(e: &CloudError) -> Failure {
+    match e {
+        CloudError::Http(h) => match h.status() {
+            Some(s) if s == 429 || s >= 500 => Failure::NotQueued,
+            Some(_) => Failure::Refused,
+            None => Failure::Unknown,
+        },
+        CloudError::Unsupported(_) | CloudError::Credentials(_) => Failure::Refused,
+    }
+}
+
+/// The annotation's value when it asks for a reset not yet answered (`None`: nothing to do).
+pub fn wanted<'a>(obj: &'a SimCard, status: &SimCardStatus) -> Option<&'a str> {
+    let want = obj
+        .annotations()
+        .get(ANNOTATION_RESET_CONNECTIVITY)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())?;
+    let done = status
+        .connectivity_reset
+        .as_ref()
+        .is_some_and(|r| r.requested == want);
+    (!done).then_some(want)
+}
+
+/// Sends the reset the annotation asks for, once (see the module's guarantees).
+pub(super) async fn requested(
+    obj: &SimCard,
+    ctx: &Context,
+    c: &Claimed,
+    progress: &mut Progress<SimCardStatus>,
+) -> Result<(), Error> {
+    let Some(want) = wanted(obj, &progress.status) else {
+        return Ok(());
+    };
+    if c.suspended {
+        return Ok(());
+    }
+    let before = progress.status.connectivity_reset.clone();
+    progress.status.connectivity_reset = Some(ConnectivityReset {
+        requested: want.to_string(),
+        accepted_at: None,
+        unconfirmed: false,
+        refused: None,
+    });
+    persist(ctx, obj, progress).await?;
+    let result = c.client.reset_connectivity(&c.iccid).await;
+    let r = progress
+        .status
+        .connectivity_reset
+        .as_mut()
+        .expect("recorded above");
+    let (kind, reason, note) = match result {
+        Ok(()) => {
+            r.accepted_at = Some(now());
+            let note = format!("1NCE queued a connectivity reset of SIM {}", c.iccid);
+            (EventType::Normal, event::CONNECTIVITY_RESET, note)
+        }
+        Err(e) => match failure(&e) {
+            Failure::NotQueued => {
+                // Not queued: forget the attempt, so the next reconcile tries again.
+                progress.status.connectivity_reset = before;
+                return Err(Error::vendor("reset the SIM's connectivity")(e));
+            }
+            Failure::Refused => {
+                r.refused = Some(e.to_string());
+                let note = format!(
+                    "1NCE refused the connectivity reset of SIM {}: {e}",
+                    c.iccid
+                );
+                (EventType::Warning, event::CONNECTIVITY_RESET_FAILED, note)
+            }
+            Failure::Unknown => {
+                r.unconfirmed = true;
+                let note = format!(
+                    "the connectivity reset of SIM {} got no answer ({e}); it is not sent again: set a new {ANNOTATION_RESET_CONNECTIVITY} value to ask again",
+                    c.iccid
+                );
+                (EventType::Warning, event::CONNECTIVITY_RESET_FAILED, note)
+            }
+        },
+    };
+    publish(ctx, obj, kind, reason, &note).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::HttpError;
+
+    fn card(value: Option<&str>) -> SimCard {
+        let mut c: SimCard = serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "SimCard",
+            "metadata": {"name": "s", "namespace": "ns"},
+            "spec": {"iccid": "8988280666000000002", "providerConfigRef": {"name": "pc"}}
+        }))
+        .unwrap();
+        if let Some(v) = value {
+            c.annotations_mut()
+                .insert(ANNOTATION_RESET_CONNECTIVITY.into(), v.into());
+        }
+        c
+    }
+
+    #[test]
+    fn one_reset_per_distinct_value() {
+        let mut st = SimCardStatus::default();
+        assert_eq!(wanted(&card(None), &st), None);
+        assert_eq!(wanted(&card(Some("  ")), &st), None);
+        assert_eq!(wanted(&card(Some("t1")), &st), Some("t1"));
+        st.connectivity_reset = Some(ConnectivityReset {
+            requested: "t1".into(),
+            accepted_at: None,
+            unconfirmed: true,
+            refused: None,
+        });
+        assert_eq!(
+            wanted(&card(Some("t1")), &st),
+            None,
+            "an unconfirmed one is not sent again"
+        );
+        assert_eq!(wanted(&card(Some("t2")), &st), Some("t2"));
+    }
+
+    #[test]
+    fn only_an_answer_that_proves_nothing_was_queued_allows_another_try() {
+        let status = |s: u16| {
+            CloudError::Http(HttpError::Status {
+                vendor: "1nce",
+                status: s,
+                message: String::new(),
+                retry_after: None,
+            })
+        };
+        assert_eq!(failure(&status(503)), Failure::NotQueued);
+        assert_eq!(failure(&status(429)), Failure::NotQueued);
+        assert_eq!(failure(&status(422)), Failure::Refused);
+        assert_eq!(failure(&status(404)), Failure::Refused);
+        let timeout = CloudError::Http(HttpError::Timeout {
+            vendor: "1nce",
+            timeout: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(failure(&timeout), Failure::Unknown);
+        let dropped = CloudError::Http(HttpError::Unreachable {
+            vendor: "1nce",
+            message: "connection reset".into(),
+        });
+        assert_eq!(failure(&dropped), Failure::Unknown);
+    }
+}
