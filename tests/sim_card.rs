@@ -1437,3 +1437,68 @@ async fn a_connectivity_reset_is_sent_once_per_request() {
     assert!(refused.accepted_at.is_none());
     assert_eq!(resets(&e, 1).await, 2);
 }
+
+/// How many times `reason` was reported in the namespace (repeats of one Event count in its series).
+async fn reported(e: &SimEnv, reason: &str) -> i32 {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(e.client.clone(), &e.ns);
+    events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|ev| ev.reason.as_deref() == Some(reason))
+        .map(|ev| ev.series.as_ref().map_or(1, |s| s.count))
+        .sum()
+}
+
+/// Reconciles SimCard `q` by changing its label, and waits until it is Ready.
+async fn warn_reconcile(e: &SimEnv, label: &str) {
+    e.apply("q", serde_json::json!({"iccid": iccid(1), "label": label}))
+        .await;
+    e.wait("q", conditions::READY, "Reconciled").await;
+}
+
+/// Data quota warnings at 80 % and 100 % used: an Event each, once per quota period, however often
+/// the SimCard is reconciled.
+#[tokio::test]
+async fn quota_warnings_come_once_per_quota_period() {
+    let e = sim_env_full(
+        "simwarn",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(1)]}]),
+        serde_json::json!({}),
+        (0, ALWAYS, 0),
+        None,
+    )
+    .await;
+    warn_reconcile(&e, "l0").await;
+    assert_eq!(reported(&e, "QuotaThresholdReached").await, 0);
+    // 400 of the 500 MB: 80 % used.
+    traffic(&e, 1, 400_000_000).await;
+    warn_reconcile(&e, "l1").await;
+    common::eventually(WAIT, "the 80 % warning", || async {
+        (reported(&e, "QuotaThresholdReached").await == 1).then_some(())
+    })
+    .await;
+    for label in ["l2", "l3"] {
+        warn_reconcile(&e, label).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reported(&e, "QuotaThresholdReached").await,
+        1,
+        "warned twice"
+    );
+    let st = e.sims().get("q").await.unwrap().status.unwrap();
+    assert_eq!(st.quota_warnings.len(), 1, "{:?}", st.quota_warnings);
+    // Used up: the 100 % warning, once.
+    traffic(&e, 1, 100_000_000).await;
+    warn_reconcile(&e, "l4").await;
+    common::eventually(WAIT, "the 100 % warning", || async {
+        (reported(&e, "QuotaThresholdReached").await == 2).then_some(())
+    })
+    .await;
+    warn_reconcile(&e, "l5").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(reported(&e, "QuotaThresholdReached").await, 2);
+}

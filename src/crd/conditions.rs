@@ -167,6 +167,8 @@ pub mod event {
     pub const TOP_UP_ORDERED: &str = "TopUpOrdered";
     /// An SMS was sent.
     pub const SMS_SENT: &str = "SmsSent";
+    /// A SIM's data or SMS quota is 80 % or 100 % used (once per quota period).
+    pub const QUOTA_THRESHOLD_REACHED: &str = "QuotaThresholdReached";
     /// The vendor queued a connectivity reset of a SIM.
     pub const CONNECTIVITY_RESET: &str = "ConnectivityReset";
     /// A connectivity reset was refused, or its answer was lost (not sent again).

@@ -204,6 +204,10 @@ pub struct SimCardStatus {
     /// is served by its account's SIM listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_read_at: Option<String>,
+    /// The quota warnings already given (80 % and 100 % used), per quota and quota period: each is
+    /// an Event once per period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quota_warnings: Vec<QuotaWarning>,
     /// The latest connectivity reset asked for with the `quartermaster.dev/reset-connectivity`
     /// annotation (one reset per distinct value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +253,19 @@ pub struct PendingSimChange {
     pub label: Option<String>,
     /// The IMEI lock sent.
     pub imei_lock: bool,
+}
+
+/// A quota warning given (an Event), once per quota period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaWarning {
+    /// `data` or `sms`.
+    pub quota: String,
+    /// The share used it warned of, percent (80 or 100).
+    pub percent: u8,
+    /// The quota period it belongs to: the quota's total and expiry as 1NCE reports them (a top-up
+    /// starts a new one).
+    pub period: String,
 }
 
 /// A connectivity reset asked for with the `quartermaster.dev/reset-connectivity` annotation.

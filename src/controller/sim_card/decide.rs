@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::cloud::onence::Sim;
-use crate::crd::sim_card::PendingSimChange;
+use crate::crd::sim_card::{PendingSimChange, QuotaWarning};
 use crate::crd::{SimCard, SimCardStatus};
 
 /// Whether quotas and usage must be read SIM by SIM now: never read, read longer than `interval` ago
@@ -86,6 +86,50 @@ pub fn timed_out(p: &PendingSimChange, now: i64, timeout: u32) -> Option<i64> {
     (waited > i64::from(timeout)).then_some(waited)
 }
 
+/// The warning thresholds of a quota, percent used.
+pub const QUOTA_THRESHOLDS: [u8; 2] = [80, 100];
+
+/// The quota warnings `status` now calls for that were not given in the same quota period: data and
+/// SMS at 80 % and 100 % used (ascending).
+pub fn quota_warnings(status: &SimCardStatus) -> Vec<QuotaWarning> {
+    let quotas = [
+        (
+            "data",
+            status.data_quota_total_bytes,
+            status.data_quota_remaining_bytes,
+            &status.data_quota_expiry,
+        ),
+        (
+            "sms",
+            status.sms_quota_total,
+            status.sms_quota_remaining,
+            &status.sms_quota_expiry,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (quota, total, remaining, expiry) in quotas {
+        let (Some(total), Some(remaining)) = (total, remaining) else {
+            continue;
+        };
+        if total == 0 {
+            continue;
+        }
+        let used = (total - remaining.min(total)).saturating_mul(100) / total;
+        let period = format!("{total}/{}", expiry.as_deref().unwrap_or_default());
+        for percent in QUOTA_THRESHOLDS {
+            let w = QuotaWarning {
+                quota: quota.into(),
+                percent,
+                period: period.clone(),
+            };
+            if used >= u64::from(percent) && !status.quota_warnings.contains(&w) {
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +205,55 @@ mod tests {
         }
         let w = wanted(&card(true, Some("truck"), true), true);
         assert_eq!(describe(&w), "disabled, label \"truck\", IMEI lock on");
+    }
+
+    #[test]
+    fn quota_warnings_come_once_per_quota_period() {
+        let mut st = SimCardStatus {
+            data_quota_total_bytes: Some(1000),
+            data_quota_remaining_bytes: Some(1000),
+            data_quota_expiry: Some("2027-01-01".into()),
+            sms_quota_total: Some(0),
+            sms_quota_remaining: Some(0),
+            ..Default::default()
+        };
+        let warned = |st: &SimCardStatus| -> Vec<(String, u8)> {
+            quota_warnings(st)
+                .into_iter()
+                .map(|w| (w.quota, w.percent))
+                .collect()
+        };
+        // (remaining of 1000) → new warnings
+        let rows: [(u64, &[(&str, u8)]); 5] = [
+            (1000, &[]),
+            (201, &[]),
+            (200, &[("data", 80)]),
+            (0, &[("data", 100)]),
+            (0, &[]),
+        ];
+        for (remaining, want) in rows {
+            st.data_quota_remaining_bytes = Some(remaining);
+            let got = warned(&st);
+            let want: Vec<(String, u8)> = want.iter().map(|(q, p)| ((*q).into(), *p)).collect();
+            assert_eq!(got, want, "{remaining} left");
+            st.quota_warnings.extend(quota_warnings(&st));
+        }
+        // A top-up: a new total is a new period, warned again when used.
+        st.data_quota_total_bytes = Some(2000);
+        st.data_quota_remaining_bytes = Some(1500);
+        assert!(warned(&st).is_empty());
+        st.data_quota_remaining_bytes = Some(100);
+        assert_eq!(warned(&st), [("data".to_string(), 80)]);
+        // Both thresholds at once, when the first read already shows the quota used up.
+        let fresh = SimCardStatus {
+            sms_quota_total: Some(250),
+            sms_quota_remaining: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            warned(&fresh),
+            [("sms".to_string(), 80), ("sms".to_string(), 100)]
+        );
     }
 
     #[test]

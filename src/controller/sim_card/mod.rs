@@ -40,7 +40,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::runtime::framework::{
-    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish,
+    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, persist, publish,
 };
 use super::{Context, Error, vendor};
 use crate::cloud::onence::{Change, OneNce, Quota, Sim, SimChange};
@@ -385,6 +385,40 @@ fn subject(obj: &SimCard, status: &SimCardStatus) -> Subject {
     }
 }
 
+/// Warns (an Event) when a quota just read is 80 % or 100 % used, once per quota period: the warning is
+/// saved in status before it is sent, so a failed write never repeats it.
+async fn warn_quotas(
+    obj: &SimCard,
+    ctx: &Context,
+    c: &Claimed,
+    progress: &mut Progress<SimCardStatus>,
+) -> Result<(), Error> {
+    let new = decide::quota_warnings(&progress.status);
+    if new.is_empty() {
+        return Ok(());
+    }
+    let st = &mut progress.status;
+    // A quota's warnings of earlier periods are no longer needed to suppress anything.
+    st.quota_warnings.retain(|w| {
+        new.iter()
+            .all(|n| n.quota != w.quota || n.period == w.period)
+    });
+    st.quota_warnings.extend(new.iter().cloned());
+    persist(ctx, obj, progress).await?;
+    for w in new {
+        let what = if w.quota == "sms" { "SMS" } else { "data" };
+        publish(
+            ctx,
+            obj,
+            EventType::Warning,
+            event::QUOTA_THRESHOLD_REACHED,
+            &format!("SIM {}'s {what} quota is {}% used", c.iccid, w.percent),
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// Sends the spec's state to 1NCE when the SIM differs, and says how far it is.
 async fn converge(
     obj: &SimCard,
@@ -594,6 +628,9 @@ async fn held(
         return Err(Error::permanent(reason, format!("{message}{note}")));
     }
     reset::requested(obj, ctx, c, progress).await?;
+    if o.quotas.is_some() {
+        warn_quotas(obj, ctx, c, progress).await?;
+    }
     let stop = b.stop;
     // The usage just metered may have exhausted the credit: no top-up is ordered then.
     let auto = |q: Option<&crate::crd::sim_card::QuotaPolicy>| q.is_some_and(|q| q.auto_top_up);
