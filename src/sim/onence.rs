@@ -328,6 +328,22 @@ async fn read(State(app): State<App>, Path(iccid): Path<String>) -> Response {
     }
 }
 
+/// SIM `iccid` when it may be changed: 404 when 1NCE does not know it, 422 when it expired (as 1NCE
+/// answers a change of an expired SIM).
+fn changeable<'a>(
+    w: &'a mut World,
+    iccid: &str,
+) -> Result<&'a mut SimRec, (StatusCode, &'static str)> {
+    let s = find(w, iccid).ok_or((StatusCode::NOT_FOUND, "SIM not found"))?;
+    if s.expired {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The following SIMs are expired and cannot be modified via API.",
+        ));
+    }
+    Ok(s)
+}
+
 async fn change(
     State(app): State<App>,
     Path(iccid): Path<String>,
@@ -335,15 +351,10 @@ async fn change(
 ) -> Response {
     let delay = Duration::from_secs(app.cfg.onence_apply_secs);
     let mut w = app.world.lock().await;
-    let Some(s) = find(&mut w, &iccid) else {
-        return err(StatusCode::NOT_FOUND, "SIM not found");
+    let s = match changeable(&mut w, &iccid) {
+        Ok(s) => s,
+        Err((status, why)) => return err(status, why),
     };
-    if s.expired {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The SIM has expired and cannot be changed.",
-        );
-    }
     if s.pending.is_some() {
         return err(
             StatusCode::CONFLICT,
@@ -623,16 +634,10 @@ async fn orders(State(app): State<App>) -> Response {
 /// answers 422.
 async fn reset(State(app): State<App>, Path(iccid): Path<String>) -> Response {
     let mut w = app.world.lock().await;
-    let Some(s) = find(&mut w, &iccid) else {
-        return err(StatusCode::NOT_FOUND, "SIM not found");
+    let iccid = match changeable(&mut w, &iccid) {
+        Ok(s) => s.iccid.clone(),
+        Err((status, why)) => return err(status, why),
     };
-    if s.expired {
-        return err(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The following SIMs are expired and cannot be modified via API.",
-        );
-    }
-    let iccid = s.iccid.clone();
     w.resets
         .push(serde_json::json!({"iccid": iccid, "at": now_text()}));
     StatusCode::CREATED.into_response()
