@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::examples::{KINDS, api, apply_all, examples, settled};
+use common::examples::{KINDS, api, apply_all, condition, examples, outage, settled};
 use kube::api::DynamicObject;
 use serde_json::Value;
 
@@ -113,13 +113,6 @@ async fn every_kind_is_ready_for_kstatus_and_a_reapply_changes_nothing() {
     }
 }
 
-fn condition<'a>(o: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
-    o.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
 /// A permanent error is `Stalled=True` with a reason (and `Ready=False`), at the object's generation, for
 /// every kind that has one: what Flux and Argo CD read as failed. (A Project and a SimMessage have no
 /// permanent error of their own: they wait, `Ready=False`, for what they name.)
@@ -208,16 +201,6 @@ async fn permanent_errors_stall_with_a_reason_in_every_kind() {
             d["kind"]
         );
     }
-}
-
-async fn outage(sim: &str, on: bool) {
-    let r = reqwest::Client::new()
-        .post(format!("{sim}/_sim/outage"))
-        .json(&serde_json::json!({ "on": on }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
 }
 
 fn is(o: &DynamicObject, type_: &str, status: &str) -> bool {

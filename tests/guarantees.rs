@@ -19,9 +19,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use quartermaster::controller::Context;
@@ -184,11 +182,9 @@ fn dig(o: &DynamicObject, pointer: &str) -> Option<Value> {
         .cloned()
 }
 
+/// The status (`True`, `False`) of condition `type_` of `o`.
 fn condition(o: &DynamicObject, type_: &str) -> Option<String> {
-    o.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
+    common::examples::condition(o, type_)
         .map(|c| c["status"].as_str().unwrap_or_default().to_string())
 }
 
@@ -317,16 +313,6 @@ async fn still_metered(
     }
 }
 
-async fn outage(sim: &str, on: bool) {
-    let r = reqwest::Client::new()
-        .post(format!("{sim}/_sim/outage"))
-        .json(&serde_json::json!({ "on": on }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-}
-
 #[tokio::test]
 async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
     let client = common::client().await;
@@ -396,7 +382,7 @@ async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
     });
 
     // 2. An outage is Reconciling, never Stalled; Ready again after it.
-    outage(&sim.url, true).await;
+    common::examples::outage(&sim.url, true).await;
     poke(&client, &docs, "qm-test/poke", Some("outage")).await;
     for o in each(&client, &docs, "Reconciling during the outage", |o| {
         condition(o, "Reconciling").as_deref() == Some("True")
@@ -405,7 +391,7 @@ async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
     {
         assert_eq!(condition(&o, "Stalled").as_deref(), Some("False"), "{o:?}");
     }
-    outage(&sim.url, false).await;
+    common::examples::outage(&sim.url, false).await;
     each(&client, &docs, "Ready after the outage", settled).await;
 
     // 3. A pause keeps the vendor state and is not a stall.
@@ -523,22 +509,6 @@ const SECRETS: [&str; 3] = [
     "sk_test_51EchoKeyQm7Vr2Kx9Lp4Wn8Tb3Yc6Hd1Fg",
 ];
 
-/// An endpoint that refuses every call, quoting its credentials (headers and body) back.
-async fn echo(headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    let quoted: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n.as_str().contains("auth") || n.as_str().contains("key"))
-        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default()))
-        .collect();
-    let message = format!(
-        "refused {}; body {}",
-        quoted.join("; "),
-        String::from_utf8_lossy(&body)
-    );
-    let body = serde_json::json!({"message": message, "error": {"message": message}});
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
-}
-
 /// 6. No secret in any status or Event, for every kind with vendor state, when the vendor's refusal
 /// quotes the credentials it was sent.
 #[tokio::test]
@@ -546,10 +516,7 @@ async fn no_kind_shows_credentials_a_vendor_quotes_back() {
     let client = common::client().await;
     let ns = common::namespace(&client, "echoed").await;
     let id = common::unique("echo");
-    let app = axum::Router::new().route("/{*p}", axum::routing::any(echo));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let url = common::echo::start(false, StatusCode::BAD_REQUEST).await;
     let sim = common::start_sim(|_| {}).await;
     // The examples, every account pointed at the echo with its own credentials, every object on its
     // own (no Project: the vendor is reached at once).

@@ -4,13 +4,7 @@
 //! tried both ways: refusing (quoting the client secret or the password grant) and granting a token that
 //! the API call then quotes.
 
-use std::sync::Arc;
-
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::http::StatusCode;
 use quartermaster::cloud::onence::{Endpoints, OneNce};
 use quartermaster::cloud::openai::OpenAi;
 use quartermaster::cloud::stripe::Stripe;
@@ -18,43 +12,7 @@ use quartermaster::cloud::{Account, CloudError, connect};
 use quartermaster::crd::ProviderType;
 use quartermaster::http::{HttpClient, RetryPolicy};
 
-/// A token the echo grants: not shaped like a credential, so only its exact value can find it.
-const ISSUED: &str = "Granted-Access-Token-Plain";
-
-/// The echo: `grant` says whether token endpoints issue a token or refuse like every other call.
-async fn echo(
-    State(grant): State<Arc<bool>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if *grant && uri.path().ends_with("/token") {
-        let token = serde_json::json!({"access_token": ISSUED, "expires_in": 3600});
-        return axum::Json(token).into_response();
-    }
-    let quoted: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n.as_str().contains("auth") || n.as_str().contains("key"))
-        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or_default()))
-        .collect();
-    let message = format!(
-        "refused {}; body {}",
-        quoted.join("; "),
-        String::from_utf8_lossy(&body)
-    );
-    let body = serde_json::json!({"message": message, "error": {"message": message}});
-    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
-}
-
-async fn start(grant: bool) -> String {
-    let app = axum::Router::new()
-        .route("/{*p}", any(echo))
-        .with_state(Arc::new(grant));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    url
-}
+mod common;
 
 fn http(vendor: &'static str) -> HttpClient {
     HttpClient::new(vendor, RetryPolicy::default())
@@ -77,8 +35,8 @@ fn assert_clean(what: &str, e: CloudError, secrets: &[&str]) {
 #[tokio::test]
 async fn no_vendor_client_shows_the_credentials_an_echoing_endpoint_quotes() {
     quartermaster::install_crypto_provider();
-    let refuse = start(false).await;
-    let grant = start(true).await;
+    let refuse = common::echo::start(false, StatusCode::UNAUTHORIZED).await;
+    let grant = common::echo::start(true, StatusCode::UNAUTHORIZED).await;
 
     for (provider, token) in [
         (ProviderType::Digitalocean, "Plain-DigitalOcean-Token"),
@@ -101,7 +59,7 @@ async fn no_vendor_client_shows_the_credentials_an_echoing_endpoint_quotes() {
             &refuse,
             vec!["Contabo-Client-Secret", "Contabo-Api-Password"],
         ),
-        (&grant, vec![ISSUED]),
+        (&grant, vec![common::echo::ISSUED]),
     ] {
         let credentials = serde_json::json!({
             "clientId": "qm-client", "clientSecret": "Contabo-Client-Secret",
@@ -120,7 +78,7 @@ async fn no_vendor_client_shows_the_credentials_an_echoing_endpoint_quotes() {
 
     for (base, secrets) in [
         (&refuse, vec!["Onence-Client-Id", "Onence-Client-Secret"]),
-        (&grant, vec![ISSUED]),
+        (&grant, vec![common::echo::ISSUED]),
     ] {
         let credentials =
             r#"{"clientId":"Onence-Client-Id","clientSecret":"Onence-Client-Secret"}"#;

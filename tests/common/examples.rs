@@ -129,3 +129,22 @@ pub async fn wait_gone(client: &kube::Client, d: &Value, wait: std::time::Durati
     })
     .await;
 }
+
+/// Condition `type_` of `o`'s status, as JSON.
+pub fn condition<'a>(o: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    o.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Turns the simulator's outage (every vendor answers 503) on or off.
+pub async fn outage(sim: &str, on: bool) {
+    let r = reqwest::Client::new()
+        .post(format!("{sim}/_sim/outage"))
+        .json(&serde_json::json!({ "on": on }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}

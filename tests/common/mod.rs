@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod echo;
 pub mod env;
 pub mod examples;
 pub mod prism;

@@ -814,6 +814,26 @@ fn catch_up<K: Managed>(ctx: &Context, obj: Arc<K>) -> Arc<K> {
     Arc::new(newer)
 }
 
+/// Saves the working status, then publishes `notes` (each a Warning with `reason`): what they announce
+/// (a threshold crossed, a quota used) is in status first, so a failed write never repeats an
+/// announcement and no announcement goes out for what status does not hold.
+pub async fn save_then_warn<K: Managed>(
+    ctx: &Context,
+    obj: &K,
+    progress: &mut Progress<K::KindStatus>,
+    reason: &str,
+    notes: &[String],
+) -> Result<(), Error> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    persist(ctx, obj, progress).await?;
+    for note in notes {
+        publish(ctx, obj, EventType::Warning, reason, note).await;
+    }
+    Ok(())
+}
+
 /// Writes `status` by server-side apply unless it equals `previous`.
 async fn write_status<K: Managed>(
     api: &Api<K>,

@@ -40,7 +40,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::runtime::framework::{
-    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, persist, publish,
+    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, publish, save_then_warn,
 };
 use super::{Context, Error, vendor};
 use crate::cloud::onence::{Change, OneNce, Quota, Sim, SimChange};
@@ -404,19 +404,14 @@ async fn warn_quotas(
             .all(|n| n.quota != w.quota || n.period == w.period)
     });
     st.quota_warnings.extend(new.iter().cloned());
-    persist(ctx, obj, progress).await?;
-    for w in new {
-        let what = if w.quota == "sms" { "SMS" } else { "data" };
-        publish(
-            ctx,
-            obj,
-            EventType::Warning,
-            event::QUOTA_THRESHOLD_REACHED,
-            &format!("SIM {}'s {what} quota is {}% used", c.iccid, w.percent),
-        )
-        .await;
-    }
-    Ok(())
+    let notes: Vec<String> = new
+        .iter()
+        .map(|w| {
+            let what = if w.quota == "sms" { "SMS" } else { "data" };
+            format!("SIM {}'s {what} quota is {}% used", c.iccid, w.percent)
+        })
+        .collect();
+    save_then_warn(ctx, obj, progress, event::QUOTA_THRESHOLD_REACHED, &notes).await
 }
 
 /// Sends the spec's state to 1NCE when the SIM differs, and says how far it is.

@@ -23,13 +23,12 @@ crate::controller::runtime::framework::managed_namespaced!(TokenBudget, TokenBud
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::project::policy;
 use decide::Block;
 
-use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, persist, publish};
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, save_then_warn};
 use super::vendor::namespace_allowed;
 use super::{Context, Error};
 use crate::budget::period::{self, Window};
@@ -338,19 +337,13 @@ async fn act(
     st.alerted.extend(&d.crossed);
     st.alerted.sort_unstable();
     let (consumed, allocation) = (st.consumed.unwrap_or(0), st.allocation.unwrap_or(0));
-    persist(ctx, &**obj, progress).await?;
     let id = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    for t in &d.crossed {
-        publish(
-            ctx,
-            &**obj,
-            EventType::Warning,
-            THRESHOLD_CROSSED,
-            &format!("TokenBudget {id} crossed {t}% of its allocation ({consumed} of {allocation} tokens this period)"),
-        )
-        .await;
-    }
-    Ok(())
+    let notes: Vec<String> = d
+        .crossed
+        .iter()
+        .map(|t| format!("TokenBudget {id} crossed {t}% of its allocation ({consumed} of {allocation} tokens this period)"))
+        .collect();
+    save_then_warn(ctx, &**obj, progress, THRESHOLD_CROSSED, &notes).await
 }
 
 impl Reconciler<TokenBudget> for TokenBudgetReconciler {
