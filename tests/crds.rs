@@ -40,7 +40,7 @@ fn crds_folder_matches_the_code() {
 }
 
 #[test]
-fn crds_to_stdout_is_multi_document_yaml_with_seven_kinds() {
+fn crds_to_stdout_is_multi_document_yaml_with_eight_kinds() {
     let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
         .arg("crds")
         .output()
@@ -63,7 +63,8 @@ fn crds_to_stdout_is_multi_document_yaml_with_seven_kinds() {
             "SimMessage",
             "Subscription",
             "TokenBudget",
-            "VirtualMachine"
+            "VirtualMachine",
+            "VirtualMachineSnapshot"
         ]
     );
 }

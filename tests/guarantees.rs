@@ -52,6 +52,11 @@ struct Row {
     /// How its metering shows (steps 3 and 4), if it meters: an open window in status (where), or a
     /// counter billed to the ledger (its meter) that the simulator's traffic makes grow.
     meter: Option<(&'static str, Metered)>,
+    /// Whether a settled object still asks its vendor (steps 2 and 6). An available snapshot asks
+    /// nothing (an outage must leave it Ready and never stall it), and a snapshot reaches its vendor
+    /// only through a VM holding a server, which an echoing vendor never gives it (what it would show
+    /// of a vendor's words goes through the HTTP layer the VM row tests).
+    settled_asks_vendor: bool,
 }
 
 /// How a kind's metering shows in its status.
@@ -64,9 +69,10 @@ enum Metered {
 }
 
 /// Every kind with vendor state.
-const ROWS: [Row; 3] = [
+const ROWS: [Row; 4] = [
     Row {
         kind: "VirtualMachine",
+        settled_asks_vendor: true,
         name: "web-1",
         pc: "digitalocean-sim",
         secret: "digitalocean-credentials",
@@ -83,6 +89,7 @@ const ROWS: [Row; 3] = [
     },
     Row {
         kind: "SimCard",
+        settled_asks_vendor: true,
         name: "tracker-0042",
         pc: "onence-sim",
         secret: "onence-credentials",
@@ -99,6 +106,7 @@ const ROWS: [Row; 3] = [
     },
     Row {
         kind: "Subscription",
+        settled_asks_vendor: true,
         name: "acme-pro",
         pc: "stripe-sim",
         secret: "stripe-credentials",
@@ -111,6 +119,26 @@ const ROWS: [Row; 3] = [
                 ns,
                 ("acme-pro", "/status/subscriptionID"),
                 || quartermaster::controller::subscription::SubscriptionReconciler,
+            ))
+        },
+    },
+    Row {
+        kind: "VirtualMachineSnapshot",
+        settled_asks_vendor: false,
+        name: "web-1-before-upgrade",
+        pc: "digitalocean-sim",
+        secret: "digitalocean-credentials",
+        holds: "/status/snapshotID",
+        // Snapshot storage is not metered yet (README).
+        meter: None,
+        stale: |c, ns| {
+            Box::pin(stale::<quartermaster::crd::VirtualMachineSnapshot, _>(
+                c,
+                ns,
+                ("web-1-before-upgrade", "/status/snapshotID"),
+                || {
+                    quartermaster::controller::virtual_machine_snapshot::VirtualMachineSnapshotReconciler
+                },
             ))
         },
     },
@@ -384,12 +412,20 @@ async fn every_kind_with_vendor_state_keeps_the_runtimes_guarantees() {
     // 2. An outage is Reconciling, never Stalled; Ready again after it.
     common::examples::outage(&sim.url, true).await;
     poke(&client, &docs, "qm-test/poke", Some("outage")).await;
-    for o in each(&client, &docs, "Reconciling during the outage", |o| {
-        condition(o, "Reconciling").as_deref() == Some("True")
+    for (o, r) in each(&client, &docs, "Reconciling during the outage", |o| {
+        let kind = o.types.as_ref().map(|t| t.kind.as_str());
+        let asks = ROWS
+            .iter()
+            .any(|r| kind == Some(r.kind) && r.settled_asks_vendor);
+        let state = if asks { "Reconciling" } else { "Ready" };
+        condition(o, state).as_deref() == Some("True")
     })
     .await
+    .iter()
+    .zip(&ROWS)
     {
-        assert_eq!(condition(&o, "Stalled").as_deref(), Some("False"), "{o:?}");
+        assert_eq!(condition(o, "Stalled").as_deref(), Some("False"), "{o:?}");
+        assert!(dig(o, r.holds).is_some(), "{o:?}");
     }
     common::examples::outage(&sim.url, false).await;
     each(&client, &docs, "Ready after the outage", settled).await;
@@ -542,7 +578,7 @@ async fn no_kind_shows_credentials_a_vendor_quotes_back() {
     }
     apply_all(&client, &docs).await;
     let (_, _stop) = common::start_controller(client.clone(), &id);
-    for r in &ROWS {
+    for r in ROWS.iter().filter(|r| r.settled_asks_vendor) {
         let d = doc(&docs, r.kind, r.name);
         common::eventually(WAIT, &format!("{} refused", r.kind), || {
             let api = api(&client, d);

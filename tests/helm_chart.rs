@@ -913,6 +913,7 @@ async fn tenant_roles_grant_the_kinds_and_never_a_status() {
         ("SimMessage", "simmessages"),
         ("Subscription", "subscriptions"),
         ("TokenBudget", "tokenbudgets"),
+        ("VirtualMachineSnapshot", "virtualmachinesnapshots"),
     ] {
         let r = qm_resource(kind, plural);
         for (who, c) in [("editor", &editor), ("viewer", &viewer)] {

@@ -173,6 +173,28 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
         "{regions:?}"
     );
 
+    // Snapshots: one of the instance (name cut to Contabo's 30 characters, the mark whole in the
+    // description), the instance's snapshots by description, and deletion.
+    let mark = cloud::snapshot_mark("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+    let made = p
+        .create_snapshot(&created.id, &mark)
+        .await
+        .expect("POST /v1/compute/instances/{id}/snapshots")
+        .expect("Contabo names the snapshot at once");
+    assert!(!made.id.is_empty(), "{made:?}");
+    let found = p
+        .find_snapshot(&created.id, &mark, 0)
+        .await
+        .expect("GET /v1/compute/instances/{id}/snapshots");
+    assert_eq!(
+        found,
+        cloud::SnapshotLookup::Absent,
+        "the mock's are described otherwise"
+    );
+    p.delete_snapshot(&created.id, &made.id)
+        .await
+        .expect("DELETE /v1/compute/instances/{id}/snapshots/{snapshotId}");
+
     // One token served every call.
     assert_eq!(token_calls.load(Ordering::SeqCst), 1);
 }

@@ -90,3 +90,59 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
     assert!(!p.images().await.expect("GET /v2/images").is_empty());
     assert!(!p.regions().await.expect("GET /v2/regions").is_empty());
 }
+
+/// Snapshots: the `snapshot` droplet action, the droplet's snapshots, its actions, the account's
+/// snapshots (once the droplet is gone) and their deletion.
+#[tokio::test]
+async fn digitalocean_snapshot_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, "digitalocean/DigitalOcean-public.v2.yaml");
+    let account = Account {
+        provider: ProviderType::Digitalocean,
+        endpoint: Some(prism.url.clone()),
+        credentials: "dop_v1_fake".into(),
+        rate_limit: Some((50, 10)),
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let mark = cloud::snapshot_mark("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+    let made = p
+        .create_snapshot("3164444", &mark)
+        .await
+        .expect("POST /v2/droplets/{id}/actions type snapshot");
+    assert_eq!(made, None, "DigitalOcean answers with the action only");
+    // The mock's snapshots carry other names: the lookup reads the droplet's snapshots and actions.
+    let found = p
+        .find_snapshot("3164444", &mark, 0)
+        .await
+        .expect("GET /v2/droplets/{id}/snapshots and /actions");
+    assert!(
+        matches!(
+            found,
+            cloud::SnapshotLookup::Absent | cloud::SnapshotLookup::InProgress
+        ),
+        "{found:?}"
+    );
+    // The mock's own snapshot name is found, with its size and creation time.
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v2/droplets/3164444/snapshots", prism.url))
+        .bearer_auth("dop_v1_fake")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = v["snapshots"][0]["name"].as_str().expect("a snapshot name");
+    match p.find_snapshot("3164444", name, 0).await.unwrap() {
+        cloud::SnapshotLookup::Found(s) => {
+            assert!(
+                !s.id.is_empty() && s.size_gb.is_some() && s.created_at.is_some(),
+                "{s:?}"
+            );
+        }
+        other => panic!("the mock's snapshot {name:?} was not found: {other:?}"),
+    }
+    p.delete_snapshot("3164444", "6372321")
+        .await
+        .expect("DELETE /v2/snapshots/{id}");
+}

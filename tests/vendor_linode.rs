@@ -134,3 +134,39 @@ async fn vendor_linode_mock_rejects_an_invalid_create() {
         .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
 }
+
+/// Snapshots: an image of the instance's disk (its disks listed first), the private images by label,
+/// and deletion.
+#[tokio::test]
+async fn vendor_linode_snapshot_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Linode,
+        endpoint: Some(prism.url.clone()),
+        credentials: "linode-fake-token\n".into(),
+        rate_limit: None,
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let mark = cloud::snapshot_mark("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+    let made = p
+        .create_snapshot("123", &mark)
+        .await
+        .expect("GET /v4/linode/instances/{id}/disks, POST /v4/images")
+        .expect("Linode names the image at once");
+    assert!(!made.id.is_empty(), "{made:?}");
+    let found = p
+        .find_snapshot("123", &mark, 0)
+        .await
+        .expect("GET /v4/images");
+    assert!(
+        matches!(
+            found,
+            cloud::SnapshotLookup::Absent | cloud::SnapshotLookup::Found(_)
+        ),
+        "{found:?}"
+    );
+    p.delete_snapshot("123", "private/15")
+        .await
+        .expect("DELETE /v4/images/private/{n}");
+}

@@ -136,3 +136,33 @@ async fn vendor_vultr_mock_rejects_an_invalid_create() {
         .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
 }
+
+/// Snapshots: `POST /snapshots`, the list filtered by description, and deletion.
+#[tokio::test]
+async fn vendor_vultr_snapshot_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Vultr,
+        endpoint: Some(format!("{}/", prism.url)),
+        credentials: "VULTR-FAKE-KEY".into(),
+        rate_limit: Some((50, 10)),
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let mark = cloud::snapshot_mark("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa");
+    let made = p
+        .create_snapshot("cb676a46-66fd-4dfb-b839-443f2e6c0b60", &mark)
+        .await
+        .expect("POST /snapshots")
+        .expect("Vultr names the snapshot at once");
+    assert!(!made.id.is_empty(), "{made:?}");
+    // The mock describes its snapshots otherwise: nothing carries our mark.
+    let found = p
+        .find_snapshot("cb676a46-66fd-4dfb-b839-443f2e6c0b60", &mark, 0)
+        .await
+        .expect("GET /snapshots?description=");
+    assert_eq!(found, cloud::SnapshotLookup::Absent);
+    p.delete_snapshot("", &made.id)
+        .await
+        .expect("DELETE /snapshots/{id}");
+}

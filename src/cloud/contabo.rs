@@ -25,10 +25,13 @@ use reqwest::Method;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::rest::{is_not_found, none_if_not_found, not_an_id, numeric_id, page_items};
+use super::rest::{
+    done_if_not_found, is_not_found, none_if_not_found, not_an_id, numeric_id, page_items,
+    segment_id,
+};
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, ResizeRule, Server, ServerSpec,
-    ServerState, Size, UID_TAG_PREFIX,
+    ServerState, Size, Snapshot, SnapshotLookup, SnapshotState, UID_TAG_PREFIX,
 };
 use crate::http::{HttpClient, HttpError};
 
@@ -305,6 +308,31 @@ impl Contabo {
 struct DataEnvelope<T> {
     data: Vec<T>,
 }
+
+/// An instance's snapshot (`/v1/compute/instances/{id}/snapshots`). Contabo reports neither a size
+/// nor a state: one it lists can be rolled back to.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContaboSnapshot {
+    snapshot_id: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    created_date: Option<String>,
+}
+
+fn to_snapshot(s: ContaboSnapshot) -> Snapshot {
+    Snapshot {
+        id: s.snapshot_id,
+        name: s.description,
+        state: SnapshotState::Available,
+        size_gb: None,
+        created_at: s.created_date,
+    }
+}
+
+/// Longest snapshot name Contabo accepts (the mark goes whole into the description).
+const MAX_SNAPSHOT_NAME: usize = 30;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -813,6 +841,60 @@ impl ComputeProvider for Contabo {
                 .collect();
         }
         Ok(out)
+    }
+
+    /// `POST …/snapshots` of the instance: named with the mark's first 30 characters, described by the
+    /// whole mark (by which it is found).
+    async fn create_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+    ) -> Result<Option<Snapshot>, CloudError> {
+        let id = numeric_id(server_id).ok_or_else(|| not_an_id("contabo", server_id))?;
+        let url = self.url(&format!("/v1/compute/instances/{id}/snapshots"));
+        let name: String = mark.chars().take(MAX_SNAPSHOT_NAME).collect();
+        let env: DataEnvelope<ContaboSnapshot> = self
+            .call(false, || {
+                self.http
+                    .request(Method::POST, &url)
+                    .json(&serde_json::json!({ "name": name, "description": mark }))
+            })
+            .await?;
+        Ok(env.data.into_iter().next().map(to_snapshot))
+    }
+
+    /// The instance's snapshots, by description (the mark); none once the instance is gone.
+    async fn find_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+        _since: i64,
+    ) -> Result<SnapshotLookup, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(SnapshotLookup::Absent);
+        };
+        let all: Option<Vec<ContaboSnapshot>> = none_if_not_found(
+            self.list(&format!("/v1/compute/instances/{id}/snapshots"))
+                .await,
+        )?;
+        Ok(SnapshotLookup::first(
+            all.unwrap_or_default(),
+            |s| s.description == mark,
+            to_snapshot,
+        ))
+    }
+
+    async fn delete_snapshot(&self, server_id: &str, id: &str) -> Result<(), CloudError> {
+        let (Some(instance), Some(snap)) = (numeric_id(server_id), segment_id(id)) else {
+            return Ok(());
+        };
+        let url = self.url(&format!(
+            "/v1/compute/instances/{instance}/snapshots/{snap}"
+        ));
+        done_if_not_found(
+            self.send(true, || self.http.request(Method::DELETE, &url))
+                .await,
+        )
     }
 
     fn resize_needs_power_off(&self) -> bool {

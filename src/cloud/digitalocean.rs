@@ -10,7 +10,7 @@ use super::rest::{
 };
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerPrice, ServerSpec,
-    ServerState, Size, decimal_from_f64,
+    ServerState, Size, Snapshot, SnapshotLookup, SnapshotState, decimal_from_f64,
 };
 use crate::http::HttpClient;
 
@@ -42,6 +42,16 @@ impl DigitalOcean {
             .json(&body);
         self.api.http.send(r, false).await?;
         Ok(())
+    }
+
+    /// `DELETE path`; done when already gone.
+    async fn delete_at(&self, path: &str) -> Result<(), CloudError> {
+        done_if_not_found(
+            self.api
+                .http
+                .send(self.req(Method::DELETE, path), true)
+                .await,
+        )
     }
 
     /// Every page of a list endpoint (`key` is the array's name).
@@ -81,6 +91,54 @@ impl DigitalOcean {
         }
         Ok(out)
     }
+}
+
+/// A droplet snapshot (`/v2/snapshots`): listed only once it is taken.
+#[derive(Deserialize)]
+struct DoSnapshot {
+    /// A string in `/v2/snapshots`, a number in some older answers.
+    id: serde_json::Value,
+    name: String,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    size_gigabytes: Option<f64>,
+}
+
+/// A droplet action (`/v2/droplets/{id}/actions`).
+#[derive(Deserialize)]
+struct DoAction {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
+    #[serde(default)]
+    started_at: Option<String>,
+}
+
+fn to_snapshot(s: DoSnapshot) -> Snapshot {
+    Snapshot {
+        id: match s.id {
+            serde_json::Value::String(id) => id,
+            other => other.to_string(),
+        },
+        name: s.name,
+        state: SnapshotState::Available,
+        size_gb: s.size_gigabytes.map(decimal_from_f64),
+        created_at: s.created_at,
+    }
+}
+
+/// Whether one of `actions` is a snapshot still running that started at or after `since` (less 5 s of
+/// clock skew).
+fn snapshot_running(actions: &[DoAction], since: i64) -> bool {
+    actions.iter().any(|a| {
+        a.kind == "snapshot"
+            && a.status == "in-progress"
+            && a.started_at
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_none_or(|t| t.as_second() >= since - 5)
+    })
 }
 
 #[derive(Deserialize)]
@@ -298,15 +356,7 @@ impl ComputeProvider for DigitalOcean {
         let Some(id) = numeric_id(id) else {
             return Ok(());
         };
-        done_if_not_found(
-            self.api
-                .http
-                .send(
-                    self.req(Method::DELETE, &format!("/v2/droplets/{id}")),
-                    true,
-                )
-                .await,
-        )
+        self.delete_at(&format!("/v2/droplets/{id}")).await
     }
 
     async fn add_tag(&self, id: &str, tag: &str) -> Result<(), CloudError> {
@@ -420,6 +470,64 @@ impl ComputeProvider for DigitalOcean {
                 available: r.available,
             })
             .collect())
+    }
+
+    /// A `snapshot` droplet action named `mark`. DigitalOcean answers with the action only; the snapshot
+    /// is listed once it is taken.
+    async fn create_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+    ) -> Result<Option<Snapshot>, CloudError> {
+        self.action(
+            server_id,
+            serde_json::json!({ "type": "snapshot", "name": mark }),
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// The droplet's snapshots by name (one droplet's, not the account's); once the droplet is gone, the
+    /// account's droplet snapshots (they outlive it). Else a snapshot action still running on it.
+    async fn find_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+        since: i64,
+    ) -> Result<SnapshotLookup, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(SnapshotLookup::Absent);
+        };
+        let own: Option<Vec<DoSnapshot>> = none_if_not_found(
+            self.list(&format!("/v2/droplets/{id}/snapshots"), "snapshots")
+                .await,
+        )?;
+        let snapshots = match own {
+            Some(s) => s,
+            None => {
+                self.list("/v2/snapshots?resource_type=droplet", "snapshots")
+                    .await?
+            }
+        };
+        let found = SnapshotLookup::first(snapshots, |s| s.name == mark, to_snapshot);
+        if found != SnapshotLookup::Absent {
+            return Ok(found);
+        }
+        let actions: Option<Vec<DoAction>> = none_if_not_found(
+            self.list_pages(&format!("/v2/droplets/{id}/actions"), "actions", 1)
+                .await,
+        )?;
+        Ok(match actions {
+            Some(a) if snapshot_running(&a, since) => SnapshotLookup::InProgress,
+            _ => SnapshotLookup::Absent,
+        })
+    }
+
+    async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(());
+        };
+        self.delete_at(&format!("/v2/snapshots/{id}")).await
     }
 
     fn resize_needs_power_off(&self) -> bool {

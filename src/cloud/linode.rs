@@ -24,7 +24,7 @@ use super::rest::{
 };
 use super::{
     CloudError, ComputeProvider, Image, PowerAction, Region, Server, ServerSpec, ServerState, Size,
-    UID_TAG_PREFIX, decimal_from_f64, generate_password,
+    Snapshot, SnapshotLookup, SnapshotState, UID_TAG_PREFIX, decimal_from_f64, generate_password,
 };
 use crate::http::HttpClient;
 
@@ -132,6 +132,62 @@ impl Linode {
         }
         Ok(out)
     }
+}
+
+/// A disk of an instance (`/linode/instances/{id}/disks`): `size` in MB.
+#[derive(Deserialize)]
+struct Disk {
+    id: u64,
+    #[serde(default)]
+    filesystem: String,
+    #[serde(default)]
+    size: u64,
+}
+
+/// A private image (what Linode makes of a disk): `size` in MB, `status` `creating`,
+/// `pending_upload` or `available`, `created` without a time zone (UTC).
+#[derive(Deserialize)]
+struct PrivateImage {
+    id: String,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    created: Option<String>,
+    #[serde(default)]
+    is_public: bool,
+}
+
+fn to_snapshot(i: PrivateImage) -> Snapshot {
+    Snapshot {
+        state: match i.status.as_str() {
+            "available" => SnapshotState::Available,
+            _ => SnapshotState::Pending,
+        },
+        // MB to GB (10^3), as Linode prices image storage; 0 while it is being made.
+        size_gb: i
+            .size
+            .filter(|mb| *mb > 0)
+            .map(|mb| rust_decimal::Decimal::from(mb) / rust_decimal::Decimal::from(1000u64)),
+        created_at: i.created.map(|c| {
+            if c.ends_with('Z') || c.contains('+') {
+                c
+            } else {
+                format!("{c}Z")
+            }
+        }),
+        id: i.id,
+        name: i.label.unwrap_or_default(),
+    }
+}
+
+/// The path of private image `id` (`private/<n>`, as Linode writes it in its own paths), if it is one.
+fn private_image_path(id: &str) -> Option<String> {
+    let n = numeric_id(id.strip_prefix("private/")?)?;
+    Some(format!("/v4/images/private/{n}"))
 }
 
 #[derive(Deserialize)]
@@ -486,6 +542,67 @@ impl ComputeProvider for Linode {
                 slug: r.id,
             })
             .collect())
+    }
+
+    /// An image of the instance's largest disk that is not swap (Linode images a disk, not an
+    /// instance), labelled with the mark. Linode names it at once (`creating`).
+    async fn create_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+    ) -> Result<Option<Snapshot>, CloudError> {
+        let id = numeric_id(server_id).ok_or_else(|| not_an_id("linode", server_id))?;
+        let disks: Vec<Disk> = self
+            .list(&format!("/v4/linode/instances/{id}/disks"))
+            .await?;
+        let Some(disk) = disks
+            .iter()
+            .filter(|d| d.filesystem != "swap")
+            .max_by_key(|d| d.size)
+        else {
+            return Err(CloudError::Unsupported(format!(
+                "linode instance {id} has no disk to image"
+            )));
+        };
+        let i: PrivateImage = self
+            .api
+            .http
+            .json(
+                self.req(Method::POST, "/v4/images")
+                    .json(&serde_json::json!({
+                        "disk_id": disk.id, "label": mark, "description": mark
+                    })),
+                false,
+            )
+            .await?;
+        Ok(Some(to_snapshot(i)))
+    }
+
+    /// The account's private images by label (the mark).
+    async fn find_snapshot(
+        &self,
+        _server_id: &str,
+        mark: &str,
+        _since: i64,
+    ) -> Result<SnapshotLookup, CloudError> {
+        let all: Vec<PrivateImage> = self.list("/v4/images").await?;
+        Ok(SnapshotLookup::first(
+            all,
+            |i| !i.is_public && i.label.as_deref() == Some(mark),
+            to_snapshot,
+        ))
+    }
+
+    async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
+        let Some(path) = private_image_path(id) else {
+            return Ok(());
+        };
+        done_if_not_found(
+            self.api
+                .http
+                .send(self.req(Method::DELETE, &path), true)
+                .await,
+        )
     }
 
     fn resize_needs_power_off(&self) -> bool {

@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod onence;
 pub mod openai;
 pub mod rest;
+pub mod snapshot;
 pub mod stripe;
 pub mod stripe_event;
 pub mod stripe_signature;
@@ -19,6 +20,8 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use rust_decimal::Decimal;
+
+pub use snapshot::{Snapshot, SnapshotLookup, SnapshotState, snapshot_mark};
 
 use crate::crd::ProviderType;
 use crate::http::{HttpClient, HttpError, HttpMetrics, RetryPolicy};
@@ -247,6 +250,44 @@ pub trait ComputeProvider: Send + Sync {
     async fn images(&self) -> Result<Vec<Image>, CloudError>;
     /// Regions.
     async fn regions(&self) -> Result<Vec<Region>, CloudError>;
+    /// Starts a snapshot of server `server_id` carrying `mark` ([`snapshot_mark`]). Not idempotent by
+    /// itself: callers look the mark up first ([`ComputeProvider::find_snapshot`]). Returns the snapshot
+    /// where the vendor names it at once, `None` where it only reports an action (DigitalOcean).
+    async fn create_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+    ) -> Result<Option<Snapshot>, CloudError> {
+        let _ = (server_id, mark);
+        Err(CloudError::Unsupported(format!(
+            "{} servers cannot be snapshotted through Quartermaster",
+            self.vendor()
+        )))
+    }
+    /// The snapshot of server `server_id` carrying `mark`; [`SnapshotLookup::InProgress`] while the
+    /// vendor runs a snapshot of the server, started at or after `since` (Unix seconds), that it cannot
+    /// name yet.
+    async fn find_snapshot(
+        &self,
+        server_id: &str,
+        mark: &str,
+        since: i64,
+    ) -> Result<SnapshotLookup, CloudError> {
+        let _ = (server_id, mark, since);
+        Err(CloudError::Unsupported(format!(
+            "{} snapshots cannot be looked up through Quartermaster",
+            self.vendor()
+        )))
+    }
+    /// Deletes snapshot `id` (of server `server_id`, for vendors that keep snapshots per server);
+    /// succeeds when it is already gone.
+    async fn delete_snapshot(&self, server_id: &str, id: &str) -> Result<(), CloudError> {
+        let _ = (server_id, id);
+        Err(CloudError::Unsupported(format!(
+            "{} snapshots cannot be deleted through Quartermaster",
+            self.vendor()
+        )))
+    }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
     /// Which sizes the vendor resizes a server to.

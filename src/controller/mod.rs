@@ -10,6 +10,7 @@ pub mod subscription;
 pub mod token_budget;
 pub mod vendor;
 pub mod virtual_machine;
+pub mod virtual_machine_snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub const KINDS: &[Wire] = &[
     sim_message::WIRE,
     subscription::WIRE,
     token_budget::WIRE,
+    virtual_machine_snapshot::WIRE,
 ];
 
 /// Runs the controller of every kind until `shutdown` resolves; marks `health` synced once every cache

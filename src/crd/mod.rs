@@ -1,4 +1,4 @@
-//! The seven custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
+//! The eight custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
 //! object references, annotations, the [`ObjectStatus`] trait every status implements, and
 //! [`all_crds`], the source of the generated `crds/` folder. Types only: no I/O here.
 
@@ -13,6 +13,7 @@ pub mod sim_message;
 pub mod subscription;
 pub mod token_budget;
 pub mod virtual_machine;
+pub mod virtual_machine_snapshot;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -30,6 +31,9 @@ pub use subscription::{
 };
 pub use token_budget::{TokenBudget, TokenBudgetSpec, TokenBudgetStatus};
 pub use virtual_machine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
+pub use virtual_machine_snapshot::{
+    VirtualMachineSnapshot, VirtualMachineSnapshotSpec, VirtualMachineSnapshotStatus,
+};
 
 /// API group of every Quartermaster kind.
 pub const GROUP: &str = "quartermaster.dev";
@@ -66,6 +70,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         SimMessage::crd(),
         Subscription::crd(),
         TokenBudget::crd(),
+        VirtualMachineSnapshot::crd(),
     ]
 }
 

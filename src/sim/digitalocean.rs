@@ -1,9 +1,11 @@
 //! The simulated DigitalOcean API: account, droplets (create/get/list/list-by-tag/delete), droplet actions
-//! (power_on, power_off, reboot, resize), sizes, images and regions.
+//! (power_on, power_off, reboot, resize, snapshot), droplet snapshots (list, get, delete), sizes,
+//! images and regions.
 //!
 //! State machine (times from [`super::SimConfig`]): create → `new` → `active`; power_off → `off`;
 //! power_on → `active`; reboot → `active` (locked meanwhile); resize (only when `off`) → new size, `off`;
-//! delete → gone. A droplet is `locked` while an action runs, and further actions are refused with 422,
+//! snapshot → listed in `/v2/snapshots` after `snapshot_secs` (meanwhile an `in-progress` action of the
+//! droplet, and a second snapshot of it is refused); delete → gone. A droplet is `locked` while an action runs, and further actions are refused with 422,
 //! as DigitalOcean does. Transitions are evaluated lazily against wall-clock time, so they continue across
 //! restarts of the simulator.
 
@@ -19,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 pub use super::state::Store;
-use super::state::{Pending, SimDroplet, now_ms};
+use super::state::{Pending, SimDroplet, SimSnapshot, now_ms};
 use super::{SimConfig, error};
 
 type Shared = Arc<Mutex<Store>>;
@@ -36,7 +38,16 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/v2/account", get(account))
         .route("/v2/droplets", get(list_droplets).post(create_droplet))
         .route("/v2/droplets/{id}", get(get_droplet).delete(delete_droplet))
-        .route("/v2/droplets/{id}/actions", post(droplet_action))
+        .route(
+            "/v2/droplets/{id}/actions",
+            get(droplet_actions).post(droplet_action),
+        )
+        .route("/v2/droplets/{id}/snapshots", get(droplet_snapshots))
+        .route("/v2/snapshots", get(list_snapshots))
+        .route(
+            "/v2/snapshots/{id}",
+            get(get_snapshot).delete(delete_snapshot),
+        )
         .route("/v2/tags", post(create_tag))
         .route(
             "/v2/tags/{tag}/resources",
@@ -207,19 +218,31 @@ async fn list_droplets(State(s): State<AppState>, Query(q): Query<ListQuery>) ->
     let mut store = s.store.lock().await;
     store.advance();
     let all = store.list(q.tag_name.as_deref());
+    paged(&all, &q, "/v2/droplets", "droplets", |d| droplet_json(d))
+}
+
+/// One page of `all` as DigitalOcean lists it at `path` (`key`: the array's name; 20 a page unless
+/// asked, at most 200; a `next` link while more follow).
+fn paged<T>(
+    all: &[T],
+    q: &ListQuery,
+    path: &str,
+    key: &str,
+    json: impl Fn(&T) -> serde_json::Value,
+) -> Response {
     let per_page = q.per_page.unwrap_or(20).clamp(1, 200);
     let page = q.page.unwrap_or(1).max(1);
     let items: Vec<_> = all
         .iter()
         .skip((page - 1) * per_page)
         .take(per_page)
-        .map(|d| droplet_json(d))
+        .map(json)
         .collect();
     let mut links = serde_json::json!({});
     if page * per_page < all.len() {
-        links = serde_json::json!({"pages": {"next": format!("/v2/droplets?page={}&per_page={per_page}", page + 1)}});
+        links = serde_json::json!({"pages": {"next": format!("{path}?page={}&per_page={per_page}", page + 1)}});
     }
-    Json(serde_json::json!({"droplets": items, "links": links, "meta": {"total": all.len()}}))
+    Json(serde_json::json!({key: items, "links": links, "meta": {"total": all.len()}}))
         .into_response()
 }
 
@@ -459,6 +482,146 @@ struct ActionBody {
     #[serde(rename = "type")]
     kind: String,
     size: Option<String>,
+    name: Option<String>,
+}
+
+/// A `snapshot` action: the snapshot is recorded at once (so a caller that gives up during
+/// `create_latency_ms` must find it) and listed once taken; one snapshot at a time per droplet.
+async fn snapshot_action(s: &AppState, id: &str, name: Option<String>) -> Response {
+    let now = now_ms();
+    let taken = {
+        let mut store = s.store.lock().await;
+        store.advance();
+        let Some(d) = store.get(id) else {
+            return not_found();
+        };
+        let (droplet, disk) = (d.id, disk_of(d));
+        let refusal = if s.cfg.refuse_snapshots {
+            Some("Snapshots are not available for this Droplet's plan.")
+        } else if d.status == "new" {
+            Some("Droplet is still being created.")
+        } else if d.pending.is_some()
+            || store
+                .snapshots()
+                .any(|x| x.droplet_id == droplet && x.ready_at_ms > now)
+        {
+            Some("Droplet already has a pending event.")
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            return unprocessable(r);
+        }
+        let name = name.unwrap_or_else(|| format!("{} {now}", d.name));
+        let ready = now + secs_ms(s.cfg.snapshot_secs);
+        // A snapshot holds what the disk holds: a tenth of it, in the simulator.
+        store.snapshot(droplet, name, disk as f64 / 10.0, ready)
+    };
+    if s.cfg.create_latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(s.cfg.create_latency_ms)).await;
+    }
+    (
+        StatusCode::CREATED,
+        Json(
+            serde_json::json!({"action": {"id": taken, "status": "in-progress", "type": "snapshot",
+            "started_at": jiff::Timestamp::from_millisecond(now).unwrap_or_default().to_string(),
+            "resource_id": id.parse::<u64>().unwrap_or_default(), "resource_type": "droplet"}}),
+        ),
+    )
+        .into_response()
+}
+
+/// The disk of a droplet's size, GB.
+fn disk_of(d: &SimDroplet) -> u64 {
+    SIZES.iter().find(|x| x.0 == d.size).map_or(25, |x| x.3)
+}
+
+fn snapshot_json(x: &SimSnapshot) -> serde_json::Value {
+    serde_json::json!({"id": x.id.to_string(), "name": x.name, "created_at": x.created_at,
+        "regions": ["fra1"], "resource_id": x.droplet_id.to_string(), "resource_type": "droplet",
+        "min_disk_size": 25, "size_gigabytes": x.size_gb, "tags": []})
+}
+
+/// `GET /v2/droplets/{id}/actions`: the droplet's snapshot actions, newest first.
+async fn droplet_actions(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    let mut store = s.store.lock().await;
+    store.advance();
+    let Some(droplet) = store.get(&id).map(|d| d.id) else {
+        return not_found();
+    };
+    let now = now_ms();
+    let mut actions: Vec<_> = store
+        .snapshots()
+        .filter(|x| x.droplet_id == droplet)
+        .map(|x| {
+            serde_json::json!({"id": x.id, "type": "snapshot",
+            "status": if x.ready_at_ms > now { "in-progress" } else { "completed" },
+            "started_at": x.created_at, "resource_id": droplet, "resource_type": "droplet"})
+        })
+        .collect();
+    actions.reverse();
+    Json(serde_json::json!({"actions": actions, "links": {}, "meta": {"total": actions.len()}}))
+        .into_response()
+}
+
+/// `GET /v2/droplets/{id}/snapshots`: the droplet's snapshots taken (IDs are numbers here).
+async fn droplet_snapshots(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let store = s.store.lock().await;
+    let Some(droplet) = store.get(&id).map(|d| d.id) else {
+        return not_found();
+    };
+    snapshot_page(
+        &store,
+        Some(droplet),
+        &q,
+        &format!("/v2/droplets/{id}/snapshots"),
+    )
+}
+
+/// `GET /v2/snapshots`: the snapshots taken (paged; every one is a droplet snapshot).
+async fn list_snapshots(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let store = s.store.lock().await;
+    snapshot_page(&store, None, &q, "/v2/snapshots")
+}
+
+/// One page of the snapshots taken (of `droplet`, or all), as DigitalOcean lists them at `path`.
+fn snapshot_page(store: &Store, droplet: Option<u64>, q: &ListQuery, path: &str) -> Response {
+    let now = now_ms();
+    let all: Vec<_> = store
+        .snapshots()
+        .filter(|x| x.ready_at_ms <= now && droplet.is_none_or(|d| d == x.droplet_id))
+        .collect();
+    paged(&all, q, path, "snapshots", |x| {
+        let mut v = snapshot_json(x);
+        if droplet.is_some() {
+            v["id"] = x.id.into();
+        }
+        v
+    })
+}
+
+async fn get_snapshot(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    let store = s.store.lock().await;
+    let now = now_ms();
+    match store
+        .snapshots()
+        .find(|x| x.id.to_string() == id && x.ready_at_ms <= now)
+    {
+        Some(x) => Json(serde_json::json!({"snapshot": snapshot_json(x)})).into_response(),
+        None => not_found(),
+    }
+}
+
+async fn delete_snapshot(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    if s.store.lock().await.delete_snapshot(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found()
+    }
 }
 
 async fn droplet_action(
@@ -469,6 +632,9 @@ async fn droplet_action(
     let Some(Json(b)) = body else {
         return unprocessable("invalid request body");
     };
+    if b.kind == "snapshot" {
+        return snapshot_action(&s, &id, b.name).await;
+    }
     let mut store = s.store.lock().await;
     store.advance();
     let cfg = &s.cfg;

@@ -44,8 +44,8 @@ pub struct SimConfig {
     /// Added latency on every API call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
-    /// How long a droplet create request is held open after the droplet is recorded, in milliseconds
-    /// (simulates a slow vendor: the droplet exists even if the caller gives up).
+    /// How long a droplet create (or snapshot) request is held open after the droplet (or snapshot) is
+    /// recorded, in milliseconds (simulates a slow vendor: it exists even if the caller gives up).
     #[arg(long, default_value_t = 0)]
     pub create_latency_ms: u64,
     /// Fraction (0..1) of API calls answered 500.
@@ -75,6 +75,12 @@ pub struct SimConfig {
     /// Seconds from delete to gone.
     #[arg(long, default_value_t = 1)]
     pub delete_secs: u64,
+    /// Seconds a droplet snapshot takes (listed in `/v2/snapshots` once taken).
+    #[arg(long, default_value_t = 3)]
+    pub snapshot_secs: u64,
+    /// Snapshot actions are answered 422 (a plan that cannot snapshot).
+    #[arg(long)]
+    pub refuse_snapshots: bool,
     /// Sizes a resize to is answered 422 (a vendor refusal no catalog check can foresee); repeatable.
     #[arg(long = "refuse-resize-to")]
     pub refuse_resize_to: Vec<String>,
@@ -138,6 +144,8 @@ impl SimConfig {
             slow_rate: 0.0,
             slow_ms: 5000,
             provision_secs: 1,
+            snapshot_secs: 1,
+            refuse_snapshots: false,
             power_secs: 1,
             resize_secs: 1,
             delete_secs: 1,

@@ -41,6 +41,17 @@ pub(crate) struct SimDroplet {
     pub pending: Option<Pending>,
 }
 
+/// A simulated droplet snapshot: taken (listed) once `ready_at_ms` has passed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct SimSnapshot {
+    pub id: u64,
+    pub name: String,
+    pub droplet_id: u64,
+    pub size_gb: f64,
+    pub created_at: String,
+    pub ready_at_ms: i64,
+}
+
 /// One line of the journal.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +64,10 @@ enum Record {
     NextId(u64),
     /// A token was revoked.
     Revoke(String),
+    /// A snapshot as it now is.
+    Snap(SimSnapshot),
+    /// A snapshot is gone.
+    SnapDel(u64),
 }
 
 /// The whole-state file of earlier versions.
@@ -73,6 +88,7 @@ pub struct Store {
     by_tag: HashMap<String, BTreeSet<u64>>,
     due: BTreeSet<(i64, u64)>,
     revoked_tokens: Vec<String>,
+    snapshots: BTreeMap<u64, SimSnapshot>,
     path: PathBuf,
     journal: Option<std::io::BufWriter<std::fs::File>>,
     records: usize,
@@ -91,6 +107,7 @@ impl Store {
             by_tag: HashMap::new(),
             due: BTreeSet::new(),
             revoked_tokens: Vec::new(),
+            snapshots: BTreeMap::new(),
             path: path.to_path_buf(),
             journal: None,
             records: 0,
@@ -143,6 +160,12 @@ impl Store {
                     self.revoked_tokens.push(t);
                 }
             }
+            Record::Snap(snap) => {
+                self.snapshots.insert(snap.id, snap);
+            }
+            Record::SnapDel(id) => {
+                self.snapshots.remove(&id);
+            }
         }
     }
 
@@ -189,12 +212,15 @@ impl Store {
             for d in self.droplets.values() {
                 line(&Record::Put(Box::new(d.clone())))?;
             }
+            for snap in self.snapshots.values() {
+                line(&Record::Snap(snap.clone()))?;
+            }
             w.flush()?;
         }
         std::fs::rename(&tmp, &self.path)?;
         let f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         self.journal = Some(std::io::BufWriter::new(f));
-        self.records = 1 + self.revoked_tokens.len() + self.droplets.len();
+        self.records = 1 + self.revoked_tokens.len() + self.droplets.len() + self.snapshots.len();
         Ok(())
     }
 
@@ -215,7 +241,8 @@ impl Store {
             tracing::error!(path = %self.path.display(), error = %e, "failed to append to the simulator journal");
         }
         self.records += records.len();
-        if self.records > 4 * (self.droplets.len() + self.revoked_tokens.len()) + 10_000
+        let live = self.droplets.len() + self.revoked_tokens.len() + self.snapshots.len();
+        if self.records > 4 * live + 10_000
             && let Err(e) = self.compact()
         {
             tracing::error!(path = %self.path.display(), error = %e, "failed to compact the simulator journal");
@@ -301,6 +328,46 @@ impl Store {
         }
         self.index(d);
         Some(out)
+    }
+
+    /// Takes a snapshot of droplet `droplet_id`, listed once `ready_at_ms` has passed.
+    pub(crate) fn snapshot(
+        &mut self,
+        droplet_id: u64,
+        name: String,
+        size_gb: f64,
+        ready_at_ms: i64,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let snap = SimSnapshot {
+            id,
+            name,
+            droplet_id,
+            size_gb,
+            created_at: jiff::Timestamp::now().to_string(),
+            ready_at_ms,
+        };
+        self.log(&[Record::NextId(self.next_id), Record::Snap(snap.clone())]);
+        self.snapshots.insert(id, snap);
+        id
+    }
+
+    /// Every snapshot, taken or not, in ID order.
+    pub(crate) fn snapshots(&self) -> impl Iterator<Item = &SimSnapshot> {
+        self.snapshots.values()
+    }
+
+    /// Deletes snapshot `id` (as in a URL); false when there is none.
+    pub(crate) fn delete_snapshot(&mut self, id: &str) -> bool {
+        let Some(id) = id.parse::<u64>().ok() else {
+            return false;
+        };
+        if self.snapshots.remove(&id).is_none() {
+            return false;
+        }
+        self.log(&[Record::SnapDel(id)]);
+        true
     }
 
     /// Whether `token` was revoked.

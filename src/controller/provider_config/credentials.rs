@@ -6,7 +6,8 @@
 //! their token Secret still deletes every server — also after a controller restart, when no copy of the
 //! token is left in memory.
 //!
-//! Who needs a ProviderConfig is read from the VM, SimCard and Subscription watch caches (no API call).
+//! Who needs a ProviderConfig is read from the watch caches of the kinds that registered as holders
+//! (VirtualMachines, SimCards, Subscriptions, VirtualMachineSnapshots; no API call).
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
@@ -58,38 +59,13 @@ pub fn subscription_needs(sub: &Subscription, pc: &str) -> bool {
 }
 
 /// The objects (`Kind namespace/name`, sorted) that hold vendor state through ProviderConfig `pc`
-/// and need it to meter and clean up: VirtualMachines, SimCards and Subscriptions.
+/// and need it to meter and clean up: every kind's registered holders
+/// ([`Holders`](crate::controller::runtime::holders::Holders)).
 pub fn users(ctx: &Context, pc: &str) -> Result<Vec<String>, Error> {
-    let caches = ctx.caches()?;
-    let name = |kind: &str, o: &dyn Fn() -> (Option<String>, String)| {
-        let (ns, n) = o();
-        format!("{kind} {}/{n}", ns.unwrap_or_default())
-    };
-    let mut names: Vec<String> = caches
-        .store::<crate::crd::VirtualMachine>()?
-        .state()
-        .iter()
-        .filter(|vm| needs(vm, pc))
-        .map(|vm| name("VirtualMachine", &|| (vm.namespace(), vm.name_any())))
-        .collect();
-    names.extend(
-        caches
-            .store::<crate::crd::SimCard>()?
-            .state()
-            .iter()
-            .filter(|s| sim_needs(s, pc))
-            .map(|s| name("SimCard", &|| (s.namespace(), s.name_any()))),
-    );
-    names.extend(
-        caches
-            .store::<crate::crd::Subscription>()?
-            .state()
-            .iter()
-            .filter(|s| subscription_needs(s, pc))
-            .map(|s| name("Subscription", &|| (s.namespace(), s.name_any()))),
-    );
-    names.sort();
-    Ok(names)
+    ctx.caches()?;
+    Ok(ctx
+        .state::<crate::controller::runtime::holders::Holders>()
+        .of(pc))
 }
 
 /// The objects that need any ProviderConfig naming Secret `r` (itself included) to meter and clean up.

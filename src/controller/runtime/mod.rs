@@ -10,6 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod events;
 pub mod framework;
+pub mod holders;
 pub mod leader;
 pub mod listings;
 pub mod names;

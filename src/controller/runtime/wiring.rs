@@ -123,6 +123,15 @@ impl Wiring {
         self.tasks.push(drive);
     }
 
+    /// Declares which objects of `K` hold vendor state through a ProviderConfig (`holds(object, name)`):
+    /// the ProviderConfig and its credentials are kept while any does (see [`super::holders`]).
+    pub fn holds_accounts<K: Managed + Watched>(&mut self, holds: fn(&K, &str) -> bool) {
+        let store = self.store::<K>();
+        self.ctx
+            .state::<super::holders::Holders>()
+            .register(store, holds);
+    }
+
     /// Runs `task` beside the controllers (it starts once the caches are filled).
     pub fn task(&mut self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.push(task.boxed());

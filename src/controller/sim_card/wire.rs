@@ -30,5 +30,8 @@ pub fn wire(w: &mut Wiring) {
             Vec::new()
         }
     });
+    w.holds_accounts::<crate::crd::SimCard>(
+        crate::controller::provider_config::credentials::sim_needs,
+    );
     w.run(sims, SimCardReconciler);
 }

@@ -19,5 +19,8 @@ pub fn wire(w: &mut Wiring) {
         let name = pc.name_any();
         referring(&all, |s| s.spec.provider_config_ref.name == name)
     });
+    w.holds_accounts::<crate::crd::Subscription>(
+        crate::controller::provider_config::credentials::subscription_needs,
+    );
     w.run(c, SubscriptionReconciler);
 }

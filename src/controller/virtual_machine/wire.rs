@@ -55,6 +55,9 @@ pub fn wire(w: &mut Wiring) {
             .filter(|r| all || vms.get(r).is_some_and(|v| waits_for_slot(&v)))
             .collect::<Vec<_>>()
     });
+    w.holds_accounts::<crate::crd::VirtualMachine>(
+        crate::controller::provider_config::credentials::needs,
+    );
     w.run(vm, VirtualMachineReconciler);
     let ctx = w.ctx().clone();
     w.task(super::observe::run(ctx));

@@ -1,0 +1,338 @@
+//! The VirtualMachineSnapshot reconciler: one snapshot of a VirtualMachine's server, exactly once.
+//!
+//! # Guarantees
+//! - **Taken exactly once.** The request is recorded in status before the vendor is called
+//!   (`requestedAt`, the server, the account and the mark `qm-snap-<uid>`). Every later reconcile asks
+//!   the vendor for the mark first: a snapshot found is recorded; one the vendor is still taking
+//!   (DigitalOcean names a snapshot only once it is taken, so a running snapshot action of the server
+//!   counts) is waited for; only when nothing is found a minute after the request ([`decide::SETTLE`])
+//!   is it requested again. So a controller killed between the call and the status write, or an answer
+//!   lost on the way, finds the snapshot instead of taking a second one.
+//! - **Ownership.** A snapshot is taken only of a VirtualMachine of the same namespace that holds a
+//!   server it may act on (not `ObserveOnly`), in the account its server is in, and only where that
+//!   account's ProviderConfig allows the namespace. Only the snapshot carrying this object's mark is
+//!   ever recorded or deleted. The source is fixed once requested: a changed `virtualMachineRef` stalls
+//!   (`ImmutableFieldChanged`).
+//! - **Refusals stall, outages retry.** A vendor or plan that cannot snapshot stalls with the vendor's
+//!   words (the request is withdrawn: a refusal proves nothing was made); 429, 5xx and timeouts retry,
+//!   and the next attempt looks the mark up first.
+//! - **Deletion** (`deletionPolicy: Delete`) deletes the vendor's snapshot, waiting for one still being
+//!   taken; `Retain` leaves it. The account's ProviderConfig and its credentials are kept while a
+//!   snapshot is held through them.
+//! - An available snapshot is not looked at again: a resync costs no vendor call.
+//!
+//! Snapshot storage is not metered yet (the README's feature table says so).
+
+pub mod decide;
+mod wire;
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+
+use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, now, persist, publish};
+use super::{Context, Error, vendor};
+use crate::cloud::{ComputeProvider, snapshot_mark};
+use crate::crd::conditions::{Health, reason};
+use crate::crd::virtual_machine_snapshot::SnapshotDeletionPolicy;
+use crate::crd::{VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
+use decide::{AfterLookup, Source};
+
+crate::controller::runtime::framework::managed_namespaced!(
+    VirtualMachineSnapshot,
+    VirtualMachineSnapshotStatus
+);
+
+/// The VirtualMachineSnapshot kind, as the runtime runs it.
+pub const WIRE: super::runtime::Wire =
+    super::runtime::Wire::of::<VirtualMachineSnapshot>(wire::wire);
+
+/// Event: the snapshot was requested from the vendor.
+pub const SNAPSHOT_REQUESTED: &str = "SnapshotRequested";
+/// Event and Stalled reason: the recorded snapshot is gone at the vendor.
+pub const SNAPSHOT_GONE: &str = "SnapshotGone";
+/// Event: deletion left the vendor's snapshot in place (`Retain`).
+pub const SNAPSHOT_RETAINED: &str = "SnapshotRetained";
+
+/// Reconciles VirtualMachineSnapshots.
+pub struct VirtualMachineSnapshotReconciler;
+
+/// Whether `s` holds (or may hold) a snapshot in ProviderConfig `pc`: it was requested there.
+pub fn holds(s: &VirtualMachineSnapshot, pc: &str) -> bool {
+    s.status.as_ref().is_some_and(|st| {
+        st.provider_config.as_deref() == Some(pc)
+            && (st.requested_at.is_some() || st.snapshot_id.is_some())
+    })
+}
+
+/// Whether a request was recorded (and not withdrawn).
+fn requested(st: &VirtualMachineSnapshotStatus) -> bool {
+    st.requested_at.is_some() || st.snapshot_id.is_some()
+}
+
+/// The recorded request's time, Unix seconds.
+fn requested_at(st: &VirtualMachineSnapshotStatus) -> Option<i64> {
+    st.requested_at
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+}
+
+fn uid_of(obj: &VirtualMachineSnapshot) -> Result<String, Error> {
+    obj.uid()
+        .ok_or_else(|| Error::permanent(reason::INVALID_OBJECT, "object has no uid"))
+}
+
+/// The server the recorded request named, else the one the VirtualMachine holds now.
+fn source(
+    ctx: &Context,
+    obj: &VirtualMachineSnapshot,
+    st: &VirtualMachineSnapshotStatus,
+) -> Result<Result<Source, Health>, Error> {
+    if let (Some(server_id), Some(provider_config)) = (&st.server_id, &st.provider_config)
+        && requested(st)
+    {
+        return Ok(Ok(Source {
+            server_id: server_id.clone(),
+            provider_config: provider_config.clone(),
+        }));
+    }
+    let name = &obj.spec.virtual_machine_ref.name;
+    let ns = obj.namespace().unwrap_or_default();
+    let vm = ctx
+        .caches()?
+        .store::<VirtualMachine>()?
+        .get(&ObjectRef::new(name).within(&ns));
+    Ok(decide::source(vm.as_deref(), name))
+}
+
+/// Asks the vendor for the mark and records what it says; `None` when it must be requested (again).
+async fn look_up(
+    provider: &dyn ComputeProvider,
+    src: &Source,
+    mark: &str,
+    status: &mut VirtualMachineSnapshotStatus,
+    poll: std::time::Duration,
+) -> Result<Option<Outcome>, Error> {
+    let since = requested_at(status);
+    let lookup = provider
+        .find_snapshot(&src.server_id, mark, since.unwrap_or(0))
+        .await
+        .map_err(Error::vendor("look the snapshot up"))?;
+    let now = jiff::Timestamp::now().as_second();
+    Ok(
+        match decide::after_lookup(lookup, status.snapshot_id.as_deref(), since, now) {
+            AfterLookup::Record(s) => {
+                let health = decide::record(status, s);
+                let waiting = matches!(health, Health::Progressing { .. });
+                let o = Outcome::new(health);
+                Some(if waiting { o.requeue_after(poll) } else { o })
+            }
+            AfterLookup::Wait => Some(
+                Outcome::new(Health::progressing(
+                    reason::PROGRESSING,
+                    "the vendor is taking the snapshot (or its answer is not visible yet); looking again before any new request",
+                ))
+                .requeue_after(poll),
+            ),
+            AfterLookup::Gone => {
+                status.state = Some("Missing".into());
+                Some(Outcome::new(Health::stalled(
+                    SNAPSHOT_GONE,
+                    format!(
+                        "snapshot {} is gone at the vendor (deleted outside Quartermaster); delete this object",
+                        status.snapshot_id.as_deref().unwrap_or_default()
+                    ),
+                )))
+            }
+            AfterLookup::Request => None,
+        },
+    )
+}
+
+impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
+    fn account(obj: &VirtualMachineSnapshot) -> Option<String> {
+        obj.status.as_ref().and_then(|s| s.provider_config.clone())
+    }
+
+    async fn apply(
+        &self,
+        obj: Arc<VirtualMachineSnapshot>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineSnapshotStatus>,
+    ) -> Result<Outcome, Error> {
+        let uid = uid_of(&obj)?;
+        let vm_name = obj.spec.virtual_machine_ref.name.clone();
+        let st = &progress.status;
+        if !decide::same_source(st, &vm_name) {
+            return Ok(Outcome::new(Health::stalled(
+                reason::IMMUTABLE_FIELD_CHANGED,
+                format!(
+                    "spec.virtualMachineRef cannot change once the snapshot was requested (of {:?}); create another VirtualMachineSnapshot",
+                    st.virtual_machine.as_deref().unwrap_or_default()
+                ),
+            )));
+        }
+        if st.state.as_deref() == Some("Available") && st.snapshot_id.is_some() {
+            return Ok(Outcome::new(Health::ready("the snapshot is available")));
+        }
+        let src = match source(&ctx, &obj, st)? {
+            Ok(src) => src,
+            Err(health) => {
+                let o = Outcome::new(health);
+                return Ok(o.requeue_after(ctx.config.poll_interval * 6));
+            }
+        };
+        let ns = obj.namespace().unwrap_or_default();
+        let (resolved, refused) = if requested(st) {
+            vendor::resolve_holding(&ctx, &src.provider_config, &ns).await?
+        } else {
+            (
+                vendor::resolve(&ctx, &src.provider_config, &ns).await?,
+                None,
+            )
+        };
+        let provider = ctx.providers.compute(&ctx, &resolved).await?;
+        let mark = snapshot_mark(&uid);
+        let poll = ctx.config.poll_interval;
+        if requested(st)
+            && let Some(outcome) =
+                look_up(&*provider, &src, &mark, &mut progress.status, poll).await?
+        {
+            return Ok(outcome);
+        }
+        if let Some(why) = refused {
+            return Err(Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, why));
+        }
+        if resolved.config.spec.suspended {
+            return Err(Error::Waiting {
+                reason: reason::PROVIDER_CONFIG_SUSPENDED,
+                message: format!(
+                    "ProviderConfig {:?} is suspended; the snapshot is requested once it is not",
+                    src.provider_config
+                ),
+            });
+        }
+        request(&ctx, &obj, &*provider, &src, &mark, progress).await
+    }
+
+    async fn cleanup(
+        &self,
+        obj: Arc<VirtualMachineSnapshot>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineSnapshotStatus>,
+    ) -> Result<Cleanup, Error> {
+        let st = &progress.status;
+        let (Some(server_id), Some(provider_config)) = (&st.server_id, &st.provider_config) else {
+            return Ok(Cleanup::Done);
+        };
+        if !requested(st) {
+            return Ok(Cleanup::Done);
+        }
+        if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain {
+            let note = format!(
+                "the vendor's snapshot {} is kept (deletionPolicy Retain) and goes on costing money there",
+                st.snapshot_id.as_deref().unwrap_or("(being taken)")
+            );
+            publish(&ctx, &*obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
+            return Ok(Cleanup::Done);
+        }
+        let ns = obj.namespace().unwrap_or_default();
+        let (resolved, _) = vendor::resolve_holding(&ctx, provider_config, &ns).await?;
+        let provider = ctx.providers.compute(&ctx, &resolved).await?;
+        let id = match &st.snapshot_id {
+            Some(id) => id.clone(),
+            None => match find_for_deletion(&*provider, &obj, server_id, st, &ctx).await? {
+                Ok(id) => id,
+                Err(cleanup) => return Ok(cleanup),
+            },
+        };
+        provider
+            .delete_snapshot(server_id, &id)
+            .await
+            .map_err(Error::vendor("delete the snapshot"))?;
+        Ok(Cleanup::Done)
+    }
+}
+
+/// The snapshot a request without a recorded ID made, for deletion: its ID, or what cleanup waits for
+/// (`Done` when nothing was made).
+async fn find_for_deletion(
+    provider: &dyn ComputeProvider,
+    obj: &VirtualMachineSnapshot,
+    server_id: &str,
+    st: &VirtualMachineSnapshotStatus,
+    ctx: &Context,
+) -> Result<Result<String, Cleanup>, Error> {
+    let mark = snapshot_mark(&uid_of(obj)?);
+    let since = requested_at(st);
+    let lookup = provider
+        .find_snapshot(server_id, &mark, since.unwrap_or(0))
+        .await
+        .map_err(Error::vendor("look the snapshot up"))?;
+    let now = jiff::Timestamp::now().as_second();
+    Ok(match decide::after_lookup(lookup, None, since, now) {
+        AfterLookup::Record(s) => Ok(s.id),
+        AfterLookup::Request | AfterLookup::Gone => Err(Cleanup::Done),
+        AfterLookup::Wait => Err(Cleanup::Wait {
+            message: "the vendor is still taking the snapshot (or its answer is not visible yet); it is deleted once it can be".into(),
+            requeue_after: ctx.config.poll_interval,
+        }),
+    })
+}
+
+/// Records the request, then asks the vendor for the snapshot (once: the call is never retried by the
+/// client).
+async fn request(
+    ctx: &Context,
+    obj: &VirtualMachineSnapshot,
+    provider: &dyn ComputeProvider,
+    src: &Source,
+    mark: &str,
+    progress: &mut Progress<VirtualMachineSnapshotStatus>,
+) -> Result<Outcome, Error> {
+    let st = &mut progress.status;
+    st.virtual_machine = Some(obj.spec.virtual_machine_ref.name.clone());
+    st.provider_config = Some(src.provider_config.clone());
+    st.server_id = Some(src.server_id.clone());
+    st.mark = Some(mark.to_string());
+    st.requested_at = Some(now());
+    st.state = Some("Pending".into());
+    persist(ctx, obj, progress).await?;
+    match provider.create_snapshot(&src.server_id, mark).await {
+        Ok(made) => {
+            let note = format!(
+                "snapshot of server {} requested at {}",
+                src.server_id,
+                provider.vendor()
+            );
+            publish(ctx, obj, EventType::Normal, SNAPSHOT_REQUESTED, &note).await;
+            let health = match made {
+                Some(s) => decide::record(&mut progress.status, s),
+                None => {
+                    Health::progressing(reason::PROGRESSING, "the vendor is taking the snapshot")
+                }
+            };
+            let o = Outcome::new(health);
+            Ok(if matches!(o.health, Health::Progressing { .. }) {
+                o.requeue_after(ctx.config.poll_interval)
+            } else {
+                o
+            })
+        }
+        // The answer may be lost: the request stays recorded, and the next attempt looks it up first.
+        Err(e) if e.is_transient() => Err(Error::vendor("take the snapshot")(e)),
+        Err(e) => {
+            // A refusal proves nothing was made: the request is withdrawn, so a fixed cause (a plan
+            // upgraded, another VM named) is acted on at once.
+            progress.status = VirtualMachineSnapshotStatus {
+                observed_generation: progress.status.observed_generation,
+                conditions: progress.status.conditions.clone(),
+                ..Default::default()
+            };
+            Err(Error::vendor("take the snapshot")(e))
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! How VirtualMachineSnapshots are woken, beyond their own changes:
+//!
+//! | change | wakes |
+//! |---|---|
+//! | a VirtualMachine's server (ID, account, phase), management policy or deletion | its snapshots not yet available |
+//!
+//! They also hold vendor state (their snapshot) through their account, so the ProviderConfig and its
+//! credentials stay while they do. Up to 8 reconcile at once by default.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::VirtualMachineSnapshotReconciler;
+use crate::controller::runtime::Wiring;
+use crate::controller::runtime::wake::{Memo, hash_of, referring};
+use crate::crd::{VirtualMachine, VirtualMachineSnapshot};
+
+/// What a snapshot waiting for its VM depends on.
+fn server_of(vm: &VirtualMachine) -> u64 {
+    let st = vm.status.as_ref();
+    hash_of((
+        st.and_then(|s| s.external_id.clone()),
+        st.and_then(|s| s.provider_config.clone()),
+        st.and_then(|s| s.phase).map(|p| format!("{p:?}")),
+        format!("{:?}", vm.spec.management_policy),
+        vm.metadata.deletion_timestamp.is_some(),
+    ))
+}
+
+/// Wires the VirtualMachineSnapshot controller.
+pub fn wire(w: &mut Wiring) {
+    let c = w.controller::<VirtualMachineSnapshot>(8, Duration::ZERO);
+    let (snaps, vms, memo) = (
+        w.store::<VirtualMachineSnapshot>(),
+        w.store::<VirtualMachine>(),
+        Memo::<VirtualMachine>::default(),
+    );
+    let c = c.watches_shared_stream(w.changes::<VirtualMachine>(), move |vm| {
+        if !memo.changed_in(&*vm, server_of(&vm), &vms) {
+            return Vec::new();
+        }
+        let (ns, name) = (vm.namespace(), vm.name_any());
+        referring(&snaps, |s| {
+            s.namespace() == ns
+                && s.spec.virtual_machine_ref.name == name
+                && s.status
+                    .as_ref()
+                    .is_none_or(|st| st.state.as_deref() != Some("Available"))
+        })
+    });
+    w.holds_accounts::<VirtualMachineSnapshot>(super::holds);
+    w.run(c, VirtualMachineSnapshotReconciler);
+}

@@ -1,0 +1,265 @@
+//! VirtualMachineSnapshot end to end, on a real kube-apiserver with `quartermaster sim` as the
+//! DigitalOcean API: a snapshot waits for its VM, is taken once and deleted with its object (or kept with
+//! Retain); a changed source stalls; a plan that cannot snapshot stalls with the vendor's words; and a
+//! controller killed between the snapshot call and the status write takes exactly one snapshot.
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use quartermaster::crd::VirtualMachineSnapshot;
+use quartermaster::crd::conditions::{self, ConditionStatus};
+
+mod common;
+
+use common::env::{Env, WAIT, env};
+
+fn snaps(e: &Env) -> Api<VirtualMachineSnapshot> {
+    Api::namespaced(e.client.clone(), &e.ns)
+}
+
+async fn apply_snapshot(e: &Env, name: &str, vm: &str, policy: &str) {
+    let s = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachineSnapshot",
+        "metadata": {"name": name, "labels": {"qm-test": e.id}},
+        "spec": {"virtualMachineRef": {"name": vm}, "deletionPolicy": policy},
+    });
+    snaps(e)
+        .patch(
+            name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until snapshot `name` has condition `type_` True with `reason` for its generation.
+async fn wait_snapshot(e: &Env, name: &str, type_: &str, reason: &str) -> VirtualMachineSnapshot {
+    wait_for(e, name, type_, ConditionStatus::True, reason).await
+}
+
+/// Waits until snapshot `name` has condition `type_` at `status` with `reason` for its generation.
+async fn wait_for(
+    e: &Env,
+    name: &str,
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+) -> VirtualMachineSnapshot {
+    let api = snaps(e);
+    common::eventually(
+        WAIT,
+        &format!("snapshot {name} {type_} ({reason})"),
+        || async {
+            let s = api.get(name).await.ok()?;
+            let st = s.status.as_ref()?;
+            let c = conditions::find(&st.conditions, type_)?;
+            (c.status == status
+                && c.reason == reason
+                && st.observed_generation == s.metadata.generation)
+                .then_some(s)
+        },
+    )
+    .await
+}
+
+/// Every snapshot the simulator has taken, as JSON.
+async fn taken(e: &Env) -> Vec<serde_json::Value> {
+    get(e, "/v2/snapshots?per_page=200").await["snapshots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The snapshot actions of droplet `id` (taken or still running).
+async fn snapshot_actions(e: &Env, id: &str) -> Vec<serde_json::Value> {
+    get(e, &format!("/v2/droplets/{id}/actions")).await["actions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn get(e: &Env, path: &str) -> serde_json::Value {
+    quartermaster::install_crypto_provider();
+    reqwest::Client::new()
+        .get(format!("{}{path}", e.sim.url))
+        .bearer_auth("test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_snapshot_waits_for_its_vm_is_taken_once_and_goes_with_its_object() {
+    let e = env("snap", |_| {}, true).await;
+    // Applied before its VM (as a GitOps tool may): it waits, and the VM's server wakes it.
+    apply_snapshot(&e, "before", "web", "Delete").await;
+    wait_for(
+        &e,
+        "before",
+        conditions::READY,
+        ConditionStatus::False,
+        "InvalidSpec",
+    )
+    .await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    let vm = e.wait_ready("web").await;
+    let server = vm.status.unwrap().external_id.unwrap();
+    let s = wait_snapshot(&e, "before", conditions::READY, "Reconciled").await;
+    let st = s.status.clone().unwrap();
+    let mark = format!("qm-snap-{}", s.uid().unwrap());
+    assert_eq!(st.state.as_deref(), Some("Available"));
+    assert_eq!(st.mark.as_deref(), Some(mark.as_str()));
+    assert_eq!(st.server_id.as_deref(), Some(server.as_str()));
+    assert_eq!(st.provider_config.as_deref(), Some(e.pc.as_str()));
+    assert_eq!(st.size_gigabytes.as_deref(), Some("2.5"));
+    assert!(st.created_at.is_some() && st.requested_at.is_some());
+    let all = taken(&e).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["name"], mark.as_str());
+    assert_eq!(all[0]["id"].as_str(), st.snapshot_id.as_deref());
+
+    // Touched again: no second request, no vendor call needed.
+    snaps(&e)
+        .patch(
+            "before",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(taken(&e).await.len(), 1);
+    assert_eq!(snapshot_actions(&e, &server).await.len(), 1);
+    let requested = e
+        .event_reasons("before")
+        .await
+        .iter()
+        .filter(|r| *r == "SnapshotRequested")
+        .count();
+    assert_eq!(requested, 1);
+
+    // Retain: the object goes, the vendor's snapshot stays. Its source cannot change once requested.
+    apply_snapshot(&e, "kept", "web", "Retain").await;
+    wait_snapshot(&e, "kept", conditions::READY, "Reconciled").await;
+    assert_eq!(taken(&e).await.len(), 2);
+    snaps(&e)
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"virtualMachineRef": {"name": "other"}}})),
+        )
+        .await
+        .unwrap();
+    wait_snapshot(&e, "kept", conditions::STALLED, "ImmutableFieldChanged").await;
+    assert_eq!(taken(&e).await.len(), 2);
+
+    // Delete: the vendor's snapshot goes with the object; Retain keeps it.
+    for name in ["before", "kept"] {
+        snaps(&e)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let api = snaps(&e);
+    common::eventually(WAIT, "both objects gone", || async {
+        let left = api.list(&Default::default()).await.ok()?.items.len();
+        (left == 0).then_some(())
+    })
+    .await;
+    let left = taken(&e).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0]["name"], mark.as_str(), "the Delete one went");
+}
+
+#[tokio::test]
+async fn a_plan_that_cannot_snapshot_stalls_with_the_vendors_words() {
+    let e = env("snapno", |c| c.refuse_snapshots = true, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    apply_snapshot(&e, "no", "web", "Delete").await;
+    let s = wait_snapshot(&e, "no", conditions::STALLED, "VendorRejected").await;
+    let st = s.status.unwrap();
+    let msg = &conditions::find(&st.conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("Snapshots are not available"), "{msg}");
+    assert!(
+        st.requested_at.is_none() && st.provider_config.is_none(),
+        "a refusal withdraws the request: {st:?}"
+    );
+    assert!(taken(&e).await.is_empty());
+    // Nothing held: deletion needs no vendor call.
+    snaps(&e)
+        .delete("no", &DeleteParams::default())
+        .await
+        .unwrap();
+    let api = snaps(&e);
+    common::eventually(WAIT, "object gone", || async {
+        api.get_opt("no").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// `quartermaster run` as its own process (so it can be killed mid-call), on this test's shard.
+fn controller_process(id: &str) -> common::process::Controller {
+    common::process::spawn_run(
+        id,
+        &common::kubeconfig(),
+        &[
+            "--leader-elect=false",
+            "--label-selector",
+            &format!("qm-test={id}"),
+            "--poll-interval-secs",
+            "1",
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_controller_killed_between_the_snapshot_call_and_the_status_write_takes_one_snapshot() {
+    // The simulator records the snapshot, then holds its answer open for 4 s; it is taken after 2 s.
+    let e = env(
+        "snapcrash",
+        |c| {
+            c.create_latency_ms = 4000;
+            c.snapshot_secs = 2;
+        },
+        false,
+    )
+    .await;
+    let first = controller_process(&e.id);
+    e.apply_vm("web", serde_json::json!({})).await;
+    let server = e
+        .wait_ready("web")
+        .await
+        .status
+        .unwrap()
+        .external_id
+        .unwrap();
+    apply_snapshot(&e, "once", "web", "Delete").await;
+    let api = snaps(&e);
+    // The request is recorded and the vendor has the snapshot, but its answer has not come back.
+    common::eventually(WAIT, "request recorded and snapshot started", || async {
+        let s = api.get("once").await.ok()?;
+        let st = s.status?;
+        let started = !snapshot_actions(&e, &server).await.is_empty();
+        (st.requested_at.is_some() && st.snapshot_id.is_none() && started).then_some(())
+    })
+    .await;
+    drop(first); // SIGKILL mid-call
+    let st = api.get("once").await.unwrap().status.unwrap();
+    assert!(st.snapshot_id.is_none() && st.requested_at.is_some());
+
+    let _second = controller_process(&e.id);
+    let s = wait_snapshot(&e, "once", conditions::READY, "Reconciled").await;
+    let all = taken(&e).await;
+    assert_eq!(all.len(), 1, "exactly one snapshot: {all:?}");
+    assert_eq!(
+        all[0]["id"].as_str(),
+        s.status.unwrap().snapshot_id.as_deref()
+    );
+    assert_eq!(snapshot_actions(&e, &server).await.len(), 1);
+}
