@@ -3,10 +3,11 @@
 //! Retain); a changed source stalls; a plan that cannot snapshot stalls with the vendor's words; and a
 //! controller killed between the snapshot call and the status write takes exactly one snapshot.
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use quartermaster::crd::VirtualMachineSnapshot;
 use quartermaster::crd::conditions::{self, ConditionStatus};
+use quartermaster::crd::{ProviderConfig, VirtualMachineSnapshot};
 
 mod common;
 
@@ -60,6 +61,27 @@ async fn wait_for(
         },
     )
     .await
+}
+
+/// Applies VM `name` like `Env::apply_vm` but without an image (`extra`'s spec merged in).
+async fn apply_vm_without_image(e: &Env, name: &str, extra: serde_json::Value) {
+    let mut spec = serde_json::json!({
+        "providerConfigRef": {"name": e.pc}, "region": "fra1", "size": "s-1vcpu-1gb",
+    });
+    common::env::merge(&mut spec, extra["spec"].clone());
+    let vm = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": {"qm-test": e.id}},
+        "spec": spec,
+    });
+    e.vms()
+        .patch(
+            name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&vm),
+        )
+        .await
+        .unwrap();
 }
 
 /// Every snapshot the simulator has taken, as JSON.
@@ -156,6 +178,34 @@ async fn a_snapshot_waits_for_its_vm_is_taken_once_and_goes_with_its_object() {
     wait_snapshot(&e, "kept", conditions::STALLED, "ImmutableFieldChanged").await;
     assert_eq!(taken(&e).await.len(), 2);
 
+    // The VM and the account's credentials go; the snapshots still hold them (to delete what they hold).
+    e.vms()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    e.wait_gone("web").await;
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    let secrets: Api<Secret> = Api::namespaced(e.client.clone(), &e.ns);
+    pcs.delete(&e.pc, &DeleteParams::default()).await.unwrap();
+    secrets
+        .delete("do-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        pcs.get(&e.pc)
+            .await
+            .is_ok_and(|p| p.metadata.deletion_timestamp.is_some()),
+        "the ProviderConfig went while snapshots are held through it"
+    );
+    assert!(
+        secrets
+            .get("do-token")
+            .await
+            .is_ok_and(|s| s.metadata.deletion_timestamp.is_some()),
+        "the credentials went while snapshots are held through them"
+    );
+
     // Delete: the vendor's snapshot goes with the object; Retain keeps it.
     for name in ["before", "kept"] {
         snaps(&e)
@@ -172,6 +222,85 @@ async fn a_snapshot_waits_for_its_vm_is_taken_once_and_goes_with_its_object() {
     let left = taken(&e).await;
     assert_eq!(left.len(), 1, "{left:?}");
     assert_ne!(left[0]["name"], mark.as_str(), "the Delete one went");
+    common::eventually(WAIT, "the ProviderConfig released", || async {
+        pcs.get_opt(&e.pc).await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_vm_is_created_from_an_available_snapshot_of_its_own_account_only() {
+    let e = env("restore", |_| {}, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    // A VM waits for a snapshot that does not exist yet; the snapshot's arrival wakes it.
+    let from =
+        |snap: &str| serde_json::json!({"spec": {"source": {"snapshotRef": {"name": snap}}}});
+    apply_vm_without_image(&e, "copy", from("nightly")).await;
+    e.wait_vm(
+        "copy",
+        conditions::RECONCILING,
+        ConditionStatus::True,
+        "Provisioning",
+    )
+    .await;
+    assert_eq!(
+        e.sim.droplets().await.len(),
+        1,
+        "nothing created before the snapshot is"
+    );
+    apply_snapshot(&e, "nightly", "web", "Delete").await;
+    let snap = wait_snapshot(&e, "nightly", conditions::READY, "Reconciled").await;
+    let id = snap.status.unwrap().snapshot_id.unwrap();
+    let copy = e.wait_ready("copy").await;
+    let st = copy.status.unwrap();
+    assert_eq!(st.image.as_deref(), Some("snapshot/nightly"));
+    let droplet = e.droplet(&st.external_id.unwrap()).await.unwrap();
+    assert_eq!(
+        droplet["image"]["slug"],
+        id.as_str(),
+        "made from the snapshot: {droplet}"
+    );
+
+    // Another account (same vendor, another ProviderConfig) cannot restore it.
+    let other = format!("{}-other", e.id);
+    common::do_provider_config(&e.client, &e.id, &other, &e.ns, &e.sim.url, &[]).await;
+    let mut elsewhere = from("nightly");
+    elsewhere["spec"]["providerConfigRef"] = serde_json::json!({"name": other});
+    apply_vm_without_image(&e, "elsewhere", elsewhere).await;
+    let vm = e
+        .wait_vm(
+            "elsewhere",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "InvalidSpec",
+        )
+        .await;
+    let msg = conditions::find(&vm.status.unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("restored only in its own account"), "{msg}");
+    // Neither an image nor a source, or both: refused before any create.
+    apply_vm_without_image(&e, "neither", serde_json::json!({"spec": {}})).await;
+    e.wait_vm(
+        "neither",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "InvalidSpec",
+    )
+    .await;
+    let mut both = from("nightly");
+    both["spec"]["image"] = "debian-12-x64".into();
+    e.apply_vm("both", both).await;
+    e.wait_vm(
+        "both",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "InvalidSpec",
+    )
+    .await;
+    assert_eq!(e.sim.droplets().await.len(), 2);
 }
 
 #[tokio::test]
@@ -187,11 +316,11 @@ async fn a_plan_that_cannot_snapshot_stalls_with_the_vendors_words() {
         .message;
     assert!(msg.contains("Snapshots are not available"), "{msg}");
     assert!(
-        st.requested_at.is_none() && st.provider_config.is_none(),
-        "a refusal withdraws the request: {st:?}"
+        st.requested_at.is_none() && st.state.is_none() && st.refused_generation == Some(1),
+        "a refusal withdraws the request, for this generation: {st:?}"
     );
     assert!(taken(&e).await.is_empty());
-    // Nothing held: deletion needs no vendor call.
+    // Deletion looks the mark up (nothing was made) and goes.
     snaps(&e)
         .delete("no", &DeleteParams::default())
         .await
@@ -220,12 +349,13 @@ fn controller_process(id: &str) -> common::process::Controller {
 
 #[tokio::test]
 async fn a_controller_killed_between_the_snapshot_call_and_the_status_write_takes_one_snapshot() {
-    // The simulator records the snapshot, then holds its answer open for 4 s; it is taken after 2 s.
+    // The simulator records the snapshot, then holds its answer open for 4 s; it is taken after 8 s,
+    // so the restarted controller finds it still being taken.
     let e = env(
         "snapcrash",
         |c| {
             c.create_latency_ms = 4000;
-            c.snapshot_secs = 2;
+            c.snapshot_secs = 8;
         },
         false,
     )

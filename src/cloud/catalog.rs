@@ -37,8 +37,9 @@ impl Catalog {
         self.sizes.iter().find(|s| s.slug == slug)
     }
 
-    /// Checks region, size and image; `Err` holds a user-facing message with close matches.
-    pub fn validate(&self, region: &str, size: &str, image: &str) -> Result<(), String> {
+    /// Checks region, size and image (`None`: the server is made from a snapshot, not a catalog image);
+    /// `Err` holds a user-facing message with close matches.
+    pub fn validate(&self, region: &str, size: &str, image: Option<&str>) -> Result<(), String> {
         if !self.regions.is_empty() && !self.regions.iter().any(|r| r.slug == region) {
             return Err(unknown(
                 "region",
@@ -47,7 +48,10 @@ impl Catalog {
             ));
         }
         self.validate_size(region, size)?;
-        if !self.images.is_empty() && !self.images.iter().any(|i| i.slug == image) {
+        if let Some(image) = image
+            && !self.images.is_empty()
+            && !self.images.iter().any(|i| i.slug == image)
+        {
             return Err(unknown(
                 "image",
                 image,
@@ -237,24 +241,27 @@ mod tests {
                 available: true,
             }],
         };
-        assert!(c.validate("fra1", "s-1vcpu-1gb", "debian-12-x64").is_ok());
+        assert!(
+            c.validate("fra1", "s-1vcpu-1gb", Some("debian-12-x64"))
+                .is_ok()
+        );
         let e = c
-            .validate("fra1", "s-1vcpu-1g", "debian-12-x64")
+            .validate("fra1", "s-1vcpu-1g", Some("debian-12-x64"))
             .unwrap_err();
         assert!(
             e.starts_with("unknown size \"s-1vcpu-1g\"; did you mean \"s-1vcpu-1gb\""),
             "{e}"
         );
         let e = c
-            .validate("fra2", "s-1vcpu-1gb", "debian-12-x64")
+            .validate("fra2", "s-1vcpu-1gb", Some("debian-12-x64"))
             .unwrap_err();
         assert!(e.contains("did you mean \"fra1\""), "{e}");
         let e = c
-            .validate("fra1", "s-1vcpu-1gb", "debain-12-x64")
+            .validate("fra1", "s-1vcpu-1gb", Some("debain-12-x64"))
             .unwrap_err();
         assert!(e.contains("\"debian-12-x64\""), "{e}");
         let e = c
-            .validate("fra1", "zzzzzzzzzzzzzzzz", "debian-12-x64")
+            .validate("fra1", "zzzzzzzzzzzzzzzz", Some("debian-12-x64"))
             .unwrap_err();
         assert_eq!(e, "unknown size \"zzzzzzzzzzzzzzzz\"");
     }

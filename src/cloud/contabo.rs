@@ -897,6 +897,13 @@ impl ComputeProvider for Contabo {
         )
     }
 
+    /// Contabo restores a snapshot only onto the instance it was taken of (rollback).
+    fn snapshot_image(&self, _id: &str) -> Result<String, CloudError> {
+        Err(CloudError::Unsupported(
+            "contabo restores a snapshot only onto the instance it was taken of (a rollback), not into a new server".into(),
+        ))
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         true
     }

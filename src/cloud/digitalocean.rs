@@ -111,8 +111,6 @@ struct DoAction {
     #[serde(rename = "type")]
     kind: String,
     status: String,
-    #[serde(default)]
-    started_at: Option<String>,
 }
 
 fn to_snapshot(s: DoSnapshot) -> Snapshot {
@@ -128,17 +126,23 @@ fn to_snapshot(s: DoSnapshot) -> Snapshot {
     }
 }
 
-/// Whether one of `actions` is a snapshot still running that started at or after `since` (less 5 s of
-/// clock skew).
-fn snapshot_running(actions: &[DoAction], since: i64) -> bool {
-    actions.iter().any(|a| {
-        a.kind == "snapshot"
-            && a.status == "in-progress"
-            && a.started_at
-                .as_deref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .is_none_or(|t| t.as_second() >= since - 5)
-    })
+/// What the droplet's actions and snapshots say of the snapshot carrying `mark`. The actions are read
+/// first: DigitalOcean lists a snapshot once its action completes, so a snapshot not listed after a
+/// running action was seen is still being taken. Any running snapshot action of the droplet counts,
+/// whatever its start time (no clock is compared): DigitalOcean takes one at a time and refuses a
+/// second meanwhile.
+fn lookup_from(running: bool, snapshots: Vec<DoSnapshot>, mark: &str) -> SnapshotLookup {
+    match SnapshotLookup::first(snapshots, |s| s.name == mark, to_snapshot) {
+        SnapshotLookup::Absent if running => SnapshotLookup::InProgress,
+        found => found,
+    }
+}
+
+/// Whether one of `actions` is a snapshot still running.
+fn snapshot_running(actions: &[DoAction]) -> bool {
+    actions
+        .iter()
+        .any(|a| a.kind == "snapshot" && a.status == "in-progress")
 }
 
 #[derive(Deserialize)]
@@ -487,40 +491,39 @@ impl ComputeProvider for DigitalOcean {
         Ok(None)
     }
 
-    /// The droplet's snapshots by name (one droplet's, not the account's); once the droplet is gone, the
-    /// account's droplet snapshots (they outlive it). Else a snapshot action still running on it.
+    /// The droplet's running snapshot actions, then its snapshots by name (one droplet's, not the
+    /// account's); once the droplet is gone, the account's droplet snapshots (they outlive it).
     async fn find_snapshot(
         &self,
         server_id: &str,
         mark: &str,
-        since: i64,
+        _since: i64,
     ) -> Result<SnapshotLookup, CloudError> {
         let Some(id) = numeric_id(server_id) else {
             return Ok(SnapshotLookup::Absent);
         };
-        let own: Option<Vec<DoSnapshot>> = none_if_not_found(
-            self.list(&format!("/v2/droplets/{id}/snapshots"), "snapshots")
+        // Actions first (see `lookup_from`); up to 1,000 of them (DigitalOcean lists newest first).
+        let actions: Option<Vec<DoAction>> = none_if_not_found(
+            self.list_pages(&format!("/v2/droplets/{id}/actions"), "actions", 5)
                 .await,
         )?;
+        let running = actions.as_deref().is_some_and(snapshot_running);
+        let own = match actions {
+            Some(_) => none_if_not_found(
+                self.list(&format!("/v2/droplets/{id}/snapshots"), "snapshots")
+                    .await,
+            )?,
+            None => None,
+        };
         let snapshots = match own {
             Some(s) => s,
+            // The droplet is gone: its snapshots outlive it in the account's list.
             None => {
                 self.list("/v2/snapshots?resource_type=droplet", "snapshots")
                     .await?
             }
         };
-        let found = SnapshotLookup::first(snapshots, |s| s.name == mark, to_snapshot);
-        if found != SnapshotLookup::Absent {
-            return Ok(found);
-        }
-        let actions: Option<Vec<DoAction>> = none_if_not_found(
-            self.list_pages(&format!("/v2/droplets/{id}/actions"), "actions", 1)
-                .await,
-        )?;
-        Ok(match actions {
-            Some(a) if snapshot_running(&a, since) => SnapshotLookup::InProgress,
-            _ => SnapshotLookup::Absent,
-        })
+        Ok(lookup_from(running, snapshots, mark))
     }
 
     async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
@@ -528,6 +531,13 @@ impl ComputeProvider for DigitalOcean {
             return Ok(());
         };
         self.delete_at(&format!("/v2/snapshots/{id}")).await
+    }
+
+    /// A droplet is created from a snapshot by its numeric ID as the image.
+    fn snapshot_image(&self, id: &str) -> Result<String, CloudError> {
+        Ok(numeric_id(id)
+            .ok_or_else(|| not_an_id("digitalocean", id))?
+            .to_string())
     }
 
     fn resize_needs_power_off(&self) -> bool {
@@ -544,5 +554,53 @@ impl ComputeProvider for DigitalOcean {
 
     fn vendor(&self) -> &'static str {
         "digitalocean"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(status: &str) -> DoAction {
+        DoAction {
+            kind: "snapshot".into(),
+            status: status.into(),
+        }
+    }
+
+    fn snap(name: &str) -> DoSnapshot {
+        DoSnapshot {
+            id: serde_json::json!(7),
+            name: name.into(),
+            created_at: None,
+            size_gigabytes: Some(2.5),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_being_taken_is_never_read_as_absent() {
+        let ours = "qm-snap-u";
+        // Still running, not listed: in progress (whenever it started, whatever our clock says).
+        assert!(snapshot_running(&[
+            action("completed"),
+            action("in-progress")
+        ]));
+        assert_eq!(lookup_from(true, vec![], ours), SnapshotLookup::InProgress);
+        // Completed between the two reads: listed by then, so found.
+        assert!(matches!(
+            lookup_from(true, vec![snap("other"), snap(ours)], ours),
+            SnapshotLookup::Found(s) if s.id == "7"
+        ));
+        // Another object's snapshot running: ours is not listed, so wait (one at a time).
+        assert_eq!(
+            lookup_from(true, vec![snap("other")], ours),
+            SnapshotLookup::InProgress
+        );
+        // Nothing running, not listed: absent (completed or errored actions are not ours).
+        assert!(!snapshot_running(&[action("completed"), action("errored")]));
+        assert_eq!(
+            lookup_from(false, vec![snap("other")], ours),
+            SnapshotLookup::Absent
+        );
     }
 }

@@ -605,6 +605,12 @@ impl ComputeProvider for Linode {
         )
     }
 
+    /// An instance is created from a private image by its ID (`private/<n>`) as the image.
+    fn snapshot_image(&self, id: &str) -> Result<String, CloudError> {
+        private_image_path(id).ok_or_else(|| not_an_id("linode", id))?;
+        Ok(id.to_string())
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         false
     }

@@ -288,6 +288,14 @@ pub trait ComputeProvider: Send + Sync {
             self.vendor()
         )))
     }
+    /// What a create names as its image to make a server from snapshot `id` (this vendor's form).
+    fn snapshot_image(&self, id: &str) -> Result<String, CloudError> {
+        let _ = id;
+        Err(CloudError::Unsupported(format!(
+            "{} cannot create a server from a snapshot",
+            self.vendor()
+        )))
+    }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
     /// Which sizes the vendor resizes a server to.

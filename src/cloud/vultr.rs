@@ -607,6 +607,14 @@ impl ComputeProvider for Vultr {
         )
     }
 
+    /// An instance is created from a snapshot with `snapshot_id` (the `snapshot:<id>` image form).
+    fn snapshot_image(&self, id: &str) -> Result<String, CloudError> {
+        Ok(format!(
+            "snapshot:{}",
+            segment_id(id).ok_or_else(|| not_an_id("vultr", id))?
+        ))
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         false
     }

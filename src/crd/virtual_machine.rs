@@ -70,11 +70,16 @@ pub struct VirtualMachineSpec {
     )]
     pub size: String,
     /// Vendor image slug or ID, including marketplace apps (e.g. `debian-12-x64`). Immutable after creation.
+    /// Required unless `source.snapshotRef` names a snapshot to create the server from (then leave it out).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = r"^[a-zA-Z0-9][-a-zA-Z0-9_.:/]*$")
     )]
     pub image: String,
+    /// Where the server's disk comes from instead of `image`. Immutable after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<VmSource>,
     /// Declared power state: Always (keep running), Halted (keep stopped), Manual (leave as it is).
     #[serde(default)]
     pub run_strategy: RunStrategy,
@@ -158,6 +163,16 @@ pub enum OperatingSystem {
     Linux,
     /// Windows: RDP access.
     Windows,
+}
+
+/// A VM's disk from something other than an image.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSource {
+    /// A VirtualMachineSnapshot of this namespace, available, taken in the account this VM names
+    /// (`providerConfigRef`): the server is created from it (DigitalOcean, Linode, Vultr; Contabo
+    /// restores a snapshot only onto the instance it was taken of, so it is refused there).
+    pub snapshot_ref: LocalObjectReference,
 }
 
 /// What deletion does to the vendor object.

@@ -97,7 +97,8 @@ pub struct VirtualMachineSnapshotStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mark: Option<String>,
     /// When the snapshot was requested (RFC 3339), recorded before the vendor's call: after a crash or a
-    /// lost answer, the vendor is asked for the mark before any new request.
+    /// lost answer, the vendor is asked for the mark before any new request. Cleared when the vendor
+    /// refused the request (nothing was made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<String>,
     /// The vendor's ID of the snapshot.
@@ -110,6 +111,13 @@ pub struct VirtualMachineSnapshotStatus {
     /// Its size in GB, as the vendor reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_gigabytes: Option<String>,
+    /// The generation whose request the vendor refused: it is not requested again until the object
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_generation: Option<i64>,
+    /// The vendor's words refusing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
     /// When the vendor created it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,

@@ -286,12 +286,17 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
     if !SIZES.iter().any(|x| x.0 == b.size) {
         return unprocessable("You specified an invalid size for Droplet creation.");
     }
-    if !IMAGES.iter().any(|i| i.0 == image) {
-        return unprocessable("You specified an invalid image for Droplet creation.");
-    }
     let json = {
         let mut store = s.store.lock().await;
         store.advance();
+        // An image slug, or the ID of a snapshot taken (a droplet made from it).
+        let now = now_ms();
+        let snapshot = store
+            .snapshots()
+            .any(|x| x.id.to_string() == image && x.ready_at_ms <= now);
+        if !IMAGES.iter().any(|i| i.0 == image) && !snapshot {
+            return unprocessable("You specified an invalid image for Droplet creation.");
+        }
         let provision = secs_ms(s.cfg.provision_secs);
         droplet_json(store.create(|id| SimDroplet {
             id,
@@ -500,11 +505,7 @@ async fn snapshot_action(s: &AppState, id: &str, name: Option<String>) -> Respon
             Some("Snapshots are not available for this Droplet's plan.")
         } else if d.status == "new" {
             Some("Droplet is still being created.")
-        } else if d.pending.is_some()
-            || store
-                .snapshots()
-                .any(|x| x.droplet_id == droplet && x.ready_at_ms > now)
-        {
+        } else if d.pending.is_some() || snapshot_running(&store, id, now) {
             Some("Droplet already has a pending event.")
         } else {
             None
@@ -531,6 +532,16 @@ async fn snapshot_action(s: &AppState, id: &str, name: Option<String>) -> Respon
         .into_response()
 }
 
+/// Whether a snapshot of droplet `id` (as in a URL) is being taken: the droplet is locked meanwhile.
+fn snapshot_running(store: &Store, id: &str, now: i64) -> bool {
+    store
+        .snapshots()
+        .any(|x| x.droplet_id.to_string() == id && x.ready_at_ms > now)
+}
+
+/// Actions have IDs of their own (not the snapshot's).
+const ACTION_IDS: u64 = 5_000_000_000;
+
 /// The disk of a droplet's size, GB.
 fn disk_of(d: &SimDroplet) -> u64 {
     SIZES.iter().find(|x| x.0 == d.size).map_or(25, |x| x.3)
@@ -542,8 +553,12 @@ fn snapshot_json(x: &SimSnapshot) -> serde_json::Value {
         "min_disk_size": 25, "size_gigabytes": x.size_gb, "tags": []})
 }
 
-/// `GET /v2/droplets/{id}/actions`: the droplet's snapshot actions, newest first.
-async fn droplet_actions(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+/// `GET /v2/droplets/{id}/actions`: the droplet's snapshot actions, newest first, paged.
+async fn droplet_actions(
+    State(s): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let mut store = s.store.lock().await;
     store.advance();
     let Some(droplet) = store.get(&id).map(|d| d.id) else {
@@ -553,15 +568,19 @@ async fn droplet_actions(State(s): State<AppState>, UrlPath(id): UrlPath<String>
     let mut actions: Vec<_> = store
         .snapshots()
         .filter(|x| x.droplet_id == droplet)
-        .map(|x| {
-            serde_json::json!({"id": x.id, "type": "snapshot",
-            "status": if x.ready_at_ms > now { "in-progress" } else { "completed" },
-            "started_at": x.created_at, "resource_id": droplet, "resource_type": "droplet"})
-        })
         .collect();
     actions.reverse();
-    Json(serde_json::json!({"actions": actions, "links": {}, "meta": {"total": actions.len()}}))
-        .into_response()
+    paged(
+        &actions,
+        &q,
+        &format!("/v2/droplets/{id}/actions"),
+        "actions",
+        |x| {
+            serde_json::json!({"id": ACTION_IDS + x.id, "type": "snapshot",
+                "status": if x.ready_at_ms > now { "in-progress" } else { "completed" },
+                "started_at": x.created_at, "resource_id": droplet, "resource_type": "droplet"})
+        },
+    )
 }
 
 /// `GET /v2/droplets/{id}/snapshots`: the droplet's snapshots taken (IDs are numbers here).
@@ -617,7 +636,16 @@ async fn get_snapshot(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -
 }
 
 async fn delete_snapshot(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
-    if s.store.lock().await.delete_snapshot(&id) {
+    let mut store = s.store.lock().await;
+    // A snapshot being taken has no ID yet at DigitalOcean: nothing to delete.
+    let now = now_ms();
+    if store
+        .snapshots()
+        .any(|x| x.id.to_string() == id && x.ready_at_ms > now)
+    {
+        return not_found();
+    }
+    if store.delete_snapshot(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
         not_found()
@@ -639,8 +667,9 @@ async fn droplet_action(
     store.advance();
     let cfg = &s.cfg;
     let now = now_ms();
+    let snapshotting = snapshot_running(&store, &id, now);
     let changed = store.update(&id, |d| {
-        if d.pending.is_some() {
+        if d.pending.is_some() || snapshotting {
             return Err("Droplet already has a pending event.");
         }
         let pending = |secs, status: &str, size| Pending {

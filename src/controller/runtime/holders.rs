@@ -19,14 +19,14 @@ type Holder = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 /// The registered kinds' holders (see the module docs).
 #[derive(Default)]
 pub struct Holders {
-    kinds: Mutex<Vec<Holder>>,
+    kinds: Mutex<Vec<(&'static str, Holder)>>,
 }
 
 impl KindState for Holders {}
 
 impl Holders {
     /// Registers kind `K`: an object in `store` holds state through ProviderConfig `pc` when
-    /// `holds(object, pc)`.
+    /// `holds(object, pc)`. Registering a kind again replaces it (a new wiring's caches).
     pub fn register<K: Managed + Watched>(&self, store: Store<K>, holds: fn(&K, &str) -> bool) {
         let holder: Holder = Box::new(move |pc| {
             store
@@ -43,16 +43,15 @@ impl Holders {
                 })
                 .collect()
         });
-        self.kinds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(holder);
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        kinds.retain(|(k, _)| *k != K::KIND);
+        kinds.push((K::KIND, holder));
     }
 
     /// The objects (`Kind namespace/name`, sorted) that hold vendor state through ProviderConfig `pc`.
     pub fn of(&self, pc: &str) -> Vec<String> {
         let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
-        let mut names: Vec<String> = kinds.iter().flat_map(|h| h(pc)).collect();
+        let mut names: Vec<String> = kinds.iter().flat_map(|(_, h)| h(pc)).collect();
         names.sort();
         names
     }

@@ -19,7 +19,7 @@ use kube::{Api, ResourceExt};
 use kube::runtime::reflector::ObjectRef;
 
 use super::build;
-use super::decide::{Decision, Lookup, ProjectLookup, Step};
+use super::decide::{Decision, Lookup, ProjectLookup, Restore, Step};
 use super::read::Observed;
 use crate::cloud::{self, CloudError, PowerAction, Server};
 use crate::controller::project::policy as limits;
@@ -248,7 +248,10 @@ async fn create(
             "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
         ));
     }
-    let spec = build::server_spec(vm, uid, user_data, root_password);
+    let mut spec = build::server_spec(vm, uid, user_data, root_password);
+    if let Restore::Image(image) = &obs.restore {
+        spec.image = image.clone();
+    }
     let created = p
         .create(&spec)
         .await

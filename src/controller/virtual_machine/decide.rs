@@ -115,8 +115,63 @@ pub struct Inputs<'a> {
     pub require_project: bool,
     /// Why the ProviderConfig no longer lets the VM's namespace use the account its server is in.
     pub access_refused: Option<&'a str>,
+    /// What `spec.source.snapshotRef` resolves to (read only while the VM has no server).
+    pub restore: &'a Restore,
     /// Now, unix seconds.
     pub now: i64,
+}
+
+/// What a VM's `spec.source.snapshotRef` resolves to, read from the VirtualMachineSnapshot's cache.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Restore {
+    /// Not read (no `source`, or the VM holds a server).
+    #[default]
+    Unread,
+    /// The image a create names to make the server from the snapshot (the vendor's form).
+    Image(String),
+    /// The snapshot is not there or not available yet.
+    Wait(String),
+    /// It can never be restored here (another account, a vendor that cannot).
+    Refused(String),
+}
+
+/// The image status records for `vm`: `spec.image`, or `snapshot/<name>` when it is made from a
+/// VirtualMachineSnapshot (either is immutable once the server exists).
+pub fn image_of(vm: &VirtualMachine) -> String {
+    match &vm.spec.source {
+        Some(src) if vm.spec.image.is_empty() => format!("snapshot/{}", src.snapshot_ref.name),
+        _ => vm.spec.image.clone(),
+    }
+}
+
+/// What a create makes the disk from: `Ok(Some(image))` to check in the catalog, `Ok(None)` for a
+/// snapshot ready to restore, else what to show (waiting, or stalled for a spec that cannot work).
+pub fn disk(vm: &VirtualMachine, restore: &Restore) -> Result<Option<String>, Health> {
+    let image = &vm.spec.image;
+    match (&vm.spec.source, restore) {
+        (None, _) if image.is_empty() => Err(Health::stalled(
+            reason::INVALID_SPEC,
+            "spec.image or spec.source.snapshotRef is required",
+        )),
+        (None, _) => Ok(Some(image.clone())),
+        (Some(_), _) if !image.is_empty() => Err(Health::stalled(
+            reason::INVALID_SPEC,
+            "give spec.image or spec.source.snapshotRef, not both",
+        )),
+        (Some(_), Restore::Image(_)) => Ok(None),
+        (Some(_), Restore::Refused(m)) => Err(Health::stalled(reason::INVALID_SPEC, m.clone())),
+        (Some(src), Restore::Wait(m)) => Err(Health::progressing(
+            reason::PROVISIONING,
+            format!(
+                "{m}; the server is created from VirtualMachineSnapshot {:?} once it is",
+                src.snapshot_ref.name
+            ),
+        )),
+        (Some(src), Restore::Unread) => Err(Health::progressing(
+            reason::PROVISIONING,
+            format!("reading VirtualMachineSnapshot {:?}", src.snapshot_ref.name),
+        )),
+    }
 }
 
 /// The one vendor step to take.
@@ -187,9 +242,14 @@ impl Decision {
 /// Fields that may not change once a server exists; `Some(message)` names the first that did.
 pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -> Option<String> {
     let adopted = vm.annotations().get(ANNOTATION_EXTERNAL_ID);
+    let image = image_of(vm);
     let checks = [
         ("spec.region", status.region.as_ref(), Some(&vm.spec.region)),
-        ("spec.image", status.image.as_ref(), Some(&vm.spec.image)),
+        (
+            "spec.image (or spec.source.snapshotRef)",
+            status.image.as_ref(),
+            Some(&image),
+        ),
         (
             "spec.providerConfigRef.name",
             status.provider_config.as_ref(),
@@ -531,7 +591,12 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
         );
     };
     let spec = &i.vm.spec;
-    if let Err(m) = catalog.validate(&spec.region, &spec.size, &spec.image) {
+    let image = match disk(i.vm, i.restore) {
+        Ok(image) => image,
+        Err(h @ Health::Stalled { .. }) => return Decision::new(status, Step::Nothing, h),
+        Err(h) => return Decision::new(status, Step::Wait, h),
+    };
+    if let Err(m) = catalog.validate(&spec.region, &spec.size, image.as_deref()) {
         return Decision::stall(status, reason::INVALID_SPEC, m);
     }
     let mut admission = None;
@@ -567,7 +632,7 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     }
     status.creation_key = Some(i.uid.to_string());
     status.region = Some(spec.region.clone());
-    status.image = Some(spec.image.clone());
+    status.image = Some(image_of(i.vm));
     status.provider_config = Some(spec.provider_config_ref.name.clone());
     status.project = i.target.name().map(str::to_string);
     status.project_uid = i.target.uid().map(str::to_string);
@@ -703,7 +768,7 @@ fn record_facts(i: &Inputs, status: &mut VirtualMachineStatus, server: &Server) 
             .filter(|s| !s.is_empty())
             .or(Some(vm.spec.region.clone()));
     }
-    status.image.get_or_insert_with(|| vm.spec.image.clone());
+    status.image.get_or_insert_with(|| image_of(vm));
     if status.creation_key.is_none() && status.project.is_none() {
         // Adopted (or created before Quartermaster recorded admission): admitted where it points.
         status.project = i.target.name().map(str::to_string);
@@ -1312,6 +1377,7 @@ mod tests {
         adoption_allowed: bool,
         want_step: Step,
         want_reason: &'static str,
+        restore: Restore,
     }
 
     fn case(
@@ -1329,6 +1395,7 @@ mod tests {
             adoption_allowed: false,
             want_step,
             want_reason,
+            restore: Restore::Unread,
         }
     }
 
@@ -1359,8 +1426,77 @@ mod tests {
             suspended: false,
             require_project: false,
             access_refused: None,
+            restore: &c.restore,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn a_server_is_made_from_an_image_or_an_available_snapshot_never_both() {
+        let from = |image: Option<&str>| {
+            let mut extra = serde_json::json!({"source": {"snapshotRef": {"name": "nightly"}}});
+            if let Some(i) = image {
+                extra["image"] = i.into();
+            }
+            let mut v = vm(extra, serde_json::json!({}));
+            v.spec.image = image.unwrap_or_default().to_string();
+            v
+        };
+        let plain = vm(serde_json::json!({}), serde_json::json!({}));
+        let restored = from(None);
+        let stalled = |r: Result<Option<String>, Health>| matches!(r, Err(Health::Stalled { .. }));
+        let waits =
+            |r: Result<Option<String>, Health>| matches!(r, Err(Health::Progressing { .. }));
+        assert_eq!(
+            disk(&plain, &Restore::Unread),
+            Ok(Some("debian-12-x64".into()))
+        );
+        assert_eq!(disk(&restored, &Restore::Image("42".into())), Ok(None));
+        assert!(waits(disk(&restored, &Restore::Wait("not yet".into()))));
+        assert!(waits(disk(&restored, &Restore::Unread)));
+        assert!(stalled(disk(
+            &restored,
+            &Restore::Refused("other account".into())
+        )));
+        assert!(
+            stalled(disk(
+                &from(Some("debian-12-x64")),
+                &Restore::Image("42".into())
+            )),
+            "both"
+        );
+        let mut neither = plain.clone();
+        neither.spec.image.clear();
+        assert!(stalled(disk(&neither, &Restore::Unread)));
+        assert_eq!(image_of(&plain), "debian-12-x64");
+        assert_eq!(image_of(&restored), "snapshot/nightly");
+
+        // decide: a restore waits for its snapshot, then creates without the catalog's image check.
+        let mut c = case(
+            "restore",
+            Lookup::Absent {
+                after_intent: false,
+            },
+            Step::Wait,
+            reason::PROVISIONING,
+        );
+        c.vm = restored;
+        c.status = VirtualMachineStatus::default();
+        c.restore = Restore::Wait("not available yet".into());
+        let d = run(&c);
+        assert_eq!(
+            (d.step, d.health.reason()),
+            (Step::Wait, reason::PROVISIONING)
+        );
+        c.restore = Restore::Image("42".into());
+        let d = run(&c);
+        assert_eq!(d.step, Step::Create, "{:?}", d.health);
+        assert_eq!(d.status.image.as_deref(), Some("snapshot/nightly"));
+        // Once created, another snapshot is another disk: immutable.
+        let mut changed = c.vm.clone();
+        changed.spec.source.as_mut().unwrap().snapshot_ref.name = "weekly".into();
+        assert!(immutable_violation(&changed, &d.status).is_some());
+        assert!(immutable_violation(&c.vm, &d.status).is_none());
     }
 
     #[test]

@@ -160,6 +160,7 @@ fn inputs<'a>(
         suspended: obs.resolved.config.spec.suspended,
         require_project: obs.resolved.config.spec.require_project,
         access_refused: obs.access_refused.as_deref(),
+        restore: &obs.restore,
         now,
     }
 }

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::decide::{Lookup, ProjectLookup};
+use super::decide::{Lookup, ProjectLookup, Restore};
 use super::observe::Listing;
 use crate::cloud::catalog::Catalog;
 use crate::cloud::{self, ComputeProvider};
@@ -17,7 +17,9 @@ use crate::controller::vendor::{self, Resolved};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::{self, ConditionStatus, event};
 use crate::crd::virtual_machine::{ManagementPolicy, VirtualMachineStatus};
-use crate::crd::{ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, VirtualMachine};
+use crate::crd::{
+    ANNOTATION_EXTERNAL_ID, ANNOTATION_RESTART_REQUESTED_AT, VirtualMachine, VirtualMachineSnapshot,
+};
 
 /// What the read step found.
 pub struct Observed {
@@ -38,6 +40,8 @@ pub struct Observed {
     pub billed: Option<ProjectLookup>,
     /// Whether this namespace may adopt untagged servers of the account.
     pub adoption_allowed: bool,
+    /// The snapshot `spec.source.snapshotRef` names, while the VM has no server.
+    pub restore: Restore,
 }
 
 /// Whether the VM holds (or may hold) a server: one was created or adopted.
@@ -91,6 +95,10 @@ pub async fn read(
         Some(b) if Some(b) != target_name => Some(project(ctx, vm, Some(b), false)?),
         _ => None,
     };
+    let restore = match &vm.spec.source {
+        Some(src) if absent => restore(ctx, vm, &src.snapshot_ref.name, &*provider)?,
+        _ => Restore::Unread,
+    };
     Ok(Observed {
         resolved,
         access_refused,
@@ -100,6 +108,44 @@ pub async fn read(
         target,
         billed,
         adoption_allowed,
+        restore,
+    })
+}
+
+/// The VirtualMachineSnapshot `name` of the VM's namespace, from the cache, as a create can use it:
+/// available, in the account this VM creates its server in, at a vendor that creates servers from
+/// snapshots. Another namespace's snapshot cannot be named at all.
+fn restore(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    name: &str,
+    provider: &dyn ComputeProvider,
+) -> Result<Restore, Error> {
+    let ns = vm.namespace().unwrap_or_default();
+    let Some(snap) = ctx
+        .caches()?
+        .store::<VirtualMachineSnapshot>()?
+        .get(&ObjectRef::new(name).within(&ns))
+    else {
+        return Ok(Restore::Wait(format!(
+            "VirtualMachineSnapshot {name:?} not found in this namespace"
+        )));
+    };
+    let st = snap.status.clone().unwrap_or_default();
+    let account = &vm.spec.provider_config_ref.name;
+    if let Some(pc) = st.provider_config.as_deref().filter(|pc| *pc != account) {
+        return Ok(Restore::Refused(format!(
+            "VirtualMachineSnapshot {name:?} is in ProviderConfig {pc:?}, this VM's server would be in {account:?}: a snapshot is restored only in its own account"
+        )));
+    }
+    let (Some(id), Some("Available")) = (st.snapshot_id.as_deref(), st.state.as_deref()) else {
+        return Ok(Restore::Wait(format!(
+            "VirtualMachineSnapshot {name:?} is not available yet"
+        )));
+    };
+    Ok(match provider.snapshot_image(id) {
+        Ok(image) => Restore::Image(image),
+        Err(e) => Restore::Refused(e.to_string()),
     })
 }
 

@@ -85,7 +85,8 @@ pub enum AfterLookup {
     Gone,
 }
 
-/// The rule after a lookup. `requested_at` and `now` are Unix seconds.
+/// The rule after a lookup. `requested_at` and `now` are Unix seconds; `requested_at` is `None` once
+/// a refusal withdrew the request.
 pub fn after_lookup(
     lookup: SnapshotLookup,
     recorded_id: Option<&str>,
@@ -95,9 +96,10 @@ pub fn after_lookup(
     match lookup {
         SnapshotLookup::Found(s) => AfterLookup::Record(s),
         SnapshotLookup::InProgress => AfterLookup::Wait,
-        SnapshotLookup::Absent if recorded_id.is_some() => AfterLookup::Gone,
+        // A list may lag behind the create that named it: within the settle time, look again.
         SnapshotLookup::Absent => match requested_at {
             Some(at) if now - at < SETTLE.as_secs() as i64 => AfterLookup::Wait,
+            _ if recorded_id.is_some() => AfterLookup::Gone,
             _ => AfterLookup::Request,
         },
     }

@@ -14,8 +14,9 @@
 //!   ever recorded or deleted. The source is fixed once requested: a changed `virtualMachineRef` stalls
 //!   (`ImmutableFieldChanged`).
 //! - **Refusals stall, outages retry.** A vendor or plan that cannot snapshot stalls with the vendor's
-//!   words (the request is withdrawn: a refusal proves nothing was made); 429, 5xx and timeouts retry,
-//!   and the next attempt looks the mark up first.
+//!   words (the request is withdrawn, since a refusal proves nothing was made, and not sent again until
+//!   the object changes); 429, 5xx, timeouts and unreadable answers retry, and every attempt after the
+//!   first looks the mark up before any request.
 //! - **Deletion** (`deletionPolicy: Delete`) deletes the vendor's snapshot, waiting for one still being
 //!   taken; `Retain` leaves it. The account's ProviderConfig and its credentials are kept while a
 //!   snapshot is held through them.
@@ -59,17 +60,29 @@ pub const SNAPSHOT_RETAINED: &str = "SnapshotRetained";
 /// Reconciles VirtualMachineSnapshots.
 pub struct VirtualMachineSnapshotReconciler;
 
-/// Whether `s` holds (or may hold) a snapshot in ProviderConfig `pc`: it was requested there.
+/// Whether `s` holds (or may hold) a snapshot in ProviderConfig `pc`: it was ever requested there.
 pub fn holds(s: &VirtualMachineSnapshot, pc: &str) -> bool {
-    s.status.as_ref().is_some_and(|st| {
-        st.provider_config.as_deref() == Some(pc)
-            && (st.requested_at.is_some() || st.snapshot_id.is_some())
-    })
+    s.status
+        .as_ref()
+        .is_some_and(|st| st.provider_config.as_deref() == Some(pc) && requested(st))
 }
 
-/// Whether a request was recorded (and not withdrawn).
+/// Whether a request was ever recorded (even one the vendor refused): the mark is looked up before any
+/// new request and before deletion concludes there is nothing to delete.
 fn requested(st: &VirtualMachineSnapshotStatus) -> bool {
-    st.requested_at.is_some() || st.snapshot_id.is_some()
+    st.mark.is_some() || st.snapshot_id.is_some()
+}
+
+/// Whether the vendor's error proves nothing was made: it refused (4xx but 429), or the request could
+/// not be sent at all. A timeout, an outage or an answer that could not be read proves nothing.
+fn refused(e: &crate::cloud::CloudError) -> bool {
+    use crate::cloud::CloudError;
+    match e {
+        CloudError::Unsupported(_) | CloudError::Credentials(_) => true,
+        CloudError::Http(h) => h
+            .status()
+            .is_some_and(|s| (400..500).contains(&s) && s != 429),
+    }
 }
 
 /// The recorded request's time, Unix seconds.
@@ -178,6 +191,17 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         if st.state.as_deref() == Some("Available") && st.snapshot_id.is_some() {
             return Ok(Outcome::new(Health::ready("the snapshot is available")));
         }
+        if let Some(refusal) = st
+            .refusal
+            .as_ref()
+            .filter(|_| st.refused_generation == obj.metadata.generation)
+        {
+            // Refused for this generation: asked again only once the object changes.
+            return Ok(Outcome::new(Health::stalled(
+                reason::VENDOR_REJECTED,
+                refusal.clone(),
+            )));
+        }
         let src = match source(&ctx, &obj, st)? {
             Ok(src) => src,
             Err(health) => {
@@ -186,7 +210,7 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
             }
         };
         let ns = obj.namespace().unwrap_or_default();
-        let (resolved, refused) = if requested(st) {
+        let (resolved, access_refused) = if requested(st) {
             vendor::resolve_holding(&ctx, &src.provider_config, &ns).await?
         } else {
             (
@@ -203,7 +227,7 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         {
             return Ok(outcome);
         }
-        if let Some(why) = refused {
+        if let Some(why) = access_refused {
             return Err(Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, why));
         }
         if resolved.config.spec.suspended {
@@ -300,6 +324,8 @@ async fn request(
     st.mark = Some(mark.to_string());
     st.requested_at = Some(now());
     st.state = Some("Pending".into());
+    st.refused_generation = None;
+    st.refusal = None;
     persist(ctx, obj, progress).await?;
     match provider.create_snapshot(&src.server_id, mark).await {
         Ok(made) => {
@@ -322,17 +348,19 @@ async fn request(
                 o
             })
         }
-        // The answer may be lost: the request stays recorded, and the next attempt looks it up first.
-        Err(e) if e.is_transient() => Err(Error::vendor("take the snapshot")(e)),
-        Err(e) => {
-            // A refusal proves nothing was made: the request is withdrawn, so a fixed cause (a plan
-            // upgraded, another VM named) is acted on at once.
-            progress.status = VirtualMachineSnapshotStatus {
-                observed_generation: progress.status.observed_generation,
-                conditions: progress.status.conditions.clone(),
-                ..Default::default()
-            };
-            Err(Error::vendor("take the snapshot")(e))
+        // A refusal proves nothing was made: the request is withdrawn (the mark stays recorded, so it is
+        // still looked up first) and not sent again for this generation.
+        Err(e) if refused(&e) => {
+            let e = Error::vendor("take the snapshot")(e);
+            let st = &mut progress.status;
+            st.requested_at = None;
+            st.state = None;
+            st.refused_generation = obj.metadata.generation;
+            st.refusal = Some(e.to_string());
+            Err(e)
         }
+        // The answer may be lost (or unreadable): the request stays recorded, and the next attempt
+        // looks it up first.
+        Err(e) => Err(Error::vendor("take the snapshot")(e)),
     }
 }
