@@ -40,7 +40,7 @@ fn crds_folder_matches_the_code() {
 }
 
 #[test]
-fn crds_to_stdout_is_multi_document_yaml_with_eight_kinds() {
+fn crds_to_stdout_is_multi_document_yaml_with_nine_kinds() {
     let out = Command::new(env!("CARGO_BIN_EXE_quartermaster"))
         .arg("crds")
         .output()
@@ -64,7 +64,8 @@ fn crds_to_stdout_is_multi_document_yaml_with_eight_kinds() {
             "Subscription",
             "TokenBudget",
             "VirtualMachine",
-            "VirtualMachineSnapshot"
+            "VirtualMachineSnapshot",
+            "VirtualMachineSnapshotPolicy"
         ]
     );
 }

@@ -145,8 +145,15 @@ const ROWS: [Row; 4] = [
 ];
 
 /// The kinds that hold nothing at a vendor: a ProviderConfig is the account itself, a Project and a
-/// TokenBudget are the platform's own records, and a SimMessage is sent once and holds nothing after.
-const WITHOUT_VENDOR_STATE: [&str; 4] = ["ProviderConfig", "Project", "TokenBudget", "SimMessage"];
+/// TokenBudget are the platform's own records, a SimMessage is sent once and holds nothing after, and a
+/// VirtualMachineSnapshotPolicy makes VirtualMachineSnapshots (which hold their snapshots).
+const WITHOUT_VENDOR_STATE: [&str; 5] = [
+    "ProviderConfig",
+    "Project",
+    "TokenBudget",
+    "SimMessage",
+    "VirtualMachineSnapshotPolicy",
+];
 
 #[test]
 fn every_kind_is_in_the_table() {

@@ -914,6 +914,10 @@ async fn tenant_roles_grant_the_kinds_and_never_a_status() {
         ("Subscription", "subscriptions"),
         ("TokenBudget", "tokenbudgets"),
         ("VirtualMachineSnapshot", "virtualmachinesnapshots"),
+        (
+            "VirtualMachineSnapshotPolicy",
+            "virtualmachinesnapshotpolicies",
+        ),
     ] {
         let r = qm_resource(kind, plural);
         for (who, c) in [("editor", &editor), ("viewer", &viewer)] {

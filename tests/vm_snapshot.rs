@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use quartermaster::crd::conditions::{self, ConditionStatus};
-use quartermaster::crd::{ProviderConfig, VirtualMachineSnapshot};
+use quartermaster::crd::{ProviderConfig, VirtualMachineSnapshot, VirtualMachineSnapshotPolicy};
 
 mod common;
 
@@ -392,4 +392,122 @@ async fn a_controller_killed_between_the_snapshot_call_and_the_status_write_take
         s.status.unwrap().snapshot_id.as_deref()
     );
     assert_eq!(snapshot_actions(&e, &server).await.len(), 1);
+}
+
+async fn apply_policy(e: &Env, name: &str, spec: serde_json::Value) {
+    let p = serde_json::json!({
+        "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachineSnapshotPolicy",
+        "metadata": {"name": name, "labels": {"qm-test": e.id}},
+        "spec": spec,
+    });
+    Api::<VirtualMachineSnapshotPolicy>::namespaced(e.client.clone(), &e.ns)
+        .patch(
+            name,
+            &PatchParams::apply("quartermaster-tests").force(),
+            &Patch::Apply(&p),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_policy_takes_one_snapshot_per_slot_and_keeps_the_newest_available() {
+    let e = env("snappol", |_| {}, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    // Every 4 seconds (six fields: seconds first), keeping one.
+    apply_policy(
+        &e,
+        "often",
+        serde_json::json!({"virtualMachineRef": {"name": "web"}, "schedule": "*/4 * * * * *",
+                           "retain": 1, "deletionPolicy": "Delete"}),
+    )
+    .await;
+    let api = snaps(&e);
+    common::eventually(WAIT, "three slots taken and the older pruned", || async {
+        let pruned = e
+            .event_reasons("often")
+            .await
+            .iter()
+            .filter(|r| *r == "SnapshotsPruned")
+            .count();
+        let made = e
+            .event_reasons("often")
+            .await
+            .iter()
+            .filter(|r| *r == "SnapshotScheduled")
+            .count();
+        (made >= 3 && pruned >= 1).then_some(())
+    })
+    .await;
+    apply_policy(
+        &e,
+        "often",
+        serde_json::json!({"virtualMachineRef": {"name": "web"}, "schedule": "*/4 * * * * *",
+                           "retain": 1, "deletionPolicy": "Delete", "suspend": true}),
+    )
+    .await;
+    // Settled: one available snapshot kept; every one it made is named after its slot; the vendor holds
+    // exactly the snapshots whose objects are left.
+    let left = common::eventually(WAIT, "one available snapshot left", || async {
+        let items = api.list(&Default::default()).await.ok()?.items;
+        let available = items
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.state.as_deref() == Some("Available"))
+            })
+            .count();
+        let settled = items.iter().all(|s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.state.as_deref() == Some("Available"))
+        });
+        (available == 1 && settled && items.len() == 1).then_some(items)
+    })
+    .await;
+    let s = &left[0];
+    let slot: i64 = s
+        .name_any()
+        .strip_prefix("often-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(slot % 4, 0, "named after its slot: {}", s.name_any());
+    assert_eq!(s.owner_references()[0].name, "often", "owned by its policy");
+    common::eventually(
+        WAIT,
+        "the pruned ones' vendor snapshots deleted",
+        || async {
+            let at_vendor = taken(&e).await;
+            (at_vendor.len() == 1
+                && at_vendor[0]["id"].as_str() == s.status.as_ref().unwrap().snapshot_id.as_deref())
+            .then_some(())
+        },
+    )
+    .await;
+
+    // A numbered weekday is refused (dialects disagree on it).
+    apply_policy(
+        &e,
+        "numbered",
+        serde_json::json!({"virtualMachineRef": {"name": "web"}, "schedule": "0 3 * * 1", "retain": 2}),
+    )
+    .await;
+    let p = common::eventually(WAIT, "numbered weekday stalls", || async {
+        let p = Api::<VirtualMachineSnapshotPolicy>::namespaced(e.client.clone(), &e.ns)
+            .get("numbered")
+            .await
+            .ok()?;
+        let c = conditions::find(&p.status.as_ref()?.conditions, conditions::STALLED)?.clone();
+        (c.status == ConditionStatus::True).then_some(c)
+    })
+    .await;
+    assert_eq!(p.reason, "InvalidSpec");
+    assert!(
+        p.message.contains("name the days of the week"),
+        "{}",
+        p.message
+    );
 }

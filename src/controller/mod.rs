@@ -6,6 +6,7 @@ pub mod provider_config;
 pub mod runtime;
 pub mod sim_card;
 pub mod sim_message;
+pub mod snapshot_policy;
 pub mod subscription;
 pub mod token_budget;
 pub mod vendor;
@@ -29,6 +30,7 @@ pub const KINDS: &[Wire] = &[
     subscription::WIRE,
     token_budget::WIRE,
     virtual_machine_snapshot::WIRE,
+    snapshot_policy::WIRE,
 ];
 
 /// Runs the controller of every kind until `shutdown` resolves; marks `health` synced once every cache

@@ -1,4 +1,4 @@
-//! The eight custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
+//! The nine custom resource types of group `quartermaster.dev`, version `v1alpha1`, and what they share:
 //! object references, annotations, the [`ObjectStatus`] trait every status implements, and
 //! [`all_crds`], the source of the generated `crds/` folder. Types only: no I/O here.
 
@@ -14,6 +14,7 @@ pub mod subscription;
 pub mod token_budget;
 pub mod virtual_machine;
 pub mod virtual_machine_snapshot;
+pub mod virtual_machine_snapshot_policy;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -33,6 +34,10 @@ pub use token_budget::{TokenBudget, TokenBudgetSpec, TokenBudgetStatus};
 pub use virtual_machine::{VirtualMachine, VirtualMachineSpec, VirtualMachineStatus};
 pub use virtual_machine_snapshot::{
     VirtualMachineSnapshot, VirtualMachineSnapshotSpec, VirtualMachineSnapshotStatus,
+};
+pub use virtual_machine_snapshot_policy::{
+    VirtualMachineSnapshotPolicy, VirtualMachineSnapshotPolicySpec,
+    VirtualMachineSnapshotPolicyStatus,
 };
 
 /// API group of every Quartermaster kind.
@@ -71,6 +76,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         Subscription::crd(),
         TokenBudget::crd(),
         VirtualMachineSnapshot::crd(),
+        VirtualMachineSnapshotPolicy::crd(),
     ]
 }
 

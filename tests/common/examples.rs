@@ -68,7 +68,10 @@ fn resource(d: &Value) -> (ApiResource, bool) {
     let kind = d["kind"].as_str().unwrap().to_string();
     let plural = match kind.as_str() {
         "Secret" => "secrets".to_string(),
-        k => format!("{}s", k.to_lowercase()),
+        k => match k.to_lowercase().strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{}s", k.to_lowercase()),
+        },
     };
     let ar = ApiResource {
         api_version: d["apiVersion"].as_str().unwrap().to_string(),

@@ -2,8 +2,8 @@
 //!
 //! # Guarantees
 //! - **Taken exactly once.** The request is recorded in status before the vendor is called
-//!   (`requestedAt`, the server, the account and the mark `qm-snap-<uid>`). Every later reconcile asks
-//!   the vendor for the mark first: a snapshot found is recorded; one the vendor is still taking
+//!   (`requestedAt`, the server, the account and the mark `qm-snap-<uid>`). Every reconcile asks the
+//!   vendor for the mark before any request: a snapshot found is recorded; one the vendor is still taking
 //!   (DigitalOcean names a snapshot only once it is taken, so a running snapshot action of the server
 //!   counts) is waited for; only when nothing is found a minute after the request ([`decide::SETTLE`])
 //!   is it requested again. So a controller killed between the call and the status write, or an answer
@@ -221,10 +221,9 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         let provider = ctx.providers.compute(&ctx, &resolved).await?;
         let mark = snapshot_mark(&uid);
         let poll = ctx.config.poll_interval;
-        if requested(st)
-            && let Some(outcome) =
-                look_up(&*provider, &src, &mark, &mut progress.status, poll).await?
-        {
+        // The mark is looked up before every request, the first included: a lost answer is found, and
+        // a snapshot the vendor is taking of the same server (another object's) is waited for.
+        if let Some(outcome) = look_up(&*provider, &src, &mark, &mut progress.status, poll).await? {
             return Ok(outcome);
         }
         if let Some(why) = access_refused {
