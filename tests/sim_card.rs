@@ -1502,3 +1502,86 @@ async fn quota_warnings_come_once_per_quota_period() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(reported(&e, "QuotaThresholdReached").await, 2);
 }
+
+async fn add_events(e: &SimEnv, i: u64, events: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/sims/{}/events", e.sim.url, iccid(i)))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// 1NCE's network events become Events once each (by 1NCE's event ID), at most ten a read with the
+/// rest counted, and the last network and country seen show in status.
+#[tokio::test]
+async fn network_events_are_published_once_and_show_where_the_sim_was_seen() {
+    let e = sim_env_full(
+        "simnet",
+        serde_json::json!([{"namespaces": ["NS"], "iccids": [iccid(1)]}]),
+        serde_json::json!({}),
+        (0, ALWAYS, 0),
+        None,
+    )
+    .await;
+    warn_reconcile(&e, "n0").await;
+    assert_eq!(reported(&e, "NetworkEvent").await, 0);
+    add_events(
+        &e,
+        1,
+        serde_json::json!([
+            {"type": "Update location", "network": "Vodafone.de", "country": "Germany"},
+            {"type": "Update location", "network": "Orange F", "country": "France", "alert": true},
+        ]),
+    )
+    .await;
+    warn_reconcile(&e, "n1").await;
+    common::eventually(WAIT, "two network events", || async {
+        (reported(&e, "NetworkEvent").await == 2).then_some(())
+    })
+    .await;
+    let net = e
+        .sims()
+        .get("q")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .network
+        .unwrap();
+    assert_eq!(
+        (
+            net.name.as_deref(),
+            net.country.as_deref(),
+            net.event.as_deref()
+        ),
+        (Some("Orange F"), Some("France"), Some("Update location"))
+    );
+    assert!(net.last_event_id.is_some() && net.seen_at.is_some());
+    for label in ["n2", "n3"] {
+        warn_reconcile(&e, label).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(reported(&e, "NetworkEvent").await, 2, "published twice");
+    // A flood of fifteen: the newest ten and one line counting the rest.
+    let flood: Vec<_> = (0..15)
+        .map(|n| serde_json::json!({"type": "Update location", "network": format!("net-{n}"), "country": "Austria"}))
+        .collect();
+    add_events(&e, 1, serde_json::Value::Array(flood)).await;
+    warn_reconcile(&e, "n4").await;
+    common::eventually(WAIT, "ten more and a summary", || async {
+        (reported(&e, "NetworkEvent").await == 13).then_some(())
+    })
+    .await;
+    let net = e
+        .sims()
+        .get("q")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .network
+        .unwrap();
+    assert_eq!(net.name.as_deref(), Some("net-14"));
+}

@@ -82,6 +82,15 @@ async fn vendor_onence_client_requests_validate_against_the_specs() {
     c.reset_connectivity(&iccid)
         .await
         .expect("POST /v1/sims/{iccid}/reset");
+    // Network events (v2): the spec's example event decodes with its type, network and country.
+    let events = c
+        .sim_events(&iccid, 50)
+        .await
+        .expect("GET /v2/sims/{iccid}/events");
+    assert!(!events.is_empty());
+    for e in &events {
+        assert!(!e.kind.is_empty() && e.country.is_some(), "{e:?}");
+    }
     // Every call above shared one token.
     assert_eq!(c.token_requests().await, 1);
 }

@@ -651,6 +651,62 @@ impl OneNce {
     }
 }
 
+/// A network event of a SIM (1NCE's v2 events: attach, detach, location updates, PDP contexts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimEvent {
+    /// 1NCE's ID: increasing, the key events are kept once by.
+    pub id: i64,
+    /// What happened (`event_type.description`, e.g. `Update location`, `Create PDP Context`).
+    pub kind: String,
+    /// When (RFC 3339), if given.
+    pub at: Option<String>,
+    /// Whether 1NCE flags it as an alert.
+    pub alert: bool,
+    /// 1NCE's text about it.
+    pub description: Option<String>,
+    /// The network (operator) named in its detail.
+    pub network: Option<String>,
+    /// The country named in its detail.
+    pub country: Option<String>,
+}
+
+impl SimEvent {
+    fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let text = |x: &serde_json::Value| x.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let detail = &v["detail"];
+        Some(Self {
+            id: v["id"].as_i64()?,
+            kind: text(&v["event_type"]["description"]).unwrap_or_else(|| "Event".into()),
+            at: text(&v["timestamp"]),
+            alert: v["alert"].as_bool().unwrap_or(false),
+            description: text(&v["description"]),
+            network: text(&detail["name"]),
+            country: text(&detail["country"]["name"]),
+        })
+    }
+}
+
+impl OneNce {
+    /// The SIM's latest network events (`GET /v2/sims/{iccid}/events`, one page of `page_size`, at
+    /// most 1,000), oldest first.
+    pub async fn sim_events(
+        &self,
+        iccid: &str,
+        page_size: usize,
+    ) -> Result<Vec<SimEvent>, CloudError> {
+        let iccid = digits(iccid)?;
+        let url = format!(
+            "{}/v2/sims/{iccid}/events?page=1&pageSize={}",
+            self.endpoints.v2,
+            page_size.clamp(1, 1000)
+        );
+        let items: Vec<serde_json::Value> = self.get_json(&url).await?;
+        let mut events: Vec<SimEvent> = items.iter().filter_map(SimEvent::from_json).collect();
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+}
+
 /// An ICCID as it may appear in a URL path: digits only.
 fn digits(iccid: &str) -> Result<&str, CloudError> {
     let t = iccid.trim();

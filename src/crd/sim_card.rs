@@ -22,6 +22,18 @@ use super::{Condition, LocalObjectReference, ProviderConfigReference, impl_objec
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "IP", type_ = "string", json_path = ".status.ipAddress"),
     printcolumn(
+        name = "Network",
+        type_ = "string",
+        json_path = ".status.network.name",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Country",
+        type_ = "string",
+        json_path = ".status.network.country",
+        priority = 1
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -208,6 +220,9 @@ pub struct SimCardStatus {
     /// an Event once per period.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quota_warnings: Vec<QuotaWarning>,
+    /// Where the SIM was last seen on a network, from 1NCE's network events (read with the quotas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<SimNetwork>,
     /// The latest connectivity reset asked for with the `quartermaster.dev/reset-connectivity`
     /// annotation (one reset per distinct value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +281,31 @@ pub struct QuotaWarning {
     /// The quota period it belongs to: the quota's total and expiry as 1NCE reports them (a top-up
     /// starts a new one).
     pub period: String,
+}
+
+/// Where a SIM was last seen, from 1NCE's network events.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimNetwork {
+    /// The newest 1NCE event ID already published as an Event: each event is published once.
+    #[serde(
+        default,
+        rename = "lastEventID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_event_id: Option<i64>,
+    /// The network (operator) last named by an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The country last named by an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// When that event happened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<String>,
+    /// What that event was (e.g. `Update location`, `Create PDP Context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// A connectivity reset asked for with the `quartermaster.dev/reset-connectivity` annotation.

@@ -59,7 +59,27 @@ struct World {
     orders: Vec<serde_json::Value>,
     messages: Vec<serde_json::Value>,
     resets: Vec<serde_json::Value>,
+    /// ICCID → its network events, oldest first.
+    events: BTreeMap<String, Vec<serde_json::Value>>,
+    next_event: i64,
     window: (u64, u32),
+}
+
+impl World {
+    /// Records a network event of SIM `iccid` (19 digits) with the next ID.
+    fn event(&mut self, iccid: &str, kind: &str, network: &str, country: &str, alert: bool) {
+        self.next_event += 1;
+        let e = serde_json::json!({
+            "id": 7_000_000 + self.next_event, "timestamp": now_text(), "alert": alert,
+            "event_type": {"id": 1, "description": kind},
+            "event_source": {"id": 0, "description": "Network"},
+            "event_severity": {"id": 0, "description": if alert { "WARN" } else { "INFO" }},
+            "description": format!("{kind} on {network}"),
+            "sim": {"iccid": iccid},
+            "detail": {"name": network, "country": {"name": country}},
+        });
+        self.events.entry(iccid.to_string()).or_default().push(e);
+    }
 }
 
 #[derive(Clone)]
@@ -148,6 +168,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/v1/sims/{iccid}/topup", post(top_up))
         .route("/v1/sims/{iccid}/sms", post(send_sms).get(list_sms))
         .route("/v1/sims/{iccid}/reset", post(reset))
+        .route("/v2/sims/{iccid}/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), gate));
     Router::new()
         .route("/oauth/token", post(token))
@@ -158,6 +179,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/_sim/1nce/orders", get(orders))
         .route("/_sim/1nce/messages", get(messages))
         .route("/_sim/1nce/resets", get(resets))
+        .route("/_sim/1nce/sims/{iccid}/events", post(add_events))
         .with_state(app)
 }
 
@@ -538,6 +560,9 @@ async fn traffic(
     day.0 += bytes;
     day.1 += sms;
     let iccid = s.iccid.clone();
+    if bytes > 0 {
+        w.event(&iccid, "Create PDP Context", "Telekom.de", "Germany", false);
+    }
     drop(w);
     if bytes > 0 {
         let mb = (rust_decimal::Decimal::from(bytes) / rust_decimal::Decimal::from(1_000_000))
@@ -641,6 +666,63 @@ async fn reset(State(app): State<App>, Path(iccid): Path<String>) -> Response {
     w.resets
         .push(serde_json::json!({"iccid": iccid, "at": now_text()}));
     StatusCode::CREATED.into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    page: Option<usize>,
+    #[serde(rename = "pageSize")]
+    page_size: Option<usize>,
+}
+
+/// `GET /v2/sims/{iccid}/events`: the SIM's network events, newest first, paged (10 by default, at
+/// most 1,000).
+async fn events(
+    State(app): State<App>,
+    Path(iccid): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+) -> Response {
+    let mut w = app.world.lock().await;
+    let Some(iccid) = find(&mut w, &iccid).map(|s| s.iccid.clone()) else {
+        return err(StatusCode::NOT_FOUND, "SIM not found");
+    };
+    let size = q.page_size.unwrap_or(10).clamp(1, 1000);
+    let page = q.page.unwrap_or(1).max(1);
+    let all = w.events.get(&iccid).cloned().unwrap_or_default();
+    let items: Vec<_> = all
+        .iter()
+        .rev()
+        .skip((page - 1) * size)
+        .take(size)
+        .cloned()
+        .collect();
+    axum::Json(items).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct NewEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    network: String,
+    country: String,
+    #[serde(default)]
+    alert: bool,
+}
+
+/// Adds network events to a SIM (for tests: a device roaming, detaching).
+async fn add_events(
+    State(app): State<App>,
+    Path(iccid): Path<String>,
+    axum::Json(new): axum::Json<Vec<NewEvent>>,
+) -> Response {
+    let mut w = app.world.lock().await;
+    let Some(iccid) = find(&mut w, &iccid).map(|s| s.iccid.clone()) else {
+        return err(StatusCode::NOT_FOUND, "SIM not found");
+    };
+    for e in new {
+        w.event(&iccid, &e.kind, &e.network, &e.country, e.alert);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// The connectivity resets queued so far (for tests).

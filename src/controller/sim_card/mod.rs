@@ -16,6 +16,7 @@
 pub mod billing;
 pub mod claim;
 pub mod decide;
+pub mod network;
 mod order;
 pub mod reset;
 pub mod top_up;
@@ -625,6 +626,7 @@ async fn held(
     reset::requested(obj, ctx, c, progress).await?;
     if o.quotas.is_some() {
         warn_quotas(obj, ctx, c, progress).await?;
+        network::read(obj, ctx, c, progress).await?;
     }
     let stop = b.stop;
     // The usage just metered may have exhausted the credit: no top-up is ordered then.
