@@ -129,7 +129,8 @@ const ROWS: [Row; 4] = [
         pc: "digitalocean-sim",
         secret: "digitalocean-credentials",
         holds: "/status/snapshotID",
-        // Snapshot storage is not metered yet (README).
+        // Storage is billed hourly (`status.billedUntil`), too slowly for this table's steps:
+        // tests/vm_snapshot.rs bills a snapshot's storage to its deletion.
         meter: None,
         stale: |c, ns| {
             Box::pin(stale::<quartermaster::crd::VirtualMachineSnapshot, _>(

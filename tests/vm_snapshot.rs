@@ -511,3 +511,65 @@ async fn a_policy_takes_one_snapshot_per_slot_and_keeps_the_newest_available() {
         p.message
     );
 }
+
+/// Snapshot storage is billed to the VM's Project through the ledger, at the vendor's price per
+/// GB-month, up to the snapshot's deletion.
+#[tokio::test]
+async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::fresh_ledger(&dir).await;
+    let e = common::env::env_with("snapbill", |_| {})
+        .await
+        .with_controller(Some(ledger.clone()), |_| {});
+    e.apply_project("acme", serde_json::json!({})).await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "acme"}}}),
+    )
+    .await;
+    e.wait_ready("web").await;
+    apply_snapshot(&e, "billed", "web", "Delete").await;
+    let s = wait_snapshot(&e, "billed", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.project.as_deref(), Some("acme"));
+    assert!(st.billed_until.is_some(), "the meter started: {st:?}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    snaps(&e)
+        .delete("billed", &DeleteParams::default())
+        .await
+        .unwrap();
+    let api = snaps(&e);
+    common::eventually(WAIT, "deleted", || async {
+        api.get_opt("billed").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let uid = common::project_uid(&e.client, &e.ns, "acme").await;
+    let now = jiff::Timestamp::now().as_second();
+    let (from, until) =
+        quartermaster::ledger::parse_period(&quartermaster::ledger::period_of(now)).unwrap();
+    let project = quartermaster::ledger::store::ProjectRef {
+        namespace: &e.ns,
+        name: "acme",
+        uid: &uid,
+    };
+    let rows = ledger
+        .usage(
+            &project,
+            from,
+            until,
+            quartermaster::ledger::store::GroupBy::Meter,
+        )
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.meter == "snapshot_mb_seconds")
+        .unwrap_or_else(|| panic!("no storage billed: {rows:?}"));
+    // 2.5 GB for at least the two seconds it was kept, in MB-seconds, in US dollars.
+    assert!(
+        row.quantity >= 2500 * 2 && row.quantity % 2500 == 0,
+        "{row:?}"
+    );
+    assert_eq!(row.currency, "USD");
+    assert!(row.amount_nanos > 0 && row.cost_nanos > 0, "{row:?}");
+}

@@ -540,6 +540,11 @@ impl ComputeProvider for DigitalOcean {
             .to_string())
     }
 
+    /// Droplet snapshots: US$0.06 per GB-month (DigitalOcean's pricing page).
+    fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((rust_decimal::Decimal::new(6, 2), "USD"))
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         true
     }

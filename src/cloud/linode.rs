@@ -611,6 +611,11 @@ impl ComputeProvider for Linode {
         Ok(id.to_string())
     }
 
+    /// Custom images: US$0.10 per GB-month (Linode's pricing page).
+    fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((rust_decimal::Decimal::new(10, 2), "USD"))
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         false
     }

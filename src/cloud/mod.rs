@@ -296,6 +296,11 @@ pub trait ComputeProvider: Send + Sync {
             self.vendor()
         )))
     }
+    /// The vendor's price of snapshot storage per GB-month and its currency, where known. Not in any
+    /// vendor's OpenAPI document: from their pricing pages, per client.
+    fn snapshot_price(&self) -> Option<(Decimal, &'static str)> {
+        None
+    }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
     /// Which sizes the vendor resizes a server to.

@@ -615,6 +615,11 @@ impl ComputeProvider for Vultr {
         ))
     }
 
+    /// Snapshots: US$0.05 per GB-month (Vultr's pricing page).
+    fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((rust_decimal::Decimal::new(5, 2), "USD"))
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         false
     }

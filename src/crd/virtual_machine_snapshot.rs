@@ -118,6 +118,20 @@ pub struct VirtualMachineSnapshotStatus {
     /// The vendor's words refusing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// The Project its storage is billed to: the VirtualMachine's, when the snapshot was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// That Project's UID.
+    #[serde(
+        default,
+        rename = "projectUID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub project_uid: Option<String>,
+    /// Storage is billed up to this time (RFC 3339): hourly while the snapshot is kept, to its deletion
+    /// at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_until: Option<String>,
     /// When the vendor created it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,

@@ -112,6 +112,8 @@ pub enum Meter {
     /// Servers released (a VM deleted with `deletionPolicy: Orphan`): left running in the platform's
     /// account, billed to nobody from then on; one row per server, never priced, so reports show them.
     VmReleases,
+    /// Snapshot storage: megabytes held for seconds (priced per GB-month of 730 hours).
+    SnapshotMbSeconds,
 }
 
 /// What the ledger knows of a meter: its stored name, the unit of its quantities, and how many units a
@@ -129,7 +131,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 8] = [
+pub const METERS: [MeterInfo; 9] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -177,6 +179,13 @@ pub const METERS: [MeterInfo; 8] = [
         name: "vm_releases",
         unit: "server",
         priced_per: 1,
+    },
+    MeterInfo {
+        meter: Meter::SnapshotMbSeconds,
+        name: "snapshot_mb_seconds",
+        unit: "MB-second",
+        // A GB-month: 1,000 MB for 730 hours.
+        priced_per: 1000 * 730 * 3600,
     },
 ];
 
@@ -278,6 +287,7 @@ mod meter_tests {
             Meter::LlmOutputTokens,
             Meter::LlmRequests,
             Meter::VmReleases,
+            Meter::SnapshotMbSeconds,
         ];
         for m in all {
             assert_eq!(METERS.iter().filter(|r| r.meter == m).count(), 1, "{m:?}");

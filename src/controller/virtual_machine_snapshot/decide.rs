@@ -19,6 +19,8 @@ pub struct Source {
     pub server_id: String,
     /// The ProviderConfig the server is in.
     pub provider_config: String,
+    /// The VM's Project (name, UID), which the snapshot's storage is billed to.
+    pub project: Option<(String, String)>,
 }
 
 /// Why no snapshot can be requested of `vm` now: a health to show (waiting or stalled), else the
@@ -64,6 +66,12 @@ pub fn source(vm: Option<&VirtualMachine>, name: &str) -> Result<Source, Health>
         (Some(server_id), Some(provider_config)) => Ok(Source {
             server_id,
             provider_config,
+            project: st.and_then(|s| {
+                Some((
+                    s.project.clone()?,
+                    s.project_uid.clone().unwrap_or_default(),
+                ))
+            }),
         }),
         _ => Err(Health::not_ready(
             reason::PROGRESSING,
@@ -133,6 +141,23 @@ pub fn record(status: &mut VirtualMachineSnapshotStatus, s: Snapshot) -> Health 
     }
 }
 
+/// The storage window to bill from `from` (Unix seconds): whole hours up to `now` while the snapshot
+/// is kept (one row an hour at most), everything up to `now` when it ends (`last`).
+pub fn storage_window(from: i64, now: i64, last: bool) -> Option<(i64, i64)> {
+    if last {
+        return (now > from).then_some((from, now));
+    }
+    let hours = (now - from) / 3600;
+    (hours >= 1).then_some((from, from + hours * 3600))
+}
+
+/// A size in GB (as status shows it) in whole megabytes, rounded up.
+pub fn megabytes(size_gb: &str) -> Option<i64> {
+    let gb: rust_decimal::Decimal = size_gb.parse().ok()?;
+    let mb = (gb * rust_decimal::Decimal::from(1000)).ceil();
+    i64::try_from(mb).ok().filter(|m| *m > 0)
+}
+
 /// Whether `spec` still names the VirtualMachine the snapshot was requested of.
 pub fn same_source(status: &VirtualMachineSnapshotStatus, vm_name: &str) -> bool {
     status
@@ -174,7 +199,8 @@ mod tests {
             source(Some(&vm(held.clone(), "Full")), "web"),
             Ok(Source {
                 server_id: "42".into(),
-                provider_config: "do".into()
+                provider_config: "do".into(),
+                project: None,
             })
         );
         let waits = |h: Result<Source, Health>| matches!(h, Err(Health::NotReady { .. }));
@@ -252,6 +278,17 @@ mod tests {
             record(&mut st, snap(SnapshotState::Failed("disk".into()))),
             Health::Stalled { .. }
         ));
+    }
+
+    #[test]
+    fn storage_is_billed_in_whole_hours_and_to_the_second_at_the_end() {
+        assert_eq!(storage_window(0, 3599, false), None);
+        assert_eq!(storage_window(0, 7300, false), Some((0, 7200)));
+        assert_eq!(storage_window(7200, 7300, true), Some((7200, 7300)));
+        assert_eq!(storage_window(7300, 7300, true), None);
+        assert_eq!(megabytes("2.5"), Some(2500));
+        assert_eq!(megabytes("0.0014"), Some(2), "rounded up");
+        assert_eq!(megabytes("0"), None);
     }
 
     #[test]

@@ -33,7 +33,9 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use super::runtime::framework::{Cleanup, Outcome, Progress, Reconciler, now, persist, publish};
+use super::runtime::framework::{
+    Cleanup, Outcome, PausedOutcome, Progress, Reconciler, now, persist, publish,
+};
 use super::{Context, Error, vendor};
 use crate::cloud::{ComputeProvider, snapshot_mark};
 use crate::crd::conditions::{Health, reason};
@@ -59,6 +61,106 @@ pub const SNAPSHOT_RETAINED: &str = "SnapshotRetained";
 
 /// Reconciles VirtualMachineSnapshots.
 pub struct VirtualMachineSnapshotReconciler;
+
+/// How often an available snapshot's storage is billed (and so looked at) at least.
+const METER_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Starts the storage meter of a snapshot that just became available: from the vendor's creation
+/// time (vendors bill from then), else now.
+fn start_meter(st: &mut VirtualMachineSnapshotStatus) {
+    if st.state.as_deref() == Some("Available") && st.billed_until.is_none() {
+        st.billed_until = Some(
+            st.created_at
+                .clone()
+                .filter(|t| seconds(t).is_some())
+                .unwrap_or_else(now),
+        );
+    }
+}
+
+fn seconds(t: &str) -> Option<i64> {
+    t.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+/// Bills the snapshot's storage since `status.billedUntil` to its Project, through the ledger, before
+/// status moves on (the key is the window's start; see the loop for a replay): whole hours
+/// while it is kept, up to now at the end (`last`). Paused, stalled or deleting: what the vendor holds
+/// is billed all the same. A vendor whose price is not known records the usage unpriced.
+async fn meter(
+    ctx: &Context,
+    obj: &VirtualMachineSnapshot,
+    status: &mut VirtualMachineSnapshotStatus,
+    last: bool,
+) -> Result<(), Error> {
+    let (Some(mb), Some(pc), Some(ledger)) = (
+        status.size_gigabytes.as_deref().and_then(decide::megabytes),
+        status.provider_config.clone(),
+        ctx.ledger.as_ref(),
+    ) else {
+        return Ok(());
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    let (resolved, _) = vendor::resolve_holding(ctx, &pc, &ns).await?;
+    let provider = ctx.providers.compute(ctx, &resolved).await?;
+    let price = provider.snapshot_price().map(|(p, currency)| {
+        crate::ledger::metering::Price::with_markup(p, currency, resolved.config.spec.markup())
+    });
+    // A window an earlier attempt recorded (a crash before its status write) stands as recorded: the
+    // next one starts where it ended, so nothing is lost and nothing billed twice. A few passes at most.
+    for _ in 0..3 {
+        let Some(from) = status.billed_until.as_deref().and_then(seconds) else {
+            return Ok(());
+        };
+        let now = jiff::Timestamp::now().as_second();
+        let Some((start, end)) = decide::storage_window(from, now, last) else {
+            return Ok(());
+        };
+        let event = storage_event(obj, status, mb, price.as_ref(), (start, end));
+        ctx.record_usage(std::slice::from_ref(&event)).await?;
+        let recorded_end = match ledger.held(&event.key).await? {
+            Some((_, held_end)) => held_end,
+            None => end,
+        };
+        status.billed_until = jiff::Timestamp::from_second(recorded_end)
+            .ok()
+            .map(|t| t.to_string());
+    }
+    Ok(())
+}
+
+/// The ledger row of `mb` megabytes kept over `(start, end)`, keyed by the window's start.
+fn storage_event(
+    obj: &VirtualMachineSnapshot,
+    status: &VirtualMachineSnapshotStatus,
+    mb: i64,
+    price: Option<&crate::ledger::metering::Price>,
+    (start, end): (i64, i64),
+) -> crate::ledger::UsageEvent {
+    let uid = obj.uid().unwrap_or_default();
+    let meter = crate::ledger::Meter::SnapshotMbSeconds;
+    let mut attributes = serde_json::json!({"sizeMB": mb, "snapshotID": status.snapshot_id});
+    if price.is_none() {
+        attributes["unpriced"] = true.into();
+    }
+    crate::ledger::UsageEvent {
+        key: format!("virtualmachinesnapshot/{uid}/{}/{start}", meter.as_str()),
+        namespace: obj.namespace().unwrap_or_default(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
+        object_kind: "VirtualMachineSnapshot".into(),
+        object_name: obj.name_any(),
+        object_uid: uid,
+        meter,
+        quantity: mb * (end - start),
+        unit_price: price.map_or_else(Default::default, |p| p.tenant),
+        vendor_unit_price: price.map_or_else(Default::default, |p| p.vendor),
+        price_quantity: meter.info().priced_per,
+        currency: price.map(|p| p.currency.clone()).unwrap_or_default(),
+        window_start: start,
+        window_end: end,
+        attributes,
+    }
+}
 
 /// Whether `s` holds (or may hold) a snapshot in ProviderConfig `pc`: it was ever requested there.
 pub fn holds(s: &VirtualMachineSnapshot, pc: &str) -> bool {
@@ -110,6 +212,10 @@ fn source(
         return Ok(Ok(Source {
             server_id: server_id.clone(),
             provider_config: provider_config.clone(),
+            project: st
+                .project
+                .clone()
+                .map(|p| (p, st.project_uid.clone().unwrap_or_default())),
         }));
     }
     let name = &obj.spec.virtual_machine_ref.name;
@@ -119,6 +225,23 @@ fn source(
         .store::<VirtualMachine>()?
         .get(&ObjectRef::new(name).within(&ns));
     Ok(decide::source(vm.as_deref(), name))
+}
+
+/// Why the VM's Project admits nothing new (its credit stop, a lost entitlement), read from the cache.
+fn project_block(
+    ctx: &Context,
+    obj: &VirtualMachineSnapshot,
+    src: &Source,
+) -> Result<Option<crate::controller::project::policy::MoneyStop>, Error> {
+    let Some((name, _)) = &src.project else {
+        return Ok(None);
+    };
+    let ns = obj.namespace().unwrap_or_default();
+    Ok(ctx
+        .caches()?
+        .store::<crate::crd::Project>()?
+        .get(&ObjectRef::new(name).within(&ns))
+        .and_then(|p| crate::controller::project::policy::new_block(&p)))
 }
 
 /// Asks the vendor for the mark and records what it says; `None` when it must be requested (again).
@@ -139,9 +262,14 @@ async fn look_up(
         match decide::after_lookup(lookup, status.snapshot_id.as_deref(), since, now) {
             AfterLookup::Record(s) => {
                 let health = decide::record(status, s);
+                start_meter(status);
                 let waiting = matches!(health, Health::Progressing { .. });
                 let o = Outcome::new(health);
-                Some(if waiting { o.requeue_after(poll) } else { o })
+                Some(if waiting {
+                    o.requeue_after(poll)
+                } else {
+                    o.resync_at_most(METER_EVERY)
+                })
             }
             AfterLookup::Wait => Some(
                 Outcome::new(Health::progressing(
@@ -178,6 +306,8 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
     ) -> Result<Outcome, Error> {
         let uid = uid_of(&obj)?;
         let vm_name = obj.spec.virtual_machine_ref.name.clone();
+        // What the vendor holds is billed whatever else this reconcile finds (a stall included).
+        meter(&ctx, &obj, &mut progress.status, false).await?;
         let st = &progress.status;
         if !decide::same_source(st, &vm_name) {
             return Ok(Outcome::new(Health::stalled(
@@ -186,10 +316,12 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
                     "spec.virtualMachineRef cannot change once the snapshot was requested (of {:?}); create another VirtualMachineSnapshot",
                     st.virtual_machine.as_deref().unwrap_or_default()
                 ),
-            )));
+            ))
+            .resync_at_most(METER_EVERY));
         }
         if st.state.as_deref() == Some("Available") && st.snapshot_id.is_some() {
-            return Ok(Outcome::new(Health::ready("the snapshot is available")));
+            return Ok(Outcome::new(Health::ready("the snapshot is available"))
+                .resync_at_most(METER_EVERY));
         }
         if let Some(refusal) = st
             .refusal
@@ -238,7 +370,32 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
                 ),
             });
         }
+        if let Some(stop) = project_block(&ctx, &obj, &src)? {
+            // Storage costs money from its first hour: no snapshot while the Project may add nothing.
+            return Ok(Outcome::new(Health::not_ready(
+                stop.reason,
+                format!("not taken: {}", stop.message),
+            ))
+            .requeue_after(ctx.config.poll_interval * 6));
+        }
         request(&ctx, &obj, &*provider, &src, &mark, progress).await
+    }
+
+    /// Paused: the storage the vendor holds is still billed, nothing else is done.
+    async fn observe(
+        &self,
+        obj: Arc<VirtualMachineSnapshot>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<VirtualMachineSnapshotStatus>,
+    ) -> Result<Option<PausedOutcome>, Error> {
+        if progress.status.billed_until.is_none() {
+            return Ok(None);
+        }
+        meter(&ctx, &obj, &mut progress.status, false).await?;
+        Ok(Some(PausedOutcome {
+            health: None,
+            requeue_after: Some(METER_EVERY),
+        }))
     }
 
     async fn cleanup(
@@ -248,12 +405,18 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         progress: &mut Progress<VirtualMachineSnapshotStatus>,
     ) -> Result<Cleanup, Error> {
         let st = &progress.status;
-        let (Some(server_id), Some(provider_config)) = (&st.server_id, &st.provider_config) else {
+        let (Some(server_id), Some(provider_config)) =
+            (st.server_id.clone(), st.provider_config.clone())
+        else {
             return Ok(Cleanup::Done);
         };
         if !requested(st) {
             return Ok(Cleanup::Done);
         }
+        let (server_id, provider_config) = (server_id.as_str(), provider_config.as_str());
+        // Billed up to now: after this, the snapshot is deleted, or kept by the platform (Retain).
+        meter(&ctx, &obj, &mut progress.status, true).await?;
+        let st = &progress.status;
         if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain {
             let note = format!(
                 "the vendor's snapshot {} is kept (deletionPolicy Retain) and goes on costing money there",
@@ -321,6 +484,8 @@ async fn request(
     st.provider_config = Some(src.provider_config.clone());
     st.server_id = Some(src.server_id.clone());
     st.mark = Some(mark.to_string());
+    st.project = src.project.as_ref().map(|p| p.0.clone());
+    st.project_uid = src.project.as_ref().map(|p| p.1.clone());
     st.requested_at = Some(now());
     st.state = Some("Pending".into());
     st.refused_generation = None;
@@ -335,7 +500,11 @@ async fn request(
             );
             publish(ctx, obj, EventType::Normal, SNAPSHOT_REQUESTED, &note).await;
             let health = match made {
-                Some(s) => decide::record(&mut progress.status, s),
+                Some(s) => {
+                    let h = decide::record(&mut progress.status, s);
+                    start_meter(&mut progress.status);
+                    h
+                }
                 None => {
                     Health::progressing(reason::PROGRESSING, "the vendor is taking the snapshot")
                 }
