@@ -100,8 +100,18 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
         backups: true,
         ipv6: true,
         root_password: None,
+        options: Default::default(),
     };
     let created = p.create(&spec).await.expect("POST /v1/compute/instances");
+    // Contabo honours none of the vendor options: refused before any create.
+    let vpc = ServerSpec {
+        options: cloud::ServerOptions {
+            vpc_id: Some("1".into()),
+            ..Default::default()
+        },
+        ..spec.clone()
+    };
+    assert!(p.refuse_unsupported(&vpc).unwrap_err().contains("contabo"));
     assert!(!created.id.is_empty());
     assert!(created.name.contains(&uid_tag), "{created:?}");
     assert!(created.tags.contains(&uid_tag), "{created:?}");

@@ -34,8 +34,34 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
         backups: false,
         ipv6: true,
         root_password: None,
+        options: Default::default(),
     };
     let created = p.create(&spec).await.expect("POST /v2/droplets");
+    // Vendor options DigitalOcean honours: a VPC and its monitoring agent.
+    let with_options = ServerSpec {
+        options: cloud::ServerOptions {
+            vpc_id: Some("760e09ef-dc84-11e8-981e-3cfdfeaae000".into()),
+            monitoring: true,
+            ..Default::default()
+        },
+        ..spec.clone()
+    };
+    p.refuse_unsupported(&with_options).unwrap();
+    p.create(&with_options)
+        .await
+        .expect("POST /v2/droplets with vpc_uuid and monitoring");
+    let firewall = ServerSpec {
+        options: cloud::ServerOptions {
+            firewall_id: Some("fw".into()),
+            ..Default::default()
+        },
+        ..spec.clone()
+    };
+    let why = p.refuse_unsupported(&firewall).unwrap_err();
+    assert!(
+        why.contains("digitalocean") && why.contains("spec.firewallID"),
+        "{why}"
+    );
     assert!(!created.id.is_empty());
     assert!(matches!(
         created.state,

@@ -39,8 +39,46 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
         backups: true,
         ipv6: true,
         root_password: None,
+        options: Default::default(),
     };
     let created = p.create(&spec).await.expect("POST /v4/linode/instances");
+    // Vendor options Linode honours: a firewall (a number) and a StackScript with its fields.
+    let with_options = ServerSpec {
+        options: cloud::ServerOptions {
+            firewall_id: Some("9001".into()),
+            stack_script: Some((10079, serde_json::json!({"db_password": "x"}))),
+            ..Default::default()
+        },
+        ..spec.clone()
+    };
+    p.refuse_unsupported(&with_options).unwrap();
+    p.create(&with_options)
+        .await
+        .expect("POST /v4/linode/instances with firewall_id and a StackScript");
+    for (opts, field) in [
+        (
+            cloud::ServerOptions {
+                firewall_id: Some("not-a-number".into()),
+                ..Default::default()
+            },
+            "spec.firewallID",
+        ),
+        (
+            cloud::ServerOptions {
+                vpc_id: Some("vpc".into()),
+                ..Default::default()
+            },
+            "spec.vpcID",
+        ),
+    ] {
+        let why = p
+            .refuse_unsupported(&ServerSpec {
+                options: opts,
+                ..spec.clone()
+            })
+            .unwrap_err();
+        assert!(why.contains(field), "{why}");
+    }
     assert!(!created.id.is_empty());
     assert!(
         created.id.bytes().all(|b| b.is_ascii_digit()),

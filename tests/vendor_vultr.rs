@@ -39,6 +39,7 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
         backups: true,
         ipv6: true,
         root_password: None,
+        options: Default::default(),
     };
     // Every image form: os_id, app_id, snapshot_id, image_id.
     let mut created = None;
@@ -62,6 +63,31 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
         created = Some(s);
     }
     let created = created.unwrap();
+    // Vendor options Vultr honours: a VPC and a firewall group.
+    let with_options = ServerSpec {
+        options: cloud::ServerOptions {
+            vpc_id: Some("cb676a46-66fd-4dfb-b839-443f2e6c0b60".into()),
+            firewall_id: Some("cb676a46-66fd-4dfb-b839-443f2e6c0b60".into()),
+            ..Default::default()
+        },
+        ..base.clone()
+    };
+    p.refuse_unsupported(&with_options).unwrap();
+    p.create(&with_options)
+        .await
+        .expect("POST /instances with attach_vpc and firewall_group_id");
+    let monitoring = ServerSpec {
+        options: cloud::ServerOptions {
+            monitoring: true,
+            ..Default::default()
+        },
+        ..base.clone()
+    };
+    assert!(
+        p.refuse_unsupported(&monitoring)
+            .unwrap_err()
+            .contains("vultr")
+    );
 
     let got = p
         .get(&created.id)

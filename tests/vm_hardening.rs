@@ -673,3 +673,53 @@ async fn a_provider_config_in_use_waits_for_its_vms_before_it_goes() {
     })
     .await;
 }
+
+/// Vendor options: what the vendor honours is sent at create (a VPC and the monitoring agent on
+/// DigitalOcean); what it cannot honour (a firewall by ID, a StackScript) is refused before any create,
+/// naming the vendor and the field.
+#[tokio::test]
+async fn vendor_options_are_sent_or_refused_before_any_create() {
+    let e = env("vmopts", |_| {}, true).await;
+    e.apply_vm(
+        "private",
+        serde_json::json!({"spec": {"vpcID": "5a4981aa-9653-4bd1-bef5-d6bff52042e4", "monitoring": true}}),
+    )
+    .await;
+    e.wait_ready("private").await;
+    for (name, spec, field) in [
+        (
+            "walled",
+            serde_json::json!({"firewallID": "fw-1"}),
+            "spec.firewallID",
+        ),
+        (
+            "scripted",
+            serde_json::json!({"stackScript": {"id": 10079}}),
+            "spec.stackScript",
+        ),
+    ] {
+        e.apply_vm(name, serde_json::json!({ "spec": spec })).await;
+        let vm = e
+            .wait_vm(
+                name,
+                conditions::STALLED,
+                ConditionStatus::True,
+                "InvalidSpec",
+            )
+            .await;
+        let st = vm.status.unwrap();
+        let msg = &conditions::find(&st.conditions, conditions::STALLED)
+            .unwrap()
+            .message;
+        assert!(msg.contains(field) && msg.contains("digitalocean"), "{msg}");
+        assert!(
+            st.creation_key.is_none(),
+            "no intent recorded for a refused create"
+        );
+    }
+    assert_eq!(
+        e.sim.droplets().await.len(),
+        1,
+        "only the VM with honoured options"
+    );
+}

@@ -960,6 +960,7 @@ mod tests {
                 backups: false,
                 ipv6: false,
                 root_password: None,
+                options: Default::default(),
             };
             let errors = [
                 c.verify().await.err(),
@@ -1006,6 +1007,7 @@ mod tests {
             backups: false,
             ipv6: false,
             root_password: None,
+            options: Default::default(),
         };
         assert_eq!(display_name(&spec), format!("web-1 {tag}"));
         assert_eq!(tags_in(&display_name(&spec)), vec![tag.clone()]);

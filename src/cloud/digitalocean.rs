@@ -221,6 +221,9 @@ struct CreateDroplet<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user_data: Option<&'a str>,
     tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vpc_uuid: Option<&'a str>,
+    monitoring: bool,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +325,8 @@ impl ComputeProvider for DigitalOcean {
             ipv6: spec.ipv6,
             user_data: spec.user_data.as_deref(),
             tags: &spec.tags,
+            vpc_uuid: spec.options.vpc_id.as_deref(),
+            monitoring: spec.options.monitoring,
         };
         let env: DropletEnvelope = self
             .api
@@ -543,6 +548,15 @@ impl ComputeProvider for DigitalOcean {
     /// Droplet snapshots: US$0.06 per GB-month (DigitalOcean's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(6, 2), "USD"))
+    }
+
+    /// `vpc_uuid` and `monitoring` at create (firewalls name their droplets from the firewall's side).
+    fn honours(&self) -> super::Honours {
+        super::Honours {
+            vpc: true,
+            monitoring: true,
+            ..Default::default()
+        }
     }
 
     fn resize_needs_power_off(&self) -> bool {

@@ -235,6 +235,12 @@ struct CreateInstance<'a> {
     booted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firewall_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stackscript_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stackscript_data: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -414,6 +420,18 @@ impl ComputeProvider for Linode {
             metadata: spec.user_data.as_ref().map(|u| Metadata {
                 user_data: base64::engine::general_purpose::STANDARD.encode(u),
             }),
+            firewall_id: spec
+                .options
+                .firewall_id
+                .as_deref()
+                .and_then(|f| f.parse().ok()),
+            stackscript_id: spec.options.stack_script.as_ref().map(|s| s.0),
+            stackscript_data: spec
+                .options
+                .stack_script
+                .as_ref()
+                .map(|s| s.1.clone())
+                .filter(|d| d.as_object().is_some_and(|o| !o.is_empty())),
         };
         // NB: Linode always assigns a public IPv6 (SLAAC); `spec.ipv6` cannot turn it off.
         let i: Instance = self
@@ -614,6 +632,25 @@ impl ComputeProvider for Linode {
     /// Custom images: US$0.10 per GB-month (Linode's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(10, 2), "USD"))
+    }
+
+    /// `firewall_id` (a number) and StackScripts at create (a VPC is a subnet interface: not yet).
+    fn honours(&self) -> super::Honours {
+        super::Honours {
+            firewall: true,
+            stack_script: true,
+            ..Default::default()
+        }
+    }
+
+    fn refuse_unsupported(&self, spec: &ServerSpec) -> Result<(), String> {
+        super::refuse_options("linode", &spec.options, self.honours())?;
+        match spec.options.firewall_id.as_deref() {
+            Some(f) if f.parse::<u64>().is_err() => Err(format!(
+                "spec.firewallID {f:?}: linode firewall IDs are numbers"
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn resize_needs_power_off(&self) -> bool {

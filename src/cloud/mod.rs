@@ -122,6 +122,74 @@ pub struct ServerSpec {
     pub ipv6: bool,
     /// Root/administrator password, for vendors that accept one.
     pub root_password: Option<String>,
+    /// What else the vendor is asked to configure at create.
+    pub options: ServerOptions,
+}
+
+/// Vendor options of a create beyond the basics; each vendor honours some and refuses the rest before
+/// any create ([`ComputeProvider::refuse_unsupported`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// A private network (VPC) by the vendor's ID.
+    pub vpc_id: Option<String>,
+    /// A firewall (group) by the vendor's ID.
+    pub firewall_id: Option<String>,
+    /// Install the vendor's monitoring agent.
+    pub monitoring: bool,
+    /// A StackScript by ID with its user-defined fields (a JSON object).
+    pub stack_script: Option<(u64, serde_json::Value)>,
+}
+
+/// Which [`ServerOptions`] a vendor honours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Honours {
+    /// `vpc_id`.
+    pub vpc: bool,
+    /// `firewall_id`.
+    pub firewall: bool,
+    /// `monitoring`.
+    pub monitoring: bool,
+    /// `stack_script`.
+    pub stack_script: bool,
+}
+
+/// Refuses the options set in `o` that `h` does not honour, naming `vendor` and the VM's field.
+pub fn refuse_options(vendor: &str, o: &ServerOptions, h: Honours) -> Result<(), String> {
+    let asked = [
+        (
+            "spec.vpcID",
+            o.vpc_id.is_some(),
+            h.vpc,
+            "attach a private network (VPC) at create",
+        ),
+        (
+            "spec.firewallID",
+            o.firewall_id.is_some(),
+            h.firewall,
+            "attach a firewall at create",
+        ),
+        (
+            "spec.monitoring",
+            o.monitoring,
+            h.monitoring,
+            "install its monitoring agent at create",
+        ),
+        (
+            "spec.stackScript",
+            o.stack_script.is_some(),
+            h.stack_script,
+            "run a StackScript",
+        ),
+    ];
+    match asked
+        .iter()
+        .find(|(_, set, honoured, _)| *set && !*honoured)
+    {
+        Some((field, _, _, what)) => Err(format!(
+            "{field}: {vendor} cannot {what} through Quartermaster; remove it"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A size (plan) with its prices.
@@ -300,6 +368,15 @@ pub trait ComputeProvider: Send + Sync {
     /// vendor's OpenAPI document: from their pricing pages, per client.
     fn snapshot_price(&self) -> Option<(Decimal, &'static str)> {
         None
+    }
+    /// Which vendor options this vendor honours at create (none by default).
+    fn honours(&self) -> Honours {
+        Honours::default()
+    }
+    /// `Err` (naming the vendor and the field) when `spec` asks for an option this vendor cannot honour,
+    /// or gives one in a form it cannot take: checked before any create.
+    fn refuse_unsupported(&self, spec: &ServerSpec) -> Result<(), String> {
+        refuse_options(self.vendor(), &spec.options, self.honours())
     }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
@@ -480,6 +557,35 @@ mod tests {
                 "an endpoint override sets its own limit"
             );
         }
+    }
+
+    #[test]
+    fn options_a_vendor_cannot_honour_are_refused_naming_it_and_the_field() {
+        let all = Honours {
+            vpc: true,
+            firewall: true,
+            monitoring: true,
+            stack_script: true,
+        };
+        let o = ServerOptions {
+            vpc_id: Some("v".into()),
+            monitoring: true,
+            ..Default::default()
+        };
+        assert!(refuse_options("x", &o, all).is_ok());
+        assert!(refuse_options("x", &ServerOptions::default(), Honours::default()).is_ok());
+        let why = refuse_options("contabo", &o, Honours::default()).unwrap_err();
+        assert!(why.starts_with("spec.vpcID: contabo"), "{why}");
+        let why = refuse_options(
+            "vultr",
+            &o,
+            Honours {
+                vpc: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(why.starts_with("spec.monitoring: vultr"), "{why}");
     }
 
     #[test]

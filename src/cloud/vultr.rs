@@ -233,6 +233,10 @@ struct CreateInstance<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user_data: Option<String>,
     tags: &'a [String],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attach_vpc: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firewall_group_id: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +403,8 @@ impl ComputeProvider for Vultr {
                 .as_ref()
                 .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             tags: &spec.tags,
+            attach_vpc: spec.options.vpc_id.as_deref().into_iter().collect(),
+            firewall_group_id: spec.options.firewall_id.as_deref(),
             ..Default::default()
         };
         match image_ref(&spec.image) {
@@ -618,6 +624,15 @@ impl ComputeProvider for Vultr {
     /// Snapshots: US$0.05 per GB-month (Vultr's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(5, 2), "USD"))
+    }
+
+    /// `attach_vpc` and `firewall_group_id` at create.
+    fn honours(&self) -> super::Honours {
+        super::Honours {
+            vpc: true,
+            firewall: true,
+            ..Default::default()
+        }
     }
 
     fn resize_needs_power_off(&self) -> bool {

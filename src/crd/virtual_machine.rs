@@ -108,6 +108,28 @@ pub struct VirtualMachineSpec {
     /// Assign a public IPv6 address.
     #[serde(default)]
     pub ipv6: bool,
+    /// A private network (VPC) by the vendor's ID, attached at create (DigitalOcean `vpc_uuid`, Vultr
+    /// `attach_vpc`). Linode and Contabo refuse it before any create.
+    #[serde(default, rename = "vpcID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
+    pub vpc_id: Option<String>,
+    /// A firewall by the vendor's ID, attached at create (Linode `firewall_id`, a number; Vultr
+    /// `firewall_group_id`). DigitalOcean and Contabo refuse it before any create.
+    #[serde(
+        default,
+        rename = "firewallID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
+    pub firewall_id: Option<String>,
+    /// Install the vendor's monitoring agent at create (DigitalOcean `monitoring`). The others refuse it
+    /// before any create.
+    #[serde(default)]
+    pub monitoring: bool,
+    /// A Linode StackScript run at create, with its user-defined fields (Linode only; the others refuse
+    /// it before any create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_script: Option<StackScript>,
     /// Operating system family of the image; `windows` adds an `.rdp` file to the connection Secret.
     #[serde(default)]
     pub os: OperatingSystem,
@@ -163,6 +185,19 @@ pub enum OperatingSystem {
     Linux,
     /// Windows: RDP access.
     Windows,
+}
+
+/// A Linode StackScript and its user-defined fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackScript {
+    /// The StackScript's ID.
+    #[schemars(range(min = 1))]
+    pub id: u64,
+    /// A Secret key (same namespace) holding its user-defined fields as a JSON object (they often hold
+    /// passwords, so they live in a Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_secret_ref: Option<LocalSecretKeyReference>,
 }
 
 /// A VM's disk from something other than an image.

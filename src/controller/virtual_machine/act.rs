@@ -239,6 +239,16 @@ async fn create(
 ) -> Result<Server, Error> {
     let p = &*obs.provider;
     let user_data = user_data(ctx, vm, p.user_data_limit(), p.vendor()).await?;
+    let mut spec = build::server_spec(vm, uid, user_data, root_password);
+    if let Some(s) = &vm.spec.stack_script {
+        spec.options.stack_script = Some((s.id, stack_script_data(ctx, vm).await?));
+    }
+    if let Restore::Image(image) = &obs.restore {
+        spec.image = image.clone();
+    }
+    // What the vendor cannot honour is refused before any create (and before intent is recorded).
+    p.refuse_unsupported(&spec)
+        .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
     record_intent(ctx, vm, uid, &d.status).await?;
     progress.status = d.status.clone();
     if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
@@ -247,10 +257,6 @@ async fn create(
             event::RECREATING,
             "intent was recorded but no server carries this VM's tag (looked twice): the earlier create did not reach the vendor; creating".into(),
         ));
-    }
-    let mut spec = build::server_spec(vm, uid, user_data, root_password);
-    if let Restore::Image(image) = &obs.restore {
-        spec.image = image.clone();
     }
     let created = p
         .create(&spec)
@@ -296,6 +302,44 @@ async fn user_data(
         )
     })?;
     Ok(Some(data))
+}
+
+/// The StackScript's user-defined fields from the Secret `spec.stackScript.dataSecretRef` names: a JSON
+/// object (none: no fields).
+async fn stack_script_data(ctx: &Context, vm: &VirtualMachine) -> Result<serde_json::Value, Error> {
+    let Some(r) = vm
+        .spec
+        .stack_script
+        .as_ref()
+        .and_then(|s| s.data_secret_ref.as_ref())
+    else {
+        return Ok(serde_json::json!({}));
+    };
+    let ns = vm.namespace().unwrap_or_default();
+    let s = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::kube("reading the StackScript data secret"))?;
+    let raw = secret_value(s.as_ref(), &r.key).ok_or_else(|| {
+        Error::permanent(
+            reason::MISSING_SECRET,
+            format!(
+                "StackScript data secret {:?} key {:?} not found",
+                r.name, r.key
+            ),
+        )
+    })?;
+    match serde_json::from_str::<serde_json::Value>(&raw) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        // NB: the value may hold passwords: never quoted.
+        _ => Err(Error::permanent(
+            reason::INVALID_SPEC,
+            format!(
+                "StackScript data secret {:?} key {:?} must hold a JSON object of the StackScript's fields",
+                r.name, r.key
+            ),
+        )),
+    }
 }
 
 /// Why the user data cannot be read: the Secret is missing, or it lacks the key.

@@ -47,6 +47,16 @@ pub fn server_spec(
         backups: vm.spec.backups,
         ipv6: vm.spec.ipv6,
         root_password,
+        options: cloud::ServerOptions {
+            vpc_id: vm.spec.vpc_id.clone(),
+            firewall_id: vm.spec.firewall_id.clone(),
+            monitoring: vm.spec.monitoring,
+            stack_script: vm
+                .spec
+                .stack_script
+                .as_ref()
+                .map(|s| (s.id, serde_json::json!({}))),
+        },
     }
 }
 
