@@ -27,6 +27,14 @@ pub type MakeProviderConfig = Box<dyn Fn(&str, &str, u8) -> Value>;
 /// Makes object `i`, given the ProviderConfig's name.
 pub type MakeObject = Box<dyn Fn(usize, &str) -> Value + Send + Sync>;
 
+/// Makes what the fleet's objects need before they are created (e.g. a snapshot's VirtualMachines),
+/// given the API client, the namespace and the ProviderConfig's name, and waits until it is ready.
+pub type Prepare = Box<
+    dyn Fn(kube::Client, String) -> futures::future::BoxFuture<'static, Result<(), BoxError>>
+        + Send
+        + Sync,
+>;
+
 /// Settings every fleet benchmark shares.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FleetArgs {
@@ -57,6 +65,8 @@ pub struct Fleet {
     pub provider_config: MakeProviderConfig,
     /// The objects.
     pub object: MakeObject,
+    /// What the objects need, made first (not measured).
+    pub prepare: Option<Prepare>,
 }
 
 /// What the harness measured.
@@ -132,6 +142,14 @@ pub async fn run<K: Managed>(f: Fleet, exe: PathBuf) -> Result<Figures, BoxError
     let (controller, metrics_url) = spawn_controller(&exe, &work, &http).await?;
     let pid = controller.0.id();
 
+    // What the objects need is made first; its vendor calls are not the objects'.
+    let prepared_calls = match &f.prepare {
+        Some(prepare) => {
+            prepare(client.clone(), ns.clone()).await?;
+            vendor_calls().await?
+        }
+        None => 0,
+    };
     let objects: Api<K> = K::api(client.clone(), Some(&ns));
     let started = Instant::now();
     futures::stream::iter(0..f.n)
@@ -150,7 +168,7 @@ pub async fn run<K: Managed>(f: Fleet, exe: PathBuf) -> Result<Figures, BoxError
     let ready = wait_all_ready(&objects, f.n, timeout).await?;
     let created = started.elapsed();
     let (peak_create, _) = rss_kib(pid);
-    let create_calls = vendor_calls().await?;
+    let create_calls = vendor_calls().await? - prepared_calls;
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let reconciles = format!("quartermaster_reconciles_total{{kind=\"{}\"}}", K::KIND);

@@ -29,6 +29,7 @@ pub mod fleet;
 pub mod gateway;
 pub mod proxies;
 pub mod simcards;
+pub mod snapshots;
 pub mod subscriptions;
 pub mod token_budgets;
 
@@ -90,6 +91,9 @@ pub enum BenchCommand {
     /// Create N TokenBudgets (one API key each), then measure a resync of all of them (see
     /// `scripts/bench tokenbudgets`).
     Tokenbudgets(token_budgets::BudgetBench),
+    /// Take N VirtualMachineSnapshots (one of each of N VirtualMachines made first), then measure a
+    /// resync of all of them (see `scripts/bench snapshots`).
+    Snapshots(snapshots::SnapshotBench),
 }
 
 /// Runs one benchmark; `exe` is this binary (started again as the controller, the simulator or a proxy).
@@ -101,6 +105,7 @@ pub async fn run(cmd: BenchCommand, exe: PathBuf) -> Result<(), BoxError> {
         BenchCommand::Gateway(b) => gateway::run(b, exe).await,
         BenchCommand::Proxy(p) => proxies::proxy(p).await,
         BenchCommand::Tokenbudgets(b) => token_budgets::token_budgets(b, exe).await,
+        BenchCommand::Snapshots(b) => snapshots::snapshots(b, exe).await,
     }
 }
 

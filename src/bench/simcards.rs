@@ -67,6 +67,7 @@ pub async fn simcards(b: SimBench, exe: PathBuf) -> Result<(), BoxError> {
                     "spec": {"iccid": (first + i as u64).to_string(), "providerConfigRef": {"name": pc}}
                 })
             }),
+            prepare: None,
         },
         exe,
     )

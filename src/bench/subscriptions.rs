@@ -64,6 +64,7 @@ pub async fn subscriptions(b: SubscriptionBench, exe: PathBuf) -> Result<(), Box
                     "spec": {"plan": "basic", "providerConfigRef": {"name": pc}}
                 })
             }),
+            prepare: None,
         },
         exe,
     )

@@ -55,6 +55,7 @@ pub async fn token_budgets(b: BudgetBench, exe: PathBuf) -> Result<(), BoxError>
                              "apiKeys": [{"name": "prod"}], "alertThresholds": [80]}
                 })
             }),
+            prepare: None,
         },
         exe,
     )

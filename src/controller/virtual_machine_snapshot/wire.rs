@@ -3,6 +3,7 @@
 //! | change | wakes |
 //! |---|---|
 //! | a VirtualMachine's server (ID, account, phase), management policy or deletion | its snapshots not yet available |
+//! | a ProviderConfig's spec, deletion, or whether its credentials are refused | the snapshots held in its account |
 //!
 //! They also hold vendor state (their snapshot) through their account, so the ProviderConfig and its
 //! credentials stay while they do. Up to 8 reconcile at once by default.
@@ -12,9 +13,10 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::VirtualMachineSnapshotReconciler;
+use crate::controller::provider_config::provider_config_for_users;
 use crate::controller::runtime::Wiring;
 use crate::controller::runtime::wake::{Memo, hash_of, referring};
-use crate::crd::{VirtualMachine, VirtualMachineSnapshot};
+use crate::crd::{ProviderConfig, VirtualMachine, VirtualMachineSnapshot};
 
 /// What a snapshot waiting for its VM depends on.
 fn server_of(vm: &VirtualMachine) -> u64 {
@@ -47,6 +49,22 @@ pub fn wire(w: &mut Wiring) {
                 && s.status
                     .as_ref()
                     .is_none_or(|st| st.state.as_deref() != Some("Available"))
+        })
+    });
+    let (snaps, pcs, pc_memo) = (
+        w.store::<VirtualMachineSnapshot>(),
+        w.store::<ProviderConfig>(),
+        Memo::<ProviderConfig>::default(),
+    );
+    let c = c.watches_shared_stream(w.changes::<ProviderConfig>(), move |pc| {
+        if !pc_memo.changed_in(&*pc, provider_config_for_users(&pc), &pcs) {
+            return Vec::new();
+        }
+        let name = pc.name_any();
+        referring(&snaps, |s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.provider_config.as_deref() == Some(name.as_str()))
         })
     });
     w.holds_accounts::<VirtualMachineSnapshot>(super::holds);
