@@ -201,6 +201,9 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
         cloud::SnapshotLookup::Absent,
         "the mock's are described otherwise"
     );
+    p.restore_snapshot(&created.id, &made.id)
+        .await
+        .expect("POST /v1/compute/instances/{id}/snapshots/{snapshotId}/rollback");
     p.delete_snapshot(&created.id, &made.id)
         .await
         .expect("DELETE /v1/compute/instances/{id}/snapshots/{snapshotId}");

@@ -168,6 +168,9 @@ async fn digitalocean_snapshot_requests_validate_against_the_spec() {
         }
         other => panic!("the mock's snapshot {name:?} was not found: {other:?}"),
     }
+    p.restore_snapshot("3164444", "6372321")
+        .await
+        .expect("POST /v2/droplets/{id}/actions type restore");
     p.delete_snapshot("3164444", "6372321")
         .await
         .expect("DELETE /v2/snapshots/{id}");

@@ -188,6 +188,9 @@ async fn vendor_vultr_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("GET /snapshots?description=");
     assert_eq!(found, cloud::SnapshotLookup::Absent);
+    p.restore_snapshot("cb676a46-66fd-4dfb-b839-443f2e6c0b60", &made.id)
+        .await
+        .expect("POST /instances/{id}/restore");
     p.delete_snapshot("", &made.id)
         .await
         .expect("DELETE /snapshots/{id}");

@@ -573,3 +573,84 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     assert_eq!(row.currency, "USD");
     assert!(row.amount_nanos > 0 && row.cost_nanos > 0, "{row:?}");
 }
+
+/// How often the simulator restored a droplet from each snapshot, by snapshot ID.
+async fn restores(e: &Env) -> Vec<(String, u64)> {
+    quartermaster::install_crypto_provider();
+    let v: Vec<serde_json::Value> = reqwest::get(format!("{}/_sim/snapshots", e.sim.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v.iter()
+        .map(|s| (s["id"].to_string(), s["restores"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+/// A VM is restored in place from a snapshot of its own server once per annotation value; another
+/// server's snapshot is refused and nothing is sent.
+#[tokio::test]
+async fn a_vm_is_restored_in_place_once_per_request_from_its_own_snapshot() {
+    let e = env("snaprestore", |_| {}, true).await;
+    for vm in ["web", "db"] {
+        e.apply_vm(vm, serde_json::json!({})).await;
+        e.wait_ready(vm).await;
+    }
+    apply_snapshot(&e, "nightly", "web", "Delete").await;
+    apply_snapshot(&e, "other", "db", "Delete").await;
+    let id = wait_snapshot(&e, "nightly", conditions::READY, "Reconciled")
+        .await
+        .status
+        .unwrap()
+        .snapshot_id
+        .unwrap();
+    wait_snapshot(&e, "other", conditions::READY, "Reconciled").await;
+    let ask = |value: &'static str| serde_json::json!({"metadata": {"annotations": {"quartermaster.dev/restore-snapshot": value}}});
+    let restored = |value: &'static str| {
+        let vms = e.vms();
+        async move {
+            common::eventually(WAIT, &format!("restore {value} answered"), || async {
+                let r = vms.get("web").await.ok()?.status?.last_restore?;
+                (r.requested == value && (r.accepted_at.is_some() || r.refused.is_some()))
+                    .then_some(r)
+            })
+            .await
+        }
+    };
+    e.patch_vm("web", ask("nightly")).await;
+    let r = restored("nightly").await;
+    assert_eq!(r.snapshot_id.as_deref(), Some(id.as_str()));
+    assert!(r.accepted_at.is_some(), "{r:?}");
+    e.wait_ready("web").await;
+    // Reconciled again (a label): not sent again.
+    e.patch_vm(
+        "web",
+        serde_json::json!({"metadata": {"labels": {"touched": "yes"}}}),
+    )
+    .await;
+    e.wait_ready("web").await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let count = |all: &[(String, u64)]| all.iter().find(|(i, _)| *i == id).map_or(0, |x| x.1);
+    assert_eq!(count(&restores(&e).await), 1);
+    // Another server's snapshot: refused, nothing sent.
+    e.patch_vm("web", ask("other")).await;
+    let r = restored("other").await;
+    assert!(
+        r.refused
+            .as_deref()
+            .is_some_and(|m| m.contains("not taken of this VM's server")),
+        "{r:?}"
+    );
+    assert!(
+        e.event_reasons("web")
+            .await
+            .contains(&"RestoreFailed".to_string())
+    );
+    assert_eq!(restores(&e).await.iter().map(|x| x.1).sum::<u64>(), 1);
+    // Asked again with a new value: a second restore.
+    e.wait_ready("web").await;
+    e.patch_vm("web", ask("nightly@2")).await;
+    restored("nightly@2").await;
+    assert_eq!(count(&restores(&e).await), 2);
+}

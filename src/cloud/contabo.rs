@@ -884,6 +884,22 @@ impl ComputeProvider for Contabo {
         ))
     }
 
+    /// The rollback of the instance to the snapshot (Contabo deletes the instance's newer snapshots).
+    async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
+        let instance = numeric_id(server_id).ok_or_else(|| not_an_id("contabo", server_id))?;
+        let snap = segment_id(snapshot_id).ok_or_else(|| not_an_id("contabo", snapshot_id))?;
+        let url = self.url(&format!(
+            "/v1/compute/instances/{instance}/snapshots/{snap}/rollback"
+        ));
+        self.send(false, || {
+            self.http
+                .request(Method::POST, &url)
+                .json(&serde_json::json!({}))
+        })
+        .await?;
+        Ok(())
+    }
+
     async fn delete_snapshot(&self, server_id: &str, id: &str) -> Result<(), CloudError> {
         let (Some(instance), Some(snap)) = (numeric_id(server_id), segment_id(id)) else {
             return Ok(());

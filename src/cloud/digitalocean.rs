@@ -531,6 +531,18 @@ impl ComputeProvider for DigitalOcean {
         Ok(lookup_from(running, snapshots, mark))
     }
 
+    /// The `restore` droplet action with the snapshot's numeric ID as the image.
+    async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
+        let image: u64 = numeric_id(snapshot_id)
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| not_an_id("digitalocean", snapshot_id))?;
+        self.action(
+            server_id,
+            serde_json::json!({ "type": "restore", "image": image }),
+        )
+        .await
+    }
+
     async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
         let Some(id) = numeric_id(id) else {
             return Ok(());

@@ -260,7 +260,30 @@ pub enum CloudError {
     Credentials(String),
 }
 
+/// What the failure of a call that is never retried (a reset, a restore) proves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The vendor answered that it did not act for now (429, 5xx): it may be tried again.
+    NotDone,
+    /// The vendor refused it (any other answer), or it could not be sent: recorded, not tried again.
+    Refused,
+    /// No answer (timeout, transport): it may have been done; not sent again.
+    Unknown,
+}
+
 impl CloudError {
+    /// What this failure of a call that is never retried proves.
+    pub fn call_failure(&self) -> CallFailure {
+        match self {
+            Self::Http(h) => match h.status() {
+                Some(s) if s == 429 || s >= 500 => CallFailure::NotDone,
+                Some(_) => CallFailure::Refused,
+                None => CallFailure::Unknown,
+            },
+            Self::Unsupported(_) | Self::Credentials(_) => CallFailure::Refused,
+        }
+    }
+
     /// Trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Http(e) if e.is_transient())
@@ -377,6 +400,15 @@ pub trait ComputeProvider: Send + Sync {
     /// or gives one in a form it cannot take: checked before any create.
     fn refuse_unsupported(&self, spec: &ServerSpec) -> Result<(), String> {
         refuse_options(self.vendor(), &spec.options, self.honours())
+    }
+    /// Restores server `server_id` in place from snapshot `snapshot_id` (one taken of it): its disk is
+    /// replaced. Not idempotent: sent once, never retried here.
+    async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
+        let _ = (server_id, snapshot_id);
+        Err(CloudError::Unsupported(format!(
+            "{} servers cannot be restored from a snapshot in place through Quartermaster",
+            self.vendor()
+        )))
     }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
@@ -586,6 +618,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(why.starts_with("spec.monitoring: vultr"), "{why}");
+    }
+
+    #[test]
+    fn only_an_answer_that_proves_nothing_was_queued_allows_another_try() {
+        let status = |s: u16| {
+            CloudError::Http(HttpError::Status {
+                vendor: "1nce",
+                status: s,
+                message: String::new(),
+                retry_after: None,
+            })
+        };
+        assert_eq!(status(503).call_failure(), CallFailure::NotDone);
+        assert_eq!(status(429).call_failure(), CallFailure::NotDone);
+        assert_eq!(status(422).call_failure(), CallFailure::Refused);
+        assert_eq!(status(404).call_failure(), CallFailure::Refused);
+        let timeout = CloudError::Http(HttpError::Timeout {
+            vendor: "1nce",
+            timeout: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(timeout.call_failure(), CallFailure::Unknown);
+        let dropped = CloudError::Http(HttpError::Unreachable {
+            vendor: "1nce",
+            message: "connection reset".into(),
+        });
+        assert_eq!(dropped.call_failure(), CallFailure::Unknown);
     }
 
     #[test]

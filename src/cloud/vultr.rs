@@ -601,6 +601,21 @@ impl ComputeProvider for Vultr {
         ))
     }
 
+    /// `POST /instances/{id}/restore` with the snapshot's ID (Vultr reinstalls the instance from it).
+    async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
+        let id = segment_id(server_id).ok_or_else(|| not_an_id("vultr", server_id))?;
+        let snap = segment_id(snapshot_id).ok_or_else(|| not_an_id("vultr", snapshot_id))?;
+        self.api
+            .http
+            .send(
+                self.req(Method::POST, &format!("/instances/{id}/restore"))
+                    .json(&serde_json::json!({ "snapshot_id": snap })),
+                false,
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
         let Some(id) = segment_id(id) else {
             return Ok(());

@@ -54,6 +54,10 @@ pub const ANNOTATION_EXTERNAL_ID: &str = "quartermaster.dev/external-id";
 /// Annotation: an imperative restart; each distinct value triggers one restart.
 pub const ANNOTATION_RESTART_REQUESTED_AT: &str = "quartermaster.dev/restart-requested-at";
 
+/// Annotation on a VirtualMachine asking to restore its server in place from a VirtualMachineSnapshot
+/// of it: `<snapshot name>`, or `<snapshot name>@<anything>` to ask again; one restore per distinct value,
+/// acknowledged in `status.lastRestore`.
+pub const ANNOTATION_RESTORE_SNAPSHOT: &str = "quartermaster.dev/restore-snapshot";
 /// Annotation on a SimCard asking for one connectivity reset of its SIM per distinct value (e.g. a
 /// timestamp); acknowledged in `status.connectivityReset`.
 pub const ANNOTATION_RESET_CONNECTIVITY: &str = "quartermaster.dev/reset-connectivity";

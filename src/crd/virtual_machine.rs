@@ -187,6 +187,32 @@ pub enum OperatingSystem {
     Windows,
 }
 
+/// A restore in place asked for with the `quartermaster.dev/restore-snapshot` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRestore {
+    /// The annotation's value this restore answers, recorded before the call: one value is one restore
+    /// at most, whatever crashes in between.
+    pub requested: String,
+    /// The vendor's ID of the snapshot restored.
+    #[serde(
+        default,
+        rename = "snapshotID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub snapshot_id: Option<String>,
+    /// When the vendor accepted it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_at: Option<String>,
+    /// The call's answer was lost: it is not sent again (a restore replaces the disk). Set a new value to
+    /// ask again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed: bool,
+    /// Why it was refused (the vendor's words, or why it cannot be done here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
 /// A Linode StackScript and its user-defined fields.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -354,6 +380,9 @@ pub struct VirtualMachineStatus {
     /// The last `quartermaster.dev/restart-requested-at` value acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,
+    /// The last restore in place asked for with the `quartermaster.dev/restore-snapshot` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore: Option<SnapshotRestore>,
     /// The running time not yet billed: usage from `since` on is recorded to the ledger hour by hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metering: Option<MeteringWindow>,

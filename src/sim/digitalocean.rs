@@ -66,6 +66,8 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         // Simulator control (not part of DigitalOcean's API): revoke a token, as a rotation at the
         // vendor does; every later call with it is answered 401.
         .route("/_sim/revoke-token", post(revoke_token))
+        // Every snapshot as the simulator keeps it (with how often it was restored from).
+        .route("/_sim/snapshots", get(sim_snapshots))
         .with_state(AppState { store, cfg })
 }
 
@@ -488,6 +490,7 @@ struct ActionBody {
     kind: String,
     size: Option<String>,
     name: Option<String>,
+    image: Option<serde_json::Value>,
 }
 
 /// A `snapshot` action: the snapshot is recorded at once (so a caller that gives up during
@@ -537,6 +540,60 @@ fn snapshot_running(store: &Store, id: &str, now: i64) -> bool {
     store
         .snapshots()
         .any(|x| x.droplet_id.to_string() == id && x.ready_at_ms > now)
+}
+
+/// A `restore` action: the droplet's disk from one of its own snapshots (by numeric ID), locked for
+/// `power_secs` meanwhile, as DigitalOcean does.
+async fn restore_action(s: &AppState, id: &str, image: Option<serde_json::Value>) -> Response {
+    let now = now_ms();
+    let mut store = s.store.lock().await;
+    store.advance();
+    let Some(droplet) = store.get(id).map(|d| d.id) else {
+        return not_found();
+    };
+    let snap = image.and_then(|v| v.as_u64()).filter(|i| {
+        store
+            .snapshots()
+            .any(|x| x.id == *i && x.droplet_id == droplet && x.ready_at_ms <= now)
+    });
+    let Some(snap) = snap else {
+        return unprocessable(
+            "You specified an invalid image for the restore: it must be a snapshot or backup of this Droplet.",
+        );
+    };
+    if snapshot_running(&store, id, now) {
+        return unprocessable("Droplet already has a pending event.");
+    }
+    let secs = s.cfg.power_secs;
+    let changed = store.update(id, |d| {
+        if d.pending.is_some() {
+            return Err("Droplet already has a pending event.");
+        }
+        d.pending = Some(Pending {
+            at_ms: now + secs_ms(secs),
+            status: d.status.clone(),
+            ..Default::default()
+        });
+        Ok(())
+    });
+    if let Some(Err(why)) = changed {
+        return unprocessable(why);
+    }
+    store.restored(snap);
+    (
+        StatusCode::CREATED,
+        Json(
+            serde_json::json!({"action": {"id": now, "status": "in-progress", "type": "restore",
+            "resource_id": droplet, "resource_type": "droplet"}}),
+        ),
+    )
+        .into_response()
+}
+
+/// `GET /_sim/snapshots`: every snapshot, taken or not, as the simulator keeps it.
+async fn sim_snapshots(State(s): State<AppState>) -> Response {
+    let store = s.store.lock().await;
+    Json(store.snapshots().cloned().collect::<Vec<_>>()).into_response()
 }
 
 /// Actions have IDs of their own (not the snapshot's).
@@ -662,6 +719,9 @@ async fn droplet_action(
     };
     if b.kind == "snapshot" {
         return snapshot_action(&s, &id, b.name).await;
+    }
+    if b.kind == "restore" {
+        return restore_action(&s, &id, b.image).await;
     }
     let mut store = s.store.lock().await;
     store.advance();

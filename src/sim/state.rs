@@ -50,6 +50,9 @@ pub(crate) struct SimSnapshot {
     pub size_gb: f64,
     pub created_at: String,
     pub ready_at_ms: i64,
+    /// How often a droplet was restored from it.
+    #[serde(default)]
+    pub restores: u32,
 }
 
 /// One line of the journal.
@@ -347,6 +350,7 @@ impl Store {
             size_gb,
             created_at: jiff::Timestamp::now().to_string(),
             ready_at_ms,
+            restores: 0,
         };
         self.log(&[Record::NextId(self.next_id), Record::Snap(snap.clone())]);
         self.snapshots.insert(id, snap);
@@ -356,6 +360,15 @@ impl Store {
     /// Every snapshot, taken or not, in ID order.
     pub(crate) fn snapshots(&self) -> impl Iterator<Item = &SimSnapshot> {
         self.snapshots.values()
+    }
+
+    /// Counts a restore from snapshot `id`.
+    pub(crate) fn restored(&mut self, id: u64) {
+        if let Some(snap) = self.snapshots.get_mut(&id) {
+            snap.restores += 1;
+            let record = Record::Snap(snap.clone());
+            self.log(&[record]);
+        }
     }
 
     /// Deletes snapshot `id` (as in a URL); false when there is none.

@@ -16,35 +16,12 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::Claimed;
-use crate::cloud::CloudError;
+use crate::cloud::CallFailure;
 use crate::controller::runtime::framework::{Progress, now, persist, publish};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::event;
 use crate::crd::sim_card::ConnectivityReset;
 use crate::crd::{ANNOTATION_RESET_CONNECTIVITY, SimCard, SimCardStatus};
-
-/// What a failed call proves.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// 1NCE answered that it did not queue it for now (429, 5xx): try again later.
-    NotQueued,
-    /// 1NCE refused it (any other answer): recorded, not tried again.
-    Refused,
-    /// No answer (timeout, transport): it may have been queued; not sent again.
-    Unknown,
-}
-
-/// What the failure `e` of the reset call proves.
-pub fn failure(e: &CloudError) -> Failure {
-    match e {
-        CloudError::Http(h) => match h.status() {
-            Some(s) if s == 429 || s >= 500 => Failure::NotQueued,
-            Some(_) => Failure::Refused,
-            None => Failure::Unknown,
-        },
-        CloudError::Unsupported(_) | CloudError::Credentials(_) => Failure::Refused,
-    }
-}
 
 /// The annotation's value when it asks for a reset not yet answered (`None`: nothing to do).
 pub fn wanted<'a>(obj: &'a SimCard, status: &SimCardStatus) -> Option<&'a str> {
@@ -93,13 +70,13 @@ pub(super) async fn requested(
             let note = format!("1NCE queued a connectivity reset of SIM {}", c.iccid);
             (EventType::Normal, event::CONNECTIVITY_RESET, note)
         }
-        Err(e) => match failure(&e) {
-            Failure::NotQueued => {
+        Err(e) => match e.call_failure() {
+            CallFailure::NotDone => {
                 // Not queued: forget the attempt, so the next reconcile tries again.
                 progress.status.connectivity_reset = before;
                 return Err(Error::vendor("reset the SIM's connectivity")(e));
             }
-            Failure::Refused => {
+            CallFailure::Refused => {
                 r.refused = Some(e.to_string());
                 let note = format!(
                     "1NCE refused the connectivity reset of SIM {}: {e}",
@@ -107,7 +84,7 @@ pub(super) async fn requested(
                 );
                 (EventType::Warning, event::CONNECTIVITY_RESET_FAILED, note)
             }
-            Failure::Unknown => {
+            CallFailure::Unknown => {
                 r.unconfirmed = true;
                 let note = format!(
                     "the connectivity reset of SIM {} got no answer ({e}); it is not sent again: set a new {ANNOTATION_RESET_CONNECTIVITY} value to ask again",
@@ -124,7 +101,6 @@ pub(super) async fn requested(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::HttpError;
 
     fn card(value: Option<&str>) -> SimCard {
         let mut c: SimCard = serde_json::from_value(serde_json::json!({
@@ -158,31 +134,5 @@ mod tests {
             "an unconfirmed one is not sent again"
         );
         assert_eq!(wanted(&card(Some("t2")), &st), Some("t2"));
-    }
-
-    #[test]
-    fn only_an_answer_that_proves_nothing_was_queued_allows_another_try() {
-        let status = |s: u16| {
-            CloudError::Http(HttpError::Status {
-                vendor: "1nce",
-                status: s,
-                message: String::new(),
-                retry_after: None,
-            })
-        };
-        assert_eq!(failure(&status(503)), Failure::NotQueued);
-        assert_eq!(failure(&status(429)), Failure::NotQueued);
-        assert_eq!(failure(&status(422)), Failure::Refused);
-        assert_eq!(failure(&status(404)), Failure::Refused);
-        let timeout = CloudError::Http(HttpError::Timeout {
-            vendor: "1nce",
-            timeout: std::time::Duration::from_secs(30),
-        });
-        assert_eq!(failure(&timeout), Failure::Unknown);
-        let dropped = CloudError::Http(HttpError::Unreachable {
-            vendor: "1nce",
-            message: "connection reset".into(),
-        });
-        assert_eq!(failure(&dropped), Failure::Unknown);
     }
 }

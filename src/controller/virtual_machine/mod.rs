@@ -29,6 +29,7 @@ pub mod decide;
 pub mod observe;
 pub mod read;
 pub mod release;
+pub mod restore;
 mod wire;
 
 use std::sync::Arc;
@@ -214,6 +215,10 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         // A refusal of the credentials reaches the ProviderConfig through the framework (`account`).
         let mut result = converge(&ctx, &vm, &uid, progress, &mut events).await;
         announce(&ctx, &vm, &mut result, events).await;
+        // A restore in place is asked of a settled VM only (its server exists and is not busy).
+        if matches!(&result, Ok(o) if matches!(o.health, Health::Ready { .. })) {
+            restore::requested(&ctx, &vm, progress).await?;
+        }
         result
     }
 
