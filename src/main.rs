@@ -299,6 +299,10 @@ struct RunArgs {
     /// such reads its account's SIM listing serves it, unless the listing shows its quota moved.
     #[arg(long, default_value_t = 3600)]
     sim_usage_interval_secs: u64,
+    /// The shortest interval a VirtualMachineSnapshotPolicy's schedule may have, in seconds: each slot
+    /// is a billable snapshot and costs the shared account's rate limit.
+    #[arg(long, default_value_t = 3600)]
+    min_snapshot_interval_secs: u64,
     /// How often a TokenBudget's status (consumed, reserved, remaining, cost) is refreshed from the
     /// ledger, in seconds. Enforcement does not wait for it: the gateway holds budgets itself.
     #[arg(long, default_value_t = 30)]
@@ -784,6 +788,7 @@ async fn controller_context(
                 poll_interval: Duration::from_secs(args.poll_interval_secs.max(1)),
                 observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
                 sim_usage_interval: Duration::from_secs(args.sim_usage_interval_secs.max(1)),
+                min_snapshot_interval: Duration::from_secs(args.min_snapshot_interval_secs),
                 budget_status_interval: Duration::from_secs(
                     args.budget_status_interval_secs.max(1),
                 ),

@@ -48,6 +48,7 @@ fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
             suspended: false,
             allowed_namespaces: vec![],
             adoption: None,
+            vendor_resources: Vec::new(),
             release: None,
             require_project: false,
             markup_percent: Some("20".into()),

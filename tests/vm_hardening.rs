@@ -680,12 +680,38 @@ async fn a_provider_config_in_use_waits_for_its_vms_before_it_goes() {
 #[tokio::test]
 async fn vendor_options_are_sent_or_refused_before_any_create() {
     let e = env("vmopts", |_| {}, true).await;
+    // A VPC the ProviderConfig does not grant this namespace: refused before any create.
     e.apply_vm(
         "private",
-        serde_json::json!({"spec": {"vpcID": "5a4981aa-9653-4bd1-bef5-d6bff52042e4", "monitoring": true}}),
+        serde_json::json!({"spec": {"vpcID": "vpc-tenant-a", "monitoring": true}}),
     )
     .await;
-    e.wait_ready("private").await;
+    e.wait_vm(
+        "private",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "ProviderConfigNotAllowed",
+    )
+    .await;
+    assert!(e.sim.droplets().await.is_empty());
+    // Granted: sent with the create.
+    let pcs: Api<ProviderConfig> = Api::all(e.client.clone());
+    pcs.patch(
+        &e.pc,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"vendorResources": [
+            {"namespaces": [e.ns], "vpcIDs": ["vpc-tenant-a"]}
+        ]}})),
+    )
+    .await
+    .unwrap();
+    let vm = e.wait_ready("private").await;
+    let droplet = e
+        .droplet(&vm.status.unwrap().external_id.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(droplet["vpc_uuid"], "vpc-tenant-a");
+    assert_eq!(droplet["features"], serde_json::json!(["monitoring"]));
     for (name, spec, field) in [
         (
             "walled",

@@ -412,7 +412,11 @@ async fn apply_policy(e: &Env, name: &str, spec: serde_json::Value) {
 
 #[tokio::test]
 async fn a_policy_takes_one_snapshot_per_slot_and_keeps_the_newest_available() {
-    let e = env("snappol", |_| {}, true).await;
+    let e = common::env::env_with("snappol", |_| {})
+        .await
+        .with_controller(None, |c| {
+            c.min_snapshot_interval = std::time::Duration::from_secs(1)
+        });
     e.apply_vm("web", serde_json::json!({})).await;
     e.wait_ready("web").await;
     // Every 4 seconds (six fields: seconds first), keeping one.

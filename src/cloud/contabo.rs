@@ -884,6 +884,11 @@ impl ComputeProvider for Contabo {
         ))
     }
 
+    /// A rollback deletes the instance's snapshots newer than the one rolled back to.
+    fn restore_drops_newer_snapshots(&self) -> bool {
+        true
+    }
+
     /// The rollback of the instance to the snapshot (Contabo deletes the instance's newer snapshots).
     async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
         let instance = numeric_id(server_id).ok_or_else(|| not_an_id("contabo", server_id))?;

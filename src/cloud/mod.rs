@@ -401,6 +401,11 @@ pub trait ComputeProvider: Send + Sync {
     fn refuse_unsupported(&self, spec: &ServerSpec) -> Result<(), String> {
         refuse_options(self.vendor(), &spec.options, self.honours())
     }
+    /// Whether a restore in place deletes the server's snapshots newer than the one restored (Contabo's
+    /// rollback does): then only the newest may be restored through Quartermaster.
+    fn restore_drops_newer_snapshots(&self) -> bool {
+        false
+    }
     /// Restores server `server_id` in place from snapshot `snapshot_id` (one taken of it): its disk is
     /// replaced. Not idempotent: sent once, never retried here.
     async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {

@@ -31,6 +31,43 @@ pub fn adoption_allowed(pc: &ProviderConfig, namespace: &str) -> bool {
         .is_some_and(|a| a.allowed_namespaces.iter().any(|n| n == namespace))
 }
 
+/// `Err` naming the first vendor resource `o` names that `pc` does not grant `namespace`
+/// (`spec.vendorResources`).
+pub fn vendor_resources_granted(
+    pc: &ProviderConfig,
+    namespace: &str,
+    o: &crate::cloud::ServerOptions,
+) -> Result<(), String> {
+    let grants: Vec<_> = pc
+        .spec
+        .vendor_resources
+        .iter()
+        .filter(|g| g.namespaces.iter().any(|n| n == namespace))
+        .collect();
+    let refuse = |field: &str, id: &str| {
+        Err(format!(
+            "{field} {id:?}: ProviderConfig {:?} does not grant namespace {namespace:?} this resource (spec.vendorResources)",
+            pc.metadata.name.as_deref().unwrap_or_default()
+        ))
+    };
+    if let Some(v) = &o.vpc_id
+        && !grants.iter().any(|g| g.vpc_ids.contains(v))
+    {
+        return refuse("spec.vpcID", v);
+    }
+    if let Some(f) = &o.firewall_id
+        && !grants.iter().any(|g| g.firewall_ids.contains(f))
+    {
+        return refuse("spec.firewallID", f);
+    }
+    if let Some((id, _)) = &o.stack_script
+        && !grants.iter().any(|g| g.stack_script_ids.contains(id))
+    {
+        return refuse("spec.stackScript.id", &id.to_string());
+    }
+    Ok(())
+}
+
 /// Whether `pc` lets objects of `namespace` release its servers (`deletionPolicy: Orphan`).
 pub fn release_allowed(pc: &ProviderConfig, namespace: &str) -> bool {
     pc.spec

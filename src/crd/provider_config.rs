@@ -72,6 +72,12 @@ pub struct ProviderConfigSpec {
     /// another object's ownership tag) is never adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionPolicy>,
+    /// Which namespaces may name which of this account's private networks, firewalls and StackScripts
+    /// by ID (a VirtualMachine's `vpcID`, `firewallID`, `stackScript`): the platform vouches that they
+    /// are that tenant's. Unset: nobody may name any (one tenant must never join another's network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub vendor_resources: Vec<VendorResourceGrant>,
     /// Who may release servers of this account: delete a VirtualMachine with `deletionPolicy: Orphan`,
     /// leaving its server running (untagged, so it can be adopted again) in the platform's account, where
     /// it is paid for and billed to nobody. Unset: nobody; such a VM's deletion waits, `Stalled`
@@ -290,6 +296,34 @@ impl ProviderConfigSpec {
             .and_then(|m| m.parse().ok())
             .unwrap_or_default()
     }
+}
+
+/// Vendor resources (by the vendor's IDs) the objects of some namespaces may name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VendorResourceGrant {
+    /// The namespaces this grant is for.
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(
+            length(min = 1, max = 63),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        )
+    )]
+    pub namespaces: Vec<String>,
+    /// Private networks (VPCs) they may attach, by ID.
+    #[serde(default, rename = "vpcIDs", skip_serializing_if = "Vec::is_empty")]
+    pub vpc_ids: Vec<String>,
+    /// Firewalls they may attach, by ID.
+    #[serde(default, rename = "firewallIDs", skip_serializing_if = "Vec::is_empty")]
+    pub firewall_ids: Vec<String>,
+    /// StackScripts they may run, by ID.
+    #[serde(
+        default,
+        rename = "stackScriptIDs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub stack_script_ids: Vec<u64>,
 }
 
 /// Which namespaces may adopt untagged vendor objects of an account.

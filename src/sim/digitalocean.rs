@@ -173,6 +173,13 @@ fn droplet_json(d: &SimDroplet) -> serde_json::Value {
     let size = SIZES.iter().find(|s| s.0 == d.size).unwrap_or(&SIZES[1]);
     let image = IMAGES.iter().find(|i| i.0 == d.image);
     let n = d.id % 250 + 2;
+    let features: Vec<&str> = [
+        d.backups.then_some("backups"),
+        d.monitoring.then_some("monitoring"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let mut v6 = Vec::new();
     if d.ipv6 {
         v6.push(serde_json::json!({"ip_address": format!("2001:db8::{:x}", d.id), "netmask": 64, "gateway": "2001:db8::1", "type": "public"}));
@@ -181,7 +188,7 @@ fn droplet_json(d: &SimDroplet) -> serde_json::Value {
         "id": d.id, "name": d.name, "memory": size.2, "vcpus": size.1, "disk": size.3,
         "locked": d.pending.as_ref().is_some_and(|p| !p.status.is_empty() || p.remove),
         "status": d.status, "created_at": d.created_at,
-        "features": if d.backups { vec!["backups"] } else { vec![] },
+        "features": features,
         "backup_ids": [], "snapshot_ids": [], "volume_ids": [],
         "image": {"id": 1000 + IMAGES.iter().position(|i| i.0 == d.image).unwrap_or(0), "slug": d.image,
                   "name": image.map(|i| i.1).unwrap_or("custom"), "distribution": image.map(|i| i.3).unwrap_or("Unknown"),
@@ -197,7 +204,7 @@ fn droplet_json(d: &SimDroplet) -> serde_json::Value {
         "region": {"slug": d.region, "name": REGIONS.iter().find(|r| r.0 == d.region).map(|r| r.1).unwrap_or(""),
                    "available": true, "features": [], "sizes": []},
         "tags": d.tags,
-        "vpc_uuid": "5a4981aa-9653-4bd1-bef5-d6bff52042e4"
+        "vpc_uuid": d.vpc_uuid.as_deref().unwrap_or("5a4981aa-9653-4bd1-bef5-d6bff52042e4")
     })
 }
 
@@ -260,6 +267,10 @@ struct CreateBody {
     ipv6: bool,
     #[serde(default)]
     backups: bool,
+    #[serde(default)]
+    vpc_uuid: Option<String>,
+    #[serde(default)]
+    monitoring: bool,
 }
 
 async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>>) -> Response {
@@ -310,6 +321,8 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
             tags: b.tags,
             ipv6: b.ipv6,
             backups: b.backups,
+            vpc_uuid: b.vpc_uuid,
+            monitoring: b.monitoring,
             created_at: jiff::Timestamp::now().to_string(),
             pending: Some(Pending {
                 at_ms: now_ms() + provision,

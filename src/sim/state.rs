@@ -39,6 +39,12 @@ pub(crate) struct SimDroplet {
     pub backups: bool,
     pub created_at: String,
     pub pending: Option<Pending>,
+    /// The VPC asked for at create, if any.
+    #[serde(default)]
+    pub vpc_uuid: Option<String>,
+    /// The monitoring agent asked for at create.
+    #[serde(default)]
+    pub monitoring: bool,
 }
 
 /// A simulated droplet snapshot: taken (listed) once `ready_at_ms` has passed.
@@ -414,6 +420,8 @@ mod tests {
             backups: false,
             created_at: "2026-11-22T00:00:00Z".into(),
             pending,
+            vpc_uuid: None,
+            monitoring: false,
         }
     }
 

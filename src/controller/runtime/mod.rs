@@ -62,6 +62,8 @@ pub struct ControllerConfig {
     /// How often a SimCard at rest reads its quotas and usage SIM by SIM (between such reads its
     /// account's SIM listing serves it, unless the listing shows its quota moved).
     pub sim_usage_interval: Duration,
+    /// The shortest interval a snapshot policy's schedule may have (each slot is a billable snapshot).
+    pub min_snapshot_interval: Duration,
     /// How often a Subscription whose plan bills usage through Stripe reports its Project's new usage.
     pub stripe_usage_interval: Duration,
     /// How often a TokenBudget's status is refreshed from the ledger (consumed, reserved, remaining).
@@ -104,6 +106,7 @@ impl Default for ControllerConfig {
             listing_lag: Duration::from_secs(2),
             observe_interval: Duration::from_secs(55),
             sim_usage_interval: Duration::from_secs(3600),
+            min_snapshot_interval: Duration::from_secs(3600),
             stripe_usage_interval: Duration::from_secs(300),
             budget_status_interval: Duration::from_secs(30),
             concurrency: Concurrency::default(),

@@ -626,7 +626,10 @@ async fn held(
     reset::requested(obj, ctx, c, progress).await?;
     if o.quotas.is_some() {
         warn_quotas(obj, ctx, c, progress).await?;
-        network::read(obj, ctx, c, progress).await?;
+        // Informational: a failed read neither stalls the SimCard nor holds back its top-ups and state.
+        if let Err(e) = network::read(obj, ctx, c, progress).await {
+            tracing::warn!(simcard = %obj.name_any(), error = %e, "reading the SIM's network events failed; read again with the next quotas");
+        }
     }
     let stop = b.stop;
     // The usage just metered may have exhausted the credit: no top-up is ordered then.

@@ -100,7 +100,7 @@ pub(super) async fn read(
     persist(ctx, obj, progress).await?;
     if taken.skipped > 0 {
         let n = format!(
-            "SIM {}: {} earlier network events not shown (at most {MAX_EVENTS} per read)",
+            "SIM {}: at least {} earlier network events not shown (at most {MAX_EVENTS} per read)",
             c.iccid, taken.skipped
         );
         publish(ctx, obj, EventType::Normal, NETWORK_EVENT, &n).await;

@@ -60,6 +60,20 @@ impl Schedule {
             .last()
     }
 
+    /// The shortest gap between the schedule's slots over the next week (one day's worth of slots at
+    /// least), seconds; `None` when it has fewer than two.
+    pub fn shortest_gap(&self, now: i64) -> Option<i64> {
+        let from = Timestamp::from_second(now).ok()?.to_zoned(self.tz.clone());
+        let slots: Vec<i64> = self
+            .cron
+            .after(from)
+            .map(|z| z.timestamp().as_second())
+            .take_while(|t| *t <= now + 7 * 86_400)
+            .take(10_000)
+            .collect();
+        slots.windows(2).map(|w| w[1] - w[0]).min()
+    }
+
     /// The first slot after `now`.
     pub fn next(&self, now: i64) -> Option<i64> {
         let from = Timestamp::from_second(now).ok()?.to_zoned(self.tz.clone());
@@ -143,6 +157,11 @@ mod tests {
             "taken already"
         );
         assert_eq!(s.next(now), Some(at("2026-12-06T02:00:00Z")));
+        assert_eq!(s.shortest_gap(now), Some(86_400));
+        assert_eq!(
+            parse("*/4 * * * * *", None).unwrap().shortest_gap(now),
+            Some(4)
+        );
         // A long outage: only the latest slot of the look-back window.
         assert_eq!(s.latest(0, now), Some(at("2026-12-05T02:00:00Z")));
         let weekdays = parse("0 9 * * Mon-Fri", None).unwrap();

@@ -80,7 +80,12 @@ fn held(ctx: &Context, p: &VirtualMachineSnapshotPolicy, uid: &str) -> Result<Ve
         .store::<VirtualMachineSnapshot>()?
         .state()
         .iter()
-        .filter(|s| s.namespace() == ns && owned_by(s, &name, uid))
+        // Those being deleted are gone as far as retention goes.
+        .filter(|s| {
+            s.namespace() == ns
+                && owned_by(s, &name, uid)
+                && s.metadata.deletion_timestamp.is_none()
+        })
         .map(|s| Held {
             name: s.name_any(),
             slot: s
@@ -167,6 +172,16 @@ impl Reconciler<VirtualMachineSnapshotPolicy> for SnapshotPolicyReconciler {
             Err(m) => return Ok(Outcome::new(Health::stalled(reason::INVALID_SPEC, m))),
         };
         let now = jiff::Timestamp::now().as_second();
+        let min = i64::try_from(ctx.config.min_snapshot_interval.as_secs()).unwrap_or(i64::MAX);
+        if let Some(gap) = schedule.shortest_gap(now).filter(|g| *g < min) {
+            return Ok(Outcome::new(Health::stalled(
+                reason::INVALID_SPEC,
+                format!(
+                    "spec.schedule {:?} takes a snapshot every {gap} s at times; slots must be at least {min} s apart (the controller's --min-snapshot-interval-secs): each is a billable snapshot",
+                    spec.schedule
+                ),
+            )));
+        }
         let held = held(&ctx, &obj, &uid)?;
         let st = &mut progress.status;
         if !spec.suspend {

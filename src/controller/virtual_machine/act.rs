@@ -249,6 +249,9 @@ async fn create(
     // What the vendor cannot honour is refused before any create (and before intent is recorded).
     p.refuse_unsupported(&spec)
         .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
+    let ns = vm.namespace().unwrap_or_default();
+    crate::controller::vendor::vendor_resources_granted(&obs.resolved.config, &ns, &spec.options)
+        .map_err(|m| Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, m))?;
     record_intent(ctx, vm, uid, &d.status).await?;
     progress.status = d.status.clone();
     if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {

@@ -6,8 +6,9 @@
 //!
 //! # Guarantees
 //! - **At most once per value.** The value is recorded in `status.lastRestore` before the call; an
-//!   answer that was lost is marked `unconfirmed` and not sent again (a restore replaces the disk); only
-//!   an answer that proves nothing was done (429, 5xx) lets it be tried again.
+//!   answer that was lost, or a 5xx (a gateway may answer one after the vendor acted), is marked
+//!   `unconfirmed` and not sent again (a restore replaces the disk); only a 429 proves nothing was done
+//!   and lets it be tried again.
 //! - **Only its own snapshot.** The snapshot must be of this namespace (a local name), available, in the
 //!   server's account and taken of this very server; anything else is refused and recorded, and nothing
 //!   is sent.
@@ -17,7 +18,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::cloud::CallFailure;
+use crate::cloud::{CallFailure, CloudError};
 use crate::controller::runtime::framework::{Progress, now, persist, publish};
 use crate::controller::{Context, Error, vendor};
 use crate::crd::virtual_machine::{ManagementPolicy, SnapshotRestore};
@@ -74,6 +75,42 @@ pub fn usable(
     }
 }
 
+/// The available snapshots of `server_id` in the cache taken after `snap` (by the vendor's creation
+/// time), by name.
+fn newer_than(
+    ctx: &Context,
+    snap: Option<&VirtualMachineSnapshot>,
+    server_id: &str,
+) -> Result<Vec<String>, Error> {
+    let Some(at) = snap
+        .and_then(|s| s.status.as_ref())
+        .and_then(|st| st.created_at.as_deref())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    else {
+        return Ok(Vec::new());
+    };
+    let ns = snap.and_then(|s| s.namespace());
+    Ok(ctx
+        .caches()?
+        .store::<VirtualMachineSnapshot>()?
+        .state()
+        .iter()
+        .filter(|s| {
+            s.namespace() == ns
+                && s.status.as_ref().is_some_and(|st| {
+                    st.server_id.as_deref() == Some(server_id)
+                        && st.state.as_deref() == Some("Available")
+                        && st
+                            .created_at
+                            .as_deref()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|t| t > at)
+                })
+        })
+        .map(|s| s.name_any())
+        .collect())
+}
+
 /// Sends the restore the annotation asks for, once (see the module's guarantees). Called once the VM
 /// is settled.
 pub async fn requested(
@@ -105,7 +142,23 @@ pub async fn requested(
         unconfirmed: false,
         refused: None,
     };
-    let id = match usable(snap.as_deref(), name, &server_id, &pc) {
+    let newer = if provider.restore_drops_newer_snapshots() {
+        newer_than(ctx, snap.as_deref(), &server_id)?
+    } else {
+        Vec::new()
+    };
+    let usable = usable(snap.as_deref(), name, &server_id, &pc).and_then(|id| {
+        if newer.is_empty() {
+            Ok(id)
+        } else {
+            Err(format!(
+                "{} deletes a server's newer snapshots when it rolls back: restore from the newest, or delete these first: {}",
+                provider.vendor(),
+                newer.join(", ")
+            ))
+        }
+    });
+    let id = match usable {
         Ok(id) => id,
         Err(why) => {
             record.refused = Some(why.clone());
@@ -133,8 +186,10 @@ pub async fn requested(
             );
             (EventType::Normal, RESTORED, note)
         }
+        // A restore replaces the disk: only 429 proves it was not started (a 5xx may come from a
+        // gateway after the vendor acted), so any other failure without a refusal is unconfirmed.
         Err(e) => match e.call_failure() {
-            CallFailure::NotDone => {
+            CallFailure::NotDone if matches!(&e, CloudError::Http(h) if h.status() == Some(429)) => {
                 progress.status.last_restore = before;
                 return Err(Error::vendor("restore the server from its snapshot")(e));
             }
@@ -146,7 +201,7 @@ pub async fn requested(
                     format!("the restore from {name} was refused: {e}"),
                 )
             }
-            CallFailure::Unknown => {
+            CallFailure::Unknown | CallFailure::NotDone => {
                 r.unconfirmed = true;
                 let note = format!(
                     "the restore from {name} got no answer ({e}); it is not sent again: set a new {ANNOTATION_RESTORE_SNAPSHOT} value to ask again"

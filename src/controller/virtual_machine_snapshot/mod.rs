@@ -307,6 +307,7 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         let uid = uid_of(&obj)?;
         let vm_name = obj.spec.virtual_machine_ref.name.clone();
         // What the vendor holds is billed whatever else this reconcile finds (a stall included).
+        start_meter(&mut progress.status);
         meter(&ctx, &obj, &mut progress.status, false).await?;
         let st = &progress.status;
         if !decide::same_source(st, &vm_name) {
@@ -388,6 +389,7 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         ctx: Arc<Context>,
         progress: &mut Progress<VirtualMachineSnapshotStatus>,
     ) -> Result<Option<PausedOutcome>, Error> {
+        start_meter(&mut progress.status);
         if progress.status.billed_until.is_none() {
             return Ok(None);
         }
