@@ -1584,4 +1584,20 @@ async fn network_events_are_published_once_and_show_where_the_sim_was_seen() {
         .network
         .unwrap();
     assert_eq!(net.name.as_deref(), Some("net-14"));
+    // More than a page (50) at once: the first and the last page are read, the newest still found.
+    let many: Vec<_> = (0..60)
+        .map(|n| serde_json::json!({"type": "Update location", "network": format!("far-{n}"), "country": "Chile"}))
+        .collect();
+    add_events(&e, 1, serde_json::Value::Array(many)).await;
+    warn_reconcile(&e, "n5").await;
+    common::eventually(WAIT, "ten more and a summary again", || async {
+        (reported(&e, "NetworkEvent").await == 24).then_some(())
+    })
+    .await;
+    let st = e.sims().get("q").await.unwrap().status.unwrap();
+    assert_eq!(
+        st.network.unwrap().name.as_deref(),
+        Some("far-59"),
+        "the newest of the lot"
+    );
 }

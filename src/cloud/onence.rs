@@ -687,23 +687,50 @@ impl SimEvent {
 }
 
 impl OneNce {
-    /// The SIM's latest network events (`GET /v2/sims/{iccid}/events`, one page of `page_size`, at
-    /// most 1,000), oldest first.
+    /// The SIM's latest network events (`GET /v2/sims/{iccid}/events`, pages of `page_size`, at most
+    /// 1,000), oldest first. 1NCE does not document the list's order, so the first page and, when there
+    /// are more (`X-Total-Pages`), the last one are read: the newest events are on one of them either way.
     pub async fn sim_events(
         &self,
         iccid: &str,
         page_size: usize,
     ) -> Result<Vec<SimEvent>, CloudError> {
         let iccid = digits(iccid)?;
-        let url = format!(
-            "{}/v2/sims/{iccid}/events?page=1&pageSize={}",
-            self.endpoints.v2,
-            page_size.clamp(1, 1000)
-        );
-        let items: Vec<serde_json::Value> = self.get_json(&url).await?;
+        let page = |n: u32| {
+            format!(
+                "{}/v2/sims/{iccid}/events?page={n}&pageSize={}",
+                self.endpoints.v2,
+                page_size.clamp(1, 1000)
+            )
+        };
+        let (mut items, pages) = self.json_page(&page(1)).await?;
+        if let Some(last) = pages.filter(|p| *p > 1) {
+            items.extend(self.json_page(&page(last)).await?.0);
+        }
         let mut events: Vec<SimEvent> = items.iter().filter_map(SimEvent::from_json).collect();
         events.sort_by_key(|e| e.id);
+        events.dedup_by_key(|e| e.id);
         Ok(events)
+    }
+
+    /// One page of a JSON list and the page count 1NCE sends beside it (`X-Total-Pages`).
+    async fn json_page(
+        &self,
+        url: &str,
+    ) -> Result<(Vec<serde_json::Value>, Option<u32>), CloudError> {
+        let resp = self
+            .send(true, || self.http.request(Method::GET, url))
+            .await?;
+        let pages = resp
+            .headers()
+            .get("x-total-pages")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let bytes = resp.bytes().await.map_err(|e| HttpError::Unreachable {
+            vendor: VENDOR,
+            message: e.without_url().to_string(),
+        })?;
+        Ok((crate::http::decode_json(VENDOR, &bytes)?, pages))
     }
 }
 

@@ -696,7 +696,15 @@ async fn events(
         .take(size)
         .cloned()
         .collect();
-    axum::Json(items).into_response()
+    let pages = all.len().div_ceil(size).max(1);
+    (
+        [
+            ("x-total-count", all.len().to_string()),
+            ("x-total-pages", pages.to_string()),
+        ],
+        axum::Json(items),
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]

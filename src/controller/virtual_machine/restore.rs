@@ -75,6 +75,18 @@ pub fn usable(
     }
 }
 
+/// What a failed restore call proves. A restore replaces the disk: only a 429 proves it was not
+/// started (a 5xx may come from a gateway after the vendor acted), so any other failure that is not a
+/// refusal is unknown, and not sent again.
+pub fn after_failure(e: &CloudError) -> CallFailure {
+    match e.call_failure() {
+        CallFailure::NotDone if matches!(e, CloudError::Http(h) if h.status() != Some(429)) => {
+            CallFailure::Unknown
+        }
+        other => other,
+    }
+}
+
 /// The available snapshots of `server_id` in the cache taken after `snap` (by the vendor's creation
 /// time), by name.
 fn newer_than(
@@ -186,10 +198,8 @@ pub async fn requested(
             );
             (EventType::Normal, RESTORED, note)
         }
-        // A restore replaces the disk: only 429 proves it was not started (a 5xx may come from a
-        // gateway after the vendor acted), so any other failure without a refusal is unconfirmed.
-        Err(e) => match e.call_failure() {
-            CallFailure::NotDone if matches!(&e, CloudError::Http(h) if h.status() == Some(429)) => {
+        Err(e) => match after_failure(&e) {
+            CallFailure::NotDone => {
                 progress.status.last_restore = before;
                 return Err(Error::vendor("restore the server from its snapshot")(e));
             }
@@ -201,7 +211,7 @@ pub async fn requested(
                     format!("the restore from {name} was refused: {e}"),
                 )
             }
-            CallFailure::Unknown | CallFailure::NotDone => {
+            CallFailure::Unknown => {
                 r.unconfirmed = true;
                 let note = format!(
                     "the restore from {name} got no answer ({e}); it is not sent again: set a new {ANNOTATION_RESTORE_SNAPSHOT} value to ask again"
@@ -263,6 +273,29 @@ mod tests {
             wanted(&vm(Some("nightly@2")), &st),
             Some(("nightly@2", "nightly"))
         );
+    }
+
+    #[test]
+    fn only_a_429_lets_a_restore_be_sent_again() {
+        use crate::http::HttpError;
+        let status = |s: u16| {
+            CloudError::Http(HttpError::Status {
+                vendor: "digitalocean",
+                status: s,
+                message: String::new(),
+                retry_after: None,
+            })
+        };
+        assert_eq!(after_failure(&status(429)), CallFailure::NotDone);
+        for s in [500, 502, 503, 504] {
+            assert_eq!(after_failure(&status(s)), CallFailure::Unknown, "{s}");
+        }
+        assert_eq!(after_failure(&status(422)), CallFailure::Refused);
+        let timeout = CloudError::Http(HttpError::Timeout {
+            vendor: "digitalocean",
+            timeout: std::time::Duration::from_secs(30),
+        });
+        assert_eq!(after_failure(&timeout), CallFailure::Unknown);
     }
 
     #[test]
