@@ -537,6 +537,38 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     let st = s.status.unwrap();
     assert_eq!(st.project.as_deref(), Some("acme"));
     assert!(st.billed_until.is_some(), "the meter started: {st:?}");
+    // An earlier attempt's window, recorded before a crash kept its status write from happening: one
+    // second from the start the status still shows. It must stand, and billing go on from its end.
+    let start = st
+        .billed_until
+        .as_deref()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_second();
+    let snap_uid = s.metadata.uid.clone().unwrap();
+    let key = |at: i64| format!("virtualmachinesnapshot/{snap_uid}/snapshot_mb_seconds/{at}");
+    let earlier = quartermaster::ledger::UsageEvent {
+        key: key(start),
+        namespace: e.ns.clone(),
+        project: "acme".into(),
+        project_uid: st.project_uid.clone().unwrap_or_default(),
+        object_kind: "VirtualMachineSnapshot".into(),
+        object_name: "billed".into(),
+        object_uid: snap_uid.clone(),
+        meter: quartermaster::ledger::Meter::SnapshotMbSeconds,
+        quantity: 2500,
+        unit_price: "0.06".parse().unwrap(),
+        vendor_unit_price: "0.06".parse().unwrap(),
+        price_quantity: quartermaster::ledger::Meter::SnapshotMbSeconds
+            .info()
+            .priced_per,
+        currency: "USD".into(),
+        window_start: start,
+        window_end: start + 1,
+        attributes: serde_json::json!({}),
+    };
+    assert_eq!(ledger.record(&[earlier]).await.unwrap(), 1);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     snaps(&e)
         .delete("billed", &DeleteParams::default())
@@ -576,6 +608,18 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     );
     assert_eq!(row.currency, "USD");
     assert!(row.amount_nanos > 0 && row.cost_nanos > 0, "{row:?}");
+    // The earlier attempt's window stands; the next one starts at its end: nothing lost, nothing twice.
+    assert_eq!(
+        ledger.held(&key(start)).await.unwrap(),
+        Some((2500, start + 1))
+    );
+    let (rest, end) = ledger
+        .held(&key(start + 1))
+        .await
+        .unwrap()
+        .expect("billed on from the earlier window's end");
+    assert_eq!(rest, 2500 * (end - start - 1));
+    assert_eq!(row.quantity, 2500 + rest, "{row:?}");
 }
 
 /// How often the simulator restored a droplet from each snapshot, by snapshot ID.
