@@ -1584,7 +1584,15 @@ async fn network_events_are_published_once_and_show_where_the_sim_was_seen() {
         .network
         .unwrap();
     assert_eq!(net.name.as_deref(), Some("net-14"));
-    // More than a page (50) at once: the first and the last page are read, the newest still found.
+    // More than a page (50) at once, served oldest first: the first and the last page are read, so
+    // the newest are still found.
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sim/1nce/events-order", e.sim.url))
+        .json(&serde_json::json!({"oldestFirst": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
     let many: Vec<_> = (0..60)
         .map(|n| serde_json::json!({"type": "Update location", "network": format!("far-{n}"), "country": "Chile"}))
         .collect();

@@ -62,6 +62,8 @@ struct World {
     /// ICCID → its network events, oldest first.
     events: BTreeMap<String, Vec<serde_json::Value>>,
     next_event: i64,
+    /// Serve events oldest first (1NCE does not document its order; tests try both).
+    events_oldest_first: bool,
     window: (u64, u32),
 }
 
@@ -180,6 +182,7 @@ pub fn router(cfg: Arc<SimConfig>) -> Router {
         .route("/_sim/1nce/messages", get(messages))
         .route("/_sim/1nce/resets", get(resets))
         .route("/_sim/1nce/sims/{iccid}/events", post(add_events))
+        .route("/_sim/1nce/events-order", post(events_order))
         .with_state(app)
 }
 
@@ -688,10 +691,12 @@ async fn events(
     };
     let size = q.page_size.unwrap_or(10).clamp(1, 1000);
     let page = q.page.unwrap_or(1).max(1);
-    let all = w.events.get(&iccid).cloned().unwrap_or_default();
+    let mut all = w.events.get(&iccid).cloned().unwrap_or_default();
+    if !w.events_oldest_first {
+        all.reverse();
+    }
     let items: Vec<_> = all
         .iter()
-        .rev()
         .skip((page - 1) * size)
         .take(size)
         .cloned()
@@ -705,6 +710,18 @@ async fn events(
         axum::Json(items),
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct EventsOrder {
+    #[serde(rename = "oldestFirst")]
+    oldest_first: bool,
+}
+
+/// Sets the order events are served in (for tests: 1NCE does not document its own).
+async fn events_order(State(app): State<App>, axum::Json(o): axum::Json<EventsOrder>) -> Response {
+    app.world.lock().await.events_oldest_first = o.oldest_first;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(serde::Deserialize)]
