@@ -29,7 +29,7 @@ use super::{Condition, LocalObjectReference, impl_object_status};
     printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
     printcolumn(name = "Retain", type_ = "integer", json_path = ".spec.retain"),
     printcolumn(name = "Last", type_ = "date", json_path = ".status.lastSlot"),
-    printcolumn(name = "Next", type_ = "date", json_path = ".status.nextSlot"),
+    printcolumn(name = "Next", type_ = "string", json_path = ".status.nextSlot"),
     printcolumn(
         name = "Ready",
         type_ = "string",
