@@ -303,6 +303,11 @@ struct RunArgs {
     /// is a billable snapshot and costs the shared account's rate limit.
     #[arg(long, default_value_t = 3600)]
     min_snapshot_interval_secs: u64,
+    /// How often each server's outbound transfer (and, for VMs that opt in, its metrics) is read from
+    /// its vendor, in seconds, start to start. A round takes at most half of each account's rate limit,
+    /// so a large account's round may take longer than this.
+    #[arg(long, default_value_t = 3600)]
+    traffic_interval_secs: u64,
     /// How often a TokenBudget's status (consumed, reserved, remaining, cost) is refreshed from the
     /// ledger, in seconds. Enforcement does not wait for it: the gateway holds budgets itself.
     #[arg(long, default_value_t = 30)]
@@ -789,6 +794,7 @@ async fn controller_context(
                 observe_interval: Duration::from_secs(args.observe_interval_secs.max(1)),
                 sim_usage_interval: Duration::from_secs(args.sim_usage_interval_secs.max(1)),
                 min_snapshot_interval: Duration::from_secs(args.min_snapshot_interval_secs),
+                traffic_interval: Duration::from_secs(args.traffic_interval_secs.max(1)),
                 budget_status_interval: Duration::from_secs(
                     args.budget_status_interval_secs.max(1),
                 ),

@@ -54,6 +54,7 @@ fn provider(name: &str, endpoint: &str, models: &[&str]) -> ProviderConfig {
             markup_percent: Some("20".into()),
             sim_claims: vec![],
             top_up_price: None,
+            transfer_price: None,
             plans: vec![],
             models: models
                 .iter()

@@ -175,3 +175,45 @@ async fn digitalocean_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("DELETE /v2/snapshots/{id}");
 }
+
+/// Transfer and metrics: the month's public outbound bandwidth samples, and the seven monitoring
+/// series of a droplet; sizes carry their included transfer.
+#[tokio::test]
+async fn digitalocean_traffic_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, "digitalocean/DigitalOcean-public.v2.yaml");
+    let account = Account {
+        provider: ProviderType::Digitalocean,
+        endpoint: Some(prism.url.clone()),
+        credentials: "dop_v1_fake".into(),
+        rate_limit: Some((50, 10)),
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let now = 1_764_892_800;
+    let month = cloud::Month::of(now);
+    let bytes = p
+        .transfer("3164444", month, now)
+        .await
+        .expect("GET /v2/monitoring/metrics/droplet/bandwidth");
+    assert!(bytes.is_some_and(|b| b >= 0), "{bytes:?}");
+    let m = p
+        .metrics("3164444", now)
+        .await
+        .expect("GET cpu, memory_*, filesystem_*, bandwidth")
+        .expect("figures");
+    assert!(
+        m.memory_total_bytes.is_some() && m.disk_total_bytes.is_some(),
+        "{m:?}"
+    );
+    assert!(m.network_out_bps.is_some(), "{m:?}");
+    assert!(p.transfer_price().is_some());
+    let sizes = p.sizes().await.expect("GET /v2/sizes");
+    assert!(
+        sizes
+            .iter()
+            .all(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
+        "{sizes:?}"
+    );
+    // Not a droplet ID: nothing is asked.
+    assert_eq!(p.transfer("web", month, now).await.unwrap(), None);
+}

@@ -208,3 +208,40 @@ async fn vendor_linode_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("DELETE /v4/images/private/{n}");
 }
+
+/// Transfer of a month (`/transfer/{year}/{month}`) and the Linode's stats; types carry their transfer.
+#[tokio::test]
+async fn vendor_linode_traffic_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Linode,
+        endpoint: Some(prism.url.clone()),
+        credentials: "linode-fake-token".into(),
+        rate_limit: None,
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let now = 1_764_892_800;
+    let bytes = p
+        .transfer("123", cloud::Month::of(now), now)
+        .await
+        .expect("GET /v4/linode/instances/{id}/transfer/{year}/{month}");
+    assert!(bytes.is_some_and(|b| b > 0), "{bytes:?}");
+    let m = p
+        .metrics("123", now)
+        .await
+        .expect("GET /v4/linode/instances/{id}/stats")
+        .expect("figures");
+    assert!(
+        m.cpu_percent.is_some() && m.network_out_bps.is_some(),
+        "{m:?}"
+    );
+    assert_eq!(m.memory_total_bytes, None, "Linode's stats have no memory");
+    let sizes = p.sizes().await.expect("GET /v4/linode/types");
+    assert!(
+        sizes
+            .iter()
+            .any(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
+        "{sizes:?}"
+    );
+}

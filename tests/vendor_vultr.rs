@@ -195,3 +195,37 @@ async fn vendor_vultr_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("DELETE /snapshots/{id}");
 }
+
+/// An instance's daily bandwidth (`/instances/{id}/bandwidth`); plans carry their bandwidth.
+#[tokio::test]
+async fn vendor_vultr_traffic_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Vultr,
+        endpoint: Some(format!("{}/", prism.url)),
+        credentials: "VULTR-FAKE-KEY".into(),
+        rate_limit: Some((50, 10)),
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    // The document's example days are in July 2020.
+    let july = cloud::Month::parse("2020-07").unwrap();
+    let bytes = p
+        .transfer("cb676a46-66fd-4dfb-b839-443f2e6c0b60", july, july.end())
+        .await
+        .expect("GET /instances/{id}/bandwidth");
+    assert!(bytes.is_some(), "{bytes:?}");
+    assert_eq!(
+        p.metrics("cb676a46-66fd-4dfb-b839-443f2e6c0b60", 0)
+            .await
+            .unwrap(),
+        None
+    );
+    let sizes = p.sizes().await.expect("GET /plans");
+    assert!(
+        sizes
+            .iter()
+            .any(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
+        "{sizes:?}"
+    );
+}

@@ -219,6 +219,7 @@ mod tests {
             price_monthly: Decimal::new(6, 0),
             currency: "USD".into(),
             regions: regions.iter().map(|s| s.to_string()).collect(),
+            transfer_bytes: None,
         }
     }
 

@@ -786,6 +786,7 @@ impl ComputeProvider for Contabo {
                     price_monthly: monthly,
                     currency: "EUR".into(),
                     regions: Vec::new(),
+                    transfer_bytes: None,
                 }
             })
             .collect())

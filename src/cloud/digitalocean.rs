@@ -54,6 +54,23 @@ impl DigitalOcean {
         )
     }
 
+    /// One droplet metric's series over `(start, end)` (unix seconds); `None` when DigitalOcean knows no
+    /// such droplet.
+    async fn metric(
+        &self,
+        name: &str,
+        id: &str,
+        extra: &str,
+        (start, end): (i64, i64),
+    ) -> Result<Option<Vec<MetricSeries>>, CloudError> {
+        let path = format!(
+            "/v2/monitoring/metrics/droplet/{name}?host_id={id}{extra}&start={start}&end={end}"
+        );
+        let v: Option<serde_json::Value> =
+            none_if_not_found(self.api.http.json(self.req(Method::GET, &path), true).await)?;
+        Ok(v.map(|v| metric_series(&v)))
+    }
+
     /// Every page of a list endpoint (`key` is the array's name).
     async fn list<T: serde::de::DeserializeOwned>(
         &self,
@@ -103,6 +120,63 @@ struct DoSnapshot {
     created_at: Option<String>,
     #[serde(default)]
     size_gigabytes: Option<f64>,
+}
+
+/// One series of a monitoring answer: its labels and its `(unix seconds, value)` samples in time order.
+#[derive(Clone, Debug, PartialEq)]
+struct MetricSeries {
+    labels: serde_json::Value,
+    samples: Vec<(i64, f64)>,
+}
+
+/// The series of a monitoring answer (`data.result[].values[]` as `[timestamp, "value"]`).
+fn metric_series(v: &serde_json::Value) -> Vec<MetricSeries> {
+    let sample = |p: &serde_json::Value| {
+        let t = p.get(0)?.as_f64()? as i64;
+        let v = p.get(1)?;
+        let v = v.as_f64().or_else(|| v.as_str()?.parse().ok())?;
+        Some((t, v))
+    };
+    v["data"]["result"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    let mut samples: Vec<(i64, f64)> = r["values"]
+                        .as_array()
+                        .map(|vs| vs.iter().filter_map(sample).collect())
+                        .unwrap_or_default();
+                    samples.sort_by_key(|s| s.0);
+                    MetricSeries {
+                        labels: r["metric"].clone(),
+                        samples,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The last value of the root filesystem's series (`mountpoint` `/`), else of the first series.
+fn root_or_first_last(series: &[MetricSeries]) -> Option<f64> {
+    let s = series
+        .iter()
+        .find(|s| s.labels["mountpoint"] == "/")
+        .or_else(|| series.first())?;
+    s.samples.last().map(|p| p.1)
+}
+
+/// CPU busy percent over the window of DigitalOcean's per-mode CPU seconds counters: one minus the
+/// idle share of the seconds counted between the first and last samples.
+fn cpu_percent(series: &[MetricSeries]) -> Option<f64> {
+    let delta = |s: &MetricSeries| Some(s.samples.last()?.1 - s.samples.first()?.1);
+    let total: f64 = series.iter().filter_map(delta).sum();
+    let idle: f64 = series
+        .iter()
+        .filter(|s| s.labels["mode"] == "idle")
+        .filter_map(delta)
+        .sum();
+    (total > 0.0).then(|| (100.0 * (1.0 - idle / total)).clamp(0.0, 100.0))
 }
 
 /// A droplet action (`/v2/droplets/{id}/actions`).
@@ -241,6 +315,9 @@ struct DoSize {
     regions: Vec<String>,
     #[serde(default = "yes")]
     available: bool,
+    /// Outbound transfer included each month, TiB (DigitalOcean's "TB").
+    #[serde(default)]
+    transfer: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -439,6 +516,7 @@ impl ComputeProvider for DigitalOcean {
                 price_monthly: decimal_from_f64(s.price_monthly),
                 currency: "USD".into(),
                 regions: s.regions,
+                transfer_bytes: s.transfer.map(super::traffic::tib),
             })
             .collect())
     }
@@ -557,6 +635,82 @@ impl ComputeProvider for DigitalOcean {
             .to_string())
     }
 
+    /// The month's public outbound bandwidth samples (Mbps), integrated over time: DigitalOcean counts
+    /// public outbound traffic against the allowance and has no byte counter in its API.
+    async fn transfer(
+        &self,
+        server_id: &str,
+        month: super::Month,
+        now: i64,
+    ) -> Result<Option<i64>, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(None);
+        };
+        let end = now.min(month.end());
+        let series = self
+            .metric(
+                "bandwidth",
+                id,
+                "&interface=public&direction=outbound",
+                (month.start(), end),
+            )
+            .await?;
+        Ok(series.map(|s| {
+            s.iter()
+                .map(|m| {
+                    let bps: Vec<(i64, f64)> =
+                        m.samples.iter().map(|&(t, v)| (t, v * 1e6)).collect();
+                    super::traffic::integrate_bits_per_second(&bps)
+                })
+                .sum()
+        }))
+    }
+
+    /// Outbound transfer beyond the pool: US$0.01 per GiB (DigitalOcean's pricing page), per GB here.
+    fn transfer_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((
+            super::traffic::per_gib_as_per_gb(rust_decimal::Decimal::new(1, 2)),
+            "USD",
+        ))
+    }
+
+    /// CPU, memory, root filesystem and public traffic over the last ten minutes (seven calls; they
+    /// need the droplet's monitoring agent, `spec.monitoring`).
+    async fn metrics(
+        &self,
+        server_id: &str,
+        now: i64,
+    ) -> Result<Option<super::ServerMetrics>, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(None);
+        };
+        let window = (now - 600, now);
+        let Some(cpu) = self.metric("cpu", id, "", window).await? else {
+            return Ok(None);
+        };
+        let mut m = super::ServerMetrics {
+            cpu_percent: cpu_percent(&cpu),
+            ..Default::default()
+        };
+        let last = |s: Option<Vec<MetricSeries>>| s.as_deref().and_then(root_or_first_last);
+        let total = last(self.metric("memory_total", id, "", window).await?);
+        let available = last(self.metric("memory_available", id, "", window).await?);
+        m.memory_total_bytes = total;
+        m.memory_used_bytes = total.zip(available).map(|(t, a)| t - a);
+        let size = last(self.metric("filesystem_size", id, "", window).await?);
+        let free = last(self.metric("filesystem_free", id, "", window).await?);
+        m.disk_total_bytes = size;
+        m.disk_used_bytes = size.zip(free).map(|(s, f)| s - f);
+        for (direction, slot) in [
+            ("inbound", &mut m.network_in_bps),
+            ("outbound", &mut m.network_out_bps),
+        ] {
+            let extra = format!("&interface=public&direction={direction}");
+            *slot = last(self.metric("bandwidth", id, &extra, window).await?).map(|v| v * 1e6);
+        }
+        Ok(Some(m))
+    }
+
     /// Droplet snapshots: US$0.06 per GB-month (DigitalOcean's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(6, 2), "USD"))
@@ -591,6 +745,29 @@ impl ComputeProvider for DigitalOcean {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitoring_answers_become_cpu_memory_disk_and_bytes() {
+        let v = serde_json::json!({"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {"mode": "idle"}, "values": [[100, "50"], [160, "80"]]},
+            {"metric": {"mode": "user"}, "values": [[160, "40"], [100, "30"]]},
+        ]}});
+        let series = metric_series(&v);
+        assert_eq!(
+            series[1].samples,
+            vec![(100, 30.0), (160, 40.0)],
+            "sorted by time"
+        );
+        // 30 idle of 40 seconds counted: 25 % busy.
+        assert_eq!(cpu_percent(&series), Some(25.0));
+        assert_eq!(cpu_percent(&[]), None);
+        let fs = serde_json::json!({"data": {"result": [
+            {"metric": {"mountpoint": "/boot"}, "values": [[1, "5"]]},
+            {"metric": {"mountpoint": "/"}, "values": [[1, "7"], [2, "9"]]},
+        ]}});
+        assert_eq!(root_or_first_last(&metric_series(&fs)), Some(9.0));
+        assert!(metric_series(&serde_json::json!({})).is_empty());
+    }
 
     fn action(status: &str) -> DoAction {
         DoAction {

@@ -260,6 +260,38 @@ struct LinodeType {
     #[serde(default)]
     disk: u64,
     price: Price,
+    /// Outbound transfer included each month, GB.
+    #[serde(default)]
+    transfer: Option<f64>,
+}
+
+/// A Linode's transfer in one month.
+#[derive(Deserialize)]
+struct MonthTransfer {
+    #[serde(default)]
+    bytes_out: i64,
+}
+
+/// The last sample of a `[[timestamp, reading], ...]` series (a series nested one level deeper, as a
+/// mock built from Linode's document sends it, is read the same way).
+fn last_sample(series: &serde_json::Value) -> Option<f64> {
+    let last = series.as_array()?.last()?;
+    match last.get(1).and_then(serde_json::Value::as_f64) {
+        Some(v) => Some(v),
+        None => last_sample(last),
+    }
+}
+
+/// The figures of a `/stats` answer (its graphs under `data`, or at the top as Linode's document has
+/// them): CPU percent and public IPv4 bits per second.
+fn stats_metrics(v: &serde_json::Value) -> super::ServerMetrics {
+    let d = if v["data"].is_object() { &v["data"] } else { v };
+    super::ServerMetrics {
+        cpu_percent: last_sample(&d["cpu"]),
+        network_in_bps: last_sample(&d["netv4"]["in"]),
+        network_out_bps: last_sample(&d["netv4"]["out"]),
+        ..Default::default()
+    }
 }
 
 #[derive(Deserialize)]
@@ -521,6 +553,7 @@ impl ComputeProvider for Linode {
                 price_monthly: decimal_from_f64(t.price.monthly),
                 currency: "USD".into(),
                 regions: Vec::new(),
+                transfer_bytes: t.transfer.map(super::traffic::gb),
             })
             .collect())
     }
@@ -629,6 +662,45 @@ impl ComputeProvider for Linode {
         Ok(id.to_string())
     }
 
+    /// `bytes_out` of the Linode's transfer in that month (`/linode/instances/{id}/transfer/{y}/{m}`).
+    async fn transfer(
+        &self,
+        server_id: &str,
+        month: super::Month,
+        _now: i64,
+    ) -> Result<Option<i64>, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(None);
+        };
+        let path = format!(
+            "/v4/linode/instances/{id}/transfer/{}/{}",
+            month.year, month.month
+        );
+        let found: Option<MonthTransfer> =
+            none_if_not_found(self.api.http.json(self.req(Method::GET, &path), true).await)?;
+        Ok(found.map(|t| t.bytes_out))
+    }
+
+    /// Network transfer overage: US$0.005 per GB (Linode's pricing page).
+    fn transfer_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((rust_decimal::Decimal::new(5, 3), "USD"))
+    }
+
+    /// CPU and public IPv4 traffic, the latest of the last 24 hours' samples (`/stats`, one call).
+    async fn metrics(
+        &self,
+        server_id: &str,
+        _now: i64,
+    ) -> Result<Option<super::ServerMetrics>, CloudError> {
+        let Some(id) = numeric_id(server_id) else {
+            return Ok(None);
+        };
+        let path = format!("/v4/linode/instances/{id}/stats");
+        let found: Option<serde_json::Value> =
+            none_if_not_found(self.api.http.json(self.req(Method::GET, &path), true).await)?;
+        Ok(found.map(|v| stats_metrics(&v)))
+    }
+
     /// Custom images: US$0.10 per GB-month (Linode's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(10, 2), "USD"))
@@ -676,6 +748,23 @@ impl ComputeProvider for Linode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_give_the_latest_cpu_and_traffic_wrapped_or_not() {
+        let graphs = serde_json::json!({
+            "cpu": [[1, 10.0], [2, 42.5]],
+            "netv4": {"in": [[2, 800.0]], "out": [[1, 5.0], [2, 1600.0]]},
+        });
+        let want = crate::cloud::ServerMetrics {
+            cpu_percent: Some(42.5),
+            network_in_bps: Some(800.0),
+            network_out_bps: Some(1600.0),
+            ..Default::default()
+        };
+        assert_eq!(stats_metrics(&graphs), want);
+        assert_eq!(stats_metrics(&serde_json::json!({ "data": graphs })), want);
+        assert_eq!(stats_metrics(&serde_json::json!({})), Default::default());
+    }
 
     fn valid(label: &str) -> bool {
         let b = label.as_bytes();

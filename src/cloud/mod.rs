@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod stripe;
 pub mod stripe_event;
 pub mod stripe_signature;
+pub mod traffic;
 pub mod vultr;
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 
 pub use snapshot::{Snapshot, SnapshotLookup, SnapshotState, snapshot_mark};
+pub use traffic::{Month, ServerMetrics};
 
 use crate::crd::ProviderType;
 use crate::http::{HttpClient, HttpError, HttpMetrics, RetryPolicy};
@@ -211,6 +213,8 @@ pub struct Size {
     pub currency: String,
     /// Regions where it can be created (empty: unknown / all).
     pub regions: Vec<String>,
+    /// Outbound transfer included each month, bytes (`None`: the vendor states none).
+    pub transfer_bytes: Option<i64>,
 }
 
 /// An image (OS, marketplace app or snapshot).
@@ -414,6 +418,31 @@ pub trait ComputeProvider: Send + Sync {
             "{} servers cannot be restored from a snapshot in place through Quartermaster",
             self.vendor()
         )))
+    }
+    /// The server's outbound public transfer in `month` up to `now` (unix seconds), bytes, as the vendor
+    /// counts it for billing; `None` where the vendor reports none or does not know the server.
+    async fn transfer(
+        &self,
+        server_id: &str,
+        month: Month,
+        now: i64,
+    ) -> Result<Option<i64>, CloudError> {
+        let _ = (server_id, month, now);
+        Ok(None)
+    }
+    /// The vendor's price of outbound transfer beyond the included allowance, per GB (10^9 bytes), and
+    /// its currency. Not in any vendor's OpenAPI document: from their pricing pages, per client.
+    fn transfer_price(&self) -> Option<(Decimal, &'static str)> {
+        None
+    }
+    /// The server's current load as of `now` (unix seconds); `None` where the vendor reports none.
+    async fn metrics(
+        &self,
+        server_id: &str,
+        now: i64,
+    ) -> Result<Option<ServerMetrics>, CloudError> {
+        let _ = (server_id, now);
+        Ok(None)
     }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;

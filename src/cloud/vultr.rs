@@ -257,6 +257,23 @@ struct Plan {
     hourly_cost: Option<f64>,
     #[serde(default)]
     locations: Vec<String>,
+    /// Outbound transfer included each month, GB.
+    #[serde(default)]
+    bandwidth: Option<f64>,
+}
+
+/// The `outgoing_bytes` of the days of `month` in a `/bandwidth` answer (days keyed `YYYY-MM-DD`).
+fn outgoing_in(v: &serde_json::Value, month: super::Month) -> i64 {
+    let prefix = format!("{month}-");
+    v["bandwidth"]
+        .as_object()
+        .map(|days| {
+            days.iter()
+                .filter(|(day, _)| day.starts_with(&prefix))
+                .filter_map(|(_, d)| d["outgoing_bytes"].as_i64())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[derive(Deserialize)]
@@ -513,6 +530,7 @@ impl ComputeProvider for Vultr {
                     price_monthly: monthly,
                     currency: "USD".into(),
                     regions: p.locations,
+                    transfer_bytes: p.bandwidth.map(super::traffic::gb),
                 }
             })
             .collect())
@@ -636,6 +654,35 @@ impl ComputeProvider for Vultr {
         ))
     }
 
+    /// The month's days of `outgoing_bytes` (`/instances/{id}/bandwidth`, the last 30-odd days, UTC):
+    /// a month whose first days have left that window is read short (the last month is read early
+    /// in the next, so this does not happen to a controller that keeps running).
+    async fn transfer(
+        &self,
+        server_id: &str,
+        month: super::Month,
+        _now: i64,
+    ) -> Result<Option<i64>, CloudError> {
+        let Some(id) = segment_id(server_id) else {
+            return Ok(None);
+        };
+        let found: Option<serde_json::Value> = none_if_not_found(
+            self.api
+                .http
+                .json(
+                    self.req(Method::GET, &format!("/instances/{id}/bandwidth")),
+                    true,
+                )
+                .await,
+        )?;
+        Ok(found.map(|v| outgoing_in(&v, month)))
+    }
+
+    /// Bandwidth overage: US$0.01 per GB (Vultr's pricing page).
+    fn transfer_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
+        Some((rust_decimal::Decimal::new(1, 2), "USD"))
+    }
+
     /// Snapshots: US$0.05 per GB-month (Vultr's pricing page).
     fn snapshot_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(5, 2), "USD"))
@@ -666,6 +713,31 @@ impl ComputeProvider for Vultr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_months_outgoing_bytes_are_its_days_only() {
+        let v = serde_json::json!({"bandwidth": {
+            "2026-11-30": {"incoming_bytes": 1, "outgoing_bytes": 100},
+            "2026-12-01": {"incoming_bytes": 1, "outgoing_bytes": 20},
+            "2026-12-02": {"incoming_bytes": 1, "outgoing_bytes": 3},
+        }});
+        let dec = crate::cloud::Month {
+            year: 2026,
+            month: 12,
+        };
+        assert_eq!(outgoing_in(&v, dec), 23);
+        assert_eq!(
+            outgoing_in(
+                &v,
+                crate::cloud::Month {
+                    year: 2026,
+                    month: 11
+                }
+            ),
+            100
+        );
+        assert_eq!(outgoing_in(&serde_json::json!({}), dec), 0);
+    }
 
     #[test]
     fn image_refs() {

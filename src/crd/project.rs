@@ -91,6 +91,10 @@ pub struct ProjectSpec {
     /// What deleting the project does while it still has members.
     #[serde(default)]
     pub deletion_policy: ProjectDeletionPolicy,
+    /// Export CPU, memory, disk and network figures of every member VM as Prometheus series (as a VM's
+    /// own `spec.metrics` does for one VM).
+    #[serde(default)]
+    pub vm_metrics: bool,
 }
 
 fn default_grace() -> u32 {
@@ -222,5 +226,22 @@ pub struct ProjectStatus {
     /// Whether `spec.subscriptionRef` entitles the project (unset without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entitlement: Option<EntitlementStatus>,
+    /// This month's outbound transfer of the member VMs and their allowances, summed from their status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<ProjectTransfer>,
 }
 impl_object_status!(ProjectStatus);
+
+/// The member VMs' outbound transfer in one calendar month (UTC).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectTransfer {
+    /// The month (UTC, `YYYY-MM`).
+    pub month: String,
+    /// Outbound transfer of the member VMs this month, bytes.
+    pub outbound_bytes: i64,
+    /// The allowances of those of them whose size states one, bytes.
+    pub allowance_bytes: i64,
+    /// Transfer beyond each VM's own allowance, billed, bytes.
+    pub overage_bytes: i64,
+}

@@ -108,6 +108,12 @@ pub struct ProviderConfigSpec {
     /// tenant pays it plus `markupPercent`. Unset: top-ups are recorded unpriced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_up_price: Option<Money>,
+    /// Compute accounts: the price per GB (10^9 bytes) of outbound transfer beyond a server's monthly
+    /// allowance that tenants are billed (plus `markupPercent`). Unset: the vendor's published overage
+    /// price (DigitalOcean US$0.01/GiB, Linode US$0.005/GB, Vultr US$0.01/GB; Contabo reports no
+    /// transfer). The account's actual overage, pooled across its servers, is recorded as vendor cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_price: Option<Money>,
     /// Stripe accounts: the plans tenants subscribe to by name (a Subscription's `plan`), each with its
     /// Stripe price and what it entitles. Kept here because a price belongs to one Stripe account, and
     /// only platform admins may write a cluster-scoped ProviderConfig.

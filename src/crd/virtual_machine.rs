@@ -45,6 +45,12 @@ use super::{
         priority = "1"
     ),
     printcolumn(
+        name = "Transfer%",
+        type_ = "integer",
+        json_path = ".status.transfer.usedPercent",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -126,6 +132,12 @@ pub struct VirtualMachineSpec {
     /// before any create.
     #[serde(default)]
     pub monitoring: bool,
+    /// Export this server's CPU, memory, disk and network figures, read from its vendor's monitoring
+    /// API, as Prometheus series labelled by the VM's UID (also on for every VM of a Project whose
+    /// `spec.vmMetrics` is true). Off by default, so the series count stays bounded. DigitalOcean needs
+    /// `monitoring: true` for memory and disk; Vultr and Contabo report none.
+    #[serde(default)]
+    pub metrics: bool,
     /// A Linode StackScript run at create, with its user-defined fields (Linode only; the others refuse
     /// it before any create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -390,6 +402,38 @@ pub struct VirtualMachineStatus {
     /// size (the server stays at its size, in the power state `runStrategy` asks for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_refused: Option<ResizeRefusal>,
+    /// This month's outbound transfer as the vendor counts it, the size's allowance, and how far it is
+    /// billed (transfer beyond the allowance is billed at the ProviderConfig's transfer price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<VmTransfer>,
+}
+
+/// A server's outbound transfer in one calendar month (UTC) and its metering.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VmTransfer {
+    /// The month (UTC, `YYYY-MM`).
+    pub month: String,
+    /// Outbound public transfer this month as the vendor last reported it, bytes.
+    pub outbound_bytes: i64,
+    /// Transfer the server's size includes each month, bytes; absent when the vendor states none (all
+    /// transfer is then recorded as included, and none is billed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowance_bytes: Option<i64>,
+    /// The outbound transfer in percent of the allowance (whole percent, rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_percent: Option<i64>,
+    /// When the vendor's figure was read (RFC 3339).
+    pub read_at: String,
+    /// Transfer within the allowance already recorded to the ledger, bytes.
+    pub included_billed: i64,
+    /// Transfer beyond the allowance already billed, bytes.
+    pub overage_billed: i64,
+    /// When the billed figures were read (unix seconds): the start of the next usage window.
+    pub billed_at: i64,
+    /// The allowance thresholds (80, 100 percent) already announced this month by a Warning Event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warned: Vec<u32>,
 }
 
 /// A resize the vendor refused.

@@ -114,6 +114,10 @@ pub enum Meter {
     VmReleases,
     /// Snapshot storage: megabytes held for seconds (priced per GB-month of 730 hours).
     SnapshotMbSeconds,
+    /// Outbound server transfer, bytes (priced per GB of 10^9 bytes): within a server's monthly
+    /// allowance at no charge, beyond it at the ProviderConfig's transfer price; an account's pooled
+    /// overage as the vendor's cost.
+    TransferBytes,
 }
 
 /// What the ledger knows of a meter: its stored name, the unit of its quantities, and how many units a
@@ -131,7 +135,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 9] = [
+pub const METERS: [MeterInfo; 10] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -186,6 +190,12 @@ pub const METERS: [MeterInfo; 9] = [
         unit: "MB-second",
         // A GB-month: 1,000 MB for 730 hours.
         priced_per: 1000 * 730 * 3600,
+    },
+    MeterInfo {
+        meter: Meter::TransferBytes,
+        name: "transfer_bytes",
+        unit: "byte",
+        priced_per: 1_000_000_000,
     },
 ];
 

@@ -242,6 +242,27 @@ impl Ledger {
         Ok(row)
     }
 
+    /// The quantities recorded under keys starting with `prefix`, summed (0: none): where a counter whose
+    /// cursor lives in the ledger itself stands.
+    pub async fn held_total(&self, prefix: &str) -> Result<i64, LedgerError> {
+        let sql = "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM usage_events \
+                   WHERE idempotency_key LIKE $1 ESCAPE '\\'";
+        // The prefix is matched as it is: a key's `_` or `%` is no wildcard.
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let total: (i64,) = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(pattern)
+            .fetch_one(p)
+            .await
+            .map_err(db("summing events"))?);
+        Ok(total.0)
+    }
+
     /// Keeps Stripe webhook event `id`; false when it was kept before (a redelivery).
     pub async fn record_stripe_event(&self, id: &str, kind: &str) -> Result<bool, LedgerError> {
         let now = jiff::Timestamp::now().as_second();

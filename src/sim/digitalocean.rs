@@ -27,9 +27,9 @@ use super::{SimConfig, error};
 type Shared = Arc<Mutex<Store>>;
 
 #[derive(Clone)]
-struct AppState {
-    store: Shared,
-    cfg: Arc<SimConfig>,
+pub(crate) struct AppState {
+    pub(crate) store: Shared,
+    pub(crate) cfg: Arc<SimConfig>,
 }
 
 /// The router for the DigitalOcean API subset.
@@ -53,6 +53,10 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             "/v2/tags/{tag}/resources",
             post(tag_resources).delete(untag_resources),
         )
+        .route(
+            "/v2/monitoring/metrics/droplet/{metric}",
+            get(super::monitoring::droplet_metric),
+        )
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
@@ -68,6 +72,11 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/_sim/revoke-token", post(revoke_token))
         // Every snapshot as the simulator keeps it (with how often it was restored from).
         .route("/_sim/snapshots", get(sim_snapshots))
+        // A droplet's public outbound transfer this month, as its bandwidth samples will add up to.
+        .route(
+            "/_sim/droplets/{id}/transfer",
+            post(super::monitoring::set_transfer),
+        )
         .with_state(AppState { store, cfg })
 }
 
@@ -125,7 +134,7 @@ fn unauthorized(headers: &HeaderMap, cfg: &SimConfig) -> Option<Response> {
 }
 
 /// (slug, vcpus, memory MiB, disk GiB, monthly USD, hourly USD) — DigitalOcean's published basic droplets.
-const SIZES: &[(&str, u32, u64, u64, f64, f64)] = &[
+pub(crate) const SIZES: &[(&str, u32, u64, u64, f64, f64)] = &[
     ("s-1vcpu-512mb-10gb", 1, 512, 10, 4.0, 0.00595),
     ("s-1vcpu-1gb", 1, 1024, 25, 6.0, 0.00893),
     ("s-1vcpu-2gb", 1, 2048, 50, 12.0, 0.01786),
@@ -323,6 +332,7 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
             backups: b.backups,
             vpc_uuid: b.vpc_uuid,
             monitoring: b.monitoring,
+            transfer_bytes: 0,
             created_at: jiff::Timestamp::now().to_string(),
             pending: Some(Pending {
                 at_ms: now_ms() + provision,
@@ -455,7 +465,7 @@ fn unprocessable(message: &str) -> Response {
     )
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",

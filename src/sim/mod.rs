@@ -11,6 +11,7 @@
 //! `http://127.0.0.1:PORT/v1`, the gateway's upstream ([`openai`]).
 
 pub mod digitalocean;
+mod monitoring;
 pub mod onence;
 pub mod openai;
 mod state;

@@ -45,6 +45,9 @@ pub(crate) struct SimDroplet {
     /// The monitoring agent asked for at create.
     #[serde(default)]
     pub monitoring: bool,
+    /// Public outbound transfer this month, bytes (set by tests through `/_sim/droplets/{id}/transfer`).
+    #[serde(default)]
+    pub transfer_bytes: i64,
 }
 
 /// A simulated droplet snapshot: taken (listed) once `ready_at_ms` has passed.
@@ -422,6 +425,7 @@ mod tests {
             pending,
             vpc_uuid: None,
             monitoring: false,
+            transfer_bytes: 0,
         }
     }
 

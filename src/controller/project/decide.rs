@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::entitlement::Entitlement;
 use super::{Members, stopped, summarize};
 use crate::crd::conditions::{Health, reason};
+use crate::crd::project::ProjectTransfer;
 use crate::crd::project::{CreditExhaustedPolicy, EntitlementLostPolicy, ProjectSpec};
 use crate::crd::{ProjectStatus, project::ProjectMembers};
 use crate::ledger::{format_amount, format_money, format_rounded};
@@ -66,6 +67,7 @@ pub fn decide(i: Inputs) -> Decision {
         month_to_date_cost_rounded: i.previous.month_to_date_cost_rounded.clone(),
         credit_balance: i.previous.credit_balance.clone(),
         credit_balance_rounded: i.previous.credit_balance_rounded.clone(),
+        transfer: transfer_of(i.members, i.now),
         ..Default::default()
     };
     if let Some(m) = i.money {
@@ -117,6 +119,28 @@ pub fn decide(i: Inputs) -> Decision {
     }
 }
 
+/// The member VMs' outbound transfer this month (UTC), summed from their status; `None` when none of
+/// them has a figure for this month.
+pub fn transfer_of(members: &Members, now: i64) -> Option<ProjectTransfer> {
+    let month = crate::cloud::Month::of(now).to_string();
+    let mut sum: Option<ProjectTransfer> = None;
+    for t in members
+        .vms
+        .iter()
+        .filter_map(|vm| vm.status.as_ref()?.transfer.as_ref())
+        .filter(|t| t.month == month)
+    {
+        let s = sum.get_or_insert_with(|| ProjectTransfer {
+            month: month.clone(),
+            ..Default::default()
+        });
+        s.outbound_bytes += t.outbound_bytes;
+        s.allowance_bytes += t.allowance_bytes.unwrap_or(0);
+        s.overage_bytes += t.overage_billed;
+    }
+    sum
+}
+
 fn count_message(counts: &ProjectMembers, spec: &ProjectSpec) -> String {
     let mut message = format!(
         "{} virtual machines, {} SIM cards",
@@ -151,6 +175,52 @@ fn not_entitled(spec: &ProjectSpec, subscription: &str, why: &str, pending: bool
 mod tests {
     use super::*;
     use crate::crd::project::EntitlementStatus;
+
+    #[test]
+    fn the_projects_transfer_sums_its_vms_this_month_only() {
+        use crate::crd::virtual_machine::VmTransfer;
+        let vm = |month: &str, out: i64, allowance: Option<i64>, over: i64| {
+            let mut vm: crate::crd::VirtualMachine = serde_json::from_value(serde_json::json!({
+                "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": "web", "namespace": "a"},
+                "spec": {"providerConfigRef": {"name": "do"}, "region": "r", "size": "s", "image": "i"}
+            }))
+            .unwrap();
+            vm.status.get_or_insert_with(Default::default).transfer = Some(VmTransfer {
+                month: month.into(),
+                outbound_bytes: out,
+                allowance_bytes: allowance,
+                overage_billed: over,
+                ..Default::default()
+            });
+            std::sync::Arc::new(vm)
+        };
+        let now = 1_764_892_800; // 2025-12-05
+        let members = Members {
+            vms: vec![
+                vm("2025-12", 700, Some(1000), 0),
+                vm("2025-12", 1500, Some(1000), 500),
+                vm("2025-12", 30, None, 0),
+                vm("2025-11", 9999, Some(1), 9998),
+            ],
+            sims: Vec::new(),
+        };
+        let t = transfer_of(&members, now).unwrap();
+        assert_eq!(
+            (
+                t.month.as_str(),
+                t.outbound_bytes,
+                t.allowance_bytes,
+                t.overage_bytes
+            ),
+            ("2025-12", 2230, 2000, 500)
+        );
+        let none = Members {
+            vms: Vec::new(),
+            sims: Vec::new(),
+        };
+        assert_eq!(transfer_of(&none, now), None);
+    }
 
     fn spec(policy: &str) -> ProjectSpec {
         serde_json::from_value(serde_json::json!({

@@ -64,6 +64,8 @@ pub struct ControllerConfig {
     pub sim_usage_interval: Duration,
     /// The shortest interval a snapshot policy's schedule may have (each slot is a billable snapshot).
     pub min_snapshot_interval: Duration,
+    /// How often each server's outbound transfer (and opted-in metrics) is read from its vendor.
+    pub traffic_interval: Duration,
     /// How often a Subscription whose plan bills usage through Stripe reports its Project's new usage.
     pub stripe_usage_interval: Duration,
     /// How often a TokenBudget's status is refreshed from the ledger (consumed, reserved, remaining).
@@ -107,6 +109,7 @@ impl Default for ControllerConfig {
             observe_interval: Duration::from_secs(55),
             sim_usage_interval: Duration::from_secs(3600),
             min_snapshot_interval: Duration::from_secs(3600),
+            traffic_interval: Duration::from_secs(3600),
             stripe_usage_interval: Duration::from_secs(300),
             budget_status_interval: Duration::from_secs(30),
             concurrency: Concurrency::default(),

@@ -1292,6 +1292,7 @@ mod tests {
             price_monthly: m.parse().unwrap(),
             currency: cur.into(),
             regions: vec![],
+            transfer_bytes: None,
         };
         Catalog {
             sizes: vec![

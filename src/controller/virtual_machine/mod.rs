@@ -30,6 +30,8 @@ pub mod observe;
 pub mod read;
 pub mod release;
 pub mod restore;
+pub mod traffic;
+pub mod transfer;
 mod wire;
 
 use std::sync::Arc;
@@ -219,7 +221,11 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         if matches!(&result, Ok(o) if matches!(o.health, Health::Ready { .. })) {
             restore::requested(&ctx, &vm, progress).await?;
         }
-        result
+        // Whatever the spec's step came to, the server's transfer is metered.
+        let metered = transfer::meter(&ctx, &vm, &uid, progress).await;
+        let outcome = result?;
+        metered?;
+        Ok(outcome)
     }
 
     /// Paused: the server is still observed and metered, and stopped under a credit stop; nothing the
@@ -244,6 +250,7 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
         let d = decide::observe(&inputs(&ctx, &vm, &uid, &obs, &progress.status));
         let mut result = act::act(&ctx, &vm, &uid, &obs, d, progress, &mut events).await;
         announce(&ctx, &vm, &mut result, events).await;
+        transfer::meter(&ctx, &vm, &uid, progress).await?;
         Ok(Some(PausedOutcome {
             health: None,
             requeue_after: result?.resync_at_most,
@@ -261,6 +268,8 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Cleanup, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
+        // Transfer the last round read is billed before the server goes.
+        transfer::meter(&ctx, &vm, &uid, progress).await?;
         let released = release::release(&ctx, &vm, &uid, &progress.status).await;
         settle(
             &ctx,

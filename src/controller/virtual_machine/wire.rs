@@ -87,4 +87,9 @@ pub fn wire(w: &mut Wiring) {
     w.run(vm, VirtualMachineReconciler);
     let ctx = w.ctx().clone();
     w.task(super::observe::run(ctx));
+    let ctx = w.ctx().clone();
+    let series = super::traffic::Series::new(ctx.state::<super::traffic::Traffic>());
+    // Registered once per process (a second runtime on the same Context keeps the first's).
+    let _ = ctx.metrics.registry().register(Box::new(series));
+    w.task(super::traffic::run(ctx));
 }

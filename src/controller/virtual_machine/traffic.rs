@@ -1,0 +1,375 @@
+//! Server figures gathered per account: every `traffic_interval` (start to start), each compute
+//! account's servers that VMs hold are asked, one after another, for their outbound transfer this month
+//! (one call each; the last month's too while a VM's status still counts it, for its final figure) and,
+//! for the VMs that opt in (`spec.metrics`, or their Project's `spec.vmMetrics`), for their load. The
+//! figures are kept in memory ([`Traffic`]); a VM whose transfer moved is woken to meter it
+//! ([`transfer`](super::transfer)), and the opted-in load is exported as Prometheus series labelled by
+//! the VM's UID (never a tenant's name).
+//!
+//! **Rate.** A round spends at most half of the account's client-side rate limit (the other half is the
+//! reconciles'): calls are spaced `2 / rate` seconds apart. At DigitalOcean's 5,000 calls an hour,
+//! 10,000 droplets take about 5.5 hours a round; the interval then only says how soon a round starts
+//! again. An account without a stated limit (an endpoint override) is paced by its own 429s.
+//!
+//! **The account's vendor cost.** After a round, the account's pooled overage (its servers' transfer
+//! beyond their summed allowances) is recorded as the vendor's cost, so margins stay true: a counter
+//! whose cursor is the ledger itself ([`Ledger::held_total`](crate::ledger::Ledger::held_total)).
+//!
+//! Runs only while this replica leads. Reading is not changing: a suspended account is read too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use crate::cloud::{ComputeProvider, Month, ServerMetrics};
+use crate::controller::Context;
+use crate::controller::provider_config::is_compute;
+use crate::crd::{Project, ProviderConfig, VirtualMachine};
+
+/// What was last read of one VM's server.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figures {
+    /// The server these figures are of.
+    pub server_id: String,
+    /// When they were read (unix seconds).
+    pub read_at: i64,
+    /// Outbound transfer per month, bytes, oldest first: the month the VM's status counts, when it is
+    /// an earlier one (its final figure), then this month.
+    pub months: Vec<(Month, i64)>,
+    /// The monthly allowance of the server's size, bytes, when the vendor states one.
+    pub allowance_bytes: Option<i64>,
+    /// The server's load, for VMs that opt in and vendors that report it.
+    pub metrics: Option<ServerMetrics>,
+    /// The tenant's price per GB beyond the allowance ([`tenant_price`](super::transfer::tenant_price)).
+    pub price: Option<crate::ledger::metering::Price>,
+}
+
+/// The latest figures per VM UID (a [`KindState`](crate::controller::runtime::state::KindState) of
+/// the VM kind): deleted VMs are forgotten, with their series.
+#[derive(Default)]
+pub struct Traffic {
+    figures: Mutex<HashMap<String, Figures>>,
+}
+
+impl crate::controller::runtime::state::KindState for Traffic {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            lock(&self.figures).remove(uid);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Traffic {
+    /// The figures last read for VM `uid`.
+    pub fn figures(&self, uid: &str) -> Option<Figures> {
+        lock(&self.figures).get(uid).cloned()
+    }
+
+    /// Keeps `f` for VM `uid`; true when its transfer differs from what was kept before.
+    pub fn keep(&self, uid: &str, f: Figures) -> bool {
+        let mut m = lock(&self.figures);
+        let moved = m.get(uid).is_none_or(|old| old.months != f.months);
+        m.insert(uid.to_string(), f);
+        moved
+    }
+
+    /// The figures of every VM whose load was read (the opted-in ones), by UID.
+    pub fn loads(&self) -> Vec<(String, Figures)> {
+        lock(&self.figures)
+            .iter()
+            .filter(|(_, f)| f.metrics.is_some())
+            .map(|(uid, f)| (uid.clone(), f.clone()))
+            .collect()
+    }
+}
+
+/// Gathers every compute account's figures every `traffic_interval`. Never returns (it ends with the
+/// controllers).
+pub async fn run(ctx: Arc<Context>) {
+    let period = ctx.config.traffic_interval;
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = gather_all(&ctx).await {
+            tracing::warn!(error = %e, "gathering server figures failed; trying again next interval");
+        }
+    }
+}
+
+/// One round over every compute account; the accounts side by side, each account's servers one after
+/// another.
+pub async fn gather_all(ctx: &Arc<Context>) -> Result<(), super::Error> {
+    let caches = ctx.caches()?;
+    let vms = caches.store::<VirtualMachine>()?.state();
+    let projects = caches.store::<Project>()?;
+    let rounds = caches
+        .store::<ProviderConfig>()?
+        .state()
+        .into_iter()
+        .filter(|pc| is_compute(pc.spec.type_) && pc.metadata.deletion_timestamp.is_none())
+        .map(|pc| {
+            let name = pc.name_any();
+            let mine: Vec<Arc<VirtualMachine>> = vms
+                .iter()
+                .filter(|vm| holds_server_of(vm, &name))
+                .cloned()
+                .collect();
+            let opted: Vec<bool> = mine.iter().map(|vm| opted_in(vm, projects)).collect();
+            async move {
+                if let Err(e) = gather_account(ctx, &pc, &mine, &opted).await {
+                    let message = e.to_string();
+                    if ctx.first_warning(&format!("traffic/{name}"), &message) {
+                        tracing::warn!(provider_config = %name, error = %message, "cannot read the account's server figures; transfer is metered from the next round that can");
+                    }
+                } else {
+                    ctx.first_warning(&format!("traffic/{name}"), "");
+                }
+            }
+        });
+    futures::future::join_all(rounds).await;
+    Ok(())
+}
+
+/// Whether `vm` holds a server in account `pc`.
+fn holds_server_of(vm: &VirtualMachine, pc: &str) -> bool {
+    vm.status
+        .as_ref()
+        .is_some_and(|s| s.external_id.is_some() && s.provider_config.as_deref() == Some(pc))
+}
+
+/// Whether `vm`'s load is exported: its own `spec.metrics`, or its Project's `spec.vmMetrics`.
+pub fn opted_in(vm: &VirtualMachine, projects: &kube::runtime::reflector::Store<Project>) -> bool {
+    vm.spec.metrics
+        || vm.spec.project_ref.as_ref().is_some_and(|p| {
+            let key =
+                ObjectRef::<Project>::new(&p.name).within(&vm.namespace().unwrap_or_default());
+            projects.get(&key).is_some_and(|p| p.spec.vm_metrics)
+        })
+}
+
+/// One account's round: each server's transfer (and opted-in load), paced to half the account's rate;
+/// then the account's pooled overage as vendor cost.
+async fn gather_account(
+    ctx: &Arc<Context>,
+    pc: &ProviderConfig,
+    vms: &[Arc<VirtualMachine>],
+    opted: &[bool],
+) -> Result<(), super::Error> {
+    if vms.is_empty() {
+        return Ok(());
+    }
+    let resolved = ctx.providers.account_for_reading(ctx, pc).await?;
+    let provider = ctx.providers.compute(ctx, &resolved).await?;
+    let catalog = super::read::catalog(ctx, &resolved, &*provider).await.ok();
+    let gap = resolved
+        .account
+        .rate_limit
+        .map(|(rps, _)| Duration::from_secs_f64(2.0 / f64::from(rps.max(1))));
+    let price = super::transfer::tenant_price(pc, &*provider);
+    let traffic = ctx.state::<Traffic>();
+    let mut pool = Pool::default();
+    for (vm, &metrics) in vms.iter().zip(opted) {
+        let Some(uid) = vm.uid() else { continue };
+        let st = vm.status.as_ref();
+        let id = st.and_then(|s| s.external_id.clone()).unwrap_or_default();
+        let allowance = catalog.as_ref().and_then(|c| {
+            let size = st.and_then(|s| s.size.clone())?;
+            c.size(&size)?.transfer_bytes
+        });
+        let counted = st
+            .and_then(|s| s.transfer.as_ref())
+            .and_then(|t| Month::parse(&t.month));
+        let Some(mut f) = read_server(&*provider, &id, counted, allowance, metrics, gap).await?
+        else {
+            continue;
+        };
+        f.price = price.clone();
+        pool.add(&f);
+        if traffic.keep(&uid, f) {
+            ctx.wake(ObjectRef::from_obj(&**vm));
+        }
+    }
+    super::transfer::record_pool_cost(ctx, pc, &*provider, &pool).await
+}
+
+/// One server's figures; `None` when its vendor reports no transfer for it (Contabo, or a server it
+/// does not know).
+async fn read_server(
+    provider: &dyn ComputeProvider,
+    id: &str,
+    counted: Option<Month>,
+    allowance_bytes: Option<i64>,
+    metrics: bool,
+    gap: Option<Duration>,
+) -> Result<Option<Figures>, super::Error> {
+    let now = jiff::Timestamp::now().as_second();
+    let this = Month::of(now);
+    let mut months = Vec::new();
+    for month in counted.filter(|m| *m < this).into_iter().chain([this]) {
+        pace(gap).await;
+        let read = provider
+            .transfer(id, month, now)
+            .await
+            .map_err(super::Error::vendor("read a server's transfer"))?;
+        match read {
+            Some(bytes) => months.push((month, bytes)),
+            None => return Ok(None),
+        }
+    }
+    let metrics = if metrics {
+        pace(gap).await;
+        // Opted in: exported even where the vendor reports no load (its transfer, at least).
+        let load = provider
+            .metrics(id, now)
+            .await
+            .map_err(super::Error::vendor("read a server's metrics"))?;
+        Some(load.unwrap_or_default())
+    } else {
+        None
+    };
+    Ok(Some(Figures {
+        server_id: id.to_string(),
+        read_at: now,
+        months,
+        allowance_bytes,
+        metrics,
+        price: None,
+    }))
+}
+
+async fn pace(gap: Option<Duration>) {
+    if let Some(gap) = gap {
+        tokio::time::sleep(gap).await;
+    }
+}
+
+/// An account's transfer this month over the servers a round read, and their summed allowances.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pool {
+    /// The month.
+    pub month: Option<Month>,
+    /// Outbound bytes of the servers read.
+    pub outbound_bytes: i64,
+    /// Their allowances, bytes.
+    pub allowance_bytes: i64,
+}
+
+impl Pool {
+    fn add(&mut self, f: &Figures) {
+        if let Some(&(month, bytes)) = f.months.last() {
+            self.month = Some(month);
+            self.outbound_bytes += bytes;
+            self.allowance_bytes += f.allowance_bytes.unwrap_or(0);
+        }
+    }
+
+    /// Transfer beyond the pooled allowance, bytes.
+    pub fn overage(&self) -> i64 {
+        (self.outbound_bytes - self.allowance_bytes).max(0)
+    }
+}
+
+/// The opted-in VMs' figures as Prometheus series, labelled by the VM's UID only (a tenant's names
+/// never become labels), built from [`Traffic`] at each scrape: a VM that is deleted or opts out is
+/// gone from the next scrape.
+pub struct Series {
+    traffic: Arc<Traffic>,
+    cpu: prometheus::GaugeVec,
+    memory: prometheus::GaugeVec,
+    disk: prometheus::GaugeVec,
+    network: prometheus::GaugeVec,
+    transfer: prometheus::GaugeVec,
+}
+
+impl Series {
+    /// The series of `traffic`.
+    pub fn new(traffic: Arc<Traffic>) -> Self {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+                .expect("valid metric")
+        };
+        Self {
+            traffic,
+            cpu: gauge(
+                "quartermaster_vm_cpu_percent",
+                "CPU used by an opted-in VM's server, percent of its vCPUs (vendor monitoring).",
+                &["vm_uid"],
+            ),
+            memory: gauge(
+                "quartermaster_vm_memory_bytes",
+                "Memory of an opted-in VM's server, used and total (vendor monitoring).",
+                &["vm_uid", "state"],
+            ),
+            disk: gauge(
+                "quartermaster_vm_disk_bytes",
+                "Root filesystem of an opted-in VM's server, used and total (vendor monitoring).",
+                &["vm_uid", "state"],
+            ),
+            network: gauge(
+                "quartermaster_vm_network_bits_per_second",
+                "Public traffic of an opted-in VM's server, inbound and outbound (vendor monitoring).",
+                &["vm_uid", "direction"],
+            ),
+            transfer: gauge(
+                "quartermaster_vm_transfer_month_bytes",
+                "Outbound transfer of an opted-in VM's server this month, as its vendor counts it.",
+                &["vm_uid"],
+            ),
+        }
+    }
+
+    fn families(&self) -> [&prometheus::GaugeVec; 5] {
+        [
+            &self.cpu,
+            &self.memory,
+            &self.disk,
+            &self.network,
+            &self.transfer,
+        ]
+    }
+}
+
+impl prometheus::core::Collector for Series {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.families().into_iter().flat_map(|g| g.desc()).collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        for g in self.families() {
+            g.reset();
+        }
+        let set = |g: &prometheus::GaugeVec, labels: &[&str], v: Option<f64>| {
+            if let Some(v) = v {
+                g.with_label_values(labels).set(v);
+            }
+        };
+        for (uid, f) in self.traffic.loads() {
+            let u = uid.as_str();
+            let m = f.metrics.unwrap_or_default();
+            set(&self.cpu, &[u], m.cpu_percent);
+            set(&self.memory, &[u, "used"], m.memory_used_bytes);
+            set(&self.memory, &[u, "total"], m.memory_total_bytes);
+            set(&self.disk, &[u, "used"], m.disk_used_bytes);
+            set(&self.disk, &[u, "total"], m.disk_total_bytes);
+            set(&self.network, &[u, "inbound"], m.network_in_bps);
+            set(&self.network, &[u, "outbound"], m.network_out_bps);
+            set(
+                &self.transfer,
+                &[u],
+                f.months.last().map(|&(_, b)| b as f64),
+            );
+        }
+        self.families()
+            .into_iter()
+            .flat_map(|g| g.collect())
+            .collect()
+    }
+}
