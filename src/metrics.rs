@@ -23,6 +23,12 @@ pub struct Metrics {
     pub recreates_after_intent: prometheus::IntCounter,
     /// Whole-account server listings (drift observation).
     pub account_listings: prometheus::IntCounter,
+    /// Rounds of reading every account's server figures (transfer, opted-in load) completed.
+    pub traffic_rounds: prometheus::IntCounter,
+    /// Servers whose figures a round read.
+    pub traffic_reads: prometheus::IntCounter,
+    /// How long the last round took, seconds.
+    pub traffic_round_seconds: prometheus::Gauge,
     /// Account listings that failed, per ProviderConfig (credentials unreadable or refused, vendor down).
     pub account_listing_failures: IntCounterVec,
     /// Start (unix seconds) of the oldest among the accounts' latest listings: now minus this is the age
@@ -109,6 +115,21 @@ impl Metrics {
                 "Reconciles that panicked; the panic was contained to the object, which is Stalled InternalError.",
             ),
             &["kind"],
+        )
+        .expect("valid metric");
+        let traffic_rounds = prometheus::IntCounter::new(
+            "quartermaster_traffic_rounds_total",
+            "Rounds of reading every compute account's server figures (transfer, opted-in metrics) completed.",
+        )
+        .expect("valid metric");
+        let traffic_reads = prometheus::IntCounter::new(
+            "quartermaster_traffic_reads_total",
+            "Servers whose transfer (and opted-in metrics) a round read.",
+        )
+        .expect("valid metric");
+        let traffic_round_seconds = prometheus::Gauge::new(
+            "quartermaster_traffic_round_seconds",
+            "How long the last round of reading server figures took (it spends at most half of each account's rate limit).",
         )
         .expect("valid metric");
         let account_listings = prometheus::IntCounter::new(
@@ -258,6 +279,9 @@ impl Metrics {
             Box::new(reconcile_panics.clone()),
             Box::new(recreates_after_intent.clone()),
             Box::new(account_listings.clone()),
+            Box::new(traffic_rounds.clone()),
+            Box::new(traffic_reads.clone()),
+            Box::new(traffic_round_seconds.clone()),
             Box::new(account_listing_failures.clone()),
             Box::new(oldest_listing.clone()),
             Box::new(stream_records.clone()),
@@ -283,6 +307,9 @@ impl Metrics {
             reconcile_panics,
             recreates_after_intent,
             account_listings,
+            traffic_rounds,
+            traffic_reads,
+            traffic_round_seconds,
             account_listing_failures,
             oldest_listing,
             stream_records,

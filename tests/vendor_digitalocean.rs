@@ -214,6 +214,13 @@ async fn digitalocean_traffic_requests_validate_against_the_spec() {
             .all(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
         "{sizes:?}"
     );
+    // Weekly backups: 20 % of the size's price.
+    assert!(
+        sizes
+            .iter()
+            .all(|s| s.backup_price == Some(cloud::backup_share(s.price_hourly, s.price_monthly))),
+        "{sizes:?}"
+    );
     // Not a droplet ID: nothing is asked.
     assert_eq!(p.transfer("web", month, now).await.unwrap(), None);
 }

@@ -244,4 +244,11 @@ async fn vendor_linode_traffic_requests_validate_against_the_spec() {
             .any(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
         "{sizes:?}"
     );
+    // The Backup service's price per type (its `addons`), and whether a Linode has it on.
+    assert!(sizes.iter().any(|s| s.backup_price.is_some()), "{sizes:?}");
+    let server = p.get("123").await.expect("GET /v4/linode/instances/{id}");
+    assert!(
+        server.is_some_and(|s| s.backups.is_some()),
+        "backups.enabled is read"
+    );
 }

@@ -228,4 +228,5 @@ async fn vendor_vultr_traffic_requests_validate_against_the_spec() {
             .any(|s| s.transfer_bytes.is_some_and(|b| b > 0)),
         "{sizes:?}"
     );
+    assert!(sizes.iter().all(|s| s.backup_price.is_some()), "{sizes:?}");
 }

@@ -793,3 +793,37 @@ async fn a_namespace_that_lost_its_account_still_meters_and_cleans_up() {
     assert!(e.droplet(&id).await.is_none(), "the server outlived its VM");
     assert!(metered_seconds(&l, &e.ns, "web").await >= 1);
 }
+
+/// `backups: true` costs the vendor's surcharge (DigitalOcean: 20 % of the droplet): in the prices the
+/// VM shows (the metering window takes its hourly price, see the decide table) and the spend its
+/// Project admits.
+#[tokio::test]
+async fn backups_are_billed_at_the_vendors_surcharge_and_admitted_with_it() {
+    let e = env("vmbackups", |_| {}, true).await;
+    e.apply_project(
+        "acme",
+        serde_json::json!({"currency": "USD", "limits": {"maxMonthlySpend": "13"}}),
+    )
+    .await;
+    let spec = |backups: bool| serde_json::json!({"spec": {"projectRef": {"name": "acme"}, "backups": backups}});
+    e.apply_vm("plain", spec(false)).await;
+    let vm = e.wait_ready("plain").await;
+    assert_eq!(
+        vm.status.as_ref().unwrap().monthly_price.as_deref(),
+        Some("6.00")
+    );
+    // 6.00 + 7.20 is over the Project's 13 a month: refused before any create.
+    e.apply_vm("saved", spec(true)).await;
+    let (_, msg) = stalled(&e, "saved", "LimitExceeded").await;
+    assert!(msg.contains("limits monthly spend"), "{msg}");
+    // Room for it: created, priced and metered with the surcharge.
+    e.apply_project(
+        "acme",
+        serde_json::json!({"currency": "USD", "limits": {"maxMonthlySpend": "14"}}),
+    )
+    .await;
+    let vm = e.wait_ready("saved").await;
+    let st = vm.status.unwrap();
+    assert_eq!(st.monthly_price.as_deref(), Some("7.20"));
+    assert_eq!(st.hourly_price.as_deref(), Some("0.010716"));
+}

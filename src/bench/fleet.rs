@@ -35,6 +35,26 @@ pub type Prepare = Box<
         + Sync,
 >;
 
+/// Where a fleet runs, for what a benchmark measures after the harness: the simulator's and the
+/// controller's metrics URLs and the namespace.
+#[derive(Clone, Debug)]
+pub struct Running {
+    /// The simulator's base URL.
+    pub sim_url: String,
+    /// The controller's `/metrics`.
+    pub metrics_url: String,
+    /// The namespace (and ProviderConfig) name.
+    pub ns: String,
+}
+
+/// Measures more once the harness is done, while the simulator and controller still run; returns the
+/// table rows to print.
+pub type After = Box<
+    dyn Fn(Running) -> futures::future::BoxFuture<'static, Result<Vec<String>, BoxError>>
+        + Send
+        + Sync,
+>;
+
 /// Settings every fleet benchmark shares.
 #[derive(Clone, Debug, clap::Args)]
 pub struct FleetArgs {
@@ -67,6 +87,10 @@ pub struct Fleet {
     pub object: MakeObject,
     /// What the objects need, made first (not measured).
     pub prepare: Option<Prepare>,
+    /// The controller's arguments after `run` and its address.
+    pub controller_args: Vec<String>,
+    /// What the benchmark measures after the harness (its rows are in [`Figures::after`]).
+    pub after: Option<After>,
 }
 
 /// What the harness measured.
@@ -93,6 +117,8 @@ pub struct Figures {
     pub rss: (u64, u64),
     /// The controller's counters before and after the resync.
     pub counters: (BTreeMap<String, u64>, BTreeMap<String, u64>),
+    /// The rows [`Fleet::after`] returned.
+    pub after: Vec<String>,
 }
 
 /// Runs the fleet benchmark of kind `K`; `exe` is the `quartermaster` binary.
@@ -139,7 +165,8 @@ pub async fn run<K: Managed>(f: Fleet, exe: PathBuf) -> Result<Figures, BoxError
     let pc = |step| Patch::Apply((f.provider_config)(&ns, &sim_url, step));
     pcs.patch(&ns, &ssa, &pc(0)).await?;
 
-    let (controller, metrics_url) = spawn_controller(&exe, &work, &http).await?;
+    let (controller, metrics_url) =
+        spawn_controller(&exe, &work, &http, &f.controller_args).await?;
     let pid = controller.0.id();
 
     // What the objects need is made first; its vendor calls are not the objects'.
@@ -195,18 +222,33 @@ pub async fn run<K: Managed>(f: Fleet, exe: PathBuf) -> Result<Figures, BoxError
     let after = controller_counters(&http, &metrics_url, &["quartermaster_"]).await?;
     let (_, api_writes) = reads_writes(&api_before, &apiserver_requests(&client).await?);
     let writes_of = format!("quartermaster_status_writes_total{{kind=\"{}\"}}", K::KIND);
+    let calls = vendor_calls().await? - calls_before;
+    let cpu = cpu_secs(pid) - cpu_before;
+    let rss = rss_kib(pid);
+    let after_rows = match &f.after {
+        Some(after) => {
+            after(Running {
+                sim_url: sim_url.clone(),
+                metrics_url: metrics_url.clone(),
+                ns: ns.clone(),
+            })
+            .await?
+        }
+        None => Vec::new(),
+    };
     Ok(Figures {
         created,
         ready,
         create_calls,
         peak_create,
         resync,
-        calls: vendor_calls().await? - calls_before,
+        calls,
         writes: count(&after, &writes_of) - count(&before, &writes_of),
         api_writes,
-        cpu: cpu_secs(pid) - cpu_before,
-        rss: rss_kib(pid),
+        cpu,
+        rss,
         counters: (before, after),
+        after: after_rows,
     })
 }
 

@@ -32,6 +32,7 @@ pub mod simcards;
 pub mod snapshots;
 pub mod subscriptions;
 pub mod token_budgets;
+pub mod traffic;
 
 /// Benchmark settings.
 #[derive(Clone, Debug, clap::Args)]
@@ -94,6 +95,9 @@ pub enum BenchCommand {
     /// Take N VirtualMachineSnapshots (one of each of N VirtualMachines made first), then measure a
     /// resync of all of them (see `scripts/bench snapshots`).
     Snapshots(snapshots::SnapshotBench),
+    /// N VirtualMachines on one account, then rounds of reading their outbound transfer (and opted-in
+    /// metrics) at the account's rate limit (see `scripts/bench traffic`).
+    Traffic(traffic::TrafficBench),
 }
 
 /// Runs one benchmark; `exe` is this binary (started again as the controller, the simulator or a proxy).
@@ -106,6 +110,7 @@ pub async fn run(cmd: BenchCommand, exe: PathBuf) -> Result<(), BoxError> {
         BenchCommand::Proxy(p) => proxies::proxy(p).await,
         BenchCommand::Tokenbudgets(b) => token_budgets::token_budgets(b, exe).await,
         BenchCommand::Snapshots(b) => snapshots::snapshots(b, exe).await,
+        BenchCommand::Traffic(b) => traffic::traffic(b, exe).await,
     }
 }
 
@@ -172,17 +177,20 @@ async fn spawn_controller(
     exe: &Path,
     work: &Path,
     http: &reqwest::Client,
+    extra: &[String],
 ) -> Result<(Proc, String), BoxError> {
     let http_port = free_port()?;
     let metrics_url = format!("http://127.0.0.1:{http_port}/metrics");
+    let mut args = vec![
+        "run".into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http_port}"),
+        "--leader-elect=false".into(),
+    ];
+    args.extend(extra.iter().cloned());
     let controller = spawn(
         exe,
-        &[
-            "run".into(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{http_port}"),
-            "--leader-elect=false".into(),
-        ],
+        &args,
         &work.join("controller.log"),
         &[
             (

@@ -68,6 +68,8 @@ pub async fn simcards(b: SimBench, exe: PathBuf) -> Result<(), BoxError> {
                 })
             }),
             prepare: None,
+            controller_args: Vec::new(),
+            after: None,
         },
         exe,
     )

@@ -95,6 +95,8 @@ pub async fn snapshots(b: SnapshotBench, exe: PathBuf) -> Result<(), BoxError> {
                 })
             }),
             prepare: Some(prepare),
+            controller_args: Vec::new(),
+            after: None,
         },
         exe,
     )

@@ -65,6 +65,8 @@ pub async fn subscriptions(b: SubscriptionBench, exe: PathBuf) -> Result<(), Box
                 })
             }),
             prepare: None,
+            controller_args: Vec::new(),
+            after: None,
         },
         exe,
     )

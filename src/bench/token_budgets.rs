@@ -56,6 +56,8 @@ pub async fn token_budgets(b: BudgetBench, exe: PathBuf) -> Result<(), BoxError>
                 })
             }),
             prepare: None,
+            controller_args: Vec::new(),
+            after: None,
         },
         exe,
     )

@@ -220,6 +220,7 @@ mod tests {
             currency: "USD".into(),
             regions: regions.iter().map(|s| s.to_string()).collect(),
             transfer_bytes: None,
+            backup_price: None,
         }
     }
 

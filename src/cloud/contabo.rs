@@ -616,6 +616,7 @@ fn to_server(i: Instance) -> Server {
         name,
         price: None,
         deletion_scheduled: cancelled,
+        backups: None,
         busy: matches!(
             status.as_str(),
             "provisioning" | "installing" | "reset_password"
@@ -787,6 +788,7 @@ impl ComputeProvider for Contabo {
                     currency: "EUR".into(),
                     regions: Vec::new(),
                     transfer_bytes: None,
+                    backup_price: None,
                 }
             })
             .collect())

@@ -244,6 +244,9 @@ struct Droplet {
     /// The droplet's size object, with its prices.
     #[serde(default)]
     size: Option<DropletSize>,
+    /// `backups`, `ipv6`, `monitoring`, `private_networking`…
+    #[serde(default)]
+    features: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +372,10 @@ fn to_server(d: Droplet) -> Server {
         tags: d.tags,
         busy: d.locked,
         deletion_scheduled: false,
+        backups: d
+            .features
+            .as_ref()
+            .map(|f| f.iter().any(|x| x == "backups")),
         // DigitalOcean prices in US dollars.
         price: d.size.and_then(|s| {
             Some(ServerPrice {
@@ -517,6 +524,10 @@ impl ComputeProvider for DigitalOcean {
                 currency: "USD".into(),
                 regions: s.regions,
                 transfer_bytes: s.transfer.map(super::traffic::tib),
+                backup_price: Some(super::backup_share(
+                    decimal_from_f64(s.price_hourly),
+                    decimal_from_f64(s.price_monthly),
+                )),
             })
             .collect())
     }

@@ -218,6 +218,15 @@ struct Instance {
     ipv6: Option<String>,
     #[serde(default)]
     tags: Vec<String>,
+    /// Whether the Backup service is on.
+    #[serde(default)]
+    backups: Option<LinodeBackups>,
+}
+
+#[derive(Deserialize)]
+struct LinodeBackups {
+    #[serde(default)]
+    enabled: bool,
 }
 
 #[derive(Serialize)]
@@ -263,6 +272,23 @@ struct LinodeType {
     /// Outbound transfer included each month, GB.
     #[serde(default)]
     transfer: Option<f64>,
+    /// Add-ons priced per type (backups).
+    #[serde(default)]
+    addons: Addons,
+}
+
+/// A Linode type's add-ons.
+#[derive(Deserialize, Default)]
+struct Addons {
+    #[serde(default)]
+    backups: BackupAddon,
+}
+
+/// The backups add-on of a Linode type: its base price.
+#[derive(Deserialize, Default)]
+struct BackupAddon {
+    #[serde(default)]
+    price: Option<Price>,
 }
 
 /// A Linode's transfer in one month.
@@ -405,6 +431,7 @@ fn to_server(i: Instance) -> Server {
         name: i.label,
         price: None,
         deletion_scheduled: false,
+        backups: i.backups.as_ref().map(|b| b.enabled),
         busy: !matches!(
             state,
             ServerState::Running | ServerState::Off | ServerState::Failed
@@ -554,6 +581,11 @@ impl ComputeProvider for Linode {
                 currency: "USD".into(),
                 regions: Vec::new(),
                 transfer_bytes: t.transfer.map(super::traffic::gb),
+                backup_price: t
+                    .addons
+                    .backups
+                    .price
+                    .map(|p| (decimal_from_f64(p.hourly), decimal_from_f64(p.monthly))),
             })
             .collect())
     }

@@ -88,6 +88,9 @@ pub struct Server {
     /// The price the vendor reports on the server object itself (DigitalOcean droplets carry their
     /// size's prices), which wins over the catalog's.
     pub price: Option<ServerPrice>,
+    /// Whether the vendor says its automatic backups are on (`None`: it does not say; the VM's
+    /// `spec.backups` as created stands).
+    pub backups: Option<bool>,
 }
 
 /// A server's price as the vendor reports it.
@@ -215,6 +218,16 @@ pub struct Size {
     pub regions: Vec<String>,
     /// Outbound transfer included each month, bytes (`None`: the vendor states none).
     pub transfer_bytes: Option<i64>,
+    /// The vendor's surcharge for automatic backups of a server of this size, per hour and per month
+    /// (`None`: not known; backups are then billed at the size's price alone).
+    pub backup_price: Option<(Decimal, Decimal)>,
+}
+
+/// DigitalOcean's weekly and Vultr's automatic backups: 20 % of the server's price (their pricing
+/// pages), per hour and per month.
+pub fn backup_share(hourly: Decimal, monthly: Decimal) -> (Decimal, Decimal) {
+    let share = Decimal::new(20, 2);
+    ((hourly * share).normalize(), (monthly * share).normalize())
 }
 
 /// An image (OS, marketplace app or snapshot).

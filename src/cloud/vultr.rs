@@ -204,6 +204,9 @@ struct Instance {
     /// The older single tag.
     #[serde(default)]
     tag: Option<String>,
+    /// `auto_backups`, `ipv6`, `ddos_protection`.
+    #[serde(default)]
+    features: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +385,10 @@ fn to_server(i: Instance) -> Server {
         name: i.label,
         price: None,
         deletion_scheduled: false,
+        backups: i
+            .features
+            .as_ref()
+            .map(|f| f.iter().any(|x| x == "auto_backups")),
         busy: i.server_status == "locked"
             || matches!(state, ServerState::Provisioning | ServerState::Resizing),
         state,
@@ -518,19 +525,21 @@ impl ComputeProvider for Vultr {
             .into_iter()
             .map(|p| {
                 let monthly = decimal_from_f64(p.monthly_cost);
+                let hourly = p
+                    .hourly_cost
+                    .map(decimal_from_f64)
+                    .unwrap_or_else(|| hourly_from_monthly(monthly));
                 Size {
                     slug: p.id,
                     vcpus: p.vcpu_count,
                     memory_mb: p.ram,
                     disk_gb: p.disk,
-                    price_hourly: p
-                        .hourly_cost
-                        .map(decimal_from_f64)
-                        .unwrap_or_else(|| hourly_from_monthly(monthly)),
+                    price_hourly: hourly,
                     price_monthly: monthly,
                     currency: "USD".into(),
                     regions: p.locations,
                     transfer_bytes: p.bandwidth.map(super::traffic::gb),
+                    backup_price: Some(super::backup_share(hourly, monthly)),
                 }
             })
             .collect())

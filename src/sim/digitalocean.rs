@@ -77,6 +77,10 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             "/_sim/droplets/{id}/transfer",
             post(super::monitoring::set_transfer),
         )
+        .route(
+            "/_sim/droplets-transfer",
+            post(super::monitoring::set_every_transfer),
+        )
         .with_state(AppState { store, cfg })
 }
 

@@ -128,3 +128,19 @@ pub(crate) async fn set_transfer(
         None => not_found(),
     }
 }
+
+/// `POST /_sim/droplets-transfer`: sets every droplet's outbound transfer this month (benchmarks).
+pub(crate) async fn set_every_transfer(
+    State(s): State<AppState>,
+    Json(b): Json<TransferBody>,
+) -> Response {
+    let mut store = s.store.lock().await;
+    let ids: Vec<String> = store.list(None).iter().map(|d| d.id.to_string()).collect();
+    for id in ids {
+        store.update(&id, |d| {
+            d.transfer_bytes = b.bytes.max(0);
+            Ok::<(), ()>(())
+        });
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

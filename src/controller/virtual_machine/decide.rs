@@ -603,7 +603,10 @@ fn create(i: &Inputs, mut status: VirtualMachineStatus) -> Decision {
     if let Some(size) = catalog.size(&spec.size) {
         let me = Candidate {
             order: order_of(i.vm),
-            monthly: metering::marked_up(size.price_monthly, i.markup_percent),
+            monthly: metering::marked_up(
+                size.price_monthly + backup_monthly(size, spec.backups),
+                i.markup_percent,
+            ),
             currency: size.currency.clone(),
         };
         match i.target {
@@ -685,6 +688,14 @@ pub fn observed(status: &mut VirtualMachineStatus, server: &Server, i: &Inputs) 
     }
 }
 
+/// The monthly backup surcharge of `size` when backups are on (zero where the vendor's is unknown).
+fn backup_monthly(size: &crate::cloud::Size, backups: bool) -> Decimal {
+    match size.backup_price {
+        Some((_, monthly)) if backups => monthly,
+        _ => Decimal::ZERO,
+    }
+}
+
 /// A vendor price and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct VendorPrice {
@@ -697,16 +708,24 @@ struct VendorPrice {
 /// The vendor's price of the server's size: from the server object where the vendor reports one, else
 /// the catalog, else the price the open window remembers for that size; `None` when none of these knows.
 fn vendor_price(i: &Inputs, server: &Server) -> Option<VendorPrice> {
+    // Backups on (the vendor's word, else the spec as created): the size's surcharge is added where
+    // the catalog knows it.
+    let backups = server
+        .backups
+        .unwrap_or(i.vm.spec.backups)
+        .then(|| i.catalog?.size(&server.size)?.backup_price)
+        .flatten();
+    let (extra_hourly, extra_monthly) = backups.unwrap_or_default();
     let from_server = server.price.as_ref().map(|p| VendorPrice {
-        hourly: p.hourly,
-        monthly: Some(p.monthly),
+        hourly: p.hourly + extra_hourly,
+        monthly: Some(p.monthly + extra_monthly),
         currency: p.currency.clone(),
     });
     let from_catalog = || {
         let s = i.catalog?.size(&server.size)?;
         Some(VendorPrice {
-            hourly: s.price_hourly,
-            monthly: Some(s.price_monthly),
+            hourly: s.price_hourly + extra_hourly,
+            monthly: Some(s.price_monthly + extra_monthly),
             currency: s.currency.clone(),
         })
     };
@@ -1102,9 +1121,13 @@ fn admit_resize(
         // The VM holds its slot already: only its price (currency, spend) is admitted again.
         let mut p = p.clone();
         p.limits.max_virtual_machines = None;
+        let backups = server.backups.unwrap_or(i.vm.spec.backups);
         let me = Candidate {
             order: order_of(i.vm),
-            monthly: metering::marked_up(new.price_monthly, i.markup_percent),
+            monthly: metering::marked_up(
+                new.price_monthly + backup_monthly(new, backups),
+                i.markup_percent,
+            ),
             currency: new.currency.clone(),
         };
         limits::admit(&p, &me).or_else(|(r, m)| refused(r, format!("resize to {want:?}: {m}")))?;
@@ -1270,6 +1293,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             busy: false,
             deletion_scheduled: false,
+            backups: None,
             price: None,
         }
     }
@@ -1293,6 +1317,7 @@ mod tests {
             currency: cur.into(),
             regions: vec![],
             transfer_bytes: None,
+            backup_price: None,
         };
         Catalog {
             sizes: vec![
@@ -1430,6 +1455,72 @@ mod tests {
             restore: &c.restore,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn backups_add_the_vendors_surcharge_to_the_price_metered_and_admitted() {
+        let mut cat = catalog();
+        cat.sizes[0].backup_price = Some(crate::cloud::backup_share(
+            "0.00893".parse().unwrap(),
+            "6".parse().unwrap(),
+        ));
+        let running = |backups: Option<bool>, spec_backups: bool| {
+            let mut c = case(
+                "backups",
+                Lookup::Found(Server {
+                    backups,
+                    ..ours(ServerState::Running)
+                }),
+                Step::Nothing,
+                "",
+            );
+            c.vm = vm(
+                serde_json::json!({"backups": spec_backups}),
+                serde_json::json!({}),
+            );
+            let d = run_with(&c, ResizeRule::NoSmallerDisk, &cat);
+            (
+                d.status.monthly_price.clone(),
+                d.status.metering.map(|w| w.hourly_price),
+            )
+        };
+        let with = (Some("7.20".to_string()), Some("0.010716".to_string()));
+        let without = (Some("6.00".to_string()), Some("0.00893".to_string()));
+        // The vendor's word first, the spec as created where it says nothing.
+        assert_eq!(running(Some(true), false), with);
+        assert_eq!(running(Some(false), true), without);
+        assert_eq!(running(None, true), with);
+        assert_eq!(running(None, false), without);
+
+        // Admitted at create with the surcharge: 7.20 beside a 6 VM passes a 14 limit, not a 13.
+        let create = |limit: &str, backups: bool| {
+            let mut c = case(
+                "create",
+                Lookup::Absent {
+                    after_intent: false,
+                },
+                Step::Create,
+                "",
+            );
+            c.vm = vm(
+                serde_json::json!({"backups": backups}),
+                serde_json::json!({}),
+            );
+            c.status = VirtualMachineStatus::default();
+            let ProjectLookup::Found(mut p) = project("acme", None, false) else {
+                unreachable!()
+            };
+            p.limits.max_monthly_spend = Some(limit.into());
+            c.target = ProjectLookup::Found(p);
+            let d = run_with(&c, ResizeRule::NoSmallerDisk, &cat);
+            (d.step, d.health.reason().to_string())
+        };
+        assert_eq!(create("14", true).0, Step::Create);
+        assert_eq!(create("13", false).0, Step::Create);
+        assert_eq!(
+            create("13", true),
+            (Step::Nothing, reason::LIMIT_EXCEEDED.to_string())
+        );
     }
 
     #[test]

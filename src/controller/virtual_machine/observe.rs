@@ -272,6 +272,7 @@ mod tests {
             tags: vec![format!("{UID_TAG_PREFIX}{uid}"), "team-a".into()],
             busy: false,
             deletion_scheduled: false,
+            backups: None,
             price: None,
         }
     }

@@ -344,6 +344,7 @@ mod tests {
             tags: vec![],
             busy: false,
             deletion_scheduled: false,
+            backups: None,
             price: None,
         };
         let ready = "2026-11-30T00:00:00Z"

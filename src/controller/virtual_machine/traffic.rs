@@ -98,8 +98,17 @@ pub async fn run(ctx: Arc<Context>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(e) = gather_all(&ctx).await {
-            tracing::warn!(error = %e, "gathering server figures failed; trying again next interval");
+        let started = std::time::Instant::now();
+        match gather_all(&ctx).await {
+            Ok(()) => {
+                ctx.metrics
+                    .traffic_round_seconds
+                    .set(started.elapsed().as_secs_f64());
+                ctx.metrics.traffic_rounds.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "gathering server figures failed; trying again next interval")
+            }
         }
     }
 }
@@ -192,6 +201,7 @@ async fn gather_account(
             continue;
         };
         f.price = price.clone();
+        ctx.metrics.traffic_reads.inc();
         pool.add(&f);
         if traffic.keep(&uid, f) {
             ctx.wake(ObjectRef::from_obj(&**vm));
