@@ -702,3 +702,35 @@ async fn a_vm_is_restored_in_place_once_per_request_from_its_own_snapshot() {
     restored("nightly@2").await;
     assert_eq!(count(&restores(&e).await), 2);
 }
+
+/// A snapshot's storage is admitted like any price: beside what the Project's VMs and other snapshots
+/// cost a month, estimated at the disk of the server's size, within `maxMonthlySpend`; raising the
+/// limit wakes it and it is taken, priced then at the size the vendor reports.
+#[tokio::test]
+async fn a_snapshot_is_admitted_against_the_projects_monthly_spend() {
+    let e = common::env::env("snapspend", |_| {}, true).await;
+    let limit =
+        |max: &str| serde_json::json!({"currency": "USD", "limits": {"maxMonthlySpend": max}});
+    e.apply_project("acme", limit("7")).await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "acme"}}}),
+    )
+    .await;
+    e.wait_ready("web").await;
+    // 6.00 for the VM, and 25 GB of disk at US$0.06 a GB-month: 7.50 is over 7.
+    apply_snapshot(&e, "big", "web", "Delete").await;
+    let s = wait_snapshot(&e, "big", conditions::STALLED, "LimitExceeded").await;
+    let msg = &conditions::find(&s.status.as_ref().unwrap().conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("limits monthly spend to 7"), "{msg}");
+    assert!(taken(&e).await.is_empty(), "nothing asked of the vendor");
+    // Room for it: woken by the Project's change, taken, and priced at its reported size.
+    e.apply_project("acme", limit("8")).await;
+    let s = wait_snapshot(&e, "big", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    assert_eq!(st.currency.as_deref(), Some("USD"));
+    assert!(st.monthly_price.is_some(), "{st:?}");
+    assert_eq!(taken(&e).await.len(), 1);
+}

@@ -135,5 +135,14 @@ pub struct VirtualMachineSnapshotStatus {
     /// When the vendor created it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// What its storage costs the Project a month (decimal string, the vendor's GB-month price with
+    /// the ProviderConfig's markup): of its size once the vendor reports one, before that of the disk
+    /// of the server's size (what it was admitted at). It counts toward the Project's
+    /// `maxMonthlySpend` when a later snapshot is admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_price: Option<String>,
+    /// The currency of `monthlyPrice` (ISO 4217).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 impl_object_status!(VirtualMachineSnapshotStatus);

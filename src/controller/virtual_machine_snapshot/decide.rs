@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use rust_decimal::Decimal;
+
 use crate::cloud::{Snapshot, SnapshotLookup, SnapshotState};
+use crate::controller::project::policy::ProjectState;
 use crate::crd::conditions::{Health, reason};
 use crate::crd::virtual_machine::{ManagementPolicy, VmPhase};
 use crate::crd::{VirtualMachine, VirtualMachineSnapshotStatus};
@@ -11,6 +14,52 @@ use crate::crd::{VirtualMachine, VirtualMachineSnapshotStatus};
 /// How long after a request an empty lookup is still trusted to mean "not visible yet" rather than
 /// "never made": a request is sent again only after it.
 pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// Whether a snapshot whose storage costs `estimate` a month (`None`: the vendor does not price it)
+/// fits Project `project`: its currency (unless it accepts others), and its `maxMonthlySpend` beside
+/// `spend` (its VMs and its other snapshots a month, in its currency). Pure.
+pub fn admit_storage(
+    project: &ProjectState,
+    spend: Decimal,
+    estimate: Option<(Decimal, &str)>,
+) -> Result<(), (&'static str, String)> {
+    let name = &project.name;
+    let limit = project
+        .limits
+        .max_monthly_spend
+        .as_deref()
+        .and_then(|m| m.parse::<Decimal>().ok());
+    let Some((monthly, currency)) = estimate else {
+        return match limit {
+            Some(limit) => Err((
+                reason::LIMIT_EXCEEDED,
+                format!(
+                    "the vendor's snapshot storage has no known price, and Project {name:?} limits monthly spend to {limit} {}: it cannot be admitted",
+                    project.currency
+                ),
+            )),
+            None => Ok(()),
+        };
+    };
+    if currency != project.currency && !project.allow_other_currencies {
+        return Err((
+            reason::CURRENCY_MISMATCH,
+            format!(
+                "this snapshot's storage is priced in {currency} but Project {name:?} bills in {}; amounts in different currencies are never added together (set the Project's spec.allowOtherCurrencies to accept it)",
+                project.currency
+            ),
+        ));
+    }
+    match limit {
+        Some(limit) if currency == project.currency && spend + monthly > limit => Err((
+            reason::LIMIT_EXCEEDED,
+            format!(
+                "Project {name:?} limits monthly spend to {limit} {currency}: its VMs and snapshots cost {spend} a month and this snapshot's storage would add up to {monthly}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// The server a new snapshot is taken of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +218,59 @@ pub fn same_source(status: &VirtualMachineSnapshotStatus, vm_name: &str) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_is_admitted_by_currency_and_monthly_spend_and_unpriced_storage_only_without_a_limit()
+    {
+        let project = |limit: Option<&str>, others: bool| ProjectState {
+            name: "acme".into(),
+            uid: "u".into(),
+            currency: "USD".into(),
+            allow_other_currencies: others,
+            limits: crate::crd::project::ProjectLimits {
+                max_monthly_spend: limit.map(str::to_string),
+                ..Default::default()
+            },
+            credit_stop: None,
+            new_block: None,
+            occupancy: Default::default(),
+        };
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let usd = |m: &str| Some((d(m), "USD"));
+        let reason_of = |r: Result<(), (&'static str, String)>| r.err().map(|e| e.0);
+        // 10 spent a month: 1.50 more fits 12, 2.50 does not.
+        assert_eq!(
+            admit_storage(&project(Some("12"), false), d("10"), usd("1.5")),
+            Ok(())
+        );
+        assert_eq!(
+            reason_of(admit_storage(
+                &project(Some("12"), false),
+                d("10"),
+                usd("2.5")
+            )),
+            Some(reason::LIMIT_EXCEEDED)
+        );
+        assert_eq!(
+            admit_storage(&project(None, false), d("1000"), usd("2.5")),
+            Ok(())
+        );
+        // Unpriced storage: only where no spend limit needs its price.
+        assert_eq!(admit_storage(&project(None, false), d("0"), None), Ok(()));
+        let unpriced = admit_storage(&project(Some("12"), false), d("0"), None).unwrap_err();
+        assert_eq!(unpriced.0, reason::LIMIT_EXCEEDED);
+        assert!(unpriced.1.contains("no known price"), "{}", unpriced.1);
+        // Another currency: refused unless the Project accepts others (then not added to its spend).
+        let eur = Some((d("2.5"), "EUR"));
+        assert_eq!(
+            reason_of(admit_storage(&project(Some("12"), false), d("10"), eur)),
+            Some(reason::CURRENCY_MISMATCH)
+        );
+        assert_eq!(
+            admit_storage(&project(Some("12"), true), d("10"), eur),
+            Ok(())
+        );
+    }
 
     fn vm(status: serde_json::Value, policy: &str) -> VirtualMachine {
         serde_json::from_value(serde_json::json!({

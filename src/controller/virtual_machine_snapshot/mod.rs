@@ -24,6 +24,7 @@
 //!
 //! Snapshot storage is not metered yet (the README's feature table says so).
 
+mod admission;
 pub mod decide;
 mod wire;
 
@@ -105,6 +106,12 @@ async fn meter(
     let price = provider.snapshot_price().map(|(p, currency)| {
         crate::ledger::metering::Price::with_markup(p, currency, resolved.config.spec.markup())
     });
+    // Its monthly price at the size the vendor reports (it was admitted at an estimate).
+    if let Some(p) = &price {
+        let gb = rust_decimal::Decimal::from(mb) / rust_decimal::Decimal::from(1000);
+        status.monthly_price = Some(crate::ledger::format_money((p.tenant * gb).normalize()));
+        status.currency = Some(p.currency.clone());
+    }
     // A window an earlier attempt recorded (a crash before its status write) stands as recorded: the
     // next one starts where it ended, so nothing is lost and nothing billed twice. A few passes at most.
     for _ in 0..3 {
@@ -225,23 +232,6 @@ fn source(
         .store::<VirtualMachine>()?
         .get(&ObjectRef::new(name).within(&ns));
     Ok(decide::source(vm.as_deref(), name))
-}
-
-/// Why the VM's Project admits nothing new (its credit stop, a lost entitlement), read from the cache.
-fn project_block(
-    ctx: &Context,
-    obj: &VirtualMachineSnapshot,
-    src: &Source,
-) -> Result<Option<crate::controller::project::policy::MoneyStop>, Error> {
-    let Some((name, _)) = &src.project else {
-        return Ok(None);
-    };
-    let ns = obj.namespace().unwrap_or_default();
-    Ok(ctx
-        .caches()?
-        .store::<crate::crd::Project>()?
-        .get(&ObjectRef::new(name).within(&ns))
-        .and_then(|p| crate::controller::project::policy::new_block(&p)))
 }
 
 /// Asks the vendor for the mark and records what it says; `None` when it must be requested (again).
@@ -371,13 +361,17 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
                 ),
             });
         }
-        if let Some(stop) = project_block(&ctx, &obj, &src)? {
-            // Storage costs money from its first hour: no snapshot while the Project may add nothing.
-            return Ok(Outcome::new(Health::not_ready(
-                stop.reason,
-                format!("not taken: {}", stop.message),
-            ))
-            .requeue_after(ctx.config.poll_interval * 6));
+        // Storage costs money from its first hour: admitted like any price first.
+        let refused = admission::admit(
+            &ctx,
+            &obj,
+            &src,
+            &*provider,
+            &resolved,
+            &mut progress.status,
+        );
+        if let Some(outcome) = refused.await? {
+            return Ok(outcome);
         }
         request(&ctx, &obj, &*provider, &src, &mark, progress).await
     }

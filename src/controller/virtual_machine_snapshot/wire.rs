@@ -4,6 +4,7 @@
 //! |---|---|
 //! | a VirtualMachine's server (ID, account, phase), management policy or deletion | its snapshots not yet available |
 //! | a ProviderConfig's spec, deletion, or whether its credentials are refused | the snapshots held in its account |
+//! | a Project's spec, deletion, or credit stop (a limit raised, credit granted) | the snapshots of its namespace not requested yet |
 //!
 //! They also hold vendor state (their snapshot) through their account, so the ProviderConfig and its
 //! credentials stay while they do. Up to 8 reconcile at once by default.
@@ -13,10 +14,11 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::VirtualMachineSnapshotReconciler;
+use crate::controller::project::wake::project_for_members;
 use crate::controller::provider_config::provider_config_for_users;
 use crate::controller::runtime::Wiring;
 use crate::controller::runtime::wake::{Memo, hash_of, referring};
-use crate::crd::{ProviderConfig, VirtualMachine, VirtualMachineSnapshot};
+use crate::crd::{Project, ProviderConfig, VirtualMachine, VirtualMachineSnapshot};
 
 /// What a snapshot waiting for its VM depends on.
 fn server_of(vm: &VirtualMachine) -> u64 {
@@ -65,6 +67,23 @@ pub fn wire(w: &mut Wiring) {
             s.status
                 .as_ref()
                 .is_some_and(|st| st.provider_config.as_deref() == Some(name.as_str()))
+        })
+    });
+    let (snaps, projects, p_memo) = (
+        w.store::<VirtualMachineSnapshot>(),
+        w.store::<Project>(),
+        Memo::<Project>::default(),
+    );
+    let c = c.watches_shared_stream(w.changes::<Project>(), move |p| {
+        if !p_memo.changed_in(&*p, project_for_members(&p), &projects) {
+            return Vec::new();
+        }
+        let ns = p.namespace();
+        referring(&snaps, |s| {
+            s.namespace() == ns
+                && s.status
+                    .as_ref()
+                    .is_none_or(|st| st.mark.is_none() && st.snapshot_id.is_none())
         })
     });
     w.holds_accounts::<VirtualMachineSnapshot>(super::holds);
