@@ -73,9 +73,15 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
         ..base.clone()
     };
     p.refuse_unsupported(&with_options).unwrap();
-    p.create(&with_options)
+    let made = p
+        .create(&with_options)
         .await
         .expect("POST /instances with attach_vpc and firewall_group_id");
+    // The generated administrator password (a Windows server's RDP login) comes with the create's
+    // answer, and no Debug output shows it.
+    let password = made.initial_password.clone().expect("default_password");
+    assert!(!password.0.is_empty());
+    assert!(!format!("{made:?}").contains(&password.0), "{made:?}");
     let monitoring = ServerSpec {
         options: cloud::ServerOptions {
             monitoring: true,

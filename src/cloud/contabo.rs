@@ -616,6 +616,7 @@ fn to_server(i: Instance) -> Server {
         name,
         price: None,
         deletion_scheduled: cancelled,
+        initial_password: None,
         backups: None,
         busy: matches!(
             status.as_str(),

@@ -372,6 +372,7 @@ fn to_server(d: Droplet) -> Server {
         tags: d.tags,
         busy: d.locked,
         deletion_scheduled: false,
+        initial_password: None,
         backups: d
             .features
             .as_ref()

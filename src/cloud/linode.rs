@@ -431,6 +431,7 @@ fn to_server(i: Instance) -> Server {
         name: i.label,
         price: None,
         deletion_scheduled: false,
+        initial_password: None,
         backups: i.backups.as_ref().map(|b| b.enabled),
         busy: !matches!(
             state,

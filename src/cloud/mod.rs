@@ -57,6 +57,16 @@ pub enum ServerState {
     Failed,
 }
 
+/// A password a vendor generated for a new server. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InitialPassword(pub String);
+
+impl std::fmt::Debug for InitialPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// A server as the vendor reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
@@ -91,6 +101,9 @@ pub struct Server {
     /// Whether the vendor says its automatic backups are on (`None`: it does not say; the VM's
     /// `spec.backups` as created stands).
     pub backups: Option<bool>,
+    /// The administrator password the vendor generated for a server it just created (Vultr's
+    /// `default_password`, in the create's answer only): written to a Windows VM's connection Secret.
+    pub initial_password: Option<InitialPassword>,
 }
 
 /// A server's price as the vendor reports it.

@@ -385,6 +385,7 @@ fn to_server(i: Instance) -> Server {
         name: i.label,
         price: None,
         deletion_scheduled: false,
+        initial_password: None,
         backups: i
             .features
             .as_ref()
@@ -437,12 +438,25 @@ impl ComputeProvider for Vultr {
             ImageRef::Snapshot(id) => body.snapshot_id = Some(id),
             ImageRef::Image(id) => body.image_id = Some(id),
         }
-        let env: InstanceEnvelope = self
+        let mut v: serde_json::Value = self
             .api
             .http
             .json(self.req(Method::POST, "/instances").json(&body), false)
             .await?;
-        Ok(to_server(env.instance))
+        // The generated password is in this answer only (and never in a listing we keep).
+        let password = v["instance"]
+            .get_mut("default_password")
+            .map(serde_json::Value::take)
+            .and_then(|p| p.as_str().map(str::to_string))
+            .filter(|p| !p.is_empty());
+        let env: InstanceEnvelope =
+            serde_json::from_value(v).map_err(|e| crate::http::HttpError::Decode {
+                vendor: "vultr",
+                message: e.to_string(),
+            })?;
+        let mut server = to_server(env.instance);
+        server.initial_password = password.map(super::InitialPassword);
+        Ok(server)
     }
 
     async fn get(&self, id: &str) -> Result<Option<Server>, CloudError> {

@@ -54,8 +54,11 @@ pub async fn act(
         Lookup::Found(s) => Some(s.clone()),
         _ => None,
     };
+    // A Secret that holds a password is read live when the cache does not have it yet, so an older
+    // copy never writes it back without one.
+    let windows = vm.spec.os == crate::crd::virtual_machine::OperatingSystem::Windows;
     let existing = if d.expose || d.step == Step::Create {
-        connection_secret(ctx, vm, p.accepts_root_password()).await?
+        connection_secret(ctx, vm, p.accepts_root_password() || windows).await?
     } else {
         None
     };
@@ -66,7 +69,24 @@ pub async fn act(
                 password = Some(new_password(ctx, vm, existing.as_deref()).await?);
             }
             let with_password = password.clone().filter(|_| p.accepts_root_password());
-            server = Some(create(ctx, vm, uid, obs, &d, with_password, progress, events).await?);
+            let made = create(ctx, vm, uid, obs, &d, with_password, progress, events).await?;
+            // A Windows server's administrator password the vendor generated (Vultr): shown in the
+            // create's answer only, so it goes to the connection Secret now.
+            if password.is_none()
+                && vm.spec.os == crate::crd::virtual_machine::OperatingSystem::Windows
+            {
+                password = made.initial_password.as_ref().map(|p| p.0.clone());
+                if let Some(pw) = password.as_deref() {
+                    apply_connection_secret(
+                        ctx,
+                        vm,
+                        existing.as_deref(),
+                        build::connection_data(vm, None, Some(pw)),
+                    )
+                    .await?;
+                }
+            }
+            server = Some(made);
         }
         Step::Adopt => {
             let id = server.as_ref().map(|s| s.id.as_str()).unwrap_or_default();

@@ -175,6 +175,7 @@ mod tests {
             busy: false,
             price: None,
             deletion_scheduled: false,
+            initial_password: None,
             backups: None,
         }
     }

@@ -1293,6 +1293,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             busy: false,
             deletion_scheduled: false,
+            initial_password: None,
             backups: None,
             price: None,
         }

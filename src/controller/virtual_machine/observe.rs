@@ -272,6 +272,7 @@ mod tests {
             tags: vec![format!("{UID_TAG_PREFIX}{uid}"), "team-a".into()],
             busy: false,
             deletion_scheduled: false,
+            initial_password: None,
             backups: None,
             price: None,
         }

@@ -344,6 +344,7 @@ mod tests {
             tags: vec![],
             busy: false,
             deletion_scheduled: false,
+            initial_password: None,
             backups: None,
             price: None,
         };
