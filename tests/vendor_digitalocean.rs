@@ -50,18 +50,20 @@ async fn digitalocean_client_requests_validate_against_the_spec() {
     p.create(&with_options)
         .await
         .expect("POST /v2/droplets with vpc_uuid and monitoring");
+    // A firewall names its droplets from its own side, after the create.
     let firewall = ServerSpec {
         options: cloud::ServerOptions {
-            firewall_id: Some("fw".into()),
+            firewall_id: Some("bb4b2611-3d72-467b-8602-280330ecd65c".into()),
             ..Default::default()
         },
         ..spec.clone()
     };
-    let why = p.refuse_unsupported(&firewall).unwrap_err();
-    assert!(
-        why.contains("digitalocean") && why.contains("spec.firewallID"),
-        "{why}"
-    );
+    p.refuse_unsupported(&firewall).unwrap();
+    assert!(p.firewall_after_create());
+    p.attach_firewall("3164444", "bb4b2611-3d72-467b-8602-280330ecd65c")
+        .await
+        .expect("POST /v2/firewalls/{id}/droplets");
+    assert!(p.attach_firewall("3164444", "../x").await.is_err());
     assert!(!created.id.is_empty());
     assert!(matches!(
         created.state,

@@ -675,8 +675,9 @@ async fn a_provider_config_in_use_waits_for_its_vms_before_it_goes() {
 }
 
 /// Vendor options: what the vendor honours is sent at create (a VPC and the monitoring agent on
-/// DigitalOcean); what it cannot honour (a firewall by ID, a StackScript) is refused before any create,
-/// naming the vendor and the field.
+/// DigitalOcean) or right after it (a firewall names the droplet from its side), each only where the
+/// ProviderConfig grants it to the namespace; what it cannot honour (a StackScript) is refused before
+/// any create, naming the vendor and the field.
 #[tokio::test]
 async fn vendor_options_are_sent_or_refused_before_any_create() {
     let e = env("vmopts", |_| {}, true).await;
@@ -712,18 +713,45 @@ async fn vendor_options_are_sent_or_refused_before_any_create() {
         .unwrap();
     assert_eq!(droplet["vpc_uuid"], "vpc-tenant-a");
     assert_eq!(droplet["features"], serde_json::json!(["monitoring"]));
-    for (name, spec, field) in [
-        (
-            "walled",
-            serde_json::json!({"firewallID": "fw-1"}),
-            "spec.firewallID",
-        ),
-        (
-            "scripted",
-            serde_json::json!({"stackScript": {"id": 10079}}),
-            "spec.stackScript",
-        ),
-    ] {
+    // A firewall not granted: refused before any create; granted, the droplet joins it once created.
+    e.apply_vm(
+        "walled",
+        serde_json::json!({"spec": {"firewallID": "fw-tenant-a"}}),
+    )
+    .await;
+    e.wait_vm(
+        "walled",
+        conditions::STALLED,
+        ConditionStatus::True,
+        "ProviderConfigNotAllowed",
+    )
+    .await;
+    assert_eq!(e.sim.droplets().await.len(), 1);
+    pcs.patch(
+        &e.pc,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"vendorResources": [
+            {"namespaces": [e.ns], "vpcIDs": ["vpc-tenant-a"], "firewallIDs": ["fw-tenant-a"]}
+        ]}})),
+    )
+    .await
+    .unwrap();
+    let walled = e.wait_ready("walled").await.status.unwrap();
+    assert_eq!(walled.firewall_id.as_deref(), Some("fw-tenant-a"));
+    let named: serde_json::Value =
+        reqwest::get(format!("{}/_sim/firewalls/fw-tenant-a", e.sim.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let id: u64 = walled.external_id.unwrap().parse().unwrap();
+    assert_eq!(named["droplet_ids"], serde_json::json!([id]));
+    for (name, spec, field) in [(
+        "scripted",
+        serde_json::json!({"stackScript": {"id": 10079}}),
+        "spec.stackScript",
+    )] {
         e.apply_vm(name, serde_json::json!({ "spec": spec })).await;
         let vm = e
             .wait_vm(
@@ -745,7 +773,7 @@ async fn vendor_options_are_sent_or_refused_before_any_create() {
     }
     assert_eq!(
         e.sim.droplets().await.len(),
-        1,
-        "only the VM with honoured options"
+        2,
+        "only the VMs with honoured options"
     );
 }

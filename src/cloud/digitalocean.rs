@@ -728,13 +728,33 @@ impl ComputeProvider for DigitalOcean {
         Some((rust_decimal::Decimal::new(6, 2), "USD"))
     }
 
-    /// `vpc_uuid` and `monitoring` at create (firewalls name their droplets from the firewall's side).
+    /// `vpc_uuid` and `monitoring` at create; a firewall names its droplets from its own side, after
+    /// the create ([`ComputeProvider::attach_firewall`]).
     fn honours(&self) -> super::Honours {
         super::Honours {
             vpc: true,
             monitoring: true,
+            firewall: true,
             ..Default::default()
         }
+    }
+
+    fn firewall_after_create(&self) -> bool {
+        true
+    }
+
+    /// `POST /v2/firewalls/{id}/droplets` with the droplet's ID (adding one already there is harmless).
+    async fn attach_firewall(&self, server_id: &str, firewall_id: &str) -> Result<(), CloudError> {
+        let id: u64 = numeric_id(server_id)
+            .and_then(|i| i.parse().ok())
+            .ok_or_else(|| not_an_id("digitalocean", server_id))?;
+        let fw = super::rest::segment_id(firewall_id)
+            .ok_or_else(|| not_an_id("digitalocean", firewall_id))?;
+        let r = self
+            .req(Method::POST, &format!("/v2/firewalls/{fw}/droplets"))
+            .json(&serde_json::json!({ "droplet_ids": [id] }));
+        self.api.http.send(r, true).await?;
+        Ok(())
     }
 
     fn resize_needs_power_off(&self) -> bool {

@@ -470,6 +470,19 @@ pub trait ComputeProvider: Send + Sync {
         let _ = (server_id, now);
         Ok(None)
     }
+    /// Whether a firewall (`spec.firewallID`) is attached after the create, from the firewall's side
+    /// ([`ComputeProvider::attach_firewall`]), instead of in the create itself.
+    fn firewall_after_create(&self) -> bool {
+        false
+    }
+    /// Adds server `server_id` to firewall `firewall_id`; idempotent.
+    async fn attach_firewall(&self, server_id: &str, firewall_id: &str) -> Result<(), CloudError> {
+        let _ = (server_id, firewall_id);
+        Err(CloudError::Unsupported(format!(
+            "{} firewalls are attached at create, not after",
+            self.vendor()
+        )))
+    }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;
     /// Which sizes the vendor resizes a server to.

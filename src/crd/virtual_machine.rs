@@ -406,6 +406,14 @@ pub struct VirtualMachineStatus {
     /// billed (transfer beyond the allowance is billed at the ProviderConfig's transfer price).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<VmTransfer>,
+    /// The firewall the server was added to after its create (DigitalOcean, whose firewalls name their
+    /// droplets); vendors that take `spec.firewallID` in the create leave it unset.
+    #[serde(
+        default,
+        rename = "firewallID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub firewall_id: Option<String>,
 }
 
 /// A server's outbound transfer in one calendar month (UTC) and its metering.

@@ -57,6 +57,7 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             "/v2/monitoring/metrics/droplet/{metric}",
             get(super::monitoring::droplet_metric),
         )
+        .route("/v2/firewalls/{id}/droplets", post(firewall_droplets))
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
@@ -72,6 +73,8 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
         .route("/_sim/revoke-token", post(revoke_token))
         // Every snapshot as the simulator keeps it (with how often it was restored from).
         .route("/_sim/snapshots", get(sim_snapshots))
+        // The droplets a firewall names.
+        .route("/_sim/firewalls/{id}", get(sim_firewall))
         // A droplet's public outbound transfer this month, as its bandwidth samples will add up to.
         .route(
             "/_sim/droplets/{id}/transfer",
@@ -337,6 +340,7 @@ async fn create_droplet(State(s): State<AppState>, body: Option<Json<CreateBody>
             vpc_uuid: b.vpc_uuid,
             monitoring: b.monitoring,
             transfer_bytes: 0,
+            firewalls: Vec::new(),
             created_at: jiff::Timestamp::now().to_string(),
             pending: Some(Pending {
                 at_ms: now_ms() + provision,
@@ -618,6 +622,48 @@ async fn restore_action(s: &AppState, id: &str, image: Option<serde_json::Value>
 }
 
 /// `GET /_sim/snapshots`: every snapshot, taken or not, as the simulator keeps it.
+#[derive(Deserialize)]
+struct FirewallDroplets {
+    droplet_ids: Vec<u64>,
+}
+
+/// `POST /v2/firewalls/{id}/droplets`: the firewall names the droplets (204; 404 for an unknown
+/// droplet, nothing changed).
+async fn firewall_droplets(
+    State(s): State<AppState>,
+    UrlPath(fw): UrlPath<String>,
+    Json(b): Json<FirewallDroplets>,
+) -> Response {
+    let mut store = s.store.lock().await;
+    if b.droplet_ids.is_empty()
+        || b.droplet_ids
+            .iter()
+            .any(|id| store.get(&id.to_string()).is_none())
+    {
+        return not_found();
+    }
+    for id in b.droplet_ids {
+        store.update(&id.to_string(), |d| {
+            if !d.firewalls.contains(&fw) {
+                d.firewalls.push(fw.clone());
+            }
+            Ok::<(), ()>(())
+        });
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn sim_firewall(State(s): State<AppState>, UrlPath(fw): UrlPath<String>) -> Response {
+    let store = s.store.lock().await;
+    let ids: Vec<u64> = store
+        .list(None)
+        .iter()
+        .filter(|d| d.firewalls.contains(&fw))
+        .map(|d| d.id)
+        .collect();
+    Json(serde_json::json!({ "droplet_ids": ids })).into_response()
+}
+
 async fn sim_snapshots(State(s): State<AppState>) -> Response {
     let store = s.store.lock().await;
     Json(store.snapshots().cloned().collect::<Vec<_>>()).into_response()

@@ -48,6 +48,9 @@ pub(crate) struct SimDroplet {
     /// Public outbound transfer this month, bytes (set by tests through `/_sim/droplets/{id}/transfer`).
     #[serde(default)]
     pub transfer_bytes: i64,
+    /// The firewalls that name it (`POST /v2/firewalls/{id}/droplets`).
+    #[serde(default)]
+    pub firewalls: Vec<String>,
 }
 
 /// A simulated droplet snapshot: taken (listed) once `ready_at_ms` has passed.
@@ -426,6 +429,7 @@ mod tests {
             vpc_uuid: None,
             monitoring: false,
             transfer_bytes: 0,
+            firewalls: Vec::new(),
         }
     }
 

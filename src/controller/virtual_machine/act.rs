@@ -108,6 +108,9 @@ pub async fn act(
         Step::Wait | Step::Nothing => {}
     }
 
+    if let Some(s) = &server {
+        attach_firewall(vm, obs, s, progress).await?;
+    }
     // The server's addresses go out once it runs (`expose`); a password chosen for the create was
     // written before it.
     if d.expose
@@ -127,6 +130,37 @@ pub async fn act(
     outcome.requeue_after = d.requeue_after;
     outcome.resync_at_most = d.resync_at_most;
     Ok(outcome)
+}
+
+/// Adds the server to `spec.firewallID` where the vendor attaches firewalls after the create
+/// (DigitalOcean), once, as the other vendors take it at create only: recorded in `status.firewallID`.
+/// The ProviderConfig must grant it to the namespace (checked again here); a refusal stalls with the
+/// vendor's words; an outage is tried again.
+async fn attach_firewall(
+    vm: &VirtualMachine,
+    obs: &Observed,
+    server: &Server,
+    progress: &mut Progress<VirtualMachineStatus>,
+) -> Result<(), Error> {
+    let p = &*obs.provider;
+    let Some(fw) = vm.spec.firewall_id.as_deref() else {
+        return Ok(());
+    };
+    if !p.firewall_after_create() || progress.status.firewall_id.is_some() {
+        return Ok(());
+    }
+    let asked = cloud::ServerOptions {
+        firewall_id: Some(fw.to_string()),
+        ..Default::default()
+    };
+    let ns = vm.namespace().unwrap_or_default();
+    crate::controller::vendor::vendor_resources_granted(&obs.resolved.config, &ns, &asked)
+        .map_err(|m| Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, m))?;
+    p.attach_firewall(&server.id, fw)
+        .await
+        .map_err(Error::vendor("add the server to its firewall"))?;
+    progress.status.firewall_id = Some(fw.to_string());
+    Ok(())
 }
 
 /// What every acting reconcile does first: the finalizer when this reconcile may touch the vendor or
