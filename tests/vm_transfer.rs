@@ -12,8 +12,8 @@ mod common;
 
 use common::env::{Env, WAIT, env_with};
 
-/// 1 TiB: the simulator's sizes include it each month.
-const TIB: i64 = 1 << 40;
+/// DigitalOcean's 1 "TB" (1,000 GiB): the simulator's sizes include it each month.
+const TIB: i64 = 1000 << 30;
 
 async fn set_transfer(e: &Env, id: &str, bytes: i64) {
     let r = reqwest::Client::new()
@@ -159,4 +159,53 @@ async fn transfer_beyond_the_allowance_is_billed_once_and_announced_once() {
         assert!(text.contains(&series), "{series} not in:\n{text}");
     }
     assert!(!text.contains(&e.ns), "a tenant's namespace became a label");
+}
+
+/// A VM being deleted has its server's transfer read once more before the server goes: what it sent
+/// since the last round (here: no round read it at all) is billed, beyond the allowance included.
+#[tokio::test]
+async fn a_deleted_vms_last_transfer_is_read_and_billed_before_its_server_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, _) = common::db::fresh_ledger(&dir).await;
+    // Rounds far apart: only the read at deletion sees the figure.
+    let e = env_with("vmxferdel", |_| {})
+        .await
+        .with_controller(Some(l.clone()), |c| {
+            c.traffic_interval = std::time::Duration::from_secs(3600);
+        });
+    e.apply_project("acme", serde_json::json!({"currency": "USD"}))
+        .await;
+    e.apply_vm(
+        "web",
+        serde_json::json!({"spec": {"projectRef": {"name": "acme"}}}),
+    )
+    .await;
+    let vm = e.wait_ready("web").await;
+    let id = vm.status.as_ref().unwrap().external_id.clone().unwrap();
+    assert!(
+        vm.status.unwrap().transfer.is_none(),
+        "no round read it yet"
+    );
+    let sent = TIB + 5_000_000_000;
+    set_transfer(&e, &id, sent).await;
+    e.vms().delete("web", &Default::default()).await.unwrap();
+    e.wait_gone("web").await;
+    let project_uid =
+        kube::api::Api::<quartermaster::crd::Project>::namespaced(e.client.clone(), &e.ns)
+            .get("acme")
+            .await
+            .unwrap()
+            .uid()
+            .unwrap();
+    let acme = ProjectRef {
+        namespace: &e.ns,
+        name: "acme",
+        uid: &project_uid,
+    };
+    let (quantity, amount, _) = transfer_rows(&l, &acme, "VirtualMachine/web").await;
+    assert_eq!(
+        quantity, sent,
+        "the whole month's transfer is in the ledger"
+    );
+    assert!(amount > 0, "5 GB beyond the allowance are billed");
 }

@@ -121,7 +121,7 @@ async fn rounds(r: Running, n: usize, rate: u32, metrics: bool) -> Result<Vec<St
     let quiet = next_round(&r, &http, &client).await?;
     let over = http
         .post(format!("{}/_sim/droplets-transfer", r.sim_url))
-        .json(&serde_json::json!({ "bytes": (1i64 << 40) * 6 / 5 }))
+        .json(&serde_json::json!({ "bytes": (1000i64 << 30) * 6 / 5 }))
         .send()
         .await?;
     if !over.status().is_success() {

@@ -318,7 +318,7 @@ struct DoSize {
     regions: Vec<String>,
     #[serde(default = "yes")]
     available: bool,
-    /// Outbound transfer included each month, TiB (DigitalOcean's "TB").
+    /// Outbound transfer included each month, DigitalOcean's "TB" (1,000 GiB).
     #[serde(default)]
     transfer: Option<f64>,
 }
@@ -524,7 +524,7 @@ impl ComputeProvider for DigitalOcean {
                 price_monthly: decimal_from_f64(s.price_monthly),
                 currency: "USD".into(),
                 regions: s.regions,
-                transfer_bytes: s.transfer.map(super::traffic::tib),
+                transfer_bytes: s.transfer.map(super::traffic::do_terabytes),
                 backup_price: Some(super::backup_share(
                     decimal_from_f64(s.price_hourly),
                     decimal_from_f64(s.price_monthly),
@@ -684,6 +684,10 @@ impl ComputeProvider for DigitalOcean {
             super::traffic::per_gib_as_per_gb(rust_decimal::Decimal::new(1, 2)),
             "USD",
         ))
+    }
+
+    fn metrics_calls(&self) -> u32 {
+        7
     }
 
     /// CPU, memory, root filesystem and public traffic over the last ten minutes (seven calls; they

@@ -461,6 +461,10 @@ pub trait ComputeProvider: Send + Sync {
     fn transfer_price(&self) -> Option<(Decimal, &'static str)> {
         None
     }
+    /// How many calls [`ComputeProvider::metrics`] makes (to pace them).
+    fn metrics_calls(&self) -> u32 {
+        1
+    }
     /// The server's current load as of `now` (unix seconds); `None` where the vendor reports none.
     async fn metrics(
         &self,

@@ -96,12 +96,17 @@ pub struct ServerMetrics {
 }
 
 /// Bytes moved at `rates` (bits per second, sampled as `(unix seconds, rate)` in time order): each
-/// sample's rate over the interval since the one before it. What DigitalOcean's bandwidth samples add up to.
+/// sample's rate over the interval since the one before it, but never over more than the series' usual
+/// step (its median interval): a gap in the samples (a server off for a day) counts as one step, not as
+/// a day at the rate seen after it. What DigitalOcean's bandwidth samples add up to.
 pub fn integrate_bits_per_second(rates: &[(i64, f64)]) -> i64 {
+    let mut steps: Vec<i64> = rates.windows(2).map(|w| (w[1].0 - w[0].0).max(0)).collect();
+    steps.sort_unstable();
+    let step = steps.get(steps.len() / 2).copied().unwrap_or(0);
     let bits: f64 = rates
         .windows(2)
         .map(|w| {
-            let dt = (w[1].0 - w[0].0).max(0) as f64;
+            let dt = (w[1].0 - w[0].0).clamp(0, step) as f64;
             w[1].1.max(0.0) * dt
         })
         .sum();
@@ -113,9 +118,9 @@ pub fn gb(gb: f64) -> i64 {
     (gb * 1e9).round() as i64
 }
 
-/// `tib` tebibytes (2^40 bytes) in bytes.
-pub fn tib(tib: f64) -> i64 {
-    (tib * (1u64 << 40) as f64).round() as i64
+/// DigitalOcean's transfer "TB" in bytes: its pricing page shows 1 as 1,000 GiB (2^30 bytes each).
+pub fn do_terabytes(tb: f64) -> i64 {
+    (tb * 1000.0 * (1u64 << 30) as f64).round() as i64
 }
 
 /// A price per GiB (2^30 bytes) as a price per GB (10^9 bytes), exactly.
@@ -145,9 +150,12 @@ mod tests {
         // 8 Mbit/s for 10 s, then 0: 10 MB.
         let rates = [(0, 0.0), (10, 8e6), (20, 0.0)];
         assert_eq!(integrate_bits_per_second(&rates), 10_000_000);
+        // A day without samples, then 8 Mbit/s: one 10 s step of it, not a day's.
+        let gap = [(0, 0.0), (10, 0.0), (20, 0.0), (86_420, 8e6), (86_430, 0.0)];
+        assert_eq!(integrate_bits_per_second(&gap), 10_000_000);
         assert_eq!(integrate_bits_per_second(&[(5, 1e9)]), 0);
         assert_eq!(gb(1.5), 1_500_000_000);
-        assert_eq!(tib(1.0), 1_099_511_627_776);
+        assert_eq!(do_terabytes(1.0), 1_073_741_824_000);
         assert_eq!(
             per_gib_as_per_gb(Decimal::new(1, 2)).to_string(),
             "0.00931322574615478515625"

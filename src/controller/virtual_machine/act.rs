@@ -108,7 +108,12 @@ pub async fn act(
         Step::Wait | Step::Nothing => {}
     }
 
-    if let Some(s) = &server {
+    // Only a server decide found to be this VM's, converging (not paused, stalled or refused), in an
+    // account that may be changed, under a VM that may act on it.
+    let may_act = d.expose
+        && vm.spec.management_policy == crate::crd::virtual_machine::ManagementPolicy::Full
+        && !obs.resolved.config.spec.suspended;
+    if let Some(s) = server.as_ref().filter(|_| may_act) {
         attach_firewall(vm, obs, s, progress).await?;
     }
     // The server's addresses go out once it runs (`expose`); a password chosen for the create was

@@ -710,9 +710,8 @@ struct VendorPrice {
 fn vendor_price(i: &Inputs, server: &Server) -> Option<VendorPrice> {
     // Backups on (the vendor's word, else the spec as created): the size's surcharge is added where
     // the catalog knows it.
-    let backups = server
-        .backups
-        .unwrap_or(i.vm.spec.backups)
+    let backups_on = server.backups.unwrap_or(i.vm.spec.backups);
+    let backups = backups_on
         .then(|| i.catalog?.size(&server.size)?.backup_price)
         .flatten();
     let (extra_hourly, extra_monthly) = backups.unwrap_or_default();
@@ -742,6 +741,14 @@ fn vendor_price(i: &Inputs, server: &Server) -> Option<VendorPrice> {
             currency: p.currency,
         })
     };
+    // Backups on but their surcharge unknown now (the catalog unread): the open window's price stands,
+    // rather than a price without the surcharge for as long as the catalog is away.
+    if backups_on
+        && backups.is_none()
+        && let Some(r) = remembered()
+    {
+        return Some(r);
+    }
     from_server.or_else(from_catalog).or_else(remembered)
 }
 
@@ -1492,6 +1499,38 @@ mod tests {
         assert_eq!(running(Some(false), true), without);
         assert_eq!(running(None, true), with);
         assert_eq!(running(None, false), without);
+        // The catalog away (the surcharge unknown): the open window's price stands, not the droplet's
+        // own price without it.
+        let mut c = case(
+            "catalog away",
+            Lookup::Found(Server {
+                backups: Some(true),
+                price: Some(crate::cloud::ServerPrice {
+                    hourly: "0.00893".parse().unwrap(),
+                    monthly: "6".parse().unwrap(),
+                    currency: "USD".into(),
+                }),
+                ..ours(ServerState::Running)
+            }),
+            Step::Nothing,
+            "",
+        );
+        c.status = VirtualMachineStatus {
+            metering: Some(crate::crd::virtual_machine::MeteringWindow {
+                since: NOW - 10,
+                size: "s-1vcpu-1gb".into(),
+                hourly_price: "0.010716".into(),
+                vendor_hourly_price: Some("0.010716".into()),
+                currency: "USD".into(),
+            }),
+            ..created()
+        };
+        let d = decide(&Inputs {
+            catalog: None,
+            ..inputs_of(&c, ResizeRule::NoSmallerDisk, &cat)
+        });
+        let w = d.status.metering.expect("still metered");
+        assert_eq!((w.since, w.hourly_price.as_str()), (NOW - 10, "0.010716"));
 
         // Admitted at create with the surcharge: 7.20 beside a 6 VM passes a 14 limit, not a 13.
         let create = |limit: &str, backups: bool| {

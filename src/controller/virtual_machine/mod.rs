@@ -268,7 +268,8 @@ impl Reconciler<VirtualMachine> for VirtualMachineReconciler {
     ) -> Result<Cleanup, Error> {
         let uid = uid_of(&vm)?;
         CreationIntent::fill(&vm, &mut progress.status);
-        // Transfer the last round read is billed before the server goes.
+        // The server's transfer up to now is read once more and billed before the server goes.
+        transfer::read_before_release(&ctx, &vm, &uid, &progress.status).await?;
         transfer::meter(&ctx, &vm, &uid, progress).await?;
         let released = release::release(&ctx, &vm, &uid, &progress.status).await;
         settle(

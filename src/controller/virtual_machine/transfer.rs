@@ -155,6 +155,13 @@ async fn advance(
     )
     .await?;
     let outbound = bytes.max(prior.map_or(0, |t| t.outbound_bytes));
+    // The time of the figure status shows: a re-read of the same figure writes nothing.
+    let read_at = match prior {
+        Some(t) if bytes <= t.outbound_bytes => t.read_at.clone(),
+        _ => jiff::Timestamp::from_second(f.read_at)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    };
     Ok(VmTransfer {
         month: name,
         outbound_bytes: outbound,
@@ -163,9 +170,7 @@ async fn advance(
             .allowance_bytes
             .filter(|a| *a > 0)
             .map(|a| i64::try_from(i128::from(outbound) * 100 / i128::from(a)).unwrap_or(i64::MAX)),
-        read_at: jiff::Timestamp::from_second(f.read_at)
-            .map(|t| t.to_string())
-            .unwrap_or_default(),
+        read_at,
         included_billed: inc.billed,
         overage_billed: over.billed,
         billed_at: inc.at.max(over.at),
@@ -221,6 +226,77 @@ async fn settle(
     Ok(settled.cursor)
 }
 
+/// Reads the server's transfer once more after the VM's deletion began and before its server is
+/// released, so what it sent since the last round is billed too (once: a figure read after the
+/// deletion began is not read again). A vendor that reports none, or a server already gone, is done.
+pub async fn read_before_release(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    uid: &str,
+    status: &VirtualMachineStatus,
+) -> Result<(), Error> {
+    let (Some(id), Some(pc_name), Some(since)) = (
+        status.external_id.as_deref(),
+        status.provider_config.as_deref(),
+        vm.metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+    ) else {
+        return Ok(());
+    };
+    let traffic = ctx.state::<Traffic>();
+    let before = traffic.figures(uid);
+    if before.as_ref().is_some_and(|f| f.read_at >= since) {
+        return Ok(());
+    }
+    let Some(pc) = ctx
+        .caches()?
+        .store::<ProviderConfig>()?
+        .get(&kube::runtime::reflector::ObjectRef::new(pc_name))
+    else {
+        return Ok(());
+    };
+    let resolved = ctx.providers.account_for_reading(ctx, &pc).await?;
+    let provider = ctx.providers.compute(ctx, &resolved).await?;
+    let allowance = match before.as_ref().and_then(|f| f.allowance_bytes) {
+        Some(a) => Some(a),
+        None => super::read::catalog(ctx, &resolved, &*provider)
+            .await
+            .ok()
+            .and_then(|c| c.size(status.size.as_deref()?)?.transfer_bytes),
+    };
+    let counted = status
+        .transfer
+        .as_ref()
+        .and_then(|t| Month::parse(&t.month));
+    let now = jiff::Timestamp::now().as_second();
+    let read = match super::traffic::read_server(
+        &*provider, id, counted, allowance, false, None, now,
+    )
+    .await
+    {
+        Ok(read) => read,
+        // An outage: the deletion waits for the figure, as it waits to delete.
+        Err(e @ Error::Vendor { .. }) if is_transient(&e) => return Err(e),
+        // A refusal (a token without the monitoring scope, say): the last round's figure is billed.
+        Err(e) => {
+            tracing::warn!(vm = %vm.name_any(), error = %e, "cannot read the server's transfer before its deletion; what the last round read is billed");
+            return Ok(());
+        }
+    };
+    if let Some(mut f) = read {
+        f.price = tenant_price(&pc, &*provider);
+        f.metrics = before.and_then(|b| b.metrics);
+        traffic.keep(uid, f);
+    }
+    Ok(())
+}
+
+fn is_transient(e: &Error) -> bool {
+    matches!(e, Error::Vendor { source, .. } if source.is_transient())
+}
+
 /// The Warning's words for threshold `percent`.
 fn note(t: &VmTransfer, percent: u32, price: Option<&Price>) -> String {
     let gb = |b: i64| format!("{:.1} GB", b as f64 / 1e9);
@@ -248,10 +324,27 @@ pub async fn record_pool_cost(
     pc: &ProviderConfig,
     provider: &dyn ComputeProvider,
     pool: &Pool,
+    now: i64,
 ) -> Result<(), Error> {
-    let (Some(ledger), Some(month), Some((price, currency))) =
-        (&ctx.ledger, pool.month, provider.transfer_price())
-    else {
+    if pool.unknown {
+        tracing::warn!(provider_config = %pc.name_any(), "a server's transfer allowance is not known this round: the account's pooled overage is not recorded until it is");
+    }
+    for (month, overage) in pool.overages() {
+        record_month(ctx, pc, provider, month, overage, now).await?;
+    }
+    Ok(())
+}
+
+/// Records the account's pooled `overage` of `month` beyond what the ledger holds for it.
+async fn record_month(
+    ctx: &Context,
+    pc: &ProviderConfig,
+    provider: &dyn ComputeProvider,
+    month: Month,
+    overage: i64,
+    now: i64,
+) -> Result<(), Error> {
+    let (Some(ledger), Some((price, currency))) = (&ctx.ledger, provider.transfer_price()) else {
         return Ok(());
     };
     let subject = Subject {
@@ -268,7 +361,6 @@ pub async fn record_pool_cost(
         Meter::TransferBytes.as_str()
     );
     let held = ledger.held_total(&prefix).await?;
-    let now = jiff::Timestamp::now().as_second();
     let cursor = Cursor {
         epoch: month.to_string(),
         billed: held,
@@ -279,7 +371,7 @@ pub async fn record_pool_cost(
     };
     let reading = Reading {
         epoch: month.to_string(),
-        value: pool.overage(),
+        value: overage,
         at: now.min(month.end() - 1),
         epoch_start: month.start(),
     };
@@ -300,7 +392,6 @@ pub async fn record_pool_cost(
     );
     if let Some(mut event) = step.event {
         event.attributes["pooled"] = true.into();
-        event.attributes["allowance_bytes"] = pool.allowance_bytes.into();
         ledger.record(std::slice::from_ref(&event)).await?;
     }
     Ok(())
