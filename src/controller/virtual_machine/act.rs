@@ -62,7 +62,8 @@ pub async fn act(
     } else {
         None
     };
-    let mut password = secret_value(existing.as_deref(), "password");
+    let unwritten = ctx.state::<UnwrittenPasswords>();
+    let mut password = secret_value(existing.as_deref(), "password").or_else(|| unwritten.get(uid));
     match &d.step {
         Step::Create => {
             if p.accepts_root_password() && password.is_none() {
@@ -72,11 +73,11 @@ pub async fn act(
             let made = create(ctx, vm, uid, obs, &d, with_password, progress, events).await?;
             // A Windows server's administrator password the vendor generated (Vultr): shown in the
             // create's answer only, so it goes to the connection Secret now.
-            if password.is_none()
-                && vm.spec.os == crate::crd::virtual_machine::OperatingSystem::Windows
-            {
+            if password.is_none() && windows {
                 password = made.initial_password.as_ref().map(|p| p.0.clone());
                 if let Some(pw) = password.as_deref() {
+                    // Kept in memory until the Secret holds it: a failed write is tried again.
+                    unwritten.keep(uid, pw);
                     apply_connection_secret(
                         ctx,
                         vm,
@@ -84,6 +85,7 @@ pub async fn act(
                         build::connection_data(vm, None, Some(pw)),
                     )
                     .await?;
+                    unwritten.forget_password(uid);
                 }
             }
             server = Some(made);
@@ -130,11 +132,41 @@ pub async fn act(
             progress,
         )
         .await?;
+        // The Secret holds it now.
+        unwritten.forget_password(uid);
     }
     let mut outcome = Outcome::new(d.health);
     outcome.requeue_after = d.requeue_after;
     outcome.resync_at_most = d.resync_at_most;
     Ok(outcome)
+}
+
+/// Vendor-generated passwords not yet in their VM's connection Secret (a write that failed), by VM UID:
+/// the next reconcile writes them (memory only: a crash before then loses one; see the README).
+#[derive(Default)]
+pub struct UnwrittenPasswords(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl UnwrittenPasswords {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, uid: &str) -> Option<String> {
+        self.lock().get(uid).cloned()
+    }
+    fn keep(&self, uid: &str, password: &str) {
+        self.lock().insert(uid.to_string(), password.to_string());
+    }
+    fn forget_password(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+}
+
+impl crate::controller::runtime::state::KindState for UnwrittenPasswords {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            self.forget_password(uid);
+        }
+    }
 }
 
 /// Adds the server to `spec.firewallID` where the vendor attaches firewalls after the create
