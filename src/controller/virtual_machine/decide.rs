@@ -262,14 +262,26 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
             adopted,
         ),
     ];
-    checks.into_iter().find_map(|(field, recorded, wanted)| {
-        let (rec, want) = (recorded?, wanted?);
-        (rec != want).then(|| {
-            format!(
-                "{field} is immutable once the server exists: it was {rec:?}, now {want:?}; restore it, or delete and recreate the VirtualMachine"
-            )
+    checks
+        .into_iter()
+        .find_map(|(field, recorded, wanted)| {
+            let (rec, want) = (recorded?, wanted?);
+            (rec != want).then(|| {
+                format!(
+                    "{field} is immutable once the server exists: it was {rec:?}, now {want:?}; restore it, or delete and recreate the VirtualMachine"
+                )
+            })
         })
-    })
+        .or_else(|| {
+            // The firewall the server joined: changing or removing it would not take it out.
+            let rec = status.firewall_id.as_ref()?;
+            (vm.spec.firewall_id.as_ref() != Some(rec)).then(|| {
+                format!(
+                    "spec.firewallID is immutable once the server joined the firewall: it was {rec:?}, now {:?}; restore it, or delete and recreate the VirtualMachine",
+                    vm.spec.firewall_id
+                )
+            })
+        })
 }
 
 /// Whose a server is, by its ownership tags and a second fact.
@@ -1463,6 +1475,28 @@ mod tests {
             restore: &c.restore,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn the_firewall_a_server_joined_cannot_be_changed_or_removed() {
+        let joined = VirtualMachineStatus {
+            firewall_id: Some("fw-a".into()),
+            ..created()
+        };
+        let with = |fw: Option<&str>| {
+            let extra = match fw {
+                Some(f) => serde_json::json!({ "firewallID": f }),
+                None => serde_json::json!({}),
+            };
+            vm(extra, serde_json::json!({}))
+        };
+        assert_eq!(immutable_violation(&with(Some("fw-a")), &joined), None);
+        for changed in [Some("fw-b"), None] {
+            let m = immutable_violation(&with(changed), &joined).expect("refused");
+            assert!(m.contains("spec.firewallID"), "{m}");
+        }
+        // Not joined yet (or a vendor that takes it at create): nothing recorded, nothing refused.
+        assert_eq!(immutable_violation(&with(Some("fw-b")), &created()), None);
     }
 
     #[test]
