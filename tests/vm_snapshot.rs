@@ -731,6 +731,27 @@ async fn a_snapshot_is_admitted_against_the_projects_monthly_spend() {
     let s = wait_snapshot(&e, "big", conditions::READY, "Reconciled").await;
     let st = s.status.unwrap();
     assert_eq!(st.currency.as_deref(), Some("USD"));
-    assert!(st.monthly_price.is_some(), "{st:?}");
+    let storage: rust_decimal::Decimal = st.monthly_price.as_deref().unwrap().parse().unwrap();
+    assert!(storage > rust_decimal::Decimal::ZERO, "{st:?}");
     assert_eq!(taken(&e).await.len(), 1);
+    // A second VM is admitted beside the first and the snapshot's storage: 6 + 6 fits 12, not with it.
+    e.apply_project("acme", limit("12")).await;
+    e.apply_vm(
+        "second",
+        serde_json::json!({"spec": {"projectRef": {"name": "acme"}}}),
+    )
+    .await;
+    let vm = e
+        .wait_vm(
+            "second",
+            conditions::STALLED,
+            ConditionStatus::True,
+            "LimitExceeded",
+        )
+        .await;
+    let st = vm.status.unwrap();
+    let msg = &conditions::find(&st.conditions, conditions::STALLED)
+        .unwrap()
+        .message;
+    assert!(msg.contains("VMs and snapshots"), "{msg}");
 }

@@ -62,7 +62,8 @@ pub struct Occupancy {
     pub held: usize,
     /// VMs waiting for admission that come before the candidate.
     pub ahead: usize,
-    /// Monthly price of the VMs holding a slot, in the Project's currency only.
+    /// Monthly price of the VMs holding a slot (and, when a VM is admitted, of the Project's snapshots'
+    /// storage), in the Project's currency only.
     pub spend: Decimal,
 }
 
@@ -137,7 +138,7 @@ pub fn admit(p: &ProjectState, c: &Candidate) -> Result<(), Refusal> {
             return Err((
                 reason::LIMIT_EXCEEDED,
                 format!(
-                    "Project {:?} limits monthly spend to {limit} {}: its VMs cost {existing} a month and this one would add {}",
+                    "Project {:?} limits monthly spend to {limit} {}: its VMs and snapshots cost {existing} a month and this one would add {}",
                     p.name, p.currency, c.monthly
                 ),
             ));

@@ -291,14 +291,23 @@ fn project(
             .and_then(|s| s.entitlement.as_ref())
             .is_some_and(|e| e.limits.is_some());
     let occupancy = if with_members && limited {
-        ctx.state::<crate::controller::project::members::MemberIndex>()
+        let mut o = ctx
+            .state::<crate::controller::project::members::MemberIndex>()
             .occupancy(
                 &ns,
                 name,
                 &ObjectRef::from_obj(vm),
                 &policy::order_of(vm),
                 &p.spec.currency,
-            )
+            );
+        // The Project's snapshots' storage counts toward its monthly spend too.
+        o.spend += crate::controller::virtual_machine_snapshot::admission::storage_spend(
+            ctx,
+            &ns,
+            name,
+            &p.spec.currency,
+        )?;
+        o
     } else {
         Occupancy::default()
     };

@@ -57,23 +57,89 @@ pub async fn admit(
             .requeue_after(ctx.config.poll_interval * 6),
         ));
     }
+    let limited = policy::effective_limits(&p).max_monthly_spend.is_some();
     let mut spend = Decimal::ZERO;
-    if policy::effective_limits(&p).max_monthly_spend.is_some()
-        && let Some(vm) = &vm
-    {
+    if limited && let Some(vm) = &vm {
         // Every member VM counts (a reference to no VM excludes none of them).
         let nobody = ObjectRef::<VirtualMachine>::new("").within(&ns);
         spend = ctx
             .state::<MemberIndex>()
             .occupancy(&ns, name, &nobody, &policy::order_of(vm), &p.spec.currency)
             .spend;
-        spend += others(ctx, obj, name, &p.spec.currency)?;
     }
     let state = project_state(&p, Default::default());
     let priced = estimate.as_ref().map(|(m, c)| (*m, c.as_str()));
-    Ok(decide::admit_storage(&state, spend, priced)
-        .err()
-        .map(|(r, m)| Outcome::new(Health::stalled(r, format!("not taken: {m}")))))
+    let uid = obj.uid().unwrap_or_default();
+    let key = (ns.clone(), name.clone());
+    // The other snapshots and this one's admission in one critical section: two admitted at once
+    // each count the other.
+    let admitted = ctx.state::<Admitted>();
+    let mut held = admitted.lock();
+    if limited {
+        spend += cache_spend(ctx, &key, &p.spec.currency, Some(&uid), &held)?;
+        spend += held.others(&key, &uid, &p.spec.currency);
+    }
+    if let Err((r, m)) = decide::admit_storage(&state, spend, priced) {
+        return Ok(Some(Outcome::new(Health::stalled(
+            r,
+            format!("not taken: {m}"),
+        ))));
+    }
+    if let Some((monthly, currency)) = estimate {
+        held.keep(key, uid, monthly, currency);
+    }
+    Ok(None)
+}
+
+/// Snapshots admitted by this process whose price the cache may not show yet, by Project: counted
+/// beside the cache's figures (in their place for the same snapshot) until they are deleted.
+#[derive(Default)]
+pub struct Admitted(std::sync::Mutex<AdmittedMap>);
+
+/// Per Project (namespace, name): each admitted snapshot's UID, monthly price and currency.
+type AdmittedMap = std::collections::HashMap<
+    (String, String),
+    std::collections::HashMap<String, (Decimal, String)>,
+>;
+
+impl Admitted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdmittedMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+trait Held {
+    fn others(&self, key: &(String, String), me: &str, currency: &str) -> Decimal;
+    fn keep(&mut self, key: (String, String), uid: String, monthly: Decimal, currency: String);
+}
+
+impl Held for AdmittedMap {
+    fn others(&self, key: &(String, String), me: &str, currency: &str) -> Decimal {
+        self.get(key)
+            .map(|m| {
+                m.iter()
+                    .filter(|(uid, (_, c))| uid.as_str() != me && c == currency)
+                    .map(|(_, (monthly, _))| *monthly)
+                    .sum()
+            })
+            .unwrap_or_default()
+    }
+
+    fn keep(&mut self, key: (String, String), uid: String, monthly: Decimal, currency: String) {
+        self.entry(key)
+            .or_default()
+            .insert(uid, (monthly, currency));
+    }
+}
+
+impl crate::controller::runtime::state::KindState for Admitted {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            for m in self.lock().values_mut() {
+                m.remove(uid);
+            }
+        }
+    }
 }
 
 /// The storage's monthly price at the disk of the VM's size, with the markup; `None` when the vendor
@@ -94,24 +160,75 @@ async fn estimate(
     Some((monthly.normalize(), currency.to_string()))
 }
 
-/// What the Project's other snapshots in its namespace cost a month, in `currency`.
-fn others(
+/// What Project `ns/project`'s snapshots cost a month in `currency`: VM admission counts them beside
+/// its VMs. From the snapshot cache, and for those this process admitted, from what they were admitted at.
+pub fn storage_spend(
     ctx: &Context,
-    obj: &VirtualMachineSnapshot,
+    ns: &str,
     project: &str,
     currency: &str,
 ) -> Result<Decimal, Error> {
-    let ns = obj.namespace();
-    let me = obj.uid();
+    let admitted = ctx.state::<Admitted>();
+    let held = admitted.lock();
+    let key = (ns.to_string(), project.to_string());
+    Ok(cache_spend(ctx, &key, currency, None, &held)? + held.others(&key, "", currency))
+}
+
+/// What the cache shows of the Project's snapshots a month in `currency`, but `except` and those in
+/// `held` (counted from there).
+fn cache_spend(
+    ctx: &Context,
+    (ns, project): &(String, String),
+    currency: &str,
+    except: Option<&str>,
+    held: &AdmittedMap,
+) -> Result<Decimal, Error> {
+    let mine = held.get(&(ns.clone(), project.clone()));
     Ok(ctx
         .caches()?
         .store::<VirtualMachineSnapshot>()?
         .state()
         .iter()
-        .filter(|s| s.namespace() == ns && s.uid() != me)
+        .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|s| {
+            let uid = s.uid().unwrap_or_default();
+            Some(uid.as_str()) != except && mine.is_none_or(|m| !m.contains_key(&uid))
+        })
         .filter_map(|s| s.status.as_ref())
-        .filter(|st| st.project.as_deref() == Some(project))
+        .filter(|st| st.project.as_deref() == Some(project.as_str()))
         .filter(|st| st.currency.as_deref() == Some(currency))
         .filter_map(|st| st.monthly_price.as_deref()?.parse::<Decimal>().ok())
         .sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admitted_snapshots_count_for_the_others_of_their_project_and_currency() {
+        let mut m = AdmittedMap::default();
+        let acme = ("t".to_string(), "acme".to_string());
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        m.keep(acme.clone(), "a".into(), d("1.5"), "USD".into());
+        m.keep(acme.clone(), "b".into(), d("2"), "USD".into());
+        m.keep(acme.clone(), "c".into(), d("9"), "EUR".into());
+        m.keep(
+            ("t".into(), "other".into()),
+            "d".into(),
+            d("7"),
+            "USD".into(),
+        );
+        // A second snapshot admitted at once sees the first; itself and other currencies are not counted.
+        assert_eq!(m.others(&acme, "b", "USD"), d("1.5"));
+        assert_eq!(m.others(&acme, "", "USD"), d("3.5"));
+        assert_eq!(m.others(&acme, "", "EUR"), d("9"));
+        assert_eq!(
+            m.others(&("t".into(), "none".into()), "", "USD"),
+            Decimal::ZERO
+        );
+        let admitted = Admitted(std::sync::Mutex::new(m));
+        crate::controller::runtime::state::KindState::forget(&admitted, "t/b", Some("a"));
+        assert_eq!(admitted.lock().others(&acme, "", "USD"), d("2"));
+    }
 }

@@ -24,7 +24,7 @@
 //!
 //! Snapshot storage is not metered yet (the README's feature table says so).
 
-mod admission;
+pub mod admission;
 pub mod decide;
 mod wire;
 
