@@ -51,23 +51,48 @@ async fn transfer_events(e: &Env, name: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn transfer_beyond_the_allowance_is_billed_once_and_announced_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (l, _) = common::db::fresh_ledger(&dir).await;
-    let e = env_with("vmxfer", |_| {})
+/// A controller with the ledger reading transfer every `interval` seconds, Project `acme` (USD) and
+/// VM `web` in it (`spec` merged in), Ready; the ledger's folder must outlive the test.
+async fn metered_vm(
+    prefix: &str,
+    interval: u64,
+    spec: serde_json::Value,
+    dir: &tempfile::TempDir,
+) -> (
+    Env,
+    quartermaster::ledger::Ledger,
+    quartermaster::crd::VirtualMachine,
+) {
+    let (l, _) = common::db::fresh_ledger(dir).await;
+    let e = env_with(prefix, |_| {})
         .await
         .with_controller(Some(l.clone()), |c| {
-            c.traffic_interval = std::time::Duration::from_secs(1);
+            c.traffic_interval = std::time::Duration::from_secs(interval);
         });
     e.apply_project("acme", serde_json::json!({"currency": "USD"}))
         .await;
-    e.apply_vm(
-        "web",
-        serde_json::json!({"spec": {"projectRef": {"name": "acme"}, "metrics": true, "monitoring": true}}),
-    )
-    .await;
+    let mut spec = spec;
+    spec["projectRef"] = serde_json::json!({"name": "acme"});
+    e.apply_vm("web", serde_json::json!({ "spec": spec })).await;
     let vm = e.wait_ready("web").await;
+    (e, l, vm)
+}
+
+/// Project `acme`'s UID.
+async fn acme_uid(e: &Env) -> String {
+    kube::api::Api::<quartermaster::crd::Project>::namespaced(e.client.clone(), &e.ns)
+        .get("acme")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn transfer_beyond_the_allowance_is_billed_once_and_announced_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = serde_json::json!({"metrics": true, "monitoring": true});
+    let (e, l, vm) = metered_vm("vmxfer", 1, spec, &dir).await;
     let (uid, id) = (
         vm.uid().unwrap(),
         vm.status.as_ref().unwrap().external_id.clone().unwrap(),
@@ -91,13 +116,7 @@ async fn transfer_beyond_the_allowance_is_billed_once_and_announced_once() {
     assert_eq!(t.allowance_bytes, Some(TIB));
     assert_eq!(t.used_percent, Some(85));
     assert_eq!((t.included_billed, t.overage_billed), (first, 0));
-    let project_uid =
-        kube::api::Api::<quartermaster::crd::Project>::namespaced(e.client.clone(), &e.ns)
-            .get("acme")
-            .await
-            .unwrap()
-            .uid()
-            .unwrap();
+    let project_uid = acme_uid(&e).await;
     let acme = ProjectRef {
         namespace: &e.ns,
         name: "acme",
@@ -166,21 +185,8 @@ async fn transfer_beyond_the_allowance_is_billed_once_and_announced_once() {
 #[tokio::test]
 async fn a_deleted_vms_last_transfer_is_read_and_billed_before_its_server_goes() {
     let dir = tempfile::tempdir().unwrap();
-    let (l, _) = common::db::fresh_ledger(&dir).await;
     // Rounds far apart: only the read at deletion sees the figure.
-    let e = env_with("vmxferdel", |_| {})
-        .await
-        .with_controller(Some(l.clone()), |c| {
-            c.traffic_interval = std::time::Duration::from_secs(3600);
-        });
-    e.apply_project("acme", serde_json::json!({"currency": "USD"}))
-        .await;
-    e.apply_vm(
-        "web",
-        serde_json::json!({"spec": {"projectRef": {"name": "acme"}}}),
-    )
-    .await;
-    let vm = e.wait_ready("web").await;
+    let (e, l, vm) = metered_vm("vmxferdel", 3600, serde_json::json!({}), &dir).await;
     let id = vm.status.as_ref().unwrap().external_id.clone().unwrap();
     assert!(
         vm.status.unwrap().transfer.is_none(),
@@ -190,13 +196,7 @@ async fn a_deleted_vms_last_transfer_is_read_and_billed_before_its_server_goes()
     set_transfer(&e, &id, sent).await;
     e.vms().delete("web", &Default::default()).await.unwrap();
     e.wait_gone("web").await;
-    let project_uid =
-        kube::api::Api::<quartermaster::crd::Project>::namespaced(e.client.clone(), &e.ns)
-            .get("acme")
-            .await
-            .unwrap()
-            .uid()
-            .unwrap();
+    let project_uid = acme_uid(&e).await;
     let acme = ProjectRef {
         namespace: &e.ns,
         name: "acme",
