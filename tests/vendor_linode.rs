@@ -246,6 +246,9 @@ async fn vendor_linode_traffic_requests_validate_against_the_spec() {
     );
     // The Backup service's price per type (its `addons`), and whether a Linode has it on.
     assert!(sizes.iter().any(|s| s.backup_price.is_some()), "{sizes:?}");
+    // The account's own overage figure (GB beyond its pool this month).
+    let overage = p.account_overage().await.expect("GET /v4/account/transfer");
+    assert!(overage.is_some_and(|b| b >= 0), "{overage:?}");
     let server = p.get("123").await.expect("GET /v4/linode/instances/{id}");
     assert!(
         server.is_some_and(|s| s.backups.is_some()),

@@ -714,6 +714,16 @@ impl ComputeProvider for Linode {
         Ok(found.map(|t| t.bytes_out))
     }
 
+    /// `billable` of `/account/transfer` (GB beyond the pool this month): the account's own figure.
+    async fn account_overage(&self) -> Result<Option<i64>, CloudError> {
+        let v: serde_json::Value = self
+            .api
+            .http
+            .json(self.req(Method::GET, "/v4/account/transfer"), true)
+            .await?;
+        Ok(v["billable"].as_f64().map(super::traffic::gb))
+    }
+
     /// Network transfer overage: US$0.005 per GB (Linode's pricing page).
     fn transfer_price(&self) -> Option<(rust_decimal::Decimal, &'static str)> {
         Some((rust_decimal::Decimal::new(5, 3), "USD"))

@@ -461,6 +461,11 @@ pub trait ComputeProvider: Send + Sync {
     fn transfer_price(&self) -> Option<(Decimal, &'static str)> {
         None
     }
+    /// The account's own figure of its pooled transfer beyond its allowance this month (what it will be
+    /// billed), bytes; `None` where the vendor reports none (the pool is then summed from the servers).
+    async fn account_overage(&self) -> Result<Option<i64>, CloudError> {
+        Ok(None)
+    }
     /// How many calls [`ComputeProvider::metrics`] makes (to pace them).
     fn metrics_calls(&self) -> u32 {
         1

@@ -214,6 +214,15 @@ async fn gather_account(
             ctx.wake(ObjectRef::from_obj(&**vm));
         }
     }
+    // Where the vendor states the account's own overage (Linode), it is the pool's figure this month.
+    pace(gap).await;
+    match provider.account_overage().await {
+        Ok(Some(bytes)) => pool.stated(Month::of(now), bytes),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(provider_config = %pc.name_any(), error = %e, "cannot read the account's own transfer figure; its pool is summed from its servers")
+        }
+    }
     super::transfer::record_pool_cost(ctx, pc, &*provider, &pool, now).await
 }
 
@@ -291,6 +300,8 @@ pub struct Pool {
     /// A server's allowance was not known this round (its size not in the catalog, or the catalog
     /// not read): the pool's overage cannot be told, and nothing is recorded for it.
     pub unknown: bool,
+    /// The vendor's own figure of the account's overage in a month, which stands over the sum.
+    pub stated: Option<(Month, i64)>,
 }
 
 impl Pool {
@@ -306,15 +317,25 @@ impl Pool {
         }
     }
 
-    /// Transfer beyond the pooled allowance in each month, bytes; nothing when an allowance was not
-    /// known.
+    /// Records the vendor's own figure of `month`'s overage.
+    pub fn stated(&mut self, month: Month, bytes: i64) {
+        self.stated = Some((month, bytes.max(0)));
+    }
+
+    /// Transfer beyond the pooled allowance in each month, bytes: the vendor's own figure where it
+    /// states one, else the sum over the servers read (nothing when an allowance was not known).
     pub fn overages(&self) -> Vec<(Month, i64)> {
-        if self.unknown {
-            return Vec::new();
-        }
-        self.months
+        let summed = self
+            .months
             .iter()
-            .map(|(m, (out, allowance))| (*m, (out - allowance).max(0)))
+            .filter(|_| !self.unknown)
+            .map(|(m, (out, allowance))| (*m, (out - allowance).max(0)));
+        let Some((month, bytes)) = self.stated else {
+            return summed.collect();
+        };
+        summed
+            .filter(|(m, _)| *m != month)
+            .chain([(month, bytes)])
             .collect()
     }
 }
@@ -413,5 +434,43 @@ impl prometheus::core::Collector for Series {
             .into_iter()
             .flat_map(|g| g.collect())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(months: &[(Month, i64)], allowance: Option<i64>) -> Figures {
+        Figures {
+            server_id: "1".into(),
+            read_at: 0,
+            months: months.to_vec(),
+            allowance_bytes: allowance,
+            metrics: None,
+            price: None,
+        }
+    }
+
+    #[test]
+    fn the_pool_sums_each_month_and_yields_to_an_unknown_allowance_or_the_vendors_own_figure() {
+        let (nov, dec) = (
+            Month::parse("2026-11").unwrap(),
+            Month::parse("2026-12").unwrap(),
+        );
+        let mut pool = Pool::default();
+        pool.add(&figures(&[(nov, 900), (dec, 700)], Some(1000)));
+        pool.add(&figures(&[(dec, 1800)], Some(1000)));
+        // December: 2,500 sent of 2,000 pooled; November: only one server's final figure, within.
+        assert_eq!(pool.overages(), vec![(nov, 0), (dec, 500)]);
+        // The vendor's own figure for a month stands over the sum.
+        let mut stated = pool.clone();
+        stated.stated(dec, 350);
+        assert_eq!(stated.overages(), vec![(nov, 0), (dec, 350)]);
+        // A server whose allowance is unknown: no sum can be told (only a stated figure).
+        pool.add(&figures(&[(dec, 5)], None));
+        assert_eq!(pool.overages(), Vec::new());
+        pool.stated(dec, 350);
+        assert_eq!(pool.overages(), vec![(dec, 350)]);
     }
 }

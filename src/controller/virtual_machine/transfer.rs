@@ -326,7 +326,7 @@ pub async fn record_pool_cost(
     pool: &Pool,
     now: i64,
 ) -> Result<(), Error> {
-    if pool.unknown {
+    if pool.unknown && pool.stated.is_none() {
         tracing::warn!(provider_config = %pc.name_any(), "a server's transfer allowance is not known this round: the account's pooled overage is not recorded until it is");
     }
     for (month, overage) in pool.overages() {
