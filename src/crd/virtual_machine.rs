@@ -414,6 +414,29 @@ pub struct VirtualMachineStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub firewall_id: Option<String>,
+    /// The vendor options the server was created with: a later change of them cannot reach it, so it
+    /// is refused (`ImmutableFieldChanged`) rather than ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_with: Option<CreatedOptions>,
+}
+
+/// The vendor options a server was created with.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedOptions {
+    /// `spec.vpcID` at create.
+    #[serde(default, rename = "vpcID", skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    /// `spec.monitoring` at create.
+    #[serde(default)]
+    pub monitoring: bool,
+    /// `spec.stackScript.id` at create.
+    #[serde(
+        default,
+        rename = "stackScriptID",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stack_script_id: Option<u64>,
 }
 
 /// A server's outbound transfer in one calendar month (UTC) and its metering.

@@ -345,6 +345,11 @@ async fn create(
         .map_err(|m| Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, m))?;
     record_intent(ctx, vm, uid, &d.status).await?;
     progress.status = d.status.clone();
+    progress.status.created_with = Some(crate::crd::virtual_machine::CreatedOptions {
+        vpc_id: vm.spec.vpc_id.clone(),
+        monitoring: vm.spec.monitoring,
+        stack_script_id: vm.spec.stack_script.as_ref().map(|s| s.id),
+    });
     if matches!(obs.lookup, Lookup::Absent { after_intent: true }) {
         ctx.metrics.recreates_after_intent.inc();
         events.push((

@@ -273,6 +273,21 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
             })
         })
         .or_else(|| {
+            // The options the server was created with: a change cannot reach it.
+            let o = status.created_with.as_ref()?;
+            let now = (
+                &vm.spec.vpc_id,
+                vm.spec.monitoring,
+                vm.spec.stack_script.as_ref().map(|s| s.id),
+            );
+            let was = (&o.vpc_id, o.monitoring, o.stack_script_id);
+            (now != was).then(|| {
+                format!(
+                    "spec.vpcID, spec.monitoring and spec.stackScript are immutable once the server exists: it was created with {was:?}, now {now:?}; restore them, or delete and recreate the VirtualMachine"
+                )
+            })
+        })
+        .or_else(|| {
             // The firewall the server joined: changing or removing it would not take it out.
             let rec = status.firewall_id.as_ref()?;
             (vm.spec.firewall_id.as_ref() != Some(rec)).then(|| {
@@ -1497,6 +1512,31 @@ mod tests {
         }
         // Not joined yet (or a vendor that takes it at create): nothing recorded, nothing refused.
         assert_eq!(immutable_violation(&with(Some("fw-b")), &created()), None);
+        // The options a server was created with: a change cannot reach it, so it is refused.
+        let made = VirtualMachineStatus {
+            created_with: Some(crate::crd::virtual_machine::CreatedOptions {
+                vpc_id: Some("vpc-a".into()),
+                monitoring: true,
+                stack_script_id: None,
+            }),
+            ..created()
+        };
+        let opts = |o: serde_json::Value| vm(o, serde_json::json!({}));
+        let same = opts(serde_json::json!({"vpcID": "vpc-a", "monitoring": true}));
+        assert_eq!(immutable_violation(&same, &made), None);
+        for changed in [
+            serde_json::json!({"vpcID": "vpc-b", "monitoring": true}),
+            serde_json::json!({"monitoring": true}),
+            serde_json::json!({"vpcID": "vpc-a"}),
+        ] {
+            let m = immutable_violation(&opts(changed), &made).expect("refused");
+            assert!(m.contains("spec.vpcID"), "{m}");
+        }
+        // A server created before the options were recorded: nothing to compare, nothing refused.
+        assert_eq!(
+            immutable_violation(&opts(serde_json::json!({"vpcID": "x"})), &created()),
+            None
+        );
     }
 
     #[test]
