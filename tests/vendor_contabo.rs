@@ -84,7 +84,8 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
     };
     let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
     assert_eq!(p.vendor(), "contabo");
-    assert!(!p.accepts_root_password());
+    // Linux servers stay key-only; a Windows server's password is kept as a Contabo secret.
+    assert!(!p.accepts_root_password(false) && p.accepts_root_password(true));
     assert!(p.resize_needs_power_off());
     p.verify().await.expect("GET /v1/compute/instances?size=1");
 
@@ -103,6 +104,15 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
         options: Default::default(),
     };
     let created = p.create(&spec).await.expect("POST /v1/compute/instances");
+    // A Windows server's administrator password: a password secret made first (the mock's are named
+    // otherwise, so none is found), its ID in the create's `rootPassword`.
+    let windows = ServerSpec {
+        root_password: Some(cloud::generate_password()),
+        ..spec.clone()
+    };
+    p.create(&windows)
+        .await
+        .expect("GET + POST /v1/secrets, POST /v1/compute/instances with rootPassword");
     // Contabo honours none of the vendor options: refused before any create.
     let vpc = ServerSpec {
         options: cloud::ServerOptions {
@@ -166,7 +176,7 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
     assert!(matches!(err, CloudError::Unsupported(_)), "{err}");
     p.delete(&created.id)
         .await
-        .expect("POST /v1/compute/instances/{id}/cancel");
+        .expect("GET /v1/compute/instances/{id}, POST …/cancel, GET /v1/secrets");
 
     let sizes = p.sizes().await.expect("static product table");
     assert!(sizes.iter().any(|s| s.slug == "V92"));
@@ -249,4 +259,160 @@ async fn vendor_contabo_mock_rejects_an_invalid_create() {
         .await
         .unwrap();
     assert!(resp.status().is_client_error(), "{}", resp.status());
+}
+
+/// A password secret as the local mock keeps it.
+#[derive(Clone)]
+struct MockSecret {
+    id: i64,
+    name: String,
+    value: String,
+}
+
+/// A local mock of the Contabo calls a Windows create makes: secrets (list by name, create, set,
+/// delete) and instances, whose first create answers 500 (the vendor may or may not have acted).
+#[derive(Clone, Default)]
+struct Mock {
+    secrets: Arc<std::sync::Mutex<Vec<MockSecret>>>,
+    secret_posts: Arc<AtomicUsize>,
+    creates: Arc<AtomicUsize>,
+    root_passwords: Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+async fn contabo_mock() -> (String, Mock) {
+    use axum::extract::{Path, Query, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, patch, post};
+    use serde_json::{Value, json};
+    type Q = Query<std::collections::HashMap<String, String>>;
+    let mock = Mock::default();
+    fn row(s: &MockSecret) -> Value {
+        json!({"secretId": s.id, "name": s.name, "type": "password", "tenantId": "DE",
+               "customerId": "1", "createdAt": "2026-12-05T00:00:00Z", "updatedAt": "2026-12-05T00:00:00Z"})
+    }
+    let app = axum::Router::new()
+        .route(
+            "/v1/secrets",
+            get(|State(m): State<Mock>, Query(q): Q| async move {
+                let name = q.get("name").cloned().unwrap_or_default();
+                let rows: Vec<Value> = m.secrets.lock().unwrap().iter()
+                    .filter(|s| s.name.contains(&name)).map(row).collect();
+                axum::Json(json!({"data": rows, "_pagination": {"totalPages": 1}, "_links": {}}))
+            })
+            .post(|State(m): State<Mock>, axum::Json(b): axum::Json<Value>| async move {
+                m.secret_posts.fetch_add(1, Ordering::SeqCst);
+                let mut all = m.secrets.lock().unwrap();
+                let s = MockSecret {
+                    id: 500 + all.len() as i64,
+                    name: b["name"].as_str().unwrap().into(),
+                    value: b["value"].as_str().unwrap().into(),
+                };
+                all.push(s.clone());
+                (StatusCode::CREATED, axum::Json(json!({"data": [row(&s)], "_links": {}})))
+            }),
+        )
+        .route(
+            "/v1/secrets/{id}",
+            patch(|State(m): State<Mock>, Path(id): Path<i64>, axum::Json(b): axum::Json<Value>| async move {
+                let mut all = m.secrets.lock().unwrap();
+                let s = all.iter_mut().find(|s| s.id == id).unwrap();
+                s.value = b["value"].as_str().unwrap().into();
+                axum::Json(json!({"data": [row(s)], "_links": {}}))
+            })
+            .delete(|State(m): State<Mock>, Path(id): Path<i64>| async move {
+                m.secrets.lock().unwrap().retain(|s| s.id != id);
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/v1/compute/instances",
+            post(|State(m): State<Mock>, axum::Json(b): axum::Json<Value>| async move {
+                m.root_passwords.lock().unwrap().push(b["rootPassword"].as_i64().unwrap_or(-1));
+                if m.creates.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({})));
+                }
+                let name = b["displayName"].clone();
+                (StatusCode::CREATED, axum::Json(json!({"data": [{"instanceId": 7, "displayName": name}]})))
+            }),
+        )
+        .route(
+            "/v1/compute/instances/{id}",
+            get(|| async {
+                axum::Json(json!({"data": [{"instanceId": 7,
+                    "displayName": "win-1 quartermaster-uid-0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa"}]}))
+            }),
+        )
+        .route(
+            "/v1/compute/instances/{id}/cancel",
+            post(|| async { axum::Json(json!({"data": []})) }),
+        )
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), mock)
+}
+
+/// A Windows create whose first answer is lost (a 500) makes one password secret, not two: the
+/// second attempt finds it by name and sets its value again; cancelling the server deletes it.
+#[tokio::test]
+async fn vendor_contabo_a_windows_password_is_one_secret_made_once_and_deleted_with_the_server() {
+    quartermaster::install_crypto_provider();
+    let (base, mock) = contabo_mock().await;
+    let (auth, _) = token_server().await;
+    let account = Account {
+        provider: ProviderType::Contabo,
+        endpoint: Some(base),
+        credentials: credentials(&auth),
+        rate_limit: None,
+    };
+    let retry = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    let p = cloud::connect(&account, retry, None).unwrap();
+    let password = cloud::generate_password();
+    let spec = ServerSpec {
+        name: "win-1".into(),
+        region: "EU".into(),
+        size: "V92".into(),
+        image: "windows-server-2022".into(),
+        ssh_keys: vec![],
+        user_data: None,
+        tags: vec![cloud::uid_tag("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa")],
+        backups: false,
+        ipv6: false,
+        root_password: Some(password.clone()),
+        options: Default::default(),
+    };
+    let err = p.create(&spec).await.unwrap_err();
+    assert!(!err.is_auth(), "{err}");
+    let made = p.create(&spec).await.expect("the second attempt");
+    assert_eq!(made.id, "7");
+    assert_eq!(mock.secret_posts.load(Ordering::SeqCst), 1, "one secret");
+    let secrets = mock.secrets.lock().unwrap().clone();
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(
+        secrets[0].name,
+        "quartermaster-uid-0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa-password"
+    );
+    assert_eq!(secrets[0].value, password);
+    assert_eq!(*mock.root_passwords.lock().unwrap(), vec![500, 500]);
+    // Neither the password nor the API credentials appear in the error.
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.contains(&password) && !text.contains(API_PASSWORD),
+        "{text}"
+    );
+
+    p.delete("7").await.expect("cancel, then the secret");
+    assert!(
+        mock.secrets.lock().unwrap().is_empty(),
+        "the secret is gone"
+    );
+    p.delete("7")
+        .await
+        .expect("a second delete finds nothing to do");
 }

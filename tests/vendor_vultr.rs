@@ -23,7 +23,7 @@ async fn vendor_vultr_client_requests_validate_against_the_spec() {
     };
     let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
     assert_eq!(p.vendor(), "vultr");
-    assert!(!p.accepts_root_password());
+    assert!(!p.accepts_root_password(false) && !p.accepts_root_password(true));
     assert!(!p.resize_needs_power_off());
     p.verify().await.expect("GET /account");
 

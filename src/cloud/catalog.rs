@@ -337,7 +337,7 @@ mod tests {
         fn resize_needs_power_off(&self) -> bool {
             false
         }
-        fn accepts_root_password(&self) -> bool {
+        fn accepts_root_password(&self, _windows: bool) -> bool {
             false
         }
         fn vendor(&self) -> &'static str {

@@ -14,8 +14,11 @@
 //! - `delete` cancels the contract (`POST …/cancel`): the instance keeps running until the end of the
 //!   paid period and reads as [`ServerState::Deleting`] until then.
 //! - The product of an instance cannot be changed (`resize` is unsupported), root passwords and SSH keys
-//!   are IDs of secrets in Contabo's Secrets API (no plain passwords; public SSH keys are refused), and
+//!   are IDs of secrets in Contabo's Secrets API (public SSH keys are refused; a Windows server's
+//!   administrator password is kept there by [`secrets`] under a name derived from its owner), and
 //!   the API has no price list: [`sizes`](ComputeProvider::sizes) is a built-in table.
+
+mod secrets;
 
 use std::time::Duration;
 
@@ -383,6 +386,9 @@ struct CreateInstance<'a> {
     period: i64,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ssh_keys: Vec<i64>,
+    /// The `secretId` of the administrator password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    root_password: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -564,6 +570,21 @@ fn without_tag(display: &str, tag: &str, id: i64) -> String {
     }
 }
 
+/// The name of the password secret for `spec`'s server, after its ownership tag.
+fn password_secret_name(spec: &ServerSpec) -> Result<String, CloudError> {
+    spec.tags
+        .iter()
+        .find(|t| t.starts_with(UID_TAG_PREFIX))
+        .map(|t| secrets::secret_name(t))
+        .ok_or_else(|| {
+            CloudError::Unsupported(
+                "contabo keeps a password as a secret named after the server's ownership tag, and \
+                 this create has none"
+                    .into(),
+            )
+        })
+}
+
 /// Ownership tags found in a display name.
 fn tags_in(display_name: &str) -> Vec<String> {
     display_name
@@ -661,6 +682,13 @@ impl ComputeProvider for Contabo {
                 }
             }
         }
+        let root_password = match spec.root_password.as_deref() {
+            Some(pw) => Some(
+                self.password_secret(&password_secret_name(spec)?, pw)
+                    .await?,
+            ),
+            None => None,
+        };
         // defaultUser is left to Contabo (root on Linux/BSD, administrator on Windows): a fixed value
         // would be refused for the other family of images.
         let body = CreateInstance {
@@ -670,6 +698,7 @@ impl ComputeProvider for Contabo {
             display_name: display_name(spec),
             period: 1,
             ssh_keys,
+            root_password,
             user_data: spec.user_data.as_deref(),
             add_ons: spec.backups.then(|| serde_json::json!({ "backup": {} })),
         };
@@ -724,6 +753,11 @@ impl ComputeProvider for Contabo {
         let Some(num) = numeric_id(id) else {
             return Ok(());
         };
+        // Its ownership tags name its password secret, deleted once the cancel is done.
+        let tags = self
+            .instance(id)
+            .await?
+            .map(|i| i.display_name.unwrap_or_default());
         let url = self.url(&format!("/v1/compute/instances/{num}/cancel"));
         // An empty body cancels at the end of the current contract period.
         let result = self
@@ -734,17 +768,21 @@ impl ComputeProvider for Contabo {
             })
             .await;
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
             // Already cancelled (Contabo refuses a second cancel): that is success too.
             Err(CloudError::Http(e)) if matches!(e.status(), Some(400 | 409 | 422)) => {
                 match self.get(id).await? {
-                    None => Ok(()),
-                    Some(s) if s.state == ServerState::Deleting => Ok(()),
-                    Some(_) => Err(e.into()),
+                    None => {}
+                    Some(s) if s.state == ServerState::Deleting => {}
+                    Some(_) => return Err(e.into()),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        }
+        match tags {
+            Some(name) => self.delete_password_secrets(&tags_in(&name)).await,
+            None => Ok(()),
         }
     }
 
@@ -936,9 +974,9 @@ impl ComputeProvider for Contabo {
     fn resize_rule(&self) -> ResizeRule {
         ResizeRule::Unsupported
     }
-    fn accepts_root_password(&self) -> bool {
-        // The create call takes the ID of a password secret, not a password.
-        false
+    fn accepts_root_password(&self, windows: bool) -> bool {
+        // For RDP; kept as a secret whose ID the create takes. Linux servers stay key-only.
+        windows
     }
 
     fn vendor(&self) -> &'static str {

@@ -769,7 +769,7 @@ impl ComputeProvider for DigitalOcean {
     fn user_data_limit(&self) -> Option<usize> {
         Some(64 * 1024)
     }
-    fn accepts_root_password(&self) -> bool {
+    fn accepts_root_password(&self, _windows: bool) -> bool {
         false
     }
 

@@ -779,7 +779,7 @@ impl ComputeProvider for Linode {
     fn resize_rule(&self) -> crate::cloud::ResizeRule {
         crate::cloud::ResizeRule::Any
     }
-    fn accepts_root_password(&self) -> bool {
+    fn accepts_root_password(&self, _windows: bool) -> bool {
         true
     }
 

@@ -498,8 +498,9 @@ pub trait ComputeProvider: Send + Sync {
     fn resize_rule(&self) -> ResizeRule {
         ResizeRule::NoSmallerDisk
     }
-    /// Whether the vendor accepts a root password at create.
-    fn accepts_root_password(&self) -> bool;
+    /// Whether the create takes a password Quartermaster chooses (written to the connection Secret
+    /// first) for a server of this family (`windows`): Linode always, Contabo for Windows (RDP).
+    fn accepts_root_password(&self, windows: bool) -> bool;
     /// The most user data (bytes, before any encoding) the vendor's API reference accepts at create;
     /// `None` where it documents no limit. Checked before the create is sent.
     fn user_data_limit(&self) -> Option<usize> {
@@ -621,8 +622,8 @@ pub fn decimal_from_f64(v: f64) -> Decimal {
     Decimal::from_str(&format!("{v}")).unwrap_or_default()
 }
 
-/// A generated root password: 24 characters from an unambiguous alphabet plus the character classes
-/// vendors demand.
+/// A generated root password: 25 characters, 20 from an unambiguous alphabet plus the character classes
+/// vendors demand (Contabo's pattern included).
 pub fn generate_password() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
@@ -630,12 +631,32 @@ pub fn generate_password() -> String {
     let body: String = (0..20)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    format!("{body}-Q7x")
+    // `_` and `@` are among the specials Contabo demands two of (with a digit, upper and lower case).
+    format!("{body}_Q7x@")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_passwords_meet_every_vendors_rules() {
+        const SPECIALS: &str = "!@#$^&*?_~";
+        for _ in 0..200 {
+            let pw = generate_password();
+            let count = |f: fn(char) -> bool| pw.chars().filter(|c| f(*c)).count();
+            assert!(pw.len() >= 8 && pw.len() <= 128, "{pw}");
+            assert!(count(|c| c.is_ascii_uppercase()) > 0, "{pw}");
+            assert!(count(|c| c.is_ascii_lowercase()) > 0, "{pw}");
+            let specials = pw.chars().filter(|c| SPECIALS.contains(*c)).count();
+            let digits = count(|c| c.is_ascii_digit());
+            // Contabo: one digit and two specials, or three digits and one special.
+            assert!(
+                (digits >= 1 && specials >= 2) || (digits >= 3 && specials >= 1),
+                "{pw}"
+            );
+        }
+    }
 
     #[test]
     fn an_account_never_prints_its_credentials() {
@@ -738,7 +759,7 @@ mod tests {
     #[test]
     fn passwords_are_strong_and_distinct() {
         let a = generate_password();
-        assert_eq!(a.len(), 24);
+        assert_eq!(a.len(), 25);
         assert!(a.chars().any(|c| c.is_ascii_uppercase()));
         assert!(a.chars().any(|c| c.is_ascii_digit()));
         assert_ne!(a, generate_password());

@@ -724,7 +724,7 @@ impl ComputeProvider for Vultr {
         false
     }
 
-    fn accepts_root_password(&self) -> bool {
+    fn accepts_root_password(&self, _windows: bool) -> bool {
         false
     }
 

@@ -58,7 +58,7 @@ pub async fn act(
     // copy never writes it back without one.
     let windows = vm.spec.os == crate::crd::virtual_machine::OperatingSystem::Windows;
     let existing = if d.expose || d.step == Step::Create {
-        connection_secret(ctx, vm, p.accepts_root_password() || windows).await?
+        connection_secret(ctx, vm, p.accepts_root_password(windows) || windows).await?
     } else {
         None
     };
@@ -66,10 +66,12 @@ pub async fn act(
     let mut password = secret_value(existing.as_deref(), "password").or_else(|| unwritten.get(uid));
     match &d.step {
         Step::Create => {
-            if p.accepts_root_password() && password.is_none() {
+            if p.accepts_root_password(windows) && password.is_none() {
                 password = Some(new_password(ctx, vm, existing.as_deref()).await?);
             }
-            let with_password = password.clone().filter(|_| p.accepts_root_password());
+            let with_password = password
+                .clone()
+                .filter(|_| p.accepts_root_password(windows));
             let made = create(ctx, vm, uid, obs, &d, with_password, progress, events).await?;
             // A Windows server's administrator password the vendor generated (Vultr): shown in the
             // create's answer only, so it goes to the connection Secret now.
