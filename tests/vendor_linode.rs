@@ -4,7 +4,7 @@
 mod common;
 use common::prism::{Prism, specs_dir};
 
-use quartermaster::cloud::{self, Account, PowerAction, ServerSpec, ServerState};
+use quartermaster::cloud::{self, Account, CloudError, PowerAction, ServerSpec, ServerState};
 use quartermaster::crd::ProviderType;
 use quartermaster::http::RetryPolicy;
 
@@ -55,6 +55,35 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
     p.create(&with_options)
         .await
         .expect("POST /v4/linode/instances with firewall_id and a StackScript");
+    // A VPC: a `vpc` interface on one of the VPC's own subnets (the mock's VPC has one, 456), named or
+    // not; a subnet that is not the VPC's is refused before the create.
+    for subnet in [None, Some("456")] {
+        let in_vpc = ServerSpec {
+            options: cloud::ServerOptions {
+                vpc_id: Some("111".into()),
+                subnet_id: subnet.map(str::to_string),
+                ..Default::default()
+            },
+            ..spec.clone()
+        };
+        p.refuse_unsupported(&in_vpc).unwrap();
+        p.create(&in_vpc)
+            .await
+            .expect("GET /v4/vpcs/{vpcId}/subnets, POST /v4/linode/instances with interfaces");
+    }
+    let elsewhere = ServerSpec {
+        options: cloud::ServerOptions {
+            vpc_id: Some("111".into()),
+            subnet_id: Some("999".into()),
+            ..Default::default()
+        },
+        ..spec.clone()
+    };
+    let err = p.create(&elsewhere).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Unsupported(m) if m.contains("999")),
+        "{err}"
+    );
     for (opts, field) in [
         (
             cloud::ServerOptions {
@@ -69,6 +98,14 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
                 ..Default::default()
             },
             "spec.vpcID",
+        ),
+        (
+            cloud::ServerOptions {
+                vpc_id: Some("111".into()),
+                subnet_id: Some("a".into()),
+                ..Default::default()
+            },
+            "spec.subnetID",
         ),
     ] {
         let why = p

@@ -206,13 +206,20 @@ async fn a_snapshot_waits_for_its_vm_is_taken_once_and_goes_with_its_object() {
         "the credentials went while snapshots are held through them"
     );
 
-    // Delete: the vendor's snapshot goes with the object; Retain keeps it.
+    // Delete: the vendor's snapshot goes with the object; Retain keeps it, released to the platform
+    // only where the ProviderConfig lets the namespace release: until then the deletion waits, stalled.
     for name in ["before", "kept"] {
         snaps(&e)
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
     }
+    wait_snapshot(&e, "kept", conditions::STALLED, "ReleaseNotAllowed").await;
+    assert!(
+        snaps(&e).get("kept").await.is_ok(),
+        "the object stays while its release is not allowed"
+    );
+    e.allow_release().await;
     let api = snaps(&e);
     common::eventually(WAIT, "both objects gone", || async {
         let left = api.list(&Default::default()).await.ok()?.items.len();
@@ -517,7 +524,7 @@ async fn a_policy_takes_one_snapshot_per_slot_and_keeps_the_newest_available() {
 }
 
 /// Snapshot storage is billed to the VM's Project through the ledger, at the vendor's price per
-/// GB-month, up to the snapshot's deletion.
+/// GB-month, up to the snapshot's deletion; one kept at the vendor (Retain, allowed) is a release row.
 #[tokio::test]
 async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     let dir = tempfile::tempdir().unwrap();
@@ -532,7 +539,8 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     )
     .await;
     e.wait_ready("web").await;
-    apply_snapshot(&e, "billed", "web", "Delete").await;
+    e.allow_release().await;
+    apply_snapshot(&e, "billed", "web", "Retain").await;
     let s = wait_snapshot(&e, "billed", conditions::READY, "Reconciled").await;
     let st = s.status.unwrap();
     assert_eq!(st.project.as_deref(), Some("acme"));
@@ -620,6 +628,16 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
         .expect("billed on from the earlier window's end");
     assert_eq!(rest, 2500 * (end - start - 1));
     assert_eq!(row.quantity, 2500 + rest, "{row:?}");
+    // Kept at the vendor: released to the platform, one unpriced row.
+    let released = rows
+        .iter()
+        .find(|r| r.meter == "snapshot_releases")
+        .unwrap_or_else(|| panic!("no release recorded: {rows:?}"));
+    assert_eq!(
+        (released.quantity, released.amount_nanos),
+        (1, 0),
+        "{released:?}"
+    );
 }
 
 /// How often the simulator restored a droplet from each snapshot, by snapshot ID.

@@ -12,6 +12,8 @@
 //! - Resizes migrate the instance (Linode powers it down and up again by itself), so callers need not
 //!   power off first.
 
+mod vpc;
+
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
@@ -250,6 +252,9 @@ struct CreateInstance<'a> {
     stackscript_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stackscript_data: Option<serde_json::Value>,
+    /// Public then VPC, when the server joins a VPC; else Linode's default (public only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interfaces: Option<Vec<vpc::Interface>>,
 }
 
 #[derive(Serialize)]
@@ -467,6 +472,18 @@ impl ComputeProvider for Linode {
         // Linode requires a root password whenever an image is given; without one from the spec a strong
         // random one is used (and never shown: SSH keys are the way in).
         let root_pass = spec.root_password.clone().unwrap_or_else(generate_password);
+        let interfaces = match spec.options.vpc_id.as_deref() {
+            Some(v) => {
+                let vpc = v.parse().map_err(|_| not_an_id("linode", v))?;
+                let wanted = spec
+                    .options
+                    .subnet_id
+                    .as_deref()
+                    .and_then(|s| s.parse().ok());
+                Some(vpc::interfaces(self.vpc_subnet(vpc, wanted).await?))
+            }
+            None => None,
+        };
         let body = CreateInstance {
             label: linode_label(&spec.name),
             kind: &spec.size,
@@ -492,6 +509,7 @@ impl ComputeProvider for Linode {
                 .as_ref()
                 .map(|s| s.1.clone())
                 .filter(|d| d.as_object().is_some_and(|o| !o.is_empty())),
+            interfaces,
         };
         // NB: Linode always assigns a public IPv6 (SLAAC); `spec.ipv6` cannot turn it off.
         let i: Instance = self
@@ -749,9 +767,12 @@ impl ComputeProvider for Linode {
         Some((rust_decimal::Decimal::new(10, 2), "USD"))
     }
 
-    /// `firewall_id` (a number) and StackScripts at create (a VPC is a subnet interface: not yet).
+    /// `firewall_id` (a number), StackScripts, and a VPC (a `vpc` interface on one of its subnets,
+    /// [`vpc`]) at create.
     fn honours(&self) -> super::Honours {
         super::Honours {
+            vpc: true,
+            subnet: true,
             firewall: true,
             stack_script: true,
             ..Default::default()
@@ -760,12 +781,20 @@ impl ComputeProvider for Linode {
 
     fn refuse_unsupported(&self, spec: &ServerSpec) -> Result<(), String> {
         super::refuse_options("linode", &spec.options, self.honours())?;
-        match spec.options.firewall_id.as_deref() {
-            Some(f) if f.parse::<u64>().is_err() => Err(format!(
-                "spec.firewallID {f:?}: linode firewall IDs are numbers"
-            )),
-            _ => Ok(()),
-        }
+        let o = &spec.options;
+        [
+            ("spec.firewallID", &o.firewall_id),
+            ("spec.vpcID", &o.vpc_id),
+            ("spec.subnetID", &o.subnet_id),
+        ]
+        .into_iter()
+        .find_map(|(field, v)| {
+            let v = v.as_deref()?;
+            v.parse::<u64>()
+                .is_err()
+                .then(|| format!("{field} {v:?}: linode IDs are numbers"))
+        })
+        .map_or(Ok(()), Err)
     }
 
     fn resize_needs_power_off(&self) -> bool {

@@ -150,6 +150,8 @@ pub struct ServerSpec {
 pub struct ServerOptions {
     /// A private network (VPC) by the vendor's ID.
     pub vpc_id: Option<String>,
+    /// One of the VPC's subnets (Linode, whose VPC interfaces take a subnet).
+    pub subnet_id: Option<String>,
     /// A firewall (group) by the vendor's ID.
     pub firewall_id: Option<String>,
     /// Install the vendor's monitoring agent.
@@ -163,6 +165,8 @@ pub struct ServerOptions {
 pub struct Honours {
     /// `vpc_id`.
     pub vpc: bool,
+    /// `subnet_id`.
+    pub subnet: bool,
     /// `firewall_id`.
     pub firewall: bool,
     /// `monitoring`.
@@ -179,6 +183,12 @@ pub fn refuse_options(vendor: &str, o: &ServerOptions, h: Honours) -> Result<(),
             o.vpc_id.is_some(),
             h.vpc,
             "attach a private network (VPC) at create",
+        ),
+        (
+            "spec.subnetID",
+            o.subnet_id.is_some(),
+            h.subnet,
+            "pick a VPC's subnet (its VPC is joined whole)",
         ),
         (
             "spec.firewallID",
@@ -199,6 +209,9 @@ pub fn refuse_options(vendor: &str, o: &ServerOptions, h: Honours) -> Result<(),
             "run a StackScript",
         ),
     ];
+    if o.subnet_id.is_some() && o.vpc_id.is_none() {
+        return Err("spec.subnetID names a subnet of spec.vpcID, which is not set".into());
+    }
     match asked
         .iter()
         .find(|(_, set, honoured, _)| *set && !*honoured)
@@ -698,6 +711,7 @@ mod tests {
     fn options_a_vendor_cannot_honour_are_refused_naming_it_and_the_field() {
         let all = Honours {
             vpc: true,
+            subnet: true,
             firewall: true,
             monitoring: true,
             stack_script: true,
@@ -721,6 +735,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(why.starts_with("spec.monitoring: vultr"), "{why}");
+        // A subnet: only where the vendor picks one (Linode), and only of a VPC that is named.
+        let subnet = ServerOptions {
+            vpc_id: Some("v".into()),
+            subnet_id: Some("s".into()),
+            ..Default::default()
+        };
+        let vpc_only = Honours {
+            vpc: true,
+            ..Default::default()
+        };
+        let why = refuse_options("digitalocean", &subnet, vpc_only).unwrap_err();
+        assert!(why.starts_with("spec.subnetID: digitalocean"), "{why}");
+        let orphan = ServerOptions {
+            vpc_id: None,
+            ..subnet.clone()
+        };
+        let why = refuse_options("linode", &orphan, all).unwrap_err();
+        assert!(why.contains("spec.vpcID"), "{why}");
     }
 
     #[test]

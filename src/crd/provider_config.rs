@@ -353,8 +353,10 @@ pub struct AdoptionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleasePolicy {
-    /// Namespaces whose VirtualMachines may be deleted with `deletionPolicy: Orphan`, their servers left
-    /// running untagged. Empty: none.
+    /// Namespaces whose VirtualMachines may be deleted with `deletionPolicy: Orphan` (their servers left
+    /// running untagged) and whose VirtualMachineSnapshots with `deletionPolicy: Retain` (the snapshot
+    /// left at the vendor); from then on the account pays, billed to nobody. Empty: none (such a
+    /// deletion waits, `Stalled` `ReleaseNotAllowed`, still billed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),

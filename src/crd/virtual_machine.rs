@@ -114,11 +114,19 @@ pub struct VirtualMachineSpec {
     /// Assign a public IPv6 address.
     #[serde(default)]
     pub ipv6: bool,
-    /// A private network (VPC) by the vendor's ID, attached at create (DigitalOcean `vpc_uuid`, Vultr
-    /// `attach_vpc`). Linode and Contabo refuse it before any create.
+    /// A private network (VPC) by the vendor's ID, joined at create (DigitalOcean `vpc_uuid`, Vultr
+    /// `attach_vpc`, Linode a `vpc` interface on one of its subnets beside the public one). The
+    /// ProviderConfig must grant it to the namespace (`spec.vendorResources`). Contabo refuses it before
+    /// any create. Immutable once the server exists.
     #[serde(default, rename = "vpcID", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
     pub vpc_id: Option<String>,
+    /// The subnet of `vpcID` to join (Linode only; needed when the VPC has more than one subnet, and it
+    /// must be one of that VPC's). The others refuse it before any create. Immutable once the server
+    /// exists.
+    #[serde(default, rename = "subnetID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
+    pub subnet_id: Option<String>,
     /// A firewall by the vendor's ID, attached at create (Linode `firewall_id`, a number; Vultr
     /// `firewall_group_id`). DigitalOcean and Contabo refuse it before any create.
     #[serde(
@@ -429,6 +437,9 @@ pub struct CreatedOptions {
     /// `spec.vpcID` at create.
     #[serde(default, rename = "vpcID", skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
+    /// `spec.subnetID` at create.
+    #[serde(default, rename = "subnetID", skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
     /// `spec.monitoring` at create.
     #[serde(default)]
     pub monitoring: bool,

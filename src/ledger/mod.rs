@@ -114,6 +114,9 @@ pub enum Meter {
     VmReleases,
     /// Snapshot storage: megabytes held for seconds (priced per GB-month of 730 hours).
     SnapshotMbSeconds,
+    /// Snapshots released (a VirtualMachineSnapshot deleted with `deletionPolicy: Retain`): kept at the
+    /// vendor, billed to nobody from then on; one row per snapshot, never priced.
+    SnapshotReleases,
     /// Outbound server transfer, bytes (priced per GB of 10^9 bytes): within a server's monthly
     /// allowance at no charge, beyond it at the ProviderConfig's transfer price; an account's pooled
     /// overage as the vendor's cost.
@@ -135,7 +138,7 @@ pub struct MeterInfo {
 }
 
 /// Every meter, in one table: names, units and price quantities live here and nowhere else.
-pub const METERS: [MeterInfo; 10] = [
+pub const METERS: [MeterInfo; 11] = [
     MeterInfo {
         meter: Meter::VmSeconds,
         name: "vm_seconds",
@@ -190,6 +193,12 @@ pub const METERS: [MeterInfo; 10] = [
         unit: "MB-second",
         // A GB-month: 1,000 MB for 730 hours.
         priced_per: 1000 * 730 * 3600,
+    },
+    MeterInfo {
+        meter: Meter::SnapshotReleases,
+        name: "snapshot_releases",
+        unit: "snapshot",
+        priced_per: 1,
     },
     MeterInfo {
         meter: Meter::TransferBytes,
@@ -298,6 +307,8 @@ mod meter_tests {
             Meter::LlmRequests,
             Meter::VmReleases,
             Meter::SnapshotMbSeconds,
+            Meter::SnapshotReleases,
+            Meter::TransferBytes,
         ];
         for m in all {
             assert_eq!(METERS.iter().filter(|r| r.meter == m).count(), 1, "{m:?}");

@@ -349,6 +349,7 @@ async fn create(
     progress.status = d.status.clone();
     progress.status.created_with = Some(crate::crd::virtual_machine::CreatedOptions {
         vpc_id: vm.spec.vpc_id.clone(),
+        subnet_id: vm.spec.subnet_id.clone(),
         monitoring: vm.spec.monitoring,
         stack_script_id: vm.spec.stack_script.as_ref().map(|s| s.id),
     });

@@ -49,6 +49,7 @@ pub fn server_spec(
         root_password,
         options: cloud::ServerOptions {
             vpc_id: vm.spec.vpc_id.clone(),
+            subnet_id: vm.spec.subnet_id.clone(),
             firewall_id: vm.spec.firewall_id.clone(),
             monitoring: vm.spec.monitoring,
             stack_script: vm

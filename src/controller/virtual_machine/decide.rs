@@ -277,13 +277,14 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
             let o = status.created_with.as_ref()?;
             let now = (
                 &vm.spec.vpc_id,
+                &vm.spec.subnet_id,
                 vm.spec.monitoring,
                 vm.spec.stack_script.as_ref().map(|s| s.id),
             );
-            let was = (&o.vpc_id, o.monitoring, o.stack_script_id);
+            let was = (&o.vpc_id, &o.subnet_id, o.monitoring, o.stack_script_id);
             (now != was).then(|| {
                 format!(
-                    "spec.vpcID, spec.monitoring and spec.stackScript are immutable once the server exists: it was created with {was:?}, now {now:?}; restore them, or delete and recreate the VirtualMachine"
+                    "spec.vpcID, spec.subnetID, spec.monitoring and spec.stackScript are immutable once the server exists: it was created with {was:?}, now {now:?}; restore them, or delete and recreate the VirtualMachine"
                 )
             })
         })
@@ -1516,6 +1517,7 @@ mod tests {
         let made = VirtualMachineStatus {
             created_with: Some(crate::crd::virtual_machine::CreatedOptions {
                 vpc_id: Some("vpc-a".into()),
+                subnet_id: None,
                 monitoring: true,
                 stack_script_id: None,
             }),
@@ -1528,6 +1530,7 @@ mod tests {
             serde_json::json!({"vpcID": "vpc-b", "monitoring": true}),
             serde_json::json!({"monitoring": true}),
             serde_json::json!({"vpcID": "vpc-a"}),
+            serde_json::json!({"vpcID": "vpc-a", "subnetID": "7", "monitoring": true}),
         ] {
             let m = immutable_violation(&opts(changed), &made).expect("refused");
             assert!(m.contains("spec.vpcID"), "{m}");

@@ -18,14 +18,16 @@
 //!   the object changes); 429, 5xx, timeouts and unreadable answers retry, and every attempt after the
 //!   first looks the mark up before any request.
 //! - **Deletion** (`deletionPolicy: Delete`) deletes the vendor's snapshot, waiting for one still being
-//!   taken; `Retain` leaves it. The account's ProviderConfig and its credentials are kept while a
-//!   snapshot is held through them.
+//!   taken; `Retain` leaves it, released to the platform only where the ProviderConfig allows
+//!   ([`retain`]). The account's ProviderConfig and its credentials are kept while a snapshot is held
+//!   through them.
+//! - **Metered**: its storage is billed to the VM's Project hourly and, at deletion, to the second
+//!   ([`meter`]), whatever its conditions.
 //! - An available snapshot is not looked at again: a resync costs no vendor call.
-//!
-//! Snapshot storage is not metered yet (the README's feature table says so).
 
 pub mod admission;
 pub mod decide;
+mod retain;
 mod wire;
 
 use std::sync::Arc;
@@ -414,12 +416,7 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         meter(&ctx, &obj, &mut progress.status, true).await?;
         let st = &progress.status;
         if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain {
-            let note = format!(
-                "the vendor's snapshot {} is kept (deletionPolicy Retain) and goes on costing money there",
-                st.snapshot_id.as_deref().unwrap_or("(being taken)")
-            );
-            publish(&ctx, &*obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
-            return Ok(Cleanup::Done);
+            return retain::retain(&ctx, &obj, st, provider_config).await;
         }
         let ns = obj.namespace().unwrap_or_default();
         let (resolved, _) = vendor::resolve_holding(&ctx, provider_config, &ns).await?;

@@ -1,0 +1,111 @@
+//! Deletion with `deletionPolicy: Retain`: the vendor's snapshot is left in place and, from then on,
+//! costs the platform, not the tenant. That is a money decision like releasing a server, so it is
+//! admitted the same way:
+//! - only where the account's ProviderConfig lets the namespace release (`spec.release.allowedNamespaces`);
+//!   elsewhere the deletion waits, `Stalled` `ReleaseNotAllowed`, its storage still billed to the
+//!   Project at every attempt, until the policy or the allowance changes;
+//! - a release is a `snapshot_releases` row in the usage ledger (written before the object may go, keyed
+//!   by the object's UID so a retry writes it once) and a `SnapshotRetained` Event.
+//!
+//! The retained snapshot's storage after that is the platform's and is not metered (the README says so).
+
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::{SNAPSHOT_RETAINED, vendor};
+use crate::controller::runtime::framework::{Cleanup, publish};
+use crate::controller::{Context, Error};
+use crate::crd::conditions::reason;
+use crate::crd::{VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
+use crate::ledger::{Meter, UsageEvent};
+
+/// Leaves the snapshot at the vendor where the ProviderConfig allows it (see the module).
+pub async fn retain(
+    ctx: &Context,
+    obj: &VirtualMachineSnapshot,
+    status: &VirtualMachineSnapshotStatus,
+    provider_config: &str,
+) -> Result<Cleanup, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let (resolved, _) = vendor::resolve_holding(ctx, provider_config, &ns).await?;
+    if !vendor::release_allowed(&resolved.config, &ns) {
+        return Err(Error::permanent(
+            reason::RELEASE_NOT_ALLOWED,
+            format!(
+                "ProviderConfig {provider_config:?} does not let namespace {ns:?} keep snapshots past \
+                 their object (spec.release.allowedNamespaces): the snapshot keeps existing and its \
+                 storage is billed to this Project; set deletionPolicy: Delete to delete it, or ask a \
+                 platform admin"
+            ),
+        ));
+    }
+    let now = jiff::Timestamp::now().as_second();
+    ctx.record_usage(&[release_line(obj, status, now)]).await?;
+    let note = format!(
+        "the vendor's snapshot {} is kept (deletionPolicy Retain) and released to the platform: it goes \
+         on costing money there, billed to nobody",
+        status.snapshot_id.as_deref().unwrap_or("(being taken)")
+    );
+    publish(ctx, obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
+    Ok(Cleanup::Done)
+}
+
+/// The ledger row of a release: one per object, never priced.
+fn release_line(
+    obj: &VirtualMachineSnapshot,
+    status: &VirtualMachineSnapshotStatus,
+    now: i64,
+) -> UsageEvent {
+    let uid = obj.uid().unwrap_or_default();
+    let meter = Meter::SnapshotReleases;
+    UsageEvent {
+        key: format!("virtualmachinesnapshot/{uid}/{}", meter.as_str()),
+        namespace: obj.namespace().unwrap_or_default(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
+        object_kind: "VirtualMachineSnapshot".into(),
+        object_name: obj.name_any(),
+        object_uid: uid,
+        meter,
+        quantity: 1,
+        unit_price: Default::default(),
+        vendor_unit_price: Default::default(),
+        price_quantity: 1,
+        currency: status.currency.clone().unwrap_or_else(|| "USD".into()),
+        window_start: now,
+        window_end: now,
+        attributes: serde_json::json!({
+            "snapshotID": status.snapshot_id,
+            "server": status.server_id,
+            "sizeGB": status.size_gigabytes,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_one_unpriced_row_per_object() {
+        let mut obj: VirtualMachineSnapshot = serde_json::from_value(serde_json::json!({
+            "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachineSnapshot",
+            "metadata": {"name": "kept", "namespace": "team-a", "uid": "u-1"},
+            "spec": {"virtualMachineRef": {"name": "web"}, "deletionPolicy": "Retain"}
+        }))
+        .unwrap();
+        obj.status = None;
+        let st = VirtualMachineSnapshotStatus {
+            snapshot_id: Some("s-9".into()),
+            project_uid: Some("p-1".into()),
+            ..Default::default()
+        };
+        let a = release_line(&obj, &st, 100);
+        let b = release_line(&obj, &st, 200);
+        assert_eq!(a.key, b.key, "a retry writes the same row");
+        assert_eq!(a.meter, Meter::SnapshotReleases);
+        assert_eq!((a.quantity, a.unit_price), (1, Default::default()));
+        assert_eq!(a.project_uid, "p-1");
+        assert_eq!(a.attributes["snapshotID"], "s-9");
+    }
+}
