@@ -64,7 +64,9 @@ pub enum SnapshotDeletionPolicy {
     /// Delete the vendor's snapshot (it stops costing money).
     #[default]
     Delete,
-    /// Keep the vendor's snapshot (it goes on costing money at the vendor, unmetered by Quartermaster).
+    /// Keep the vendor's snapshot, released to the platform (it goes on costing the account money,
+    /// billed to nobody): only where the ProviderConfig's `spec.release.allowedNamespaces` names the
+    /// namespace; elsewhere deletion waits, `Stalled` `ReleaseNotAllowed`, still billed.
     Retain,
 }
 

@@ -59,7 +59,8 @@ pub struct VirtualMachineSnapshotPolicySpec {
     /// `deletionPolicy`).
     #[schemars(range(min = 1, max = 100))]
     pub retain: u32,
-    /// The `deletionPolicy` of the snapshots it takes.
+    /// The `deletionPolicy` of the snapshots it takes (`Retain` needs the ProviderConfig's release
+    /// allowance, else pruned snapshots wait, stalled).
     #[serde(default)]
     pub deletion_policy: SnapshotDeletionPolicy,
     /// Take no new snapshots (retention still applies).
