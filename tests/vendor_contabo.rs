@@ -122,6 +122,16 @@ async fn vendor_contabo_client_requests_validate_against_the_spec() {
         ..spec.clone()
     };
     assert!(p.refuse_unsupported(&vpc).unwrap_err().contains("contabo"));
+    // Nor does it make a Project's VPC.
+    let vpc_spec = cloud::VpcSpec {
+        name: "qm-x-eu".into(),
+        region: "EU".into(),
+        ip_range: None,
+    };
+    assert!(matches!(
+        p.create_vpc(&vpc_spec).await,
+        Err(CloudError::Unsupported(_))
+    ));
     assert!(!created.id.is_empty());
     assert!(created.name.contains(&uid_tag), "{created:?}");
     assert!(created.tags.contains(&uid_tag), "{created:?}");

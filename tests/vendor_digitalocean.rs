@@ -226,3 +226,34 @@ async fn digitalocean_traffic_requests_validate_against_the_spec() {
     // Not a droplet ID: nothing is asked.
     assert_eq!(p.transfer("web", month, now).await.unwrap(), None);
 }
+
+/// A Project's VPC: the account's VPCs listed (and matched by exact name), one created with its range,
+/// and deleted.
+#[tokio::test]
+async fn digitalocean_vpc_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, "digitalocean/DigitalOcean-public.v2.yaml");
+    let account = Account {
+        provider: ProviderType::Digitalocean,
+        endpoint: Some(prism.url.clone()),
+        credentials: "dop_v1_fake".into(),
+        rate_limit: None,
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let name = cloud::vpc::vpc_name("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa", "nyc1");
+    let found = p.find_vpcs(&name).await.expect("GET /v2/vpcs");
+    assert!(
+        found.is_empty(),
+        "the mock's VPCs are named otherwise: {found:?}"
+    );
+    let made = p
+        .create_vpc(&cloud::VpcSpec {
+            name: name.clone(),
+            region: "nyc1".into(),
+            ip_range: Some("10.10.10.0/24".into()),
+        })
+        .await
+        .expect("POST /v2/vpcs");
+    assert!(!made.id.is_empty(), "{made:?}");
+    p.delete_vpc(&made.id).await.expect("DELETE /v2/vpcs/{id}");
+}

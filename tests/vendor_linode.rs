@@ -292,3 +292,39 @@ async fn vendor_linode_traffic_requests_validate_against_the_spec() {
         "backups.enabled is read"
     );
 }
+
+/// A Project's VPC: the account's VPCs listed (and matched by exact label), one created with its one
+/// subnet, and deleted.
+#[tokio::test]
+async fn vendor_linode_vpc_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Linode,
+        endpoint: Some(prism.url.clone()),
+        credentials: "linode-fake-token".into(),
+        rate_limit: None,
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let found = p.find_vpcs("cool-vpc").await.expect("GET /v4/vpcs");
+    assert_eq!(
+        found.len(),
+        1,
+        "the mock's VPC, by its exact label: {found:?}"
+    );
+    assert_eq!(found[0].id, "123");
+    assert!(p.find_vpcs("cool").await.unwrap().is_empty());
+    let name = cloud::vpc::vpc_name("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa", "us-east");
+    for range in [None, Some("10.10.10.0/24".to_string())] {
+        let made = p
+            .create_vpc(&cloud::VpcSpec {
+                name: name.clone(),
+                region: "us-east".into(),
+                ip_range: range,
+            })
+            .await
+            .expect("POST /v4/vpcs with one subnet");
+        assert!(!made.id.is_empty(), "{made:?}");
+    }
+    p.delete_vpc("123").await.expect("DELETE /v4/vpcs/{vpcId}");
+}

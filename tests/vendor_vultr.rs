@@ -236,3 +236,36 @@ async fn vendor_vultr_traffic_requests_validate_against_the_spec() {
     );
     assert!(sizes.iter().all(|s| s.backup_price.is_some()), "{sizes:?}");
 }
+
+/// A Project's VPC: the account's VPCs listed (and matched by exact description), one created with its
+/// range, and deleted.
+#[tokio::test]
+async fn vendor_vultr_vpc_requests_validate_against_the_spec() {
+    let Some(specs) = specs_dir() else { return };
+    let prism = Prism::start(&specs, SPEC);
+    let account = Account {
+        provider: ProviderType::Vultr,
+        endpoint: Some(format!("{}/", prism.url)),
+        credentials: "VULTR-FAKE-KEY".into(),
+        rate_limit: None,
+    };
+    let p = cloud::connect(&account, RetryPolicy::default(), None).unwrap();
+    let found = p
+        .find_vpcs("Example VPC Description")
+        .await
+        .expect("GET /vpcs");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].ip_range.as_deref(), Some("10.99.0.0/24"));
+    let name = cloud::vpc::vpc_name("0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa", "ewr");
+    assert!(p.find_vpcs(&name).await.unwrap().is_empty());
+    let made = p
+        .create_vpc(&cloud::VpcSpec {
+            name,
+            region: "ewr".into(),
+            ip_range: Some("10.99.0.0/24".into()),
+        })
+        .await
+        .expect("POST /vpcs");
+    assert!(!made.id.is_empty(), "{made:?}");
+    p.delete_vpc(&made.id).await.expect("DELETE /vpcs/{vpc-id}");
+}

@@ -17,6 +17,34 @@ use crate::http::HttpClient;
 /// The public API.
 pub const DEFAULT_ENDPOINT: &str = "https://api.digitalocean.com";
 
+/// A VPC as DigitalOcean sends it.
+#[derive(Deserialize)]
+struct DoVpc {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    ip_range: Option<String>,
+}
+
+impl DoVpc {
+    fn into_vpc(self) -> super::Vpc {
+        super::Vpc {
+            id: self.id,
+            name: self.name,
+            region: self.region,
+            ip_range: self.ip_range,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VpcEnvelope {
+    vpc: DoVpc,
+}
+
 /// A DigitalOcean account.
 #[derive(Debug)]
 pub struct DigitalOcean {
@@ -759,6 +787,40 @@ impl ComputeProvider for DigitalOcean {
             .json(&serde_json::json!({ "droplet_ids": [id] }));
         self.api.http.send(r, true).await?;
         Ok(())
+    }
+
+    async fn find_vpcs(&self, name: &str) -> Result<Vec<super::Vpc>, CloudError> {
+        let all: Vec<DoVpc> = self.list("/v2/vpcs", "vpcs").await?;
+        Ok(all
+            .into_iter()
+            .filter(|v| v.name == name)
+            .map(DoVpc::into_vpc)
+            .collect())
+    }
+
+    async fn create_vpc(&self, spec: &super::VpcSpec) -> Result<super::Vpc, CloudError> {
+        let mut body = serde_json::json!({
+            "name": spec.name,
+            "region": spec.region,
+            "description": "made by Quartermaster for a Project",
+        });
+        if let Some(r) = &spec.ip_range {
+            body["ip_range"] = r.as_str().into();
+        }
+        let made: VpcEnvelope = self
+            .api
+            .http
+            .json(self.req(Method::POST, "/v2/vpcs").json(&body), false)
+            .await?;
+        Ok(made.vpc.into_vpc())
+    }
+
+    async fn delete_vpc(&self, id: &str) -> Result<(), CloudError> {
+        let Some(id) = super::rest::segment_id(id) else {
+            return Ok(());
+        };
+        let r = self.req(Method::DELETE, &format!("/v2/vpcs/{id}"));
+        done_if_not_found(self.api.http.send(r, true).await)
     }
 
     fn resize_needs_power_off(&self) -> bool {

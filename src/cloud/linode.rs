@@ -797,6 +797,18 @@ impl ComputeProvider for Linode {
         .map_or(Ok(()), Err)
     }
 
+    async fn find_vpcs(&self, name: &str) -> Result<Vec<super::Vpc>, CloudError> {
+        self.vpcs_named(name).await
+    }
+
+    async fn create_vpc(&self, spec: &super::VpcSpec) -> Result<super::Vpc, CloudError> {
+        self.make_vpc(spec).await
+    }
+
+    async fn delete_vpc(&self, id: &str) -> Result<(), CloudError> {
+        self.remove_vpc(id).await
+    }
+
     fn resize_needs_power_off(&self) -> bool {
         false
     }

@@ -15,6 +15,7 @@ pub mod stripe;
 pub mod stripe_event;
 pub mod stripe_signature;
 pub mod traffic;
+pub mod vpc;
 pub mod vultr;
 
 use std::str::FromStr;
@@ -24,6 +25,7 @@ use rust_decimal::Decimal;
 
 pub use snapshot::{Snapshot, SnapshotLookup, SnapshotState, snapshot_mark};
 pub use traffic::{Month, ServerMetrics};
+pub use vpc::{Vpc, VpcSpec};
 
 use crate::crd::ProviderType;
 use crate::http::{HttpClient, HttpError, HttpMetrics, RetryPolicy};
@@ -504,6 +506,29 @@ pub trait ComputeProvider: Send + Sync {
             "{} firewalls are attached at create, not after",
             self.vendor()
         )))
+    }
+    /// The account's VPCs named exactly `name` (a Project's, [`vpc::vpc_name`]).
+    async fn find_vpcs(&self, name: &str) -> Result<Vec<Vpc>, CloudError> {
+        let _ = name;
+        Err(self.no_vpcs())
+    }
+    /// Creates a VPC (not retried by the client: a lost answer is found by [`Self::find_vpcs`]).
+    async fn create_vpc(&self, spec: &VpcSpec) -> Result<Vpc, CloudError> {
+        let _ = spec;
+        Err(self.no_vpcs())
+    }
+    /// Deletes VPC `id`; one already gone is done. A VPC that still has servers is refused by the
+    /// vendor.
+    async fn delete_vpc(&self, id: &str) -> Result<(), CloudError> {
+        let _ = id;
+        Err(self.no_vpcs())
+    }
+    /// Why this vendor's VPCs are not made by Quartermaster.
+    fn no_vpcs(&self) -> CloudError {
+        CloudError::Unsupported(format!(
+            "{}: Quartermaster does not create VPCs at this vendor",
+            self.vendor()
+        ))
     }
     /// Whether the server must be off to resize.
     fn resize_needs_power_off(&self) -> bool;

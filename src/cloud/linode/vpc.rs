@@ -7,11 +7,15 @@
 //!   joined.
 //! - The public interface comes first (eth0) so the server stays reachable at its public addresses,
 //!   as without a VPC; the VPC interface is second.
+//! - A Project's VPC ([`crate::cloud::vpc`]) is made with one subnet, which its servers then join.
 
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::Linode;
 use crate::cloud::CloudError;
+use crate::cloud::rest::{done_if_not_found, numeric_id};
+use crate::cloud::vpc::{LINODE_DEFAULT_SUBNET, Vpc, VpcSpec};
 
 /// One interface of a create's `interfaces`.
 #[derive(Serialize, Debug, PartialEq, Eq)]
@@ -39,6 +43,31 @@ pub(super) fn interfaces(subnet: u64) -> Vec<Interface> {
 #[derive(Deserialize)]
 struct Subnet {
     id: u64,
+    #[serde(default)]
+    ipv4: Option<String>,
+}
+
+/// A VPC as Linode sends it (its name is its label).
+#[derive(Deserialize)]
+struct LinodeVpc {
+    id: u64,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    subnets: Vec<Subnet>,
+}
+
+impl LinodeVpc {
+    fn into_vpc(self) -> Vpc {
+        Vpc {
+            id: self.id.to_string(),
+            name: self.label,
+            region: self.region,
+            ip_range: self.subnets.into_iter().find_map(|s| s.ipv4),
+        }
+    }
 }
 
 /// The subnet to join among `subnets` (the VPC's): `wanted` when it is one of them, else the only one.
@@ -69,6 +98,44 @@ impl Linode {
         let subnets: Vec<Subnet> = self.list(&format!("/v4/vpcs/{vpc}/subnets")).await?;
         let ids: Vec<u64> = subnets.iter().map(|s| s.id).collect();
         pick(vpc, &ids, wanted).map_err(CloudError::Unsupported)
+    }
+
+    /// The account's VPCs labelled `name`.
+    pub(super) async fn vpcs_named(&self, name: &str) -> Result<Vec<Vpc>, CloudError> {
+        let all: Vec<LinodeVpc> = self.list("/v4/vpcs").await?;
+        Ok(all
+            .into_iter()
+            .filter(|v| v.label == name)
+            .map(LinodeVpc::into_vpc)
+            .collect())
+    }
+
+    /// A VPC with one subnet (`spec.ip_range`, else [`LINODE_DEFAULT_SUBNET`]).
+    pub(super) async fn make_vpc(&self, spec: &VpcSpec) -> Result<Vpc, CloudError> {
+        let body = serde_json::json!({
+            "label": spec.name,
+            "region": spec.region,
+            "description": "made by Quartermaster for a Project",
+            "subnets": [{
+                "label": "quartermaster",
+                "ipv4": spec.ip_range.as_deref().unwrap_or(LINODE_DEFAULT_SUBNET),
+            }],
+        });
+        let made: LinodeVpc = self
+            .api
+            .http
+            .json(self.req(Method::POST, "/v4/vpcs").json(&body), false)
+            .await?;
+        Ok(made.into_vpc())
+    }
+
+    /// Deletes VPC `id` (and its subnets); gone is done.
+    pub(super) async fn remove_vpc(&self, id: &str) -> Result<(), CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(());
+        };
+        let r = self.req(Method::DELETE, &format!("/v4/vpcs/{id}"));
+        done_if_not_found(self.api.http.send(r, true).await)
     }
 }
 
