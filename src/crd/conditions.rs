@@ -71,6 +71,9 @@ pub mod reason {
     pub const LIMIT_EXCEEDED: &str = "LimitExceeded";
     /// A price is in another currency than the Project's.
     pub const CURRENCY_MISMATCH: &str = "CurrencyMismatch";
+    /// A VM waits for its Project to make the VPC it joins (`spec.projectVPC`); a Project waits for
+    /// the VMs still in a VPC it is to delete.
+    pub const WAITING_FOR_VPC: &str = "WaitingForVPC";
     /// A field that is fixed once the vendor object exists was changed.
     pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
     /// The adopted or recorded vendor object does not exist.

@@ -95,6 +95,50 @@ pub struct ProjectSpec {
     /// own `spec.metrics` does for one VM).
     #[serde(default)]
     pub vm_metrics: bool,
+    /// Private networks (VPCs) the project owns, one per account and region: Quartermaster creates each
+    /// at the vendor (DigitalOcean, Linode, Vultr; VPCs cost nothing there), records it in
+    /// `status.vpcs`, and deletes it when the entry is removed or the project is deleted, once no
+    /// VirtualMachine is in it. Member VMs join with `spec.projectVPC: true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub vpcs: Vec<ProjectVpc>,
+}
+
+/// A VPC the project owns in one account and region.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectVpc {
+    /// The account: a compute ProviderConfig that allows this namespace.
+    pub provider_config_ref: super::ProviderConfigReference,
+    /// The vendor's region slug (one VPC per account and region).
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
+    pub region: String,
+    /// Its IPv4 range in CIDR form, in private address space (e.g. `10.20.0.0/16`); unset: the
+    /// vendor's choice (Linode: `10.0.0.0/24`, its one subnet). Fixed once the VPC exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 18))]
+    pub ip_range: Option<String>,
+}
+
+/// A VPC the project owns, as created at the vendor.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectVpcStatus {
+    /// The ProviderConfig (account) it is in.
+    pub provider_config: String,
+    /// Region slug.
+    pub region: String,
+    /// The vendor's ID of the VPC.
+    #[serde(rename = "id")]
+    pub id: String,
+    /// Its name at the vendor (`qm-<project uid>-<region>`).
+    pub name: String,
+    /// The IPv4 range asked for (`spec.vpcs[].ipRange`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_range: Option<String>,
+    /// The IPv4 range the vendor reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
 }
 
 fn default_grace() -> u32 {
@@ -229,6 +273,9 @@ pub struct ProjectStatus {
     /// This month's outbound transfer of the member VMs and their allowances, summed from their status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<ProjectTransfer>,
+    /// The VPCs the project owns at its vendors (`spec.vpcs`), recorded as soon as each is created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vpcs: Vec<ProjectVpcStatus>,
 }
 impl_object_status!(ProjectStatus);
 

@@ -127,6 +127,11 @@ pub struct VirtualMachineSpec {
     #[serde(default, rename = "subnetID", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[-a-zA-Z0-9_]+$"))]
     pub subnet_id: Option<String>,
+    /// Join the VPC its Project owns in this VM's account and region (the Project's `spec.vpcs`);
+    /// the create waits until the Project has made it. Exclusive with `vpcID`; immutable once the
+    /// server exists.
+    #[serde(default, rename = "projectVPC")]
+    pub project_vpc: bool,
     /// A firewall by the vendor's ID, attached at create (Linode `firewall_id`, a number; Vultr
     /// `firewall_group_id`). DigitalOcean and Contabo refuse it before any create.
     #[serde(
@@ -440,6 +445,9 @@ pub struct CreatedOptions {
     /// `spec.subnetID` at create.
     #[serde(default, rename = "subnetID", skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
+    /// `spec.projectVPC` at create (`vpcID` then holds the Project's VPC the server joined).
+    #[serde(default, rename = "projectVPC")]
+    pub project_vpc: bool,
     /// `spec.monitoring` at create.
     #[serde(default)]
     pub monitoring: bool,

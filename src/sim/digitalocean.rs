@@ -30,10 +30,13 @@ type Shared = Arc<Mutex<Store>>;
 pub(crate) struct AppState {
     pub(crate) store: Shared,
     pub(crate) cfg: Arc<SimConfig>,
+    /// The account's VPCs (in memory: a restart of the simulator forgets them).
+    pub(crate) vpcs: super::vpcs::Vpcs,
 }
 
 /// The router for the DigitalOcean API subset.
 pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
+    let vpcs = super::vpcs::Vpcs::default();
     Router::new()
         .route("/v2/account", get(account))
         .route("/v2/droplets", get(list_droplets).post(create_droplet))
@@ -58,6 +61,14 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             get(super::monitoring::droplet_metric),
         )
         .route("/v2/firewalls/{id}/droplets", post(firewall_droplets))
+        .route(
+            "/v2/vpcs",
+            get(super::vpcs::list_vpcs).post(super::vpcs::create_vpc),
+        )
+        .route(
+            "/v2/vpcs/{id}",
+            get(super::vpcs::get_vpc).delete(super::vpcs::delete_vpc),
+        )
         .route("/v2/sizes", get(sizes))
         .route("/v2/images", get(images))
         .route("/v2/regions", get(regions))
@@ -65,6 +76,7 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             AppState {
                 store: store.clone(),
                 cfg: cfg.clone(),
+                vpcs: vpcs.clone(),
             },
             require_token,
         ))
@@ -84,7 +96,7 @@ pub fn router(store: Shared, cfg: Arc<SimConfig>) -> Router {
             "/_sim/droplets-transfer",
             post(super::monitoring::set_every_transfer),
         )
-        .with_state(AppState { store, cfg })
+        .with_state(AppState { store, cfg, vpcs })
 }
 
 /// Every route requires an acceptable bearer token, as DigitalOcean does.
@@ -233,7 +245,7 @@ async fn account() -> Response {
 }
 
 #[derive(Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     tag_name: Option<String>,
     page: Option<usize>,
     per_page: Option<usize>,
@@ -248,7 +260,7 @@ async fn list_droplets(State(s): State<AppState>, Query(q): Query<ListQuery>) ->
 
 /// One page of `all` as DigitalOcean lists it at `path` (`key`: the array's name; 20 a page unless
 /// asked, at most 200; a `next` link while more follow).
-fn paged<T>(
+pub(crate) fn paged<T>(
     all: &[T],
     q: &ListQuery,
     path: &str,
@@ -465,7 +477,7 @@ fn secs_ms(s: u64) -> i64 {
 }
 
 /// DigitalOcean's 422 answer.
-fn unprocessable(message: &str) -> Response {
+pub(crate) fn unprocessable(message: &str) -> Response {
     error(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unprocessable_entity",

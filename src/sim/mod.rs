@@ -16,6 +16,7 @@ pub mod onence;
 pub mod openai;
 mod state;
 pub mod stripe;
+mod vpcs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -68,6 +68,7 @@ pub fn decide(i: Inputs) -> Decision {
         credit_balance: i.previous.credit_balance.clone(),
         credit_balance_rounded: i.previous.credit_balance_rounded.clone(),
         transfer: transfer_of(i.members, i.now),
+        vpcs: i.previous.vpcs.clone(),
         ..Default::default()
     };
     if let Some(m) = i.money {

@@ -3,7 +3,7 @@
 //! for the members to go (`Block`, the condition lists them) or delete them first (`Cascade`).
 //!
 //! The per-project VM limit is enforced where VMs are created (the VirtualMachine reconciler), so a VM
-//! beyond the limit is never created.
+//! beyond the limit is never created. The Project's own VPCs are made and deleted by [`vpcs`].
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -17,6 +17,7 @@ pub mod decide;
 pub mod entitlement;
 pub mod members;
 pub mod policy;
+pub mod vpcs;
 pub mod wake;
 mod wire;
 
@@ -188,8 +189,9 @@ async fn money(ctx: &Context, project: &Project) -> Result<Option<decide::Money>
     }))
 }
 
-impl Reconciler<Project> for ProjectReconciler {
-    async fn apply(
+impl ProjectReconciler {
+    /// Counts, costs, balance and the conditions they lead to (no vendor call).
+    async fn refresh(
         &self,
         project: Arc<Project>,
         ctx: Arc<Context>,
@@ -213,17 +215,38 @@ impl Reconciler<Project> for ProjectReconciler {
         outcome.resync_at_most = d.resync_at_most;
         Ok(outcome)
     }
+}
+
+impl Reconciler<Project> for ProjectReconciler {
+    async fn apply(
+        &self,
+        project: Arc<Project>,
+        ctx: Arc<Context>,
+        progress: &mut Progress<ProjectStatus>,
+    ) -> Result<Outcome, Error> {
+        let mut outcome = self.refresh(project.clone(), ctx.clone(), progress).await?;
+        if let Some(waiting) = vpcs::converge(&ctx, &project, &mut progress.status).await? {
+            if matches!(outcome.health, Health::Ready { .. }) {
+                outcome.health = Health::progressing(reason::WAITING_FOR_VPC, waiting);
+            }
+            outcome.requeue_after =
+                Some(outcome.requeue_after.map_or(ctx.config.poll_interval, |r| {
+                    r.min(ctx.config.poll_interval)
+                }));
+        }
+        Ok(outcome)
+    }
 
     /// Paused: pause suspends the user's changes, not the Project's money policy. Its counts, costs and
     /// credit balance stay current (its VMs read the credit stop from them), with the conditions they
-    /// lead to. Nothing else is acted on (deletion waits).
+    /// lead to. Nothing else is acted on (no VPC made or deleted; deletion waits).
     async fn observe(
         &self,
         project: Arc<Project>,
         ctx: Arc<Context>,
         progress: &mut Progress<ProjectStatus>,
     ) -> Result<Option<PausedOutcome>, Error> {
-        let outcome = self.apply(project, ctx, progress).await?;
+        let outcome = self.refresh(project, ctx, progress).await?;
         Ok(Some(PausedOutcome {
             health: Some(outcome.health),
             requeue_after: outcome.requeue_after,
@@ -240,11 +263,20 @@ impl Reconciler<Project> for ProjectReconciler {
     ) -> Result<Cleanup, Error> {
         let m = members(&ctx, &project)?;
         if m.vms.is_empty() && m.sims.is_empty() {
-            return Ok(Cleanup::Done);
+            // Its VPCs go last, once no VM is in them.
+            return Ok(
+                match vpcs::remove_all(&ctx, &project, &mut progress.status).await? {
+                    Some(message) => Cleanup::Wait {
+                        message,
+                        requeue_after: ctx.config.poll_interval,
+                    },
+                    None => Cleanup::Done,
+                },
+            );
         }
         let waiting = waiting_for_members(&project, &ctx, &m).await?;
         // The money refresh never holds the deletion up: a ledger outage is said, not waited on.
-        let money = match self.apply(project.clone(), ctx.clone(), progress).await {
+        let money = match self.refresh(project.clone(), ctx.clone(), progress).await {
             Ok(o) => (o.health, o.requeue_after),
             Err(e) => (
                 Health::progressing(reason::RETRYING, format!("balance not refreshed: {e}")),

@@ -2,7 +2,7 @@
 //!
 //! | change | wakes |
 //! |---|---|
-//! | a Project's spec, deletion, or credit stop (exhausted with `onCreditExhausted: Stop`) | every member VM and SimCard |
+//! | a Project's spec, deletion, credit stop (exhausted with `onCreditExhausted: Stop`) or VPCs made | every member VM and SimCard |
 //! | a Project's member counts (a slot may have freed) | only member VMs Stalled with `LimitExceeded` |
 //! | a VM's membership, phase, price or existence at the vendor | the Project(s) it belongs to |
 //! | a VM's deletion | the Project(s) it belonged to |
@@ -24,6 +24,13 @@ pub fn project_for_members(p: &Project) -> u64 {
         super::policy::credit_stop(p).is_some(),
         super::policy::new_block(p).is_some(),
         super::policy::effective_limits(p),
+        // A VPC made: VMs waiting to join it (`spec.projectVPC`) go on.
+        p.status.as_ref().map(|s| {
+            s.vpcs
+                .iter()
+                .map(|v| (v.provider_config.clone(), v.region.clone(), v.id.clone()))
+                .collect::<Vec<_>>()
+        }),
     ))
 }
 

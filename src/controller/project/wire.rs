@@ -61,5 +61,7 @@ pub fn wire(w: &mut Wiring) {
             .as_ref()
             .map(|r| ObjectRef::<Project>::new(&r.name).within(&ns))
     });
+    // A Project holds the accounts its VPCs are in.
+    w.holds_accounts::<Project>(super::vpcs::holds);
     w.run(proj, ProjectReconciler);
 }

@@ -340,16 +340,25 @@ async fn create(
         spec.image = image.clone();
     }
     // What the vendor cannot honour is refused before any create (and before intent is recorded).
-    p.refuse_unsupported(&spec)
-        .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))?;
+    let refuse = |spec: &cloud::ServerSpec| {
+        p.refuse_unsupported(spec)
+            .map_err(|m| Error::permanent(reason::INVALID_SPEC, m))
+    };
+    refuse(&spec)?;
+    // The named VPC, firewall and StackScript must be granted; the Project's own VPC needs no grant.
     let ns = vm.namespace().unwrap_or_default();
     crate::controller::vendor::vendor_resources_granted(&obs.resolved.config, &ns, &spec.options)
         .map_err(|m| Error::permanent(reason::PROVIDER_CONFIG_NOT_ALLOWED, m))?;
+    if let Some(id) = super::project_vpc::vpc_id(ctx, vm, &obs.resolved.config.name_any())? {
+        spec.options.vpc_id = Some(id);
+        refuse(&spec)?;
+    }
     record_intent(ctx, vm, uid, &d.status).await?;
     progress.status = d.status.clone();
     progress.status.created_with = Some(crate::crd::virtual_machine::CreatedOptions {
-        vpc_id: vm.spec.vpc_id.clone(),
+        vpc_id: spec.options.vpc_id.clone(),
         subnet_id: vm.spec.subnet_id.clone(),
+        project_vpc: vm.spec.project_vpc,
         monitoring: vm.spec.monitoring,
         stack_script_id: vm.spec.stack_script.as_ref().map(|s| s.id),
     });

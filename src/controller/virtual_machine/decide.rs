@@ -275,16 +275,25 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
         .or_else(|| {
             // The options the server was created with: a change cannot reach it.
             let o = status.created_with.as_ref()?;
+            // With projectVPC, vpcID recorded the Project's VPC, which the spec does not name.
+            let named = |project_vpc: bool, id: &Option<String>| (!project_vpc).then(|| id.clone());
             let now = (
-                &vm.spec.vpc_id,
+                named(vm.spec.project_vpc, &vm.spec.vpc_id),
+                vm.spec.project_vpc,
                 &vm.spec.subnet_id,
                 vm.spec.monitoring,
                 vm.spec.stack_script.as_ref().map(|s| s.id),
             );
-            let was = (&o.vpc_id, &o.subnet_id, o.monitoring, o.stack_script_id);
+            let was = (
+                named(o.project_vpc, &o.vpc_id),
+                o.project_vpc,
+                &o.subnet_id,
+                o.monitoring,
+                o.stack_script_id,
+            );
             (now != was).then(|| {
                 format!(
-                    "spec.vpcID, spec.subnetID, spec.monitoring and spec.stackScript are immutable once the server exists: it was created with {was:?}, now {now:?}; restore them, or delete and recreate the VirtualMachine"
+                    "spec.vpcID, spec.projectVPC, spec.subnetID, spec.monitoring and spec.stackScript are immutable once the server exists: it was created with {was:?}, now {now:?}; restore them, or delete and recreate the VirtualMachine"
                 )
             })
         })
@@ -1518,6 +1527,7 @@ mod tests {
             created_with: Some(crate::crd::virtual_machine::CreatedOptions {
                 vpc_id: Some("vpc-a".into()),
                 subnet_id: None,
+                project_vpc: false,
                 monitoring: true,
                 stack_script_id: None,
             }),
@@ -1534,6 +1544,28 @@ mod tests {
         ] {
             let m = immutable_violation(&opts(changed), &made).expect("refused");
             assert!(m.contains("spec.vpcID"), "{m}");
+        }
+        // Joined its Project's VPC: the recorded ID is the Project's; only the flag is compared.
+        let joined_project = VirtualMachineStatus {
+            created_with: Some(crate::crd::virtual_machine::CreatedOptions {
+                vpc_id: Some("project-vpc".into()),
+                project_vpc: true,
+                ..Default::default()
+            }),
+            ..created()
+        };
+        assert_eq!(
+            immutable_violation(
+                &opts(serde_json::json!({"projectVPC": true})),
+                &joined_project
+            ),
+            None
+        );
+        for changed in [
+            serde_json::json!({}),
+            serde_json::json!({"vpcID": "project-vpc"}),
+        ] {
+            assert!(immutable_violation(&opts(changed), &joined_project).is_some());
         }
         // A server created before the options were recorded: nothing to compare, nothing refused.
         assert_eq!(

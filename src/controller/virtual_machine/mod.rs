@@ -27,6 +27,7 @@ pub mod act;
 pub mod build;
 pub mod decide;
 pub mod observe;
+pub mod project_vpc;
 pub mod read;
 pub mod release;
 pub mod restore;
