@@ -20,8 +20,9 @@ const LONG_RUN: usize = 32;
 const KEY_PREFIXES: [&str; 8] = [
     "sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_", "sk-", "dop_v1_", "eyJ",
 ];
-/// Header, query and form names whose values are credentials.
-const SECRET_NAMES: [&str; 6] = ["auth", "key", "token", "secret", "password", "signature"];
+/// Header, query and form names whose values are credentials (`pass` covers `password` and Linode's
+/// `root_pass`).
+const SECRET_NAMES: [&str; 6] = ["auth", "key", "token", "secret", "pass", "signature"];
 
 /// The credentials one request carried: what [`Secrets::scrub`] removes from its answer.
 #[derive(Default)]
@@ -81,6 +82,12 @@ impl Secrets {
 
     fn body(&mut self, body: &[u8]) {
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(body) {
+            // A stored secret's value (Contabo's Secrets API: `{"type": "password", "value": …}`).
+            if o.get("type").and_then(|t| t.as_str()) == Some("password")
+                && let Some(v) = o.get("value").and_then(|v| v.as_str())
+            {
+                self.add(v);
+            }
             for (k, v) in o {
                 if let (true, Some(v)) = (secret_name(&k), v.as_str()) {
                     self.add(v);
@@ -196,6 +203,24 @@ mod tests {
                 .build()
                 .unwrap(),
         )
+    }
+
+    #[test]
+    fn passwords_in_json_bodies_are_removed_whatever_the_vendor_calls_them() {
+        for (body, pw) in [
+            (
+                serde_json::json!({"label": "web", "root_pass": "Root-Pass-9f8e7d"}),
+                "Root-Pass-9f8e7d",
+            ),
+            (
+                serde_json::json!({"name": "n", "type": "password", "value": "Stored-Pass-9f8e7d"}),
+                "Stored-Pass-9f8e7d",
+            ),
+        ] {
+            let s = request(|r| r.json(&body));
+            let out = s.scrub(&format!("refused {pw} as weak"));
+            assert!(!out.contains(pw) && out.contains("as weak"), "{out}");
+        }
     }
 
     #[test]

@@ -41,7 +41,12 @@ async fn project_vpcs(
 
 #[tokio::test]
 async fn a_projects_vpc_is_made_once_joined_by_its_vms_and_deleted_once_empty() {
-    let e = common::env::env("pvpc", |_| {}, true).await;
+    // A stall (the vendor refusing a deletion) is looked at again every 2 s.
+    let e = common::env::env_with("pvpc", |_| {})
+        .await
+        .with_controller(None, |c| {
+            c.resync_interval = std::time::Duration::from_secs(2)
+        });
     e.apply_project("acme", serde_json::json!({"currency": "USD"}))
         .await;
     let uid = common::project_uid(&e.client, &e.ns, "acme").await;
@@ -125,8 +130,38 @@ async fn a_projects_vpc_is_made_once_joined_by_its_vms_and_deleted_once_empty() 
     assert_eq!(left.len(), 1, "{left:?}");
     assert_ne!(left[0]["id"], earlier_id.as_str());
 
-    // The Project's deletion deletes the rest.
+    // The Project's deletion deletes the rest. A server Quartermaster does not know of in the VPC
+    // makes DigitalOcean refuse (403): the Project stalls with its words, its credentials untouched,
+    // until the server is gone.
+    let ams = left[0]["id"].as_str().unwrap().to_string();
+    let sim = reqwest::Client::new();
+    let stray: serde_json::Value = sim
+        .post(format!("{}/v2/droplets", e.sim.url))
+        .bearer_auth("sim-token")
+        .json(
+            &serde_json::json!({"name": "stray", "region": "ams3", "size": "s-1vcpu-1gb",
+            "image": "debian-12-x64", "vpc_uuid": ams}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stray = stray["droplet"]["id"].as_u64().unwrap();
     api.delete("acme", &DeleteParams::default()).await.unwrap();
+    common::eventually(WAIT, "the refusal shown", || async {
+        let p = api.get("acme").await.ok()?;
+        let c = conditions::find(&p.status?.conditions, conditions::STALLED)?.clone();
+        (c.reason == "VendorRejected" && c.message.contains("Can not delete VPC with members"))
+            .then_some(())
+    })
+    .await;
+    sim.delete(format!("{}/v2/droplets/{stray}", e.sim.url))
+        .bearer_auth("sim-token")
+        .send()
+        .await
+        .unwrap();
     common::eventually(WAIT, "the Project gone", || async {
         api.get_opt("acme").await.ok()?.is_none().then_some(())
     })

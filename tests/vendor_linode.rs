@@ -79,6 +79,15 @@ async fn vendor_linode_client_requests_validate_against_the_spec() {
         },
         ..spec.clone()
     };
+    // Checked before any intent is recorded, and again by the create itself.
+    let err = p.check_create(&elsewhere).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Unsupported(m) if m.contains("999")),
+        "{err}"
+    );
+    p.check_create(&spec)
+        .await
+        .expect("nothing to check without a VPC");
     let err = p.create(&elsewhere).await.unwrap_err();
     assert!(
         matches!(&err, CloudError::Unsupported(m) if m.contains("999")),

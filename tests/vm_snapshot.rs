@@ -339,6 +339,42 @@ async fn a_plan_that_cannot_snapshot_stalls_with_the_vendors_words() {
     .await;
 }
 
+/// A server busy with another action (DigitalOcean's 422 "pending event") is no refusal: the snapshot
+/// waits, Reconciling, and is taken once the action is done; it never stalls.
+#[tokio::test]
+async fn a_snapshot_of_a_busy_server_waits_for_it_instead_of_stalling() {
+    let e = env("snapbusy", |c| c.power_secs = 6, true).await;
+    e.apply_vm("web", serde_json::json!({})).await;
+    let id = e
+        .wait_ready("web")
+        .await
+        .status
+        .unwrap()
+        .external_id
+        .unwrap();
+    // A reboot the controller did not ask for keeps the droplet busy for a while.
+    let busy = reqwest::Client::new()
+        .post(format!("{}/v2/droplets/{id}/actions", e.sim.url))
+        .bearer_auth("sim-token")
+        .json(&serde_json::json!({"type": "reboot"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(busy.status().is_success(), "{}", busy.status());
+    apply_snapshot(&e, "busy", "web", "Delete").await;
+    wait_for(
+        &e,
+        "busy",
+        conditions::RECONCILING,
+        ConditionStatus::True,
+        "Retrying",
+    )
+    .await;
+    let s = wait_snapshot(&e, "busy", conditions::READY, "Reconciled").await;
+    assert!(s.status.unwrap().refused_generation.is_none());
+    assert_eq!(taken(&e).await.len(), 1);
+}
+
 /// `quartermaster run` as its own process (so it can be killed mid-call), on this test's shard.
 fn controller_process(id: &str) -> common::process::Controller {
     common::process::spawn_run(

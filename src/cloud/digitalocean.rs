@@ -762,6 +762,12 @@ impl ComputeProvider for DigitalOcean {
 
     /// `vpc_uuid` and `monitoring` at create; a firewall names its droplets from its own side, after
     /// the create ([`ComputeProvider::attach_firewall`]).
+    /// "Droplet already has a pending event" (422): another action of the droplet is running.
+    fn is_busy(&self, e: &CloudError) -> bool {
+        matches!(e, CloudError::Http(crate::http::HttpError::Status { status: 422, message, .. })
+            if message.to_ascii_lowercase().contains("pending event"))
+    }
+
     fn honours(&self) -> super::Honours {
         super::Honours {
             vpc: true,
@@ -820,7 +826,18 @@ impl ComputeProvider for DigitalOcean {
             return Ok(());
         };
         let r = self.req(Method::DELETE, &format!("/v2/vpcs/{id}"));
-        done_if_not_found(self.api.http.send(r, true).await)
+        // DigitalOcean answers 403 "Can not delete VPC with members": a refusal of this deletion,
+        // not of the credentials (which would make the whole account re-check them).
+        match done_if_not_found(self.api.http.send(r, true).await) {
+            Err(CloudError::Http(crate::http::HttpError::Status {
+                status: 403,
+                message,
+                ..
+            })) => Err(CloudError::Unsupported(format!(
+                "digitalocean refused to delete VPC {id}: {message}"
+            ))),
+            other => other,
+        }
     }
 
     fn resize_needs_power_off(&self) -> bool {
@@ -843,6 +860,26 @@ impl ComputeProvider for DigitalOcean {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_event_is_a_busy_droplet_not_a_refusal() {
+        let d = DigitalOcean::new(
+            HttpClient::new("digitalocean", crate::http::RetryPolicy::default()),
+            None,
+            "t",
+        );
+        let status = |s: u16, m: &str| {
+            CloudError::Http(crate::http::HttpError::Status {
+                vendor: "digitalocean",
+                status: s,
+                message: m.into(),
+                retry_after: None,
+            })
+        };
+        assert!(d.is_busy(&status(422, "Droplet already has a pending event.")));
+        assert!(!d.is_busy(&status(422, "Snapshots are not available for this plan.")));
+        assert!(!d.is_busy(&status(500, "pending event")));
+    }
 
     #[test]
     fn monitoring_answers_become_cpu_memory_disk_and_bytes() {

@@ -801,6 +801,20 @@ impl ComputeProvider for Linode {
         self.vpcs_named(name).await
     }
 
+    /// The subnet a VPC create names must be one of the VPC's own (or the VPC must have only one).
+    async fn check_create(&self, spec: &ServerSpec) -> Result<(), CloudError> {
+        let Some(v) = spec.options.vpc_id.as_deref() else {
+            return Ok(());
+        };
+        let vpc = v.parse().map_err(|_| not_an_id("linode", v))?;
+        let wanted = spec
+            .options
+            .subnet_id
+            .as_deref()
+            .and_then(|s| s.parse().ok());
+        self.vpc_subnet(vpc, wanted).await.map(|_| ())
+    }
+
     async fn create_vpc(&self, spec: &super::VpcSpec) -> Result<super::Vpc, CloudError> {
         self.make_vpc(spec).await
     }

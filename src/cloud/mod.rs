@@ -523,6 +523,19 @@ pub trait ComputeProvider: Send + Sync {
         let _ = id;
         Err(self.no_vpcs())
     }
+    /// Checks at the vendor what a create names and [`Self::refuse_unsupported`] cannot check offline
+    /// (Linode: that the subnet is one of the VPC's own), before any intent is recorded. A refusal is
+    /// [`CloudError::Unsupported`].
+    async fn check_create(&self, spec: &ServerSpec) -> Result<(), CloudError> {
+        let _ = spec;
+        Ok(())
+    }
+    /// Whether `e` is the vendor refusing an action only because the server is busy with another one
+    /// (DigitalOcean's 422 "pending event"): nothing was done, and the same request later may succeed.
+    fn is_busy(&self, e: &CloudError) -> bool {
+        let _ = e;
+        false
+    }
     /// Why this vendor's VPCs are not made by Quartermaster.
     fn no_vpcs(&self) -> CloudError {
         CloudError::Unsupported(format!(

@@ -224,15 +224,20 @@ impl Reconciler<Project> for ProjectReconciler {
         ctx: Arc<Context>,
         progress: &mut Progress<ProjectStatus>,
     ) -> Result<Outcome, Error> {
-        let mut outcome = self.refresh(project.clone(), ctx.clone(), progress).await?;
-        if let Some(waiting) = vpcs::converge(&ctx, &project, &mut progress.status).await? {
-            if matches!(outcome.health, Health::Ready { .. }) {
-                outcome.health = Health::progressing(reason::WAITING_FOR_VPC, waiting);
+        // The money and the VPCs are independent: neither holds the other up.
+        let refreshed = self.refresh(project.clone(), ctx.clone(), progress).await;
+        let vpcs = vpcs::converge(&ctx, &project, &mut progress.status).await;
+        let mut outcome = refreshed?;
+        if let Some(h) = vpcs {
+            // A stall outranks what the money says; a wait or a retry only a Ready.
+            let replaces = matches!(h, Health::Stalled { .. })
+                || matches!(outcome.health, Health::Ready { .. });
+            if replaces {
+                outcome.health = h;
             }
-            outcome.requeue_after =
-                Some(outcome.requeue_after.map_or(ctx.config.poll_interval, |r| {
-                    r.min(ctx.config.poll_interval)
-                }));
+            // A waiting removal is woken by its VMs' deletion; a retry is looked at again soon.
+            let soon = ctx.config.poll_interval * 6;
+            outcome.requeue_after = Some(outcome.requeue_after.map_or(soon, |r| r.min(soon)));
         }
         Ok(outcome)
     }

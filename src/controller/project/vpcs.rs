@@ -10,41 +10,51 @@
 //!   deleted. The account must allow the namespace (as for a VM); the VPC then needs no
 //!   `vendorResources` grant for the Project's own VMs.
 //! - **Nothing cut off.** A VPC is deleted only once no VirtualMachine of the namespace was created in
-//!   it (`status.createdWith`); until then its removal waits (`WaitingForVPC`, the VMs named).
-//! - Refusals (a bad range, a vendor that makes no VPCs) stall with the vendor's words; outages retry.
-//!   A changed `ipRange` of a VPC that exists stalls (`ImmutableFieldChanged`).
+//!   it (`status.createdWith`) or may be creating in it (`spec.projectVPC` in its account and region
+//!   with a creation intent or a server); until then its removal waits (`WaitingForVPC`, the VMs named).
+//! - **One entry never holds up another, nor the money.** Each entry is tried on its own; what failed
+//!   becomes the Project's health (a refusal — a bad range, a vendor that makes no VPCs, a changed
+//!   `ipRange` — `Stalled` with the vendor's words; an outage `Reconciling`), while its counts, costs
+//!   and credit stop go on being refreshed on their own schedule.
 //! - VPCs are free at these vendors: nothing is metered or admitted.
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use crate::cloud::VpcSpec;
 use crate::cloud::vpc::{parse_cidr, vpc_name};
+use crate::cloud::{CloudError, VpcSpec};
 use crate::controller::runtime::framework::publish;
 use crate::controller::{Context, Error, vendor};
+use crate::crd::ANNOTATION_CREATION_INTENT;
+use crate::crd::conditions::Health;
 use crate::crd::conditions::reason;
 use crate::crd::project::{ProjectVpc, ProjectVpcStatus};
 use crate::crd::{Project, ProjectStatus, VirtualMachine};
+use crate::http::HttpError;
 
 /// Event: a VPC of the Project was made (or an earlier attempt's found) at the vendor.
 pub const VPC_CREATED: &str = "VPCCreated";
 /// Event: a VPC of the Project was deleted at the vendor.
 pub const VPC_DELETED: &str = "VPCDeleted";
 
-/// Makes the declared VPCs that are not recorded yet and deletes the recorded ones no longer declared.
-/// Returns what a removal waits for, if anything.
+/// Makes the declared VPCs that are not recorded yet and deletes the recorded ones no longer declared,
+/// each entry on its own. Returns what the Project's health must say beside its money (a wait, a
+/// retry or a stall, the worst first), if anything.
 pub async fn converge(
     ctx: &Context,
     project: &Project,
     status: &mut ProjectStatus,
-) -> Result<Option<String>, Error> {
+) -> Option<Health> {
+    let mut said = Said::default();
     for want in &project.spec.vpcs {
-        match recorded(status, want) {
-            Some(have) => unchanged_range(have, want)?,
-            None => {
-                let made = make(ctx, project, want).await?;
-                status.vpcs.push(made);
-            }
+        let step = match recorded(status, want) {
+            Some(have) => unchanged_range(have, want),
+            None => make(ctx, project, want)
+                .await
+                .map(|made| status.vpcs.push(made)),
+        };
+        if let Err(e) = step {
+            said.failed(e);
         }
     }
     let gone: Vec<ProjectVpcStatus> = status
@@ -53,17 +63,71 @@ pub async fn converge(
         .filter(|v| !project.spec.vpcs.iter().any(|w| same(v, w)))
         .cloned()
         .collect();
-    remove(ctx, project, status, gone).await
+    remove(ctx, project, status, gone, &mut said).await;
+    said.health()
 }
 
-/// Deletes every recorded VPC (the Project is being deleted); returns what that waits for.
+/// Deletes every recorded VPC (the Project is being deleted). Returns why that waits, if it does.
 pub async fn remove_all(
     ctx: &Context,
     project: &Project,
     status: &mut ProjectStatus,
 ) -> Result<Option<String>, Error> {
     let all = status.vpcs.clone();
-    remove(ctx, project, status, all).await
+    let mut said = Said::default();
+    remove(ctx, project, status, all, &mut said).await;
+    if let Some(e) = said.error {
+        return Err(e);
+    }
+    Ok((!said.waiting.is_empty()).then(|| said.waiting.join("; ")))
+}
+
+/// What the VPC steps of one reconcile came to: removals that wait, and the worst failure.
+#[derive(Default)]
+struct Said {
+    waiting: Vec<String>,
+    error: Option<Error>,
+}
+
+impl Said {
+    /// Keeps `e` unless a failure the user must act on is kept already.
+    fn failed(&mut self, e: Error) {
+        let e = retry_unreadable(e);
+        if self.error.as_ref().is_none_or(|kept| !kept.is_permanent()) {
+            self.error = Some(e);
+        }
+    }
+
+    fn health(self) -> Option<Health> {
+        match (self.error, self.waiting.is_empty()) {
+            (Some(e), _) => Some(match e.stall() {
+                Some((reason, message)) => Health::stalled(reason, message),
+                None => Health::progressing(reason::RETRYING, e.to_string()),
+            }),
+            (None, false) => Some(Health::progressing(
+                reason::WAITING_FOR_VPC,
+                self.waiting.join("; "),
+            )),
+            (None, true) => None,
+        }
+    }
+}
+
+/// An answer that could not be read (after a create, the VPC may exist): tried again, not a stall;
+/// the next attempt finds it by name.
+fn retry_unreadable(e: Error) -> Error {
+    match e {
+        Error::Vendor {
+            step,
+            source: CloudError::Http(HttpError::Decode { message, .. }),
+        } => Error::Waiting {
+            reason: reason::RETRYING,
+            message: format!(
+                "{step}: the vendor's answer could not be read ({message}); trying again"
+            ),
+        },
+        e => e,
+    }
 }
 
 /// Whether ProviderConfig `pc` holds a VPC of `p`.
@@ -147,63 +211,86 @@ async fn make(
     })
 }
 
-/// Deletes `which` (recorded VPCs) once no VM is in them; returns what waits.
+/// Deletes `which` (recorded VPCs) once no VM is or may be in them, each on its own; what waits or
+/// fails goes into `said`.
 async fn remove(
     ctx: &Context,
     project: &Project,
     status: &mut ProjectStatus,
     which: Vec<ProjectVpcStatus>,
-) -> Result<Option<String>, Error> {
-    let ns = project.namespace().unwrap_or_default();
-    let mut waiting = Vec::new();
+    said: &mut Said,
+) {
     for v in which {
-        let users = vms_in(ctx, &ns, &v)?;
-        if !users.is_empty() {
-            waiting.push(format!(
-                "VPC {} waits for VirtualMachine(s) {} to leave it",
-                v.id,
-                users.join(", ")
-            ));
-            continue;
+        match remove_one(ctx, project, &v).await {
+            Ok(None) => {
+                status.vpcs.retain(|r| r != &v);
+                let message = format!("VPC {} ({}) deleted", v.id, v.name);
+                publish(ctx, project, EventType::Normal, VPC_DELETED, &message).await;
+            }
+            Ok(Some(waits)) => said.waiting.push(waits),
+            Err(e) => said.failed(e),
         }
-        // A namespace the account no longer allows still deletes what it made there.
-        let (resolved, _) = vendor::resolve_holding(ctx, &v.provider_config, &ns).await?;
-        if resolved.config.spec.suspended {
-            waiting.push(format!(
-                "VPC {} waits: ProviderConfig {:?} is suspended",
-                v.id, v.provider_config
-            ));
-            continue;
-        }
-        let provider = ctx.providers.compute(ctx, &resolved).await?;
-        provider
-            .delete_vpc(&v.id)
-            .await
-            .map_err(Error::vendor("delete the Project's VPC"))?;
-        status.vpcs.retain(|r| r != &v);
-        let message = format!("VPC {} ({}) deleted", v.id, v.name);
-        publish(ctx, project, EventType::Normal, VPC_DELETED, &message).await;
     }
-    Ok((!waiting.is_empty()).then(|| waiting.join("; ")))
 }
 
-/// The VMs of namespace `ns` created in VPC `v` (from the watch cache).
+/// Deletes VPC `v` unless a VM is or may be in it (then: why it waits).
+async fn remove_one(
+    ctx: &Context,
+    project: &Project,
+    v: &ProjectVpcStatus,
+) -> Result<Option<String>, Error> {
+    let ns = project.namespace().unwrap_or_default();
+    let users = vms_in(ctx, &ns, v)?;
+    if !users.is_empty() {
+        return Ok(Some(format!(
+            "VPC {} waits for VirtualMachine(s) {} to leave it",
+            v.id,
+            users.join(", ")
+        )));
+    }
+    // A namespace the account no longer allows still deletes what it made there.
+    let (resolved, _) = vendor::resolve_holding(ctx, &v.provider_config, &ns).await?;
+    if resolved.config.spec.suspended {
+        return Ok(Some(format!(
+            "VPC {} waits: ProviderConfig {:?} is suspended",
+            v.id, v.provider_config
+        )));
+    }
+    let provider = ctx.providers.compute(ctx, &resolved).await?;
+    provider
+        .delete_vpc(&v.id)
+        .await
+        .map_err(Error::vendor("delete the Project's VPC"))?;
+    Ok(None)
+}
+
+/// The VMs of namespace `ns` that are or may be in VPC `v` (from the watch cache): created in it
+/// (`status.createdWith`), or joining their Project's VPC in its account and region with a creation
+/// intent or a server (a create in flight, or one whose status write a crash lost).
 fn vms_in(ctx: &Context, ns: &str, v: &ProjectVpcStatus) -> Result<Vec<String>, Error> {
     let store = ctx.caches()?.store::<VirtualMachine>()?;
     let mut names: Vec<String> = store
         .state()
         .iter()
-        .filter(|vm| vm.namespace().as_deref() == Some(ns))
-        .filter(|vm| {
-            vm.status.as_ref().is_some_and(|s| {
-                s.provider_config.as_deref() == Some(v.provider_config.as_str())
-                    && s.created_with
-                        .as_ref()
-                        .is_some_and(|c| c.vpc_id.as_deref() == Some(v.id.as_str()))
-            })
-        })
+        .filter(|vm| vm.namespace().as_deref() == Some(ns) && may_be_in(vm, v))
         .map(|vm| vm.name_any())
         .collect();
     names.sort();
     Ok(names)
+}
+
+fn may_be_in(vm: &VirtualMachine, v: &ProjectVpcStatus) -> bool {
+    let st = vm.status.as_ref();
+    let created_in = st.is_some_and(|s| {
+        s.provider_config.as_deref() == Some(v.provider_config.as_str())
+            && s.created_with
+                .as_ref()
+                .is_some_and(|c| c.vpc_id.as_deref() == Some(v.id.as_str()))
+    });
+    let joining = vm.spec.project_vpc
+        && vm.spec.provider_config_ref.name == v.provider_config
+        && vm.spec.region == v.region
+        && (vm.annotations().contains_key(ANNOTATION_CREATION_INTENT)
+            || st.is_some_and(|s| s.external_id.is_some()));
+    created_in || joining
 }

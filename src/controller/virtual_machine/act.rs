@@ -353,6 +353,11 @@ async fn create(
         spec.options.vpc_id = Some(id);
         refuse(&spec)?;
     }
+    // What only the vendor can check (a Linode subnet of the VPC), still before the intent.
+    p.check_create(&spec).await.map_err(|e| match e {
+        CloudError::Unsupported(m) => Error::permanent(reason::INVALID_SPEC, m),
+        e => Error::vendor("check the create's options")(e),
+    })?;
     record_intent(ctx, vm, uid, &d.status).await?;
     progress.status = d.status.clone();
     progress.status.created_with = Some(crate::crd::virtual_machine::CreatedOptions {

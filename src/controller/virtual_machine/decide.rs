@@ -273,19 +273,20 @@ pub fn immutable_violation(vm: &VirtualMachine, status: &VirtualMachineStatus) -
             })
         })
         .or_else(|| {
-            // The options the server was created with: a change cannot reach it.
+            // The options the server was created with: a change cannot reach it. Recorded before the
+            // create, they count once a server is known (a refused create leaves them to be fixed).
+            status.external_id.as_ref()?;
             let o = status.created_with.as_ref()?;
             // With projectVPC, vpcID recorded the Project's VPC, which the spec does not name.
-            let named = |project_vpc: bool, id: &Option<String>| (!project_vpc).then(|| id.clone());
             let now = (
-                named(vm.spec.project_vpc, &vm.spec.vpc_id),
+                vm.spec.vpc_id.clone(),
                 vm.spec.project_vpc,
                 &vm.spec.subnet_id,
                 vm.spec.monitoring,
                 vm.spec.stack_script.as_ref().map(|s| s.id),
             );
             let was = (
-                named(o.project_vpc, &o.vpc_id),
+                o.vpc_id.clone().filter(|_| !o.project_vpc),
                 o.project_vpc,
                 &o.subnet_id,
                 o.monitoring,
@@ -1564,9 +1565,19 @@ mod tests {
         for changed in [
             serde_json::json!({}),
             serde_json::json!({"vpcID": "project-vpc"}),
+            serde_json::json!({"projectVPC": true, "vpcID": "other"}),
         ] {
             assert!(immutable_violation(&opts(changed), &joined_project).is_some());
         }
+        // Recorded for a create the vendor refused (no server known): the user's fix is not refused.
+        let refused = VirtualMachineStatus {
+            external_id: None,
+            ..made.clone()
+        };
+        assert_eq!(
+            immutable_violation(&opts(serde_json::json!({"vpcID": "vpc-b"})), &refused),
+            None
+        );
         // A server created before the options were recorded: nothing to compare, nothing refused.
         assert_eq!(
             immutable_violation(&opts(serde_json::json!({"vpcID": "x"})), &created()),

@@ -509,6 +509,19 @@ async fn request(
                 o
             })
         }
+        // The server is busy with another action (a power change): nothing was made, and nothing is
+        // wrong with the request. It is withdrawn and asked again shortly, never a stall.
+        Err(e) if provider.is_busy(&e) => {
+            let st = &mut progress.status;
+            st.requested_at = None;
+            st.state = None;
+            let message = format!(
+                "server {} is busy with another action ({e}); the snapshot is asked again shortly",
+                src.server_id
+            );
+            Ok(Outcome::new(Health::progressing(reason::RETRYING, message))
+                .requeue_after(ctx.config.poll_interval))
+        }
         // A refusal proves nothing was made: the request is withdrawn (the mark stays recorded, so it is
         // still looked up first) and not sent again for this generation.
         Err(e) if refused(&e) => {
