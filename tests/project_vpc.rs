@@ -168,3 +168,27 @@ async fn a_projects_vpc_is_made_once_joined_by_its_vms_and_deleted_once_empty() 
     .await;
     assert!(vpcs(&e).await.is_empty());
 }
+
+/// Two entries for one account and region are refused (one VPC each), and only one VPC is made.
+#[tokio::test]
+async fn a_second_vpc_entry_for_the_same_account_and_region_is_refused() {
+    let e = common::env::env("pvpcdup", |_| {}, true).await;
+    let entry = serde_json::json!({"providerConfigRef": {"name": e.pc}, "region": "fra1"});
+    let mut other = entry.clone();
+    other["ipRange"] = "10.20.0.0/16".into();
+    e.apply_project(
+        "acme",
+        serde_json::json!({"currency": "USD", "vpcs": [entry, other]}),
+    )
+    .await;
+    let api: Api<Project> = Api::namespaced(e.client.clone(), &e.ns);
+    common::eventually(WAIT, "the second entry refused", || async {
+        let p = api.get("acme").await.ok()?;
+        let st = p.status?;
+        let c = conditions::find(&st.conditions, conditions::STALLED)?.clone();
+        (c.reason == "InvalidSpec" && c.message.contains("twice") && st.vpcs.len() == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(vpcs(&e).await.len(), 1);
+}

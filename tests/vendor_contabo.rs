@@ -425,4 +425,13 @@ async fn vendor_contabo_a_windows_password_is_one_secret_made_once_and_deleted_w
     p.delete("7")
         .await
         .expect("a second delete finds nothing to do");
+
+    // A create that made the secret but no server: the VM's deletion removes the secret.
+    mock.secrets.lock().unwrap().push(MockSecret {
+        id: 900,
+        name: "quartermaster-uid-0f6b3a55-1c53-4bd1-9c39-d2e8f8d1b1aa-password".into(),
+        value: password.clone(),
+    });
+    p.forget_create(&spec.tags[0]).await.expect("list + delete");
+    assert!(mock.secrets.lock().unwrap().is_empty());
 }

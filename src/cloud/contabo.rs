@@ -974,6 +974,11 @@ impl ComputeProvider for Contabo {
     fn resize_rule(&self) -> ResizeRule {
         ResizeRule::Unsupported
     }
+    /// A Windows create that made no server may have made its password secret.
+    async fn forget_create(&self, owner_tag: &str) -> Result<(), CloudError> {
+        self.delete_password_secrets(&[owner_tag.to_string()]).await
+    }
+
     fn accepts_root_password(&self, windows: bool) -> bool {
         // For RDP; kept as a secret whose ID the create takes. Linux servers stay key-only.
         windows

@@ -523,6 +523,12 @@ pub trait ComputeProvider: Send + Sync {
         let _ = id;
         Err(self.no_vpcs())
     }
+    /// Removes what a create made beside the server (Contabo: its password secret) when no server came
+    /// of it (`owner_tag`: the VM's ownership tag); nothing there is done.
+    async fn forget_create(&self, owner_tag: &str) -> Result<(), CloudError> {
+        let _ = owner_tag;
+        Ok(())
+    }
     /// Checks at the vendor what a create names and [`Self::refuse_unsupported`] cannot check offline
     /// (Linode: that the subnet is one of the VPC's own), before any intent is recorded. A refusal is
     /// [`CloudError::Unsupported`].

@@ -46,7 +46,20 @@ pub async fn converge(
     status: &mut ProjectStatus,
 ) -> Option<Health> {
     let mut said = Said::default();
-    for want in &project.spec.vpcs {
+    for (i, want) in project.spec.vpcs.iter().enumerate() {
+        // One VPC per account and region: a second entry for the same pair is refused, not made.
+        if project.spec.vpcs[..i].iter().any(|w| {
+            w.provider_config_ref.name == want.provider_config_ref.name && w.region == want.region
+        }) {
+            said.failed(Error::permanent(
+                reason::INVALID_SPEC,
+                format!(
+                    "spec.vpcs names ProviderConfig {:?}, region {:?} twice: one VPC per account and region",
+                    want.provider_config_ref.name, want.region
+                ),
+            ));
+            continue;
+        }
         let step = match recorded(status, want) {
             Some(have) => unchanged_range(have, want),
             None => make(ctx, project, want)

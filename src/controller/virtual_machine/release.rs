@@ -100,6 +100,12 @@ pub async fn release(
         orphan(ctx, vm, status, &*p, &owned, &tag).await?;
         return Ok(Cleanup::Done);
     }
+    if owned.is_empty() && created {
+        // No server came of the create: what it made beside one (a password secret) goes.
+        p.forget_create(&tag).await.map_err(Error::vendor(
+            "remove what the create made beside the server",
+        ))?;
+    }
     let mut waiting = Vec::new();
     let mut scheduled = Vec::new();
     // Only servers carrying this VM's tag: an adopted server was tagged when adopted; another
