@@ -1,5 +1,5 @@
 //! The runtime's guarantees, tested once across every kind that holds vendor state (a server, a claimed
-//! SIM, a Stripe subscription), on the real API server against `quartermaster sim`: one table, one row
+//! SIM, a Stripe subscription, a Project's VPC, a snapshot), on the real API server against `quartermaster sim`: one table, one row
 //! per kind, every row through the same steps.
 //!
 //! 1. **A lagging cache writes no older status**: the kind's own reconcile, handed the object as a
@@ -69,7 +69,7 @@ enum Metered {
 }
 
 /// Every kind with vendor state.
-const ROWS: [Row; 4] = [
+const ROWS: [Row; 5] = [
     Row {
         kind: "VirtualMachine",
         settled_asks_vendor: true,
@@ -123,6 +123,25 @@ const ROWS: [Row; 4] = [
         },
     },
     Row {
+        kind: "Project",
+        // A Project's VPC, once made, asks its vendor nothing: an outage leaves it Ready.
+        settled_asks_vendor: false,
+        name: "acme-iot",
+        pc: "digitalocean-sim",
+        secret: "digitalocean-credentials",
+        holds: "/status/vpcs",
+        // VPCs are free: nothing of them is metered.
+        meter: None,
+        stale: |c, ns| {
+            Box::pin(stale::<quartermaster::crd::Project, _>(
+                c,
+                ns,
+                ("acme-iot", "/status/vpcs"),
+                || quartermaster::controller::project::ProjectReconciler,
+            ))
+        },
+    },
+    Row {
         kind: "VirtualMachineSnapshot",
         settled_asks_vendor: false,
         name: "web-1-before-upgrade",
@@ -145,12 +164,11 @@ const ROWS: [Row; 4] = [
     },
 ];
 
-/// The kinds that hold nothing at a vendor: a ProviderConfig is the account itself, a Project and a
-/// TokenBudget are the platform's own records, a SimMessage is sent once and holds nothing after, and a
+/// The kinds that hold nothing at a vendor: a ProviderConfig is the account itself, a TokenBudget is
+/// the platform's own record, a SimMessage is sent once and holds nothing after, and a
 /// VirtualMachineSnapshotPolicy makes VirtualMachineSnapshots (which hold their snapshots).
-const WITHOUT_VENDOR_STATE: [&str; 5] = [
+const WITHOUT_VENDOR_STATE: [&str; 4] = [
     "ProviderConfig",
-    "Project",
     "TokenBudget",
     "SimMessage",
     "VirtualMachineSnapshotPolicy",
@@ -577,6 +595,7 @@ async fn no_kind_shows_credentials_a_vendor_quotes_back() {
         }
         if let Some(spec) = d.get_mut("spec").and_then(Value::as_object_mut) {
             spec.remove("projectRef");
+            spec.remove("projectVPC");
         }
         for (vendor, key, value) in ECHOED {
             if d["kind"] == "Secret" && d["metadata"]["name"] == format!("{vendor}-credentials") {
