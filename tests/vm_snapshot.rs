@@ -437,6 +437,52 @@ async fn a_controller_killed_between_the_snapshot_call_and_the_status_write_take
     assert_eq!(snapshot_actions(&e, &server).await.len(), 1);
 }
 
+/// A policy whose snapshots the vendor refuses keeps only the newest refusal (which says why), not
+/// one per slot.
+#[tokio::test]
+async fn a_policys_refused_snapshots_do_not_pile_up() {
+    let e = common::env::env_with("snappolno", |c| c.refuse_snapshots = true)
+        .await
+        .with_controller(None, |c| {
+            c.min_snapshot_interval = std::time::Duration::from_secs(1)
+        });
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    apply_policy(
+        &e,
+        "failing",
+        serde_json::json!({"virtualMachineRef": {"name": "web"}, "schedule": "*/2 * * * * *",
+                           "retain": 2, "deletionPolicy": "Delete"}),
+    )
+    .await;
+    let api = snaps(&e);
+    // Several slots' snapshots are refused over time; at most the newest refused one (and one just
+    // made for the current slot) is ever left.
+    let mut refused_seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && refused_seen.len() < 4 {
+        let all = api.list(&Default::default()).await.unwrap().items;
+        let refused: Vec<String> = all
+            .iter()
+            .filter(|s| {
+                s.metadata.deletion_timestamp.is_none()
+                    && s.status
+                        .as_ref()
+                        .is_some_and(|st| st.refused_generation.is_some())
+            })
+            .map(|s| s.name_any())
+            .collect();
+        assert!(refused.len() <= 2, "refused snapshots pile up: {refused:?}");
+        refused_seen.extend(refused);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(
+        refused_seen.len() >= 4,
+        "several slots were refused: {refused_seen:?}"
+    );
+    assert!(taken(&e).await.is_empty());
+}
+
 async fn apply_policy(e: &Env, name: &str, spec: serde_json::Value) {
     let p = serde_json::json!({
         "apiVersion": "quartermaster.dev/v1alpha1", "kind": "VirtualMachineSnapshotPolicy",

@@ -56,7 +56,8 @@ pub struct VirtualMachineSnapshotPolicySpec {
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: Option<String>,
     /// How many available snapshots to keep; older ones are deleted (with their vendor snapshot, per
-    /// `deletionPolicy`).
+    /// `deletionPolicy`). Snapshots the vendor refused are not counted, and all but the newest are
+    /// deleted (nothing was made of them).
     #[schemars(range(min = 1, max = 100))]
     pub retain: u32,
     /// The `deletionPolicy` of the snapshots it takes (`Retain` needs the ProviderConfig's release

@@ -100,18 +100,19 @@ pub struct Held {
     pub slot: i64,
     /// Whether the vendor has it available.
     pub available: bool,
+    /// Whether the vendor refused it (nothing was made; the request was withdrawn).
+    pub refused: bool,
 }
 
-/// The snapshots retention deletes: the oldest available ones beyond `retain` available ones. Those not
-/// available (being taken, refused) are never counted nor deleted here: a policy whose new snapshots
-/// fail keeps its good old ones.
+/// The snapshots retention deletes: the oldest available ones beyond `retain` available ones, and every
+/// refused one but the newest (which shows why). Those being taken are never counted nor deleted here,
+/// and refused ones are not counted: a policy whose new snapshots fail keeps its good old ones, and its
+/// failures do not pile up one per slot.
 pub fn beyond_retain(mut held: Vec<Held>, retain: u32) -> Vec<String> {
-    held.retain(|h| h.available);
     held.sort_by_key(|h| std::cmp::Reverse(h.slot));
-    held.into_iter()
-        .skip(retain as usize)
-        .map(|h| h.name)
-        .collect()
+    let refused = held.iter().filter(|h| h.refused && !h.available).skip(1);
+    let available = held.iter().filter(|h| h.available).skip(retain as usize);
+    available.chain(refused).map(|h| h.name.clone()).collect()
 }
 
 #[cfg(test)]
@@ -190,6 +191,7 @@ mod tests {
             name: name.into(),
             slot,
             available,
+            refused: false,
         };
         let held = vec![
             h("a", 1, true),
@@ -201,8 +203,17 @@ mod tests {
         assert_eq!(beyond_retain(held.clone(), 2), ["a"]);
         assert_eq!(beyond_retain(held.clone(), 1), ["b", "a"]);
         assert!(
-            beyond_retain(held, 3).is_empty(),
-            "failed ones are neither counted nor deleted"
+            beyond_retain(held.clone(), 3).is_empty(),
+            "ones being taken are neither counted nor deleted"
         );
+        // Refused ones are not counted; all but the newest go, so failures do not pile up.
+        let refused = |name: &str, slot| Held {
+            refused: true,
+            ..h(name, slot, false)
+        };
+        let mut failing = held;
+        failing.extend([refused("f", 6), refused("g", 7), refused("h", 8)]);
+        assert_eq!(beyond_retain(failing.clone(), 3), ["g", "f"]);
+        assert_eq!(beyond_retain(failing, 2), ["a", "g", "f"]);
     }
 }

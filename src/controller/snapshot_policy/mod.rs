@@ -1,5 +1,5 @@
 //! The VirtualMachineSnapshotPolicy reconciler: a VirtualMachineSnapshot per slot of a cron schedule,
-//! the oldest available ones beyond `retain` deleted.
+//! the oldest available ones beyond `retain` deleted, and refused ones but the newest.
 //!
 //! # Guarantees
 //! - **One snapshot per slot.** The slot names the VirtualMachineSnapshot it makes
@@ -97,6 +97,10 @@ fn held(ctx: &Context, p: &VirtualMachineSnapshotPolicy, uid: &str) -> Result<Ve
                 .status
                 .as_ref()
                 .is_some_and(|st| st.state.as_deref() == Some("Available")),
+            refused: s
+                .status
+                .as_ref()
+                .is_some_and(|st| st.refused_generation.is_some() && st.requested_at.is_none()),
         })
         .collect())
 }
