@@ -472,18 +472,7 @@ impl ComputeProvider for Linode {
         // Linode requires a root password whenever an image is given; without one from the spec a strong
         // random one is used (and never shown: SSH keys are the way in).
         let root_pass = spec.root_password.clone().unwrap_or_else(generate_password);
-        let interfaces = match spec.options.vpc_id.as_deref() {
-            Some(v) => {
-                let vpc = v.parse().map_err(|_| not_an_id("linode", v))?;
-                let wanted = spec
-                    .options
-                    .subnet_id
-                    .as_deref()
-                    .and_then(|s| s.parse().ok());
-                Some(vpc::interfaces(self.vpc_subnet(vpc, wanted).await?))
-            }
-            None => None,
-        };
+        let interfaces = self.subnet_for(spec).await?.map(vpc::interfaces);
         let body = CreateInstance {
             label: linode_label(&spec.name),
             kind: &spec.size,
@@ -803,16 +792,7 @@ impl ComputeProvider for Linode {
 
     /// The subnet a VPC create names must be one of the VPC's own (or the VPC must have only one).
     async fn check_create(&self, spec: &ServerSpec) -> Result<(), CloudError> {
-        let Some(v) = spec.options.vpc_id.as_deref() else {
-            return Ok(());
-        };
-        let vpc = v.parse().map_err(|_| not_an_id("linode", v))?;
-        let wanted = spec
-            .options
-            .subnet_id
-            .as_deref()
-            .and_then(|s| s.parse().ok());
-        self.vpc_subnet(vpc, wanted).await.map(|_| ())
+        self.subnet_for(spec).await.map(|_| ())
     }
 
     async fn create_vpc(&self, spec: &super::VpcSpec) -> Result<super::Vpc, CloudError> {

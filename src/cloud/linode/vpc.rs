@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Linode;
 use crate::cloud::CloudError;
-use crate::cloud::rest::{done_if_not_found, numeric_id};
+use crate::cloud::ServerSpec;
+use crate::cloud::rest::{done_if_not_found, not_an_id, numeric_id};
 use crate::cloud::vpc::{LINODE_DEFAULT_SUBNET, Vpc, VpcSpec};
 
 /// One interface of a create's `interfaces`.
@@ -88,6 +89,20 @@ fn pick(vpc: u64, subnets: &[u64], wanted: Option<u64>) -> Result<u64, String> {
 }
 
 impl Linode {
+    /// The subnet a create joins (`spec.vpcID`, `spec.subnetID`), if it joins a VPC.
+    pub(super) async fn subnet_for(&self, spec: &ServerSpec) -> Result<Option<u64>, CloudError> {
+        let Some(v) = spec.options.vpc_id.as_deref() else {
+            return Ok(None);
+        };
+        let vpc = v.parse().map_err(|_| not_an_id("linode", v))?;
+        let wanted = spec
+            .options
+            .subnet_id
+            .as_deref()
+            .and_then(|s| s.parse().ok());
+        self.vpc_subnet(vpc, wanted).await.map(Some)
+    }
+
     /// The subnet of VPC `vpc` a new server joins (see [`pick`]); a refusal is
     /// [`CloudError::Unsupported`] with the reason.
     pub(super) async fn vpc_subnet(
