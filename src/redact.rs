@@ -50,6 +50,13 @@ impl Secrets {
         }
         if let Some(body) = req.body().and_then(|b| b.as_bytes()) {
             s.body(body);
+            // A secrets API's `value` is the secret itself (Contabo's `/v1/secrets`).
+            if req.url().path().contains("/secrets")
+                && let Ok(serde_json::Value::Object(o)) = serde_json::from_slice(body)
+                && let Some(v) = o.get("value").and_then(|v| v.as_str())
+            {
+                s.add(v);
+            }
         }
         s
     }
@@ -221,6 +228,23 @@ mod tests {
             let out = s.scrub(&format!("refused {pw} as weak"));
             assert!(!out.contains(pw) && out.contains("as weak"), "{out}");
         }
+        // A secrets API's value, set again without its type.
+        crate::install_crypto_provider();
+        let req = reqwest::Client::new()
+            .patch("http://127.0.0.1/v1/secrets/12")
+            .json(&serde_json::json!({"value": "Again-Pass-9f8e7d"}))
+            .build()
+            .unwrap();
+        let out = Secrets::of_request(&req).scrub("refused Again-Pass-9f8e7d as weak");
+        assert!(!out.contains("Again-Pass"), "{out}");
+        // Elsewhere a `value` is no credential.
+        let req = reqwest::Client::new()
+            .patch("http://127.0.0.1/v1/tags/12")
+            .json(&serde_json::json!({"value": "plain-label-1"}))
+            .build()
+            .unwrap();
+        let out = Secrets::of_request(&req).scrub("refused plain-label-1");
+        assert!(out.contains("plain-label-1"), "{out}");
     }
 
     #[test]

@@ -605,7 +605,11 @@ async fn no_kind_shows_credentials_a_vendor_quotes_back() {
     }
     apply_all(&client, &docs).await;
     let (_, _stop) = common::start_controller(client.clone(), &id);
-    for r in ROWS.iter().filter(|r| r.settled_asks_vendor) {
+    // The Project asks its vendor once, to make its VPC: refused too.
+    let asks = ROWS
+        .iter()
+        .filter(|r| r.settled_asks_vendor || r.kind == "Project");
+    for r in asks {
         let d = doc(&docs, r.kind, r.name);
         common::eventually(WAIT, &format!("{} refused", r.kind), || {
             let api = api(&client, d);

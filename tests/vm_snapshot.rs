@@ -327,16 +327,29 @@ async fn a_plan_that_cannot_snapshot_stalls_with_the_vendors_words() {
         "a refusal withdraws the request, for this generation: {st:?}"
     );
     assert!(taken(&e).await.is_empty());
-    // Deletion looks the mark up (nothing was made) and goes.
-    snaps(&e)
-        .delete("no", &DeleteParams::default())
-        .await
-        .unwrap();
+    // Deletion looks the mark up (nothing was made) and goes; with Retain too, where nothing made is
+    // nothing to release (no release allowance needed).
+    apply_snapshot(&e, "no-kept", "web", "Retain").await;
+    wait_snapshot(&e, "no-kept", conditions::STALLED, "VendorRejected").await;
+    for name in ["no", "no-kept"] {
+        snaps(&e)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
     let api = snaps(&e);
-    common::eventually(WAIT, "object gone", || async {
-        api.get_opt("no").await.ok()?.is_none().then_some(())
+    common::eventually(WAIT, "objects gone", || async {
+        let left = api.list(&Default::default()).await.ok()?.items.len();
+        (left == 0).then_some(())
     })
     .await;
+    assert!(
+        !e.event_reasons("no-kept")
+            .await
+            .iter()
+            .any(|r| r == "SnapshotRetained"),
+        "nothing was released"
+    );
 }
 
 /// A server busy with another action (DigitalOcean's 422 "pending event") is no refusal: the snapshot

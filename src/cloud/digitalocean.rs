@@ -760,14 +760,14 @@ impl ComputeProvider for DigitalOcean {
         Some((rust_decimal::Decimal::new(6, 2), "USD"))
     }
 
-    /// `vpc_uuid` and `monitoring` at create; a firewall names its droplets from its own side, after
-    /// the create ([`ComputeProvider::attach_firewall`]).
     /// "Droplet already has a pending event" (422): another action of the droplet is running.
     fn is_busy(&self, e: &CloudError) -> bool {
         matches!(e, CloudError::Http(crate::http::HttpError::Status { status: 422, message, .. })
             if message.to_ascii_lowercase().contains("pending event"))
     }
 
+    /// `vpc_uuid` and `monitoring` at create; a firewall names its droplets from its own side, after
+    /// the create ([`ComputeProvider::attach_firewall`]).
     fn honours(&self) -> super::Honours {
         super::Honours {
             vpc: true,

@@ -45,6 +45,12 @@ pub async fn converge(
     project: &Project,
     status: &mut ProjectStatus,
 ) -> Option<Health> {
+    let refusals = ctx.state::<Refusals>();
+    let uid = project.uid().unwrap_or_default();
+    let generation = project.metadata.generation;
+    if let Some(h) = refusals.standing(&uid, generation, ctx.config.resync_interval) {
+        return Some(h);
+    }
     let mut said = Said::default();
     for (i, want) in project.spec.vpcs.iter().enumerate() {
         // One VPC per account and region: a second entry for the same pair is refused, not made.
@@ -77,7 +83,67 @@ pub async fn converge(
         .cloned()
         .collect();
     remove(ctx, project, status, gone, &mut said).await;
-    said.health()
+    let health = said.health();
+    refusals.note(&uid, generation, health.as_ref());
+    health
+}
+
+/// The VPC refusals of each Project (by UID), at the generation they answered: a refusal waits for
+/// the user, so its calls are not sent again for that generation until a resync interval has passed
+/// (a server outside Quartermaster may have left a VPC meanwhile). Memory only.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, Refusal>>);
+
+struct Refusal {
+    generation: Option<i64>,
+    at: std::time::Instant,
+    health: Health,
+}
+
+impl Refusals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Refusal>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The refusal that still stands for `uid` at `generation`, if any.
+    fn standing(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+        wait: std::time::Duration,
+    ) -> Option<Health> {
+        let all = self.lock();
+        let r = all.get(uid)?;
+        (r.generation == generation && r.at.elapsed() < wait).then(|| r.health.clone())
+    }
+
+    /// Remembers `health` when it is a refusal; anything else clears what was remembered.
+    fn note(&self, uid: &str, generation: Option<i64>, health: Option<&Health>) {
+        let mut all = self.lock();
+        match health {
+            Some(h @ Health::Stalled { .. }) => {
+                all.insert(
+                    uid.to_string(),
+                    Refusal {
+                        generation,
+                        at: std::time::Instant::now(),
+                        health: h.clone(),
+                    },
+                );
+            }
+            _ => {
+                all.remove(uid);
+            }
+        }
+    }
+}
+
+impl crate::controller::runtime::state::KindState for Refusals {
+    fn forget(&self, _key: &str, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            self.lock().remove(uid);
+        }
+    }
 }
 
 /// Deletes every recorded VPC (the Project is being deleted). Returns why that waits, if it does.
@@ -253,7 +319,7 @@ async fn remove_one(
     v: &ProjectVpcStatus,
 ) -> Result<Option<String>, Error> {
     let ns = project.namespace().unwrap_or_default();
-    let users = vms_in(ctx, &ns, v)?;
+    let users = vms_in(ctx, &ns, &project.name_any(), v)?;
     if !users.is_empty() {
         return Ok(Some(format!(
             "VPC {} waits for VirtualMachine(s) {} to leave it",
@@ -278,21 +344,26 @@ async fn remove_one(
 }
 
 /// The VMs of namespace `ns` that are or may be in VPC `v` (from the watch cache): created in it
-/// (`status.createdWith`), or joining their Project's VPC in its account and region with a creation
-/// intent or a server (a create in flight, or one whose status write a crash lost).
-fn vms_in(ctx: &Context, ns: &str, v: &ProjectVpcStatus) -> Result<Vec<String>, Error> {
+/// (`status.createdWith`), or joining Project `project`'s VPC in its account and region with a
+/// creation intent or a server (a create in flight, or one whose status write a crash lost).
+fn vms_in(
+    ctx: &Context,
+    ns: &str,
+    project: &str,
+    v: &ProjectVpcStatus,
+) -> Result<Vec<String>, Error> {
     let store = ctx.caches()?.store::<VirtualMachine>()?;
     let mut names: Vec<String> = store
         .state()
         .iter()
-        .filter(|vm| vm.namespace().as_deref() == Some(ns) && may_be_in(vm, v))
+        .filter(|vm| vm.namespace().as_deref() == Some(ns) && may_be_in(vm, project, v))
         .map(|vm| vm.name_any())
         .collect();
     names.sort();
     Ok(names)
 }
 
-fn may_be_in(vm: &VirtualMachine, v: &ProjectVpcStatus) -> bool {
+fn may_be_in(vm: &VirtualMachine, project: &str, v: &ProjectVpcStatus) -> bool {
     let st = vm.status.as_ref();
     let created_in = st.is_some_and(|s| {
         s.provider_config.as_deref() == Some(v.provider_config.as_str())
@@ -301,6 +372,11 @@ fn may_be_in(vm: &VirtualMachine, v: &ProjectVpcStatus) -> bool {
                 .is_some_and(|c| c.vpc_id.as_deref() == Some(v.id.as_str()))
     });
     let joining = vm.spec.project_vpc
+        && vm
+            .spec
+            .project_ref
+            .as_ref()
+            .is_some_and(|r| r.name == project)
         && vm.spec.provider_config_ref.name == v.provider_config
         && vm.spec.region == v.region
         && (vm.annotations().contains_key(ANNOTATION_CREATION_INTENT)

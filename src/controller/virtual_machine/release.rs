@@ -81,6 +81,14 @@ pub async fn release(
         }
     }
     let owned: Vec<&cloud::Server> = act::owned(&servers, uid, &recorded).collect();
+    let windows = vm.spec.os == crate::crd::virtual_machine::OperatingSystem::Windows;
+    if owned.is_empty() && created && p.accepts_root_password(windows) {
+        // No server came of a create that chose a password: what it kept beside one (Contabo's
+        // password secret) goes, whatever the deletion policy.
+        p.forget_create(&tag).await.map_err(Error::vendor(
+            "remove what the create made beside the server",
+        ))?;
+    }
     if vm.spec.deletion_policy == DeletionPolicy::Orphan {
         if owned.is_empty() {
             // Nothing left at the vendor: nothing to release.
@@ -99,12 +107,6 @@ pub async fn release(
         }
         orphan(ctx, vm, status, &*p, &owned, &tag).await?;
         return Ok(Cleanup::Done);
-    }
-    if owned.is_empty() && created {
-        // No server came of the create: what it made beside one (a password secret) goes.
-        p.forget_create(&tag).await.map_err(Error::vendor(
-            "remove what the create made beside the server",
-        ))?;
     }
     let mut waiting = Vec::new();
     let mut scheduled = Vec::new();

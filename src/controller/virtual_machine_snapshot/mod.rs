@@ -415,12 +415,11 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         // Billed up to now: after this, the snapshot is deleted, or kept by the platform (Retain).
         meter(&ctx, &obj, &mut progress.status, true).await?;
         let st = &progress.status;
-        if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain {
-            return retain::retain(&ctx, &obj, st, provider_config).await;
-        }
         let ns = obj.namespace().unwrap_or_default();
         let (resolved, _) = vendor::resolve_holding(&ctx, provider_config, &ns).await?;
         let provider = ctx.providers.compute(&ctx, &resolved).await?;
+        // A request without a recorded ID (refused, or its answer lost) is looked up first: nothing
+        // made is nothing to delete or release.
         let id = match &st.snapshot_id {
             Some(id) => id.clone(),
             None => match find_for_deletion(&*provider, &obj, server_id, st, &ctx).await? {
@@ -428,6 +427,10 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
                 Err(cleanup) => return Ok(cleanup),
             },
         };
+        if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain {
+            progress.status.snapshot_id = Some(id);
+            return retain::retain(&ctx, &obj, &progress.status, &resolved.config).await;
+        }
         provider
             .delete_snapshot(server_id, &id)
             .await
@@ -520,7 +523,7 @@ async fn request(
                 src.server_id
             );
             Ok(Outcome::new(Health::progressing(reason::RETRYING, message))
-                .requeue_after(ctx.config.poll_interval))
+                .requeue_after(ctx.config.poll_interval * 6))
         }
         // A refusal proves nothing was made: the request is withdrawn (the mark stays recorded, so it is
         // still looked up first) and not sent again for this generation.

@@ -16,7 +16,7 @@ use super::{SNAPSHOT_RETAINED, vendor};
 use crate::controller::runtime::framework::{Cleanup, publish};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::reason;
-use crate::crd::{VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
+use crate::crd::{ProviderConfig, VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
 use crate::ledger::{Meter, UsageEvent};
 
 /// Leaves the snapshot at the vendor where the ProviderConfig allows it (see the module).
@@ -24,11 +24,11 @@ pub async fn retain(
     ctx: &Context,
     obj: &VirtualMachineSnapshot,
     status: &VirtualMachineSnapshotStatus,
-    provider_config: &str,
+    config: &ProviderConfig,
 ) -> Result<Cleanup, Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let (resolved, _) = vendor::resolve_holding(ctx, provider_config, &ns).await?;
-    if !vendor::release_allowed(&resolved.config, &ns) {
+    let provider_config = config.name_any();
+    if !vendor::release_allowed(config, &ns) {
         return Err(Error::permanent(
             reason::RELEASE_NOT_ALLOWED,
             format!(
@@ -44,7 +44,7 @@ pub async fn retain(
     let note = format!(
         "the vendor's snapshot {} is kept (deletionPolicy Retain) and released to the platform: it goes \
          on costing money there, billed to nobody",
-        status.snapshot_id.as_deref().unwrap_or("(being taken)")
+        status.snapshot_id.as_deref().unwrap_or_default()
     );
     publish(ctx, obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
     Ok(Cleanup::Done)
