@@ -137,6 +137,35 @@ async fn meter(
     Ok(())
 }
 
+/// A ledger row of `obj` with `meter`, billed to the Project its status names, keyed
+/// `virtualmachinesnapshot/<uid>/<meter><suffix>`; quantities, prices and window left for the caller.
+fn usage_event(
+    obj: &VirtualMachineSnapshot,
+    status: &VirtualMachineSnapshotStatus,
+    meter: crate::ledger::Meter,
+    suffix: &str,
+) -> crate::ledger::UsageEvent {
+    let uid = obj.uid().unwrap_or_default();
+    crate::ledger::UsageEvent {
+        key: format!("virtualmachinesnapshot/{uid}/{}{suffix}", meter.as_str()),
+        namespace: obj.namespace().unwrap_or_default(),
+        project: status.project.clone().unwrap_or_default(),
+        project_uid: status.project_uid.clone().unwrap_or_default(),
+        object_kind: "VirtualMachineSnapshot".into(),
+        object_name: obj.name_any(),
+        object_uid: uid,
+        meter,
+        quantity: 0,
+        unit_price: Default::default(),
+        vendor_unit_price: Default::default(),
+        price_quantity: meter.info().priced_per,
+        currency: String::new(),
+        window_start: 0,
+        window_end: 0,
+        attributes: serde_json::json!({}),
+    }
+}
+
 /// The ledger row of `mb` megabytes kept over `(start, end)`, keyed by the window's start.
 fn storage_event(
     obj: &VirtualMachineSnapshot,
@@ -145,29 +174,20 @@ fn storage_event(
     price: Option<&crate::ledger::metering::Price>,
     (start, end): (i64, i64),
 ) -> crate::ledger::UsageEvent {
-    let uid = obj.uid().unwrap_or_default();
     let meter = crate::ledger::Meter::SnapshotMbSeconds;
     let mut attributes = serde_json::json!({"sizeMB": mb, "snapshotID": status.snapshot_id});
     if price.is_none() {
         attributes["unpriced"] = true.into();
     }
     crate::ledger::UsageEvent {
-        key: format!("virtualmachinesnapshot/{uid}/{}/{start}", meter.as_str()),
-        namespace: obj.namespace().unwrap_or_default(),
-        project: status.project.clone().unwrap_or_default(),
-        project_uid: status.project_uid.clone().unwrap_or_default(),
-        object_kind: "VirtualMachineSnapshot".into(),
-        object_name: obj.name_any(),
-        object_uid: uid,
-        meter,
         quantity: mb * (end - start),
         unit_price: price.map_or_else(Default::default, |p| p.tenant),
         vendor_unit_price: price.map_or_else(Default::default, |p| p.vendor),
-        price_quantity: meter.info().priced_per,
         currency: price.map(|p| p.currency.clone()).unwrap_or_default(),
         window_start: start,
         window_end: end,
         attributes,
+        ..usage_event(obj, status, meter, &format!("/{start}"))
     }
 }
 

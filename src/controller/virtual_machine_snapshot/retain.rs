@@ -56,21 +56,8 @@ fn release_line(
     status: &VirtualMachineSnapshotStatus,
     now: i64,
 ) -> UsageEvent {
-    let uid = obj.uid().unwrap_or_default();
-    let meter = Meter::SnapshotReleases;
     UsageEvent {
-        key: format!("virtualmachinesnapshot/{uid}/{}", meter.as_str()),
-        namespace: obj.namespace().unwrap_or_default(),
-        project: status.project.clone().unwrap_or_default(),
-        project_uid: status.project_uid.clone().unwrap_or_default(),
-        object_kind: "VirtualMachineSnapshot".into(),
-        object_name: obj.name_any(),
-        object_uid: uid,
-        meter,
         quantity: 1,
-        unit_price: Default::default(),
-        vendor_unit_price: Default::default(),
-        price_quantity: 1,
         currency: status.currency.clone().unwrap_or_else(|| "USD".into()),
         window_start: now,
         window_end: now,
@@ -79,6 +66,7 @@ fn release_line(
             "server": status.server_id,
             "sizeGB": status.size_gigabytes,
         }),
+        ..super::usage_event(obj, status, Meter::SnapshotReleases, "")
     }
 }
 
