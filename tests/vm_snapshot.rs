@@ -803,11 +803,14 @@ async fn a_vm_is_restored_in_place_once_per_request_from_its_own_snapshot() {
             .is_some_and(|m| m.contains("not taken of this VM's server")),
         "{r:?}"
     );
-    assert!(
+    // The Event follows the status write that records the refusal.
+    common::eventually(WAIT, "RestoreFailed published", || async {
         e.event_reasons("web")
             .await
             .contains(&"RestoreFailed".to_string())
-    );
+            .then_some(())
+    })
+    .await;
     assert_eq!(restores(&e).await.iter().map(|x| x.1).sum::<u64>(), 1);
     // Asked again with a new value: a second restore.
     e.wait_ready("web").await;
