@@ -305,7 +305,8 @@ struct RunArgs {
     min_snapshot_interval_secs: u64,
     /// How often each server's outbound transfer (and, for VMs that opt in, its metrics) is read from
     /// its vendor, in seconds, start to start. A round takes at most half of each account's rate limit,
-    /// so a large account's round may take longer than this.
+    /// so a large account's round may take longer than this. Snapshots released to the platform are
+    /// followed (as vendor cost) at the same interval.
     #[arg(long, default_value_t = 3600)]
     traffic_interval_secs: u64,
     /// How often a TokenBudget's status (consumed, reserved, remaining, cost) is refreshed from the

@@ -626,7 +626,9 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     let (ledger, _) = common::db::fresh_ledger(&dir).await;
     let e = common::env::env_with("snapbill", |_| {})
         .await
-        .with_controller(Some(ledger.clone()), |_| {});
+        .with_controller(Some(ledger.clone()), |c| {
+            c.traffic_interval = std::time::Duration::from_secs(1);
+        });
     e.apply_project("acme", serde_json::json!({})).await;
     e.apply_vm(
         "web",
@@ -733,6 +735,81 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
         (1, 0),
         "{released:?}"
     );
+
+    // From the release on, the storage is the platform's: followed per account until the vendor no
+    // longer holds it, then recorded up to then as vendor cost, once, with no tenant amount.
+    let pc_uid = kube::api::Api::<ProviderConfig>::all(e.client.clone())
+        .get(&e.pc)
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    let open = ledger.open_releases(&pc_uid).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        open[0].released_at, end,
+        "the platform's cost starts where the tenant's ended"
+    );
+    assert_eq!(open[0].snapshot_id, st.snapshot_id.clone().unwrap());
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let id = st.snapshot_id.clone().unwrap();
+    let gone = reqwest::Client::new()
+        .delete(format!("{}/v2/snapshots/{id}", e.sim.url))
+        .bearer_auth("test")
+        .send()
+        .await
+        .unwrap();
+    assert!(gone.status().is_success(), "{}", gone.status());
+    common::eventually(WAIT, "the release closed", || async {
+        ledger
+            .open_releases(&pc_uid)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let platform_rows = || async {
+        let platform = quartermaster::ledger::store::ProjectRef {
+            namespace: "",
+            name: "",
+            uid: "",
+        };
+        ledger
+            .usage(
+                &platform,
+                from,
+                until,
+                quartermaster::ledger::store::GroupBy::Object,
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.key == format!("ProviderConfig/{}", e.pc) && r.meter == "snapshot_mb_seconds"
+            })
+            .collect::<Vec<_>>()
+    };
+    let cost = platform_rows().await;
+    assert_eq!(cost.len(), 1, "{cost:?}");
+    let (first, first_end) = ledger
+        .held(&format!(
+            "providerconfig/{pc_uid}/snapshot_mb_seconds/{snap_uid}/{end}"
+        ))
+        .await
+        .unwrap()
+        .expect("the first window starts at the release");
+    assert_eq!(first, 2500 * (first_end - end));
+    assert!(
+        first_end - end >= 2,
+        "kept at least two seconds after its release"
+    );
+    assert_eq!(cost[0].quantity, first, "{cost:?}");
+    assert_eq!(cost[0].amount_nanos, 0, "no tenant pays it: {cost:?}");
+    assert!(cost[0].cost_nanos > 0, "the platform does: {cost:?}");
+    // Closed: later rounds record nothing more.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(platform_rows().await, cost);
 }
 
 /// How often the simulator restored a droplet from each snapshot, by snapshot ID.

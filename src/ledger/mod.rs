@@ -14,6 +14,7 @@ pub mod budgets;
 pub mod metering;
 pub mod periods;
 pub mod rate_buckets;
+pub mod released;
 pub mod report;
 pub mod store;
 pub mod stripe_usage;

@@ -64,7 +64,8 @@ pub struct ControllerConfig {
     pub sim_usage_interval: Duration,
     /// The shortest interval a snapshot policy's schedule may have (each slot is a billable snapshot).
     pub min_snapshot_interval: Duration,
-    /// How often each server's outbound transfer (and opted-in metrics) is read from its vendor.
+    /// How often each server's outbound transfer (and opted-in metrics) is read from its vendor, and
+    /// the snapshots released to the platform are followed.
     pub traffic_interval: Duration,
     /// How often a Subscription whose plan bills usage through Stripe reports its Project's new usage.
     pub stripe_usage_interval: Duration,

@@ -19,7 +19,8 @@
 //!   first looks the mark up before any request.
 //! - **Deletion** (`deletionPolicy: Delete`) deletes the vendor's snapshot, waiting for one still being
 //!   taken; `Retain` leaves it, released to the platform only where the ProviderConfig allows
-//!   ([`retain`]). The account's ProviderConfig and its credentials are kept while a snapshot is held
+//!   ([`retain`]), whose storage is then recorded as the platform's vendor cost until the vendor no
+//!   longer holds it ([`released`]). The account's ProviderConfig and its credentials are kept while a snapshot is held
 //!   through them.
 //! - **Metered**: its storage is billed to the VM's Project hourly and, at deletion, to the second
 //!   ([`meter`]), whatever its conditions.
@@ -27,6 +28,7 @@
 
 pub mod admission;
 pub mod decide;
+pub mod released;
 mod retain;
 mod wire;
 

@@ -7,7 +7,8 @@
 //! - a release is a `snapshot_releases` row in the usage ledger (written before the object may go, keyed
 //!   by the object's UID so a retry writes it once) and a `SnapshotRetained` Event.
 //!
-//! The retained snapshot's storage after that is the platform's and is not metered (the README says so).
+//! - the release is recorded for the account's round ([`released`](super::released)), which records the
+//!   snapshot's storage from then on as the platform's vendor cost until the vendor no longer holds it.
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
@@ -17,6 +18,7 @@ use crate::controller::runtime::framework::{Cleanup, publish};
 use crate::controller::{Context, Error};
 use crate::crd::conditions::reason;
 use crate::crd::{ProviderConfig, VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
+use crate::ledger::released::ReleasedSnapshot;
 use crate::ledger::{Meter, UsageEvent};
 
 /// Leaves the snapshot at the vendor where the ProviderConfig allows it (see the module).
@@ -41,9 +43,14 @@ pub async fn retain(
     }
     let now = jiff::Timestamp::now().as_second();
     ctx.record_usage(&[release_line(obj, status, now)]).await?;
+    if let Some(ledger) = &ctx.ledger {
+        ledger
+            .open_release(&released(obj, status, config, now))
+            .await?;
+    }
     let note = format!(
         "the vendor's snapshot {} is kept (deletionPolicy Retain) and released to the platform: it goes \
-         on costing money there, billed to nobody",
+         on costing money there, billed to nobody (recorded as the platform's vendor cost until it goes)",
         status.snapshot_id.as_deref().unwrap_or_default()
     );
     publish(ctx, obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
@@ -67,6 +74,37 @@ fn release_line(
             "sizeGB": status.size_gigabytes,
         }),
         ..super::usage_event(obj, status, Meter::SnapshotReleases, "")
+    }
+}
+
+/// What the account's round follows of this release: the platform's cost starts where the tenant's
+/// billing ended (`status.billedUntil`, else now).
+fn released(
+    obj: &VirtualMachineSnapshot,
+    status: &VirtualMachineSnapshotStatus,
+    config: &ProviderConfig,
+    now: i64,
+) -> ReleasedSnapshot {
+    let from = status
+        .billed_until
+        .as_deref()
+        .and_then(super::seconds)
+        .unwrap_or(now);
+    ReleasedSnapshot {
+        object_uid: obj.uid().unwrap_or_default(),
+        provider_config_uid: config.uid().unwrap_or_default(),
+        provider_config: config.name_any(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        snapshot_id: status.snapshot_id.clone().unwrap_or_default(),
+        server_id: status.server_id.clone().unwrap_or_default(),
+        size_mb: status
+            .size_gigabytes
+            .as_deref()
+            .and_then(super::decide::megabytes)
+            .unwrap_or(0),
+        released_at: from,
+        metered_until: from,
     }
 }
 

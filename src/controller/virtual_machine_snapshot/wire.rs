@@ -7,7 +7,8 @@
 //! | a Project's spec, deletion, or credit stop (a limit raised, credit granted) | the snapshots of its namespace not requested yet |
 //!
 //! They also hold vendor state (their snapshot) through their account, so the ProviderConfig and its
-//! credentials stay while they do. Up to 8 reconcile at once by default.
+//! credentials stay while they do. Up to 8 reconcile at once by default. Beside them, the snapshots
+//! released to the platform are followed per account ([`released`](super::released)).
 
 use std::time::Duration;
 
@@ -88,4 +89,6 @@ pub fn wire(w: &mut Wiring) {
     });
     w.holds_accounts::<VirtualMachineSnapshot>(super::holds);
     w.run(c, VirtualMachineSnapshotReconciler);
+    let ctx = w.ctx().clone();
+    w.task(super::released::run(ctx));
 }
