@@ -12,8 +12,10 @@ pub mod db;
 pub mod echo;
 pub mod env;
 pub mod examples;
+pub mod linode;
 pub mod prism;
 pub mod process;
+pub mod vultr;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
