@@ -244,7 +244,7 @@ impl Metrics {
         let usage_without_project = IntCounterVec::new(
             Opts::new(
                 "quartermaster_usage_without_project_total",
-                "Usage recorded for objects that belong to no Project, in the meter's unit: billed to no tenant, reported by namespace (quartermaster usage --namespace).",
+                "Usage recorded for objects that belong to no Project, in the meter's unit: billed to no tenant, reported by namespace (quartermaster usage --namespace). The platform's own vendor cost (pooled transfer overage, released snapshots) is not counted.",
             ),
             &["meter"],
         )

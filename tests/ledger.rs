@@ -615,3 +615,63 @@ async fn stripe_events_payments_and_usage_reports() {
     })
     .await;
 }
+
+/// A released snapshot's record on each backend: opened once (a retry changes nothing), followed
+/// per account, its gone time fixed by the first round that saw it gone (a crash cannot move the end
+/// of its cost), its cursor never moving back, and closed releases no longer followed.
+#[tokio::test]
+async fn a_released_snapshot_is_opened_once_and_its_end_is_fixed_once() {
+    use quartermaster::ledger::released::ReleasedSnapshot;
+    each_backend(async |l: Ledger, _| {
+        let r = ReleasedSnapshot {
+            object_uid: "snap-1".into(),
+            provider_config_uid: "pc-1".into(),
+            provider_config: "do".into(),
+            namespace: "team-a".into(),
+            name: "kept".into(),
+            snapshot_id: "77".into(),
+            server_id: "9".into(),
+            size_mb: 2500,
+            released_at: 1000,
+            metered_until: 1000,
+            gone_at: None,
+        };
+        l.open_release(&r).await.unwrap();
+        let retried = ReleasedSnapshot {
+            released_at: 5000,
+            metered_until: 5000,
+            ..r.clone()
+        };
+        l.open_release(&retried).await.unwrap();
+        assert_eq!(l.open_releases("pc-1").await.unwrap(), vec![r.clone()]);
+        assert!(l.open_releases("pc-2").await.unwrap().is_empty());
+        l.advance_release("snap-1", 4600, 2600, None).await.unwrap();
+        l.advance_release("snap-1", 4000, 2600, None).await.unwrap();
+        assert_eq!(l.mark_gone("snap-1", 7000).await.unwrap(), 7000);
+        assert_eq!(
+            l.mark_gone("snap-1", 9000).await.unwrap(),
+            7000,
+            "the first time it was seen gone stands ({})",
+            l.kind()
+        );
+        let open = l.open_releases("pc-1").await.unwrap();
+        assert_eq!(
+            (open[0].metered_until, open[0].size_mb, open[0].gone_at),
+            (4600, 2600, Some(7000)),
+            "{}",
+            l.kind()
+        );
+        l.advance_release("snap-1", 7000, 2600, Some(9100))
+            .await
+            .unwrap();
+        assert!(l.open_releases("pc-1").await.unwrap().is_empty());
+        assert_eq!(
+            l.release_of("snap-1")
+                .await
+                .unwrap()
+                .map(|r| r.metered_until),
+            Some(7000)
+        );
+    })
+    .await;
+}

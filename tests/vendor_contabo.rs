@@ -357,12 +357,7 @@ async fn contabo_mock() -> (String, Mock) {
             post(|| async { axum::Json(json!({"data": []})) }),
         )
         .with_state(mock.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (format!("http://{addr}"), mock)
+    (common::serve(app).await, mock)
 }
 
 /// A Windows create whose first answer is lost (a 500) makes one password secret, not two: the

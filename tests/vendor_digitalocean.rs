@@ -139,6 +139,12 @@ async fn digitalocean_snapshot_requests_validate_against_the_spec() {
         .expect("POST /v2/droplets/{id}/actions type snapshot");
     assert_eq!(made, None, "DigitalOcean answers with the action only");
     // The mock's snapshots carry other names: the lookup reads the droplet's snapshots and actions.
+    // The account's marked snapshots in one listing (the mock's carry other names).
+    let marked = p
+        .marked_snapshots()
+        .await
+        .expect("the account's snapshot listing");
+    assert_eq!(marked, Some(Vec::new()), "nothing carries a mark");
     let found = p
         .find_snapshot("3164444", &mark, 0)
         .await

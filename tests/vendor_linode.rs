@@ -239,6 +239,12 @@ async fn vendor_linode_snapshot_requests_validate_against_the_spec() {
         .expect("GET /v4/linode/instances/{id}/disks, POST /v4/images")
         .expect("Linode names the image at once");
     assert!(!made.id.is_empty(), "{made:?}");
+    // The account's marked snapshots in one listing (the mock's carry other names).
+    let marked = p
+        .marked_snapshots()
+        .await
+        .expect("the account's snapshot listing");
+    assert_eq!(marked, Some(Vec::new()), "nothing carries a mark");
     let found = p
         .find_snapshot("123", &mark, 0)
         .await

@@ -189,6 +189,12 @@ async fn vendor_vultr_snapshot_requests_validate_against_the_spec() {
         .expect("Vultr names the snapshot at once");
     assert!(!made.id.is_empty(), "{made:?}");
     // The mock describes its snapshots otherwise: nothing carries our mark.
+    // The account's marked snapshots in one listing (the mock's carry other names).
+    let marked = p
+        .marked_snapshots()
+        .await
+        .expect("the account's snapshot listing");
+    assert_eq!(marked, Some(Vec::new()), "nothing carries a mark");
     let found = p
         .find_snapshot("cb676a46-66fd-4dfb-b839-443f2e6c0b60", &mark, 0)
         .await

@@ -778,8 +778,8 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
         ledger
             .usage(
                 &platform,
-                from,
-                until,
+                now - 40 * 86_400,
+                now + 86_400,
                 quartermaster::ledger::store::GroupBy::Object,
             )
             .await
@@ -947,4 +947,81 @@ async fn a_snapshot_is_admitted_against_the_projects_monthly_spend() {
         .unwrap()
         .message;
     assert!(msg.contains("VMs and snapshots"), "{msg}");
+}
+
+/// A Retain deletion tried again after its release was recorded (an earlier attempt recorded the release
+/// and then failed to remove the finalizer) is done at once: the tenant is not billed past the release,
+/// from which the platform's cost runs.
+#[tokio::test]
+async fn a_retried_release_bills_the_tenant_nothing_past_the_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = common::db::fresh_ledger(&dir).await;
+    let e = common::env::env_with("snaprerelease", |_| {})
+        .await
+        .with_controller(Some(ledger.clone()), |_| {});
+    e.apply_vm("web", serde_json::json!({})).await;
+    e.wait_ready("web").await;
+    e.allow_release().await;
+    apply_snapshot(&e, "kept", "web", "Retain").await;
+    let s = wait_snapshot(&e, "kept", conditions::READY, "Reconciled").await;
+    let st = s.status.unwrap();
+    let uid = s.metadata.uid.unwrap();
+    let billed_until = st
+        .billed_until
+        .as_deref()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_second();
+    let pc_uid = Api::<ProviderConfig>::all(e.client.clone())
+        .get(&e.pc)
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    // What the earlier attempt recorded: the release, from where the tenant's billing ended.
+    let release = quartermaster::ledger::released::ReleasedSnapshot {
+        object_uid: uid.clone(),
+        provider_config_uid: pc_uid.clone(),
+        provider_config: e.pc.clone(),
+        namespace: e.ns.clone(),
+        name: "kept".into(),
+        snapshot_id: st.snapshot_id.clone().unwrap(),
+        server_id: st.server_id.clone().unwrap(),
+        size_mb: 2500,
+        released_at: billed_until,
+        metered_until: billed_until,
+        gone_at: None,
+    };
+    ledger.open_release(&release).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    snaps(&e)
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    let api = snaps(&e);
+    common::eventually(WAIT, "deleted", || async {
+        api.get_opt("kept").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // No tenant window starts at or after the release; the release stands as recorded.
+    assert_eq!(
+        ledger
+            .held(&format!(
+                "virtualmachinesnapshot/{uid}/snapshot_mb_seconds/{billed_until}"
+            ))
+            .await
+            .unwrap(),
+        None,
+        "the tenant was billed past the release"
+    );
+    assert_eq!(
+        ledger
+            .release_of(&uid)
+            .await
+            .unwrap()
+            .map(|r| r.released_at),
+        Some(billed_until)
+    );
+    assert_eq!(taken(&e).await.len(), 1, "the vendor's snapshot is kept");
 }

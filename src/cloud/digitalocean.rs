@@ -649,6 +649,23 @@ impl ComputeProvider for DigitalOcean {
         Ok(lookup_from(running, snapshots, mark))
     }
 
+    /// The account's droplet snapshots, up to 500 pages of 200 (a longer list is not complete: `None`).
+    async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
+        const PAGES: usize = 500;
+        let all: Vec<DoSnapshot> = self
+            .list_pages("/v2/snapshots?resource_type=droplet", "snapshots", PAGES)
+            .await?;
+        if all.len() >= PAGES * 200 {
+            return Ok(None);
+        }
+        Ok(Some(
+            all.into_iter()
+                .filter(|s| s.name.starts_with(super::snapshot::SNAPSHOT_MARK_PREFIX))
+                .map(to_snapshot)
+                .collect(),
+        ))
+    }
+
     /// The `restore` droplet action with the snapshot's numeric ID as the image.
     async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
         let image: u64 = numeric_id(snapshot_id)

@@ -684,6 +684,25 @@ impl ComputeProvider for Linode {
         ))
     }
 
+    /// The account's private images carrying a mark (a list of 50,000 or more is not complete: `None`).
+    async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
+        let all: Vec<PrivateImage> = self.list("/v4/images").await?;
+        if all.len() >= 100 * 500 {
+            return Ok(None);
+        }
+        Ok(Some(
+            all.into_iter()
+                .filter(|i| {
+                    !i.is_public
+                        && i.label
+                            .as_deref()
+                            .is_some_and(|l| l.starts_with(super::snapshot::SNAPSHOT_MARK_PREFIX))
+                })
+                .map(to_snapshot)
+                .collect(),
+        ))
+    }
+
     async fn delete_snapshot(&self, _server_id: &str, id: &str) -> Result<(), CloudError> {
         let Some(path) = private_image_path(id) else {
             return Ok(());

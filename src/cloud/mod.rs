@@ -415,6 +415,14 @@ pub trait ComputeProvider: Send + Sync {
             self.vendor()
         )))
     }
+    /// Every snapshot of the account whose name carries a mark
+    /// ([`SNAPSHOT_MARK_PREFIX`](snapshot::SNAPSHOT_MARK_PREFIX)), in one listing: how the snapshots
+    /// released to the platform are followed each round. `None` where the vendor keeps snapshots per
+    /// server only, or where the listing is too long to be complete (each is then looked up with
+    /// [`ComputeProvider::find_snapshot`]).
+    async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
+        Ok(None)
+    }
     /// Deletes snapshot `id` (of server `server_id`, for vendors that keep snapshots per server);
     /// succeeds when it is already gone.
     async fn delete_snapshot(&self, server_id: &str, id: &str) -> Result<(), CloudError> {

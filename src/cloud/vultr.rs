@@ -671,6 +671,24 @@ impl ComputeProvider for Vultr {
         ))
     }
 
+    /// The account's snapshots carrying a mark (a list of 50,000 or more is not complete: `None`).
+    async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
+        let all: Vec<VultrSnapshot> = self.list("/snapshots", &[], "snapshots").await?;
+        if all.len() >= 100 * 500 {
+            return Ok(None);
+        }
+        Ok(Some(
+            all.into_iter()
+                .filter(|s| {
+                    s.description
+                        .starts_with(super::snapshot::SNAPSHOT_MARK_PREFIX)
+                        && s.status != "deleted"
+                })
+                .map(to_snapshot)
+                .collect(),
+        ))
+    }
+
     /// `POST /instances/{id}/restore` with the snapshot's ID (Vultr reinstalls the instance from it).
     async fn restore_snapshot(&self, server_id: &str, snapshot_id: &str) -> Result<(), CloudError> {
         let id = segment_id(server_id).ok_or_else(|| not_an_id("vultr", server_id))?;

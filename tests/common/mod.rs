@@ -429,6 +429,16 @@ pub async fn do_provider_config(
     .unwrap();
 }
 
+/// Serves `app` on a free port of 127.0.0.1 for the rest of the test; its base URL.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
 /// The UID of Project `ns/name`, once it exists.
 pub async fn project_uid(client: &kube::Client, ns: &str, name: &str) -> String {
     let projects: kube::Api<quartermaster::crd::Project> =

@@ -79,20 +79,22 @@ pub async fn start() -> (String, VultrMock) {
             "/instances/{id}/bandwidth",
             get(|| async { axum::Json(json!({"bandwidth": {}})) }),
         )
-        .fallback(|State(m): State<VultrMock>, req: axum::extract::Request| async move {
-            m.unrouted
-                .lock()
-                .unwrap()
-                .push(format!("{} {}", req.method(), req.uri()));
-            not_found()
-        })
+        .fallback(unrouted)
+        .method_not_allowed_fallback(unrouted)
         .with_state(mock.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (format!("http://{addr}"), mock)
+    (crate::common::serve(app).await, mock)
+}
+
+/// A request no route answers: recorded, and answered 404.
+async fn unrouted(
+    State(m): State<VultrMock>,
+    req: axum::extract::Request,
+) -> (StatusCode, axum::Json<Value>) {
+    m.unrouted
+        .lock()
+        .unwrap()
+        .push(format!("{} {}", req.method(), req.uri()));
+    not_found()
 }
 
 async fn list(State(m): State<VultrMock>, Query(q): Q) -> axum::Json<Value> {

@@ -292,7 +292,9 @@ impl Context {
         let m = &self.metrics;
         m.usage_events.with_label_values(&[e.meter.as_str()]).inc();
         let quantity = u64::try_from(e.quantity).unwrap_or(0);
-        if e.project_uid.is_empty() && e.project.is_empty() {
+        // The platform's own vendor cost (an account's pooled overage, released snapshots) is nobody's.
+        let platform = e.object_kind == "ProviderConfig";
+        if e.project_uid.is_empty() && e.project.is_empty() && !platform {
             m.usage_without_project
                 .with_label_values(&[e.meter.as_str()])
                 .inc_by(quantity);

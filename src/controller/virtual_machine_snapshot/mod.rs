@@ -433,6 +433,11 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         if !requested(st) {
             return Ok(Cleanup::Done);
         }
+        if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain
+            && retain::released_before(&ctx, &obj).await?
+        {
+            return Ok(Cleanup::Done);
+        }
         let (server_id, provider_config) = (server_id.as_str(), provider_config.as_str());
         // Billed up to now: after this, the snapshot is deleted, or kept by the platform (Retain).
         meter(&ctx, &obj, &mut progress.status, true).await?;

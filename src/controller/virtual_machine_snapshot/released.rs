@@ -1,27 +1,31 @@
 //! Snapshots released to the platform (`deletionPolicy: Retain`, admitted by [`retain`](super::retain))
 //! go on costing the account after their object is gone. Every `traffic_interval`, each compute
-//! account whose ledger holds open releases ([`Ledger::open_releases`]) is asked, per release, for the
-//! snapshot by its mark (the same lookup that proves ownership before a deletion), paced to half the
-//! account's rate limit like the server figures:
-//! - **still held** (or being taken): its storage since the last window is recorded as the platform's
-//!   vendor cost, in whole hours — a usage row of the ProviderConfig, tenant amount zero, no Project,
-//!   keyed `providerconfig/<uid>/snapshot_mb_seconds/<object uid>/<window start>`, at the vendor's
-//!   snapshot price (unpriced where it is not known) and the size the vendor reports now;
-//! - **gone**: its storage up to now is recorded (the vendor charged it until it went, somewhere since
-//!   the last round), and the release is closed.
+//! account whose ledger holds open releases ([`Ledger::open_releases`](crate::ledger::Ledger)) lists
+//! its marked snapshots once ([`ComputeProvider::marked_snapshots`]; where a vendor cannot list them
+//! all, each release is looked up by its mark, one call apart at half the account's rate limit), and
+//! for each release:
+//! - **still held** (or not known to be gone): its storage since the last window is recorded as the
+//!   platform's vendor cost, in whole hours — a usage row of the ProviderConfig, tenant amount zero, no
+//!   Project, keyed `providerconfig/<uid>/snapshot_mb_seconds/<object uid>/<window start>`, at the
+//!   vendor's snapshot price (unpriced where it is not known) and the size the vendor reports now;
+//! - **gone**: the time it was found gone is recorded first (the end of its cost: the vendor charged it
+//!   until it went, somewhere since the last round), then its storage up to then, then the release is
+//!   closed.
 //!
-//! The rows are written before the release's cursor moves, and a window is keyed by its start, so a
-//! crash or a repeated round records nothing twice. A vendor that reports no size records nothing (the
-//! release is still followed and closed). Runs only while this replica leads; a deleted ProviderConfig's
-//! releases are no longer followed (the platform gave up the account).
+//! The rows are written before the release's cursor moves and keyed by their start, and the end of
+//! the last one is fixed before it is written, so a crash or a repeated round records nothing twice. A
+//! vendor that reports no size records nothing (the release is still followed and closed). Runs only
+//! while this replica leads, for ProviderConfigs being deleted too; a deleted ProviderConfig's releases
+//! are no longer followed (the platform gave up the account).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
 
 use super::decide;
-use crate::cloud::{ComputeProvider, SnapshotLookup, snapshot_mark};
+use crate::cloud::{ComputeProvider, Snapshot, SnapshotLookup, snapshot_mark};
 use crate::controller::provider_config::is_compute;
 use crate::controller::{Context, Error};
 use crate::crd::ProviderConfig;
@@ -49,7 +53,7 @@ pub async fn meter_all(ctx: &Arc<Context>) -> Result<(), Error> {
     let pcs = ctx.caches()?.store::<ProviderConfig>()?.state();
     let rounds = pcs
         .into_iter()
-        .filter(|pc| is_compute(pc.spec.type_) && pc.metadata.deletion_timestamp.is_none())
+        .filter(|pc| is_compute(pc.spec.type_))
         .map(|pc| async move {
             let key = format!("released-snapshots/{}", pc.name_any());
             match meter_account(ctx, &pc).await {
@@ -68,6 +72,34 @@ pub async fn meter_all(ctx: &Arc<Context>) -> Result<(), Error> {
     Ok(())
 }
 
+/// How one account's round learns whether the vendor still holds a release.
+struct Vendor<'a> {
+    provider: &'a dyn ComputeProvider,
+    /// The account's marked snapshots by mark, where the vendor lists them all.
+    listing: Option<HashMap<String, Snapshot>>,
+    /// The pause before each call: half the account's rate limit.
+    gap: Duration,
+}
+
+impl Vendor<'_> {
+    /// What the vendor holds of release `r`.
+    async fn lookup(&self, r: &ReleasedSnapshot) -> Result<SnapshotLookup, Error> {
+        let mark = snapshot_mark(&r.object_uid);
+        if let Some(listing) = &self.listing {
+            return Ok(listing
+                .get(&mark)
+                .cloned()
+                .map_or(SnapshotLookup::Absent, SnapshotLookup::Found));
+        }
+        // DigitalOcean's lookup makes up to three calls: each is paced.
+        tokio::time::sleep(self.gap * 3).await;
+        self.provider
+            .find_snapshot(&r.server_id, &mark, 0)
+            .await
+            .map_err(Error::vendor("look a released snapshot up"))
+    }
+}
+
 /// One account's round (see the module): nothing is asked of a vendor when nothing is released there.
 async fn meter_account(ctx: &Context, pc: &ProviderConfig) -> Result<(), Error> {
     let (Some(ledger), Some(pc_uid)) = (&ctx.ledger, pc.uid()) else {
@@ -84,42 +116,67 @@ async fn meter_account(ctx: &Context, pc: &ProviderConfig) -> Result<(), Error> 
         .rate_limit
         .map_or(40, |(rps, _)| rps.max(1));
     let gap = Duration::from_secs_f64(2.0 / f64::from(rate));
+    // Only releases not known to be gone need the vendor.
+    let listing = if open.iter().any(|r| r.gone_at.is_none()) {
+        provider
+            .marked_snapshots()
+            .await
+            .map_err(Error::vendor("list the account's snapshots"))?
+            .map(|all| all.into_iter().map(|s| (s.name.clone(), s)).collect())
+    } else {
+        None
+    };
+    let vendor = Vendor {
+        provider: &*provider,
+        listing,
+        gap,
+    };
     let price = provider.snapshot_price().map(|(vendor, currency)| Price {
         tenant: rust_decimal::Decimal::ZERO,
         vendor,
         currency: currency.to_string(),
     });
+    // Each release on its own: one that cannot be read does not hold up the others.
+    let mut first_error = None;
     for r in open {
-        tokio::time::sleep(gap).await;
-        follow(ctx, pc, &*provider, price.as_ref(), &r).await?;
+        if let Err(e) = follow(ctx, pc, &vendor, price.as_ref(), &r).await {
+            first_error.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
-/// Asks the vendor for released snapshot `r` and records its storage since the last window.
+/// Learns whether the vendor still holds released snapshot `r` and records its storage since the last
+/// window (see the module).
 async fn follow(
     ctx: &Context,
     pc: &ProviderConfig,
-    provider: &dyn ComputeProvider,
+    vendor: &Vendor<'_>,
     price: Option<&Price>,
     r: &ReleasedSnapshot,
 ) -> Result<(), Error> {
-    let lookup = provider
-        .find_snapshot(&r.server_id, &snapshot_mark(&r.object_uid), r.released_at)
-        .await
-        .map_err(Error::vendor("look a released snapshot up"))?;
-    let (held, size_mb) = match &lookup {
-        SnapshotLookup::Found(s) => (true, size_of(s).unwrap_or(r.size_mb)),
-        SnapshotLookup::InProgress => (true, r.size_mb),
-        SnapshotLookup::Absent => (false, r.size_mb),
-    };
     let ledger = ctx.ledger.as_ref().expect("checked by the round");
     let now = jiff::Timestamp::now().as_second();
+    let (gone_at, size_mb) = match r.gone_at {
+        Some(at) => (Some(at), r.size_mb),
+        None => match vendor.lookup(r).await? {
+            SnapshotLookup::Found(s) => (None, size_of(&s).unwrap_or(r.size_mb)),
+            // Not known to be gone.
+            SnapshotLookup::InProgress => (None, r.size_mb),
+            SnapshotLookup::Absent => {
+                tracing::info!(provider_config = %pc.name_any(), snapshot = %r.snapshot_id, "a released snapshot is gone at the vendor; its vendor cost is recorded up to now");
+                (Some(ledger.mark_gone(&r.object_uid, now).await?), r.size_mb)
+            }
+        },
+    };
+    let end = gone_at.unwrap_or(now);
     // A window an earlier round recorded (a crash before the cursor moved) stands as recorded: the next
     // starts at its end. A few passes at most.
     let mut until = r.metered_until;
     for _ in 0..3 {
-        let Some(window) = decide::storage_window(until, now, !held).filter(|_| size_mb > 0) else {
+        let Some(window) =
+            decide::storage_window(until, end, gone_at.is_some()).filter(|_| size_mb > 0)
+        else {
             break;
         };
         let event = vendor_cost(pc, r, size_mb, price, window);
@@ -127,19 +184,19 @@ async fn follow(
         until = ledger
             .held(&event.key)
             .await?
-            .map_or(window.1, |(_, end)| end);
+            .map_or(window.1, |(_, held_end)| held_end);
     }
+    let closed = gone_at
+        .filter(|at| until >= *at || size_mb == 0)
+        .map(|_| now);
     ledger
-        .advance_release(&r.object_uid, until, size_mb, (!held).then_some(now))
+        .advance_release(&r.object_uid, until, size_mb, closed)
         .await?;
-    if !held {
-        tracing::info!(provider_config = %pc.name_any(), snapshot = %r.snapshot_id, "a released snapshot is gone at the vendor; its vendor cost is recorded up to now");
-    }
     Ok(())
 }
 
 /// The size a vendor reports of `s`, in megabytes.
-fn size_of(s: &crate::cloud::snapshot::Snapshot) -> Option<i64> {
+fn size_of(s: &Snapshot) -> Option<i64> {
     decide::megabytes(&s.size_gb?.to_string())
 }
 
@@ -209,6 +266,7 @@ mod tests {
             size_mb: 2000,
             released_at: 1000,
             metered_until: 1000,
+            gone_at: None,
         };
         let price = Price {
             tenant: rust_decimal::Decimal::ZERO,

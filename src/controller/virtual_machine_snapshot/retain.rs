@@ -5,10 +5,10 @@
 //!   elsewhere the deletion waits, `Stalled` `ReleaseNotAllowed`, its storage still billed to the
 //!   Project at every attempt, until the policy or the allowance changes;
 //! - a release is a `snapshot_releases` row in the usage ledger (written before the object may go, keyed
-//!   by the object's UID so a retry writes it once) and a `SnapshotRetained` Event.
-//!
+//!   by the object's UID so a retry writes it once) and a `SnapshotRetained` Event;
 //! - the release is recorded for the account's round ([`released`](super::released)), which records the
-//!   snapshot's storage from then on as the platform's vendor cost until the vendor no longer holds it.
+//!   snapshot's storage from then on as the platform's vendor cost until the vendor no longer holds it; a cleanup tried again after the release was recorded is done at
+//!   once ([`released_before`]), so the tenant is not billed past the release.
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
@@ -20,6 +20,16 @@ use crate::crd::conditions::reason;
 use crate::crd::{ProviderConfig, VirtualMachineSnapshot, VirtualMachineSnapshotStatus};
 use crate::ledger::released::ReleasedSnapshot;
 use crate::ledger::{Meter, UsageEvent};
+
+/// Whether `obj` was released already (a cleanup tried again after its release was recorded, e.g. its
+/// finalizer's removal failed): it is then done, and its storage is not billed to the tenant again past
+/// the release, which the platform's cost starts from.
+pub async fn released_before(ctx: &Context, obj: &VirtualMachineSnapshot) -> Result<bool, Error> {
+    let (Some(ledger), Some(uid)) = (&ctx.ledger, obj.uid()) else {
+        return Ok(false);
+    };
+    Ok(ledger.release_of(&uid).await?.is_some())
+}
 
 /// Leaves the snapshot at the vendor where the ProviderConfig allows it (see the module).
 pub async fn retain(
@@ -105,6 +115,7 @@ fn released(
             .unwrap_or(0),
         released_at: from,
         metered_until: from,
+        gone_at: None,
     }
 }
 
