@@ -145,6 +145,15 @@ async fn digitalocean_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("the account's snapshot listing");
     assert_eq!(marked, Some(Vec::new()), "nothing carries a mark");
+    // A snapshot read by its ID (a release the listing lacks is confirmed gone this way).
+    let by_id = p
+        .snapshot("", "6372321")
+        .await
+        .expect("the snapshot read by its ID");
+    assert!(
+        by_id.is_some_and(|s| !s.id.is_empty()),
+        "the mock's snapshot"
+    );
     let found = p
         .find_snapshot("3164444", &mark, 0)
         .await

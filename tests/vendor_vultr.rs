@@ -195,6 +195,15 @@ async fn vendor_vultr_snapshot_requests_validate_against_the_spec() {
         .await
         .expect("the account's snapshot listing");
     assert_eq!(marked, Some(Vec::new()), "nothing carries a mark");
+    // A snapshot read by its ID (a release the listing lacks is confirmed gone this way).
+    let by_id = p
+        .snapshot("", "cb676a46-66fd-4dfb-b839-443f2e6c0b60")
+        .await
+        .expect("the snapshot read by its ID");
+    assert!(
+        by_id.is_some_and(|s| !s.id.is_empty()),
+        "the mock's snapshot"
+    );
     let found = p
         .find_snapshot("cb676a46-66fd-4dfb-b839-443f2e6c0b60", &mark, 0)
         .await

@@ -1024,4 +1024,9 @@ async fn a_retried_release_bills_the_tenant_nothing_past_the_release() {
         Some(billed_until)
     );
     assert_eq!(taken(&e).await.len(), 1, "the vendor's snapshot is kept");
+    let events = e.events_of("kept").await;
+    assert!(
+        events.iter().any(|(r, _)| r == "SnapshotRetained"),
+        "the release is announced (again): {events:?}"
+    );
 }

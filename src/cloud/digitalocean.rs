@@ -150,6 +150,11 @@ struct DoSnapshot {
     size_gigabytes: Option<f64>,
 }
 
+#[derive(Deserialize)]
+struct DoSnapshotEnvelope {
+    snapshot: DoSnapshot,
+}
+
 /// One series of a monitoring answer: its labels and its `(unix seconds, value)` samples in time order.
 #[derive(Clone, Debug, PartialEq)]
 struct MetricSeries {
@@ -647,6 +652,19 @@ impl ComputeProvider for DigitalOcean {
             }
         };
         Ok(lookup_from(running, snapshots, mark))
+    }
+
+    /// `GET /v2/snapshots/{id}`.
+    async fn snapshot(&self, _server_id: &str, id: &str) -> Result<Option<Snapshot>, CloudError> {
+        let Some(id) = numeric_id(id) else {
+            return Ok(None);
+        };
+        let found = self
+            .api
+            .http
+            .json::<DoSnapshotEnvelope>(self.req(Method::GET, &format!("/v2/snapshots/{id}")), true)
+            .await;
+        Ok(none_if_not_found(found)?.map(|env| to_snapshot(env.snapshot)))
     }
 
     /// The account's droplet snapshots, up to 500 pages of 200 (a longer list is not complete: `None`).

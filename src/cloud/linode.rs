@@ -684,6 +684,19 @@ impl ComputeProvider for Linode {
         ))
     }
 
+    /// `GET /v4/images/private/{n}`.
+    async fn snapshot(&self, _server_id: &str, id: &str) -> Result<Option<Snapshot>, CloudError> {
+        let Some(path) = private_image_path(id) else {
+            return Ok(None);
+        };
+        let found = self
+            .api
+            .http
+            .json::<PrivateImage>(self.req(Method::GET, &path), true)
+            .await;
+        Ok(none_if_not_found(found)?.map(to_snapshot))
+    }
+
     /// The account's private images carrying a mark (a list of 50,000 or more is not complete: `None`).
     async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
         let all: Vec<PrivateImage> = self.list("/v4/images").await?;

@@ -415,6 +415,16 @@ pub trait ComputeProvider: Send + Sync {
             self.vendor()
         )))
     }
+    /// Snapshot `id` read by its ID (of server `server_id`, for vendors that keep snapshots per server);
+    /// `None` when the vendor no longer has it. Unsupported where the vendor has no such read (its
+    /// snapshots are then looked up by their mark).
+    async fn snapshot(&self, server_id: &str, id: &str) -> Result<Option<Snapshot>, CloudError> {
+        let _ = (server_id, id);
+        Err(CloudError::Unsupported(format!(
+            "{} snapshots cannot be read by ID through Quartermaster",
+            self.vendor()
+        )))
+    }
     /// Every snapshot of the account whose name carries a mark
     /// ([`SNAPSHOT_MARK_PREFIX`](snapshot::SNAPSHOT_MARK_PREFIX)), in one listing: how the snapshots
     /// released to the platform are followed each round. `None` where the vendor keeps snapshots per

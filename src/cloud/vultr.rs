@@ -671,6 +671,22 @@ impl ComputeProvider for Vultr {
         ))
     }
 
+    /// `GET /snapshots/{id}`.
+    async fn snapshot(&self, _server_id: &str, id: &str) -> Result<Option<Snapshot>, CloudError> {
+        let Some(id) = segment_id(id) else {
+            return Ok(None);
+        };
+        let found = self
+            .api
+            .http
+            .json::<SnapshotEnvelope>(self.req(Method::GET, &format!("/snapshots/{id}")), true)
+            .await;
+        Ok(none_if_not_found(found)?
+            .map(|env| env.snapshot)
+            .filter(|s| s.status != "deleted")
+            .map(to_snapshot))
+    }
+
     /// The account's snapshots carrying a mark (a list of 50,000 or more is not complete: `None`).
     async fn marked_snapshots(&self) -> Result<Option<Vec<Snapshot>>, CloudError> {
         let all: Vec<VultrSnapshot> = self.list("/snapshots", &[], "snapshots").await?;

@@ -433,9 +433,8 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         if !requested(st) {
             return Ok(Cleanup::Done);
         }
-        if obj.spec.deletion_policy == SnapshotDeletionPolicy::Retain
-            && retain::released_before(&ctx, &obj).await?
-        {
+        // Released already (whatever the policy says now): the snapshot is the platform's.
+        if retain::released_before(&ctx, &obj).await? {
             return Ok(Cleanup::Done);
         }
         let (server_id, provider_config) = (server_id.as_str(), provider_config.as_str());

@@ -1,9 +1,11 @@
 //! Snapshots released to the platform (`deletionPolicy: Retain`, admitted by [`retain`](super::retain))
 //! go on costing the account after their object is gone. Every `traffic_interval`, each compute
 //! account whose ledger holds open releases ([`Ledger::open_releases`](crate::ledger::Ledger)) lists
-//! its marked snapshots once ([`ComputeProvider::marked_snapshots`]; where a vendor cannot list them
-//! all, each release is looked up by its mark, one call apart at half the account's rate limit), and
-//! for each release:
+//! its marked snapshots once ([`ComputeProvider::marked_snapshots`], its pages at the account's rate
+//! limit). A release the listing lacks (or every release, where a vendor cannot list them all) is read
+//! by its ID, one call apart at half the account's rate limit, and counts as gone only when that read
+//! finds nothing or another's snapshot (where a vendor cannot read by ID: by its mark). For each
+//! release:
 //! - **still held** (or not known to be gone): its storage since the last window is recorded as the
 //!   platform's vendor cost, in whole hours — a usage row of the ProviderConfig, tenant amount zero, no
 //!   Project, keyed `providerconfig/<uid>/snapshot_mb_seconds/<object uid>/<window start>`, at the
@@ -25,7 +27,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 
 use super::decide;
-use crate::cloud::{ComputeProvider, Snapshot, SnapshotLookup, snapshot_mark};
+use crate::cloud::{CloudError, ComputeProvider, Snapshot, SnapshotLookup, snapshot_mark};
 use crate::controller::provider_config::is_compute;
 use crate::controller::{Context, Error};
 use crate::crd::ProviderConfig;
@@ -82,21 +84,28 @@ struct Vendor<'a> {
 }
 
 impl Vendor<'_> {
-    /// What the vendor holds of release `r`.
+    /// What the vendor holds of release `r`. Not in the listing (or no listing) counts as gone only once
+    /// a read by its ID confirms it: a listing paged by offset can skip an item while others are deleted.
     async fn lookup(&self, r: &ReleasedSnapshot) -> Result<SnapshotLookup, Error> {
         let mark = snapshot_mark(&r.object_uid);
-        if let Some(listing) = &self.listing {
-            return Ok(listing
-                .get(&mark)
-                .cloned()
-                .map_or(SnapshotLookup::Absent, SnapshotLookup::Found));
+        if let Some(s) = self.listing.as_ref().and_then(|l| l.get(&mark)) {
+            return Ok(SnapshotLookup::Found(s.clone()));
         }
-        // DigitalOcean's lookup makes up to three calls: each is paced.
-        tokio::time::sleep(self.gap * 3).await;
-        self.provider
-            .find_snapshot(&r.server_id, &mark, 0)
-            .await
-            .map_err(Error::vendor("look a released snapshot up"))
+        tokio::time::sleep(self.gap).await;
+        match self.provider.snapshot(&r.server_id, &r.snapshot_id).await {
+            // Only the snapshot carrying this object's mark is its own.
+            Ok(Some(s)) if s.name == mark => Ok(SnapshotLookup::Found(s)),
+            Ok(_) => Ok(SnapshotLookup::Absent),
+            Err(CloudError::Unsupported(_)) => {
+                // By its mark instead (Contabo: the server's snapshots); a lookup makes up to three calls.
+                tokio::time::sleep(self.gap * 2).await;
+                self.provider
+                    .find_snapshot(&r.server_id, &mark, 0)
+                    .await
+                    .map_err(Error::vendor("look a released snapshot up"))
+            }
+            Err(e) => Err(Error::vendor("read a released snapshot")(e)),
+        }
     }
 }
 
@@ -189,9 +198,12 @@ async fn follow(
     let closed = gone_at
         .filter(|at| until >= *at || size_mb == 0)
         .map(|_| now);
-    ledger
-        .advance_release(&r.object_uid, until, size_mb, closed)
-        .await?;
+    // A round that learned nothing new (within the hour, same size) writes nothing.
+    if closed.is_some() || until != r.metered_until || size_mb != r.size_mb {
+        ledger
+            .advance_release(&r.object_uid, until, size_mb, closed)
+            .await?;
+    }
     Ok(())
 }
 

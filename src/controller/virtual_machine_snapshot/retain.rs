@@ -6,9 +6,11 @@
 //!   Project at every attempt, until the policy or the allowance changes;
 //! - a release is a `snapshot_releases` row in the usage ledger (written before the object may go, keyed
 //!   by the object's UID so a retry writes it once) and a `SnapshotRetained` Event;
-//! - the release is recorded for the account's round ([`released`](super::released)), which records the
-//!   snapshot's storage from then on as the platform's vendor cost until the vendor no longer holds it; a cleanup tried again after the release was recorded is done at
-//!   once ([`released_before`]), so the tenant is not billed past the release.
+//! - the release is recorded for the account's round ([`released`](super::released)), which records
+//!   the snapshot's storage from then on as the platform's vendor cost until the vendor no longer holds
+//!   it. A cleanup tried again after the release was recorded is done at once ([`released_before`]),
+//!   whatever the policy says by then, so the tenant is not billed past the release and the platform's
+//!   snapshot is not deleted.
 
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
@@ -22,13 +24,34 @@ use crate::ledger::released::ReleasedSnapshot;
 use crate::ledger::{Meter, UsageEvent};
 
 /// Whether `obj` was released already (a cleanup tried again after its release was recorded, e.g. its
-/// finalizer's removal failed): it is then done, and its storage is not billed to the tenant again past
-/// the release, which the platform's cost starts from.
+/// finalizer's removal failed), whatever its `deletionPolicy` says now: it is then done (the snapshot
+/// is the platform's, and its storage is not billed to the tenant past the release), and the
+/// `SnapshotRetained` Event is published again, in case the earlier attempt stopped before it.
 pub async fn released_before(ctx: &Context, obj: &VirtualMachineSnapshot) -> Result<bool, Error> {
     let (Some(ledger), Some(uid)) = (&ctx.ledger, obj.uid()) else {
         return Ok(false);
     };
-    Ok(ledger.release_of(&uid).await?.is_some())
+    let Some(release) = ledger.release_of(&uid).await? else {
+        return Ok(false);
+    };
+    publish(
+        ctx,
+        obj,
+        EventType::Normal,
+        SNAPSHOT_RETAINED,
+        &retained_note(&release.snapshot_id),
+    )
+    .await;
+    Ok(true)
+}
+
+/// The `SnapshotRetained` Event's note.
+fn retained_note(snapshot_id: &str) -> String {
+    format!(
+        "the vendor's snapshot {snapshot_id} is kept (deletionPolicy Retain) and released to the \
+         platform: it goes on costing money there, billed to nobody (recorded as the platform's vendor \
+         cost until it goes)"
+    )
 }
 
 /// Leaves the snapshot at the vendor where the ProviderConfig allows it (see the module).
@@ -58,11 +81,7 @@ pub async fn retain(
             .open_release(&released(obj, status, config, now))
             .await?;
     }
-    let note = format!(
-        "the vendor's snapshot {} is kept (deletionPolicy Retain) and released to the platform: it goes \
-         on costing money there, billed to nobody (recorded as the platform's vendor cost until it goes)",
-        status.snapshot_id.as_deref().unwrap_or_default()
-    );
+    let note = retained_note(status.snapshot_id.as_deref().unwrap_or_default());
     publish(ctx, obj, EventType::Normal, SNAPSHOT_RETAINED, &note).await;
     Ok(Cleanup::Done)
 }
