@@ -29,6 +29,12 @@ pub struct Metrics {
     pub traffic_reads: prometheus::IntCounter,
     /// How long the last round took, seconds.
     pub traffic_round_seconds: prometheus::Gauge,
+    /// Rounds of following the snapshots released to the platform.
+    pub released_rounds: prometheus::IntCounter,
+    /// Releases the last of those rounds followed (open, every account).
+    pub released_followed: IntGauge,
+    /// How long the last of those rounds took, seconds.
+    pub released_round_seconds: prometheus::Gauge,
     /// Account listings that failed, per ProviderConfig (credentials unreadable or refused, vendor down).
     pub account_listing_failures: IntCounterVec,
     /// Start (unix seconds) of the oldest among the accounts' latest listings: now minus this is the age
@@ -130,6 +136,21 @@ impl Metrics {
         let traffic_round_seconds = prometheus::Gauge::new(
             "quartermaster_traffic_round_seconds",
             "How long the last round of reading server figures took (it spends at most half of each account's rate limit).",
+        )
+        .expect("valid metric");
+        let released_rounds = prometheus::IntCounter::new(
+            "quartermaster_released_snapshot_rounds_total",
+            "Rounds of following the snapshots released to the platform (their storage recorded as vendor cost) completed.",
+        )
+        .expect("valid metric");
+        let released_followed = IntGauge::new(
+            "quartermaster_released_snapshots_followed",
+            "Snapshots released to the platform that the last round followed (open releases, every account).",
+        )
+        .expect("valid metric");
+        let released_round_seconds = prometheus::Gauge::new(
+            "quartermaster_released_snapshot_round_seconds",
+            "How long the last round of following released snapshots took.",
         )
         .expect("valid metric");
         let account_listings = prometheus::IntCounter::new(
@@ -282,6 +303,9 @@ impl Metrics {
             Box::new(traffic_rounds.clone()),
             Box::new(traffic_reads.clone()),
             Box::new(traffic_round_seconds.clone()),
+            Box::new(released_rounds.clone()),
+            Box::new(released_followed.clone()),
+            Box::new(released_round_seconds.clone()),
             Box::new(account_listing_failures.clone()),
             Box::new(oldest_listing.clone()),
             Box::new(stream_records.clone()),
@@ -310,6 +334,9 @@ impl Metrics {
             traffic_rounds,
             traffic_reads,
             traffic_round_seconds,
+            released_rounds,
+            released_followed,
+            released_round_seconds,
             account_listing_failures,
             oldest_listing,
             stream_records,

@@ -41,16 +41,26 @@ pub async fn run(ctx: Arc<Context>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(e) = meter_all(&ctx).await {
-            tracing::warn!(error = %e, "cannot follow released snapshots; trying again next interval");
+        let started = std::time::Instant::now();
+        match meter_all(&ctx).await {
+            Ok(followed) => {
+                let m = &ctx.metrics;
+                m.released_followed.set(followed as i64);
+                m.released_round_seconds
+                    .set(started.elapsed().as_secs_f64());
+                m.released_rounds.inc();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow released snapshots; trying again next interval")
+            }
         }
     }
 }
 
-/// One round over every compute account, side by side.
-pub async fn meter_all(ctx: &Arc<Context>) -> Result<(), Error> {
+/// One round over every compute account, side by side; how many releases it followed.
+pub async fn meter_all(ctx: &Arc<Context>) -> Result<usize, Error> {
     if ctx.ledger.is_none() {
-        return Ok(());
+        return Ok(0);
     }
     let pcs = ctx.caches()?.store::<ProviderConfig>()?.state();
     let rounds = pcs
@@ -59,19 +69,20 @@ pub async fn meter_all(ctx: &Arc<Context>) -> Result<(), Error> {
         .map(|pc| async move {
             let key = format!("released-snapshots/{}", pc.name_any());
             match meter_account(ctx, &pc).await {
-                Ok(()) => {
+                Ok(followed) => {
                     ctx.first_warning(&key, "");
+                    followed
                 }
-                Err(e) => {
+                Err((followed, e)) => {
                     let message = e.to_string();
                     if ctx.first_warning(&key, &message) {
                         tracing::warn!(provider_config = %pc.name_any(), error = %message, "cannot follow the account's released snapshots; their vendor cost is recorded from the next round that can");
                     }
+                    followed
                 }
             }
         });
-    futures::future::join_all(rounds).await;
-    Ok(())
+    Ok(futures::future::join_all(rounds).await.into_iter().sum())
 }
 
 /// How one account's round learns whether the vendor still holds a release.
@@ -110,14 +121,31 @@ impl Vendor<'_> {
 }
 
 /// One account's round (see the module): nothing is asked of a vendor when nothing is released there.
-async fn meter_account(ctx: &Context, pc: &ProviderConfig) -> Result<(), Error> {
+/// How many releases it followed, also on failure.
+async fn meter_account(ctx: &Context, pc: &ProviderConfig) -> Result<usize, (usize, Error)> {
     let (Some(ledger), Some(pc_uid)) = (&ctx.ledger, pc.uid()) else {
-        return Ok(());
+        return Ok(0);
     };
-    let open = ledger.open_releases(&pc_uid).await?;
-    if open.is_empty() {
-        return Ok(());
+    let open = ledger
+        .open_releases(&pc_uid)
+        .await
+        .map_err(|e| (0, e.into()))?;
+    let n = open.len();
+    if n == 0 {
+        return Ok(0);
     }
+    follow_all(ctx, pc, open)
+        .await
+        .map(|()| n)
+        .map_err(|e| (n, e))
+}
+
+/// Follows the account's `open` releases (see the module).
+async fn follow_all(
+    ctx: &Context,
+    pc: &ProviderConfig,
+    open: Vec<ReleasedSnapshot>,
+) -> Result<(), Error> {
     let resolved = ctx.providers.account_for_reading(ctx, pc).await?;
     let provider = ctx.providers.compute(ctx, &resolved).await?;
     let rate = resolved
