@@ -642,6 +642,11 @@ async fn snapshot_storage_is_billed_to_the_vms_project_until_deleted() {
     let st = s.status.unwrap();
     assert_eq!(st.project.as_deref(), Some("acme"));
     assert!(st.billed_until.is_some(), "the meter started: {st:?}");
+    assert_eq!(
+        st.monthly_price.as_deref(),
+        Some("0.15"),
+        "priced at the 2.5 GB the vendor reports, not the admission's estimate of the server's disk"
+    );
     // An earlier attempt's window, recorded before a crash kept its status write from happening: one
     // second from the start the status still shows. It must stand, and billing go on from its end.
     let start = st

@@ -371,6 +371,9 @@ impl Reconciler<VirtualMachineSnapshot> for VirtualMachineSnapshotReconciler {
         // The mark is looked up before every request, the first included: a lost answer is found, and
         // a snapshot the vendor is taking of the same server (another object's) is waited for.
         if let Some(outcome) = look_up(&*provider, &src, &mark, &mut progress.status, poll).await? {
+            // Found available: its price follows the size the vendor reports from now on (it was
+            // admitted at an estimate), in the same write, not at the next resync.
+            meter(&ctx, &obj, &mut progress.status, false).await?;
             return Ok(outcome);
         }
         if let Some(why) = access_refused {
