@@ -31,7 +31,7 @@ pub struct Metrics {
     pub traffic_round_seconds: prometheus::Gauge,
     /// Rounds of following the snapshots released to the platform.
     pub released_rounds: prometheus::IntCounter,
-    /// Releases the last of those rounds followed (open, every account).
+    /// Open releases the last of those rounds tried to follow (every account).
     pub released_followed: IntGauge,
     /// How long the last of those rounds took, seconds.
     pub released_round_seconds: prometheus::Gauge,
@@ -145,7 +145,7 @@ impl Metrics {
         .expect("valid metric");
         let released_followed = IntGauge::new(
             "quartermaster_released_snapshots_followed",
-            "Snapshots released to the platform that the last round followed (open releases, every account).",
+            "Open releases of snapshots to the platform that the last round tried to follow (every account, those whose account failed included).",
         )
         .expect("valid metric");
         let released_round_seconds = prometheus::Gauge::new(

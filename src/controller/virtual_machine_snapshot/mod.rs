@@ -528,6 +528,11 @@ async fn request(
                 Some(s) => {
                     let h = decide::record(&mut progress.status, s);
                     start_meter(&mut progress.status);
+                    // Available at once: priced at the vendor's size in this write (as after a lookup);
+                    // a failure only leaves the estimate until the next reconcile.
+                    if let Err(e) = meter(ctx, obj, &mut progress.status, false).await {
+                        tracing::warn!(error = %e, "cannot price the new snapshot yet");
+                    }
                     h
                 }
                 None => {
