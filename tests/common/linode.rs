@@ -87,22 +87,9 @@ pub async fn start() -> (String, LinodeMock) {
             "/v4/account/transfer",
             get(|| async { axum::Json(json!({"billable": 0, "quota": 1000, "used": 0})) }),
         )
-        .fallback(unrouted)
-        .method_not_allowed_fallback(unrouted)
         .with_state(mock.clone());
+    let app = crate::common::recording_unrouted(app, mock.unrouted.clone(), not_found().1.0);
     (crate::common::serve(app).await, mock)
-}
-
-/// A request no route answers: recorded, and answered 404.
-async fn unrouted(
-    State(m): State<LinodeMock>,
-    req: axum::extract::Request,
-) -> (StatusCode, axum::Json<Value>) {
-    m.unrouted
-        .lock()
-        .unwrap()
-        .push(format!("{} {}", req.method(), req.uri()));
-    not_found()
 }
 
 async fn list(State(m): State<LinodeMock>) -> axum::Json<Value> {

@@ -439,6 +439,27 @@ pub async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// `app` with every request it does not route (an unknown path, or a known one with another method)
+/// recorded in `log` as `METHOD URI` and answered 404 with `body`: a mock's record of calls it was not
+/// built for.
+pub fn recording_unrouted(
+    app: axum::Router,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    body: serde_json::Value,
+) -> axum::Router {
+    let answer = move |req: axum::extract::Request| {
+        let (log, body) = (log.clone(), body.clone());
+        async move {
+            log.lock()
+                .unwrap()
+                .push(format!("{} {}", req.method(), req.uri()));
+            (axum::http::StatusCode::NOT_FOUND, axum::Json(body))
+        }
+    };
+    app.fallback(answer.clone())
+        .method_not_allowed_fallback(answer)
+}
+
 /// The UID of Project `ns/name`, once it exists.
 pub async fn project_uid(client: &kube::Client, ns: &str, name: &str) -> String {
     let projects: kube::Api<quartermaster::crd::Project> =

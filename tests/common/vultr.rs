@@ -79,22 +79,9 @@ pub async fn start() -> (String, VultrMock) {
             "/instances/{id}/bandwidth",
             get(|| async { axum::Json(json!({"bandwidth": {}})) }),
         )
-        .fallback(unrouted)
-        .method_not_allowed_fallback(unrouted)
         .with_state(mock.clone());
+    let app = crate::common::recording_unrouted(app, mock.unrouted.clone(), not_found().1.0);
     (crate::common::serve(app).await, mock)
-}
-
-/// A request no route answers: recorded, and answered 404.
-async fn unrouted(
-    State(m): State<VultrMock>,
-    req: axum::extract::Request,
-) -> (StatusCode, axum::Json<Value>) {
-    m.unrouted
-        .lock()
-        .unwrap()
-        .push(format!("{} {}", req.method(), req.uri()));
-    not_found()
 }
 
 async fn list(State(m): State<VultrMock>, Query(q): Q) -> axum::Json<Value> {
